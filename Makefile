@@ -1,0 +1,110 @@
+# moed build. Sources are found by wildcard: a new file in a module folder is
+# built without touching this file.
+#
+#   make                      every program into build/bin/
+#   make check                all tests that need no GPU (unit + integration)
+#   make check-unit           cmocka unit tests only
+#   make SANITIZE=address,undefined check-unit   (objects under build/san/)
+#   make fuzz                 libFuzzer targets (clang) into build/fuzz/
+#   make bench                benchmarks, JSON on stdout
+#   make install [DESTDIR= PREFIX=]
+
+CC       ?= cc
+PREFIX   ?= /usr/local
+SANITIZE ?=
+PYTHON   ?= /usr/bin/python3
+
+ifneq ($(SANITIZE),)
+BUILD ?= build/san
+SANFLAGS := -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+else
+BUILD ?= build
+SANFLAGS :=
+endif
+
+BIN := $(BUILD)/bin
+
+# Baseline x86-64 for everything; files named *_avx2.c / *_avx512.c get their
+# ISA flags below and are only called after a cpuid check, so one binary runs
+# on any x86-64.
+CFLAGS_COMMON := -std=gnu11 -O2 -g -Wall -Wextra -Wno-unused-parameter \
+                 -Wno-missing-field-initializers -fno-strict-aliasing -pthread \
+                 -MMD -MP -I. $(SANFLAGS)
+CFLAGS   ?=
+LDFLAGS  ?=
+LIBS     := -ljansson -lpcre2-8 -lm -pthread
+
+ISA_AVX2   := -mavx2 -mfma -mf16c
+ISA_AVX512 := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mavx2 -mfma -mf16c
+
+# Library modules, lowest layer first (see docs/DESIGN.md).
+MODULES  := common quant format backend router experts kv model engine
+LIB_SRCS := $(foreach m,$(MODULES),$(wildcard $(m)/*.c))
+LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
+LIB      := $(BUILD)/lib/libmoe.a
+
+TOOL_SRCS := $(wildcard tools/moe_*.c)
+TOOLS     := $(patsubst tools/moe_%.c,$(BIN)/moe-%,$(TOOL_SRCS))
+
+TEST_SRCS := $(wildcard tests/unit/test_*.c)
+TESTS     := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
+
+FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZERS   := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(FUZZ_SRCS))
+
+.PHONY: all check check-unit check-integration fuzz bench install clean deps
+all: $(TOOLS)
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_COMMON) $(CFLAGS_ISA) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/obj/%_avx2.o:   CFLAGS_ISA := $(ISA_AVX2)
+$(BUILD)/obj/%_avx512.o: CFLAGS_ISA := $(ISA_AVX512)
+
+$(LIB): $(LIB_OBJS)
+	@mkdir -p $(dir $@)
+	rm -f $@
+	ar rcs $@ $^
+
+$(BIN)/moe-%: $(BUILD)/obj/tools/moe_%.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_COMMON) $(CFLAGS) $(LDFLAGS) $< $(LIB) $(LIBS) -o $@
+
+$(BUILD)/tests/test_%: $(BUILD)/obj/tests/unit/test_%.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_COMMON) $(CFLAGS) $(LDFLAGS) $< $(LIB) $(LIBS) -lcmocka -o $@
+
+check-unit: $(TESTS)
+	@bash tests/run_tests.sh unit $(BUILD)/tests
+
+check-integration: $(TOOLS)
+	@PYTHON=$(PYTHON) BIN=$(BIN) bash tests/run_tests.sh integration tests/integration
+
+check: $(TESTS) $(TOOLS)
+	@PYTHON=$(PYTHON) BIN=$(BIN) bash tests/run_tests.sh all $(BUILD)/tests tests/integration
+
+# libFuzzer needs clang; the fuzz build compiles the library sources directly.
+FUZZ_CC    ?= clang
+FUZZ_FLAGS := -std=gnu11 -O1 -g -I. -fsanitize=fuzzer,address,undefined -pthread
+FUZZ_LIB_SRCS := $(filter-out %_avx2.c %_avx512.c,$(LIB_SRCS))
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(LIB_SRCS)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -DMOE_NO_SIMD $< $(FUZZ_LIB_SRCS) $(LIBS) -o $@
+fuzz: $(FUZZERS)
+
+bench: $(TOOLS)
+	@bash tests/bench/run_bench.sh $(BIN)
+
+deps:
+	bash scripts/install-deps.sh
+
+install: $(TOOLS)
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 0755 $(TOOLS) $(DESTDIR)$(PREFIX)/bin/
+
+clean:
+	rm -rf build
+
+-include $(LIB_OBJS:.o=.d) $(TOOL_SRCS:tools/%.c=$(BUILD)/obj/tools/%.d) \
+         $(TEST_SRCS:tests/unit/%.c=$(BUILD)/obj/tests/unit/%.d)

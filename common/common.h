@@ -1,0 +1,67 @@
+/* common: the few things every module needs: error messages, logging,
+ * half-precision conversions, read-only file mapping. */
+#ifndef MOE_COMMON_H
+#define MOE_COMMON_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#define MOE_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#define MOE_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define MOE_MAX(a, b) ((a) > (b) ? (a) : (b))
+#define MOE_ALIGN_UP(x, a) (((x) + ((a) - 1)) / (a) * (a))
+#define MOE_PRINTF(f, a) __attribute__((format(printf, f, a)))
+
+/* ---- errors ------------------------------------------------------------
+ * Functions return 0 or a negative errno. The human-readable reason (naming
+ * the file, tensor or key at fault) is kept per thread, so a caller several
+ * layers up can print exactly what went wrong. */
+int moe_err(int code, const char *fmt, ...) MOE_PRINTF(2, 3); /* sets, returns code */
+const char *moe_err_msg(void);  /* last message set on this thread ("" if none) */
+void moe_err_clear(void);
+
+/* ---- logging (stderr; "<N>" priority prefixes when under systemd) ------- */
+enum moe_log_level { MOE_LOG_ERR = 3, MOE_LOG_WARN = 4, MOE_LOG_INFO = 6, MOE_LOG_DEBUG = 7 };
+void moe_log(enum moe_log_level lvl, const char *fmt, ...) MOE_PRINTF(2, 3);
+void moe_log_set_level(enum moe_log_level max_level);
+
+/* ---- half precision ------------------------------------------------------ */
+static inline float moe_bf16_to_f32(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline uint16_t moe_f32_to_bf16(float f) /* round to nearest even */
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+float moe_f16_to_f32(uint16_t h);
+uint16_t moe_f32_to_f16(float f);
+
+/* ---- read-only file mapping ---------------------------------------------- */
+struct moe_mapped_file {
+    const uint8_t *data;
+    size_t size;
+    char *path; /* owned copy, for error messages */
+};
+
+int moe_file_map(const char *path, struct moe_mapped_file *out);
+void moe_file_unmap(struct moe_mapped_file *f);
+
+/* ---- small helpers -------------------------------------------------------- */
+double moe_now_s(void);            /* monotonic seconds */
+char *moe_path_join(const char *dir, const char *name); /* malloc'ed */
+int moe_read_text_file(const char *path, char **out, size_t *len); /* NUL-terminated */
+
+#endif

@@ -1,0 +1,48 @@
+/* engine: sampling and generation over a model. (Continuous batching of many
+ * sequences arrives with the daemon.) */
+#ifndef MOE_ENGINE_H
+#define MOE_ENGINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- sampling ---------------------------------------------------------------
+ * Order (as llama.cpp / vLLM): penalties -> temperature 0 ? greedy :
+ * top-k -> top-p -> min-p -> temperature -> softmax -> draw. */
+struct moe_sampling {
+    float temperature;        /* 0 = greedy */
+    int top_k;                /* 0 = off */
+    float top_p;              /* 1 = off */
+    float min_p;              /* 0 = off */
+    float repetition_penalty; /* 1 = off; >1 divides positive logits, multiplies negative */
+    float presence_penalty;   /* 0 = off; subtracted once per token seen */
+    float frequency_penalty;  /* 0 = off; subtracted per occurrence */
+    int penalty_last_n;       /* window of history the penalties look at; 0 = all */
+    uint64_t seed;            /* same seed, same draws */
+};
+void moe_sampling_defaults(struct moe_sampling *s);
+
+struct moe_sampler;
+int moe_sampler_create(const struct moe_sampling *s, int32_t vocab, struct moe_sampler **out);
+void moe_sampler_free(struct moe_sampler *smp);
+/* Picks the next token. logits[vocab] is used as scratch (modified).
+ * history: the tokens so far (prompt and generated) for the penalties. */
+int32_t moe_sampler_sample(struct moe_sampler *smp, float *logits,
+                           const int32_t *history, size_t n_history);
+
+/* ---- stop strings -------------------------------------------------------------
+ * Text is pushed as it is generated; bytes that could still be the start of
+ * a stop string are held back. */
+struct moe_stop;
+int moe_stop_create(const char *const *stops, size_t n_stops, struct moe_stop **out);
+void moe_stop_free(struct moe_stop *st);
+/* Appends text; returns true once a stop string has matched. *emit / *n_emit
+ * is the text now safe to show (excluding the stop string itself); valid
+ * until the next call. */
+bool moe_stop_push(struct moe_stop *st, const char *text, size_t len,
+                   const char **emit, size_t *n_emit);
+/* At the end of generation without a stop match: the held-back text. */
+void moe_stop_flush(struct moe_stop *st, const char **emit, size_t *n_emit);
+
+#endif

@@ -1,0 +1,52 @@
+/* The tokenizer: Hugging Face tokenizer.json (byte-level BPE as in GPT-2 /
+ * Qwen, SentencePiece-style BPE with byte fallback as in Llama / Mistral) and
+ * the vocabulary embedded in GGUF files (tokenizer.ggml.model "gpt2" or
+ * "llama"). One implementation serves both sources. */
+#ifndef MOE_MODEL_TOKENIZER_H
+#define MOE_MODEL_TOKENIZER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct moe_gguf;
+struct moe_tokenizer;
+
+/* tokenizer_json: path to tokenizer.json; config_json: tokenizer_config.json
+ * or NULL (it decides add_bos / add_eos and names bos/eos). */
+int moe_tokenizer_from_hf(const char *tokenizer_json, const char *config_json,
+                          struct moe_tokenizer **out);
+int moe_tokenizer_from_gguf(const struct moe_gguf *g, struct moe_tokenizer **out);
+void moe_tokenizer_free(struct moe_tokenizer *tok);
+
+int32_t moe_tokenizer_vocab_size(const struct moe_tokenizer *tok);
+int32_t moe_tokenizer_bos(const struct moe_tokenizer *tok); /* -1 if none */
+int32_t moe_tokenizer_eos(const struct moe_tokenizer *tok); /* -1 if none */
+bool moe_tokenizer_is_eog(const struct moe_tokenizer *tok, int32_t id); /* end of generation */
+
+/* Encodes text[0..len). add_special: add BOS/EOS as the tokenizer's config
+ * says (tiny-moe: BOS). Special/added tokens written literally in the text
+ * ("<s>") are matched as those tokens. *ids is malloc'ed; caller frees. */
+int moe_tokenizer_encode(const struct moe_tokenizer *tok, const char *text, size_t len,
+                         bool add_special, int32_t **ids, size_t *n_ids);
+
+/* The raw bytes a token stands for (byte-level mapping undone, "▁" turned
+ * into a space, <0xNN> into its byte). Control tokens give 0 bytes. */
+size_t moe_tokenizer_token_bytes(const struct moe_tokenizer *tok, int32_t id,
+                                 char *buf, size_t cap);
+
+/* Streaming decode: push one token at a time; only whole UTF-8 characters
+ * come out (a character split over tokens is held until complete). */
+struct moe_detok {
+    const struct moe_tokenizer *tok;
+    char pending[8];
+    int n_pending;
+    bool at_start; /* SentencePiece: drop the space of the first piece */
+};
+void moe_detok_init(struct moe_detok *d, const struct moe_tokenizer *tok);
+/* Writes at most cap bytes (cap >= 64 always suffices) and returns how many. */
+size_t moe_detok_push(struct moe_detok *d, int32_t id, char *out, size_t cap);
+/* At the end: whatever incomplete bytes remain, as U+FFFD replacement(s). */
+size_t moe_detok_flush(struct moe_detok *d, char *out, size_t cap);
+
+#endif

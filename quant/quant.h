@@ -1,0 +1,68 @@
+/* quant: tensor element formats (one traits table) and the CPU kernels that
+ * multiply them. Numeric ids follow ggml's and are stable: they are written
+ * into files, never renumber them. */
+#ifndef MOE_QUANT_H
+#define MOE_QUANT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum moe_dtype {
+    MOE_DTYPE_F32 = 0,
+    MOE_DTYPE_F16 = 1,
+    MOE_DTYPE_Q8_0 = 8,  /* blocks of 32: fp16 scale d, 32 x int8 q; w = d*q */
+    MOE_DTYPE_BF16 = 30,
+};
+
+#define MOE_Q8_0_BLOCK 32
+struct moe_block_q8_0 {
+    uint16_t d; /* fp16 */
+    int8_t q[MOE_Q8_0_BLOCK];
+};
+
+struct moe_dtype_traits {
+    const char *name;
+    int block_size;     /* elements per block (1 for plain types) */
+    size_t block_bytes; /* bytes per block */
+    void (*to_f32)(const void *src, float *dst, int64_t n);       /* n % block_size == 0 */
+    void (*from_f32)(const float *src, void *dst, int64_t n);     /* reference quantiser */
+};
+
+/* NULL for an id moed does not know. */
+const struct moe_dtype_traits *moe_dtype_traits(int dtype);
+const char *moe_dtype_name(int dtype); /* "?" when unknown */
+/* bytes of n elements; 0 if n is not a whole number of blocks or dtype unknown */
+size_t moe_dtype_row_bytes(int dtype, int64_t n);
+
+/* A 2-D weight matrix in any dtype: rows x cols, rows contiguous. Row r holds
+ * the weights of output r (the Hugging Face [out, in] layout). */
+struct moe_weight {
+    enum moe_dtype dtype;
+    int64_t rows, cols;
+    size_t row_bytes;
+    const void *data;
+};
+
+/* ---- kernels ------------------------------------------------------------
+ * gemm: for r in [r0, r1) and t in [0, n):
+ *     y[t*ldy + r] = sum_c W[r][c] * x[t*ldx + c]       (fp32 accumulation)
+ * n = 1 is the decode GEMV; larger n is batched prefill, where a fast kernel
+ * converts each stretch of weights once and applies it to every token. */
+typedef void (*moe_gemm_fn)(const struct moe_weight *w, int64_t r0, int64_t r1,
+                            const float *x, int64_t ldx, int n, float *y, int64_t ldy);
+
+enum moe_isa { MOE_ISA_REF = 0, MOE_ISA_AVX2 = 1, MOE_ISA_AVX512 = 2, MOE_ISA_COUNT };
+
+/* The kernel for dtype on isa, or NULL where there is none. */
+moe_gemm_fn moe_gemm_kernel(enum moe_dtype dtype, enum moe_isa isa);
+/* The best ISA this CPU supports (cpuid), lowered by MOE_ISA=ref|avx2|avx512
+ * in the environment; builds with MOE_NO_SIMD always answer MOE_ISA_REF. */
+enum moe_isa moe_isa_best(void);
+const char *moe_isa_name(enum moe_isa isa);
+
+/* fp32 vector helpers used by attention and norms (best ISA chosen inside) */
+float moe_vec_dot_f32(const float *a, const float *b, int64_t n);
+void moe_vec_axpy_f32(float *y, float a, const float *x, int64_t n); /* y += a*x */
+
+#endif

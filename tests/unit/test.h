@@ -1,0 +1,57 @@
+/* The one header every unit test includes: cmocka plus small helpers. */
+#ifndef MOE_TEST_H
+#define MOE_TEST_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+/* cmocka must come after the headers above */
+#include <cmocka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* The repository root, so tests find models/ and data/ wherever they run. */
+#ifndef MOE_SOURCE_ROOT
+#define MOE_SOURCE_ROOT "."
+#endif
+
+static inline const char *moe_test_root(void)
+{
+    const char *r = getenv("MOE_ROOT");
+    return r ? r : MOE_SOURCE_ROOT;
+}
+
+/* "<root>/<rel>" in a static buffer (tests are single-threaded) */
+static inline const char *moe_test_path(const char *rel)
+{
+    static char buf[4][4096];
+    static int i;
+    i = (i + 1) % 4;
+    snprintf(buf[i], sizeof(buf[i]), "%s/%s", moe_test_root(), rel);
+    return buf[i];
+}
+
+/* A fresh temporary directory for this test process. */
+static inline const char *moe_test_tmpdir(void)
+{
+    static char dir[256];
+    if (!dir[0]) {
+        snprintf(dir, sizeof(dir), "/tmp/moe-test-XXXXXX");
+        if (!mkdtemp(dir))
+            abort();
+    }
+    return dir;
+}
+
+static inline void moe_test_write_file(const char *path, const void *data, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(data, 1, n, f), n);
+    fclose(f);
+}
+
+#endif

@@ -1,0 +1,42 @@
+/* experts: the feed-forward experts of a MoE layer, run over a dispatch plan. */
+#ifndef MOE_EXPERTS_H
+#define MOE_EXPERTS_H
+
+#include <stdint.h>
+
+#include "quant/quant.h"
+#include "router/router.h"
+
+struct moe_pool;
+
+/* One SwiGLU FFN: down(silu(gate x) * up x). */
+struct moe_expert_weights {
+    struct moe_weight gate; /* w1 [ffn, hidden] */
+    struct moe_weight up;   /* w3 [ffn, hidden] */
+    struct moe_weight down; /* w2 [hidden, ffn] */
+};
+
+/* Reusable buffers; grown on demand, never shrunk. */
+struct moe_experts_scratch {
+    float *xin, *gate, *up, *out; /* gathered inputs, activations, outputs */
+    int32_t *order;               /* token slots grouped by expert */
+    int32_t *count;               /* tokens per expert */
+    size_t cap_rows, cap_hidden, cap_ffn;
+    int32_t cap_experts;
+};
+void moe_experts_scratch_free(struct moe_experts_scratch *s);
+
+/* y[t] += sum_j routes[t].weight[j] * expert[routes[t].expert[j]](x[t]) for
+ * t < n. Tokens are grouped by expert first, so each expert's weights are read
+ * once for all the tokens routed to it. */
+int moe_experts_run(struct moe_pool *pool, const struct moe_expert_weights *experts,
+                    int32_t n_experts, const float *x, int32_t n, int32_t hidden,
+                    const struct moe_route *routes, float *y,
+                    struct moe_experts_scratch *scratch);
+
+/* out[n][hidden] = ffn(x[n][hidden]) for one expert (shared experts, dense MLPs).
+ * gate/up are scratch of [n][ffn]. */
+void moe_expert_ffn(struct moe_pool *pool, const struct moe_expert_weights *w, const float *x,
+                    int32_t n, float *gate, float *up, float *out);
+
+#endif

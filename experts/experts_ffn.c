@@ -1,0 +1,116 @@
+#include "experts/experts.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/backend.h"
+#include "common/common.h"
+
+void moe_experts_scratch_free(struct moe_experts_scratch *s)
+{
+    if (!s)
+        return;
+    free(s->xin);
+    free(s->gate);
+    free(s->up);
+    free(s->out);
+    free(s->order);
+    free(s->count);
+    memset(s, 0, sizeof(*s));
+}
+
+static int scratch_reserve(struct moe_experts_scratch *s, size_t rows, size_t hidden, size_t ffn,
+                           int32_t n_experts)
+{
+    if (rows <= s->cap_rows && hidden <= s->cap_hidden && ffn <= s->cap_ffn &&
+        n_experts <= s->cap_experts)
+        return 0;
+    rows = MOE_MAX(rows, s->cap_rows);
+    hidden = MOE_MAX(hidden, s->cap_hidden);
+    ffn = MOE_MAX(ffn, s->cap_ffn);
+    n_experts = MOE_MAX(n_experts, s->cap_experts);
+    moe_experts_scratch_free(s);
+    s->xin = malloc(rows * hidden * sizeof(float));
+    s->out = malloc(rows * hidden * sizeof(float));
+    s->gate = malloc(rows * ffn * sizeof(float));
+    s->up = malloc(rows * ffn * sizeof(float));
+    s->order = malloc(rows * sizeof(int32_t) * 2);
+    s->count = malloc((size_t)(n_experts + 1) * sizeof(int32_t));
+    if (!s->xin || !s->out || !s->gate || !s->up || !s->order || !s->count) {
+        moe_experts_scratch_free(s);
+        return moe_err(-ENOMEM, "out of memory for expert activations (%zu rows)", rows);
+    }
+    s->cap_rows = rows;
+    s->cap_hidden = hidden;
+    s->cap_ffn = ffn;
+    s->cap_experts = n_experts;
+    return 0;
+}
+
+static inline float silu(float v)
+{
+    return v / (1.0f + expf(-v));
+}
+
+void moe_expert_ffn(struct moe_pool *pool, const struct moe_expert_weights *w, const float *x,
+                    int32_t n, float *gate, float *up, float *out)
+{
+    int64_t ffn = w->gate.rows;
+    moe_matmul(pool, &w->gate, x, n, gate);
+    moe_matmul(pool, &w->up, x, n, up);
+    for (int64_t i = 0; i < (int64_t)n * ffn; i++)
+        gate[i] = silu(gate[i]) * up[i];
+    moe_matmul(pool, &w->down, gate, n, out);
+}
+
+int moe_experts_run(struct moe_pool *pool, const struct moe_expert_weights *experts,
+                    int32_t n_experts, const float *x, int32_t n, int32_t hidden,
+                    const struct moe_route *routes, float *y,
+                    struct moe_experts_scratch *s)
+{
+    size_t slots = 0;
+    for (int32_t t = 0; t < n; t++)
+        slots += (size_t)routes[t].n;
+    int64_t ffn = experts[0].gate.rows;
+    int rc = scratch_reserve(s, slots, (size_t)hidden, (size_t)ffn, n_experts);
+    if (rc < 0)
+        return rc;
+
+    /* counting sort of (token, slot) pairs by expert: order[] holds token*K+j */
+    memset(s->count, 0, (size_t)(n_experts + 1) * sizeof(int32_t));
+    for (int32_t t = 0; t < n; t++)
+        for (int32_t j = 0; j < routes[t].n; j++)
+            s->count[routes[t].expert[j] + 1]++;
+    for (int32_t e = 0; e < n_experts; e++)
+        s->count[e + 1] += s->count[e];
+    int32_t *fill = s->order + slots; /* second half of order[] as cursors */
+    memcpy(fill, s->count, (size_t)n_experts * sizeof(int32_t));
+    for (int32_t t = 0; t < n; t++)
+        for (int32_t j = 0; j < routes[t].n; j++)
+            s->order[fill[routes[t].expert[j]]++] = t * MOE_ROUTER_MAX_K + j;
+
+    for (int32_t e = 0; e < n_experts; e++) {
+        int32_t begin = s->count[e], m = s->count[e + 1] - begin;
+        if (m == 0)
+            continue;
+        const float *xin = x;
+        if (m > 1 || n > 1) {
+            for (int32_t i = 0; i < m; i++) {
+                int32_t t = s->order[begin + i] / MOE_ROUTER_MAX_K;
+                memcpy(s->xin + (size_t)i * hidden, x + (size_t)t * hidden,
+                       (size_t)hidden * sizeof(float));
+            }
+            xin = s->xin;
+        }
+        moe_expert_ffn(pool, &experts[e], xin, m, s->gate, s->up, s->out);
+        for (int32_t i = 0; i < m; i++) {
+            int32_t t = s->order[begin + i] / MOE_ROUTER_MAX_K;
+            int32_t j = s->order[begin + i] % MOE_ROUTER_MAX_K;
+            moe_vec_axpy_f32(y + (size_t)t * hidden, routes[t].weight[j],
+                             s->out + (size_t)i * hidden, hidden);
+        }
+    }
+    return 0;
+}

@@ -1,0 +1,120 @@
+/* model: architecture config, checkpoint loading and the transformer forward
+ * pass on the CPU.
+ *
+ * A model is opened from a Hugging Face directory (config.json + safetensors,
+ * single or sharded) or a GGUF file. Large matrices stay in the file mapping;
+ * only small vectors (norms, biases) are converted to fp32 copies. */
+#ifndef MOE_MODEL_H
+#define MOE_MODEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "experts/experts.h"
+#include "model/model_tokenizer.h"
+#include "quant/quant.h"
+
+struct moe_pool;
+
+enum moe_arch {
+    MOE_ARCH_MIXTRAL,   /* HF MixtralForCausalLM, GGUF "llama" with experts */
+    MOE_ARCH_QWEN2_MOE, /* shared expert with sigmoid gate, q/k/v bias */
+    MOE_ARCH_QWEN3_MOE, /* per-head q/k RMSNorm, no shared expert */
+    MOE_ARCH_OLMOE,     /* q/k RMSNorm over the whole projection */
+};
+
+enum moe_qk_norm {
+    MOE_QK_NORM_NONE,
+    MOE_QK_NORM_HEAD, /* weight [head_dim], applied per head (Qwen3-MoE) */
+    MOE_QK_NORM_FULL, /* weight [heads*head_dim], over the whole vector (OLMoE) */
+};
+
+#define MOE_MAX_LAYERS 256
+
+struct moe_config {
+    enum moe_arch arch;
+    int32_t vocab;
+    int32_t hidden;
+    int32_t n_layers;
+    int32_t n_heads;
+    int32_t n_kv_heads;
+    int32_t head_dim;
+    int32_t n_experts;
+    int32_t top_k;
+    int32_t expert_ffn;     /* intermediate size of one routed expert */
+    int32_t shared_ffn;     /* shared expert's intermediate size, 0 = none */
+    int32_t dense_ffn;      /* dense MLP size for layers listed as MLP-only */
+    int32_t max_ctx;
+    float rms_eps;
+    float rope_theta;
+    float clip_qkv;         /* 0 = off (OLMoE option) */
+    bool norm_topk_prob;    /* renormalise the top-k routing weights to sum 1 */
+    bool qkv_bias;
+    bool tied_embeddings;
+    bool rope_interleaved;  /* GGUF "llama": Q/K rows permuted, rotate adjacent pairs */
+    enum moe_qk_norm qk_norm;
+    int32_t bos_id, eos_id; /* -1 if unknown */
+    bool layer_dense[MOE_MAX_LAYERS]; /* true: plain MLP instead of MoE */
+};
+
+const char *moe_arch_name(enum moe_arch arch);
+
+struct moe_layer {
+    float *attn_norm;                 /* [hidden] */
+    struct moe_weight wq, wk, wv, wo; /* [nh*hd, H], [nkv*hd, H] x2, [H, nh*hd] */
+    float *bq, *bk, *bv;              /* biases or NULL */
+    float *q_norm, *k_norm;           /* see enum moe_qk_norm, or NULL */
+    float *ffn_norm;                  /* [hidden] */
+    struct moe_weight router;         /* [E, H] */
+    struct moe_expert_weights *experts; /* [E] */
+    struct moe_expert_weights shared; /* shared expert (or dense MLP), rows 0 if none */
+    struct moe_weight shared_gate;    /* [1, H] sigmoid gate of the shared expert */
+};
+
+struct moe_model_files; /* the open checkpoint files, private to the loader */
+
+struct moe_model {
+    struct moe_config cfg;
+    struct moe_weight embed;   /* [vocab, hidden] */
+    struct moe_weight lm_head; /* [vocab, hidden] (the embedding when tied) */
+    float *final_norm;         /* [hidden] */
+    struct moe_layer *layers;
+    struct moe_tokenizer *tok; /* NULL when the checkpoint has none */
+    struct moe_model_files *files;
+    char *path;
+};
+
+/* Opens a checkpoint: a directory (Hugging Face) or a .gguf file.
+ * Errors: negative errno, moe_err_msg() names the file and tensor. */
+int moe_model_open(const char *path, struct moe_model **out);
+void moe_model_free(struct moe_model *m);
+
+/* Bytes of weights read for one decode token (attention, router, top_k
+ * experts, shared expert, lm head) and the total expert parameter count. */
+size_t moe_model_active_bytes(const struct moe_model *m);
+
+/* ---- inference state of one sequence ----------------------------------------- */
+struct moe_kv;        /* its KV cache */
+struct moe_scratch;   /* activation buffers, grown to the largest batch seen */
+
+struct moe_session {
+    const struct moe_model *model;
+    struct moe_pool *pool;
+    struct moe_kv *kv;
+    struct moe_scratch *scratch;
+    int32_t n_past; /* tokens already in the cache */
+};
+
+int moe_session_create(const struct moe_model *m, struct moe_pool *pool, int32_t max_ctx,
+                       struct moe_session **out);
+void moe_session_free(struct moe_session *s);
+void moe_session_reset(struct moe_session *s); /* empties the cache */
+
+/* Feeds tokens[0..n) at positions n_past..n_past+n-1 (one weight pass for
+ * all of them). logits: NULL, or [n][vocab] when all_logits, else [vocab]
+ * for the last token only. */
+int moe_session_forward(struct moe_session *s, const int32_t *tokens, int32_t n,
+                        float *logits, bool all_logits);
+
+#endif

@@ -1,0 +1,309 @@
+/* The transformer forward pass on the CPU, for a batch of n tokens of one
+ * sequence: every weight matrix is read once for all n tokens.
+ *
+ *   x = embed[tokens]
+ *   per layer:  x += Wo . attention(rope(q), rope(k), v)      q,k,v from rms(x)
+ *               x += moe(rms(x))    (router -> top-k experts [+ shared expert])
+ *   logits = lm_head . rms(x)
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/backend.h"
+#include "common/common.h"
+#include "kv/kv.h"
+#include "model/model.h"
+#include "router/router.h"
+
+struct moe_scratch {
+    int32_t cap;            /* tokens the buffers hold */
+    float *x, *xn;          /* [n][H] residual stream, its normalised copy */
+    float *q, *k, *v, *att; /* [n][nq], [n][nkv], [n][nkv], [n][nq] */
+    float *tmp;             /* [n][H] projection outputs */
+    float *rope_cos, *rope_sin; /* [n][hd/2] */
+    float *router;          /* [n][E] */
+    struct moe_route *routes; /* [n] */
+    float *sh_gate, *sh_up; /* [n][max(shared, dense ffn)] */
+    float *sh_scale;        /* [n] sigmoid gate of the shared expert */
+    float *logits_tmp;      /* [vocab] when only the last token's logits are wanted */
+    struct moe_experts_scratch experts;
+};
+
+static void scratch_free(struct moe_scratch *s)
+{
+    if (!s)
+        return;
+    float *bufs[] = {s->x, s->xn, s->q, s->k, s->v, s->att, s->tmp, s->rope_cos, s->rope_sin,
+                     s->router, s->sh_gate, s->sh_up, s->sh_scale, s->logits_tmp};
+    for (size_t i = 0; i < MOE_ARRAY_SIZE(bufs); i++)
+        free(bufs[i]);
+    free(s->routes);
+    moe_experts_scratch_free(&s->experts);
+    memset(s, 0, sizeof(*s));
+}
+
+static int scratch_reserve(struct moe_scratch *s, const struct moe_config *c, int32_t n)
+{
+    if (n <= s->cap)
+        return 0;
+    struct moe_experts_scratch keep = s->experts; /* grown by the experts module itself */
+    s->experts = (struct moe_experts_scratch){0};
+    scratch_free(s);
+    s->experts = keep;
+    size_t N = (size_t)n, H = (size_t)c->hidden, hd = (size_t)c->head_dim;
+    size_t nq = (size_t)c->n_heads * hd, nkv = (size_t)c->n_kv_heads * hd;
+    size_t sh = (size_t)MOE_MAX(c->shared_ffn, c->dense_ffn);
+    s->x = malloc(N * H * sizeof(float));
+    s->xn = malloc(N * H * sizeof(float));
+    s->q = malloc(N * nq * sizeof(float));
+    s->k = malloc(N * nkv * sizeof(float));
+    s->v = malloc(N * nkv * sizeof(float));
+    s->att = malloc(N * nq * sizeof(float));
+    s->tmp = malloc(N * H * sizeof(float));
+    s->rope_cos = malloc(N * hd / 2 * sizeof(float));
+    s->rope_sin = malloc(N * hd / 2 * sizeof(float));
+    s->router = malloc(N * (size_t)c->n_experts * sizeof(float));
+    s->routes = malloc(N * sizeof(struct moe_route));
+    s->sh_gate = malloc(N * MOE_MAX(sh, 1) * sizeof(float));
+    s->sh_up = malloc(N * MOE_MAX(sh, 1) * sizeof(float));
+    s->sh_scale = malloc(N * sizeof(float));
+    s->logits_tmp = malloc((size_t)c->vocab * sizeof(float));
+    if (!s->x || !s->xn || !s->q || !s->k || !s->v || !s->att || !s->tmp || !s->rope_cos ||
+        !s->rope_sin || !s->router || !s->routes || !s->sh_gate || !s->sh_up || !s->sh_scale ||
+        !s->logits_tmp) {
+        scratch_free(s);
+        return moe_err(-ENOMEM, "out of memory for activations of %d tokens", n);
+    }
+    s->cap = n;
+    return 0;
+}
+
+int moe_session_create(const struct moe_model *m, struct moe_pool *pool, int32_t max_ctx,
+                       struct moe_session **out)
+{
+    *out = NULL;
+    if (max_ctx <= 0 || max_ctx > m->cfg.max_ctx)
+        max_ctx = m->cfg.max_ctx;
+    struct moe_session *s = calloc(1, sizeof(*s));
+    if (!s)
+        return moe_err(-ENOMEM, "out of memory");
+    s->model = m;
+    s->pool = pool;
+    s->scratch = calloc(1, sizeof(*s->scratch));
+    int rc = s->scratch ? moe_kv_create(m->cfg.n_layers, m->cfg.n_kv_heads, m->cfg.head_dim,
+                                        max_ctx, &s->kv)
+                        : moe_err(-ENOMEM, "out of memory");
+    if (rc < 0) {
+        moe_session_free(s);
+        return rc;
+    }
+    *out = s;
+    return 0;
+}
+
+void moe_session_free(struct moe_session *s)
+{
+    if (!s)
+        return;
+    moe_kv_free(s->kv);
+    scratch_free(s->scratch);
+    free(s->scratch);
+    free(s);
+}
+
+void moe_session_reset(struct moe_session *s)
+{
+    s->n_past = 0;
+}
+
+/* ---- small per-token operations ------------------------------------------------ */
+
+static void rmsnorm(float *out, const float *x, const float *w, int64_t n, float eps)
+{
+    double ss = 0.0;
+    for (int64_t i = 0; i < n; i++)
+        ss += (double)x[i] * x[i];
+    float r = (float)(1.0 / sqrt(ss / (double)n + eps));
+    for (int64_t i = 0; i < n; i++)
+        out[i] = x[i] * r * w[i];
+}
+
+/* cos/sin of every (token, frequency) pair of this batch */
+static void rope_tables(struct moe_scratch *s, const struct moe_config *c, int32_t pos0, int32_t n)
+{
+    int32_t half = c->head_dim / 2;
+    for (int32_t t = 0; t < n; t++)
+        for (int32_t i = 0; i < half; i++) {
+            /* as transformers: inv_freq in fp32, angle = pos * inv_freq */
+            float inv_freq = (float)(1.0 / pow((double)c->rope_theta, (2.0 * i) / c->head_dim));
+            float ang = (float)(pos0 + t) * inv_freq;
+            s->rope_cos[t * half + i] = cosf(ang);
+            s->rope_sin[t * half + i] = sinf(ang);
+        }
+}
+
+/* Rotates each head of v [n_heads * hd] in place. Rotate-half pairs (i,
+ * i+hd/2); interleaved (GGUF "llama", whose Q/K rows are permuted) pairs
+ * (2i, 2i+1): the same rotation on permuted rows. */
+static void rope_apply(float *v, int32_t n_heads, int32_t hd, const float *cs, const float *sn,
+                       bool interleaved)
+{
+    int32_t half = hd / 2;
+    for (int32_t h = 0; h < n_heads; h++) {
+        float *x = v + (size_t)h * hd;
+        for (int32_t i = 0; i < half; i++) {
+            int32_t a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half;
+            float x0 = x[a], x1 = x[b];
+            x[a] = x0 * cs[i] - x1 * sn[i];
+            x[b] = x1 * cs[i] + x0 * sn[i];
+        }
+    }
+}
+
+static void add_bias(float *y, const float *b, int32_t n, int64_t dim)
+{
+    if (!b)
+        return;
+    for (int32_t t = 0; t < n; t++)
+        for (int64_t i = 0; i < dim; i++)
+            y[t * dim + i] += b[i];
+}
+
+static void clamp_all(float *v, size_t n, float lim)
+{
+    for (size_t i = 0; i < n; i++)
+        v[i] = v[i] > lim ? lim : (v[i] < -lim ? -lim : v[i]);
+}
+
+/* ---- the blocks ------------------------------------------------------------------- */
+
+static int attention_block(struct moe_session *s, int32_t l, int32_t n)
+{
+    const struct moe_config *c = &s->model->cfg;
+    const struct moe_layer *L = &s->model->layers[l];
+    struct moe_scratch *S = s->scratch;
+    int64_t H = c->hidden, hd = c->head_dim;
+    int64_t nq = (int64_t)c->n_heads * hd, nkv = (int64_t)c->n_kv_heads * hd;
+
+    for (int32_t t = 0; t < n; t++)
+        rmsnorm(S->xn + t * H, S->x + t * H, L->attn_norm, H, c->rms_eps);
+    moe_matmul(s->pool, &L->wq, S->xn, n, S->q); /* [n][nq] */
+    moe_matmul(s->pool, &L->wk, S->xn, n, S->k); /* [n][nkv] */
+    moe_matmul(s->pool, &L->wv, S->xn, n, S->v); /* [n][nkv] */
+    add_bias(S->q, L->bq, n, nq);
+    add_bias(S->k, L->bk, n, nkv);
+    add_bias(S->v, L->bv, n, nkv);
+
+    for (int32_t t = 0; t < n; t++) {
+        float *q = S->q + t * nq, *k = S->k + t * nkv;
+        if (c->qk_norm == MOE_QK_NORM_FULL) {
+            rmsnorm(q, q, L->q_norm, nq, c->rms_eps);
+            rmsnorm(k, k, L->k_norm, nkv, c->rms_eps);
+        } else if (c->qk_norm == MOE_QK_NORM_HEAD) {
+            for (int32_t h = 0; h < c->n_heads; h++)
+                rmsnorm(q + h * hd, q + h * hd, L->q_norm, hd, c->rms_eps);
+            for (int32_t h = 0; h < c->n_kv_heads; h++)
+                rmsnorm(k + h * hd, k + h * hd, L->k_norm, hd, c->rms_eps);
+        }
+    }
+    if (c->clip_qkv > 0) {
+        clamp_all(S->q, (size_t)n * nq, c->clip_qkv);
+        clamp_all(S->k, (size_t)n * nkv, c->clip_qkv);
+        clamp_all(S->v, (size_t)n * nkv, c->clip_qkv);
+    }
+    int32_t half = c->head_dim / 2;
+    for (int32_t t = 0; t < n; t++) {
+        const float *cs = S->rope_cos + t * half, *sn = S->rope_sin + t * half;
+        rope_apply(S->q + t * nq, c->n_heads, c->head_dim, cs, sn, c->rope_interleaved);
+        rope_apply(S->k + t * nkv, c->n_kv_heads, c->head_dim, cs, sn, c->rope_interleaved);
+    }
+
+    moe_kv_store(s->kv, l, s->n_past, n, S->k, S->v);
+    int rc = moe_kv_attention(s->pool, s->kv, l, c->n_heads, S->q, s->n_past, n, S->att);
+    if (rc < 0)
+        return rc;
+    moe_matmul(s->pool, &L->wo, S->att, n, S->tmp); /* [n][H] */
+    for (int64_t i = 0; i < (int64_t)n * H; i++)
+        S->x[i] += S->tmp[i];
+    return 0;
+}
+
+static int ffn_block(struct moe_session *s, int32_t l, int32_t n)
+{
+    const struct moe_config *c = &s->model->cfg;
+    const struct moe_layer *L = &s->model->layers[l];
+    struct moe_scratch *S = s->scratch;
+    int64_t H = c->hidden;
+
+    for (int32_t t = 0; t < n; t++)
+        rmsnorm(S->xn + t * H, S->x + t * H, L->ffn_norm, H, c->rms_eps);
+
+    if (c->layer_dense[l]) { /* plain MLP layer */
+        moe_expert_ffn(s->pool, &L->shared, S->xn, n, S->sh_gate, S->sh_up, S->tmp);
+        for (int64_t i = 0; i < (int64_t)n * H; i++)
+            S->x[i] += S->tmp[i];
+        return 0;
+    }
+
+    moe_matmul(s->pool, &L->router, S->xn, n, S->router); /* [n][E] */
+    for (int32_t t = 0; t < n; t++)
+        moe_router_topk(S->router + (size_t)t * c->n_experts, c->n_experts, c->top_k,
+                        c->norm_topk_prob, &S->routes[t]);
+    int rc = moe_experts_run(s->pool, L->experts, c->n_experts, S->xn, n, c->hidden, S->routes,
+                             S->x, &S->experts);
+    if (rc < 0)
+        return rc;
+
+    if (L->shared.gate.rows > 0) { /* Qwen2-MoE: sigmoid-gated shared expert */
+        moe_expert_ffn(s->pool, &L->shared, S->xn, n, S->sh_gate, S->sh_up, S->tmp);
+        moe_matmul(s->pool, &L->shared_gate, S->xn, n, S->sh_scale); /* [n][1] */
+        for (int32_t t = 0; t < n; t++) {
+            float g = 1.0f / (1.0f + expf(-S->sh_scale[t]));
+            moe_vec_axpy_f32(S->x + t * H, g, S->tmp + t * H, H);
+        }
+    }
+    return 0;
+}
+
+int moe_session_forward(struct moe_session *s, const int32_t *tokens, int32_t n, float *logits,
+                        bool all_logits)
+{
+    const struct moe_model *m = s->model;
+    const struct moe_config *c = &m->cfg;
+    if (n <= 0)
+        return moe_err(-EINVAL, "no tokens to process");
+    if (s->n_past + n > moe_kv_capacity(s->kv))
+        return moe_err(-ENOSPC, "context full: %d + %d tokens exceed the %d-token cache",
+                       s->n_past, n, moe_kv_capacity(s->kv));
+    for (int32_t t = 0; t < n; t++)
+        if (tokens[t] < 0 || tokens[t] >= c->vocab)
+            return moe_err(-EINVAL, "token id %d outside the vocabulary (0..%d)", tokens[t],
+                           c->vocab - 1);
+    int rc = scratch_reserve(s->scratch, c, n);
+    if (rc < 0)
+        return rc;
+    struct moe_scratch *S = s->scratch;
+    int64_t H = c->hidden;
+
+    const struct moe_dtype_traits *et = moe_dtype_traits(m->embed.dtype);
+    for (int32_t t = 0; t < n; t++) /* x [n][H] */
+        et->to_f32((const uint8_t *)m->embed.data + (size_t)tokens[t] * m->embed.row_bytes,
+                   S->x + t * H, H);
+    rope_tables(S, c, s->n_past, n);
+
+    for (int32_t l = 0; l < c->n_layers; l++) {
+        if ((rc = attention_block(s, l, n)) < 0 || (rc = ffn_block(s, l, n)) < 0)
+            return rc;
+    }
+
+    if (logits) {
+        int32_t first = all_logits ? 0 : n - 1, count = all_logits ? n : 1;
+        for (int32_t t = first; t < n; t++)
+            rmsnorm(S->xn + (t - first) * H, S->x + t * H, m->final_norm, H, c->rms_eps);
+        moe_matmul(s->pool, &m->lm_head, S->xn, count, logits); /* [count][vocab] */
+    }
+    s->n_past += n;
+    return 0;
+}

@@ -1,0 +1,157 @@
+/* Opening a checkpoint: a Hugging Face directory or a GGUF file. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/common.h"
+#include "model/model_int.h"
+
+static int alloc_layers(struct moe_model *m)
+{
+    m->layers = calloc((size_t)m->cfg.n_layers, sizeof(*m->layers));
+    if (!m->layers)
+        return moe_err(-ENOMEM, "out of memory");
+    for (int32_t l = 0; l < m->cfg.n_layers; l++) {
+        m->layers[l].experts = calloc((size_t)m->cfg.n_experts, sizeof(struct moe_expert_weights));
+        if (!m->layers[l].experts)
+            return moe_err(-ENOMEM, "out of memory");
+    }
+    return 0;
+}
+
+static bool file_exists(const char *path)
+{
+    return access(path, F_OK) == 0;
+}
+
+static int open_hf(struct moe_model *m)
+{
+    char *cfg_path = moe_path_join(m->path, "config.json");
+    char *tok_path = moe_path_join(m->path, "tokenizer.json");
+    char *tcfg_path = moe_path_join(m->path, "tokenizer_config.json");
+    int rc = -ENOMEM;
+    if (!cfg_path || !tok_path || !tcfg_path)
+        goto out;
+    if ((rc = moe_config_from_hf(cfg_path, &m->cfg)) < 0)
+        goto out;
+    if ((rc = moe_safetensors_open_dir(m->path, &m->files->st)) < 0)
+        goto out;
+    if ((rc = alloc_layers(m)) < 0 || (rc = moe_model_bind_hf(m)) < 0)
+        goto out;
+    if (file_exists(tok_path)) {
+        rc = moe_tokenizer_from_hf(tok_path, file_exists(tcfg_path) ? tcfg_path : NULL, &m->tok);
+        if (rc < 0)
+            goto out;
+    }
+out:
+    free(cfg_path);
+    free(tok_path);
+    free(tcfg_path);
+    return rc;
+}
+
+static int open_gguf(struct moe_model *m)
+{
+    int rc;
+    if ((rc = moe_gguf_open(m->path, &m->files->gguf)) < 0)
+        return rc;
+    if ((rc = moe_config_from_gguf(m->files->gguf, &m->cfg)) < 0)
+        return rc;
+    if ((rc = alloc_layers(m)) < 0 || (rc = moe_model_bind_gguf(m)) < 0)
+        return rc;
+    if (moe_gguf_has(m->files->gguf, "tokenizer.ggml.model"))
+        return moe_tokenizer_from_gguf(m->files->gguf, &m->tok);
+    return 0;
+}
+
+int moe_model_open(const char *path, struct moe_model **out)
+{
+    *out = NULL;
+    struct stat st;
+    if (stat(path, &st) < 0)
+        return moe_err(-errno, "%s: cannot open: %s", path, strerror(errno));
+    struct moe_model *m = calloc(1, sizeof(*m));
+    if (!m)
+        return moe_err(-ENOMEM, "out of memory");
+    m->files = calloc(1, sizeof(*m->files));
+    m->path = strdup(path);
+    int rc = -ENOMEM;
+    if (!m->files || !m->path)
+        goto fail;
+    if (S_ISDIR(st.st_mode)) {
+        rc = open_hf(m);
+    } else {
+        char magic[4] = {0};
+        FILE *f = fopen(path, "rb");
+        size_t got = f ? fread(magic, 1, 4, f) : 0;
+        if (f)
+            fclose(f);
+        if (got == 4 && !memcmp(magic, "GGUF", 4))
+            rc = open_gguf(m);
+        else
+            rc = moe_err(-EINVAL, "%s: not a model: expected a Hugging Face directory or a "
+                         "GGUF file", path);
+    }
+    if (rc < 0)
+        goto fail;
+    *out = m;
+    return 0;
+fail:
+    moe_model_free(m);
+    return rc;
+}
+
+void moe_model_free(struct moe_model *m)
+{
+    if (!m)
+        return;
+    if (m->layers) {
+        for (int32_t l = 0; l < m->cfg.n_layers; l++) {
+            struct moe_layer *L = &m->layers[l];
+            free(L->attn_norm);
+            free(L->ffn_norm);
+            free(L->bq);
+            free(L->bk);
+            free(L->bv);
+            free(L->q_norm);
+            free(L->k_norm);
+            free(L->experts);
+        }
+        free(m->layers);
+    }
+    free(m->final_norm);
+    moe_tokenizer_free(m->tok);
+    if (m->files) {
+        moe_safetensors_close(m->files->st);
+        moe_gguf_close(m->files->gguf);
+        free(m->files);
+    }
+    free(m->path);
+    free(m);
+}
+
+static size_t weight_bytes(const struct moe_weight *w)
+{
+    return (size_t)w->rows * w->row_bytes;
+}
+
+size_t moe_model_active_bytes(const struct moe_model *m)
+{
+    size_t b = weight_bytes(&m->lm_head) + m->embed.row_bytes;
+    for (int32_t l = 0; l < m->cfg.n_layers; l++) {
+        const struct moe_layer *L = &m->layers[l];
+        b += weight_bytes(&L->wq) + weight_bytes(&L->wk) + weight_bytes(&L->wv) +
+             weight_bytes(&L->wo);
+        b += weight_bytes(&L->shared.gate) + weight_bytes(&L->shared.up) +
+             weight_bytes(&L->shared.down) + weight_bytes(&L->shared_gate);
+        if (m->cfg.layer_dense[l])
+            continue;
+        b += weight_bytes(&L->router);
+        const struct moe_expert_weights *e = &L->experts[0]; /* experts share one shape */
+        b += (size_t)m->cfg.top_k *
+             (weight_bytes(&e->gate) + weight_bytes(&e->up) + weight_bytes(&e->down));
+    }
+    return b;
+}

@@ -1,0 +1,404 @@
+/* moe-bench: measurements, each printed as one JSON object on stdout.
+ *
+ *   moe-bench ppl    --model PATH --text FILE [--window W] [--start-char C] [--max-windows K]
+ *   moe-bench decode --model PATH [--tokens N] [--prompt-tokens P]
+ *   moe-bench logits --model PATH --ids "1 2 3" --out FILE     (raw fp32 [n][vocab])
+ * Common: --threads N. */
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/backend.h"
+#include "common/common.h"
+#include "model/model.h"
+
+#define EXIT_USAGE 2
+
+static const char usage[] =
+    "usage: moe-bench ppl    --model PATH --text FILE [--window W] [--start-char C] [--max-windows K]\n"
+    "       moe-bench decode --model PATH [--tokens N] [--prompt-tokens P]\n"
+    "       moe-bench logits --model PATH --ids \"ID ...\" --out FILE\n"
+    "\n"
+    "ppl:    perplexity of FILE (from character C on), encoded at once without BOS;\n"
+    "        window k feeds tokens [kW, kW+W) with an empty cache and scores\n"
+    "        tokens [kW+1, kW+W+1); W defaults to 256.\n"
+    "decode: prefill of P tokens (default 64) and batch-1 decode of N tokens\n"
+    "        (default 32); reports tokens/s, bytes read per token, the memory\n"
+    "        bandwidth measured in the same run and the fraction of that roofline.\n"
+    "logits: logits of every position of ID... as raw float32 [n][vocab].\n"
+    "\n"
+    "  --threads N   worker threads (default: all cores)\n";
+
+struct bench_opts {
+    const char *model, *text, *ids, *out;
+    int32_t window, max_windows, tokens, prompt_tokens, threads;
+    int64_t start_char;
+};
+
+static int parse_int(const char *opt, const char *s, int64_t lo, int64_t hi, int64_t *out)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) {
+        fprintf(stderr, "moe-bench: --%s: expected an integer in [%lld, %lld], got '%s'\n", opt,
+                (long long)lo, (long long)hi, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, struct bench_opts *o)
+{
+    static const struct option longopts[] = {
+        {"model", required_argument, 0, 'm'},       {"text", required_argument, 0, 'x'},
+        {"window", required_argument, 0, 'w'},      {"start-char", required_argument, 0, 'c'},
+        {"max-windows", required_argument, 0, 'k'}, {"tokens", required_argument, 0, 'n'},
+        {"prompt-tokens", required_argument, 0, 'p'}, {"threads", required_argument, 0, 't'},
+        {"ids", required_argument, 0, 'i'},         {"out", required_argument, 0, 'o'},
+        {"help", no_argument, 0, 'h'},              {0, 0, 0, 0}};
+    memset(o, 0, sizeof(*o));
+    o->window = 256;
+    o->tokens = 32;
+    o->prompt_tokens = 64;
+    int c;
+    int64_t v;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
+        const char *name = "";
+        for (const struct option *lo = longopts; lo->name; lo++)
+            if (lo->val == c)
+                name = lo->name;
+        switch (c) {
+        case 'm': o->model = optarg; break;
+        case 'x': o->text = optarg; break;
+        case 'i': o->ids = optarg; break;
+        case 'o': o->out = optarg; break;
+        case 'w': if (parse_int(name, optarg, 1, 1 << 20, &v)) return -1; o->window = (int32_t)v; break;
+        case 'c': if (parse_int(name, optarg, 0, INT64_MAX, &v)) return -1; o->start_char = v; break;
+        case 'k': if (parse_int(name, optarg, 0, 1 << 30, &v)) return -1; o->max_windows = (int32_t)v; break;
+        case 'n': if (parse_int(name, optarg, 1, 1 << 20, &v)) return -1; o->tokens = (int32_t)v; break;
+        case 'p': if (parse_int(name, optarg, 1, 1 << 20, &v)) return -1; o->prompt_tokens = (int32_t)v; break;
+        case 't': if (parse_int(name, optarg, 0, 1024, &v)) return -1; o->threads = (int32_t)v; break;
+        case 'h': fputs(usage, stdout); exit(0);
+        case ':': fprintf(stderr, "moe-bench: option '%s' needs a value\n", argv[optind - 1]); return -1;
+        default: fprintf(stderr, "moe-bench: unknown option '%s'\n%s", argv[optind - 1], usage); return -1;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "moe-bench: unexpected argument '%s'\n", argv[optind]);
+        return -1;
+    }
+    if (!o->model) {
+        fprintf(stderr, "moe-bench: --model is required\n%s", usage);
+        return -1;
+    }
+    return 0;
+}
+
+static void print_json(json_t *obj)
+{
+    char *s = json_dumps(obj, JSON_COMPACT | JSON_REAL_PRECISION(10));
+    if (s)
+        printf("%s\n", s);
+    free(s);
+    json_decref(obj);
+}
+
+/* log-softmax of the target, in double */
+static double nll_of(const float *logits, int32_t vocab, int32_t target)
+{
+    float mx = logits[0];
+    for (int32_t i = 1; i < vocab; i++)
+        mx = logits[i] > mx ? logits[i] : mx;
+    double sum = 0.0;
+    for (int32_t i = 0; i < vocab; i++)
+        sum += exp((double)logits[i] - mx);
+    return log(sum) - ((double)logits[target] - mx);
+}
+
+/* byte offset of the c-th UTF-8 character (Python str index) */
+static size_t utf8_offset(const char *s, size_t len, int64_t c)
+{
+    size_t i = 0;
+    for (int64_t k = 0; k < c && i < len; k++) {
+        i++;
+        while (i < len && ((unsigned char)s[i] & 0xc0) == 0x80)
+            i++;
+    }
+    return i;
+}
+
+static int cmd_ppl(const struct bench_opts *o, struct moe_model *m, struct moe_pool *pool)
+{
+    if (!o->text) {
+        fprintf(stderr, "moe-bench ppl: --text FILE is required\n");
+        return EXIT_USAGE;
+    }
+    if (!m->tok) {
+        fprintf(stderr, "moe-bench ppl: %s has no tokenizer\n", o->model);
+        return EXIT_USAGE;
+    }
+    char *text;
+    size_t len;
+    if (moe_read_text_file(o->text, &text, &len) < 0) {
+        fprintf(stderr, "moe-bench: %s\n", moe_err_msg());
+        return EXIT_USAGE;
+    }
+    size_t off = utf8_offset(text, len, o->start_char);
+    int32_t *ids = NULL;
+    size_t n = 0;
+    double t0 = moe_now_s();
+    int rc = moe_tokenizer_encode(m->tok, text + off, len - off, false, &ids, &n);
+    free(text);
+    if (rc < 0) {
+        fprintf(stderr, "moe-bench: %s\n", moe_err_msg());
+        return 1;
+    }
+    double t_tok = moe_now_s() - t0;
+    int32_t W = o->window, V = m->cfg.vocab;
+    struct moe_session *s = NULL;
+    float *logits = malloc((size_t)W * (size_t)V * sizeof(float));
+    if (!logits || (rc = moe_session_create(m, pool, W, &s)) < 0) {
+        fprintf(stderr, "moe-bench: %s\n", logits ? moe_err_msg() : "out of memory");
+        free(ids);
+        free(logits);
+        return 1;
+    }
+    double nll = 0.0;
+    int64_t scored = 0;
+    int32_t windows = 0;
+    t0 = moe_now_s();
+    for (size_t start = 0; start + 1 < n; start += (size_t)W) {
+        if (o->max_windows && windows == o->max_windows)
+            break;
+        int32_t len_w = (int32_t)MOE_MIN((size_t)W, n - 1 - start); /* feed; targets shift by 1 */
+        moe_session_reset(s);
+        if ((rc = moe_session_forward(s, ids + start, len_w, logits, true)) < 0) {
+            fprintf(stderr, "moe-bench: %s\n", moe_err_msg());
+            break;
+        }
+        for (int32_t t = 0; t < len_w; t++)
+            nll += nll_of(logits + (size_t)t * V, V, ids[start + t + 1]);
+        scored += len_w;
+        windows++;
+    }
+    double secs = moe_now_s() - t0;
+    moe_session_free(s);
+    free(logits);
+    free(ids);
+    if (rc < 0)
+        return 1;
+    json_t *j = json_object();
+    json_object_set_new(j, "ppl", json_real(exp(nll / (double)scored)));
+    json_object_set_new(j, "nll", json_real(nll / (double)scored));
+    json_object_set_new(j, "tokens", json_integer(scored));
+    json_object_set_new(j, "encoded_tokens", json_integer((json_int_t)n));
+    json_object_set_new(j, "window", json_integer(W));
+    json_object_set_new(j, "windows", json_integer(windows));
+    json_object_set_new(j, "tokenize_seconds", json_real(t_tok));
+    json_object_set_new(j, "seconds", json_real(secs));
+    json_object_set_new(j, "tok_s", json_real((double)scored / secs));
+    print_json(j);
+    return 0;
+}
+
+/* ---- memory bandwidth: all threads stream a buffer far larger than cache --- */
+struct bw_task {
+    const float *buf;
+    size_t n;
+    float sink[64];
+};
+
+static void bw_worker(void *arg, int ith, int nth)
+{
+    struct bw_task *b = arg;
+    size_t chunk = b->n / (size_t)nth, begin = chunk * (size_t)ith;
+    /* dot of the slice with itself: one read stream, the arithmetic is free */
+    b->sink[ith % 64] = moe_vec_dot_f32(b->buf + begin, b->buf + begin, (int64_t)chunk);
+}
+
+static double measure_bandwidth_gbs(struct moe_pool *pool)
+{
+    size_t bytes = (size_t)1 << 30;
+    size_t n = bytes / sizeof(float);
+    float *buf = malloc(bytes);
+    if (!buf)
+        return 0.0;
+    for (size_t i = 0; i < n; i++)
+        buf[i] = (float)(i & 1023) * 1e-3f;
+    struct bw_task b = {buf, n, {0}};
+    double best = 0.0;
+    for (int rep = 0; rep < 5; rep++) {
+        double t0 = moe_now_s();
+        moe_pool_run(pool, bw_worker, &b);
+        double gbs = (double)bytes / (moe_now_s() - t0) / 1e9;
+        best = gbs > best ? gbs : best;
+    }
+    free(buf);
+    return best;
+}
+
+static int32_t argmax(const float *v, int32_t n)
+{
+    int32_t best = 0;
+    for (int32_t i = 1; i < n; i++)
+        if (v[i] > v[best])
+            best = i;
+    return best;
+}
+
+static int cmd_decode(const struct bench_opts *o, struct moe_model *m, struct moe_pool *pool)
+{
+    int32_t P = o->prompt_tokens, N = o->tokens, V = m->cfg.vocab;
+    struct moe_session *s = NULL;
+    int32_t *prompt = malloc((size_t)P * sizeof(int32_t));
+    float *logits = malloc((size_t)V * sizeof(float));
+    int rc = !prompt || !logits ? moe_err(-ENOMEM, "out of memory")
+                                : moe_session_create(m, pool, P + N + 1, &s);
+    if (rc < 0)
+        goto fail;
+    for (int32_t i = 0; i < P; i++) /* fixed, varied ids: routing spreads over experts */
+        prompt[i] = (int32_t)(((int64_t)i * 7919 + 13) % V);
+
+    /* warm-up: fault the mapped weights in, size every buffer */
+    if ((rc = moe_session_forward(s, prompt, P, logits, false)) < 0)
+        goto fail;
+    int32_t tok = argmax(logits, V);
+    if ((rc = moe_session_forward(s, &tok, 1, logits, false)) < 0)
+        goto fail;
+
+    moe_session_reset(s);
+    double t0 = moe_now_s();
+    if ((rc = moe_session_forward(s, prompt, P, logits, false)) < 0)
+        goto fail;
+    double t_prefill = moe_now_s() - t0;
+
+    t0 = moe_now_s();
+    for (int32_t i = 0; i < N; i++) {
+        tok = argmax(logits, V);
+        if ((rc = moe_session_forward(s, &tok, 1, logits, false)) < 0)
+            goto fail;
+    }
+    double t_decode = moe_now_s() - t0;
+
+    double bw = measure_bandwidth_gbs(pool);
+    const struct moe_config *c = &m->cfg;
+    /* weights of one token plus the fp32 KV cache read at the mean context */
+    double kv_bytes = 2.0 * c->n_layers * c->n_kv_heads * c->head_dim * sizeof(float) *
+                      (P + N / 2.0);
+    double bytes = (double)moe_model_active_bytes(m) + kv_bytes;
+    double decode_tok_s = N / t_decode, prefill_tok_s = P / t_prefill;
+
+    json_t *j = json_object();
+    json_object_set_new(j, "model", json_string(o->model));
+    json_object_set_new(j, "threads", json_integer(moe_pool_threads(pool)));
+    json_object_set_new(j, "isa", json_string(moe_isa_name(moe_isa_best())));
+    json_object_set_new(j, "prompt_tokens", json_integer(P));
+    json_object_set_new(j, "decode_tokens", json_integer(N));
+    json_object_set_new(j, "prefill_tok_s", json_real(prefill_tok_s));
+    json_object_set_new(j, "decode_tok_s", json_real(decode_tok_s));
+    json_object_set_new(j, "prefill_over_decode", json_real(prefill_tok_s / decode_tok_s));
+    json_object_set_new(j, "bytes_per_token", json_real(bytes));
+    json_object_set_new(j, "bandwidth_gbs", json_real(bw));
+    json_object_set_new(j, "achieved_gbs", json_real(bytes * decode_tok_s / 1e9));
+    json_object_set_new(j, "roofline_fraction", json_real(bw > 0 ? bytes * decode_tok_s / 1e9 / bw : 0));
+    print_json(j);
+    rc = 0;
+fail:
+    if (rc < 0)
+        fprintf(stderr, "moe-bench: %s\n", moe_err_msg());
+    moe_session_free(s);
+    free(prompt);
+    free(logits);
+    return rc < 0 ? 1 : 0;
+}
+
+static int cmd_logits(const struct bench_opts *o, struct moe_model *m, struct moe_pool *pool)
+{
+    if (!o->ids || !o->out) {
+        fprintf(stderr, "moe-bench logits: --ids and --out are required\n");
+        return EXIT_USAGE;
+    }
+    size_t cap = strlen(o->ids) / 2 + 1, n = 0;
+    int32_t *ids = malloc(cap * sizeof(int32_t));
+    const char *p = o->ids;
+    while (ids) {
+        char *end;
+        while (*p == ' ' || *p == ',')
+            p++;
+        if (!*p)
+            break;
+        long v = strtol(p, &end, 10);
+        if (end == p || n == cap) {
+            fprintf(stderr, "moe-bench logits: --ids: not a list of integers: '%s'\n", o->ids);
+            free(ids);
+            return EXIT_USAGE;
+        }
+        ids[n++] = (int32_t)v;
+        p = end;
+    }
+    if (!ids || n == 0) {
+        fprintf(stderr, "moe-bench logits: --ids is empty\n");
+        free(ids);
+        return EXIT_USAGE;
+    }
+    struct moe_session *s = NULL;
+    float *logits = malloc(n * (size_t)m->cfg.vocab * sizeof(float));
+    int rc = logits ? moe_session_create(m, pool, (int32_t)n, &s) : moe_err(-ENOMEM, "out of memory");
+    if (rc == 0)
+        rc = moe_session_forward(s, ids, (int32_t)n, logits, true);
+    if (rc == 0) {
+        FILE *f = fopen(o->out, "wb");
+        size_t want = n * (size_t)m->cfg.vocab;
+        if (!f || fwrite(logits, sizeof(float), want, f) != want)
+            rc = moe_err(-EIO, "%s: cannot write: %s", o->out, strerror(errno));
+        if (f && fclose(f) != 0 && rc == 0)
+            rc = moe_err(-EIO, "%s: cannot write", o->out);
+    }
+    if (rc < 0)
+        fprintf(stderr, "moe-bench: %s\n", moe_err_msg());
+    moe_session_free(s);
+    free(logits);
+    free(ids);
+    return rc < 0 ? (rc == -EINVAL ? EXIT_USAGE : 1) : 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
+        fputs(usage, argc < 2 ? stderr : stdout);
+        return argc < 2 ? EXIT_USAGE : 0;
+    }
+    const char *cmd = argv[1];
+    int (*fn)(const struct bench_opts *, struct moe_model *, struct moe_pool *) =
+        !strcmp(cmd, "ppl") ? cmd_ppl : !strcmp(cmd, "decode") ? cmd_decode
+        : !strcmp(cmd, "logits") ? cmd_logits : NULL;
+    if (!fn) {
+        fprintf(stderr, "moe-bench: unknown command '%s'\n%s", cmd, usage);
+        return EXIT_USAGE;
+    }
+    struct bench_opts o;
+    if (parse_args(argc - 1, argv + 1, &o) < 0)
+        return EXIT_USAGE;
+    struct moe_model *m;
+    if (moe_model_open(o.model, &m) < 0) {
+        fprintf(stderr, "moe-bench: %s\n", moe_err_msg());
+        return EXIT_USAGE;
+    }
+    struct moe_pool *pool;
+    if (moe_pool_create(o.threads, &pool) < 0) {
+        fprintf(stderr, "moe-bench: %s\n", moe_err_msg());
+        moe_model_free(m);
+        return 1;
+    }
+    int ret = fn(&o, m, pool);
+    moe_pool_free(pool);
+    moe_model_free(m);
+    return ret;
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# make bench: every benchmark, one JSON object per line on stdout.
+# The bench model (2.51 B parameters, Mixtral-shaped, f16) is generated on
+# first use into $MOE_BENCH_DIR (default /tmp/moe-bench-model, ~9.4 GB for
+# the GGUF and HF copies; about two minutes).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+bin=${1:-$root/build/bin}
+dir=${MOE_BENCH_DIR:-/tmp/moe-bench-model}
+py=${PYTHON:-/usr/bin/python3}
+if [ ! -f "$dir/bench-f16.gguf" ] || [ ! -f "$dir/bench-hf/model.safetensors" ]; then
+    echo "generating the bench model into $dir ..." >&2
+    "$py" "$root/tests/bench/make_moe_model.py" --layers 16 --hidden 2048 --ffn 2816 --experts 8 \
+        --top-k 2 --heads 16 --kv-heads 4 --vocab 32000 --ctx 4096 --dtype f16 --seed 1234 \
+        --out "$dir/bench-f16.gguf" --hf-out "$dir/bench-hf" >&2
+fi
+label() { sed "s/^{/{\"bench\":\"$1\",/"; }
+"$bin/moe-bench" ppl --model "$root/models/tiny-moe" --text "$root/data/tinyshakespeare.txt" \
+    --start-char 1003788 | label tiny-moe-valid-ppl
+"$bin/moe-bench" decode --model "$dir/bench-hf" --tokens 32 --prompt-tokens 64 | label bench-hf-f16-decode
+"$bin/moe-bench" decode --model "$dir/bench-f16.gguf" --tokens 32 --prompt-tokens 64 | label bench-gguf-f16-decode

@@ -1,0 +1,95 @@
+/* experts: grouping tokens by expert gives exactly what running every
+ * token's experts one by one gives. */
+#include "tests/unit/test.h"
+
+#include <math.h>
+
+#include "backend/backend.h"
+#include "experts/experts.h"
+
+enum { H = 24, F = 40, E = 5, N = 13, K = 2 };
+
+static float rnd(unsigned *s)
+{
+    *s = *s * 1103515245u + 12345u;
+    return ((float)((*s >> 8) & 0xffff) / 65536.0f - 0.5f);
+}
+
+static void naive_ffn(const float *w1, const float *w3, const float *w2, const float *x, float *out)
+{
+    float act[F];
+    for (int f = 0; f < F; f++) {
+        double g = 0, u = 0;
+        for (int h = 0; h < H; h++) {
+            g += (double)w1[f * H + h] * x[h];
+            u += (double)w3[f * H + h] * x[h];
+        }
+        act[f] = (float)(g / (1.0 + exp(-g)) * u);
+    }
+    for (int h = 0; h < H; h++) {
+        double o = 0;
+        for (int f = 0; f < F; f++)
+            o += (double)w2[h * F + f] * act[f];
+        out[h] = (float)o;
+    }
+}
+
+static void test_grouped_dispatch_equals_per_token(void **state)
+{
+    (void)state;
+    static float w1[E][F * H], w3[E][F * H], w2[E][H * F], x[N][H];
+    unsigned s = 42;
+    for (int e = 0; e < E; e++)
+        for (int i = 0; i < F * H; i++) {
+            w1[e][i] = rnd(&s);
+            w3[e][i] = rnd(&s);
+            w2[e][i] = rnd(&s);
+        }
+    for (int t = 0; t < N; t++)
+        for (int h = 0; h < H; h++)
+            x[t][h] = rnd(&s) * 4;
+    struct moe_expert_weights ex[E];
+    for (int e = 0; e < E; e++) {
+        ex[e].gate = (struct moe_weight){MOE_DTYPE_F32, F, H, H * 4, w1[e]};
+        ex[e].up = (struct moe_weight){MOE_DTYPE_F32, F, H, H * 4, w3[e]};
+        ex[e].down = (struct moe_weight){MOE_DTYPE_F32, H, F, F * 4, w2[e]};
+    }
+    /* expert 4 gets nobody; expert 0 gets most tokens; token 5 has one expert */
+    struct moe_route routes[N];
+    for (int t = 0; t < N; t++) {
+        routes[t].n = t == 5 ? 1 : K;
+        routes[t].expert[0] = t % 3 == 0 ? 0 : t % 4;
+        routes[t].expert[1] = routes[t].expert[0] == 0 ? 1 + t % 3 : 0;
+        routes[t].weight[0] = 0.25f + 0.05f * t;
+        routes[t].weight[1] = 0.1f;
+    }
+    struct moe_pool *pool;
+    assert_int_equal(moe_pool_create(2, &pool), 0);
+    static float y[N][H], want[N][H];
+    for (int t = 0; t < N; t++)
+        for (int h = 0; h < H; h++)
+            y[t][h] = want[t][h] = (float)t; /* the residual is added to, not replaced */
+    struct moe_experts_scratch scratch = {0};
+    assert_int_equal(moe_experts_run(pool, ex, E, &x[0][0], N, H, routes, &y[0][0], &scratch), 0);
+    for (int t = 0; t < N; t++)
+        for (int j = 0; j < routes[t].n; j++) {
+            int e = routes[t].expert[j];
+            float o[H];
+            naive_ffn(w1[e], w3[e], w2[e], x[t], o);
+            for (int h = 0; h < H; h++)
+                want[t][h] += routes[t].weight[j] * o[h];
+        }
+    for (int t = 0; t < N; t++)
+        for (int h = 0; h < H; h++)
+            assert_float_equal(y[t][h], want[t][h], 1e-4 * (1 + fabsf(want[t][h])));
+    moe_experts_scratch_free(&scratch);
+    moe_pool_free(pool);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_grouped_dispatch_equals_per_token),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -117,7 +117,8 @@ int moe_config_from_hf(const char *path, struct moe_config *cfg)
 
     bool is_mixtral = cfg->arch == MOE_ARCH_MIXTRAL;
     const char *experts_key = is_mixtral ? "num_local_experts" : "num_experts";
-    const char *ffn_key = is_mixtral ? "intermediate_size" : "moe_intermediate_size";
+    bool is_qwen = cfg->arch == MOE_ARCH_QWEN2_MOE || cfg->arch == MOE_ARCH_QWEN3_MOE;
+    const char *ffn_key = is_qwen ? "moe_intermediate_size" : "intermediate_size";
     if ((rc = get_int(root, path, "vocab_size", -1, &cfg->vocab)) < 0 ||
         (rc = get_int(root, path, "hidden_size", -1, &cfg->hidden)) < 0 ||
         (rc = get_int(root, path, "num_hidden_layers", -1, &cfg->n_layers)) < 0 ||

@@ -118,6 +118,21 @@ int moe_config_from_gguf(const struct moe_gguf *g, struct moe_config *cfg)
         cfg->vocab = (int32_t)emb->dims[0];
     cfg->tied_embeddings = moe_gguf_find_tensor(g, "output.weight") == NULL;
 
+    /* Qwen-MoE dense layers (mlp_only_layers): a block with a plain ffn_gate
+     * and no router */
+    for (int32_t l = 0; l < cfg->n_layers && l < MOE_MAX_LAYERS; l++) {
+        char name[64];
+        snprintf(name, sizeof(name), "blk.%d.ffn_gate_inp.weight", l);
+        if (moe_gguf_find_tensor(g, name))
+            continue;
+        snprintf(name, sizeof(name), "blk.%d.ffn_gate.weight", l);
+        const struct moe_tensor_info *t = moe_gguf_find_tensor(g, name);
+        if (t && t->n_dims == 2) {
+            cfg->layer_dense[l] = true;
+            cfg->dense_ffn = (int32_t)t->dims[0];
+        }
+    }
+
     uint32_t id;
     cfg->bos_id = moe_gguf_get_u32(g, "tokenizer.ggml.bos_token_id", &id) == 0 ? (int32_t)id : -1;
     cfg->eos_id = moe_gguf_get_u32(g, "tokenizer.ggml.eos_token_id", &id) == 0 ? (int32_t)id : -1;
@@ -222,6 +237,13 @@ int moe_model_bind_gguf(struct moe_model *m)
             bool full = cfg->qk_norm == MOE_QK_NORM_FULL;
             VEC(L->q_norm, full ? nq : hd, "blk.%d.attn_q_norm.weight", l);
             VEC(L->k_norm, full ? nkv : hd, "blk.%d.attn_k_norm.weight", l);
+        }
+        if (cfg->layer_dense[l]) {
+            int64_t D = cfg->dense_ffn;
+            MAT(L->shared.gate, D, H, "blk.%d.ffn_gate.weight", l);
+            MAT(L->shared.up, D, H, "blk.%d.ffn_up.weight", l);
+            MAT(L->shared.down, H, D, "blk.%d.ffn_down.weight", l);
+            continue;
         }
         MAT(L->router, cfg->n_experts, H, "blk.%d.ffn_gate_inp.weight", l);
         if ((rc = bind_experts(m, &c, l)) < 0)

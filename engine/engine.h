@@ -26,8 +26,10 @@ void moe_sampling_defaults(struct moe_sampling *s);
 struct moe_sampler;
 int moe_sampler_create(const struct moe_sampling *s, int32_t vocab, struct moe_sampler **out);
 void moe_sampler_free(struct moe_sampler *smp);
-/* Picks the next token. logits[vocab] is used as scratch (modified).
- * history: the tokens so far (prompt and generated) for the penalties. */
+/* Picks the next token, or returns a negative errno (no finite logit).
+ * logits[vocab] is used as scratch (modified). history: the tokens so far
+ * (prompt and generated) for the penalties. top-p and min-p look at the
+ * distribution at temperature 1, as llama.cpp's default chain does. */
 int32_t moe_sampler_sample(struct moe_sampler *smp, float *logits,
                            const int32_t *history, size_t n_history);
 

@@ -306,6 +306,10 @@ static int cmd_generate(const struct run_opts *o)
     bool stopped = false;
     for (int32_t i = 0; i < o->max_tokens && !stopped; i++) {
         int32_t next = moe_sampler_sample(smp, logits, hist, n_hist);
+        if (next < 0) {
+            rc = next;
+            goto fail;
+        }
         if (!o->ignore_eos && moe_tokenizer_is_eog(m->tok, next))
             break;
         hist[n_hist++] = next;

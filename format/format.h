@@ -76,6 +76,11 @@ int moe_gguf_get_str_array(const struct moe_gguf *g, const char *key,
 int moe_gguf_get_array(const struct moe_gguf *g, const char *key, enum moe_gguf_type *elem,
                        const void **data, uint64_t *count);
 
+/* Every key in file order (for dumps and tests); *type gets its value type
+ * (may be NULL). NULL past the end. */
+size_t moe_gguf_kv_count(const struct moe_gguf *g);
+const char *moe_gguf_key_at(const struct moe_gguf *g, size_t i, enum moe_gguf_type *type);
+
 size_t moe_gguf_tensor_count(const struct moe_gguf *g);
 const struct moe_tensor_info *moe_gguf_tensor_at(const struct moe_gguf *g, size_t i);
 const struct moe_tensor_info *moe_gguf_find_tensor(const struct moe_gguf *g, const char *name);

@@ -6,8 +6,8 @@
 #
 # Each target starts from build/fuzz/work/corpus_TARGET (kept between runs, so
 # coverage accumulates) plus seeds: small valid files generated here for the
-# format readers, and tests/fuzz/corpus/TARGET/ and tests/fuzz/seeds/NAME/
-# (TARGET without "fuzz_") when those folders exist. New inputs go only to
+# format readers, and tests/fuzz/corpus/TARGET/
+# when it exists. New inputs go only to
 # build/fuzz/work, never into the repository.
 # Crashes, leaks, timeouts, UBSan reports and huge allocations (over 512 MB)
 # are failures; the inputs that caused them are saved as
@@ -157,7 +157,6 @@ for t in "${targets[@]}"; do
     dirs=("$corpus")
     [ -d "$work/seed_$t" ] && dirs+=("$work/seed_$t")
     [ -d "tests/fuzz/corpus/$t" ] && dirs+=("tests/fuzz/corpus/$t")
-    [ -d "tests/fuzz/seeds/${t#fuzz_}" ] && dirs+=("tests/fuzz/seeds/${t#fuzz_}")
     opts=(-max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=512
           -max_len=16384 -print_final_stats=1 -artifact_prefix="$work/crash_$t-")
     dict=$work/${t#fuzz_}.dict

@@ -33,18 +33,30 @@ CFLAGS_COMMON := -std=gnu11 -O2 -g -Wall -Wextra -Wno-unused-parameter \
 CFLAGS   ?=
 LDFLAGS  ?=
 LIBS     := -ljansson -lpcre2-8 -lm -pthread
+LIBS_SERVE := -lmicrohttpd -linih -lsystemd   # moed and tests only
+LIBS_CURL  := -lcurl                          # moectl
 
 ISA_AVX2   := -mavx2 -mfma -mf16c
 ISA_AVX512 := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mavx2 -mfma -mf16c
 
 # Library modules, lowest layer first (see docs/DESIGN.md).
-MODULES  := common quant format backend router experts kv model engine
+MODULES  := common quant format backend router experts kv model engine ipc
 LIB_SRCS := $(foreach m,$(MODULES),$(wildcard $(m)/*.c))
 LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
 LIB      := $(BUILD)/lib/libmoe.a
 
 TOOL_SRCS := $(wildcard tools/moe_*.c)
 TOOLS     := $(patsubst tools/moe_%.c,$(BIN)/moe-%,$(TOOL_SRCS))
+
+# the daemon: every daemon/*.c; the client: tools/moectl.c
+DAEMON_SRCS := $(wildcard daemon/*.c)
+DAEMON_OBJS := $(DAEMON_SRCS:%.c=$(BUILD)/obj/%.o)
+ifneq ($(DAEMON_SRCS),)
+TOOLS += $(BIN)/moed
+endif
+ifneq ($(wildcard tools/moectl.c),)
+TOOLS += $(BIN)/moectl
+endif
 
 TEST_SRCS := $(wildcard tests/unit/test_*.c)
 TESTS     := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
@@ -71,9 +83,21 @@ $(BIN)/moe-%: $(BUILD)/obj/tools/moe_%.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_COMMON) $(CFLAGS) $(LDFLAGS) $< $(LIB) $(LIBS) -o $@
 
-$(BUILD)/tests/test_%: $(BUILD)/obj/tests/unit/test_%.o $(LIB)
+$(BIN)/moed: $(DAEMON_OBJS) $(LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_COMMON) $(CFLAGS) $(LDFLAGS) $< $(LIB) $(LIBS) -lcmocka -o $@
+	$(CC) $(CFLAGS_COMMON) $(CFLAGS) $(LDFLAGS) $(DAEMON_OBJS) $(LIB) $(LIBS_SERVE) $(LIBS) -o $@
+
+$(BIN)/moectl: $(BUILD)/obj/tools/moectl.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_COMMON) $(CFLAGS) $(LDFLAGS) $< $(LIB) $(LIBS_CURL) $(LIBS) -o $@
+
+# unit tests may exercise daemon/ code too: it is linked from its objects
+# (except the file holding main()).
+DAEMON_LIB_OBJS := $(filter-out $(BUILD)/obj/daemon/daemon_main.o,$(DAEMON_OBJS))
+$(BUILD)/tests/test_%: $(BUILD)/obj/tests/unit/test_%.o $(LIB) $(DAEMON_LIB_OBJS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_COMMON) $(CFLAGS) $(LDFLAGS) $< $(DAEMON_LIB_OBJS) $(LIB) $(LIBS_SERVE) \
+	    $(LIBS_CURL) $(LIBS) -lcmocka -o $@
 
 check-unit: $(TESTS)
 	@bash tests/run_tests.sh unit $(BUILD)/tests
@@ -90,7 +114,7 @@ FUZZ_FLAGS := -std=gnu11 -O1 -g -I. -fsanitize=fuzzer,address,undefined -pthread
 FUZZ_LIB_SRCS := $(filter-out %_avx2.c %_avx512.c,$(LIB_SRCS))
 build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(LIB_SRCS)
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(FUZZ_FLAGS) -DMOE_NO_SIMD $< $(FUZZ_LIB_SRCS) $(LIBS) -o $@
+	$(FUZZ_CC) $(FUZZ_FLAGS) -DMOE_NO_SIMD $< $(FUZZ_LIB_SRCS) $(LIBS_SERVE) $(LIBS) -o $@
 fuzz: $(FUZZERS)
 
 bench: $(TOOLS)
@@ -106,5 +130,6 @@ install: $(TOOLS)
 clean:
 	rm -rf build
 
--include $(LIB_OBJS:.o=.d) $(TOOL_SRCS:tools/%.c=$(BUILD)/obj/tools/%.d) \
+-include $(LIB_OBJS:.o=.d) $(DAEMON_OBJS:.o=.d) $(BUILD)/obj/tools/moectl.d \
+         $(TOOL_SRCS:tools/%.c=$(BUILD)/obj/tools/%.d) \
          $(TEST_SRCS:tests/unit/%.c=$(BUILD)/obj/tests/unit/%.d)

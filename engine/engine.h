@@ -47,4 +47,22 @@ bool moe_stop_push(struct moe_stop *st, const char *text, size_t len,
 /* At the end of generation without a stop match: the held-back text. */
 void moe_stop_flush(struct moe_stop *st, const char **emit, size_t *n_emit);
 
+/* ---- chat templates ------------------------------------------------------------- */
+struct moe_chat_message;
+
+enum moe_chat_template {
+    MOE_CHAT_CHATML,  /* <|im_start|>role\ncontent<|im_end|>\n ... <|im_start|>assistant\n */
+    MOE_CHAT_MISTRAL, /* <s>[INST] user [/INST] assistant</s>[INST] ... (system folded into the first user turn) */
+};
+/* "chatml" / "mistral" -> template; -EINVAL for other names */
+int moe_chat_template_from_name(const char *name, enum moe_chat_template *out);
+/* From a tokenizer_config.json's chat_template string, when it is
+ * recognisably one of ours; -ENOENT otherwise (then the INI decides). */
+int moe_chat_template_detect(const char *tokenizer_config_path, enum moe_chat_template *out);
+/* Renders messages into a prompt (malloc'ed). Roles other than system, user
+ * and assistant, or an empty list, are -EINVAL with a message. bos: the BOS
+ * text to start with ("<s>") or NULL when the tokenizer adds it itself. */
+int moe_chat_render(enum moe_chat_template t, const struct moe_chat_message *msgs, size_t n,
+                    const char *bos, char **out);
+
 #endif

@@ -1,0 +1,109 @@
+/* engine_server: the one thread that owns a model. It drains a request
+ * queue and runs continuous batching: every step decodes all running
+ * sequences together (each expert read once for all tokens routed to it),
+ * then fills the rest of the batch with prompt chunks of new sequences.
+ *
+ * ipc threads only submit requests and read events; they never touch model
+ * state. A job (one request) is shared by both sides through references. */
+#ifndef MOE_ENGINE_SERVER_H
+#define MOE_ENGINE_SERVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/engine.h"
+
+struct moe_model;
+struct moe_pool;
+struct moe_engine;
+struct moe_job;
+
+#define MOE_STOP_MAX 16       /* stop strings per request */
+#define MOE_STOP_MAX_LEN 256  /* bytes per stop string */
+
+struct moe_engine_limits {
+    int32_t max_seqs;          /* sequences decoding at once */
+    int32_t max_batch_tokens;  /* tokens per step: decode tokens + prompt chunks */
+    int32_t max_ctx;           /* context per sequence (prompt + generated) */
+    int32_t max_queue;         /* requests waiting beyond max_seqs; more: -EAGAIN */
+    int32_t max_tokens_default;/* when a request gives none */
+    double request_timeout_s;  /* 0 = none; a request may ask for less */
+};
+
+enum moe_req_kind { MOE_REQ_COMPLETION, MOE_REQ_CHAT };
+
+struct moe_chat_message {
+    char *role;    /* "system", "user", "assistant" */
+    char *content;
+};
+
+/* Built by ipc (all strings malloc'ed); owned by the engine once submitted. */
+struct moe_request {
+    enum moe_req_kind kind;
+    char *prompt;                       /* MOE_REQ_COMPLETION */
+    struct moe_chat_message *messages;  /* MOE_REQ_CHAT */
+    size_t n_messages;
+    int32_t max_tokens;                 /* 0 = the engine's default */
+    struct moe_sampling sampling;
+    char *stop[MOE_STOP_MAX];
+    size_t n_stop;
+    bool stream;
+    bool ignore_eos;
+    double timeout_s;                   /* 0 = the engine's limit */
+};
+void moe_request_free(struct moe_request *r); /* frees the strings and r itself */
+
+enum moe_event_kind {
+    MOE_EV_TEXT,  /* generated text (whole UTF-8 characters, stop strings removed) */
+    MOE_EV_DONE,  /* finished: finish_reason and usage set */
+    MOE_EV_ERROR, /* failed: status (HTTP-like) and message set */
+};
+
+struct moe_event {
+    enum moe_event_kind kind;
+    const char *text;          /* MOE_EV_TEXT: valid until the next moe_job_next */
+    size_t len;
+    const char *finish_reason; /* "stop", "length", "cancelled", "timeout" */
+    int32_t prompt_tokens, completion_tokens;
+    int status;                /* MOE_EV_ERROR: 400, 413, 500, 503 ... */
+    char message[256];
+};
+
+/* Starts the engine thread over an opened model. pool is used by that
+ * thread only. */
+int moe_engine_create(const struct moe_model *model, struct moe_pool *pool,
+                      const struct moe_engine_limits *limits, struct moe_engine **out);
+/* Applies new limits between steps (reload); sizes that need reallocation
+ * (max_ctx, max_seqs) are not reloadable and return -EINVAL with a message. */
+int moe_engine_set_limits(struct moe_engine *e, const struct moe_engine_limits *limits);
+/* Stops accepting (submit -> -ESHUTDOWN), lets running and queued jobs finish
+ * for at most drain_timeout_s, cancels the rest (finish_reason "cancelled"),
+ * joins the thread. */
+void moe_engine_drain(struct moe_engine *e, double drain_timeout_s);
+void moe_engine_free(struct moe_engine *e); /* drains with timeout 0 first */
+
+/* Queues a request. On success the engine owns req and *job holds the
+ * caller's reference. Errors (req still the caller's): -EAGAIN queue full,
+ * -ESHUTDOWN draining, -EINVAL bad request (moe_err_msg() says why: empty
+ * prompt, prompt longer than the context ...). */
+int moe_engine_submit(struct moe_engine *e, struct moe_request *req, struct moe_job **job);
+
+/* Waits for the job's next event, up to timeout_ms (-1 = forever).
+ * 0 with *ev filled, or -ETIMEDOUT. After MOE_EV_DONE / MOE_EV_ERROR no more
+ * events come. */
+int moe_job_next(struct moe_job *job, struct moe_event *ev, int timeout_ms);
+/* The client went away: the sequence is cancelled at the next step. */
+void moe_job_cancel(struct moe_job *job);
+void moe_job_release(struct moe_job *job);
+
+struct moe_engine_stats {
+    int32_t queue_depth;       /* waiting requests */
+    int32_t running;           /* sequences being prefilled or decoded */
+    uint64_t steps;
+    uint64_t prompt_tokens, generated_tokens;
+    uint64_t requests_done, requests_cancelled, requests_failed;
+};
+void moe_engine_get_stats(struct moe_engine *e, struct moe_engine_stats *st);
+
+#endif

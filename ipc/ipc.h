@@ -1,0 +1,57 @@
+/* ipc: the HTTP/1.1 + JSON API on a Unix socket (libmicrohttpd + jansson).
+ * OpenAI-compatible completions and chat (SSE streaming), /v1/models,
+ * /health, /metrics, /admin/stats, /admin/reload. Knows nothing of models:
+ * it turns requests into struct moe_request, hands them to the engine and
+ * streams the engine's events back. */
+#ifndef MOE_IPC_H
+#define MOE_IPC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "engine/engine.h"
+
+struct moe_engine;
+struct moe_ipc;
+
+#define MOE_IPC_MAX_IDS 32
+
+/* Limits that a reload may change. */
+struct moe_ipc_limits {
+    size_t max_body_bytes;        /* larger bodies: 413 */
+    size_t max_prompt_bytes;      /* larger prompts / message totals: 400 */
+    int32_t max_tokens_limit;     /* a request's max_tokens above this: 400 */
+    double request_timeout_s;     /* default per-request time limit (0 = none) */
+    struct moe_sampling defaults; /* sampling fields a request leaves out */
+    int32_t default_max_tokens;
+    uid_t allow_uids[MOE_IPC_MAX_IDS]; /* peers allowed (SO_PEERCRED); both lists */
+    size_t n_allow_uids;               /* empty = anyone who can open the socket */
+    gid_t allow_gids[MOE_IPC_MAX_IDS];
+    size_t n_allow_gids;
+};
+
+struct moe_ipc_config {
+    const char *socket_path; /* bound here unless listen_fd >= 0 */
+    int listen_fd;           /* socket activation: an already listening AF_UNIX fd, else -1 */
+    mode_t socket_mode;      /* e.g. 0660, applied to socket_path */
+    gid_t socket_gid;        /* (gid_t)-1: leave the group */
+    const char *model_name;  /* the id /v1/models lists */
+    int threads;             /* HTTP worker threads (0 = thread per connection) */
+    struct moe_ipc_limits limits;
+};
+
+int moe_ipc_start(const struct moe_ipc_config *cfg, struct moe_ipc **out);
+/* NULL while the model loads: /health answers 503, generation 503. */
+void moe_ipc_set_engine(struct moe_ipc *ipc, struct moe_engine *engine);
+void moe_ipc_set_limits(struct moe_ipc *ipc, const struct moe_ipc_limits *limits);
+/* POST /admin/reload calls fn(arg); it returns 0 or -errno with msg filled. */
+typedef int (*moe_ipc_reload_fn)(void *arg, char *msg, size_t cap);
+void moe_ipc_set_reload_hook(struct moe_ipc *ipc, moe_ipc_reload_fn fn, void *arg);
+/* Draining: stop accepting new connections; open ones are served. */
+void moe_ipc_stop_accepting(struct moe_ipc *ipc);
+/* Ends the server (after the engine drained); unlinks the socket it bound. */
+void moe_ipc_stop(struct moe_ipc *ipc);
+
+#endif

@@ -23,6 +23,11 @@ int32_t moe_tokenizer_vocab_size(const struct moe_tokenizer *tok);
 int32_t moe_tokenizer_bos(const struct moe_tokenizer *tok); /* -1 if none */
 int32_t moe_tokenizer_eos(const struct moe_tokenizer *tok); /* -1 if none */
 bool moe_tokenizer_is_eog(const struct moe_tokenizer *tok, int32_t id); /* end of generation */
+/* Marks one more end-of-generation token (generation_config.json's eos ids
+ * beside tokenizer.json are picked up by moe_tokenizer_from_hf already). */
+int moe_tokenizer_add_eog(struct moe_tokenizer *tok, int32_t id);
+/* The id of a token spelled exactly so in the vocabulary ("<|im_end|>"), -1. */
+int32_t moe_tokenizer_find(const struct moe_tokenizer *tok, const char *text);
 
 /* Encodes text[0..len). add_special: add BOS/EOS as the tokenizer's config
  * says (tiny-moe: BOS). Special/added tokens written literally in the text
@@ -31,9 +36,13 @@ int moe_tokenizer_encode(const struct moe_tokenizer *tok, const char *text, size
                          bool add_special, int32_t **ids, size_t *n_ids);
 
 /* The raw bytes a token stands for (byte-level mapping undone, "▁" turned
- * into a space, <0xNN> into its byte). Control tokens give 0 bytes. */
+ * into a space, <0xNN> into its byte). Control tokens give 0 bytes.
+ * Returns the token's full length; copies at most cap bytes of it. */
 size_t moe_tokenizer_token_bytes(const struct moe_tokenizer *tok, int32_t id,
                                  char *buf, size_t cap);
+/* Room one moe_detok_push() may need: about the longest token's bytes + 3
+ * (tiny-moe 13, Llama 2 30, GPT-2 131). */
+size_t moe_tokenizer_max_piece(const struct moe_tokenizer *tok);
 
 /* Streaming decode: push one token at a time; only whole UTF-8 characters
  * come out (a character split over tokens is held until complete). */
@@ -44,7 +53,9 @@ struct moe_detok {
     bool at_start; /* SentencePiece: drop the space of the first piece */
 };
 void moe_detok_init(struct moe_detok *d, const struct moe_tokenizer *tok);
-/* Writes at most cap bytes (cap >= 64 always suffices) and returns how many. */
+/* Writes at most cap bytes and returns how many. cap >=
+ * moe_tokenizer_max_piece(tok) always suffices; 64 does for most vocabularies
+ * but not GPT-2's (tokens of 128 bytes); what does not fit is dropped. */
 size_t moe_detok_push(struct moe_detok *d, int32_t id, char *out, size_t cap);
 /* At the end: whatever incomplete bytes remain, as U+FFFD replacement(s). */
 size_t moe_detok_flush(struct moe_detok *d, char *out, size_t cap);

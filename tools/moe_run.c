@@ -257,6 +257,8 @@ static int cmd_generate(const struct run_opts *o)
     struct moe_stop *stop = NULL;
     int32_t *ids = NULL, *hist = NULL;
     float *logits = NULL;
+    char *buf = NULL; /* one decoded token: moe_tokenizer_max_piece() bytes */
+    size_t buf_cap = 0;
     int ret = 1, rc;
 
     if ((rc = moe_model_open(o->model, &m)) < 0) {
@@ -291,7 +293,9 @@ static int cmd_generate(const struct run_opts *o)
         goto fail;
     logits = malloc((size_t)m->cfg.vocab * sizeof(float));
     hist = malloc((size_t)ctx * sizeof(int32_t));
-    if (!logits || !hist) {
+    buf_cap = moe_tokenizer_max_piece(m->tok) + 32; /* + U+FFFD for held bytes at flush */
+    buf = malloc(buf_cap);
+    if (!logits || !hist || !buf) {
         rc = moe_err(-ENOMEM, "out of memory");
         goto fail;
     }
@@ -302,7 +306,6 @@ static int cmd_generate(const struct run_opts *o)
         goto fail;
     struct moe_detok dt;
     moe_detok_init(&dt, m->tok);
-    char buf[256];
     bool stopped = false;
     for (int32_t i = 0; i < o->max_tokens && !stopped; i++) {
         int32_t next = moe_sampler_sample(smp, logits, hist, n_hist);
@@ -316,7 +319,7 @@ static int cmd_generate(const struct run_opts *o)
         if (o->print_ids) {
             printf("%s%d", i ? " " : "", next);
         } else {
-            size_t len = moe_detok_push(&dt, next, buf, sizeof(buf));
+            size_t len = moe_detok_push(&dt, next, buf, buf_cap);
             stopped = emit(stop, buf, len);
         }
         if (stopped || i + 1 == o->max_tokens)
@@ -331,7 +334,7 @@ static int cmd_generate(const struct run_opts *o)
     if (o->print_ids) {
         printf("\n");
     } else if (!stopped) {
-        size_t len = moe_detok_flush(&dt, buf, sizeof(buf));
+        size_t len = moe_detok_flush(&dt, buf, buf_cap);
         emit(stop, buf, len);
         if (stop) {
             const char *rest;
@@ -348,6 +351,7 @@ fail:
 out:
     free(logits);
     free(hist);
+    free(buf);
     free(ids);
     moe_stop_free(stop);
     moe_sampler_free(smp);

@@ -159,7 +159,8 @@ for t in "${targets[@]}"; do
     [ -d "tests/fuzz/corpus/$t" ] && dirs+=("tests/fuzz/corpus/$t")
     opts=(-max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=512
           -max_len=16384 -print_final_stats=1 -artifact_prefix="$work/crash_$t-")
-    dict=$work/${t#fuzz_}.dict
+    dict=$work/${t#fuzz_}.dict                      # generated above
+    [ -f "$dict" ] || dict=tests/fuzz/corpus/$t.dict  # or checked in
     [ -f "$dict" ] && opts+=(-dict="$dict")
     echo "== $t: ${secs}s, corpus ${dirs[*]}"
     "$bin" "${opts[@]}" "${dirs[@]}" >"$work/$t.log" 2>&1

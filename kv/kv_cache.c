@@ -11,8 +11,6 @@
 struct moe_kv {
     int32_t n_layers, n_kv_heads, head_dim, max_ctx;
     float *k, *v; /* [layer][kv_head][pos][head_dim]: one head's keys contiguous */
-    float *scores; /* attention scratch: [threads][max_ctx] */
-    int scores_threads;
 };
 
 static size_t head_stride(const struct moe_kv *kv)
@@ -58,7 +56,6 @@ void moe_kv_free(struct moe_kv *kv)
         return;
     free(kv->k);
     free(kv->v);
-    free(kv->scores);
     free(kv);
 }
 
@@ -67,36 +64,36 @@ int32_t moe_kv_capacity(const struct moe_kv *kv)
     return kv->max_ctx;
 }
 
-void moe_kv_store(struct moe_kv *kv, int32_t layer, int32_t pos0, int32_t n, const float *k,
-                  const float *v)
+void moe_kv_store(struct moe_kv *kv, int32_t layer, int32_t pos, const float *k, const float *v)
 {
-    size_t hd = (size_t)kv->head_dim, row = (size_t)kv->n_kv_heads * hd;
-    for (int32_t t = 0; t < n; t++)
-        for (int32_t h = 0; h < kv->n_kv_heads; h++) {
-            memcpy(kv_at(kv, kv->k, layer, h, pos0 + t), k + t * row + h * hd, hd * sizeof(float));
-            memcpy(kv_at(kv, kv->v, layer, h, pos0 + t), v + t * row + h * hd, hd * sizeof(float));
-        }
+    size_t hd = (size_t)kv->head_dim;
+    for (int32_t h = 0; h < kv->n_kv_heads; h++) {
+        memcpy(kv_at(kv, kv->k, layer, h, pos), k + h * hd, hd * sizeof(float));
+        memcpy(kv_at(kv, kv->v, layer, h, pos), v + h * hd, hd * sizeof(float));
+    }
 }
 
 struct attn_task {
-    const struct moe_kv *kv;
-    int32_t layer, n_heads, pos0, n;
+    struct moe_kv *const *kvs;
+    const int32_t *pos;
+    int32_t layer, n_heads, n;
     const float *q;
     float *out;
-    float *scores; /* [nth][max_ctx] */
+    float *scores;
+    size_t scores_stride;
 };
 
 static void attn_worker(void *arg, int ith, int nth)
 {
     struct attn_task *a = arg;
-    const struct moe_kv *kv = a->kv;
-    int32_t hd = kv->head_dim, group = a->n_heads / kv->n_kv_heads;
-    float scale = 1.0f / sqrtf((float)hd);
-    float *sc = a->scores + (size_t)ith * (size_t)kv->max_ctx;
+    float *sc = a->scores + (size_t)ith * a->scores_stride;
     int32_t jobs = a->n * a->n_heads;
     for (int32_t job = ith; job < jobs; job += nth) {
-        int32_t t = job / a->n_heads, h = job % a->n_heads, g = h / group;
-        int32_t len = a->pos0 + t + 1; /* causal: itself and everything before */
+        int32_t t = job / a->n_heads, h = job % a->n_heads;
+        const struct moe_kv *kv = a->kvs[t];
+        int32_t hd = kv->head_dim, g = h / (a->n_heads / kv->n_kv_heads);
+        float scale = 1.0f / sqrtf((float)hd);
+        int32_t len = a->pos[t] + 1; /* causal: itself and everything before */
         const float *q = a->q + ((size_t)t * a->n_heads + h) * hd;
         const float *K = kv_at(kv, kv->k, a->layer, g, 0);
         const float *V = kv_at(kv, kv->v, a->layer, g, 0);
@@ -118,18 +115,10 @@ static void attn_worker(void *arg, int ith, int nth)
     }
 }
 
-int moe_kv_attention(struct moe_pool *pool, struct moe_kv *kv, int32_t layer, int32_t n_heads,
-                     const float *q, int32_t pos0, int32_t n, float *out)
+void moe_kv_attention(struct moe_pool *pool, struct moe_kv *const *kvs, const int32_t *pos,
+                      int32_t n, int32_t layer, int32_t n_heads, const float *q, float *out,
+                      float *scores, size_t scores_stride)
 {
-    int nth = moe_pool_threads(pool);
-    if (nth > kv->scores_threads) { /* once per pool size, not per step */
-        free(kv->scores);
-        kv->scores = malloc((size_t)nth * (size_t)kv->max_ctx * sizeof(float));
-        kv->scores_threads = kv->scores ? nth : 0;
-        if (!kv->scores)
-            return moe_err(-ENOMEM, "out of memory for attention scores");
-    }
-    struct attn_task a = {kv, layer, n_heads, pos0, n, q, out, kv->scores};
+    struct attn_task a = {kvs, pos, layer, n_heads, n, q, out, scores, scores_stride};
     moe_pool_run(pool, attn_worker, &a);
-    return 0;
 }

@@ -94,16 +94,35 @@ void moe_model_free(struct moe_model *m);
  * experts, shared expert, lm head) and the total expert parameter count. */
 size_t moe_model_active_bytes(const struct moe_model *m);
 
-/* ---- inference state of one sequence ----------------------------------------- */
-struct moe_kv;        /* its KV cache */
-struct moe_scratch;   /* activation buffers, grown to the largest batch seen */
+/* ---- batched forward over several sequences ------------------------------------
+ * One call runs n tokens through the model with one pass over the weights:
+ * token i belongs to the sequence whose cache is kvs[i], at position pos[i].
+ * Tokens of one sequence must appear in position order with no gaps (a
+ * prompt chunk); the cache must have room for them. */
+struct moe_kv;      /* one sequence's KV cache (kv/) */
+struct moe_scratch; /* activation buffers, grown to the largest batch seen */
 
+int moe_model_kv_create(const struct moe_model *m, int32_t max_ctx, struct moe_kv **out);
+void moe_model_kv_free(struct moe_kv *kv);
+int moe_scratch_create(struct moe_scratch **out);
+void moe_scratch_free(struct moe_scratch *s);
+
+/* logits: [n_logits][vocab] for the tokens logit_idx[0..n_logits) (may be 0). */
+int moe_model_forward(const struct moe_model *m, struct moe_pool *pool, struct moe_scratch *s,
+                      int32_t n, const int32_t *tokens, struct moe_kv *const *kvs,
+                      const int32_t *pos, const int32_t *logit_idx, int32_t n_logits,
+                      float *logits);
+
+/* ---- a single sequence (tools, tests) ------------------------------------------ */
 struct moe_session {
     const struct moe_model *model;
     struct moe_pool *pool;
     struct moe_kv *kv;
     struct moe_scratch *scratch;
+    int32_t max_ctx;
     int32_t n_past; /* tokens already in the cache */
+    int32_t *pos, *logit_idx; /* [max_ctx] arguments for moe_model_forward */
+    struct moe_kv **kvs;
 };
 
 int moe_session_create(const struct moe_model *m, struct moe_pool *pool, int32_t max_ctx,
@@ -111,9 +130,8 @@ int moe_session_create(const struct moe_model *m, struct moe_pool *pool, int32_t
 void moe_session_free(struct moe_session *s);
 void moe_session_reset(struct moe_session *s); /* empties the cache */
 
-/* Feeds tokens[0..n) at positions n_past..n_past+n-1 (one weight pass for
- * all of them). logits: NULL, or [n][vocab] when all_logits, else [vocab]
- * for the last token only. */
+/* Feeds tokens[0..n) at positions n_past..n_past+n-1. logits: NULL, or
+ * [n][vocab] when all_logits, else [vocab] for the last token only. */
 int moe_session_forward(struct moe_session *s, const int32_t *tokens, int32_t n,
                         float *logits, bool all_logits);
 

@@ -1,5 +1,6 @@
-/* The transformer forward pass on the CPU, for a batch of n tokens of one
- * sequence: every weight matrix is read once for all n tokens.
+/* The transformer forward pass on the CPU, for a batch of n tokens that may
+ * come from several sequences: every weight matrix is read once for all n
+ * tokens; only attention looks at each token's own sequence.
  *
  *   x = embed[tokens]
  *   per layer:  x += Wo . attention(rope(q), rope(k), v)      q,k,v from rms(x)
@@ -27,7 +28,8 @@ struct moe_scratch {
     struct moe_route *routes; /* [n] */
     float *sh_gate, *sh_up; /* [n][max(shared, dense ffn)] */
     float *sh_scale;        /* [n] sigmoid gate of the shared expert */
-    float *logits_tmp;      /* [vocab] when only the last token's logits are wanted */
+    float *scores;          /* attention scores: [threads][scores_stride] */
+    size_t scores_stride, scores_cap;
     struct moe_experts_scratch experts;
 };
 
@@ -36,7 +38,7 @@ static void scratch_free(struct moe_scratch *s)
     if (!s)
         return;
     float *bufs[] = {s->x, s->xn, s->q, s->k, s->v, s->att, s->tmp, s->rope_cos, s->rope_sin,
-                     s->router, s->sh_gate, s->sh_up, s->sh_scale, s->logits_tmp};
+                     s->router, s->sh_gate, s->sh_up, s->sh_scale, s->scores};
     for (size_t i = 0; i < MOE_ARRAY_SIZE(bufs); i++)
         free(bufs[i]);
     free(s->routes);
@@ -48,10 +50,16 @@ static int scratch_reserve(struct moe_scratch *s, const struct moe_config *c, in
 {
     if (n <= s->cap)
         return 0;
-    struct moe_experts_scratch keep = s->experts; /* grown by the experts module itself */
+    /* the experts' buffers and the scores grow on their own */
+    struct moe_experts_scratch keep = s->experts;
+    float *scores = s->scores;
+    size_t scores_cap = s->scores_cap;
     s->experts = (struct moe_experts_scratch){0};
+    s->scores = NULL;
     scratch_free(s);
     s->experts = keep;
+    s->scores = scores;
+    s->scores_cap = scores_cap;
     size_t N = (size_t)n, H = (size_t)c->hidden, hd = (size_t)c->head_dim;
     size_t nq = (size_t)c->n_heads * hd, nkv = (size_t)c->n_kv_heads * hd;
     size_t sh = (size_t)MOE_MAX(c->shared_ffn, c->dense_ffn);
@@ -69,10 +77,8 @@ static int scratch_reserve(struct moe_scratch *s, const struct moe_config *c, in
     s->sh_gate = malloc(N * MOE_MAX(sh, 1) * sizeof(float));
     s->sh_up = malloc(N * MOE_MAX(sh, 1) * sizeof(float));
     s->sh_scale = malloc(N * sizeof(float));
-    s->logits_tmp = malloc((size_t)c->vocab * sizeof(float));
     if (!s->x || !s->xn || !s->q || !s->k || !s->v || !s->att || !s->tmp || !s->rope_cos ||
-        !s->rope_sin || !s->router || !s->routes || !s->sh_gate || !s->sh_up || !s->sh_scale ||
-        !s->logits_tmp) {
+        !s->rope_sin || !s->router || !s->routes || !s->sh_gate || !s->sh_up || !s->sh_scale) {
         scratch_free(s);
         return moe_err(-ENOMEM, "out of memory for activations of %d tokens", n);
     }
@@ -80,42 +86,45 @@ static int scratch_reserve(struct moe_scratch *s, const struct moe_config *c, in
     return 0;
 }
 
-int moe_session_create(const struct moe_model *m, struct moe_pool *pool, int32_t max_ctx,
-                       struct moe_session **out)
+/* attention scores: one row per thread, as long as the longest context */
+static int scores_reserve(struct moe_scratch *s, int nth, int32_t max_pos)
 {
-    *out = NULL;
-    if (max_ctx <= 0 || max_ctx > m->cfg.max_ctx)
-        max_ctx = m->cfg.max_ctx;
-    struct moe_session *s = calloc(1, sizeof(*s));
-    if (!s)
-        return moe_err(-ENOMEM, "out of memory");
-    s->model = m;
-    s->pool = pool;
-    s->scratch = calloc(1, sizeof(*s->scratch));
-    int rc = s->scratch ? moe_kv_create(m->cfg.n_layers, m->cfg.n_kv_heads, m->cfg.head_dim,
-                                        max_ctx, &s->kv)
-                        : moe_err(-ENOMEM, "out of memory");
-    if (rc < 0) {
-        moe_session_free(s);
-        return rc;
+    size_t stride = MOE_ALIGN_UP((size_t)max_pos + 1, 16);
+    if (stride < s->scores_stride)
+        stride = s->scores_stride;
+    if ((size_t)nth * stride > s->scores_cap) {
+        free(s->scores);
+        s->scores_cap = (size_t)nth * stride;
+        s->scores = malloc(s->scores_cap * sizeof(float));
+        if (!s->scores) {
+            s->scores_cap = 0;
+            return moe_err(-ENOMEM, "out of memory for attention scores");
+        }
     }
-    *out = s;
+    s->scores_stride = stride;
     return 0;
 }
 
-void moe_session_free(struct moe_session *s)
+int moe_scratch_create(struct moe_scratch **out)
 {
-    if (!s)
-        return;
-    moe_kv_free(s->kv);
-    scratch_free(s->scratch);
-    free(s->scratch);
+    *out = calloc(1, sizeof(**out));
+    return *out ? 0 : moe_err(-ENOMEM, "out of memory");
+}
+
+void moe_scratch_free(struct moe_scratch *s)
+{
+    scratch_free(s);
     free(s);
 }
 
-void moe_session_reset(struct moe_session *s)
+int moe_model_kv_create(const struct moe_model *m, int32_t max_ctx, struct moe_kv **out)
 {
-    s->n_past = 0;
+    return moe_kv_create(m->cfg.n_layers, m->cfg.n_kv_heads, m->cfg.head_dim, max_ctx, out);
+}
+
+void moe_model_kv_free(struct moe_kv *kv)
+{
+    moe_kv_free(kv);
 }
 
 /* ---- small per-token operations ------------------------------------------------ */
@@ -131,14 +140,15 @@ static void rmsnorm(float *out, const float *x, const float *w, int64_t n, float
 }
 
 /* cos/sin of every (token, frequency) pair of this batch */
-static void rope_tables(struct moe_scratch *s, const struct moe_config *c, int32_t pos0, int32_t n)
+static void rope_tables(struct moe_scratch *s, const struct moe_config *c, const int32_t *pos,
+                        int32_t n)
 {
     int32_t half = c->head_dim / 2;
     for (int32_t t = 0; t < n; t++)
         for (int32_t i = 0; i < half; i++) {
             /* as transformers: inv_freq in fp32, angle = pos * inv_freq */
             float inv_freq = (float)(1.0 / pow((double)c->rope_theta, (2.0 * i) / c->head_dim));
-            float ang = (float)(pos0 + t) * inv_freq;
+            float ang = (float)pos[t] * inv_freq;
             s->rope_cos[t * half + i] = cosf(ang);
             s->rope_sin[t * half + i] = sinf(ang);
         }
@@ -179,7 +189,15 @@ static void clamp_all(float *v, size_t n, float lim)
 
 /* ---- the blocks ------------------------------------------------------------------- */
 
-static int attention_block(struct moe_session *s, int32_t l, int32_t n)
+struct fwd {
+    const struct moe_model *model;
+    struct moe_pool *pool;
+    struct moe_scratch *scratch;
+    struct moe_kv *const *kvs;
+    const int32_t *pos;
+};
+
+static int attention_block(const struct fwd *s, int32_t l, int32_t n)
 {
     const struct moe_config *c = &s->model->cfg;
     const struct moe_layer *L = &s->model->layers[l];
@@ -220,17 +238,17 @@ static int attention_block(struct moe_session *s, int32_t l, int32_t n)
         rope_apply(S->k + t * nkv, c->n_kv_heads, c->head_dim, cs, sn, c->rope_interleaved);
     }
 
-    moe_kv_store(s->kv, l, s->n_past, n, S->k, S->v);
-    int rc = moe_kv_attention(s->pool, s->kv, l, c->n_heads, S->q, s->n_past, n, S->att);
-    if (rc < 0)
-        return rc;
+    for (int32_t t = 0; t < n; t++)
+        moe_kv_store(s->kvs[t], l, s->pos[t], S->k + t * nkv, S->v + t * nkv);
+    moe_kv_attention(s->pool, s->kvs, s->pos, n, l, c->n_heads, S->q, S->att, S->scores,
+                     S->scores_stride);
     moe_matmul(s->pool, &L->wo, S->att, n, S->tmp); /* [n][H] */
     for (int64_t i = 0; i < (int64_t)n * H; i++)
         S->x[i] += S->tmp[i];
     return 0;
 }
 
-static int ffn_block(struct moe_session *s, int32_t l, int32_t n)
+static int ffn_block(const struct fwd *s, int32_t l, int32_t n)
 {
     const struct moe_config *c = &s->model->cfg;
     const struct moe_layer *L = &s->model->layers[l];
@@ -267,43 +285,114 @@ static int ffn_block(struct moe_session *s, int32_t l, int32_t n)
     return 0;
 }
 
-int moe_session_forward(struct moe_session *s, const int32_t *tokens, int32_t n, float *logits,
-                        bool all_logits)
+int moe_model_forward(const struct moe_model *m, struct moe_pool *pool, struct moe_scratch *S,
+                      int32_t n, const int32_t *tokens, struct moe_kv *const *kvs,
+                      const int32_t *pos, const int32_t *logit_idx, int32_t n_logits,
+                      float *logits)
 {
-    const struct moe_model *m = s->model;
     const struct moe_config *c = &m->cfg;
     if (n <= 0)
         return moe_err(-EINVAL, "no tokens to process");
-    if (s->n_past + n > moe_kv_capacity(s->kv))
-        return moe_err(-ENOSPC, "context full: %d + %d tokens exceed the %d-token cache",
-                       s->n_past, n, moe_kv_capacity(s->kv));
-    for (int32_t t = 0; t < n; t++)
+    int32_t max_pos = 0;
+    for (int32_t t = 0; t < n; t++) {
         if (tokens[t] < 0 || tokens[t] >= c->vocab)
             return moe_err(-EINVAL, "token id %d outside the vocabulary (0..%d)", tokens[t],
                            c->vocab - 1);
-    int rc = scratch_reserve(s->scratch, c, n);
+        if (pos[t] < 0 || pos[t] >= moe_kv_capacity(kvs[t]))
+            return moe_err(-ENOSPC, "context full: position %d is past the %d-token cache",
+                           pos[t], moe_kv_capacity(kvs[t]));
+        max_pos = pos[t] > max_pos ? pos[t] : max_pos;
+    }
+    int rc = scratch_reserve(S, c, n);
+    if (rc == 0)
+        rc = scores_reserve(S, moe_pool_threads(pool), max_pos);
     if (rc < 0)
         return rc;
-    struct moe_scratch *S = s->scratch;
+    struct fwd f = {m, pool, S, kvs, pos};
     int64_t H = c->hidden;
 
     const struct moe_dtype_traits *et = moe_dtype_traits(m->embed.dtype);
     for (int32_t t = 0; t < n; t++) /* x [n][H] */
         et->to_f32((const uint8_t *)m->embed.data + (size_t)tokens[t] * m->embed.row_bytes,
                    S->x + t * H, H);
-    rope_tables(S, c, s->n_past, n);
+    rope_tables(S, c, pos, n);
 
     for (int32_t l = 0; l < c->n_layers; l++) {
-        if ((rc = attention_block(s, l, n)) < 0 || (rc = ffn_block(s, l, n)) < 0)
+        if ((rc = attention_block(&f, l, n)) < 0 || (rc = ffn_block(&f, l, n)) < 0)
             return rc;
     }
 
-    if (logits) {
-        int32_t first = all_logits ? 0 : n - 1, count = all_logits ? n : 1;
-        for (int32_t t = first; t < n; t++)
-            rmsnorm(S->xn + (t - first) * H, S->x + t * H, m->final_norm, H, c->rms_eps);
-        moe_matmul(s->pool, &m->lm_head, S->xn, count, logits); /* [count][vocab] */
+    if (n_logits > 0) {
+        for (int32_t i = 0; i < n_logits; i++) /* xn [n_logits][H] */
+            rmsnorm(S->xn + i * H, S->x + logit_idx[i] * H, m->final_norm, H, c->rms_eps);
+        moe_matmul(pool, &m->lm_head, S->xn, n_logits, logits); /* [n_logits][vocab] */
     }
-    s->n_past += n;
     return 0;
+}
+
+int moe_session_create(const struct moe_model *m, struct moe_pool *pool, int32_t max_ctx,
+                       struct moe_session **out)
+{
+    *out = NULL;
+    if (max_ctx <= 0 || max_ctx > m->cfg.max_ctx)
+        max_ctx = m->cfg.max_ctx;
+    struct moe_session *s = calloc(1, sizeof(*s));
+    if (!s)
+        return moe_err(-ENOMEM, "out of memory");
+    s->model = m;
+    s->pool = pool;
+    s->max_ctx = max_ctx;
+    s->pos = malloc((size_t)max_ctx * sizeof(int32_t));
+    s->logit_idx = malloc((size_t)max_ctx * sizeof(int32_t));
+    s->kvs = malloc((size_t)max_ctx * sizeof(*s->kvs));
+    int rc = !s->pos || !s->logit_idx || !s->kvs ? moe_err(-ENOMEM, "out of memory")
+                                                 : moe_scratch_create(&s->scratch);
+    if (rc == 0)
+        rc = moe_model_kv_create(m, max_ctx, &s->kv);
+    if (rc < 0) {
+        moe_session_free(s);
+        return rc;
+    }
+    for (int32_t i = 0; i < max_ctx; i++) {
+        s->kvs[i] = s->kv;
+        s->logit_idx[i] = i;
+    }
+    *out = s;
+    return 0;
+}
+
+void moe_session_free(struct moe_session *s)
+{
+    if (!s)
+        return;
+    moe_kv_free(s->kv);
+    moe_scratch_free(s->scratch);
+    free(s->pos);
+    free(s->logit_idx);
+    free(s->kvs);
+    free(s);
+}
+
+void moe_session_reset(struct moe_session *s)
+{
+    s->n_past = 0;
+}
+
+int moe_session_forward(struct moe_session *s, const int32_t *tokens, int32_t n, float *logits,
+                        bool all_logits)
+{
+    if (n <= 0)
+        return moe_err(-EINVAL, "no tokens to process");
+    if (s->n_past + n > s->max_ctx)
+        return moe_err(-ENOSPC, "context full: %d + %d tokens exceed the %d-token cache",
+                       s->n_past, n, s->max_ctx);
+    for (int32_t t = 0; t < n; t++)
+        s->pos[t] = s->n_past + t;
+    int32_t n_logits = !logits ? 0 : all_logits ? n : 1;
+    const int32_t *idx = all_logits ? s->logit_idx : s->logit_idx + n - 1;
+    int rc = moe_model_forward(s->model, s->pool, s->scratch, n, tokens, s->kvs, s->pos, idx,
+                               n_logits, logits);
+    if (rc == 0)
+        s->n_past += n;
+    return rc;
 }

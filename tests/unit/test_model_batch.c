@@ -1,0 +1,120 @@
+/* model: a batch mixing tokens of several sequences gives each sequence the
+ * logits it would get alone (continuous batching depends on this). */
+#include "tests/unit/test.h"
+
+#include <errno.h>
+#include <math.h>
+
+#include "backend/backend.h"
+#include "common/common.h"
+#include "model/model.h"
+
+static const int32_t A[] = {1022, 812, 58, 10, 65, 104, 44};          /* "ROMEO:\nAh," */
+static const int32_t B[] = {1022, 396, 304, 44, 528, 321, 287, 304, 266}; /* "To be, or not to be the" */
+enum { NA = sizeof(A) / sizeof(A[0]), NB = sizeof(B) / sizeof(B[0]) };
+
+static float max_abs_diff(const float *a, const float *b, int n)
+{
+    float d = 0;
+    for (int i = 0; i < n; i++)
+        d = fmaxf(d, fabsf(a[i] - b[i]));
+    return d;
+}
+
+static void test_mixed_batch_equals_separate_sequences(void **state)
+{
+    (void)state;
+    struct moe_model *m;
+    struct moe_pool *pool;
+    assert_int_equal(moe_model_open(moe_test_path("models/tiny-moe"), &m), 0);
+    assert_int_equal(moe_pool_create(2, &pool), 0);
+    int V = m->cfg.vocab;
+
+    /* alone: every position's logits of each sequence */
+    float *la = malloc(sizeof(float) * NA * V), *lb = malloc(sizeof(float) * NB * V);
+    struct moe_session *s;
+    assert_int_equal(moe_session_create(m, pool, 64, &s), 0);
+    assert_int_equal(moe_session_forward(s, A, NA, la, true), 0);
+    moe_session_reset(s);
+    assert_int_equal(moe_session_forward(s, B, NB, lb, true), 0);
+    moe_session_free(s);
+
+    /* together: step 1 = A[0..4) and B[0..6) as prompt chunks; step 2 =
+     * the rest of A as a chunk and B[6] decoding alone; step 3 = B's last two
+     * tokens with nothing of A */
+    struct moe_kv *ka, *kb;
+    struct moe_scratch *scr;
+    assert_int_equal(moe_model_kv_create(m, 64, &ka), 0);
+    assert_int_equal(moe_model_kv_create(m, 64, &kb), 0);
+    assert_int_equal(moe_scratch_create(&scr), 0);
+    float *out = malloc(sizeof(float) * (NA + NB) * V);
+
+    int32_t tok[16], pos[16], idx[16];
+    struct moe_kv *kvs[16];
+    int n = 0;
+    for (int i = 0; i < 4; i++, n++) {
+        tok[n] = A[i]; pos[n] = i; kvs[n] = ka; idx[n] = n;
+    }
+    for (int i = 0; i < 6; i++, n++) {
+        tok[n] = B[i]; pos[n] = i; kvs[n] = kb; idx[n] = n;
+    }
+    assert_int_equal(moe_model_forward(m, pool, scr, n, tok, kvs, pos, idx, n, out), 0);
+    for (int i = 0; i < 4; i++)
+        assert_true(max_abs_diff(out + i * V, la + i * V, V) < 1e-4f);
+    for (int i = 0; i < 6; i++)
+        assert_true(max_abs_diff(out + (4 + i) * V, lb + i * V, V) < 1e-4f);
+
+    n = 0;
+    tok[n] = B[6]; pos[n] = 6; kvs[n] = kb; n++;
+    for (int i = 4; i < NA; i++, n++) {
+        tok[n] = A[i]; pos[n] = i; kvs[n] = ka;
+    }
+    int32_t want[2] = {0, n - 1}; /* B's token and A's last: logits of two rows only */
+    assert_int_equal(moe_model_forward(m, pool, scr, n, tok, kvs, pos, want, 2, out), 0);
+    assert_true(max_abs_diff(out, lb + 6 * V, V) < 1e-4f);
+    assert_true(max_abs_diff(out + V, la + (NA - 1) * V, V) < 1e-4f);
+
+    tok[0] = B[7]; pos[0] = 7; kvs[0] = kb;
+    tok[1] = B[8]; pos[1] = 8; kvs[1] = kb;
+    int32_t last = 1;
+    assert_int_equal(moe_model_forward(m, pool, scr, 2, tok, kvs, pos, &last, 1, out), 0);
+    assert_true(max_abs_diff(out, lb + 8 * V, V) < 1e-4f);
+
+    free(out);
+    free(la);
+    free(lb);
+    moe_scratch_free(scr);
+    moe_model_kv_free(ka);
+    moe_model_kv_free(kb);
+    moe_pool_free(pool);
+    moe_model_free(m);
+}
+
+static void test_position_past_cache_is_refused(void **state)
+{
+    (void)state;
+    struct moe_model *m;
+    struct moe_pool *pool;
+    struct moe_kv *kv;
+    struct moe_scratch *scr;
+    assert_int_equal(moe_model_open(moe_test_path("models/tiny-moe"), &m), 0);
+    assert_int_equal(moe_pool_create(1, &pool), 0);
+    assert_int_equal(moe_model_kv_create(m, 4, &kv), 0);
+    assert_int_equal(moe_scratch_create(&scr), 0);
+    int32_t tok = 5, pos = 4;
+    assert_int_equal(moe_model_forward(m, pool, scr, 1, &tok, &kv, &pos, NULL, 0, NULL), -ENOSPC);
+    assert_non_null(strstr(moe_err_msg(), "context full"));
+    moe_scratch_free(scr);
+    moe_model_kv_free(kv);
+    moe_pool_free(pool);
+    moe_model_free(m);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_mixed_batch_equals_separate_sequences),
+        cmocka_unit_test(test_position_past_cache_is_refused),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -29,6 +29,7 @@ struct moe_engine_limits {
     int32_t max_queue;         /* requests waiting beyond max_seqs; more: -EAGAIN */
     int32_t max_tokens_default;/* when a request gives none */
     double request_timeout_s;  /* 0 = none; a request may ask for less */
+    enum moe_chat_template chat_template; /* how chat messages become a prompt */
 };
 
 enum moe_req_kind { MOE_REQ_COMPLETION, MOE_REQ_CHAT };

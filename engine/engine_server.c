@@ -1,0 +1,653 @@
+/* The engine thread: continuous batching over one model.
+ *
+ * Each step: admit queued requests into free slots (tokenize, set up their
+ * sampler and cache), drop cancelled or timed-out sequences, then build one
+ * batch: first the next token of every decoding sequence, then prompt chunks
+ * of prefilling ones until max_batch_tokens. One moe_model_forward for all
+ * of it; then sample, detokenize, filter stop strings and post events. */
+#include "engine/engine_server.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/common.h"
+#include "model/model.h"
+
+/* ---- jobs: the meeting point of an ipc thread and the engine thread ------- */
+
+struct moe_job {
+    atomic_int refs;
+    atomic_bool cancelled;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    char *text;        /* generated text not yet read */
+    size_t len, cap;
+    char *reading;     /* what the last moe_job_next handed out */
+    bool finished;     /* the terminal event is set */
+    bool terminal_read;
+    struct moe_event terminal;
+    struct moe_request *req; /* the engine's until the job ends */
+    double deadline;   /* monotonic seconds; 0 = none */
+    struct moe_job *next; /* queue link */
+};
+
+static void job_unref(struct moe_job *j)
+{
+    if (atomic_fetch_sub(&j->refs, 1) != 1)
+        return;
+    pthread_mutex_destroy(&j->mu);
+    pthread_cond_destroy(&j->cv);
+    free(j->text);
+    free(j->reading);
+    moe_request_free(j->req);
+    free(j);
+}
+
+static void job_post_text(struct moe_job *j, const char *s, size_t n)
+{
+    if (n == 0)
+        return;
+    pthread_mutex_lock(&j->mu);
+    if (j->len + n > j->cap) {
+        size_t cap = MOE_MAX(j->cap * 2, j->len + n + 256);
+        char *t = realloc(j->text, cap);
+        if (!t) { /* drop the text rather than the daemon; the client sees a gap */
+            pthread_mutex_unlock(&j->mu);
+            moe_log(MOE_LOG_ERR, "engine: out of memory for generated text");
+            return;
+        }
+        j->text = t;
+        j->cap = cap;
+    }
+    memcpy(j->text + j->len, s, n);
+    j->len += n;
+    pthread_cond_signal(&j->cv);
+    pthread_mutex_unlock(&j->mu);
+}
+
+static void job_post_end(struct moe_job *j, const struct moe_event *ev)
+{
+    pthread_mutex_lock(&j->mu);
+    j->terminal = *ev;
+    j->finished = true;
+    pthread_cond_signal(&j->cv);
+    pthread_mutex_unlock(&j->mu);
+}
+
+static void job_post_error(struct moe_job *j, int status, const char *msg)
+{
+    struct moe_event ev = {.kind = MOE_EV_ERROR, .status = status};
+    snprintf(ev.message, sizeof(ev.message), "%s", msg);
+    job_post_end(j, &ev);
+}
+
+int moe_job_next(struct moe_job *j, struct moe_event *ev, int timeout_ms)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    if (timeout_ms >= 0) {
+        until.tv_sec += timeout_ms / 1000;
+        until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+    }
+    pthread_mutex_lock(&j->mu);
+    while (j->len == 0 && !j->finished) {
+        if (timeout_ms < 0) {
+            pthread_cond_wait(&j->cv, &j->mu);
+        } else if (pthread_cond_timedwait(&j->cv, &j->mu, &until) == ETIMEDOUT) {
+            pthread_mutex_unlock(&j->mu);
+            return -ETIMEDOUT;
+        }
+    }
+    if (j->len > 0) { /* text first, even when the end has come too */
+        free(j->reading);
+        j->reading = j->text;
+        memset(ev, 0, sizeof(*ev));
+        ev->kind = MOE_EV_TEXT;
+        ev->text = j->reading;
+        ev->len = j->len;
+        j->text = NULL;
+        j->len = j->cap = 0;
+    } else {
+        *ev = j->terminal;
+        j->terminal_read = true;
+    }
+    pthread_mutex_unlock(&j->mu);
+    return 0;
+}
+
+void moe_job_cancel(struct moe_job *j)
+{
+    atomic_store(&j->cancelled, true);
+}
+
+void moe_job_release(struct moe_job *j)
+{
+    if (j)
+        job_unref(j);
+}
+
+void moe_request_free(struct moe_request *r)
+{
+    if (!r)
+        return;
+    free(r->prompt);
+    for (size_t i = 0; i < r->n_messages; i++) {
+        free(r->messages[i].role);
+        free(r->messages[i].content);
+    }
+    free(r->messages);
+    for (size_t i = 0; i < r->n_stop; i++)
+        free(r->stop[i]);
+    free(r);
+}
+
+/* ---- sequences: the engine thread's own state of a running job ----------- */
+
+struct seq {
+    struct moe_job *job;
+    struct moe_kv *kv;
+    struct moe_sampler *smp;
+    struct moe_stop *stop;
+    struct moe_detok detok;
+    int32_t *ids;       /* prompt then generated tokens */
+    int32_t n_prompt, n_ids, n_fed; /* n_fed: tokens already in the cache */
+    int32_t max_new;    /* generated tokens allowed */
+    int32_t logit_row;  /* row of this step's logits, -1 if none */
+};
+
+struct moe_engine {
+    const struct moe_model *model;
+    struct moe_pool *pool;
+    struct moe_scratch *scratch;
+    struct moe_engine_limits lim;
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    struct moe_job *queue_head, *queue_tail;
+    int32_t queue_len;
+    bool draining, stopping;
+    struct seq *seqs;       /* [max_seqs]; job == NULL: free slot */
+    struct moe_kv **free_kv; /* caches of finished sequences, reused */
+    int32_t n_free_kv;
+    /* per-step batch arguments */
+    int32_t *b_tok, *b_pos, *b_idx;
+    struct moe_kv **b_kv;
+    float *logits;          /* [max_seqs][vocab] */
+    char *piece;            /* one decoded token */
+    size_t piece_cap;
+    struct moe_engine_stats stats;
+};
+
+static double now_s(void)
+{
+    return moe_now_s();
+}
+
+/* Ends a sequence that did not hit a stop string: the bytes the detokenizer
+ * and the stop filter still hold are real output. */
+static void seq_emit_rest(struct moe_engine *e, struct seq *s)
+{
+    size_t n = moe_detok_flush(&s->detok, e->piece, e->piece_cap);
+    const char *out = e->piece;
+    size_t n_out = n;
+    if (s->stop && moe_stop_push(s->stop, e->piece, n, &out, &n_out)) {
+        job_post_text(s->job, out, n_out); /* the flushed bytes completed a stop string */
+        return;
+    }
+    job_post_text(s->job, out, n_out);
+    if (s->stop) {
+        moe_stop_flush(s->stop, &out, &n_out);
+        job_post_text(s->job, out, n_out);
+    }
+}
+
+static void seq_finish(struct moe_engine *e, struct seq *s, const char *reason)
+{
+    struct moe_event ev = {.kind = MOE_EV_DONE, .finish_reason = reason,
+                           .prompt_tokens = s->n_prompt,
+                           .completion_tokens = s->n_ids - s->n_prompt};
+    pthread_mutex_lock(&e->mu); /* stats before the event: a reader sees them settled */
+    if (!strcmp(reason, "cancelled"))
+        e->stats.requests_cancelled++;
+    else
+        e->stats.requests_done++;
+    e->stats.running--;
+    pthread_mutex_unlock(&e->mu);
+    job_post_end(s->job, &ev);
+    e->free_kv[e->n_free_kv++] = s->kv;
+    moe_sampler_free(s->smp);
+    moe_stop_free(s->stop);
+    free(s->ids);
+    job_unref(s->job);
+    memset(s, 0, sizeof(*s));
+}
+
+static void seq_fail(struct moe_engine *e, struct seq *s, int status, const char *msg)
+{
+    pthread_mutex_lock(&e->mu);
+    e->stats.requests_failed++;
+    e->stats.running--;
+    pthread_mutex_unlock(&e->mu);
+    job_post_error(s->job, status, msg);
+    if (s->kv)
+        e->free_kv[e->n_free_kv++] = s->kv;
+    moe_sampler_free(s->smp);
+    moe_stop_free(s->stop);
+    free(s->ids);
+    job_unref(s->job);
+    memset(s, 0, sizeof(*s));
+}
+
+/* Turns a queued job into a running sequence; on failure the job gets its
+ * error and the slot stays free. */
+static void seq_start(struct moe_engine *e, struct seq *s, struct moe_job *j)
+{
+    const struct moe_model *m = e->model;
+    struct moe_request *r = j->req;
+    char *text = NULL;
+    int32_t *ids = NULL;
+    size_t n_ids = 0;
+    memset(s, 0, sizeof(*s));
+    s->job = j;
+    int rc = 0;
+    if (!m->tok) {
+        seq_fail(e, s, 500, "the model has no tokenizer");
+        return;
+    }
+    if (r->kind == MOE_REQ_CHAT)
+        rc = moe_chat_render(e->lim.chat_template, r->messages, r->n_messages, NULL, &text);
+    if (rc < 0) {
+        seq_fail(e, s, 400, moe_err_msg());
+        return;
+    }
+    const char *prompt = text ? text : (r->prompt ? r->prompt : "");
+    rc = moe_tokenizer_encode(m->tok, prompt, strlen(prompt), true, &ids, &n_ids);
+    free(text);
+    if (rc < 0) {
+        seq_fail(e, s, 400, moe_err_msg());
+        return;
+    }
+    int32_t ctx = e->lim.max_ctx;
+    if (n_ids == 0 || (int64_t)n_ids >= ctx) {
+        char msg[160] = "the prompt is empty";
+        if (n_ids)
+            snprintf(msg, sizeof(msg), "the prompt has %zu tokens; the context holds %d", n_ids,
+                     ctx);
+        free(ids);
+        seq_fail(e, s, 400, msg);
+        return;
+    }
+    s->ids = realloc(ids, (size_t)ctx * sizeof(int32_t));
+    if (!s->ids) {
+        free(ids);
+        seq_fail(e, s, 500, "out of memory");
+        return;
+    }
+    s->n_prompt = s->n_ids = (int32_t)n_ids;
+    int32_t max_new = r->max_tokens > 0 ? r->max_tokens : e->lim.max_tokens_default;
+    s->max_new = max_new > 0 ? max_new : ctx;
+    if (moe_sampler_create(&r->sampling, m->cfg.vocab, &s->smp) < 0 ||
+        (r->n_stop && moe_stop_create((const char *const *)r->stop, r->n_stop, &s->stop) < 0)) {
+        seq_fail(e, s, 400, moe_err_msg());
+        return;
+    }
+    if (e->n_free_kv > 0) {
+        s->kv = e->free_kv[--e->n_free_kv];
+    } else if (moe_model_kv_create(m, ctx, &s->kv) < 0) {
+        seq_fail(e, s, 503, moe_err_msg());
+        return;
+    }
+    moe_detok_init(&s->detok, m->tok);
+    pthread_mutex_lock(&e->mu);
+    e->stats.prompt_tokens += (uint64_t)n_ids;
+    pthread_mutex_unlock(&e->mu);
+}
+
+/* Takes the sampled token: emits its text, decides whether the sequence ends. */
+static void seq_accept(struct moe_engine *e, struct seq *s, int32_t tok)
+{
+    const struct moe_tokenizer *t = e->model->tok;
+    if (!s->job->req->ignore_eos && moe_tokenizer_is_eog(t, tok)) {
+        seq_emit_rest(e, s);
+        seq_finish(e, s, "stop");
+        return;
+    }
+    s->ids[s->n_ids++] = tok;
+    e->stats.generated_tokens++;
+    size_t n = moe_detok_push(&s->detok, tok, e->piece, e->piece_cap);
+    const char *out = e->piece;
+    size_t n_out = n;
+    bool stopped = s->stop && moe_stop_push(s->stop, e->piece, n, &out, &n_out);
+    job_post_text(s->job, out, n_out);
+    if (stopped) {
+        seq_finish(e, s, "stop");
+    } else if (s->n_ids - s->n_prompt >= s->max_new || s->n_ids >= e->lim.max_ctx) {
+        seq_emit_rest(e, s);
+        seq_finish(e, s, "length");
+    }
+}
+
+/* ---- the loop ---------------------------------------------------------------- */
+
+static bool any_running(const struct moe_engine *e)
+{
+    for (int32_t i = 0; i < e->lim.max_seqs; i++)
+        if (e->seqs[i].job)
+            return true;
+    return false;
+}
+
+/* Moves queued jobs into free slots; returns false when the thread should end. */
+static bool admit(struct moe_engine *e)
+{
+    pthread_mutex_lock(&e->mu);
+    for (;;) {
+        bool running = any_running(e);
+        if (e->stopping && !running && !e->queue_head) {
+            pthread_mutex_unlock(&e->mu);
+            return false;
+        }
+        for (int32_t i = 0; i < e->lim.max_seqs && e->queue_head; i++) {
+            if (e->seqs[i].job)
+                continue;
+            struct moe_job *j = e->queue_head;
+            e->queue_head = j->next;
+            if (!e->queue_head)
+                e->queue_tail = NULL;
+            e->queue_len--;
+            e->stats.running++;
+            pthread_mutex_unlock(&e->mu);
+            seq_start(e, &e->seqs[i], j); /* tokenizing outside the lock */
+            pthread_mutex_lock(&e->mu);
+        }
+        if (any_running(e) || e->stopping)
+            break;
+        pthread_cond_wait(&e->cv, &e->mu); /* idle: nothing to run */
+    }
+    pthread_mutex_unlock(&e->mu);
+    return true;
+}
+
+static void step(struct moe_engine *e)
+{
+    const struct moe_model *m = e->model;
+    double t = now_s();
+    bool stopping;
+    pthread_mutex_lock(&e->mu);
+    stopping = e->stopping;
+    pthread_mutex_unlock(&e->mu);
+
+    int32_t n = 0, n_logits = 0, budget = e->lim.max_batch_tokens;
+    for (int32_t i = 0; i < e->lim.max_seqs; i++) { /* decode tokens first */
+        struct seq *s = &e->seqs[i];
+        if (!s->job)
+            continue;
+        if (atomic_load(&s->job->cancelled) || stopping) {
+            seq_finish(e, s, "cancelled");
+            continue;
+        }
+        if (s->job->deadline > 0 && t > s->job->deadline) {
+            seq_emit_rest(e, s);
+            seq_finish(e, s, "timeout");
+            continue;
+        }
+        s->logit_row = -1;
+        if (s->n_fed < s->n_prompt || budget == 0)
+            continue;
+        e->b_tok[n] = s->ids[s->n_fed];
+        e->b_pos[n] = s->n_fed;
+        e->b_kv[n] = s->kv;
+        e->b_idx[n_logits] = n;
+        s->logit_row = n_logits++;
+        s->n_fed++;
+        n++;
+        budget--;
+    }
+    for (int32_t i = 0; i < e->lim.max_seqs && budget > 0; i++) { /* then prompt chunks */
+        struct seq *s = &e->seqs[i];
+        if (!s->job || s->n_fed >= s->n_prompt)
+            continue;
+        int32_t chunk = MOE_MIN(budget, s->n_prompt - s->n_fed);
+        for (int32_t k = 0; k < chunk; k++, n++) {
+            e->b_tok[n] = s->ids[s->n_fed + k];
+            e->b_pos[n] = s->n_fed + k;
+            e->b_kv[n] = s->kv;
+        }
+        s->n_fed += chunk;
+        budget -= chunk;
+        if (s->n_fed == s->n_prompt) { /* the prompt is in: its last logits pick token 1 */
+            e->b_idx[n_logits] = n - 1;
+            s->logit_row = n_logits++;
+        }
+    }
+    if (n == 0)
+        return;
+
+    int rc = moe_model_forward(m, e->pool, e->scratch, n, e->b_tok, e->b_kv, e->b_pos, e->b_idx,
+                               n_logits, e->logits);
+    pthread_mutex_lock(&e->mu);
+    e->stats.steps++;
+    pthread_mutex_unlock(&e->mu);
+    for (int32_t i = 0; i < e->lim.max_seqs; i++) {
+        struct seq *s = &e->seqs[i];
+        if (!s->job || s->logit_row < 0)
+            continue;
+        if (rc < 0) {
+            seq_fail(e, s, 500, moe_err_msg());
+            continue;
+        }
+        float *lg = e->logits + (size_t)s->logit_row * (size_t)m->cfg.vocab;
+        int32_t tok = moe_sampler_sample(s->smp, lg, s->ids, (size_t)s->n_ids);
+        if (tok < 0)
+            seq_fail(e, s, 500, moe_err_msg());
+        else
+            seq_accept(e, s, tok);
+    }
+}
+
+static void *engine_main(void *arg)
+{
+    struct moe_engine *e = arg;
+    while (admit(e))
+        step(e);
+    return NULL;
+}
+
+/* ---- public ------------------------------------------------------------------- */
+
+static int check_limits(const struct moe_engine_limits *l, const struct moe_model *m)
+{
+    if (l->max_seqs <= 0 || l->max_batch_tokens <= 0 || l->max_ctx <= 1 || l->max_queue < 0)
+        return moe_err(-EINVAL, "engine limits: max_seqs, max_batch_tokens and max_ctx must be "
+                       "positive and max_queue non-negative");
+    if (l->max_ctx > m->cfg.max_ctx)
+        return moe_err(-EINVAL, "engine limits: max_ctx %d exceeds the model's context of %d",
+                       l->max_ctx, m->cfg.max_ctx);
+    if (l->max_batch_tokens < l->max_seqs)
+        return moe_err(-EINVAL, "engine limits: max_batch_tokens (%d) must hold one token of "
+                       "each of max_seqs (%d) sequences", l->max_batch_tokens, l->max_seqs);
+    return 0;
+}
+
+int moe_engine_create(const struct moe_model *model, struct moe_pool *pool,
+                      const struct moe_engine_limits *limits, struct moe_engine **out)
+{
+    *out = NULL;
+    int rc = check_limits(limits, model);
+    if (rc < 0)
+        return rc;
+    struct moe_engine *e = calloc(1, sizeof(*e));
+    if (!e)
+        return moe_err(-ENOMEM, "out of memory");
+    e->model = model;
+    e->pool = pool;
+    e->lim = *limits;
+    pthread_mutex_init(&e->mu, NULL);
+    pthread_cond_init(&e->cv, NULL);
+    size_t B = (size_t)limits->max_batch_tokens, S = (size_t)limits->max_seqs;
+    e->seqs = calloc(S, sizeof(*e->seqs));
+    e->free_kv = calloc(S, sizeof(*e->free_kv));
+    e->b_tok = malloc(B * sizeof(int32_t));
+    e->b_pos = malloc(B * sizeof(int32_t));
+    e->b_idx = malloc(B * sizeof(int32_t));
+    e->b_kv = malloc(B * sizeof(*e->b_kv));
+    e->logits = malloc(S * (size_t)model->cfg.vocab * sizeof(float));
+    e->piece_cap = (model->tok ? moe_tokenizer_max_piece(model->tok) : 0) + 64;
+    e->piece = malloc(e->piece_cap);
+    if (!e->seqs || !e->free_kv || !e->b_tok || !e->b_pos || !e->b_idx || !e->b_kv ||
+        !e->logits || !e->piece || moe_scratch_create(&e->scratch) < 0) {
+        rc = moe_err(-ENOMEM, "out of memory for the engine");
+        goto fail;
+    }
+    if (pthread_create(&e->thread, NULL, engine_main, e) != 0) {
+        rc = moe_err(-EAGAIN, "cannot start the engine thread");
+        goto fail;
+    }
+    *out = e;
+    return 0;
+fail:
+    e->thread = 0;
+    moe_scratch_free(e->scratch);
+    free(e->seqs);
+    free(e->free_kv);
+    free(e->b_tok);
+    free(e->b_pos);
+    free(e->b_idx);
+    free(e->b_kv);
+    free(e->logits);
+    free(e->piece);
+    pthread_mutex_destroy(&e->mu);
+    pthread_cond_destroy(&e->cv);
+    free(e);
+    return rc;
+}
+
+int moe_engine_set_limits(struct moe_engine *e, const struct moe_engine_limits *l)
+{
+    pthread_mutex_lock(&e->mu);
+    int rc = 0;
+    if (l->max_ctx != e->lim.max_ctx || l->max_seqs != e->lim.max_seqs ||
+        l->max_batch_tokens != e->lim.max_batch_tokens)
+        rc = moe_err(-EINVAL, "max_ctx, max_seqs and max_batch_tokens need a restart");
+    else if (l->max_queue < 0)
+        rc = moe_err(-EINVAL, "max_queue must be non-negative");
+    if (rc == 0) {
+        e->lim.max_queue = l->max_queue;
+        e->lim.max_tokens_default = l->max_tokens_default;
+        e->lim.request_timeout_s = l->request_timeout_s;
+        e->lim.chat_template = l->chat_template;
+    }
+    pthread_mutex_unlock(&e->mu);
+    return rc;
+}
+
+int moe_engine_submit(struct moe_engine *e, struct moe_request *req, struct moe_job **out)
+{
+    *out = NULL;
+    if (req->kind == MOE_REQ_CHAT ? req->n_messages == 0 : !req->prompt)
+        return moe_err(-EINVAL, req->kind == MOE_REQ_CHAT ? "no messages" : "no prompt");
+    struct moe_job *j = calloc(1, sizeof(*j));
+    if (!j)
+        return moe_err(-ENOMEM, "out of memory");
+    atomic_init(&j->refs, 2); /* the caller's and the engine's */
+    atomic_init(&j->cancelled, false);
+    pthread_mutex_init(&j->mu, NULL);
+    pthread_condattr_t ca; /* moe_job_next's deadlines are on the monotonic clock */
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&j->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_mutex_lock(&e->mu);
+    int rc = 0;
+    if (e->draining || e->stopping)
+        rc = moe_err(-ESHUTDOWN, "the server is shutting down");
+    else if (e->queue_len >= e->lim.max_queue + (e->lim.max_seqs - e->stats.running))
+        rc = moe_err(-EAGAIN, "the request queue is full (%d waiting)", e->queue_len);
+    if (rc < 0) {
+        pthread_mutex_unlock(&e->mu);
+        pthread_mutex_destroy(&j->mu);
+        pthread_cond_destroy(&j->cv);
+        free(j);
+        return rc;
+    }
+    double timeout = req->timeout_s > 0 ? req->timeout_s : e->lim.request_timeout_s;
+    if (e->lim.request_timeout_s > 0 && timeout > e->lim.request_timeout_s)
+        timeout = e->lim.request_timeout_s;
+    j->deadline = timeout > 0 ? now_s() + timeout : 0;
+    j->req = req;
+    if (e->queue_tail)
+        e->queue_tail->next = j;
+    else
+        e->queue_head = j;
+    e->queue_tail = j;
+    e->queue_len++;
+    pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+    *out = j;
+    return 0;
+}
+
+void moe_engine_drain(struct moe_engine *e, double timeout_s)
+{
+    pthread_mutex_lock(&e->mu);
+    if (!e->thread) { /* already drained */
+        pthread_mutex_unlock(&e->mu);
+        return;
+    }
+    e->draining = true;
+    pthread_mutex_unlock(&e->mu);
+    double until = now_s() + timeout_s;
+    for (;;) { /* let running and queued work finish, up to the timeout */
+        pthread_mutex_lock(&e->mu);
+        bool idle = e->stats.running == 0 && e->queue_len == 0;
+        pthread_mutex_unlock(&e->mu);
+        if (idle || now_s() >= until)
+            break;
+        struct timespec ts = {0, 10 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    pthread_mutex_lock(&e->mu);
+    e->stopping = true; /* what is left is cancelled at the next step */
+    pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+    pthread_join(e->thread, NULL);
+    e->thread = 0;
+}
+
+void moe_engine_free(struct moe_engine *e)
+{
+    if (!e)
+        return;
+    moe_engine_drain(e, 0);
+    for (int32_t i = 0; i < e->n_free_kv; i++)
+        moe_model_kv_free(e->free_kv[i]);
+    moe_scratch_free(e->scratch);
+    free(e->seqs);
+    free(e->free_kv);
+    free(e->b_tok);
+    free(e->b_pos);
+    free(e->b_idx);
+    free(e->b_kv);
+    free(e->logits);
+    free(e->piece);
+    pthread_mutex_destroy(&e->mu);
+    pthread_cond_destroy(&e->cv);
+    free(e);
+}
+
+void moe_engine_get_stats(struct moe_engine *e, struct moe_engine_stats *st)
+{
+    pthread_mutex_lock(&e->mu);
+    *st = e->stats;
+    st->queue_depth = e->queue_len;
+    pthread_mutex_unlock(&e->mu);
+}

@@ -23,4 +23,8 @@ void moe_pool_run(struct moe_pool *pool, moe_task_fn fn, void *arg);
 void moe_matmul(struct moe_pool *pool, const struct moe_weight *w,
                 const float *x, int n, float *y);
 
+/* Best of reps timed reads of a bytes-sized buffer by every thread of the
+ * pool, in GB/s: the memory roofline of a decode step. */
+double moe_mem_read_bandwidth_gbs(struct moe_pool *pool, size_t bytes, int reps);
+
 #endif

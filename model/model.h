@@ -90,6 +90,10 @@ struct moe_model {
 int moe_model_open(const char *path, struct moe_model **out);
 void moe_model_free(struct moe_model *m);
 
+/* Reads every page of every weight once, so later timings measure compute
+ * rather than the first read from disk. Returns the bytes touched. */
+size_t moe_model_prefault(const struct moe_model *m);
+
 /* Bytes of weights read for one decode token (attention, router, top_k
  * experts, shared expert, lm head) and the total expert parameter count. */
 size_t moe_model_active_bytes(const struct moe_model *m);

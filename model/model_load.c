@@ -137,6 +137,36 @@ static size_t weight_bytes(const struct moe_weight *w)
     return (size_t)w->rows * w->row_bytes;
 }
 
+static size_t touch(const struct moe_weight *w, volatile uint8_t *sink)
+{
+    const uint8_t *p = w->data;
+    size_t n = weight_bytes(w);
+    for (size_t i = 0; i < n; i += 4096)
+        *sink ^= p[i];
+    return n;
+}
+
+static size_t touch_ffn(const struct moe_expert_weights *e, volatile uint8_t *sink)
+{
+    return touch(&e->gate, sink) + touch(&e->up, sink) + touch(&e->down, sink);
+}
+
+size_t moe_model_prefault(const struct moe_model *m)
+{
+    volatile uint8_t sink = 0;
+    size_t b = touch(&m->embed, &sink) + touch(&m->lm_head, &sink);
+    for (int32_t l = 0; l < m->cfg.n_layers; l++) {
+        const struct moe_layer *L = &m->layers[l];
+        b += touch(&L->wq, &sink) + touch(&L->wk, &sink) + touch(&L->wv, &sink) +
+             touch(&L->wo, &sink) + touch(&L->router, &sink) + touch(&L->shared_gate, &sink) +
+             touch_ffn(&L->shared, &sink);
+        if (!m->cfg.layer_dense[l])
+            for (int32_t e = 0; e < m->cfg.n_experts; e++)
+                b += touch_ffn(&L->experts[e], &sink);
+    }
+    return b;
+}
+
 size_t moe_model_active_bytes(const struct moe_model *m)
 {
     size_t b = weight_bytes(&m->lm_head) + m->embed.row_bytes;

@@ -208,42 +208,6 @@ static int cmd_ppl(const struct bench_opts *o, struct moe_model *m, struct moe_p
     return 0;
 }
 
-/* ---- memory bandwidth: all threads stream a buffer far larger than cache --- */
-struct bw_task {
-    const float *buf;
-    size_t n;
-    float sink[64];
-};
-
-static void bw_worker(void *arg, int ith, int nth)
-{
-    struct bw_task *b = arg;
-    size_t chunk = b->n / (size_t)nth, begin = chunk * (size_t)ith;
-    /* dot of the slice with itself: one read stream, the arithmetic is free */
-    b->sink[ith % 64] = moe_vec_dot_f32(b->buf + begin, b->buf + begin, (int64_t)chunk);
-}
-
-static double measure_bandwidth_gbs(struct moe_pool *pool)
-{
-    size_t bytes = (size_t)1 << 30;
-    size_t n = bytes / sizeof(float);
-    float *buf = malloc(bytes);
-    if (!buf)
-        return 0.0;
-    for (size_t i = 0; i < n; i++)
-        buf[i] = (float)(i & 1023) * 1e-3f;
-    struct bw_task b = {buf, n, {0}};
-    double best = 0.0;
-    for (int rep = 0; rep < 5; rep++) {
-        double t0 = moe_now_s();
-        moe_pool_run(pool, bw_worker, &b);
-        double gbs = (double)bytes / (moe_now_s() - t0) / 1e9;
-        best = gbs > best ? gbs : best;
-    }
-    free(buf);
-    return best;
-}
-
 static int32_t argmax(const float *v, int32_t n)
 {
     int32_t best = 0;
@@ -266,7 +230,8 @@ static int cmd_decode(const struct bench_opts *o, struct moe_model *m, struct mo
     for (int32_t i = 0; i < P; i++) /* fixed, varied ids: routing spreads over experts */
         prompt[i] = (int32_t)(((int64_t)i * 7919 + 13) % V);
 
-    /* warm-up: fault the mapped weights in, size every buffer */
+    /* warm-up: every weight page in memory, every buffer sized */
+    moe_model_prefault(m);
     if ((rc = moe_session_forward(s, prompt, P, logits, false)) < 0)
         goto fail;
     int32_t tok = argmax(logits, V);
@@ -287,7 +252,7 @@ static int cmd_decode(const struct bench_opts *o, struct moe_model *m, struct mo
     }
     double t_decode = moe_now_s() - t0;
 
-    double bw = measure_bandwidth_gbs(pool);
+    double bw = moe_mem_read_bandwidth_gbs(pool, (size_t)1 << 30, 5);
     const struct moe_config *c = &m->cfg;
     /* weights of one token plus the fp32 KV cache read at the mean context */
     double kv_bytes = 2.0 * c->n_layers * c->n_kv_heads * c->head_dim * sizeof(float) *

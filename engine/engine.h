@@ -52,7 +52,7 @@ struct moe_chat_message;
 
 enum moe_chat_template {
     MOE_CHAT_CHATML,  /* <|im_start|>role\ncontent<|im_end|>\n ... <|im_start|>assistant\n */
-    MOE_CHAT_MISTRAL, /* <s>[INST] user [/INST] assistant</s>[INST] ... (system folded into the first user turn) */
+    MOE_CHAT_MISTRAL, /* <s> [INST] user [/INST] assistant</s> [INST] ... (system folded into the first user turn) */
 };
 /* "chatml" / "mistral" -> template; -EINVAL for other names */
 int moe_chat_template_from_name(const char *name, enum moe_chat_template *out);

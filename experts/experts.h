@@ -20,7 +20,7 @@ struct moe_expert_weights {
 struct moe_experts_scratch {
     float *xin, *gate, *up, *out; /* gathered inputs, activations, outputs */
     int32_t *order;               /* token slots grouped by expert */
-    int32_t *count;               /* tokens per expert */
+    int32_t *count;               /* prefix sums of tokens per expert, then cursors */
     size_t cap_rows, cap_hidden, cap_ffn;
     int32_t cap_experts;
 };

@@ -36,8 +36,8 @@ static int scratch_reserve(struct moe_experts_scratch *s, size_t rows, size_t hi
     s->out = malloc(rows * hidden * sizeof(float));
     s->gate = malloc(rows * ffn * sizeof(float));
     s->up = malloc(rows * ffn * sizeof(float));
-    s->order = malloc(rows * sizeof(int32_t) * 2);
-    s->count = malloc((size_t)(n_experts + 1) * sizeof(int32_t));
+    s->order = malloc(rows * sizeof(int32_t));
+    s->count = malloc((size_t)(2 * n_experts + 1) * sizeof(int32_t)); /* counts + cursors */
     if (!s->xin || !s->out || !s->gate || !s->up || !s->order || !s->count) {
         moe_experts_scratch_free(s);
         return moe_err(-ENOMEM, "out of memory for expert activations (%zu rows)", rows);
@@ -85,7 +85,7 @@ int moe_experts_run(struct moe_pool *pool, const struct moe_expert_weights *expe
             s->count[routes[t].expert[j] + 1]++;
     for (int32_t e = 0; e < n_experts; e++)
         s->count[e + 1] += s->count[e];
-    int32_t *fill = s->order + slots; /* second half of order[] as cursors */
+    int32_t *fill = s->count + n_experts + 1; /* per-expert write cursors */
     memcpy(fill, s->count, (size_t)n_experts * sizeof(int32_t));
     for (int32_t t = 0; t < n; t++)
         for (int32_t j = 0; j < routes[t].n; j++)

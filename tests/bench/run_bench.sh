@@ -19,3 +19,4 @@ label() { sed "s/^{/{\"bench\":\"$1\",/"; }
     --start-char 1003788 | label tiny-moe-valid-ppl
 "$bin/moe-bench" decode --model "$dir/bench-hf" --tokens 32 --prompt-tokens 64 | label bench-hf-f16-decode
 "$bin/moe-bench" decode --model "$dir/bench-f16.gguf" --tokens 32 --prompt-tokens 64 | label bench-gguf-f16-decode
+"$py" "$root/tests/bench/bench_serve.py" --model "$dir/bench-f16.gguf" --streams 8 --tokens 64 --bin "$bin"

@@ -1,0 +1,389 @@
+"""moed as a real process on a temporary Unix socket, serving the bundled
+tiny model: readiness through a test NOTIFY_SOCKET, completions and chat
+(streaming or not), concurrency, disconnects, bad requests, reload and
+drain, socket activation."""
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.environ.get("BIN", os.path.join(ROOT, "build", "bin"))
+TINY = os.path.join(ROOT, "models", "tiny-moe")
+REF = json.load(open(os.path.join(TINY, "reference.json")))
+
+INI = """[daemon]
+socket = {sock}
+socket_mode = 0600
+threads = 2
+drain_timeout = {drain}
+watchdog = no
+log_level = info
+[model]
+path = {model}
+name = tiny-moe
+chat_template = chatml
+[batching]
+max_seqs = {max_seqs}
+max_batch_tokens = 64
+max_ctx = 512
+max_queue = 64
+[limits]
+max_body_bytes = 64K
+max_tokens = 480
+request_timeout = 120
+[sampling]
+temperature = 0
+max_tokens = 32
+"""
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path, timeout=60):
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.unix_path)
+
+
+class Moed:
+    """A moed process with its own config, socket and notify socket."""
+
+    def __init__(self, max_seqs=8, drain=30, listen_sock=None):
+        self.dir = tempfile.mkdtemp(prefix="moed-test-")
+        self.sock = os.path.join(self.dir, "moed.sock")
+        self.ini = os.path.join(self.dir, "moed.ini")
+        with open(self.ini, "w") as f:
+            f.write(INI.format(sock=self.sock, model=TINY, max_seqs=max_seqs, drain=drain))
+        self.notify_path = os.path.join(self.dir, "notify.sock")
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(self.notify_path)
+        self.notify.settimeout(0.2)
+        self.messages = []
+        env = dict(os.environ, NOTIFY_SOCKET=self.notify_path)
+        self.log = open(os.path.join(self.dir, "moed.log"), "w+")
+        cmd = [os.path.join(BIN, "moed"), "--config", self.ini]
+        if listen_sock is not None:
+            # systemd passes the socket as fd 3 with LISTEN_PID = the service's pid
+            env.update(LISTEN_FDS="1", LISTEN_FDNAMES="moed.socket")
+            fd = listen_sock.fileno()
+            cmd = ["/bin/sh", "-c", 'exec 3<&%d; LISTEN_PID=$$ exec "$@"' % fd, "sh"] + cmd
+            self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=self.log,
+                                         pass_fds=(fd,))
+        else:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=self.log)
+
+    def wait_notify(self, what, timeout=60):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if any(what in m for m in self.messages):
+                return True
+            try:
+                self.messages.append(self.notify.recv(4096).decode())
+            except socket.timeout:
+                if self.proc.poll() is not None:
+                    raise AssertionError("moed exited (%d): %s" % (self.proc.returncode, self.logtext()))
+        raise AssertionError("no %s from moed within %ss; got %r" % (what, timeout, self.messages))
+
+    def logtext(self):
+        self.log.flush()
+        with open(self.log.name) as f:
+            return f.read()
+
+    def conn(self, timeout=60):
+        return UnixHTTPConnection(self.sock, timeout)
+
+    def request(self, method, path, body=None, headers=None):
+        c = self.conn()
+        hdrs = {"Content-Type": "application/json"}
+        hdrs.update(headers or {})
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body)
+        c.request(method, path, body=body, headers=hdrs)
+        r = c.getresponse()
+        data = r.read()
+        c.close()
+        return r.status, dict(r.getheaders()), data
+
+    def json(self, method, path, body=None):
+        status, hdrs, data = self.request(method, path, body)
+        return status, json.loads(data) if data else None
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.notify.close()
+        self.log.close()
+
+
+def sse_events(resp):
+    """Yields the JSON of each data: event of a streaming response; 'DONE' last."""
+    buf = b""
+    while True:
+        line = resp.fp.readline()
+        if not line:
+            return
+        line = line.rstrip(b"\r\n")
+        if line.startswith(b"data: "):
+            payload = line[6:]
+            if payload == b"[DONE]":
+                yield "DONE"
+                return
+            yield json.loads(payload)
+
+
+def stream(moed, path, body, on_first=None):
+    """Streams a request; returns (text, events). on_first(conn) after the first chunk."""
+    c = moed.conn(120)
+    c.request("POST", path, body=json.dumps(dict(body, stream=True)),
+              headers={"Content-Type": "application/json"})
+    r = c.getresponse()
+    assert r.status == 200, (r.status, r.read())
+    assert r.getheader("Content-Type").startswith("text/event-stream")
+    text, events = [], []
+    for ev in sse_events(r):
+        events.append(ev)
+        if ev == "DONE":
+            break
+        if not ev["choices"]:  # the usage chunk of stream_options.include_usage
+            continue
+        ch = ev["choices"][0]
+        piece = ch.get("text") if "text" in ch else ch.get("delta", {}).get("content")
+        if piece:
+            text.append(piece)
+            if on_first is not None and len(text) == 1:
+                if on_first(c) is False:
+                    return "".join(text), events
+    c.close()
+    return "".join(text), events
+
+
+class Serving(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.moed = Moed(max_seqs=8)
+        cls.moed.wait_notify("READY=1")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.moed.stop()
+        assert cls.moed.proc.returncode == 0, cls.moed.logtext()
+
+    def test_readiness_and_status_were_notified(self):
+        self.assertTrue(any("READY=1" in m for m in self.moed.messages))
+        self.assertTrue(any("STATUS=" in m for m in self.moed.messages))
+
+    def test_health_and_models(self):
+        self.assertEqual(self.moed.json("GET", "/health"), (200, {"status": "ok"}))
+        status, models = self.moed.json("GET", "/v1/models")
+        self.assertEqual(status, 200)
+        self.assertEqual(models["data"][0]["id"], "tiny-moe")
+
+    def test_greedy_completion_equals_moe_run_and_reference(self):
+        for pr in REF["prompts"]:
+            n = len(pr["greedy_ids"])
+            status, res = self.moed.json("POST", "/v1/completions",
+                                         {"prompt": pr["text"], "max_tokens": n, "temperature": 0})
+            self.assertEqual(status, 200, res)
+            text = res["choices"][0]["text"]
+            self.assertEqual(text, pr["greedy_text"])
+            self.assertEqual(res["choices"][0]["finish_reason"], "length")
+            self.assertEqual(res["usage"]["completion_tokens"], n)
+            self.assertEqual(res["usage"]["prompt_tokens"], len(pr["ids"]))
+        pr = REF["prompts"][0]
+        ran = subprocess.run([os.path.join(BIN, "moe-run"), "--model", TINY, "--prompt", pr["text"],
+                              "--max-tokens", "32", "--temperature", "0"], capture_output=True,
+                             text=True, check=True).stdout
+        self.assertEqual(ran, pr["greedy_text"])
+
+    def test_streaming_completion_gives_the_same_text(self):
+        pr = REF["prompts"][1]
+        text, events = stream(self.moed, "/v1/completions",
+                              {"prompt": pr["text"], "max_tokens": 32, "temperature": 0,
+                               "stream_options": {"include_usage": True}})
+        self.assertEqual(text, pr["greedy_text"])
+        self.assertEqual(events[-1], "DONE")
+        usage = events[-2]  # as OpenAI: a last chunk with no choices carries the usage
+        self.assertEqual(usage["choices"], [])
+        self.assertEqual(usage["usage"]["completion_tokens"], 32)
+        self.assertEqual(events[-3]["choices"][0]["finish_reason"], "length")
+
+    def test_chat_non_streaming_and_streaming(self):
+        body = {"messages": [{"role": "system", "content": "You speak as Shakespeare."},
+                             {"role": "user", "content": "ROMEO:"}],
+                "max_tokens": 16, "temperature": 0}
+        status, res = self.moed.json("POST", "/v1/chat/completions", body)
+        self.assertEqual(status, 200, res)
+        self.assertEqual(res["object"], "chat.completion")
+        msg = res["choices"][0]["message"]
+        self.assertEqual(msg["role"], "assistant")
+        self.assertGreater(len(msg["content"]), 0)
+        text, events = stream(self.moed, "/v1/chat/completions", body)
+        self.assertEqual(text, msg["content"])
+        self.assertEqual(events[0]["choices"][0]["delta"].get("role"), "assistant")
+        self.assertEqual(events[-1], "DONE")
+
+    def test_32_concurrent_streams_all_complete_correctly(self):
+        results = [None] * 32
+
+        def client(i):
+            pr = REF["prompts"][i % len(REF["prompts"])]
+            try:
+                results[i] = stream(self.moed, "/v1/completions",
+                                    {"prompt": pr["text"], "max_tokens": 32, "temperature": 0})[0]
+            except Exception as e:  # reported below
+                results[i] = e
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(32)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        for i, r in enumerate(results):
+            self.assertEqual(r, REF["prompts"][i % len(REF["prompts"])]["greedy_text"], "client %d" % i)
+
+    def engine_stats(self):
+        return self.moed.json("GET", "/admin/stats")[1]["engine"]
+
+    def test_killed_client_frees_its_slot(self):
+        before = self.engine_stats()["requests_cancelled"]
+
+        def kill(conn):
+            conn.sock.shutdown(socket.SHUT_RDWR)
+            conn.sock.close()
+            return False
+        stream(self.moed, "/v1/completions",
+               {"prompt": "First Citizen:", "max_tokens": 400, "temperature": 0}, on_first=kill)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            st = self.engine_stats()
+            if st["requests_cancelled"] > before and st["running"] == 0:
+                break
+            time.sleep(0.02)
+        st = self.engine_stats()
+        self.assertGreater(st["requests_cancelled"], before)
+        self.assertEqual(st["running"], 0)
+
+    def test_bad_requests_get_their_status_while_others_stream(self):
+        out = {}
+        pr = REF["prompts"][2]
+        t = threading.Thread(target=lambda: out.update(text=stream(
+            self.moed, "/v1/completions", {"prompt": pr["text"], "max_tokens": 32,
+                                           "temperature": 0})[0]))
+        t.start()
+        cases = [
+            ("POST", "/v1/completions", '{"prompt": "x", ', 400, None),
+            ("POST", "/v1/completions", {"prompt": "x", "max_tokens": "ten"}, 400, "max_tokens"),
+            ("POST", "/v1/completions", {"prompt": "x", "temperature": -1}, 400, "temperature"),
+            ("POST", "/v1/chat/completions", {"messages": "hi"}, 400, "messages"),
+            ("POST", "/v1/completions", {"prompt": "x" * 70000}, 413, None),
+            ("GET", "/v1/nothing", None, 404, None),
+            ("GET", "/v1/completions", None, 405, None),
+            ("DELETE", "/health", None, 405, None),
+        ]
+        for method, path, body, want, field in cases:
+            status, hdrs, data = self.moed.request(method, path, body)
+            self.assertEqual(status, want, (method, path, data[:200]))
+            err = json.loads(data)["error"]
+            self.assertTrue(err["message"])
+            self.assertIn("type", err)
+            if field:
+                self.assertIn(field, err["message"] + str(err.get("param")))
+        t.join(120)
+        self.assertEqual(out.get("text"), pr["greedy_text"])
+
+    def test_any_host_header_is_accepted(self):
+        for host in ("localhost", "moed", "weird:host", "[::1]:9"):
+            status, _, _ = self.moed.request("GET", "/health", headers={"Host": host})
+            self.assertEqual(status, 200, host)
+
+
+class Lifecycle(unittest.TestCase):
+    def test_sighup_with_a_bad_file_keeps_serving(self):
+        moed = Moed()
+        try:
+            moed.wait_notify("READY=1")
+            with open(moed.ini) as f:
+                good = f.read()
+            with open(moed.ini, "w") as f:
+                f.write(good + "\n[batching]\nmax_seqs = lots\n")
+            moed.messages.clear()
+            moed.proc.send_signal(signal.SIGHUP)
+            moed.wait_notify("RELOADING=1")
+            moed.wait_notify("READY=1")
+            self.assertEqual(moed.json("GET", "/health")[0], 200)
+            status, res = moed.json("POST", "/v1/completions", {"prompt": "ROMEO:", "max_tokens": 4})
+            self.assertEqual(status, 200, res)
+            time.sleep(0.2)
+            self.assertIn("max_seqs", moed.logtext())
+            # a good reload applies reloadable keys
+            with open(moed.ini, "w") as f:
+                f.write(good.replace("max_tokens = 32", "max_tokens = 3"))
+            moed.messages.clear()
+            moed.proc.send_signal(signal.SIGHUP)
+            moed.wait_notify("READY=1")
+            status, res = moed.json("POST", "/v1/completions", {"prompt": "ROMEO:"})
+            self.assertEqual(res["usage"]["completion_tokens"], 3)
+        finally:
+            moed.stop()
+        self.assertEqual(moed.proc.returncode, 0)
+
+    def test_sigterm_lets_requests_in_flight_finish(self):
+        moed = Moed(drain=60)
+        moed.wait_notify("READY=1")
+        out = {}
+        pr = REF["prompts"][3]
+
+        def term(conn):
+            moed.proc.send_signal(signal.SIGTERM)
+        t = threading.Thread(target=lambda: out.update(r=stream(
+            moed, "/v1/completions", {"prompt": pr["text"], "max_tokens": 32, "temperature": 0},
+            on_first=term)))
+        t.start()
+        t.join(120)
+        self.assertEqual(moed.proc.wait(60), 0, moed.logtext())
+        text, events = out["r"]
+        self.assertEqual(text, pr["greedy_text"])
+        self.assertEqual(events[-1], "DONE")
+        self.assertTrue(any("STOPPING=1" in m for m in moed.messages) or
+                        moed.wait_notify("STOPPING=1", 1))
+        moed.stop()
+
+    def test_socket_activated_start_serves(self):
+        d = tempfile.mkdtemp(prefix="moed-act-")
+        path = os.path.join(d, "activated.sock")
+        ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        ls.bind(path)
+        ls.listen(16)
+        moed = Moed(listen_sock=ls)
+        moed.sock = path  # the daemon must serve the passed socket, not its INI path
+        try:
+            moed.wait_notify("READY=1")
+            status, res = moed.json("POST", "/v1/completions",
+                                    {"prompt": "ROMEO:", "max_tokens": 8, "temperature": 0})
+            self.assertEqual(status, 200, res)
+            self.assertEqual(res["choices"][0]["text"], REF["prompts"][0]["greedy_text"][:len(
+                res["choices"][0]["text"])])
+            self.assertFalse(os.path.exists(os.path.join(moed.dir, "moed.sock")))
+        finally:
+            ls.close()
+            moed.stop()
+        self.assertEqual(moed.proc.returncode, 0)
+
+
+if __name__ == "__main__":
+    unittest.main()

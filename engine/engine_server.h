@@ -86,8 +86,9 @@ void moe_engine_free(struct moe_engine *e); /* drains with timeout 0 first */
 
 /* Queues a request. On success the engine owns req and *job holds the
  * caller's reference. Errors (req still the caller's): -EAGAIN queue full,
- * -ESHUTDOWN draining, -EINVAL bad request (moe_err_msg() says why: empty
- * prompt, prompt longer than the context ...). */
+ * -ESHUTDOWN draining, -EINVAL no prompt or messages at all. What needs the
+ * tokenizer (a prompt longer than the context, a chat the template refuses)
+ * comes later as an MOE_EV_ERROR event with status 400. */
 int moe_engine_submit(struct moe_engine *e, struct moe_request *req, struct moe_job **job);
 
 /* Waits for the job's next event, up to timeout_ms (-1 = forever).

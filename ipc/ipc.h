@@ -38,7 +38,7 @@ struct moe_ipc_config {
     mode_t socket_mode;      /* e.g. 0660, applied to socket_path */
     gid_t socket_gid;        /* (gid_t)-1: leave the group */
     const char *model_name;  /* the id /v1/models lists */
-    int threads;             /* HTTP worker threads (0 = thread per connection) */
+    int threads;             /* unused: one thread per connection (streams block) */
     struct moe_ipc_limits limits;
 };
 

@@ -1,0 +1,600 @@
+/* JSON bodies of /v1/completions and /v1/chat/completions -> struct
+ * moe_request. Every field is checked for type and range and an error names
+ * the field ("param") and what was expected, so a client can fix its request
+ * from the message alone. No engine, no I/O: fuzzed as is. */
+#include "ipc/ipc_int.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define T_INVALID "invalid_request_error"
+
+/* ---- errors -------------------------------------------------------------- */
+
+int moe_ipc_error_set(struct moe_ipc_error *e, int status, const char *type, const char *code,
+                      const char *param, const char *fmt, ...)
+{
+    va_list ap;
+    e->status = status;
+    e->type = type;
+    e->code = code;
+    snprintf(e->param, sizeof(e->param), "%s", param ? param : "");
+    va_start(ap, fmt);
+    vsnprintf(e->message, sizeof(e->message), fmt, ap);
+    va_end(ap);
+    return -EINVAL;
+}
+
+/* Decodes one UTF-8 sequence at s[0..n); its length, or 0 when invalid
+ * (overlong forms, surrogates and code points past U+10FFFF included). */
+static size_t utf8_seq(const unsigned char *s, size_t n)
+{
+    unsigned c = s[0];
+    size_t len;
+    uint32_t cp, min;
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xc2 && c <= 0xdf)
+        len = 2, cp = c & 0x1f, min = 0x80;
+    else if (c >= 0xe0 && c <= 0xef)
+        len = 3, cp = c & 0x0f, min = 0x800;
+    else if (c >= 0xf0 && c <= 0xf4)
+        len = 4, cp = c & 0x07, min = 0x10000;
+    else
+        return 0;
+    if (len > n)
+        return 0;
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (s[i] & 0x3f);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+        return 0;
+    return len;
+}
+
+json_t *moe_ipc_json_text(const char *s, size_t n)
+{
+    json_t *j = json_stringn(s ? s : "", s ? n : 0);
+    if (j)
+        return j;
+    /* invalid UTF-8: copy with U+FFFD for each bad byte */
+    char *fixed = malloc(n * 3 + 1);
+    if (!fixed)
+        return NULL;
+    size_t o = 0;
+    for (size_t i = 0; i < n;) {
+        size_t l = utf8_seq((const unsigned char *)s + i, n - i);
+        if (l) {
+            memcpy(fixed + o, s + i, l);
+            o += l;
+            i += l;
+        } else {
+            memcpy(fixed + o, "\xef\xbf\xbd", 3);
+            o += 3;
+            i++;
+        }
+    }
+    j = json_stringn(fixed, o);
+    free(fixed);
+    return j;
+}
+
+json_t *moe_ipc_error_obj(const struct moe_ipc_error *e)
+{
+    json_t *inner = json_object();
+    json_t *root = json_object();
+    if (!inner || !root)
+        goto fail;
+    if (json_object_set_new(inner, "message", moe_ipc_json_text(e->message, strlen(e->message))) ||
+        json_object_set_new(inner, "type", json_string(e->type ? e->type : "server_error")) ||
+        json_object_set_new(inner, "code", json_string(e->code ? e->code : "internal_error")) ||
+        json_object_set_new(inner, "param",
+                            e->param[0] ? moe_ipc_json_text(e->param, strlen(e->param))
+                                        : json_null()))
+        goto fail;
+    if (json_object_set_new(root, "error", inner)) {
+        inner = NULL;
+        goto fail;
+    }
+    return root;
+fail:
+    json_decref(inner);
+    json_decref(root);
+    return NULL;
+}
+
+char *moe_ipc_error_json(const struct moe_ipc_error *e, size_t *len)
+{
+    json_t *root = moe_ipc_error_obj(e);
+    if (!root)
+        return NULL;
+    char *s = json_dumps(root, JSON_COMPACT);
+    json_decref(root);
+    if (!s)
+        return NULL;
+    size_t n = strlen(s);
+    char *out = realloc(s, n + 2);
+    if (!out) {
+        free(s);
+        return NULL;
+    }
+    out[n] = '\n';
+    out[n + 1] = '\0';
+    if (len)
+        *len = n + 1;
+    return out;
+}
+
+/* ---- field helpers ------------------------------------------------------- */
+
+static int oom(struct moe_ipc_error *err)
+{
+    moe_ipc_error_set(err, 500, "server_error", "out_of_memory", NULL, "out of memory");
+    return -ENOMEM;
+}
+
+/* The field, or NULL when absent or null (OpenAI treats null as "left out"). */
+static json_t *opt(json_t *obj, const char *key)
+{
+    json_t *v = json_object_get(obj, key);
+    return v && !json_is_null(v) ? v : NULL;
+}
+
+static const char *kind_name(const json_t *v)
+{
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: return "an object";
+    case JSON_ARRAY: return "an array";
+    case JSON_STRING: return "a string";
+    case JSON_INTEGER: return "an integer";
+    case JSON_REAL: return "a number";
+    case JSON_TRUE:
+    case JSON_FALSE: return "a boolean";
+    case JSON_NULL: return "null";
+    }
+    return "?";
+}
+
+static int type_error(struct moe_ipc_error *err, const char *param, const char *want,
+                      const json_t *got)
+{
+    return moe_ipc_error_set(err, 400, T_INVALID, "invalid_type", param, "'%s' must be %s, got %s",
+                             param, want, kind_name(got));
+}
+
+static int missing(struct moe_ipc_error *err, const char *param, const char *want)
+{
+    return moe_ipc_error_set(err, 400, T_INVALID, "missing_required_parameter", param,
+                             "'%s' is required (%s)", param, want);
+}
+
+/* An optional number; range is written like "[0, 2]" or "(0, 1]" for the
+ * message. */
+static int get_number(json_t *root, const char *key, double lo, bool lo_open, double hi,
+                      const char *range, float *dst, struct moe_ipc_error *err)
+{
+    json_t *v = opt(root, key);
+    if (!v)
+        return 0;
+    if (!json_is_number(v))
+        return type_error(err, key, "a number", v);
+    double x = json_number_value(v);
+    if (!(lo_open ? x > lo : x >= lo) || !(x <= hi))
+        return moe_ipc_error_set(err, 400, T_INVALID, "invalid_value", key,
+                                 "'%s' must be a number in %s, got %g", key, range, x);
+    *dst = (float)x;
+    return 0;
+}
+
+/* An optional integer in [lo, hi]; an integral real (16.0) counts. *present
+ * says whether the body gave one. */
+static int get_integer(json_t *root, const char *key, long long lo, long long hi,
+                       long long *dst, bool *present, struct moe_ipc_error *err)
+{
+    json_t *v = opt(root, key);
+    long long x;
+    *present = false;
+    if (!v)
+        return 0;
+    if (json_is_integer(v)) {
+        x = json_integer_value(v);
+    } else if (json_is_real(v)) {
+        double d = json_real_value(v);
+        if (!(fabs(d) <= 9007199254740992.0) || d != floor(d))
+            return type_error(err, key, "an integer", v);
+        x = (long long)d;
+    } else {
+        return type_error(err, key, "an integer", v);
+    }
+    if (x < lo || x > hi)
+        return moe_ipc_error_set(err, 400, T_INVALID, "invalid_value", key,
+                                 "'%s' must be an integer in [%lld, %lld], got %lld", key, lo, hi,
+                                 x);
+    *dst = x;
+    *present = true;
+    return 0;
+}
+
+static int get_bool(json_t *root, const char *key, bool *dst, struct moe_ipc_error *err)
+{
+    json_t *v = opt(root, key);
+    if (!v)
+        return 0;
+    if (!json_is_boolean(v))
+        return type_error(err, key, "a boolean", v);
+    *dst = json_is_true(v);
+    return 0;
+}
+
+/* ---- the request --------------------------------------------------------- */
+
+void moe_ipc_parsed_free(struct moe_ipc_parsed *p)
+{
+    if (!p)
+        return;
+    moe_request_free(p->req);
+    memset(p, 0, sizeof(*p));
+}
+
+static int add_stop(struct moe_request *r, json_t *s, const char *param,
+                    struct moe_ipc_error *err)
+{
+    size_t n = json_string_length(s);
+    if (n == 0)
+        return moe_ipc_error_set(err, 400, T_INVALID, "invalid_value", param,
+                                 "'%s' must not be an empty string", param);
+    if (n > MOE_STOP_MAX_LEN)
+        return moe_ipc_error_set(err, 400, T_INVALID, "invalid_value", param,
+                                 "'%s' is %zu bytes long; at most %d are allowed", param, n,
+                                 MOE_STOP_MAX_LEN);
+    char *copy = strndup(json_string_value(s), n);
+    if (!copy)
+        return oom(err);
+    r->stop[r->n_stop++] = copy;
+    return 0;
+}
+
+static int parse_stop(json_t *root, struct moe_request *r, struct moe_ipc_error *err)
+{
+    json_t *v = opt(root, "stop");
+    if (!v)
+        return 0;
+    if (json_is_string(v))
+        return add_stop(r, v, "stop", err);
+    if (!json_is_array(v))
+        return type_error(err, "stop", "a string or an array of strings", v);
+    size_t n = json_array_size(v);
+    if (n > MOE_STOP_MAX)
+        return moe_ipc_error_set(err, 400, T_INVALID, "invalid_value", "stop",
+                                 "'stop' holds %zu strings; at most %d are allowed", n,
+                                 MOE_STOP_MAX);
+    for (size_t i = 0; i < n; i++) {
+        char param[32];
+        json_t *s = json_array_get(v, i);
+        snprintf(param, sizeof(param), "stop[%zu]", i);
+        if (!json_is_string(s))
+            return type_error(err, param, "a string", s);
+        int rc = add_stop(r, s, param, err);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+static int check_prompt_bytes(size_t n, const struct moe_ipc_limits *lim, const char *param,
+                              struct moe_ipc_error *err)
+{
+    if (lim->max_prompt_bytes && n > lim->max_prompt_bytes)
+        return moe_ipc_error_set(err, 400, T_INVALID, "prompt_too_long", param,
+                                 "'%s' is %zu bytes long; this server accepts at most %zu", param,
+                                 n, lim->max_prompt_bytes);
+    return 0;
+}
+
+static int parse_prompt(json_t *root, const struct moe_ipc_limits *lim, struct moe_request *r,
+                        struct moe_ipc_error *err)
+{
+    const char *want = "a string or an array of one string (token arrays are not supported)";
+    json_t *p = opt(root, "prompt");
+    if (!p)
+        return missing(err, "prompt", want);
+    if (json_is_array(p)) {
+        size_t n = json_array_size(p);
+        for (size_t i = 0; i < n; i++)
+            if (!json_is_string(json_array_get(p, i)))
+                return type_error(err, "prompt", want, p);
+        if (n != 1)
+            return moe_ipc_error_set(err, 400, T_INVALID, "invalid_value", "prompt",
+                                     "'prompt' holds %zu prompts; exactly one per request is "
+                                     "supported",
+                                     n);
+        p = json_array_get(p, 0);
+    } else if (!json_is_string(p)) {
+        return type_error(err, "prompt", want, p);
+    }
+    size_t n = json_string_length(p);
+    int rc = check_prompt_bytes(n, lim, "prompt", err);
+    if (rc)
+        return rc;
+    r->prompt = strndup(json_string_value(p), n);
+    return r->prompt ? 0 : oom(err);
+}
+
+/* content: a string, or OpenAI's array of {"type": "text", "text": ...}
+ * parts, joined with "\n". */
+static int parse_content(json_t *c, const char *param, char **out, size_t *out_len,
+                         struct moe_ipc_error *err)
+{
+    char sub[128];
+    if (!c)
+        return missing(err, param, "a string");
+    if (json_is_string(c)) {
+        *out_len = json_string_length(c);
+        *out = strndup(json_string_value(c), *out_len);
+        return *out ? 0 : oom(err);
+    }
+    if (!json_is_array(c))
+        return type_error(err, param, "a string or an array of text parts", c);
+    size_t total = 0, n = json_array_size(c);
+    for (size_t i = 0; i < n; i++) {
+        json_t *part = json_array_get(c, i), *type, *text;
+        snprintf(sub, sizeof(sub), "%s[%zu]", param, i);
+        if (!json_is_object(part))
+            return type_error(err, sub, "an object", part);
+        type = json_object_get(part, "type");
+        if (!json_is_string(type) || strcmp(json_string_value(type), "text") != 0)
+            return moe_ipc_error_set(err, 400, T_INVALID, "unsupported_value", sub,
+                                     "'%s.type' must be \"text\" (only text content is "
+                                     "supported)",
+                                     sub);
+        text = json_object_get(part, "text");
+        if (!json_is_string(text)) {
+            snprintf(sub + strlen(sub), sizeof(sub) - strlen(sub), ".text");
+            return text ? type_error(err, sub, "a string", text) : missing(err, sub, "a string");
+        }
+        total += json_string_length(text) + (i ? 1 : 0);
+    }
+    char *s = malloc(total + 1), *w = s;
+    if (!s)
+        return oom(err);
+    for (size_t i = 0; i < n; i++) {
+        json_t *text = json_object_get(json_array_get(c, i), "text");
+        if (i)
+            *w++ = '\n';
+        memcpy(w, json_string_value(text), json_string_length(text));
+        w += json_string_length(text);
+    }
+    *w = '\0';
+    *out = s;
+    *out_len = total;
+    return 0;
+}
+
+static int parse_messages(json_t *root, const struct moe_ipc_limits *lim, struct moe_request *r,
+                          struct moe_ipc_error *err)
+{
+    static const char *const roles[] = {"system", "user", "assistant", "developer"};
+    json_t *v = opt(root, "messages");
+    char param[64];
+    size_t total = 0;
+    if (!v)
+        return missing(err, "messages", "an array of {\"role\", \"content\"} objects");
+    if (!json_is_array(v))
+        return type_error(err, "messages", "an array of {\"role\", \"content\"} objects", v);
+    size_t n = json_array_size(v);
+    if (n == 0)
+        return moe_ipc_error_set(err, 400, T_INVALID, "invalid_value", "messages",
+                                 "'messages' must hold at least one message");
+    r->messages = calloc(n, sizeof(*r->messages));
+    if (!r->messages)
+        return oom(err);
+    for (size_t i = 0; i < n; i++) {
+        json_t *m = json_array_get(v, i), *role;
+        size_t k, len = 0;
+        snprintf(param, sizeof(param), "messages[%zu]", i);
+        if (!json_is_object(m))
+            return type_error(err, param, "an object with \"role\" and \"content\"", m);
+
+        snprintf(param, sizeof(param), "messages[%zu].role", i);
+        role = opt(m, "role");
+        if (!role)
+            return missing(err, param, "one of system, user, assistant");
+        if (!json_is_string(role))
+            return type_error(err, param, "a string", role);
+        for (k = 0; k < MOE_ARRAY_SIZE(roles); k++)
+            if (strcmp(json_string_value(role), roles[k]) == 0)
+                break;
+        if (k == MOE_ARRAY_SIZE(roles) || json_string_length(role) != strlen(roles[k]))
+            return moe_ipc_error_set(err, 400, T_INVALID, "invalid_value", param,
+                                     "'%s' must be one of system, user, assistant; got \"%.40s\"",
+                                     param, json_string_value(role));
+        /* "developer" is OpenAI's newer name for the system role */
+        struct moe_chat_message *cm = &r->messages[r->n_messages++];
+        cm->role = strdup(k == 3 ? "system" : roles[k]);
+        if (!cm->role)
+            return oom(err);
+
+        snprintf(param, sizeof(param), "messages[%zu].content", i);
+        int rc = parse_content(opt(m, "content"), param, &cm->content, &len, err);
+        if (rc)
+            return rc;
+        total += len;
+        rc = check_prompt_bytes(total, lim, "messages", err);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+/* Parameters we do not implement: accepted only when absent or neutral, so
+ * that a client never silently gets something other than it asked for. */
+static int check_unsupported(json_t *root, bool chat, struct moe_ipc_error *err)
+{
+    static const struct {
+        const char *key;
+        bool completion_only;
+        bool one_ok; /* best_of: 1 is the neutral value */
+        bool zero_ok;
+    } keys[] = {
+        {"logprobs", false, false, false}, {"top_logprobs", false, false, true},
+        {"echo", true, false, false},      {"best_of", true, true, false},
+        {"suffix", true, false, false},    {"logit_bias", false, false, false},
+        {"tools", false, false, false},    {"functions", false, false, false},
+    };
+    for (size_t i = 0; i < MOE_ARRAY_SIZE(keys); i++) {
+        json_t *v = opt(root, keys[i].key);
+        if (!v || (keys[i].completion_only && chat))
+            continue;
+        bool neutral = json_is_false(v) ||
+                       (json_is_string(v) && json_string_length(v) == 0) ||
+                       (json_is_object(v) && json_object_size(v) == 0) ||
+                       (json_is_array(v) && json_array_size(v) == 0) ||
+                       (json_is_integer(v) && json_integer_value(v) == 0 && keys[i].zero_ok) ||
+                       (json_is_integer(v) && json_integer_value(v) == 1 && keys[i].one_ok);
+        if (!neutral)
+            return moe_ipc_error_set(err, 400, T_INVALID, "unsupported_parameter", keys[i].key,
+                                     "'%s' is not supported by this server", keys[i].key);
+    }
+    json_t *rf = opt(root, "response_format");
+    if (rf) {
+        json_t *t = json_is_object(rf) ? json_object_get(rf, "type") : NULL;
+        if (!json_is_string(t) || strcmp(json_string_value(t), "text") != 0)
+            return moe_ipc_error_set(err, 400, T_INVALID, "unsupported_parameter",
+                                     "response_format",
+                                     "'response_format' must be {\"type\": \"text\"}; other "
+                                     "formats are not supported");
+    }
+    return 0;
+}
+
+static int parse_fields(json_t *root, bool chat, const struct moe_ipc_limits *lim,
+                        struct moe_request *r, struct moe_ipc_parsed *out,
+                        struct moe_ipc_error *err)
+{
+    long long x;
+    bool present;
+    int rc;
+    json_t *v;
+
+#define TRY(expr)          \
+    do {                   \
+        if ((rc = (expr))) \
+            return rc;     \
+    } while (0)
+
+    if (chat)
+        TRY(parse_messages(root, lim, r, err));
+    else
+        TRY(parse_prompt(root, lim, r, err));
+
+    v = opt(root, "model");
+    if (v && !json_is_string(v))
+        return type_error(err, "model", "a string", v);
+
+    /* max_tokens, or chat's newer max_completion_tokens (which wins) */
+    long long max_hi = lim->max_tokens_limit > 0 ? lim->max_tokens_limit : INT32_MAX;
+    static const char *const mt_keys[] = {"max_tokens", "max_completion_tokens"};
+    for (size_t i = 0; i < (chat ? 2u : 1u); i++) {
+        TRY(get_integer(root, mt_keys[i], 1, INT32_MAX, &x, &present, err));
+        if (!present)
+            continue;
+        if (x > max_hi)
+            return moe_ipc_error_set(err, 400, T_INVALID, "invalid_value", mt_keys[i],
+                                     "'%s' must be at most %lld (this server's limit), got %lld",
+                                     mt_keys[i], max_hi, x);
+        r->max_tokens = (int32_t)x;
+    }
+
+    TRY(get_number(root, "temperature", 0, false, 2, "[0, 2]", &r->sampling.temperature, err));
+    TRY(get_number(root, "top_p", 0, true, 1, "(0, 1]", &r->sampling.top_p, err));
+    TRY(get_integer(root, "top_k", -1, INT32_MAX, &x, &present, err));
+    if (present)
+        r->sampling.top_k = x < 0 ? 0 : (int)x; /* -1 = off, as vLLM */
+    TRY(get_number(root, "min_p", 0, false, 1, "[0, 1]", &r->sampling.min_p, err));
+    TRY(get_number(root, "presence_penalty", -2, false, 2, "[-2, 2]",
+                   &r->sampling.presence_penalty, err));
+    TRY(get_number(root, "frequency_penalty", -2, false, 2, "[-2, 2]",
+                   &r->sampling.frequency_penalty, err));
+    TRY(get_number(root, "repetition_penalty", 0, true, 10, "(0, 10]",
+                   &r->sampling.repetition_penalty, err));
+    TRY(get_integer(root, "seed", INT64_MIN, INT64_MAX, &x, &present, err));
+    if (present) {
+        r->sampling.seed = (uint64_t)x;
+        out->seed_set = true;
+    }
+
+    TRY(get_integer(root, "n", LLONG_MIN, LLONG_MAX, &x, &present, err));
+    if (present && x != 1)
+        return moe_ipc_error_set(err, 400, T_INVALID, "unsupported_value", "n",
+                                 "'n' must be 1 (one choice per request), got %lld", x);
+
+    TRY(parse_stop(root, r, err));
+    TRY(get_bool(root, "stream", &r->stream, err));
+    TRY(get_bool(root, "ignore_eos", &r->ignore_eos, err));
+    v = opt(root, "stream_options");
+    if (v) {
+        if (!json_is_object(v))
+            return type_error(err, "stream_options", "an object", v);
+        json_t *iu = opt(v, "include_usage");
+        if (iu && !json_is_boolean(iu))
+            return type_error(err, "stream_options.include_usage", "a boolean", iu);
+        out->include_usage = iu && json_is_true(iu);
+    }
+    TRY(check_unsupported(root, chat, err));
+    return 0;
+#undef TRY
+}
+
+int moe_ipc_parse_completion(const char *body, size_t len, bool chat,
+                             const struct moe_ipc_limits *lim, struct moe_ipc_parsed *out,
+                             struct moe_ipc_error *err)
+{
+    json_error_t jerr;
+    struct moe_request *r = NULL;
+    int rc;
+
+    memset(out, 0, sizeof(*out));
+    /* duplicate keys are refused: which one wins is not portable */
+    json_t *root = json_loadb(body ? body : "", body ? len : 0,
+                              JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
+    if (!root)
+        return moe_ipc_error_set(err, 400, T_INVALID, "invalid_json", NULL,
+                                 "malformed JSON at line %d, column %d (byte %d): %s", jerr.line,
+                                 jerr.column, jerr.position, jerr.text);
+    if (!json_is_object(root)) {
+        rc = moe_ipc_error_set(err, 400, T_INVALID, "invalid_json", NULL,
+                               "the request body must be a JSON object, got %s",
+                               kind_name(root));
+        goto fail;
+    }
+
+    r = calloc(1, sizeof(*r));
+    if (!r) {
+        rc = oom(err);
+        goto fail;
+    }
+    r->kind = chat ? MOE_REQ_CHAT : MOE_REQ_COMPLETION;
+    r->sampling = lim->defaults;
+    r->max_tokens = lim->default_max_tokens;
+    r->timeout_s = lim->request_timeout_s;
+
+    rc = parse_fields(root, chat, lim, r, out, err);
+    if (rc)
+        goto fail;
+    json_decref(root);
+    out->req = r;
+    return 0;
+
+fail:
+    moe_request_free(r);
+    json_decref(root);
+    memset(out, 0, sizeof(*out));
+    return rc;
+}

@@ -1,0 +1,1302 @@
+/* The HTTP/1.1 server on the Unix socket (libmicrohttpd).
+ *
+ * One thread per connection: a request that waits for the engine (a
+ * non-streaming completion, or an SSE stream whose content reader blocks on
+ * moe_job_next) holds only its own thread, so slow generations never delay
+ * other clients. Waits are sliced (IPC_POLL_MS) so a thread notices a client
+ * that hung up (POLLHUP on its socket: the job is cancelled) and server stop.
+ *
+ * Checks run in this order, so the cheapest answer that is right wins:
+ *   peer credentials (403) -> path (404) -> method (405, with Allow)
+ *   -> Content-Length over the limit (413) -> Content-Type (415)
+ *   -> body bytes while receiving, chunked bodies included (413 when the
+ *      body ends; one that goes on IPC_SWALLOW_BYTES past the limit has
+ *      its connection closed instead)
+ *   -> JSON and fields (400) -> engine loaded / draining (503)
+ *   -> engine queue (429 / 503 / 400) -> generation.
+ * So a malformed body gets its 400 even while the model loads. */
+#define _GNU_SOURCE /* struct ucred, POLLRDHUP */
+#include "ipc/ipc_int.h"
+
+#include "common/common_metrics.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <microhttpd.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#define IPC_CONN_LIMIT 256          /* connections (= threads) at once */
+#define IPC_IDLE_TIMEOUT_S 60u      /* idle keep-alive / slow clients */
+#define IPC_CONN_MEMORY (64u << 10) /* per-connection header/IO pool */
+#define IPC_POLL_MS 50              /* wait slice: hang-up and stop checks */
+#define IPC_STREAM_BLOCK (16u << 10)
+#define IPC_COALESCE_BYTES (16u << 10) /* text gathered into one SSE chunk ... */
+#define IPC_COALESCE_EVENTS 8          /* ... from at most this many events */
+#define IPC_SWALLOW_BYTES (1u << 20) /* body past the limit read before hanging up */
+#define IPC_RETRY_BUSY "1"          /* Retry-After seconds: queue full */
+#define IPC_RETRY_UNAVAILABLE "5"   /* loading or draining */
+
+#define CT_JSON "application/json"
+#define CT_SSE "text/event-stream"
+#define CT_PROM "text/plain; version=0.0.4; charset=utf-8"
+
+/* ---- routes -------------------------------------------------------------- */
+
+enum route {
+    R_COMPLETIONS,
+    R_CHAT,
+    R_MODELS,
+    R_MODEL, /* /v1/models/{id} */
+    R_HEALTH,
+    R_METRICS,
+    R_STATS,
+    R_RELOAD,
+    R_OTHER, /* unknown paths: one metrics label, whatever the URL */
+    R_N
+};
+
+static const struct {
+    const char *path;
+    bool post; /* POST only; otherwise GET (and HEAD) */
+    const char *label;
+} routes[R_N] = {
+    [R_COMPLETIONS] = {"/v1/completions", true, "/v1/completions"},
+    [R_CHAT] = {"/v1/chat/completions", true, "/v1/chat/completions"},
+    [R_MODELS] = {"/v1/models", false, "/v1/models"},
+    [R_MODEL] = {NULL, false, "/v1/models/{id}"},
+    [R_HEALTH] = {"/health", false, "/health"},
+    [R_METRICS] = {"/metrics", false, "/metrics"},
+    [R_STATS] = {"/admin/stats", false, "/admin/stats"},
+    [R_RELOAD] = {"/admin/reload", true, "/admin/reload"},
+    [R_OTHER] = {NULL, false, "other"},
+};
+
+static enum route route_of(const char *url)
+{
+    for (int i = 0; i < R_N; i++)
+        if (routes[i].path && strcmp(url, routes[i].path) == 0)
+            return (enum route)i;
+    if (strncmp(url, "/v1/models/", 11) == 0 && url[11])
+        return R_MODEL;
+    return R_OTHER;
+}
+
+/* statuses with a cached counter per route; others register on the spot */
+static const int known_status[] = {200, 400, 403, 404, 405, 413, 415, 429, 500, 501, 503};
+#define N_KNOWN_STATUS (sizeof(known_status) / sizeof(known_status[0]))
+
+static const char *const finish_reasons[] = {"stop", "length", "cancelled", "timeout", "error",
+                                             "other"};
+#define N_FINISH (sizeof(finish_reasons) / sizeof(finish_reasons[0]))
+
+/* ---- the server ---------------------------------------------------------- */
+
+struct moe_ipc {
+    struct MHD_Daemon *mhd;
+    int quiesced_fd;   /* the listening socket once MHD gave it back; closed at stop */
+    char *socket_path; /* for /admin/stats; NULL for an inherited socket */
+    char *bound_path;  /* set when we bound it: unlinked when we stop */
+    dev_t sock_dev;
+    ino_t sock_ino;
+    char *model_name;
+    double started;       /* moe_now_s() */
+    int64_t started_unix;
+
+    pthread_mutex_t lock; /* limits, reload hook */
+    struct moe_ipc_limits limits;
+    moe_ipc_reload_fn reload_fn;
+    void *reload_arg;
+    pthread_mutex_t reload_lock; /* one reload at a time */
+
+    _Atomic(struct moe_engine *) engine;
+    struct moe_ipc_engine_ops ops;
+    atomic_bool draining, stopping;
+    atomic_int connections, streams;
+    atomic_uint_fast64_t requests;
+
+    /* metrics */
+    _Atomic(struct moe_metric *) m_req[R_N][N_KNOWN_STATUS];
+    struct moe_metric *m_finish[N_FINISH];
+    struct moe_metric *m_prompt, *m_gen, *m_ttft, *m_tpot, *m_e2e;
+    struct moe_metric *m_queue, *m_running, *m_conns, *m_streams;
+    pthread_mutex_t tok_lock; /* engine token counters -> ours at scrape time */
+    struct moe_engine *tok_engine;
+    uint64_t tok_prompt, tok_gen;
+};
+
+static const struct moe_ipc_engine_ops real_engine = {
+    .submit = moe_engine_submit,
+    .next = moe_job_next,
+    .cancel = moe_job_cancel,
+    .release = moe_job_release,
+    .get_stats = moe_engine_get_stats,
+};
+
+/* One HTTP request (MHD's req_cls): lives from its headers to NOTIFY_COMPLETED. */
+struct ipc_req {
+    enum route route;
+    int fd;
+    double t0;
+    struct moe_ipc_limits lim; /* a snapshot: a reload mid-request does not tear it */
+    struct moe_ipc_buf body;
+    bool responded;   /* a reply is queued: swallow whatever body still comes */
+    bool too_large;   /* the body passed max_body_bytes (reply when it ends) */
+    size_t swallowed; /* body bytes in all, once too_large */
+    bool no_timeout;  /* idle timeout lifted while generating */
+};
+
+/* One request's wait on its job. */
+struct waiter {
+    struct moe_ipc *ipc;
+    struct moe_job *job;
+    int fd;
+    double next_check; /* moe_now_s() of the next hang-up / stop check */
+};
+
+/* A streaming reply: owned by the MHD response, freed by its free callback. */
+struct ipc_stream {
+    struct moe_ipc *ipc;
+    struct moe_job *job;
+    struct waiter wait;
+    struct moe_ipc_gen gen;
+    struct moe_ipc_buf out;  /* formatted, not yet handed to MHD */
+    struct moe_ipc_buf text; /* text gathered for the next chunk */
+    double t0, t_first;
+    bool finished; /* DONE or ERROR seen: nothing to cancel */
+    bool ended;    /* [DONE] is in out */
+};
+
+/* ---- metrics ------------------------------------------------------------- */
+
+static const double ttft_buckets[] = {0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
+static const double tpot_buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                      0.05,   0.1,   0.25,   0.5,   1,    2.5};
+static const double e2e_buckets[] = {0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600};
+
+static int metrics_register(struct moe_ipc *ipc)
+{
+    char labels[64];
+    for (size_t i = 0; i < N_FINISH; i++) {
+        snprintf(labels, sizeof(labels), "finish_reason=\"%s\"", finish_reasons[i]);
+        ipc->m_finish[i] = moe_metric_counter("moed_requests_finished_total",
+                                              "Generation requests finished, by finish reason",
+                                              labels);
+    }
+    ipc->m_prompt = moe_metric_counter("moed_prompt_tokens_total",
+                                       "Prompt tokens processed by the engine", NULL);
+    ipc->m_gen = moe_metric_counter("moed_generation_tokens_total",
+                                    "Tokens generated by the engine", NULL);
+    ipc->m_ttft = moe_metric_histogram(
+        "moed_time_to_first_token_seconds",
+        "From request arrival to its first generated text, queueing included", NULL,
+        ttft_buckets, MOE_ARRAY_SIZE(ttft_buckets));
+    ipc->m_tpot = moe_metric_histogram(
+        "moed_time_per_output_token_seconds",
+        "Mean time between generated tokens after the first, one sample per request", NULL,
+        tpot_buckets, MOE_ARRAY_SIZE(tpot_buckets));
+    ipc->m_e2e = moe_metric_histogram("moed_request_duration_seconds",
+                                      "Generation requests from arrival to their last token",
+                                      NULL, e2e_buckets, MOE_ARRAY_SIZE(e2e_buckets));
+    ipc->m_queue = moe_metric_gauge("moed_queue_depth", "Requests waiting for a sequence slot",
+                                    NULL);
+    ipc->m_running = moe_metric_gauge("moed_running_sequences",
+                                      "Sequences being prefilled or decoded", NULL);
+    ipc->m_conns = moe_metric_gauge("moed_http_connections", "Open client connections", NULL);
+    ipc->m_streams = moe_metric_gauge("moed_http_streams", "SSE streams in progress", NULL);
+    /* the common case is there from the first scrape */
+    for (int r = R_COMPLETIONS; r <= R_CHAT; r++) {
+        snprintf(labels, sizeof(labels), "endpoint=\"%s\",status=\"200\"", routes[r].label);
+        atomic_store(&ipc->m_req[r][0],
+                     moe_metric_counter("moed_http_requests_total",
+                                        "HTTP requests answered, by endpoint and status", labels));
+    }
+    if (!ipc->m_prompt || !ipc->m_gen || !ipc->m_ttft || !ipc->m_tpot || !ipc->m_e2e ||
+        !ipc->m_queue || !ipc->m_running || !ipc->m_conns || !ipc->m_streams)
+        return moe_err(-ENOMEM, "ipc: cannot register metrics");
+    return 0;
+}
+
+static void count_request(struct moe_ipc *ipc, enum route r, int status)
+{
+    size_t k;
+    struct moe_metric *m = NULL;
+    char labels[96];
+    atomic_fetch_add(&ipc->requests, 1);
+    for (k = 0; k < N_KNOWN_STATUS; k++)
+        if (known_status[k] == status)
+            break;
+    if (k < N_KNOWN_STATUS)
+        m = atomic_load(&ipc->m_req[r][k]);
+    if (!m) {
+        snprintf(labels, sizeof(labels), "endpoint=\"%s\",status=\"%d\"", routes[r].label,
+                 status);
+        /* registering an existing name+labels returns the same metric */
+        m = moe_metric_counter("moed_http_requests_total",
+                               "HTTP requests answered, by endpoint and status", labels);
+        if (m && k < N_KNOWN_STATUS)
+            atomic_store(&ipc->m_req[r][k], m);
+    }
+    if (m)
+        moe_metric_inc(m);
+}
+
+static void count_finish(struct moe_ipc *ipc, const char *reason)
+{
+    size_t k;
+    for (k = 0; k < N_FINISH - 1; k++)
+        if (reason && strcmp(reason, finish_reasons[k]) == 0)
+            break;
+    if (ipc->m_finish[k])
+        moe_metric_inc(ipc->m_finish[k]);
+}
+
+/* A generation ended (DONE): latency histograms. */
+static void observe_done(struct moe_ipc *ipc, double t0, double t_first,
+                         const struct moe_event *ev)
+{
+    double now = moe_now_s();
+    moe_metric_observe(ipc->m_e2e, now - t0);
+    if (t_first > 0 && ev->completion_tokens > 1)
+        moe_metric_observe(ipc->m_tpot, (now - t_first) / (ev->completion_tokens - 1));
+    count_finish(ipc, ev->finish_reason);
+}
+
+/* Engine figures read at scrape time: gauges, and the engine's monotonic
+ * token counts turned into our counters (they include cancelled requests,
+ * which never report usage to us). */
+static void refresh_engine_metrics(struct moe_ipc *ipc, struct moe_engine_stats *out)
+{
+    struct moe_engine *e = atomic_load(&ipc->engine);
+    struct moe_engine_stats st = {0};
+    if (e)
+        ipc->ops.get_stats(e, &st);
+    moe_metric_set(ipc->m_queue, st.queue_depth);
+    moe_metric_set(ipc->m_running, st.running);
+    moe_metric_set(ipc->m_conns, atomic_load(&ipc->connections));
+    moe_metric_set(ipc->m_streams, atomic_load(&ipc->streams));
+    if (e) {
+        pthread_mutex_lock(&ipc->tok_lock);
+        if (e != ipc->tok_engine || st.prompt_tokens < ipc->tok_prompt ||
+            st.generated_tokens < ipc->tok_gen) { /* a new engine counts from 0 */
+            ipc->tok_engine = e;
+            ipc->tok_prompt = ipc->tok_gen = 0;
+        }
+        moe_metric_add(ipc->m_prompt, (double)(st.prompt_tokens - ipc->tok_prompt));
+        moe_metric_add(ipc->m_gen, (double)(st.generated_tokens - ipc->tok_gen));
+        ipc->tok_prompt = st.prompt_tokens;
+        ipc->tok_gen = st.generated_tokens;
+        pthread_mutex_unlock(&ipc->tok_lock);
+    }
+    if (out)
+        *out = st;
+}
+
+/* ---- replies ------------------------------------------------------------- */
+
+/* Queues a reply; body (malloc'ed) is taken. hdrs: name, value, ..., NULL.
+ * false when MHD would not take it now (the caller decides). */
+static bool reply(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_Connection *c, int status,
+                  const char *ctype, char *body, size_t len, const char *const *hdrs)
+{
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(len, body ? body : (char *)"",
+                                        body ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
+    if (!resp) {
+        free(body);
+        return false;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+    for (size_t i = 0; hdrs && hdrs[i]; i += 2)
+        MHD_add_response_header(resp, hdrs[i], hdrs[i + 1]);
+    bool ok = MHD_queue_response(c, (unsigned)status, resp) == MHD_YES;
+    MHD_destroy_response(resp);
+    if (ok) {
+        r->responded = true;
+        count_request(ipc, r->route, status);
+        moe_log(MOE_LOG_DEBUG, "ipc: %s -> %d (%.1f ms)", routes[r->route].label, status,
+                (moe_now_s() - r->t0) * 1e3);
+    }
+    return ok;
+}
+
+static bool reply_json(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_Connection *c,
+                       int status, json_t *o, const char *const *hdrs)
+{
+    char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    if (!s)
+        return false;
+    size_t n = strlen(s);
+    char *t = realloc(s, n + 2);
+    if (!t) {
+        free(s);
+        return false;
+    }
+    t[n] = '\n';
+    t[n + 1] = '\0';
+    return reply(ipc, r, c, status, CT_JSON, t, n + 1, hdrs);
+}
+
+static bool reply_error(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_Connection *c,
+                        const struct moe_ipc_error *e, const char *const *hdrs)
+{
+    size_t n;
+    char *s = moe_ipc_error_json(e, &n);
+    if (!s)
+        return false;
+    return reply(ipc, r, c, e->status, CT_JSON, s, n, hdrs);
+}
+
+/* builds the error and replies in one go */
+static bool fail_with(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_Connection *c,
+                      int status, const char *type, const char *code, const char *param,
+                      const char *const *hdrs, const char *fmt, ...) MOE_PRINTF(9, 10);
+
+static bool fail_with(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_Connection *c,
+                      int status, const char *type, const char *code, const char *param,
+                      const char *const *hdrs, const char *fmt, ...)
+{
+    struct moe_ipc_error e;
+    va_list ap;
+    moe_ipc_error_set(&e, status, type, code, param, "%s", "");
+    va_start(ap, fmt);
+    vsnprintf(e.message, sizeof(e.message), fmt, ap);
+    va_end(ap);
+    return reply_error(ipc, r, c, &e, hdrs);
+}
+
+static const char *const hdr_retry_busy[] = {MHD_HTTP_HEADER_RETRY_AFTER, IPC_RETRY_BUSY, NULL};
+static const char *const hdr_retry_unavail[] = {MHD_HTTP_HEADER_RETRY_AFTER,
+                                                IPC_RETRY_UNAVAILABLE, NULL};
+
+static bool fail_unavailable(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_Connection *c,
+                             bool loading)
+{
+    return fail_with(ipc, r, c, 503, "service_unavailable",
+                     loading ? "model_loading" : "shutting_down", NULL, hdr_retry_unavail,
+                     loading ? "the model is still loading; retry shortly"
+                             : "the server is shutting down and takes no new requests");
+}
+
+/* The error types OpenAI clients know, by status. */
+static const char *type_for_status(int status)
+{
+    switch (status) {
+    case 401:
+    case 403: return "permission_error";
+    case 429: return "rate_limit_error";
+    case 503: return "service_unavailable";
+    default: return status >= 500 ? "server_error" : "invalid_request_error";
+    }
+}
+
+/* ---- waiting for the engine ---------------------------------------------- */
+
+/* The client closed its end (a half-close after sending is not a hang-up). */
+static bool peer_gone(int fd)
+{
+    struct pollfd p = {.fd = fd, .events = POLLRDHUP};
+    if (fd < 0)
+        return false;
+    return poll(&p, 1, 0) > 0 && (p.revents & (POLLHUP | POLLERR | POLLNVAL));
+}
+
+/* 0 with *ev, -EPIPE when the client hung up, -ESHUTDOWN when the server
+ * stops, or the engine's error. The checks run every IPC_POLL_MS whether
+ * or not events keep coming: a client that hangs up on a non-streaming
+ * request is noticed while its tokens are still being generated. */
+static int wait_event(struct waiter *w, struct moe_event *ev)
+{
+    for (;;) {
+        double now = moe_now_s();
+        if (now >= w->next_check) {
+            w->next_check = now + IPC_POLL_MS / 1e3;
+            if (atomic_load(&w->ipc->stopping))
+                return -ESHUTDOWN;
+            if (peer_gone(w->fd))
+                return -EPIPE;
+        }
+        int rc = w->ipc->ops.next(w->job, ev, IPC_POLL_MS);
+        if (rc != -ETIMEDOUT)
+            return rc;
+    }
+}
+
+static void event_error(const struct moe_event *ev, struct moe_ipc_error *e)
+{
+    int status = ev->status >= 400 && ev->status <= 599 ? ev->status : 500;
+    moe_ipc_error_set(e, status, type_for_status(status),
+                      status >= 500 ? "engine_error" : "invalid_request", NULL, "%s",
+                      ev->message[0] ? ev->message : "generation failed");
+}
+
+/* ---- streaming ----------------------------------------------------------- */
+
+/* Formats ev, and text events already waiting behind it, into s->out. */
+static int stream_take(struct ipc_stream *s, struct moe_event *first)
+{
+    struct moe_ipc *ipc = s->ipc;
+    struct moe_event ev = *first;
+    bool pending = true;
+    int rc;
+    moe_ipc_buf_reset(&s->text);
+    for (int k = 0; pending && ev.kind == MOE_EV_TEXT; k++) {
+        if (s->t_first == 0) {
+            s->t_first = moe_now_s();
+            moe_metric_observe(ipc->m_ttft, s->t_first - s->t0);
+        }
+        if (moe_ipc_buf_append(&s->text, ev.text, ev.len))
+            return -ENOMEM;
+        pending = false;
+        if (s->text.len < IPC_COALESCE_BYTES && k + 1 < IPC_COALESCE_EVENTS) {
+            rc = ipc->ops.next(s->job, &ev, 0);
+            if (rc == 0)
+                pending = true;
+            else if (rc != -ETIMEDOUT)
+                return rc;
+        }
+    }
+    if (s->text.len && moe_ipc_sse_text(&s->out, &s->gen, s->text.data, s->text.len))
+        return -ENOMEM;
+    if (pending && ev.kind == MOE_EV_DONE) {
+        s->finished = true;
+        observe_done(ipc, s->t0, s->t_first, &ev);
+        if (moe_ipc_sse_finish(&s->out, &s->gen, ev.finish_reason, ev.prompt_tokens,
+                               ev.completion_tokens))
+            return -ENOMEM;
+        s->ended = true;
+    } else if (pending && ev.kind == MOE_EV_ERROR) {
+        struct moe_ipc_error e;
+        s->finished = true;
+        count_finish(ipc, "error");
+        event_error(&ev, &e);
+        moe_log(MOE_LOG_WARN, "ipc: stream %s failed: %s", s->gen.id, e.message);
+        if (moe_ipc_sse_error(&s->out, &e))
+            return -ENOMEM;
+        s->ended = true;
+    }
+    return 0;
+}
+
+static int stream_fill(struct ipc_stream *s)
+{
+    struct moe_event ev;
+    int rc = wait_event(&s->wait, &ev);
+    return rc ? rc : stream_take(s, &ev);
+}
+
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    struct ipc_stream *s = cls;
+    while (s->out.off == s->out.len) {
+        if (s->ended)
+            return MHD_CONTENT_READER_END_OF_STREAM;
+        moe_ipc_buf_reset(&s->out);
+        int rc = stream_fill(s);
+        if (rc) {
+            if (rc != -EPIPE && rc != -ESHUTDOWN)
+                moe_log(MOE_LOG_WARN, "ipc: stream %s: %s", s->gen.id, strerror(-rc));
+            return MHD_CONTENT_READER_END_WITH_ERROR; /* closes; free callback cancels */
+        }
+    }
+    size_t n = MOE_MIN(max, s->out.len - s->out.off);
+    memcpy(buf, s->out.data + s->out.off, n);
+    s->out.off += n;
+    return (ssize_t)n;
+}
+
+/* The response is gone: the stream ended or the client did. */
+static void stream_free(void *cls)
+{
+    struct ipc_stream *s = cls;
+    if (!s->finished) {
+        s->ipc->ops.cancel(s->job);
+        count_finish(s->ipc, "cancelled");
+    }
+    s->ipc->ops.release(s->job);
+    atomic_fetch_sub(&s->ipc->streams, 1);
+    moe_ipc_buf_free(&s->out);
+    moe_ipc_buf_free(&s->text);
+    free(s);
+}
+
+static bool start_stream(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_Connection *c,
+                         struct moe_job *job, const struct moe_ipc_gen *gen)
+{
+    static const char *const hdrs[] = {MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache",
+                                       "X-Accel-Buffering", "no", NULL};
+    struct ipc_stream *s = calloc(1, sizeof(*s));
+    struct MHD_Response *resp = NULL;
+    if (!s) {
+        ipc->ops.cancel(job);
+        ipc->ops.release(job);
+        return false;
+    }
+    s->ipc = ipc;
+    s->job = job;
+    s->gen = *gen;
+    s->wait = (struct waiter){.ipc = ipc, .job = job, .fd = r->fd};
+    s->t0 = r->t0;
+    atomic_fetch_add(&ipc->streams, 1);
+
+    /* The status line waits for the first event, so that a request the
+     * engine refuses after submit (a prompt longer than the context, say)
+     * still gets its 4xx rather than a 200 with an error chunk. */
+    struct moe_event ev;
+    int rc = wait_event(&s->wait, &ev);
+    if (rc) {
+        stream_free(s); /* cancels */
+        if (rc == -EPIPE || rc == -ESHUTDOWN)
+            return false;
+        return fail_with(ipc, r, c, 500, "server_error", "engine_error", NULL, NULL,
+                         "waiting for the engine failed: %s", strerror(-rc));
+    }
+    if (ev.kind == MOE_EV_ERROR) {
+        struct moe_ipc_error e;
+        s->finished = true;
+        count_finish(ipc, "error");
+        event_error(&ev, &e);
+        stream_free(s);
+        return reply_error(ipc, r, c, &e, e.status == 503 ? hdr_retry_unavail : NULL);
+    }
+    /* chat streams open with the assistant's role */
+    if ((gen->chat && moe_ipc_sse_role(&s->out, &s->gen)) || stream_take(s, &ev)) {
+        stream_free(s);
+        return false;
+    }
+    resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, IPC_STREAM_BLOCK, stream_read, s,
+                                             stream_free);
+    if (!resp) {
+        stream_free(s);
+        return false;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, CT_SSE);
+    for (size_t i = 0; hdrs[i]; i += 2)
+        MHD_add_response_header(resp, hdrs[i], hdrs[i + 1]);
+    bool ok = MHD_queue_response(c, MHD_HTTP_OK, resp) == MHD_YES;
+    MHD_destroy_response(resp); /* not queued: this frees s and cancels the job */
+    if (ok) {
+        r->responded = true;
+        count_request(ipc, r->route, 200);
+    }
+    return ok;
+}
+
+/* ---- generation ---------------------------------------------------------- */
+
+/* The whole completion in one reply: waits here, in the connection's thread. */
+static bool finish_blocking(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_Connection *c,
+                            struct moe_job *job, const struct moe_ipc_gen *gen)
+{
+    struct moe_ipc_buf text = {0};
+    struct moe_event ev;
+    struct moe_ipc_error e;
+    struct waiter w = {.ipc = ipc, .job = job, .fd = r->fd};
+    double t_first = 0;
+    bool ok = false;
+
+    for (;;) {
+        int rc = wait_event(&w, &ev);
+        if (rc) {
+            ipc->ops.cancel(job);
+            count_finish(ipc, "cancelled");
+            if (rc == -EPIPE || rc == -ESHUTDOWN)
+                goto out; /* nobody to answer: MHD closes the connection */
+            moe_ipc_error_set(&e, 500, "server_error", "engine_error", NULL,
+                              "waiting for the engine failed: %s", strerror(-rc));
+            ok = reply_error(ipc, r, c, &e, NULL);
+            goto out;
+        }
+        if (ev.kind == MOE_EV_TEXT) {
+            if (t_first == 0) {
+                t_first = moe_now_s();
+                moe_metric_observe(ipc->m_ttft, t_first - r->t0);
+            }
+            if (moe_ipc_buf_append(&text, ev.text, ev.len)) {
+                ipc->ops.cancel(job);
+                moe_ipc_error_set(&e, 500, "server_error", "out_of_memory", NULL,
+                                  "out of memory");
+                ok = reply_error(ipc, r, c, &e, NULL);
+                goto out;
+            }
+            continue;
+        }
+        if (ev.kind == MOE_EV_ERROR) {
+            count_finish(ipc, "error");
+            event_error(&ev, &e);
+            ok = reply_error(ipc, r, c, &e, e.status == 503 ? hdr_retry_unavail : NULL);
+            goto out;
+        }
+        /* MOE_EV_DONE */
+        observe_done(ipc, r->t0, t_first, &ev);
+        size_t n;
+        char *body = moe_ipc_completion_json(gen, text.data ? text.data : "", text.len,
+                                             ev.finish_reason, ev.prompt_tokens,
+                                             ev.completion_tokens, &n);
+        ok = body && reply(ipc, r, c, 200, CT_JSON, body, n, NULL);
+        goto out;
+    }
+out:
+    ipc->ops.release(job);
+    moe_ipc_buf_free(&text);
+    return ok;
+}
+
+static bool handle_generate(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_Connection *c)
+{
+    struct moe_ipc_parsed p;
+    struct moe_ipc_error e;
+    struct moe_ipc_gen gen;
+    struct moe_job *job = NULL;
+    bool chat = r->route == R_CHAT;
+
+    if (moe_ipc_parse_completion(r->body.data, r->body.len, chat, &r->lim, &p, &e))
+        return reply_error(ipc, r, c, &e, NULL);
+
+    struct moe_engine *engine = atomic_load(&ipc->engine);
+    if (!engine || atomic_load(&ipc->draining)) {
+        moe_ipc_parsed_free(&p);
+        return fail_unavailable(ipc, r, c, !engine);
+    }
+    if (p.req->sampling.seed == UINT64_MAX) { /* "random": a fresh draw every time */
+        uint64_t seed;
+        if (getrandom(&seed, sizeof(seed), GRND_NONBLOCK) != sizeof(seed))
+            seed = (uint64_t)(moe_now_s() * 1e9) ^ (uint64_t)(uintptr_t)r;
+        p.req->sampling.seed = seed;
+    }
+    moe_ipc_gen_init(&gen, chat, p.include_usage, ipc->model_name);
+    bool stream = p.req->stream;
+
+    moe_err_clear();
+    int rc = ipc->ops.submit(engine, p.req, &job);
+    if (rc) {
+        moe_ipc_parsed_free(&p);
+        switch (rc) {
+        case -EAGAIN:
+            return fail_with(ipc, r, c, 429, "rate_limit_error", "queue_full", NULL,
+                             hdr_retry_busy, "the request queue is full; retry shortly");
+        case -ESHUTDOWN:
+            return fail_unavailable(ipc, r, c, false);
+        case -EINVAL:
+            return fail_with(ipc, r, c, 400, "invalid_request_error", "invalid_request", NULL,
+                             NULL, "%s",
+                             moe_err_msg()[0] ? moe_err_msg() : "the engine refused the request");
+        default:
+            moe_log(MOE_LOG_ERR, "ipc: submit failed: %s (%s)", strerror(-rc), moe_err_msg());
+            return fail_with(ipc, r, c, 500, "server_error", "internal_error", NULL, NULL,
+                             "could not queue the request: %s", strerror(-rc));
+        }
+    }
+    p.req = NULL; /* the engine's now */
+
+    /* the idle timeout must not cut a long generation; hang-ups are seen by
+     * wait_event, and the engine enforces the request's own time limit */
+    MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, 0u);
+    r->no_timeout = true;
+    if (stream)
+        return start_stream(ipc, r, c, job, &gen);
+    return finish_blocking(ipc, r, c, job, &gen);
+}
+
+/* ---- the other endpoints ------------------------------------------------- */
+
+static json_t *model_obj(struct moe_ipc *ipc)
+{
+    return json_pack("{s:o, s:s, s:I, s:s}", "id",
+                     moe_ipc_json_text(ipc->model_name, strlen(ipc->model_name)), "object",
+                     "model", "created", (json_int_t)ipc->started_unix, "owned_by", "moed");
+}
+
+static bool handle_models(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_Connection *c,
+                          const char *url)
+{
+    if (r->route == R_MODEL) {
+        if (strcmp(url + 11, ipc->model_name) != 0)
+            return fail_with(ipc, r, c, 404, "invalid_request_error", "model_not_found", "model",
+                             NULL, "the model '%.200s' does not exist; this server serves '%s'",
+                             url + 11, ipc->model_name);
+        return reply_json(ipc, r, c, 200, model_obj(ipc), NULL);
+    }
+    json_t *data = json_array();
+    if (data)
+        json_array_append_new(data, model_obj(ipc));
+    return reply_json(ipc, r, c, 200, json_pack("{s:s, s:o}", "object", "list", "data", data),
+                      NULL);
+}
+
+static bool handle_health(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_Connection *c)
+{
+    if (!atomic_load(&ipc->engine))
+        return reply_json(ipc, r, c, 503, json_pack("{s:s}", "status", "loading"),
+                          hdr_retry_unavail);
+    if (atomic_load(&ipc->draining))
+        return reply_json(ipc, r, c, 503, json_pack("{s:s}", "status", "draining"),
+                          hdr_retry_unavail);
+    return reply_json(ipc, r, c, 200, json_pack("{s:s}", "status", "ok"), NULL);
+}
+
+static bool handle_metrics(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_Connection *c)
+{
+    refresh_engine_metrics(ipc, NULL);
+    /* counted before rendering, so a scrape sees itself like any request */
+    count_request(ipc, r->route, 200);
+    char *text = moe_metrics_render();
+    if (!text)
+        return false;
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+        free(text);
+        return false;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, CT_PROM);
+    bool ok = MHD_queue_response(c, MHD_HTTP_OK, resp) == MHD_YES;
+    MHD_destroy_response(resp);
+    r->responded = ok;
+    return ok;
+}
+
+static bool handle_stats(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_Connection *c)
+{
+    struct moe_engine_stats st;
+    struct moe_ipc_limits lim = r->lim;
+    bool have_engine = atomic_load(&ipc->engine) != NULL;
+    refresh_engine_metrics(ipc, &st);
+    const char *state = !have_engine ? "loading"
+                        : atomic_load(&ipc->draining) ? "draining"
+                                                      : "ready";
+    json_t *engine = have_engine
+                         ? json_pack("{s:i, s:i, s:I, s:I, s:I, s:I, s:I, s:I}", "queue_depth",
+                                     (int)st.queue_depth, "running", (int)st.running, "steps",
+                                     (json_int_t)st.steps, "prompt_tokens",
+                                     (json_int_t)st.prompt_tokens, "generated_tokens",
+                                     (json_int_t)st.generated_tokens, "requests_done",
+                                     (json_int_t)st.requests_done, "requests_cancelled",
+                                     (json_int_t)st.requests_cancelled, "requests_failed",
+                                     (json_int_t)st.requests_failed)
+                         : json_null();
+    json_t *server = json_pack(
+        "{s:s, s:o, s:s?, s:f, s:i, s:i, s:I, s:i}", "state", state, "model",
+        moe_ipc_json_text(ipc->model_name, strlen(ipc->model_name)), "socket", ipc->socket_path,
+        "uptime_s", moe_now_s() - ipc->started, "connections",
+        (int)atomic_load(&ipc->connections), "streams", (int)atomic_load(&ipc->streams),
+        "requests", (json_int_t)atomic_load(&ipc->requests), "pid", (int)getpid());
+    json_t *limits = json_pack("{s:I, s:I, s:i, s:i, s:f, s:i, s:i}", "max_body_bytes",
+                               (json_int_t)lim.max_body_bytes, "max_prompt_bytes",
+                               (json_int_t)lim.max_prompt_bytes, "max_tokens_limit",
+                               (int)lim.max_tokens_limit, "default_max_tokens",
+                               (int)lim.default_max_tokens, "request_timeout_s",
+                               lim.request_timeout_s, "allow_uids", (int)lim.n_allow_uids,
+                               "allow_gids", (int)lim.n_allow_gids);
+    return reply_json(ipc, r, c, 200,
+                      json_pack("{s:o, s:o, s:o}", "server", server, "engine", engine, "limits",
+                                limits),
+                      NULL);
+}
+
+static bool handle_reload(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_Connection *c)
+{
+    char msg[512] = "";
+    pthread_mutex_lock(&ipc->lock);
+    moe_ipc_reload_fn fn = ipc->reload_fn;
+    void *arg = ipc->reload_arg;
+    pthread_mutex_unlock(&ipc->lock);
+    if (!fn)
+        return fail_with(ipc, r, c, 501, "server_error", "reload_unavailable", NULL, NULL,
+                         "this server has no reload handler");
+    /* outside ipc->lock: the hook will want moe_ipc_set_limits */
+    pthread_mutex_lock(&ipc->reload_lock);
+    int rc = fn(arg, msg, sizeof(msg));
+    pthread_mutex_unlock(&ipc->reload_lock);
+    if (rc == 0)
+        return reply_json(ipc, r, c, 200, json_pack("{s:s}", "status", "reloaded"), NULL);
+    if (!msg[0])
+        snprintf(msg, sizeof(msg), "reload failed: %s", strerror(-rc));
+    moe_log(MOE_LOG_WARN, "ipc: reload: %s", msg);
+    if (rc == -ESHUTDOWN)
+        return fail_with(ipc, r, c, 503, "service_unavailable", "reload_failed", NULL,
+                         hdr_retry_unavail, "%s", msg);
+    if (rc == -EINVAL) /* the configuration is wrong, not the server */
+        return fail_with(ipc, r, c, 400, "invalid_request_error", "reload_failed", NULL, NULL,
+                         "%s", msg);
+    return fail_with(ipc, r, c, 500, "server_error", "reload_failed", NULL, NULL, "%s", msg);
+}
+
+/* ---- MHD callbacks ------------------------------------------------------- */
+
+static bool peer_allowed(const struct moe_ipc_limits *lim, int fd, struct ucred *cr)
+{
+    socklen_t n = sizeof(*cr);
+    memset(cr, 0, sizeof(*cr));
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, cr, &n) < 0)
+        return lim->n_allow_uids == 0 && lim->n_allow_gids == 0;
+    if (lim->n_allow_uids == 0 && lim->n_allow_gids == 0)
+        return true;
+    for (size_t i = 0; i < lim->n_allow_uids && i < MOE_IPC_MAX_IDS; i++)
+        if (lim->allow_uids[i] == cr->uid)
+            return true;
+    for (size_t i = 0; i < lim->n_allow_gids && i < MOE_IPC_MAX_IDS; i++)
+        if (lim->allow_gids[i] == cr->gid)
+            return true;
+#ifdef SO_PEERGROUPS
+    /* supplementary groups too: "allow group moed" should mean its members */
+    if (lim->n_allow_gids) {
+        gid_t groups[256];
+        n = sizeof(groups);
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &n) == 0)
+            for (size_t g = 0; g < n / sizeof(gid_t); g++)
+                for (size_t i = 0; i < lim->n_allow_gids && i < MOE_IPC_MAX_IDS; i++)
+                    if (lim->allow_gids[i] == groups[g])
+                        return true;
+    }
+#endif
+    return false;
+}
+
+/* Lenient: no type, JSON of any flavour, and what curl -d sends by default. */
+static bool content_type_ok(const char *ct)
+{
+    static const char *const ok[] = {"application/json", "application/x-www-form-urlencoded",
+                                     "text/plain"};
+    if (!ct)
+        return true;
+    while (*ct == ' ' || *ct == '\t')
+        ct++;
+    size_t n = strcspn(ct, ";");
+    while (n && (ct[n - 1] == ' ' || ct[n - 1] == '\t'))
+        n--;
+    if (n == 0)
+        return true;
+    for (size_t i = 0; i < MOE_ARRAY_SIZE(ok); i++)
+        if (n == strlen(ok[i]) && strncasecmp(ct, ok[i], n) == 0)
+            return true;
+    return n > 5 && strncasecmp(ct + n - 5, "+json", 5) == 0;
+}
+
+static bool fail_too_large(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_Connection *c,
+                           size_t got, bool declared)
+{
+    return fail_with(ipc, r, c, 413, "invalid_request_error", "body_too_large", NULL, NULL,
+                     "the request body %s %zu bytes; this server accepts at most %zu",
+                     declared ? "declares" : "exceeds", got, r->lim.max_body_bytes);
+}
+
+/* First call for a request: only its headers are known. */
+static enum MHD_Result on_headers(struct moe_ipc *ipc, struct ipc_req *r,
+                                  struct MHD_Connection *c, const char *url, const char *method)
+{
+    struct ucred cr;
+    bool is_get = strcmp(method, MHD_HTTP_METHOD_GET) == 0 ||
+                  strcmp(method, MHD_HTTP_METHOD_HEAD) == 0;
+    bool is_post = strcmp(method, MHD_HTTP_METHOD_POST) == 0;
+
+    if (!peer_allowed(&r->lim, r->fd, &cr)) {
+        moe_log(MOE_LOG_WARN, "ipc: refused peer pid %d uid %u gid %u", (int)cr.pid,
+                (unsigned)cr.uid, (unsigned)cr.gid);
+        return fail_with(ipc, r, c, 403, "permission_error", "forbidden", NULL, NULL,
+                         "uid %u / gid %u may not use this server", (unsigned)cr.uid,
+                         (unsigned)cr.gid)
+                   ? MHD_YES
+                   : MHD_NO;
+    }
+    r->route = route_of(url);
+    if (r->route == R_OTHER)
+        return fail_with(ipc, r, c, 404, "invalid_request_error", "not_found", NULL, NULL,
+                         "no such endpoint: %s %.200s", method, url)
+                   ? MHD_YES
+                   : MHD_NO;
+    if (routes[r->route].post ? !is_post : !is_get) {
+        const char *const allow[] = {MHD_HTTP_HEADER_ALLOW,
+                                     routes[r->route].post ? "POST" : "GET, HEAD", NULL};
+        return fail_with(ipc, r, c, 405, "invalid_request_error", "method_not_allowed", NULL,
+                         allow, "%s does not take %s; use %s", routes[r->route].label, method,
+                         allow[1])
+                   ? MHD_YES
+                   : MHD_NO;
+    }
+    if (is_post) {
+        const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+                                                     MHD_HTTP_HEADER_CONTENT_LENGTH);
+        if (cl && r->lim.max_body_bytes) {
+            char *end;
+            errno = 0;
+            unsigned long long n = strtoull(cl, &end, 10);
+            if (end != cl && (errno == ERANGE || n > r->lim.max_body_bytes))
+                return fail_too_large(ipc, r, c, errno == ERANGE ? SIZE_MAX : (size_t)n, true)
+                           ? MHD_YES
+                           : MHD_NO;
+            if (end != cl && n > 0 && moe_ipc_buf_append(&r->body, "", 0) == 0 &&
+                r->body.cap < n + 1) { /* one allocation for the whole body */
+                char *d = realloc(r->body.data, n + 1);
+                if (d) {
+                    r->body.data = d;
+                    r->body.cap = n + 1;
+                }
+            }
+        }
+        const char *ct = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+                                                     MHD_HTTP_HEADER_CONTENT_TYPE);
+        if (!content_type_ok(ct))
+            return fail_with(ipc, r, c, 415, "invalid_request_error", "unsupported_media_type",
+                             NULL, NULL, "the body must be JSON (Content-Type: %s), got '%.100s'",
+                             CT_JSON, ct)
+                       ? MHD_YES
+                       : MHD_NO;
+        return MHD_YES; /* the body comes next */
+    }
+    return MHD_YES;
+}
+
+/* Last call: the whole body is in r->body. */
+static bool on_complete(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_Connection *c,
+                        const char *url)
+{
+    if (r->too_large)
+        return fail_too_large(ipc, r, c, r->swallowed, false);
+    switch (r->route) {
+    case R_COMPLETIONS:
+    case R_CHAT: return handle_generate(ipc, r, c);
+    case R_MODELS:
+    case R_MODEL: return handle_models(ipc, r, c, url);
+    case R_HEALTH: return handle_health(ipc, r, c);
+    case R_METRICS: return handle_metrics(ipc, r, c);
+    case R_STATS: return handle_stats(ipc, r, c);
+    case R_RELOAD: return handle_reload(ipc, r, c);
+    default: break;
+    }
+    return false;
+}
+
+static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char *url,
+                                 const char *method, const char *version,
+                                 const char *upload_data, size_t *upload_size, void **req_cls)
+{
+    struct moe_ipc *ipc = cls;
+    struct ipc_req *r = *req_cls;
+
+    if (!r) {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        r = calloc(1, sizeof(*r));
+        if (!r)
+            return MHD_NO;
+        *req_cls = r;
+        r->t0 = moe_now_s();
+        r->fd = ci ? ci->connect_fd : -1;
+        r->route = R_OTHER;
+        pthread_mutex_lock(&ipc->lock);
+        r->lim = ipc->limits;
+        pthread_mutex_unlock(&ipc->lock);
+        return on_headers(ipc, r, c, url, method);
+    }
+    if (*upload_size) {
+        size_t n = *upload_size;
+        *upload_size = 0;
+        if (r->responded)
+            return MHD_YES; /* swallowed */
+        if (r->too_large) {
+            /* MHD takes no reply before the body ends: read on, a little */
+            r->swallowed += n;
+            if (r->swallowed <= IPC_SWALLOW_BYTES)
+                return MHD_YES;
+            moe_log(MOE_LOG_WARN, "ipc: %s: body still coming %zu bytes past the limit; "
+                    "closing the connection", routes[r->route].label, r->swallowed);
+            count_request(ipc, r->route, 413);
+            return MHD_NO;
+        }
+        if (r->lim.max_body_bytes && n > r->lim.max_body_bytes - r->body.len) {
+            /* chunked (or lying) bodies are counted as they come; the 413
+             * goes out when the body ends (MHD 0.9.75 refuses a reply in
+             * the middle of an upload) */
+            r->too_large = true;
+            r->swallowed = r->body.len + n;
+            moe_ipc_buf_free(&r->body);
+            return MHD_YES;
+        }
+        if (moe_ipc_buf_append(&r->body, upload_data, n))
+            return MHD_NO;
+        return MHD_YES;
+    }
+    if (r->responded)
+        return MHD_YES;
+    return on_complete(ipc, r, c, url) ? MHD_YES : MHD_NO;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    struct ipc_req *r = *req_cls;
+    if (!r)
+        return;
+    if (r->no_timeout && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
+        MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, IPC_IDLE_TIMEOUT_S);
+    moe_ipc_buf_free(&r->body);
+    free(r);
+    *req_cls = NULL;
+}
+
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+    struct moe_ipc *ipc = cls;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED)
+        atomic_fetch_add(&ipc->connections, 1);
+    else if (toe == MHD_CONNECTION_NOTIFY_CLOSED)
+        atomic_fetch_sub(&ipc->connections, 1);
+}
+
+static void on_mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    char line[512];
+    vsnprintf(line, sizeof(line), fmt, ap);
+    size_t n = strlen(line);
+    while (n && line[n - 1] == '\n')
+        line[--n] = '\0';
+    /* mostly clients that went away: not worth a warning each */
+    moe_log(MOE_LOG_INFO, "ipc: microhttpd: %s", line);
+}
+
+/* ---- the socket ---------------------------------------------------------- */
+
+static int bind_socket(struct moe_ipc *ipc, const struct moe_ipc_config *cfg, int *out)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    const char *path = cfg->socket_path;
+    struct stat st;
+    int fd = -1, rc;
+
+    if (!path || !path[0])
+        return moe_err(-EINVAL, "ipc: no socket path given");
+    if (strlen(path) >= sizeof(sa.sun_path))
+        return moe_err(-ENAMETOOLONG, "%s: socket path too long (%zu bytes, at most %zu)", path,
+                       strlen(path), sizeof(sa.sun_path) - 1);
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+
+    if (lstat(path, &st) == 0) {
+        if (!S_ISSOCK(st.st_mode))
+            return moe_err(-EEXIST, "%s: exists and is not a socket; not replacing it", path);
+        /* a socket someone still listens on is not stale */
+        int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (probe >= 0) {
+            bool live = connect(probe, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+            close(probe);
+            if (live)
+                return moe_err(-EADDRINUSE, "%s: another server is listening on this socket",
+                               path);
+        }
+        if (unlink(path) < 0 && errno != ENOENT)
+            return moe_err(-errno, "%s: cannot remove the stale socket: %s", path,
+                           strerror(errno));
+    } else if (errno != ENOENT) {
+        return moe_err(-errno, "%s: %s", path, strerror(errno));
+    }
+
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return moe_err(-errno, "ipc: socket(AF_UNIX): %s", strerror(errno));
+    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        rc = moe_err(-errno, "%s: bind: %s", path, strerror(errno));
+        goto fail_close;
+    }
+    /* mode and group before listen(): nobody can connect in between */
+    if (chmod(path, cfg->socket_mode) < 0) {
+        rc = moe_err(-errno, "%s: chmod %04o: %s", path, (unsigned)cfg->socket_mode,
+                     strerror(errno));
+        goto fail_unlink;
+    }
+    if (cfg->socket_gid != (gid_t)-1 && chown(path, (uid_t)-1, cfg->socket_gid) < 0) {
+        rc = moe_err(-errno, "%s: chown to group %u: %s", path, (unsigned)cfg->socket_gid,
+                     strerror(errno));
+        goto fail_unlink;
+    }
+    if (listen(fd, 128) < 0) {
+        rc = moe_err(-errno, "%s: listen: %s", path, strerror(errno));
+        goto fail_unlink;
+    }
+    if (stat(path, &st) == 0) {
+        ipc->sock_dev = st.st_dev;
+        ipc->sock_ino = st.st_ino;
+    }
+    ipc->bound_path = strdup(path);
+    if (!ipc->bound_path) {
+        rc = moe_err(-ENOMEM, "ipc: out of memory");
+        goto fail_unlink;
+    }
+    *out = fd;
+    return 0;
+
+fail_unlink:
+    unlink(path);
+fail_close:
+    close(fd);
+    return rc;
+}
+
+/* A socket handed over by systemd must be a listening AF_UNIX stream. */
+static int check_listen_fd(int fd)
+{
+    struct sockaddr_storage ss;
+    socklen_t n = sizeof(ss);
+    int type = 0, acc = 0;
+    socklen_t tn = sizeof(type), an = sizeof(acc);
+    if (getsockname(fd, (struct sockaddr *)&ss, &n) < 0)
+        return moe_err(-errno, "ipc: listen fd %d: %s", fd, strerror(errno));
+    if (ss.ss_family != AF_UNIX)
+        return moe_err(-EINVAL, "ipc: listen fd %d is not an AF_UNIX socket", fd);
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tn) < 0 || type != SOCK_STREAM)
+        return moe_err(-EINVAL, "ipc: listen fd %d is not a stream socket", fd);
+    if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &an) == 0 && !acc && listen(fd, 128) < 0)
+        return moe_err(-errno, "ipc: listen fd %d: listen: %s", fd, strerror(errno));
+    return 0;
+}
+
+/* unlinks the socket file when it is still the one we bound */
+static void unlink_own_socket(struct moe_ipc *ipc)
+{
+    struct stat st;
+    char *path = ipc->bound_path;
+    if (!path)
+        return;
+    if (lstat(path, &st) == 0 && st.st_dev == ipc->sock_dev && st.st_ino == ipc->sock_ino)
+        unlink(path);
+    ipc->bound_path = NULL;
+    free(path);
+}
+
+/* ---- API ----------------------------------------------------------------- */
+
+int moe_ipc_start(const struct moe_ipc_config *cfg, struct moe_ipc **out)
+{
+    struct moe_ipc *ipc;
+    int fd = -1, rc;
+
+    *out = NULL;
+    ipc = calloc(1, sizeof(*ipc));
+    if (!ipc)
+        return moe_err(-ENOMEM, "ipc: out of memory");
+    pthread_mutex_init(&ipc->lock, NULL);
+    pthread_mutex_init(&ipc->reload_lock, NULL);
+    pthread_mutex_init(&ipc->tok_lock, NULL);
+    ipc->quiesced_fd = -1;
+    ipc->ops = real_engine;
+    ipc->limits = cfg->limits;
+    ipc->started = moe_now_s();
+    ipc->started_unix = (int64_t)time(NULL);
+    ipc->model_name = strdup(cfg->model_name && cfg->model_name[0] ? cfg->model_name : "default");
+    ipc->socket_path = cfg->listen_fd < 0 && cfg->socket_path ? strdup(cfg->socket_path) : NULL;
+    if (!ipc->model_name || (cfg->listen_fd < 0 && cfg->socket_path && !ipc->socket_path)) {
+        rc = moe_err(-ENOMEM, "ipc: out of memory");
+        goto fail;
+    }
+    if ((rc = metrics_register(ipc)))
+        goto fail;
+
+    if (cfg->listen_fd >= 0) {
+        if ((rc = check_listen_fd(cfg->listen_fd)))
+            goto fail;
+        fd = cfg->listen_fd;
+    } else if ((rc = bind_socket(ipc, cfg, &fd))) {
+        goto fail;
+    }
+
+    /* thread per connection: see the top of this file. MHD_USE_ITC lets
+     * moe_ipc_stop_accepting quiesce the daemon. */
+    ipc->mhd = MHD_start_daemon(
+        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL |
+            MHD_USE_ITC | MHD_USE_ERROR_LOG,
+        0, NULL, NULL, on_access, ipc, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, ipc,
+        MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)IPC_CONN_LIMIT, MHD_OPTION_CONNECTION_TIMEOUT,
+        IPC_IDLE_TIMEOUT_S, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)IPC_CONN_MEMORY,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, ipc, MHD_OPTION_NOTIFY_CONNECTION,
+        on_connection, ipc, MHD_OPTION_STRICT_FOR_CLIENT, 0, MHD_OPTION_END);
+    if (!ipc->mhd) {
+        rc = moe_err(-EIO, "ipc: cannot start the HTTP server on %s",
+                     cfg->listen_fd >= 0 ? "the inherited socket" : cfg->socket_path);
+        if (cfg->listen_fd < 0)
+            close(fd);
+        goto fail;
+    }
+    if (cfg->threads > 0)
+        moe_log(MOE_LOG_DEBUG, "ipc: threads=%d ignored: one thread per connection",
+                cfg->threads);
+    moe_log(MOE_LOG_INFO, "ipc: listening on %s",
+            ipc->socket_path ? ipc->socket_path : "the inherited socket");
+    *out = ipc;
+    return 0;
+
+fail:
+    unlink_own_socket(ipc);
+    free(ipc->model_name);
+    free(ipc->socket_path);
+    pthread_mutex_destroy(&ipc->lock);
+    pthread_mutex_destroy(&ipc->reload_lock);
+    pthread_mutex_destroy(&ipc->tok_lock);
+    free(ipc);
+    return rc;
+}
+
+void moe_ipc_set_engine(struct moe_ipc *ipc, struct moe_engine *engine)
+{
+    atomic_store(&ipc->engine, engine);
+}
+
+void moe_ipc_set_engine_ops(struct moe_ipc *ipc, const struct moe_ipc_engine_ops *ops)
+{
+    ipc->ops = ops ? *ops : real_engine;
+}
+
+void moe_ipc_set_limits(struct moe_ipc *ipc, const struct moe_ipc_limits *limits)
+{
+    pthread_mutex_lock(&ipc->lock);
+    ipc->limits = *limits;
+    pthread_mutex_unlock(&ipc->lock);
+}
+
+void moe_ipc_set_reload_hook(struct moe_ipc *ipc, moe_ipc_reload_fn fn, void *arg)
+{
+    pthread_mutex_lock(&ipc->lock);
+    ipc->reload_fn = fn;
+    ipc->reload_arg = arg;
+    pthread_mutex_unlock(&ipc->lock);
+}
+
+void moe_ipc_stop_accepting(struct moe_ipc *ipc)
+{
+    if (!ipc || atomic_exchange(&ipc->draining, true))
+        return;
+    MHD_socket fd = MHD_quiesce_daemon(ipc->mhd);
+    if (fd != MHD_INVALID_SOCKET)
+        ipc->quiesced_fd = fd;
+    /* new clients find no socket instead of a backlog nobody accepts */
+    unlink_own_socket(ipc);
+}
+
+void moe_ipc_stop(struct moe_ipc *ipc)
+{
+    if (!ipc)
+        return;
+    atomic_store(&ipc->draining, true);
+    atomic_store(&ipc->stopping, true); /* waiting threads give up within IPC_POLL_MS */
+    MHD_stop_daemon(ipc->mhd);          /* joins every connection thread */
+    if (ipc->quiesced_fd >= 0)
+        close(ipc->quiesced_fd);
+    unlink_own_socket(ipc);
+    free(ipc->model_name);
+    free(ipc->socket_path);
+    pthread_mutex_destroy(&ipc->lock);
+    pthread_mutex_destroy(&ipc->reload_lock);
+    pthread_mutex_destroy(&ipc->tok_lock);
+    free(ipc);
+}

@@ -1,0 +1,249 @@
+/* Replies in OpenAI's shape: the whole completion at once, or SSE chunks
+ * ("data: {json}\n\n" ... "data: [DONE]\n\n") as the engine's events come. */
+#include "ipc/ipc_int.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ---- buffer -------------------------------------------------------------- */
+
+int moe_ipc_buf_append(struct moe_ipc_buf *b, const void *p, size_t n)
+{
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        char *d = realloc(b->data, cap);
+        if (!d)
+            return -ENOMEM;
+        b->data = d;
+        b->cap = cap;
+    }
+    if (n)
+        memcpy(b->data + b->len, p, n);
+    b->len += n;
+    b->data[b->len] = '\0';
+    return 0;
+}
+
+void moe_ipc_buf_reset(struct moe_ipc_buf *b)
+{
+    b->len = b->off = 0;
+    if (b->data)
+        b->data[0] = '\0';
+}
+
+void moe_ipc_buf_free(struct moe_ipc_buf *b)
+{
+    free(b->data);
+    memset(b, 0, sizeof(*b));
+}
+
+/* ---- ids ----------------------------------------------------------------- */
+
+static uint64_t splitmix64(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+static uint64_t id_base;
+static pthread_once_t id_once = PTHREAD_ONCE_INIT;
+static atomic_uint_fast64_t id_counter;
+
+static void id_init(void)
+{
+    if (getrandom(&id_base, sizeof(id_base), GRND_NONBLOCK) != sizeof(id_base))
+        id_base = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+}
+
+void moe_ipc_gen_init(struct moe_ipc_gen *g, bool chat, bool include_usage, const char *model)
+{
+    pthread_once(&id_once, id_init);
+    uint64_t n = atomic_fetch_add(&id_counter, 1);
+    memset(g, 0, sizeof(*g));
+    /* unique within the process (counter), unguessable across restarts */
+    snprintf(g->id, sizeof(g->id), "%s%016" PRIx64 "%08" PRIx64, chat ? "chatcmpl-" : "cmpl-",
+             splitmix64(id_base ^ n), n & 0xffffffffu);
+    g->chat = chat;
+    g->include_usage = include_usage;
+    g->created = (int64_t)time(NULL);
+    g->model = model ? model : "default";
+}
+
+/* ---- JSON pieces --------------------------------------------------------- */
+
+/* {"id", "object", "created", "model"} shared by every reply of a generation */
+static json_t *head(const struct moe_ipc_gen *g, const char *object)
+{
+    json_t *o = json_object();
+    if (!o)
+        return NULL;
+    if (json_object_set_new(o, "id", json_string(g->id)) ||
+        json_object_set_new(o, "object", json_string(object)) ||
+        json_object_set_new(o, "created", json_integer(g->created)) ||
+        json_object_set_new(o, "model", moe_ipc_json_text(g->model, strlen(g->model)))) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
+static json_t *usage(int32_t prompt_tokens, int32_t completion_tokens)
+{
+    return json_pack("{s:i, s:i, s:i}", "prompt_tokens", (int)prompt_tokens,
+                     "completion_tokens", (int)completion_tokens, "total_tokens",
+                     (int)(prompt_tokens + completion_tokens));
+}
+
+static json_t *reason(const char *finish_reason)
+{
+    return finish_reason ? json_string(finish_reason) : json_null();
+}
+
+/* choices: [choice] on o; takes the reference to choice */
+static int set_choice(json_t *o, json_t *choice)
+{
+    json_t *arr = json_array();
+    if (!arr || !choice || json_array_append_new(arr, choice)) {
+        json_decref(arr);
+        if (!arr)
+            json_decref(choice);
+        return -ENOMEM;
+    }
+    return json_object_set_new(o, "choices", arr) ? -ENOMEM : 0;
+}
+
+static char *dump(json_t *o, size_t *len)
+{
+    char *s = json_dumps(o, JSON_COMPACT);
+    if (s && len)
+        *len = strlen(s);
+    return s;
+}
+
+char *moe_ipc_completion_json(const struct moe_ipc_gen *g, const char *text, size_t len,
+                              const char *finish_reason, int32_t prompt_tokens,
+                              int32_t completion_tokens, size_t *out_len)
+{
+    json_t *o = head(g, g->chat ? "chat.completion" : "text_completion");
+    json_t *choice = NULL;
+    char *s = NULL;
+    if (!o)
+        return NULL;
+    if (g->chat) {
+        json_t *msg = json_pack("{s:s, s:o}", "role", "assistant", "content",
+                                moe_ipc_json_text(text, len));
+        choice = json_pack("{s:i, s:o, s:n, s:o}", "index", 0, "message", msg, "logprobs",
+                           "finish_reason", reason(finish_reason));
+    } else {
+        choice = json_pack("{s:i, s:o, s:n, s:o}", "index", 0, "text",
+                           moe_ipc_json_text(text, len), "logprobs", "finish_reason",
+                           reason(finish_reason));
+    }
+    if (set_choice(o, choice) ||
+        json_object_set_new(o, "usage", usage(prompt_tokens, completion_tokens)))
+        goto out;
+    s = dump(o, out_len);
+    if (s) {
+        char *t = realloc(s, *out_len + 2);
+        if (!t) {
+            free(s);
+            s = NULL;
+            goto out;
+        }
+        s = t;
+        s[(*out_len)++] = '\n';
+        s[*out_len] = '\0';
+    }
+out:
+    json_decref(o);
+    return s;
+}
+
+static int sse_append(struct moe_ipc_buf *b, json_t *o)
+{
+    size_t n;
+    char *s = o ? dump(o, &n) : NULL;
+    int rc = -ENOMEM;
+    json_decref(o);
+    if (s && !moe_ipc_buf_append(b, "data: ", 6) && !moe_ipc_buf_append(b, s, n) &&
+        !moe_ipc_buf_append(b, "\n\n", 2))
+        rc = 0;
+    free(s);
+    return rc;
+}
+
+/* One chunk: completions carry "text", chat a "delta". delta_or_text is
+ * taken (its reference). With include_usage, OpenAI puts "usage": null on
+ * every chunk but the last. */
+static json_t *chunk(const struct moe_ipc_gen *g, json_t *delta_or_text, const char *finish)
+{
+    json_t *o = head(g, g->chat ? "chat.completion.chunk" : "text_completion");
+    json_t *choice;
+    if (!o) {
+        json_decref(delta_or_text);
+        return NULL;
+    }
+    choice = json_pack("{s:i, s:o, s:n, s:o}", "index", 0, g->chat ? "delta" : "text",
+                       delta_or_text, "logprobs", "finish_reason", reason(finish));
+    if (set_choice(o, choice) ||
+        (g->include_usage && json_object_set_new(o, "usage", json_null()))) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
+int moe_ipc_sse_role(struct moe_ipc_buf *b, const struct moe_ipc_gen *g)
+{
+    return sse_append(b, chunk(g, json_pack("{s:s, s:s}", "role", "assistant", "content", ""),
+                               NULL));
+}
+
+int moe_ipc_sse_text(struct moe_ipc_buf *b, const struct moe_ipc_gen *g, const char *text,
+                     size_t len)
+{
+    json_t *t = moe_ipc_json_text(text, len);
+    if (g->chat)
+        t = json_pack("{s:o}", "content", t);
+    return sse_append(b, chunk(g, t, NULL));
+}
+
+int moe_ipc_sse_finish(struct moe_ipc_buf *b, const struct moe_ipc_gen *g,
+                       const char *finish_reason, int32_t prompt_tokens,
+                       int32_t completion_tokens)
+{
+    int rc = sse_append(b, chunk(g, g->chat ? json_object() : json_string(""),
+                                 finish_reason ? finish_reason : "stop"));
+    if (rc)
+        return rc;
+    if (g->include_usage) {
+        /* as OpenAI: one more chunk, empty choices, the usage */
+        json_t *o = head(g, g->chat ? "chat.completion.chunk" : "text_completion");
+        if (!o || json_object_set_new(o, "choices", json_array()) ||
+            json_object_set_new(o, "usage", usage(prompt_tokens, completion_tokens))) {
+            json_decref(o);
+            return -ENOMEM;
+        }
+        if ((rc = sse_append(b, o)))
+            return rc;
+    }
+    return moe_ipc_buf_append(b, "data: [DONE]\n\n", 14);
+}
+
+int moe_ipc_sse_error(struct moe_ipc_buf *b, const struct moe_ipc_error *e)
+{
+    int rc = sse_append(b, moe_ipc_error_obj(e));
+    return rc ? rc : moe_ipc_buf_append(b, "data: [DONE]\n\n", 14);
+}

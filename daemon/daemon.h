@@ -1,0 +1,201 @@
+/* daemon: the moed process. Its configuration is one table (daemon_config.c)
+ * that declares every INI key: section, name, type, default, bounds,
+ * whether a reload may change it, a one-line doc, and where it lands in
+ * struct moe_daemon_config. Parsing (inih), `--dump-config`, etc/moed.ini
+ * and the reload diff are all driven by that table, so they cannot drift.
+ *
+ * The INI syntax is stricter than inih alone (see etc/moed.ini): keys and
+ * sections start at column 1, comments are whole lines, lines are at most
+ * MOE_DAEMON_INI_MAX_LINE bytes, unknown sections and keys are errors, a key
+ * set twice is an error. Errors read "FILE:LINE: [section] key: reason". */
+#ifndef MOE_DAEMON_H
+#define MOE_DAEMON_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/types.h>
+
+#define MOED_VERSION "0.1.0"
+
+#define MOE_DAEMON_DEFAULT_CONFIG "/etc/moed/moed.ini"
+/* Debian's inih reads lines into 200-byte buffers and splits longer ones
+ * silently; with "\r\n\0" that leaves 197 bytes of text. */
+#define MOE_DAEMON_INI_MAX_LINE 197
+#define MOE_DAEMON_MAX_IDS 32     /* = MOE_IPC_MAX_IDS, checked in daemon_apply.c */
+#define MOE_DAEMON_CHAT_AUTO (-1) /* [model] chat_template = auto */
+
+struct moe_ipc_limits;
+struct moe_engine_limits;
+struct moe_sampling;
+
+/* A uid or gid allow list: as written (names or numbers, for the dump) and
+ * resolved to numbers. */
+struct moe_daemon_ids {
+    char *text;
+    uint32_t ids[MOE_DAEMON_MAX_IDS];
+    size_t n;
+};
+
+/* A group given by name or number; gid = (gid_t)-1 when text is empty. */
+struct moe_daemon_group {
+    char *text;
+    gid_t gid;
+};
+
+struct moe_daemon_config {
+    /* [daemon] */
+    char *socket;
+    unsigned socket_mode;
+    struct moe_daemon_group socket_group;
+    struct moe_daemon_ids allow_uids;
+    struct moe_daemon_ids allow_gids;
+    int threads;
+    int http_threads;
+    int log_level;          /* enum moe_log_level */
+    double drain_timeout;   /* seconds */
+    bool watchdog;
+    /* [model] */
+    char *model_path;
+    char *model_name;       /* "" = basename of model_path (moe_daemon_model_name) */
+    int chat_template;      /* enum moe_chat_template or MOE_DAEMON_CHAT_AUTO */
+    /* [batching] */
+    int max_seqs;
+    int max_batch_tokens;
+    int max_ctx;            /* 0 = the model's */
+    int max_queue;
+    /* [limits] */
+    size_t max_body_bytes;
+    size_t max_prompt_bytes;
+    int max_tokens_limit;
+    double request_timeout; /* seconds, 0 = none */
+    /* [sampling] */
+    double temperature;
+    int top_k;
+    double top_p;
+    double min_p;
+    double repetition_penalty;
+    double presence_penalty;
+    double frequency_penalty;
+    int penalty_last_n;
+    int max_tokens_default;
+    int64_t seed;           /* -1 = random per request */
+};
+
+/* ---- the table ------------------------------------------------------------ */
+enum moe_daemon_type {
+    MOE_CFG_BOOL,   /* bool: yes/no, true/false, on/off, 1/0 */
+    MOE_CFG_INT,    /* int, decimal */
+    MOE_CFG_INT64,  /* int64_t, decimal */
+    MOE_CFG_SIZE,   /* size_t, optional K/M/G/T suffix (1024-based) */
+    MOE_CFG_DOUBLE, /* double, finite */
+    MOE_CFG_STRING, /* char *, verbatim after trimming blanks */
+    MOE_CFG_MODE,   /* unsigned, octal file mode */
+    MOE_CFG_ENUM,   /* int, one of the key's names */
+    MOE_CFG_UIDS,   /* struct moe_daemon_ids: user names or uids */
+    MOE_CFG_GIDS,   /* struct moe_daemon_ids: group names or gids */
+    MOE_CFG_GROUP,  /* struct moe_daemon_group */
+};
+
+#define MOE_CFG_RELOAD   (1u << 0) /* a reload applies it */
+#define MOE_CFG_MIN_EXCL (1u << 1) /* the lower bound itself is not allowed */
+#define MOE_CFG_NONEMPTY (1u << 2) /* strings: must not be empty */
+
+struct moe_daemon_enum {
+    const char *name;
+    int value;
+};
+
+struct moe_daemon_key {
+    const char *section;
+    const char *name;
+    enum moe_daemon_type type;
+    size_t offset;                       /* in struct moe_daemon_config */
+    const char *def;                     /* default, in INI syntax */
+    int64_t imin, imax;                  /* INT, INT64, SIZE, MODE */
+    double dmin, dmax;                   /* DOUBLE */
+    const struct moe_daemon_enum *enums; /* ENUM: {NULL} terminated */
+    unsigned flags;
+    const char *doc;                     /* one line */
+};
+
+const struct moe_daemon_key *moe_daemon_config_table(size_t *n);
+const struct moe_daemon_key *moe_daemon_config_find(const char *section, const char *name);
+/* "integer 1..1024", "size 1K..1G", "one of auto, chatml, mistral" ... */
+void moe_daemon_key_describe(const struct moe_daemon_key *k, char *buf, size_t cap);
+
+/* ---- configs --------------------------------------------------------------- */
+/* Defaults from the table. -ENOMEM only. */
+int moe_daemon_config_defaults(struct moe_daemon_config *c);
+/* Defaults, then the file. On error *c is left zeroed (nothing to free) and
+ * moe_err_msg() holds "FILE:LINE: [section] key: reason". -EINVAL: the
+ * content is invalid; other errnos: the file cannot be read. */
+int moe_daemon_config_load(const char *path, struct moe_daemon_config *c);
+/* The same over text in memory; name is used in messages. */
+int moe_daemon_config_parse(const char *name, const char *text, size_t len,
+                            struct moe_daemon_config *c);
+/* Sets one key from its INI text (no file:line in the message). */
+int moe_daemon_config_set(struct moe_daemon_config *c, const char *section, const char *name,
+                          const char *value);
+void moe_daemon_config_free(struct moe_daemon_config *c);
+int moe_daemon_config_copy(struct moe_daemon_config *dst, const struct moe_daemon_config *src);
+bool moe_daemon_config_equal(const struct moe_daemon_config *a, const struct moe_daemon_config *b);
+bool moe_daemon_key_equal(const struct moe_daemon_key *k, const struct moe_daemon_config *a,
+                          const struct moe_daemon_config *b);
+/* dst's value of k becomes a copy of src's (the old one freed). */
+int moe_daemon_key_assign(const struct moe_daemon_key *k, struct moe_daemon_config *dst,
+                          const struct moe_daemon_config *src);
+/* A key's value in INI syntax (the form the dump prints). */
+void moe_daemon_key_format(const struct moe_daemon_key *k, const struct moe_daemon_config *c,
+                           char *buf, size_t cap);
+/* The whole config as a valid INI file, each key preceded by its doc.
+ * source: the file it came from, or NULL for the built-in defaults. */
+int moe_daemon_config_dump(const struct moe_daemon_config *c, const char *source, FILE *f);
+
+/* Derived values. */
+const char *moe_daemon_model_name(const struct moe_daemon_config *c, char *buf, size_t cap);
+void moe_daemon_sampling(const struct moe_daemon_config *c, struct moe_sampling *s);
+void moe_daemon_ipc_limits(const struct moe_daemon_config *c, struct moe_ipc_limits *l);
+/* model_ctx: the model's context length; [batching] max_ctx is clamped to it.
+ * chat_template: the resolved one (moe_daemon_chat_template). */
+void moe_daemon_engine_limits(const struct moe_daemon_config *c, int32_t model_ctx,
+                              int chat_template, struct moe_engine_limits *l);
+/* [model] chat_template, with auto resolved: the template that the model
+ * directory's tokenizer_config.json names, else ChatML. *how says which
+ * (for the log). Returns an enum moe_chat_template value. */
+int moe_daemon_chat_template(const struct moe_daemon_config *c, const char **how);
+
+/* ---- reload ------------------------------------------------------------------
+ * Parses path into a new config. On error the running config *cur is left
+ * untouched, msg says why, the return is negative. On success the changed
+ * reloadable keys are handed to apply(arg, next) (next = *cur with those keys
+ * replaced); if apply fails *cur is untouched as well. Otherwise *cur becomes
+ * next. Changed keys that need a restart keep their running value and are
+ * listed in msg as "needs restart: [section] key". Each change is logged. */
+typedef int (*moe_daemon_apply_fn)(void *arg, const struct moe_daemon_config *next,
+                                   char *msg, size_t cap);
+struct moe_daemon_reload_result {
+    int n_applied;  /* reloadable keys changed */
+    int n_restart;  /* changed keys that need a restart */
+};
+int moe_daemon_config_reload(struct moe_daemon_config *cur, const char *path,
+                             moe_daemon_apply_fn apply, void *arg,
+                             struct moe_daemon_reload_result *res, char *msg, size_t cap);
+
+/* ---- systemd (daemon_systemd.c) -------------------------------------------- */
+/* sd_notify with a printf format; a no-op outside systemd. Returns
+ * sd_notify's result (> 0 sent, 0 no NOTIFY_SOCKET, < 0 error). */
+int moe_daemon_notify(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* RELOADING=1 with MONOTONIC_USEC= now, as systemd's Type=notify-reload wants. */
+int moe_daemon_notify_reloading(void);
+/* Socket activation: *fd = the one AF_UNIX listening stream socket passed by
+ * systemd, or -1 when none was passed. Anything else (several fds, not a
+ * listening AF_UNIX stream socket) is -EINVAL with a message. LISTEN_* are
+ * removed from the environment. */
+int moe_daemon_listen_fd(int *fd);
+/* WATCHDOG_USEC when the watchdog is on for this process, else 0. */
+uint64_t moe_daemon_watchdog_usec(void);
+uint64_t moe_daemon_monotonic_usec(void);
+
+#endif

@@ -1,0 +1,113 @@
+/* From the config to the structs that ipc and the engine take. Pure
+ * conversions (no calls into ipc or the engine), so unit tests can check
+ * them without a server. */
+#include "daemon/daemon.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "common/common.h"
+#include "engine/engine.h"
+#include "engine/engine_server.h"
+#include "ipc/ipc.h"
+
+_Static_assert(MOE_DAEMON_MAX_IDS == MOE_IPC_MAX_IDS, "allow lists: daemon and ipc disagree");
+_Static_assert(sizeof(uid_t) == sizeof(uint32_t) && sizeof(gid_t) == sizeof(uint32_t),
+               "uid_t/gid_t are 32-bit");
+
+const char *moe_daemon_model_name(const struct moe_daemon_config *c, char *buf, size_t cap)
+{
+    if (c->model_name && c->model_name[0]) {
+        snprintf(buf, cap, "%s", c->model_name);
+        return buf;
+    }
+    /* the last component of the path, trailing slashes ignored */
+    const char *p = c->model_path ? c->model_path : "";
+    size_t n = strlen(p);
+    while (n > 1 && p[n - 1] == '/')
+        n--;
+    size_t s = n;
+    while (s > 0 && p[s - 1] != '/')
+        s--;
+    snprintf(buf, cap, "%.*s", (int)(n - s), p + s);
+    if (!buf[0])
+        snprintf(buf, cap, "model");
+    return buf;
+}
+
+void moe_daemon_sampling(const struct moe_daemon_config *c, struct moe_sampling *s)
+{
+    moe_sampling_defaults(s);
+    s->temperature = (float)c->temperature;
+    s->top_k = c->top_k;
+    s->top_p = (float)c->top_p;
+    s->min_p = (float)c->min_p;
+    s->repetition_penalty = (float)c->repetition_penalty;
+    s->presence_penalty = (float)c->presence_penalty;
+    s->frequency_penalty = (float)c->frequency_penalty;
+    s->penalty_last_n = c->penalty_last_n;
+    /* -1 (random per request) has no place in a uint64_t seed: it reaches
+     * ipc as UINT64_MAX, which ipc reads as "draw one per request". */
+    s->seed = c->seed < 0 ? UINT64_MAX : (uint64_t)c->seed;
+}
+
+void moe_daemon_ipc_limits(const struct moe_daemon_config *c, struct moe_ipc_limits *l)
+{
+    memset(l, 0, sizeof(*l));
+    l->max_body_bytes = c->max_body_bytes;
+    l->max_prompt_bytes = c->max_prompt_bytes;
+    l->max_tokens_limit = c->max_tokens_limit;
+    l->request_timeout_s = c->request_timeout;
+    moe_daemon_sampling(c, &l->defaults);
+    l->default_max_tokens = c->max_tokens_default;
+    for (size_t i = 0; i < c->allow_uids.n; i++)
+        l->allow_uids[i] = (uid_t)c->allow_uids.ids[i];
+    l->n_allow_uids = c->allow_uids.n;
+    for (size_t i = 0; i < c->allow_gids.n; i++)
+        l->allow_gids[i] = (gid_t)c->allow_gids.ids[i];
+    l->n_allow_gids = c->allow_gids.n;
+}
+
+void moe_daemon_engine_limits(const struct moe_daemon_config *c, int32_t model_ctx,
+                              int chat_template, struct moe_engine_limits *l)
+{
+    memset(l, 0, sizeof(*l));
+    l->max_seqs = c->max_seqs;
+    l->max_batch_tokens = c->max_batch_tokens;
+    l->max_ctx = c->max_ctx;
+    if (model_ctx > 0 && (l->max_ctx == 0 || l->max_ctx > model_ctx))
+        l->max_ctx = model_ctx;
+    if (l->max_ctx == 0) /* neither the INI nor the model says */
+        l->max_ctx = 4096;
+    l->max_queue = c->max_queue;
+    l->max_tokens_default = c->max_tokens_default;
+    l->request_timeout_s = c->request_timeout;
+    l->chat_template = (enum moe_chat_template)chat_template;
+}
+
+int moe_daemon_chat_template(const struct moe_daemon_config *c, const char **how)
+{
+    if (c->chat_template != MOE_DAEMON_CHAT_AUTO) {
+        *how = "set by [model] chat_template";
+        return c->chat_template;
+    }
+    /* only a Hugging Face directory has a tokenizer_config.json of its own */
+    struct stat st;
+    if (c->model_path && !stat(c->model_path, &st) && S_ISDIR(st.st_mode)) {
+        char *p = moe_path_join(c->model_path, "tokenizer_config.json");
+        enum moe_chat_template t;
+        int rc = p ? moe_chat_template_detect(p, &t) : -ENOMEM;
+        free(p);
+        if (!rc) {
+            *how = "named by the model's tokenizer_config.json";
+            return (int)t;
+        }
+        if (rc != -ENOENT)
+            moe_log(MOE_LOG_WARN, "chat template: %s", moe_err_msg());
+    }
+    *how = "the default: the model names no template moed knows";
+    return MOE_CHAT_CHATML;
+}

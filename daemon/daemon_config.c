@@ -1,0 +1,999 @@
+/* The configuration table and the INI reader around inih.
+ *
+ * inih is fed through ini_parse_stream() with our own line reader, which
+ * gives us what Debian's inih build lacks: line numbers for the handler, and
+ * a look at every raw line before inih sees it, so its pitfalls become
+ * errors instead of silent surprises:
+ *   - lines over ~200 bytes are split by inih: rejected here (with the length);
+ *   - an indented line continues the previous value: rejected;
+ *   - a "#" after a value stays in it, a " ;" silently ends it: both rejected;
+ *   - "key: value" is read as "key = value" by inih: rejected;
+ *   - "[section] junk" is accepted by inih: rejected.
+ * The first error stops parsing (the reader reports end of file). */
+#include "daemon/daemon.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <grp.h>
+#include <ini.h>
+#include <inttypes.h>
+#include <math.h>
+#include <pwd.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/common.h"
+#include "engine/engine.h"
+
+/* offsetof() that fails to compile when the field's type is not T */
+#define FIELD(f, T)                                                                      \
+    (offsetof(struct moe_daemon_config, f) +                                             \
+     0 * sizeof(char[__builtin_types_compatible_p(                                       \
+                         __typeof__(((struct moe_daemon_config *)0)->f), T) ? 1 : -1]))
+
+#define K_BOOL(s, n, f, d, fl, doc) \
+    {s, n, MOE_CFG_BOOL, FIELD(f, bool), d, 0, 1, 0, 0, NULL, fl, doc}
+#define K_INT(s, n, f, d, lo, hi, fl, doc) \
+    {s, n, MOE_CFG_INT, FIELD(f, int), d, lo, hi, 0, 0, NULL, fl, doc}
+#define K_INT64(s, n, f, d, lo, hi, fl, doc) \
+    {s, n, MOE_CFG_INT64, FIELD(f, int64_t), d, lo, hi, 0, 0, NULL, fl, doc}
+#define K_SIZE(s, n, f, d, lo, hi, fl, doc) \
+    {s, n, MOE_CFG_SIZE, FIELD(f, size_t), d, lo, hi, 0, 0, NULL, fl, doc}
+#define K_DOUBLE(s, n, f, d, lo, hi, fl, doc) \
+    {s, n, MOE_CFG_DOUBLE, FIELD(f, double), d, 0, 0, lo, hi, NULL, fl, doc}
+#define K_STRING(s, n, f, d, fl, doc) \
+    {s, n, MOE_CFG_STRING, FIELD(f, char *), d, 0, 0, 0, 0, NULL, fl, doc}
+#define K_MODE(s, n, f, d, fl, doc) \
+    {s, n, MOE_CFG_MODE, FIELD(f, unsigned), d, 0, 0777, 0, 0, NULL, fl, doc}
+#define K_ENUM(s, n, f, d, e, fl, doc) \
+    {s, n, MOE_CFG_ENUM, FIELD(f, int), d, 0, 0, 0, 0, e, fl, doc}
+#define K_UIDS(s, n, f, d, fl, doc) \
+    {s, n, MOE_CFG_UIDS, FIELD(f, struct moe_daemon_ids), d, 0, 0, 0, 0, NULL, fl, doc}
+#define K_GIDS(s, n, f, d, fl, doc) \
+    {s, n, MOE_CFG_GIDS, FIELD(f, struct moe_daemon_ids), d, 0, 0, 0, 0, NULL, fl, doc}
+#define K_GROUP(s, n, f, d, fl, doc) \
+    {s, n, MOE_CFG_GROUP, FIELD(f, struct moe_daemon_group), d, 0, 0, 0, 0, NULL, fl, doc}
+
+#define R MOE_CFG_RELOAD
+#define KI (1024LL)
+#define MI (1024LL * 1024)
+#define GI (1024LL * 1024 * 1024)
+
+static const struct moe_daemon_enum log_levels[] = {
+    {"err", MOE_LOG_ERR}, {"warning", MOE_LOG_WARN}, {"info", MOE_LOG_INFO},
+    {"debug", MOE_LOG_DEBUG}, {NULL, 0},
+};
+
+static const struct moe_daemon_enum chat_templates[] = {
+    {"auto", MOE_DAEMON_CHAT_AUTO}, {"chatml", MOE_CHAT_CHATML},
+    {"mistral", MOE_CHAT_MISTRAL}, {NULL, 0},
+};
+
+/* Every key moed reads. Order = order in the dump and in etc/moed.ini. */
+static const struct moe_daemon_key table[] = {
+    K_STRING("daemon", "socket", socket, "/run/moed/moed.sock", MOE_CFG_NONEMPTY,
+             "Unix socket path the API listens on (unused under socket activation)"),
+    K_MODE("daemon", "socket_mode", socket_mode, "0660", 0,
+           "File mode (octal) of the socket moed creates"),
+    K_GROUP("daemon", "socket_group", socket_group, "", 0,
+            "Group (name or gid) of the socket moed creates; empty = moed's own group"),
+    K_UIDS("daemon", "allow_uids", allow_uids, "", R,
+           "Peers (user names or uids) allowed to connect; empty with allow_gids empty = anyone"),
+    K_GIDS("daemon", "allow_gids", allow_gids, "", R,
+           "Peer groups (names or gids) allowed to connect, besides allow_uids"),
+    K_INT("daemon", "threads", threads, "0", 0, 1024, 0,
+          "Worker threads for the model's kernels; 0 = one per online core"),
+    K_INT("daemon", "http_threads", http_threads, "0", 0, 256, 0,
+          "HTTP worker threads; 0 = one thread per connection"),
+    K_ENUM("daemon", "log_level", log_level, "info", log_levels, R,
+           "Most verbose level logged to stderr (the journal)"),
+    K_DOUBLE("daemon", "drain_timeout", drain_timeout, "30", 0, 86400, R,
+             "Seconds SIGTERM waits for requests in flight before cancelling them"),
+    K_BOOL("daemon", "watchdog", watchdog, "yes", 0,
+           "Send WATCHDOG=1 when the unit sets WatchdogSec="),
+
+    K_STRING("model", "path", model_path, "/var/lib/moed/models/default", MOE_CFG_NONEMPTY,
+             "Model to serve: a Hugging Face directory or a .gguf file"),
+    K_STRING("model", "name", model_name, "", 0,
+             "Model id listed by /v1/models; empty = the last component of path"),
+    K_ENUM("model", "chat_template", chat_template, "auto", chat_templates, 0,
+           "Chat prompt format; auto = from tokenizer_config.json, else chatml"),
+
+    K_INT("batching", "max_seqs", max_seqs, "16", 1, 4096, 0,
+          "Sequences decoded together in one step"),
+    K_INT("batching", "max_batch_tokens", max_batch_tokens, "512", 1, 1 << 20, R,
+          "Tokens per step: one per running sequence plus prompt chunks"),
+    K_INT("batching", "max_ctx", max_ctx, "4096", 0, 1 << 24, 0,
+          "Context per sequence (prompt + output); 0 or above the model's = the model's"),
+    K_INT("batching", "max_queue", max_queue, "64", 0, 1 << 20, R,
+          "Requests waiting beyond max_seqs; more are refused with 503 and Retry-After"),
+
+    K_SIZE("limits", "max_body_bytes", max_body_bytes, "1M", 1 * KI, 1 * GI, R,
+           "Largest request body; larger ones get 413"),
+    K_SIZE("limits", "max_prompt_bytes", max_prompt_bytes, "256K", 1, 1 * GI, R,
+           "Largest prompt, or sum of chat message contents; larger ones get 400"),
+    K_INT("limits", "max_tokens", max_tokens_limit, "4096", 1, 1 << 24, R,
+          "Most tokens a request may ask to generate; more get 400"),
+    K_DOUBLE("limits", "request_timeout", request_timeout, "600", 0, 86400 * 7, R,
+             "Seconds a request may run before it ends with finish_reason timeout; 0 = none"),
+
+    K_DOUBLE("sampling", "temperature", temperature, "1", 0, 100, R,
+             "Default temperature; 0 = greedy"),
+    K_INT("sampling", "top_k", top_k, "0", 0, 1 << 24, R,
+          "Default top-k; 0 = off"),
+    K_DOUBLE("sampling", "top_p", top_p, "1", 0, 1, R | MOE_CFG_MIN_EXCL,
+             "Default nucleus (top-p) mass; 1 = off"),
+    K_DOUBLE("sampling", "min_p", min_p, "0", 0, 1, R,
+             "Default min-p: drop tokens below min_p x the top probability; 0 = off"),
+    K_DOUBLE("sampling", "repetition_penalty", repetition_penalty, "1", 0, 100,
+             R | MOE_CFG_MIN_EXCL, "Default repetition penalty; 1 = off"),
+    K_DOUBLE("sampling", "presence_penalty", presence_penalty, "0", -2, 2, R,
+             "Default presence penalty; 0 = off"),
+    K_DOUBLE("sampling", "frequency_penalty", frequency_penalty, "0", -2, 2, R,
+             "Default frequency penalty; 0 = off"),
+    K_INT("sampling", "penalty_last_n", penalty_last_n, "64", 0, 1 << 24, R,
+          "Tokens of history the penalties look at; 0 = all"),
+    K_INT("sampling", "max_tokens", max_tokens_default, "256", 1, 1 << 24, R,
+          "Tokens generated when a request gives no max_tokens"),
+    K_INT64("sampling", "seed", seed, "-1", -1, INT64_MAX, R,
+            "Default seed; -1 = a fresh random seed per request"),
+};
+
+#define N_KEYS MOE_ARRAY_SIZE(table)
+
+const struct moe_daemon_key *moe_daemon_config_table(size_t *n)
+{
+    *n = N_KEYS;
+    return table;
+}
+
+const struct moe_daemon_key *moe_daemon_config_find(const char *section, const char *name)
+{
+    for (size_t i = 0; i < N_KEYS; i++)
+        if (!strcmp(table[i].section, section) && !strcmp(table[i].name, name))
+            return &table[i];
+    return NULL;
+}
+
+static bool section_known(const char *s, size_t n)
+{
+    for (size_t i = 0; i < N_KEYS; i++)
+        if (strlen(table[i].section) == n && !memcmp(table[i].section, s, n))
+            return true;
+    return false;
+}
+
+#define PTR(c, k, T) ((T *)(void *)((char *)(c) + (k)->offset))
+#define CPTR(c, k, T) ((const T *)(const void *)((const char *)(c) + (k)->offset))
+
+/* ---- values ---------------------------------------------------------------- */
+
+static int why(char *buf, size_t cap, const char *fmt, ...) MOE_PRINTF(3, 4);
+static int why(char *buf, size_t cap, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, cap, fmt, ap);
+    va_end(ap);
+    return -EINVAL;
+}
+
+static int parse_i64(const char *v, int64_t *out)
+{
+    char *end;
+    if (!*v || isspace((unsigned char)*v))
+        return -EINVAL;
+    errno = 0;
+    long long x = strtoll(v, &end, 10);
+    if (*end)
+        return -EINVAL;
+    if (errno)
+        return -ERANGE;
+    *out = x;
+    return 0;
+}
+
+static int check_irange(const struct moe_daemon_key *k, int64_t x, const char *v, char *w,
+                        size_t cap)
+{
+    if (x < k->imin || x > k->imax)
+        return why(w, cap, "%s is out of range %" PRId64 "..%" PRId64, v, k->imin, k->imax);
+    return 0;
+}
+
+static void format_size(uint64_t x, char *buf, size_t cap)
+{
+    static const char sfx[] = "KMGT";
+    int s = -1;
+    while (x && x % 1024 == 0 && s < 3) {
+        x /= 1024;
+        s++;
+    }
+    if (s < 0)
+        snprintf(buf, cap, "%" PRIu64, x);
+    else
+        snprintf(buf, cap, "%" PRIu64 "%c", x, sfx[s]);
+}
+
+static int parse_size(const char *v, uint64_t *out)
+{
+    char *end;
+    if (!isdigit((unsigned char)*v))
+        return -EINVAL;
+    errno = 0;
+    unsigned long long x = strtoull(v, &end, 10);
+    if (errno)
+        return -EINVAL;
+    int shift = 0;
+    if (*end) {
+        switch (*end) {
+        case 'k': case 'K': shift = 10; break;
+        case 'm': case 'M': shift = 20; break;
+        case 'g': case 'G': shift = 30; break;
+        case 't': case 'T': shift = 40; break;
+        default: return -EINVAL;
+        }
+        if (end[1])
+            return -EINVAL;
+    }
+    if (x > (UINT64_MAX >> shift))
+        return -EINVAL;
+    *out = (uint64_t)x << shift;
+    return 0;
+}
+
+/* shortest text that reads back as the same double */
+static void format_double(double x, char *buf, size_t cap)
+{
+    if (x == (double)(int64_t)x && fabs(x) < 1e15) { /* integers without exponents */
+        snprintf(buf, cap, "%" PRId64, (int64_t)x);
+        return;
+    }
+    for (int prec = 1; prec <= 17; prec++) {
+        snprintf(buf, cap, "%.*g", prec, x);
+        if (strtod(buf, NULL) == x)
+            return;
+    }
+}
+
+static bool is_number(const char *s)
+{
+    if (!*s)
+        return false;
+    for (; *s; s++)
+        if (!isdigit((unsigned char)*s))
+            return false;
+    return true;
+}
+
+static int resolve_id(bool group, const char *tok, uint32_t *out, char *w, size_t cap)
+{
+    if (is_number(tok)) {
+        int64_t x;
+        if (parse_i64(tok, &x) || x < 0 || x >= (int64_t)UINT32_MAX)
+            return why(w, cap, "'%s' is not a valid %s", tok, group ? "gid" : "uid");
+        *out = (uint32_t)x;
+        return 0;
+    }
+    char buf[16384];
+    int rc;
+    if (group) {
+        struct group gr, *res = NULL;
+        rc = getgrnam_r(tok, &gr, buf, sizeof(buf), &res);
+        if (!rc && res) {
+            *out = (uint32_t)res->gr_gid;
+            return 0;
+        }
+    } else {
+        struct passwd pw, *res = NULL;
+        rc = getpwnam_r(tok, &pw, buf, sizeof(buf), &res);
+        if (!rc && res) {
+            *out = (uint32_t)res->pw_uid;
+            return 0;
+        }
+    }
+    if (rc)
+        return why(w, cap, "cannot look up %s '%s': %s", group ? "group" : "user", tok,
+                   strerror(rc));
+    return why(w, cap, "unknown %s '%s'", group ? "group" : "user", tok);
+}
+
+static int parse_ids(bool group, const char *v, struct moe_daemon_ids *ids, char *w, size_t cap)
+{
+    memset(ids, 0, sizeof(*ids));
+    const char *p = v;
+    while (*p) {
+        while (*p == ',' || isspace((unsigned char)*p))
+            p++;
+        if (!*p)
+            break;
+        const char *q = p;
+        while (*q && *q != ',' && !isspace((unsigned char)*q))
+            q++;
+        char tok[256];
+        size_t n = (size_t)(q - p);
+        if (n >= sizeof(tok))
+            return why(w, cap, "'%.*s...' is too long for a name", 32, p);
+        memcpy(tok, p, n);
+        tok[n] = '\0';
+        if (ids->n == MOE_DAEMON_MAX_IDS)
+            return why(w, cap, "more than %d entries", MOE_DAEMON_MAX_IDS);
+        int rc = resolve_id(group, tok, &ids->ids[ids->n], w, cap);
+        if (rc)
+            return rc;
+        ids->n++;
+        p = q;
+    }
+    return 0;
+}
+
+static int parse_bool(const char *v, bool *out)
+{
+    static const char *const yes[] = {"yes", "true", "on", "1"};
+    static const char *const no[] = {"no", "false", "off", "0"};
+    for (size_t i = 0; i < 4; i++) {
+        if (!strcasecmp(v, yes[i])) {
+            *out = true;
+            return 0;
+        }
+        if (!strcasecmp(v, no[i])) {
+            *out = false;
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
+
+static void enum_names(const struct moe_daemon_enum *e, char *buf, size_t cap)
+{
+    size_t n = 0;
+    buf[0] = '\0';
+    for (; e->name && n < cap; e++)
+        n += (size_t)snprintf(buf + n, cap - n, "%s%s", n ? ", " : "", e->name);
+}
+
+/* Parses v into the field of c that k names. w gets the reason on error;
+ * the field is unchanged then. */
+static int parse_value(const struct moe_daemon_key *k, const char *v, struct moe_daemon_config *c,
+                       char *w, size_t cap)
+{
+    int64_t i;
+    uint64_t u;
+    int rc;
+
+    switch (k->type) {
+    case MOE_CFG_BOOL: {
+        bool b;
+        if (parse_bool(v, &b))
+            return why(w, cap, "'%s' is not a boolean (yes/no, true/false, on/off, 1/0)", v);
+        *PTR(c, k, bool) = b;
+        return 0;
+    }
+    case MOE_CFG_INT:
+    case MOE_CFG_INT64:
+        if ((rc = parse_i64(v, &i)) == -ERANGE)
+            return why(w, cap, "%s is out of range %" PRId64 "..%" PRId64, v, k->imin, k->imax);
+        if (rc)
+            return why(w, cap, "'%s' is not an integer", v);
+        if ((rc = check_irange(k, i, v, w, cap)))
+            return rc;
+        if (k->type == MOE_CFG_INT)
+            *PTR(c, k, int) = (int)i;
+        else
+            *PTR(c, k, int64_t) = i;
+        return 0;
+    case MOE_CFG_SIZE: {
+        if (parse_size(v, &u))
+            return why(w, cap, "'%s' is not a size (a number with an optional K, M, G or T)", v);
+        if (u < (uint64_t)k->imin || u > (uint64_t)k->imax) {
+            char lo[32], hi[32];
+            format_size((uint64_t)k->imin, lo, sizeof(lo));
+            format_size((uint64_t)k->imax, hi, sizeof(hi));
+            return why(w, cap, "%s is out of range %s..%s", v, lo, hi);
+        }
+        *PTR(c, k, size_t) = (size_t)u;
+        return 0;
+    }
+    case MOE_CFG_DOUBLE: {
+        char *end;
+        if (!*v || isspace((unsigned char)*v))
+            return why(w, cap, "'%s' is not a number", v);
+        errno = 0;
+        double d = strtod(v, &end);
+        if (*end || errno || !isfinite(d))
+            return why(w, cap, "'%s' is not a finite number", v);
+        bool low = (k->flags & MOE_CFG_MIN_EXCL) ? d <= k->dmin : d < k->dmin;
+        if (low || d > k->dmax)
+            return why(w, cap, "%s is out of range %c%g, %g]", v,
+                       (k->flags & MOE_CFG_MIN_EXCL) ? '(' : '[', k->dmin, k->dmax);
+        *PTR(c, k, double) = d;
+        return 0;
+    }
+    case MOE_CFG_STRING: {
+        if ((k->flags & MOE_CFG_NONEMPTY) && !*v)
+            return why(w, cap, "must not be empty");
+        char *s = strdup(v);
+        if (!s)
+            return why(w, cap, "out of memory");
+        free(*PTR(c, k, char *));
+        *PTR(c, k, char *) = s;
+        return 0;
+    }
+    case MOE_CFG_MODE: {
+        char *end;
+        if (!*v || !isdigit((unsigned char)*v))
+            return why(w, cap, "'%s' is not an octal mode", v);
+        errno = 0;
+        unsigned long m = strtoul(v, &end, 8);
+        if (*end || errno)
+            return why(w, cap, "'%s' is not an octal mode (digits 0-7)", v);
+        if (m > (unsigned long)k->imax)
+            return why(w, cap, "%s is out of range 0..%04o", v, (unsigned)k->imax);
+        *PTR(c, k, unsigned) = (unsigned)m;
+        return 0;
+    }
+    case MOE_CFG_ENUM:
+        for (const struct moe_daemon_enum *e = k->enums; e->name; e++) {
+            if (!strcmp(v, e->name)) {
+                *PTR(c, k, int) = e->value;
+                return 0;
+            }
+        }
+        {
+            char names[256];
+            enum_names(k->enums, names, sizeof(names));
+            return why(w, cap, "'%s' is not one of %s", v, names);
+        }
+    case MOE_CFG_UIDS:
+    case MOE_CFG_GIDS: {
+        struct moe_daemon_ids ids;
+        if ((rc = parse_ids(k->type == MOE_CFG_GIDS, v, &ids, w, cap)))
+            return rc;
+        if (!(ids.text = strdup(v)))
+            return why(w, cap, "out of memory");
+        struct moe_daemon_ids *dst = PTR(c, k, struct moe_daemon_ids);
+        free(dst->text);
+        *dst = ids;
+        return 0;
+    }
+    case MOE_CFG_GROUP: {
+        struct moe_daemon_group g = {NULL, (gid_t)-1};
+        if (*v) {
+            uint32_t id;
+            if ((rc = resolve_id(true, v, &id, w, cap)))
+                return rc;
+            g.gid = (gid_t)id;
+        }
+        if (!(g.text = strdup(v)))
+            return why(w, cap, "out of memory");
+        struct moe_daemon_group *dst = PTR(c, k, struct moe_daemon_group);
+        free(dst->text);
+        *dst = g;
+        return 0;
+    }
+    }
+    return why(w, cap, "unsupported type");
+}
+
+void moe_daemon_key_format(const struct moe_daemon_key *k, const struct moe_daemon_config *c,
+                           char *buf, size_t cap)
+{
+    const char *s;
+    switch (k->type) {
+    case MOE_CFG_BOOL:
+        snprintf(buf, cap, "%s", *CPTR(c, k, bool) ? "yes" : "no");
+        return;
+    case MOE_CFG_INT:
+        snprintf(buf, cap, "%d", *CPTR(c, k, int));
+        return;
+    case MOE_CFG_INT64:
+        snprintf(buf, cap, "%" PRId64, *CPTR(c, k, int64_t));
+        return;
+    case MOE_CFG_SIZE:
+        format_size((uint64_t)*CPTR(c, k, size_t), buf, cap);
+        return;
+    case MOE_CFG_DOUBLE:
+        format_double(*CPTR(c, k, double), buf, cap);
+        return;
+    case MOE_CFG_STRING:
+        s = *CPTR(c, k, char *);
+        snprintf(buf, cap, "%s", s ? s : "");
+        return;
+    case MOE_CFG_MODE:
+        snprintf(buf, cap, "%04o", *CPTR(c, k, unsigned));
+        return;
+    case MOE_CFG_ENUM:
+        for (const struct moe_daemon_enum *e = k->enums; e->name; e++) {
+            if (e->value == *CPTR(c, k, int)) {
+                snprintf(buf, cap, "%s", e->name);
+                return;
+            }
+        }
+        snprintf(buf, cap, "%d", *CPTR(c, k, int));
+        return;
+    case MOE_CFG_UIDS:
+    case MOE_CFG_GIDS:
+        s = CPTR(c, k, struct moe_daemon_ids)->text;
+        snprintf(buf, cap, "%s", s ? s : "");
+        return;
+    case MOE_CFG_GROUP:
+        s = CPTR(c, k, struct moe_daemon_group)->text;
+        snprintf(buf, cap, "%s", s ? s : "");
+        return;
+    }
+    buf[0] = '\0';
+}
+
+void moe_daemon_key_describe(const struct moe_daemon_key *k, char *buf, size_t cap)
+{
+    char lo[32], hi[32], names[256];
+    switch (k->type) {
+    case MOE_CFG_BOOL:
+        snprintf(buf, cap, "boolean");
+        return;
+    case MOE_CFG_INT:
+    case MOE_CFG_INT64:
+        if (k->imax == INT64_MAX)
+            snprintf(buf, cap, "integer >= %" PRId64, k->imin);
+        else
+            snprintf(buf, cap, "integer %" PRId64 "..%" PRId64, k->imin, k->imax);
+        return;
+    case MOE_CFG_SIZE:
+        format_size((uint64_t)k->imin, lo, sizeof(lo));
+        format_size((uint64_t)k->imax, hi, sizeof(hi));
+        snprintf(buf, cap, "size %s..%s", lo, hi);
+        return;
+    case MOE_CFG_DOUBLE:
+        format_double(k->dmin, lo, sizeof(lo));
+        format_double(k->dmax, hi, sizeof(hi));
+        snprintf(buf, cap, "number in %c%s, %s]", (k->flags & MOE_CFG_MIN_EXCL) ? '(' : '[', lo,
+                 hi);
+        return;
+    case MOE_CFG_STRING:
+        snprintf(buf, cap, "%s", (k->flags & MOE_CFG_NONEMPTY) ? "string, not empty" : "string");
+        return;
+    case MOE_CFG_MODE:
+        snprintf(buf, cap, "octal mode");
+        return;
+    case MOE_CFG_ENUM:
+        enum_names(k->enums, names, sizeof(names));
+        snprintf(buf, cap, "one of %s", names);
+        return;
+    case MOE_CFG_UIDS:
+        snprintf(buf, cap, "list of users or uids (at most %d)", MOE_DAEMON_MAX_IDS);
+        return;
+    case MOE_CFG_GIDS:
+        snprintf(buf, cap, "list of groups or gids (at most %d)", MOE_DAEMON_MAX_IDS);
+        return;
+    case MOE_CFG_GROUP:
+        snprintf(buf, cap, "group name or gid");
+        return;
+    }
+    buf[0] = '\0';
+}
+
+/* ---- whole configs ---------------------------------------------------------- */
+
+static void free_field(const struct moe_daemon_key *k, struct moe_daemon_config *c)
+{
+    switch (k->type) {
+    case MOE_CFG_STRING:
+        free(*PTR(c, k, char *));
+        *PTR(c, k, char *) = NULL;
+        break;
+    case MOE_CFG_UIDS:
+    case MOE_CFG_GIDS:
+        free(PTR(c, k, struct moe_daemon_ids)->text);
+        PTR(c, k, struct moe_daemon_ids)->text = NULL;
+        break;
+    case MOE_CFG_GROUP:
+        free(PTR(c, k, struct moe_daemon_group)->text);
+        PTR(c, k, struct moe_daemon_group)->text = NULL;
+        break;
+    default:
+        break;
+    }
+}
+
+/* dst's field (already freed or never set) becomes a copy of src's */
+static int copy_field(const struct moe_daemon_key *k, struct moe_daemon_config *dst,
+                      const struct moe_daemon_config *src)
+{
+    switch (k->type) {
+    case MOE_CFG_BOOL: *PTR(dst, k, bool) = *CPTR(src, k, bool); return 0;
+    case MOE_CFG_INT:
+    case MOE_CFG_ENUM: *PTR(dst, k, int) = *CPTR(src, k, int); return 0;
+    case MOE_CFG_INT64: *PTR(dst, k, int64_t) = *CPTR(src, k, int64_t); return 0;
+    case MOE_CFG_SIZE: *PTR(dst, k, size_t) = *CPTR(src, k, size_t); return 0;
+    case MOE_CFG_DOUBLE: *PTR(dst, k, double) = *CPTR(src, k, double); return 0;
+    case MOE_CFG_MODE: *PTR(dst, k, unsigned) = *CPTR(src, k, unsigned); return 0;
+    case MOE_CFG_STRING: {
+        const char *s = *CPTR(src, k, char *);
+        *PTR(dst, k, char *) = s ? strdup(s) : NULL;
+        return s && !*PTR(dst, k, char *) ? -ENOMEM : 0;
+    }
+    case MOE_CFG_UIDS:
+    case MOE_CFG_GIDS: {
+        struct moe_daemon_ids v = *CPTR(src, k, struct moe_daemon_ids);
+        const char *s = v.text;
+        v.text = s ? strdup(s) : NULL;
+        *PTR(dst, k, struct moe_daemon_ids) = v;
+        return s && !v.text ? -ENOMEM : 0;
+    }
+    case MOE_CFG_GROUP: {
+        struct moe_daemon_group v = *CPTR(src, k, struct moe_daemon_group);
+        const char *s = v.text;
+        v.text = s ? strdup(s) : NULL;
+        *PTR(dst, k, struct moe_daemon_group) = v;
+        return s && !v.text ? -ENOMEM : 0;
+    }
+    }
+    return 0;
+}
+
+int moe_daemon_key_assign(const struct moe_daemon_key *k, struct moe_daemon_config *dst,
+                          const struct moe_daemon_config *src)
+{
+    free_field(k, dst);
+    if (copy_field(k, dst, src))
+        return moe_err(-ENOMEM, "config: out of memory");
+    return 0;
+}
+
+void moe_daemon_config_free(struct moe_daemon_config *c)
+{
+    if (!c)
+        return;
+    for (size_t i = 0; i < N_KEYS; i++)
+        free_field(&table[i], c);
+}
+
+int moe_daemon_config_copy(struct moe_daemon_config *dst, const struct moe_daemon_config *src)
+{
+    memset(dst, 0, sizeof(*dst));
+    for (size_t i = 0; i < N_KEYS; i++) {
+        if (copy_field(&table[i], dst, src)) {
+            moe_daemon_config_free(dst);
+            memset(dst, 0, sizeof(*dst));
+            return moe_err(-ENOMEM, "config: out of memory");
+        }
+    }
+    return 0;
+}
+
+static bool str_eq(const char *a, const char *b)
+{
+    return !strcmp(a ? a : "", b ? b : "");
+}
+
+bool moe_daemon_key_equal(const struct moe_daemon_key *k, const struct moe_daemon_config *a,
+                          const struct moe_daemon_config *b)
+{
+    switch (k->type) {
+    case MOE_CFG_BOOL: return *CPTR(a, k, bool) == *CPTR(b, k, bool);
+    case MOE_CFG_INT:
+    case MOE_CFG_ENUM: return *CPTR(a, k, int) == *CPTR(b, k, int);
+    case MOE_CFG_INT64: return *CPTR(a, k, int64_t) == *CPTR(b, k, int64_t);
+    case MOE_CFG_SIZE: return *CPTR(a, k, size_t) == *CPTR(b, k, size_t);
+    case MOE_CFG_DOUBLE: return *CPTR(a, k, double) == *CPTR(b, k, double);
+    case MOE_CFG_MODE: return *CPTR(a, k, unsigned) == *CPTR(b, k, unsigned);
+    case MOE_CFG_STRING: return str_eq(*CPTR(a, k, char *), *CPTR(b, k, char *));
+    case MOE_CFG_UIDS:
+    case MOE_CFG_GIDS: {
+        /* the resolved ids decide: "root" and "0" are the same list */
+        const struct moe_daemon_ids *x = CPTR(a, k, struct moe_daemon_ids);
+        const struct moe_daemon_ids *y = CPTR(b, k, struct moe_daemon_ids);
+        return x->n == y->n && !memcmp(x->ids, y->ids, x->n * sizeof(x->ids[0]));
+    }
+    case MOE_CFG_GROUP:
+        return CPTR(a, k, struct moe_daemon_group)->gid == CPTR(b, k, struct moe_daemon_group)->gid;
+    }
+    return false;
+}
+
+bool moe_daemon_config_equal(const struct moe_daemon_config *a, const struct moe_daemon_config *b)
+{
+    for (size_t i = 0; i < N_KEYS; i++)
+        if (!moe_daemon_key_equal(&table[i], a, b))
+            return false;
+    return true;
+}
+
+int moe_daemon_config_defaults(struct moe_daemon_config *c)
+{
+    char w[256];
+    memset(c, 0, sizeof(*c));
+    c->socket_group.gid = (gid_t)-1;
+    for (size_t i = 0; i < N_KEYS; i++) {
+        int rc = parse_value(&table[i], table[i].def, c, w, sizeof(w));
+        if (rc) {
+            moe_daemon_config_free(c);
+            memset(c, 0, sizeof(*c));
+            /* a bad default is a programming error; ENOMEM is not */
+            return moe_err(rc, "default of [%s] %s: %s", table[i].section, table[i].name, w);
+        }
+    }
+    return 0;
+}
+
+int moe_daemon_config_set(struct moe_daemon_config *c, const char *section, const char *name,
+                          const char *value)
+{
+    char w[512];
+    const struct moe_daemon_key *k = moe_daemon_config_find(section, name);
+    if (!k)
+        return moe_err(-EINVAL, "[%s] %s: unknown key", section, name);
+    if (parse_value(k, value, c, w, sizeof(w)))
+        return moe_err(-EINVAL, "[%s] %s: %s", section, name, w);
+    return 0;
+}
+
+/* ---- the INI reader --------------------------------------------------------- */
+
+struct parse_state {
+    const char *name; /* file name for messages */
+    const char *text;
+    size_t len, pos;
+    int line;
+    char section[64]; /* the current section, from our own look at the lines */
+    bool failed;
+    struct moe_daemon_config *cfg;
+    int line_of[MOE_ARRAY_SIZE(table)]; /* where each key was set, 0 = default */
+};
+
+static int fail(struct parse_state *st, int line, const char *fmt, ...) MOE_PRINTF(3, 4);
+static int fail(struct parse_state *st, int line, const char *fmt, ...)
+{
+    char msg[768];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (!st->failed)
+        moe_err(-EINVAL, "%s:%d: %s", st->name, line, msg);
+    st->failed = true;
+    return -EINVAL;
+}
+
+static bool blank(char ch)
+{
+    return ch == ' ' || ch == '\t' || ch == '\v' || ch == '\f' || ch == '\r';
+}
+
+/* Checks one raw line (without its line end) before inih sees it. */
+static int check_line(struct parse_state *st, const char *p, size_t n)
+{
+    const char *end = p + n;
+
+    if (n > MOE_DAEMON_INI_MAX_LINE)
+        return fail(st, st->line,
+                    "line is %zu bytes long, more than %d (inih would split it); shorten the value "
+                    "or the comment",
+                    n, MOE_DAEMON_INI_MAX_LINE);
+    if (memchr(p, '\0', n))
+        return fail(st, st->line, "NUL byte in the line");
+    if (st->line == 1 && n >= 3 && !memcmp(p, "\xEF\xBB\xBF", 3)) {
+        p += 3; /* UTF-8 BOM, which inih skips too */
+        n -= 3;
+    }
+
+    const char *q = p;
+    while (q < end && blank(*q))
+        q++;
+    if (q == end || *q == '#' || *q == ';')
+        return 0; /* blank line or comment (indented comments are harmless) */
+    if (q != p)
+        return fail(st, st->line,
+                    "line starts with blanks; inih would append it to the previous value: start "
+                    "keys and sections at column 1");
+
+    if (*p == '[') {
+        const char *close = memchr(p, ']', n);
+        if (!close)
+            return fail(st, st->line, "section header without ']'");
+        for (const char *t = close + 1; t < end; t++)
+            if (!blank(*t))
+                return fail(st, st->line, "text after the section header");
+        const char *s = p + 1, *e = close;
+        while (s < e && blank(*s))
+            s++;
+        while (e > s && blank(e[-1]))
+            e--;
+        if (!section_known(s, (size_t)(e - s)))
+            return fail(st, st->line, "unknown section [%.*s]", (int)(e - s), s);
+        snprintf(st->section, sizeof(st->section), "%.*s", (int)(e - s), s);
+        return 0;
+    }
+
+    const char *eq = memchr(p, '=', n);
+    if (!eq)
+        return fail(st, st->line, "expected 'key = value', a [section] or a comment");
+    const char *ke = eq;
+    while (ke > p && blank(ke[-1]))
+        ke--;
+    for (const char *t = p; t < ke; t++)
+        if (!(islower((unsigned char)*t) || isdigit((unsigned char)*t) || *t == '_'))
+            return fail(st, st->line, "'%.*s' is not a key name (lower-case letters, digits, _)",
+                        (int)(ke - p), p);
+    if (!st->section[0])
+        return fail(st, st->line, "key '%.*s' before any [section]", (int)(ke - p), p);
+    const char *v = eq + 1;
+    while (v < end && blank(*v))
+        v++;
+    for (const char *t = v; t < end; t++) {
+        if ((*t == '#' || *t == ';') && (t == v || blank(t[-1])))
+            return fail(st, st->line,
+                        "[%s] %.*s: '%c' after the value; comments must be on their own line",
+                        st->section, (int)(ke - p), p, *t);
+    }
+    return 0;
+}
+
+/* inih's line source: one line per call, so st->line is the line the
+ * handler is about to see. Returning NULL ends the parse. */
+static char *reader(char *str, int num, void *stream)
+{
+    struct parse_state *st = stream;
+    if (st->failed || st->pos >= st->len)
+        return NULL;
+    const char *p = st->text + st->pos;
+    size_t left = st->len - st->pos;
+    const char *nl = memchr(p, '\n', left);
+    size_t n = nl ? (size_t)(nl - p) + 1 : left; /* with its '\n' */
+    size_t body = n - (nl ? 1 : 0);
+    if (body && p[body - 1] == '\r')
+        body--;
+    st->pos += n;
+    st->line++;
+    if (check_line(st, p, body))
+        return NULL;
+    if (n + 1 > (size_t)num) { /* an inih built with a smaller buffer */
+        fail(st, st->line, "line is %zu bytes long, more than this inih reads (%d)", body,
+             num - 3);
+        return NULL;
+    }
+    memcpy(str, p, n);
+    str[n] = '\0';
+    return str;
+}
+
+static int handler(void *user, const char *section, const char *name, const char *value)
+{
+    struct parse_state *st = user;
+    char w[512];
+
+    if (st->failed)
+        return 1;
+    const struct moe_daemon_key *k = moe_daemon_config_find(section, name);
+    if (!k) {
+        fail(st, st->line, "[%s] %s: unknown key", section, name);
+        return 0;
+    }
+    size_t i = (size_t)(k - table);
+    if (st->line_of[i]) {
+        fail(st, st->line, "[%s] %s: set twice (first on line %d)", section, name, st->line_of[i]);
+        return 0;
+    }
+    if (parse_value(k, value ? value : "", st->cfg, w, sizeof(w))) {
+        fail(st, st->line, "[%s] %s: %s", section, name, w);
+        return 0;
+    }
+    st->line_of[i] = st->line;
+    return 1;
+}
+
+static int key_line(const struct parse_state *st, const char *section, const char *name)
+{
+    return st->line_of[moe_daemon_config_find(section, name) - table];
+}
+
+/* Rules between keys, checked once the whole file is read; the error is
+ * put on the later of the two lines. */
+static int cross_check(struct parse_state *st)
+{
+    const struct moe_daemon_config *c = st->cfg;
+    int l1, l2;
+
+    l1 = key_line(st, "sampling", "max_tokens");
+    l2 = key_line(st, "limits", "max_tokens");
+    if (c->max_tokens_default > c->max_tokens_limit)
+        return fail(st, MOE_MAX(l1, l2),
+                    "[sampling] max_tokens: %d is above [limits] max_tokens (%d)",
+                    c->max_tokens_default, c->max_tokens_limit);
+    l1 = key_line(st, "batching", "max_batch_tokens");
+    l2 = key_line(st, "batching", "max_seqs");
+    if (c->max_batch_tokens < c->max_seqs)
+        return fail(st, MOE_MAX(l1, l2),
+                    "[batching] max_batch_tokens: %d is below [batching] max_seqs (%d); every "
+                    "running sequence needs a token in each step",
+                    c->max_batch_tokens, c->max_seqs);
+    return 0;
+}
+
+int moe_daemon_config_parse(const char *name, const char *text, size_t len,
+                            struct moe_daemon_config *c)
+{
+    struct moe_daemon_config tmp;
+    int rc = moe_daemon_config_defaults(&tmp);
+    if (rc) {
+        memset(c, 0, sizeof(*c));
+        return rc;
+    }
+    struct parse_state st = {.name = name, .text = text, .len = len, .cfg = &tmp};
+    int ret = ini_parse_stream(reader, &st, handler, &st);
+    if (st.failed)
+        rc = -EINVAL;
+    else if (ret == -2)
+        rc = moe_err(-ENOMEM, "%s: out of memory", name);
+    else if (ret)
+        rc = fail(&st, ret, "cannot parse the line");
+    else
+        rc = cross_check(&st);
+    if (rc) {
+        moe_daemon_config_free(&tmp);
+        memset(c, 0, sizeof(*c));
+        return rc;
+    }
+    *c = tmp;
+    return 0;
+}
+
+int moe_daemon_config_load(const char *path, struct moe_daemon_config *c)
+{
+    char *text = NULL;
+    size_t len = 0;
+    memset(c, 0, sizeof(*c));
+    int rc = moe_read_text_file(path, &text, &len);
+    if (rc)
+        return rc;
+    rc = moe_daemon_config_parse(path, text, len, c);
+    free(text);
+    return rc;
+}
+
+/* ---- the dump ------------------------------------------------------------------ */
+
+int moe_daemon_config_dump(const struct moe_daemon_config *c, const char *source, FILE *f)
+{
+    fprintf(f,
+            "# moed configuration, written by `moed --dump-config`%s%s.\n"
+            "#\n"
+            "# Every key is listed with a line saying what it does, then its type, its\n"
+            "# default and whether `systemctl reload moed` (SIGHUP, POST /admin/reload)\n"
+            "# applies it; keys that need a restart keep their running value on reload.\n"
+            "#\n"
+            "# Syntax, stricter than most INI readers so that mistakes are caught:\n"
+            "#  - \"key = value\" under a [section]; unknown sections and keys are errors,\n"
+            "#    and so is a key set twice.\n"
+            "#  - Keys and section headers start at column 1: an indented line is an error.\n"
+            "#  - Comments are whole lines starting with '#' or ';'. A value must not start\n"
+            "#    with '#' or ';' nor have one after a blank (\"1 # note\" is an error);\n"
+            "#    values are never quoted and keep inner blanks.\n"
+            "#  - A line holds at most %d bytes.\n"
+            "#  - Sizes take K, M, G or T (powers of 1024); booleans are yes/no, true/false,\n"
+            "#    on/off or 1/0; modes are octal; id lists are separated by commas or blanks.\n"
+            "# Check a file with `moed --check-config FILE`.\n",
+            source ? " from " : " (built-in defaults)", source ? source : "",
+            MOE_DAEMON_INI_MAX_LINE);
+    const char *section = "";
+    for (size_t i = 0; i < N_KEYS; i++) {
+        const struct moe_daemon_key *k = &table[i];
+        char val[1024], desc[384];
+        if (strcmp(section, k->section)) {
+            section = k->section;
+            fprintf(f, "\n[%s]\n", section);
+        }
+        moe_daemon_key_format(k, c, val, sizeof(val));
+        moe_daemon_key_describe(k, desc, sizeof(desc));
+        /* "key = value", or "key=value" when the blanks would push a long
+         * value over the line limit (it fitted in the file it came from) */
+        bool tight = strlen(k->name) + 3 + strlen(val) > MOE_DAEMON_INI_MAX_LINE;
+        fprintf(f, "\n# %s\n# %s; default %s; %s\n%s%s=%s%s\n", k->doc, desc,
+                k->def[0] ? k->def : "empty",
+                (k->flags & MOE_CFG_RELOAD) ? "reloadable" : "needs restart", k->name,
+                tight ? "" : " ", (tight || !val[0]) ? "" : " ", val);
+    }
+    return ferror(f) ? moe_err(-EIO, "writing the configuration failed") : 0;
+}

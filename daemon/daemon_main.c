@@ -1,0 +1,693 @@
+/* moed: the serving daemon's process and its life.
+ *
+ *   start:  config -> ipc (socket up, /health 503) -> model load in a thread
+ *           (main loop sends EXTEND_TIMEOUT_USEC meanwhile) -> pool, engine
+ *           -> ipc gets the engine -> READY=1
+ *   run:    one poll loop on the main thread: signalfd (SIGTERM/SIGINT drain,
+ *           SIGHUP reload), a timerfd (watchdog, start-up timeout, status),
+ *           an eventfd for POST /admin/reload, which runs here too so that a
+ *           reload never races another one
+ *   stop:   STOPPING=1 -> ipc stops accepting -> engine drains (in-flight
+ *           requests finish or time out) -> ipc stops -> everything freed
+ *
+ * Exit status: 0 stopped on request; 1 the configuration is invalid;
+ * 2 anything else that keeps moed from serving (unreadable config, model,
+ * socket, engine) or a bad command line. */
+#include <errno.h>
+#include <getopt.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+#include "backend/backend.h"
+#include "common/common.h"
+#include "common/common_metrics.h"
+#include "daemon/daemon.h"
+#include "engine/engine.h"
+#include "engine/engine_server.h"
+#include "ipc/ipc.h"
+#include "model/model.h"
+
+#define EXIT_CONFIG 1
+#define EXIT_FAIL 2
+
+#define TICK_USEC 5000000ull     /* status, start-up timeout extension */
+#define EXTEND_USEC (3 * TICK_USEC)
+
+static const char help_text[] =
+    "NAME\n"
+    "    moed - serve a Mixture-of-Experts language model over a Unix socket\n"
+    "\n"
+    "SYNOPSIS\n"
+    "    moed [--config FILE]\n"
+    "    moed --check-config FILE\n"
+    "    moed --dump-config [--config FILE]\n"
+    "    moed --help | --version\n"
+    "\n"
+    "DESCRIPTION\n"
+    "    moed loads the model named in its INI file and answers HTTP/1.1 + JSON\n"
+    "    on a Unix socket: OpenAI-compatible /v1/completions and\n"
+    "    /v1/chat/completions (with SSE streaming), /v1/models, /health, /metrics,\n"
+    "    /admin/stats and POST /admin/reload. Concurrent requests are batched:\n"
+    "    each step decodes every running sequence together.\n"
+    "\n"
+    "    It is meant to run under systemd (moed.service, Type=notify): it reports\n"
+    "    READY=1 once the model is loaded, STATUS= lines, EXTEND_TIMEOUT_USEC= while\n"
+    "    loading, WATCHDOG=1 when WatchdogSec= is set, and takes its listening\n"
+    "    socket from moed.socket when socket-activated. It runs as well in a\n"
+    "    terminal, where it binds [daemon] socket itself.\n"
+    "\n"
+    "OPTIONS\n"
+    "    -c, --config FILE\n"
+    "        Read the configuration from FILE (default " MOE_DAEMON_DEFAULT_CONFIG ").\n"
+    "    --check-config FILE\n"
+    "        Check FILE and exit: prints \"FILE: OK\" (status 0), or the first\n"
+    "        error as FILE:LINE: [section] key: reason (status 1; 2 when FILE\n"
+    "        cannot be read).\n"
+    "    --dump-config\n"
+    "        Print the configuration as an INI file, every key with its doc, and\n"
+    "        exit: the built-in defaults, or with --config the effective values\n"
+    "        from FILE. etc/moed.ini is this output.\n"
+    "    -h, --help\n"
+    "        This text.\n"
+    "    -V, --version\n"
+    "        Print \"moed VERSION\".\n"
+    "\n"
+    "SIGNALS\n"
+    "    SIGHUP    Reload the configuration file. Reloadable keys take effect at\n"
+    "              once; others are logged as \"needs restart\" and keep their\n"
+    "              running value. A file with an error changes nothing.\n"
+    "    SIGTERM, SIGINT\n"
+    "              Stop accepting connections, let requests in flight finish for\n"
+    "              up to [daemon] drain_timeout seconds, cancel the rest, exit 0.\n"
+    "\n"
+    "ENVIRONMENT\n"
+    "    NOTIFY_SOCKET, WATCHDOG_USEC, LISTEN_FDS, LISTEN_PID\n"
+    "        Set by systemd: readiness notification, watchdog, socket activation.\n"
+    "    JOURNAL_STREAM\n"
+    "        When set, log lines carry <N> priority prefixes for the journal.\n"
+    "\n"
+    "FILES\n"
+    "    " MOE_DAEMON_DEFAULT_CONFIG "    the configuration (see etc/moed.ini)\n"
+    "    /run/moed/moed.sock    the default socket\n"
+    "\n"
+    "EXIT STATUS\n"
+    "    0  stopped on request (or the option's work is done)\n"
+    "    1  the configuration is invalid\n"
+    "    2  moed could not start: unreadable configuration, model, socket,\n"
+    "       engine, or a bad command line\n"
+    "\n"
+    "SEE ALSO\n"
+    "    moectl(1), systemd.service(5), systemd.socket(5), sd_notify(3)\n";
+
+struct loader {
+    pthread_t thread;
+    char *path;
+    struct moe_model *model;
+    int rc;
+    char err[1024];
+    int efd; /* written once the load is over */
+};
+
+struct moed {
+    const char *config_path;
+    struct moe_daemon_config cfg;
+    char model_name[256];
+    int chat_template;
+    int32_t model_ctx;
+
+    struct moe_ipc *ipc;
+    struct moe_model *model;
+    struct moe_pool *pool;
+    struct moe_engine *engine;
+
+    int sfd, tfd;
+    uint64_t watchdog_usec;
+    double t_start;
+    bool loading, ready;
+    struct loader ld;
+    char last_status[256];
+    struct moe_metric *m_ready, *m_reload_ok, *m_reload_err, *m_load_s;
+
+    /* POST /admin/reload: the ipc thread hands the work to the main loop */
+    int reload_efd;
+    pthread_mutex_t hook_serial; /* one admin reload at a time */
+    pthread_mutex_t mu;
+    pthread_cond_t cond;
+    bool hook_pending, hook_done, stopping;
+    int hook_rc;
+    char hook_msg[1024];
+};
+
+/* ---- reload ------------------------------------------------------------------ */
+
+static int apply_config(void *arg, const struct moe_daemon_config *next, char *msg, size_t cap)
+{
+    struct moed *d = arg;
+    /* the engine may refuse; ipc and the log level cannot, so they go last */
+    if (d->engine) {
+        struct moe_engine_limits el;
+        moe_daemon_engine_limits(next, d->model_ctx, d->chat_template, &el);
+        moe_err_clear();
+        int rc = moe_engine_set_limits(d->engine, &el);
+        if (rc) {
+            snprintf(msg, cap, "engine: %s", moe_err_msg()[0] ? moe_err_msg() : strerror(-rc));
+            return rc;
+        }
+    }
+    struct moe_ipc_limits il;
+    moe_daemon_ipc_limits(next, &il);
+    moe_ipc_set_limits(d->ipc, &il);
+    moe_log_set_level((enum moe_log_level)next->log_level);
+    return 0;
+}
+
+static void set_status_serving(struct moed *d, bool force);
+
+static int do_reload(struct moed *d, const char *source, char *msg, size_t cap)
+{
+    struct moe_daemon_reload_result res;
+    if (d->ready)
+        moe_daemon_notify_reloading();
+    moe_log(MOE_LOG_INFO, "reload (%s): reading %s", source, d->config_path);
+    int rc = moe_daemon_config_reload(&d->cfg, d->config_path, apply_config, d, &res, msg, cap);
+    moe_metric_inc(rc ? d->m_reload_err : d->m_reload_ok);
+    if (d->ready) {
+        moe_daemon_notify("READY=1");
+        set_status_serving(d, true);
+    }
+    return rc;
+}
+
+/* runs on an ipc thread */
+static int reload_hook(void *arg, char *msg, size_t cap)
+{
+    struct moed *d = arg;
+    uint64_t one = 1;
+    int rc;
+
+    pthread_mutex_lock(&d->hook_serial);
+    pthread_mutex_lock(&d->mu);
+    if (d->stopping) {
+        pthread_mutex_unlock(&d->mu);
+        pthread_mutex_unlock(&d->hook_serial);
+        snprintf(msg, cap, "moed is stopping");
+        return -ESHUTDOWN;
+    }
+    d->hook_pending = true;
+    d->hook_done = false;
+    pthread_mutex_unlock(&d->mu);
+
+    if (write(d->reload_efd, &one, sizeof(one)) != sizeof(one)) {
+        rc = -errno;
+        pthread_mutex_lock(&d->mu);
+        d->hook_pending = false;
+        pthread_mutex_unlock(&d->mu);
+        pthread_mutex_unlock(&d->hook_serial);
+        snprintf(msg, cap, "cannot wake the main loop: %s", strerror(-rc));
+        return rc;
+    }
+
+    pthread_mutex_lock(&d->mu);
+    while (!d->hook_done && !d->stopping)
+        pthread_cond_wait(&d->cond, &d->mu);
+    if (d->hook_done) {
+        rc = d->hook_rc;
+        snprintf(msg, cap, "%s", d->hook_msg);
+    } else {
+        rc = -ESHUTDOWN;
+        snprintf(msg, cap, "moed is stopping");
+    }
+    d->hook_pending = d->hook_done = false;
+    pthread_mutex_unlock(&d->mu);
+    pthread_mutex_unlock(&d->hook_serial);
+    return rc;
+}
+
+static void serve_reload_hook(struct moed *d)
+{
+    uint64_t n;
+    if (read(d->reload_efd, &n, sizeof(n)) != sizeof(n))
+        return;
+    pthread_mutex_lock(&d->mu);
+    bool pending = d->hook_pending && !d->hook_done;
+    pthread_mutex_unlock(&d->mu);
+    if (!pending)
+        return;
+    char msg[1024];
+    int rc = do_reload(d, "POST /admin/reload", msg, sizeof(msg));
+    pthread_mutex_lock(&d->mu);
+    d->hook_rc = rc;
+    snprintf(d->hook_msg, sizeof(d->hook_msg), "%s", msg);
+    d->hook_done = true;
+    pthread_cond_broadcast(&d->cond);
+    pthread_mutex_unlock(&d->mu);
+}
+
+/* ---- status ------------------------------------------------------------------- */
+
+static void set_status_serving(struct moed *d, bool force)
+{
+    char st[256];
+    struct moe_engine_stats es;
+    if (!d->engine)
+        return;
+    moe_engine_get_stats(d->engine, &es);
+    snprintf(st, sizeof(st), "Serving %.180s: %d running, %d queued, %llu done", d->model_name,
+             (int)es.running, (int)es.queue_depth, (unsigned long long)es.requests_done);
+    if (force || strcmp(st, d->last_status)) {
+        snprintf(d->last_status, sizeof(d->last_status), "%s", st);
+        moe_daemon_notify("STATUS=%s", st);
+    }
+}
+
+static void on_tick(struct moed *d)
+{
+    uint64_t n;
+    if (read(d->tfd, &n, sizeof(n)) != sizeof(n))
+        return;
+    if (d->watchdog_usec)
+        moe_daemon_notify("WATCHDOG=1");
+    if (d->loading)
+        moe_daemon_notify("EXTEND_TIMEOUT_USEC=%llu\nSTATUS=Loading model %s (%.0f s)",
+                          (unsigned long long)EXTEND_USEC, d->cfg.model_path,
+                          moe_now_s() - d->t_start);
+    else if (d->ready)
+        set_status_serving(d, false);
+}
+
+/* ---- start-up ----------------------------------------------------------------- */
+
+static void *loader_main(void *arg)
+{
+    struct loader *ld = arg;
+    uint64_t one = 1;
+    ld->rc = moe_model_open(ld->path, &ld->model);
+    if (ld->rc)
+        snprintf(ld->err, sizeof(ld->err), "%s",
+                 moe_err_msg()[0] ? moe_err_msg() : strerror(-ld->rc));
+    if (write(ld->efd, &one, sizeof(one)) != sizeof(one))
+        abort(); /* an eventfd write of 1 cannot fail short of a programming error */
+    return NULL;
+}
+
+static int start_loader(struct moed *d)
+{
+    d->ld.efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (d->ld.efd < 0)
+        return moe_err(-errno, "eventfd: %s", strerror(errno));
+    d->ld.path = d->cfg.model_path;
+    int rc = pthread_create(&d->ld.thread, NULL, loader_main, &d->ld);
+    if (rc)
+        return moe_err(-rc, "cannot start the model loader thread: %s", strerror(rc));
+    d->loading = true;
+    return 0;
+}
+
+/* the model is open: pool, engine, and the ipc gets it */
+static int finish_start(struct moed *d)
+{
+    const char *how;
+    int rc;
+    d->model_ctx = d->model->cfg.max_ctx;
+    moe_daemon_notify("STATUS=Starting the engine");
+    rc = moe_pool_create(d->cfg.threads, &d->pool);
+    if (rc)
+        return rc;
+    d->chat_template = moe_daemon_chat_template(&d->cfg, &how);
+    struct moe_engine_limits el;
+    moe_daemon_engine_limits(&d->cfg, d->model_ctx, d->chat_template, &el);
+    if (el.max_ctx != d->cfg.max_ctx)
+        moe_log(MOE_LOG_INFO, "context per sequence: %d (the model's is %d, [batching] max_ctx %d)",
+                (int)el.max_ctx, (int)d->model_ctx, d->cfg.max_ctx);
+    moe_log(MOE_LOG_INFO, "chat template: %s (%s)",
+            d->chat_template == MOE_CHAT_MISTRAL ? "mistral" : "chatml", how);
+    rc = moe_engine_create(d->model, d->pool, &el, &d->engine);
+    if (rc)
+        return rc;
+    moe_ipc_set_engine(d->ipc, d->engine);
+    d->ready = true;
+    moe_metric_set(d->m_ready, 1);
+    moe_log(MOE_LOG_INFO, "ready: serving %s (%s, %d layers, %d experts, top-%d) with %d threads "
+                          "in %.1f s",
+            d->model_name, moe_arch_name(d->model->cfg.arch), (int)d->model->cfg.n_layers,
+            (int)d->model->cfg.n_experts, (int)d->model->cfg.top_k, moe_pool_threads(d->pool),
+            moe_now_s() - d->t_start);
+    moe_daemon_notify("READY=1\nSTATUS=Serving %s", d->model_name);
+    return 0;
+}
+
+static int on_loaded(struct moed *d)
+{
+    uint64_t n;
+    if (read(d->ld.efd, &n, sizeof(n)) != sizeof(n))
+        return 0; /* spurious */
+    pthread_join(d->ld.thread, NULL);
+    d->loading = false;
+    if (d->ld.rc) {
+        moe_log(MOE_LOG_ERR, "cannot load the model: %s", d->ld.err);
+        moe_daemon_notify("STATUS=Cannot load the model: %s", d->ld.err);
+        return EXIT_FAIL;
+    }
+    d->model = d->ld.model;
+    moe_metric_set(d->m_load_s, moe_now_s() - d->t_start);
+    moe_log(MOE_LOG_INFO, "model %s loaded in %.1f s", d->cfg.model_path,
+            moe_now_s() - d->t_start);
+    moe_err_clear();
+    if (finish_start(d)) {
+        moe_log(MOE_LOG_ERR, "cannot start the engine: %s", moe_err_msg());
+        moe_daemon_notify("STATUS=Cannot start the engine: %s", moe_err_msg());
+        return EXIT_FAIL;
+    }
+    return 0;
+}
+
+static void register_metrics(struct moed *d)
+{
+    d->m_ready = moe_metric_gauge("moed_ready", "1 once the model is loaded and serving", NULL);
+    d->m_load_s = moe_metric_gauge("moed_model_load_seconds",
+                                   "Seconds from start until the model was loaded", NULL);
+    d->m_reload_ok = moe_metric_counter("moed_config_reloads_total",
+                                        "Configuration reloads (SIGHUP, POST /admin/reload)",
+                                        "result=\"ok\"");
+    d->m_reload_err = moe_metric_counter("moed_config_reloads_total",
+                                         "Configuration reloads (SIGHUP, POST /admin/reload)",
+                                         "result=\"error\"");
+}
+
+static int setup_fds(struct moed *d)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    /* blocked before any thread exists, so every thread inherits the mask
+     * and the signals arrive only through the signalfd */
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    d->sfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (d->sfd < 0)
+        return moe_err(-errno, "signalfd: %s", strerror(errno));
+
+    d->watchdog_usec = moe_daemon_watchdog_usec();
+    if (d->watchdog_usec && !d->cfg.watchdog) {
+        moe_log(MOE_LOG_WARN, "WatchdogSec= is set but [daemon] watchdog = no: systemd will "
+                              "stop moed when the watchdog expires");
+        d->watchdog_usec = 0;
+    }
+    uint64_t tick = TICK_USEC;
+    if (d->watchdog_usec)
+        tick = MOE_MIN(tick, d->watchdog_usec / 2);
+    if (tick < 1000)
+        tick = 1000;
+    d->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+    if (d->tfd < 0)
+        return moe_err(-errno, "timerfd: %s", strerror(errno));
+    struct itimerspec its = {
+        .it_interval = {(time_t)(tick / 1000000), (long)(tick % 1000000) * 1000},
+        .it_value = {(time_t)(tick / 1000000), (long)(tick % 1000000) * 1000},
+    };
+    if (timerfd_settime(d->tfd, 0, &its, NULL))
+        return moe_err(-errno, "timerfd_settime: %s", strerror(errno));
+    if (d->watchdog_usec)
+        moe_log(MOE_LOG_INFO, "watchdog: WATCHDOG=1 every %.1f s (WatchdogSec=%.1f s)",
+                (double)tick / 1e6, (double)d->watchdog_usec / 1e6);
+
+    d->reload_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (d->reload_efd < 0)
+        return moe_err(-errno, "eventfd: %s", strerror(errno));
+    return 0;
+}
+
+static int start_ipc(struct moed *d)
+{
+    struct moe_ipc_config ic;
+    int listen_fd, rc;
+
+    rc = moe_daemon_listen_fd(&listen_fd);
+    if (rc)
+        return rc;
+    memset(&ic, 0, sizeof(ic));
+    ic.socket_path = d->cfg.socket;
+    ic.listen_fd = listen_fd;
+    ic.socket_mode = (mode_t)d->cfg.socket_mode;
+    ic.socket_gid = d->cfg.socket_group.gid;
+    ic.model_name = d->model_name;
+    ic.threads = d->cfg.http_threads;
+    moe_daemon_ipc_limits(&d->cfg, &ic.limits);
+    if (listen_fd >= 0)
+        moe_log(MOE_LOG_INFO, "socket activation: serving on the socket systemd passed (its "
+                              "mode and group come from moed.socket; [daemon] socket, "
+                              "socket_mode and socket_group are not used)");
+    moe_err_clear();
+    rc = moe_ipc_start(&ic, &d->ipc);
+    if (rc)
+        return rc;
+    moe_ipc_set_reload_hook(d->ipc, reload_hook, d);
+    if (listen_fd < 0)
+        moe_log(MOE_LOG_INFO, "listening on %s (mode %04o)", d->cfg.socket, d->cfg.socket_mode);
+    return 0;
+}
+
+/* ---- stop ----------------------------------------------------------------------- */
+
+static void shutdown_all(struct moed *d)
+{
+    pthread_mutex_lock(&d->mu);
+    d->stopping = true;
+    pthread_cond_broadcast(&d->cond);
+    pthread_mutex_unlock(&d->mu);
+
+    if (d->engine) {
+        struct moe_engine_stats es;
+        moe_engine_get_stats(d->engine, &es);
+        moe_daemon_notify("STOPPING=1\nSTATUS=Draining %d running and %d queued requests (up to "
+                          "%.0f s)\nEXTEND_TIMEOUT_USEC=%llu",
+                          (int)es.running, (int)es.queue_depth, d->cfg.drain_timeout,
+                          (unsigned long long)((d->cfg.drain_timeout + 15) * 1e6));
+        moe_log(MOE_LOG_INFO, "stopping: draining %d running and %d queued requests (up to %g s)",
+                (int)es.running, (int)es.queue_depth, d->cfg.drain_timeout);
+    } else {
+        moe_daemon_notify("STOPPING=1\nSTATUS=Stopping");
+    }
+    if (d->ipc)
+        moe_ipc_stop_accepting(d->ipc);
+    if (d->engine) {
+        double t0 = moe_now_s();
+        struct moe_engine_stats es;
+        moe_engine_drain(d->engine, d->cfg.drain_timeout);
+        moe_engine_get_stats(d->engine, &es);
+        moe_log(MOE_LOG_INFO, "drained in %.1f s: %llu requests done, %llu cancelled, %llu failed",
+                moe_now_s() - t0, (unsigned long long)es.requests_done,
+                (unsigned long long)es.requests_cancelled, (unsigned long long)es.requests_failed);
+    }
+    if (d->ipc)
+        moe_ipc_stop(d->ipc);
+    d->ipc = NULL;
+    moe_engine_free(d->engine);
+    d->engine = NULL;
+    moe_pool_free(d->pool);
+    d->pool = NULL;
+    if (d->loading) {
+        /* moe_model_open cannot be interrupted; the process ends under it */
+        moe_log(MOE_LOG_INFO, "stopping while the model loads");
+        pthread_detach(d->ld.thread);
+    } else {
+        moe_model_free(d->model);
+        d->model = NULL;
+    }
+}
+
+/* ---- the daemon --------------------------------------------------------------------- */
+
+static int run(const char *config_path)
+{
+    static struct moed d; /* static: a detached loader may outlive run() */
+    int code = 0, rc;
+
+    d.config_path = config_path;
+    d.sfd = d.tfd = d.reload_efd = d.ld.efd = -1;
+    pthread_mutex_init(&d.hook_serial, NULL);
+    pthread_mutex_init(&d.mu, NULL);
+    pthread_cond_init(&d.cond, NULL);
+    d.t_start = moe_now_s();
+
+    rc = moe_daemon_config_load(config_path, &d.cfg);
+    if (rc) {
+        moe_log(MOE_LOG_ERR, "%s", moe_err_msg());
+        moe_daemon_notify("STATUS=Configuration error: %s", moe_err_msg());
+        return rc == -EINVAL ? EXIT_CONFIG : EXIT_FAIL;
+    }
+    moe_log_set_level((enum moe_log_level)d.cfg.log_level);
+    moe_daemon_model_name(&d.cfg, d.model_name, sizeof(d.model_name));
+    moe_log(MOE_LOG_INFO, "moed %s starting (config %s, pid %d)", MOED_VERSION, config_path,
+            (int)getpid());
+    moe_daemon_notify("STATUS=Starting (moed %s)", MOED_VERSION);
+    register_metrics(&d);
+
+    if ((rc = setup_fds(&d))) {
+        moe_log(MOE_LOG_ERR, "%s", moe_err_msg());
+        code = EXIT_FAIL;
+        goto out;
+    }
+    if ((rc = start_ipc(&d))) {
+        moe_log(MOE_LOG_ERR, "cannot start the API server: %s",
+                moe_err_msg()[0] ? moe_err_msg() : strerror(-rc));
+        moe_daemon_notify("STATUS=Cannot start the API server: %s", moe_err_msg());
+        code = EXIT_FAIL;
+        goto out;
+    }
+    moe_log(MOE_LOG_INFO, "loading model %s", d.cfg.model_path);
+    moe_daemon_notify("STATUS=Loading model %s\nEXTEND_TIMEOUT_USEC=%llu", d.cfg.model_path,
+                      (unsigned long long)EXTEND_USEC);
+    if ((rc = start_loader(&d))) {
+        moe_log(MOE_LOG_ERR, "%s", moe_err_msg());
+        code = EXIT_FAIL;
+        goto out;
+    }
+
+    for (;;) {
+        struct pollfd pfd[4] = {
+            {.fd = d.sfd, .events = POLLIN},
+            {.fd = d.tfd, .events = POLLIN},
+            {.fd = d.reload_efd, .events = POLLIN},
+            {.fd = d.loading ? d.ld.efd : -1, .events = POLLIN},
+        };
+        if (poll(pfd, 4, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            moe_log(MOE_LOG_ERR, "poll: %s", strerror(errno));
+            code = EXIT_FAIL;
+            break;
+        }
+        if (pfd[3].revents & POLLIN) {
+            if ((code = on_loaded(&d)))
+                break;
+        }
+        if (pfd[1].revents & POLLIN)
+            on_tick(&d);
+        if (pfd[2].revents & POLLIN)
+            serve_reload_hook(&d);
+        if (pfd[0].revents & POLLIN) {
+            struct signalfd_siginfo si;
+            bool stop = false;
+            while (read(d.sfd, &si, sizeof(si)) == sizeof(si)) {
+                if (si.ssi_signo == SIGHUP) {
+                    char msg[1024];
+                    do_reload(&d, "SIGHUP", msg, sizeof(msg));
+                } else {
+                    moe_log(MOE_LOG_INFO, "%s from pid %u: stopping",
+                            si.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM", si.ssi_pid);
+                    stop = true;
+                }
+            }
+            if (stop)
+                break;
+        }
+    }
+
+out:
+    shutdown_all(&d);
+    if (d.sfd >= 0)
+        close(d.sfd);
+    if (d.tfd >= 0)
+        close(d.tfd);
+    if (d.reload_efd >= 0)
+        close(d.reload_efd);
+    if (!d.loading) {
+        if (d.ld.efd >= 0)
+            close(d.ld.efd);
+        moe_daemon_config_free(&d.cfg);
+    }
+    moe_log(MOE_LOG_INFO, "moed stopped (exit status %d)", code);
+    return code;
+}
+
+/* ---- command line --------------------------------------------------------------------- */
+
+static int check_config(const char *path)
+{
+    struct moe_daemon_config c;
+    int rc = moe_daemon_config_load(path, &c);
+    if (rc) {
+        fprintf(stderr, "%s\n", moe_err_msg());
+        return rc == -EINVAL ? EXIT_CONFIG : EXIT_FAIL;
+    }
+    moe_daemon_config_free(&c);
+    printf("%s: OK\n", path);
+    return 0;
+}
+
+static int dump_config(const char *path)
+{
+    struct moe_daemon_config c;
+    int rc = path ? moe_daemon_config_load(path, &c) : moe_daemon_config_defaults(&c);
+    if (rc) {
+        fprintf(stderr, "%s\n", moe_err_msg());
+        return rc == -EINVAL ? EXIT_CONFIG : EXIT_FAIL;
+    }
+    rc = moe_daemon_config_dump(&c, path, stdout);
+    moe_daemon_config_free(&c);
+    if (!rc && fflush(stdout))
+        rc = moe_err(-EIO, "stdout: %s", strerror(errno));
+    if (rc) {
+        fprintf(stderr, "moed: %s\n", moe_err_msg());
+        return EXIT_FAIL;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    enum { O_CHECK = 256, O_DUMP };
+    static const struct option longopts[] = {
+        {"config", required_argument, 0, 'c'},
+        {"check-config", required_argument, 0, O_CHECK},
+        {"dump-config", no_argument, 0, O_DUMP},
+        {"help", no_argument, 0, 'h'},
+        {"version", no_argument, 0, 'V'},
+        {0, 0, 0, 0},
+    };
+    const char *config = NULL, *check = NULL;
+    bool dump = false;
+    int opt;
+
+    opterr = 0;
+    while ((opt = getopt_long(argc, argv, ":c:hV", longopts, NULL)) != -1) {
+        switch (opt) {
+        case 'c': config = optarg; break;
+        case O_CHECK: check = optarg; break;
+        case O_DUMP: dump = true; break;
+        case 'h': fputs(help_text, stdout); return 0;
+        case 'V': printf("moed %s\n", MOED_VERSION); return 0;
+        case ':':
+            fprintf(stderr, "moed: %s needs an argument (moed --help)\n", argv[optind - 1]);
+            return EXIT_FAIL;
+        default:
+            fprintf(stderr, "moed: unknown option '%s' (moed --help)\n", argv[optind - 1]);
+            return EXIT_FAIL;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "moed: unexpected argument '%s' (moed --help)\n", argv[optind]);
+        return EXIT_FAIL;
+    }
+    if (check && (dump || config)) {
+        fprintf(stderr, "moed: --check-config takes the file itself, alone (moed --help)\n");
+        return EXIT_FAIL;
+    }
+    if (check)
+        return check_config(check);
+    if (dump)
+        return dump_config(config);
+    return run(config ? config : MOE_DAEMON_DEFAULT_CONFIG);
+}

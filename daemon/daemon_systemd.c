@@ -1,0 +1,77 @@
+/* systemd glue through libsystemd: notifications, socket activation and the
+ * watchdog interval. All of it is a no-op when moed runs outside systemd. */
+#include "daemon/daemon.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <systemd/sd-daemon.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/common.h"
+
+int moe_daemon_notify(const char *fmt, ...)
+{
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    int rc = sd_notify(0, buf);
+    static atomic_bool warned; /* once: a broken NOTIFY_SOCKET would log every tick */
+    if (rc < 0 && !atomic_exchange(&warned, true))
+        moe_log(MOE_LOG_WARN, "sd_notify(%s): %s (not reported again)", buf, strerror(-rc));
+    return rc;
+}
+
+uint64_t moe_daemon_monotonic_usec(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+int moe_daemon_notify_reloading(void)
+{
+    return moe_daemon_notify("RELOADING=1\nSTATUS=Reloading the configuration\nMONOTONIC_USEC=%llu",
+                             (unsigned long long)moe_daemon_monotonic_usec());
+}
+
+int moe_daemon_listen_fd(int *fd)
+{
+    *fd = -1;
+    int n = sd_listen_fds(1);
+    if (n < 0)
+        return moe_err(n, "socket activation: %s", strerror(-n));
+    if (n == 0)
+        return 0;
+    if (n > 1) {
+        /* not ours to keep: close them so nothing leaks into workers */
+        for (int i = 0; i < n; i++)
+            close(SD_LISTEN_FDS_START + i);
+        return moe_err(-EINVAL, "socket activation passed %d sockets; moed takes exactly one "
+                                "(one ListenStream= in moed.socket)", n);
+    }
+    int r = sd_is_socket_unix(SD_LISTEN_FDS_START, SOCK_STREAM, 1, NULL, 0);
+    if (r <= 0) {
+        close(SD_LISTEN_FDS_START);
+        return moe_err(-EINVAL, "socket activation: fd %d is not a listening AF_UNIX stream "
+                                "socket (ListenStream= must be a path)",
+                       SD_LISTEN_FDS_START);
+    }
+    *fd = SD_LISTEN_FDS_START;
+    return 0;
+}
+
+uint64_t moe_daemon_watchdog_usec(void)
+{
+    uint64_t usec = 0;
+    if (sd_watchdog_enabled(0, &usec) > 0)
+        return usec;
+    return 0;
+}

@@ -64,7 +64,7 @@ TESTS     := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
 FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZERS   := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(FUZZ_SRCS))
 
-.PHONY: all check check-unit check-integration fuzz bench install clean deps
+.PHONY: all check check-unit check-integration fuzz bench install gen-ini clean deps
 all: $(TOOLS)
 
 $(BUILD)/obj/%.o: %.c
@@ -123,9 +123,22 @@ bench: $(TOOLS)
 deps:
 	bash scripts/install-deps.sh
 
+SYSCONFDIR ?= /etc
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+# programs, units (ExecStart pointed at PREFIX) and the example INI, which
+# never overwrites an operator's own
 install: $(TOOLS)
-	install -d $(DESTDIR)$(PREFIX)/bin
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/moed
 	install -m 0755 $(TOOLS) $(DESTDIR)$(PREFIX)/bin/
+	sed 's|/usr/local/bin/moed|$(PREFIX)/bin/moed|' etc/moed.service > $(DESTDIR)$(UNITDIR)/moed.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/moed.service
+	install -m 0644 etc/moed.socket $(DESTDIR)$(UNITDIR)/
+	test -e $(DESTDIR)$(SYSCONFDIR)/moed/moed.ini || \
+	    install -m 0644 etc/moed.ini $(DESTDIR)$(SYSCONFDIR)/moed/moed.ini
+
+# etc/moed.ini is the daemon's own dump of its config table
+gen-ini: $(BIN)/moed
+	$(BIN)/moed --dump-config > etc/moed.ini
 
 clean:
 	rm -rf build

@@ -1,19 +1,20 @@
 #include "common/common.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 
-static enum moe_log_level max_level = MOE_LOG_INFO;
+static _Atomic int max_level = MOE_LOG_INFO; /* a reload may change it under other threads */
 static int under_systemd = -1;
 
 void moe_log_set_level(enum moe_log_level lvl)
 {
-    max_level = lvl;
+    atomic_store(&max_level, (int)lvl);
 }
 
 void moe_log(enum moe_log_level lvl, const char *fmt, ...)
 {
-    if (lvl > max_level)
+    if ((int)lvl > atomic_load(&max_level))
         return;
     /* journald reads "<N>" prefixes as priorities; only emit them there. */
     if (under_systemd < 0)

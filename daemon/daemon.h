@@ -60,6 +60,7 @@ struct moe_daemon_config {
     char *model_path;
     char *model_name;       /* "" = basename of model_path (moe_daemon_model_name) */
     int chat_template;      /* enum moe_chat_template or MOE_DAEMON_CHAT_AUTO */
+    bool prefault;          /* page every weight in at load */
     /* [batching] */
     int max_seqs;
     int max_batch_tokens;

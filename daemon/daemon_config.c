@@ -100,10 +100,12 @@ static const struct moe_daemon_key table[] = {
              "Model id listed by /v1/models; empty = the last component of path"),
     K_ENUM("model", "chat_template", chat_template, "auto", chat_templates, 0,
            "Chat prompt format; auto = from tokenizer_config.json, else chatml"),
+    K_BOOL("model", "prefault", prefault, "yes", 0,
+           "Read every weight page while loading, so early requests never wait on the disk"),
 
     K_INT("batching", "max_seqs", max_seqs, "16", 1, 4096, 0,
           "Sequences decoded together in one step"),
-    K_INT("batching", "max_batch_tokens", max_batch_tokens, "512", 1, 1 << 20, R,
+    K_INT("batching", "max_batch_tokens", max_batch_tokens, "512", 1, 1 << 20, 0,
           "Tokens per step: one per running sequence plus prompt chunks"),
     K_INT("batching", "max_ctx", max_ctx, "4096", 0, 1 << 24, 0,
           "Context per sequence (prompt + output); 0 or above the model's = the model's"),

@@ -111,6 +111,7 @@ static const char help_text[] =
 struct loader {
     pthread_t thread;
     char *path;
+    bool prefault;
     struct moe_model *model;
     int rc;
     char err[1024];
@@ -294,6 +295,9 @@ static void *loader_main(void *arg)
     if (ld->rc)
         snprintf(ld->err, sizeof(ld->err), "%s",
                  moe_err_msg()[0] ? moe_err_msg() : strerror(-ld->rc));
+    else if (ld->prefault) /* mmap is lazy: without this the first requests read the disk */
+        moe_log(MOE_LOG_INFO, "paged in %.2f GiB of weights",
+                (double)moe_model_prefault(ld->model) / (1 << 30));
     if (write(ld->efd, &one, sizeof(one)) != sizeof(one))
         abort(); /* an eventfd write of 1 cannot fail short of a programming error */
     return NULL;
@@ -305,6 +309,7 @@ static int start_loader(struct moed *d)
     if (d->ld.efd < 0)
         return moe_err(-errno, "eventfd: %s", strerror(errno));
     d->ld.path = d->cfg.model_path;
+    d->ld.prefault = d->cfg.prefault;
     int rc = pthread_create(&d->ld.thread, NULL, loader_main, &d->ld);
     if (rc)
         return moe_err(-rc, "cannot start the model loader thread: %s", strerror(rc));

@@ -176,6 +176,7 @@ static const struct key_case key_cases[] = {
     {"model", "path", "/models/My Model", "/models/My Model"},
     {"model", "name", "tiny", "tiny"},
     {"model", "chat_template", "mistral", "mistral"},
+    {"model", "prefault", "no", "no"},
     {"batching", "max_seqs", "4", "4"},
     {"batching", "max_batch_tokens", "2048", "2048"},
     {"batching", "max_ctx", "0", "0"},

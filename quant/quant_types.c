@@ -1,0 +1,123 @@
+/* The dtype traits table: one row per element format moed can hold, with
+ * plain C conversions to fp32 and the reference quantiser from fp32. */
+#include <math.h>
+
+#include "common/common.h"
+#include "quant/quant.h"
+
+static void f32_to_f32(const void *src, float *dst, int64_t n)
+{
+    memcpy(dst, src, (size_t)n * sizeof(float));
+}
+
+static void f32_from_f32(const float *src, void *dst, int64_t n)
+{
+    memcpy(dst, src, (size_t)n * sizeof(float));
+}
+
+static void f16_to_f32(const void *src, float *dst, int64_t n)
+{
+    const uint16_t *s = src;
+    for (int64_t i = 0; i < n; i++)
+        dst[i] = moe_f16_to_f32(s[i]);
+}
+
+static void f16_from_f32(const float *src, void *dst, int64_t n)
+{
+    uint16_t *d = dst;
+    for (int64_t i = 0; i < n; i++)
+        d[i] = moe_f32_to_f16(src[i]);
+}
+
+static void bf16_to_f32(const void *src, float *dst, int64_t n)
+{
+    const uint16_t *s = src;
+    for (int64_t i = 0; i < n; i++)
+        dst[i] = moe_bf16_to_f32(s[i]);
+}
+
+static void bf16_from_f32(const float *src, void *dst, int64_t n)
+{
+    uint16_t *d = dst;
+    for (int64_t i = 0; i < n; i++)
+        d[i] = moe_f32_to_bf16(src[i]);
+}
+
+static void q8_0_to_f32(const void *src, float *dst, int64_t n)
+{
+    const struct moe_block_q8_0 *b = src;
+    for (int64_t i = 0; i < n / MOE_Q8_0_BLOCK; i++) {
+        float d = moe_f16_to_f32(b[i].d);
+        for (int j = 0; j < MOE_Q8_0_BLOCK; j++)
+            dst[i * MOE_Q8_0_BLOCK + j] = d * (float)b[i].q[j]; /* exact in fp32 */
+    }
+}
+
+/* The scale is rounded to fp16 first and q computed against the rounded
+ * value, so w = d*q is what the kernels will see: |x - d*q| <= d/2 for every
+ * element whose q was not clamped, and the clamp costs at most amax*2^-11. */
+static void q8_0_from_f32(const float *src, void *dst, int64_t n)
+{
+    struct moe_block_q8_0 *b = dst;
+    for (int64_t i = 0; i < n / MOE_Q8_0_BLOCK; i++) {
+        const float *s = src + i * MOE_Q8_0_BLOCK;
+        float amax = 0.0f;
+        for (int j = 0; j < MOE_Q8_0_BLOCK; j++)
+            amax = fmaxf(amax, fabsf(s[j]));
+        float d = amax / 127.0f;
+        if (d > 65504.0f)
+            d = 65504.0f; /* largest finite fp16: clamp rather than store inf */
+        b[i].d = moe_f32_to_f16(d);
+        float dd = moe_f16_to_f32(b[i].d);
+        float id = dd > 0.0f ? 1.0f / dd : 0.0f;
+        for (int j = 0; j < MOE_Q8_0_BLOCK; j++) {
+            float q = nearbyintf(s[j] * id);
+            q = fminf(fmaxf(q, -127.0f), 127.0f);
+            b[i].q[j] = (int8_t)q;
+        }
+    }
+}
+
+static const struct moe_dtype_traits traits_f32 = {
+    .name = "f32", .block_size = 1, .block_bytes = 4,
+    .to_f32 = f32_to_f32, .from_f32 = f32_from_f32,
+};
+static const struct moe_dtype_traits traits_f16 = {
+    .name = "f16", .block_size = 1, .block_bytes = 2,
+    .to_f32 = f16_to_f32, .from_f32 = f16_from_f32,
+};
+static const struct moe_dtype_traits traits_bf16 = {
+    .name = "bf16", .block_size = 1, .block_bytes = 2,
+    .to_f32 = bf16_to_f32, .from_f32 = bf16_from_f32,
+};
+static const struct moe_dtype_traits traits_q8_0 = {
+    .name = "q8_0", .block_size = MOE_Q8_0_BLOCK, .block_bytes = sizeof(struct moe_block_q8_0),
+    .to_f32 = q8_0_to_f32, .from_f32 = q8_0_from_f32,
+};
+
+_Static_assert(sizeof(struct moe_block_q8_0) == 34, "q8_0 block is 34 bytes on disk");
+
+const struct moe_dtype_traits *moe_dtype_traits(int dtype)
+{
+    switch (dtype) {
+    case MOE_DTYPE_F32: return &traits_f32;
+    case MOE_DTYPE_F16: return &traits_f16;
+    case MOE_DTYPE_Q8_0: return &traits_q8_0;
+    case MOE_DTYPE_BF16: return &traits_bf16;
+    default: return NULL;
+    }
+}
+
+const char *moe_dtype_name(int dtype)
+{
+    const struct moe_dtype_traits *t = moe_dtype_traits(dtype);
+    return t ? t->name : "?";
+}
+
+size_t moe_dtype_row_bytes(int dtype, int64_t n)
+{
+    const struct moe_dtype_traits *t = moe_dtype_traits(dtype);
+    if (!t || n < 0 || n % t->block_size)
+        return 0;
+    return (size_t)(n / t->block_size) * t->block_bytes;
+}

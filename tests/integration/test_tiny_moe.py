@@ -4,6 +4,8 @@ cases of models/tiny-moe/reference.json."""
 import json
 import os
 import subprocess
+import sys
+import tempfile
 import unittest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -67,6 +69,22 @@ class TinyMoe(unittest.TestCase):
             res["ppl"], want, 100 * abs(res["ppl"] - want) / want, res["tokens"], res["tok_s"]))
         self.assertLess(abs(res["ppl"] - want) / want, 1e-3)
         self.assertIn(res["tokens"], (REF["valid_tokens"], REF["valid_tokens"] - 1))
+
+    def test_gguf_and_safetensors_of_the_same_weights_agree(self):
+        import numpy as np
+        ids = " ".join(map(str, REF["prompts"][2]["ids"]))
+        with tempfile.TemporaryDirectory() as d:
+            tool("moe-bench", "logits", "--model", TINY, "--ids", ids, "--out", d + "/hf.bin")
+            hf = np.fromfile(d + "/hf.bin", np.float32)
+            for t in ("bf16", "f32"):
+                subprocess.run([sys.executable, os.path.join(ROOT, "tests/reference/hf_to_gguf.py"),
+                                "--model", TINY, "--out", d + "/m.gguf", "--type", t],
+                               check=True, capture_output=True)
+                tool("moe-bench", "logits", "--model", d + "/m.gguf", "--ids", ids, "--out",
+                     d + "/g.bin")
+                diff = float(np.abs(np.fromfile(d + "/g.bin", np.float32) - hf).max())
+                print("\nsafetensors vs GGUF %s: max abs logit difference %.3g" % (t, diff))
+                self.assertLess(diff, 2e-3)
 
 
 if __name__ == "__main__":

@@ -64,6 +64,9 @@ TESTS     := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
 FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZERS   := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(FUZZ_SRCS))
 
+# test and tool objects are intermediates of pattern rules: keep them between runs
+.SECONDARY:
+
 .PHONY: all check check-unit check-integration fuzz bench install gen-ini clean deps
 all: $(TOOLS)
 

@@ -64,4 +64,14 @@ double moe_now_s(void);            /* monotonic seconds */
 char *moe_path_join(const char *dir, const char *name); /* malloc'ed */
 int moe_read_text_file(const char *path, char **out, size_t *len); /* NUL-terminated */
 
+/* ---- command-line tools ------------------------------------------------------ */
+struct option;
+/* the long name of the option whose getopt value is val ("?" if none) */
+const char *moe_cli_opt_name(const struct option *opts, int val);
+/* parse s as a number in [lo, hi]; on failure print "PROG: --OPT: ..." and return -1 */
+int moe_cli_number(const char *prog, const char *opt, const char *s, double lo, double hi,
+                   double *out);
+int moe_cli_integer(const char *prog, const char *opt, const char *s, int64_t lo, int64_t hi,
+                    int64_t *out);
+
 #endif

@@ -464,6 +464,25 @@ static void *engine_main(void *arg)
 
 /* ---- public ------------------------------------------------------------------- */
 
+/* frees what moe_engine_create allocated; the thread must not be running */
+static void engine_release(struct moe_engine *e)
+{
+    for (int32_t i = 0; i < e->n_free_kv; i++)
+        moe_model_kv_free(e->free_kv[i]);
+    moe_scratch_free(e->scratch);
+    free(e->seqs);
+    free(e->free_kv);
+    free(e->b_tok);
+    free(e->b_pos);
+    free(e->b_idx);
+    free(e->b_kv);
+    free(e->logits);
+    free(e->piece);
+    pthread_mutex_destroy(&e->mu);
+    pthread_cond_destroy(&e->cv);
+    free(e);
+}
+
 static int check_limits(const struct moe_engine_limits *l, const struct moe_model *m)
 {
     if (l->max_seqs <= 0 || l->max_batch_tokens <= 0 || l->max_ctx <= 1 || l->max_queue < 0)
@@ -515,19 +534,7 @@ int moe_engine_create(const struct moe_model *model, struct moe_pool *pool,
     *out = e;
     return 0;
 fail:
-    e->thread = 0;
-    moe_scratch_free(e->scratch);
-    free(e->seqs);
-    free(e->free_kv);
-    free(e->b_tok);
-    free(e->b_pos);
-    free(e->b_idx);
-    free(e->b_kv);
-    free(e->logits);
-    free(e->piece);
-    pthread_mutex_destroy(&e->mu);
-    pthread_cond_destroy(&e->cv);
-    free(e);
+    engine_release(e);
     return rc;
 }
 
@@ -628,20 +635,7 @@ void moe_engine_free(struct moe_engine *e)
     if (!e)
         return;
     moe_engine_drain(e, 0);
-    for (int32_t i = 0; i < e->n_free_kv; i++)
-        moe_model_kv_free(e->free_kv[i]);
-    moe_scratch_free(e->scratch);
-    free(e->seqs);
-    free(e->free_kv);
-    free(e->b_tok);
-    free(e->b_pos);
-    free(e->b_idx);
-    free(e->b_kv);
-    free(e->logits);
-    free(e->piece);
-    pthread_mutex_destroy(&e->mu);
-    pthread_cond_destroy(&e->cv);
-    free(e);
+    engine_release(e);
 }
 
 void moe_engine_get_stats(struct moe_engine *e, struct moe_engine_stats *st)

@@ -39,20 +39,6 @@ struct bench_opts {
     int64_t start_char;
 };
 
-static int parse_int(const char *opt, const char *s, int64_t lo, int64_t hi, int64_t *out)
-{
-    char *end;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) {
-        fprintf(stderr, "moe-bench: --%s: expected an integer in [%lld, %lld], got '%s'\n", opt,
-                (long long)lo, (long long)hi, s);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
 static int parse_args(int argc, char **argv, struct bench_opts *o)
 {
     static const struct option longopts[] = {
@@ -70,21 +56,18 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
     int64_t v;
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
-        const char *name = "";
-        for (const struct option *lo = longopts; lo->name; lo++)
-            if (lo->val == c)
-                name = lo->name;
+        const char *name = moe_cli_opt_name(longopts, c);
         switch (c) {
         case 'm': o->model = optarg; break;
         case 'x': o->text = optarg; break;
         case 'i': o->ids = optarg; break;
         case 'o': o->out = optarg; break;
-        case 'w': if (parse_int(name, optarg, 1, 1 << 20, &v)) return -1; o->window = (int32_t)v; break;
-        case 'c': if (parse_int(name, optarg, 0, INT64_MAX, &v)) return -1; o->start_char = v; break;
-        case 'k': if (parse_int(name, optarg, 0, 1 << 30, &v)) return -1; o->max_windows = (int32_t)v; break;
-        case 'n': if (parse_int(name, optarg, 1, 1 << 20, &v)) return -1; o->tokens = (int32_t)v; break;
-        case 'p': if (parse_int(name, optarg, 1, 1 << 20, &v)) return -1; o->prompt_tokens = (int32_t)v; break;
-        case 't': if (parse_int(name, optarg, 0, 1024, &v)) return -1; o->threads = (int32_t)v; break;
+        case 'w': if (moe_cli_integer("moe-bench", name, optarg, 1, 1 << 20, &v)) return -1; o->window = (int32_t)v; break;
+        case 'c': if (moe_cli_integer("moe-bench", name, optarg, 0, INT64_MAX, &v)) return -1; o->start_char = v; break;
+        case 'k': if (moe_cli_integer("moe-bench", name, optarg, 0, 1 << 30, &v)) return -1; o->max_windows = (int32_t)v; break;
+        case 'n': if (moe_cli_integer("moe-bench", name, optarg, 1, 1 << 20, &v)) return -1; o->tokens = (int32_t)v; break;
+        case 'p': if (moe_cli_integer("moe-bench", name, optarg, 1, 1 << 20, &v)) return -1; o->prompt_tokens = (int32_t)v; break;
+        case 't': if (moe_cli_integer("moe-bench", name, optarg, 0, 1024, &v)) return -1; o->threads = (int32_t)v; break;
         case 'h': fputs(usage, stdout); exit(0);
         case ':': fprintf(stderr, "moe-bench: option '%s' needs a value\n", argv[optind - 1]); return -1;
         default: fprintf(stderr, "moe-bench: unknown option '%s'\n%s", argv[optind - 1], usage); return -1;

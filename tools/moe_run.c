@@ -56,19 +56,6 @@ struct run_opts {
     size_t n_stops;
 };
 
-static int parse_num(const char *opt, const char *s, double lo, double hi, double *out)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end || v < lo || v > hi) {
-        fprintf(stderr, "moe-run: --%s: expected a number in [%g, %g], got '%s'\n", opt, lo, hi, s);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
 static int parse_args(int argc, char **argv, struct run_opts *o)
 {
     enum { O_TOKENIZE = 256, O_TOPK, O_TOPP, O_MINP, O_REP, O_PRES, O_FREQ, O_STOP, O_IGNEOS,
@@ -98,44 +85,41 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
     double v;
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":m:p:n:t:s:h", longopts, NULL)) != -1) {
-        const char *name = "";
-        for (const struct option *lo = longopts; lo->name; lo++)
-            if (lo->val == c)
-                name = lo->name;
+        const char *name = moe_cli_opt_name(longopts, c);
         switch (c) {
         case 'm': o->model = optarg; break;
         case 'p': o->prompt = optarg; break;
         case O_TOKENIZE: o->tokenize = optarg; break;
         case 'n':
-            if (parse_num(name, optarg, 0, 1 << 30, &v)) return -1;
+            if (moe_cli_number("moe-run", name, optarg, 0, 1 << 30, &v)) return -1;
             o->max_tokens = (int32_t)v;
             break;
         case 't':
-            if (parse_num(name, optarg, 0, 100, &v)) return -1;
+            if (moe_cli_number("moe-run", name, optarg, 0, 100, &v)) return -1;
             o->smp.temperature = (float)v;
             break;
         case O_TOPK:
-            if (parse_num(name, optarg, 0, 1 << 30, &v)) return -1;
+            if (moe_cli_number("moe-run", name, optarg, 0, 1 << 30, &v)) return -1;
             o->smp.top_k = (int)v;
             break;
         case O_TOPP:
-            if (parse_num(name, optarg, 1e-6, 1, &v)) return -1;
+            if (moe_cli_number("moe-run", name, optarg, 1e-6, 1, &v)) return -1;
             o->smp.top_p = (float)v;
             break;
         case O_MINP:
-            if (parse_num(name, optarg, 0, 1, &v)) return -1;
+            if (moe_cli_number("moe-run", name, optarg, 0, 1, &v)) return -1;
             o->smp.min_p = (float)v;
             break;
         case O_REP:
-            if (parse_num(name, optarg, 1e-3, 100, &v)) return -1;
+            if (moe_cli_number("moe-run", name, optarg, 1e-3, 100, &v)) return -1;
             o->smp.repetition_penalty = (float)v;
             break;
         case O_PRES:
-            if (parse_num(name, optarg, -100, 100, &v)) return -1;
+            if (moe_cli_number("moe-run", name, optarg, -100, 100, &v)) return -1;
             o->smp.presence_penalty = (float)v;
             break;
         case O_FREQ:
-            if (parse_num(name, optarg, -100, 100, &v)) return -1;
+            if (moe_cli_number("moe-run", name, optarg, -100, 100, &v)) return -1;
             o->smp.frequency_penalty = (float)v;
             break;
         case 's': {
@@ -159,11 +143,11 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
         case O_IGNEOS: o->ignore_eos = true; break;
         case O_PRINTIDS: o->print_ids = true; break;
         case O_THREADS:
-            if (parse_num(name, optarg, 0, 1024, &v)) return -1;
+            if (moe_cli_number("moe-run", name, optarg, 0, 1024, &v)) return -1;
             o->threads = (int32_t)v;
             break;
         case O_CTX:
-            if (parse_num(name, optarg, 1, 1 << 24, &v)) return -1;
+            if (moe_cli_number("moe-run", name, optarg, 1, 1 << 24, &v)) return -1;
             o->ctx = (int32_t)v;
             break;
         case 'h': fputs(usage, stdout); exit(0);

@@ -8,7 +8,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
-command -v curl >/dev/null || { apt-get install -y -qq curl >/dev/null; }
 make -j"$(nproc)" >/dev/null
 prompt="${1:-ROMEO:}"
 

@@ -8,6 +8,7 @@ pkgs=(
     libnuma-dev liburing-dev libinih-dev libmicrohttpd-dev
     libcurl4-openssl-dev libxxhash-dev libglpk-dev libsystemd-dev
     python3 python3-numpy
+    curl systemd   # the demo's curl --unix-socket; systemd-analyze verify in the tests
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -322,7 +322,9 @@ static void seq_accept(struct moe_engine *e, struct seq *s, int32_t tok)
         return;
     }
     s->ids[s->n_ids++] = tok;
+    pthread_mutex_lock(&e->mu); /* ipc threads read the stats */
     e->stats.generated_tokens++;
+    pthread_mutex_unlock(&e->mu);
     size_t n = moe_detok_push(&s->detok, tok, e->piece, e->piece_cap);
     const char *out = e->piece;
     size_t n_out = n;

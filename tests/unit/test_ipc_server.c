@@ -123,7 +123,7 @@ static char *find_crlf(struct rbuf *b, size_t from)
 
 static const char *header(const struct resp *r, const char *name)
 {
-    static char val[512];
+    static _Thread_local char val[512]; /* client threads call this at once */
     const char *p = r->head;
     size_t n = strlen(name);
     while ((p = strstr(p, "\r\n"))) {

@@ -4,6 +4,9 @@
  * *_avx2.c / *_avx512.c files out, so nothing here may name their symbols. */
 #include <stdlib.h>
 #include <strings.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 
 #include "common/common.h"
 #include "quant/quant_int.h"
@@ -56,9 +59,11 @@ static enum moe_isa isa_detect(void)
 #else
     enum moe_isa best = MOE_ISA_REF;
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-        /* F16C has no __builtin_cpu_supports name in older compilers; every
-         * CPU with AVX2 and FMA has it (Haswell, Zen and later). */
+    /* F16C straight from cpuid: not every compiler's __builtin_cpu_supports
+     * knows its name (clang 14 does not) */
+    unsigned a, b, c, d;
+    bool f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c) {
         best = MOE_ISA_AVX2;
         if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))

@@ -5,7 +5,7 @@
  *
  *   cc -std=gnu11 -O2 -I. -pthread tests/bench/bench_gemm.c build/lib/libmoe.a \
  *      -lm -o build/bench_gemm
- *   build/bench_gemm [--threads N] [--quick]
+ *   build/bench_gemm [--threads N] [--quick] [--isa avx512|avx2]
  *
  * Per ISA (avx512, then avx2; each in a child process with MOE_ISA set), all
  * in one run so the ratios are comparable on a shared machine:
@@ -16,9 +16,12 @@
  *     before every GEMV pass;
  *   - GFLOP/s at n = 1, 4, 16, 64 over the 2816x2048 set, and the n=64 : n=1
  *     per-token speed-up.
- * Every figure is the best of REPS passes over the whole set (and the
- * bandwidth the best of all its passes): other work on the machine only
- * ever slows a pass down. */
+ * Every figure is the best of REPS passes over the whole set: other work on
+ * the machine only ever slows a pass down. The memory bandwidth of this
+ * (virtual) machine also drifts on its own, so GEMV is also given as the
+ * median, over its passes, of its speed over the bandwidth pass just before
+ * ("paired"), and the batched table names the best bandwidth seen among its
+ * passes. */
 #include <immintrin.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -176,6 +179,18 @@ static void mset_free(struct mset *s)
     free(s->w);
 }
 
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof(*v), cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
 /* seconds for one pass of moe_matmul over the whole set at n tokens */
 static double mset_pass(struct moe_pool *pool, const struct mset *s, const float *x, int n,
                         float *y)
@@ -218,13 +233,15 @@ static void run_isa(void)
     bw_init(&bws);
 
     printf("\n== ISA %s, %d threads ==\n", isa, g_threads);
-    printf("decode GEMV (n=1) through moe_matmul, sets of >= %zu MiB; bw = best of the %d\n"
-           "bandwidth passes (%d threads summing 1 GiB, %s) interleaved with its passes:\n",
+    printf("decode GEMV (n=1) through moe_matmul, sets of >= %zu MiB. Each of the %d GEMV\n"
+           "passes follows a bandwidth pass (%d threads summing 1 GiB, %s). GB/s and bw:\n"
+           "best passes; best/bw: their ratio; paired: median over passes of GEMV / the\n"
+           "bandwidth pass just before it (the steadier figure on a shared machine):\n",
            SET_BYTES >> 20, reps, g_threads, g_have_avx512 ? "AVX-512" : "AVX2");
-    printf("  %-5s %-12s %5s %9s %9s %8s\n", "dtype", "shape", "mats", "GB/s", "bw GB/s",
-           "of bw");
+    printf("  %-5s %-12s %5s %9s %9s %8s %8s\n", "dtype", "shape", "mats", "GB/s", "bw GB/s",
+           "best/bw", "paired");
     for (size_t d = 0; d < N_DT; d++) {
-        double tot_b = 0, tot_t = 0, tot_bw = 0;
+        double tot_b = 0, tot_t = 0, tot_bw = 0, tot_med = 0;
         int shapes_done = 0;
         for (size_t si = 0; si < N_SH; si++) {
             if (g_quick && si > 0 && si < 3)
@@ -232,27 +249,30 @@ static void run_isa(void)
             struct mset s;
             mset_make(&s, dtypes[d], shapes[si][0], shapes[si][1]);
             moe_matmul(pool, &s.w[0], x, 1, y); /* warm the pool and the code */
-            double best_t = 1e30, best_bw = 0;
+            double best_t = 1e30, best_bw = 0, ratio[REPS];
             for (int rep = 0; rep < reps; rep++) {
-                best_bw = MOE_MAX(best_bw, bw_pass(pool, &bws));
-                best_t = MOE_MIN(best_t, mset_pass(pool, &s, x, 1, y));
+                double b = bw_pass(pool, &bws), t = mset_pass(pool, &s, x, 1, y);
+                ratio[rep] = (double)s.bytes / t / 1e9 / b;
+                best_bw = MOE_MAX(best_bw, b);
+                best_t = MOE_MIN(best_t, t);
             }
-            double gbs = (double)s.bytes / best_t / 1e9;
+            double gbs = (double)s.bytes / best_t / 1e9, med = median(ratio, reps);
             char shp[32];
             snprintf(shp, sizeof(shp), "%lldx%lld", (long long)shapes[si][0],
                      (long long)shapes[si][1]);
-            printf("  %-5s %-12s %5d %9.1f %9.1f %7.1f%%\n", moe_dtype_name(dtypes[d]), shp,
-                   s.count, gbs, best_bw, 100 * gbs / best_bw);
+            printf("  %-5s %-12s %5d %9.1f %9.1f %7.1f%% %7.1f%%\n", moe_dtype_name(dtypes[d]),
+                   shp, s.count, gbs, best_bw, 100 * gbs / best_bw, 100 * med);
             fflush(stdout);
             tot_b += (double)s.bytes;
             tot_t += best_t;
             tot_bw += best_bw;
+            tot_med += med;
             shapes_done++;
             mset_free(&s);
         }
         double gbs = tot_b / tot_t / 1e9, bw = tot_bw / shapes_done;
-        printf("  %-5s %-12s %5s %9.1f %9.1f %7.1f%%\n", moe_dtype_name(dtypes[d]), "all", "",
-               gbs, bw, 100 * gbs / bw);
+        printf("  %-5s %-12s %5s %9.1f %9.1f %7.1f%% %7.1f%%\n", moe_dtype_name(dtypes[d]), "all",
+               "", gbs, bw, 100 * gbs / bw, 100 * tot_med / shapes_done);
     }
 
     printf("batched through moe_matmul, 2816x2048 set, GFLOP/s (2*rows*cols*n per matmul),\n"
@@ -295,13 +315,17 @@ static void run_isa(void)
 
 int main(int argc, char **argv)
 {
+    const char *only_isa = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc)
             g_threads = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--quick"))
             g_quick = 1;
+        else if (!strcmp(argv[i], "--isa") && i + 1 < argc &&
+                 (!strcmp(argv[i + 1], "avx512") || !strcmp(argv[i + 1], "avx2")))
+            only_isa = argv[++i];
         else {
-            fprintf(stderr, "usage: %s [--threads N] [--quick]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--threads N] [--quick] [--isa avx512|avx2]\n", argv[0]);
             return 2;
         }
     }
@@ -319,6 +343,8 @@ int main(int argc, char **argv)
 
     const char *isas[] = {"avx512", "avx2"};
     for (size_t i = g_have_avx512 ? 0 : 1; i < MOE_ARRAY_SIZE(isas); i++) {
+        if (only_isa && strcmp(only_isa, isas[i]))
+            continue;
         pid_t pid = fork();
         if (pid == 0) {
             setenv("MOE_ISA", isas[i], 1);

@@ -236,6 +236,36 @@ static void test_kernel_table(void **state)
         assert_non_null(moe_gemm_kernel(all_dtypes[d], best));
 }
 
+/* MOE_ISA=... in a fresh process (this binary, --isa-probe) */
+static void isa_probe(const char *env, char *out, size_t outsz)
+{
+    char cmd[512];
+    snprintf(cmd, sizeof(cmd), "MOE_ISA=%s /proc/%d/exe --isa-probe 2>/dev/null", env,
+             (int)getpid());
+    FILE *f = popen(cmd, "r");
+    assert_non_null(f);
+    assert_non_null(fgets(out, (int)outsz, f));
+    out[strcspn(out, "\n")] = 0;
+    assert_int_equal(pclose(f), 0);
+}
+
+static void test_isa_env_override(void **state)
+{
+    (void)state;
+    char got[64];
+    enum moe_isa cpu = cpu_has(MOE_ISA_AVX512) ? MOE_ISA_AVX512
+                       : cpu_has(MOE_ISA_AVX2) ? MOE_ISA_AVX2
+                                               : MOE_ISA_REF;
+    isa_probe("ref", got, sizeof(got));
+    assert_string_equal(got, "ref");
+    isa_probe("avx2", got, sizeof(got));
+    assert_string_equal(got, moe_isa_name(MOE_MIN(cpu, MOE_ISA_AVX2)));
+    isa_probe("AVX512", got, sizeof(got)); /* only ever lowers */
+    assert_string_equal(got, moe_isa_name(cpu));
+    isa_probe("bogus", got, sizeof(got)); /* unknown: warned about, ignored */
+    assert_string_equal(got, moe_isa_name(cpu));
+}
+
 /* Runs fn over rows [r0, r1) of m for n tokens with strides, checks every
  * output against a double sum (tolerance scaled by sum |w*x|, since only the
  * order of fp32 additions may differ) and that nothing else was written. */
@@ -484,13 +514,18 @@ static void test_vec_helpers(void **state)
     }
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    if (argc == 2 && !strcmp(argv[1], "--isa-probe")) { /* for test_isa_env_override */
+        printf("%s\n", moe_isa_name(moe_isa_best()));
+        return 0;
+    }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_traits_table),
         cmocka_unit_test(test_traits_f16_bf16_exact),
         cmocka_unit_test(test_traits_q8_0),
         cmocka_unit_test(test_kernel_table),
+        cmocka_unit_test(test_isa_env_override),
         cmocka_unit_test(test_gemm_ref_vs_double),
         cmocka_unit_test(test_gemm_fast_vs_ref),
         cmocka_unit_test(test_gemm_fast_blocking),

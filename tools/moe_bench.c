@@ -28,7 +28,8 @@ static const char usage[] =
     "        tokens [kW+1, kW+W+1); W defaults to 256.\n"
     "decode: prefill of P tokens (default 64) and batch-1 decode of N tokens\n"
     "        (default 32); reports tokens/s, bytes read per token, the memory\n"
-    "        bandwidth measured in the same run and the fraction of that roofline.\n"
+    "        bandwidth measured in the same run and the fraction of that roofline\n"
+    "        (median over blocks of 8 tokens, each paired with a bandwidth pass).\n"
     "logits: logits of every position of ID... as raw float32 [n][vocab].\n"
     "\n"
     "  --threads N   worker threads (default: all cores)\n";
@@ -191,6 +192,20 @@ static int cmd_ppl(const struct bench_opts *o, struct moe_model *m, struct moe_p
     return 0;
 }
 
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, int n) /* sorts v */
+{
+    if (n == 0)
+        return 0.0;
+    qsort(v, (size_t)n, sizeof(double), cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
 static int32_t argmax(const float *v, int32_t n)
 {
     int32_t best = 0;
@@ -227,20 +242,33 @@ static int cmd_decode(const struct bench_opts *o, struct moe_model *m, struct mo
         goto fail;
     double t_prefill = moe_now_s() - t0;
 
-    t0 = moe_now_s();
-    for (int32_t i = 0; i < N; i++) {
-        tok = argmax(logits, V);
-        if ((rc = moe_session_forward(s, &tok, 1, logits, false)) < 0)
-            goto fail;
-    }
-    double t_decode = moe_now_s() - t0;
-
-    double bw = moe_mem_read_bandwidth_gbs(pool, (size_t)1 << 30, 5);
+    /* This machine's bandwidth moves from minute to minute, so decode runs in
+     * blocks, each right after a bandwidth pass: the roofline fraction is the
+     * median over blocks of (bytes read / block time) / (that pass's GB/s). */
     const struct moe_config *c = &m->cfg;
-    /* weights of one token plus the fp32 KV cache read at the mean context */
-    double kv_bytes = 2.0 * c->n_layers * c->n_kv_heads * c->head_dim * sizeof(float) *
-                      (P + N / 2.0);
-    double bytes = (double)moe_model_active_bytes(m) + kv_bytes;
+    double w_bytes = (double)moe_model_active_bytes(m);
+    double kv_row = 2.0 * c->n_layers * c->n_kv_heads * c->head_dim * sizeof(float);
+    enum { BLOCK = 8, MAX_BLOCKS = 256 };
+    double frac[MAX_BLOCKS], bws[MAX_BLOCKS], t_decode = 0.0, bytes_total = 0.0;
+    int n_blocks = 0;
+    for (int32_t done = 0; done < N && n_blocks < MAX_BLOCKS; n_blocks++) {
+        int32_t k = MOE_MIN(BLOCK, N - done);
+        double bw = moe_mem_read_bandwidth_gbs(pool, (size_t)512 << 20, 1);
+        double bytes = 0.0;
+        t0 = moe_now_s();
+        for (int32_t i = 0; i < k; i++) {
+            int32_t tok = argmax(logits, V);
+            bytes += w_bytes + kv_row * (double)(P + done + i + 1); /* weights + cache read */
+            if ((rc = moe_session_forward(s, &tok, 1, logits, false)) < 0)
+                goto fail;
+        }
+        double dt = moe_now_s() - t0;
+        t_decode += dt;
+        bytes_total += bytes;
+        bws[n_blocks] = bw;
+        frac[n_blocks] = bw > 0 ? bytes / dt / 1e9 / bw : 0.0;
+        done += k;
+    }
     double decode_tok_s = N / t_decode, prefill_tok_s = P / t_prefill;
 
     json_t *j = json_object();
@@ -252,10 +280,11 @@ static int cmd_decode(const struct bench_opts *o, struct moe_model *m, struct mo
     json_object_set_new(j, "prefill_tok_s", json_real(prefill_tok_s));
     json_object_set_new(j, "decode_tok_s", json_real(decode_tok_s));
     json_object_set_new(j, "prefill_over_decode", json_real(prefill_tok_s / decode_tok_s));
-    json_object_set_new(j, "bytes_per_token", json_real(bytes));
-    json_object_set_new(j, "bandwidth_gbs", json_real(bw));
-    json_object_set_new(j, "achieved_gbs", json_real(bytes * decode_tok_s / 1e9));
-    json_object_set_new(j, "roofline_fraction", json_real(bw > 0 ? bytes * decode_tok_s / 1e9 / bw : 0));
+    json_object_set_new(j, "bytes_per_token", json_real(bytes_total / N));
+    json_object_set_new(j, "bandwidth_gbs", json_real(median(bws, n_blocks)));
+    json_object_set_new(j, "achieved_gbs", json_real(bytes_total / t_decode / 1e9));
+    json_object_set_new(j, "roofline_fraction", json_real(median(frac, n_blocks)));
+    json_object_set_new(j, "roofline_blocks", json_integer(n_blocks));
     print_json(j);
     rc = 0;
 fail:

@@ -9,7 +9,10 @@ Starts moed on PATH (a GGUF file or HF directory with a tokenizer), then:
            tokens/s over the wall time from the first request to the last token;
   decode:  moe-bench decode on the same model in the same run, so the daemon's
            per-token overhead is 1 - single / decode.
-Every request sets ignore_eos so each generates exactly --tokens tokens."""
+Every request sets ignore_eos so each generates exactly --tokens tokens.
+This machine's memory bandwidth drifts from minute to minute, so the three
+measurements run back to back in each of --rounds rounds, the ratios are
+taken within a round, and the medians are reported."""
 import argparse
 import json
 import os
@@ -69,6 +72,7 @@ def main():
     ap.add_argument("--model", required=True)
     ap.add_argument("--streams", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--bin", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                   "..", "..", "build", "bin"))
     a = ap.parse_args()
@@ -95,40 +99,54 @@ def main():
             time.sleep(0.2)
 
         out = {}
-        timed_stream(sock, PROMPTS[0], 8, out, 0)  # warm-up: weights paged in, buffers sized
-        timed_stream(sock, PROMPTS[0], a.tokens, out, 0)
-        t0, st = out[0]
-        single = (len(st) - 1) / (st[-1] - st[0])
+        timed_stream(sock, PROMPTS[0], 8, out, 0)  # warm-up: buffers sized
+        rounds = []
+        for _ in range(a.rounds):
+            out = {}
+            timed_stream(sock, PROMPTS[0], a.tokens, out, 0)
+            st = out[0][1]
+            single = (len(st) - 1) / (st[-1] - st[0])
 
-        out = {}
-        threads = [threading.Thread(target=timed_stream,
-                                    args=(sock, PROMPTS[i % len(PROMPTS)], a.tokens, out, i))
-                   for i in range(a.streams)]
-        start = time.time()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        end = max(s[-1] for _, s in out.values())
-        generated = sum(len(s) for _, s in out.values())
-        aggregate = generated / (end - start)
-        first_all = max(s[0] for _, s in out.values())
-        decode_phase = sum(len(s) - 1 for _, s in out.values()) / (end - first_all)
+            dec = json.loads(subprocess.run(
+                [os.path.join(a.bin, "moe-bench"), "decode", "--model", a.model, "--tokens",
+                 str(a.tokens), "--prompt-tokens", "8"], capture_output=True, text=True,
+                check=True).stdout)["decode_tok_s"]
+
+            out = {}
+            threads = [threading.Thread(target=timed_stream,
+                                        args=(sock, PROMPTS[i % len(PROMPTS)], a.tokens, out, i))
+                       for i in range(a.streams)]
+            start = time.time()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            end = max(s[-1] for _, s in out.values())
+            generated = sum(len(s) for _, s in out.values())
+            first_all = max(s[0] for _, s in out.values())
+            rounds.append({
+                "single_stream_tok_s": single, "moe_bench_decode_tok_s": dec,
+                "aggregate_tok_s": generated / (end - start),
+                "aggregate_decode_phase_tok_s":
+                    sum(len(s) - 1 for _, s in out.values()) / (end - first_all)})
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(120)
         log.close()
 
-    dec = json.loads(subprocess.run([os.path.join(a.bin, "moe-bench"), "decode", "--model", a.model,
-                                     "--tokens", str(a.tokens), "--prompt-tokens", "8"],
-                                    capture_output=True, text=True, check=True).stdout)
+    def med(f):
+        v = sorted(f(r) for r in rounds)
+        return v[len(v) // 2] if len(v) % 2 else 0.5 * (v[len(v) // 2 - 1] + v[len(v) // 2])
+
     print(json.dumps({
         "bench": "serve", "model": a.model, "streams": a.streams, "tokens_per_stream": a.tokens,
-        "single_stream_tok_s": single, "aggregate_tok_s": aggregate,
-        "aggregate_decode_phase_tok_s": decode_phase,
-        "aggregate_over_single": aggregate / single,
-        "moe_bench_decode_tok_s": dec["decode_tok_s"],
-        "daemon_overhead": 1.0 - single / dec["decode_tok_s"],
+        "rounds": rounds,
+        "single_stream_tok_s": med(lambda r: r["single_stream_tok_s"]),
+        "aggregate_tok_s": med(lambda r: r["aggregate_tok_s"]),
+        "aggregate_over_single": med(lambda r: r["aggregate_tok_s"] / r["single_stream_tok_s"]),
+        "aggregate_decode_phase_over_single":
+            med(lambda r: r["aggregate_decode_phase_tok_s"] / r["single_stream_tok_s"]),
+        "daemon_overhead": med(lambda r: 1.0 - r["single_stream_tok_s"] / r["moe_bench_decode_tok_s"]),
     }))
 
 

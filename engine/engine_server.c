@@ -210,6 +210,19 @@ static void seq_emit_rest(struct moe_engine *e, struct seq *s)
     }
 }
 
+/* Returns a finished sequence's cache to the free list and frees the rest;
+ * the slot becomes free. */
+static void seq_release(struct moe_engine *e, struct seq *s)
+{
+    if (s->kv)
+        e->free_kv[e->n_free_kv++] = s->kv;
+    moe_sampler_free(s->smp);
+    moe_stop_free(s->stop);
+    free(s->ids);
+    job_unref(s->job);
+    memset(s, 0, sizeof(*s));
+}
+
 static void seq_finish(struct moe_engine *e, struct seq *s, const char *reason)
 {
     struct moe_event ev = {.kind = MOE_EV_DONE, .finish_reason = reason,
@@ -223,12 +236,7 @@ static void seq_finish(struct moe_engine *e, struct seq *s, const char *reason)
     e->stats.running--;
     pthread_mutex_unlock(&e->mu);
     job_post_end(s->job, &ev);
-    e->free_kv[e->n_free_kv++] = s->kv;
-    moe_sampler_free(s->smp);
-    moe_stop_free(s->stop);
-    free(s->ids);
-    job_unref(s->job);
-    memset(s, 0, sizeof(*s));
+    seq_release(e, s);
 }
 
 static void seq_fail(struct moe_engine *e, struct seq *s, int status, const char *msg)
@@ -238,13 +246,7 @@ static void seq_fail(struct moe_engine *e, struct seq *s, int status, const char
     e->stats.running--;
     pthread_mutex_unlock(&e->mu);
     job_post_error(s->job, status, msg);
-    if (s->kv)
-        e->free_kv[e->n_free_kv++] = s->kv;
-    moe_sampler_free(s->smp);
-    moe_stop_free(s->stop);
-    free(s->ids);
-    job_unref(s->job);
-    memset(s, 0, sizeof(*s));
+    seq_release(e, s);
 }
 
 /* Turns a queued job into a running sequence; on failure the job gets its

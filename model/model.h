@@ -88,6 +88,9 @@ struct moe_model {
 /* Opens a checkpoint: a directory (Hugging Face) or a .gguf file.
  * Errors: negative errno, moe_err_msg() names the file and tensor. */
 int moe_model_open(const char *path, struct moe_model **out);
+/* Only the vocabulary of a checkpoint: a directory's tokenizer.json, or a
+ * GGUF file (vocabulary-only ones included). */
+int moe_model_open_tokenizer(const char *path, struct moe_tokenizer **out);
 void moe_model_free(struct moe_model *m);
 
 /* Reads every page of every weight once, so later timings measure compute

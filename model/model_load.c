@@ -26,13 +26,45 @@ static bool file_exists(const char *path)
     return access(path, F_OK) == 0;
 }
 
+/* dir/tokenizer.json with dir/tokenizer_config.json when present. optional:
+ * a directory without tokenizer.json is fine (*out stays NULL). */
+static int tokenizer_from_dir(const char *dir, bool optional, struct moe_tokenizer **out)
+{
+    *out = NULL;
+    char *tok_path = moe_path_join(dir, "tokenizer.json");
+    char *tcfg_path = moe_path_join(dir, "tokenizer_config.json");
+    int rc = 0;
+    if (!tok_path || !tcfg_path)
+        rc = moe_err(-ENOMEM, "out of memory");
+    else if (!optional || file_exists(tok_path))
+        rc = moe_tokenizer_from_hf(tok_path, file_exists(tcfg_path) ? tcfg_path : NULL, out);
+    free(tok_path);
+    free(tcfg_path);
+    return rc;
+}
+
+int moe_model_open_tokenizer(const char *path, struct moe_tokenizer **out)
+{
+    *out = NULL;
+    struct stat st;
+    if (stat(path, &st) < 0)
+        return moe_err(-errno, "%s: cannot open: %s", path, strerror(errno));
+    if (S_ISDIR(st.st_mode))
+        return tokenizer_from_dir(path, false, out);
+    struct moe_gguf *g;
+    int rc = moe_gguf_open(path, &g);
+    if (rc < 0)
+        return rc;
+    rc = moe_tokenizer_from_gguf(g, out);
+    moe_gguf_close(g);
+    return rc;
+}
+
 static int open_hf(struct moe_model *m)
 {
     char *cfg_path = moe_path_join(m->path, "config.json");
-    char *tok_path = moe_path_join(m->path, "tokenizer.json");
-    char *tcfg_path = moe_path_join(m->path, "tokenizer_config.json");
     int rc = -ENOMEM;
-    if (!cfg_path || !tok_path || !tcfg_path)
+    if (!cfg_path)
         goto out;
     if ((rc = moe_config_from_hf(cfg_path, &m->cfg)) < 0)
         goto out;
@@ -40,15 +72,9 @@ static int open_hf(struct moe_model *m)
         goto out;
     if ((rc = alloc_layers(m)) < 0 || (rc = moe_model_bind_hf(m)) < 0)
         goto out;
-    if (file_exists(tok_path)) {
-        rc = moe_tokenizer_from_hf(tok_path, file_exists(tcfg_path) ? tcfg_path : NULL, &m->tok);
-        if (rc < 0)
-            goto out;
-    }
+    rc = tokenizer_from_dir(m->path, true, &m->tok);
 out:
     free(cfg_path);
-    free(tok_path);
-    free(tcfg_path);
     return rc;
 }
 

@@ -9,14 +9,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "backend/backend.h"
 #include "common/common.h"
 #include "engine/engine.h"
-#include "format/format.h"
 #include "model/model.h"
 
 #define EXIT_USAGE 2 /* bad arguments or a bad model file */
@@ -170,35 +167,10 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
     return 0;
 }
 
-/* --tokenize needs only a vocabulary: a GGUF file (possibly vocabulary-only)
- * or a directory holding tokenizer.json. */
-static int load_tokenizer_only(const char *path, struct moe_tokenizer **tok)
-{
-    struct stat st;
-    if (stat(path, &st) < 0)
-        return moe_err(-errno, "%s: cannot open: %s", path, strerror(errno));
-    if (S_ISDIR(st.st_mode)) {
-        char *tj = moe_path_join(path, "tokenizer.json");
-        char *tc = moe_path_join(path, "tokenizer_config.json");
-        int rc = tj && tc ? moe_tokenizer_from_hf(tj, access(tc, F_OK) == 0 ? tc : NULL, tok)
-                          : moe_err(-ENOMEM, "out of memory");
-        free(tj);
-        free(tc);
-        return rc;
-    }
-    struct moe_gguf *g;
-    int rc = moe_gguf_open(path, &g);
-    if (rc < 0)
-        return rc;
-    rc = moe_tokenizer_from_gguf(g, tok);
-    moe_gguf_close(g);
-    return rc;
-}
-
 static int cmd_tokenize(const struct run_opts *o)
 {
     struct moe_tokenizer *tok;
-    int rc = load_tokenizer_only(o->model, &tok);
+    int rc = moe_model_open_tokenizer(o->model, &tok); /* --tokenize runs no model */
     if (rc < 0) {
         fprintf(stderr, "moe-run: %s\n", moe_err_msg());
         return EXIT_USAGE;

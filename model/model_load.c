@@ -158,15 +158,10 @@ void moe_model_free(struct moe_model *m)
     free(m);
 }
 
-static size_t weight_bytes(const struct moe_weight *w)
-{
-    return (size_t)w->rows * w->row_bytes;
-}
-
 static size_t touch(const struct moe_weight *w, volatile uint8_t *sink)
 {
     const uint8_t *p = w->data;
-    size_t n = weight_bytes(w);
+    size_t n = moe_weight_bytes(w);
     for (size_t i = 0; i < n; i += 4096)
         *sink ^= p[i];
     return n;
@@ -195,19 +190,23 @@ size_t moe_model_prefault(const struct moe_model *m)
 
 size_t moe_model_active_bytes(const struct moe_model *m)
 {
-    size_t b = weight_bytes(&m->lm_head) + m->embed.row_bytes;
+    size_t b = moe_weight_bytes(&m->lm_head) + m->embed.row_bytes;
     for (int32_t l = 0; l < m->cfg.n_layers; l++) {
         const struct moe_layer *L = &m->layers[l];
-        b += weight_bytes(&L->wq) + weight_bytes(&L->wk) + weight_bytes(&L->wv) +
-             weight_bytes(&L->wo);
-        b += weight_bytes(&L->shared.gate) + weight_bytes(&L->shared.up) +
-             weight_bytes(&L->shared.down) + weight_bytes(&L->shared_gate);
+        b += moe_weight_bytes(&L->wq) + moe_weight_bytes(&L->wk) + moe_weight_bytes(&L->wv) +
+             moe_weight_bytes(&L->wo);
+        b += moe_weight_bytes(&L->shared.gate) + moe_weight_bytes(&L->shared.up) +
+             moe_weight_bytes(&L->shared.down) + moe_weight_bytes(&L->shared_gate);
         if (m->cfg.layer_dense[l])
             continue;
-        b += weight_bytes(&L->router);
-        const struct moe_expert_weights *e = &L->experts[0]; /* experts share one shape */
-        b += (size_t)m->cfg.top_k *
-             (weight_bytes(&e->gate) + weight_bytes(&e->up) + weight_bytes(&e->down));
+        b += moe_weight_bytes(&L->router);
+        size_t all = 0; /* compressed experts differ in size: count the mean one */
+        for (int32_t i = 0; i < m->cfg.n_experts; i++) {
+            const struct moe_expert_weights *e = &L->experts[i];
+            all += moe_weight_bytes(&e->gate) + moe_weight_bytes(&e->up) +
+                   moe_weight_bytes(&e->down);
+        }
+        b += (size_t)m->cfg.top_k * all / (size_t)m->cfg.n_experts;
     }
     return b;
 }

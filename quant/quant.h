@@ -13,6 +13,11 @@ enum moe_dtype {
     MOE_DTYPE_F16 = 1,
     MOE_DTYPE_Q8_0 = 8,  /* blocks of 32: fp16 scale d, 32 x int8 q; w = d*q */
     MOE_DTYPE_BF16 = 30,
+    /* moed's own formats (ids past ggml's range) */
+    MOE_DTYPE_GQ4 = 104,  /* groups of 128: fp16 scale, fp16 zero, 64 bytes of
+                           * nibbles; w = scale * (q - zero). quant_gq.h */
+    MOE_DTYPE_QMOE = 120, /* ternary digits + dictionary code, rows of varying
+                           * length. quant_qmoe.h */
 };
 
 #define MOE_Q8_0_BLOCK 32
@@ -21,12 +26,23 @@ struct moe_block_q8_0 {
     int8_t q[MOE_Q8_0_BLOCK];
 };
 
+struct moe_weight;
+
 struct moe_dtype_traits {
     const char *name;
     int block_size;     /* elements per block (1 for plain types) */
     size_t block_bytes; /* bytes per block */
     void (*to_f32)(const void *src, float *dst, int64_t n);       /* n % block_size == 0 */
     void (*from_f32)(const float *src, void *dst, int64_t n);     /* reference quantiser */
+    /* Formats whose matrices are not rows of fixed-size blocks (QMoE) set
+     * these; NULL for the others. view checks a stored matrix of nbytes
+     * (structure, never trusting offsets) and fills *out; side is the
+     * format's shared table (side_create's result) or NULL. */
+    int (*view)(const void *data, size_t nbytes, int64_t rows, int64_t cols, const void *side,
+                struct moe_weight *out);
+    const char *side_name; /* the shared table's name in a pack, NULL if none */
+    int (*side_create)(const void *blob, size_t nbytes, void **side);
+    void (*side_free)(void *side);
 };
 
 /* NULL for an id moed does not know. */
@@ -40,9 +56,17 @@ size_t moe_dtype_row_bytes(int dtype, int64_t n);
 struct moe_weight {
     enum moe_dtype dtype;
     int64_t rows, cols;
-    size_t row_bytes;
+    size_t row_bytes;  /* bytes per row; the mean for formats with varying rows */
     const void *data;
+    size_t nbytes;     /* whole matrix where rows vary in length (QMoE), else 0 */
+    const void *aux;   /* the format's shared table (QMoE decode table), or NULL */
 };
+
+/* bytes the matrix occupies */
+static inline size_t moe_weight_bytes(const struct moe_weight *w)
+{
+    return w->nbytes ? w->nbytes : (size_t)w->rows * w->row_bytes;
+}
 
 /* ---- kernels ------------------------------------------------------------
  * gemm: for r in [r0, r1) and t in [0, n):

@@ -27,6 +27,8 @@ moe_gemm_fn moe_gemm_kernel(enum moe_dtype dtype, enum moe_isa isa)
         case MOE_DTYPE_F16: return moe_quant_gemm_f16_ref;
         case MOE_DTYPE_BF16: return moe_quant_gemm_bf16_ref;
         case MOE_DTYPE_Q8_0: return moe_quant_gemm_q8_0_ref;
+        case MOE_DTYPE_GQ4: return NULL;  /* quant_gq.c */
+        case MOE_DTYPE_QMOE: return NULL; /* quant_qmoe.c */
         }
         return NULL;
 #ifndef MOE_NO_SIMD
@@ -36,6 +38,8 @@ moe_gemm_fn moe_gemm_kernel(enum moe_dtype dtype, enum moe_isa isa)
         case MOE_DTYPE_F16: return moe_quant_gemm_f16_avx2;
         case MOE_DTYPE_BF16: return moe_quant_gemm_bf16_avx2;
         case MOE_DTYPE_Q8_0: return moe_quant_gemm_q8_0_avx2;
+        case MOE_DTYPE_GQ4: return NULL;
+        case MOE_DTYPE_QMOE: return NULL;
         }
         return NULL;
     case MOE_ISA_AVX512:
@@ -44,6 +48,8 @@ moe_gemm_fn moe_gemm_kernel(enum moe_dtype dtype, enum moe_isa isa)
         case MOE_DTYPE_F16: return moe_quant_gemm_f16_avx512;
         case MOE_DTYPE_BF16: return moe_quant_gemm_bf16_avx512;
         case MOE_DTYPE_Q8_0: return moe_quant_gemm_q8_0_avx512;
+        case MOE_DTYPE_GQ4: return NULL;
+        case MOE_DTYPE_QMOE: return NULL;
         }
         return NULL;
 #endif

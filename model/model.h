@@ -120,6 +120,20 @@ int moe_model_forward(const struct moe_model *m, struct moe_pool *pool, struct m
                       const int32_t *pos, const int32_t *logit_idx, int32_t n_logits,
                       float *logits);
 
+/* ---- one layer at a time (moe-pack calibration) -------------------------------
+ * x[n][hidden] = the embeddings of tokens. */
+void moe_model_embed(const struct moe_model *m, const int32_t *tokens, int32_t n, float *x);
+/* Sees a MoE layer's input after the FFN norm (xn [n][hidden]) and each
+ * token's routing, before the experts run. Not called for dense layers. */
+typedef void (*moe_ffn_observer)(void *ctx, int32_t layer, const float *xn, int32_t n,
+                                 const struct moe_route *routes);
+/* Runs layer l (attention, then the FFN) over the residual stream x[n][hidden]
+ * in place: n tokens of one sequence at positions pos[], cached in kv. */
+int moe_model_forward_layer(const struct moe_model *m, struct moe_pool *pool,
+                            struct moe_scratch *S, int32_t l, int32_t n, float *x,
+                            struct moe_kv *kv, const int32_t *pos, moe_ffn_observer obs,
+                            void *obs_ctx);
+
 /* ---- a single sequence (tools, tests) ------------------------------------------ */
 struct moe_session {
     const struct moe_model *model;

@@ -195,6 +195,8 @@ struct fwd {
     struct moe_scratch *scratch;
     struct moe_kv *const *kvs;
     const int32_t *pos;
+    moe_ffn_observer obs; /* NULL outside calibration */
+    void *obs_ctx;
 };
 
 static int attention_block(const struct fwd *s, int32_t l, int32_t n)
@@ -269,6 +271,8 @@ static int ffn_block(const struct fwd *s, int32_t l, int32_t n)
     for (int32_t t = 0; t < n; t++)
         moe_router_topk(S->router + (size_t)t * c->n_experts, c->n_experts, c->top_k,
                         c->norm_topk_prob, &S->routes[t]);
+    if (s->obs)
+        s->obs(s->obs_ctx, l, S->xn, n, S->routes);
     int rc = moe_experts_run(s->pool, L->experts, c->n_experts, S->xn, n, c->hidden, S->routes,
                              S->x, &S->experts);
     if (rc < 0)
@@ -308,13 +312,10 @@ int moe_model_forward(const struct moe_model *m, struct moe_pool *pool, struct m
         rc = scores_reserve(S, moe_pool_threads(pool), max_pos);
     if (rc < 0)
         return rc;
-    struct fwd f = {m, pool, S, kvs, pos};
+    struct fwd f = {m, pool, S, kvs, pos, NULL, NULL};
     int64_t H = c->hidden;
 
-    const struct moe_dtype_traits *et = moe_dtype_traits(m->embed.dtype);
-    for (int32_t t = 0; t < n; t++) /* x [n][H] */
-        et->to_f32((const uint8_t *)m->embed.data + (size_t)tokens[t] * m->embed.row_bytes,
-                   S->x + t * H, H);
+    moe_model_embed(m, tokens, n, S->x);
     rope_tables(S, c, pos, n);
 
     for (int32_t l = 0; l < c->n_layers; l++) {
@@ -328,6 +329,50 @@ int moe_model_forward(const struct moe_model *m, struct moe_pool *pool, struct m
         moe_matmul(pool, &m->lm_head, S->xn, n_logits, logits); /* [n_logits][vocab] */
     }
     return 0;
+}
+
+void moe_model_embed(const struct moe_model *m, const int32_t *tokens, int32_t n, float *x)
+{
+    const struct moe_dtype_traits *et = moe_dtype_traits(m->embed.dtype);
+    int64_t H = m->cfg.hidden;
+    for (int32_t t = 0; t < n; t++)
+        et->to_f32((const uint8_t *)m->embed.data + (size_t)tokens[t] * m->embed.row_bytes,
+                   x + t * H, H);
+}
+
+int moe_model_forward_layer(const struct moe_model *m, struct moe_pool *pool,
+                            struct moe_scratch *S, int32_t l, int32_t n, float *x,
+                            struct moe_kv *kv, const int32_t *pos, moe_ffn_observer obs,
+                            void *obs_ctx)
+{
+    const struct moe_config *c = &m->cfg;
+    if (n <= 0 || l < 0 || l >= c->n_layers)
+        return moe_err(-EINVAL, "forward_layer: layer %d or %d tokens out of range", l, n);
+    int32_t max_pos = 0;
+    for (int32_t t = 0; t < n; t++) {
+        if (pos[t] < 0 || pos[t] >= moe_kv_capacity(kv))
+            return moe_err(-ENOSPC, "context full: position %d is past the %d-token cache",
+                           pos[t], moe_kv_capacity(kv));
+        max_pos = pos[t] > max_pos ? pos[t] : max_pos;
+    }
+    struct moe_kv **kvs = malloc((size_t)n * sizeof(*kvs));
+    if (!kvs)
+        return moe_err(-ENOMEM, "out of memory");
+    for (int32_t t = 0; t < n; t++)
+        kvs[t] = kv;
+    int rc = scratch_reserve(S, c, n);
+    if (rc == 0)
+        rc = scores_reserve(S, moe_pool_threads(pool), max_pos);
+    if (rc == 0) {
+        struct fwd f = {m, pool, S, kvs, pos, obs, obs_ctx};
+        size_t bytes = (size_t)n * (size_t)c->hidden * sizeof(float);
+        memcpy(S->x, x, bytes);
+        rope_tables(S, c, pos, n);
+        if ((rc = attention_block(&f, l, n)) == 0 && (rc = ffn_block(&f, l, n)) == 0)
+            memcpy(x, S->x, bytes);
+    }
+    free(kvs);
+    return rc;
 }
 
 int moe_session_create(const struct moe_model *m, struct moe_pool *pool, int32_t max_ctx,

@@ -110,11 +110,82 @@ static void test_position_past_cache_is_refused(void **state)
     moe_model_free(m);
 }
 
+struct observed {
+    int calls[8];
+    int tokens;
+};
+
+static void observe(void *ctx, int32_t layer, const float *xn, int32_t n,
+                    const struct moe_route *routes)
+{
+    struct observed *o = ctx;
+    o->calls[layer]++;
+    o->tokens += n;
+    assert_true(routes[0].n >= 1 && isfinite(xn[0]));
+}
+
+/* moe-pack calibrates layer by layer: running the layers one at a time on
+ * the residual stream must give the full forward pass's final state. */
+static void test_layer_by_layer_equals_full_forward(void **state)
+{
+    (void)state;
+    struct moe_model *m;
+    struct moe_pool *pool;
+    assert_int_equal(moe_model_open(moe_test_path("models/tiny-moe"), &m), 0);
+    assert_int_equal(moe_pool_create(2, &pool), 0);
+    int V = m->cfg.vocab, H = m->cfg.hidden;
+
+    float *want = malloc(sizeof(float) * NB * V);
+    struct moe_session *s;
+    assert_int_equal(moe_session_create(m, pool, 64, &s), 0);
+    assert_int_equal(moe_session_forward(s, B, NB, want, true), 0);
+    moe_session_free(s);
+
+    struct moe_kv *kv;
+    struct moe_scratch *scr;
+    assert_int_equal(moe_model_kv_create(m, 64, &kv), 0);
+    assert_int_equal(moe_scratch_create(&scr), 0);
+    float *x = malloc(sizeof(float) * NB * H), *xn = malloc(sizeof(float) * NB * H);
+    int32_t pos[NB];
+    for (int i = 0; i < NB; i++)
+        pos[i] = i;
+    struct observed o = {0};
+    moe_model_embed(m, B, NB, x);
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        assert_int_equal(moe_model_forward_layer(m, pool, scr, l, NB, x, kv, pos, observe, &o), 0);
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        assert_int_equal(o.calls[l], 1);
+    assert_int_equal(o.tokens, NB * m->cfg.n_layers);
+
+    /* final norm and lm head by hand */
+    for (int t = 0; t < NB; t++) {
+        double ss = 0;
+        for (int i = 0; i < H; i++)
+            ss += (double)x[t * H + i] * x[t * H + i];
+        float r = 1.0f / sqrtf((float)(ss / H) + m->cfg.rms_eps);
+        for (int i = 0; i < H; i++)
+            xn[t * H + i] = x[t * H + i] * r * m->final_norm[i];
+    }
+    float *got = malloc(sizeof(float) * NB * V);
+    moe_matmul(pool, &m->lm_head, xn, NB, got);
+    assert_true(max_abs_diff(got, want, NB * V) < 1e-4f);
+
+    free(got);
+    free(x);
+    free(xn);
+    free(want);
+    moe_scratch_free(scr);
+    moe_model_kv_free(kv);
+    moe_pool_free(pool);
+    moe_model_free(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_mixed_batch_equals_separate_sequences),
         cmocka_unit_test(test_position_past_cache_is_refused),
+        cmocka_unit_test(test_layer_by_layer_equals_full_forward),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

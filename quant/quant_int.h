@@ -48,7 +48,7 @@ static inline size_t moe_qmoe_code_offset(int64_t rows)
 
 static inline void moe_qmoe_layout_get(const struct moe_weight *w, struct moe_qmoe_layout *L)
 {
-    const uint8_t *d = w->data;
+    const uint8_t *d = (const uint8_t *)w->data; /* cast: also included from C++ (CUDA) */
     memcpy(&L->n_codes, d + 4, 4);
     memcpy(&L->scale, d + 8, 4);
     L->block_start = d + 12;

@@ -8,6 +8,8 @@
 #   make fuzz                 libFuzzer targets (clang) into build/fuzz/
 #   make bench                benchmarks, JSON on stdout
 #   make install [DESTDIR= PREFIX=]
+#   make check-cuda           CUDA tests (exit 77 = skipped without a GPU)
+#   CUDA=auto|0|1             auto: build the CUDA tests when nvcc is found
 
 CC       ?= cc
 PREFIX   ?= /usr/local
@@ -67,8 +69,56 @@ FUZZERS   := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(FUZZ_SRCS))
 # test and tool objects are intermediates of pattern rules: keep them between runs
 .SECONDARY:
 
-.PHONY: all check check-unit check-integration fuzz bench install gen-ini clean deps
-all: $(TOOLS)
+# ---- CUDA (optional) --------------------------------------------------------
+# Only tests link CUDA: the main programs never depend on it. auto: on when
+# nvcc is found; 0: off; 1: required. No GPU is needed to build: the
+# architectures are named (nvcc's -arch=native silently falls back).
+CUDA       ?= auto
+NVCC       ?= $(firstword $(shell command -v nvcc 2>/dev/null) $(wildcard /usr/local/cuda/bin/nvcc))
+CUDA_HOME  ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+CUDA_ARCH  := -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=sm_80
+CXX        ?= g++
+comma      := ,
+# -Xcompiler splits at commas: one option per sanitizer
+NVCC_SAN   := $(if $(SANITIZE),$(foreach s,$(subst $(comma), ,$(SANITIZE)),-Xcompiler -fsanitize=$(s)) \
+              -Xcompiler -fno-omit-frame-pointer)
+NVCCFLAGS  := -O2 -g -std=c++17 -I. $(CUDA_ARCH) -Xcompiler -Wall,-Wextra,-Wno-unused-parameter \
+              $(NVCC_SAN)
+ifeq ($(CUDA),0)
+CUDA_ON :=
+else ifeq ($(CUDA),1)
+CUDA_ON := 1
+ifeq ($(NVCC),)
+$(error CUDA=1 but no nvcc found (set NVCC=/path/to/nvcc))
+endif
+else
+CUDA_ON := $(if $(NVCC),1,)
+endif
+CUDA_TEST_SRCS := $(wildcard tests/cuda/test_*.cu)
+CUDA_LIB_SRCS  := $(wildcard backend/cuda/*.cu)
+ifneq ($(CUDA_ON),)
+CUDA_TESTS := $(patsubst tests/cuda/%.cu,$(BUILD)/tests/%,$(CUDA_TEST_SRCS))
+else
+CUDA_TESTS :=
+endif
+CUDA_LIB_OBJS := $(CUDA_LIB_SRCS:%.cu=$(BUILD)/obj/%.o)
+
+.PHONY: all check check-unit check-integration check-cuda fuzz bench install gen-ini clean deps
+all: $(TOOLS) $(CUDA_TESTS)
+
+$(BUILD)/obj/%.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -MMD -MP -c $< -o $@
+
+# a CUDA test: its own object, the CUDA sources, libmoe.a, the CUDA runtime;
+# linked by the host C++ compiler (whole-program device code, no -rdc)
+$(CUDA_TESTS): $(BUILD)/tests/%: $(BUILD)/obj/tests/cuda/%.o $(CUDA_LIB_OBJS) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CXX) $(SANFLAGS) $(LDFLAGS) $< $(CUDA_LIB_OBJS) $(LIB) -L$(CUDA_HOME)/lib64 \
+	    -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart $(LIBS) -o $@
+
+check-cuda: $(CUDA_TESTS)
+	@bash tests/run_tests.sh unit $(BUILD)/tests '*_cuda'
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -102,13 +152,13 @@ $(BUILD)/tests/test_%: $(BUILD)/obj/tests/unit/test_%.o $(LIB) $(DAEMON_LIB_OBJS
 	$(CC) $(CFLAGS_COMMON) $(CFLAGS) $(LDFLAGS) $< $(DAEMON_LIB_OBJS) $(LIB) $(LIBS_SERVE) \
 	    $(LIBS_CURL) $(LIBS) -lcmocka -o $@
 
-check-unit: $(TESTS)
+check-unit: $(TESTS) $(CUDA_TESTS)
 	@bash tests/run_tests.sh unit $(BUILD)/tests
 
 check-integration: $(TOOLS)
 	@PYTHON=$(PYTHON) BIN=$(BIN) bash tests/run_tests.sh integration tests/integration
 
-check: $(TESTS) $(TOOLS)
+check: $(TESTS) $(TOOLS) $(CUDA_TESTS)
 	@PYTHON=$(PYTHON) BIN=$(BIN) bash tests/run_tests.sh all $(BUILD)/tests tests/integration
 
 # libFuzzer needs clang; the fuzz build compiles the library sources directly.
@@ -148,4 +198,6 @@ clean:
 
 -include $(LIB_OBJS:.o=.d) $(DAEMON_OBJS:.o=.d) $(BUILD)/obj/tools/moectl.d \
          $(TOOL_SRCS:tools/%.c=$(BUILD)/obj/tools/%.d) \
-         $(TEST_SRCS:tests/unit/%.c=$(BUILD)/obj/tests/unit/%.d)
+         $(TEST_SRCS:tests/unit/%.c=$(BUILD)/obj/tests/unit/%.d) \
+         $(if $(CUDA_ON),$(CUDA_LIB_OBJS:.o=.d) \
+             $(CUDA_TEST_SRCS:tests/cuda/%.cu=$(BUILD)/obj/tests/cuda/%.d))

@@ -28,7 +28,7 @@ moe_gemm_fn moe_gemm_kernel(enum moe_dtype dtype, enum moe_isa isa)
         case MOE_DTYPE_BF16: return moe_quant_gemm_bf16_ref;
         case MOE_DTYPE_Q8_0: return moe_quant_gemm_q8_0_ref;
         case MOE_DTYPE_GQ4: return NULL;  /* quant_gq.c */
-        case MOE_DTYPE_QMOE: return NULL; /* quant_qmoe.c */
+        case MOE_DTYPE_QMOE: return moe_quant_gemm_qmoe_ref;
         }
         return NULL;
 #ifndef MOE_NO_SIMD
@@ -39,7 +39,7 @@ moe_gemm_fn moe_gemm_kernel(enum moe_dtype dtype, enum moe_isa isa)
         case MOE_DTYPE_BF16: return moe_quant_gemm_bf16_avx2;
         case MOE_DTYPE_Q8_0: return moe_quant_gemm_q8_0_avx2;
         case MOE_DTYPE_GQ4: return NULL;
-        case MOE_DTYPE_QMOE: return NULL;
+        case MOE_DTYPE_QMOE: return moe_quant_gemm_qmoe_avx2;
         }
         return NULL;
     case MOE_ISA_AVX512:
@@ -49,7 +49,7 @@ moe_gemm_fn moe_gemm_kernel(enum moe_dtype dtype, enum moe_isa isa)
         case MOE_DTYPE_BF16: return moe_quant_gemm_bf16_avx512;
         case MOE_DTYPE_Q8_0: return moe_quant_gemm_q8_0_avx512;
         case MOE_DTYPE_GQ4: return NULL;
-        case MOE_DTYPE_QMOE: return NULL;
+        case MOE_DTYPE_QMOE: return moe_quant_gemm_qmoe_avx512;
         }
         return NULL;
 #endif

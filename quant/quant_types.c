@@ -4,6 +4,7 @@
 
 #include "common/common.h"
 #include "quant/quant.h"
+#include "quant/quant_qmoe.h"
 
 static void f32_to_f32(const void *src, float *dst, int64_t n)
 {
@@ -95,6 +96,15 @@ static const struct moe_dtype_traits traits_q8_0 = {
     .to_f32 = q8_0_to_f32, .from_f32 = q8_0_from_f32,
 };
 
+/* rows of varying length: no fixed row bytes (block_bytes 0 makes
+ * moe_dtype_row_bytes answer 0, so the dense binders refuse it), no
+ * element conversions; matrices go through view() */
+static const struct moe_dtype_traits traits_qmoe = {
+    .name = "qmoe", .block_size = 1, .block_bytes = 0,
+    .view = moe_qmoe_view, .side_name = "qmoe.decode_table",
+    .side_create = moe_qmoe_side_create, .side_free = moe_qmoe_side_free,
+};
+
 _Static_assert(sizeof(struct moe_block_q8_0) == 34, "q8_0 block is 34 bytes on disk");
 
 const struct moe_dtype_traits *moe_dtype_traits(int dtype)
@@ -104,6 +114,7 @@ const struct moe_dtype_traits *moe_dtype_traits(int dtype)
     case MOE_DTYPE_F16: return &traits_f16;
     case MOE_DTYPE_Q8_0: return &traits_q8_0;
     case MOE_DTYPE_BF16: return &traits_bf16;
+    case MOE_DTYPE_QMOE: return &traits_qmoe;
     default: return NULL;
     }
 }
@@ -117,7 +128,7 @@ const char *moe_dtype_name(int dtype)
 size_t moe_dtype_row_bytes(int dtype, int64_t n)
 {
     const struct moe_dtype_traits *t = moe_dtype_traits(dtype);
-    if (!t || n < 0 || n % t->block_size)
+    if (!t || n < 0 || !t->block_bytes || n % t->block_size)
         return 0;
     return (size_t)(n / t->block_size) * t->block_bytes;
 }

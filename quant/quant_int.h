@@ -16,8 +16,15 @@ void moe_quant_gemm_bf16_ref(const struct moe_weight *w, int64_t r0, int64_t r1,
                              const float *x, int64_t ldx, int n, float *y, int64_t ldy);
 void moe_quant_gemm_q8_0_ref(const struct moe_weight *w, int64_t r0, int64_t r1,
                              const float *x, int64_t ldx, int n, float *y, int64_t ldy);
+void moe_quant_gemm_gq4_ref(const struct moe_weight *w, int64_t r0, int64_t r1,
+                            const float *x, int64_t ldx, int n, float *y, int64_t ldy);
 float moe_quant_vec_dot_f32_ref(const float *a, const float *b, int64_t n);
 void moe_quant_vec_axpy_f32_ref(float *y, float a, const float *x, int64_t n);
+
+/* GQ4 traits conversions (quant_gq.c): to_f32 and the round-to-nearest
+ * quantiser with the clipping search; n % MOE_GQ_GROUP == 0 */
+void moe_gq4_to_f32(const void *src, float *dst, int64_t n);
+void moe_gq4_from_f32(const float *src, void *dst, int64_t n);
 
 #ifndef MOE_NO_SIMD
 /* AVX2 + FMA + F16C */
@@ -29,6 +36,8 @@ void moe_quant_gemm_bf16_avx2(const struct moe_weight *w, int64_t r0, int64_t r1
                               const float *x, int64_t ldx, int n, float *y, int64_t ldy);
 void moe_quant_gemm_q8_0_avx2(const struct moe_weight *w, int64_t r0, int64_t r1,
                               const float *x, int64_t ldx, int n, float *y, int64_t ldy);
+void moe_quant_gemm_gq4_avx2(const struct moe_weight *w, int64_t r0, int64_t r1,
+                             const float *x, int64_t ldx, int n, float *y, int64_t ldy);
 float moe_quant_vec_dot_f32_avx2(const float *a, const float *b, int64_t n);
 void moe_quant_vec_axpy_f32_avx2(float *y, float a, const float *x, int64_t n);
 
@@ -41,6 +50,8 @@ void moe_quant_gemm_bf16_avx512(const struct moe_weight *w, int64_t r0, int64_t 
                                 const float *x, int64_t ldx, int n, float *y, int64_t ldy);
 void moe_quant_gemm_q8_0_avx512(const struct moe_weight *w, int64_t r0, int64_t r1,
                                 const float *x, int64_t ldx, int n, float *y, int64_t ldy);
+void moe_quant_gemm_gq4_avx512(const struct moe_weight *w, int64_t r0, int64_t r1,
+                               const float *x, int64_t ldx, int n, float *y, int64_t ldy);
 float moe_quant_vec_dot_f32_avx512(const float *a, const float *b, int64_t n);
 void moe_quant_vec_axpy_f32_avx512(float *y, float a, const float *x, int64_t n);
 #endif

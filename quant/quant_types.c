@@ -3,7 +3,8 @@
 #include <math.h>
 
 #include "common/common.h"
-#include "quant/quant.h"
+#include "quant/quant_gq.h"
+#include "quant/quant_int.h"
 
 static void f32_to_f32(const void *src, float *dst, int64_t n)
 {
@@ -95,6 +96,11 @@ static const struct moe_dtype_traits traits_q8_0 = {
     .to_f32 = q8_0_to_f32, .from_f32 = q8_0_from_f32,
 };
 
+static const struct moe_dtype_traits traits_gq4 = {
+    .name = "gq4", .block_size = MOE_GQ_GROUP, .block_bytes = MOE_GQ4_GROUP_BYTES,
+    .to_f32 = moe_gq4_to_f32, .from_f32 = moe_gq4_from_f32,
+};
+
 _Static_assert(sizeof(struct moe_block_q8_0) == 34, "q8_0 block is 34 bytes on disk");
 
 const struct moe_dtype_traits *moe_dtype_traits(int dtype)
@@ -104,6 +110,7 @@ const struct moe_dtype_traits *moe_dtype_traits(int dtype)
     case MOE_DTYPE_F16: return &traits_f16;
     case MOE_DTYPE_Q8_0: return &traits_q8_0;
     case MOE_DTYPE_BF16: return &traits_bf16;
+    case MOE_DTYPE_GQ4: return &traits_gq4;
     default: return NULL;
     }
 }

@@ -27,7 +27,7 @@ moe_gemm_fn moe_gemm_kernel(enum moe_dtype dtype, enum moe_isa isa)
         case MOE_DTYPE_F16: return moe_quant_gemm_f16_ref;
         case MOE_DTYPE_BF16: return moe_quant_gemm_bf16_ref;
         case MOE_DTYPE_Q8_0: return moe_quant_gemm_q8_0_ref;
-        case MOE_DTYPE_GQ4: return NULL;  /* quant_gq.c */
+        case MOE_DTYPE_GQ4: return moe_quant_gemm_gq4_ref;
         case MOE_DTYPE_QMOE: return moe_quant_gemm_qmoe_ref;
         }
         return NULL;
@@ -38,7 +38,7 @@ moe_gemm_fn moe_gemm_kernel(enum moe_dtype dtype, enum moe_isa isa)
         case MOE_DTYPE_F16: return moe_quant_gemm_f16_avx2;
         case MOE_DTYPE_BF16: return moe_quant_gemm_bf16_avx2;
         case MOE_DTYPE_Q8_0: return moe_quant_gemm_q8_0_avx2;
-        case MOE_DTYPE_GQ4: return NULL;
+        case MOE_DTYPE_GQ4: return moe_quant_gemm_gq4_avx2;
         case MOE_DTYPE_QMOE: return moe_quant_gemm_qmoe_avx2;
         }
         return NULL;
@@ -48,7 +48,7 @@ moe_gemm_fn moe_gemm_kernel(enum moe_dtype dtype, enum moe_isa isa)
         case MOE_DTYPE_F16: return moe_quant_gemm_f16_avx512;
         case MOE_DTYPE_BF16: return moe_quant_gemm_bf16_avx512;
         case MOE_DTYPE_Q8_0: return moe_quant_gemm_q8_0_avx512;
-        case MOE_DTYPE_GQ4: return NULL;
+        case MOE_DTYPE_GQ4: return moe_quant_gemm_gq4_avx512;
         case MOE_DTYPE_QMOE: return moe_quant_gemm_qmoe_avx512;
         }
         return NULL;

@@ -11,13 +11,16 @@
 struct moe_pool;
 
 /* H [cols][cols] += sum over the n inputs x[n][cols] of x x^T (unnormalised;
- * moe_gptq scales it). Runs on the pool. */
+ * moe_gptq_quantize scales it). Runs on the pool (NULL: the caller alone);
+ * allocates scratch of about cols x 512 floats. */
 void moe_gptq_hessian_add(struct moe_pool *pool, float *H, const float *x, int64_t n,
                           int64_t cols);
 
 struct moe_gptq_ops {
-    /* Optional: column c0 starts a group [c0, c1) (group > 0 only). W holds
-     * the current (already updated) weights, transposed: Wt[c][rows]. */
+    /* Optional: column c0 starts a group [c0, c1) (when group > 0: c0 = 0,
+     * group, 2 group, ...). Wt holds the current weights, transposed
+     * (Wt[c][rows]): columns < c0 already quantised, columns >= c0 with every
+     * update from them applied (column blocks are cut at group starts). */
     void (*group_begin)(void *ctx, const float *Wt, int64_t rows, int64_t c0, int64_t c1);
     /* Quantises column c: w[rows] in, q[rows] = the dequantised values out;
      * the callback records the codes it chose. */
@@ -31,7 +34,8 @@ struct moe_gptq_ops {
  * (0.1 QMoE, 0.01 MC-MoE). Column blocks of 128 with lazy batch updates.
  * group: columns per group_begin call, 0 for none.
  * Returns 0, or 1 when H was not positive definite and plain rounding was
- * used instead; negative errno on allocation failure. */
+ * used instead; negative errno on allocation failure (W untouched). Scratch:
+ * 3 cols^2 + rows x cols floats and a little more. pool may be NULL. */
 int moe_gptq_quantize(struct moe_pool *pool, float *W, int64_t rows, int64_t cols,
                       const float *H, int64_t n_samples, float damp, int64_t group,
                       const struct moe_gptq_ops *ops);

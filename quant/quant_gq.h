@@ -3,8 +3,12 @@
  * (the MC-MoE convention, ALGORITHMS.md s.2). GQ4 is the 4-bit member, the
  * reference point for QMoE; 1/2/3 bits come with MC-MoE.
  *
- * GQ4 group layout (68 bytes): fp16 scale, fp16 zero, then 64 bytes: for each
- * half of 32 weights... see quant_gq.c for the nibble order the kernels use.
+ * GQ4 group layout (68 bytes, no padding or alignment): fp16 scale, fp16
+ * zero, then 64 code bytes in 4 stretches of 16, one per 32 weights: byte j
+ * of stretch s holds q[32s + j] in its low nibble and q[32s + 16 + j] in its
+ * high nibble. (16 bytes zero-extended to 16 dwords are then weights j and,
+ * after one shift, j + 16; AVX-512's vpermps ignores the bits above the
+ * nibble, so a per-group table lookup needs no mask: quant_gq_avx512.c.)
  * cols must be a multiple of MOE_GQ_GROUP. */
 #ifndef MOE_QUANT_GQ_H
 #define MOE_QUANT_GQ_H
@@ -19,7 +23,10 @@
 
 /* Round-to-nearest asymmetric quantisation of one group: scale and zero
  * from the group's min and max (the clipping search: p in [0.9, 1.1], 101
- * values, minimising sum |q(x) - x|^2.4). */
+ * values, minimising sum |q(x) - x|^2.4, scale = p (max - min) / (2^bits - 1),
+ * zero = -p min / scale, not rounded to an integer). Both come back already
+ * rounded to fp16, and the search measured the error with those values. A
+ * constant group gets q = 0 and w = -scale * zero = its value. */
 void moe_gq_group_params(const float *x, int n, int bits, float *scale, float *zero);
 /* q = clamp(round(x / scale + zero), 0, 2^bits - 1) with the fp16-rounded
  * scale and zero as they are stored */

@@ -4,6 +4,8 @@
 
 #include "common/common.h"
 #include "quant/quant.h"
+#include "quant/quant_gq.h"
+#include "quant/quant_int.h"
 #include "quant/quant_qmoe.h"
 
 static void f32_to_f32(const void *src, float *dst, int64_t n)
@@ -96,6 +98,11 @@ static const struct moe_dtype_traits traits_q8_0 = {
     .to_f32 = q8_0_to_f32, .from_f32 = q8_0_from_f32,
 };
 
+static const struct moe_dtype_traits traits_gq4 = {
+    .name = "gq4", .block_size = MOE_GQ_GROUP, .block_bytes = MOE_GQ4_GROUP_BYTES,
+    .to_f32 = moe_gq4_to_f32, .from_f32 = moe_gq4_from_f32,
+};
+
 /* rows of varying length: no fixed row bytes (block_bytes 0 makes
  * moe_dtype_row_bytes answer 0, so the dense binders refuse it), no
  * element conversions; matrices go through view() */
@@ -115,6 +122,7 @@ const struct moe_dtype_traits *moe_dtype_traits(int dtype)
     case MOE_DTYPE_Q8_0: return &traits_q8_0;
     case MOE_DTYPE_BF16: return &traits_bf16;
     case MOE_DTYPE_QMOE: return &traits_qmoe;
+    case MOE_DTYPE_GQ4: return &traits_gq4;
     default: return NULL;
     }
 }

@@ -1,0 +1,197 @@
+/* GQ4 gemm on AVX2 + FMA + F16C. Only called after moe_isa_best() has seen
+ * them in cpuid.
+ *
+ * Weights are made exactly as the reference makes them, scale * (q - zero)
+ * in fp32: 8 code bytes zero-extended to 8 dwords give weights j (the low
+ * nibble, masked) and j + 16 (the high nibble, one shift). Same plan as the
+ * AVX-512 kernel (quant_gq_avx512.c): n == 1 streams each row; n > 1
+ * converts a panel of rows once into an fp32 buffer and applies it to tiles
+ * of packed tokens with a 3-row x 4-token register block (12 accumulators +
+ * 3 weights + 1 activation = the 16 ymm registers). */
+#include <immintrin.h>
+
+#include "common/common.h"
+#include "quant/quant_gq.h"
+#include "quant/quant_int.h"
+
+#define INLINE static inline __attribute__((always_inline))
+
+#define G MOE_GQ_GROUP
+#define GB MOE_GQ4_GROUP_BYTES
+
+INLINE void group_sz(const uint8_t *g, __m256 *s, __m256 *z)
+{
+    uint16_t hs, hz;
+    memcpy(&hs, g, 2);
+    memcpy(&hz, g + 2, 2);
+    __m128 sz = _mm_cvtph_ps(_mm_cvtsi32_si128((int)hs | (int)hz << 16));
+    *s = _mm256_broadcastss_ps(sz);
+    *z = _mm256_broadcastss_ps(_mm_movehdup_ps(sz));
+}
+
+/* the 8 weights of code bytes b..b+7 of a stretch: low nibbles (weights b..)
+ * and high nibbles (weights 16 + b..) */
+INLINE void weights8(const uint8_t *p, __m256 s, __m256 z, __m256 *lo, __m256 *hi)
+{
+    __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
+    __m256 ql = _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(15)));
+    __m256 qh = _mm256_cvtepi32_ps(_mm256_srli_epi32(v, 4));
+    *lo = _mm256_mul_ps(s, _mm256_sub_ps(ql, z));
+    *hi = _mm256_mul_ps(s, _mm256_sub_ps(qh, z));
+}
+
+/* ---- n == 1 --------------------------------------------------------------- */
+
+INLINE float dot_row(const uint8_t *row, const float *x, int64_t ng)
+{
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t g = 0; g < ng; g++, row += GB, x += G) {
+        __m256 s, z;
+        group_sz(row, &s, &z);
+        const uint8_t *c = row + 4;
+#pragma GCC unroll 4
+        for (int st = 0; st < 4; st++) {
+            __m256 l0, h0, l1, h1;
+            weights8(c + 16 * st, s, z, &l0, &h0);
+            weights8(c + 16 * st + 8, s, z, &l1, &h1);
+            const float *xs = x + 32 * st;
+            a0 = _mm256_fmadd_ps(l0, _mm256_loadu_ps(xs), a0);
+            a1 = _mm256_fmadd_ps(l1, _mm256_loadu_ps(xs + 8), a1);
+            a2 = _mm256_fmadd_ps(h0, _mm256_loadu_ps(xs + 16), a2);
+            a3 = _mm256_fmadd_ps(h1, _mm256_loadu_ps(xs + 24), a3);
+        }
+    }
+    __m256 s = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
+    __m128 q = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    q = _mm_add_ss(q, _mm_movehdup_ps(q));
+    return _mm_cvtss_f32(q);
+}
+
+/* ---- n > 1 ---------------------------------------------------------------- */
+
+#define MR 3
+#define NT 4
+#define KC 1024 /* columns per pass, a multiple of G: 4 tokens x 4 KiB of L1 */
+#define PR 30   /* rows per converted panel (a multiple of MR): 120 KiB of L2 */
+
+static void convert_panel(const uint8_t *base, size_t rb, int R, int64_t k0, int64_t kc,
+                          float *wb)
+{
+    for (int i = 0; i < R; i++) {
+        const uint8_t *g = base + (size_t)i * rb + (k0 / G) * GB;
+        float *d = wb + (size_t)i * KC;
+        for (int64_t c = 0; c < kc; c += G, g += GB, d += G) {
+            __m256 s, z;
+            group_sz(g, &s, &z);
+#pragma GCC unroll 8
+            for (int h = 0; h < 8; h++) { /* stretch h / 2, bytes 8 * (h % 2) */
+                __m256 lo, hi;
+                weights8(g + 4 + 8 * h, s, z, &lo, &hi);
+                float *ds = d + 32 * (h / 2) + 8 * (h % 2);
+                _mm256_store_ps(ds, lo);
+                _mm256_store_ps(ds + 16, hi);
+            }
+        }
+    }
+}
+
+static void pack_x(const float *x, int64_t ldx, int T, int64_t k0, int64_t kc, float *xp)
+{
+    for (int64_t c = 0; c < kc; c += 8, xp += T * 8)
+        for (int j = 0; j < T; j++)
+            _mm256_store_ps(xp + j * 8, _mm256_loadu_ps(x + j * ldx + k0 + c));
+}
+
+INLINE float hsum8(__m256 v)
+{
+    __m128 q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    q = _mm_add_ss(q, _mm_movehdup_ps(q));
+    return _mm_cvtss_f32(q);
+}
+
+INLINE void microkernel(const int R, const int T, const float *wb, int64_t kc, const float *xp,
+                        float *y, int64_t ldy, bool add)
+{
+    __m256 acc[MR][NT];
+#pragma GCC unroll 3
+    for (int i = 0; i < R; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < T; j++)
+            acc[i][j] = _mm256_setzero_ps();
+    for (int64_t c = 0; c < kc; c += 8, xp += T * 8) {
+        __m256 wv[MR];
+#pragma GCC unroll 3
+        for (int i = 0; i < R; i++)
+            wv[i] = _mm256_load_ps(wb + i * KC + c);
+#pragma GCC unroll 4
+        for (int j = 0; j < T; j++) {
+            __m256 xv = _mm256_load_ps(xp + j * 8);
+#pragma GCC unroll 3
+            for (int i = 0; i < R; i++)
+                acc[i][j] = _mm256_fmadd_ps(wv[i], xv, acc[i][j]);
+        }
+    }
+#pragma GCC unroll 3
+    for (int i = 0; i < R; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < T; j++) {
+            float s = hsum8(acc[i][j]);
+            y[j * ldy + i] = add ? y[j * ldy + i] + s : s;
+        }
+}
+
+INLINE void tile(const int T, int R, const float *wb, int64_t kc, const float *xp, float *y,
+                 int64_t ldy, bool add)
+{
+    int i = 0;
+    for (; i + MR <= R; i += MR)
+        microkernel(MR, T, wb + (size_t)i * KC, kc, xp, y + i, ldy, add);
+    for (; i < R; i++)
+        microkernel(1, T, wb + (size_t)i * KC, kc, xp, y + i, ldy, add);
+}
+
+static void gemm_batched(const struct moe_weight *w, int64_t r0, int64_t r1, const float *x,
+                         int64_t ldx, int n, float *y, int64_t ldy)
+{
+    float wb[PR * KC] __attribute__((aligned(32)));
+    float xp[NT * KC] __attribute__((aligned(32)));
+    const uint8_t *base = w->data;
+    size_t rb = w->row_bytes;
+    int64_t cols = w->cols;
+    for (int64_t p0 = r0; p0 < r1; p0 += PR) {
+        int R = (int)MOE_MIN((int64_t)PR, r1 - p0);
+        for (int64_t k0 = 0; k0 < cols; k0 += KC) {
+            int64_t kc = MOE_MIN((int64_t)KC, cols - k0);
+            convert_panel(base + (size_t)p0 * rb, rb, R, k0, kc, wb);
+            bool add = k0 > 0;
+            for (int t0 = 0; t0 < n; t0 += NT) {
+                int T = MOE_MIN(NT, n - t0);
+                pack_x(x + t0 * ldx, ldx, T, k0, kc, xp);
+                float *yt = y + t0 * ldy + p0;
+                switch (T) {
+                case 1: tile(1, R, wb, kc, xp, yt, ldy, add); break;
+                case 2: tile(2, R, wb, kc, xp, yt, ldy, add); break;
+                case 3: tile(3, R, wb, kc, xp, yt, ldy, add); break;
+                default: tile(NT, R, wb, kc, xp, yt, ldy, add); break;
+                }
+            }
+        }
+    }
+}
+
+void moe_quant_gemm_gq4_avx2(const struct moe_weight *w, int64_t r0, int64_t r1,
+                             const float *x, int64_t ldx, int n, float *y, int64_t ldy)
+{
+    if (n <= 0 || r1 <= r0)
+        return;
+    if (n == 1) {
+        const uint8_t *base = w->data;
+        int64_t ng = w->cols / G;
+        for (int64_t r = r0; r < r1; r++)
+            y[r] = dot_row(base + (size_t)r * w->row_bytes, x, ng);
+    } else {
+        gemm_batched(w, r0, r1, x, ldx, n, y, ldy);
+    }
+}

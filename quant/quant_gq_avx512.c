@@ -1,0 +1,208 @@
+/* GQ4 gemm on AVX-512. Only called after moe_isa_best() has seen
+ * avx512f/bw/vl/dq in cpuid.
+ *
+ * Weights are made exactly as the reference makes them: per group a 16-entry
+ * table {scale * (q - zero)} (fp32 sub then mul), looked up with vpermps,
+ * which reads only the low 4 bits of each index. With the nibble order of
+ * quant_gq.c, 16 code bytes zero-extended to 16 dwords give weights j (low
+ * nibbles) and, after one shift, weights j + 16 (high nibbles): two lookups
+ * per 32 weights and no masking.
+ *
+ * n == 1 (decode) streams each row front to back (4.25 bits per weight) with
+ * eight accumulators.
+ * n > 1: a panel of PR rows x KC columns is converted once into an fp32
+ * buffer on the stack, then a 4-row x 6-token register block (as in
+ * quant_gemm_avx512.c) applies it to every tile of packed tokens. */
+#include <immintrin.h>
+
+#include "common/common.h"
+#include "quant/quant_gq.h"
+#include "quant/quant_int.h"
+
+#define INLINE static inline __attribute__((always_inline))
+
+#define G MOE_GQ_GROUP
+#define GB MOE_GQ4_GROUP_BYTES
+
+/* the group's 16 possible weights */
+INLINE __m512 group_table(const uint8_t *g)
+{
+    static const float iota[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+    uint16_t hs, hz;
+    memcpy(&hs, g, 2);
+    memcpy(&hz, g + 2, 2);
+    __m128i h = _mm_cvtsi32_si128((int)hs | (int)hz << 16);
+    __m128 sz = _mm_cvtph_ps(h);
+    __m512 s = _mm512_broadcastss_ps(sz);
+    __m512 z = _mm512_broadcastss_ps(_mm_movehdup_ps(sz));
+    return _mm512_mul_ps(s, _mm512_sub_ps(_mm512_loadu_ps(iota), z));
+}
+
+/* ---- n == 1 --------------------------------------------------------------- */
+
+INLINE float dot_row(const uint8_t *row, const float *x, int64_t ng)
+{
+    __m512 a[8];
+    for (int i = 0; i < 8; i++)
+        a[i] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < ng; g++, row += GB, x += G) {
+        __m512 tab = group_table(row);
+        const uint8_t *c = row + 4;
+#pragma GCC unroll 4
+        for (int s = 0; s < 4; s++) {
+            __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(c + 16 * s)));
+            __m512 lo = _mm512_permutexvar_ps(v, tab);
+            __m512 hi = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), tab);
+            a[2 * s] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(x + 32 * s), a[2 * s]);
+            a[2 * s + 1] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(x + 32 * s + 16), a[2 * s + 1]);
+        }
+    }
+    __m512 s0 = _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]));
+    __m512 s1 = _mm512_add_ps(_mm512_add_ps(a[4], a[5]), _mm512_add_ps(a[6], a[7]));
+    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+}
+
+/* ---- n > 1 ---------------------------------------------------------------- */
+
+#define MR 4
+#define NT 6
+#define KC 1024 /* columns per pass, a multiple of G: 6 tokens x 4 KiB of L1 */
+#define PR 32   /* rows per converted panel: 32 x KC x 4 B = 128 KiB of L2 */
+
+/* rows [0, R) of the panel, columns [k0, k0 + kc) -> wb[R][KC] */
+static void convert_panel(const uint8_t *base, size_t rb, int R, int64_t k0, int64_t kc,
+                          float *wb)
+{
+    for (int i = 0; i < R; i++) {
+        const uint8_t *g = base + (size_t)i * rb + (k0 / G) * GB;
+        float *d = wb + (size_t)i * KC;
+        for (int64_t c = 0; c < kc; c += G, g += GB, d += G) {
+            __m512 tab = group_table(g);
+#pragma GCC unroll 4
+            for (int s = 0; s < 4; s++) {
+                __m512i v =
+                    _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(g + 4 + 16 * s)));
+                _mm512_store_ps(d + 32 * s, _mm512_permutexvar_ps(v, tab));
+                _mm512_store_ps(d + 32 * s + 16,
+                                _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), tab));
+            }
+        }
+    }
+}
+
+/* xp <- tokens [0, T) of x, columns [k0, k0 + kc) (kc a multiple of 16) */
+static void pack_x(const float *x, int64_t ldx, int T, int64_t k0, int64_t kc, float *xp)
+{
+    for (int64_t c = 0; c < kc; c += 16, xp += T * 16)
+        for (int j = 0; j < T; j++)
+            _mm512_store_ps(xp + j * 16, _mm512_loadu_ps(x + j * ldx + k0 + c));
+}
+
+/* {sum a, sum b, sum c, sum d} */
+INLINE __m128 hsum4(__m512 a, __m512 b, __m512 c, __m512 d)
+{
+    __m256 a8 = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
+    __m256 b8 = _mm256_add_ps(_mm512_castps512_ps256(b), _mm512_extractf32x8_ps(b, 1));
+    __m256 c8 = _mm256_add_ps(_mm512_castps512_ps256(c), _mm512_extractf32x8_ps(c, 1));
+    __m256 d8 = _mm256_add_ps(_mm512_castps512_ps256(d), _mm512_extractf32x8_ps(d, 1));
+    __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(a8, b8), _mm256_hadd_ps(c8, d8));
+    return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+}
+
+/* R rows of wb (KC apart) x T packed tokens over kc columns */
+INLINE void microkernel(const int R, const int T, const float *wb, int64_t kc, const float *xp,
+                        float *y, int64_t ldy, bool add)
+{
+    __m512 acc[MR][NT];
+#pragma GCC unroll 4
+    for (int i = 0; i < R; i++)
+#pragma GCC unroll 6
+        for (int j = 0; j < T; j++)
+            acc[i][j] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < kc; c += 16, xp += T * 16) {
+        __m512 wv[MR];
+#pragma GCC unroll 4
+        for (int i = 0; i < R; i++)
+            wv[i] = _mm512_load_ps(wb + i * KC + c);
+#pragma GCC unroll 6
+        for (int j = 0; j < T; j++) {
+            __m512 xv = _mm512_load_ps(xp + j * 16);
+#pragma GCC unroll 4
+            for (int i = 0; i < R; i++)
+                acc[i][j] = _mm512_fmadd_ps(wv[i], xv, acc[i][j]);
+        }
+    }
+    if (R == MR) {
+#pragma GCC unroll 6
+        for (int j = 0; j < T; j++) {
+            __m128 s = hsum4(acc[0][j], acc[1][j], acc[2][j], acc[3][j]);
+            if (add)
+                s = _mm_add_ps(s, _mm_loadu_ps(y + j * ldy));
+            _mm_storeu_ps(y + j * ldy, s);
+        }
+        return;
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < R; i++)
+#pragma GCC unroll 6
+        for (int j = 0; j < T; j++) {
+            float s = _mm512_reduce_add_ps(acc[i][j]);
+            y[j * ldy + i] = add ? y[j * ldy + i] + s : s;
+        }
+}
+
+INLINE void tile(const int T, int R, const float *wb, int64_t kc, const float *xp, float *y,
+                 int64_t ldy, bool add)
+{
+    int i = 0;
+    for (; i + MR <= R; i += MR)
+        microkernel(MR, T, wb + (size_t)i * KC, kc, xp, y + i, ldy, add);
+    for (; i < R; i++)
+        microkernel(1, T, wb + (size_t)i * KC, kc, xp, y + i, ldy, add);
+}
+
+static void gemm_batched(const struct moe_weight *w, int64_t r0, int64_t r1, const float *x,
+                         int64_t ldx, int n, float *y, int64_t ldy)
+{
+    float wb[PR * KC] __attribute__((aligned(64)));
+    float xp[NT * KC] __attribute__((aligned(64)));
+    const uint8_t *base = w->data;
+    size_t rb = w->row_bytes;
+    int64_t cols = w->cols;
+    for (int64_t p0 = r0; p0 < r1; p0 += PR) {
+        int R = (int)MOE_MIN((int64_t)PR, r1 - p0);
+        for (int64_t k0 = 0; k0 < cols; k0 += KC) {
+            int64_t kc = MOE_MIN((int64_t)KC, cols - k0);
+            convert_panel(base + (size_t)p0 * rb, rb, R, k0, kc, wb);
+            bool add = k0 > 0;
+            for (int t0 = 0; t0 < n; t0 += NT) {
+                int T = MOE_MIN(NT, n - t0);
+                pack_x(x + t0 * ldx, ldx, T, k0, kc, xp);
+                float *yt = y + t0 * ldy + p0;
+                switch (T) {
+                case 1: tile(1, R, wb, kc, xp, yt, ldy, add); break;
+                case 2: tile(2, R, wb, kc, xp, yt, ldy, add); break;
+                case 3: tile(3, R, wb, kc, xp, yt, ldy, add); break;
+                case 4: tile(4, R, wb, kc, xp, yt, ldy, add); break;
+                case 5: tile(5, R, wb, kc, xp, yt, ldy, add); break;
+                default: tile(NT, R, wb, kc, xp, yt, ldy, add); break;
+                }
+            }
+        }
+    }
+}
+
+void moe_quant_gemm_gq4_avx512(const struct moe_weight *w, int64_t r0, int64_t r1,
+                               const float *x, int64_t ldx, int n, float *y, int64_t ldy)
+{
+    if (n <= 0 || r1 <= r0)
+        return;
+    if (n == 1) {
+        const uint8_t *base = w->data;
+        int64_t ng = w->cols / G;
+        for (int64_t r = r0; r < r1; r++)
+            y[r] = dot_row(base + (size_t)r * w->row_bytes, x, ng);
+    } else {
+        gemm_batched(w, r0, r1, x, ldx, n, y, ldy);
+    }
+}

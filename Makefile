@@ -34,7 +34,7 @@ CFLAGS_COMMON := -std=gnu11 -O2 -g -Wall -Wextra -Wno-unused-parameter \
                  -MMD -MP -I. $(SANFLAGS)
 CFLAGS   ?=
 LDFLAGS  ?=
-LIBS     := -ljansson -lpcre2-8 -lm -pthread
+LIBS     := -ljansson -lpcre2-8 -lxxhash -lm -pthread
 LIBS_SERVE := -lmicrohttpd -linih -lsystemd   # moed and tests only
 LIBS_CURL  := -lcurl                          # moectl
 

@@ -58,7 +58,15 @@ struct moe_gguf_str {
 struct moe_gguf;
 
 int moe_gguf_open(const char *path, struct moe_gguf **out);
+/* The same over bytes in memory (a pack's "tokenizer.gguf" blob), which must
+ * outlive the handle; name is for messages. */
+int moe_gguf_open_mem(const void *data, size_t size, const char *name, struct moe_gguf **out);
 void moe_gguf_close(struct moe_gguf *g);
+/* The key/value section's bytes as stored (after the 24-byte header), with
+ * the version and key count: "GGUF", version, u64 0 tensors, n_kv and these
+ * bytes make a vocabulary-only GGUF of the same metadata. */
+int moe_gguf_kv_section(const struct moe_gguf *g, uint32_t *version, uint64_t *n_kv,
+                        const void **data, size_t *size);
 const char *moe_gguf_path(const struct moe_gguf *g);
 
 bool moe_gguf_has(const struct moe_gguf *g, const char *key);

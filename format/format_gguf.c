@@ -48,6 +48,8 @@ struct moe_gguf {
     struct moe_tensor_info *tensors; /* names malloc'ed, owned here */
     size_t n_tensors;
     struct moe_format_index kv_index, tensor_index;
+    bool borrowed;          /* map.data is the caller's memory (open_mem) */
+    size_t kv_begin, kv_end; /* the key/value section's bytes */
 };
 
 /* ggml's tensor types, by their stable ids, so an unsupported one can be
@@ -511,7 +513,10 @@ void moe_gguf_close(struct moe_gguf *g)
     free(g->tensors);
     moe_format_index_free(&g->kv_index);
     moe_format_index_free(&g->tensor_index);
-    moe_file_unmap(&g->map);
+    if (g->borrowed)
+        free(g->map.path);
+    else
+        moe_file_unmap(&g->map);
     free(g);
 }
 
@@ -549,23 +554,19 @@ static int moe_gguf_header_parse(struct moe_gguf *g, struct moe_gguf_rd *r, uint
     return 0;
 }
 
-int moe_gguf_open(const char *path, struct moe_gguf **out)
+/* Parses g->map (filled by the caller); frees g on failure. */
+static int moe_gguf_parse(struct moe_gguf *g, struct moe_gguf **out)
 {
-    *out = NULL;
     uint64_t *offsets = NULL;
-    struct moe_gguf *g = calloc(1, sizeof(*g));
-    if (!g)
-        return moe_err(-ENOMEM, "%s: out of memory", path);
-    int rc = moe_file_map(path, &g->map);
-    if (rc < 0)
-        goto fail;
-    path = g->map.path;
+    int rc;
+    const char *path = g->map.path;
     struct moe_gguf_rd r = {.d = g->map.data, .size = g->map.size, .path = path};
     snprintf(r.what, sizeof(r.what), "header");
 
     uint64_t n_kv, n_tensors;
     if ((rc = moe_gguf_header_parse(g, &r, &n_kv, &n_tensors)) < 0)
         goto fail;
+    g->kv_begin = r.pos;
 
     /* counts are bounded by the file size now, so these allocations are too */
     g->kvs = calloc(n_kv ? n_kv : 1, sizeof(*g->kvs));
@@ -578,6 +579,7 @@ int moe_gguf_open(const char *path, struct moe_gguf **out)
         if ((rc = moe_gguf_kv_parse(g, &r, i)) < 0)
             goto fail;
     }
+    g->kv_end = r.pos;
     if ((rc = moe_gguf_alignment_read(g)) < 0)
         goto fail;
 
@@ -630,6 +632,44 @@ fail:
     free(offsets);
     moe_gguf_close(g);
     return rc;
+}
+
+int moe_gguf_open(const char *path, struct moe_gguf **out)
+{
+    *out = NULL;
+    struct moe_gguf *g = calloc(1, sizeof(*g));
+    if (!g)
+        return moe_err(-ENOMEM, "%s: out of memory", path);
+    int rc = moe_file_map(path, &g->map);
+    if (rc < 0) {
+        free(g);
+        return rc;
+    }
+    return moe_gguf_parse(g, out);
+}
+
+int moe_gguf_open_mem(const void *data, size_t size, const char *name, struct moe_gguf **out)
+{
+    *out = NULL;
+    struct moe_gguf *g = calloc(1, sizeof(*g));
+    if (!g || !(g->map.path = strdup(name))) {
+        free(g);
+        return moe_err(-ENOMEM, "%s: out of memory", name);
+    }
+    g->borrowed = true;
+    g->map.data = data;
+    g->map.size = size;
+    return moe_gguf_parse(g, out);
+}
+
+int moe_gguf_kv_section(const struct moe_gguf *g, uint32_t *version, uint64_t *n_kv,
+                        const void **data, size_t *size)
+{
+    *version = g->version;
+    *n_kv = g->n_kv;
+    *data = g->map.data + g->kv_begin;
+    *size = g->kv_end - g->kv_begin;
+    return 0;
 }
 
 const char *moe_gguf_path(const struct moe_gguf *g)

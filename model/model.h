@@ -16,6 +16,9 @@
 #include "quant/quant.h"
 
 struct moe_pool;
+struct moe_pack;
+struct moe_pack_writer;
+struct json_t; /* jansson's json_t */
 
 enum moe_arch {
     MOE_ARCH_MIXTRAL,   /* HF MixtralForCausalLM, GGUF "llama" with experts */
@@ -85,13 +88,44 @@ struct moe_model {
     char *path;
 };
 
-/* Opens a checkpoint: a directory (Hugging Face) or a .gguf file.
+/* Opens a checkpoint: a directory (Hugging Face), a .gguf file or a moed pack
+ * (recognised by its magic; every checksum is verified at open, so a corrupt
+ * pack is refused naming the tensor, blob or "layer L expert E").
  * Errors: negative errno, moe_err_msg() names the file and tensor. */
 int moe_model_open(const char *path, struct moe_model **out);
 /* Only the vocabulary of a checkpoint: a directory's tokenizer.json, or a
  * GGUF file (vocabulary-only ones included). */
 int moe_model_open_tokenizer(const char *path, struct moe_tokenizer **out);
 void moe_model_free(struct moe_model *m);
+
+/* The open pack of a model opened from one (its quant/meta JSON, blobs,
+ * expert offsets), NULL for other checkpoints. Owned by the model. */
+struct moe_pack *moe_model_pack(const struct moe_model *m);
+
+/* ---- writing a pack (moe-pack) --------------------------------------------------------
+ * Writes the "config" object, the tokenizer blobs and every dense tensor
+ * (all but the routed experts) of m to w; the caller adds the experts
+ * (moe_pack_writer_add_expert) and commits. Tensors keep the dtype they have
+ * in the model; vectors (norms, biases) are written as the fp32 copies the
+ * model holds. Canonical names (N = layer):
+ *   embed, lm_head (absent when tied), final_norm,
+ *   layers.N.attn_norm, layers.N.ffn_norm,
+ *   layers.N.attn.q, .k, .v, .o, layers.N.attn.q_bias, .k_bias, .v_bias,
+ *   layers.N.attn.q_norm, .k_norm,
+ *   layers.N.router, layers.N.shared_expert.gate, .up, .down,
+ *   layers.N.shared_expert_gate,                      (MoE layers)
+ *   layers.N.mlp.gate, .up, .down                     (dense layers)
+ * Tokenizer blobs: tokenizer.json, tokenizer_config.json, config.json and
+ * generation_config.json as found beside a Hugging Face checkpoint, or
+ * tokenizer.gguf: a vocabulary-only GGUF holding a GGUF source's metadata. */
+int moe_model_pack_write_base(const struct moe_model *m, struct moe_pack_writer *w);
+
+/* The architecture config as the pack's "config" object: every field, arch
+ * and qk_norm by name, layer_dense as an array of n_layers booleans. */
+struct json_t *moe_config_to_json(const struct moe_config *cfg); /* new reference, NULL: OOM */
+/* Reads it back: missing or unknown keys and wrong types are errors naming
+ * the key; the result is validated. file names the source in messages. */
+int moe_config_from_json(const struct json_t *o, const char *file, struct moe_config *cfg);
 
 /* Reads every page of every weight once, so later timings measure compute
  * rather than the first read from disk. Returns the bytes touched. */

@@ -16,18 +16,15 @@ static void dims_str(const struct moe_tensor_info *t, char *buf, size_t cap)
         snprintf(buf + n, cap - n, "]");
 }
 
+/* Any dtype of fixed-size rows that has a kernel (formats with varying rows
+ * need their traits' view and are bound elsewhere). */
 static int check_dtype(const struct moe_tensor_info *t, const char *file, const char *name)
 {
-    switch (t->dtype) {
-    case MOE_DTYPE_F32:
-    case MOE_DTYPE_F16:
-    case MOE_DTYPE_BF16:
-    case MOE_DTYPE_Q8_0:
+    const struct moe_dtype_traits *tr = moe_dtype_traits(t->dtype);
+    if (tr && !tr->view && tr->to_f32 && moe_gemm_kernel((enum moe_dtype)t->dtype, MOE_ISA_REF))
         return 0;
-    default:
-        return moe_err(-ENOTSUP, "%s: tensor '%s': unsupported dtype %s", file, name,
-                       moe_dtype_name(t->dtype));
-    }
+    return moe_err(-ENOTSUP, "%s: tensor '%s': unsupported dtype %s", file, name,
+                   moe_dtype_name(t->dtype));
 }
 
 static int missing(const char *file, const char *name)

@@ -3,11 +3,21 @@
 #define MOE_MODEL_INT_H
 
 #include "format/format.h"
+#include "format/format_pack.h"
 #include "model/model.h"
+
+#define MOE_PACK_MAX_SIDES 4
 
 struct moe_model_files {
     struct moe_safetensors *st; /* HF checkpoints */
     struct moe_gguf *gguf;      /* GGUF files */
+    struct moe_pack *pack;      /* moed packs */
+    struct moe_pack_side {      /* a dtype's shared table (QMoE decode table) */
+        int dtype;
+        const struct moe_dtype_traits *traits;
+        void *side;
+    } sides[MOE_PACK_MAX_SIDES];
+    int n_sides;
 };
 
 /* config.json -> cfg (defaults per architecture as transformers has them) */
@@ -20,6 +30,11 @@ int moe_config_validate(const struct moe_config *cfg, const char *file);
 /* Bind every tensor of the model (shapes and dtypes checked). */
 int moe_model_bind_hf(struct moe_model *m);
 int moe_model_bind_gguf(struct moe_model *m);
+/* A pack: config, tensors, experts, tokenizer (model_pack.c); m->path is the pack */
+int moe_model_open_pack(struct moe_model *m);
+/* The tokenizer held in a pack's blobs (*out NULL when it has none) */
+int moe_pack_tokenizer(const struct moe_pack *p, struct moe_tokenizer **out);
+void moe_model_pack_free_sides(struct moe_model_files *f);
 
 /* Shared binding helpers (model_bind.c). name is the tensor's name in its file. */
 int moe_bind_matrix(const struct moe_tensor_info *t, const char *file, const char *name,

@@ -51,6 +51,29 @@ int moe_model_open_tokenizer(const char *path, struct moe_tokenizer **out)
         return moe_err(-errno, "%s: cannot open: %s", path, strerror(errno));
     if (S_ISDIR(st.st_mode))
         return tokenizer_from_dir(path, false, out);
+    char magic[8] = {0};
+    FILE *f = fopen(path, "rb");
+    size_t got = f ? fread(magic, 1, 8, f) : 0;
+    if (f)
+        fclose(f);
+    if (got == 8 && !memcmp(magic, MOE_PACK_MAGIC, 8)) {
+        struct moe_pack *p;
+        int rc = moe_pack_open(path, &p);
+        if (rc < 0)
+            return rc;
+        static const char *const blobs[] = {"tokenizer.json", "tokenizer_config.json",
+                                            "config.json", "generation_config.json",
+                                            "tokenizer.gguf"};
+        for (size_t i = 0; i < MOE_ARRAY_SIZE(blobs) && rc == 0; i++)
+            if (moe_pack_find_blob(p, blobs[i]))
+                rc = moe_pack_verify_blob(p, blobs[i]);
+        if (rc == 0)
+            rc = moe_pack_tokenizer(p, out);
+        if (rc == 0 && !*out)
+            rc = moe_err(-ENOENT, "%s: the pack holds no tokenizer", path);
+        moe_pack_close(p);
+        return rc;
+    }
     struct moe_gguf *g;
     int rc = moe_gguf_open(path, &g);
     if (rc < 0)
@@ -109,16 +132,18 @@ int moe_model_open(const char *path, struct moe_model **out)
     if (S_ISDIR(st.st_mode)) {
         rc = open_hf(m);
     } else {
-        char magic[4] = {0};
+        char magic[8] = {0};
         FILE *f = fopen(path, "rb");
-        size_t got = f ? fread(magic, 1, 4, f) : 0;
+        size_t got = f ? fread(magic, 1, 8, f) : 0;
         if (f)
             fclose(f);
-        if (got == 4 && !memcmp(magic, "GGUF", 4))
+        if (got >= 4 && !memcmp(magic, "GGUF", 4))
             rc = open_gguf(m);
+        else if (got == 8 && !memcmp(magic, MOE_PACK_MAGIC, 8))
+            rc = moe_model_open_pack(m);
         else
-            rc = moe_err(-EINVAL, "%s: not a model: expected a Hugging Face directory or a "
-                         "GGUF file", path);
+            rc = moe_err(-EINVAL, "%s: not a model: expected a Hugging Face directory, a "
+                         "GGUF file or a moed pack", path);
     }
     if (rc < 0)
         goto fail;
@@ -152,6 +177,8 @@ void moe_model_free(struct moe_model *m)
     if (m->files) {
         moe_safetensors_close(m->files->st);
         moe_gguf_close(m->files->gguf);
+        moe_model_pack_free_sides(m->files); /* tables views point into: before the pack */
+        moe_pack_close(m->files->pack);
         free(m->files);
     }
     free(m->path);

@@ -16,6 +16,14 @@ struct moe_tokenizer;
  * or NULL (it decides add_bos / add_eos and names bos/eos). */
 int moe_tokenizer_from_hf(const char *tokenizer_json, const char *config_json,
                           struct moe_tokenizer **out);
+/* The same from texts in memory (a pack's blobs); name is for messages.
+ * config_json: tokenizer_config.json's text or NULL. siblings: the texts of
+ * config.json and generation_config.json (entries may be NULL), read as
+ * moe_tokenizer_from_hf reads the files beside tokenizer.json. */
+int moe_tokenizer_from_hf_mem(const char *name, const char *tokenizer_json, size_t len,
+                              const char *config_json, size_t config_len,
+                              const char *const *siblings, const size_t *sibling_len,
+                              size_t n_siblings, struct moe_tokenizer **out);
 int moe_tokenizer_from_gguf(const struct moe_gguf *g, struct moe_tokenizer **out);
 void moe_tokenizer_free(struct moe_tokenizer *tok);
 

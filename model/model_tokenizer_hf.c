@@ -549,8 +549,15 @@ static json_t *load_json(const char *path, bool quiet_missing, int *rc)
     return j;
 }
 
-/* Files beside tokenizer.json: config.json's ids when nothing else named
- * BOS / EOS, generation_config.json's eos ids as end of generation. */
+/* config.json's ids when nothing else named BOS / EOS, generation_config.json's
+ * eos ids as end of generation. */
+static void sibling_apply(struct hf_load *L, const json_t *j)
+{
+    config_ids(L->tok, j, "bos_token_id", &L->tok->bos, false);
+    config_ids(L->tok, j, "eos_token_id", &L->tok->eos, true);
+}
+
+/* Files beside tokenizer.json: config.json, generation_config.json. */
 static int sibling_configs(struct hf_load *L)
 {
     char *dup = strdup(L->path);
@@ -569,11 +576,69 @@ static int sibling_configs(struct hf_load *L)
         free(p);
         if (!j)
             continue; /* missing is fine; a broken file is an error */
-        config_ids(L->tok, j, "bos_token_id", &L->tok->bos, false);
-        config_ids(L->tok, j, "eos_token_id", &L->tok->eos, true);
+        sibling_apply(L, j);
         json_decref(j);
     }
     free(dup);
+    return rc;
+}
+
+/* The texts of the sibling files, when they come from memory (a pack). */
+struct hf_siblings {
+    const char *const *text;
+    const size_t *len;
+    size_t n;
+};
+
+/* cfg: tokenizer_config.json parsed, or NULL (borrowed). sib NULL: read
+ * the sibling files beside name when from_dir. */
+static int hf_build(const char *name, const char *text, size_t len, const json_t *cfg,
+                    bool from_dir, const struct hf_siblings *sib, struct moe_tokenizer **out)
+{
+    struct hf_load L = { .path = name, .tmpl_bos = -1, .tmpl_eos = -1 };
+    json_t *root = NULL;
+    int rc;
+    *out = NULL;
+    root = parse_json(name, text, len, &rc);
+    if (!root)
+        goto fail;
+    if ((rc = load_model(&L, root)) ||
+        (rc = parse_normalizer(&L, json_object_get(root, "normalizer"), 0)) ||
+        (rc = parse_pre(&L, json_object_get(root, "pre_tokenizer"), 0)) ||
+        (rc = parse_decoder(&L, json_object_get(root, "decoder"), 0)))
+        goto fail;
+    struct moe_tokenizer *tok = L.tok;
+    parse_post(&L, json_object_get(root, "post_processor"), 0);
+
+    tok->bos = config_token(tok, cfg, "bos_token");
+    tok->eos = config_token(tok, cfg, "eos_token");
+    if (tok->bos < 0)
+        tok->bos = L.tmpl_bos;
+    const json_t *ab = json_object_get(cfg, "add_bos_token");
+    const json_t *ae = json_object_get(cfg, "add_eos_token");
+    tok->add_bos = json_is_boolean(ab) ? json_is_true(ab) : L.tmpl_bos >= 0;
+    tok->add_eos = json_is_boolean(ae) ? json_is_true(ae) : L.tmpl_eos >= 0;
+    if (tok->add_eos && tok->eos < 0)
+        tok->eos = L.tmpl_eos;
+    if (from_dir && (rc = sibling_configs(&L)))
+        goto fail;
+    for (size_t k = 0; sib && k < sib->n; k++) {
+        if (!sib->text[k])
+            continue;
+        json_t *j = parse_json(name, sib->text[k], sib->len[k], &rc);
+        if (!j)
+            goto fail;
+        sibling_apply(&L, j);
+        json_decref(j);
+    }
+    if ((rc = moe_tok_finish(tok)))
+        goto fail;
+    json_decref(root);
+    *out = tok;
+    return 0;
+fail:
+    json_decref(root);
+    moe_tokenizer_free(L.tok);
     return rc;
 }
 
@@ -594,47 +659,34 @@ int moe_tokenizer_from_hf(const char *tokenizer_json, const char *config_json,
 int moe_tok_from_hf_text(const char *name, const char *text, size_t len,
                          const char *config_json, bool siblings, struct moe_tokenizer **out)
 {
-    struct hf_load L = { .path = name, .tmpl_bos = -1, .tmpl_eos = -1 };
-    json_t *root = NULL, *cfg = NULL;
+    json_t *cfg = NULL;
     int rc;
     *out = NULL;
-    root = parse_json(name, text, len, &rc);
-    if (!root)
-        goto fail;
-    if ((rc = load_model(&L, root)) ||
-        (rc = parse_normalizer(&L, json_object_get(root, "normalizer"), 0)) ||
-        (rc = parse_pre(&L, json_object_get(root, "pre_tokenizer"), 0)) ||
-        (rc = parse_decoder(&L, json_object_get(root, "decoder"), 0)))
-        goto fail;
-    struct moe_tokenizer *tok = L.tok;
-    parse_post(&L, json_object_get(root, "post_processor"), 0);
-
     if (config_json) {
         cfg = load_json(config_json, false, &rc);
         if (!cfg)
-            goto fail;
+            return rc;
     }
-    tok->bos = config_token(tok, cfg, "bos_token");
-    tok->eos = config_token(tok, cfg, "eos_token");
-    if (tok->bos < 0)
-        tok->bos = L.tmpl_bos;
-    const json_t *ab = json_object_get(cfg, "add_bos_token");
-    const json_t *ae = json_object_get(cfg, "add_eos_token");
-    tok->add_bos = json_is_boolean(ab) ? json_is_true(ab) : L.tmpl_bos >= 0;
-    tok->add_eos = json_is_boolean(ae) ? json_is_true(ae) : L.tmpl_eos >= 0;
-    if (tok->add_eos && tok->eos < 0)
-        tok->eos = L.tmpl_eos;
-    if (siblings && (rc = sibling_configs(&L)))
-        goto fail;
-    if ((rc = moe_tok_finish(tok)))
-        goto fail;
-    json_decref(root);
+    rc = hf_build(name, text, len, cfg, siblings, NULL, out);
     json_decref(cfg);
-    *out = tok;
-    return 0;
-fail:
-    json_decref(root);
+    return rc;
+}
+
+int moe_tokenizer_from_hf_mem(const char *name, const char *tokenizer_json, size_t len,
+                              const char *config_json, size_t config_len,
+                              const char *const *siblings, const size_t *sibling_len,
+                              size_t n_siblings, struct moe_tokenizer **out)
+{
+    json_t *cfg = NULL;
+    int rc;
+    *out = NULL;
+    if (config_json) {
+        cfg = parse_json(name, config_json, config_len, &rc);
+        if (!cfg)
+            return rc;
+    }
+    struct hf_siblings sib = { siblings, sibling_len, n_siblings };
+    rc = hf_build(name, tokenizer_json, len, cfg, false, &sib, out);
     json_decref(cfg);
-    moe_tokenizer_free(L.tok);
     return rc;
 }

@@ -3,6 +3,8 @@
  *   moe-bench ppl    --model PATH --text FILE [--window W] [--start-char C] [--max-windows K]
  *   moe-bench decode --model PATH [--tokens N] [--prompt-tokens P]
  *   moe-bench logits --model PATH --ids "1 2 3" --out FILE     (raw fp32 [n][vocab])
+ *   moe-bench gemv   --model PATH [--seconds S]
+ *   moe-bench decode-cmp --model A --model B ... [--tokens N] [--rounds R]
  * Common: --threads N. */
 #include <errno.h>
 #include <getopt.h>
@@ -15,6 +17,7 @@
 #include "backend/backend.h"
 #include "common/common.h"
 #include "model/model.h"
+#include "quant/quant_qmoe.h"
 
 #define EXIT_USAGE 2
 
@@ -22,6 +25,8 @@ static const char usage[] =
     "usage: moe-bench ppl    --model PATH --text FILE [--window W] [--start-char C] [--max-windows K]\n"
     "       moe-bench decode --model PATH [--tokens N] [--prompt-tokens P]\n"
     "       moe-bench logits --model PATH --ids \"ID ...\" --out FILE\n"
+    "       moe-bench gemv   --model PATH [--seconds S]\n"
+    "       moe-bench decode-cmp --model A --model B ... [--tokens N] [--prompt-tokens P] [--rounds R]\n"
     "\n"
     "ppl:    perplexity of FILE (from character C on), encoded at once without BOS;\n"
     "        window k feeds tokens [kW, kW+W) with an empty cache and scores\n"
@@ -31,13 +36,24 @@ static const char usage[] =
     "        bandwidth measured in the same run and the fraction of that roofline\n"
     "        (median over blocks of 8 tokens, each paired with a bandwidth pass).\n"
     "logits: logits of every position of ID... as raw float32 [n][vocab].\n"
+    "gemv:   decode GEMV throughput of each expert format (bf16, q8_0, gq4, qmoe\n"
+    "        with random ternary rows at P(0) = 0.85, and the model's own experts)\n"
+    "        at the model's expert shapes: weights/s and GB/s of stored bytes.\n"
+    "decode-cmp: batch-1 decode of every --model in turn, R rounds (default 3),\n"
+    "        so the models share the machine's state; median tok/s of each and\n"
+    "        its ratio to the first.\n"
     "\n"
     "  --threads N   worker threads (default: all cores)\n";
 
+#define MAX_MODELS 8
+
 struct bench_opts {
     const char *model, *text, *ids, *out;
-    int32_t window, max_windows, tokens, prompt_tokens, threads;
+    const char *models[MAX_MODELS];
+    int n_models;
+    int32_t window, max_windows, tokens, prompt_tokens, threads, rounds;
     int64_t start_char;
+    double seconds;
 };
 
 static int parse_args(int argc, char **argv, struct bench_opts *o)
@@ -48,18 +64,31 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
         {"max-windows", required_argument, 0, 'k'}, {"tokens", required_argument, 0, 'n'},
         {"prompt-tokens", required_argument, 0, 'p'}, {"threads", required_argument, 0, 't'},
         {"ids", required_argument, 0, 'i'},         {"out", required_argument, 0, 'o'},
+        {"rounds", required_argument, 0, 'r'},      {"seconds", required_argument, 0, 's'},
         {"help", no_argument, 0, 'h'},              {0, 0, 0, 0}};
     memset(o, 0, sizeof(*o));
     o->window = 256;
     o->tokens = 32;
     o->prompt_tokens = 64;
+    o->rounds = 3;
+    o->seconds = 1.0;
     int c;
     int64_t v;
+    double d;
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
         const char *name = moe_cli_opt_name(longopts, c);
         switch (c) {
-        case 'm': o->model = optarg; break;
+        case 'm':
+            if (o->n_models == MAX_MODELS) {
+                fprintf(stderr, "moe-bench: at most %d --model\n", MAX_MODELS);
+                return -1;
+            }
+            o->models[o->n_models++] = optarg;
+            o->model = o->models[0];
+            break;
+        case 'r': if (moe_cli_integer("moe-bench", name, optarg, 1, 100, &v)) return -1; o->rounds = (int32_t)v; break;
+        case 's': if (moe_cli_number("moe-bench", name, optarg, 0.01, 600, &d)) return -1; o->seconds = d; break;
         case 'x': o->text = optarg; break;
         case 'i': o->ids = optarg; break;
         case 'o': o->out = optarg; break;
@@ -346,6 +375,301 @@ static int cmd_logits(const struct bench_opts *o, struct moe_model *m, struct mo
     return rc < 0 ? (rc == -EINVAL ? EXIT_USAGE : 1) : 0;
 }
 
+/* ---- gemv: expert-format kernel throughput ------------------------------------------ */
+
+struct gemv_set {
+    struct moe_weight *w; /* copies, together well past the last-level cache */
+    int n;
+    void *mem;
+};
+
+/* Copies of one matrix until they span bytes_min (so each pass streams from
+ * memory, as experts do), at most 512. */
+static int gemv_set_make(const struct moe_weight *proto, size_t bytes_min, struct gemv_set *set)
+{
+    size_t nb = moe_weight_bytes(proto), stride = MOE_ALIGN_UP(nb, (size_t)4096);
+    int n = (int)MOE_MIN((bytes_min + nb - 1) / nb, (size_t)512);
+    set->mem = aligned_alloc(4096, stride * (size_t)n);
+    set->w = calloc((size_t)n, sizeof(*set->w));
+    if (!set->mem || !set->w)
+        return moe_err(-ENOMEM, "out of memory");
+    for (int i = 0; i < n; i++) {
+        uint8_t *dst = (uint8_t *)set->mem + stride * (size_t)i;
+        memcpy(dst, proto->data, nb);
+        set->w[i] = *proto;
+        set->w[i].data = dst;
+    }
+    set->n = n;
+    return 0;
+}
+
+static void gemv_set_free(struct gemv_set *set)
+{
+    free(set->mem);
+    free(set->w);
+}
+
+/* weights/s of moe_matmul(n = 1) over the set, best of passes within secs */
+static double gemv_rate(struct moe_pool *pool, const struct gemv_set *set, double secs,
+                        double *gbs)
+{
+    const struct moe_weight *w0 = &set->w[0];
+    float *x = malloc((size_t)w0->cols * sizeof(float)), *y = malloc((size_t)w0->rows * sizeof(float));
+    for (int64_t i = 0; i < w0->cols; i++)
+        x[i] = (float)((i * 37) % 17) / 17.0f - 0.5f;
+    double best = 0.0, best_gbs = 0.0, t_end = moe_now_s() + secs;
+    do {
+        double t0 = moe_now_s(), weights = 0.0, bytes = 0.0;
+        for (int i = 0; i < set->n; i++) {
+            moe_matmul(pool, &set->w[i], x, 1, y);
+            weights += (double)set->w[i].rows * (double)set->w[i].cols;
+            bytes += (double)moe_weight_bytes(&set->w[i]);
+        }
+        double dt = moe_now_s() - t0;
+        if (weights / dt > best) {
+            best = weights / dt;
+            best_gbs = bytes / dt / 1e9;
+        }
+    } while (moe_now_s() < t_end);
+    free(x);
+    free(y);
+    *gbs = best_gbs;
+    return best;
+}
+
+static uint64_t bench_rng(uint64_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return *s;
+}
+
+/* A random matrix of one dtype (plain formats through from_f32). */
+static int make_plain(int dtype, int64_t rows, int64_t cols, struct moe_weight *w, void **mem)
+{
+    const struct moe_dtype_traits *t = moe_dtype_traits(dtype);
+    size_t rb = moe_dtype_row_bytes(dtype, cols);
+    float *row = malloc((size_t)cols * sizeof(float));
+    *mem = malloc(rb * (size_t)rows);
+    if (!t || !rb || !row || !*mem) {
+        free(row);
+        return moe_err(-EINVAL, "cannot build a %s matrix of %lld x %lld", moe_dtype_name(dtype),
+                       (long long)rows, (long long)cols);
+    }
+    uint64_t s = 88172645463325252ull;
+    for (int64_t r = 0; r < rows; r++) {
+        for (int64_t c = 0; c < cols; c++)
+            row[c] = (float)(bench_rng(&s) % 2001) / 1000.0f - 1.0f;
+        t->from_f32(row, (uint8_t *)*mem + (size_t)r * rb, cols);
+    }
+    free(row);
+    *w = (struct moe_weight){dtype, rows, cols, rb, *mem, 0, NULL};
+    return 0;
+}
+
+/* Random ternary rows with P(0) = p0, in the QMoE format. */
+static int make_qmoe(int64_t rows, int64_t cols, double p0, void *side, struct moe_weight *w,
+                     void **mem)
+{
+    uint64_t *table = malloc(MOE_QMOE_DICT_SIZE * sizeof(uint64_t));
+    uint8_t *digits = malloc((size_t)rows * (size_t)cols), *levels = malloc((size_t)rows * 2);
+    size_t cap = moe_qmoe_matrix_bound(rows, cols);
+    *mem = malloc(cap);
+    struct moe_qmoe_encoder *enc = NULL;
+    int rc = !table || !digits || !levels || !*mem ? moe_err(-ENOMEM, "out of memory") : 0;
+    if (rc == 0) {
+        moe_qmoe_dict_build(MOE_QMOE_P_ZERO, table);
+        rc = moe_qmoe_encoder_create(table, &enc);
+    }
+    if (rc == 0) {
+        uint64_t s = 0x2545F4914F6CDD1Dull;
+        uint64_t zero_cut = (uint64_t)(p0 * 1e6);
+        for (size_t i = 0; i < (size_t)rows * (size_t)cols; i++) {
+            uint64_t v = bench_rng(&s) % 1000000;
+            digits[i] = v < zero_cut ? 0 : (uint8_t)(1 + (v & 1));
+        }
+        for (int64_t r = 0; r < rows; r++) {
+            levels[2 * r] = 200;
+            levels[2 * r + 1] = 210;
+        }
+        size_t nb = moe_qmoe_matrix_encode(enc, digits, levels, 0.05f, rows, cols, *mem, cap);
+        rc = moe_qmoe_view(*mem, nb, rows, cols, side, w);
+    }
+    moe_qmoe_encoder_free(enc);
+    free(table);
+    free(digits);
+    free(levels);
+    return rc;
+}
+
+static int cmd_gemv(const struct bench_opts *o, struct moe_model *m, struct moe_pool *pool)
+{
+    const struct moe_config *c = &m->cfg;
+    int32_t l0 = 0;
+    while (l0 < c->n_layers && c->layer_dense[l0])
+        l0++;
+    if (l0 == c->n_layers) {
+        fprintf(stderr, "moe-bench gemv: %s has no MoE layer\n", o->model);
+        return EXIT_USAGE;
+    }
+    const struct moe_expert_weights *e0 = &m->layers[l0].experts[0];
+    int64_t shapes[2][2] = {{e0->gate.rows, e0->gate.cols}, {e0->down.rows, e0->down.cols}};
+    size_t span = (size_t)256 << 20; /* well past the L3 of any CPU here */
+    void *side = NULL;
+    uint64_t *table = malloc(MOE_QMOE_DICT_SIZE * sizeof(uint64_t));
+    int rc = table ? 0 : moe_err(-ENOMEM, "out of memory");
+    if (rc == 0) {
+        moe_qmoe_dict_build(MOE_QMOE_P_ZERO, table);
+        rc = moe_qmoe_side_create(table, MOE_QMOE_DICT_SIZE * sizeof(uint64_t), &side);
+    }
+    free(table);
+    json_t *res = json_array();
+    for (int si = 0; si < 2 && rc == 0; si++) {
+        int64_t rows = shapes[si][0], cols = shapes[si][1];
+        const char *names[] = {"bf16", "q8_0", "gq4", "qmoe-p0.85"};
+        for (int f = 0; f < 4 && rc == 0; f++) {
+            struct moe_weight w;
+            void *mem = NULL;
+            if (f < 3) {
+                int dt = f == 0 ? MOE_DTYPE_BF16 : (f == 1 ? MOE_DTYPE_Q8_0 : MOE_DTYPE_GQ4);
+                rc = make_plain(dt, rows, cols, &w, &mem);
+            } else {
+                rc = make_qmoe(rows, cols, 0.85, side, &w, &mem);
+            }
+            struct gemv_set set = {0};
+            if (rc == 0 && (rc = gemv_set_make(&w, span, &set)) == 0) {
+                double gbs, rate = gemv_rate(pool, &set, o->seconds, &gbs);
+                json_array_append_new(res, json_pack("{s:s, s:[I,I], s:f, s:f, s:f}", "format",
+                    names[f], "shape", (json_int_t)rows, (json_int_t)cols, "weights_per_s", rate,
+                    "gbs", gbs, "bits_per_weight",
+                    8.0 * (double)moe_weight_bytes(&w) / ((double)rows * (double)cols)));
+            }
+            gemv_set_free(&set);
+            free(mem);
+        }
+    }
+    /* the model's own experts as they are stored: all experts of all layers */
+    if (rc == 0) {
+        double weights = 0.0, bytes = 0.0, best = 0.0, best_gbs = 0.0;
+        float *x = calloc((size_t)MOE_MAX(c->hidden, c->expert_ffn), sizeof(float));
+        float *y = calloc((size_t)MOE_MAX(c->hidden, c->expert_ffn), sizeof(float));
+        moe_model_prefault(m);
+        double t_end = moe_now_s() + o->seconds;
+        do {
+            weights = bytes = 0.0;
+            double t0 = moe_now_s();
+            for (int32_t l = 0; l < c->n_layers; l++) {
+                if (c->layer_dense[l])
+                    continue;
+                for (int32_t e = 0; e < c->n_experts; e++) {
+                    const struct moe_weight *ws[3] = {&m->layers[l].experts[e].gate,
+                                                      &m->layers[l].experts[e].up,
+                                                      &m->layers[l].experts[e].down};
+                    for (int i = 0; i < 3; i++) {
+                        moe_matmul(pool, ws[i], x, 1, y);
+                        weights += (double)ws[i]->rows * (double)ws[i]->cols;
+                        bytes += (double)moe_weight_bytes(ws[i]);
+                    }
+                }
+            }
+            double dt = moe_now_s() - t0;
+            if (weights / dt > best) {
+                best = weights / dt;
+                best_gbs = bytes / dt / 1e9;
+            }
+        } while (moe_now_s() < t_end);
+        json_array_append_new(res, json_pack("{s:s, s:s, s:f, s:f, s:f}", "format", "model",
+            "dtype", moe_dtype_name(e0->gate.dtype), "weights_per_s", best, "gbs", best_gbs,
+            "bits_per_weight", 8.0 * bytes / weights));
+        free(x);
+        free(y);
+    }
+    if (side)
+        moe_qmoe_side_free(side);
+    if (rc < 0) {
+        fprintf(stderr, "moe-bench: %s\n", moe_err_msg());
+        json_decref(res);
+        return 1;
+    }
+    json_t *j = json_object();
+    json_object_set_new(j, "model", json_string(o->model));
+    json_object_set_new(j, "threads", json_integer(moe_pool_threads(pool)));
+    json_object_set_new(j, "isa", json_string(moe_isa_name(moe_isa_best())));
+    json_object_set_new(j, "gemv", res);
+    print_json(j);
+    return 0;
+}
+
+/* ---- decode-cmp: several models decoded in turn ------------------------------------- */
+
+/* tok/s of N decode tokens after a P-token prompt, from an empty cache */
+static int decode_once(struct moe_model *m, struct moe_pool *pool, int32_t P, int32_t N,
+                       double *tok_s)
+{
+    int32_t V = m->cfg.vocab;
+    struct moe_session *s = NULL;
+    int32_t *prompt = malloc((size_t)P * sizeof(int32_t));
+    float *logits = malloc((size_t)V * sizeof(float));
+    int rc = !prompt || !logits ? moe_err(-ENOMEM, "out of memory")
+                                : moe_session_create(m, pool, P + N + 1, &s);
+    for (int32_t i = 0; rc == 0 && i < P; i++)
+        prompt[i] = (int32_t)(((int64_t)i * 7919 + 13) % V);
+    if (rc == 0)
+        rc = moe_session_forward(s, prompt, P, logits, false);
+    double t0 = moe_now_s();
+    for (int32_t i = 0; rc == 0 && i < N; i++) {
+        int32_t tok = argmax(logits, V);
+        rc = moe_session_forward(s, &tok, 1, logits, false);
+    }
+    *tok_s = N / (moe_now_s() - t0);
+    moe_session_free(s);
+    free(prompt);
+    free(logits);
+    return rc;
+}
+
+static int cmd_decode_cmp(const struct bench_opts *o, struct moe_pool *pool)
+{
+    struct moe_model *ms[MAX_MODELS] = {0};
+    double rates[MAX_MODELS][100];
+    int rc = 0;
+    for (int i = 0; i < o->n_models && rc == 0; i++)
+        if ((rc = moe_model_open(o->models[i], &ms[i])) == 0) {
+            moe_model_prefault(ms[i]);
+            double warm;
+            rc = decode_once(ms[i], pool, o->prompt_tokens, 2, &warm);
+        }
+    for (int r = 0; r < o->rounds && rc == 0; r++)
+        for (int i = 0; i < o->n_models && rc == 0; i++)
+            rc = decode_once(ms[i], pool, o->prompt_tokens, o->tokens, &rates[i][r]);
+    if (rc == 0) {
+        json_t *arr = json_array();
+        double base = 0.0;
+        for (int i = 0; i < o->n_models; i++) {
+            json_t *rounds = json_array();
+            for (int r = 0; r < o->rounds; r++)
+                json_array_append_new(rounds, json_real(rates[i][r]));
+            double med = median(rates[i], o->rounds);
+            if (i == 0)
+                base = med;
+            json_array_append_new(arr, json_pack("{s:s, s:f, s:f, s:I, s:o}", "model",
+                o->models[i], "decode_tok_s", med, "ratio_to_first", med / base,
+                "active_bytes", (json_int_t)moe_model_active_bytes(ms[i]), "rounds", rounds));
+        }
+        json_t *j = json_object();
+        json_object_set_new(j, "threads", json_integer(moe_pool_threads(pool)));
+        json_object_set_new(j, "tokens", json_integer(o->tokens));
+        json_object_set_new(j, "models", arr);
+        print_json(j);
+    } else {
+        fprintf(stderr, "moe-bench: %s\n", moe_err_msg());
+    }
+    for (int i = 0; i < o->n_models; i++)
+        moe_model_free(ms[i]);
+    return rc < 0 ? 1 : 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
@@ -355,14 +679,25 @@ int main(int argc, char **argv)
     const char *cmd = argv[1];
     int (*fn)(const struct bench_opts *, struct moe_model *, struct moe_pool *) =
         !strcmp(cmd, "ppl") ? cmd_ppl : !strcmp(cmd, "decode") ? cmd_decode
-        : !strcmp(cmd, "logits") ? cmd_logits : NULL;
-    if (!fn) {
+        : !strcmp(cmd, "logits") ? cmd_logits : !strcmp(cmd, "gemv") ? cmd_gemv : NULL;
+    bool cmp = !strcmp(cmd, "decode-cmp");
+    if (!fn && !cmp) {
         fprintf(stderr, "moe-bench: unknown command '%s'\n%s", cmd, usage);
         return EXIT_USAGE;
     }
     struct bench_opts o;
     if (parse_args(argc - 1, argv + 1, &o) < 0)
         return EXIT_USAGE;
+    if (cmp) {
+        struct moe_pool *pool;
+        if (moe_pool_create(o.threads, &pool) < 0) {
+            fprintf(stderr, "moe-bench: %s\n", moe_err_msg());
+            return 1;
+        }
+        int ret = cmd_decode_cmp(&o, pool);
+        moe_pool_free(pool);
+        return ret;
+    }
     struct moe_model *m;
     if (moe_model_open(o.model, &m) < 0) {
         fprintf(stderr, "moe-bench: %s\n", moe_err_msg());

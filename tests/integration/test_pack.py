@@ -1,0 +1,210 @@
+"""moe-pack and the moed pack end to end: packs of the bundled tiny model in
+every expert format load wherever a checkpoint does, a bf16 pack reproduces
+the checkpoint bit for bit, qmoe stays under one bit per weight, and a damaged
+or interrupted pack is reported (naming the expert) rather than used."""
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.environ.get("BIN", os.path.join(ROOT, "build", "bin"))
+TINY = os.path.join(ROOT, "models", "tiny-moe")
+TEXT = os.path.join(ROOT, "data", "tinyshakespeare.txt")
+VALID_START = 1003788  # reference.json: validation text starts here; never calibrate on it
+PY = os.environ.get("PYTHON", "/usr/bin/python3")
+IDS = "1022 396 304 44 528 321 287 304 266"
+
+
+def run(*args, timeout=300):
+    p = subprocess.run([os.path.join(BIN, args[0])] + [str(a) for a in args[1:]],
+                       capture_output=True, text=True, timeout=timeout)
+    return p.returncode, p.stdout, p.stderr
+
+
+def pack_header(path):
+    with open(path, "rb") as f:
+        pre = f.read(64)
+        magic, version, flags, off, size = struct.unpack("<8sIIQQ", pre[:32])
+        f.seek(off)
+        return version, json.loads(f.read(size))
+
+
+class Packs(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="moe-pack-test-")
+        cls.packs, cls.summary = {}, {}
+        for fmt in ("bf16", "q8", "q4", "qmoe-rtn", "qmoe"):
+            out = os.path.join(cls.tmp, f"tiny-{fmt}.moe")
+            args = ["moe-pack", "--model", TINY, "--out", out, "--experts", fmt]
+            if fmt == "qmoe":
+                args += ["--calib", TEXT, "--calib-tokens", "4096", "--calib-end-char", VALID_START]
+            rc, out_s, err = run(*args)
+            if rc != 0:
+                raise AssertionError(f"moe-pack {fmt} failed ({rc}): {err}")
+            cls.packs[fmt] = out
+            cls.summary[fmt] = (json.loads(out_s.strip().splitlines()[-1]), err)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp)
+
+    def logits(self, model):
+        out = os.path.join(self.tmp, "logits.bin")
+        rc, _, err = run("moe-bench", "logits", "--model", model, "--ids", IDS, "--out", out)
+        self.assertEqual(rc, 0, err)
+        return np.fromfile(out, dtype=np.float32).reshape(len(IDS.split()), -1)
+
+    def test_summary_line_reports_bits_bytes_and_time(self):
+        for fmt, (s, err) in self.summary.items():
+            for key in ("expert_bits_per_weight", "pack_bytes", "seconds"):
+                self.assertIn(key, s, fmt)
+            self.assertEqual(s["pack_bytes"], os.path.getsize(self.packs[fmt]))
+            self.assertIn("layer 4/4", err, fmt)
+            self.assertIn("ETA", err, fmt)
+        bits = {f: s["expert_bits_per_weight"] for f, (s, _) in self.summary.items()}
+        self.assertAlmostEqual(bits["bf16"], 16.0, places=3)
+        self.assertAlmostEqual(bits["q8"], 8.5, places=3)
+        self.assertAlmostEqual(bits["q4"], 4.25, places=3)
+
+    def test_qmoe_is_under_one_bit_per_weight_with_calibration(self):
+        s, err = self.summary["qmoe"]
+        self.assertLessEqual(s["expert_bits_per_weight"], 1.0)
+        self.assertGreater(s["zero_fraction"], 0.5)
+        self.assertEqual(s["calib_tokens"], 4096)
+        self.assertIn("identity Hessian", err)
+        _, header = pack_header(self.packs["qmoe"])
+        self.assertTrue(header["quant"]["gptq"])
+        self.assertEqual(header["quant"]["experts"], "qmoe")
+
+    def test_bf16_pack_reproduces_the_checkpoint_exactly(self):
+        a, b = self.logits(TINY), self.logits(self.packs["bf16"])
+        self.assertEqual(np.abs(a - b).max(), 0.0)
+
+    def test_compressed_packs_stay_close_to_the_checkpoint(self):
+        ref = self.logits(TINY)
+        # max |logit diff| grows as bits shrink; the greedy choice mostly survives
+        for fmt, limit in (("q8", 0.1), ("q4", 1.5), ("qmoe", 6.0), ("qmoe-rtn", 8.0)):
+            got = self.logits(self.packs[fmt])
+            self.assertTrue(np.isfinite(got).all(), fmt)
+            self.assertLess(np.abs(got - ref).max(), limit, fmt)
+
+    def test_every_pack_generates_text_with_moe_run(self):
+        for fmt, path in self.packs.items():
+            rc, out, err = run("moe-run", "--model", path, "--prompt", "ROMEO:", "--max-tokens",
+                               "16", "--temperature", "0")
+            self.assertEqual(rc, 0, f"{fmt}: {err}")
+            self.assertGreater(len(out.strip()), 0, fmt)
+
+    def damaged_copy(self, name):
+        dst = os.path.join(self.tmp, name)
+        shutil.copy(self.packs["qmoe"], dst)
+        return dst
+
+    def test_flipped_byte_in_an_expert_blob_names_the_expert(self):
+        path = self.damaged_copy("flipped.moe")
+        _, header = pack_header(path)
+        e = next(x for x in header["experts"] if x["layer"] == 1 and x["expert"] == 3)
+        with open(path, "r+b") as f:
+            f.seek(e["offset"] + 100)
+            b = f.read(1)
+            f.seek(e["offset"] + 100)
+            f.write(bytes([b[0] ^ 0x40]))
+        rc, _, err = run("moe-run", "--model", path, "--prompt", "x", "--max-tokens", "1")
+        self.assertGreater(rc, 0)  # an exit code, not a signal
+        self.assertIn("layer 1 expert 3", err)
+        self.assertIn("checksum", err)
+
+    def test_truncated_pack_is_reported(self):
+        path = self.damaged_copy("truncated.moe")
+        size = os.path.getsize(path)
+        with open(path, "r+b") as f:
+            f.truncate(size // 2)
+        rc, _, err = run("moe-run", "--model", path, "--prompt", "x", "--max-tokens", "1")
+        self.assertGreater(rc, 0)
+        self.assertIn(path, err)
+
+    def test_pack_from_a_newer_format_version_is_refused(self):
+        path = self.damaged_copy("newer.moe")
+        with open(path, "r+b") as f:
+            f.seek(8)
+            f.write(struct.pack("<I", 99))
+        rc, _, err = run("moe-run", "--model", path, "--prompt", "x", "--max-tokens", "1")
+        self.assertGreater(rc, 0)
+        self.assertIn("version 99", err)
+        self.assertIn("newer", err)
+
+
+class Interrupted(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="moe-pack-int-")
+
+    def tearDown(self):
+        shutil.rmtree(self.tmp)
+
+    def interrupt(self, sig):
+        out = os.path.join(self.tmp, "never.moe")
+        p = subprocess.Popen([os.path.join(BIN, "moe-pack"), "--model", TINY, "--out", out,
+                              "--experts", "qmoe", "--calib", TEXT, "--calib-tokens", "16384",
+                              "--calib-end-char", str(VALID_START)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # wait until it is writing experts, then interrupt it
+        line = ""
+        while "layer 1/4" not in line:
+            line = p.stderr.readline()
+            self.assertNotEqual(line, "", "moe-pack ended before its first layer")
+        p.send_signal(sig)
+        p.wait(timeout=60)
+        self.assertFalse(os.path.exists(out), "an interrupted moe-pack left a file under the name")
+        return os.listdir(self.tmp)
+
+    def test_sigint_leaves_no_file_at_all(self):
+        self.assertEqual(self.interrupt(signal.SIGINT), [])
+
+    def test_sigkill_leaves_no_file_under_the_target_name(self):
+        self.interrupt(signal.SIGKILL)
+
+
+class OtherArchitectures(unittest.TestCase):
+    def test_qwen2_moe_packs_load_and_bf16_is_exact(self):
+        tmp = tempfile.mkdtemp(prefix="moe-pack-qwen2-")
+        try:
+            src = os.path.join(tmp, "qwen2")
+            subprocess.run([PY, os.path.join(ROOT, "tests", "reference", "make_arch_model.py"),
+                            "--arch", "qwen2_moe", "--out", src, "--seed", "5"], check=True,
+                           capture_output=True)
+            ids = "1 5 9 200 31"
+            outs = {}
+            for fmt in ("bf16", "q4", "qmoe-rtn"):
+                pk = os.path.join(tmp, f"{fmt}.moe")
+                rc, _, err = run("moe-pack", "--model", src, "--out", pk, "--experts", fmt)
+                if fmt == "q4" and rc != 0:
+                    # the synthetic model's 32-wide experts are not whole groups of 128
+                    self.assertIn("128", err)
+                    continue
+                self.assertEqual(rc, 0, err)
+                lo = os.path.join(tmp, f"{fmt}.bin")
+                rc, _, err = run("moe-bench", "logits", "--model", pk, "--ids", ids, "--out", lo)
+                self.assertEqual(rc, 0, err)
+                outs[fmt] = np.fromfile(lo, dtype=np.float32)
+            lo = os.path.join(tmp, "src.bin")
+            rc, _, err = run("moe-bench", "logits", "--model", src, "--ids", ids, "--out", lo)
+            self.assertEqual(rc, 0, err)
+            ref = np.fromfile(lo, dtype=np.float32)
+            self.assertEqual(np.abs(outs["bf16"] - ref).max(), 0.0)
+            self.assertTrue(np.isfinite(outs["qmoe-rtn"]).all())
+        finally:
+            shutil.rmtree(tmp)
+
+
+if __name__ == "__main__":
+    unittest.main()

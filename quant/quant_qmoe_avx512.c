@@ -24,9 +24,10 @@
  * in ~2 cycles (side-table load from L2 + store) and applies 16 weights in
  * about one.
  *
- * n > 1: a row segment is decoded once, then applied to every token in
- * tiles of NT, one weight vector per 16 columns shared by the tile; x must
- * be finite there (a zero weight meets x), as activations are. */
+ * n > 1: groups of G rows are decoded once (per segment, per 64 tiles of
+ * tokens) and applied to tiles of NT tokens with G x NT accumulators: a
+ * weight vector serves NT tokens and an x vector G rows. x must be finite
+ * there (a zero weight meets x), as activations are. */
 #include <immintrin.h>
 #include <stdlib.h>
 
@@ -34,7 +35,8 @@
 #include "quant/quant_int.h"
 
 #define INLINE static inline __attribute__((always_inline))
-#define NT 8      /* tokens per tile */
+#define NT 4      /* tokens per tile (n > 1) */
+#define G 4       /* rows per group (n > 1): G x NT accumulators */
 #define SEG 4096  /* columns decoded at a time: multiple of 64 */
 #define PRE 32    /* bytes before a segment: a codeword started in the last one */
 #define POST 64   /* bytes after: the last codeword's tail and the last 16-chunk */
@@ -159,33 +161,105 @@ INLINE __m512 seg_dot(const uint8_t *buf, const float *x, int64_t len, __m512 lu
     return _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
 }
 
-/* one tile of T tokens over a decoded segment [0, len): acc[t] += w . x_t */
-INLINE void seg_tile(const int T, const uint8_t *buf, const float *x, int64_t ldx, int64_t len,
-                     __m512 lut, __m512 *acc)
+/* G rows x T tokens over decoded segments [0, len): sum[g][t] += w_g . x_t.
+ * x is loaded once per 16 columns and token for all G rows (register
+ * blocking: a row at a time streamed the tokens' x from L2 and ran at
+ * 15 G weight-tokens/s at n = 16) */
+INLINE void seg_group(const int T, uint8_t *const *buf, const __m512 *lut, const float *x,
+                      int64_t ldx, int64_t len, float (*sum)[NT])
 {
-    __m512 a[NT], b[NT]; /* locals: acc could alias x for the compiler */
-#pragma GCC unroll 8
-    for (int t = 0; t < T; t++)
-        a[t] = b[t] = _mm512_setzero_ps();
-    int64_t c = 0;
-    for (; c + 32 <= len; c += 32) {
-        __m512 w0 = wvec(buf + c, lut), w1 = wvec(buf + c + 16, lut);
-#pragma GCC unroll 8
+    __m512 a[G][NT];
+#pragma GCC unroll 4
+    for (int g = 0; g < G; g++)
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++)
+            a[g][t] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < len; c += 16) {
+        __mmask16 m = len - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (len - c)) - 1);
+        __m512 wv[G];
+#pragma GCC unroll 4
+        for (int g = 0; g < G; g++)
+            wv[g] = wvec(buf[g] + c, lut[g]);
+#pragma GCC unroll 4
         for (int t = 0; t < T; t++) {
-            a[t] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + t * ldx + c), a[t]);
-            b[t] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + t * ldx + c + 16), b[t]);
+            __m512 xv = _mm512_maskz_loadu_ps(m, x + t * ldx + c);
+#pragma GCC unroll 4
+            for (int g = 0; g < G; g++)
+                a[g][t] = _mm512_fmadd_ps(wv[g], xv, a[g][t]);
         }
     }
-    for (; c < len; c += 16) {
-        __mmask16 m = len - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (len - c)) - 1);
-        __m512 w0 = wvec(buf + c, lut);
-#pragma GCC unroll 8
+#pragma GCC unroll 4
+    for (int g = 0; g < G; g++)
+#pragma GCC unroll 4
         for (int t = 0; t < T; t++)
-            a[t] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(m, x + t * ldx + c), a[t]);
+            sum[g][t] += _mm512_reduce_add_ps(a[g][t]);
+}
+
+/* n > 1: groups of G rows, each row segment decoded once for all n tokens */
+static void gemm_batched(const struct moe_weight *w, const struct moe_qmoe_layout *L,
+                         decode_fn decode, uint32_t idx, int64_t r0, int64_t r1, const float *x,
+                         int64_t ldx, int n, float *y, int64_t ldy)
+{
+    const struct moe_qmoe_side *s = w->aux;
+    int64_t cols = w->cols;
+    uint8_t mem[G][PRE + SEG + POST] __attribute__((aligned(64)));
+    uint8_t *buf[G];
+    for (int g = 0; g < G; g++)
+        buf[g] = mem[g] + PRE;
+    struct dec next = {idx, 0};
+    for (int64_t r = r0; r < r1; r += G) {
+        int gn = (int)MOE_MIN(G, r1 - r);
+        struct dec st[G];
+        __m512 lut[G];
+        for (int g = 0; g < G; g++)
+            lut[g] = g < gn ? lut16(L, r + g) : _mm512_setzero_ps(); /* spare rows: weight 0 */
+        /* each row's first codeword: one segment decodes the row and so
+         * finds the next; longer rows are walked by their counts first */
+        for (int g = 0; g < gn; g++) {
+            st[g] = next;
+            if (cols <= SEG) {
+                decode(s->d, L->code, &next, 0, cols, cols, buf[g]);
+                next.p = 0;
+            } else {
+                int64_t p = 0;
+                uint32_t j = next.j;
+                while (p < cols)
+                    p += (uint8_t)s->d[L->code[j++]];
+                next = (struct dec){j, 0};
+            }
+        }
+        for (int g = gn; g < G; g++)
+            buf[g] = buf[0]; /* any digits: spare rows' weights are 0 */
+        float sum[64][G][NT];
+        for (int t0 = 0; t0 < n;) {
+            /* up to 64 tiles per pass over the row's segments */
+            int tend = (int)MOE_MIN((int64_t)n, (int64_t)t0 + 64 * NT);
+            for (int ti = 0; ti < 64; ti++)
+                memset(sum[ti], 0, sizeof(sum[ti]));
+            struct dec cur[G];
+            memcpy(cur, st, sizeof(cur));
+            for (int64_t c0 = 0; c0 < cols; c0 += SEG) {
+                int64_t c1 = MOE_MIN(cols, c0 + SEG);
+                if (cols > SEG) /* else the buffers hold the whole rows */
+                    for (int g = 0; g < gn; g++)
+                        decode(s->d, L->code, &cur[g], c0, c1, cols, buf[g]);
+                for (int t = t0; t < tend; t += NT) {
+                    const float *xt = x + (int64_t)t * ldx + c0;
+                    float(*sm)[NT] = sum[(t - t0) / NT];
+                    switch (MOE_MIN(NT, tend - t)) {
+                    case 1: seg_group(1, buf, lut, xt, ldx, c1 - c0, sm); break;
+                    case 2: seg_group(2, buf, lut, xt, ldx, c1 - c0, sm); break;
+                    case 3: seg_group(3, buf, lut, xt, ldx, c1 - c0, sm); break;
+                    default: seg_group(NT, buf, lut, xt, ldx, c1 - c0, sm); break;
+                    }
+                }
+            }
+            for (int t = t0; t < tend; t++)
+                for (int g = 0; g < gn; g++)
+                    y[(int64_t)t * ldy + r + g] = sum[(t - t0) / NT][g][(t - t0) % NT];
+            t0 = tend;
+        }
     }
-#pragma GCC unroll 8
-    for (int t = 0; t < T; t++)
-        acc[t] = _mm512_add_ps(acc[t], _mm512_add_ps(a[t], b[t]));
 }
 
 void moe_quant_gemm_qmoe_avx512(const struct moe_weight *w, int64_t r0, int64_t r1,
@@ -198,53 +272,22 @@ void moe_quant_gemm_qmoe_avx512(const struct moe_weight *w, int64_t r0, int64_t 
     const struct moe_qmoe_side *s = w->aux;
     const decode_fn decode = decoder();
     int64_t cols = w->cols;
+    uint32_t idx = moe_qmoe_row_seek(&L, s, cols, r0);
+    if (n > 1) {
+        gemm_batched(w, &L, decode, idx, r0, r1, x, ldx, n, y, ldy);
+        return;
+    }
     uint8_t mem[PRE + SEG + POST] __attribute__((aligned(64)));
     uint8_t *buf = mem + PRE;
-    struct dec st = {moe_qmoe_row_seek(&L, s, cols, r0), 0};
+    struct dec st = {idx, 0};
     for (int64_t r = r0; r < r1; r++) {
-        __m512 lut = lut16(&L, r);
+        __m512 lut = lut16(&L, r), acc = _mm512_setzero_ps();
         st.p = 0;
-        if (n == 1) {
-            __m512 acc = _mm512_setzero_ps();
-            for (int64_t c0 = 0; c0 < cols; c0 += SEG) {
-                int64_t c1 = MOE_MIN(cols, c0 + SEG);
-                decode(s->d, L.code, &st, c0, c1, cols, buf);
-                acc = _mm512_add_ps(acc, seg_dot(buf, x + c0, c1 - c0, lut));
-            }
-            y[r] = _mm512_reduce_add_ps(acc);
-            continue;
+        for (int64_t c0 = 0; c0 < cols; c0 += SEG) {
+            int64_t c1 = MOE_MIN(cols, c0 + SEG);
+            decode(s->d, L.code, &st, c0, c1, cols, buf);
+            acc = _mm512_add_ps(acc, seg_dot(buf, x + c0, c1 - c0, lut));
         }
-        /* n > 1: each segment decoded once for up to 64 tokens, applied
-         * in tiles of NT; a row is decoded again per further 64 tokens */
-        __m512 acc[64];
-        for (int tb = 0; tb < n; tb += 64) {
-            int nb = MOE_MIN(64, n - tb);
-            struct dec st0 = st;
-            for (int t = 0; t < nb; t++)
-                acc[t] = _mm512_setzero_ps();
-            for (int64_t c0 = 0; c0 < cols; c0 += SEG) {
-                int64_t c1 = MOE_MIN(cols, c0 + SEG);
-                decode(s->d, L.code, &st, c0, c1, cols, buf);
-                const float *xs = x + (int64_t)tb * ldx + c0;
-                for (int t0 = 0; t0 < nb; t0 += NT) {
-                    const float *xt = xs + t0 * ldx;
-                    __m512 *a = acc + t0;
-                    switch (MOE_MIN(NT, nb - t0)) {
-                    case 1: seg_tile(1, buf, xt, ldx, c1 - c0, lut, a); break;
-                    case 2: seg_tile(2, buf, xt, ldx, c1 - c0, lut, a); break;
-                    case 3: seg_tile(3, buf, xt, ldx, c1 - c0, lut, a); break;
-                    case 4: seg_tile(4, buf, xt, ldx, c1 - c0, lut, a); break;
-                    case 5: seg_tile(5, buf, xt, ldx, c1 - c0, lut, a); break;
-                    case 6: seg_tile(6, buf, xt, ldx, c1 - c0, lut, a); break;
-                    case 7: seg_tile(7, buf, xt, ldx, c1 - c0, lut, a); break;
-                    default: seg_tile(NT, buf, xt, ldx, c1 - c0, lut, a); break;
-                    }
-                }
-            }
-            for (int t = 0; t < nb; t++)
-                y[(int64_t)(tb + t) * ldy + r] = _mm512_reduce_add_ps(acc[t]);
-            if (tb + 64 < n)
-                st = st0; /* the next 64 tokens decode the row again */
-        }
+        y[r] = _mm512_reduce_add_ps(acc);
     }
 }

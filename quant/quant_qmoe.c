@@ -323,6 +323,7 @@ int moe_qmoe_side_create(const void *table, size_t nbytes, void **side)
         }
         s->e[i][0] = lo | cnt << 28;
         s->e[i][1] = hi;
+        s->d[i] = (e >> 4) << 8 | 2 * cnt; /* dict_check: e has no bits past 4 + 4*cnt */
     }
     free(t);
     *side = s;

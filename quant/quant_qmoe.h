@@ -90,9 +90,14 @@ void moe_qmoe_matrix_to_f32(const struct moe_weight *w, float *out);
  * Entry c: e[c][0] = lo mask (bit d set when digit d is 1) | count << 28,
  *          e[c][1] = hi mask (bit d set when digit d is 2).
  * One 8-byte load gives a kernel everything about a codeword; 512 KiB in
- * all, the same bytes the CUDA kernels upload. */
+ * all, the same bytes the CUDA kernels upload (e only). */
 struct moe_qmoe_side {
     uint32_t e[MOE_QMOE_DICT_SIZE][2];
+    /* The same entries for the CPU kernels, which decode a row's codewords
+     * into one digit byte per weight: d[c] bits 0-7 = 2 * count (digits
+     * the codeword covers), digit k (0..27) at bits 8+2k, unused digits 0.
+     * One 8-byte load per codeword again; 512 KiB, not uploaded to GPUs. */
+    uint64_t d[MOE_QMOE_DICT_SIZE];
 };
 #define MOE_QMOE_SIDE_COUNT(lo) ((lo) >> 28)
 #define MOE_QMOE_SIDE_MASK 0x0fffffffu

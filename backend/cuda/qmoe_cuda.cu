@@ -62,7 +62,7 @@ extern "C" int moe_qmoe_cuda_side_upload(const void *side, struct moe_qmoe_cuda_
     struct moe_qmoe_cuda_side *s = (struct moe_qmoe_cuda_side *)calloc(1, sizeof(*s));
     if (!s)
         return moe_err(-ENOMEM, "out of memory");
-    size_t bytes = sizeof(struct moe_qmoe_side);
+    size_t bytes = sizeof(((const struct moe_qmoe_side *)side)->e); /* d stays on the host */
     cudaError_t e = cudaMalloc((void **)&s->e, bytes);
     if (e == cudaSuccess)
         e = cudaMemcpy(s->e, side, bytes, cudaMemcpyHostToDevice);

@@ -5,8 +5,8 @@
  * per-layer block tables and give their units back when they end.
  *
  * Two ways of storing tokens, chosen by the bit widths:
- *  - direct (key_bits = value_bits = 16 or 32): a unit holds G tokens of one
- *    layer, fp16 or fp32, written as they come;
+ *  - direct (both widths 16 or 32): a unit holds G tokens of one layer,
+ *    fp16 or fp32, written as they come;
  *  - KIVI (either width 2, 4 or 8; the other may be 16): the newest tokens
  *    sit in an fp16 ring (the residual window, R..R+G-1 tokens, stored in
  *    units too); each time G tokens leave it they are quantised into one
@@ -28,7 +28,7 @@ struct moe_kv;
 struct moe_kv_pool;
 
 struct moe_kv_params {
-    int32_t key_bits, value_bits; /* 32, 16, 8, 4, 2; 32 only as 32/32 */
+    int32_t key_bits, value_bits; /* 32, 16, 8, 4, 2 (32 beside 2/4/8 acts as 16) */
     int32_t group;                /* G: tokens per block, 32, 64 or 128 */
     int32_t residual;             /* R: tokens kept fp16, a multiple of G (KIVI mode) */
 };
@@ -49,6 +49,10 @@ int64_t moe_kv_pool_units_for(const struct moe_kv_pool *pool, int64_t n_tokens);
  * sequence of max_ctx contributing its own window (for [kv] tokens). */
 int64_t moe_kv_units_for_params(int32_t n_layers, int32_t n_kv_heads, int32_t head_dim,
                                 const struct moe_kv_params *p, int64_t n_tokens);
+/* Units for n_tokens tokens of cache in all, shared by up to n_seqs
+ * sequences (each with its own window). */
+int64_t moe_kv_units_for_tokens(int32_t n_layers, int32_t n_kv_heads, int32_t head_dim,
+                                const struct moe_kv_params *p, int64_t n_tokens, int32_t n_seqs);
 size_t moe_kv_unit_bytes_for_params(int32_t n_layers, int32_t n_kv_heads, int32_t head_dim,
                                     const struct moe_kv_params *p);
 

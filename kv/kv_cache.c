@@ -17,7 +17,7 @@ struct moe_kv_pool {
     int32_t L, Hk, D;
     int32_t G, R, kb, vb, Gv; /* Gv: channels per value group */
     bool direct;              /* 16/16 or 32/32: tokens go straight into units */
-    int32_t esz;              /* direct: bytes per element (2 fp16, 4 fp32) */
+    int32_t esz_k, esz_v;     /* direct: bytes per element (2 fp16, 4 fp32) */
     int32_t W, tpu, nw;       /* window ring tokens, token slots per unit, units per layer */
     size_t kh, vh;            /* bytes of one head's K and V part of a block unit */
     size_t unit_bytes, tok_bytes; /* tok_bytes: one window token, all heads */
@@ -73,13 +73,10 @@ static bool bits_ok(int32_t b)
 int moe_kv_params_check(const struct moe_kv_params *p, int32_t head_dim)
 {
     bool direct = p->key_bits >= 16 && p->value_bits >= 16;
-    if (p->key_bits == 32 || p->value_bits == 32) {
-        if (p->key_bits != p->value_bits)
-            return moe_err(-EINVAL, "kv: 32-bit keys and values go together (32/32)");
-    } else if (!bits_ok(p->key_bits) || !bits_ok(p->value_bits)) {
-        return moe_err(-EINVAL, "kv: key_bits and value_bits must be 2, 4, 8, 16 (or 32/32), "
+    if ((!bits_ok(p->key_bits) && p->key_bits != 32) ||
+        (!bits_ok(p->value_bits) && p->value_bits != 32))
+        return moe_err(-EINVAL, "kv: key_bits and value_bits must be 2, 4, 8, 16 or 32, "
                        "not %d/%d", p->key_bits, p->value_bits);
-    }
     if (p->group != 32 && p->group != 64 && p->group != 128)
         return moe_err(-EINVAL, "kv: group must be 32, 64 or 128, not %d", p->group);
     if (p->residual < 0 || p->residual % p->group)
@@ -98,14 +95,20 @@ static void layout(struct moe_kv_pool *P, int32_t L, int32_t Hk, int32_t D,
     P->L = L, P->Hk = Hk, P->D = D;
     P->G = p->group, P->kb = p->key_bits, P->vb = p->value_bits;
     P->direct = P->kb >= 16 && P->vb >= 16;
+    if (!P->direct) { /* beside a quantised side, a 32-bit side passes the fp16 window: 16 */
+        P->kb = MOE_MIN(P->kb, 16);
+        P->vb = MOE_MIN(P->vb, 16);
+    }
     P->R = P->direct ? 0 : p->residual;
     P->Gv = MOE_MIN(P->G, D);
     while (D % P->Gv || (P->Gv * 2) % 8) /* a group divides the head and packs into bytes */
         P->Gv--;
     size_t G = (size_t)P->G, Dz = (size_t)D;
     if (P->direct) {
-        P->esz = P->kb / 8;
-        P->kh = P->vh = G * Dz * (size_t)P->esz;
+        P->esz_k = P->kb / 8;
+        P->esz_v = P->vb / 8;
+        P->kh = G * Dz * (size_t)P->esz_k;
+        P->vh = G * Dz * (size_t)P->esz_v;
     } else {
         P->kh = P->kb < 16 ? Dz * G * (size_t)P->kb / 8 + Dz * 4 : G * Dz * 2;
         P->vh = P->vb < 16 ? G * Dz * (size_t)P->vb / 8 + G * (Dz / (size_t)P->Gv) * 4
@@ -141,6 +144,15 @@ int64_t moe_kv_units_for_params(int32_t n_layers, int32_t n_kv_heads, int32_t he
     struct moe_kv_pool P;
     layout(&P, n_layers, n_kv_heads, head_dim, p);
     return units_for(&P, n_tokens);
+}
+
+int64_t moe_kv_units_for_tokens(int32_t n_layers, int32_t n_kv_heads, int32_t head_dim,
+                                const struct moe_kv_params *p, int64_t n_tokens, int32_t n_seqs)
+{
+    struct moe_kv_pool P;
+    layout(&P, n_layers, n_kv_heads, head_dim, p);
+    int64_t blocks = (n_tokens + P.G - 1) / P.G;
+    return (int64_t)P.L * (blocks + (int64_t)n_seqs * P.nw);
 }
 
 size_t moe_kv_unit_bytes_for_params(int32_t n_layers, int32_t n_kv_heads, int32_t head_dim,
@@ -441,17 +453,19 @@ int moe_kv_store(struct moe_kv *kv, int32_t l, int32_t pos, const float *k, cons
             *slot = unit_take(kv);
         }
         uint8_t *u = unit_ptr(P, *slot);
-        size_t row = (size_t)(pos % G) * D * P->esz;
+        size_t t = (size_t)(pos % G);
         for (int32_t h = 0; h < P->Hk; h++) {
             uint8_t *K = u + (size_t)h * (P->kh + P->vh), *V = K + P->kh;
-            if (P->esz == 4) {
-                memcpy(K + row, k + (size_t)h * D, (size_t)D * 4);
-                memcpy(V + row, v + (size_t)h * D, (size_t)D * 4);
-            } else {
-                uint16_t *k16 = (uint16_t *)(void *)(K + row), *v16 = (uint16_t *)(void *)(V + row);
-                for (int32_t c = 0; c < D; c++) {
-                    k16[c] = moe_f32_to_f16(k[(size_t)h * D + c]);
-                    v16[c] = moe_f32_to_f16(v[(size_t)h * D + c]);
+            for (int side = 0; side < 2; side++) {
+                uint8_t *dst = side ? V : K;
+                const float *src = (side ? v : k) + (size_t)h * D;
+                int32_t esz = side ? P->esz_v : P->esz_k;
+                if (esz == 4) {
+                    memcpy(dst + t * D * 4, src, (size_t)D * 4);
+                } else {
+                    uint16_t *d16 = (uint16_t *)(void *)(dst + t * D * 2);
+                    for (int32_t c = 0; c < D; c++)
+                        d16[c] = moe_f32_to_f16(src[c]);
                 }
             }
         }
@@ -510,15 +524,17 @@ static void attn_one(const struct attn_task *a, const struct moe_kv *kv, int32_t
     int32_t nblk = (nq + G - 1) / G;
     float qs[MOE_KV_MAX_D], acc[MOE_KV_MAX_G];
 
+    bool exact = P->direct && P->esz_k == 4 && P->esz_v == 4;
     float mx = -INFINITY;
-    if (P->direct && P->esz == 4) { /* fp32: exactly the old contiguous cache's arithmetic */
+    if (P->direct && P->esz_k == 4) { /* fp32: exactly the old contiguous cache's arithmetic */
         for (int32_t b = 0; b < nblk; b++) {
             const float *Kb = (const float *)(const void *)(unit_ptr(P, blk[b]) + hoff);
             int32_t cnt = MOE_MIN(G, nq - b * G);
             for (int32_t t = 0; t < cnt; t++)
                 sc[b * G + t] = moe_vec_dot_f32(q, Kb + (size_t)t * D, D) * scale;
         }
-    } else {
+    }
+    if (!(P->direct && P->esz_k == 4)) {
         for (int32_t c = 0; c < D; c++)
             qs[c] = q[c] * scale;
         for (int32_t b = 0; b < nblk; b++) {
@@ -547,7 +563,7 @@ static void attn_one(const struct attn_task *a, const struct moe_kv *kv, int32_t
     }
     float inv = (float)(1.0 / sum);
     memset(o, 0, (size_t)D * sizeof(float));
-    if (P->direct && P->esz == 4) {
+    if (exact) {
         for (int32_t b = 0; b < nblk; b++) {
             const float *Vb = (const float *)(const void *)(unit_ptr(P, blk[b]) + hoff + P->kh);
             int32_t cnt = MOE_MIN(G, nq - b * G);
@@ -561,7 +577,11 @@ static void attn_one(const struct attn_task *a, const struct moe_kv *kv, int32_t
     for (int32_t b = 0; b < nblk; b++) {
         const uint8_t *Vb = unit_ptr(P, blk[b]) + hoff + P->kh;
         int32_t cnt = MOE_MIN(G, nq - b * G);
-        if (P->vb < 16) {
+        if (P->direct && P->esz_v == 4) {
+            for (int32_t t = 0; t < cnt; t++)
+                moe_vec_axpy_f32(o, sc[b * G + t], (const float *)(const void *)Vb + (size_t)t * D,
+                                 D);
+        } else if (P->vb < 16) {
             size_t row = (size_t)D * P->vb / 8;
             K->v_accum(P->vb, P->Gv, D, Vb,
                        (const uint16_t *)(const void *)(Vb + (size_t)G * row), sc + b * G, cnt, o);

@@ -225,7 +225,8 @@ static void test_attention_fast_equals_ref_ragged(void **state)
     assert_int_equal(moe_pool_create(1, &tp), 0);
     static const struct moe_kv_params ps[] = {
         {16, 16, 32, 0}, {8, 8, 32, 64}, {4, 4, 32, 32}, {2, 2, 32, 32}, {2, 2, 64, 64},
-        {4, 2, 128, 0}, {16, 2, 32, 32}, {2, 16, 32, 0},
+        {4, 2, 128, 0}, {16, 2, 32, 32}, {2, 16, 32, 0}, {32, 16, 32, 0}, {16, 32, 64, 0},
+        {32, 4, 32, 32},
     };
     static const int Ds[] = {32, 64, 40};
     static const int lens[] = {1, 31, 33, 100, 257};
@@ -378,7 +379,7 @@ static void test_sizes_and_params(void **state)
 {
     (void)state;
     struct moe_kv_params bad[] = {{3, 4, 32, 32}, {4, 4, 48, 0}, {4, 4, 32, 16},
-                                  {32, 16, 32, 0}, {4, 4, 32, -32}};
+                                  {4, 4, 32, -32}, {4, 1, 32, 0}};
     for (size_t i = 0; i < MOE_ARRAY_SIZE(bad); i++)
         assert_int_equal(moe_kv_params_check(&bad[i], 64), -EINVAL);
     /* KIVI at 4k tokens, the defaults (G 64, R 64), head_dim 128: the

@@ -66,6 +66,13 @@ struct moe_daemon_config {
     int max_batch_tokens;
     int max_ctx;            /* 0 = the model's */
     int max_queue;
+    /* [kv] */
+    size_t kv_bytes;        /* 0 = sized by kv_tokens */
+    int64_t kv_tokens;      /* 0 = max_seqs x max_ctx */
+    int kv_key_bits;
+    int kv_value_bits;
+    int kv_group;
+    int kv_residual;
     /* [limits] */
     size_t max_body_bytes;
     size_t max_prompt_bytes;

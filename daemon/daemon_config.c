@@ -71,6 +71,14 @@ static const struct moe_daemon_enum chat_templates[] = {
     {"mistral", MOE_CHAT_MISTRAL}, {NULL, 0},
 };
 
+static const struct moe_daemon_enum kv_bits[] = {
+    {"2", 2}, {"4", 4}, {"8", 8}, {"16", 16}, {"32", 32}, {NULL, 0},
+};
+
+static const struct moe_daemon_enum kv_groups[] = {
+    {"32", 32}, {"64", 64}, {"128", 128}, {NULL, 0},
+};
+
 /* Every key moed reads. Order = order in the dump and in etc/moed.ini. */
 static const struct moe_daemon_key table[] = {
     K_STRING("daemon", "socket", socket, "/run/moed/moed.sock", MOE_CFG_NONEMPTY,
@@ -111,6 +119,19 @@ static const struct moe_daemon_key table[] = {
           "Context per sequence (prompt + output); 0 or above the model's = the model's"),
     K_INT("batching", "max_queue", max_queue, "64", 0, 1 << 20, R,
           "Requests waiting beyond max_seqs; more are refused with 503 and Retry-After"),
+
+    K_SIZE("kv", "bytes", kv_bytes, "0", 0, 1LL << 50, 0,
+           "KV cache pool for all sequences (K/M/G/T); 0 = sized by tokens"),
+    K_INT64("kv", "tokens", kv_tokens, "0", 0, 1LL << 40, 0,
+            "KV pool size in tokens of cache when bytes = 0; 0 = max_seqs x max_ctx"),
+    K_ENUM("kv", "key_bits", kv_key_bits, "32", kv_bits, 0,
+           "Bits per cached key: 32 = fp32 (exact), 16 = fp16, 8/4/2 = KIVI per channel"),
+    K_ENUM("kv", "value_bits", kv_value_bits, "32", kv_bits, 0,
+           "Bits per cached value: 32 = fp32 (exact), 16 = fp16, 8/4/2 = KIVI per token"),
+    K_ENUM("kv", "group", kv_group, "64", kv_groups, 0,
+           "Tokens per cache block, and the quantisation group (keys: G tokens, values: G channels)"),
+    K_INT("kv", "residual", kv_residual, "64", 0, 1 << 20, 0,
+          "Newest tokens kept fp16 when quantising; a multiple of group"),
 
     K_SIZE("limits", "max_body_bytes", max_body_bytes, "1M", 1 * KI, 1 * GI, R,
            "Largest request body; larger ones get 413"),
@@ -911,6 +932,11 @@ static int cross_check(struct parse_state *st)
                     "[batching] max_batch_tokens: %d is below [batching] max_seqs (%d); every "
                     "running sequence needs a token in each step",
                     c->max_batch_tokens, c->max_seqs);
+    l1 = key_line(st, "kv", "residual");
+    l2 = key_line(st, "kv", "group");
+    if (c->kv_residual % c->kv_group)
+        return fail(st, MOE_MAX(l1, l2), "[kv] residual: %d is not a multiple of [kv] group (%d)",
+                    c->kv_residual, c->kv_group);
     return 0;
 }
 

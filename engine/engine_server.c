@@ -33,6 +33,8 @@ struct moe_job {
     struct moe_event terminal;
     struct moe_request *req; /* the engine's until the job ends */
     double deadline;   /* monotonic seconds; 0 = none */
+    int32_t *ids;      /* the prompt's tokens while the job waits for KV blocks */
+    size_t n_ids;
     struct moe_job *next; /* queue link */
 };
 
@@ -44,6 +46,7 @@ static void job_unref(struct moe_job *j)
     pthread_cond_destroy(&j->cv);
     free(j->text);
     free(j->reading);
+    free(j->ids);
     moe_request_free(j->req);
     free(j);
 }
@@ -176,7 +179,8 @@ struct moe_engine {
     int32_t queue_len;
     bool draining, stopping;
     struct seq *seqs;       /* [max_seqs]; job == NULL: free slot */
-    struct moe_kv **free_kv; /* caches of finished sequences, reused */
+    struct moe_kv_pool *kv_pool; /* every sequence's blocks */
+    struct moe_kv **free_kv; /* caches of finished sequences (empty), reused */
     int32_t n_free_kv;
     /* per-step batch arguments */
     int32_t *b_tok, *b_pos, *b_idx;
@@ -214,8 +218,10 @@ static void seq_emit_rest(struct moe_engine *e, struct seq *s)
  * the slot becomes free. */
 static void seq_release(struct moe_engine *e, struct seq *s)
 {
-    if (s->kv)
+    if (s->kv) { /* its blocks and promise go back to the pool now */
+        moe_kv_reset(s->kv);
         e->free_kv[e->n_free_kv++] = s->kv;
+    }
     moe_sampler_free(s->smp);
     moe_stop_free(s->stop);
     free(s->ids);
@@ -249,9 +255,12 @@ static void seq_fail(struct moe_engine *e, struct seq *s, int status, const char
     seq_release(e, s);
 }
 
-/* Turns a queued job into a running sequence; on failure the job gets its
- * error and the slot stays free. */
-static void seq_start(struct moe_engine *e, struct seq *s, struct moe_job *j)
+enum { SEQ_STARTED, SEQ_FAILED, SEQ_WAIT };
+
+/* Turns a queued job into a running sequence. SEQ_FAILED: the job got its
+ * error; SEQ_WAIT: the KV pool cannot promise its blocks yet (its tokens
+ * are kept in the job for the next try). The slot is free unless started. */
+static int seq_start(struct moe_engine *e, struct seq *s, struct moe_job *j)
 {
     const struct moe_model *m = e->model;
     struct moe_request *r = j->req;
@@ -263,20 +272,26 @@ static void seq_start(struct moe_engine *e, struct seq *s, struct moe_job *j)
     int rc = 0;
     if (!m->tok) {
         seq_fail(e, s, 500, "the model has no tokenizer");
-        return;
+        return SEQ_FAILED;
     }
-    if (r->kind == MOE_REQ_CHAT)
-        rc = moe_chat_render(e->lim.chat_template, r->messages, r->n_messages, NULL, &text);
-    if (rc < 0) {
-        seq_fail(e, s, 400, moe_err_msg());
-        return;
-    }
-    const char *prompt = text ? text : (r->prompt ? r->prompt : "");
-    rc = moe_tokenizer_encode(m->tok, prompt, strlen(prompt), true, &ids, &n_ids);
-    free(text);
-    if (rc < 0) {
-        seq_fail(e, s, 400, moe_err_msg());
-        return;
+    if (j->ids) { /* tokenized on an earlier try */
+        ids = j->ids;
+        n_ids = j->n_ids;
+        j->ids = NULL;
+    } else {
+        if (r->kind == MOE_REQ_CHAT)
+            rc = moe_chat_render(e->lim.chat_template, r->messages, r->n_messages, NULL, &text);
+        if (rc < 0) {
+            seq_fail(e, s, 400, moe_err_msg());
+            return SEQ_FAILED;
+        }
+        const char *prompt = text ? text : (r->prompt ? r->prompt : "");
+        rc = moe_tokenizer_encode(m->tok, prompt, strlen(prompt), true, &ids, &n_ids);
+        free(text);
+        if (rc < 0) {
+            seq_fail(e, s, 400, moe_err_msg());
+            return SEQ_FAILED;
+        }
     }
     int32_t ctx = e->lim.max_ctx;
     if (n_ids == 0 || (int64_t)n_ids >= ctx) {
@@ -286,32 +301,56 @@ static void seq_start(struct moe_engine *e, struct seq *s, struct moe_job *j)
                      ctx);
         free(ids);
         seq_fail(e, s, 400, msg);
-        return;
+        return SEQ_FAILED;
+    }
+    int32_t max_new = r->max_tokens > 0 ? r->max_tokens : e->lim.max_tokens_default;
+    max_new = max_new > 0 ? max_new : ctx;
+    /* the cache this sequence can reach: prompt + output, at most the context */
+    int32_t need = (int32_t)MOE_MIN((int64_t)n_ids + max_new, (int64_t)ctx);
+    int64_t need_units = moe_kv_pool_units_for(e->kv_pool, need);
+    struct moe_kv_pool_stats ps;
+    moe_kv_pool_get_stats(e->kv_pool, &ps);
+    if (need_units > ps.units_total) {
+        char msg[200];
+        snprintf(msg, sizeof(msg), "the request needs a KV cache of %d tokens (%lld blocks); "
+                 "the whole pool holds %lld blocks", need, (long long)need_units,
+                 (long long)ps.units_total);
+        free(ids);
+        seq_fail(e, s, 400, msg);
+        return SEQ_FAILED;
+    }
+    if (e->n_free_kv > 0) {
+        s->kv = e->free_kv[--e->n_free_kv];
+    } else if (moe_kv_seq_create(e->kv_pool, ctx, &s->kv) < 0) {
+        free(ids);
+        seq_fail(e, s, 503, moe_err_msg());
+        return SEQ_FAILED;
+    }
+    if (moe_kv_reserve(s->kv, need) < 0) { /* full for now: wait for blocks to come back */
+        e->free_kv[e->n_free_kv++] = s->kv;
+        j->ids = ids;
+        j->n_ids = n_ids;
+        memset(s, 0, sizeof(*s));
+        return SEQ_WAIT;
     }
     s->ids = realloc(ids, (size_t)ctx * sizeof(int32_t));
     if (!s->ids) {
         free(ids);
         seq_fail(e, s, 500, "out of memory");
-        return;
+        return SEQ_FAILED;
     }
     s->n_prompt = s->n_ids = (int32_t)n_ids;
-    int32_t max_new = r->max_tokens > 0 ? r->max_tokens : e->lim.max_tokens_default;
-    s->max_new = max_new > 0 ? max_new : ctx;
+    s->max_new = max_new;
     if (moe_sampler_create(&r->sampling, m->cfg.vocab, &s->smp) < 0 ||
         (r->n_stop && moe_stop_create((const char *const *)r->stop, r->n_stop, &s->stop) < 0)) {
         seq_fail(e, s, 400, moe_err_msg());
-        return;
-    }
-    if (e->n_free_kv > 0) {
-        s->kv = e->free_kv[--e->n_free_kv];
-    } else if (moe_model_kv_create(m, ctx, &s->kv) < 0) {
-        seq_fail(e, s, 503, moe_err_msg());
-        return;
+        return SEQ_FAILED;
     }
     moe_detok_init(&s->detok, m->tok);
     pthread_mutex_lock(&e->mu);
     e->stats.prompt_tokens += (uint64_t)n_ids;
     pthread_mutex_unlock(&e->mu);
+    return SEQ_STARTED;
 }
 
 /* Takes the sampled token: emits its text, decides whether the sequence ends. */
@@ -350,6 +389,20 @@ static bool any_running(const struct moe_engine *e)
     return false;
 }
 
+/* The pool is the engine thread's; others see its figures through the
+ * stats, copied under e->mu (the caller holds it). */
+static void kv_stats_locked(struct moe_engine *e)
+{
+    struct moe_kv_pool_stats ps;
+    moe_kv_pool_get_stats(e->kv_pool, &ps);
+    e->stats.kv_blocks_total = ps.units_total;
+    e->stats.kv_blocks_used = ps.units_used;
+    e->stats.kv_blocks_reserved = ps.units_reserved;
+    e->stats.kv_block_bytes = ps.unit_bytes;
+    e->stats.kv_block_tokens = ps.group;
+    e->stats.kv_bytes_per_token = ps.bytes_per_token_4k;
+}
+
 /* Moves queued jobs into free slots; returns false when the thread should end. */
 static bool admit(struct moe_engine *e)
 {
@@ -370,9 +423,20 @@ static bool admit(struct moe_engine *e)
             e->queue_len--;
             e->stats.running++;
             pthread_mutex_unlock(&e->mu);
-            seq_start(e, &e->seqs[i], j); /* tokenizing outside the lock */
+            int st = seq_start(e, &e->seqs[i], j); /* tokenizing outside the lock */
             pthread_mutex_lock(&e->mu);
+            if (st == SEQ_WAIT) { /* back to the head of the queue, in order */
+                e->stats.running--;
+                e->stats.kv_waits++;
+                j->next = e->queue_head;
+                e->queue_head = j;
+                if (!e->queue_tail)
+                    e->queue_tail = j;
+                e->queue_len++;
+                break;
+            }
         }
+        kv_stats_locked(e);
         if (any_running(e) || e->stopping)
             break;
         pthread_cond_wait(&e->cv, &e->mu); /* idle: nothing to run */
@@ -440,6 +504,7 @@ static void step(struct moe_engine *e)
                                n_logits, e->logits);
     pthread_mutex_lock(&e->mu);
     e->stats.steps++;
+    kv_stats_locked(e);
     pthread_mutex_unlock(&e->mu);
     for (int32_t i = 0; i < e->lim.max_seqs; i++) {
         struct seq *s = &e->seqs[i];
@@ -472,7 +537,8 @@ static void *engine_main(void *arg)
 static void engine_release(struct moe_engine *e)
 {
     for (int32_t i = 0; i < e->n_free_kv; i++)
-        moe_model_kv_free(e->free_kv[i]);
+        moe_kv_free(e->free_kv[i]);
+    moe_kv_pool_free(e->kv_pool);
     moe_scratch_free(e->scratch);
     free(e->seqs);
     free(e->free_kv);
@@ -499,6 +565,42 @@ static int check_limits(const struct moe_engine_limits *l, const struct moe_mode
         return moe_err(-EINVAL, "engine limits: max_batch_tokens (%d) must hold one token of "
                        "each of max_seqs (%d) sequences", l->max_batch_tokens, l->max_seqs);
     return 0;
+}
+
+/* The pool from the limits: kv_bytes, else kv_tokens, else max_seqs full
+ * contexts. */
+static int kv_pool_create(struct moe_engine *e)
+{
+    const struct moe_config *c = &e->model->cfg;
+    struct moe_kv_params p = e->lim.kv;
+    if (p.key_bits == 0)
+        p = (struct moe_kv_params){32, 32, 64, 0};
+    int rc = moe_kv_params_check(&p, c->head_dim);
+    if (rc < 0)
+        return rc;
+    int64_t units;
+    if (e->lim.kv_bytes > 0) {
+        units = (int64_t)(e->lim.kv_bytes /
+                          moe_kv_unit_bytes_for_params(c->n_layers, c->n_kv_heads, c->head_dim, &p));
+    } else {
+        int64_t tokens = e->lim.kv_tokens > 0 ? e->lim.kv_tokens
+                                              : (int64_t)e->lim.max_seqs * e->lim.max_ctx;
+        units = moe_kv_units_for_tokens(c->n_layers, c->n_kv_heads, c->head_dim, &p, tokens,
+                                        e->lim.max_seqs);
+    }
+    if (units < c->n_layers)
+        return moe_err(-EINVAL, "[kv] pool too small: not one block per layer");
+    rc = moe_model_kv_pool_create(e->model, &p, units, &e->kv_pool);
+    if (rc == 0) {
+        struct moe_kv_pool_stats st;
+        moe_kv_pool_get_stats(e->kv_pool, &st);
+        moe_log(MOE_LOG_INFO, "KV pool: %lld blocks of %d tokens, %zu bytes each (%.1f MiB), "
+                "keys %d-bit, values %d-bit, residual %d, %.1f bytes/token at 4k",
+                (long long)st.units_total, st.group, st.unit_bytes,
+                (double)st.units_total * (double)st.unit_bytes / 1048576.0, st.key_bits,
+                st.value_bits, st.residual, st.bytes_per_token_4k);
+    }
+    return rc;
 }
 
 int moe_engine_create(const struct moe_model *model, struct moe_pool *pool,
@@ -531,6 +633,9 @@ int moe_engine_create(const struct moe_model *model, struct moe_pool *pool,
         rc = moe_err(-ENOMEM, "out of memory for the engine");
         goto fail;
     }
+    if ((rc = kv_pool_create(e)) < 0)
+        goto fail;
+    kv_stats_locked(e); /* no other thread yet */
     if (pthread_create(&e->thread, NULL, engine_main, e) != 0) {
         rc = moe_err(-EAGAIN, "cannot start the engine thread");
         goto fail;

@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "engine/engine.h"
+#include "kv/kv.h"
 
 struct moe_model;
 struct moe_pool;
@@ -30,6 +31,12 @@ struct moe_engine_limits {
     int32_t max_tokens_default;/* when a request gives none */
     double request_timeout_s;  /* 0 = none; a request may ask for less */
     enum moe_chat_template chat_template; /* how chat messages become a prompt */
+    /* the KV pool every sequence's cache comes from; key_bits 0 = exact
+     * fp32 blocks of 64 tokens. Size: kv_bytes, else kv_tokens tokens of
+     * cache, else max_seqs x max_ctx tokens. Not reloadable. */
+    struct moe_kv_params kv;
+    size_t kv_bytes;
+    int64_t kv_tokens;
 };
 
 enum moe_req_kind { MOE_REQ_COMPLETION, MOE_REQ_CHAT };
@@ -105,6 +112,14 @@ struct moe_engine_stats {
     uint64_t steps;
     uint64_t prompt_tokens, generated_tokens;
     uint64_t requests_done, requests_cancelled, requests_failed;
+    /* the KV pool: blocks (of kv_block_tokens tokens of one layer) in all,
+     * taken, and promised to admitted sequences; bytes per token of one
+     * sequence at 4096 tokens (scales, minimums, fp window included) */
+    int64_t kv_blocks_total, kv_blocks_used, kv_blocks_reserved;
+    size_t kv_block_bytes;
+    int32_t kv_block_tokens;
+    double kv_bytes_per_token;
+    uint64_t kv_waits; /* admissions deferred because the pool was full */
 };
 void moe_engine_get_stats(struct moe_engine *e, struct moe_engine_stats *st);
 

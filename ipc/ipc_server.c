@@ -130,6 +130,8 @@ struct moe_ipc {
     struct moe_metric *m_finish[N_FINISH];
     struct moe_metric *m_prompt, *m_gen, *m_ttft, *m_tpot, *m_e2e;
     struct moe_metric *m_queue, *m_running, *m_conns, *m_streams;
+    struct moe_metric *m_kv_total, *m_kv_used, *m_kv_reserved, *m_kv_block_bytes, *m_kv_bpt,
+        *m_kv_waits;
     pthread_mutex_t tok_lock; /* engine token counters -> ours at scrape time */
     struct moe_engine *tok_engine;
     uint64_t tok_prompt, tok_gen;
@@ -212,6 +214,19 @@ static int metrics_register(struct moe_ipc *ipc)
                                     NULL);
     ipc->m_running = moe_metric_gauge("moed_running_sequences",
                                       "Sequences being prefilled or decoded", NULL);
+    ipc->m_kv_total = moe_metric_gauge("moed_kv_blocks_total",
+                                       "KV cache pool blocks (one layer, group tokens each)", NULL);
+    ipc->m_kv_used = moe_metric_gauge("moed_kv_blocks_used", "KV cache pool blocks holding tokens",
+                                      NULL);
+    ipc->m_kv_reserved = moe_metric_gauge(
+        "moed_kv_blocks_reserved", "KV blocks promised to running sequences, not yet filled", NULL);
+    ipc->m_kv_block_bytes = moe_metric_gauge("moed_kv_block_bytes", "Bytes of one KV block", NULL);
+    ipc->m_kv_bpt = moe_metric_gauge(
+        "moed_kv_bytes_per_token",
+        "KV cache bytes per token of one sequence at 4096 tokens, all layers, window included",
+        NULL);
+    ipc->m_kv_waits = moe_metric_gauge("moed_kv_admission_waits",
+                                       "Times a request waited because the KV pool was full", NULL);
     ipc->m_conns = moe_metric_gauge("moed_http_connections", "Open client connections", NULL);
     ipc->m_streams = moe_metric_gauge("moed_http_streams", "SSE streams in progress", NULL);
     /* the common case is there from the first scrape */
@@ -222,7 +237,9 @@ static int metrics_register(struct moe_ipc *ipc)
                                         "HTTP requests answered, by endpoint and status", labels));
     }
     if (!ipc->m_prompt || !ipc->m_gen || !ipc->m_ttft || !ipc->m_tpot || !ipc->m_e2e ||
-        !ipc->m_queue || !ipc->m_running || !ipc->m_conns || !ipc->m_streams)
+        !ipc->m_queue || !ipc->m_running || !ipc->m_conns || !ipc->m_streams ||
+        !ipc->m_kv_total || !ipc->m_kv_used || !ipc->m_kv_reserved || !ipc->m_kv_block_bytes ||
+        !ipc->m_kv_bpt || !ipc->m_kv_waits)
         return moe_err(-ENOMEM, "ipc: cannot register metrics");
     return 0;
 }
@@ -283,6 +300,12 @@ static void refresh_engine_metrics(struct moe_ipc *ipc, struct moe_engine_stats 
         ipc->ops.get_stats(e, &st);
     moe_metric_set(ipc->m_queue, st.queue_depth);
     moe_metric_set(ipc->m_running, st.running);
+    moe_metric_set(ipc->m_kv_total, (double)st.kv_blocks_total);
+    moe_metric_set(ipc->m_kv_used, (double)st.kv_blocks_used);
+    moe_metric_set(ipc->m_kv_reserved, (double)st.kv_blocks_reserved);
+    moe_metric_set(ipc->m_kv_block_bytes, (double)st.kv_block_bytes);
+    moe_metric_set(ipc->m_kv_bpt, st.kv_bytes_per_token);
+    moe_metric_set(ipc->m_kv_waits, (double)st.kv_waits);
     moe_metric_set(ipc->m_conns, atomic_load(&ipc->connections));
     moe_metric_set(ipc->m_streams, atomic_load(&ipc->streams));
     if (e) {

@@ -1,3 +1,6 @@
+/* The paged KV cache: one pool of fixed-size units, per-sequence block
+ * tables, the KIVI residual window and quantisation as tokens leave it, and
+ * attention over the result (kernels in kv_attn_*.c). See kv.h. */
 #include "kv/kv.h"
 
 #include <errno.h>
@@ -7,46 +10,347 @@
 
 #include "backend/backend.h"
 #include "common/common.h"
+#include "kv/kv_int.h"
+#include "quant/quant.h"
 
-struct moe_kv {
-    int32_t n_layers, n_kv_heads, head_dim, max_ctx;
-    float *k, *v; /* [layer][kv_head][pos][head_dim]: one head's keys contiguous */
+struct moe_kv_pool {
+    int32_t L, Hk, D;
+    int32_t G, R, kb, vb, Gv; /* Gv: channels per value group */
+    bool direct;              /* 16/16 or 32/32: tokens go straight into units */
+    int32_t esz_k, esz_v;     /* direct: bytes per element (2 fp16, 4 fp32) */
+    int32_t W, tpu, nw;       /* window ring tokens, token slots per unit, units per layer */
+    size_t kh, vh;            /* bytes of one head's K and V part of a block unit */
+    size_t unit_bytes, tok_bytes; /* tok_bytes: one window token, all heads */
+    int64_t n_units, n_free, reserved;
+    int32_t *free_list;
+    uint8_t *mem;
 };
 
-static size_t head_stride(const struct moe_kv *kv)
+struct moe_kv {
+    struct moe_kv_pool *pool;
+    bool own_pool;
+    int32_t max_ctx, nb; /* nb: block slots per layer */
+    int32_t *blk;        /* [L][nb] unit ids, -1 = none */
+    int32_t *win;        /* [L][nw] window units, -1 = none */
+    int32_t *n, *nq;     /* [L] tokens stored, of which quantised (a prefix) */
+    int64_t held, quota; /* units taken; units promised but not yet taken */
+};
+
+/* ---- kernels ------------------------------------------------------------------- */
+
+static const struct moe_kv_ops *kv_ops;
+
+int moe_kv_set_isa(int isa)
 {
-    return (size_t)kv->max_ctx * (size_t)kv->head_dim;
+    if (isa < 0)
+        isa = (int)moe_isa_best();
+    if (isa > (int)moe_isa_best())
+        isa = (int)moe_isa_best();
+#ifdef MOE_NO_SIMD
+    kv_ops = &moe_kv_ops_ref;
+#else
+    kv_ops = isa == MOE_ISA_AVX512 ? &moe_kv_ops_avx512
+             : isa == MOE_ISA_AVX2 ? &moe_kv_ops_avx2
+                                   : &moe_kv_ops_ref;
+#endif
+    return isa;
 }
 
-static float *kv_at(const struct moe_kv *kv, float *base, int32_t layer, int32_t head,
-                    int32_t pos)
+static const struct moe_kv_ops *ops(void)
 {
-    return base + ((size_t)layer * (size_t)kv->n_kv_heads + (size_t)head) * head_stride(kv) +
-           (size_t)pos * (size_t)kv->head_dim;
+    if (!kv_ops)
+        moe_kv_set_isa(-1);
+    return kv_ops;
+}
+
+/* ---- parameters and sizes -------------------------------------------------------- */
+
+static bool bits_ok(int32_t b)
+{
+    return b == 2 || b == 4 || b == 8 || b == 16;
+}
+
+int moe_kv_params_check(const struct moe_kv_params *p, int32_t head_dim)
+{
+    bool direct = p->key_bits >= 16 && p->value_bits >= 16;
+    if ((!bits_ok(p->key_bits) && p->key_bits != 32) ||
+        (!bits_ok(p->value_bits) && p->value_bits != 32))
+        return moe_err(-EINVAL, "kv: key_bits and value_bits must be 2, 4, 8, 16 or 32, "
+                       "not %d/%d", p->key_bits, p->value_bits);
+    if (p->group != 32 && p->group != 64 && p->group != 128)
+        return moe_err(-EINVAL, "kv: group must be 32, 64 or 128, not %d", p->group);
+    if (p->residual < 0 || p->residual % p->group)
+        return moe_err(-EINVAL, "kv: residual (%d) must be a non-negative multiple of group (%d)",
+                       p->residual, p->group);
+    if (!direct && (head_dim % 8 || head_dim > MOE_KV_MAX_D))
+        return moe_err(-EINVAL, "kv: quantised cache needs head_dim a multiple of 8 up to %d, "
+                       "not %d", MOE_KV_MAX_D, head_dim);
+    return 0;
+}
+
+/* fills the layout fields of P from its dimensions and parameters */
+static void layout(struct moe_kv_pool *P, int32_t L, int32_t Hk, int32_t D,
+                   const struct moe_kv_params *p)
+{
+    P->L = L, P->Hk = Hk, P->D = D;
+    P->G = p->group, P->kb = p->key_bits, P->vb = p->value_bits;
+    P->direct = P->kb >= 16 && P->vb >= 16;
+    if (!P->direct) { /* beside a quantised side, a 32-bit side passes the fp16 window: 16 */
+        P->kb = MOE_MIN(P->kb, 16);
+        P->vb = MOE_MIN(P->vb, 16);
+    }
+    P->R = P->direct ? 0 : p->residual;
+    P->Gv = MOE_MIN(P->G, D);
+    while (D % P->Gv || (P->Gv * 2) % 8) /* a group divides the head and packs into bytes */
+        P->Gv--;
+    size_t G = (size_t)P->G, Dz = (size_t)D;
+    if (P->direct) {
+        P->esz_k = P->kb / 8;
+        P->esz_v = P->vb / 8;
+        P->kh = G * Dz * (size_t)P->esz_k;
+        P->vh = G * Dz * (size_t)P->esz_v;
+    } else {
+        P->kh = P->kb < 16 ? Dz * G * (size_t)P->kb / 8 + Dz * 4 : G * Dz * 2;
+        P->vh = P->vb < 16 ? G * Dz * (size_t)P->vb / 8 + G * (Dz / (size_t)P->Gv) * 4
+                           : G * Dz * 2;
+    }
+    P->unit_bytes = MOE_ALIGN_UP((size_t)Hk * (P->kh + P->vh), 64);
+    P->tok_bytes = (size_t)Hk * Dz * 4; /* fp16 K and V */
+    P->W = P->R + P->G;
+    P->tpu = 0;
+    P->nw = 0;
+    if (!P->direct) {
+        if (P->unit_bytes < P->tok_bytes)
+            P->unit_bytes = MOE_ALIGN_UP(P->tok_bytes, 64);
+        P->tpu = (int32_t)(P->unit_bytes / P->tok_bytes);
+        P->nw = (P->W + P->tpu - 1) / P->tpu;
+    }
+}
+
+static int64_t units_for(const struct moe_kv_pool *P, int64_t T)
+{
+    if (T <= 0)
+        return 0;
+    if (P->direct)
+        return (int64_t)P->L * ((T + P->G - 1) / P->G);
+    int64_t nq = T >= P->R + P->G ? (T - P->R) / P->G : 0;
+    int64_t slots = MOE_MIN(T, (int64_t)P->W);
+    return (int64_t)P->L * (nq + (slots + P->tpu - 1) / P->tpu);
+}
+
+int64_t moe_kv_units_for_params(int32_t n_layers, int32_t n_kv_heads, int32_t head_dim,
+                                const struct moe_kv_params *p, int64_t n_tokens)
+{
+    struct moe_kv_pool P;
+    layout(&P, n_layers, n_kv_heads, head_dim, p);
+    return units_for(&P, n_tokens);
+}
+
+int64_t moe_kv_units_for_tokens(int32_t n_layers, int32_t n_kv_heads, int32_t head_dim,
+                                const struct moe_kv_params *p, int64_t n_tokens, int32_t n_seqs)
+{
+    struct moe_kv_pool P;
+    layout(&P, n_layers, n_kv_heads, head_dim, p);
+    int64_t blocks = (n_tokens + P.G - 1) / P.G;
+    return (int64_t)P.L * (blocks + (int64_t)n_seqs * P.nw);
+}
+
+size_t moe_kv_unit_bytes_for_params(int32_t n_layers, int32_t n_kv_heads, int32_t head_dim,
+                                    const struct moe_kv_params *p)
+{
+    struct moe_kv_pool P;
+    layout(&P, n_layers, n_kv_heads, head_dim, p);
+    return P.unit_bytes;
+}
+
+size_t moe_kv_pool_unit_bytes(const struct moe_kv_pool *P)
+{
+    return P->unit_bytes;
+}
+
+int64_t moe_kv_pool_units_for(const struct moe_kv_pool *P, int64_t n_tokens)
+{
+    return units_for(P, n_tokens);
+}
+
+size_t moe_kv_pool_bytes_for(const struct moe_kv_pool *P, int64_t n_tokens)
+{
+    return (size_t)units_for(P, n_tokens) * P->unit_bytes;
+}
+
+void moe_kv_pool_get_stats(const struct moe_kv_pool *P, struct moe_kv_pool_stats *st)
+{
+    st->units_total = P->n_units;
+    st->units_used = P->n_units - P->n_free;
+    st->units_reserved = P->reserved;
+    st->unit_bytes = P->unit_bytes;
+    st->group = P->G;
+    st->residual = P->R;
+    st->key_bits = P->kb;
+    st->value_bits = P->vb;
+    st->bytes_per_token_4k = (double)moe_kv_pool_bytes_for(P, 4096) / 4096.0;
+}
+
+/* ---- the pool ------------------------------------------------------------------- */
+
+int moe_kv_pool_create(int32_t n_layers, int32_t n_kv_heads, int32_t head_dim,
+                       const struct moe_kv_params *p, int64_t n_units, struct moe_kv_pool **out)
+{
+    *out = NULL;
+    if (n_layers <= 0 || n_kv_heads <= 0 || head_dim <= 0 || n_units <= 0 ||
+        n_units > INT32_MAX)
+        return moe_err(-EINVAL, "kv pool: bad dimensions or size (%lld units)",
+                       (long long)n_units);
+    int rc = moe_kv_params_check(p, head_dim);
+    if (rc < 0)
+        return rc;
+    struct moe_kv_pool *P = calloc(1, sizeof(*P));
+    if (!P)
+        return moe_err(-ENOMEM, "out of memory");
+    layout(P, n_layers, n_kv_heads, head_dim, p);
+    P->n_units = P->n_free = n_units;
+    P->free_list = malloc((size_t)n_units * sizeof(int32_t));
+    /* malloc, not calloc: pages are only touched as units are used */
+    P->mem = malloc((size_t)n_units * P->unit_bytes);
+    if (!P->free_list || !P->mem) {
+        size_t mib = ((size_t)n_units * P->unit_bytes) >> 20;
+        moe_kv_pool_free(P);
+        return moe_err(-ENOMEM, "out of memory for a KV pool of %zu MiB", mib);
+    }
+    for (int64_t i = 0; i < n_units; i++) /* lowest ids handed out first */
+        P->free_list[i] = (int32_t)(n_units - 1 - i);
+    ops();
+    *out = P;
+    return 0;
+}
+
+void moe_kv_pool_free(struct moe_kv_pool *P)
+{
+    if (!P)
+        return;
+    free(P->free_list);
+    free(P->mem);
+    free(P);
+}
+
+static uint8_t *unit_ptr(const struct moe_kv_pool *P, int32_t id)
+{
+    return P->mem + (size_t)id * P->unit_bytes;
+}
+
+/* ---- sequences ----------------------------------------------------------------- */
+
+int moe_kv_seq_create(struct moe_kv_pool *P, int32_t max_ctx, struct moe_kv **out)
+{
+    *out = NULL;
+    if (max_ctx <= 0)
+        return moe_err(-EINVAL, "kv cache: bad context %d", max_ctx);
+    struct moe_kv *kv = calloc(1, sizeof(*kv));
+    if (!kv)
+        return moe_err(-ENOMEM, "out of memory");
+    kv->pool = P;
+    kv->max_ctx = max_ctx;
+    kv->nb = (max_ctx + P->G - 1) / P->G;
+    size_t L = (size_t)P->L;
+    kv->blk = malloc(L * (size_t)kv->nb * sizeof(int32_t));
+    kv->win = malloc(L * (size_t)MOE_MAX(P->nw, 1) * sizeof(int32_t));
+    kv->n = calloc(L, sizeof(int32_t));
+    kv->nq = calloc(L, sizeof(int32_t));
+    if (!kv->blk || !kv->win || !kv->n || !kv->nq) {
+        moe_kv_free(kv);
+        return moe_err(-ENOMEM, "out of memory");
+    }
+    for (size_t i = 0; i < L * (size_t)kv->nb; i++)
+        kv->blk[i] = -1;
+    for (size_t i = 0; i < L * (size_t)MOE_MAX(P->nw, 1); i++)
+        kv->win[i] = -1;
+    *out = kv;
+    return 0;
+}
+
+static void unit_give(struct moe_kv *kv, int32_t *slot)
+{
+    if (*slot < 0)
+        return;
+    kv->pool->free_list[kv->pool->n_free++] = *slot;
+    kv->held--;
+    *slot = -1;
+}
+
+/* units kv may still take: its own promise, then what nobody was promised */
+static int64_t can_take(const struct moe_kv *kv)
+{
+    const struct moe_kv_pool *P = kv->pool;
+    return kv->quota + (P->n_free - P->reserved);
+}
+
+static int32_t unit_take(struct moe_kv *kv) /* only after can_take() said yes */
+{
+    struct moe_kv_pool *P = kv->pool;
+    if (kv->quota > 0) {
+        kv->quota--;
+        P->reserved--;
+    }
+    kv->held++;
+    return P->free_list[--P->n_free];
+}
+
+void moe_kv_reset(struct moe_kv *kv)
+{
+    struct moe_kv_pool *P = kv->pool;
+    for (size_t i = 0; i < (size_t)P->L * (size_t)kv->nb; i++)
+        unit_give(kv, &kv->blk[i]);
+    for (size_t i = 0; i < (size_t)P->L * (size_t)P->nw; i++)
+        unit_give(kv, &kv->win[i]);
+    P->reserved -= kv->quota;
+    kv->quota = 0;
+    memset(kv->n, 0, (size_t)P->L * sizeof(int32_t));
+    memset(kv->nq, 0, (size_t)P->L * sizeof(int32_t));
+}
+
+int moe_kv_reserve(struct moe_kv *kv, int32_t n_tokens)
+{
+    struct moe_kv_pool *P = kv->pool;
+    if (n_tokens > kv->max_ctx)
+        n_tokens = kv->max_ctx;
+    int64_t need = MOE_MAX(units_for(P, n_tokens) - kv->held, 0);
+    int64_t avail = P->n_free - (P->reserved - kv->quota);
+    if (need > avail)
+        return moe_err(-ENOSPC, "KV pool full: %d tokens need %lld more blocks, %lld of %lld "
+                       "are free", n_tokens, (long long)need, (long long)avail,
+                       (long long)P->n_units);
+    P->reserved += need - kv->quota;
+    kv->quota = need;
+    return 0;
 }
 
 int moe_kv_create(int32_t n_layers, int32_t n_kv_heads, int32_t head_dim, int32_t max_ctx,
                   struct moe_kv **out)
 {
+    return moe_kv_create_params(n_layers, n_kv_heads, head_dim, NULL, max_ctx, out);
+}
+
+int moe_kv_create_params(int32_t n_layers, int32_t n_kv_heads, int32_t head_dim,
+                         const struct moe_kv_params *params, int32_t max_ctx, struct moe_kv **out)
+{
     *out = NULL;
     if (n_layers <= 0 || n_kv_heads <= 0 || head_dim <= 0 || max_ctx <= 0)
         return moe_err(-EINVAL, "kv cache: bad dimensions");
-    struct moe_kv *kv = calloc(1, sizeof(*kv));
-    if (!kv)
-        return moe_err(-ENOMEM, "out of memory");
-    kv->n_layers = n_layers;
-    kv->n_kv_heads = n_kv_heads;
-    kv->head_dim = head_dim;
-    kv->max_ctx = max_ctx;
-    size_t n = (size_t)n_layers * (size_t)n_kv_heads * head_stride(kv);
-    kv->k = malloc(n * sizeof(float));
-    kv->v = malloc(n * sizeof(float));
-    if (!kv->k || !kv->v) {
-        moe_kv_free(kv);
-        return moe_err(-ENOMEM, "out of memory for a KV cache of %d tokens (%zu MiB)",
-                       max_ctx, 2 * n * sizeof(float) >> 20);
+    struct moe_kv_params p = params ? *params : (struct moe_kv_params){32, 32, 32, 0};
+    int rc = moe_kv_params_check(&p, head_dim);
+    if (rc < 0)
+        return rc;
+    struct moe_kv_pool *P;
+    rc = moe_kv_pool_create(n_layers, n_kv_heads, head_dim, &p,
+                            moe_kv_units_for_params(n_layers, n_kv_heads, head_dim, &p, max_ctx),
+                            &P);
+    if (rc < 0)
+        return rc;
+    if ((rc = moe_kv_seq_create(P, max_ctx, out)) < 0) {
+        moe_kv_pool_free(P);
+        return rc;
     }
-    *out = kv;
+    (*out)->own_pool = true;
     return 0;
 }
 
@@ -54,8 +358,14 @@ void moe_kv_free(struct moe_kv *kv)
 {
     if (!kv)
         return;
-    free(kv->k);
-    free(kv->v);
+    if (kv->blk && kv->win && kv->n && kv->nq)
+        moe_kv_reset(kv);
+    if (kv->own_pool)
+        moe_kv_pool_free(kv->pool);
+    free(kv->blk);
+    free(kv->win);
+    free(kv->n);
+    free(kv->nq);
     free(kv);
 }
 
@@ -64,14 +374,130 @@ int32_t moe_kv_capacity(const struct moe_kv *kv)
     return kv->max_ctx;
 }
 
-void moe_kv_store(struct moe_kv *kv, int32_t layer, int32_t pos, const float *k, const float *v)
+/* ---- storing ------------------------------------------------------------------- */
+
+static uint16_t *win_tok(const struct moe_kv *kv, int32_t l, int32_t p)
 {
-    size_t hd = (size_t)kv->head_dim;
-    for (int32_t h = 0; h < kv->n_kv_heads; h++) {
-        memcpy(kv_at(kv, kv->k, layer, h, pos), k + h * hd, hd * sizeof(float));
-        memcpy(kv_at(kv, kv->v, layer, h, pos), v + h * hd, hd * sizeof(float));
+    const struct moe_kv_pool *P = kv->pool;
+    int32_t slot = p % P->W;
+    int32_t id = kv->win[(size_t)l * P->nw + slot / P->tpu];
+    return (uint16_t *)(void *)(unit_ptr(P, id) + (size_t)(slot % P->tpu) * P->tok_bytes);
+}
+
+/* Quantises tokens [b*G, b*G+G) of layer l from the window into unit id. */
+static void quantise_group(struct moe_kv *kv, int32_t l, int32_t b, int32_t id)
+{
+    const struct moe_kv_pool *P = kv->pool;
+    int32_t G = P->G, D = P->D, Gv = P->Gv;
+    float x[MOE_KV_MAX_D > MOE_KV_MAX_G ? MOE_KV_MAX_D : MOE_KV_MAX_G];
+    for (int32_t h = 0; h < P->Hk; h++) {
+        uint8_t *K = unit_ptr(P, id) + (size_t)h * (P->kh + P->vh), *V = K + P->kh;
+        if (P->kb < 16) {
+            size_t row = (size_t)G * P->kb / 8;
+            uint16_t *sc = (uint16_t *)(void *)(K + (size_t)D * row), *mn = sc + D;
+            for (int32_t c = 0; c < D; c++) { /* per channel over the G tokens */
+                for (int32_t t = 0; t < G; t++)
+                    x[t] = moe_f16_to_f32(win_tok(kv, l, b * G + t)[(size_t)h * 2 * D + c]);
+                moe_kv_quant_row(x, G, P->kb, K + c * row, &sc[c], &mn[c]);
+            }
+        } else {
+            for (int32_t t = 0; t < G; t++)
+                memcpy(K + (size_t)t * D * 2, win_tok(kv, l, b * G + t) + (size_t)h * 2 * D,
+                       (size_t)D * 2);
+        }
+        if (P->vb < 16) {
+            size_t row = (size_t)D * P->vb / 8, grow = (size_t)Gv * P->vb / 8;
+            int32_t ng = D / Gv;
+            uint16_t *sm = (uint16_t *)(void *)(V + (size_t)G * row);
+            for (int32_t t = 0; t < G; t++) { /* per token over groups of Gv channels */
+                const uint16_t *src = win_tok(kv, l, b * G + t) + (size_t)h * 2 * D + D;
+                for (int32_t g = 0; g < ng; g++) {
+                    for (int32_t i = 0; i < Gv; i++)
+                        x[i] = moe_f16_to_f32(src[g * Gv + i]);
+                    uint16_t *o = sm + ((size_t)t * ng + g) * 2;
+                    moe_kv_quant_row(x, Gv, P->vb, V + t * row + g * grow, &o[0], &o[1]);
+                }
+            }
+        } else {
+            for (int32_t t = 0; t < G; t++)
+                memcpy(V + (size_t)t * D * 2, win_tok(kv, l, b * G + t) + (size_t)h * 2 * D + D,
+                       (size_t)D * 2);
+        }
     }
 }
+
+int moe_kv_store(struct moe_kv *kv, int32_t l, int32_t pos, const float *k, const float *v)
+{
+    struct moe_kv_pool *P = kv->pool;
+    int32_t D = P->D, G = P->G;
+    if (l < 0 || l >= P->L || pos < 0)
+        return moe_err(-EINVAL, "kv store: layer %d position %d out of range", l, pos);
+    if (pos >= kv->max_ctx)
+        return moe_err(-ENOSPC, "context full: position %d is past the %d-token cache", pos,
+                       kv->max_ctx);
+    if (pos > kv->n[l])
+        return moe_err(-EINVAL, "kv store: position %d leaves a gap after %d tokens", pos,
+                       kv->n[l]);
+    if (pos < kv->nq[l]) { /* going back into quantised tokens: only to a group's start */
+        if (pos % G)
+            return moe_err(-EINVAL, "kv store: cannot go back to position %d inside a "
+                           "quantised group", pos);
+        kv->nq[l] = pos;
+    }
+    kv->n[l] = pos;
+    if (P->direct) {
+        int32_t *slot = &kv->blk[(size_t)l * kv->nb + pos / G];
+        if (*slot < 0) {
+            if (can_take(kv) < 1)
+                return moe_err(-ENOSPC, "KV pool full: no free block for position %d", pos);
+            *slot = unit_take(kv);
+        }
+        uint8_t *u = unit_ptr(P, *slot);
+        size_t t = (size_t)(pos % G);
+        for (int32_t h = 0; h < P->Hk; h++) {
+            uint8_t *K = u + (size_t)h * (P->kh + P->vh), *V = K + P->kh;
+            for (int side = 0; side < 2; side++) {
+                uint8_t *dst = side ? V : K;
+                const float *src = (side ? v : k) + (size_t)h * D;
+                int32_t esz = side ? P->esz_v : P->esz_k;
+                if (esz == 4) {
+                    memcpy(dst + t * D * 4, src, (size_t)D * 4);
+                } else {
+                    uint16_t *d16 = (uint16_t *)(void *)(dst + t * D * 2);
+                    for (int32_t c = 0; c < D; c++)
+                        d16[c] = moe_f32_to_f16(src[c]);
+                }
+            }
+        }
+        kv->n[l] = pos + 1;
+        return 0;
+    }
+    /* KIVI: into the window; a group that leaves it is quantised */
+    int32_t *wslot = &kv->win[(size_t)l * P->nw + (pos % P->W) / P->tpu];
+    bool quant = pos + 1 - kv->nq[l] >= P->R + G;
+    int32_t *bslot = quant ? &kv->blk[(size_t)l * kv->nb + kv->nq[l] / G] : NULL;
+    int need = (*wslot < 0) + (quant && *bslot < 0);
+    if (can_take(kv) < need)
+        return moe_err(-ENOSPC, "KV pool full: no free block for position %d", pos);
+    if (*wslot < 0)
+        *wslot = unit_take(kv);
+    uint16_t *w = win_tok(kv, l, pos);
+    for (int32_t h = 0; h < P->Hk; h++)
+        for (int32_t c = 0; c < D; c++) {
+            w[(size_t)h * 2 * D + c] = moe_f32_to_f16(k[(size_t)h * D + c]);
+            w[(size_t)h * 2 * D + D + c] = moe_f32_to_f16(v[(size_t)h * D + c]);
+        }
+    if (quant) {
+        if (*bslot < 0)
+            *bslot = unit_take(kv);
+        quantise_group(kv, l, kv->nq[l] / G, *bslot);
+        kv->nq[l] += G;
+    }
+    kv->n[l] = pos + 1;
+    return 0;
+}
+
+/* ---- attention ----------------------------------------------------------------- */
 
 struct attn_task {
     struct moe_kv *const *kvs;
@@ -81,7 +507,93 @@ struct attn_task {
     float *out;
     float *scores;
     size_t scores_stride;
+    const struct moe_kv_ops *ops;
 };
+
+/* scores and softmax weights of one query head over kv's layer, then out */
+static void attn_one(const struct attn_task *a, const struct moe_kv *kv, int32_t len,
+                     const float *q, int32_t g, float *sc, float *o)
+{
+    const struct moe_kv_pool *P = kv->pool;
+    const struct moe_kv_ops *K = a->ops;
+    int32_t D = P->D, G = P->G, l = a->layer;
+    float scale = 1.0f / sqrtf((float)D);
+    const int32_t *blk = kv->blk + (size_t)l * kv->nb;
+    size_t hoff = (size_t)g * (P->kh + P->vh);
+    int32_t nq = P->direct ? len : MOE_MIN(kv->nq[l], len); /* tokens read from blocks */
+    int32_t nblk = (nq + G - 1) / G;
+    float qs[MOE_KV_MAX_D], acc[MOE_KV_MAX_G];
+
+    bool exact = P->direct && P->esz_k == 4 && P->esz_v == 4;
+    float mx = -INFINITY;
+    if (P->direct && P->esz_k == 4) { /* fp32: exactly the old contiguous cache's arithmetic */
+        for (int32_t b = 0; b < nblk; b++) {
+            const float *Kb = (const float *)(const void *)(unit_ptr(P, blk[b]) + hoff);
+            int32_t cnt = MOE_MIN(G, nq - b * G);
+            for (int32_t t = 0; t < cnt; t++)
+                sc[b * G + t] = moe_vec_dot_f32(q, Kb + (size_t)t * D, D) * scale;
+        }
+    }
+    if (!(P->direct && P->esz_k == 4)) {
+        for (int32_t c = 0; c < D; c++)
+            qs[c] = q[c] * scale;
+        for (int32_t b = 0; b < nblk; b++) {
+            const uint8_t *Kb = unit_ptr(P, blk[b]) + hoff;
+            int32_t cnt = MOE_MIN(G, nq - b * G);
+            if (P->kb < 16) {
+                size_t row = (size_t)G * P->kb / 8;
+                const uint16_t *s = (const uint16_t *)(const void *)(Kb + (size_t)D * row);
+                K->k_scores(P->kb, G, D, Kb, s, s + D, qs, acc);
+                memcpy(sc + b * G, acc, (size_t)cnt * sizeof(float));
+            } else {
+                for (int32_t t = 0; t < cnt; t++)
+                    sc[b * G + t] =
+                        K->dot_f16(qs, (const uint16_t *)(const void *)Kb + (size_t)t * D, D);
+            }
+        }
+        for (int32_t p = nq; p < len; p++) /* the fp16 window */
+            sc[p] = K->dot_f16(qs, win_tok(kv, l, p) + (size_t)g * 2 * D, D);
+    }
+    for (int32_t p = 0; p < len; p++)
+        mx = sc[p] > mx ? sc[p] : mx;
+    double sum = 0.0;
+    for (int32_t p = 0; p < len; p++) {
+        sc[p] = expf(sc[p] - mx);
+        sum += sc[p];
+    }
+    float inv = (float)(1.0 / sum);
+    memset(o, 0, (size_t)D * sizeof(float));
+    if (exact) {
+        for (int32_t b = 0; b < nblk; b++) {
+            const float *Vb = (const float *)(const void *)(unit_ptr(P, blk[b]) + hoff + P->kh);
+            int32_t cnt = MOE_MIN(G, nq - b * G);
+            for (int32_t t = 0; t < cnt; t++)
+                moe_vec_axpy_f32(o, sc[b * G + t] * inv, Vb + (size_t)t * D, D);
+        }
+        return;
+    }
+    for (int32_t p = 0; p < len; p++)
+        sc[p] *= inv;
+    for (int32_t b = 0; b < nblk; b++) {
+        const uint8_t *Vb = unit_ptr(P, blk[b]) + hoff + P->kh;
+        int32_t cnt = MOE_MIN(G, nq - b * G);
+        if (P->direct && P->esz_v == 4) {
+            for (int32_t t = 0; t < cnt; t++)
+                moe_vec_axpy_f32(o, sc[b * G + t], (const float *)(const void *)Vb + (size_t)t * D,
+                                 D);
+        } else if (P->vb < 16) {
+            size_t row = (size_t)D * P->vb / 8;
+            K->v_accum(P->vb, P->Gv, D, Vb,
+                       (const uint16_t *)(const void *)(Vb + (size_t)G * row), sc + b * G, cnt, o);
+        } else {
+            for (int32_t t = 0; t < cnt; t++)
+                K->axpy_f16(o, sc[b * G + t], (const uint16_t *)(const void *)Vb + (size_t)t * D,
+                            D);
+        }
+    }
+    for (int32_t p = nq; p < len; p++)
+        K->axpy_f16(o, sc[p], win_tok(kv, l, p) + (size_t)g * 2 * D + D, D);
+}
 
 static void attn_worker(void *arg, int ith, int nth)
 {
@@ -91,27 +603,10 @@ static void attn_worker(void *arg, int ith, int nth)
     for (int32_t job = ith; job < jobs; job += nth) {
         int32_t t = job / a->n_heads, h = job % a->n_heads;
         const struct moe_kv *kv = a->kvs[t];
-        int32_t hd = kv->head_dim, g = h / (a->n_heads / kv->n_kv_heads);
-        float scale = 1.0f / sqrtf((float)hd);
-        int32_t len = a->pos[t] + 1; /* causal: itself and everything before */
+        int32_t hd = kv->pool->D, g = h / (a->n_heads / kv->pool->Hk);
         const float *q = a->q + ((size_t)t * a->n_heads + h) * hd;
-        const float *K = kv_at(kv, kv->k, a->layer, g, 0);
-        const float *V = kv_at(kv, kv->v, a->layer, g, 0);
-        float mx = -INFINITY;
-        for (int32_t p = 0; p < len; p++) {
-            sc[p] = moe_vec_dot_f32(q, K + (size_t)p * hd, hd) * scale;
-            mx = sc[p] > mx ? sc[p] : mx;
-        }
-        double sum = 0.0;
-        for (int32_t p = 0; p < len; p++) {
-            sc[p] = expf(sc[p] - mx);
-            sum += sc[p];
-        }
-        float inv = (float)(1.0 / sum);
         float *o = a->out + ((size_t)t * a->n_heads + h) * hd;
-        memset(o, 0, (size_t)hd * sizeof(float));
-        for (int32_t p = 0; p < len; p++)
-            moe_vec_axpy_f32(o, sc[p] * inv, V + (size_t)p * hd, hd);
+        attn_one(a, kv, a->pos[t] + 1, q, g, sc, o);
     }
 }
 
@@ -119,6 +614,6 @@ void moe_kv_attention(struct moe_pool *pool, struct moe_kv *const *kvs, const in
                       int32_t n, int32_t layer, int32_t n_heads, const float *q, float *out,
                       float *scores, size_t scores_stride)
 {
-    struct attn_task a = {kvs, pos, layer, n_heads, n, q, out, scores, scores_stride};
+    struct attn_task a = {kvs, pos, layer, n_heads, n, q, out, scores, scores_stride, ops()};
     moe_pool_run(pool, attn_worker, &a);
 }

@@ -143,7 +143,13 @@ size_t moe_model_active_bytes(const struct moe_model *m);
 struct moe_kv;      /* one sequence's KV cache (kv/) */
 struct moe_scratch; /* activation buffers, grown to the largest batch seen */
 
+struct moe_kv_pool;  /* blocks shared by many sequences' caches (kv/) */
+struct moe_kv_params;
+/* A private exact (fp32) cache of max_ctx tokens. */
 int moe_model_kv_create(const struct moe_model *m, int32_t max_ctx, struct moe_kv **out);
+/* A pool of n_units blocks for this model's caches (moe_kv_seq_create). */
+int moe_model_kv_pool_create(const struct moe_model *m, const struct moe_kv_params *p,
+                             int64_t n_units, struct moe_kv_pool **out);
 void moe_model_kv_free(struct moe_kv *kv);
 int moe_scratch_create(struct moe_scratch **out);
 void moe_scratch_free(struct moe_scratch *s);
@@ -182,6 +188,9 @@ struct moe_session {
 
 int moe_session_create(const struct moe_model *m, struct moe_pool *pool, int32_t max_ctx,
                        struct moe_session **out);
+/* The same with a private cache of other KV settings (NULL = fp32, exact). */
+int moe_session_create_kv(const struct moe_model *m, struct moe_pool *pool, int32_t max_ctx,
+                          const struct moe_kv_params *kvp, struct moe_session **out);
 void moe_session_free(struct moe_session *s);
 void moe_session_reset(struct moe_session *s); /* empties the cache */
 

@@ -122,6 +122,13 @@ int moe_model_kv_create(const struct moe_model *m, int32_t max_ctx, struct moe_k
     return moe_kv_create(m->cfg.n_layers, m->cfg.n_kv_heads, m->cfg.head_dim, max_ctx, out);
 }
 
+int moe_model_kv_pool_create(const struct moe_model *m, const struct moe_kv_params *p,
+                             int64_t n_units, struct moe_kv_pool **out)
+{
+    return moe_kv_pool_create(m->cfg.n_layers, m->cfg.n_kv_heads, m->cfg.head_dim, p, n_units,
+                              out);
+}
+
 void moe_model_kv_free(struct moe_kv *kv)
 {
     moe_kv_free(kv);
@@ -240,8 +247,11 @@ static int attention_block(const struct fwd *s, int32_t l, int32_t n)
         rope_apply(S->k + t * nkv, c->n_kv_heads, c->head_dim, cs, sn, c->rope_interleaved);
     }
 
-    for (int32_t t = 0; t < n; t++)
-        moe_kv_store(s->kvs[t], l, s->pos[t], S->k + t * nkv, S->v + t * nkv);
+    for (int32_t t = 0; t < n; t++) {
+        int rc = moe_kv_store(s->kvs[t], l, s->pos[t], S->k + t * nkv, S->v + t * nkv);
+        if (rc < 0)
+            return rc;
+    }
     moe_kv_attention(s->pool, s->kvs, s->pos, n, l, c->n_heads, S->q, S->att, S->scores,
                      S->scores_stride);
     moe_matmul(s->pool, &L->wo, S->att, n, S->tmp); /* [n][H] */
@@ -378,6 +388,12 @@ int moe_model_forward_layer(const struct moe_model *m, struct moe_pool *pool,
 int moe_session_create(const struct moe_model *m, struct moe_pool *pool, int32_t max_ctx,
                        struct moe_session **out)
 {
+    return moe_session_create_kv(m, pool, max_ctx, NULL, out);
+}
+
+int moe_session_create_kv(const struct moe_model *m, struct moe_pool *pool, int32_t max_ctx,
+                          const struct moe_kv_params *kvp, struct moe_session **out)
+{
     *out = NULL;
     if (max_ctx <= 0 || max_ctx > m->cfg.max_ctx)
         max_ctx = m->cfg.max_ctx;
@@ -393,7 +409,8 @@ int moe_session_create(const struct moe_model *m, struct moe_pool *pool, int32_t
     int rc = !s->pos || !s->logit_idx || !s->kvs ? moe_err(-ENOMEM, "out of memory")
                                                  : moe_scratch_create(&s->scratch);
     if (rc == 0)
-        rc = moe_model_kv_create(m, max_ctx, &s->kv);
+        rc = moe_kv_create_params(m->cfg.n_layers, m->cfg.n_kv_heads, m->cfg.head_dim, kvp,
+                                  max_ctx, &s->kv);
     if (rc < 0) {
         moe_session_free(s);
         return rc;

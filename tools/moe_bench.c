@@ -5,6 +5,7 @@
  *   moe-bench logits --model PATH --ids "1 2 3" --out FILE     (raw fp32 [n][vocab])
  *   moe-bench gemv   --model PATH [--seconds S]
  *   moe-bench decode-cmp --model A --model B ... [--tokens N] [--rounds R]
+ *   moe-bench kv     --model PATH [--text FILE --start-char C] [--window W] [--max-windows K]
  * Common: --threads N. */
 #include <errno.h>
 #include <getopt.h>
@@ -16,7 +17,9 @@
 
 #include "backend/backend.h"
 #include "common/common.h"
+#include "kv/kv.h"
 #include "model/model.h"
+#include "quant/quant.h"
 #include "quant/quant_qmoe.h"
 
 #define EXIT_USAGE 2
@@ -27,6 +30,7 @@ static const char usage[] =
     "       moe-bench logits --model PATH --ids \"ID ...\" --out FILE\n"
     "       moe-bench gemv   --model PATH [--seconds S]\n"
     "       moe-bench decode-cmp --model A --model B ... [--tokens N] [--prompt-tokens P] [--rounds R]\n"
+    "       moe-bench kv     --model PATH [--text FILE [--start-char C] [--window W] [--max-windows K]]\n"
     "\n"
     "ppl:    perplexity of FILE (from character C on), encoded at once without BOS;\n"
     "        window k feeds tokens [kW, kW+W) with an empty cache and scores\n"
@@ -42,6 +46,10 @@ static const char usage[] =
     "decode-cmp: batch-1 decode of every --model in turn, R rounds (default 3),\n"
     "        so the models share the machine's state; median tok/s of each and\n"
     "        its ratio to the first.\n"
+    "kv:     for each KV cache setting (fp32, fp16, KIVI 8/4/2-bit): bytes per token\n"
+    "        of one sequence at 4096 tokens, decode attention time (all layers, one\n"
+    "        query) at 1k/8k/32k tokens of the model's geometry, timed in one run,\n"
+    "        and with --text the perplexity as ppl computes it.\n"
     "\n"
     "  --threads N   worker threads (default: all cores)\n";
 
@@ -669,6 +677,209 @@ static int cmd_decode_cmp(const struct bench_opts *o, struct moe_pool *pool)
         moe_model_free(ms[i]);
     return rc < 0 ? 1 : 0;
 }
+/* ==== kv: the compressed KV cache (bytes, attention time, perplexity) ==========
+ * Attention is timed on caches of the model's geometry filled with random
+ * keys and values (the kernels' cost does not depend on the values), every
+ * setting's cache built first and the settings then timed in turns, so all
+ * figures come from one run on one machine state. */
+
+static const struct moe_kv_params kv_settings[] = {
+    {32, 32, 64, 0}, {16, 16, 64, 0}, {8, 8, 64, 64}, {4, 4, 64, 64}, {2, 2, 64, 64},
+};
+enum { KV_N = sizeof(kv_settings) / sizeof(kv_settings[0]), KV_CTX_N = 3, KV_ROUNDS = 7 };
+static const int32_t kv_ctx[KV_CTX_N] = {1024, 8192, 32768};
+
+static float kv_rand(uint64_t *r)
+{
+    *r ^= *r << 13;
+    *r ^= *r >> 7;
+    *r ^= *r << 17;
+    return (float)((*r >> 40) & 0xffffff) / (float)(1 << 23) - 1.0f;
+}
+
+/* one sequence of ctx random tokens in a pool just big enough */
+static int kv_fill(const struct moe_config *c, const struct moe_kv_params *p, int32_t ctx,
+                   struct moe_kv_pool **P, struct moe_kv **kv)
+{
+    int64_t units = moe_kv_units_for_params(c->n_layers, c->n_kv_heads, c->head_dim, p, ctx);
+    int rc = moe_kv_pool_create(c->n_layers, c->n_kv_heads, c->head_dim, p, units, P);
+    if (rc == 0 && (rc = moe_kv_seq_create(*P, ctx, kv)) < 0)
+        moe_kv_pool_free(*P);
+    if (rc < 0)
+        return rc;
+    size_t nkv = (size_t)c->n_kv_heads * (size_t)c->head_dim;
+    float *k = malloc(nkv * sizeof(float)), *v = malloc(nkv * sizeof(float));
+    uint64_t r = 0x9e3779b97f4a7c15ull;
+    for (int32_t pos = 0; pos < ctx && rc == 0 && k && v; pos++)
+        for (int32_t l = 0; l < c->n_layers && rc == 0; l++) {
+            for (size_t i = 0; i < nkv; i++) {
+                k[i] = kv_rand(&r) * 2.0f + (i % 3 ? 0.5f : -1.0f);
+                v[i] = kv_rand(&r);
+            }
+            rc = moe_kv_store(*kv, l, pos, k, v);
+        }
+    if (!k || !v)
+        rc = moe_err(-ENOMEM, "out of memory");
+    free(k);
+    free(v);
+    if (rc < 0) {
+        moe_kv_free(*kv);
+        moe_kv_pool_free(*P);
+    }
+    return rc;
+}
+
+/* seconds of one decode step's attention: every layer, one query at ctx-1 */
+static double kv_time_step(struct moe_pool *pool, const struct moe_config *c, struct moe_kv *kv,
+                           int32_t ctx, const float *q, float *out, float *scores, size_t stride)
+{
+    int32_t pos = ctx - 1;
+    double t0 = moe_now_s();
+    for (int32_t l = 0; l < c->n_layers; l++)
+        moe_kv_attention(pool, &kv, &pos, 1, l, c->n_heads, q, out, scores, stride);
+    return moe_now_s() - t0;
+}
+
+static double kv_ppl(const struct bench_opts *o, struct moe_model *m, struct moe_pool *pool,
+                     const int32_t *ids, size_t n, const struct moe_kv_params *p,
+                     int64_t *scored_out)
+{
+    int32_t W = o->window, V = m->cfg.vocab;
+    struct moe_session *s;
+    float *logits = malloc((size_t)W * (size_t)V * sizeof(float));
+    if (!logits || moe_session_create_kv(m, pool, W, p, &s) < 0) {
+        free(logits);
+        return NAN;
+    }
+    double nll = 0.0;
+    int64_t scored = 0;
+    int32_t windows = 0;
+    for (size_t start = 0; start + 1 < n; start += (size_t)W) {
+        if (o->max_windows && windows == o->max_windows)
+            break;
+        int32_t len_w = (int32_t)MOE_MIN((size_t)W, n - 1 - start);
+        moe_session_reset(s);
+        if (moe_session_forward(s, ids + start, len_w, logits, true) < 0) {
+            nll = NAN;
+            break;
+        }
+        for (int32_t t = 0; t < len_w; t++)
+            nll += nll_of(logits + (size_t)t * V, V, ids[start + t + 1]);
+        scored += len_w;
+        windows++;
+    }
+    moe_session_free(s);
+    free(logits);
+    *scored_out = scored;
+    return exp(nll / (double)scored);
+}
+
+static int cmd_kv(const struct bench_opts *o, struct moe_model *m, struct moe_pool *pool)
+{
+    const struct moe_config *c = &m->cfg;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    if (o->text) {
+        char *text;
+        size_t len;
+        if (!m->tok || moe_read_text_file(o->text, &text, &len) < 0) {
+            fprintf(stderr, "moe-bench kv: %s\n", m->tok ? moe_err_msg() : "no tokenizer");
+            return EXIT_USAGE;
+        }
+        size_t off = utf8_offset(text, len, o->start_char);
+        int rc = moe_tokenizer_encode(m->tok, text + off, len - off, false, &ids, &n);
+        free(text);
+        if (rc < 0) {
+            fprintf(stderr, "moe-bench kv: %s\n", moe_err_msg());
+            return 1;
+        }
+    }
+    json_t *root = json_object(), *rows = json_array();
+    json_object_set_new(root, "isa", json_string(moe_isa_name(moe_isa_best())));
+    json_object_set_new(root, "threads", json_integer(moe_pool_threads(pool)));
+    json_object_set_new(root, "geometry",
+                        json_pack("{s:i,s:i,s:i,s:i}", "layers", c->n_layers, "heads", c->n_heads,
+                                  "kv_heads", c->n_kv_heads, "head_dim", c->head_dim));
+    double bytes16 = 0;
+    json_t *row[KV_N];
+    for (int i = 0; i < KV_N; i++) {
+        const struct moe_kv_params *p = &kv_settings[i];
+        double bytes = (double)moe_kv_units_for_params(c->n_layers, c->n_kv_heads, c->head_dim,
+                                                       p, 4096) *
+                       (double)moe_kv_unit_bytes_for_params(c->n_layers, c->n_kv_heads,
+                                                            c->head_dim, p) / 4096.0;
+        if (p->key_bits == 16 && p->value_bits == 16)
+            bytes16 = bytes;
+        row[i] = json_pack("{s:i,s:i,s:i,s:i,s:f}", "key_bits", p->key_bits, "value_bits",
+                           p->value_bits, "group", p->group, "residual", p->residual,
+                           "bytes_per_token_4k", bytes);
+        json_array_append(rows, row[i]);
+    }
+    for (int i = 0; i < KV_N; i++) {
+        double b = json_real_value(json_object_get(row[i], "bytes_per_token_4k"));
+        json_object_set_new(row[i], "bytes_vs_fp16", json_real(b / bytes16));
+        json_object_set_new(row[i], "attention_ms", json_object());
+    }
+
+    /* attention: per context, every setting's cache, then timed in turns */
+    size_t nq = (size_t)c->n_heads * (size_t)c->head_dim;
+    int nth = moe_pool_threads(pool);
+    size_t stride = MOE_ALIGN_UP((size_t)kv_ctx[KV_CTX_N - 1] + 1, 16);
+    float *q = malloc(nq * sizeof(float)), *out = malloc(nq * sizeof(float));
+    float *scores = malloc((size_t)nth * stride * sizeof(float));
+    int rc = q && out && scores ? 0 : moe_err(-ENOMEM, "out of memory");
+    uint64_t r = 12345;
+    for (size_t i = 0; q && i < nq; i++)
+        q[i] = kv_rand(&r) * 2.0f;
+    for (int ci = 0; ci < KV_CTX_N && rc == 0; ci++) {
+        struct moe_kv_pool *P[KV_N] = {0};
+        struct moe_kv *kv[KV_N] = {0};
+        double t[KV_N][KV_ROUNDS];
+        for (int i = 0; i < KV_N && rc == 0; i++)
+            rc = kv_fill(c, &kv_settings[i], kv_ctx[ci], &P[i], &kv[i]);
+        for (int i = 0; i < KV_N && rc == 0; i++) /* warm up */
+            kv_time_step(pool, c, kv[i], kv_ctx[ci], q, out, scores, stride);
+        for (int k = 0; k < KV_ROUNDS && rc == 0; k++)
+            for (int i = 0; i < KV_N; i++)
+                t[i][k] = kv_time_step(pool, c, kv[i], kv_ctx[ci], q, out, scores, stride);
+        for (int i = 0; i < KV_N; i++) {
+            if (rc == 0) {
+                char key[16];
+                snprintf(key, sizeof(key), "%d", kv_ctx[ci]);
+                json_object_set_new(json_object_get(row[i], "attention_ms"), key,
+                                    json_real(median(t[i], KV_ROUNDS) * 1e3));
+            }
+            moe_kv_free(kv[i]);
+            moe_kv_pool_free(P[i]);
+        }
+    }
+    free(q);
+    free(out);
+    free(scores);
+
+    for (int i = 0; i < KV_N && rc == 0 && ids; i++) {
+        int64_t scored = 0;
+        double ppl = kv_ppl(o, m, pool, ids, n, &kv_settings[i], &scored);
+        json_object_set_new(row[i], "ppl", json_real(ppl));
+        json_object_set_new(row[i], "ppl_tokens", json_integer(scored));
+        if (isnan(ppl))
+            rc = -EIO;
+    }
+    for (int i = 0; i < KV_N; i++)
+        json_decref(row[i]);
+    free(ids);
+    if (rc < 0) {
+        fprintf(stderr, "moe-bench kv: %s\n", moe_err_msg());
+        json_decref(root);
+        json_decref(rows);
+        return 1;
+    }
+    json_object_set_new(root, "window", json_integer(o->window));
+    json_object_set_new(root, "settings", rows);
+    print_json(root);
+    return 0;
+}
+/* ==== end of kv =============================================================== */
 
 int main(int argc, char **argv)
 {
@@ -679,7 +890,8 @@ int main(int argc, char **argv)
     const char *cmd = argv[1];
     int (*fn)(const struct bench_opts *, struct moe_model *, struct moe_pool *) =
         !strcmp(cmd, "ppl") ? cmd_ppl : !strcmp(cmd, "decode") ? cmd_decode
-        : !strcmp(cmd, "logits") ? cmd_logits : !strcmp(cmd, "gemv") ? cmd_gemv : NULL;
+        : !strcmp(cmd, "logits") ? cmd_logits : !strcmp(cmd, "gemv") ? cmd_gemv
+        : !strcmp(cmd, "kv") ? cmd_kv : NULL;
     bool cmp = !strcmp(cmd, "decode-cmp");
     if (!fn && !cmp) {
         fprintf(stderr, "moe-bench: unknown command '%s'\n%s", cmd, usage);

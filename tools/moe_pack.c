@@ -329,6 +329,25 @@ struct matrix_out {
     size_t nbytes;
 };
 
+struct rows_job {
+    const struct moe_dtype_traits *t;
+    float *W;
+    void *dst;
+    int64_t rows, cols;
+    size_t row_bytes;
+};
+
+/* rows ith, ith + nth, ... of a plain format, and W replaced by what they decode to */
+static void convert_rows(void *arg, int ith, int nth)
+{
+    struct rows_job *j = arg;
+    for (int64_t r = ith; r < j->rows; r += nth) {
+        uint8_t *dst = (uint8_t *)j->dst + (size_t)r * j->row_bytes;
+        j->t->from_f32(j->W + r * j->cols, dst, j->cols);
+        j->t->to_f32(dst, j->W + r * j->cols, j->cols); /* what the pack will compute with */
+    }
+}
+
 static int encode_matrix(struct packer *P, float *W, int64_t rows, int64_t cols, const float *H,
                          int64_t n, struct matrix_out *out)
 {
@@ -375,11 +394,8 @@ static int encode_matrix(struct packer *P, float *W, int64_t rows, int64_t cols,
     out->nbytes = rb * (size_t)rows;
     if (!(out->data = malloc(out->nbytes)))
         return moe_err(-ENOMEM, "out of memory");
-    for (int64_t r = 0; r < rows; r++) {
-        uint8_t *dst = (uint8_t *)out->data + (size_t)r * rb;
-        t->from_f32(W + r * cols, dst, cols);
-        t->to_f32(dst, W + r * cols, cols); /* what the pack will compute with */
-    }
+    struct rows_job job = {t, W, out->data, rows, cols, rb};
+    moe_pool_run(P->pool, convert_rows, &job); /* q4's clipping search is slow: use every core */
     return 0;
 }
 

@@ -59,12 +59,12 @@ class UnixHTTPConnection(http.client.HTTPConnection):
 class Moed:
     """A moed process with its own config, socket and notify socket."""
 
-    def __init__(self, max_seqs=8, drain=30, listen_sock=None):
+    def __init__(self, max_seqs=8, drain=30, listen_sock=None, model=TINY):
         self.dir = tempfile.mkdtemp(prefix="moed-test-")
         self.sock = os.path.join(self.dir, "moed.sock")
         self.ini = os.path.join(self.dir, "moed.ini")
         with open(self.ini, "w") as f:
-            f.write(INI.format(sock=self.sock, model=TINY, max_seqs=max_seqs, drain=drain))
+            f.write(INI.format(sock=self.sock, model=model, max_seqs=max_seqs, drain=drain))
         self.notify_path = os.path.join(self.dir, "notify.sock")
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(self.notify_path)

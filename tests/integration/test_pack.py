@@ -144,6 +144,26 @@ class Packs(unittest.TestCase):
         self.assertIn("newer", err)
 
 
+    def test_moed_serves_a_qmoe_pack(self):
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from test_daemon import Moed
+        d = Moed(model=self.packs["qmoe"])
+        try:
+            d.wait_notify("READY=1")
+            status, body = d.json("POST", "/v1/completions",
+                                  {"prompt": "ROMEO:", "max_tokens": 12, "temperature": 0})
+            self.assertEqual(status, 200, body)
+            self.assertGreater(len(body["choices"][0]["text"]), 0)
+            status, body = d.json("POST", "/v1/chat/completions",
+                                  {"messages": [{"role": "user", "content": "Who art thou?"}],
+                                   "max_tokens": 8})
+            self.assertEqual(status, 200, body)
+            status, models = d.json("GET", "/v1/models")
+            self.assertEqual(status, 200)
+        finally:
+            d.stop()
+
+
 class Interrupted(unittest.TestCase):
     def setUp(self):
         self.tmp = tempfile.mkdtemp(prefix="moe-pack-int-")

@@ -13,7 +13,9 @@
  *                   zero padding to 64
  *   4096          data: dense tensors (64-aligned), expert blobs (4096-aligned,
  *                 sizes rounded up to 4096), named blobs (64-aligned)
- *   header_offset the JSON header, after the data (the writer only knows the
+ *   header_offset the JSON header: at 4096 in room the writer reserved before
+ *                 the data (moe-pack does, so a truncated pack keeps its
+ *                 directory), else after the data (the writer only knows the
  *                 directory at the end, and writes the preamble last):
  *     {"format": "moed-pack", "version": 1,
  *      "config": {arch config}, "quant": {free-form}, "meta": {free-form},

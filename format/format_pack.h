@@ -173,6 +173,13 @@ int moe_pack_writer_add_expert(struct moe_pack_writer *w, int32_t layer, int32_t
  * must be a JSON object. Setting a key twice replaces it. */
 int moe_pack_writer_set_json(struct moe_pack_writer *w, const char *key, json_t *value);
 
+/* Keeps room for the JSON header right after the preamble (call before any
+ * data; bytes rounded up to 4096). If the header fits there at commit it is
+ * written in front of the data, so a pack cut short still has its directory
+ * and the reader can name the expert that is missing; otherwise it goes
+ * after the data as usual. */
+int moe_pack_writer_reserve_header(struct moe_pack_writer *w, size_t bytes);
+
 /* Writes the header and the preamble, fsyncs the file, renames it to path
  * and fsyncs the directory. Always frees w: on failure the temporary file
  * is removed and path is left as it was. */

@@ -29,6 +29,7 @@ struct moe_pack_writer {
     uint8_t *buf;
     size_t buf_len;
     uint64_t pos;      /* file offset of the next byte (buffered ones counted) */
+    uint64_t reserved; /* bytes kept for the header at MOE_PACK_DATA_OFFSET, 0 if none */
     int err;           /* first error, sticky */
     json_t *tensors, *experts, *blobs;        /* header lists */
     json_t *tensor_names, *blob_names, *expert_keys; /* sets, for duplicates */
@@ -501,6 +502,21 @@ static void put_le(uint8_t *p, uint64_t v, int n)
         p[i] = (uint8_t)(v >> (8 * i));
 }
 
+int moe_pack_writer_reserve_header(struct moe_pack_writer *w, size_t bytes)
+{
+    int rc = usable(w);
+    if (rc < 0)
+        return rc;
+    if (w->pos != MOE_PACK_DATA_OFFSET || w->reserved)
+        return moe_err(-EINVAL, "%s: the header must be reserved before any data", w->tmp);
+    uint64_t n = MOE_ALIGN_UP((uint64_t)bytes, (uint64_t)MOE_PACK_EXPERT_ALIGN);
+    for (uint64_t done = 0; done < n && rc == 0; done += MOE_PACK_EXPERT_ALIGN)
+        rc = put(w, moe_pack_zeros, MOE_PACK_EXPERT_ALIGN);
+    if (rc == 0)
+        w->reserved = n;
+    return rc;
+}
+
 int moe_pack_writer_commit(struct moe_pack_writer *w)
 {
     int rc = usable(w);
@@ -528,8 +544,18 @@ int moe_pack_writer_commit(struct moe_pack_writer *w)
         goto fail;
     }
     size_t hlen = strlen(text);
-    if ((rc = put(w, text, hlen)) < 0 || (rc = flush(w)) < 0)
+    if (hlen <= w->reserved) { /* in front of the data: a truncated pack keeps its directory */
+        if ((rc = flush(w)) < 0)
+            goto fail;
+        hoff = MOE_PACK_DATA_OFFSET;
+        ssize_t k = pwrite(w->fd, text, hlen, (off_t)hoff);
+        if (k != (ssize_t)hlen) {
+            rc = fail_write(w, k < 0 ? errno : EIO);
+            goto fail;
+        }
+    } else if ((rc = put(w, text, hlen)) < 0 || (rc = flush(w)) < 0) {
         goto fail;
+    }
 
     uint8_t pre[MOE_PACK_PREAMBLE_BYTES] = {0};
     memcpy(pre, MOE_PACK_MAGIC, 8);

@@ -667,7 +667,12 @@ static int run(const struct pack_opts *o)
     if ((rc = moe_pack_writer_open(o->out, &P.w)) < 0)
         goto out;
     moe_pack_writer_cleanup_on_signal();
-    if ((rc = moe_model_pack_write_base(P.m, P.w)) < 0)
+    /* the directory in front of the data (about 300 bytes an expert, some per
+     * tensor): a truncated pack can still say which expert it lost */
+    size_t header_room = ((size_t)64 << 10) + (size_t)1024 * (size_t)c->n_layers *
+                                                   (size_t)(c->n_experts + 16);
+    if ((rc = moe_pack_writer_reserve_header(P.w, header_room)) < 0 ||
+        (rc = moe_model_pack_write_base(P.m, P.w)) < 0)
         goto out;
     if ((o->fmt == FMT_QMOE || o->fmt == FMT_QMOE_RTN) && (rc = qmoe_setup(&P)) < 0)
         goto out;

@@ -20,3 +20,16 @@ label() { sed "s/^{/{\"bench\":\"$1\",/"; }
 "$bin/moe-bench" decode --model "$dir/bench-hf" --tokens 32 --prompt-tokens 64 | label bench-hf-f16-decode
 "$bin/moe-bench" decode --model "$dir/bench-f16.gguf" --tokens 32 --prompt-tokens 64 | label bench-gguf-f16-decode
 "$py" "$root/tests/bench/bench_serve.py" --model "$dir/bench-f16.gguf" --streams 8 --tokens 64 --bin "$bin"
+# Packs of the bench model, cached beside it (q4 takes several minutes: its
+# clipping search). No tokenizer, so qmoe is rounded to nearest (no calibration):
+# speed does not depend on it. The synthetic experts are 99% zeros as ternary.
+for f in bf16 q4 qmoe; do
+    if [ ! -f "$dir/bench-$f.moe" ]; then
+        "$bin/moe-pack" --model "$dir/bench-hf" --out "$dir/bench-$f.moe" --experts "$f" \
+            2>/dev/null | label "pack-bench-$f"
+    fi
+done
+"$bin/moe-bench" decode-cmp --model "$dir/bench-bf16.moe" --model "$dir/bench-q4.moe" \
+    --model "$dir/bench-qmoe.moe" --tokens 16 --rounds 3 | label pack-decode-bf16-q4-qmoe
+"$bin/moe-bench" gemv --model "$dir/bench-qmoe.moe" | label expert-gemv
+bash "$root/tests/quality/qmoe_quality.sh" "$bin"

@@ -124,14 +124,19 @@ class Packs(unittest.TestCase):
         self.assertIn("layer 1 expert 3", err)
         self.assertIn("checksum", err)
 
-    def test_truncated_pack_is_reported(self):
+    def test_truncated_pack_is_reported_naming_the_expert(self):
         path = self.damaged_copy("truncated.moe")
-        size = os.path.getsize(path)
+        _, header = pack_header(path)
+        last = max(header["experts"], key=lambda x: x["offset"])
         with open(path, "r+b") as f:
-            f.truncate(size // 2)
+            f.truncate(last["offset"] + 100)
         rc, _, err = run("moe-run", "--model", path, "--prompt", "x", "--max-tokens", "1")
         self.assertGreater(rc, 0)
         self.assertIn(path, err)
+        # the directory sits in front of the data, so the loss is named
+        self.assertIn("layer %d expert %d: blob ends past the end of the file"
+                      % (last["layer"], last["expert"]), err)
+        self.assertIn("truncated", err)
 
     def test_pack_from_a_newer_format_version_is_refused(self):
         path = self.damaged_copy("newer.moe")

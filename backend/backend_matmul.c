@@ -96,7 +96,10 @@ void moe_matmul(struct moe_pool *pool, const struct moe_weight *w, const float *
     struct matmul_task t = {.fn = fn, .w = w, .x = x, .y = y, .n = n};
     int64_t rows_per_thread = (w->rows + nth - 1) / nth;
     size_t chunk_bytes = n == 1 ? CHUNK_BYTES_GEMV : CHUNK_BYTES_GEMM;
-    int64_t chunk_rows = (int64_t)(chunk_bytes / MOE_MAX(w->row_bytes, (size_t)1));
+    /* compressed rows (QMoE) cost compute, not bytes: size their chunks by
+     * weights, as if they were bf16, so threads can still balance */
+    size_t row_cost = w->nbytes ? (size_t)w->cols * 2 : w->row_bytes;
+    int64_t chunk_rows = (int64_t)(chunk_bytes / MOE_MAX(row_cost, (size_t)1));
     chunk_rows = MOE_MIN(chunk_rows, rows_per_thread);
     t.chunk_rows = MOE_ALIGN_UP(MOE_MAX(chunk_rows, (int64_t)CHUNK_ROWS_MIN), CHUNK_ROWS_MIN);
     int64_t n_chunks = (w->rows + t.chunk_rows - 1) / t.chunk_rows;

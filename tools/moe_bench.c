@@ -4,6 +4,7 @@
  *   moe-bench decode --model PATH [--tokens N] [--prompt-tokens P]
  *   moe-bench logits --model PATH --ids "1 2 3" --out FILE     (raw fp32 [n][vocab])
  *   moe-bench gemv   --model PATH [--seconds S]
+ *   moe-bench stats  --model PACK
  *   moe-bench decode-cmp --model A --model B ... [--tokens N] [--rounds R]
  *   moe-bench kv     --model PATH [--text FILE --start-char C] [--window W] [--max-windows K]
  * Common: --threads N. */
@@ -18,6 +19,7 @@
 #include "backend/backend.h"
 #include "common/common.h"
 #include "kv/kv.h"
+#include "format/format_pack.h"
 #include "model/model.h"
 #include "quant/quant.h"
 #include "quant/quant_qmoe.h"
@@ -29,6 +31,7 @@ static const char usage[] =
     "       moe-bench decode --model PATH [--tokens N] [--prompt-tokens P]\n"
     "       moe-bench logits --model PATH --ids \"ID ...\" --out FILE\n"
     "       moe-bench gemv   --model PATH [--seconds S]\n"
+    "       moe-bench stats  --model PACK\n"
     "       moe-bench decode-cmp --model A --model B ... [--tokens N] [--prompt-tokens P] [--rounds R]\n"
     "       moe-bench kv     --model PATH [--text FILE [--start-char C] [--window W] [--max-windows K]]\n"
     "\n"
@@ -43,6 +46,9 @@ static const char usage[] =
     "gemv:   decode GEMV throughput of each expert format (bf16, q8_0, gq4, qmoe\n"
     "        with random ternary rows at P(0) = 0.85, and the model's own experts)\n"
     "        at the model's expert shapes: weights/s and GB/s of stored bytes.\n"
+    "stats:  a pack's quantisation record and calibration statistics (MC-MoE:\n"
+    "        per layer and expert frequency, routing weight, loss at 1/2/3 bits,\n"
+    "        the chosen widths) as JSON.\n"
     "decode-cmp: batch-1 decode of every --model in turn, R rounds (default 3),\n"
     "        so the models share the machine's state; median tok/s of each and\n"
     "        its ratio to the first.\n"
@@ -609,6 +615,22 @@ static int cmd_gemv(const struct bench_opts *o, struct moe_model *m, struct moe_
     return 0;
 }
 
+/* ---- stats: what moe-pack recorded in a pack ---------------------------------------- */
+
+static int cmd_stats(const struct bench_opts *o, struct moe_model *m, struct moe_pool *pool)
+{
+    (void)pool;
+    const struct moe_pack *p = moe_model_pack(m);
+    if (!p) {
+        fprintf(stderr, "moe-bench stats: %s is not a moed pack\n", o->model);
+        return EXIT_USAGE;
+    }
+    json_t *j = json_pack("{s:s, s:O, s:O}", "model", o->model, "quant", moe_pack_quant(p),
+                          "meta", moe_pack_meta(p));
+    print_json(j);
+    return 0;
+}
+
 /* ---- decode-cmp: several models decoded in turn ------------------------------------- */
 
 /* tok/s of N decode tokens after a P-token prompt, from an empty cache */
@@ -891,6 +913,7 @@ int main(int argc, char **argv)
     int (*fn)(const struct bench_opts *, struct moe_model *, struct moe_pool *) =
         !strcmp(cmd, "ppl") ? cmd_ppl : !strcmp(cmd, "decode") ? cmd_decode
         : !strcmp(cmd, "logits") ? cmd_logits : !strcmp(cmd, "gemv") ? cmd_gemv
+        : !strcmp(cmd, "stats") ? cmd_stats
         : !strcmp(cmd, "kv") ? cmd_kv : NULL;
     bool cmp = !strcmp(cmd, "decode-cmp");
     if (!fn && !cmp) {

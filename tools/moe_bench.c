@@ -33,7 +33,7 @@ static const char usage[] =
     "       moe-bench gemv   --model PATH [--seconds S]\n"
     "       moe-bench stats  --model PACK\n"
     "       moe-bench decode-cmp --model A --model B ... [--tokens N] [--prompt-tokens P] [--rounds R]\n"
-    "       moe-bench kv     --model PATH [--text FILE [--start-char C] [--window W] [--max-windows K]]\n"
+    "       moe-bench kv     --model PATH [--text FILE [--start-char C] [--window W] [--max-windows K]] [--long N]\n"
     "\n"
     "ppl:    perplexity of FILE (from character C on), encoded at once without BOS;\n"
     "        window k feeds tokens [kW, kW+W) with an empty cache and scores\n"
@@ -53,6 +53,8 @@ static const char usage[] =
     "        so the models share the machine's state; median tok/s of each and\n"
     "        its ratio to the first.\n"
     "kv:     for each KV cache setting (fp32, fp16, KIVI 8/4/2-bit): bytes per token\n"
+    "        (--long N: also N tokens through the model with each setting, the last\n"
+    "        token's logits against the fp32 cache's: long contexts work)\n"
     "        of one sequence at 4096 tokens, decode attention time (all layers, one\n"
     "        query) at 1k/8k/32k tokens of the model's geometry, timed in one run,\n"
     "        and with --text the perplexity as ppl computes it.\n"
@@ -65,7 +67,7 @@ struct bench_opts {
     const char *model, *text, *ids, *out;
     const char *models[MAX_MODELS];
     int n_models;
-    int32_t window, max_windows, tokens, prompt_tokens, threads, rounds;
+    int32_t window, max_windows, tokens, prompt_tokens, threads, rounds, long_ctx;
     int64_t start_char;
     double seconds;
 };
@@ -79,6 +81,7 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
         {"prompt-tokens", required_argument, 0, 'p'}, {"threads", required_argument, 0, 't'},
         {"ids", required_argument, 0, 'i'},         {"out", required_argument, 0, 'o'},
         {"rounds", required_argument, 0, 'r'},      {"seconds", required_argument, 0, 's'},
+        {"long", required_argument, 0, 'L'},
         {"help", no_argument, 0, 'h'},              {0, 0, 0, 0}};
     memset(o, 0, sizeof(*o));
     o->window = 256;
@@ -101,6 +104,7 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
             o->models[o->n_models++] = optarg;
             o->model = o->models[0];
             break;
+        case 'L': if (moe_cli_integer("moe-bench", name, optarg, 2, 1 << 20, &v)) return -1; o->long_ctx = (int32_t)v; break;
         case 'r': if (moe_cli_integer("moe-bench", name, optarg, 1, 100, &v)) return -1; o->rounds = (int32_t)v; break;
         case 's': if (moe_cli_number("moe-bench", name, optarg, 0.01, 600, &d)) return -1; o->seconds = d; break;
         case 'x': o->text = optarg; break;
@@ -796,6 +800,9 @@ static double kv_ppl(const struct bench_opts *o, struct moe_model *m, struct moe
     return exp(nll / (double)scored);
 }
 
+static int kv_long_check(const struct bench_opts *o, struct moe_model *m, struct moe_pool *pool,
+                         json_t *rows);
+
 static int cmd_kv(const struct bench_opts *o, struct moe_model *m, struct moe_pool *pool)
 {
     const struct moe_config *c = &m->cfg;
@@ -896,10 +903,53 @@ static int cmd_kv(const struct bench_opts *o, struct moe_model *m, struct moe_po
         json_decref(rows);
         return 1;
     }
+    if (o->long_ctx && kv_long_check(o, m, pool, rows) < 0) {
+        fprintf(stderr, "moe-bench kv: %s\n", moe_err_msg());
+        json_decref(root);
+        json_decref(rows);
+        return 1;
+    }
     json_object_set_new(root, "window", json_integer(o->window));
     json_object_set_new(root, "settings", rows);
     print_json(root);
     return 0;
+}
+/* --long N: N tokens (fixed pseudo-random ids) through the model with each
+ * setting; the last token's logits against the exact fp32 cache's. */
+static int kv_long_check(const struct bench_opts *o, struct moe_model *m, struct moe_pool *pool,
+                         json_t *rows)
+{
+    int32_t N = o->long_ctx, V = m->cfg.vocab, chunk = 512;
+    int32_t *ids = malloc((size_t)N * sizeof(int32_t));
+    float *ref = malloc((size_t)V * sizeof(float)), *lg = malloc((size_t)V * sizeof(float));
+    int rc = ids && ref && lg ? 0 : moe_err(-ENOMEM, "out of memory");
+    for (int32_t i = 0; rc == 0 && i < N; i++)
+        ids[i] = (int32_t)(((int64_t)i * 7919 + 13) % V);
+    for (int i = 0; i < KV_N && rc == 0; i++) {
+        struct moe_session *s = NULL;
+        double t0 = moe_now_s();
+        if ((rc = moe_session_create_kv(m, pool, N, &kv_settings[i], &s)) < 0)
+            break;
+        for (int32_t k = 0; k < N && rc == 0; k += chunk)
+            rc = moe_session_forward(s, ids + k, MOE_MIN(chunk, N - k), i == 0 ? ref : lg, false);
+        moe_session_free(s);
+        if (rc < 0 || i == 0)
+            continue;
+        double diff = 0, top = 0;
+        for (int32_t v = 0; v < V; v++) {
+            diff = fmax(diff, fabs((double)lg[v] - ref[v]));
+            top = fmax(top, fabs((double)ref[v]));
+        }
+        json_object_set_new(json_array_get(rows, (size_t)i), "long_context",
+                            json_pack("{s:i, s:f, s:f, s:b, s:f}", "tokens", N,
+                                      "max_abs_logit_diff", diff, "relative", diff / top,
+                                      "argmax_same", argmax(lg, V) == argmax(ref, V), "seconds",
+                                      moe_now_s() - t0));
+    }
+    free(ids);
+    free(ref);
+    free(lg);
+    return rc;
 }
 /* ==== end of kv =============================================================== */
 

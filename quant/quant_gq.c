@@ -174,10 +174,14 @@ void moe_gq_pack_row(int bits, const uint8_t *q, const uint16_t *scale, const ui
         const uint8_t *qg = q + g * MOE_GQ_GROUP;
         memcpy(d, &scale[g], 2);
         memcpy(d + 2, &zero[g], 2);
-        memset(d + 4, 0, gb - 4);
-        for (int i = 0; i < MOE_GQ_GROUP; i++)
-            for (int p = 0; p < bits; p++)
-                d[4 + 16 * p + i / 8] |= (uint8_t)(((qg[i] >> p) & 1) << (i % 8));
+        uint32_t mask = (1u << bits) - 1;
+        for (int j = 0; j < 16; j++) {
+            uint32_t word = 0; /* lane j: q[16k + j] at bits * k */
+            for (int k = 0; k < 8; k++)
+                word |= (qg[16 * k + j] & mask) << (bits * k);
+            for (int b = 0; b < bits; b++)
+                d[4 + bits * j + b] = (uint8_t)(word >> (8 * b));
+        }
     }
 }
 
@@ -221,7 +225,7 @@ void moe_gq4_from_f32(const float *src, void *dst, int64_t n)
     }
 }
 
-/* the same for a bit-plane group of GQ1/2/3 */
+/* the same for a GQ1/2/3 group (code words by lane, quant_gq.h) */
 static inline void groupb_to_f32(int bits, const uint8_t *g, float *dst)
 {
     uint16_t hs, hz;
@@ -229,11 +233,13 @@ static inline void groupb_to_f32(int bits, const uint8_t *g, float *dst)
     memcpy(&hz, g + 2, 2);
     float s = moe_f16_to_f32(hs), z = moe_f16_to_f32(hz);
     const uint8_t *c = g + 4;
-    for (int i = 0; i < MOE_GQ_GROUP; i++) {
-        int q = 0;
-        for (int p = 0; p < bits; p++)
-            q |= ((c[16 * p + i / 8] >> (i % 8)) & 1) << p;
-        dst[i] = s * ((float)q - z);
+    uint32_t mask = (1u << bits) - 1;
+    for (int j = 0; j < 16; j++) {
+        uint32_t word = 0;
+        for (int b = 0; b < bits; b++)
+            word |= (uint32_t)c[bits * j + b] << (8 * b);
+        for (int k = 0; k < 8; k++)
+            dst[16 * k + j] = s * ((float)((word >> (bits * k)) & mask) - z);
     }
 }
 

@@ -5,13 +5,16 @@
  * (1.25 / 2.25 / 3.25 bits per weight with the scale and zero).
  *
  * GQ1/2/3 group layout (4 + 16*bits = 20 / 36 / 52 bytes, no padding or
- * alignment): fp16 scale, fp16 zero, then `bits` bit planes of 16 bytes:
- * plane p (bytes 4 + 16p .. 4 + 16p + 15) holds bit p of q[i] at bit i % 8
- * of its byte i / 8 (a little-endian 128-bit bitmap). Any 16 consecutive
- * weights 16k.. are then one 16-bit word per plane: AVX-512 loads it
- * straight into a mask register and needs no shuffles at all
- * (quant_gq_avx512.c); AVX2 broadcasts a 32-bit word and moves bit l into
- * lane l's sign with one variable shift (quant_gq_avx2.c).
+ * alignment): fp16 scale, fp16 zero, then 16 little-endian words of `bits`
+ * bytes each (8 codes of `bits` bits): word j (bytes bits*j ..
+ * bits*j + bits - 1 of the codes) holds q[16k + j] at bits bits*k ..
+ * bits*k + bits - 1, k = 0..7. Zero-extending the 16 words to 16 dwords
+ * (one vpmovzx for 1 and 2 bits; a masked load, vpermd and vpshufb for 3)
+ * gives weights 16k .. 16k + 15 after one shift by bits*k, and a per-group
+ * table {scale * ((i mod 2^bits) - zero)} of 16 entries (AVX-512) or 8
+ * (AVX2) maps them with vpermps, which reads only the low 4 (3) bits: the
+ * bits of the next code above them select the same entry, so no masking
+ * (quant_gq_avx512.c, quant_gq_avx2.c).
  * GQ1 is the MC-MoE 1-bit rule, sign(x) * mean|x|, in the common formula:
  * q = (x >= 0), scale = 2 mean|x| (fp16), zero = 0.5.
  *

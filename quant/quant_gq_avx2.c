@@ -9,12 +9,13 @@
  * of packed tokens with a 3-row x 4-token register block (12 accumulators +
  * 3 weights + 1 activation = the 16 ymm registers).
  *
- * GQ1/2/3 (bit planes, quant_gq.h): a plane's 32-bit word for weights
- * 32m..32m+31 is broadcast to all lanes; a variable left shift by
- * 31 - (8k + l) puts weight 8k + l's bit into lane l's sign, which blendv
- * reads. n == 1 sums x per plane under those masks and applies scale and
- * zero once per group with the per-group sums of x (as the AVX-512 kernel);
- * n > 1 converts panels to scale * (q - zero) for the GQ4 register blocks. */
+ * GQ1/2/3 (code words by lane, quant_gq.h): 8 of the group's 16 code
+ * words become 8 dwords (vpmovzxbd / vpmovzxwd; for 3 bits a masked load,
+ * vpermd and vpshufb), then weights 16k + 8h.. are one shift by bits*k and
+ * one vpermps on the group's 8-entry table {scale * ((i mod 2^bits) - zero)}:
+ * vpermps reads the low 3 bits, and the next code's bits above a 1- or
+ * 2-bit code select the same entry. Exactly the reference's weights, so n == 1
+ * is a plain fused dot and n > 1 converts panels for the GQ4 blocks. */
 #include <immintrin.h>
 
 #include "common/common.h"
@@ -75,109 +76,70 @@ INLINE float dot_row(const uint8_t *row, const float *x, int64_t ng)
     return _mm_cvtss_f32(q);
 }
 
-/* lane l of shl[k]: 31 - (8k + l), moving bit 8k + l of a word to the sign */
-static const int32_t shl[4][8] __attribute__((aligned(32))) = {
-    {31, 30, 29, 28, 27, 26, 25, 24},
-    {23, 22, 21, 20, 19, 18, 17, 16},
-    {15, 14, 13, 12, 11, 10, 9, 8},
-    {7, 6, 5, 4, 3, 2, 1, 0},
-};
-
-/* bits 32m..32m+31 of a plane (at byte 4m) in every lane */
-INLINE __m256i plane32(const uint8_t *p)
+/* code words 8h .. 8h + 7 of a GQ<bits> group (bits 1..3) as 8 dwords */
+INLINE __m256i group_words8(const int bits, const uint8_t *c, int h)
 {
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return _mm256_set1_epi32((int)v);
+    if (bits == 1)
+        return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(c + 8 * h)));
+    if (bits == 2)
+        return _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(c + 16 * h)));
+    /* 24 bytes (masked load: no overread past the group), 12 per 128-bit
+     * lane, then 3 bytes per dword */
+    __m256i t = _mm256_maskload_epi32((const int *)(c + 24 * h),
+                                      _mm256_setr_epi32(-1, -1, -1, -1, -1, -1, 0, 0));
+    t = _mm256_permutevar8x32_epi32(t, _mm256_setr_epi32(0, 1, 2, 0, 3, 4, 5, 0));
+    return _mm256_shuffle_epi8(t, _mm256_setr_epi8(0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10,
+                                                   11, -1, 0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1,
+                                                   9, 10, 11, -1));
 }
 
-INLINE __m256 sign_mask(__m256i v, int k)
+/* the group's weights for codes i mod 2^bits, i = 0..7 */
+INLINE __m256 group_table8(const int bits, const uint8_t *g)
 {
-    return _mm256_castsi256_ps(_mm256_sllv_epi32(v, _mm256_load_si256((const __m256i *)shl[k])));
+    static const float iota[3][8] __attribute__((aligned(32))) = {
+        {0, 1, 0, 1, 0, 1, 0, 1}, {0, 1, 2, 3, 0, 1, 2, 3}, {0, 1, 2, 3, 4, 5, 6, 7}};
+    __m256 s, z;
+    group_sz(g, &s, &z);
+    return _mm256_mul_ps(s, _mm256_sub_ps(_mm256_load_ps(iota[bits - 1]), z));
 }
 
-#define SXG 256 /* groups of x sums per pass: 8 KiB of stack, 32768 columns */
-
-/* xs[8 g + l] = sum_k x[128 g + 8 k + l], groups [0, ng) */
-static void x_group_sums(const float *x, int64_t ng, float *xs)
+INLINE float dot_row_b(const int bits, const uint8_t *row, const float *x, int64_t ng)
 {
-    for (int64_t g = 0; g < ng; g++, x += G) {
-        __m256 a[4];
-        for (int i = 0; i < 4; i++)
-            a[i] = _mm256_add_ps(_mm256_loadu_ps(x + 16 * i), _mm256_loadu_ps(x + 16 * i + 8));
-        for (int i = 4; i < 8; i++)
-            a[i % 4] = _mm256_add_ps(a[i % 4], _mm256_add_ps(_mm256_loadu_ps(x + 16 * i),
-                                                             _mm256_loadu_ps(x + 16 * i + 8)));
-        _mm256_store_ps(xs + 8 * g,
-                        _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
-    }
-}
-
-/* groups [0, ng) of a GQ<bits> row against x; xs from x_group_sums */
-INLINE float dot_row_b(const int bits, const uint8_t *row, const float *x, const float *xs,
-                       int64_t ng)
-{
-    enum { NA = 2 };
     const int gb = MOE_GQ_GROUP_BYTES(bits);
-    const __m256 zero = _mm256_setzero_ps();
-    __m256 tot = zero;
+    __m256 a[4];
+    for (int i = 0; i < 4; i++)
+        a[i] = _mm256_setzero_ps();
     for (int64_t g = 0; g < ng; g++, row += gb, x += G) {
-        __m256 P[3][NA];
-#pragma GCC unroll 3
-        for (int p = 0; p < bits; p++)
+        __m256 tab = group_table8(bits, row);
 #pragma GCC unroll 2
-            for (int a = 0; a < NA; a++)
-                P[p][a] = zero;
-        const uint8_t *c = row + 4;
-#pragma GCC unroll 4
-        for (int m = 0; m < 4; m++) {
-            __m256i v[3];
-#pragma GCC unroll 3
-            for (int p = 0; p < bits; p++)
-                v[p] = plane32(c + 16 * p + 4 * m);
-#pragma GCC unroll 4
-            for (int k = 0; k < 4; k++) {
-                __m256 xv = _mm256_loadu_ps(x + 32 * m + 8 * k);
-#pragma GCC unroll 3
-                for (int p = 0; p < bits; p++)
-                    P[p][k % NA] = _mm256_add_ps(P[p][k % NA],
-                                                 _mm256_blendv_ps(zero, xv, sign_mask(v[p], k)));
+        for (int h = 0; h < 2; h++) {
+            __m256i v = group_words8(bits, row + 4, h);
+#pragma GCC unroll 8
+            for (int k = 0; k < 8; k++) {
+                __m256i idx = k ? _mm256_srli_epi32(v, bits * k) : v;
+                a[k % 4] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(tab, idx),
+                                           _mm256_loadu_ps(x + 16 * k + 8 * h), a[k % 4]);
             }
         }
-        __m256 t = _mm256_add_ps(P[bits - 1][0], P[bits - 1][1]);
-#pragma GCC unroll 3
-        for (int p = bits - 2; p >= 0; p--)
-            t = _mm256_fmadd_ps(t, _mm256_set1_ps(2.0f), _mm256_add_ps(P[p][0], P[p][1]));
-        __m256 s, z;
-        group_sz(row, &s, &z);
-        t = _mm256_fnmadd_ps(z, _mm256_load_ps(xs + 8 * g), t);
-        tot = _mm256_fmadd_ps(s, t, tot);
     }
-    __m128 q = _mm_add_ps(_mm256_castps256_ps128(tot), _mm256_extractf128_ps(tot, 1));
+    __m256 s = _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]));
+    __m128 q = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
     q = _mm_add_ps(q, _mm_movehl_ps(q, q));
     q = _mm_add_ss(q, _mm_movehdup_ps(q));
     return _mm_cvtss_f32(q);
 }
 
-static void gemv_b(const int bits, const struct moe_weight *w, int64_t r0, int64_t r1,
-                   const float *x, float *y)
+static void gemv_b(int bits, const struct moe_weight *w, int64_t r0, int64_t r1, const float *x,
+                   float *y)
 {
-    float xs[SXG * 8] __attribute__((aligned(32)));
     const uint8_t *base = w->data;
-    const size_t gb = MOE_GQ_GROUP_BYTES(bits);
     int64_t ng = w->cols / G;
-    for (int64_t g0 = 0; g0 < ng; g0 += SXG) {
-        int64_t gn = MOE_MIN((int64_t)SXG, ng - g0);
-        x_group_sums(x + g0 * G, gn, xs);
-        for (int64_t r = r0; r < r1; r++) {
-            const uint8_t *row = base + (size_t)r * w->row_bytes + (size_t)g0 * gb;
-            float v;
-            switch (bits) {
-            case 1: v = dot_row_b(1, row, x + g0 * G, xs, gn); break;
-            case 2: v = dot_row_b(2, row, x + g0 * G, xs, gn); break;
-            default: v = dot_row_b(3, row, x + g0 * G, xs, gn); break;
-            }
-            y[r] = g0 ? y[r] + v : v;
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *row = base + (size_t)r * w->row_bytes;
+        switch (bits) {
+        case 1: y[r] = dot_row_b(1, row, x, ng); break;
+        case 2: y[r] = dot_row_b(2, row, x, ng); break;
+        default: y[r] = dot_row_b(3, row, x, ng); break;
         }
     }
 }
@@ -210,35 +172,23 @@ static void convert_panel4(const uint8_t *base, size_t rb, int R, int64_t k0, in
     }
 }
 
-/* the same for GQ<bits>, bits 1..3: q = sum over planes of 2^p where the
- * plane's bit is set, exact in fp32, then scale * (q - zero) */
+/* the same for GQ<bits>, bits 1..3 */
 INLINE void convert_panel_b(const int bits, const uint8_t *base, size_t rb, int R, int64_t k0,
                             int64_t kc, float *wb)
 {
     const int gb = MOE_GQ_GROUP_BYTES(bits);
-    const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f);
-    const __m256 two = _mm256_set1_ps(2.0f), four = _mm256_set1_ps(4.0f);
     for (int i = 0; i < R; i++) {
         const uint8_t *g = base + (size_t)i * rb + (k0 / G) * gb;
         float *d = wb + (size_t)i * KC;
         for (int64_t c = 0; c < kc; c += G, g += gb, d += G) {
-            __m256 s, z;
-            group_sz(g, &s, &z);
-#pragma GCC unroll 4
-            for (int m = 0; m < 4; m++) {
-                __m256i v0 = plane32(g + 4 + 4 * m), v1 = v0, v2 = v0;
-                if (bits > 1)
-                    v1 = plane32(g + 20 + 4 * m);
-                if (bits > 2)
-                    v2 = plane32(g + 36 + 4 * m);
-#pragma GCC unroll 4
-                for (int k = 0; k < 4; k++) {
-                    __m256 q = _mm256_blendv_ps(zero, one, sign_mask(v0, k));
-                    if (bits > 1)
-                        q = _mm256_add_ps(q, _mm256_blendv_ps(zero, two, sign_mask(v1, k)));
-                    if (bits > 2)
-                        q = _mm256_add_ps(q, _mm256_blendv_ps(zero, four, sign_mask(v2, k)));
-                    _mm256_store_ps(d + 32 * m + 8 * k, _mm256_mul_ps(s, _mm256_sub_ps(q, z)));
+            __m256 tab = group_table8(bits, g);
+#pragma GCC unroll 2
+            for (int h = 0; h < 2; h++) {
+                __m256i v = group_words8(bits, g + 4, h);
+#pragma GCC unroll 8
+                for (int k = 0; k < 8; k++) {
+                    __m256i idx = k ? _mm256_srli_epi32(v, bits * k) : v;
+                    _mm256_store_ps(d + 16 * k + 8 * h, _mm256_permutevar8x32_ps(tab, idx));
                 }
             }
         }

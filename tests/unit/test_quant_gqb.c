@@ -1,4 +1,4 @@
-/* quant GQ1/GQ2/GQ3: the bit-plane packing, the quantisers (clipping search,
+/* quant GQ1/GQ2/GQ3: the code-word packing, the quantisers (clipping search,
  * the 1-bit sign rule), and every fast kernel against the plain C reference
  * on odd shapes, sub-ranges and strides; a GEMV speed print against GQ4 and
  * bf16. */
@@ -79,11 +79,14 @@ static void test_pack_roundtrip(void **state)
         for (int g = 0; g < NG; g++) {
             assert_memory_equal(buf + g * gb, &s[g], 2);
             assert_memory_equal(buf + g * gb + 2, &z[g], 2);
-            if (bits < 4) /* plane p, byte i / 8, bit i % 8 = bit p of q[i] */
-                for (int i = 0; i < 128; i++)
-                    for (int p = 0; p < bits; p++)
-                        assert_int_equal((buf[g * gb + 4 + 16 * p + i / 8] >> (i % 8)) & 1,
-                                         (q[128 * g + i] >> p) & 1);
+            if (bits < 4) /* word j (bytes bits*j..): q[16k + j] at bits*k */
+                for (int i = 0; i < 128; i++) {
+                    int j = i % 16, k = i / 16;
+                    uint32_t word = 0;
+                    for (int b = 0; b < bits; b++)
+                        word |= (uint32_t)buf[g * gb + 4 + bits * j + b] << (8 * b);
+                    assert_int_equal((word >> (bits * k)) & ((1u << bits) - 1), q[128 * g + i]);
+                }
         }
         if (bits == 4) { /* the generic packer is the GQ4 one */
             uint8_t ref[NG * 68];
@@ -330,7 +333,7 @@ static void test_kernels_vs_ref(void **state)
         skip();
 }
 
-/* past SXG groups of x sums the GEMV takes the columns in passes */
+/* long rows: many groups per row, sub-ranges, strides */
 static void test_gemv_long_rows(void **state)
 {
     (void)state;

@@ -71,6 +71,16 @@ INLINE float dot_row(const uint8_t *row, const float *x, int64_t ng)
     return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
 }
 
+INLINE void group_sz_b(const uint8_t *g, __m512 *s, __m512 *z)
+{
+    uint16_t hs, hz;
+    memcpy(&hs, g, 2);
+    memcpy(&hz, g + 2, 2);
+    __m128 sz = _mm_cvtph_ps(_mm_cvtsi32_si128((int)hs | (int)hz << 16));
+    *s = _mm512_broadcastss_ps(sz);
+    *z = _mm512_broadcastss_ps(_mm_movehdup_ps(sz));
+}
+
 /* the 16 code words of a GQ<bits> group (bits 1..3) as 16 dwords */
 INLINE __m512i group_words(const int bits, const uint8_t *c)
 {
@@ -90,14 +100,13 @@ INLINE __m512i group_words(const int bits, const uint8_t *c)
 /* the group's weights for codes i mod 2^bits, i = 0..15 */
 INLINE __m512 group_table_b(const int bits, const uint8_t *g)
 {
-    __m512 tab = group_table(g); /* scale * (i - zero) */
-    if (bits == 3)
-        return _mm512_shuffle_f32x4(tab, tab, 0x44); /* entries 0-7 twice */
-    if (bits == 2)
-        return _mm512_shuffle_f32x4(tab, tab, 0x00); /* 0-3 four times */
-    /* bits == 1: {t0, t1} eight times */
-    return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1),
-                                 tab);
+    static const float iota[3][16] __attribute__((aligned(64))) = {
+        {0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1},
+        {0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3},
+        {0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7}};
+    __m512 s, z;
+    group_sz_b(g, &s, &z);
+    return _mm512_mul_ps(s, _mm512_sub_ps(_mm512_load_ps(iota[bits - 1]), z));
 }
 
 INLINE float dot_row_b(const int bits, const uint8_t *row, const float *x, int64_t ng)

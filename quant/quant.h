@@ -14,6 +14,9 @@ enum moe_dtype {
     MOE_DTYPE_Q8_0 = 8,  /* blocks of 32: fp16 scale d, 32 x int8 q; w = d*q */
     MOE_DTYPE_BF16 = 30,
     /* moed's own formats (ids past ggml's range) */
+    MOE_DTYPE_GQ1 = 101,  /* groups of 128: fp16 scale, fp16 zero, 16/32/48 */
+    MOE_DTYPE_GQ2 = 102,  /* bytes of 1/2/3-bit codes; w = scale * (q - zero). */
+    MOE_DTYPE_GQ3 = 103,  /* quant_gq.h */
     MOE_DTYPE_GQ4 = 104,  /* groups of 128: fp16 scale, fp16 zero, 64 bytes of
                            * nibbles; w = scale * (q - zero). quant_gq.h */
     MOE_DTYPE_QMOE = 120, /* ternary digits + dictionary code, rows of varying

@@ -27,6 +27,9 @@ moe_gemm_fn moe_gemm_kernel(enum moe_dtype dtype, enum moe_isa isa)
         case MOE_DTYPE_F16: return moe_quant_gemm_f16_ref;
         case MOE_DTYPE_BF16: return moe_quant_gemm_bf16_ref;
         case MOE_DTYPE_Q8_0: return moe_quant_gemm_q8_0_ref;
+        case MOE_DTYPE_GQ1: return moe_quant_gemm_gq1_ref;
+        case MOE_DTYPE_GQ2: return moe_quant_gemm_gq2_ref;
+        case MOE_DTYPE_GQ3: return moe_quant_gemm_gq3_ref;
         case MOE_DTYPE_GQ4: return moe_quant_gemm_gq4_ref;
         case MOE_DTYPE_QMOE: return moe_quant_gemm_qmoe_ref;
         }
@@ -38,6 +41,9 @@ moe_gemm_fn moe_gemm_kernel(enum moe_dtype dtype, enum moe_isa isa)
         case MOE_DTYPE_F16: return moe_quant_gemm_f16_avx2;
         case MOE_DTYPE_BF16: return moe_quant_gemm_bf16_avx2;
         case MOE_DTYPE_Q8_0: return moe_quant_gemm_q8_0_avx2;
+        case MOE_DTYPE_GQ1: return moe_quant_gemm_gq1_avx2;
+        case MOE_DTYPE_GQ2: return moe_quant_gemm_gq2_avx2;
+        case MOE_DTYPE_GQ3: return moe_quant_gemm_gq3_avx2;
         case MOE_DTYPE_GQ4: return moe_quant_gemm_gq4_avx2;
         case MOE_DTYPE_QMOE: return moe_quant_gemm_qmoe_avx2;
         }
@@ -48,6 +54,9 @@ moe_gemm_fn moe_gemm_kernel(enum moe_dtype dtype, enum moe_isa isa)
         case MOE_DTYPE_F16: return moe_quant_gemm_f16_avx512;
         case MOE_DTYPE_BF16: return moe_quant_gemm_bf16_avx512;
         case MOE_DTYPE_Q8_0: return moe_quant_gemm_q8_0_avx512;
+        case MOE_DTYPE_GQ1: return moe_quant_gemm_gq1_avx512;
+        case MOE_DTYPE_GQ2: return moe_quant_gemm_gq2_avx512;
+        case MOE_DTYPE_GQ3: return moe_quant_gemm_gq3_avx512;
         case MOE_DTYPE_GQ4: return moe_quant_gemm_gq4_avx512;
         case MOE_DTYPE_QMOE: return moe_quant_gemm_qmoe_avx512;
         }

@@ -1,6 +1,6 @@
-/* Group-wise 4-bit weights (GQ4): the group quantiser with the MC-MoE
- * clipping search, row packing, the traits conversions and the plain C
- * reference kernel.
+/* Group-wise integer weights (GQ1/2/3/4): the group quantiser with the
+ * MC-MoE clipping search (and the 1-bit sign rule), row packing, the traits
+ * conversions and the plain C reference kernels. Layouts: quant_gq.h.
  *
  * Nibble order (one group of 128 weights = 4 stretches of 32): stretch s
  * occupies bytes 16*s .. 16*s+15 of the 64 code bytes, and byte j of it
@@ -82,6 +82,15 @@ static void params_for(float xmin, float xmax, float p, int bits, float *scale, 
 
 void moe_gq_group_params(const float *x, int n, int bits, float *scale, float *zero)
 {
+    if (bits == 1) {
+        /* sign(x) * mean|x| as scale * (q - 0.5), q = (x >= 0) */
+        float sum = 0.0f;
+        for (int i = 0; i < n; i++)
+            sum += fabsf(x[i]);
+        *scale = f16_round(fminf(2.0f * sum / (float)n, FP16_MAX));
+        *zero = 0.5f;
+        return;
+    }
     float xmin = x[0], xmax = x[0];
     for (int i = 1; i < n; i++) {
         xmin = fminf(xmin, x[i]);
@@ -130,6 +139,52 @@ void moe_gq4_pack_row(const uint8_t *q, const uint16_t *scale, const uint16_t *z
     }
 }
 
+size_t moe_gq_group_bytes(int bits)
+{
+    return bits >= 1 && bits <= 4 ? (size_t)MOE_GQ_GROUP_BYTES(bits) : 0;
+}
+
+int moe_gq_dtype(int bits)
+{
+    static const int ids[] = {0, MOE_DTYPE_GQ1, MOE_DTYPE_GQ2, MOE_DTYPE_GQ3, MOE_DTYPE_GQ4};
+    return bits >= 1 && bits <= 4 ? ids[bits] : 0;
+}
+
+int moe_gq_bits(int dtype)
+{
+    switch (dtype) {
+    case MOE_DTYPE_GQ1: return 1;
+    case MOE_DTYPE_GQ2: return 2;
+    case MOE_DTYPE_GQ3: return 3;
+    case MOE_DTYPE_GQ4: return 4;
+    default: return 0;
+    }
+}
+
+void moe_gq_pack_row(int bits, const uint8_t *q, const uint16_t *scale, const uint16_t *zero,
+                     int64_t cols, void *dst)
+{
+    if (bits == 4) {
+        moe_gq4_pack_row(q, scale, zero, cols, dst);
+        return;
+    }
+    size_t gb = moe_gq_group_bytes(bits);
+    uint8_t *d = dst;
+    for (int64_t g = 0; g < cols / MOE_GQ_GROUP; g++, d += gb) {
+        const uint8_t *qg = q + g * MOE_GQ_GROUP;
+        memcpy(d, &scale[g], 2);
+        memcpy(d + 2, &zero[g], 2);
+        uint32_t mask = (1u << bits) - 1;
+        for (int j = 0; j < 16; j++) {
+            uint32_t word = 0; /* lane j: q[16k + j] at bits * k */
+            for (int k = 0; k < 8; k++)
+                word |= (qg[16 * k + j] & mask) << (bits * k);
+            for (int b = 0; b < bits; b++)
+                d[4 + bits * j + b] = (uint8_t)(word >> (8 * b));
+        }
+    }
+}
+
 /* one group's 128 weights as fp32: exactly the values every kernel uses
  * (scale * (q - zero) in fp32, q - zero first) */
 static inline void group_to_f32(const uint8_t *g, float *dst)
@@ -170,6 +225,54 @@ void moe_gq4_from_f32(const float *src, void *dst, int64_t n)
     }
 }
 
+/* the same for a GQ1/2/3 group (code words by lane, quant_gq.h) */
+static inline void groupb_to_f32(int bits, const uint8_t *g, float *dst)
+{
+    uint16_t hs, hz;
+    memcpy(&hs, g, 2);
+    memcpy(&hz, g + 2, 2);
+    float s = moe_f16_to_f32(hs), z = moe_f16_to_f32(hz);
+    const uint8_t *c = g + 4;
+    uint32_t mask = (1u << bits) - 1;
+    for (int j = 0; j < 16; j++) {
+        uint32_t word = 0;
+        for (int b = 0; b < bits; b++)
+            word |= (uint32_t)c[bits * j + b] << (8 * b);
+        for (int k = 0; k < 8; k++)
+            dst[16 * k + j] = s * ((float)((word >> (bits * k)) & mask) - z);
+    }
+}
+
+static void gqb_to_f32(int bits, const void *src, float *dst, int64_t n)
+{
+    const uint8_t *g = src;
+    size_t gb = moe_gq_group_bytes(bits);
+    for (int64_t i = 0; i < n / MOE_GQ_GROUP; i++)
+        groupb_to_f32(bits, g + i * gb, dst + i * MOE_GQ_GROUP);
+}
+
+static void gqb_from_f32(int bits, const float *src, void *dst, int64_t n)
+{
+    uint8_t q[MOE_GQ_GROUP];
+    size_t gb = moe_gq_group_bytes(bits);
+    for (int64_t i = 0; i < n / MOE_GQ_GROUP; i++) {
+        const float *x = src + i * MOE_GQ_GROUP;
+        float s, z;
+        moe_gq_group_params(x, MOE_GQ_GROUP, bits, &s, &z);
+        for (int j = 0; j < MOE_GQ_GROUP; j++)
+            q[j] = (uint8_t)moe_gq_quant(x[j], s, z, bits);
+        uint16_t hs = moe_f32_to_f16(s), hz = moe_f32_to_f16(z);
+        moe_gq_pack_row(bits, q, &hs, &hz, MOE_GQ_GROUP, (uint8_t *)dst + i * gb);
+    }
+}
+
+void moe_gq1_to_f32(const void *src, float *dst, int64_t n) { gqb_to_f32(1, src, dst, n); }
+void moe_gq2_to_f32(const void *src, float *dst, int64_t n) { gqb_to_f32(2, src, dst, n); }
+void moe_gq3_to_f32(const void *src, float *dst, int64_t n) { gqb_to_f32(3, src, dst, n); }
+void moe_gq1_from_f32(const float *src, void *dst, int64_t n) { gqb_from_f32(1, src, dst, n); }
+void moe_gq2_from_f32(const float *src, void *dst, int64_t n) { gqb_from_f32(2, src, dst, n); }
+void moe_gq3_from_f32(const float *src, void *dst, int64_t n) { gqb_from_f32(3, src, dst, n); }
+
 /* Like the other reference kernels: each group converted once per row, then
  * dotted with every token, one fp32 sum per output with columns in order. */
 void moe_quant_gemm_gq4_ref(const struct moe_weight *w, int64_t r0, int64_t r1,
@@ -193,4 +296,46 @@ void moe_quant_gemm_gq4_ref(const struct moe_weight *w, int64_t r0, int64_t r1,
             }
         }
     }
+}
+
+static void gemm_gqb_ref(int bits, const struct moe_weight *w, int64_t r0, int64_t r1,
+                         const float *x, int64_t ldx, int n, float *y, int64_t ldy)
+{
+    float wf[MOE_GQ_GROUP];
+    const uint8_t *base = w->data;
+    size_t gb = moe_gq_group_bytes(bits);
+    int64_t ng = w->cols / MOE_GQ_GROUP;
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *row = base + (size_t)r * w->row_bytes;
+        for (int t = 0; t < n; t++)
+            y[t * ldy + r] = 0.0f;
+        for (int64_t g = 0; g < ng; g++) {
+            groupb_to_f32(bits, row + g * gb, wf);
+            for (int t = 0; t < n; t++) {
+                const float *xt = x + t * ldx + g * MOE_GQ_GROUP;
+                float acc = y[t * ldy + r];
+                for (int c = 0; c < MOE_GQ_GROUP; c++)
+                    acc += wf[c] * xt[c];
+                y[t * ldy + r] = acc;
+            }
+        }
+    }
+}
+
+void moe_quant_gemm_gq1_ref(const struct moe_weight *w, int64_t r0, int64_t r1,
+                            const float *x, int64_t ldx, int n, float *y, int64_t ldy)
+{
+    gemm_gqb_ref(1, w, r0, r1, x, ldx, n, y, ldy);
+}
+
+void moe_quant_gemm_gq2_ref(const struct moe_weight *w, int64_t r0, int64_t r1,
+                            const float *x, int64_t ldx, int n, float *y, int64_t ldy)
+{
+    gemm_gqb_ref(2, w, r0, r1, x, ldx, n, y, ldy);
+}
+
+void moe_quant_gemm_gq3_ref(const struct moe_weight *w, int64_t r0, int64_t r1,
+                            const float *x, int64_t ldx, int n, float *y, int64_t ldy)
+{
+    gemm_gqb_ref(3, w, r0, r1, x, ldx, n, y, ldy);
 }

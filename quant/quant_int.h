@@ -21,6 +21,12 @@ void moe_quant_gemm_q8_0_ref(const struct moe_weight *w, int64_t r0, int64_t r1,
                              const float *x, int64_t ldx, int n, float *y, int64_t ldy);
 void moe_quant_gemm_gq4_ref(const struct moe_weight *w, int64_t r0, int64_t r1,
                             const float *x, int64_t ldx, int n, float *y, int64_t ldy);
+void moe_quant_gemm_gq1_ref(const struct moe_weight *w, int64_t r0, int64_t r1,
+                            const float *x, int64_t ldx, int n, float *y, int64_t ldy);
+void moe_quant_gemm_gq2_ref(const struct moe_weight *w, int64_t r0, int64_t r1,
+                            const float *x, int64_t ldx, int n, float *y, int64_t ldy);
+void moe_quant_gemm_gq3_ref(const struct moe_weight *w, int64_t r0, int64_t r1,
+                            const float *x, int64_t ldx, int n, float *y, int64_t ldy);
 float moe_quant_vec_dot_f32_ref(const float *a, const float *b, int64_t n);
 void moe_quant_vec_axpy_f32_ref(float *y, float a, const float *x, int64_t n);
 /* QMoE (quant_qmoe.c): w from moe_qmoe_view (aux = struct moe_qmoe_side) */
@@ -78,10 +84,17 @@ static inline uint32_t moe_qmoe_row_seek(const struct moe_qmoe_layout *L,
     return idx;
 }
 
-/* GQ4 traits conversions (quant_gq.c): to_f32 and the round-to-nearest
- * quantiser with the clipping search; n % MOE_GQ_GROUP == 0 */
+/* GQ traits conversions (quant_gq.c): to_f32 and the round-to-nearest
+ * quantiser with the clipping search (GQ1: the sign rule); n % MOE_GQ_GROUP
+ * == 0 */
 void moe_gq4_to_f32(const void *src, float *dst, int64_t n);
 void moe_gq4_from_f32(const float *src, void *dst, int64_t n);
+void moe_gq1_to_f32(const void *src, float *dst, int64_t n);
+void moe_gq1_from_f32(const float *src, void *dst, int64_t n);
+void moe_gq2_to_f32(const void *src, float *dst, int64_t n);
+void moe_gq2_from_f32(const float *src, void *dst, int64_t n);
+void moe_gq3_to_f32(const void *src, float *dst, int64_t n);
+void moe_gq3_from_f32(const float *src, void *dst, int64_t n);
 
 #ifndef MOE_NO_SIMD
 /* AVX2 + FMA + F16C */
@@ -94,6 +107,12 @@ void moe_quant_gemm_bf16_avx2(const struct moe_weight *w, int64_t r0, int64_t r1
 void moe_quant_gemm_q8_0_avx2(const struct moe_weight *w, int64_t r0, int64_t r1,
                               const float *x, int64_t ldx, int n, float *y, int64_t ldy);
 void moe_quant_gemm_gq4_avx2(const struct moe_weight *w, int64_t r0, int64_t r1,
+                             const float *x, int64_t ldx, int n, float *y, int64_t ldy);
+void moe_quant_gemm_gq1_avx2(const struct moe_weight *w, int64_t r0, int64_t r1,
+                             const float *x, int64_t ldx, int n, float *y, int64_t ldy);
+void moe_quant_gemm_gq2_avx2(const struct moe_weight *w, int64_t r0, int64_t r1,
+                             const float *x, int64_t ldx, int n, float *y, int64_t ldy);
+void moe_quant_gemm_gq3_avx2(const struct moe_weight *w, int64_t r0, int64_t r1,
                              const float *x, int64_t ldx, int n, float *y, int64_t ldy);
 float moe_quant_vec_dot_f32_avx2(const float *a, const float *b, int64_t n);
 void moe_quant_vec_axpy_f32_avx2(float *y, float a, const float *x, int64_t n);
@@ -110,6 +129,12 @@ void moe_quant_gemm_bf16_avx512(const struct moe_weight *w, int64_t r0, int64_t 
 void moe_quant_gemm_q8_0_avx512(const struct moe_weight *w, int64_t r0, int64_t r1,
                                 const float *x, int64_t ldx, int n, float *y, int64_t ldy);
 void moe_quant_gemm_gq4_avx512(const struct moe_weight *w, int64_t r0, int64_t r1,
+                               const float *x, int64_t ldx, int n, float *y, int64_t ldy);
+void moe_quant_gemm_gq1_avx512(const struct moe_weight *w, int64_t r0, int64_t r1,
+                               const float *x, int64_t ldx, int n, float *y, int64_t ldy);
+void moe_quant_gemm_gq2_avx512(const struct moe_weight *w, int64_t r0, int64_t r1,
+                               const float *x, int64_t ldx, int n, float *y, int64_t ldy);
+void moe_quant_gemm_gq3_avx512(const struct moe_weight *w, int64_t r0, int64_t r1,
                                const float *x, int64_t ldx, int n, float *y, int64_t ldy);
 float moe_quant_vec_dot_f32_avx512(const float *a, const float *b, int64_t n);
 void moe_quant_vec_axpy_f32_avx512(float *y, float a, const float *x, int64_t n);

@@ -103,6 +103,19 @@ static const struct moe_dtype_traits traits_gq4 = {
     .to_f32 = moe_gq4_to_f32, .from_f32 = moe_gq4_from_f32,
 };
 
+static const struct moe_dtype_traits traits_gq1 = {
+    .name = "gq1", .block_size = MOE_GQ_GROUP, .block_bytes = MOE_GQ_GROUP_BYTES(1),
+    .to_f32 = moe_gq1_to_f32, .from_f32 = moe_gq1_from_f32,
+};
+static const struct moe_dtype_traits traits_gq2 = {
+    .name = "gq2", .block_size = MOE_GQ_GROUP, .block_bytes = MOE_GQ_GROUP_BYTES(2),
+    .to_f32 = moe_gq2_to_f32, .from_f32 = moe_gq2_from_f32,
+};
+static const struct moe_dtype_traits traits_gq3 = {
+    .name = "gq3", .block_size = MOE_GQ_GROUP, .block_bytes = MOE_GQ_GROUP_BYTES(3),
+    .to_f32 = moe_gq3_to_f32, .from_f32 = moe_gq3_from_f32,
+};
+
 /* rows of varying length: no fixed row bytes (block_bytes 0 makes
  * moe_dtype_row_bytes answer 0, so the dense binders refuse it), no
  * element conversions; matrices go through view() */
@@ -122,6 +135,9 @@ const struct moe_dtype_traits *moe_dtype_traits(int dtype)
     case MOE_DTYPE_Q8_0: return &traits_q8_0;
     case MOE_DTYPE_BF16: return &traits_bf16;
     case MOE_DTYPE_QMOE: return &traits_qmoe;
+    case MOE_DTYPE_GQ1: return &traits_gq1;
+    case MOE_DTYPE_GQ2: return &traits_gq2;
+    case MOE_DTYPE_GQ3: return &traits_gq3;
     case MOE_DTYPE_GQ4: return &traits_gq4;
     default: return NULL;
     }

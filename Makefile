@@ -136,6 +136,13 @@ $(BIN)/moe-%: $(BUILD)/obj/tools/moe_%.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_COMMON) $(CFLAGS) $(LDFLAGS) $< $(LIB) $(LIBS) -o $@
 
+# moe-pack's private pieces (calibration, matrix formats, MC-MoE) in tools/pack/
+PACK_SRCS := $(wildcard tools/pack/*.c)
+PACK_OBJS := $(PACK_SRCS:%.c=$(BUILD)/obj/%.o)
+$(BIN)/moe-pack: $(BUILD)/obj/tools/moe_pack.o $(PACK_OBJS) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_COMMON) $(CFLAGS) $(LDFLAGS) $(filter %.o,$^) $(LIB) $(LIBS) -o $@
+
 $(BIN)/moed: $(DAEMON_OBJS) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_COMMON) $(CFLAGS) $(LDFLAGS) $(DAEMON_OBJS) $(LIB) $(LIBS_SERVE) $(LIBS) -o $@
@@ -197,7 +204,7 @@ clean:
 	rm -rf build
 
 -include $(LIB_OBJS:.o=.d) $(DAEMON_OBJS:.o=.d) $(BUILD)/obj/tools/moectl.d \
-         $(TOOL_SRCS:tools/%.c=$(BUILD)/obj/tools/%.d) \
+         $(TOOL_SRCS:tools/%.c=$(BUILD)/obj/tools/%.d) $(PACK_OBJS:.o=.d) \
          $(TEST_SRCS:tests/unit/%.c=$(BUILD)/obj/tests/unit/%.d) \
          $(if $(CUDA_ON),$(CUDA_LIB_OBJS:.o=.d) \
              $(CUDA_TEST_SRCS:tests/cuda/%.cu=$(BUILD)/obj/tests/cuda/%.d))

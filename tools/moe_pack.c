@@ -6,10 +6,11 @@
  *
  * FORMAT: bf16 | q8 (q8_0) | q4 (groups of 128, round to nearest) | qmoe
  * (ternary GPTQ + dictionary code) | qmoe-rtn (the same format, rounded to
- * nearest: the baseline GPTQ must beat). Only routed experts change; the
- * dense tensors keep their dtype.
+ * nearest: the baseline GPTQ must beat) | gptq2/3/4 (group-wise GPTQ) |
+ * mcmoe:B (MC-MoE mixed 1/2/3-bit widths, B on average). Only routed experts
+ * change; the dense tensors keep their dtype.
  *
- * qmoe with --calib runs the model over the calibration text layer by layer:
+ * qmoe, gptq* and mcmoe with --calib run the model over the calibration text layer by layer:
  * each layer sees the outputs of the layers before it as already compressed,
  * each expert's Hessian comes from the tokens routed to it (inputs after the
  * FFN norm for gate/up; the intermediate activations, computed with the
@@ -33,10 +34,11 @@
 #include "backend/backend.h"
 #include "common/common.h"
 #include "format/format_pack.h"
-#include "kv/kv.h"
 #include "model/model.h"
 #include "quant/quant_gptq.h"
+#include "quant/quant_gq.h"
 #include "quant/quant_qmoe.h"
+#include "tools/pack/pack.h"
 
 #define EXIT_USAGE 2
 
@@ -45,9 +47,13 @@ static const char usage[] =
     "                [--calib-tokens N] [--calib-end-char C] [--seed S] [--threads N]\n"
     "\n"
     "FORMAT: bf16, q8, q4 (groups of 128), qmoe (ternary GPTQ + dictionary code,\n"
-    "        under 1 bit per weight), qmoe-rtn (qmoe rounded to nearest, no GPTQ)\n"
+    "        under 1 bit per weight), qmoe-rtn (qmoe rounded to nearest, no GPTQ),\n"
+    "        gptq2 / gptq3 / gptq4 (GPTQ, groups of 128, fp16 scale and zero), mcmoe:B\n"
+    "        (MC-MoE: 1, 2 or 3 bits per expert, B bits on average, chosen per layer\n"
+    "        from calibration statistics; needs --calib)\n"
     "\n"
-    "  --calib FILE         calibration text for qmoe (needs the model's tokenizer);\n"
+    "  --calib FILE         calibration text for qmoe, gptq*, mcmoe (needs the model's\n"
+    "                       tokenizer);\n"
     "                       without it every expert is rounded to nearest\n"
     "  --calib-tokens N     calibration tokens (default 16384), in windows of 256\n"
     "                       picked at random (--seed) from the text\n"
@@ -55,7 +61,8 @@ static const char usage[] =
     "                       text out of calibration)\n"
     "  --min-tokens N       experts routed fewer tokens get the identity Hessian\n"
     "                       (default 16)\n"
-    "  --damp D             GPTQ damping, a fraction of mean(diag H) (default 4).\n"
+    "  --damp D             GPTQ damping, a fraction of mean(diag H) (default 4 for\n"
+    "                       qmoe, 0.01 for gptq* and mcmoe).\n"
     "                       QMoE's 0.1 gives the lowest error, but its error feedback\n"
     "                       lowers the zero fraction (tiny-moe: 85% -> 78%, 1.15\n"
     "                       bits/weight); stronger damping keeps the code under 1 bit\n"
@@ -65,16 +72,13 @@ static const char usage[] =
     "  --seed S             window choice (default 1)\n"
     "  --threads N          worker threads (default: all cores)\n";
 
-enum expert_format { FMT_BF16, FMT_Q8, FMT_Q4, FMT_QMOE, FMT_QMOE_RTN };
-static const char *const format_names[] = {"bf16", "q8", "q4", "qmoe", "qmoe-rtn"};
+const char *const pack_format_names[FMT_COUNT] = {
+    "bf16", "q8", "q4", "qmoe", "qmoe-rtn", "gptq2", "gptq3", "gptq4", "mcmoe"};
 
-struct pack_opts {
-    const char *model, *out, *calib;
-    enum expert_format fmt;
-    int64_t calib_tokens, calib_end_char, seed, min_tokens;
-    double zero_bin, damp, dict_p0;
-    int threads;
-};
+static bool needs_calib(enum expert_format f)
+{
+    return f == FMT_QMOE || f == FMT_GPTQ2 || f == FMT_GPTQ3 || f == FMT_GPTQ4 || f == FMT_MCMOE;
+}
 
 static int parse_args(int argc, char **argv, struct pack_opts *o)
 {
@@ -93,7 +97,7 @@ static int parse_args(int argc, char **argv, struct pack_opts *o)
     o->seed = 1;
     o->min_tokens = 16;
     o->zero_bin = 0.5;
-    o->damp = 4.0; /* see the usage text: the paper's 0.1 costs ~1.15 bits here */
+    o->damp = -1; /* the format's default: qmoe 4 (see the usage text), gptq/mcmoe 0.01 */
     o->dict_p0 = 0; /* auto */
     int c;
     int64_t v;
@@ -105,12 +109,18 @@ static int parse_args(int argc, char **argv, struct pack_opts *o)
         case 'o': o->out = optarg; break;
         case 'c': o->calib = optarg; break;
         case 'e':
-            for (size_t i = 0; i < MOE_ARRAY_SIZE(format_names); i++)
-                if (!strcmp(optarg, format_names[i]))
+            for (int i = 0; i < FMT_MCMOE; i++)
+                if (!strcmp(optarg, pack_format_names[i]))
                     o->fmt = (enum expert_format)i;
+            if (!strncmp(optarg, "mcmoe:", 6)) {
+                if (moe_cli_number("moe-pack", "experts mcmoe:B", optarg + 6, 1.0, 3.0,
+                                   &o->mcmoe_bits))
+                    return -1;
+                o->fmt = FMT_MCMOE;
+            }
             if ((int)o->fmt < 0) {
                 fprintf(stderr, "moe-pack: --experts: unknown format '%s' (bf16, q8, q4, qmoe, "
-                        "qmoe-rtn)\n", optarg);
+                        "qmoe-rtn, gptq2, gptq3, gptq4, mcmoe:B)\n", optarg);
                 return -1;
             }
             break;
@@ -145,270 +155,6 @@ static int parse_args(int argc, char **argv, struct pack_opts *o)
     return 0;
 }
 
-/* ---- calibration data ----------------------------------------------------------- */
-
-#define CALIB_SEQ 256
-
-struct calib {
-    int32_t *ids;      /* [n_seq][CALIB_SEQ] */
-    int32_t n_seq;
-    float *x;          /* [n_seq * CALIB_SEQ][H] residual stream at the current layer */
-    float *xn;         /* [N][H] the current layer's normalised FFN inputs */
-    struct moe_route *routes; /* [N] */
-    int64_t cursor;    /* observer's write position, in tokens */
-};
-
-static uint64_t splitmix(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-/* Tokenises the calibration text and picks windows of CALIB_SEQ tokens at
- * random, without overlap. */
-static int calib_load(const struct moe_model *m, const struct pack_opts *o, struct calib *cb)
-{
-    if (!m->tok)
-        return moe_err(-EINVAL, "%s: the model has no tokenizer, so --calib text cannot be "
-                       "encoded", o->model);
-    char *text;
-    size_t len;
-    int rc = moe_read_text_file(o->calib, &text, &len);
-    if (rc < 0)
-        return rc;
-    if (o->calib_end_char > 0 && (size_t)o->calib_end_char < len)
-        len = (size_t)o->calib_end_char;
-    int32_t *ids;
-    size_t n_ids;
-    rc = moe_tokenizer_encode(m->tok, text, len, false, &ids, &n_ids);
-    free(text);
-    if (rc < 0)
-        return rc;
-    size_t n_win = n_ids / CALIB_SEQ;
-    size_t want = (size_t)((o->calib_tokens + CALIB_SEQ - 1) / CALIB_SEQ);
-    if (n_win == 0) {
-        free(ids);
-        return moe_err(-EINVAL, "%s: calibration text too short: %zu tokens, at least %d needed",
-                       o->calib, n_ids, CALIB_SEQ);
-    }
-    if (want > n_win)
-        want = n_win;
-    size_t *order = malloc(n_win * sizeof(*order));
-    cb->ids = malloc(want * CALIB_SEQ * sizeof(*cb->ids));
-    if (!order || !cb->ids) {
-        free(order);
-        free(ids);
-        return moe_err(-ENOMEM, "out of memory");
-    }
-    uint64_t s = (uint64_t)o->seed;
-    for (size_t i = 0; i < n_win; i++)
-        order[i] = i;
-    for (size_t i = n_win - 1; i > 0; i--) { /* Fisher-Yates */
-        size_t j = (size_t)(splitmix(&s) % (i + 1));
-        size_t t = order[i];
-        order[i] = order[j];
-        order[j] = t;
-    }
-    for (size_t w = 0; w < want; w++)
-        memcpy(cb->ids + w * CALIB_SEQ, ids + order[w] * CALIB_SEQ, CALIB_SEQ * sizeof(*ids));
-    cb->n_seq = (int32_t)want;
-    free(order);
-    free(ids);
-
-    size_t N = want * CALIB_SEQ, H = (size_t)m->cfg.hidden;
-    cb->x = malloc(N * H * sizeof(float));
-    cb->xn = malloc(N * H * sizeof(float));
-    cb->routes = malloc(N * sizeof(*cb->routes));
-    if (!cb->x || !cb->xn || !cb->routes)
-        return moe_err(-ENOMEM, "out of memory for %zu calibration tokens", N);
-    for (int32_t q = 0; q < cb->n_seq; q++)
-        moe_model_embed(m, cb->ids + (size_t)q * CALIB_SEQ, CALIB_SEQ, cb->x + (size_t)q * CALIB_SEQ * H);
-    return 0;
-}
-
-static void calib_free(struct calib *cb)
-{
-    free(cb->ids);
-    free(cb->x);
-    free(cb->xn);
-    free(cb->routes);
-}
-
-struct observe_ctx {
-    struct calib *cb;
-    int64_t H;
-};
-
-static void observe(void *ctxp, int32_t layer, const float *xn, int32_t n,
-                    const struct moe_route *routes)
-{
-    struct observe_ctx *ctx = ctxp;
-    struct calib *cb = ctx->cb;
-    (void)layer;
-    memcpy(cb->xn + cb->cursor * ctx->H, xn, (size_t)n * (size_t)ctx->H * sizeof(float));
-    memcpy(cb->routes + cb->cursor, routes, (size_t)n * sizeof(*routes));
-    cb->cursor += n;
-}
-
-/* Runs layer l over every calibration window. observe: record the FFN inputs
- * and routes; advance: keep the outputs as the next layer's inputs. */
-static int calib_run_layer(struct moe_model *m, struct moe_pool *pool, struct moe_scratch *scr,
-                           struct moe_kv *kv, struct calib *cb, int32_t l, bool record,
-                           bool advance)
-{
-    int64_t H = m->cfg.hidden;
-    int32_t pos[CALIB_SEQ];
-    for (int32_t i = 0; i < CALIB_SEQ; i++)
-        pos[i] = i;
-    float *tmp = NULL;
-    if (!advance && !(tmp = malloc(CALIB_SEQ * (size_t)H * sizeof(float))))
-        return moe_err(-ENOMEM, "out of memory");
-    struct observe_ctx ctx = {cb, H};
-    cb->cursor = 0;
-    int rc = 0;
-    for (int32_t q = 0; q < cb->n_seq && rc == 0; q++) {
-        float *x = cb->x + (size_t)q * CALIB_SEQ * H;
-        if (!advance) {
-            memcpy(tmp, x, CALIB_SEQ * (size_t)H * sizeof(float));
-            x = tmp;
-        }
-        rc = moe_model_forward_layer(m, pool, scr, l, CALIB_SEQ, x, kv, pos,
-                                     record ? observe : NULL, &ctx);
-    }
-    free(tmp);
-    return rc;
-}
-
-/* ---- one matrix -------------------------------------------------------------------- */
-
-static void weight_to_f32(const struct moe_weight *w, float *out)
-{
-    const struct moe_dtype_traits *t = moe_dtype_traits(w->dtype);
-    for (int64_t r = 0; r < w->rows; r++)
-        t->to_f32((const uint8_t *)w->data + (size_t)r * w->row_bytes, out + r * w->cols, w->cols);
-}
-
-struct ternary_ctx {
-    float zero_bin; /* the zero bin reaches zero_bin * lo .. zero_bin * hi */
-    const float *lo, *hi;
-    uint8_t *digits; /* [rows][cols] */
-    int64_t cols;
-};
-
-static void ternary_quant_col(void *ctxp, int64_t c, const float *w, float *q, int64_t rows)
-{
-    struct ternary_ctx *t = ctxp;
-    for (int64_t r = 0; r < rows; r++) {
-        float hi = t->hi[r], lo = t->lo[r];
-        uint8_t d = w[r] > t->zero_bin * hi ? 2 : (w[r] < t->zero_bin * lo ? 1 : 0);
-        t->digits[r * t->cols + c] = d;
-        q[r] = d == 2 ? t->hi[r] : (d == 1 ? t->lo[r] : 0.0f);
-    }
-}
-
-struct packer {
-    const struct pack_opts *o;
-    struct moe_model *m;
-    struct moe_pool *pool;
-    struct moe_pack_writer *w;
-    uint64_t *table;               /* qmoe decode table */
-    struct moe_qmoe_encoder *enc;
-    void *side;                    /* runtime table for in-memory views */
-    double dict_p0;                /* digit statistics the dictionary was built for */
-    /* totals */
-    int64_t weights, zeros, identity_experts, calibrated_experts;
-    size_t expert_bytes, blob_bytes;
-};
-
-/* One compressed matrix: bytes in the expert format, and W (in) replaced by
- * what those bytes decode to (out). H: Hessian sum of n inputs, or NULL. */
-struct matrix_out {
-    void *data;
-    size_t nbytes;
-};
-
-struct rows_job {
-    const struct moe_dtype_traits *t;
-    float *W;
-    void *dst;
-    int64_t rows, cols;
-    size_t row_bytes;
-};
-
-/* rows ith, ith + nth, ... of a plain format, and W replaced by what they decode to */
-static void convert_rows(void *arg, int ith, int nth)
-{
-    struct rows_job *j = arg;
-    for (int64_t r = ith; r < j->rows; r += nth) {
-        uint8_t *dst = (uint8_t *)j->dst + (size_t)r * j->row_bytes;
-        j->t->from_f32(j->W + r * j->cols, dst, j->cols);
-        j->t->to_f32(dst, j->W + r * j->cols, j->cols); /* what the pack will compute with */
-    }
-}
-
-static int encode_matrix(struct packer *P, float *W, int64_t rows, int64_t cols, const float *H,
-                         int64_t n, struct matrix_out *out)
-{
-    enum expert_format fmt = P->o->fmt;
-    if (fmt == FMT_QMOE || fmt == FMT_QMOE_RTN) {
-        float scale = moe_qmoe_matrix_scale(W, rows, cols);
-        uint8_t *levels = malloc((size_t)rows * 2);
-        float *lo = malloc((size_t)rows * sizeof(float)), *hi = malloc((size_t)rows * sizeof(float));
-        uint8_t *digits = malloc((size_t)rows * (size_t)cols);
-        size_t cap = moe_qmoe_matrix_bound(rows, cols);
-        out->data = malloc(cap);
-        int rc = 0;
-        if (!levels || !lo || !hi || !digits || !out->data) {
-            rc = moe_err(-ENOMEM, "out of memory");
-            goto done;
-        }
-        for (int64_t r = 0; r < rows; r++)
-            moe_qmoe_row_grid(W + r * cols, cols, scale, levels + 2 * r, &lo[r], &hi[r]);
-        struct ternary_ctx tc = {(float)P->o->zero_bin, lo, hi, digits, cols};
-        struct moe_gptq_ops ops = {.quant_col = ternary_quant_col, .ctx = &tc};
-        rc = moe_gptq_quantize(P->pool, W, rows, cols, fmt == FMT_QMOE ? H : NULL, n,
-                               (float)P->o->damp, 0, &ops);
-        if (rc < 0)
-            goto done;
-        rc = 0;
-        out->nbytes = moe_qmoe_matrix_encode(P->enc, digits, levels, scale, rows, cols,
-                                             out->data, cap);
-        for (size_t i = 0; i < (size_t)rows * (size_t)cols; i++)
-            P->zeros += digits[i] == 0;
-    done:
-        free(levels);
-        free(lo);
-        free(hi);
-        free(digits);
-        return rc;
-    }
-    int dtype = fmt == FMT_BF16 ? MOE_DTYPE_BF16 : (fmt == FMT_Q8 ? MOE_DTYPE_Q8_0 : MOE_DTYPE_GQ4);
-    const struct moe_dtype_traits *t = moe_dtype_traits(dtype);
-    size_t rb = moe_dtype_row_bytes(dtype, cols);
-    if (!rb)
-        return moe_err(-EINVAL, "%s: a %lld-wide expert matrix is not a whole number of %s "
-                       "blocks (%d)", P->o->model, (long long)cols, format_names[fmt],
-                       t->block_size);
-    out->nbytes = rb * (size_t)rows;
-    if (!(out->data = malloc(out->nbytes)))
-        return moe_err(-ENOMEM, "out of memory");
-    struct rows_job job = {t, W, out->data, rows, cols, rb};
-    moe_pool_run(P->pool, convert_rows, &job); /* q4's clipping search is slow: use every core */
-    return 0;
-}
-
-static int matrix_dtype(enum expert_format fmt)
-{
-    switch (fmt) {
-    case FMT_BF16: return MOE_DTYPE_BF16;
-    case FMT_Q8: return MOE_DTYPE_Q8_0;
-    case FMT_Q4: return MOE_DTYPE_GQ4;
-    default: return MOE_DTYPE_QMOE;
-    }
-}
-
 /* ---- one expert ---------------------------------------------------------------------- */
 
 static float silu(float v)
@@ -416,14 +162,32 @@ static float silu(float v)
     return v / (1.0f + expf(-v));
 }
 
-/* Compresses expert e of layer l. xe: its calibration inputs [ne][H] (ne may
- * be 0). On return parts[] hold the compressed matrices. */
-static int pack_expert(struct packer *P, const struct moe_expert_weights *ew, const float *xe,
-                       int64_t ne, struct matrix_out parts[3])
+/* How expert e of a layer is stored: the format's one spec, or the width
+ * MC-MoE chose for it. */
+static struct matrix_spec expert_spec(const struct pack_opts *o, const uint8_t *widths, int32_t e)
+{
+    switch (o->fmt) {
+    case FMT_BF16: return (struct matrix_spec){MOE_DTYPE_BF16, false, 16};
+    case FMT_Q8: return (struct matrix_spec){MOE_DTYPE_Q8_0, false, 8};
+    case FMT_Q4: return (struct matrix_spec){MOE_DTYPE_GQ4, false, 4};
+    case FMT_QMOE: return (struct matrix_spec){MOE_DTYPE_QMOE, true, 0};
+    case FMT_QMOE_RTN: return (struct matrix_spec){MOE_DTYPE_QMOE, false, 0};
+    case FMT_GPTQ2: return (struct matrix_spec){MOE_DTYPE_GQ2, true, 2};
+    case FMT_GPTQ3: return (struct matrix_spec){MOE_DTYPE_GQ3, true, 3};
+    case FMT_GPTQ4: return (struct matrix_spec){MOE_DTYPE_GQ4, true, 4};
+    default: return (struct matrix_spec){moe_gq_dtype(widths[e]), true, widths[e]};
+    }
+}
+
+/* Compresses one expert. xe: its calibration inputs [ne][H] (NULL without
+ * calibration). parts[] get the stored matrices. */
+static int pack_expert(struct packer *P, const struct matrix_spec *spec,
+                       const struct moe_expert_weights *ew, const float *xe, int64_t ne,
+                       struct matrix_out parts[3])
 {
     int64_t H = ew->gate.cols, F = ew->gate.rows;
-    bool calibrated = P->o->fmt == FMT_QMOE && ne >= P->o->min_tokens && P->o->min_tokens > 0;
-    if (P->o->fmt == FMT_QMOE && xe) {
+    bool calibrated = spec->gptq && xe && ne >= P->o->min_tokens && P->o->min_tokens > 0;
+    if (spec->gptq && xe) {
         if (calibrated)
             P->calibrated_experts++;
         else
@@ -451,8 +215,8 @@ static int pack_expert(struct packer *P, const struct moe_expert_weights *ew, co
         }
         moe_gptq_hessian_add(P->pool, H1, xe, ne, H);
     }
-    if ((rc = encode_matrix(P, Wg, F, H, H1, ne, &parts[0])) < 0 ||
-        (rc = encode_matrix(P, Wu, F, H, H1, ne, &parts[1])) < 0)
+    if ((rc = encode_matrix(P, spec, Wg, F, H, H1, ne, &parts[0])) < 0 ||
+        (rc = encode_matrix(P, spec, Wu, F, H, H1, ne, &parts[1])) < 0)
         goto out;
     if (calibrated) { /* the down projection sees the compressed gate/up's output */
         struct moe_weight g = {MOE_DTYPE_F32, F, H, (size_t)H * 4, Wg, 0, NULL};
@@ -463,7 +227,7 @@ static int pack_expert(struct packer *P, const struct moe_expert_weights *ew, co
             a[i] = silu(a[i]) * u[i];
         moe_gptq_hessian_add(P->pool, H2, a, ne, F);
     }
-    rc = encode_matrix(P, Wd, H, F, H2, ne, &parts[2]);
+    rc = encode_matrix(P, spec, Wd, H, F, H2, ne, &parts[2]);
 out:
     free(Wg);
     free(Wu);
@@ -475,91 +239,79 @@ out:
     return rc;
 }
 
-/* A view of an in-memory compressed matrix (for the next layers' calibration). */
-static int view_matrix(struct packer *P, const struct matrix_out *mo, int64_t rows, int64_t cols,
-                       struct moe_weight *out)
-{
-    int dtype = matrix_dtype(P->o->fmt);
-    const struct moe_dtype_traits *t = moe_dtype_traits(dtype);
-    if (t->view)
-        return t->view(mo->data, mo->nbytes, rows, cols, P->side, out);
-    *out = (struct moe_weight){dtype, rows, cols, moe_dtype_row_bytes(dtype, cols), mo->data, 0, NULL};
-    return 0;
-}
-
 /* ---- the whole model --------------------------------------------------------------------- */
 
-static int gather_expert_inputs(const struct calib *cb, int64_t N, int64_t H, int32_t e, float *xe)
+/* The next layer's inputs come through this layer's compressed experts. */
+static int advance_compressed(struct packer *P, struct calib *cb, int32_t l,
+                              const struct matrix_spec *specs, struct matrix_out (*parts)[3])
 {
-    int64_t ne = 0;
-    for (int64_t t = 0; t < N; t++)
-        for (int32_t j = 0; j < cb->routes[t].n; j++)
-            if (cb->routes[t].expert[j] == e) {
-                memcpy(xe + ne * H, cb->xn + t * H, (size_t)H * sizeof(float));
-                ne++;
-            }
-    return (int)ne;
+    struct moe_model *m = P->m;
+    int32_t E = m->cfg.n_experts;
+    struct moe_expert_weights *keep = m->layers[l].experts;
+    struct moe_expert_weights *q = calloc((size_t)E, sizeof(*q));
+    int rc = q ? 0 : moe_err(-ENOMEM, "out of memory");
+    for (int32_t e = 0; e < E && rc == 0; e++) {
+        const struct moe_expert_weights *ew = &keep[e];
+        int dt = specs[e].dtype;
+        if ((rc = view_matrix(P, dt, &parts[e][0], ew->gate.rows, ew->gate.cols, &q[e].gate)) < 0 ||
+            (rc = view_matrix(P, dt, &parts[e][1], ew->up.rows, ew->up.cols, &q[e].up)) < 0 ||
+            (rc = view_matrix(P, dt, &parts[e][2], ew->down.rows, ew->down.cols, &q[e].down)) < 0)
+            break;
+    }
+    if (rc == 0) {
+        m->layers[l].experts = q;
+        rc = calib_run_layer(m, P->pool, cb, l, false, true);
+        m->layers[l].experts = keep;
+    }
+    free(q);
+    return rc;
 }
 
-static int pack_layer(struct packer *P, struct calib *cb, struct moe_scratch *scr,
-                      struct moe_kv *kv, int32_t l)
+static int pack_layer(struct packer *P, struct calib *cb, int32_t l)
 {
     struct moe_model *m = P->m;
     const struct moe_config *c = &m->cfg;
     int32_t E = c->n_experts;
-    int64_t H = c->hidden, N = cb ? (int64_t)cb->n_seq * CALIB_SEQ : 0;
+    int64_t H = c->hidden, N = calib_tokens(cb);
     int rc = 0;
-    if (cb && (rc = calib_run_layer(m, P->pool, scr, kv, cb, l, true, false)) < 0)
+    if (cb && (rc = calib_run_layer(m, P->pool, cb, l, true, false)) < 0)
         return rc;
     float *xe = cb ? malloc((size_t)N * H * sizeof(float)) : NULL;
     struct matrix_out(*parts)[3] = calloc((size_t)E, sizeof(*parts));
-    if ((cb && !xe) || !parts) {
-        free(xe);
-        free(parts);
-        return moe_err(-ENOMEM, "out of memory");
+    struct matrix_spec *specs = calloc((size_t)E, sizeof(*specs));
+    uint8_t *widths = calloc((size_t)E, 1);
+    if ((cb && !xe) || !parts || !specs || !widths) {
+        rc = moe_err(-ENOMEM, "out of memory");
+        goto out;
     }
+    if (P->o->fmt == FMT_MCMOE && (rc = mcmoe_layer_widths(P, cb, l, widths)) < 0)
+        goto out;
     for (int32_t e = 0; e < E && rc == 0; e++) {
         const struct moe_expert_weights *ew = &m->layers[l].experts[e];
-        int64_t ne = cb ? gather_expert_inputs(cb, N, H, e, xe) : 0;
-        if ((rc = pack_expert(P, ew, xe, ne, parts[e])) < 0)
+        int64_t ne = cb ? calib_expert_inputs(cb, e, xe, NULL, NULL) : 0;
+        specs[e] = expert_spec(P->o, widths, e);
+        if ((rc = pack_expert(P, &specs[e], ew, cb ? xe : NULL, ne, parts[e])) < 0)
             break;
         static const char *const names[3] = {"gate", "up", "down"};
         const struct moe_weight *src[3] = {&ew->gate, &ew->up, &ew->down};
         struct moe_pack_part pp[3];
         for (int i = 0; i < 3; i++) {
-            pp[i] = (struct moe_pack_part){names[i], matrix_dtype(P->o->fmt), src[i]->rows,
-                                           src[i]->cols, parts[e][i].data, parts[e][i].nbytes};
+            pp[i] = (struct moe_pack_part){names[i], specs[e].dtype, src[i]->rows, src[i]->cols,
+                                           parts[e][i].data, parts[e][i].nbytes};
             P->expert_bytes += parts[e][i].nbytes;
             P->weights += src[i]->rows * src[i]->cols;
         }
         rc = moe_pack_writer_add_expert(P->w, l, e, pp, 3);
     }
-    if (rc == 0 && cb && l + 1 < c->n_layers) {
-        /* the next layer's inputs come through this layer's compressed experts */
-        struct moe_expert_weights *keep = m->layers[l].experts;
-        struct moe_expert_weights *q = calloc((size_t)E, sizeof(*q));
-        if (!q)
-            rc = moe_err(-ENOMEM, "out of memory");
-        for (int32_t e = 0; e < E && rc == 0; e++) {
-            const struct moe_expert_weights *ew = &keep[e];
-            if ((rc = view_matrix(P, &parts[e][0], ew->gate.rows, ew->gate.cols, &q[e].gate)) < 0 ||
-                (rc = view_matrix(P, &parts[e][1], ew->up.rows, ew->up.cols, &q[e].up)) < 0 ||
-                (rc = view_matrix(P, &parts[e][2], ew->down.rows, ew->down.cols, &q[e].down)) < 0)
-                break;
-        }
-        if (rc == 0) {
-            m->layers[l].experts = q;
-            rc = calib_run_layer(m, P->pool, scr, kv, cb, l, false, true);
-            m->layers[l].experts = keep;
-        }
-        free(q);
-    } else if (rc == 0 && cb) {
-        cb->cursor = 0;
-    }
-    for (int32_t e = 0; e < E; e++)
+    if (rc == 0 && cb && l + 1 < c->n_layers)
+        rc = advance_compressed(P, cb, l, specs, parts);
+out:
+    for (int32_t e = 0; parts && e < E; e++)
         for (int i = 0; i < 3; i++)
             free(parts[e][i].data);
     free(parts);
+    free(specs);
+    free(widths);
     free(xe);
     return rc;
 }
@@ -620,20 +372,27 @@ static int qmoe_setup(struct packer *P)
     return rc;
 }
 
+static bool is_qmoe(enum expert_format f)
+{
+    return f == FMT_QMOE || f == FMT_QMOE_RTN;
+}
+
 static json_t *quant_json(const struct packer *P, const struct calib *cb)
 {
     const struct pack_opts *o = P->o;
-    json_t *j = json_pack("{s:s, s:b, s:I, s:I, s:I, s:I}", "experts", format_names[o->fmt],
-                          "gptq", o->fmt == FMT_QMOE && cb, "calib_tokens",
-                          (json_int_t)(cb ? (int64_t)cb->n_seq * CALIB_SEQ : 0), "seed",
-                          (json_int_t)o->seed, "identity_hessian_experts",
-                          (json_int_t)P->identity_experts, "calibrated_experts",
-                          (json_int_t)P->calibrated_experts);
-    if (P->table) {
-        json_object_set_new(j, "damp", json_real(o->damp));
+    json_t *j = json_pack("{s:s, s:b, s:I, s:I, s:I, s:I}", "experts", pack_format_names[o->fmt],
+                          "gptq", needs_calib(o->fmt) && cb, "calib_tokens",
+                          (json_int_t)calib_tokens(cb), "seed", (json_int_t)o->seed,
+                          "identity_hessian_experts", (json_int_t)P->identity_experts,
+                          "calibrated_experts", (json_int_t)P->calibrated_experts);
+    if (needs_calib(o->fmt))
+        json_object_set_new(j, "damp", json_real(P->damp));
+    if (is_qmoe(o->fmt)) {
         json_object_set_new(j, "zero_bin", json_real(o->zero_bin));
         json_object_set_new(j, "dict_p_zero", json_real(P->dict_p0));
     }
+    if (o->fmt == FMT_MCMOE)
+        json_object_set_new(j, "mcmoe_bits", json_real(o->mcmoe_bits));
     return j;
 }
 
@@ -642,25 +401,28 @@ static int run(const struct pack_opts *o)
     double t0 = moe_now_s();
     struct packer P = {.o = o};
     struct calib cb = {0}, *cbp = NULL;
-    struct moe_scratch *scr = NULL;
-    struct moe_kv *kv = NULL;
     int rc;
     if ((rc = moe_model_open(o->model, &P.m)) < 0)
         return rc;
     const struct moe_config *c = &P.m->cfg;
-    if ((rc = moe_pool_create(o->threads, &P.pool)) < 0)
+    P.damp = o->damp >= 0 ? o->damp : (is_qmoe(o->fmt) ? 4.0 : 0.01);
+    if ((P.mcmoe = json_array()) == NULL || (rc = moe_pool_create(o->threads, &P.pool)) < 0)
         goto out;
-    if (o->calib && o->fmt != FMT_QMOE)
-        fprintf(stderr, "moe-pack: note: --calib is used by qmoe only; %s rounds to nearest\n",
-                format_names[o->fmt]);
-    if (o->calib && o->fmt == FMT_QMOE) {
-        if ((rc = calib_load(P.m, o, &cb)) < 0 || (rc = moe_scratch_create(&scr)) < 0 ||
-            (rc = moe_model_kv_create(P.m, CALIB_SEQ, &kv)) < 0)
+    if (o->fmt == FMT_MCMOE && !o->calib) {
+        rc = moe_err(-EINVAL, "--experts mcmoe:B needs --calib: the bit allocation comes from "
+                     "calibration statistics");
+        goto out;
+    }
+    if (o->calib && !needs_calib(o->fmt))
+        fprintf(stderr, "moe-pack: note: --calib is not used by %s, which rounds to nearest\n",
+                pack_format_names[o->fmt]);
+    if (o->calib && needs_calib(o->fmt)) {
+        if ((rc = calib_load(P.m, o, &cb)) < 0)
             goto out;
         cbp = &cb;
         fprintf(stderr, "moe-pack: calibration: %d windows of %d tokens from %s\n", cb.n_seq,
                 CALIB_SEQ, o->calib);
-    } else if (o->fmt == FMT_QMOE) {
+    } else if (needs_calib(o->fmt)) {
         fprintf(stderr, "moe-pack: note: no --calib: every expert gets the identity Hessian "
                 "(plain rounding)\n");
     }
@@ -674,7 +436,7 @@ static int run(const struct pack_opts *o)
     if ((rc = moe_pack_writer_reserve_header(P.w, header_room)) < 0 ||
         (rc = moe_model_pack_write_base(P.m, P.w)) < 0)
         goto out;
-    if ((o->fmt == FMT_QMOE || o->fmt == FMT_QMOE_RTN) && (rc = qmoe_setup(&P)) < 0)
+    if (is_qmoe(o->fmt) && (rc = qmoe_setup(&P)) < 0)
         goto out;
 
     int32_t moe_layers = 0, done = 0;
@@ -682,27 +444,28 @@ static int run(const struct pack_opts *o)
         moe_layers += !c->layer_dense[l];
     for (int32_t l = 0; l < c->n_layers; l++) {
         if (c->layer_dense[l]) { /* a plain MLP: no experts; calibration passes through */
-            if (cbp && (rc = calib_run_layer(P.m, P.pool, scr, kv, cbp, l, false, true)) < 0)
+            if (cbp && (rc = calib_run_layer(P.m, P.pool, cbp, l, false, true)) < 0)
                 goto out;
             continue;
         }
-        if ((rc = pack_layer(&P, cbp, scr, kv, l)) < 0)
+        if ((rc = pack_layer(&P, cbp, l)) < 0)
             goto out;
         done++;
         double el = moe_now_s() - t0;
         fprintf(stderr, "moe-pack: layer %d/%d: %d experts as %s, %.3f bits/weight so far, "
-                "%.1f s, ETA %.0f s\n", l + 1, c->n_layers, c->n_experts, format_names[o->fmt],
-                8.0 * (double)P.expert_bytes / (double)P.weights, el,
+                "%.1f s, ETA %.0f s\n", l + 1, c->n_layers, c->n_experts,
+                pack_format_names[o->fmt], 8.0 * (double)P.expert_bytes / (double)P.weights, el,
                 el / done * (moe_layers - done));
     }
-    json_t *q = quant_json(&P, cbp);
-    if ((rc = moe_pack_writer_set_json(P.w, "quant", q)) < 0)
+    if ((rc = moe_pack_writer_set_json(P.w, "quant", quant_json(&P, cbp))) < 0)
         goto out;
-    if ((rc = moe_pack_writer_commit(P.w)) < 0) {
-        P.w = NULL; /* commit frees the writer on failure too */
+    if (o->fmt == FMT_MCMOE &&
+        (rc = moe_pack_writer_set_json(P.w, "meta", json_pack("{s:O}", "mcmoe", P.mcmoe))) < 0)
         goto out;
-    }
+    rc = moe_pack_writer_commit(P.w); /* frees the writer, success or not */
     P.w = NULL;
+    if (rc < 0)
+        goto out;
 
     size_t pack_bytes = 0;
     FILE *f = fopen(o->out, "rb");
@@ -711,19 +474,21 @@ static int run(const struct pack_opts *o)
         pack_bytes = (size_t)ftell(f);
         fclose(f);
     }
-    json_t *j = json_pack("{s:s, s:f, s:I, s:I, s:I, s:f}", "experts", format_names[o->fmt],
+    json_t *j = json_pack("{s:s, s:f, s:I, s:I, s:I, s:f}", "experts", pack_format_names[o->fmt],
                           "expert_bits_per_weight", 8.0 * (double)P.expert_bytes / (double)P.weights,
                           "expert_bytes", (json_int_t)P.expert_bytes, "expert_weights",
                           (json_int_t)P.weights, "pack_bytes", (json_int_t)pack_bytes, "seconds",
                           moe_now_s() - t0);
-    if (o->fmt == FMT_QMOE || o->fmt == FMT_QMOE_RTN) {
+    if (is_qmoe(o->fmt)) {
         json_object_set_new(j, "zero_fraction", json_real((double)P.zeros / (double)P.weights));
         json_object_set_new(j, "dict_p_zero", json_real(P.dict_p0));
         json_object_set_new(j, "decode_table_bytes",
                             json_integer(MOE_QMOE_DICT_SIZE * sizeof(uint64_t)));
     }
-    if (o->fmt == FMT_QMOE) {
-        json_object_set_new(j, "calib_tokens", json_integer(cbp ? (json_int_t)cb.n_seq * CALIB_SEQ : 0));
+    if (o->fmt == FMT_MCMOE)
+        json_object_set_new(j, "mcmoe_bits", json_real(o->mcmoe_bits));
+    if (needs_calib(o->fmt)) {
+        json_object_set_new(j, "calib_tokens", json_integer(calib_tokens(cbp)));
         json_object_set_new(j, "identity_hessian_experts", json_integer(P.identity_experts));
         if (cbp)
             fprintf(stderr, "moe-pack: %lld of %lld experts had fewer than %lld calibration "
@@ -738,9 +503,9 @@ static int run(const struct pack_opts *o)
 out:
     if (P.w)
         moe_pack_writer_abort(P.w);
-    calib_free(&cb);
-    moe_scratch_free(scr);
-    moe_model_kv_free(kv);
+    if (cbp)
+        calib_free(&cb);
+    json_decref(P.mcmoe);
     moe_qmoe_encoder_free(P.enc);
     if (P.side)
         moe_qmoe_side_free(P.side);

@@ -43,10 +43,10 @@ class Packs(unittest.TestCase):
     def setUpClass(cls):
         cls.tmp = tempfile.mkdtemp(prefix="moe-pack-test-")
         cls.packs, cls.summary = {}, {}
-        for fmt in ("bf16", "q8", "q4", "qmoe-rtn", "qmoe"):
+        for fmt in ("bf16", "q8", "q4", "qmoe-rtn", "qmoe", "mcmoe:2.5"):
             out = os.path.join(cls.tmp, f"tiny-{fmt}.moe")
             args = ["moe-pack", "--model", TINY, "--out", out, "--experts", fmt]
-            if fmt == "qmoe":
+            if fmt in ("qmoe", "mcmoe:2.5"):
                 args += ["--calib", TEXT, "--calib-tokens", "4096", "--calib-end-char", VALID_START]
             rc, out_s, err = run(*args)
             if rc != 0:
@@ -93,7 +93,8 @@ class Packs(unittest.TestCase):
     def test_compressed_packs_stay_close_to_the_checkpoint(self):
         ref = self.logits(TINY)
         # max |logit diff| grows as bits shrink; the greedy choice mostly survives
-        for fmt, limit in (("q8", 0.1), ("q4", 1.5), ("qmoe", 6.0), ("qmoe-rtn", 8.0)):
+        for fmt, limit in (("q8", 0.1), ("q4", 1.5), ("mcmoe:2.5", 3.0), ("qmoe", 6.0),
+                           ("qmoe-rtn", 8.0)):
             got = self.logits(self.packs[fmt])
             self.assertTrue(np.isfinite(got).all(), fmt)
             self.assertLess(np.abs(got - ref).max(), limit, fmt)
@@ -104,6 +105,35 @@ class Packs(unittest.TestCase):
                                "16", "--temperature", "0")
             self.assertEqual(rc, 0, f"{fmt}: {err}")
             self.assertGreater(len(out.strip()), 0, fmt)
+
+    def test_mcmoe_widths_meet_the_budget_and_are_recorded(self):
+        s, err = self.summary["mcmoe:2.5"]
+        self.assertEqual(err.count("widths:"), 4)
+        # 2.5 bits on average plus the fp16 scale and zero of each group of 128
+        self.assertLessEqual(s["expert_bits_per_weight"], 2.5 + 0.25 + 1e-9)
+        rc, out, err = run("moe-bench", "stats", "--model", self.packs["mcmoe:2.5"])
+        self.assertEqual(rc, 0, err)
+        stats = json.loads(out)
+        self.assertEqual(stats["quant"]["experts"], "mcmoe")
+        layers = stats["meta"]["mcmoe"]
+        self.assertEqual(len(layers), 4)
+        for layer in layers:
+            bits = layer["bits"]
+            self.assertEqual(len(bits), 8)
+            self.assertLessEqual(sum(bits), 20)
+            self.assertIn(3, bits)
+            self.assertIn(2, bits)
+            self.assertAlmostEqual(sum(layer["frequency"]), 1.0, places=6)
+            for e, loss in enumerate(layer["loss"]):  # more bits, less loss
+                self.assertGreaterEqual(loss[0], loss[1], e)
+                self.assertGreaterEqual(loss[1], loss[2], e)
+
+    def test_mcmoe_without_calibration_is_refused(self):
+        rc, _, err = run("moe-pack", "--model", TINY, "--out", os.path.join(self.tmp, "x.moe"),
+                         "--experts", "mcmoe:2.5")
+        self.assertEqual(rc, 1)
+        self.assertIn("needs --calib", err)
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "x.moe")))
 
     def damaged_copy(self, name):
         dst = os.path.join(self.tmp, name)

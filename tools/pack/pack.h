@@ -1,0 +1,110 @@
+/* moe-pack's private pieces: calibration over the model layer by layer
+ * (pack_calib.c), compressing one matrix in any expert format (pack_matrix.c)
+ * and MC-MoE's statistics and bit allocation (pack_mcmoe.c). tools/moe_pack.c
+ * holds the command line and the walk over layers and experts. */
+#ifndef MOE_TOOLS_PACK_H
+#define MOE_TOOLS_PACK_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "format/format_pack.h"
+#include "model/model.h"
+#include "quant/quant_qmoe.h"
+
+struct moe_kv;
+struct moe_pool;
+struct moe_scratch;
+
+enum expert_format {
+    FMT_BF16, FMT_Q8, FMT_Q4, FMT_QMOE, FMT_QMOE_RTN, FMT_GPTQ2, FMT_GPTQ3, FMT_GPTQ4, FMT_MCMOE,
+    FMT_COUNT
+};
+extern const char *const pack_format_names[FMT_COUNT];
+
+struct pack_opts {
+    const char *model, *out, *calib;
+    enum expert_format fmt;
+    double mcmoe_bits;            /* mcmoe:B */
+    int64_t calib_tokens, calib_end_char, seed, min_tokens;
+    double zero_bin, damp, dict_p0; /* damp < 0: the format's default */
+    int threads;
+};
+
+/* ---- calibration ---------------------------------------------------------------- */
+#define CALIB_SEQ 256
+
+struct calib {
+    int32_t *ids;      /* [n_seq][CALIB_SEQ] */
+    int32_t n_seq;
+    int64_t hidden;
+    float *x;          /* [N][H] residual stream entering the current layer */
+    float *xn;         /* [N][H] the current layer's normalised FFN inputs */
+    struct moe_route *routes; /* [N] */
+    int64_t cursor;    /* observer's write position, in tokens */
+    struct moe_scratch *scr;
+    struct moe_kv *kv;
+};
+
+int calib_load(const struct moe_model *m, const struct pack_opts *o, struct calib *cb);
+void calib_free(struct calib *cb);
+static inline int64_t calib_tokens(const struct calib *cb)
+{
+    return cb ? (int64_t)cb->n_seq * CALIB_SEQ : 0;
+}
+/* Runs layer l over every window. record: keep its FFN inputs and routes;
+ * advance: keep its outputs as the next layer's inputs. */
+int calib_run_layer(struct moe_model *m, struct moe_pool *pool, struct calib *cb, int32_t l,
+                    bool record, bool advance);
+/* xe[ne][H] = the recorded inputs of the tokens routed to expert e; idx[ne]
+ * their token numbers and w[ne] their routing weights (idx, w may be NULL). */
+int64_t calib_expert_inputs(const struct calib *cb, int32_t e, float *xe, int64_t *idx,
+                            float *w);
+
+/* ---- one matrix ------------------------------------------------------------------- */
+struct matrix_spec {
+    int dtype;   /* the stored dtype */
+    bool gptq;   /* GPTQ with the Hessian when there is one (qmoe, gq*) */
+    int bits;    /* gq widths */
+};
+
+struct packer {
+    const struct pack_opts *o;
+    struct moe_model *m;
+    struct moe_pool *pool;
+    struct moe_pack_writer *w;
+    uint64_t *table;               /* qmoe decode table */
+    struct moe_qmoe_encoder *enc;
+    void *side;                    /* qmoe runtime table, for in-memory views */
+    double dict_p0;                /* digit statistics the dictionary was built for */
+    double damp;                   /* GPTQ damping in use */
+    json_t *mcmoe;                 /* per-layer statistics and widths (mcmoe) */
+    /* totals */
+    int64_t weights, zeros, identity_experts, calibrated_experts;
+    size_t expert_bytes;
+};
+
+struct matrix_out {
+    void *data;
+    size_t nbytes;
+};
+
+void weight_to_f32(const struct moe_weight *w, float *out);
+/* Compresses W [rows][cols] as spec says into out (malloc'ed) and replaces W
+ * by what the stored bytes decode to. H: summed Hessian of n inputs, or NULL
+ * (plain rounding). */
+int encode_matrix(struct packer *P, const struct matrix_spec *spec, float *W, int64_t rows,
+                  int64_t cols, const float *H, int64_t n, struct matrix_out *out);
+/* A weight view of an encoded matrix (in-memory calibration of later layers). */
+int view_matrix(struct packer *P, int dtype, const struct matrix_out *mo, int64_t rows,
+                int64_t cols, struct moe_weight *out);
+
+/* ---- MC-MoE ------------------------------------------------------------------------ */
+/* The layer's statistics from the recorded calibration (frequency, routing
+ * weight, output loss at 1/2/3 bits with only that expert rounded), the
+ * optimal widths for the budget, printed and kept in P->mcmoe. */
+int mcmoe_layer_widths(struct packer *P, const struct calib *cb, int32_t l, uint8_t *bits);
+
+#endif

@@ -293,9 +293,9 @@ static void route_tokens(const struct fwd *s, int32_t l, int32_t n)
             for (b = a + 1; b < n && s->kvs[b] == s->kvs[a] && s->pos[b] == s->pos[b - 1] + 1;)
                 b++;
             const struct moe_prune *p = tok_prune(o, a);
-            moe_router_protect(S->x + (size_t)a * c->hidden, c->hidden, s->pos + a, b - a,
-                               p ? p->protect_fraction : 0.0f, S->importance + a,
-                               S->protect + a);
+            float frac = p && b - a > 1 ? p->protect_fraction : 0.0f; /* prefill only */
+            moe_router_protect(S->x + (size_t)a * c->hidden, c->hidden, s->pos + a, b - a, frac,
+                               S->importance + a, S->protect + a);
         }
     }
     for (int32_t t = 0; t < n; t++) {

@@ -25,10 +25,14 @@
 #define MOE_DAEMON_INI_MAX_LINE 197
 #define MOE_DAEMON_MAX_IDS 32     /* = MOE_IPC_MAX_IDS, checked in daemon_apply.c */
 #define MOE_DAEMON_CHAT_AUTO (-1) /* [model] chat_template = auto */
+enum { MOE_DAEMON_ODP_AUTO, MOE_DAEMON_ODP_ON, MOE_DAEMON_ODP_OFF }; /* [router] odp */
+#define MOE_DAEMON_ODP_BETA_DEFAULT 0.5 /* [router] beta = 0 without calibrated betas */
 
 struct moe_ipc_limits;
 struct moe_engine_limits;
 struct moe_sampling;
+struct moe_model;
+struct moe_prune;
 
 /* A uid or gid allow list: as written (names or numbers, for the dump) and
  * resolved to numbers. */
@@ -73,6 +77,12 @@ struct moe_daemon_config {
     int kv_value_bits;
     int kv_group;
     int kv_residual;
+    /* [router] */
+    int odp;                /* MOE_DAEMON_ODP_* */
+    double odp_beta;        /* 0 = the pack's betas, else MOE_DAEMON_ODP_BETA_DEFAULT */
+    char *odp_layers;       /* "auto" or a layer list "2-5,7" */
+    char *odp_beta_layers;  /* "" or "2-5:0.4,7:0.5" (overrides beta and layers) */
+    double odp_protect;     /* protect_fraction */
     /* [limits] */
     size_t max_body_bytes;
     size_t max_prompt_bytes;
@@ -169,6 +179,13 @@ void moe_daemon_ipc_limits(const struct moe_daemon_config *c, struct moe_ipc_lim
  * chat_template: the resolved one (moe_daemon_chat_template). */
 void moe_daemon_engine_limits(const struct moe_daemon_config *c, int32_t model_ctx,
                               int chat_template, struct moe_engine_limits *l);
+/* [router] resolved against the model: the betas per layer (the pack's
+ * calibrated ones, the INI's beta on the INI's or the automatic layers, or
+ * beta_layers), the protect fraction, and whether requests that do not ask
+ * get ODP (*on). -EINVAL with why = "[router] KEY: reason" when a layer is
+ * past the model's last. */
+int moe_daemon_prune(const struct moe_daemon_config *c, const struct moe_model *m,
+                     struct moe_prune *out, bool *on, char *why, size_t cap);
 /* [model] chat_template, with auto resolved: the template that the model
  * directory's tokenizer_config.json names, else ChatML. *how says which
  * (for the log). Returns an enum moe_chat_template value. */

@@ -13,6 +13,8 @@
 #include "engine/engine.h"
 #include "engine/engine_server.h"
 #include "ipc/ipc.h"
+#include "model/model.h"
+#include "router/router.h"
 
 _Static_assert(MOE_DAEMON_MAX_IDS == MOE_IPC_MAX_IDS, "allow lists: daemon and ipc disagree");
 _Static_assert(sizeof(uid_t) == sizeof(uint32_t) && sizeof(gid_t) == sizeof(uint32_t),
@@ -89,6 +91,49 @@ void moe_daemon_engine_limits(const struct moe_daemon_config *c, int32_t model_c
     l->kv = (struct moe_kv_params){c->kv_key_bits, c->kv_value_bits, c->kv_group, c->kv_residual};
     l->kv_bytes = c->kv_bytes;
     l->kv_tokens = c->kv_tokens;
+}
+
+int moe_daemon_prune(const struct moe_daemon_config *c, const struct moe_model *m,
+                     struct moe_prune *out, bool *on, char *why, size_t cap)
+{
+    const struct moe_config *mc = &m->cfg;
+    struct moe_prune def;
+    bool from_pack;
+    char w[200];
+    float dflt = c->odp_beta > 0 ? (float)c->odp_beta : (float)MOE_DAEMON_ODP_BETA_DEFAULT;
+    if (moe_model_prune_defaults(m, dflt, &def, &from_pack) < 0) {
+        snprintf(why, cap, "[router]: %s", moe_err_msg());
+        return -EINVAL;
+    }
+    *out = def;
+    out->protect_fraction = (float)c->odp_protect;
+    if (from_pack && c->odp_beta > 0) /* the INI's level on the pack's layers */
+        for (int32_t l = 0; l < mc->n_layers; l++)
+            out->beta[l] = def.beta[l] > 0 ? (float)c->odp_beta : 0.0f;
+    if (c->odp_layers && strcmp(c->odp_layers, "auto")) {
+        bool sel[MOE_ROUTER_MAX_LAYERS];
+        if (moe_router_parse_layers(c->odp_layers, mc->n_layers, sel, w, sizeof(w))) {
+            snprintf(why, cap, "[router] layers: %s", w);
+            return -EINVAL;
+        }
+        for (int32_t l = 0; l < mc->n_layers; l++) /* a pack's calibrated beta where it has one */
+            out->beta[l] = !sel[l] ? 0.0f
+                           : c->odp_beta > 0 || !(from_pack && def.beta[l] > 0) ? dflt
+                                                                                : def.beta[l];
+    }
+    if (c->odp_beta_layers && c->odp_beta_layers[0]) {
+        for (int32_t l = 0; l < mc->n_layers; l++)
+            out->beta[l] = 0.0f;
+        if (moe_router_parse_betas(c->odp_beta_layers, mc->n_layers, out->beta, w, sizeof(w))) {
+            snprintf(why, cap, "[router] beta_layers: %s", w);
+            return -EINVAL;
+        }
+    }
+    for (int32_t l = 0; l < mc->n_layers; l++)
+        if (mc->layer_dense[l])
+            out->beta[l] = 0.0f;
+    *on = c->odp == MOE_DAEMON_ODP_ON || (c->odp == MOE_DAEMON_ODP_AUTO && from_pack);
+    return 0;
 }
 
 int moe_daemon_chat_template(const struct moe_daemon_config *c, const char **how)

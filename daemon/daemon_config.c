@@ -26,6 +26,7 @@
 
 #include "common/common.h"
 #include "engine/engine.h"
+#include "router/router.h"
 
 /* offsetof() that fails to compile when the field's type is not T */
 #define FIELD(f, T)                                                                      \
@@ -73,6 +74,11 @@ static const struct moe_daemon_enum chat_templates[] = {
 
 static const struct moe_daemon_enum kv_bits[] = {
     {"2", 2}, {"4", 4}, {"8", 8}, {"16", 16}, {"32", 32}, {NULL, 0},
+};
+
+static const struct moe_daemon_enum odp_modes[] = {
+    {"auto", MOE_DAEMON_ODP_AUTO}, {"on", MOE_DAEMON_ODP_ON}, {"off", MOE_DAEMON_ODP_OFF},
+    {NULL, 0},
 };
 
 static const struct moe_daemon_enum kv_groups[] = {
@@ -132,6 +138,18 @@ static const struct moe_daemon_key table[] = {
            "Tokens per cache block, and the quantisation group (keys: G tokens, values: G channels)"),
     K_INT("kv", "residual", kv_residual, "64", 0, 1 << 20, 0,
           "Newest tokens kept fp16 when quantising; a multiple of group"),
+
+    K_ENUM("router", "odp", odp, "auto", odp_modes, R,
+           "Online dynamic pruning of weak experts for requests without moe_prune; auto = on when "
+           "the pack has calibrated betas"),
+    K_DOUBLE("router", "beta", odp_beta, "0", 0, 1, R,
+             "ODP level: expert j is dropped when p_j < beta x p_1; 0 = the pack's, else 0.5"),
+    K_STRING("router", "layers", odp_layers, "auto", MOE_CFG_NONEMPTY | R,
+             "Layers ODP runs on, e.g. 2-5,7; auto = the pack's, else the middle layers"),
+    K_STRING("router", "beta_layers", odp_beta_layers, "", R,
+             "Per-layer betas, e.g. 2-5:0.4,7:0.5; when set, beta and layers are ignored"),
+    K_DOUBLE("router", "protect_fraction", odp_protect, "0.02", 0, 1, R,
+             "Share of each prompt's most important tokens that keep all their experts"),
 
     K_SIZE("limits", "max_body_bytes", max_body_bytes, "1M", 1 * KI, 1 * GI, R,
            "Largest request body; larger ones get 413"),
@@ -932,6 +950,14 @@ static int cross_check(struct parse_state *st)
                     "[batching] max_batch_tokens: %d is below [batching] max_seqs (%d); every "
                     "running sequence needs a token in each step",
                     c->max_batch_tokens, c->max_seqs);
+    char w[256];
+    bool sel[MOE_ROUTER_MAX_LAYERS];
+    float beta[MOE_ROUTER_MAX_LAYERS];
+    if (strcmp(c->odp_layers, "auto") &&
+        moe_router_parse_layers(c->odp_layers, MOE_ROUTER_MAX_LAYERS, sel, w, sizeof(w)))
+        return fail(st, key_line(st, "router", "layers"), "[router] layers: %s", w);
+    if (moe_router_parse_betas(c->odp_beta_layers, MOE_ROUTER_MAX_LAYERS, beta, w, sizeof(w)))
+        return fail(st, key_line(st, "router", "beta_layers"), "[router] beta_layers: %s", w);
     l1 = key_line(st, "kv", "residual");
     l2 = key_line(st, "kv", "group");
     if (c->kv_residual % c->kv_group)

@@ -157,8 +157,11 @@ static int apply_config(void *arg, const struct moe_daemon_config *next, char *m
     if (d->engine) {
         struct moe_engine_limits el;
         moe_daemon_engine_limits(next, d->model_ctx, d->chat_template, &el);
+        int rc = moe_daemon_prune(next, d->model, &el.prune, &el.prune_on, msg, cap);
+        if (rc)
+            return rc;
         moe_err_clear();
-        int rc = moe_engine_set_limits(d->engine, &el);
+        rc = moe_engine_set_limits(d->engine, &el);
         if (rc) {
             snprintf(msg, cap, "engine: %s", moe_err_msg()[0] ? moe_err_msg() : strerror(-rc));
             return rc;
@@ -317,6 +320,19 @@ static int start_loader(struct moed *d)
     return 0;
 }
 
+/* "ODP on, layers 5,6,7 beta 0.5, protect 0.02" */
+static void log_prune(const struct moed *d, const struct moe_engine_limits *el)
+{
+    char buf[512];
+    size_t n = 0;
+    for (int32_t l = 0; l < d->model->cfg.n_layers && n < sizeof(buf) - 32; l++)
+        if (el->prune.beta[l] > 0)
+            n += (size_t)snprintf(buf + n, sizeof(buf) - n, "%s%d:%g", n ? "," : "", (int)l,
+                                  (double)el->prune.beta[l]);
+    moe_log(MOE_LOG_INFO, "online dynamic pruning: %s by default; layer:beta %s; protect %g",
+            el->prune_on ? "on" : "off", n ? buf : "none", (double)el->prune.protect_fraction);
+}
+
 /* the model is open: pool, engine, and the ipc gets it */
 static int finish_start(struct moed *d)
 {
@@ -335,6 +351,10 @@ static int finish_start(struct moed *d)
                 (int)el.max_ctx, (int)d->model_ctx, d->cfg.max_ctx);
     moe_log(MOE_LOG_INFO, "chat template: %s (%s)",
             d->chat_template == MOE_CHAT_MISTRAL ? "mistral" : "chatml", how);
+    char why[256];
+    if (moe_daemon_prune(&d->cfg, d->model, &el.prune, &el.prune_on, why, sizeof(why)))
+        return moe_err(-EINVAL, "%s: %s", d->config_path ? d->config_path : "config", why);
+    log_prune(d, &el);
     rc = moe_engine_create(d->model, d->pool, &el, &d->engine);
     if (rc)
         return rc;

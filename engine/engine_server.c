@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include "common/common.h"
+#include "common/common_metrics.h"
 #include "model/model.h"
 
 /* ---- jobs: the meeting point of an ipc thread and the engine thread ------- */
@@ -165,6 +166,9 @@ struct seq {
     int32_t n_prompt, n_ids, n_fed; /* n_fed: tokens already in the cache */
     int32_t max_new;    /* generated tokens allowed */
     int32_t logit_row;  /* row of this step's logits, -1 if none */
+    struct moe_prune prune; /* this request's ODP */
+    bool prune_on;
+    int32_t top_k;      /* experts per token, 0 = the model's */
 };
 
 struct moe_engine {
@@ -183,8 +187,11 @@ struct moe_engine {
     struct moe_kv **free_kv; /* caches of finished sequences (empty), reused */
     int32_t n_free_kv;
     /* per-step batch arguments */
-    int32_t *b_tok, *b_pos, *b_idx;
+    int32_t *b_tok, *b_pos, *b_idx, *b_topk;
     struct moe_kv **b_kv;
+    const struct moe_prune **b_prune;
+    struct moe_router_stats *rstats; /* this step's routing counters */
+    struct moe_metric *m_act[MOE_MAX_LAYERS], *m_pruned[MOE_MAX_LAYERS];
     float *logits;          /* [max_seqs][vocab] */
     char *piece;            /* one decoded token */
     size_t piece_cap;
@@ -341,6 +348,23 @@ static int seq_start(struct moe_engine *e, struct seq *s, struct moe_job *j)
     }
     s->n_prompt = s->n_ids = (int32_t)n_ids;
     s->max_new = max_new;
+    if (r->moe_top_k > m->cfg.top_k) {
+        char msg[160];
+        snprintf(msg, sizeof(msg), "'moe_top_k' must be at most %d (the model's experts per "
+                 "token), got %d", m->cfg.top_k, r->moe_top_k);
+        seq_fail(e, s, 400, msg);
+        return SEQ_FAILED;
+    }
+    s->top_k = r->moe_top_k;
+    pthread_mutex_lock(&e->mu); /* a reload may be changing the limits */
+    s->prune = e->lim.prune;
+    s->prune_on = e->lim.prune_on;
+    pthread_mutex_unlock(&e->mu);
+    if (r->moe_prune_set) { /* the request's beta on the engine's ODP layers */
+        for (int32_t l = 0; l < m->cfg.n_layers; l++)
+            s->prune.beta[l] = s->prune.beta[l] > 0 ? r->moe_prune : 0.0f;
+        s->prune_on = r->moe_prune > 0;
+    }
     if (moe_sampler_create(&r->sampling, m->cfg.vocab, &s->smp) < 0 ||
         (r->n_stop && moe_stop_create((const char *const *)r->stop, r->n_stop, &s->stop) < 0)) {
         seq_fail(e, s, 400, moe_err_msg());
@@ -445,6 +469,18 @@ static bool admit(struct moe_engine *e)
     return true;
 }
 
+/* this step's routing counters into the process metrics */
+static void routing_metrics(struct moe_engine *e)
+{
+    for (int32_t l = 0; l < e->model->cfg.n_layers; l++) {
+        const struct moe_router_layer_stats *st = &e->rstats->layer[l];
+        if (st->kept)
+            moe_metric_add(e->m_act[l], (double)st->kept);
+        if (st->pruned)
+            moe_metric_add(e->m_pruned[l], (double)st->pruned);
+    }
+}
+
 static void step(struct moe_engine *e)
 {
     const struct moe_model *m = e->model;
@@ -474,6 +510,8 @@ static void step(struct moe_engine *e)
         e->b_tok[n] = s->ids[s->n_fed];
         e->b_pos[n] = s->n_fed;
         e->b_kv[n] = s->kv;
+        e->b_prune[n] = s->prune_on ? &s->prune : NULL;
+        e->b_topk[n] = s->top_k;
         e->b_idx[n_logits] = n;
         s->logit_row = n_logits++;
         s->n_fed++;
@@ -489,6 +527,8 @@ static void step(struct moe_engine *e)
             e->b_tok[n] = s->ids[s->n_fed + k];
             e->b_pos[n] = s->n_fed + k;
             e->b_kv[n] = s->kv;
+            e->b_prune[n] = s->prune_on ? &s->prune : NULL;
+            e->b_topk[n] = s->top_k;
         }
         s->n_fed += chunk;
         budget -= chunk;
@@ -500,8 +540,12 @@ static void step(struct moe_engine *e)
     if (n == 0)
         return;
 
-    int rc = moe_model_forward(m, e->pool, e->scratch, n, e->b_tok, e->b_kv, e->b_pos, e->b_idx,
-                               n_logits, e->logits);
+    struct moe_forward_opts fo = {.prune = e->b_prune, .top_k = e->b_topk, .stats = e->rstats};
+    memset(e->rstats, 0, sizeof(*e->rstats));
+    int rc = moe_model_forward_opts(m, e->pool, e->scratch, n, e->b_tok, e->b_kv, e->b_pos,
+                                    e->b_idx, n_logits, e->logits, &fo);
+    if (rc == 0)
+        routing_metrics(e);
     pthread_mutex_lock(&e->mu);
     e->stats.steps++;
     kv_stats_locked(e);
@@ -546,6 +590,9 @@ static void engine_release(struct moe_engine *e)
     free(e->b_pos);
     free(e->b_idx);
     free(e->b_kv);
+    free(e->b_topk);
+    free(e->b_prune);
+    free(e->rstats);
     free(e->logits);
     free(e->piece);
     pthread_mutex_destroy(&e->mu);
@@ -603,6 +650,25 @@ static int kv_pool_create(struct moe_engine *e)
     return rc;
 }
 
+/* One counter pair per MoE layer; registering again (another engine in the
+ * same process) returns the same series. */
+static void routing_metrics_register(struct moe_engine *e)
+{
+    const struct moe_config *c = &e->model->cfg;
+    for (int32_t l = 0; l < c->n_layers; l++) {
+        char lab[32];
+        if (c->layer_dense[l])
+            continue;
+        snprintf(lab, sizeof(lab), "layer=\"%d\"", l);
+        e->m_act[l] = moe_metric_counter("moed_expert_activations_total",
+                                         "Expert activations computed (token x expert), per "
+                                         "MoE layer", lab);
+        e->m_pruned[l] = moe_metric_counter("moed_expert_activations_pruned_total",
+                                            "Expert activations dropped by online dynamic "
+                                            "pruning, per MoE layer", lab);
+    }
+}
+
 int moe_engine_create(const struct moe_model *model, struct moe_pool *pool,
                       const struct moe_engine_limits *limits, struct moe_engine **out)
 {
@@ -625,16 +691,21 @@ int moe_engine_create(const struct moe_model *model, struct moe_pool *pool,
     e->b_pos = malloc(B * sizeof(int32_t));
     e->b_idx = malloc(B * sizeof(int32_t));
     e->b_kv = malloc(B * sizeof(*e->b_kv));
+    e->b_topk = malloc(B * sizeof(int32_t));
+    e->b_prune = malloc(B * sizeof(*e->b_prune));
+    e->rstats = calloc(1, sizeof(*e->rstats));
     e->logits = malloc(S * (size_t)model->cfg.vocab * sizeof(float));
     e->piece_cap = (model->tok ? moe_tokenizer_max_piece(model->tok) : 0) + 64;
     e->piece = malloc(e->piece_cap);
     if (!e->seqs || !e->free_kv || !e->b_tok || !e->b_pos || !e->b_idx || !e->b_kv ||
-        !e->logits || !e->piece || moe_scratch_create(&e->scratch) < 0) {
+        !e->b_topk || !e->b_prune || !e->rstats || !e->logits || !e->piece ||
+        moe_scratch_create(&e->scratch) < 0) {
         rc = moe_err(-ENOMEM, "out of memory for the engine");
         goto fail;
     }
     if ((rc = kv_pool_create(e)) < 0)
         goto fail;
+    routing_metrics_register(e);
     kv_stats_locked(e); /* no other thread yet */
     if (pthread_create(&e->thread, NULL, engine_main, e) != 0) {
         rc = moe_err(-EAGAIN, "cannot start the engine thread");
@@ -661,6 +732,8 @@ int moe_engine_set_limits(struct moe_engine *e, const struct moe_engine_limits *
         e->lim.max_tokens_default = l->max_tokens_default;
         e->lim.request_timeout_s = l->request_timeout_s;
         e->lim.chat_template = l->chat_template;
+        e->lim.prune = l->prune;
+        e->lim.prune_on = l->prune_on;
     }
     pthread_mutex_unlock(&e->mu);
     return rc;

@@ -14,6 +14,7 @@
 
 #include "engine/engine.h"
 #include "kv/kv.h"
+#include "router/router.h"
 
 struct moe_model;
 struct moe_pool;
@@ -37,6 +38,12 @@ struct moe_engine_limits {
     struct moe_kv_params kv;
     size_t kv_bytes;
     int64_t kv_tokens;
+    /* online dynamic pruning (router/): the layers it may run on are those
+     * with prune.beta > 0; requests that do not ask (moe_prune) use these
+     * betas when prune_on, none otherwise. Reloadable: applies to
+     * requests that start afterwards. */
+    struct moe_prune prune;
+    bool prune_on;
 };
 
 enum moe_req_kind { MOE_REQ_COMPLETION, MOE_REQ_CHAT };
@@ -59,6 +66,11 @@ struct moe_request {
     bool stream;
     bool ignore_eos;
     double timeout_s;                   /* 0 = the engine's limit */
+    bool moe_prune_set;                 /* false: the engine's ODP setting */
+    float moe_prune;                    /* when set: the ODP beta on the engine's ODP
+                                         * layers, 0 = off */
+    int32_t moe_top_k;                  /* experts per token, 0 = the model's; above the
+                                         * model's top_k: refused with 400 */
 };
 void moe_request_free(struct moe_request *r); /* frees the strings and r itself */
 

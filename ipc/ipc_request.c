@@ -538,6 +538,16 @@ static int parse_fields(json_t *root, bool chat, const struct moe_ipc_limits *li
     TRY(parse_stop(root, r, err));
     TRY(get_bool(root, "stream", &r->stream, err));
     TRY(get_bool(root, "ignore_eos", &r->ignore_eos, err));
+    /* extensions: online dynamic pruning level and experts per token; the
+     * model's own top_k bounds moe_top_k, which the engine checks */
+    v = opt(root, "moe_prune");
+    if (v) {
+        TRY(get_number(root, "moe_prune", 0, false, 1, "[0, 1]", &r->moe_prune, err));
+        r->moe_prune_set = true;
+    }
+    TRY(get_integer(root, "moe_top_k", 1, MOE_ROUTER_MAX_K, &x, &present, err));
+    if (present)
+        r->moe_top_k = (int32_t)x;
     v = opt(root, "stream_options");
     if (v) {
         if (!json_is_object(v))

@@ -160,6 +160,42 @@ int moe_model_forward(const struct moe_model *m, struct moe_pool *pool, struct m
                       const int32_t *pos, const int32_t *logit_idx, int32_t n_logits,
                       float *logits);
 
+/* Per-token routing choices for one forward call: online dynamic pruning
+ * (router/, docs/ALGORITHMS.md section 2) and the number of experts. Each
+ * token uses its own sequence's settings, so a batch may mix them.
+ *   prune[t]: token t's pruning (NULL entry = off); prune NULL: prune_all
+ *     for every token (NULL = off). On a layer where a token's beta is > 0,
+ *     each run of consecutive tokens of one sequence (a prompt chunk) first
+ *     protects its protect_fraction most important tokens (importance
+ *     ||h_i||_1 / (L - i), h_i the residual stream entering the MoE block,
+ *     i the position, L the chunk's last position + 1): they keep all
+ *     their experts. A decode token (a run of 1) is never protected.
+ *   top_k[t]: experts for token t, 1..the model's top_k (0 or more = the
+ *     model's); top_k NULL: top_k_all for every token.
+ *   stats: per-layer counters accumulated (not reset) when non-NULL. */
+struct moe_forward_opts {
+    const struct moe_prune *const *prune;
+    const struct moe_prune *prune_all;
+    const int32_t *top_k;
+    int32_t top_k_all;
+    struct moe_router_stats *stats;
+};
+/* moe_model_forward with routing options (opts NULL = the plain forward). */
+int moe_model_forward_opts(const struct moe_model *m, struct moe_pool *pool,
+                           struct moe_scratch *s, int32_t n, const int32_t *tokens,
+                           struct moe_kv *const *kvs, const int32_t *pos,
+                           const int32_t *logit_idx, int32_t n_logits, float *logits,
+                           const struct moe_forward_opts *opts);
+
+/* The pruning a model comes with: a pack whose meta JSON has
+ * "odp": {"beta": [one number per layer, 0 = off], "protect_fraction": F}
+ * gives those (then *from_pack = true); otherwise beta is default_beta on
+ * the automatic layers (moe_router_prune_auto_layers) and 0 elsewhere,
+ * protect_fraction MOE_PRUNE_PROTECT_DEFAULT. Dense layers are always 0.
+ * A malformed "odp" object is -EINVAL naming the key. */
+int moe_model_prune_defaults(const struct moe_model *m, float default_beta, struct moe_prune *out,
+                             bool *from_pack);
+
 /* ---- one layer at a time (moe-pack calibration) -------------------------------
  * x[n][hidden] = the embeddings of tokens. */
 void moe_model_embed(const struct moe_model *m, const int32_t *tokens, int32_t n, float *x);
@@ -184,6 +220,12 @@ struct moe_session {
     int32_t n_past; /* tokens already in the cache */
     int32_t *pos, *logit_idx; /* [max_ctx] arguments for moe_model_forward */
     struct moe_kv **kvs;
+    /* routing options for every later forward, set freely by the caller:
+     * pruning (NULL = off), experts per token (0 = the model's) and
+     * counters to accumulate into (NULL = none) */
+    const struct moe_prune *prune;
+    int32_t top_k;
+    struct moe_router_stats *stats;
 };
 
 int moe_session_create(const struct moe_model *m, struct moe_pool *pool, int32_t max_ctx,

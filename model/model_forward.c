@@ -26,6 +26,8 @@ struct moe_scratch {
     float *rope_cos, *rope_sin; /* [n][hd/2] */
     float *router;          /* [n][E] */
     struct moe_route *routes; /* [n] */
+    float *importance;      /* [n] ODP: prefill token importance */
+    bool *protect;          /* [n] ODP: token keeps all its experts on this layer */
     float *sh_gate, *sh_up; /* [n][max(shared, dense ffn)] */
     float *sh_scale;        /* [n] sigmoid gate of the shared expert */
     float *scores;          /* attention scores: [threads][scores_stride] */
@@ -38,10 +40,11 @@ static void scratch_free(struct moe_scratch *s)
     if (!s)
         return;
     float *bufs[] = {s->x, s->xn, s->q, s->k, s->v, s->att, s->tmp, s->rope_cos, s->rope_sin,
-                     s->router, s->sh_gate, s->sh_up, s->sh_scale, s->scores};
+                     s->router, s->sh_gate, s->sh_up, s->sh_scale, s->scores, s->importance};
     for (size_t i = 0; i < MOE_ARRAY_SIZE(bufs); i++)
         free(bufs[i]);
     free(s->routes);
+    free(s->protect);
     moe_experts_scratch_free(&s->experts);
     memset(s, 0, sizeof(*s));
 }
@@ -74,11 +77,14 @@ static int scratch_reserve(struct moe_scratch *s, const struct moe_config *c, in
     s->rope_sin = malloc(N * hd / 2 * sizeof(float));
     s->router = malloc(N * (size_t)c->n_experts * sizeof(float));
     s->routes = malloc(N * sizeof(struct moe_route));
+    s->importance = malloc(N * sizeof(float));
+    s->protect = malloc(N * sizeof(bool));
     s->sh_gate = malloc(N * MOE_MAX(sh, 1) * sizeof(float));
     s->sh_up = malloc(N * MOE_MAX(sh, 1) * sizeof(float));
     s->sh_scale = malloc(N * sizeof(float));
     if (!s->x || !s->xn || !s->q || !s->k || !s->v || !s->att || !s->tmp || !s->rope_cos ||
-        !s->rope_sin || !s->router || !s->routes || !s->sh_gate || !s->sh_up || !s->sh_scale) {
+        !s->rope_sin || !s->router || !s->routes || !s->sh_gate || !s->sh_up || !s->sh_scale ||
+        !s->importance || !s->protect) {
         scratch_free(s);
         return moe_err(-ENOMEM, "out of memory for activations of %d tokens", n);
     }
@@ -204,6 +210,7 @@ struct fwd {
     const int32_t *pos;
     moe_ffn_observer obs; /* NULL outside calibration */
     void *obs_ctx;
+    const struct moe_forward_opts *opts; /* NULL: plain top-k */
 };
 
 static int attention_block(const struct fwd *s, int32_t l, int32_t n)
@@ -260,6 +267,48 @@ static int attention_block(const struct fwd *s, int32_t l, int32_t n)
     return 0;
 }
 
+static const struct moe_prune *tok_prune(const struct moe_forward_opts *o, int32_t t)
+{
+    return !o ? NULL : o->prune ? o->prune[t] : o->prune_all;
+}
+
+/* Top-k (a token's own k) and online dynamic pruning of every token, into
+ * S->routes. The hidden state used for prefill protection is the residual
+ * stream S->x entering the MoE block: its norm varies from token to token,
+ * the normalised S->xn's hardly does. */
+static void route_tokens(const struct fwd *s, int32_t l, int32_t n)
+{
+    const struct moe_config *c = &s->model->cfg;
+    const struct moe_forward_opts *o = s->opts;
+    struct moe_scratch *S = s->scratch;
+    struct moe_router_layer_stats *st = o && o->stats ? &o->stats->layer[l] : NULL;
+
+    bool any = false;
+    for (int32_t t = 0; t < n && !any; t++) {
+        const struct moe_prune *p = tok_prune(o, t);
+        any = p && p->beta[l] > 0.0f && p->protect_fraction > 0.0f;
+    }
+    if (any) { /* runs of one sequence's consecutive tokens: prompt chunks */
+        for (int32_t a = 0, b; a < n; a = b) {
+            for (b = a + 1; b < n && s->kvs[b] == s->kvs[a] && s->pos[b] == s->pos[b - 1] + 1;)
+                b++;
+            const struct moe_prune *p = tok_prune(o, a);
+            float frac = p && b - a > 1 ? p->protect_fraction : 0.0f; /* prefill only */
+            moe_router_protect(S->x + (size_t)a * c->hidden, c->hidden, s->pos + a, b - a, frac,
+                               S->importance + a, S->protect + a);
+        }
+    }
+    for (int32_t t = 0; t < n; t++) {
+        const struct moe_prune *p = tok_prune(o, t);
+        float beta = p && !(any && S->protect[t]) ? p->beta[l] : 0.0f;
+        int32_t k = !o ? 0 : o->top_k ? o->top_k[t] : o->top_k_all;
+        if (k <= 0 || k > c->top_k)
+            k = c->top_k;
+        moe_router_topk_prune(S->router + (size_t)t * c->n_experts, c->n_experts, k,
+                              c->norm_topk_prob, beta, &S->routes[t], st);
+    }
+}
+
 static int ffn_block(const struct fwd *s, int32_t l, int32_t n)
 {
     const struct moe_config *c = &s->model->cfg;
@@ -278,9 +327,7 @@ static int ffn_block(const struct fwd *s, int32_t l, int32_t n)
     }
 
     moe_matmul(s->pool, &L->router, S->xn, n, S->router); /* [n][E] */
-    for (int32_t t = 0; t < n; t++)
-        moe_router_topk(S->router + (size_t)t * c->n_experts, c->n_experts, c->top_k,
-                        c->norm_topk_prob, &S->routes[t]);
+    route_tokens(s, l, n);
     if (s->obs)
         s->obs(s->obs_ctx, l, S->xn, n, S->routes);
     int rc = moe_experts_run(s->pool, L->experts, c->n_experts, S->xn, n, c->hidden, S->routes,
@@ -304,6 +351,16 @@ int moe_model_forward(const struct moe_model *m, struct moe_pool *pool, struct m
                       const int32_t *pos, const int32_t *logit_idx, int32_t n_logits,
                       float *logits)
 {
+    return moe_model_forward_opts(m, pool, S, n, tokens, kvs, pos, logit_idx, n_logits, logits,
+                                  NULL);
+}
+
+int moe_model_forward_opts(const struct moe_model *m, struct moe_pool *pool,
+                           struct moe_scratch *S, int32_t n, const int32_t *tokens,
+                           struct moe_kv *const *kvs, const int32_t *pos,
+                           const int32_t *logit_idx, int32_t n_logits, float *logits,
+                           const struct moe_forward_opts *opts)
+{
     const struct moe_config *c = &m->cfg;
     if (n <= 0)
         return moe_err(-EINVAL, "no tokens to process");
@@ -322,7 +379,7 @@ int moe_model_forward(const struct moe_model *m, struct moe_pool *pool, struct m
         rc = scores_reserve(S, moe_pool_threads(pool), max_pos);
     if (rc < 0)
         return rc;
-    struct fwd f = {m, pool, S, kvs, pos, NULL, NULL};
+    struct fwd f = {m, pool, S, kvs, pos, NULL, NULL, opts};
     int64_t H = c->hidden;
 
     moe_model_embed(m, tokens, n, S->x);
@@ -374,7 +431,7 @@ int moe_model_forward_layer(const struct moe_model *m, struct moe_pool *pool,
     if (rc == 0)
         rc = scores_reserve(S, moe_pool_threads(pool), max_pos);
     if (rc == 0) {
-        struct fwd f = {m, pool, S, kvs, pos, obs, obs_ctx};
+        struct fwd f = {m, pool, S, kvs, pos, obs, obs_ctx, NULL};
         size_t bytes = (size_t)n * (size_t)c->hidden * sizeof(float);
         memcpy(S->x, x, bytes);
         rope_tables(S, c, pos, n);
@@ -452,8 +509,10 @@ int moe_session_forward(struct moe_session *s, const int32_t *tokens, int32_t n,
         s->pos[t] = s->n_past + t;
     int32_t n_logits = !logits ? 0 : all_logits ? n : 1;
     const int32_t *idx = all_logits ? s->logit_idx : s->logit_idx + n - 1;
-    int rc = moe_model_forward(s->model, s->pool, s->scratch, n, tokens, s->kvs, s->pos, idx,
-                               n_logits, logits);
+    struct moe_forward_opts o = {.prune_all = s->prune, .top_k_all = s->top_k,
+                                 .stats = s->stats};
+    int rc = moe_model_forward_opts(s->model, s->pool, s->scratch, n, tokens, s->kvs, s->pos,
+                                    idx, n_logits, logits, &o);
     if (rc == 0)
         s->n_past += n;
     return rc;

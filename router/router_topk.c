@@ -5,6 +5,13 @@
 void moe_router_topk(const float *logits, int32_t n_experts, int32_t k, bool renorm,
                      struct moe_route *out)
 {
+    moe_router_topk_prune(logits, n_experts, k, renorm, 0.0f, out, NULL);
+}
+
+int32_t moe_router_topk_prune(const float *logits, int32_t n_experts, int32_t k, bool renorm,
+                              float beta, struct moe_route *out,
+                              struct moe_router_layer_stats *st)
+{
     if (k > MOE_ROUTER_MAX_K)
         k = MOE_ROUTER_MAX_K;
     if (k > n_experts)
@@ -34,13 +41,43 @@ void moe_router_topk(const float *logits, int32_t n_experts, int32_t k, bool ren
         if (out->n < k)
             out->n++;
     }
-    double kept = 0.0;
+    double p[MOE_ROUTER_MAX_K];
+    double topk = 0.0;
     for (int32_t j = 0; j < out->n; j++) {
-        double p = exp((double)logits[out->expert[j]] - mx) / sum;
-        out->weight[j] = (float)p;
-        kept += p;
+        p[j] = exp((double)logits[out->expert[j]] - mx) / sum;
+        topk += p[j];
     }
-    if (renorm && kept > 0.0)
-        for (int32_t j = 0; j < out->n; j++)
+    /* ODP: compare the probabilities before any renormalisation; the list
+     * is sorted, so the first one below the threshold ends it */
+    int32_t dropped = 0;
+    double pruned = 0.0;
+    if (beta > 0.0f) {
+        double thr = (double)beta * p[0];
+        int32_t keep = 1;
+        while (keep < out->n && !(p[keep] < thr))
+            keep++;
+        for (int32_t j = keep; j < out->n; j++)
+            pruned += p[j];
+        dropped = out->n - keep;
+        out->n = keep;
+    }
+    double kept = topk - pruned;
+    /* renorm: the kept weights sum to 1 (the float-rounded probability over
+     * the kept mass, as before ODP existed); otherwise, only when something
+     * was dropped, they are scaled back up to the top-k mass */
+    for (int32_t j = 0; j < out->n; j++) {
+        out->weight[j] = (float)p[j];
+        if (renorm && kept > 0.0)
             out->weight[j] = (float)((double)out->weight[j] / kept);
+        else if (!renorm && dropped && kept > 0.0)
+            out->weight[j] = (float)((double)out->weight[j] * (topk / kept));
+    }
+    if (st) {
+        st->tokens++;
+        st->kept += (uint64_t)out->n;
+        st->pruned += (uint64_t)dropped;
+        st->mass_topk += topk;
+        st->mass_pruned += pruned;
+    }
+    return dropped;
 }

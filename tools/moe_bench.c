@@ -2,6 +2,7 @@
  *
  *   moe-bench ppl    --model PATH --text FILE [--window W] [--start-char C] [--max-windows K]
  *   moe-bench decode --model PATH [--tokens N] [--prompt-tokens P]
+ *     (both also [--odp-beta B [--odp-layers LIST] [--odp-protect F]] [--top-k K])
  *   moe-bench logits --model PATH --ids "1 2 3" --out FILE     (raw fp32 [n][vocab])
  *   moe-bench gemv   --model PATH [--seconds S]
  *   moe-bench stats  --model PACK
@@ -29,6 +30,7 @@
 static const char usage[] =
     "usage: moe-bench ppl    --model PATH --text FILE [--window W] [--start-char C] [--max-windows K]\n"
     "       moe-bench decode --model PATH [--tokens N] [--prompt-tokens P]\n"
+    "         ppl and decode: [--odp-beta B [--odp-layers LIST] [--odp-protect F]] [--top-k K]\n"
     "       moe-bench logits --model PATH --ids \"ID ...\" --out FILE\n"
     "       moe-bench gemv   --model PATH [--seconds S]\n"
     "       moe-bench stats  --model PACK\n"
@@ -58,6 +60,12 @@ static const char usage[] =
     "        of one sequence at 4096 tokens, decode attention time (all layers, one\n"
     "        query) at 1k/8k/32k tokens of the model's geometry, timed in one run,\n"
     "        and with --text the perplexity as ppl computes it.\n"
+    "odp:    --odp-beta B prunes expert j of a token when p_j < B x p_1 (before\n"
+    "        renormalisation) on the layers of --odp-layers (\"2-5,7\"; default the\n"
+    "        model's middle layers), protecting the top F (default 0.02) of each\n"
+    "        prompt's tokens; --top-k K runs K experts per token (default the\n"
+    "        model's). ppl and decode then report the expert activations kept and\n"
+    "        removed, and the routing weight removed (\"routing\" object).\n"
     "\n"
     "  --threads N   worker threads (default: all cores)\n";
 
@@ -70,6 +78,9 @@ struct bench_opts {
     int32_t window, max_windows, tokens, prompt_tokens, threads, rounds, long_ctx;
     int64_t start_char;
     double seconds;
+    double odp_beta, odp_protect; /* -1: not given */
+    const char *odp_layers;
+    int32_t top_k;                /* 0 = the model's */
 };
 
 static int parse_args(int argc, char **argv, struct bench_opts *o)
@@ -81,7 +92,9 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
         {"prompt-tokens", required_argument, 0, 'p'}, {"threads", required_argument, 0, 't'},
         {"ids", required_argument, 0, 'i'},         {"out", required_argument, 0, 'o'},
         {"rounds", required_argument, 0, 'r'},      {"seconds", required_argument, 0, 's'},
-        {"long", required_argument, 0, 'L'},
+        {"long", required_argument, 0, 'G'},
+        {"odp-beta", required_argument, 0, 'B'},    {"odp-layers", required_argument, 0, 'L'},
+        {"odp-protect", required_argument, 0, 'P'}, {"top-k", required_argument, 0, 'K'},
         {"help", no_argument, 0, 'h'},              {0, 0, 0, 0}};
     memset(o, 0, sizeof(*o));
     o->window = 256;
@@ -89,6 +102,7 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
     o->prompt_tokens = 64;
     o->rounds = 3;
     o->seconds = 1.0;
+    o->odp_beta = o->odp_protect = -1.0;
     int c;
     int64_t v;
     double d;
@@ -104,7 +118,7 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
             o->models[o->n_models++] = optarg;
             o->model = o->models[0];
             break;
-        case 'L': if (moe_cli_integer("moe-bench", name, optarg, 2, 1 << 20, &v)) return -1; o->long_ctx = (int32_t)v; break;
+        case 'G': if (moe_cli_integer("moe-bench", name, optarg, 2, 1 << 20, &v)) return -1; o->long_ctx = (int32_t)v; break;
         case 'r': if (moe_cli_integer("moe-bench", name, optarg, 1, 100, &v)) return -1; o->rounds = (int32_t)v; break;
         case 's': if (moe_cli_number("moe-bench", name, optarg, 0.01, 600, &d)) return -1; o->seconds = d; break;
         case 'x': o->text = optarg; break;
@@ -116,6 +130,10 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
         case 'n': if (moe_cli_integer("moe-bench", name, optarg, 1, 1 << 20, &v)) return -1; o->tokens = (int32_t)v; break;
         case 'p': if (moe_cli_integer("moe-bench", name, optarg, 1, 1 << 20, &v)) return -1; o->prompt_tokens = (int32_t)v; break;
         case 't': if (moe_cli_integer("moe-bench", name, optarg, 0, 1024, &v)) return -1; o->threads = (int32_t)v; break;
+        case 'B': if (moe_cli_number("moe-bench", name, optarg, 0, 1, &d)) return -1; o->odp_beta = d; break;
+        case 'P': if (moe_cli_number("moe-bench", name, optarg, 0, 1, &d)) return -1; o->odp_protect = d; break;
+        case 'L': o->odp_layers = optarg; break;
+        case 'K': if (moe_cli_integer("moe-bench", name, optarg, 1, 16, &v)) return -1; o->top_k = (int32_t)v; break;
         case 'h': fputs(usage, stdout); exit(0);
         case ':': fprintf(stderr, "moe-bench: option '%s' needs a value\n", argv[optind - 1]); return -1;
         default: fprintf(stderr, "moe-bench: unknown option '%s'\n%s", argv[optind - 1], usage); return -1;
@@ -165,6 +183,106 @@ static size_t utf8_offset(const char *s, size_t len, int64_t c)
     return i;
 }
 
+/* ---- routing options of ppl and decode: online dynamic pruning, top-k ------------------ */
+
+struct bench_routing {
+    struct moe_prune prune;
+    bool prune_on;
+    struct moe_router_stats *stats;
+};
+
+/* The pruning and top-k of --odp-beta / --odp-layers / --odp-protect / --top-k. */
+static int routing_setup(const struct bench_opts *o, const struct moe_model *m,
+                         struct bench_routing *r)
+{
+    const struct moe_config *c = &m->cfg;
+    memset(r, 0, sizeof(*r));
+    if (!(r->stats = calloc(1, sizeof(*r->stats))))
+        return moe_err(-ENOMEM, "out of memory");
+    if (o->top_k > c->top_k)
+        return moe_err(-EINVAL, "--top-k %d is above the model's top_k (%d)", o->top_k, c->top_k);
+    if (o->odp_beta < 0) {
+        if (o->odp_layers || o->odp_protect >= 0)
+            return moe_err(-EINVAL, "--odp-layers and --odp-protect need --odp-beta");
+        return 0;
+    }
+    bool sel[MOE_MAX_LAYERS];
+    char why[160];
+    if (!o->odp_layers)
+        moe_router_prune_auto_layers(c->n_layers, sel);
+    else if (moe_router_parse_layers(o->odp_layers, c->n_layers, sel, why, sizeof(why)) < 0)
+        return moe_err(-EINVAL, "--odp-layers: %s", why);
+    for (int32_t l = 0; l < c->n_layers; l++)
+        r->prune.beta[l] = sel[l] && !c->layer_dense[l] ? (float)o->odp_beta : 0.0f;
+    r->prune.protect_fraction = o->odp_protect >= 0 ? (float)o->odp_protect
+                                                    : MOE_PRUNE_PROTECT_DEFAULT;
+    r->prune_on = o->odp_beta > 0;
+    return 0;
+}
+
+static void routing_attach(const struct bench_opts *o, struct bench_routing *r,
+                           struct moe_session *s)
+{
+    s->prune = r->prune_on ? &r->prune : NULL;
+    s->top_k = o->top_k;
+    s->stats = r->stats;
+}
+
+/* "routing": the settings, then activations against the model's full top-k
+ * (expert_activations_full), kept ones, the fraction removed (by ODP and by
+ * --top-k together: experts are all the same size, so this is also the
+ * fraction of activated expert weights removed), ODP's share, the routing
+ * probability mass removed, and per layer the fraction ODP pruned. */
+static void routing_report(const struct bench_opts *o, const struct bench_routing *r,
+                           const struct moe_model *m, json_t *j)
+{
+    const struct moe_config *c = &m->cfg;
+    json_t *rt = json_object(), *layers = json_array(), *pl = json_array();
+    uint64_t full = 0, kept = 0, pruned = 0;
+    double mass = 0.0, mass_pruned = 0.0;
+    char list[1024] = "";
+    size_t len = 0;
+    for (int32_t l = 0; l < c->n_layers; l++) {
+        const struct moe_router_layer_stats *st = &r->stats->layer[l];
+        if (c->layer_dense[l])
+            continue;
+        full += st->tokens * (uint64_t)c->top_k;
+        kept += st->kept;
+        pruned += st->pruned;
+        mass += st->mass_topk;
+        mass_pruned += st->mass_pruned;
+        if (r->prune_on && r->prune.beta[l] > 0) {
+            json_array_append_new(layers, json_integer(l));
+            if (len < sizeof(list) - 8)
+                len += (size_t)snprintf(list + len, sizeof(list) - len, "%s%d", len ? "," : "", l);
+        }
+        json_array_append_new(pl, json_real(st->kept + st->pruned
+                                                ? (double)st->pruned / (double)(st->kept + st->pruned)
+                                                : 0.0));
+    }
+    json_object_set_new(rt, "odp_beta", json_real(r->prune_on ? o->odp_beta : 0.0));
+    json_object_set_new(rt, "odp_layers", layers);
+    json_object_set_new(rt, "odp_protect_fraction", json_real(r->prune.protect_fraction));
+    json_object_set_new(rt, "top_k", json_integer(o->top_k ? o->top_k : c->top_k));
+    json_object_set_new(rt, "expert_activations_full", json_integer((json_int_t)full));
+    json_object_set_new(rt, "expert_activations_kept", json_integer((json_int_t)kept));
+    json_object_set_new(rt, "expert_activations_pruned", json_integer((json_int_t)pruned));
+    json_object_set_new(rt, "activations_removed_fraction",
+                        json_real(full ? 1.0 - (double)kept / (double)full : 0.0));
+    json_object_set_new(rt, "odp_pruned_fraction",
+                        json_real(kept + pruned ? (double)pruned / (double)(kept + pruned) : 0.0));
+    json_object_set_new(rt, "routing_mass_removed_fraction",
+                        json_real(mass > 0 ? mass_pruned / mass : 0.0));
+    json_object_set_new(rt, "odp_pruned_fraction_per_layer", pl);
+    json_object_set_new(j, "routing", rt);
+}
+
+static void routing_free(struct bench_routing *r)
+{
+    free(r->stats);
+    r->stats = NULL;
+}
+
 static int cmd_ppl(const struct bench_opts *o, struct moe_model *m, struct moe_pool *pool)
 {
     if (!o->text) {
@@ -194,13 +312,18 @@ static int cmd_ppl(const struct bench_opts *o, struct moe_model *m, struct moe_p
     double t_tok = moe_now_s() - t0;
     int32_t W = o->window, V = m->cfg.vocab;
     struct moe_session *s = NULL;
+    struct bench_routing rt = {0};
     float *logits = malloc((size_t)W * (size_t)V * sizeof(float));
-    if (!logits || (rc = moe_session_create(m, pool, W, &s)) < 0) {
+    if (!logits || (rc = moe_session_create(m, pool, W, &s)) < 0 ||
+        (rc = routing_setup(o, m, &rt)) < 0) {
         fprintf(stderr, "moe-bench: %s\n", logits ? moe_err_msg() : "out of memory");
+        moe_session_free(s);
+        routing_free(&rt);
         free(ids);
         free(logits);
-        return 1;
+        return rc == -EINVAL ? EXIT_USAGE : 1;
     }
+    routing_attach(o, &rt, s);
     double nll = 0.0;
     int64_t scored = 0;
     int32_t windows = 0;
@@ -223,8 +346,10 @@ static int cmd_ppl(const struct bench_opts *o, struct moe_model *m, struct moe_p
     moe_session_free(s);
     free(logits);
     free(ids);
-    if (rc < 0)
+    if (rc < 0) {
+        routing_free(&rt);
         return 1;
+    }
     json_t *j = json_object();
     json_object_set_new(j, "ppl", json_real(exp(nll / (double)scored)));
     json_object_set_new(j, "nll", json_real(nll / (double)scored));
@@ -235,6 +360,8 @@ static int cmd_ppl(const struct bench_opts *o, struct moe_model *m, struct moe_p
     json_object_set_new(j, "tokenize_seconds", json_real(t_tok));
     json_object_set_new(j, "seconds", json_real(secs));
     json_object_set_new(j, "tok_s", json_real((double)scored / secs));
+    routing_report(o, &rt, m, j);
+    routing_free(&rt);
     print_json(j);
     return 0;
 }
@@ -266,12 +393,16 @@ static int cmd_decode(const struct bench_opts *o, struct moe_model *m, struct mo
 {
     int32_t P = o->prompt_tokens, N = o->tokens, V = m->cfg.vocab;
     struct moe_session *s = NULL;
+    struct bench_routing rt = {0};
     int32_t *prompt = malloc((size_t)P * sizeof(int32_t));
     float *logits = malloc((size_t)V * sizeof(float));
     int rc = !prompt || !logits ? moe_err(-ENOMEM, "out of memory")
                                 : moe_session_create(m, pool, P + N + 1, &s);
+    if (rc == 0)
+        rc = routing_setup(o, m, &rt);
     if (rc < 0)
         goto fail;
+    routing_attach(o, &rt, s);
     for (int32_t i = 0; i < P; i++) /* fixed, varied ids: routing spreads over experts */
         prompt[i] = (int32_t)(((int64_t)i * 7919 + 13) % V);
 
@@ -288,6 +419,7 @@ static int cmd_decode(const struct bench_opts *o, struct moe_model *m, struct mo
     if ((rc = moe_session_forward(s, prompt, P, logits, false)) < 0)
         goto fail;
     double t_prefill = moe_now_s() - t0;
+    memset(rt.stats, 0, sizeof(*rt.stats)); /* the routing report: decode tokens only */
 
     /* This machine's bandwidth moves from minute to minute, so decode runs in
      * blocks, each right after a bandwidth pass: the roofline fraction is the
@@ -332,11 +464,13 @@ static int cmd_decode(const struct bench_opts *o, struct moe_model *m, struct mo
     json_object_set_new(j, "achieved_gbs", json_real(bytes_total / t_decode / 1e9));
     json_object_set_new(j, "roofline_fraction", json_real(median(frac, n_blocks)));
     json_object_set_new(j, "roofline_blocks", json_integer(n_blocks));
+    routing_report(o, &rt, m, j);
     print_json(j);
     rc = 0;
 fail:
     if (rc < 0)
         fprintf(stderr, "moe-bench: %s\n", moe_err_msg());
+    routing_free(&rt);
     moe_session_free(s);
     free(prompt);
     free(logits);

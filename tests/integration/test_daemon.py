@@ -4,6 +4,7 @@ tiny model: readiness through a test NOTIFY_SOCKET, completions and chat
 drain, socket activation."""
 import http.client
 import json
+import re
 import os
 import signal
 import socket
@@ -333,6 +334,44 @@ class Serving(unittest.TestCase):
                 self.assertIn(field, err["message"] + str(err.get("param")))
         t.join(120)
         self.assertEqual(out.get("text"), pr["greedy_text"])
+
+    def metric_sum(self, name):
+        status, _, data = self.moed.request("GET", "/metrics")
+        self.assertEqual(status, 200)
+        total, layers = 0.0, set()
+        for line in data.decode().splitlines():
+            m = re.match(r'^%s\{layer="(\d+)"\} (\S+)$' % name, line)
+            if m:
+                layers.add(int(m.group(1)))
+                total += float(m.group(2))
+        return total, layers
+
+    def test_moe_prune_and_top_k_per_request(self):
+        pruned0, layers = self.metric_sum("moed_expert_activations_pruned_total")
+        self.assertEqual(layers, {0, 1, 2, 3})
+        act0, _ = self.metric_sum("moed_expert_activations_total")
+        body = {"prompt": REF["prompts"][0]["text"], "max_tokens": 8, "temperature": 0,
+                "moe_prune": 0.9}
+        status, res = self.moed.json("POST", "/v1/completions", body)
+        self.assertEqual(status, 200, res)
+        self.assertEqual(res["usage"]["completion_tokens"], 8)
+        pruned1, _ = self.metric_sum("moed_expert_activations_pruned_total")
+        act1, _ = self.metric_sum("moed_expert_activations_total")
+        self.assertGreater(pruned1, pruned0)
+        self.assertGreater(act1, act0)
+        # one expert per token: no pruning counted, half the activations
+        status, res = self.moed.json("POST", "/v1/chat/completions",
+                                     {"messages": [{"role": "user", "content": "hi"}],
+                                      "max_tokens": 4, "moe_top_k": 1, "moe_prune": 0})
+        self.assertEqual(status, 200, res)
+        self.assertEqual(self.metric_sum("moed_expert_activations_pruned_total")[0], pruned1)
+        for bad, field in (({"moe_prune": 1.5}, "moe_prune"), ({"moe_prune": "high"}, "moe_prune"),
+                           ({"moe_top_k": 0}, "moe_top_k"), ({"moe_top_k": 3}, "moe_top_k")):
+            status, _, data = self.moed.request("POST", "/v1/completions",
+                                                dict({"prompt": "x", "max_tokens": 1}, **bad))
+            self.assertEqual(status, 400, (bad, data))
+            err = json.loads(data)["error"]
+            self.assertIn(field, err["message"] + str(err.get("param")))
 
     def test_any_host_header_is_accepted(self):
         for host in ("localhost", "moed", "weird:host", "[::1]:9"):

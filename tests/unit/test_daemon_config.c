@@ -15,6 +15,8 @@
 #include "daemon/daemon.h"
 #include "engine/engine_server.h"
 #include "ipc/ipc.h"
+#include "model/model.h"
+#include "router/router.h"
 
 /* ---- helpers ---------------------------------------------------------------- */
 
@@ -187,6 +189,11 @@ static const struct key_case key_cases[] = {
     {"kv", "value_bits", "2", "2"},
     {"kv", "group", "32", "32"},
     {"kv", "residual", "128", "128"},
+    {"router", "odp", "on", "on"},
+    {"router", "beta", "0.45", "0.45"},
+    {"router", "layers", "2-5, 7", "2-5, 7"},
+    {"router", "beta_layers", "2:0.4,3-4:0.5", "2:0.4,3-4:0.5"},
+    {"router", "protect_fraction", "0.05", "0.05"},
     {"limits", "max_body_bytes", "2048k", "2M"},
     {"limits", "max_prompt_bytes", "1000", "1000"},
     {"limits", "max_tokens", "8192", "8192"},
@@ -523,6 +530,46 @@ static void test_cross_checks(void **state)
               "running sequence needs a token in each step");
     parse_ok("[sampling]\nmax_tokens = 300\n[limits]\nmax_tokens = 300\n", &c);
     moe_daemon_config_free(&c);
+    parse_err("[router]\nlayers = 2-x\n",
+              "t.ini:2: [router] layers: 'x' does not end a layer range");
+    parse_err("[router]\n\nbeta_layers = 3:1.2\n",
+              "t.ini:3: [router] beta_layers: layers 3-3: beta '1.2' is not a number in [0, 1]");
+    parse_err("[router]\nodp = maybe\n",
+              "t.ini:2: [router] odp: 'maybe' is not one of auto, on, off");
+}
+
+/* [router] against tiny-moe (4 layers, no calibrated betas) */
+static void test_router_prune(void **state)
+{
+    (void)state;
+    struct moe_model *m;
+    struct moe_daemon_config c;
+    struct moe_prune p;
+    bool on = true;
+    char why[256];
+    assert_int_equal(moe_model_open(moe_test_path("models/tiny-moe"), &m), 0);
+    parse_ok("", &c); /* auto without a pack: off; default beta on the middle layer */
+    assert_int_equal(moe_daemon_prune(&c, m, &p, &on, why, sizeof(why)), 0);
+    assert_false(on);
+    assert_true(p.beta[2] == (float)MOE_DAEMON_ODP_BETA_DEFAULT);
+    assert_true(p.beta[0] == 0 && p.beta[1] == 0 && p.beta[3] == 0);
+    assert_true(p.protect_fraction == 0.02f);
+    moe_daemon_config_free(&c);
+    parse_ok("[router]\nodp = on\nbeta = 0.3\nlayers = 1-3\nprotect_fraction = 0\n", &c);
+    assert_int_equal(moe_daemon_prune(&c, m, &p, &on, why, sizeof(why)), 0);
+    assert_true(on);
+    assert_true(p.beta[0] == 0 && p.beta[1] == 0.3f && p.beta[3] == 0.3f);
+    assert_true(p.protect_fraction == 0);
+    moe_daemon_config_free(&c);
+    parse_ok("[router]\nodp = on\nbeta = 0.3\nbeta_layers = 0:0.6,3:0.2\n", &c);
+    assert_int_equal(moe_daemon_prune(&c, m, &p, &on, why, sizeof(why)), 0);
+    assert_true(p.beta[0] == 0.6f && p.beta[2] == 0 && p.beta[3] == 0.2f);
+    moe_daemon_config_free(&c);
+    parse_ok("[router]\nlayers = 2-4\n", &c); /* fine for the syntax, not for this model */
+    assert_int_equal(moe_daemon_prune(&c, m, &p, &on, why, sizeof(why)), -EINVAL);
+    assert_string_equal(why, "[router] layers: layer 4 is past the model's last layer (3)");
+    moe_daemon_config_free(&c);
+    moe_model_free(m);
 }
 
 static void test_load_file(void **state)
@@ -1020,6 +1067,7 @@ int main(void)
         cmocka_unit_test(test_nul_byte),
         cmocka_unit_test(test_inih_pitfalls),
         cmocka_unit_test(test_cross_checks),
+        cmocka_unit_test(test_router_prune),
         cmocka_unit_test(test_load_file),
         cmocka_unit_test(test_copy_equal),
         cmocka_unit_test(test_dump_round_trip),

@@ -94,6 +94,8 @@ static void test_defaults(void **state)
     assert_false(p.include_usage);
     assert_false(r->stream);
     assert_false(r->ignore_eos);
+    assert_false(r->moe_prune_set);
+    assert_int_equal(r->moe_top_k, 0);
     assert_int_equal(r->n_stop, 0);
     assert_null(r->messages);
     assert_true(r->timeout_s == 30.0);
@@ -110,8 +112,12 @@ static void test_all_fields(void **state)
         " \"presence_penalty\": -1.5, \"frequency_penalty\": 2, \"repetition_penalty\": 1.3,"
         " \"n\": 1, \"stream\": true, \"stream_options\": {\"include_usage\": true},"
         " \"user\": {\"whatever\": 1}, \"logprobs\": null, \"echo\": false, \"best_of\": 1,"
-        " \"suffix\": null, \"logit_bias\": {}, \"ignore_eos\": true, \"unknown_field\": [1]}",
+        " \"suffix\": null, \"logit_bias\": {}, \"ignore_eos\": true, \"unknown_field\": [1],"
+        " \"moe_prune\": 0.4, \"moe_top_k\": 1}",
         false, &p);
+    assert_true(r->moe_prune_set);
+    assert_true(r->moe_prune == 0.4f);
+    assert_int_equal(r->moe_top_k, 1);
     assert_int_equal(r->max_tokens, 16);
     assert_true(r->sampling.temperature == 0.0f);
     assert_true(r->sampling.top_p == 0.5f);
@@ -312,6 +318,12 @@ static void test_field_errors(void **state)
         {"{\"prompt\": \"x\", \"stream\": \"yes\"}", "invalid_type", "stream", "a boolean"},
         {"{\"prompt\": \"x\", \"stream\": 1}", "invalid_type", "stream", NULL},
         {"{\"prompt\": \"x\", \"ignore_eos\": 1}", "invalid_type", "ignore_eos", NULL},
+        {"{\"prompt\": \"x\", \"moe_prune\": 1.5}", "invalid_value", "moe_prune", "[0, 1]"},
+        {"{\"prompt\": \"x\", \"moe_prune\": -0.1}", "invalid_value", "moe_prune", NULL},
+        {"{\"prompt\": \"x\", \"moe_prune\": \"0.4\"}", "invalid_type", "moe_prune", NULL},
+        {"{\"prompt\": \"x\", \"moe_top_k\": 0}", "invalid_value", "moe_top_k", "[1, 16]"},
+        {"{\"prompt\": \"x\", \"moe_top_k\": 17}", "invalid_value", "moe_top_k", NULL},
+        {"{\"prompt\": \"x\", \"moe_top_k\": 1.5}", "invalid_type", "moe_top_k", NULL},
         {"{\"prompt\": \"x\", \"stream_options\": true}", "invalid_type", "stream_options", NULL},
         {"{\"prompt\": \"x\", \"stream_options\": {\"include_usage\": 1}}", "invalid_type",
          "stream_options.include_usage", NULL},

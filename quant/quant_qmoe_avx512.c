@@ -262,6 +262,65 @@ static void gemm_batched(const struct moe_weight *w, const struct moe_qmoe_layou
     }
 }
 
+/* n = 1, rows of at most SEG columns: the chunk's codewords are one stream
+ * (a codeword never crosses a row end, so row r's digits are the stream's
+ * ce digits after row r-1's, ce = cols rounded up to even). Decoding four
+ * codewords per end-of-row check (the check and the index bookkeeping were
+ * half the decode loop's instructions) overshoots the row by up to three
+ * codewords, at most 3 * 28 digits plus a 32-byte store tail: those bytes
+ * are the next row's first digits and move to the buffer's start after the
+ * row is applied. The four-at-a-time loop stops 3 codewords short of the
+ * matrix's last, so it never reads a codeword past n_codes.
+ * Measured (Zen 5, one core, 2816x2048): 16.0 -> 17.5 G weights/s at
+ * P(0) = 0.85, 22.7 -> 24.3 at 0.99. */
+#define DEC_ONE(DIGITS)                                                       \
+    do {                                                                      \
+        const uint64_t *e_ = d + code[j++];                                   \
+        _mm256_storeu_si256((__m256i *)(buf + p), DIGITS);                    \
+        p += *(const uint8_t *)e_;                                            \
+    } while (0)
+#define GEMV_STREAM(DIGITS)                                                   \
+    const uint64_t *d = s->d;                                                 \
+    const uint16_t *code = L->code;                                           \
+    int64_t cols = w->cols, ce = (cols + 1) & ~(int64_t)1, p = 0;             \
+    uint32_t jn = L->n_codes > 3 ? L->n_codes - 3 : 0;                        \
+    uint8_t mem[PRE + SEG + POST + 128] __attribute__((aligned(64)));         \
+    uint8_t *buf = mem + PRE;                                                 \
+    for (int64_t r = r0; r < r1; r++) {                                       \
+        while (p < ce && j < jn) {                                            \
+            DEC_ONE(DIGITS);                                                  \
+            DEC_ONE(DIGITS);                                                  \
+            DEC_ONE(DIGITS);                                                  \
+            DEC_ONE(DIGITS);                                                  \
+        }                                                                     \
+        while (p < ce)                                                        \
+            DEC_ONE(DIGITS);                                                  \
+        y[r] = _mm512_reduce_add_ps(seg_dot(buf, x, cols, lut16(L, r)));      \
+        /* the overshoot, [ce, ce + 116), is the next row's start */         \
+        p -= ce;                                                              \
+        _mm512_storeu_si512(buf, _mm512_loadu_si512(buf + ce));               \
+        _mm512_storeu_si512(buf + 64, _mm512_loadu_si512(buf + ce + 64));     \
+    }
+
+__attribute__((target("avx512vbmi"))) static void
+gemv_stream_vbmi(const struct moe_weight *w, const struct moe_qmoe_layout *L, uint32_t j,
+                 int64_t r0, int64_t r1, const float *x, float *y)
+{
+    const struct moe_qmoe_side *s = w->aux;
+    const __m256i ctrl = _mm256_load_si256((const __m256i *)ms_ctrl);
+    GEMV_STREAM(_mm256_multishift_epi64_epi8(ctrl, _mm256_set1_epi64x((long long)*e_)))
+}
+
+static void gemv_stream_shuf(const struct moe_weight *w, const struct moe_qmoe_layout *L,
+                             uint32_t j, int64_t r0, int64_t r1, const float *x, float *y)
+{
+    const struct moe_qmoe_side *s = w->aux;
+    const __m256i ctrl = _mm256_load_si256((const __m256i *)sh_ctrl);
+    const __m256i sel4 = _mm256_load_si256((const __m256i *)sh_sel4);
+    const __m256i sel2 = _mm256_load_si256((const __m256i *)sh_sel2);
+    GEMV_STREAM(digits_shuf(e_, ctrl, sel4, sel2))
+}
+
 void moe_quant_gemm_qmoe_avx512(const struct moe_weight *w, int64_t r0, int64_t r1,
                                 const float *x, int64_t ldx, int n, float *y, int64_t ldy)
 {
@@ -275,6 +334,13 @@ void moe_quant_gemm_qmoe_avx512(const struct moe_weight *w, int64_t r0, int64_t 
     uint32_t idx = moe_qmoe_row_seek(&L, s, cols, r0);
     if (n > 1) {
         gemm_batched(w, &L, decode, idx, r0, r1, x, ldx, n, y, ldy);
+        return;
+    }
+    if (cols <= SEG) {
+        if (decode == decode_vbmi)
+            gemv_stream_vbmi(w, &L, idx, r0, r1, x, y);
+        else
+            gemv_stream_shuf(w, &L, idx, r0, r1, x, y);
         return;
     }
     uint8_t mem[PRE + SEG + POST] __attribute__((aligned(64)));

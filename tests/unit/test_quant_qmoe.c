@@ -651,6 +651,18 @@ static void test_kernel_wide(void **state)
         check_kernel(fn, what, &m, 64, 70, 17, 2093, 70);
     }
     qm_free(&m);
+    /* rows wider than the AVX-512 kernel's 4096-column segments: decoding
+     * resumes mid-row, a codeword carried across a segment boundary */
+    qm_make(&m, 70, 9001, 0.85);
+    for (int isa = MOE_ISA_REF; isa < MOE_ISA_COUNT; isa++) {
+        moe_gemm_fn fn = moe_gemm_kernel(MOE_DTYPE_QMOE, (enum moe_isa)isa);
+        if (!cpu_has((enum moe_isa)isa) || !fn)
+            continue;
+        const char *what = moe_isa_name((enum moe_isa)isa);
+        check_kernel(fn, what, &m, 0, 70, 1, 9001, 70);
+        check_kernel(fn, what, &m, 19, 53, 3, 9004, 70);
+    }
+    qm_free(&m);
 }
 
 int main(void)

@@ -341,10 +341,8 @@ static double rtn_zero_fraction(const struct packer *P)
                 uint8_t code[2];
                 float lo, hi;
                 moe_qmoe_row_grid(W + r * cols, cols, scale, code, &lo, &hi);
-                for (int64_t k = 0; k < cols; k++) {
-                    float x = W[r * cols + k];
-                    zeros += !(x > (float)P->o->zero_bin * hi || x < (float)P->o->zero_bin * lo);
-                }
+                for (int64_t k = 0; k < cols; k++)
+                    zeros += ternary_digit(W[r * cols + k], lo, hi, (float)P->o->zero_bin) == 0;
             }
             total += rows * cols;
             free(W);

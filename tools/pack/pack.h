@@ -92,6 +92,12 @@ struct matrix_out {
 };
 
 void weight_to_f32(const struct moe_weight *w, float *out);
+/* QMoE's rounding with a zero bin of zero_bin * lo .. zero_bin * hi (0.5 is
+ * QMoE's own): 2 = hi, 1 = lo, 0 = zero */
+static inline uint8_t ternary_digit(float x, float lo, float hi, float zero_bin)
+{
+    return x > zero_bin * hi ? 2 : (x < zero_bin * lo ? 1 : 0);
+}
 /* Compresses W [rows][cols] as spec says into out (malloc'ed) and replaces W
  * by what the stored bytes decode to. H: summed Hessian of n inputs, or NULL
  * (plain rounding). */

@@ -32,7 +32,7 @@ static void ternary_quant_col(void *ctxp, int64_t c, const float *w, float *q, i
     struct ternary_ctx *t = ctxp;
     for (int64_t r = 0; r < rows; r++) {
         float hi = t->hi[r], lo = t->lo[r];
-        uint8_t d = w[r] > t->zero_bin * hi ? 2 : (w[r] < t->zero_bin * lo ? 1 : 0);
+        uint8_t d = ternary_digit(w[r], lo, hi, t->zero_bin);
         t->digits[r * t->cols + c] = d;
         q[r] = d == 2 ? hi : (d == 1 ? lo : 0.0f);
     }

@@ -33,11 +33,11 @@ static void ffn_f32(struct moe_pool *pool, float *const W[3], int64_t H, int64_t
     moe_expert_ffn(pool, &w, x, (int32_t)n, b->gate, b->up, out);
 }
 
-/* L[b-1] for one expert: its tokens xe[ne] (token numbers idx, routing
- * weights rw), the full-precision outputs yfp. */
-static int expert_losses(struct packer *P, const struct moe_expert_weights *ew, const float *xe,
-                         const int64_t *idx, const float *rw, int64_t ne, const float *yfp,
-                         struct ffn_bufs *b, float *yq, double L[3])
+/* L[b-1] for one expert: its weights in fp32 W (gate, up, down), its tokens
+ * xe[ne] (token numbers idx, routing weights rw), the full-precision outputs yfp. */
+static int expert_losses(struct packer *P, const struct moe_expert_weights *ew,
+                         float *const W[3], const float *xe, const int64_t *idx, const float *rw,
+                         int64_t ne, const float *yfp, struct ffn_bufs *b, float *yq, double L[3])
 {
     int64_t H = ew->gate.cols, F = ew->gate.rows;
     const struct moe_weight *src[3] = {&ew->gate, &ew->up, &ew->down};
@@ -53,7 +53,7 @@ static int expert_losses(struct packer *P, const struct moe_expert_weights *ew, 
         struct matrix_spec rtn = {moe_gq_dtype(bits), false, bits};
         for (int i = 0; i < 3 && rc == 0; i++) {
             struct matrix_out mo = {0};
-            weight_to_f32(src[i], Wq[i]);
+            memcpy(Wq[i], W[i], (size_t)H * F * sizeof(float));
             rc = encode_matrix(P, &rtn, Wq[i], src[i]->rows, src[i]->cols, NULL, 0, &mo);
             free(mo.data);
         }
@@ -121,7 +121,7 @@ int mcmoe_layer_widths(struct packer *P, const struct calib *cb, int32_t l, uint
         weight_to_f32(&ew->up, W[1]);
         weight_to_f32(&ew->down, W[2]);
         ffn_f32(P->pool, W, H, F, xe, ne, &b, yfp);
-        rc = expert_losses(P, ew, xe, idx, rw, ne, yfp, &b, yq, &loss[e * 3]);
+        rc = expert_losses(P, ew, W, xe, idx, rw, ne, yfp, &b, yq, &loss[e * 3]);
     }
     if (rc < 0)
         goto out;

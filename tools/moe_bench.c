@@ -380,6 +380,13 @@ static double median(double *v, int n) /* sorts v */
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+/* fixed, varied token ids for speed runs: routing spreads over the experts */
+static void bench_ids(int32_t *ids, int32_t n, int32_t vocab)
+{
+    for (int32_t i = 0; i < n; i++)
+        ids[i] = (int32_t)(((int64_t)i * 7919 + 13) % vocab);
+}
+
 static int32_t argmax(const float *v, int32_t n)
 {
     int32_t best = 0;
@@ -403,8 +410,7 @@ static int cmd_decode(const struct bench_opts *o, struct moe_model *m, struct mo
     if (rc < 0)
         goto fail;
     routing_attach(o, &rt, s);
-    for (int32_t i = 0; i < P; i++) /* fixed, varied ids: routing spreads over experts */
-        prompt[i] = (int32_t)(((int64_t)i * 7919 + 13) % V);
+    bench_ids(prompt, P, V);
 
     /* warm-up: every weight page in memory, every buffer sized */
     moe_model_prefault(m);
@@ -531,6 +537,7 @@ static int cmd_logits(const struct bench_opts *o, struct moe_model *m, struct mo
 
 struct gemv_set {
     struct moe_weight *w; /* copies, together well past the last-level cache */
+    const struct moe_weight **ptr; /* &w[i], for gemv_rate */
     int n;
     void *mem;
 };
@@ -543,13 +550,15 @@ static int gemv_set_make(const struct moe_weight *proto, size_t bytes_min, struc
     int n = (int)MOE_MIN((bytes_min + nb - 1) / nb, (size_t)512);
     set->mem = aligned_alloc(4096, stride * (size_t)n);
     set->w = calloc((size_t)n, sizeof(*set->w));
-    if (!set->mem || !set->w)
+    set->ptr = calloc((size_t)n, sizeof(*set->ptr));
+    if (!set->mem || !set->w || !set->ptr)
         return moe_err(-ENOMEM, "out of memory");
     for (int i = 0; i < n; i++) {
         uint8_t *dst = (uint8_t *)set->mem + stride * (size_t)i;
         memcpy(dst, proto->data, nb);
         set->w[i] = *proto;
         set->w[i].data = dst;
+        set->ptr[i] = &set->w[i];
     }
     set->n = n;
     return 0;
@@ -559,23 +568,29 @@ static void gemv_set_free(struct gemv_set *set)
 {
     free(set->mem);
     free(set->w);
+    free(set->ptr);
 }
 
-/* weights/s of moe_matmul(n = 1) over the set, best of passes within secs */
-static double gemv_rate(struct moe_pool *pool, const struct gemv_set *set, double secs,
-                        double *gbs)
+/* weights/s of moe_matmul(n = 1) over the matrices ws[0..n), best of passes
+ * within secs; *gbs the stored bytes read per second in that pass */
+static double gemv_rate(struct moe_pool *pool, const struct moe_weight *const *ws, int n,
+                        double secs, double *gbs)
 {
-    const struct moe_weight *w0 = &set->w[0];
-    float *x = malloc((size_t)w0->cols * sizeof(float)), *y = malloc((size_t)w0->rows * sizeof(float));
-    for (int64_t i = 0; i < w0->cols; i++)
+    int64_t max_cols = 1, max_rows = 1;
+    for (int i = 0; i < n; i++) {
+        max_cols = MOE_MAX(max_cols, ws[i]->cols);
+        max_rows = MOE_MAX(max_rows, ws[i]->rows);
+    }
+    float *x = malloc((size_t)max_cols * sizeof(float)), *y = malloc((size_t)max_rows * sizeof(float));
+    for (int64_t i = 0; x && i < max_cols; i++)
         x[i] = (float)((i * 37) % 17) / 17.0f - 0.5f;
     double best = 0.0, best_gbs = 0.0, t_end = moe_now_s() + secs;
     do {
         double t0 = moe_now_s(), weights = 0.0, bytes = 0.0;
-        for (int i = 0; i < set->n; i++) {
-            moe_matmul(pool, &set->w[i], x, 1, y);
-            weights += (double)set->w[i].rows * (double)set->w[i].cols;
-            bytes += (double)moe_weight_bytes(&set->w[i]);
+        for (int i = 0; x && y && i < n; i++) {
+            moe_matmul(pool, ws[i], x, 1, y);
+            weights += (double)ws[i]->rows * (double)ws[i]->cols;
+            bytes += (double)moe_weight_bytes(ws[i]);
         }
         double dt = moe_now_s() - t0;
         if (weights / dt > best) {
@@ -621,19 +636,13 @@ static int make_plain(int dtype, int64_t rows, int64_t cols, struct moe_weight *
 }
 
 /* Random ternary rows with P(0) = p0, in the QMoE format. */
-static int make_qmoe(int64_t rows, int64_t cols, double p0, void *side, struct moe_weight *w,
-                     void **mem)
+static int make_qmoe(const struct moe_qmoe_encoder *enc, const void *side, int64_t rows,
+                     int64_t cols, double p0, struct moe_weight *w, void **mem)
 {
-    uint64_t *table = malloc(MOE_QMOE_DICT_SIZE * sizeof(uint64_t));
     uint8_t *digits = malloc((size_t)rows * (size_t)cols), *levels = malloc((size_t)rows * 2);
     size_t cap = moe_qmoe_matrix_bound(rows, cols);
     *mem = malloc(cap);
-    struct moe_qmoe_encoder *enc = NULL;
-    int rc = !table || !digits || !levels || !*mem ? moe_err(-ENOMEM, "out of memory") : 0;
-    if (rc == 0) {
-        moe_qmoe_dict_build(MOE_QMOE_P_ZERO, table);
-        rc = moe_qmoe_encoder_create(table, &enc);
-    }
+    int rc = !digits || !levels || !*mem ? moe_err(-ENOMEM, "out of memory") : 0;
     if (rc == 0) {
         uint64_t s = 0x2545F4914F6CDD1Dull;
         uint64_t zero_cut = (uint64_t)(p0 * 1e6);
@@ -648,8 +657,6 @@ static int make_qmoe(int64_t rows, int64_t cols, double p0, void *side, struct m
         size_t nb = moe_qmoe_matrix_encode(enc, digits, levels, 0.05f, rows, cols, *mem, cap);
         rc = moe_qmoe_view(*mem, nb, rows, cols, side, w);
     }
-    moe_qmoe_encoder_free(enc);
-    free(table);
     free(digits);
     free(levels);
     return rc;
@@ -669,12 +676,15 @@ static int cmd_gemv(const struct bench_opts *o, struct moe_model *m, struct moe_
     int64_t shapes[2][2] = {{e0->gate.rows, e0->gate.cols}, {e0->down.rows, e0->down.cols}};
     size_t span = (size_t)256 << 20; /* well past the L3 of any CPU here */
     void *side = NULL;
+    struct moe_qmoe_encoder *enc = NULL; /* one dictionary for every qmoe matrix */
     uint64_t *table = malloc(MOE_QMOE_DICT_SIZE * sizeof(uint64_t));
     int rc = table ? 0 : moe_err(-ENOMEM, "out of memory");
     if (rc == 0) {
         moe_qmoe_dict_build(MOE_QMOE_P_ZERO, table);
         rc = moe_qmoe_side_create(table, MOE_QMOE_DICT_SIZE * sizeof(uint64_t), &side);
     }
+    if (rc == 0)
+        rc = moe_qmoe_encoder_create(table, &enc);
     free(table);
     json_t *res = json_array();
     for (int si = 0; si < 2 && rc == 0; si++) {
@@ -687,11 +697,11 @@ static int cmd_gemv(const struct bench_opts *o, struct moe_model *m, struct moe_
                 int dt = f == 0 ? MOE_DTYPE_BF16 : (f == 1 ? MOE_DTYPE_Q8_0 : MOE_DTYPE_GQ4);
                 rc = make_plain(dt, rows, cols, &w, &mem);
             } else {
-                rc = make_qmoe(rows, cols, 0.85, side, &w, &mem);
+                rc = make_qmoe(enc, side, rows, cols, 0.85, &w, &mem);
             }
             struct gemv_set set = {0};
             if (rc == 0 && (rc = gemv_set_make(&w, span, &set)) == 0) {
-                double gbs, rate = gemv_rate(pool, &set, o->seconds, &gbs);
+                double gbs, rate = gemv_rate(pool, set.ptr, set.n, o->seconds, &gbs);
                 json_array_append_new(res, json_pack("{s:s, s:[I,I], s:f, s:f, s:f}", "format",
                     names[f], "shape", (json_int_t)rows, (json_int_t)cols, "weights_per_s", rate,
                     "gbs", gbs, "bits_per_weight",
@@ -702,41 +712,25 @@ static int cmd_gemv(const struct bench_opts *o, struct moe_model *m, struct moe_
         }
     }
     /* the model's own experts as they are stored: all experts of all layers */
+    const struct moe_weight **ws = NULL;
+    int n_ws = 0;
+    if (rc == 0 && !(ws = calloc((size_t)c->n_layers * (size_t)c->n_experts * 3, sizeof(*ws))))
+        rc = moe_err(-ENOMEM, "out of memory");
+    for (int32_t l = 0; rc == 0 && l < c->n_layers; l++)
+        for (int32_t e = 0; !c->layer_dense[l] && e < c->n_experts; e++) {
+            ws[n_ws++] = &m->layers[l].experts[e].gate;
+            ws[n_ws++] = &m->layers[l].experts[e].up;
+            ws[n_ws++] = &m->layers[l].experts[e].down;
+        }
     if (rc == 0) {
-        double weights = 0.0, bytes = 0.0, best = 0.0, best_gbs = 0.0;
-        float *x = calloc((size_t)MOE_MAX(c->hidden, c->expert_ffn), sizeof(float));
-        float *y = calloc((size_t)MOE_MAX(c->hidden, c->expert_ffn), sizeof(float));
         moe_model_prefault(m);
-        double t_end = moe_now_s() + o->seconds;
-        do {
-            weights = bytes = 0.0;
-            double t0 = moe_now_s();
-            for (int32_t l = 0; l < c->n_layers; l++) {
-                if (c->layer_dense[l])
-                    continue;
-                for (int32_t e = 0; e < c->n_experts; e++) {
-                    const struct moe_weight *ws[3] = {&m->layers[l].experts[e].gate,
-                                                      &m->layers[l].experts[e].up,
-                                                      &m->layers[l].experts[e].down};
-                    for (int i = 0; i < 3; i++) {
-                        moe_matmul(pool, ws[i], x, 1, y);
-                        weights += (double)ws[i]->rows * (double)ws[i]->cols;
-                        bytes += (double)moe_weight_bytes(ws[i]);
-                    }
-                }
-            }
-            double dt = moe_now_s() - t0;
-            if (weights / dt > best) {
-                best = weights / dt;
-                best_gbs = bytes / dt / 1e9;
-            }
-        } while (moe_now_s() < t_end);
+        double gbs, rate = gemv_rate(pool, ws, n_ws, o->seconds, &gbs);
         json_array_append_new(res, json_pack("{s:s, s:s, s:f, s:f, s:f}", "format", "model",
-            "dtype", moe_dtype_name(e0->gate.dtype), "weights_per_s", best, "gbs", best_gbs,
-            "bits_per_weight", 8.0 * bytes / weights));
-        free(x);
-        free(y);
+            "dtype", moe_dtype_name(e0->gate.dtype), "weights_per_s", rate, "gbs", gbs,
+            "bits_per_weight", 8.0 * gbs * 1e9 / rate));
     }
+    free(ws);
+    moe_qmoe_encoder_free(enc);
     if (side)
         moe_qmoe_side_free(side);
     if (rc < 0) {
@@ -781,8 +775,8 @@ static int decode_once(struct moe_model *m, struct moe_pool *pool, int32_t P, in
     float *logits = malloc((size_t)V * sizeof(float));
     int rc = !prompt || !logits ? moe_err(-ENOMEM, "out of memory")
                                 : moe_session_create(m, pool, P + N + 1, &s);
-    for (int32_t i = 0; rc == 0 && i < P; i++)
-        prompt[i] = (int32_t)(((int64_t)i * 7919 + 13) % V);
+    if (rc == 0)
+        bench_ids(prompt, P, V);
     if (rc == 0)
         rc = moe_session_forward(s, prompt, P, logits, false);
     double t0 = moe_now_s();
@@ -1057,8 +1051,8 @@ static int kv_long_check(const struct bench_opts *o, struct moe_model *m, struct
     int32_t *ids = malloc((size_t)N * sizeof(int32_t));
     float *ref = malloc((size_t)V * sizeof(float)), *lg = malloc((size_t)V * sizeof(float));
     int rc = ids && ref && lg ? 0 : moe_err(-ENOMEM, "out of memory");
-    for (int32_t i = 0; rc == 0 && i < N; i++)
-        ids[i] = (int32_t)(((int64_t)i * 7919 + 13) % V);
+    if (rc == 0)
+        bench_ids(ids, N, V);
     for (int i = 0; i < KV_N && rc == 0; i++) {
         struct moe_session *s = NULL;
         double t0 = moe_now_s();

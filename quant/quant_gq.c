@@ -80,15 +80,51 @@ static void params_for(float xmin, float xmax, float p, int bits, float *scale, 
     *zero = f16_round(z);
 }
 
+/* 1 bit: MC-MoE's sign(x) * mean|x| (levels -m, +m), then Lloyd steps that
+ * move each level to the mean of the weights it stands for and the threshold
+ * to the midpoint. Every step lowers the squared error, so the result is never
+ * worse than the sign rule; asymmetric groups gain most. Levels a < b are
+ * stored as scale b - a and zero -a / (b - a) (q = 0 -> a, q = 1 -> b). */
+static void one_bit_params(const float *x, int n, float *scale, float *zero)
+{
+    float m = 0.0f;
+    for (int i = 0; i < n; i++)
+        m += fabsf(x[i]);
+    m /= (float)n;
+    float a = -m, b = m, t = 0.0f;
+    for (int it = 0; it < 8; it++) {
+        float sa = 0, sb = 0;
+        int na = 0, nb = 0;
+        for (int i = 0; i < n; i++) {
+            if (x[i] >= t) {
+                sb += x[i];
+                nb++;
+            } else {
+                sa += x[i];
+                na++;
+            }
+        }
+        if (na == 0 || nb == 0)
+            break;
+        a = sa / (float)na;
+        b = sb / (float)nb;
+        t = 0.5f * (a + b);
+    }
+    if (!(b > a)) { /* a constant group: the sign rule's symmetric levels */
+        a = -m;
+        b = m;
+    }
+    float s = f16_round(fminf(fmaxf(b - a, FP16_MIN_SUB), FP16_MAX));
+    if (s == 0.0f)
+        s = 1.0f;
+    *scale = s;
+    *zero = f16_round(fminf(fmaxf(-a / s, -FP16_MAX), FP16_MAX));
+}
+
 void moe_gq_group_params(const float *x, int n, int bits, float *scale, float *zero)
 {
     if (bits == 1) {
-        /* sign(x) * mean|x| as scale * (q - 0.5), q = (x >= 0) */
-        float sum = 0.0f;
-        for (int i = 0; i < n; i++)
-            sum += fabsf(x[i]);
-        *scale = f16_round(fminf(2.0f * sum / (float)n, FP16_MAX));
-        *zero = 0.5f;
+        one_bit_params(x, n, scale, zero);
         return;
     }
     float xmin = x[0], xmax = x[0];

@@ -50,18 +50,18 @@ int moe_gq_bits(int dtype);
  * zero = -p min / scale, not rounded to an integer). Both come back already
  * rounded to fp16, and the search measured the error with those values. A
  * constant group gets q = 0 and w = -scale * zero = its value (bits >= 2).
- * bits == 1 is MC-MoE's sign rule instead, no search: scale = 2 mean|x|
- * rounded to fp16 (0 for an all-zero group: w = 0), zero = 0.5, so with
- * moe_gq_quant's q = (x >= 0) every weight becomes +-scale / 2. */
+ * bits == 1 starts from MC-MoE's sign rule (levels -mean|x|, +mean|x|) and
+ * refines the two levels by Lloyd steps (each level the mean of the weights
+ * it stands for, the threshold midway), which never raises the error; the
+ * levels a < b are stored as scale = b - a, zero = -a / scale. */
 void moe_gq_group_params(const float *x, int n, int bits, float *scale, float *zero);
 /* q = clamp(round(x / scale + zero), 0, 2^bits - 1) with the fp16-rounded
- * scale and zero as they are stored. 1 bit: q = (x >= 0), the nearest code
- * for zero = 0.5 (the only zero moe_gq_group_params gives 1 bit) and
- * defined for scale 0 as well. */
+ * scale and zero as they are stored. 1 bit: the nearer of the two levels,
+ * q = (x / scale + zero >= 0.5); for scale 0 (no level apart), q = (x >= 0). */
 static inline int moe_gq_quant(float x, float scale, float zero, int bits)
 {
     if (bits == 1)
-        return x >= 0.0f;
+        return scale > 0.0f ? x / scale + zero >= 0.5f : x >= 0.0f;
     float q = x / scale + zero;
     int qi = (int)(q + (q >= 0 ? 0.5f : -0.5f));
     int qmax = (1 << bits) - 1;

@@ -66,6 +66,8 @@ static const char usage[] =
     "        prompt's tokens; --top-k K runs K experts per token (default the\n"
     "        model's). ppl and decode then report the expert activations kept and\n"
     "        removed, and the routing weight removed (\"routing\" object).\n"
+    "        --odp-beta pack: the model's own defaults as moed's [router] odp = on\n"
+    "        uses them (a pack's fitted per-layer betas, else 0.5 on the middle layers).\n"
     "\n"
     "  --threads N   worker threads (default: all cores)\n";
 
@@ -79,6 +81,7 @@ struct bench_opts {
     int64_t start_char;
     double seconds;
     double odp_beta, odp_protect; /* -1: not given */
+    bool odp_pack;                /* --odp-beta pack */
     const char *odp_layers;
     int32_t top_k;                /* 0 = the model's */
 };
@@ -130,7 +133,15 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
         case 'n': if (moe_cli_integer("moe-bench", name, optarg, 1, 1 << 20, &v)) return -1; o->tokens = (int32_t)v; break;
         case 'p': if (moe_cli_integer("moe-bench", name, optarg, 1, 1 << 20, &v)) return -1; o->prompt_tokens = (int32_t)v; break;
         case 't': if (moe_cli_integer("moe-bench", name, optarg, 0, 1024, &v)) return -1; o->threads = (int32_t)v; break;
-        case 'B': if (moe_cli_number("moe-bench", name, optarg, 0, 1, &d)) return -1; o->odp_beta = d; break;
+        case 'B':
+            if (!strcmp(optarg, "pack")) { /* the model's own defaults, as moed uses them */
+                o->odp_pack = true;
+                o->odp_beta = 0;
+                break;
+            }
+            if (moe_cli_number("moe-bench", name, optarg, 0, 1, &d)) return -1;
+            o->odp_beta = d;
+            break;
         case 'P': if (moe_cli_number("moe-bench", name, optarg, 0, 1, &d)) return -1; o->odp_protect = d; break;
         case 'L': o->odp_layers = optarg; break;
         case 'K': if (moe_cli_integer("moe-bench", name, optarg, 1, 16, &v)) return -1; o->top_k = (int32_t)v; break;
@@ -201,6 +212,16 @@ static int routing_setup(const struct bench_opts *o, const struct moe_model *m,
         return moe_err(-ENOMEM, "out of memory");
     if (o->top_k > c->top_k)
         return moe_err(-EINVAL, "--top-k %d is above the model's top_k (%d)", o->top_k, c->top_k);
+    if (o->odp_pack) {
+        bool from_pack;
+        int rc = moe_model_prune_defaults(m, 0.5f, &r->prune, &from_pack);
+        if (rc < 0)
+            return rc;
+        if (o->odp_protect >= 0)
+            r->prune.protect_fraction = (float)o->odp_protect;
+        r->prune_on = true;
+        return 0;
+    }
     if (o->odp_beta < 0) {
         if (o->odp_layers || o->odp_protect >= 0)
             return moe_err(-EINVAL, "--odp-layers and --odp-protect need --odp-beta");
@@ -260,7 +281,15 @@ static void routing_report(const struct bench_opts *o, const struct bench_routin
                                                 ? (double)st->pruned / (double)(st->kept + st->pruned)
                                                 : 0.0));
     }
-    json_object_set_new(rt, "odp_beta", json_real(r->prune_on ? o->odp_beta : 0.0));
+    if (o->odp_pack) { /* per-layer betas */
+        json_t *bl = json_array();
+        for (int32_t l = 0; l < c->n_layers; l++)
+            json_array_append_new(bl, json_real(r->prune.beta[l]));
+        json_object_set_new(rt, "odp_beta", json_string("pack"));
+        json_object_set_new(rt, "odp_beta_per_layer", bl);
+    } else {
+        json_object_set_new(rt, "odp_beta", json_real(r->prune_on ? o->odp_beta : 0.0));
+    }
     json_object_set_new(rt, "odp_layers", layers);
     json_object_set_new(rt, "odp_protect_fraction", json_real(r->prune.protect_fraction));
     json_object_set_new(rt, "top_k", json_integer(o->top_k ? o->top_k : c->top_k));

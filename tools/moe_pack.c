@@ -69,6 +69,11 @@ static const char usage[] =
     "  --zero-bin T         round to zero within T*lo .. T*hi (default 0.5, QMoE's)\n"
     "  --dict-p0 P|auto     digit statistics the dictionary is built for (QMoE: 0.885;\n"
     "                       default auto: measured on the first MoE layer)\n"
+    "  --odp-target F       with --calib (any format): fit online dynamic pruning's\n"
+    "                       per-layer betas to remove the fraction F of expert\n"
+    "                       activations at the least output disturbance (default\n"
+    "                       0.2; 0 = none); stored in the pack, used by moed's\n"
+    "                       [router] odp = auto\n"
     "  --seed S             window choice (default 1)\n"
     "  --threads N          worker threads (default: all cores)\n";
 
@@ -88,7 +93,8 @@ static int parse_args(int argc, char **argv, struct pack_opts *o)
         {"calib-tokens", required_argument, 0, 'n'}, {"calib-end-char", required_argument, 0, 'E'},
         {"seed", required_argument, 0, 's'},         {"threads", required_argument, 0, 't'},
         {"min-tokens", required_argument, 0, 'M'},   {"zero-bin", required_argument, 0, 'Z'},
-        {"damp", required_argument, 0, 'D'},         {"dict-p0", required_argument, 0, 'P'},         {"help", no_argument, 0, 'h'},
+        {"damp", required_argument, 0, 'D'},         {"dict-p0", required_argument, 0, 'P'},
+        {"odp-target", required_argument, 0, 'O'},   {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     memset(o, 0, sizeof(*o));
     o->fmt = -1;
@@ -99,6 +105,7 @@ static int parse_args(int argc, char **argv, struct pack_opts *o)
     o->zero_bin = 0.5;
     o->damp = -1; /* the format's default: qmoe 4 (see the usage text), gptq/mcmoe 0.01 */
     o->dict_p0 = 0; /* auto */
+    o->odp_target = 0.2;
     int c;
     int64_t v;
     opterr = 0;
@@ -138,6 +145,7 @@ static int parse_args(int argc, char **argv, struct pack_opts *o)
                 return -1;
             break;
         case 'D': if (moe_cli_number("moe-pack", name, optarg, 0.0001, 10, &o->damp)) return -1; break;
+        case 'O': if (moe_cli_number("moe-pack", name, optarg, 0, 0.9, &o->odp_target)) return -1; break;
         case 't': if (moe_cli_integer("moe-pack", name, optarg, 0, 1024, &v)) return -1; o->threads = (int)v; break;
         case 'h': fputs(usage, stdout); exit(0);
         case ':': fprintf(stderr, "moe-pack: option '%s' needs a value\n", argv[optind - 1]); return -1;
@@ -286,6 +294,8 @@ static int pack_layer(struct packer *P, struct calib *cb, int32_t l)
     }
     if (P->o->fmt == FMT_MCMOE && (rc = mcmoe_layer_widths(P, cb, l, widths)) < 0)
         goto out;
+    if (cb && P->o->odp_target > 0 && (rc = odp_fit_layer(P, cb, l)) < 0)
+        goto out;
     for (int32_t e = 0; e < E && rc == 0; e++) {
         const struct moe_expert_weights *ew = &m->layers[l].experts[e];
         int64_t ne = cb ? calib_expert_inputs(cb, e, xe, NULL, NULL) : 0;
@@ -412,9 +422,10 @@ static int run(const struct pack_opts *o)
         goto out;
     }
     if (o->calib && !needs_calib(o->fmt))
-        fprintf(stderr, "moe-pack: note: --calib is not used by %s, which rounds to nearest\n",
-                pack_format_names[o->fmt]);
-    if (o->calib && needs_calib(o->fmt)) {
+        fprintf(stderr, "moe-pack: note: %s rounds to nearest; --calib %s\n",
+                pack_format_names[o->fmt],
+                o->odp_target > 0 ? "fits the ODP defaults only" : "is not used");
+    if (o->calib && (needs_calib(o->fmt) || o->odp_target > 0)) {
         if ((rc = calib_load(P.m, o, &cb)) < 0)
             goto out;
         cbp = &cb;
@@ -457,9 +468,15 @@ static int run(const struct pack_opts *o)
     }
     if ((rc = moe_pack_writer_set_json(P.w, "quant", quant_json(&P, cbp))) < 0)
         goto out;
-    if (o->fmt == FMT_MCMOE &&
-        (rc = moe_pack_writer_set_json(P.w, "meta", json_pack("{s:O}", "mcmoe", P.mcmoe))) < 0)
+    json_t *meta = json_object(), *odp = odp_fit_choose(&P);
+    if (o->fmt == FMT_MCMOE)
+        json_object_set(meta, "mcmoe", P.mcmoe);
+    if (odp)
+        json_object_set_new(meta, "odp", odp);
+    if (json_object_size(meta) && (rc = moe_pack_writer_set_json(P.w, "meta", meta)) < 0)
         goto out;
+    if (!json_object_size(meta))
+        json_decref(meta);
     rc = moe_pack_writer_commit(P.w); /* frees the writer, success or not */
     P.w = NULL;
     if (rc < 0)
@@ -504,6 +521,7 @@ out:
     if (cbp)
         calib_free(&cb);
     json_decref(P.mcmoe);
+    odp_fit_free(P.odp);
     moe_qmoe_encoder_free(P.enc);
     if (P.side)
         moe_qmoe_side_free(P.side);

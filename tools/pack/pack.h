@@ -30,6 +30,7 @@ struct pack_opts {
     double mcmoe_bits;            /* mcmoe:B */
     int64_t calib_tokens, calib_end_char, seed, min_tokens;
     double zero_bin, damp, dict_p0; /* damp < 0: the format's default */
+    double odp_target;            /* ODP defaults: fraction of activations to remove, 0 = none */
     int threads;
 };
 
@@ -81,6 +82,7 @@ struct packer {
     double dict_p0;                /* digit statistics the dictionary was built for */
     double damp;                   /* GPTQ damping in use */
     json_t *mcmoe;                 /* per-layer statistics and widths (mcmoe) */
+    struct odp_fit *odp;           /* pruning curves per layer (with --calib) */
     /* totals */
     int64_t weights, zeros, identity_experts, calibrated_experts;
     size_t expert_bytes;
@@ -112,5 +114,15 @@ int view_matrix(struct packer *P, int dtype, const struct matrix_out *mo, int64_
  * weight, output loss at 1/2/3 bits with only that expert rounded), the
  * optimal widths for the budget, printed and kept in P->mcmoe. */
 int mcmoe_layer_widths(struct packer *P, const struct calib *cb, int32_t l, uint8_t *bits);
+
+/* ---- ODP defaults ------------------------------------------------------------------ */
+struct odp_fit;
+/* Layer l's pruning curve (activations removed and output disturbance per
+ * beta) from its recorded calibration tokens, with the original experts. */
+int odp_fit_layer(struct packer *P, const struct calib *cb, int32_t l);
+/* The per-layer betas that remove o->odp_target of all activations at the
+ * least disturbance, as the pack meta's "odp" object (NULL: nothing fitted). */
+json_t *odp_fit_choose(struct packer *P);
+void odp_fit_free(struct odp_fit *f);
 
 #endif

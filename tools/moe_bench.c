@@ -52,6 +52,7 @@ static const char usage[] =
     "        per layer and expert frequency, routing weight, loss at 1/2/3 bits,\n"
     "        the chosen widths) as JSON.\n"
     "decode-cmp: batch-1 decode of every --model in turn, R rounds (default 3),\n"
+    "        (with --odp-beta: each model with pruning off, then on, every round)\n"
     "        so the models share the machine's state; median tok/s of each and\n"
     "        its ratio to the first.\n"
     "kv:     for each KV cache setting (fp32, fp16, KIVI 8/4/2-bit): bytes per token\n"
@@ -796,7 +797,7 @@ static int cmd_stats(const struct bench_opts *o, struct moe_model *m, struct moe
 
 /* tok/s of N decode tokens after a P-token prompt, from an empty cache */
 static int decode_once(struct moe_model *m, struct moe_pool *pool, int32_t P, int32_t N,
-                       double *tok_s)
+                       struct bench_routing *rt, double *tok_s)
 {
     int32_t V = m->cfg.vocab;
     struct moe_session *s = NULL;
@@ -804,10 +805,16 @@ static int decode_once(struct moe_model *m, struct moe_pool *pool, int32_t P, in
     float *logits = malloc((size_t)V * sizeof(float));
     int rc = !prompt || !logits ? moe_err(-ENOMEM, "out of memory")
                                 : moe_session_create(m, pool, P + N + 1, &s);
+    if (rc == 0 && rt) { /* ODP and its counters: decode tokens only */
+        s->prune = rt->prune_on ? &rt->prune : NULL;
+        s->stats = rt->stats;
+    }
     if (rc == 0)
         bench_ids(prompt, P, V);
     if (rc == 0)
         rc = moe_session_forward(s, prompt, P, logits, false);
+    if (rt)
+        memset(rt->stats, 0, sizeof(*rt->stats));
     double t0 = moe_now_s();
     for (int32_t i = 0; rc == 0 && i < N; i++) {
         int32_t tok = argmax(logits, V);
@@ -822,31 +829,49 @@ static int decode_once(struct moe_model *m, struct moe_pool *pool, int32_t P, in
 
 static int cmd_decode_cmp(const struct bench_opts *o, struct moe_pool *pool)
 {
+    /* with --odp-beta every model runs twice a round: pruning off, then on */
+    bool odp = o->odp_beta >= 0 || o->odp_pack;
+    int runs = odp ? 2 : 1, n = o->n_models * runs;
     struct moe_model *ms[MAX_MODELS] = {0};
-    double rates[MAX_MODELS][100];
+    struct bench_routing rt[MAX_MODELS] = {0};
+    double rates[2 * MAX_MODELS][100];
     int rc = 0;
     for (int i = 0; i < o->n_models && rc == 0; i++)
-        if ((rc = moe_model_open(o->models[i], &ms[i])) == 0) {
+        if ((rc = moe_model_open(o->models[i], &ms[i])) == 0 &&
+            (rc = routing_setup(o, ms[i], &rt[i])) == 0) {
             moe_model_prefault(ms[i]);
             double warm;
-            rc = decode_once(ms[i], pool, o->prompt_tokens, 2, &warm);
+            rc = decode_once(ms[i], pool, o->prompt_tokens, 2, NULL, &warm);
         }
     for (int r = 0; r < o->rounds && rc == 0; r++)
-        for (int i = 0; i < o->n_models && rc == 0; i++)
-            rc = decode_once(ms[i], pool, o->prompt_tokens, o->tokens, &rates[i][r]);
+        for (int k = 0; k < n && rc == 0; k++)
+            rc = decode_once(ms[k / runs], pool, o->prompt_tokens, o->tokens,
+                             k % runs ? &rt[k / runs] : NULL, &rates[k][r]);
     if (rc == 0) {
         json_t *arr = json_array();
-        double base = 0.0;
-        for (int i = 0; i < o->n_models; i++) {
+        double base = 0.0, off = 0.0;
+        for (int k = 0; k < n; k++) {
+            int i = k / runs;
             json_t *rounds = json_array();
             for (int r = 0; r < o->rounds; r++)
-                json_array_append_new(rounds, json_real(rates[i][r]));
-            double med = median(rates[i], o->rounds);
-            if (i == 0)
+                json_array_append_new(rounds, json_real(rates[k][r]));
+            double med = median(rates[k], o->rounds);
+            if (k == 0)
                 base = med;
-            json_array_append_new(arr, json_pack("{s:s, s:f, s:f, s:I, s:o}", "model",
-                o->models[i], "decode_tok_s", med, "ratio_to_first", med / base,
-                "active_bytes", (json_int_t)moe_model_active_bytes(ms[i]), "rounds", rounds));
+            if (k % runs == 0)
+                off = med;
+            json_t *e = json_pack("{s:s, s:f, s:f, s:I, s:o}", "model", o->models[i],
+                                  "decode_tok_s", med, "ratio_to_first", med / base,
+                                  "active_bytes", (json_int_t)moe_model_active_bytes(ms[i]),
+                                  "rounds", rounds);
+            if (odp) {
+                json_object_set_new(e, "odp", json_boolean(k % runs));
+                if (k % runs) { /* the pruned run's routing, and its speed against off */
+                    json_object_set_new(e, "ratio_to_odp_off", json_real(med / off));
+                    routing_report(o, &rt[i], ms[i], e);
+                }
+            }
+            json_array_append_new(arr, e);
         }
         json_t *j = json_object();
         json_object_set_new(j, "threads", json_integer(moe_pool_threads(pool)));
@@ -856,8 +881,10 @@ static int cmd_decode_cmp(const struct bench_opts *o, struct moe_pool *pool)
     } else {
         fprintf(stderr, "moe-bench: %s\n", moe_err_msg());
     }
-    for (int i = 0; i < o->n_models; i++)
+    for (int i = 0; i < o->n_models; i++) {
+        routing_free(&rt[i]);
         moe_model_free(ms[i]);
+    }
     return rc < 0 ? 1 : 0;
 }
 /* ==== kv: the compressed KV cache (bytes, attention time, perplexity) ==========

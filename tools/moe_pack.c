@@ -74,6 +74,18 @@ static const char usage[] =
     "                       activations at the least output disturbance (default\n"
     "                       0.2; 0 = none); stored in the pack, used by moed's\n"
     "                       [router] odp = auto\n"
+    "  --mcmoe-scope S      mcmoe: model (default) gives all layers one budget of\n"
+    "                       B bits per expert (each layer still with a 3- and a\n"
+    "                       2-bit expert), so insensitive layers give bits to\n"
+    "                       others; layer solves each layer's integer programme\n"
+    "                       under B bits per expert (the paper's)\n"
+    "  --mcmoe-cost C       mcmoe: loss (default): an expert's cost at b bits is\n"
+    "                       L[b], the MoE output change over the calibration\n"
+    "                       tokens, which already weighs how often and how\n"
+    "                       strongly it is routed; paper: F * Wt^1.5 * L[b]\n"
+    "  --mcmoe-shuffle S    mcmoe: the optimum's widths shuffled among each layer's\n"
+    "                       experts (shuffle seed S): the same bytes without the statistics,\n"
+    "                       the baseline that shows what the allocation buys\n"
     "  --seed S             window choice (default 1)\n"
     "  --threads N          worker threads (default: all cores)\n";
 
@@ -94,7 +106,9 @@ static int parse_args(int argc, char **argv, struct pack_opts *o)
         {"seed", required_argument, 0, 's'},         {"threads", required_argument, 0, 't'},
         {"min-tokens", required_argument, 0, 'M'},   {"zero-bin", required_argument, 0, 'Z'},
         {"damp", required_argument, 0, 'D'},         {"dict-p0", required_argument, 0, 'P'},
-        {"odp-target", required_argument, 0, 'O'},   {"help", no_argument, 0, 'h'},
+        {"odp-target", required_argument, 0, 'O'},   {"mcmoe-shuffle", required_argument, 0, 'S'},
+        {"mcmoe-scope", required_argument, 0, 'G'}, {"mcmoe-cost", required_argument, 0, 'C'},
+        {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     memset(o, 0, sizeof(*o));
     o->fmt = -1;
@@ -106,6 +120,7 @@ static int parse_args(int argc, char **argv, struct pack_opts *o)
     o->damp = -1; /* the format's default: qmoe 4 (see the usage text), gptq/mcmoe 0.01 */
     o->dict_p0 = 0; /* auto */
     o->odp_target = 0.2;
+    o->mcmoe_model_scope = true;
     int c;
     int64_t v;
     opterr = 0;
@@ -145,6 +160,21 @@ static int parse_args(int argc, char **argv, struct pack_opts *o)
                 return -1;
             break;
         case 'D': if (moe_cli_number("moe-pack", name, optarg, 0.0001, 10, &o->damp)) return -1; break;
+        case 'G':
+            if (strcmp(optarg, "layer") && strcmp(optarg, "model")) {
+                fprintf(stderr, "moe-pack: --mcmoe-scope: '%s' is neither layer nor model\n", optarg);
+                return -1;
+            }
+            o->mcmoe_model_scope = !strcmp(optarg, "model");
+            break;
+        case 'C':
+            if (strcmp(optarg, "loss") && strcmp(optarg, "paper")) {
+                fprintf(stderr, "moe-pack: --mcmoe-cost: '%s' is neither loss nor paper\n", optarg);
+                return -1;
+            }
+            o->mcmoe_cost_paper = !strcmp(optarg, "paper");
+            break;
+        case 'S': if (moe_cli_integer("moe-pack", name, optarg, 1, INT64_MAX, &o->mcmoe_shuffle)) return -1; break;
         case 'O': if (moe_cli_number("moe-pack", name, optarg, 0, 0.9, &o->odp_target)) return -1; break;
         case 't': if (moe_cli_integer("moe-pack", name, optarg, 0, 1024, &v)) return -1; o->threads = (int)v; break;
         case 'h': fputs(usage, stdout); exit(0);
@@ -431,6 +461,16 @@ static int run(const struct pack_opts *o)
         cbp = &cb;
         fprintf(stderr, "moe-pack: calibration: %d windows of %d tokens from %s\n", cb.n_seq,
                 CALIB_SEQ, o->calib);
+        if (o->fmt == FMT_MCMOE && (rc = mcmoe_tables_alloc(&P)) < 0)
+            goto out;
+        if (o->fmt == FMT_MCMOE && o->mcmoe_model_scope) {
+            if ((rc = mcmoe_model_widths(&P, &cb)) < 0)
+                goto out;
+            calib_free(&cb); /* the pass left it at the last layer: start over */
+            memset(&cb, 0, sizeof(cb));
+            if ((rc = calib_load(P.m, o, &cb)) < 0)
+                goto out;
+        }
     } else if (needs_calib(o->fmt)) {
         fprintf(stderr, "moe-pack: note: no --calib: every expert gets the identity Hessian "
                 "(plain rounding)\n");
@@ -522,6 +562,7 @@ out:
         calib_free(&cb);
     json_decref(P.mcmoe);
     odp_fit_free(P.odp);
+    mcmoe_tables_free(&P);
     moe_qmoe_encoder_free(P.enc);
     if (P.side)
         moe_qmoe_side_free(P.side);

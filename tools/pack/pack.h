@@ -28,6 +28,9 @@ struct pack_opts {
     const char *model, *out, *calib;
     enum expert_format fmt;
     double mcmoe_bits;            /* mcmoe:B */
+    int64_t mcmoe_shuffle;        /* > 0: widths placed at random with this seed (the baseline) */
+    bool mcmoe_model_scope;       /* one bit budget for all layers instead of one per layer */
+    bool mcmoe_cost_paper;        /* cost F * Wt^1.5 * L (the paper's) instead of L alone */
     int64_t calib_tokens, calib_end_char, seed, min_tokens;
     double zero_bin, damp, dict_p0; /* damp < 0: the format's default */
     double odp_target;            /* ODP defaults: fraction of activations to remove, 0 = none */
@@ -83,6 +86,11 @@ struct packer {
     double damp;                   /* GPTQ damping in use */
     json_t *mcmoe;                 /* per-layer statistics and widths (mcmoe) */
     struct odp_fit *odp;           /* pruning curves per layer (with --calib) */
+    /* MC-MoE per layer and expert: normalised frequency and routing weight,
+     * loss and cost at 1/2/3 bits ([L][E][3]), widths when chosen model-wide */
+    double *mc_freq, *mc_wt, *mc_loss, *mc_cost;
+    uint8_t *mc_bits;
+    bool mcmoe_global;
     /* totals */
     int64_t weights, zeros, identity_experts, calibrated_experts;
     size_t expert_bytes;
@@ -114,6 +122,12 @@ int view_matrix(struct packer *P, int dtype, const struct matrix_out *mo, int64_
  * weight, output loss at 1/2/3 bits with only that expert rounded), the
  * optimal widths for the budget, printed and kept in P->mcmoe. */
 int mcmoe_layer_widths(struct packer *P, const struct calib *cb, int32_t l, uint8_t *bits);
+/* --mcmoe-scope model: every layer's statistics in a first pass over the
+ * calibration text (which it leaves advanced: reload it), then the widths of
+ * all layers under one budget; mcmoe_layer_widths then hands them out. */
+int mcmoe_model_widths(struct packer *P, struct calib *cb);
+int mcmoe_tables_alloc(struct packer *P);
+void mcmoe_tables_free(struct packer *P);
 
 /* ---- ODP defaults ------------------------------------------------------------------ */
 struct odp_fit;

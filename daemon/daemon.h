@@ -26,6 +26,7 @@
 #define MOE_DAEMON_MAX_IDS 32     /* = MOE_IPC_MAX_IDS, checked in daemon_apply.c */
 #define MOE_DAEMON_CHAT_AUTO (-1) /* [model] chat_template = auto */
 enum { MOE_DAEMON_ODP_AUTO, MOE_DAEMON_ODP_ON, MOE_DAEMON_ODP_OFF }; /* [router] odp */
+enum { MOE_DAEMON_OFFLOAD_MMAP, MOE_DAEMON_OFFLOAD_TIERED };        /* [offload] mode */
 #define MOE_DAEMON_ODP_BETA_DEFAULT 0.5 /* [router] beta = 0 without calibrated betas */
 
 struct moe_ipc_limits;
@@ -83,6 +84,16 @@ struct moe_daemon_config {
     char *odp_layers;       /* "auto" or a layer list "2-5,7" */
     char *odp_beta_layers;  /* "" or "2-5:0.4,7:0.5" (overrides beta and layers) */
     double odp_protect;     /* protect_fraction */
+    /* [offload] */
+    int offload_mode;       /* MOE_DAEMON_OFFLOAD_* */
+    size_t host_bytes;      /* host tier budget; 0 = every expert */
+    int cache_policy;       /* enum moe_cache_policy_kind */
+    int io_queue_depth;
+    int numa;               /* enum moe_numa_mode */
+    bool hugepages;
+    bool prefetch;
+    bool force_pread;
+    char *trace_path;       /* "" = no trace */
     /* [limits] */
     size_t max_body_bytes;
     size_t max_prompt_bytes;

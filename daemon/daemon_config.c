@@ -26,6 +26,7 @@
 
 #include "common/common.h"
 #include "engine/engine.h"
+#include "offload/offload.h"
 #include "router/router.h"
 
 /* offsetof() that fails to compile when the field's type is not T */
@@ -78,6 +79,20 @@ static const struct moe_daemon_enum kv_bits[] = {
 
 static const struct moe_daemon_enum odp_modes[] = {
     {"auto", MOE_DAEMON_ODP_AUTO}, {"on", MOE_DAEMON_ODP_ON}, {"off", MOE_DAEMON_ODP_OFF},
+    {NULL, 0},
+};
+
+static const struct moe_daemon_enum offload_modes[] = {
+    {"mmap", MOE_DAEMON_OFFLOAD_MMAP}, {"tiered", MOE_DAEMON_OFFLOAD_TIERED}, {NULL, 0},
+};
+
+static const struct moe_daemon_enum cache_policies[] = {
+    {"lru", MOE_CACHE_LRU}, {"lfu", MOE_CACHE_LFU}, {"lfru", MOE_CACHE_LFRU},
+    {"static", MOE_CACHE_STATIC}, {NULL, 0},
+};
+
+static const struct moe_daemon_enum numa_modes[] = {
+    {"off", MOE_NUMA_OFF}, {"local", MOE_NUMA_LOCAL}, {"interleave", MOE_NUMA_INTERLEAVE},
     {NULL, 0},
 };
 
@@ -150,6 +165,27 @@ static const struct moe_daemon_key table[] = {
              "Per-layer betas, e.g. 2-5:0.4,7:0.5; when set, beta and layers are ignored"),
     K_DOUBLE("router", "protect_fraction", odp_protect, "0.02", 0, 1, R,
              "Share of each prompt's most important tokens that keep all their experts"),
+
+    K_ENUM("offload", "mode", offload_mode, "mmap", offload_modes, 0,
+           "Where experts live: mmap = the file mapping, the page cache decides (as llama.cpp); "
+           "tiered = a host tier of host_bytes filled by O_DIRECT reads (packs only)"),
+    K_SIZE("offload", "host_bytes", host_bytes, "0", 0, 1LL << 50, 0,
+           "tiered: host memory for expert blobs (K/M/G/T), a hard limit; 0 = all experts"),
+    K_ENUM("offload", "policy", cache_policy, "lfru", cache_policies, 0,
+           "tiered: which expert leaves the host tier: lru, lfu, lfru (frequency-aware LRU), "
+           "static (the pack's calibration frequencies)"),
+    K_INT("offload", "queue_depth", io_queue_depth, "32", 1, 4096, 0,
+          "tiered: io_uring submission queue depth for expert reads"),
+    K_ENUM("offload", "numa", numa, "local", numa_modes, 0,
+           "tiered: host tier placement: local = the engine thread's node, interleave, off"),
+    K_BOOL("offload", "hugepages", hugepages, "yes", 0,
+           "tiered: back the host tier with huge pages where the kernel gives them"),
+    K_BOOL("offload", "prefetch", prefetch, "yes", 0,
+           "tiered: apply the next layer's router early and start reading what it picks"),
+    K_BOOL("offload", "pread", force_pread, "no", 0,
+           "tiered: read with pread instead of io_uring (also the fallback where io_uring is refused)"),
+    K_STRING("offload", "trace", trace_path, "", 0,
+             "tiered: append every expert access here (moe-bench cache --trace replays it)"),
 
     K_SIZE("limits", "max_body_bytes", max_body_bytes, "1M", 1 * KI, 1 * GI, R,
            "Largest request body; larger ones get 413"),

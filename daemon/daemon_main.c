@@ -35,6 +35,7 @@
 #include "engine/engine_server.h"
 #include "ipc/ipc.h"
 #include "model/model.h"
+#include "offload/offload.h"
 
 #define EXIT_CONFIG 1
 #define EXIT_FAIL 2
@@ -112,6 +113,9 @@ struct loader {
     pthread_t thread;
     char *path;
     bool prefault;
+    bool tiered;                 /* [offload] mode = tiered */
+    struct moe_offload_opts tier;
+    bool prefetch;
     struct moe_model *model;
     int rc;
     char err[1024];
@@ -290,11 +294,52 @@ static void on_tick(struct moed *d)
 
 /* ---- start-up ----------------------------------------------------------------- */
 
+/* [offload] mode = tiered: the host tier under the model */
+static int attach_tier(struct loader *ld)
+{
+    struct moe_model *m = ld->model;
+    struct moe_offload *o = NULL;
+    double *score = NULL;
+    int rc;
+    if (!moe_model_pack(m))
+        return moe_err(-EINVAL, "[offload] mode = tiered needs a moed pack (moe-pack makes one); "
+                       "%s is not one", ld->path);
+    struct moe_offload_opts opts = ld->tier;
+    if (opts.host_bytes == 0)
+        opts.host_bytes = SIZE_MAX; /* every expert */
+    if (opts.policy == MOE_CACHE_STATIC) {
+        size_t n = (size_t)m->cfg.n_layers * (size_t)m->cfg.n_experts;
+        if (!(score = malloc(n * sizeof(double))))
+            return moe_err(-ENOMEM, "out of memory");
+        if ((rc = moe_model_expert_scores(m, score)) < 0) {
+            free(score);
+            return moe_err(rc, "[offload] policy = static: %s", moe_err_msg());
+        }
+        opts.score = score;
+    }
+    rc = moe_offload_open(moe_model_pack(m), m->cfg.n_layers, m->cfg.n_experts, m->cfg.top_k,
+                          &opts, &o);
+    free(score);
+    if (rc < 0)
+        return rc;
+    struct moe_offload_stats st;
+    moe_offload_get_stats(o, &st);
+    moe_log(MOE_LOG_INFO, "host tier: %u expert slots of %.1f MiB (%.2f GiB, %s pages, NUMA %s), "
+            "%s reads, policy %s, prefetch %s", st.slots, (double)st.slot_bytes / (1 << 20),
+            (double)st.arena_bytes / (1 << 30), st.hugepages ? "huge" : "normal",
+            st.numa_node >= 0 ? "bound" : "interleaved/off", st.uring ? "io_uring" : "pread",
+            moe_cache_policy_name(opts.policy), ld->prefetch ? "on" : "off");
+    return moe_model_use_offload(m, o, ld->prefetch);
+}
+
 static void *loader_main(void *arg)
 {
     struct loader *ld = arg;
     uint64_t one = 1;
-    ld->rc = moe_model_open(ld->path, &ld->model);
+    ld->rc = moe_model_open_flags(ld->path, ld->tiered ? MOE_MODEL_OPEN_EXPERTS_ON_READ : 0,
+                                  &ld->model);
+    if (ld->rc == 0 && ld->tiered)
+        ld->rc = attach_tier(ld);
     if (ld->rc)
         snprintf(ld->err, sizeof(ld->err), "%s",
                  moe_err_msg()[0] ? moe_err_msg() : strerror(-ld->rc));
@@ -313,6 +358,13 @@ static int start_loader(struct moed *d)
         return moe_err(-errno, "eventfd: %s", strerror(errno));
     d->ld.path = d->cfg.model_path;
     d->ld.prefault = d->cfg.prefault;
+    d->ld.tiered = d->cfg.offload_mode == MOE_DAEMON_OFFLOAD_TIERED;
+    d->ld.prefetch = d->cfg.prefetch;
+    d->ld.tier = (struct moe_offload_opts){
+        .host_bytes = d->cfg.host_bytes, .policy = d->cfg.cache_policy,
+        .queue_depth = (unsigned)d->cfg.io_queue_depth, .numa = d->cfg.numa,
+        .hugepages = d->cfg.hugepages, .force_pread = d->cfg.force_pread,
+        .trace_path = d->cfg.trace_path[0] ? d->cfg.trace_path : NULL};
     int rc = pthread_create(&d->ld.thread, NULL, loader_main, &d->ld);
     if (rc)
         return moe_err(-rc, "cannot start the model loader thread: %s", strerror(rc));

@@ -18,6 +18,7 @@
 #include "common/common.h"
 #include "common/common_metrics.h"
 #include "model/model.h"
+#include "offload/offload.h"
 
 /* ---- jobs: the meeting point of an ipc thread and the engine thread ------- */
 
@@ -192,6 +193,9 @@ struct moe_engine {
     const struct moe_prune **b_prune;
     struct moe_router_stats *rstats; /* this step's routing counters */
     struct moe_metric *m_act[MOE_MAX_LAYERS], *m_pruned[MOE_MAX_LAYERS];
+    /* host tier (tiered packs): counters as deltas of the last stats seen */
+    struct moe_metric *m_tier[8];
+    struct moe_offload_stats tier_seen;
     float *logits;          /* [max_seqs][vocab] */
     char *piece;            /* one decoded token */
     size_t piece_cap;
@@ -481,6 +485,50 @@ static void routing_metrics(struct moe_engine *e)
     }
 }
 
+enum { TIER_HITS, TIER_MISSES, TIER_EVICTIONS, TIER_BYTES_READ, TIER_PREFETCH, TIER_PREFETCH_USED,
+       TIER_RESIDENT, TIER_BUDGET };
+
+static void tier_metrics_register(struct moe_engine *e)
+{
+    if (!moe_model_offload(e->model))
+        return;
+    const char *h = "Expert lookups in the host tier, by result";
+    e->m_tier[TIER_HITS] = moe_metric_counter("moed_tier_lookups_total", h, "tier=\"host\",result=\"hit\"");
+    e->m_tier[TIER_MISSES] = moe_metric_counter("moed_tier_lookups_total", h, "tier=\"host\",result=\"miss\"");
+    e->m_tier[TIER_EVICTIONS] = moe_metric_counter("moed_tier_evictions_total",
+                                                   "Expert blobs evicted from a tier", "tier=\"host\"");
+    e->m_tier[TIER_BYTES_READ] = moe_metric_counter("moed_nvme_read_bytes_total",
+                                                    "Expert bytes read from the pack file", NULL);
+    e->m_tier[TIER_PREFETCH] = moe_metric_counter("moed_prefetch_total",
+                                                  "Expert reads started ahead of need", "result=\"issued\"");
+    e->m_tier[TIER_PREFETCH_USED] = moe_metric_counter("moed_prefetch_total",
+                                                       "Expert reads started ahead of need", "result=\"used\"");
+    e->m_tier[TIER_RESIDENT] = moe_metric_gauge("moed_tier_resident_bytes",
+                                                "Expert bytes resident in a tier", "tier=\"host\"");
+    e->m_tier[TIER_BUDGET] = moe_metric_gauge("moed_tier_budget_bytes",
+                                              "Memory a tier holds expert blobs in (its budget)",
+                                              "tier=\"host\"");
+}
+
+/* the host tier's counters since the last step into the process metrics */
+static void tier_metrics(struct moe_engine *e)
+{
+    struct moe_offload *o = moe_model_offload(e->model);
+    if (!o)
+        return;
+    struct moe_offload_stats st, *was = &e->tier_seen;
+    moe_offload_get_stats(o, &st);
+    moe_metric_add(e->m_tier[TIER_HITS], (double)(st.hits - was->hits));
+    moe_metric_add(e->m_tier[TIER_MISSES], (double)(st.misses - was->misses));
+    moe_metric_add(e->m_tier[TIER_EVICTIONS], (double)(st.evictions - was->evictions));
+    moe_metric_add(e->m_tier[TIER_BYTES_READ], (double)(st.bytes_read - was->bytes_read));
+    moe_metric_add(e->m_tier[TIER_PREFETCH], (double)(st.prefetch_issued - was->prefetch_issued));
+    moe_metric_add(e->m_tier[TIER_PREFETCH_USED], (double)(st.prefetch_used - was->prefetch_used));
+    moe_metric_set(e->m_tier[TIER_RESIDENT], (double)st.resident_bytes);
+    moe_metric_set(e->m_tier[TIER_BUDGET], (double)st.arena_bytes);
+    *was = st;
+}
+
 static void step(struct moe_engine *e)
 {
     const struct moe_model *m = e->model;
@@ -546,6 +594,7 @@ static void step(struct moe_engine *e)
                                     e->b_idx, n_logits, e->logits, &fo);
     if (rc == 0)
         routing_metrics(e);
+    tier_metrics(e);
     pthread_mutex_lock(&e->mu);
     e->stats.steps++;
     kv_stats_locked(e);
@@ -706,6 +755,8 @@ int moe_engine_create(const struct moe_model *model, struct moe_pool *pool,
     if ((rc = kv_pool_create(e)) < 0)
         goto fail;
     routing_metrics_register(e);
+    tier_metrics_register(e);
+    tier_metrics(e); /* the gauges from the start */
     kv_stats_locked(e); /* no other thread yet */
     if (pthread_create(&e->thread, NULL, engine_main, e) != 0) {
         rc = moe_err(-EAGAIN, "cannot start the engine thread");

@@ -76,6 +76,7 @@ struct moe_layer {
 };
 
 struct moe_model_files; /* the open checkpoint files, private to the loader */
+struct moe_model_offload;
 
 struct moe_model {
     struct moe_config cfg;
@@ -86,6 +87,8 @@ struct moe_model {
     struct moe_tokenizer *tok; /* NULL when the checkpoint has none */
     struct moe_model_files *files;
     char *path;
+    unsigned open_flags;                /* MOE_MODEL_OPEN_* */
+    struct moe_model_offload *offload;  /* experts from a host tier (model_offload.c), or NULL */
 };
 
 /* Opens a checkpoint: a directory (Hugging Face), a .gguf file or a moed pack
@@ -93,6 +96,26 @@ struct moe_model {
  * pack is refused naming the tensor, blob or "layer L expert E").
  * Errors: negative errno, moe_err_msg() names the file and tensor. */
 int moe_model_open(const char *path, struct moe_model **out);
+/* With MOE_MODEL_OPEN_EXPERTS_ON_READ a pack's expert blobs are not read at
+ * open (their checksums are checked as each blob is read into the host tier
+ * instead, moe_model_use_offload): dense tensors and tables still are. */
+#define MOE_MODEL_OPEN_EXPERTS_ON_READ 1u
+int moe_model_open_flags(const char *path, unsigned flags, struct moe_model **out);
+
+/* Serve a pack's experts from the host tier o (offload/offload.h) rather
+ * than the file mapping: each MoE layer acquires the experts its tokens are
+ * routed to (pruned ones never), and with prefetch it first applies the next
+ * layer's router to its own FFN input and starts reading what that picks.
+ * -EINVAL when m is not a pack. m owns o from then on (closed with m or by
+ * the next call); NULL detaches. */
+struct moe_offload;
+int moe_model_use_offload(struct moe_model *m, struct moe_offload *o, bool prefetch);
+/* The host tier m serves from, or NULL (file mapping). */
+struct moe_offload *moe_model_offload(const struct moe_model *m);
+/* score[n_layers * n_experts]: how often calibration routed to each expert
+ * (the pack's meta "calib".expert_frequency, from moe-pack --calib): the
+ * static hot set's ranking. -ENOENT naming the file when the pack has none. */
+int moe_model_expert_scores(const struct moe_model *m, double *score);
 /* Only the vocabulary of a checkpoint: a directory's tokenizer.json, or a
  * GGUF file (vocabulary-only ones included). */
 int moe_model_open_tokenizer(const char *path, struct moe_tokenizer **out);

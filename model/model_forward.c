@@ -330,8 +330,13 @@ static int ffn_block(const struct fwd *s, int32_t l, int32_t n)
     route_tokens(s, l, n);
     if (s->obs)
         s->obs(s->obs_ctx, l, S->xn, n, S->routes);
-    int rc = moe_experts_run(s->pool, L->experts, c->n_experts, S->xn, n, c->hidden, S->routes,
-                             S->x, &S->experts);
+    const struct moe_expert_weights *experts = L->experts;
+    int rc = 0;
+    if (s->model->offload && (rc = moe_model_offload_layer(s->model, s->pool, l, S->xn, n,
+                                                            S->routes, S->router, &experts)) < 0)
+        return rc;
+    rc = moe_experts_run(s->pool, experts, c->n_experts, S->xn, n, c->hidden, S->routes, S->x,
+                         &S->experts);
     if (rc < 0)
         return rc;
 

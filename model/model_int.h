@@ -20,6 +20,15 @@ struct moe_model_files {
     int n_sides;
 };
 
+/* Layer l's experts for this step when the model serves from a host tier:
+ * makes the routed ones resident, points *experts at views of them, and
+ * starts the next MoE layer's prefetch (router of l+1 on xn, written into
+ * router_buf [n][E]). */
+int moe_model_offload_layer(const struct moe_model *m, struct moe_pool *pool, int32_t l,
+                            const float *xn, int32_t n, const struct moe_route *routes,
+                            float *router_buf, const struct moe_expert_weights **experts);
+void moe_model_offload_free(struct moe_model *m);
+
 /* config.json -> cfg (defaults per architecture as transformers has them) */
 int moe_config_from_hf(const char *config_path, struct moe_config *cfg);
 /* GGUF metadata -> cfg */

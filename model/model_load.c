@@ -117,6 +117,11 @@ static int open_gguf(struct moe_model *m)
 
 int moe_model_open(const char *path, struct moe_model **out)
 {
+    return moe_model_open_flags(path, 0, out);
+}
+
+int moe_model_open_flags(const char *path, unsigned flags, struct moe_model **out)
+{
     *out = NULL;
     struct stat st;
     if (stat(path, &st) < 0)
@@ -126,6 +131,7 @@ int moe_model_open(const char *path, struct moe_model **out)
         return moe_err(-ENOMEM, "out of memory");
     m->files = calloc(1, sizeof(*m->files));
     m->path = strdup(path);
+    m->open_flags = flags;
     int rc = -ENOMEM;
     if (!m->files || !m->path)
         goto fail;
@@ -174,6 +180,7 @@ void moe_model_free(struct moe_model *m)
     }
     free(m->final_norm);
     moe_tokenizer_free(m->tok);
+    moe_model_offload_free(m);
     if (m->files) {
         moe_safetensors_close(m->files->st);
         moe_gguf_close(m->files->gguf);
@@ -208,7 +215,8 @@ size_t moe_model_prefault(const struct moe_model *m)
         b += touch(&L->wq, &sink) + touch(&L->wk, &sink) + touch(&L->wv, &sink) +
              touch(&L->wo, &sink) + touch(&L->router, &sink) + touch(&L->shared_gate, &sink) +
              touch_ffn(&L->shared, &sink);
-        if (!m->cfg.layer_dense[l])
+        /* experts read into a host tier on demand stay out of the page cache */
+        if (!m->cfg.layer_dense[l] && !(m->open_flags & MOE_MODEL_OPEN_EXPERTS_ON_READ))
             for (int32_t e = 0; e < m->cfg.n_experts; e++)
                 b += touch_ffn(&L->experts[e], &sink);
     }

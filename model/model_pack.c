@@ -334,9 +334,18 @@ int moe_model_open_pack(struct moe_model *m)
     int rc;
     if ((rc = moe_pack_open(m->path, &f->pack)) < 0)
         return rc;
-    /* nothing corrupt is ever used: every checksum before anything is bound */
-    if ((rc = moe_pack_verify_all(f->pack)) < 0)
+    /* nothing corrupt is ever used: every checksum before anything is bound
+     * (expert blobs read on demand are checked as they arrive instead) */
+    if (m->open_flags & MOE_MODEL_OPEN_EXPERTS_ON_READ) {
+        for (size_t i = 0; i < moe_pack_tensor_count(f->pack); i++)
+            if ((rc = moe_pack_verify_tensor(f->pack, moe_pack_tensor_at(f->pack, i)->name)) < 0)
+                return rc;
+        for (size_t i = 0; i < moe_pack_blob_count(f->pack); i++)
+            if ((rc = moe_pack_verify_blob(f->pack, moe_pack_blob_at(f->pack, i)->name)) < 0)
+                return rc;
+    } else if ((rc = moe_pack_verify_all(f->pack)) < 0) {
         return rc;
+    }
     if ((rc = moe_config_from_json(moe_pack_config(f->pack), m->path, &m->cfg)) < 0)
         return rc;
     m->layers = calloc((size_t)m->cfg.n_layers, sizeof(*m->layers));

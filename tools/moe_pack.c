@@ -324,7 +324,7 @@ static int pack_layer(struct packer *P, struct calib *cb, int32_t l)
     }
     if (P->o->fmt == FMT_MCMOE && (rc = mcmoe_layer_widths(P, cb, l, widths)) < 0)
         goto out;
-    if (cb && P->o->odp_target > 0 && (rc = odp_fit_layer(P, cb, l)) < 0)
+    if (cb && (rc = odp_fit_layer(P, cb, l)) < 0) /* ODP curves, routing counts */
         goto out;
     for (int32_t e = 0; e < E && rc == 0; e++) {
         const struct moe_expert_weights *ew = &m->layers[l].experts[e];
@@ -452,10 +452,9 @@ static int run(const struct pack_opts *o)
         goto out;
     }
     if (o->calib && !needs_calib(o->fmt))
-        fprintf(stderr, "moe-pack: note: %s rounds to nearest; --calib %s\n",
-                pack_format_names[o->fmt],
-                o->odp_target > 0 ? "fits the ODP defaults only" : "is not used");
-    if (o->calib && (needs_calib(o->fmt) || o->odp_target > 0)) {
+        fprintf(stderr, "moe-pack: note: %s rounds to nearest; --calib gives the ODP defaults "
+                "and routing statistics only\n", pack_format_names[o->fmt]);
+    if (o->calib) {
         if ((rc = calib_load(P.m, o, &cb)) < 0)
             goto out;
         cbp = &cb;
@@ -513,6 +512,9 @@ static int run(const struct pack_opts *o)
         json_object_set(meta, "mcmoe", P.mcmoe);
     if (odp)
         json_object_set_new(meta, "odp", odp);
+    json_t *freq = odp_fit_frequencies(&P);
+    if (freq)
+        json_object_set_new(meta, "calib", freq);
     if (json_object_size(meta) && (rc = moe_pack_writer_set_json(P.w, "meta", meta)) < 0)
         goto out;
     if (!json_object_size(meta))

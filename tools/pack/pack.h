@@ -138,5 +138,8 @@ int odp_fit_layer(struct packer *P, const struct calib *cb, int32_t l);
  * least disturbance, as the pack meta's "odp" object (NULL: nothing fitted). */
 json_t *odp_fit_choose(struct packer *P);
 void odp_fit_free(struct odp_fit *f);
+/* {"expert_frequency": [[tokens routed to each expert] per layer]}: the
+ * calibration counts the static cache policy ranks experts by (NULL: none) */
+json_t *odp_fit_frequencies(const struct packer *P);
 
 #endif

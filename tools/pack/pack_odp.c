@@ -32,6 +32,8 @@ struct odp_fit {
     double *pruned;        /* [L][ODP_STEPS + 1] activations removed; step 0 = beta 0 */
     double *err;           /* [L][ODP_STEPS + 1] relative disturbance */
     double *activations;   /* [L] all activations of the layer */
+    double *freq;          /* [L][E] tokens routed to each expert */
+    int32_t n_experts;
 };
 
 static double step_beta(int s)
@@ -50,11 +52,13 @@ int odp_fit_layer(struct packer *P, const struct calib *cb, int32_t l)
         if (!f || !(f->measured = calloc(L, sizeof(bool))) ||
             !(f->pruned = calloc(L * (ODP_STEPS + 1), sizeof(double))) ||
             !(f->err = calloc(L * (ODP_STEPS + 1), sizeof(double))) ||
-            !(f->activations = calloc(L, sizeof(double)))) {
+            !(f->activations = calloc(L, sizeof(double))) ||
+            !(f->freq = calloc(L * (size_t)c->n_experts, sizeof(double)))) {
             odp_fit_free(f);
             return moe_err(-ENOMEM, "out of memory");
         }
         f->n_layers = c->n_layers;
+        f->n_experts = c->n_experts;
         P->odp = f;
     }
     struct odp_fit *f = P->odp;
@@ -88,6 +92,8 @@ int odp_fit_layer(struct packer *P, const struct calib *cb, int32_t l)
     for (int64_t t = 0; t < N; t++) {
         const struct moe_route *r = &cb->routes[t];
         f->activations[l] += r->n;
+        for (int32_t j = 0; j < r->n; j++)
+            f->freq[(size_t)l * f->n_experts + r->expert[j]] += 1;
         if (r->n < 2 || !(r->weight[0] > 0))
             continue;
         double all = 0;
@@ -136,7 +142,7 @@ out:
 json_t *odp_fit_choose(struct packer *P)
 {
     struct odp_fit *f = P->odp;
-    if (!f)
+    if (!f || P->o->odp_target <= 0)
         return NULL;
     int32_t L = f->n_layers;
     int *at = calloc((size_t)L, sizeof(int));
@@ -205,5 +211,21 @@ void odp_fit_free(struct odp_fit *f)
     free(f->pruned);
     free(f->err);
     free(f->activations);
+    free(f->freq);
     free(f);
+}
+
+json_t *odp_fit_frequencies(const struct packer *P)
+{
+    const struct odp_fit *f = P->odp;
+    if (!f)
+        return NULL;
+    json_t *rows = json_array();
+    for (int32_t l = 0; l < f->n_layers; l++) {
+        json_t *row = json_array();
+        for (int32_t e = 0; e < f->n_experts; e++)
+            json_array_append_new(row, json_real(f->freq[(size_t)l * f->n_experts + e]));
+        json_array_append_new(rows, row);
+    }
+    return json_pack("{s:o}", "expert_frequency", rows);
 }

@@ -1,0 +1,164 @@
+/* A pack model served from the host tier (offload/offload.h): the experts a
+ * layer's tokens route to are made resident just before they run, and read
+ * through views that are the mapping's views moved onto the resident copy
+ * (the blob's layout is the file's, so every part sits at the same offset). */
+#include <errno.h>
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/backend.h"
+#include "common/common.h"
+#include "format/format_pack.h"
+#include "model/model.h"
+#include "model/model_int.h"
+#include "offload/offload.h"
+#include "router/router.h"
+
+struct moe_model_offload {
+    struct moe_offload *o;
+    bool prefetch;
+    ptrdiff_t (*delta)[3];              /* [L * E]: part data - blob start, per matrix */
+    struct moe_expert_weights *views;   /* [E] this step's experts */
+    bool *need, *likely;                /* [E] */
+    const void **blobs;                 /* [E] */
+};
+
+void moe_model_offload_free(struct moe_model *m)
+{
+    struct moe_model_offload *mo = m->offload;
+    if (!mo)
+        return;
+    moe_offload_close(mo->o);
+    free(mo->delta);
+    free(mo->views);
+    free(mo->need);
+    free(mo->likely);
+    free(mo->blobs);
+    free(mo);
+    m->offload = NULL;
+}
+
+struct moe_offload *moe_model_offload(const struct moe_model *m)
+{
+    return m->offload ? m->offload->o : NULL;
+}
+
+int moe_model_use_offload(struct moe_model *m, struct moe_offload *o, bool prefetch)
+{
+    moe_model_offload_free(m);
+    if (!o)
+        return 0;
+    const struct moe_pack *p = moe_model_pack(m);
+    if (!p) {
+        moe_offload_close(o);
+        return moe_err(-EINVAL, "%s: tiered expert memory needs a moed pack (moe-pack makes one)",
+                       m->path);
+    }
+    int32_t L = m->cfg.n_layers, E = m->cfg.n_experts;
+    struct moe_model_offload *mo = calloc(1, sizeof(*mo));
+    if (!mo || !(mo->delta = calloc((size_t)L * E, sizeof(*mo->delta))) ||
+        !(mo->views = calloc((size_t)E, sizeof(*mo->views))) ||
+        !(mo->need = calloc((size_t)E, sizeof(bool))) ||
+        !(mo->likely = calloc((size_t)E, sizeof(bool))) ||
+        !(mo->blobs = calloc((size_t)E, sizeof(void *)))) {
+        if (mo)
+            mo->o = o;
+        else
+            moe_offload_close(o);
+        m->offload = mo;
+        moe_model_offload_free(m);
+        return moe_err(-ENOMEM, "out of memory");
+    }
+    for (int32_t l = 0; l < L; l++) {
+        if (m->cfg.layer_dense[l])
+            continue;
+        for (int32_t x = 0; x < E; x++) {
+            const struct moe_pack_expert *e = moe_pack_find_expert(p, l, x);
+            const struct moe_expert_weights *ew = &m->layers[l].experts[x];
+            const uint8_t *base = e->data;
+            mo->delta[(size_t)l * E + x][0] = (const uint8_t *)ew->gate.data - base;
+            mo->delta[(size_t)l * E + x][1] = (const uint8_t *)ew->up.data - base;
+            mo->delta[(size_t)l * E + x][2] = (const uint8_t *)ew->down.data - base;
+        }
+    }
+    mo->o = o;
+    mo->prefetch = prefetch;
+    m->offload = mo;
+    return 0;
+}
+
+/* the next MoE layer's router on this layer's FFN input: what it will
+ * likely pick (ALGORITHMS.md s.3, speculative prefetch) */
+static void prefetch_next(const struct moe_model *m, struct moe_pool *pool, int32_t l,
+                          const float *xn, int32_t n, float *router_buf)
+{
+    const struct moe_config *c = &m->cfg;
+    struct moe_model_offload *mo = m->offload;
+    int32_t next = l + 1;
+    while (next < c->n_layers && c->layer_dense[next])
+        next++;
+    if (next >= c->n_layers)
+        return;
+    moe_matmul(pool, &m->layers[next].router, xn, n, router_buf); /* [n][E] */
+    memset(mo->likely, 0, (size_t)c->n_experts * sizeof(bool));
+    for (int32_t t = 0; t < n; t++) {
+        struct moe_route r;
+        moe_router_topk(router_buf + (size_t)t * c->n_experts, c->n_experts, c->top_k,
+                        c->norm_topk_prob, &r);
+        for (int32_t j = 0; j < r.n; j++)
+            mo->likely[r.expert[j]] = true;
+    }
+    moe_offload_prefetch(mo->o, next, mo->likely);
+}
+
+int moe_model_offload_layer(const struct moe_model *m, struct moe_pool *pool, int32_t l,
+                            const float *xn, int32_t n, const struct moe_route *routes,
+                            float *router_buf, const struct moe_expert_weights **experts)
+{
+    struct moe_model_offload *mo = m->offload;
+    int32_t E = m->cfg.n_experts;
+    memset(mo->need, 0, (size_t)E * sizeof(bool));
+    for (int32_t t = 0; t < n; t++)
+        for (int32_t j = 0; j < routes[t].n; j++)
+            mo->need[routes[t].expert[j]] = true;
+    int rc = moe_offload_acquire(mo->o, l, mo->need, mo->blobs);
+    if (rc < 0)
+        return rc;
+    /* every view valid (experts_run sizes buffers from expert 0); only the
+     * needed ones move onto the host tier, the others are never read */
+    memcpy(mo->views, m->layers[l].experts, (size_t)E * sizeof(*mo->views));
+    for (int32_t x = 0; x < E; x++) {
+        if (!mo->need[x])
+            continue;
+        const uint8_t *b = mo->blobs[x];
+        const ptrdiff_t *d = mo->delta[(size_t)l * E + x];
+        mo->views[x].gate.data = b + d[0];
+        mo->views[x].up.data = b + d[1];
+        mo->views[x].down.data = b + d[2];
+    }
+    if (mo->prefetch)
+        prefetch_next(m, pool, l, xn, n, router_buf);
+    *experts = mo->views;
+    return 0;
+}
+
+int moe_model_expert_scores(const struct moe_model *m, double *score)
+{
+    const struct moe_pack *p = moe_model_pack(m);
+    const json_t *meta = p ? moe_pack_meta(p) : NULL;
+    const json_t *cal = meta ? json_object_get(meta, "calib") : NULL;
+    const json_t *fr = cal ? json_object_get(cal, "expert_frequency") : NULL;
+    int32_t L = m->cfg.n_layers, E = m->cfg.n_experts;
+    if (!json_is_array(fr) || (int32_t)json_array_size(fr) != L)
+        return moe_err(-ENOENT, "%s: no calibration statistics (meta \"calib\".expert_frequency); "
+                       "pack it with moe-pack --calib", m->path);
+    for (int32_t l = 0; l < L; l++) {
+        const json_t *row = json_array_get(fr, (size_t)l);
+        for (int32_t e = 0; e < E; e++) {
+            const json_t *v = json_is_array(row) ? json_array_get(row, (size_t)e) : NULL;
+            score[(size_t)l * E + e] = json_is_number(v) ? json_number_value(v) : 0.0;
+        }
+    }
+    return 0;
+}

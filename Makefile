@@ -143,6 +143,13 @@ $(BIN)/moe-pack: $(BUILD)/obj/tools/moe_pack.o $(PACK_OBJS) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_COMMON) $(CFLAGS) $(LDFLAGS) $(filter %.o,$^) $(LIB) $(LIBS) -o $@
 
+# moe-bench's pieces beyond its main file (tiered-memory subcommands) in tools/bench/
+BENCH_SRCS := $(wildcard tools/bench/*.c)
+BENCH_OBJS := $(BENCH_SRCS:%.c=$(BUILD)/obj/%.o)
+$(BIN)/moe-bench: $(BUILD)/obj/tools/moe_bench.o $(BENCH_OBJS) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_COMMON) $(CFLAGS) $(LDFLAGS) $(filter %.o,$^) $(LIB) $(LIBS) -o $@
+
 $(BIN)/moed: $(DAEMON_OBJS) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_COMMON) $(CFLAGS) $(LDFLAGS) $(DAEMON_OBJS) $(LIB) $(LIBS_SERVE) $(LIBS) -o $@

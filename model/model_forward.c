@@ -16,6 +16,7 @@
 #include "common/common.h"
 #include "kv/kv.h"
 #include "model/model.h"
+#include "model/model_int.h"
 #include "router/router.h"
 
 struct moe_scratch {

@@ -8,6 +8,7 @@
  *   moe-bench stats  --model PACK
  *   moe-bench decode-cmp --model A --model B ... [--tokens N] [--rounds R]
  *   moe-bench kv     --model PATH [--text FILE --start-char C] [--window W] [--max-windows K]
+ *   moe-bench tier | trace | cache ...   (tiered expert memory: tools/bench/bench_tier.c)
  * Common: --threads N. */
 #include <errno.h>
 #include <getopt.h>
@@ -24,6 +25,7 @@
 #include "model/model.h"
 #include "quant/quant.h"
 #include "quant/quant_qmoe.h"
+#include "tools/bench/bench.h"
 
 #define EXIT_USAGE 2
 
@@ -36,6 +38,10 @@ static const char usage[] =
     "       moe-bench stats  --model PACK\n"
     "       moe-bench decode-cmp --model A --model B ... [--tokens N] [--prompt-tokens P] [--rounds R]\n"
     "       moe-bench kv     --model PATH [--text FILE [--start-char C] [--window W] [--max-windows K]] [--long N]\n"
+    "       moe-bench tier   --model PACK [--budgets 100,50,25] [--policy lru|lfu|lfru|static]\n"
+    "                        [--tokens N] [--prompt-tokens P] [--warmup W] [--no-prefetch] [--pread]\n"
+    "       moe-bench trace  --model PACK --text FILE [--start-char C] [--tokens N] --out TRACE\n"
+    "       moe-bench cache  --trace TRACE [--budgets 10,25,50,75]\n"
     "\n"
     "ppl:    perplexity of FILE (from character C on), encoded at once without BOS;\n"
     "        window k feeds tokens [kW, kW+W) with an empty cache and scores\n"
@@ -61,6 +67,13 @@ static const char usage[] =
     "        of one sequence at 4096 tokens, decode attention time (all layers, one\n"
     "        query) at 1k/8k/32k tokens of the model's geometry, timed in one run,\n"
     "        and with --text the perplexity as ppl computes it.\n"
+    "tier:   batch-1 decode with the pack's experts in a host tier of each budget\n"
+    "        (percent of the expert bytes; O_DIRECT reads, so the page cache plays no\n"
+    "        part): tok/s, hit rate, bytes read per token, prefetches used.\n"
+    "trace:  records the expert accesses (and prefetch guesses) of decoding TEXT.\n"
+    "cache:  replays a trace's second half against lru/lfu/lfru/static and Belady's\n"
+    "        optimum at each budget (percent of all experts); static ranks experts by\n"
+    "        the first half; plus the prefetch recall of the recorded guesses.\n"
     "odp:    --odp-beta B prunes expert j of a token when p_j < B x p_1 (before\n"
     "        renormalisation) on the layers of --odp-layers (\"2-5,7\"; default the\n"
     "        model's middle layers), protecting the top F (default 0.02) of each\n"
@@ -162,7 +175,7 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
     return 0;
 }
 
-static void print_json(json_t *obj)
+void bench_print_json(json_t *obj)
 {
     char *s = json_dumps(obj, JSON_COMPACT | JSON_REAL_PRECISION(10));
     if (s)
@@ -184,7 +197,7 @@ static double nll_of(const float *logits, int32_t vocab, int32_t target)
 }
 
 /* byte offset of the c-th UTF-8 character (Python str index) */
-static size_t utf8_offset(const char *s, size_t len, int64_t c)
+size_t bench_utf8_offset(const char *s, size_t len, int64_t c)
 {
     size_t i = 0;
     for (int64_t k = 0; k < c && i < len; k++) {
@@ -329,7 +342,7 @@ static int cmd_ppl(const struct bench_opts *o, struct moe_model *m, struct moe_p
         fprintf(stderr, "moe-bench: %s\n", moe_err_msg());
         return EXIT_USAGE;
     }
-    size_t off = utf8_offset(text, len, o->start_char);
+    size_t off = bench_utf8_offset(text, len, o->start_char);
     int32_t *ids = NULL;
     size_t n = 0;
     double t0 = moe_now_s();
@@ -392,7 +405,7 @@ static int cmd_ppl(const struct bench_opts *o, struct moe_model *m, struct moe_p
     json_object_set_new(j, "tok_s", json_real((double)scored / secs));
     routing_report(o, &rt, m, j);
     routing_free(&rt);
-    print_json(j);
+    bench_print_json(j);
     return 0;
 }
 
@@ -501,7 +514,7 @@ static int cmd_decode(const struct bench_opts *o, struct moe_model *m, struct mo
     json_object_set_new(j, "roofline_fraction", json_real(median(frac, n_blocks)));
     json_object_set_new(j, "roofline_blocks", json_integer(n_blocks));
     routing_report(o, &rt, m, j);
-    print_json(j);
+    bench_print_json(j);
     rc = 0;
 fail:
     if (rc < 0)
@@ -773,7 +786,7 @@ static int cmd_gemv(const struct bench_opts *o, struct moe_model *m, struct moe_
     json_object_set_new(j, "threads", json_integer(moe_pool_threads(pool)));
     json_object_set_new(j, "isa", json_string(moe_isa_name(moe_isa_best())));
     json_object_set_new(j, "gemv", res);
-    print_json(j);
+    bench_print_json(j);
     return 0;
 }
 
@@ -789,7 +802,7 @@ static int cmd_stats(const struct bench_opts *o, struct moe_model *m, struct moe
     }
     json_t *j = json_pack("{s:s, s:O, s:O}", "model", o->model, "quant", moe_pack_quant(p),
                           "meta", moe_pack_meta(p));
-    print_json(j);
+    bench_print_json(j);
     return 0;
 }
 
@@ -877,7 +890,7 @@ static int cmd_decode_cmp(const struct bench_opts *o, struct moe_pool *pool)
         json_object_set_new(j, "threads", json_integer(moe_pool_threads(pool)));
         json_object_set_new(j, "tokens", json_integer(o->tokens));
         json_object_set_new(j, "models", arr);
-        print_json(j);
+        bench_print_json(j);
     } else {
         fprintf(stderr, "moe-bench: %s\n", moe_err_msg());
     }
@@ -999,7 +1012,7 @@ static int cmd_kv(const struct bench_opts *o, struct moe_model *m, struct moe_po
             fprintf(stderr, "moe-bench kv: %s\n", m->tok ? moe_err_msg() : "no tokenizer");
             return EXIT_USAGE;
         }
-        size_t off = utf8_offset(text, len, o->start_char);
+        size_t off = bench_utf8_offset(text, len, o->start_char);
         int rc = moe_tokenizer_encode(m->tok, text + off, len - off, false, &ids, &n);
         free(text);
         if (rc < 0) {
@@ -1095,7 +1108,7 @@ static int cmd_kv(const struct bench_opts *o, struct moe_model *m, struct moe_po
     }
     json_object_set_new(root, "window", json_integer(o->window));
     json_object_set_new(root, "settings", rows);
-    print_json(root);
+    bench_print_json(root);
     return 0;
 }
 /* --long N: N tokens (fixed pseudo-random ids) through the model with each
@@ -1144,6 +1157,8 @@ int main(int argc, char **argv)
         return argc < 2 ? EXIT_USAGE : 0;
     }
     const char *cmd = argv[1];
+    if (!strcmp(cmd, "tier") || !strcmp(cmd, "trace") || !strcmp(cmd, "cache"))
+        return bench_tier_main(cmd, argc - 1, argv + 1);
     int (*fn)(const struct bench_opts *, struct moe_model *, struct moe_pool *) =
         !strcmp(cmd, "ppl") ? cmd_ppl : !strcmp(cmd, "decode") ? cmd_decode
         : !strcmp(cmd, "logits") ? cmd_logits : !strcmp(cmd, "gemv") ? cmd_gemv

@@ -1,0 +1,344 @@
+/* The residency manager: a host tier of equal slots over one arena, filled by
+ * io_uring reads of the pack's expert blobs, emptied by the cache policy. See
+ * offload.h for the contract. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/common.h"
+#include "format/format_pack.h"
+#include "offload/offload.h"
+#include "offload/offload_nvme.h"
+#include "offload/offload_trace.h"
+
+enum slot_state { SLOT_FREE, SLOT_LOADING, SLOT_READY };
+
+struct slot {
+    int64_t key;          /* layer * E + expert, -1 when free */
+    enum slot_state state;
+    bool prefetched;      /* filled ahead of need and not used yet */
+    struct moe_nvme_req req;
+};
+
+struct moe_offload {
+    const struct moe_pack *pack;
+    int32_t L, E, K;
+    struct moe_host_region arena;
+    size_t slot_bytes;
+    uint32_t n_slots;
+    struct slot *slots;
+    uint32_t *free_list, n_free;
+    int64_t *slot_of;      /* [L * E] slot index or -1 */
+    uint64_t *pin;         /* [L * E] epoch of the acquire that handed it out */
+    uint64_t epoch;
+    const struct moe_pack_expert **ex; /* [L * E] */
+    struct moe_cache_policy *pol;
+    struct moe_nvme *nv;
+    struct moe_nvme_req **batch; /* [E] */
+    int32_t *list;               /* [E] */
+    struct moe_trace_writer *trace;
+    int64_t step;
+    int32_t last_layer;
+    struct moe_offload_stats st;
+};
+
+static bool evictable(void *ctx, uint32_t key)
+{
+    struct moe_offload *o = ctx;
+    int64_t s = o->slot_of[key];
+    /* a finished prefetch nobody waited for yet may go too: it was never used */
+    return s >= 0 && o->pin[key] != o->epoch &&
+           (o->slots[s].state == SLOT_READY || o->slots[s].req.done);
+}
+
+static void slot_release(struct moe_offload *o, int64_t s)
+{
+    struct slot *sl = &o->slots[s];
+    if (sl->key >= 0) {
+        o->slot_of[sl->key] = -1;
+        moe_cache_policy_remove(o->pol, (uint32_t)sl->key);
+        o->st.resident_bytes -= sl->req.e ? sl->req.e->size : 0;
+    }
+    sl->key = -1;
+    sl->state = SLOT_FREE;
+    sl->prefetched = false;
+    o->free_list[o->n_free++] = (uint32_t)s;
+}
+
+/* a prefetch still in flight that nobody holds: wait for it, so it can go */
+static bool settle_one_loading(struct moe_offload *o)
+{
+    for (uint32_t s = 0; s < o->n_slots; s++) {
+        struct slot *sl = &o->slots[s];
+        if (sl->state != SLOT_LOADING || o->pin[sl->key] == o->epoch)
+            continue;
+        moe_nvme_wait(o->nv, &sl->req);
+        if (sl->req.rc < 0)
+            slot_release(o, s);
+        else
+            sl->state = SLOT_READY;
+        return true;
+    }
+    return false;
+}
+
+/* a free slot, evicting the policy's choice when there is none; -1 if every
+ * slot is held by the current acquire (prefetch: or loading) */
+static int64_t slot_take(struct moe_offload *o, bool may_wait)
+{
+    for (;;) {
+        if (o->n_free > 0)
+            return o->free_list[--o->n_free];
+        int64_t victim = moe_cache_policy_victim(o->pol, evictable, o);
+        if (victim >= 0) {
+            int64_t s = o->slot_of[victim];
+            if (o->slots[s].prefetched)
+                o->st.prefetch_wasted++;
+            o->st.evictions++;
+            slot_release(o, s);
+            continue;
+        }
+        if (!may_wait || !settle_one_loading(o))
+            return -1;
+    }
+}
+
+static void slot_fill(struct moe_offload *o, int64_t s, int64_t key)
+{
+    struct slot *sl = &o->slots[s];
+    sl->key = key;
+    sl->state = SLOT_LOADING;
+    sl->prefetched = false;
+    sl->req = (struct moe_nvme_req){.e = o->ex[key],
+                                    .dst = (uint8_t *)o->arena.ptr + (size_t)s * o->slot_bytes};
+    o->slot_of[key] = s;
+    o->st.resident_bytes += o->ex[key]->size;
+    moe_cache_policy_insert(o->pol, (uint32_t)key);
+}
+
+int moe_offload_open(const struct moe_pack *pack, int32_t n_layers, int32_t n_experts,
+                     int32_t top_k, const struct moe_offload_opts *opts,
+                     struct moe_offload **out)
+{
+    *out = NULL;
+    struct moe_offload *o = calloc(1, sizeof(*o));
+    if (!o)
+        return moe_err(-ENOMEM, "out of memory");
+    o->pack = pack;
+    o->L = n_layers;
+    o->E = n_experts;
+    o->K = top_k;
+    o->last_layer = -1;
+    size_t n = (size_t)n_layers * (size_t)n_experts;
+    int rc = 0;
+    o->slot_of = malloc(n * sizeof(*o->slot_of));
+    o->pin = calloc(n, sizeof(*o->pin));
+    o->ex = calloc(n, sizeof(*o->ex));
+    o->batch = calloc((size_t)n_experts, sizeof(*o->batch));
+    o->list = calloc((size_t)n_experts, sizeof(*o->list));
+    if (!o->slot_of || !o->pin || !o->ex || !o->batch || !o->list) {
+        rc = moe_err(-ENOMEM, "out of memory");
+        goto fail;
+    }
+    size_t total = 0;
+    for (size_t i = 0; i < moe_pack_expert_count(pack); i++) {
+        const struct moe_pack_expert *e = moe_pack_expert_at(pack, i);
+        if (e->layer < 0 || e->layer >= n_layers || e->expert < 0 || e->expert >= n_experts)
+            continue;
+        o->ex[(size_t)e->layer * n_experts + e->expert] = e;
+        o->slot_bytes = MOE_MAX(o->slot_bytes, (size_t)e->size);
+        total += e->size;
+    }
+    for (size_t i = 0; i < n; i++)
+        o->slot_of[i] = -1;
+    if (o->slot_bytes == 0) {
+        rc = moe_err(-EINVAL, "%s: the pack has no expert blobs to offload", moe_pack_path(pack));
+        goto fail;
+    }
+    size_t want = MOE_MIN(opts->host_bytes, total + o->slot_bytes);
+    o->n_slots = (uint32_t)(want / o->slot_bytes);
+    /* a batch may need every expert of one layer at once */
+    uint32_t need_slots = (uint32_t)MOE_MIN((size_t)n_experts, n);
+    if (o->n_slots < need_slots) {
+        rc = moe_err(-EINVAL, "[offload] host_bytes = %zu holds %u expert blobs of %zu bytes; one "
+                     "layer may need %u at once (at least %zu bytes)", opts->host_bytes,
+                     o->n_slots, o->slot_bytes, need_slots, (size_t)need_slots * o->slot_bytes);
+        goto fail;
+    }
+    o->slots = calloc(o->n_slots, sizeof(*o->slots));
+    o->free_list = malloc(o->n_slots * sizeof(*o->free_list));
+    if (!o->slots || !o->free_list) {
+        rc = moe_err(-ENOMEM, "out of memory");
+        goto fail;
+    }
+    for (uint32_t s = 0; s < o->n_slots; s++) {
+        o->slots[s].key = -1;
+        o->free_list[o->n_free++] = o->n_slots - 1 - s; /* slot 0 first */
+    }
+    if ((rc = moe_host_alloc((size_t)o->n_slots * o->slot_bytes, opts->numa, opts->hugepages,
+                             &o->arena)) < 0)
+        goto fail;
+    struct moe_nvme_opts no = {.queue_depth = opts->queue_depth ? opts->queue_depth : 32,
+                               .force_pread = opts->force_pread, .retries = 2};
+    if ((rc = moe_nvme_open(pack, &no, o->arena.ptr, o->arena.bytes, &o->nv)) < 0)
+        goto fail;
+    if ((rc = moe_cache_policy_create(opts->policy, (uint32_t)n, opts->score, &o->pol)) < 0)
+        goto fail;
+    if (opts->trace_path &&
+        (rc = moe_trace_writer_open(opts->trace_path, n_layers, n_experts, &o->trace)) < 0)
+        goto fail;
+    o->st.arena_bytes = (size_t)o->n_slots * o->slot_bytes;
+    o->st.slot_bytes = o->slot_bytes;
+    o->st.slots = o->n_slots;
+    o->st.uring = moe_nvme_uses_uring(o->nv);
+    o->st.hugepages = o->arena.huge;
+    o->st.numa_node = o->arena.numa_node;
+    *out = o;
+    return 0;
+fail:
+    moe_offload_close(o);
+    return rc;
+}
+
+void moe_offload_close(struct moe_offload *o)
+{
+    if (!o)
+        return;
+    if (o->nv) { /* nothing may land in the arena once it is gone */
+        for (uint32_t s = 0; o->slots && s < o->n_slots; s++)
+            if (o->slots[s].state == SLOT_LOADING)
+                moe_nvme_wait(o->nv, &o->slots[s].req);
+        moe_nvme_close(o->nv);
+    }
+    moe_trace_writer_close(o->trace);
+    moe_cache_policy_free(o->pol);
+    if (o->arena.ptr)
+        moe_host_free(&o->arena);
+    free(o->slots);
+    free(o->free_list);
+    free(o->slot_of);
+    free(o->pin);
+    free(o->ex);
+    free(o->batch);
+    free(o->list);
+    free(o);
+}
+
+int moe_offload_acquire(struct moe_offload *o, int32_t layer, const bool *need,
+                        const void **blobs)
+{
+    o->epoch++;
+    moe_nvme_poll(o->nv); /* reap finished prefetches */
+    if (layer <= o->last_layer)
+        o->step++;
+    o->last_layer = layer;
+    int32_t n_list = 0, n_batch = 0;
+    int rc = 0;
+    for (int32_t e = 0; e < o->E; e++) { /* pin first: nothing needed now may be evicted */
+        if (!need[e])
+            continue;
+        int64_t key = (int64_t)layer * o->E + e;
+        o->pin[key] = o->epoch;
+        o->list[n_list++] = e;
+    }
+    for (int32_t i = 0; i < n_list; i++) {
+        int64_t key = (int64_t)layer * o->E + o->list[i];
+        if (!o->ex[key])
+            return moe_err(-EINVAL, "%s: layer %d expert %d: missing from the pack",
+                           moe_pack_path(o->pack), layer, o->list[i]);
+        moe_cache_policy_access(o->pol, (uint32_t)key);
+        int64_t s = o->slot_of[key];
+        if (s >= 0) {
+            o->st.hits++;
+            if (o->slots[s].prefetched) {
+                o->st.prefetch_used++;
+                o->slots[s].prefetched = false;
+            }
+            continue;
+        }
+        o->st.misses++;
+        if ((s = slot_take(o, true)) < 0)
+            return moe_err(-ENOSPC, "host tier: no slot free for layer %d expert %d", layer,
+                           o->list[i]);
+        slot_fill(o, s, key);
+        o->batch[n_batch++] = &o->slots[s].req;
+    }
+    if (n_batch > 0 && (rc = moe_nvme_submit(o->nv, o->batch, n_batch)) < 0)
+        return rc;
+    char why[320] = "";
+    double t0 = moe_now_s();
+    for (int32_t i = 0; i < n_list; i++) {
+        int32_t e = o->list[i];
+        int64_t key = (int64_t)layer * o->E + e, s = o->slot_of[key];
+        struct slot *sl = &o->slots[s];
+        if (sl->state == SLOT_LOADING) {
+            moe_nvme_wait(o->nv, &sl->req);
+            if (sl->req.rc < 0) {
+                o->st.read_errors++;
+                if (!why[0]) {
+                    moe_nvme_req_error(o->nv, &sl->req);
+                    snprintf(why, sizeof(why), "%s", moe_err_msg());
+                }
+                rc = rc < 0 ? rc : sl->req.rc;
+                slot_release(o, s);
+                blobs[e] = NULL;
+                continue;
+            }
+            sl->state = SLOT_READY;
+        }
+        blobs[e] = sl->req.dst;
+    }
+    o->st.wait_s += moe_now_s() - t0;
+    if (o->trace)
+        moe_trace_writer_access(o->trace, o->step, layer, o->list, n_list);
+    if (rc < 0)
+        return moe_err(rc, "%s", why[0] ? why : "expert read failed");
+    return 0;
+}
+
+void moe_offload_prefetch(struct moe_offload *o, int32_t layer, const bool *likely)
+{
+    int32_t n_batch = 0, n_list = 0;
+    for (int32_t e = 0; e < o->E; e++) {
+        if (!likely[e])
+            continue;
+        o->list[n_list++] = e;
+        int64_t key = (int64_t)layer * o->E + e;
+        if (!o->ex[key] || o->slot_of[key] >= 0)
+            continue;
+        int64_t s = slot_take(o, false);
+        if (s < 0)
+            break;
+        slot_fill(o, s, key);
+        o->slots[s].prefetched = true;
+        o->batch[n_batch++] = &o->slots[s].req;
+        o->st.prefetch_issued++;
+    }
+    if (o->trace)
+        moe_trace_writer_predict(o->trace, o->step, layer, o->list, n_list);
+    if (n_batch > 0 && moe_nvme_submit(o->nv, o->batch, n_batch) < 0) {
+        for (int32_t i = 0; i < n_batch; i++) /* nothing went out: give the slots back */
+            slot_release(o, (struct slot *)((uint8_t *)o->batch[i] - offsetof(struct slot, req)) -
+                                o->slots);
+    }
+}
+
+void moe_offload_get_stats(const struct moe_offload *o, struct moe_offload_stats *out)
+{
+    *out = o->st;
+    struct moe_nvme_stats ns;
+    moe_nvme_stats(o->nv, &ns);
+    out->reads = ns.reads;
+    out->bytes_read = ns.bytes;
+    out->retries = ns.retries;
+}
+
+int moe_offload_inject_faults(struct moe_offload *o, const char *spec)
+{
+    struct moe_nvme_fault f[MOE_NVME_MAX_FAULTS];
+    int n = 0, rc = moe_nvme_fault_parse(spec, f, MOE_NVME_MAX_FAULTS, &n);
+    for (int i = 0; i < n && rc == 0; i++)
+        rc = moe_nvme_inject_fault(o->nv, f[i].layer, f[i].expert, f[i].kind, f[i].count);
+    return rc;
+}

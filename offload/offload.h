@@ -1,0 +1,88 @@
+/* offload: where each expert of a pack lives while moed serves.
+ *
+ * Every (layer, expert) blob has its home in the pack file. In tiered mode a
+ * host tier of at most host_bytes holds copies of some of them, read with
+ * O_DIRECT through io_uring (offload_nvme.h) into one arena allocated on the
+ * chosen NUMA placement (offload_host.h); which blobs stay is the cache
+ * policy's choice (offload_policy.h). The model asks for the experts a layer
+ * needs just before running them (moe_offload_acquire: hits are free, all
+ * misses are read together), and may announce the next layer's likely experts
+ * ahead of time (moe_offload_prefetch), whose reads then run while the current
+ * layer computes. The arena is the tier: its size never changes, so the
+ * daemon's memory stays inside host_bytes plus the fixed overhead of the
+ * dense weights and the tables here.
+ *
+ * The arena is cut into equal slots of the largest blob's size: one blob per
+ * slot, no fragmentation, no allocation on the serving path. Packs whose
+ * experts differ in size (mcmoe's 1/2/3-bit widths) use their slots less
+ * fully; the budget then holds fewer experts than their bytes would allow.
+ *
+ * With no GPU, a resident expert is computed on the CPU where it lies; the GPU
+ * tier and the compute-or-fetch cost model sit on top of this one (CUDA
+ * builds). One thread (the engine's) uses a moe_offload at a time. */
+#ifndef MOE_OFFLOAD_H
+#define MOE_OFFLOAD_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "offload/offload_host.h"
+#include "offload/offload_policy.h"
+
+struct moe_pack;
+struct moe_offload;
+
+struct moe_offload_opts {
+    size_t host_bytes;                 /* host tier budget (blob bytes resident at most) */
+    enum moe_cache_policy_kind policy; /* which blob leaves when room is needed */
+    unsigned queue_depth;              /* io_uring submission queue (0: 32) */
+    enum moe_numa_mode numa;           /* arena placement */
+    bool hugepages;
+    bool force_pread;                  /* no io_uring (also the fallback where it is refused) */
+    const char *trace_path;            /* record every access here (NULL: no trace) */
+    const double *score;               /* [L * E] calibration frequency: STATIC needs it */
+};
+
+struct moe_offload_stats {
+    uint64_t hits, misses, evictions;  /* per expert and acquire */
+    uint64_t prefetch_issued;          /* reads started ahead of need */
+    uint64_t prefetch_used;            /* of those, needed by the layer they were for */
+    uint64_t prefetch_wasted;          /* read, then evicted or skipped by the next step */
+    uint64_t reads, bytes_read, read_errors, retries;
+    double wait_s;                     /* time acquire spent waiting for reads */
+    size_t resident_bytes;             /* blob bytes in the host tier now */
+    size_t arena_bytes;                /* the tier's memory (slots x slot size) */
+    size_t slot_bytes;
+    uint32_t slots;
+    bool uring, hugepages;
+    int numa_node;                     /* -1: interleaved or unknown */
+};
+
+/* The host tier for pack's experts. -EINVAL when host_bytes cannot hold one
+ * layer's top-k experts (nothing could run), naming the sizes. */
+int moe_offload_open(const struct moe_pack *pack, int32_t n_layers, int32_t n_experts,
+                     int32_t top_k, const struct moe_offload_opts *opts,
+                     struct moe_offload **out);
+void moe_offload_close(struct moe_offload *o); /* NULL: no-op */
+
+/* Makes the experts of layer l with need[e] set resident and sets blobs[e] to
+ * their bytes (the pack's blob layout); they stay put until the next acquire.
+ * Misses are submitted together; prefetched reads in flight are waited for.
+ * Returns 0, or -EIO naming the layer and expert whose blob could not be read
+ * or failed its checksum after the retries (the slot is freed; the next
+ * request tries again). */
+int moe_offload_acquire(struct moe_offload *o, int32_t layer, const bool *need,
+                        const void **blobs);
+
+/* Starts reads of layer l's experts with likely[e] set that are not resident,
+ * into slots no current expert holds; never blocks, never evicts what the
+ * last acquire handed out. */
+void moe_offload_prefetch(struct moe_offload *o, int32_t layer, const bool *likely);
+
+void moe_offload_get_stats(const struct moe_offload *o, struct moe_offload_stats *out);
+
+/* The fault hooks of offload_nvme.h for tests ("eio:L:E:N,corrupt:L:E:N"). */
+int moe_offload_inject_faults(struct moe_offload *o, const char *spec);
+
+#endif

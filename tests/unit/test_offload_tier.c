@@ -1,0 +1,219 @@
+/* The host tier under a real model: a tiny-moe pack served from a tier of a
+ * quarter of its experts gives exactly the logits of the mapped pack; the
+ * budget holds; reads that fail or arrive corrupt fail that forward with a
+ * message naming the expert, and the next one works; the trace is written. */
+#include "tests/unit/test.h"
+
+#include <errno.h>
+#include <jansson.h>
+
+#include "backend/backend.h"
+#include "common/common.h"
+#include "format/format_pack.h"
+#include "model/model.h"
+#include "offload/offload.h"
+#include "offload/offload_trace.h"
+
+static char pack_path[512];
+static const int32_t IDS[] = {1, 15, 27, 3, 40, 8, 11, 52, 9, 30, 2, 44, 17, 5, 60, 23};
+#define N_IDS ((int32_t)(sizeof(IDS) / sizeof(IDS[0])))
+
+static int setup(void **state)
+{
+    (void)state;
+    snprintf(pack_path, sizeof(pack_path), "%s/tier.pack", moe_test_tmpdir());
+    struct moe_model *m;
+    if (moe_model_open(moe_test_path("models/tiny-moe"), &m) < 0)
+        return -1;
+    struct moe_pack_writer *w;
+    int rc = moe_pack_writer_open(pack_path, &w);
+    if (rc == 0 && (rc = moe_model_pack_write_base(m, w)) == 0) {
+        for (int32_t l = 0; l < m->cfg.n_layers && rc == 0; l++)
+            for (int32_t e = 0; e < m->cfg.n_experts && rc == 0; e++) {
+                const struct moe_expert_weights *x = &m->layers[l].experts[e];
+                const struct moe_weight *ws[3] = {&x->gate, &x->up, &x->down};
+                static const char *const names[3] = {"gate", "up", "down"};
+                struct moe_pack_part parts[3];
+                for (int k = 0; k < 3; k++)
+                    parts[k] = (struct moe_pack_part){names[k], ws[k]->dtype, ws[k]->rows,
+                                                      ws[k]->cols, ws[k]->data,
+                                                      moe_weight_bytes(ws[k])};
+                rc = moe_pack_writer_add_expert(w, l, e, parts, 3);
+            }
+        if (rc == 0)
+            rc = moe_pack_writer_commit(w);
+        else
+            moe_pack_writer_abort(w);
+    }
+    moe_model_free(m);
+    return rc;
+}
+
+static size_t expert_bytes(const struct moe_model *m)
+{
+    size_t b = 0;
+    const struct moe_pack *p = moe_model_pack(m);
+    for (size_t i = 0; i < moe_pack_expert_count(p); i++)
+        b += moe_pack_expert_at(p, i)->size;
+    return b;
+}
+
+static struct moe_model *open_tiered(double fraction, enum moe_cache_policy_kind pol,
+                                     bool prefetch, const char *trace)
+{
+    struct moe_model *m;
+    assert_int_equal(moe_model_open_flags(pack_path, MOE_MODEL_OPEN_EXPERTS_ON_READ, &m), 0);
+    struct moe_offload_opts oo = {.host_bytes = (size_t)(fraction * (double)expert_bytes(m)),
+                                  .policy = pol, .numa = MOE_NUMA_LOCAL, .hugepages = true,
+                                  .trace_path = trace};
+    struct moe_offload *o;
+    int rc = moe_offload_open(moe_model_pack(m), m->cfg.n_layers, m->cfg.n_experts,
+                              m->cfg.top_k, &oo, &o);
+    if (rc < 0)
+        fprintf(stderr, "%s\n", moe_err_msg());
+    assert_int_equal(rc, 0);
+    assert_int_equal(moe_model_use_offload(m, o, prefetch), 0);
+    return m;
+}
+
+/* token-by-token logits of IDS */
+static float *decode_logits(const struct moe_model *m, int *rc_out)
+{
+    struct moe_pool *pool;
+    struct moe_session *s;
+    int32_t V = m->cfg.vocab;
+    assert_int_equal(moe_pool_create(2, &pool), 0);
+    assert_int_equal(moe_session_create(m, pool, 64, &s), 0);
+    float *out = calloc((size_t)N_IDS * V, sizeof(float));
+    int rc = 0;
+    for (int32_t i = 0; i < N_IDS && rc == 0; i++)
+        rc = moe_session_forward(s, &IDS[i], 1, out + (size_t)i * V, false);
+    *rc_out = rc;
+    moe_session_free(s);
+    moe_pool_free(pool);
+    return out;
+}
+
+static void test_a_quarter_tier_gives_the_mapped_packs_logits_exactly(void **state)
+{
+    (void)state;
+    struct moe_model *mapped;
+    assert_int_equal(moe_model_open(pack_path, &mapped), 0);
+    int rc;
+    float *want = decode_logits(mapped, &rc);
+    assert_int_equal(rc, 0);
+    size_t n = (size_t)N_IDS * mapped->cfg.vocab;
+    for (int pol = MOE_CACHE_LRU; pol <= MOE_CACHE_LFRU; pol++)
+        for (int pf = 0; pf <= 1; pf++) {
+            struct moe_model *m = open_tiered(0.25, (enum moe_cache_policy_kind)pol, pf, NULL);
+            float *got = decode_logits(m, &rc);
+            assert_int_equal(rc, 0);
+            assert_memory_equal(got, want, n * sizeof(float));
+            struct moe_offload_stats st;
+            moe_offload_get_stats(moe_model_offload(m), &st);
+            assert_true(st.misses > 0);    /* the tier really was too small for all */
+            assert_true(st.evictions > 0);
+            assert_true(st.arena_bytes <= (size_t)(0.25 * (double)expert_bytes(m)));
+            assert_true(st.resident_bytes <= st.arena_bytes);
+            if (pf)
+                assert_true(st.prefetch_issued > 0);
+            free(got);
+            moe_model_free(m);
+        }
+    free(want);
+    moe_model_free(mapped);
+}
+
+static void test_a_budget_below_one_layers_experts_is_refused_naming_host_bytes(void **state)
+{
+    (void)state;
+    struct moe_model *m;
+    assert_int_equal(moe_model_open_flags(pack_path, MOE_MODEL_OPEN_EXPERTS_ON_READ, &m), 0);
+    struct moe_offload_opts oo = {.host_bytes = expert_bytes(m) / 8, .policy = MOE_CACHE_LRU};
+    struct moe_offload *o = NULL;
+    assert_int_equal(moe_offload_open(moe_model_pack(m), m->cfg.n_layers, m->cfg.n_experts,
+                                      m->cfg.top_k, &oo, &o), -EINVAL);
+    assert_null(o);
+    assert_non_null(strstr(moe_err_msg(), "host_bytes"));
+    moe_model_free(m);
+}
+
+static void fault_fails_the_forward_then_recovers(const char *kind, const char *why)
+{
+    struct moe_model *m = open_tiered(0.25, MOE_CACHE_LRU, false, NULL);
+    struct moe_offload *o = moe_model_offload(m);
+    char spec[512] = "";
+    for (int e = 0; e < m->cfg.n_experts; e++) /* more than the retries: every read fails */
+        snprintf(spec + strlen(spec), sizeof(spec) - strlen(spec), "%s%s:0:%d:5", e ? "," : "",
+                 kind, e);
+    assert_int_equal(moe_offload_inject_faults(o, spec), 0);
+    struct moe_pool *pool;
+    struct moe_session *s;
+    float *logits = malloc((size_t)m->cfg.vocab * sizeof(float));
+    assert_int_equal(moe_pool_create(2, &pool), 0);
+    assert_int_equal(moe_session_create(m, pool, 64, &s), 0);
+    assert_int_equal(moe_session_forward(s, IDS, 1, logits, false), -EIO);
+    assert_non_null(strstr(moe_err_msg(), "layer 0 expert"));
+    assert_non_null(strstr(moe_err_msg(), why));
+    spec[0] = 0; /* the disk heals */
+    for (int e = 0; e < m->cfg.n_experts; e++)
+        snprintf(spec + strlen(spec), sizeof(spec) - strlen(spec), "%s%s:0:%d:0", e ? "," : "",
+                 kind, e);
+    assert_int_equal(moe_offload_inject_faults(o, spec), 0);
+    moe_session_reset(s);
+    assert_int_equal(moe_session_forward(s, IDS, 1, logits, false), 0);
+    moe_session_free(s);
+    moe_pool_free(pool);
+    free(logits);
+    moe_model_free(m);
+}
+
+static void test_a_read_error_fails_that_forward_naming_the_expert(void **state)
+{
+    (void)state;
+    fault_fails_the_forward_then_recovers("eio", "read error");
+}
+
+static void test_a_corrupt_blob_fails_that_forward_naming_the_expert(void **state)
+{
+    (void)state;
+    fault_fails_the_forward_then_recovers("corrupt", "checksum");
+}
+
+static void test_the_trace_records_every_layers_access(void **state)
+{
+    (void)state;
+    char path[600];
+    snprintf(path, sizeof(path), "%s/t.trace", moe_test_tmpdir());
+    struct moe_model *m = open_tiered(0.5, MOE_CACHE_LFRU, true, path);
+    int rc;
+    free(decode_logits(m, &rc));
+    assert_int_equal(rc, 0);
+    int32_t L = m->cfg.n_layers;
+    moe_model_free(m); /* closes the trace */
+    struct moe_trace t;
+    assert_int_equal(moe_trace_read(path, &t), 0);
+    size_t access = 0, predict = 0;
+    for (size_t i = 0; i < t.n_ev; i++) {
+        if (t.ev[i].predict)
+            predict++;
+        else
+            access++;
+        assert_true(t.ev[i].n >= 1 && t.ev[i].n <= 2); /* batch 1, top-2 */
+    }
+    assert_int_equal(access, (size_t)N_IDS * L);
+    assert_int_equal(predict, (size_t)N_IDS * (L - 1)); /* no layer after the last */
+    moe_trace_free(&t);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_a_quarter_tier_gives_the_mapped_packs_logits_exactly),
+        cmocka_unit_test(test_a_budget_below_one_layers_experts_is_refused_naming_host_bytes),
+        cmocka_unit_test(test_a_read_error_fails_that_forward_naming_the_expert),
+        cmocka_unit_test(test_a_corrupt_blob_fails_that_forward_naming_the_expert),
+        cmocka_unit_test(test_the_trace_records_every_layers_access),
+    };
+    return cmocka_run_group_tests(tests, setup, NULL);
+}

@@ -1,0 +1,408 @@
+/* moe-bench's tiered-memory measurements (offload/):
+ *
+ *   moe-bench tier  --model PACK [--budgets 100,50,25] [--policy P] [--tokens N]
+ *                   [--prompt-tokens P] [--warmup W] [--no-prefetch] [--pread]
+ *                   [--queue-depth Q] [--threads T]
+ *       batch-1 decode with the experts in a host tier of each budget (percent of
+ *       the pack's expert bytes), read with O_DIRECT: tok/s, hit rate, bytes read
+ *       per token, prefetch use; every budget in one run, its ratio to the first.
+ *   moe-bench trace --model PACK --text FILE [--start-char C] [--tokens N] --out FILE
+ *       decodes the text token by token (the cache reset every 256 tokens) with the
+ *       experts tiered, recording every access and prefetch guess (offload_trace.h).
+ *   moe-bench cache --trace FILE [--budgets 10,25,50,75]
+ *       replays the second half of a trace against every policy and Belady's MIN at
+ *       each budget (percent of all experts, in equal slots as the tier keeps them);
+ *       the static policy ranks experts by their accesses in the first half.
+ * Each prints one JSON object on stdout; cache also a table on stderr. */
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/backend.h"
+#include "common/common.h"
+#include "format/format_pack.h"
+#include "model/model.h"
+#include "offload/offload.h"
+#include "offload/offload_sim.h"
+#include "offload/offload_trace.h"
+#include "tools/bench/bench.h"
+
+#define MAX_BUDGETS 16
+#define EXIT_USAGE 2
+
+struct tier_opts {
+    const char *model, *text, *out, *trace;
+    double budgets[MAX_BUDGETS];
+    int n_budgets;
+    enum moe_cache_policy_kind policy;
+    int64_t tokens, prompt_tokens, warmup, start_char, queue_depth, threads;
+    bool prefetch, pread;
+};
+
+static int parse_budgets(const char *s, struct tier_opts *o)
+{
+    o->n_budgets = 0;
+    while (*s && o->n_budgets < MAX_BUDGETS) {
+        char *end;
+        double v = strtod(s, &end);
+        if (end == s || !(v > 0 && v <= 100)) {
+            fprintf(stderr, "moe-bench: --budgets: '%s' is not a list of percentages in (0, 100]\n", s);
+            return -1;
+        }
+        o->budgets[o->n_budgets++] = v;
+        s = *end == ',' ? end + 1 : end;
+        if (*end && *end != ',') {
+            fprintf(stderr, "moe-bench: --budgets: unexpected '%s'\n", end);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int parse(int argc, char **argv, struct tier_opts *o, const char *defaults)
+{
+    static const struct option longopts[] = {
+        {"model", required_argument, 0, 'm'},        {"text", required_argument, 0, 'x'},
+        {"out", required_argument, 0, 'o'},          {"trace", required_argument, 0, 'T'},
+        {"budgets", required_argument, 0, 'b'},      {"policy", required_argument, 0, 'y'},
+        {"tokens", required_argument, 0, 'n'},       {"prompt-tokens", required_argument, 0, 'p'},
+        {"warmup", required_argument, 0, 'w'},       {"start-char", required_argument, 0, 'c'},
+        {"queue-depth", required_argument, 0, 'q'},  {"threads", required_argument, 0, 't'},
+        {"no-prefetch", no_argument, 0, 'N'},        {"pread", no_argument, 0, 'R'},
+        {0, 0, 0, 0}};
+    memset(o, 0, sizeof(*o));
+    o->policy = MOE_CACHE_LFRU;
+    o->tokens = 32;
+    o->prompt_tokens = 16;
+    o->warmup = 16;
+    o->queue_depth = 32;
+    o->prefetch = true;
+    parse_budgets(defaults, o);
+    int c;
+    opterr = 0;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
+        const char *name = moe_cli_opt_name(longopts, c);
+        switch (c) {
+        case 'm': o->model = optarg; break;
+        case 'x': o->text = optarg; break;
+        case 'o': o->out = optarg; break;
+        case 'T': o->trace = optarg; break;
+        case 'b': if (parse_budgets(optarg, o) < 0) return -1; break;
+        case 'y':
+            if (moe_cache_policy_parse(optarg, &o->policy) < 0) {
+                fprintf(stderr, "moe-bench: --policy: %s\n", moe_err_msg());
+                return -1;
+            }
+            break;
+        case 'n': if (moe_cli_integer("moe-bench", name, optarg, 1, 1 << 24, &o->tokens)) return -1; break;
+        case 'p': if (moe_cli_integer("moe-bench", name, optarg, 1, 1 << 16, &o->prompt_tokens)) return -1; break;
+        case 'w': if (moe_cli_integer("moe-bench", name, optarg, 0, 1 << 16, &o->warmup)) return -1; break;
+        case 'c': if (moe_cli_integer("moe-bench", name, optarg, 0, INT64_MAX, &o->start_char)) return -1; break;
+        case 'q': if (moe_cli_integer("moe-bench", name, optarg, 1, 4096, &o->queue_depth)) return -1; break;
+        case 't': if (moe_cli_integer("moe-bench", name, optarg, 0, 1024, &o->threads)) return -1; break;
+        case 'N': o->prefetch = false; break;
+        case 'R': o->pread = true; break;
+        case ':': fprintf(stderr, "moe-bench: option '%s' needs a value\n", argv[optind - 1]); return -1;
+        default: fprintf(stderr, "moe-bench: unknown option '%s'\n", argv[optind - 1]); return -1;
+        }
+    }
+    return 0;
+}
+
+static size_t pack_expert_bytes(const struct moe_pack *p)
+{
+    size_t b = 0;
+    for (size_t i = 0; i < moe_pack_expert_count(p); i++)
+        b += moe_pack_expert_at(p, i)->size;
+    return b;
+}
+
+/* the pack opened with its experts in a host tier of host_bytes */
+static int open_tiered(const struct tier_opts *o, double pct, const char *trace,
+                       struct moe_model **out, size_t *budget)
+{
+    struct moe_model *m;
+    int rc = moe_model_open_flags(o->model, MOE_MODEL_OPEN_EXPERTS_ON_READ, &m);
+    if (rc < 0)
+        return rc;
+    if (!moe_model_pack(m)) {
+        moe_model_free(m);
+        return moe_err(-EINVAL, "%s: not a moed pack (tiering needs one: moe-pack)", o->model);
+    }
+    size_t total = pack_expert_bytes(moe_model_pack(m));
+    *budget = (size_t)ceil(pct / 100.0 * (double)total);
+    struct moe_offload_opts oo = {.host_bytes = *budget, .policy = o->policy,
+                                  .queue_depth = (unsigned)o->queue_depth, .numa = MOE_NUMA_LOCAL,
+                                  .hugepages = true, .force_pread = o->pread, .trace_path = trace};
+    double *score = NULL;
+    if (o->policy == MOE_CACHE_STATIC) {
+        score = malloc((size_t)m->cfg.n_layers * m->cfg.n_experts * sizeof(double));
+        if (!score || (rc = moe_model_expert_scores(m, score)) < 0) {
+            free(score);
+            moe_model_free(m);
+            return score ? rc : moe_err(-ENOMEM, "out of memory");
+        }
+        oo.score = score;
+    }
+    struct moe_offload *off;
+    rc = moe_offload_open(moe_model_pack(m), m->cfg.n_layers, m->cfg.n_experts, m->cfg.top_k,
+                          &oo, &off);
+    free(score);
+    if (rc == 0)
+        rc = moe_model_use_offload(m, off, o->prefetch);
+    if (rc < 0) {
+        moe_model_free(m);
+        return rc;
+    }
+    *out = m;
+    return 0;
+}
+
+static int argmax(const float *v, int32_t n)
+{
+    int32_t b = 0;
+    for (int32_t i = 1; i < n; i++)
+        if (v[i] > v[b])
+            b = i;
+    return b;
+}
+
+static int decode_tokens(struct moe_session *s, float *logits, int32_t V, int64_t n)
+{
+    int rc = 0;
+    for (int64_t i = 0; rc == 0 && i < n; i++) {
+        int32_t tok = argmax(logits, V);
+        rc = moe_session_forward(s, &tok, 1, logits, false);
+    }
+    return rc;
+}
+
+static int cmd_tier(const struct tier_opts *o, struct moe_pool *pool)
+{
+    json_t *runs = json_array();
+    double first = 0;
+    int rc = 0;
+    for (int b = 0; b < o->n_budgets && rc == 0; b++) {
+        struct moe_model *m = NULL;
+        struct moe_session *s = NULL;
+        size_t budget = 0;
+        float *logits = NULL;
+        int32_t *prompt = NULL;
+        if ((rc = open_tiered(o, o->budgets[b], NULL, &m, &budget)) < 0)
+            break;
+        int32_t V = m->cfg.vocab;
+        logits = malloc((size_t)V * sizeof(float));
+        prompt = malloc((size_t)o->prompt_tokens * sizeof(int32_t));
+        int64_t ctx = o->prompt_tokens + o->warmup + o->tokens + 1;
+        if (!logits || !prompt)
+            rc = moe_err(-ENOMEM, "out of memory");
+        else
+            rc = moe_session_create(m, pool, (int32_t)ctx, &s);
+        for (int64_t i = 0; rc == 0 && i < o->prompt_tokens; i++)
+            prompt[i] = (int32_t)((i * 7919 + 13) % V);
+        if (rc == 0)
+            rc = moe_session_forward(s, prompt, (int32_t)o->prompt_tokens, logits, false);
+        if (rc == 0) /* the tier fills (at 100%: every expert ends up resident) */
+            rc = decode_tokens(s, logits, V, o->warmup);
+        struct moe_offload_stats a, z;
+        moe_offload_get_stats(moe_model_offload(m), &a);
+        double t0 = moe_now_s();
+        if (rc == 0)
+            rc = decode_tokens(s, logits, V, o->tokens);
+        double dt = moe_now_s() - t0;
+        moe_offload_get_stats(moe_model_offload(m), &z);
+        if (rc == 0) {
+            double tps = (double)o->tokens / dt;
+            if (b == 0)
+                first = tps;
+            uint64_t hits = z.hits - a.hits, misses = z.misses - a.misses;
+            json_array_append_new(runs, json_pack(
+                "{s:f, s:I, s:I, s:I, s:f, s:f, s:f, s:f, s:I, s:I, s:f, s:b, s:b}",
+                "budget_percent", o->budgets[b], "host_bytes", (json_int_t)budget,
+                "arena_bytes", (json_int_t)z.arena_bytes, "slots", (json_int_t)z.slots,
+                "decode_tok_s", tps, "ratio_to_first", tps / first,
+                "hit_rate", hits + misses ? (double)hits / (double)(hits + misses) : 0.0,
+                "bytes_read_per_token", (double)(z.bytes_read - a.bytes_read) / (double)o->tokens,
+                "prefetch_issued", (json_int_t)(z.prefetch_issued - a.prefetch_issued),
+                "prefetch_used", (json_int_t)(z.prefetch_used - a.prefetch_used),
+                "read_wait_s", z.wait_s - a.wait_s, "io_uring", z.uring, "hugepages", z.hugepages));
+            fprintf(stderr, "moe-bench tier: %5.1f%%: %.2f tok/s, hit rate %.3f\n", o->budgets[b],
+                    tps, hits + misses ? (double)hits / (double)(hits + misses) : 0.0);
+        }
+        moe_session_free(s);
+        moe_model_free(m);
+        free(logits);
+        free(prompt);
+    }
+    if (rc < 0) {
+        fprintf(stderr, "moe-bench: %s\n", moe_err_msg());
+        json_decref(runs);
+        return 1;
+    }
+    json_t *j = json_pack("{s:s, s:s, s:b, s:I, s:I, s:o}", "model", o->model, "policy",
+                          moe_cache_policy_name(o->policy), "prefetch", o->prefetch,
+                          "tokens", (json_int_t)o->tokens, "threads",
+                          (json_int_t)moe_pool_threads(pool), "budgets", runs);
+    bench_print_json(j);
+    return 0;
+}
+
+static int cmd_trace(const struct tier_opts *o, struct moe_pool *pool)
+{
+    if (!o->text || !o->out) {
+        fprintf(stderr, "moe-bench trace: --text FILE and --out FILE are required\n");
+        return EXIT_USAGE;
+    }
+    struct moe_model *m = NULL;
+    struct moe_session *s = NULL;
+    size_t budget;
+    char *text = NULL;
+    size_t len, n = 0;
+    int32_t *ids = NULL;
+    float *logits = NULL;
+    int rc = open_tiered(o, 100.0, o->out, &m, &budget);
+    if (rc == 0 && !m->tok)
+        rc = moe_err(-EINVAL, "%s has no tokenizer", o->model);
+    if (rc == 0)
+        rc = moe_read_text_file(o->text, &text, &len);
+    if (rc == 0) {
+        size_t off = bench_utf8_offset(text, len, o->start_char);
+        rc = moe_tokenizer_encode(m->tok, text + off, len - off, false, &ids, &n);
+    }
+    enum { WINDOW = 256 };
+    if (rc == 0 && !(logits = malloc((size_t)m->cfg.vocab * sizeof(float))))
+        rc = moe_err(-ENOMEM, "out of memory");
+    if (rc == 0)
+        rc = moe_session_create(m, pool, WINDOW, &s);
+    size_t limit = o->tokens > 0 && (size_t)o->tokens < n ? (size_t)o->tokens : n;
+    double t0 = moe_now_s();
+    for (size_t i = 0; rc == 0 && i < limit; i++) {
+        if (i % WINDOW == 0)
+            moe_session_reset(s);
+        rc = moe_session_forward(s, &ids[i], 1, logits, false);
+    }
+    double dt = moe_now_s() - t0;
+    moe_session_free(s);
+    moe_model_free(m); /* closes the trace */
+    free(text);
+    free(ids);
+    free(logits);
+    if (rc < 0) {
+        fprintf(stderr, "moe-bench: %s\n", moe_err_msg());
+        return 1;
+    }
+    bench_print_json(json_pack("{s:s, s:s, s:I, s:f}", "model", o->model, "trace", o->out,
+                               "tokens", (json_int_t)limit, "seconds", dt));
+    return 0;
+}
+
+static int cmd_cache(const struct tier_opts *o)
+{
+    if (!o->trace) {
+        fprintf(stderr, "moe-bench cache: --trace FILE is required\n");
+        return EXIT_USAGE;
+    }
+    struct moe_trace t, replay;
+    if (moe_trace_read(o->trace, &t) < 0) {
+        fprintf(stderr, "moe-bench: %s\n", moe_err_msg());
+        return EXIT_USAGE;
+    }
+    /* the first half ranks experts for the static hot set; all policies
+     * replay the second half */
+    size_t K = (size_t)t.layers * t.experts, half = t.n_ev / 2;
+    while (half < t.n_ev && t.ev[half].predict)
+        half++;
+    double *score = calloc(K, sizeof(double));
+    replay = t;
+    replay.ev = t.ev + half;
+    replay.n_ev = t.n_ev - half;
+    for (size_t i = 0; score && i < half; i++)
+        for (uint32_t j = 0; !t.ev[i].predict && j < t.ev[i].n; j++)
+            score[(size_t)t.ev[i].layer * t.experts + t.experts_of[t.ev[i].first + j]] += 1;
+    uint32_t need = 0;
+    for (size_t i = 0; i < replay.n_ev; i++)
+        if (!replay.ev[i].predict)
+            need = MOE_MAX(need, replay.ev[i].n);
+    json_t *rows = json_array();
+    int rc = score ? 0 : moe_err(-ENOMEM, "out of memory");
+    fprintf(stderr, "budget   slots      lru      lfu     lfru   static   belady\n");
+    for (int b = 0; b < o->n_budgets && rc == 0; b++) {
+        uint32_t slots = (uint32_t)MOE_MAX((double)need, round(o->budgets[b] / 100.0 * (double)K));
+        json_t *row = json_pack("{s:f, s:I}", "budget_percent", o->budgets[b], "slots",
+                                (json_int_t)slots);
+        double rate[MOE_SIM_BELADY + 1];
+        fprintf(stderr, "%5.1f%% %7u", o->budgets[b], slots);
+        for (int p = 0; p <= MOE_SIM_BELADY && rc == 0; p++) {
+            struct moe_sim_result r;
+            if ((rc = moe_sim_run(&replay, p, slots, score, &r)) < 0)
+                break;
+            rate[p] = r.hit_rate;
+            fprintf(stderr, " %8.3f", r.hit_rate);
+        }
+        fprintf(stderr, "\n");
+        if (rc < 0) {
+            json_decref(row);
+            break;
+        }
+        for (int p = 0; p <= MOE_SIM_BELADY; p++) {
+            const char *name = p == MOE_SIM_BELADY ? "belady" : moe_cache_policy_name(p);
+            json_object_set_new(row, name, json_real(rate[p]));
+            if (p < MOE_SIM_BELADY) {
+                char gap[32];
+                snprintf(gap, sizeof(gap), "%s_gap_points", name);
+                json_object_set_new(row, gap, json_real(100.0 * (rate[MOE_SIM_BELADY] - rate[p])));
+            }
+        }
+        json_array_append_new(rows, row);
+    }
+    double recall, wasted;
+    uint64_t events;
+    moe_sim_prefetch(&t, &recall, &wasted, &events);
+    free(score);
+    moe_trace_free(&t);
+    if (rc < 0) {
+        fprintf(stderr, "moe-bench: %s\n", moe_err_msg());
+        json_decref(rows);
+        return 1;
+    }
+    fprintf(stderr, "prefetch recall %.3f, wasted %.3f of predicted (%llu layer steps)\n", recall,
+            wasted, (unsigned long long)events);
+    bench_print_json(json_pack("{s:s, s:I, s:s, s:o, s:{s:f, s:f, s:I}}", "trace", o->trace,
+                               "replayed_events", (json_int_t)(replay.n_ev),
+                               "static_scores", "access counts of the trace's first half",
+                               "budgets", rows, "prefetch", "recall", recall,
+                               "wasted_fraction", wasted, "layer_steps", (json_int_t)events));
+    return 0;
+}
+
+int bench_tier_main(const char *cmd, int argc, char **argv)
+{
+    struct tier_opts o;
+    bool cache = !strcmp(cmd, "cache");
+    if (parse(argc, argv, &o, cache ? "10,25,50,75" : "100,50,25") < 0)
+        return EXIT_USAGE;
+    if (cache)
+        return cmd_cache(&o);
+    bool given = false; /* trace: the whole text unless --tokens says */
+    for (int i = 1; i < argc; i++)
+        given |= !strncmp(argv[i], "--tokens", 8);
+    if (!strcmp(cmd, "trace") && !given)
+        o.tokens = 0;
+    if (!o.model) {
+        fprintf(stderr, "moe-bench %s: --model PACK is required\n", cmd);
+        return EXIT_USAGE;
+    }
+    struct moe_pool *pool;
+    if (moe_pool_create((int)o.threads, &pool) < 0) {
+        fprintf(stderr, "moe-bench: %s\n", moe_err_msg());
+        return 1;
+    }
+    int ret = !strcmp(cmd, "trace") ? cmd_trace(&o, pool) : cmd_tier(&o, pool);
+    moe_pool_free(pool);
+    return ret;
+}

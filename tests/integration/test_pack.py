@@ -117,16 +117,36 @@ class Packs(unittest.TestCase):
         self.assertEqual(stats["quant"]["experts"], "mcmoe")
         layers = stats["meta"]["mcmoe"]
         self.assertEqual(len(layers), 4)
+        # one budget for the model: 2.5 bits x 8 experts x 4 layers in all
+        self.assertLessEqual(sum(sum(layer["bits"]) for layer in layers), 80)
         for layer in layers:
             bits = layer["bits"]
             self.assertEqual(len(bits), 8)
-            self.assertLessEqual(sum(bits), 20)
             self.assertIn(3, bits)
             self.assertIn(2, bits)
             self.assertAlmostEqual(sum(layer["frequency"]), 1.0, places=6)
             for e, loss in enumerate(layer["loss"]):  # more bits, less loss
                 self.assertGreaterEqual(loss[0], loss[1], e)
                 self.assertGreaterEqual(loss[1], loss[2], e)
+        # calibration also fitted ODP's betas (20% of activations by default)
+        # and kept the routing counts the static cache policy ranks by
+        odp = stats["meta"]["odp"]
+        self.assertEqual(len(odp["beta"]), 4)
+        self.assertTrue(all(0 <= b <= 1 for b in odp["beta"]))
+        self.assertGreaterEqual(odp["calib_removed_fraction"], 0.2)
+        freq = stats["meta"]["calib"]["expert_frequency"]
+        self.assertEqual([len(r) for r in freq], [8, 8, 8, 8])
+        self.assertTrue(all(sum(r) > 0 for r in freq))
+
+    def test_the_packs_fitted_odp_prunes_validation_text_at_its_level(self):
+        text = os.path.join(ROOT, "data", "tinyshakespeare.txt")
+        rc, out, err = run("moe-bench", "ppl", "--model", self.packs["mcmoe:2.5"], "--text", text,
+                           "--start-char", "1003788", "--max-windows", "8", "--odp-beta", "pack")
+        self.assertEqual(rc, 0, err)
+        r = json.loads(out)["routing"]
+        self.assertEqual(r["odp_beta"], "pack")
+        self.assertGreater(r["activations_removed_fraction"], 0.12)
+        self.assertLess(r["activations_removed_fraction"], 0.3)
 
     def test_mcmoe_without_calibration_is_refused(self):
         rc, _, err = run("moe-pack", "--model", TINY, "--out", os.path.join(self.tmp, "x.moe"),

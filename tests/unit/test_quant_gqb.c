@@ -187,7 +187,10 @@ static void test_from_f32_error(void **state)
 }
 
 /* GQ1 is sign(x) * mean|x| per group (mean|x| as fp16 rounds 2 mean|x|) */
-static void test_gq1_sign_mean(void **state)
+/* 1 bit: two levels per group, from the sign rule refined by Lloyd steps:
+ * never a larger squared error than sign(x) * mean|x|, the sign rule itself
+ * on a symmetric group, an all-zero group stays zero */
+static void test_gq1_two_levels_never_worse_than_the_sign_rule(void **state)
 {
     (void)state;
     enum { NG = 12, N = 128 * NG };
@@ -195,29 +198,39 @@ static void test_gq1_sign_mean(void **state)
     uint8_t buf[NG * 20];
     fill_groups(src, N);
     for (int i = 0; i < 128; i++)
-        src[128 * 5 + i] = 0.0f; /* all zero: w = 0 */
-    src[128 * 6] = 0.0f;         /* sign(0) takes the + side */
+        src[128 * 5 + i] = 0.0f;                   /* all zero: w = 0 */
+    for (int i = 0; i < 128; i++)
+        src[128 * 7 + i] = i % 2 ? 0.25f : -0.25f; /* symmetric: +-0.25 */
+    for (int i = 0; i < 128; i++)
+        src[128 * 8 + i] = 1.0f + 0.01f * (float)(i % 7); /* all positive: asymmetric */
     moe_gq1_from_f32(src, buf, N);
     moe_gq1_to_f32(buf, back, N);
     for (int g = 0; g < NG; g++) {
-        double m = 0;
+        const float *x = src + g * 128, *y = back + g * 128;
+        double m = 0, err = 0, err_sign = 0;
         for (int i = 0; i < 128; i++)
-            m += fabs(src[g * 128 + i]);
+            m += fabs(x[i]);
         m /= 128;
-        float s, z;
-        moe_gq_group_params(src + g * 128, 128, 1, &s, &z);
-        assert_true(z == 0.5f);
-        float mq = moe_f16_to_f32(moe_f32_to_f16((float)(2 * m))) / 2;
-        assert_true(fabs(mq - m) <= m * 1e-3);
-        assert_true(s == 2 * mq);
+        float lo = y[0], hi = y[0];
         for (int i = 0; i < 128; i++) {
-            float x = src[g * 128 + i];
-            assert_true(back[g * 128 + i] == (x >= 0 ? mq : -mq));
+            err += (y[i] - x[i]) * (y[i] - x[i]);
+            double s = x[i] >= 0 ? m : -m;
+            err_sign += (s - x[i]) * (s - x[i]);
+            lo = fminf(lo, y[i]);
+            hi = fmaxf(hi, y[i]);
         }
+        for (int i = 0; i < 128; i++) /* two levels, each weight on its nearer one */
+            assert_true(y[i] == lo || y[i] == hi);
+        assert_true(err <= err_sign * 1.002 + 1e-9); /* fp16 rounding of the levels */
     }
+    for (int i = 0; i < 128; i++) {
+        assert_true(fabsf(back[128 * 5 + i]) < 1e-6f);
+        assert_true(fabsf(back[128 * 7 + i] - src[128 * 7 + i]) < 1e-3f);
+    }
+    double e8 = 0;
     for (int i = 0; i < 128; i++)
-        assert_true(back[128 * 5 + i] == 0.0f);
-    assert_true(back[128 * 6] > 0);
+        e8 += fabs(back[128 * 8 + i] - src[128 * 8 + i]);
+    assert_true(e8 / 128 < 0.02); /* the sign rule would be off by ~1 everywhere */
 }
 
 struct gq_mat {
@@ -422,7 +435,7 @@ int main(void)
         cmocka_unit_test(test_traits),
         cmocka_unit_test(test_pack_roundtrip),
         cmocka_unit_test(test_from_f32_error),
-        cmocka_unit_test(test_gq1_sign_mean),
+        cmocka_unit_test(test_gq1_two_levels_never_worse_than_the_sign_rule),
         cmocka_unit_test(test_kernels_vs_ref),
         cmocka_unit_test(test_gemv_long_rows),
         cmocka_unit_test(test_gemv_speed),

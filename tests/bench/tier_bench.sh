@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Tiered expert memory against the page cache, one run per pack:
+#   1. moe-bench tier: batch-1 decode with the experts in a host tier of 100%,
+#      50% and 25% of the pack's expert bytes (O_DIRECT reads: the page cache
+#      plays no part), each budget's tok/s and hit rate;
+#   2. the same pack served from its plain mapping (as llama.cpp does) inside a
+#      memory cgroup (v1) whose limit is the same budget plus the process's
+#      non-expert memory (the pack's dense bytes + 256 MiB for the KV cache,
+#      buffers and the program), page cache dropped before each run.
+# One JSON line per measurement; needs root (cgroup, drop_caches).
+#   bash tests/bench/tier_bench.sh BIN PACK [PACK ...]   (TOKENS=32 by default)
+set -euo pipefail
+bin=$1
+shift
+tokens=${TOKENS:-32}
+py=${PYTHON:-/usr/bin/python3}
+cgroot=/sys/fs/cgroup/memory
+for pack in "$@"; do
+    sync
+    echo 3 > /proc/sys/vm/drop_caches
+    "$bin/moe-bench" tier --model "$pack" --budgets 100,50,25 --tokens "$tokens" --warmup 16 \
+        2>/dev/null | "$py" -c 'import json,sys; d=json.load(sys.stdin); d["bench"]="tier"; print(json.dumps(d))'
+    sizes=$("$py" - "$pack" <<'PY'
+import json, struct, sys
+f = open(sys.argv[1], "rb")
+pre = f.read(64)
+off, n = struct.unpack_from("<QQ", pre, 16)
+f.seek(off)
+h = json.loads(f.read(n))
+experts = sum(e["size"] for e in h["experts"])
+dense = sum(t["size"] for t in h["tensors"])
+print(experts, dense)
+PY
+)
+    read -r experts dense <<<"$sizes"
+    [ -d "$cgroot" ] || { echo '{"bench":"tier-mmap","skipped":"no cgroup v1 memory controller"}'; continue; }
+    for pct in 100 50 25; do
+        budget=$((experts * pct / 100))
+        limit=$((budget + dense + (256 << 20)))
+        cg=$cgroot/moe-tier-$$-$pct
+        mkdir "$cg"
+        echo "$limit" > "$cg/memory.limit_in_bytes"
+        sync
+        echo 3 > /proc/sys/vm/drop_caches
+        out=$(sh -c 'echo $$ > "$1/cgroup.procs"; shift; exec "$@"' sh "$cg" \
+            "$bin/moe-bench" decode-cmp --model "$pack" --tokens "$tokens" --rounds 1 \
+            --prompt-tokens 16 2>/dev/null || echo '{"failed":true}')
+        rmdir "$cg" 2>/dev/null || true
+        "$py" -c 'import json,sys; d=json.loads(sys.argv[1]);
+r={"bench":"tier-mmap","model":sys.argv[2],"budget_percent":float(sys.argv[3]),
+   "cgroup_limit_bytes":int(sys.argv[4]),"expert_budget_bytes":int(sys.argv[5])}
+r["decode_tok_s"]=d["models"][0]["decode_tok_s"] if "models" in d else None
+print(json.dumps(r))' "$out" "$pack" "$pct" "$limit" "$budget"
+    done
+done

@@ -88,7 +88,7 @@ static const struct moe_daemon_enum offload_modes[] = {
 
 static const struct moe_daemon_enum cache_policies[] = {
     {"lru", MOE_CACHE_LRU}, {"lfu", MOE_CACHE_LFU}, {"lfru", MOE_CACHE_LFRU},
-    {"static", MOE_CACHE_STATIC}, {NULL, 0},
+    {"static", MOE_CACHE_STATIC}, {"cyclic", MOE_CACHE_CYCLIC}, {NULL, 0},
 };
 
 static const struct moe_daemon_enum numa_modes[] = {
@@ -173,7 +173,7 @@ static const struct moe_daemon_key table[] = {
            "tiered: host memory for expert blobs (K/M/G/T), a hard limit; 0 = all experts"),
     K_ENUM("offload", "policy", cache_policy, "lfru", cache_policies, 0,
            "tiered: which expert leaves the host tier: lru, lfu, lfru (frequency-aware LRU), "
-           "static (the pack's calibration frequencies)"),
+           "static (the pack's calibration frequencies), cyclic (longest expected wait, layer-aware)"),
     K_INT("offload", "queue_depth", io_queue_depth, "32", 1, 4096, 0,
           "tiered: io_uring submission queue depth for expert reads"),
     K_ENUM("offload", "numa", numa, "local", numa_modes, 0,

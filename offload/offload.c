@@ -185,6 +185,7 @@ int moe_offload_open(const struct moe_pack *pack, int32_t n_layers, int32_t n_ex
         goto fail;
     if ((rc = moe_cache_policy_create(opts->policy, (uint32_t)n, opts->score, &o->pol)) < 0)
         goto fail;
+    moe_cache_policy_set_layout(o->pol, (uint32_t)n_layers, (uint32_t)n_experts);
     if (opts->trace_path &&
         (rc = moe_trace_writer_open(opts->trace_path, n_layers, n_experts, &o->trace)) < 0)
         goto fail;

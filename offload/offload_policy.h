@@ -16,10 +16,11 @@ enum moe_cache_policy_kind {
     MOE_CACHE_LFU,    /* fewest accesses, ties by recency */
     MOE_CACHE_LFRU,   /* frequency-aware LRU: accesses decayed by age (see the .c) */
     MOE_CACHE_STATIC, /* a static hot set: the lowest calibration score leaves first */
+    MOE_CACHE_CYCLIC, /* layer-aware: the longest expected wait until the next use leaves */
 };
-#define MOE_CACHE_POLICIES 4
+#define MOE_CACHE_POLICIES 5
 
-/* "lru", "lfu", "lfru", "static"; -EINVAL naming the value otherwise */
+/* "lru", "lfu", "lfru", "static", "cyclic"; -EINVAL naming the value otherwise */
 int moe_cache_policy_parse(const char *name, enum moe_cache_policy_kind *out);
 const char *moe_cache_policy_name(enum moe_cache_policy_kind k);
 
@@ -29,6 +30,9 @@ struct moe_cache_policy;
 int moe_cache_policy_create(enum moe_cache_policy_kind kind, uint32_t n_keys,
                             const double *score, struct moe_cache_policy **out);
 void moe_cache_policy_free(struct moe_cache_policy *p); /* NULL: no-op */
+/* keys as layer * experts + expert over `layers` layers visited in order each
+ * step (CYCLIC needs it; the default is one layer of n_keys experts) */
+void moe_cache_policy_set_layout(struct moe_cache_policy *p, uint32_t layers, uint32_t experts);
 /* every access, hit or miss; advances the policy's clock */
 void moe_cache_policy_access(struct moe_cache_policy *p, uint32_t key);
 void moe_cache_policy_insert(struct moe_cache_policy *p, uint32_t key); /* became resident */

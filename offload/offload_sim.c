@@ -61,6 +61,8 @@ int moe_sim_run(const struct moe_trace *t, int policy, uint32_t slots, const dou
     } else if ((rc = moe_cache_policy_create((enum moe_cache_policy_kind)policy,
                                              (uint32_t)n_keys, score, &pol)) < 0) {
         goto out;
+    } else {
+        moe_cache_policy_set_layout(pol, (uint32_t)t->layers, (uint32_t)t->experts);
     }
     uint32_t used = 0;
     for (size_t i = 0; i < t->n_ev; i++) {

@@ -330,7 +330,7 @@ static int cmd_cache(const struct tier_opts *o)
             need = MOE_MAX(need, replay.ev[i].n);
     json_t *rows = json_array();
     int rc = score ? 0 : moe_err(-ENOMEM, "out of memory");
-    fprintf(stderr, "budget   slots      lru      lfu     lfru   static   belady\n");
+    fprintf(stderr, "budget   slots      lru      lfu     lfru   static   cyclic   belady\n");
     for (int b = 0; b < o->n_budgets && rc == 0; b++) {
         uint32_t slots = (uint32_t)MOE_MAX((double)need, round(o->budgets[b] / 100.0 * (double)K));
         json_t *row = json_pack("{s:f, s:I}", "budget_percent", o->budgets[b], "slots",

@@ -333,8 +333,9 @@ static int ffn_block(const struct fwd *s, int32_t l, int32_t n)
         s->obs(s->obs_ctx, l, S->xn, n, S->routes);
     const struct moe_expert_weights *experts = L->experts;
     int rc = 0;
-    if (s->model->offload && (rc = moe_model_offload_layer(s->model, s->pool, l, S->xn, n,
-                                                            S->routes, S->router, &experts)) < 0)
+    if (s->model->offload && (rc = moe_model_offload_layer(s->model, s->pool, l, S->x, n,
+                                                            S->routes, S->tmp, S->router,
+                                                            &experts)) < 0)
         return rc;
     rc = moe_experts_run(s->pool, experts, c->n_experts, S->xn, n, c->hidden, S->routes, S->x,
                          &S->experts);

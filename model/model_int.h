@@ -22,10 +22,10 @@ struct moe_model_files {
 
 /* Layer l's experts for this step when the model serves from a host tier:
  * makes the routed ones resident, points *experts at views of them, and
- * starts the next MoE layer's prefetch (router of l+1 on xn, written into
- * router_buf [n][E]). */
+ * starts the next MoE layer's prefetch from x [n][H], the residual stream
+ * entering this MoE block (tmp [n][H] and router_buf [n][E]: scratch). */
 int moe_model_offload_layer(const struct moe_model *m, struct moe_pool *pool, int32_t l,
-                            const float *xn, int32_t n, const struct moe_route *routes,
+                            const float *x, int32_t n, const struct moe_route *routes, float *tmp,
                             float *router_buf, const struct moe_expert_weights **experts);
 void moe_model_offload_free(struct moe_model *m);
 

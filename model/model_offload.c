@@ -4,6 +4,7 @@
  * (the blob's layout is the file's, so every part sits at the same offset). */
 #include <errno.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -88,10 +89,13 @@ int moe_model_use_offload(struct moe_model *m, struct moe_offload *o, bool prefe
     return 0;
 }
 
-/* the next MoE layer's router on this layer's FFN input: what it will
- * likely pick (ALGORITHMS.md s.3, speculative prefetch) */
+/* What the next MoE layer will likely pick (ALGORITHMS.md s.3, speculative
+ * prefetch): its router applied to the residual stream x as it enters this
+ * layer's MoE block, normalised with the NEXT layer's FFN norm (the input that
+ * router was trained on, short of this layer's MoE output and the next
+ * attention). tmp [n][H] is scratch, router_buf [n][E] receives the logits. */
 static void prefetch_next(const struct moe_model *m, struct moe_pool *pool, int32_t l,
-                          const float *xn, int32_t n, float *router_buf)
+                          const float *x, int32_t n, float *tmp, float *router_buf)
 {
     const struct moe_config *c = &m->cfg;
     struct moe_model_offload *mo = m->offload;
@@ -100,7 +104,18 @@ static void prefetch_next(const struct moe_model *m, struct moe_pool *pool, int3
         next++;
     if (next >= c->n_layers)
         return;
-    moe_matmul(pool, &m->layers[next].router, xn, n, router_buf); /* [n][E] */
+    const float *w = m->layers[next].ffn_norm;
+    int64_t H = c->hidden;
+    for (int32_t t = 0; t < n; t++) {
+        const float *xt = x + (size_t)t * H;
+        double ss = 0;
+        for (int64_t i = 0; i < H; i++)
+            ss += (double)xt[i] * xt[i];
+        float r = (float)(1.0 / sqrt(ss / (double)H + c->rms_eps));
+        for (int64_t i = 0; i < H; i++)
+            tmp[(size_t)t * H + i] = xt[i] * r * w[i];
+    }
+    moe_matmul(pool, &m->layers[next].router, tmp, n, router_buf); /* [n][E] */
     memset(mo->likely, 0, (size_t)c->n_experts * sizeof(bool));
     for (int32_t t = 0; t < n; t++) {
         struct moe_route r;
@@ -113,7 +128,7 @@ static void prefetch_next(const struct moe_model *m, struct moe_pool *pool, int3
 }
 
 int moe_model_offload_layer(const struct moe_model *m, struct moe_pool *pool, int32_t l,
-                            const float *xn, int32_t n, const struct moe_route *routes,
+                            const float *x, int32_t n, const struct moe_route *routes, float *tmp,
                             float *router_buf, const struct moe_expert_weights **experts)
 {
     struct moe_model_offload *mo = m->offload;
@@ -138,7 +153,7 @@ int moe_model_offload_layer(const struct moe_model *m, struct moe_pool *pool, in
         mo->views[x].down.data = b + d[2];
     }
     if (mo->prefetch)
-        prefetch_next(m, pool, l, xn, n, router_buf);
+        prefetch_next(m, pool, l, x, n, tmp, router_buf);
     *experts = mo->views;
     return 0;
 }

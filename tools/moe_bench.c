@@ -9,20 +9,26 @@
  *   moe-bench decode-cmp --model A --model B ... [--tokens N] [--rounds R]
  *   moe-bench kv     --model PATH [--text FILE --start-char C] [--window W] [--max-windows K]
  *   moe-bench tier | trace | cache ...   (tiered expert memory: tools/bench/bench_tier.c)
+ *   moe-bench io     --model PACK [--queue-depth N] [--seconds S]
  * Common: --threads N. */
+#define _GNU_SOURCE /* O_DIRECT */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "backend/backend.h"
 #include "common/common.h"
 #include "kv/kv.h"
 #include "format/format_pack.h"
 #include "model/model.h"
+#include "offload/offload_host.h"
+#include "offload/offload_nvme.h"
 #include "quant/quant.h"
 #include "quant/quant_qmoe.h"
 #include "tools/bench/bench.h"
@@ -38,10 +44,11 @@ static const char usage[] =
     "       moe-bench stats  --model PACK\n"
     "       moe-bench decode-cmp --model A --model B ... [--tokens N] [--prompt-tokens P] [--rounds R]\n"
     "       moe-bench kv     --model PATH [--text FILE [--start-char C] [--window W] [--max-windows K]] [--long N]\n"
-    "       moe-bench tier   --model PACK [--budgets 100,50,25] [--policy lru|lfu|lfru|static]\n"
+    "       moe-bench tier   --model PACK [--budgets 100,50,25] [--policy lru|lfu|lfru|static|cyclic]\n"
     "                        [--tokens N] [--prompt-tokens P] [--warmup W] [--no-prefetch] [--pread]\n"
     "       moe-bench trace  --model PACK --text FILE [--start-char C] [--tokens N] --out TRACE\n"
     "       moe-bench cache  --trace TRACE [--budgets 10,25,50,75]\n"
+    "       moe-bench io     --model PACK [--queue-depth N] [--seconds S]\n"
     "\n"
     "ppl:    perplexity of FILE (from character C on), encoded at once without BOS;\n"
     "        window k feeds tokens [kW, kW+W) with an empty cache and scores\n"
@@ -82,6 +89,11 @@ static const char usage[] =
     "        removed, and the routing weight removed (\"routing\" object).\n"
     "        --odp-beta pack: the model's own defaults as moed's [router] odp = on\n"
     "        uses them (a pack's fitted per-layer betas, else 0.5 on the middle layers).\n"
+    "io:     every expert blob of the pack, in shuffled order (whole passes, for\n"
+    "        S seconds, default 1), read through io_uring with O_DIRECT into an\n"
+    "        arena at queue depth N (default: 1, 8 and 32 in turn), against a\n"
+    "        sequential O_DIRECT pread of the pack's expert range in 4 MiB chunks\n"
+    "        timed next to each: GB/s of both and their ratio (target >= 0.8).\n"
     "\n"
     "  --threads N   worker threads (default: all cores)\n";
 
@@ -98,6 +110,7 @@ struct bench_opts {
     bool odp_pack;                /* --odp-beta pack */
     const char *odp_layers;
     int32_t top_k;                /* 0 = the model's */
+    int32_t queue_depth;          /* io; 0 = 1, 8 and 32 */
 };
 
 static int parse_args(int argc, char **argv, struct bench_opts *o)
@@ -112,6 +125,7 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
         {"long", required_argument, 0, 'G'},
         {"odp-beta", required_argument, 0, 'B'},    {"odp-layers", required_argument, 0, 'L'},
         {"odp-protect", required_argument, 0, 'P'}, {"top-k", required_argument, 0, 'K'},
+        {"queue-depth", required_argument, 0, 'Q'},
         {"help", no_argument, 0, 'h'},              {0, 0, 0, 0}};
     memset(o, 0, sizeof(*o));
     o->window = 256;
@@ -159,6 +173,7 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
         case 'P': if (moe_cli_number("moe-bench", name, optarg, 0, 1, &d)) return -1; o->odp_protect = d; break;
         case 'L': o->odp_layers = optarg; break;
         case 'K': if (moe_cli_integer("moe-bench", name, optarg, 1, 16, &v)) return -1; o->top_k = (int32_t)v; break;
+        case 'Q': if (moe_cli_integer("moe-bench", name, optarg, 1, 4096, &v)) return -1; o->queue_depth = (int32_t)v; break;
         case 'h': fputs(usage, stdout); exit(0);
         case ':': fprintf(stderr, "moe-bench: option '%s' needs a value\n", argv[optind - 1]); return -1;
         default: fprintf(stderr, "moe-bench: unknown option '%s'\n%s", argv[optind - 1], usage); return -1;
@@ -1150,6 +1165,215 @@ static int kv_long_check(const struct bench_opts *o, struct moe_model *m, struct
 }
 /* ==== end of kv =============================================================== */
 
+/* ---- io: expert reads from disk against a sequential read --------------------------- */
+
+#define IO_SEQ_CHUNK ((size_t)4 << 20)
+
+/* GB/s of a plain sequential pread of [start, end) in 4 MiB chunks, O_DIRECT
+ * where the filesystem allows, whole passes for at least seconds */
+static double io_seq_gbps(const char *path, uint64_t start, uint64_t end, double seconds,
+                          bool *direct)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_DIRECT);
+    *direct = fd >= 0;
+    if (fd < 0)
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+    void *buf = NULL;
+    if (fd < 0 || posix_memalign(&buf, 4096, IO_SEQ_CHUNK)) {
+        if (fd >= 0)
+            close(fd);
+        return 0;
+    }
+    uint64_t bytes = 0;
+    double t0 = moe_now_s(), t;
+    do {
+        for (uint64_t pos = start; pos < end;) {
+            ssize_t r = pread(fd, buf, (size_t)MOE_MIN((uint64_t)IO_SEQ_CHUNK, end - pos),
+                              (off_t)pos);
+            if (r <= 0)
+                goto out;
+            pos += (uint64_t)r;
+            bytes += (uint64_t)r;
+        }
+    } while ((t = moe_now_s() - t0) < seconds);
+out:
+    t = moe_now_s() - t0;
+    free(buf);
+    close(fd);
+    return t > 0 ? (double)bytes / t / 1e9 : 0;
+}
+
+/* Every expert of the pack, shuffled each pass, at most qd reads in flight
+ * (one slot of the arena each); whole passes for at least seconds. Each
+ * round waits for the oldest read, then refills every finished slot with
+ * one submit. */
+static int io_run(const struct moe_pack *p, unsigned qd, double seconds, uint8_t *arena,
+                  size_t slot_bytes, json_t **run, struct moe_nvme **probe)
+{
+    size_t n = moe_pack_expert_count(p);
+    struct moe_nvme_opts opts = {.queue_depth = qd};
+    struct moe_nvme *nv;
+    if (moe_nvme_open(p, &opts, arena, slot_bytes * qd, &nv) < 0)
+        return -1;
+    size_t *order = malloc(n * sizeof(*order));
+    struct moe_nvme_req *reqs = calloc(qd, sizeof(*reqs));
+    struct moe_nvme_req **batch = calloc(qd, sizeof(*batch));
+    uint64_t *seq = calloc(qd, sizeof(*seq));
+    int ret = -1;
+    if (!order || !reqs || !batch || !seq) {
+        moe_err(-ENOMEM, "out of memory");
+        goto out;
+    }
+    uint64_t rng = 0x9e3779b97f4a7c15ull, issued = 0, passes = 0, bytes = 0;
+    size_t next = n; /* n: reshuffle */
+    bool stop = false;
+    unsigned busy = 0;
+    double t0 = moe_now_s();
+    for (;;) {
+        int nb = 0;
+        for (unsigned k = 0; k < qd && !stop; k++) {
+            if (reqs[k].e) /* NULL: a free slot */
+                continue;
+            if (next == n) {
+                if (passes && moe_now_s() - t0 >= seconds) {
+                    stop = true;
+                    break;
+                }
+                for (size_t i = 0; i < n; i++)
+                    order[i] = i;
+                for (size_t i = n - 1; i > 0; i--) {
+                    size_t j = (size_t)(bench_rng(&rng) % (i + 1)), x = order[i];
+                    order[i] = order[j];
+                    order[j] = x;
+                }
+                next = 0;
+                passes++;
+            }
+            reqs[k] = (struct moe_nvme_req){.e = moe_pack_expert_at(p, order[next++]),
+                                            .dst = arena + k * slot_bytes};
+            seq[k] = issued++;
+            batch[nb++] = &reqs[k];
+            busy++;
+        }
+        if (nb && moe_nvme_submit(nv, batch, nb) < 0)
+            goto out;
+        if (!busy)
+            break;
+        unsigned oldest = qd;
+        for (unsigned k = 0; k < qd; k++)
+            if (reqs[k].e && !reqs[k].done &&
+                (oldest == qd || seq[k] < seq[oldest]))
+                oldest = k;
+        if (oldest < qd && moe_nvme_wait(nv, &reqs[oldest]) < 0)
+            goto out;
+        if (moe_nvme_poll(nv) < 0)
+            goto out;
+        for (unsigned k = 0; k < qd; k++)
+            if (reqs[k].e && reqs[k].done) {
+                if (reqs[k].rc < 0) {
+                    moe_nvme_req_error(nv, &reqs[k]);
+                    goto out;
+                }
+                bytes += reqs[k].e->size;
+                reqs[k].e = NULL;
+                busy--;
+            }
+    }
+    double t = moe_now_s() - t0;
+    struct moe_nvme_stats st;
+    moe_nvme_stats(nv, &st);
+    *run = json_pack("{s:i, s:f, s:I, s:I, s:I, s:f, s:I, s:I, s:I, s:I}", "queue_depth",
+                     (int)qd, "expert_gbps", (double)bytes / t / 1e9, "reads",
+                     (json_int_t)st.reads, "bytes", (json_int_t)bytes, "passes",
+                     (json_int_t)passes, "seconds", t, "submits", (json_int_t)st.submits, "sqes",
+                     (json_int_t)st.sqes, "retries", (json_int_t)st.retries, "errors",
+                     (json_int_t)st.errors);
+    ret = 0;
+out:
+    if (ret == 0 && probe) {
+        *probe = nv;
+        nv = NULL;
+    }
+    moe_nvme_close(nv);
+    free(order);
+    free(reqs);
+    free(batch);
+    free(seq);
+    return ret;
+}
+
+static int cmd_io(const struct bench_opts *o)
+{
+    struct moe_pack *p;
+    if (moe_pack_open(o->model, &p) < 0) {
+        fprintf(stderr, "moe-bench io: %s\n", moe_err_msg());
+        return EXIT_USAGE;
+    }
+    size_t n = moe_pack_expert_count(p);
+    if (!n) {
+        fprintf(stderr, "moe-bench io: %s has no experts\n", o->model);
+        moe_pack_close(p);
+        return EXIT_USAGE;
+    }
+    uint64_t start = UINT64_MAX, end = 0, total = 0, slot = 0;
+    for (size_t i = 0; i < n; i++) {
+        const struct moe_pack_expert *e = moe_pack_expert_at(p, i);
+        start = MOE_MIN(start, e->offset);
+        end = MOE_MAX(end, e->offset + e->size);
+        total += e->size;
+        slot = MOE_MAX(slot, e->size);
+    }
+    unsigned qds[3] = {1, 8, 32}, nq = 3, qmax = 32;
+    if (o->queue_depth) {
+        qds[0] = qmax = (unsigned)o->queue_depth;
+        nq = 1;
+    }
+    struct moe_host_region arena;
+    if (moe_host_alloc(slot * qmax, MOE_NUMA_LOCAL, true, &arena) < 0) {
+        fprintf(stderr, "moe-bench io: %s\n", moe_err_msg());
+        moe_pack_close(p);
+        return 1;
+    }
+    memset(arena.ptr, 0, arena.bytes); /* fault the pages in before timing */
+    json_t *runs = json_array();
+    bool uring = false, direct = false, fixed = false, seq_direct = false;
+    double best = 0;
+    int ret = 0;
+    for (unsigned q = 0; q < nq; q++) {
+        double seq = io_seq_gbps(o->model, start, end, o->seconds, &seq_direct);
+        json_t *run;
+        struct moe_nvme *nv = NULL;
+        if (io_run(p, qds[q], o->seconds, arena.ptr, slot, &run, &nv) < 0) {
+            fprintf(stderr, "moe-bench io: %s\n", moe_err_msg());
+            ret = 1;
+            break;
+        }
+        uring = moe_nvme_uses_uring(nv);
+        direct = moe_nvme_uses_direct(nv);
+        fixed = moe_nvme_uses_fixed(nv);
+        moe_nvme_close(nv);
+        double gbps = json_real_value(json_object_get(run, "expert_gbps"));
+        double ratio = seq > 0 ? gbps / seq : 0;
+        best = MOE_MAX(best, ratio);
+        json_object_set_new(run, "seq_gbps", json_real(seq));
+        json_object_set_new(run, "ratio", json_real(ratio));
+        json_array_append_new(runs, run);
+    }
+    if (ret == 0)
+        bench_print_json(json_pack(
+            "{s:s, s:I, s:I, s:I, s:I, s:b, s:b, s:b, s:b, s:I, s:b, s:b, s:f, s:o}", "model",
+            o->model, "experts", (json_int_t)n, "expert_bytes", (json_int_t)total,
+            "max_expert_bytes", (json_int_t)slot, "expert_range_bytes", (json_int_t)(end - start),
+            "io_uring", uring, "o_direct", direct, "fixed_buffers", fixed, "seq_o_direct",
+            seq_direct, "seq_chunk_bytes", (json_int_t)IO_SEQ_CHUNK, "arena_huge", arena.huge,
+            "arena_numa_bound", arena.numa_bound, "best_ratio", best, "runs", runs));
+    else
+        json_decref(runs);
+    moe_host_free(&arena);
+    moe_pack_close(p);
+    return ret;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
@@ -1164,14 +1388,16 @@ int main(int argc, char **argv)
         : !strcmp(cmd, "logits") ? cmd_logits : !strcmp(cmd, "gemv") ? cmd_gemv
         : !strcmp(cmd, "stats") ? cmd_stats
         : !strcmp(cmd, "kv") ? cmd_kv : NULL;
-    bool cmp = !strcmp(cmd, "decode-cmp");
-    if (!fn && !cmp) {
+    bool cmp = !strcmp(cmd, "decode-cmp"), io = !strcmp(cmd, "io");
+    if (!fn && !cmp && !io) {
         fprintf(stderr, "moe-bench: unknown command '%s'\n%s", cmd, usage);
         return EXIT_USAGE;
     }
     struct bench_opts o;
     if (parse_args(argc - 1, argv + 1, &o) < 0)
         return EXIT_USAGE;
+    if (io)
+        return cmd_io(&o);
     if (cmp) {
         struct moe_pool *pool;
         if (moe_pool_create(o.threads, &pool) < 0) {

@@ -433,6 +433,8 @@ int moe_nvme_wait(struct moe_nvme *nv, struct moe_nvme_req *req)
         if (req->done)
             break;
         int r = io_uring_submit_and_wait(&nv->ring, 1);
+        if (r > 0)
+            nv->st.submits++;
         if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY)
             return moe_err(r, "%s: io_uring wait: %s", nv->path, strerror(-r));
     }

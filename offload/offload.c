@@ -2,6 +2,7 @@
  * io_uring reads of the pack's expert blobs, emptied by the cache policy. See
  * offload.h for the contract. */
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -102,6 +103,11 @@ static int64_t slot_take(struct moe_offload *o, bool may_wait)
         if (!may_wait || !settle_one_loading(o))
             return -1;
     }
+}
+
+static int64_t slot_of_req(const struct moe_offload *o, const struct moe_nvme_req *r)
+{
+    return (const struct slot *)((const uint8_t *)r - offsetof(struct slot, req)) - o->slots;
 }
 
 static void slot_fill(struct moe_offload *o, int64_t s, int64_t key)
@@ -259,14 +265,21 @@ int moe_offload_acquire(struct moe_offload *o, int32_t layer, const bool *need,
             continue;
         }
         o->st.misses++;
-        if ((s = slot_take(o, true)) < 0)
-            return moe_err(-ENOSPC, "host tier: no slot free for layer %d expert %d", layer,
-                           o->list[i]);
+        if ((s = slot_take(o, true)) < 0) {
+            rc = moe_err(-ENOSPC, "host tier: no slot free for layer %d expert %d", layer,
+                         o->list[i]);
+            break;
+        }
         slot_fill(o, s, key);
         o->batch[n_batch++] = &o->slots[s].req;
     }
-    if (n_batch > 0 && (rc = moe_nvme_submit(o->nv, o->batch, n_batch)) < 0)
+    if (rc == 0 && n_batch > 0)
+        rc = moe_nvme_submit(o->nv, o->batch, n_batch);
+    if (rc < 0) { /* nothing of this batch went out: its slots are free again */
+        for (int32_t i = 0; i < n_batch; i++)
+            slot_release(o, slot_of_req(o, o->batch[i]));
         return rc;
+    }
     char why[320] = "";
     double t0 = moe_now_s();
     for (int32_t i = 0; i < n_list; i++) {
@@ -320,8 +333,7 @@ void moe_offload_prefetch(struct moe_offload *o, int32_t layer, const bool *like
         moe_trace_writer_predict(o->trace, o->step, layer, o->list, n_list);
     if (n_batch > 0 && moe_nvme_submit(o->nv, o->batch, n_batch) < 0) {
         for (int32_t i = 0; i < n_batch; i++) /* nothing went out: give the slots back */
-            slot_release(o, (struct slot *)((uint8_t *)o->batch[i] - offsetof(struct slot, req)) -
-                                o->slots);
+            slot_release(o, slot_of_req(o, o->batch[i]));
     }
 }
 

@@ -59,8 +59,8 @@ struct moe_offload_stats {
     int numa_node;                     /* -1: interleaved or unknown */
 };
 
-/* The host tier for pack's experts. -EINVAL when host_bytes cannot hold one
- * layer's top-k experts (nothing could run), naming the sizes. */
+/* The host tier for pack's experts. -EINVAL when host_bytes cannot hold all
+ * experts of one layer (a batch may route to every one), naming the sizes. */
 int moe_offload_open(const struct moe_pack *pack, int32_t n_layers, int32_t n_experts,
                      int32_t top_k, const struct moe_offload_opts *opts,
                      struct moe_offload **out);

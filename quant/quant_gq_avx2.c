@@ -32,7 +32,7 @@ INLINE void group_sz(const uint8_t *g, __m256 *s, __m256 *z)
     uint16_t hs, hz;
     memcpy(&hs, g, 2);
     memcpy(&hz, g + 2, 2);
-    __m128 sz = _mm_cvtph_ps(_mm_cvtsi32_si128((int)hs | (int)hz << 16));
+    __m128 sz = _mm_cvtph_ps(_mm_cvtsi32_si128((int)((uint32_t)hs | (uint32_t)hz << 16)));
     *s = _mm256_broadcastss_ps(sz);
     *z = _mm256_broadcastss_ps(_mm_movehdup_ps(sz));
 }

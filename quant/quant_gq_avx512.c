@@ -40,7 +40,7 @@ INLINE __m512 group_table(const uint8_t *g)
     uint16_t hs, hz;
     memcpy(&hs, g, 2);
     memcpy(&hz, g + 2, 2);
-    __m128i h = _mm_cvtsi32_si128((int)hs | (int)hz << 16);
+    __m128i h = _mm_cvtsi32_si128((int)((uint32_t)hs | (uint32_t)hz << 16));
     __m128 sz = _mm_cvtph_ps(h);
     __m512 s = _mm512_broadcastss_ps(sz);
     __m512 z = _mm512_broadcastss_ps(_mm_movehdup_ps(sz));
@@ -76,7 +76,7 @@ INLINE void group_sz_b(const uint8_t *g, __m512 *s, __m512 *z)
     uint16_t hs, hz;
     memcpy(&hs, g, 2);
     memcpy(&hz, g + 2, 2);
-    __m128 sz = _mm_cvtph_ps(_mm_cvtsi32_si128((int)hs | (int)hz << 16));
+    __m128 sz = _mm_cvtph_ps(_mm_cvtsi32_si128((int)((uint32_t)hs | (uint32_t)hz << 16)));
     *s = _mm512_broadcastss_ps(sz);
     *z = _mm512_broadcastss_ps(_mm_movehdup_ps(sz));
 }

@@ -2,11 +2,12 @@
 # Tiered expert memory against the page cache, one run per pack:
 #   1. moe-bench tier: batch-1 decode with the experts in a host tier of 100%,
 #      50% and 25% of the pack's expert bytes (O_DIRECT reads: the page cache
-#      plays no part), each budget's tok/s and hit rate;
+#      plays no part) and of the plainly mapped pack, in turn for 3 rounds;
 #   2. the same pack served from its plain mapping (as llama.cpp does) inside a
-#      memory cgroup (v1) whose limit is the same budget plus the process's
-#      non-expert memory (the pack's dense bytes + 256 MiB for the KV cache,
-#      buffers and the program), page cache dropped before each run.
+#      memory cgroup (v1) at each budget: the limit is the budget plus what the
+#      mapped process needs besides the experts (its peak usage with no limit,
+#      less the expert bytes: dense weights, KV cache, buffers), so both modes
+#      get the same memory for experts. Page cache dropped before each run.
 # One JSON line per measurement; needs root (cgroup, drop_caches).
 #   bash tests/bench/tier_bench.sh BIN PACK [PACK ...]   (TOKENS=32 by default)
 set -euo pipefail
@@ -18,7 +19,7 @@ cgroot=/sys/fs/cgroup/memory
 for pack in "$@"; do
     sync
     echo 3 > /proc/sys/vm/drop_caches
-    "$bin/moe-bench" tier --model "$pack" --budgets 100,50,25 --tokens "$tokens" --warmup 16 \
+    "$bin/moe-bench" tier --model "$pack" --budgets 100,50,25 --tokens "$tokens" --warmup 16 --rounds 3 \
         2>/dev/null | "$py" -c 'import json,sys; d=json.load(sys.stdin); d["bench"]="tier"; print(json.dumps(d))'
     sizes=$("$py" - "$pack" <<'PY'
 import json, struct, sys
@@ -34,22 +35,30 @@ PY
 )
     read -r experts dense <<<"$sizes"
     [ -d "$cgroot" ] || { echo '{"bench":"tier-mmap","skipped":"no cgroup v1 memory controller"}'; continue; }
+    overhead=""
     for pct in 100 50 25; do
         budget=$((experts * pct / 100))
-        limit=$((budget + dense + (256 << 20)))
         cg=$cgroot/moe-tier-$$-$pct
         mkdir "$cg"
-        echo "$limit" > "$cg/memory.limit_in_bytes"
+        if [ -z "$overhead" ]; then
+            limit=-1 # the first run measures what the process needs besides its experts
+        else
+            limit=$((budget + overhead))
+            echo "$limit" > "$cg/memory.limit_in_bytes"
+        fi
         sync
         echo 3 > /proc/sys/vm/drop_caches
         out=$(sh -c 'echo $$ > "$1/cgroup.procs"; shift; exec "$@"' sh "$cg" \
             "$bin/moe-bench" decode-cmp --model "$pack" --tokens "$tokens" --rounds 1 \
             --prompt-tokens 16 2>/dev/null || echo '{"failed":true}')
+        peak=$(cat "$cg/memory.max_usage_in_bytes")
+        [ -n "$overhead" ] || overhead=$((peak > experts ? peak - experts : 0))
         rmdir "$cg" 2>/dev/null || true
         "$py" -c 'import json,sys; d=json.loads(sys.argv[1]);
 r={"bench":"tier-mmap","model":sys.argv[2],"budget_percent":float(sys.argv[3]),
-   "cgroup_limit_bytes":int(sys.argv[4]),"expert_budget_bytes":int(sys.argv[5])}
+   "cgroup_limit_bytes":int(sys.argv[4]),"expert_budget_bytes":int(sys.argv[5]),
+   "peak_usage_bytes":int(sys.argv[6]),"dense_bytes":int(sys.argv[7])}
 r["decode_tok_s"]=d["models"][0]["decode_tok_s"] if "models" in d else None
-print(json.dumps(r))' "$out" "$pack" "$pct" "$limit" "$budget"
+print(json.dumps(r))' "$out" "$pack" "$pct" "$limit" "$budget" "$peak" "$dense"
     done
 done

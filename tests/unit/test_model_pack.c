@@ -11,44 +11,12 @@
 #include "common/common.h"
 #include "format/format_pack.h"
 #include "model/model.h"
+#include "tests/unit/test_model_to_pack.h"
 
 static const char *TEXT = "ROMEO:\nTo be, or not to be the";
 
 static char pack_path[512];
 
-/* base + every expert's gate/up/down copied in its own dtype */
-static int write_pack(const struct moe_model *m, const char *path)
-{
-    struct moe_pack_writer *w;
-    int rc = moe_pack_writer_open(path, &w);
-    if (rc < 0)
-        return rc;
-    if ((rc = moe_model_pack_write_base(m, w)) < 0)
-        goto fail;
-    for (int32_t l = 0; l < m->cfg.n_layers; l++) {
-        if (m->cfg.layer_dense[l])
-            continue;
-        for (int32_t e = 0; e < m->cfg.n_experts; e++) {
-            const struct moe_expert_weights *x = &m->layers[l].experts[e];
-            const struct moe_weight *ws[3] = {&x->gate, &x->up, &x->down};
-            static const char *const names[3] = {"gate", "up", "down"};
-            struct moe_pack_part parts[3];
-            for (int k = 0; k < 3; k++)
-                parts[k] = (struct moe_pack_part){names[k], ws[k]->dtype, ws[k]->rows,
-                                                  ws[k]->cols, ws[k]->data,
-                                                  moe_weight_bytes(ws[k])};
-            if ((rc = moe_pack_writer_add_expert(w, l, e, parts, 3)) < 0)
-                goto fail;
-        }
-    }
-    json_t *q = json_pack("{s:s}", "experts", "bf16");
-    if ((rc = moe_pack_writer_set_json(w, "quant", q)) < 0)
-        goto fail;
-    return moe_pack_writer_commit(w);
-fail:
-    moe_pack_writer_abort(w);
-    return rc;
-}
 
 static int setup(void **state)
 {
@@ -57,7 +25,7 @@ static int setup(void **state)
     struct moe_model *m;
     if (moe_model_open(moe_test_path("models/tiny-moe"), &m) < 0)
         return -1;
-    int rc = write_pack(m, pack_path);
+    int rc = moe_test_write_pack(m, pack_path);
     if (rc < 0)
         fprintf(stderr, "write_pack: %s\n", moe_err_msg());
     moe_model_free(m);
@@ -122,7 +90,7 @@ static void test_pack_same_logits_and_tokens(void **state)
     /* a pack re-packed from a pack is the same pack (tokenizer blobs included) */
     char again[600];
     snprintf(again, sizeof(again), "%s.again", pack_path);
-    assert_int_equal(write_pack(pk, again), 0);
+    assert_int_equal(moe_test_write_pack(pk, again), 0);
     size_t n1, n2;
     char *d1, *d2;
     assert_int_equal(moe_read_text_file(pack_path, &d1, &n1), 0);

@@ -13,6 +13,7 @@
 #include "model/model.h"
 #include "offload/offload.h"
 #include "offload/offload_trace.h"
+#include "tests/unit/test_model_to_pack.h"
 
 static char pack_path[512];
 static const int32_t IDS[] = {1, 15, 27, 3, 40, 8, 11, 52, 9, 30, 2, 44, 17, 5, 60, 23};
@@ -25,26 +26,7 @@ static int setup(void **state)
     struct moe_model *m;
     if (moe_model_open(moe_test_path("models/tiny-moe"), &m) < 0)
         return -1;
-    struct moe_pack_writer *w;
-    int rc = moe_pack_writer_open(pack_path, &w);
-    if (rc == 0 && (rc = moe_model_pack_write_base(m, w)) == 0) {
-        for (int32_t l = 0; l < m->cfg.n_layers && rc == 0; l++)
-            for (int32_t e = 0; e < m->cfg.n_experts && rc == 0; e++) {
-                const struct moe_expert_weights *x = &m->layers[l].experts[e];
-                const struct moe_weight *ws[3] = {&x->gate, &x->up, &x->down};
-                static const char *const names[3] = {"gate", "up", "down"};
-                struct moe_pack_part parts[3];
-                for (int k = 0; k < 3; k++)
-                    parts[k] = (struct moe_pack_part){names[k], ws[k]->dtype, ws[k]->rows,
-                                                      ws[k]->cols, ws[k]->data,
-                                                      moe_weight_bytes(ws[k])};
-                rc = moe_pack_writer_add_expert(w, l, e, parts, 3);
-            }
-        if (rc == 0)
-            rc = moe_pack_writer_commit(w);
-        else
-            moe_pack_writer_abort(w);
-    }
+    int rc = moe_test_write_pack(m, pack_path);
     moe_model_free(m);
     return rc;
 }

@@ -2,10 +2,11 @@
  *
  *   moe-bench tier  --model PACK [--budgets 100,50,25] [--policy P] [--tokens N]
  *                   [--prompt-tokens P] [--warmup W] [--no-prefetch] [--pread]
- *                   [--queue-depth Q] [--threads T]
+ *                   [--queue-depth Q] [--rounds R] [--threads T]
  *       batch-1 decode with the experts in a host tier of each budget (percent of
- *       the pack's expert bytes), read with O_DIRECT: tok/s, hit rate, bytes read
- *       per token, prefetch use; every budget in one run, its ratio to the first.
+ *       the pack's expert bytes), read with O_DIRECT, and of the plainly mapped
+ *       pack, in turn for R rounds (medians): tok/s, hit rate, bytes read per
+ *       token, prefetch use; each budget's ratio to the mapped pack and to 100%.
  *   moe-bench trace --model PACK --text FILE [--start-char C] [--tokens N] --out FILE
  *       decodes the text token by token (the cache reset every 256 tokens) with the
  *       experts tiered, recording every access and prefetch guess (offload_trace.h).
@@ -39,7 +40,7 @@ struct tier_opts {
     double budgets[MAX_BUDGETS];
     int n_budgets;
     enum moe_cache_policy_kind policy;
-    int64_t tokens, prompt_tokens, warmup, start_char, queue_depth, threads;
+    int64_t tokens, prompt_tokens, warmup, start_char, queue_depth, threads, rounds;
     bool prefetch, pread;
 };
 
@@ -73,6 +74,7 @@ static int parse(int argc, char **argv, struct tier_opts *o, const char *default
         {"warmup", required_argument, 0, 'w'},       {"start-char", required_argument, 0, 'c'},
         {"queue-depth", required_argument, 0, 'q'},  {"threads", required_argument, 0, 't'},
         {"no-prefetch", no_argument, 0, 'N'},        {"pread", no_argument, 0, 'R'},
+        {"rounds", required_argument, 0, 'r'},
         {0, 0, 0, 0}};
     memset(o, 0, sizeof(*o));
     o->policy = MOE_CACHE_LFRU;
@@ -80,6 +82,7 @@ static int parse(int argc, char **argv, struct tier_opts *o, const char *default
     o->prompt_tokens = 16;
     o->warmup = 16;
     o->queue_depth = 32;
+    o->rounds = 3;
     o->prefetch = true;
     parse_budgets(defaults, o);
     int c;
@@ -105,6 +108,7 @@ static int parse(int argc, char **argv, struct tier_opts *o, const char *default
         case 'c': if (moe_cli_integer("moe-bench", name, optarg, 0, INT64_MAX, &o->start_char)) return -1; break;
         case 'q': if (moe_cli_integer("moe-bench", name, optarg, 1, 4096, &o->queue_depth)) return -1; break;
         case 't': if (moe_cli_integer("moe-bench", name, optarg, 0, 1024, &o->threads)) return -1; break;
+        case 'r': if (moe_cli_integer("moe-bench", name, optarg, 1, 64, &o->rounds)) return -1; break;
         case 'N': o->prefetch = false; break;
         case 'R': o->pread = true; break;
         case ':': fprintf(stderr, "moe-bench: option '%s' needs a value\n", argv[optind - 1]); return -1;
@@ -182,72 +186,126 @@ static int decode_tokens(struct moe_session *s, float *logits, int32_t V, int64_
     return rc;
 }
 
+/* One decode setting of the tier run: the mapped pack (budget < 0) or a tier. */
+struct tier_run {
+    double pct;
+    struct moe_model *m;
+    struct moe_session *s;
+    float *logits;
+    size_t budget;
+    double rate[64];
+    struct moe_offload_stats a, z; /* over the timed tokens */
+};
+
+static int tier_run_open(const struct tier_opts *o, struct moe_pool *pool, struct tier_run *r)
+{
+    int rc = r->pct < 0 ? moe_model_open(o->model, &r->m)
+                        : open_tiered(o, r->pct, NULL, &r->m, &r->budget);
+    if (rc < 0)
+        return rc;
+    if (r->pct < 0)
+        moe_model_prefault(r->m);
+    int32_t V = r->m->cfg.vocab;
+    int64_t ctx = o->prompt_tokens + o->warmup + o->tokens * o->rounds + 1;
+    int32_t *prompt = malloc((size_t)o->prompt_tokens * sizeof(int32_t));
+    if (!(r->logits = malloc((size_t)V * sizeof(float))) || !prompt) {
+        free(prompt);
+        return moe_err(-ENOMEM, "out of memory");
+    }
+    for (int64_t i = 0; i < o->prompt_tokens; i++)
+        prompt[i] = (int32_t)((i * 7919 + 13) % V);
+    if ((rc = moe_session_create(r->m, pool, (int32_t)ctx, &r->s)) == 0)
+        rc = moe_session_forward(r->s, prompt, (int32_t)o->prompt_tokens, r->logits, false);
+    free(prompt);
+    if (rc == 0) /* the tier fills (at 100%: every expert ends up resident) */
+        rc = decode_tokens(r->s, r->logits, V, o->warmup);
+    return rc;
+}
+
+static double median_of(const double *v, int n)
+{
+    double t[64];
+    memcpy(t, v, (size_t)n * sizeof(double));
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && t[j] < t[j - 1]; j--) {
+            double x = t[j];
+            t[j] = t[j - 1];
+            t[j - 1] = x;
+        }
+    return n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
+}
+
+/* The mapped pack and every budget decode in turn, --rounds times, so they
+ * share the machine's state (this VM's memory bandwidth drifts by 2x). */
 static int cmd_tier(const struct tier_opts *o, struct moe_pool *pool)
 {
-    json_t *runs = json_array();
-    double first = 0;
-    int rc = 0;
-    for (int b = 0; b < o->n_budgets && rc == 0; b++) {
-        struct moe_model *m = NULL;
-        struct moe_session *s = NULL;
-        size_t budget = 0;
-        float *logits = NULL;
-        int32_t *prompt = NULL;
-        if ((rc = open_tiered(o, o->budgets[b], NULL, &m, &budget)) < 0)
-            break;
-        int32_t V = m->cfg.vocab;
-        logits = malloc((size_t)V * sizeof(float));
-        prompt = malloc((size_t)o->prompt_tokens * sizeof(int32_t));
-        int64_t ctx = o->prompt_tokens + o->warmup + o->tokens + 1;
-        if (!logits || !prompt)
-            rc = moe_err(-ENOMEM, "out of memory");
-        else
-            rc = moe_session_create(m, pool, (int32_t)ctx, &s);
-        for (int64_t i = 0; rc == 0 && i < o->prompt_tokens; i++)
-            prompt[i] = (int32_t)((i * 7919 + 13) % V);
-        if (rc == 0)
-            rc = moe_session_forward(s, prompt, (int32_t)o->prompt_tokens, logits, false);
-        if (rc == 0) /* the tier fills (at 100%: every expert ends up resident) */
-            rc = decode_tokens(s, logits, V, o->warmup);
-        struct moe_offload_stats a, z;
-        moe_offload_get_stats(moe_model_offload(m), &a);
-        double t0 = moe_now_s();
-        if (rc == 0)
-            rc = decode_tokens(s, logits, V, o->tokens);
-        double dt = moe_now_s() - t0;
-        moe_offload_get_stats(moe_model_offload(m), &z);
-        if (rc == 0) {
-            double tps = (double)o->tokens / dt;
-            if (b == 0)
-                first = tps;
-            uint64_t hits = z.hits - a.hits, misses = z.misses - a.misses;
-            json_array_append_new(runs, json_pack(
-                "{s:f, s:I, s:I, s:I, s:f, s:f, s:f, s:f, s:I, s:I, s:f, s:b, s:b}",
-                "budget_percent", o->budgets[b], "host_bytes", (json_int_t)budget,
-                "arena_bytes", (json_int_t)z.arena_bytes, "slots", (json_int_t)z.slots,
-                "decode_tok_s", tps, "ratio_to_first", tps / first,
-                "hit_rate", hits + misses ? (double)hits / (double)(hits + misses) : 0.0,
-                "bytes_read_per_token", (double)(z.bytes_read - a.bytes_read) / (double)o->tokens,
-                "prefetch_issued", (json_int_t)(z.prefetch_issued - a.prefetch_issued),
-                "prefetch_used", (json_int_t)(z.prefetch_used - a.prefetch_used),
-                "read_wait_s", z.wait_s - a.wait_s, "io_uring", z.uring, "hugepages", z.hugepages));
-            fprintf(stderr, "moe-bench tier: %5.1f%%: %.2f tok/s, hit rate %.3f\n", o->budgets[b],
-                    tps, hits + misses ? (double)hits / (double)(hits + misses) : 0.0);
+    int n = o->n_budgets + 1, rc = 0;
+    struct tier_run runs[MAX_BUDGETS + 1] = {{0}};
+    runs[0].pct = -1;
+    for (int i = 1; i < n; i++)
+        runs[i].pct = o->budgets[i - 1];
+    for (int i = 0; i < n && rc == 0; i++)
+        rc = tier_run_open(o, pool, &runs[i]);
+    for (int i = 1; i < n && rc == 0; i++)
+        moe_offload_get_stats(moe_model_offload(runs[i].m), &runs[i].a);
+    for (int r = 0; r < o->rounds && rc == 0; r++)
+        for (int i = 0; i < n && rc == 0; i++) {
+            double t0 = moe_now_s();
+            rc = decode_tokens(runs[i].s, runs[i].logits, runs[i].m->cfg.vocab, o->tokens);
+            runs[i].rate[r] = (double)o->tokens / (moe_now_s() - t0);
         }
-        moe_session_free(s);
-        moe_model_free(m);
-        free(logits);
-        free(prompt);
+    json_t *arr = json_array();
+    double mapped = rc == 0 ? median_of(runs[0].rate, (int)o->rounds) : 0;
+    for (int i = 1; i < n && rc == 0; i++) {
+        struct tier_run *t = &runs[i];
+        moe_offload_get_stats(moe_model_offload(t->m), &t->z);
+        double tps = median_of(t->rate, (int)o->rounds);
+        uint64_t hits = t->z.hits - t->a.hits, misses = t->z.misses - t->a.misses;
+        double hr = hits + misses ? (double)hits / (double)(hits + misses) : 0.0;
+        double ntok = (double)o->tokens * (double)o->rounds;
+        json_t *rounds = json_array();
+        for (int r = 0; r < o->rounds; r++)
+            json_array_append_new(rounds, json_real(t->rate[r]));
+        json_array_append_new(arr, json_pack(
+            "{s:f, s:I, s:I, s:I, s:f, s:f, s:f, s:f, s:I, s:I, s:f, s:b, s:b, s:o}",
+            "budget_percent", t->pct, "host_bytes", (json_int_t)t->budget,
+            "arena_bytes", (json_int_t)t->z.arena_bytes, "slots", (json_int_t)t->z.slots,
+            "decode_tok_s", tps, "ratio_to_mapped", tps / mapped, "hit_rate", hr,
+            "bytes_read_per_token", (double)(t->z.bytes_read - t->a.bytes_read) / ntok,
+            "prefetch_issued", (json_int_t)(t->z.prefetch_issued - t->a.prefetch_issued),
+            "prefetch_used", (json_int_t)(t->z.prefetch_used - t->a.prefetch_used),
+            "read_wait_s_per_token", (t->z.wait_s - t->a.wait_s) / ntok, "io_uring", t->z.uring,
+            "hugepages", t->z.hugepages, "rounds", rounds));
+        fprintf(stderr, "moe-bench tier: %5.1f%%: %.2f tok/s (%.2f of mapped), hit rate %.3f\n",
+                t->pct, tps, tps / mapped, hr);
+    }
+    for (int i = 0; i < n; i++) {
+        moe_session_free(runs[i].s);
+        moe_model_free(runs[i].m);
+        free(runs[i].logits);
     }
     if (rc < 0) {
         fprintf(stderr, "moe-bench: %s\n", moe_err_msg());
-        json_decref(runs);
+        json_decref(arr);
         return 1;
     }
-    json_t *j = json_pack("{s:s, s:s, s:b, s:I, s:I, s:o}", "model", o->model, "policy",
+    /* ratio_to_full: each budget against the tier holding every expert (100%) */
+    double full = 0;
+    for (size_t i = 0; i < json_array_size(arr); i++) {
+        json_t *e = json_array_get(arr, i);
+        if (json_real_value(json_object_get(e, "budget_percent")) >= 100.0)
+            full = json_real_value(json_object_get(e, "decode_tok_s"));
+    }
+    for (size_t i = 0; full > 0 && i < json_array_size(arr); i++) {
+        json_t *e = json_array_get(arr, i);
+        json_object_set_new(e, "ratio_to_full",
+                            json_real(json_real_value(json_object_get(e, "decode_tok_s")) / full));
+    }
+    json_t *j = json_pack("{s:s, s:s, s:b, s:I, s:I, s:I, s:f, s:o}", "model", o->model, "policy",
                           moe_cache_policy_name(o->policy), "prefetch", o->prefetch,
-                          "tokens", (json_int_t)o->tokens, "threads",
-                          (json_int_t)moe_pool_threads(pool), "budgets", runs);
+                          "tokens", (json_int_t)o->tokens, "rounds", (json_int_t)o->rounds,
+                          "threads", (json_int_t)moe_pool_threads(pool), "mapped_decode_tok_s",
+                          mapped, "budgets", arr);
     bench_print_json(j);
     return 0;
 }

@@ -18,17 +18,52 @@ static bool not_pinned(void *ctx, uint32_t key)
     return p->pinned[key] != p->now;
 }
 
+/* Fills the trace's guess for the next layer ahead of need, as
+ * moe_offload_prefetch does: slots of the layer being computed (stamp) and of
+ * the guess itself stay; when nothing else can go, the rest of the guess is
+ * dropped. */
+static void prefetch_guess(const struct moe_trace *t, const struct moe_trace_event *ev,
+                           uint64_t stamp, struct moe_cache_policy *pol, uint32_t slots,
+                           uint64_t *pinned, bool *res, bool *fetched, uint32_t *used,
+                           struct moe_sim_result *out)
+{
+    for (uint32_t j = 0; j < ev->n; j++)
+        pinned[(size_t)ev->layer * t->experts + t->experts_of[ev->first + j]] = stamp;
+    for (uint32_t j = 0; j < ev->n; j++) {
+        size_t key = (size_t)ev->layer * t->experts + t->experts_of[ev->first + j];
+        if (res[key])
+            continue;
+        if (*used == slots) {
+            struct pin_ctx pc = {pinned, stamp};
+            int64_t v = moe_cache_policy_victim(pol, not_pinned, &pc);
+            if (v < 0)
+                return;
+            if (fetched[v])
+                out->prefetch_wasted++;
+            res[v] = fetched[v] = false;
+            moe_cache_policy_remove(pol, (uint32_t)v);
+            out->evictions++;
+            (*used)--;
+        }
+        res[key] = fetched[key] = true;
+        (*used)++;
+        moe_cache_policy_insert(pol, (uint32_t)key);
+        out->prefetched++;
+    }
+}
+
 int moe_sim_run(const struct moe_trace *t, int policy, uint32_t slots, const double *score,
-                struct moe_sim_result *out)
+                bool prefetch, struct moe_sim_result *out)
 {
     memset(out, 0, sizeof(*out));
     size_t n_keys = (size_t)t->layers * (size_t)t->experts;
     uint64_t *pinned = calloc(n_keys, sizeof(uint64_t));
     bool *res = calloc(n_keys, sizeof(bool));
+    bool *fetched = calloc(n_keys, sizeof(bool)); /* prefetched, not used yet */
     size_t *next = NULL, *next_of_occ = NULL; /* Belady */
     struct moe_cache_policy *pol = NULL;
     int rc = 0;
-    if (!pinned || !res) {
+    if (!pinned || !res || !fetched) {
         rc = moe_err(-ENOMEM, "out of memory");
         goto out;
     }
@@ -64,11 +99,20 @@ int moe_sim_run(const struct moe_trace *t, int policy, uint32_t slots, const dou
     } else {
         moe_cache_policy_set_layout(pol, (uint32_t)t->layers, (uint32_t)t->experts);
     }
+    if (prefetch && !pol) {
+        rc = moe_err(-EINVAL, "Belady's MIN is replayed without prefetch");
+        goto out;
+    }
     uint32_t used = 0;
+    uint64_t stamp = 0; /* pins of the last layer computed */
     for (size_t i = 0; i < t->n_ev; i++) {
         const struct moe_trace_event *ev = &t->ev[i];
-        if (ev->predict)
+        if (ev->predict) {
+            if (prefetch)
+                prefetch_guess(t, ev, stamp, pol, slots, pinned, res, fetched, &used, out);
             continue;
+        }
+        stamp = i + 1;
         for (uint32_t j = 0; j < ev->n; j++)
             pinned[(size_t)ev->layer * t->experts + t->experts_of[ev->first + j]] = i + 1;
         for (uint32_t j = 0; j < ev->n; j++) {
@@ -79,6 +123,10 @@ int moe_sim_run(const struct moe_trace *t, int policy, uint32_t slots, const dou
                 next[key] = next_of_occ[ev->first + j];
             if (res[key]) {
                 out->hits++;
+                if (fetched[key]) {
+                    out->prefetch_used++;
+                    fetched[key] = false;
+                }
                 continue;
             }
             out->misses++;
@@ -99,7 +147,9 @@ int moe_sim_run(const struct moe_trace *t, int policy, uint32_t slots, const dou
                     rc = moe_err(-EINVAL, "no slot to evict (slots %u)", slots);
                     goto out;
                 }
-                res[v] = false;
+                if (fetched[v])
+                    out->prefetch_wasted++;
+                res[v] = fetched[v] = false;
                 if (pol)
                     moe_cache_policy_remove(pol, (uint32_t)v);
                 out->evictions++;
@@ -113,10 +163,12 @@ int moe_sim_run(const struct moe_trace *t, int policy, uint32_t slots, const dou
     }
     uint64_t all = out->hits + out->misses;
     out->hit_rate = all ? (double)out->hits / (double)all : 0.0;
+    out->reads_per_access = all ? (double)(out->misses + out->prefetched) / (double)all : 0.0;
 out:
     moe_cache_policy_free(pol);
     free(pinned);
     free(res);
+    free(fetched);
     free(next);
     free(next_of_occ);
     return rc;

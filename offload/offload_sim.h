@@ -5,6 +5,7 @@
 #ifndef MOE_OFFLOAD_SIM_H
 #define MOE_OFFLOAD_SIM_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "offload/offload_policy.h"
@@ -14,13 +15,17 @@
 
 struct moe_sim_result {
     uint64_t hits, misses, evictions;
-    double hit_rate;
+    uint64_t prefetched, prefetch_used, prefetch_wasted; /* with prefetch */
+    double hit_rate;         /* of the accesses (a prefetched expert found in place is a hit) */
+    double reads_per_access; /* experts read (misses and prefetches) per access */
 };
 
 /* policy: an enum moe_cache_policy_kind or MOE_SIM_BELADY; slots >= the
- * largest event's expert count; score[layers * experts] for STATIC. */
+ * largest event's expert count; score[layers * experts] for STATIC.
+ * prefetch: the trace's guesses are filled ahead of need as the tier does
+ * (not for Belady, which needs no guesses). */
 int moe_sim_run(const struct moe_trace *t, int policy, uint32_t slots, const double *score,
-                struct moe_sim_result *out);
+                bool prefetch, struct moe_sim_result *out);
 
 /* Prefetch quality from the trace's prediction lines: recall = needed experts
  * that were predicted / needed experts (events with a prediction), wasted =

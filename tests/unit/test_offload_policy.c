@@ -120,9 +120,9 @@ static void test_lfru_keeps_a_hot_expert_through_a_scan_that_flushes_lru(void **
     struct moe_trace t;
     assert_int_equal(moe_trace_read(trace_file("scan.trace", body), &t), 0);
     struct moe_sim_result lru, lfru, opt;
-    assert_int_equal(moe_sim_run(&t, MOE_CACHE_LRU, 3, NULL, &lru), 0);
-    assert_int_equal(moe_sim_run(&t, MOE_CACHE_LFRU, 3, NULL, &lfru), 0);
-    assert_int_equal(moe_sim_run(&t, MOE_SIM_BELADY, 3, NULL, &opt), 0);
+    assert_int_equal(moe_sim_run(&t, MOE_CACHE_LRU, 3, NULL, false, &lru), 0);
+    assert_int_equal(moe_sim_run(&t, MOE_CACHE_LFRU, 3, NULL, false, &lfru), 0);
+    assert_int_equal(moe_sim_run(&t, MOE_SIM_BELADY, 3, NULL, false, &opt), 0);
     assert_true(lfru.hit_rate > lru.hit_rate);
     assert_true(opt.hit_rate >= lfru.hit_rate);
     moe_trace_free(&t);
@@ -157,9 +157,9 @@ static void test_belady_is_never_beaten_and_the_budget_never_exceeded(void **sta
             score[k] = k % 6 == 0 ? 10 : 1;
         for (uint32_t slots = 2; slots <= 12; slots += 5) {
             struct moe_sim_result opt, r;
-            assert_int_equal(moe_sim_run(&t, MOE_SIM_BELADY, slots, NULL, &opt), 0);
+            assert_int_equal(moe_sim_run(&t, MOE_SIM_BELADY, slots, NULL, false, &opt), 0);
             for (int p = 0; p < MOE_CACHE_POLICIES; p++) {
-                assert_int_equal(moe_sim_run(&t, p, slots, score, &r), 0);
+                assert_int_equal(moe_sim_run(&t, p, slots, score, false, &r), 0);
                 assert_true(r.hit_rate <= opt.hit_rate + 1e-12);
                 /* never more resident than slots: misses - evictions <= slots */
                 assert_true(r.misses - r.evictions <= slots);
@@ -167,6 +167,40 @@ static void test_belady_is_never_beaten_and_the_budget_never_exceeded(void **sta
         }
         moe_trace_free(&t);
     }
+}
+
+static void test_prefetched_guesses_turn_misses_into_hits_and_wrong_ones_count_as_waste(void **state)
+{
+    (void)state;
+    /* two layers of 4 experts, 2 slots: layer 0 always needs expert 0; layer
+     * 1 needs 1, 2, 3 in turn, each guessed while layer 0 runs, every third
+     * guess wrong */
+    char body[8192] = "# moed-trace 1 layers=2 experts=4\n";
+    int right = 0, wrong = 0;
+    for (int step = 0; step < 30; step++) {
+        int need = 1 + step % 3, guess = step % 3 == 2 ? 1 : need;
+        right += guess == need, wrong += guess != need;
+        snprintf(body + strlen(body), sizeof(body) - strlen(body), "%d 0 0\np %d 1 %d\n%d 1 %d\n",
+                 step, step, guess, step, need);
+    }
+    struct moe_trace t;
+    assert_int_equal(moe_trace_read(trace_file("guess.trace", body), &t), 0);
+    struct moe_sim_result plain, ahead;
+    assert_int_equal(moe_sim_run(&t, MOE_CACHE_LRU, 2, NULL, false, &plain), 0);
+    assert_int_equal(moe_sim_run(&t, MOE_CACHE_LRU, 2, NULL, true, &ahead), 0);
+    assert_int_equal(plain.prefetched, 0);
+    /* layer 1 never repeats back to back, so on demand alone it always misses */
+    assert_int_equal(plain.misses, 30 + 1);
+    assert_int_equal(ahead.prefetch_used, right);
+    assert_int_equal(ahead.prefetched, right + wrong);
+    assert_true(ahead.prefetch_wasted >= (uint64_t)wrong - 1); /* the last may stay */
+    assert_int_equal(ahead.misses, 1 + wrong);
+    assert_true(ahead.hit_rate > plain.hit_rate);
+    /* reads count the prefetches too: one per access either way here */
+    assert_true(ahead.reads_per_access > plain.reads_per_access - 1e-12);
+    /* Belady needs no guesses */
+    assert_int_equal(moe_sim_run(&t, MOE_SIM_BELADY, 2, NULL, true, &plain), -EINVAL);
+    moe_trace_free(&t);
 }
 
 static void test_a_trace_reads_back_as_written_with_its_predictions(void **state)
@@ -222,6 +256,7 @@ int main(void)
         cmocka_unit_test(test_policy_names_round_trip_and_bad_ones_are_named),
         cmocka_unit_test(test_lfru_keeps_a_hot_expert_through_a_scan_that_flushes_lru),
         cmocka_unit_test(test_belady_is_never_beaten_and_the_budget_never_exceeded),
+        cmocka_unit_test(test_prefetched_guesses_turn_misses_into_hits_and_wrong_ones_count_as_waste),
         cmocka_unit_test(test_a_trace_reads_back_as_written_with_its_predictions),
         cmocka_unit_test(test_malformed_trace_lines_are_named_by_file_and_line),
     };

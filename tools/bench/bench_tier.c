@@ -12,8 +12,10 @@
  *       experts tiered, recording every access and prefetch guess (offload_trace.h).
  *   moe-bench cache --trace FILE [--budgets 10,25,50,75]
  *       replays the second half of a trace against every policy and Belady's MIN at
- *       each budget (percent of all experts, in equal slots as the tier keeps them);
- *       the static policy ranks experts by their accesses in the first half.
+ *       each budget (percent of all experts, in equal slots as the tier keeps them),
+ *       each policy on demand alone and with the trace's prefetch guesses fetched
+ *       ahead (reads per access counts both); the static policy ranks experts by
+ *       their accesses in the first half.
  * Each prints one JSON object on stdout; cache also a table on stderr. */
 #include <errno.h>
 #include <getopt.h>
@@ -388,33 +390,43 @@ static int cmd_cache(const struct tier_opts *o)
             need = MOE_MAX(need, replay.ev[i].n);
     json_t *rows = json_array();
     int rc = score ? 0 : moe_err(-ENOMEM, "out of memory");
-    fprintf(stderr, "budget   slots      lru      lfu     lfru   static   cyclic   belady\n");
+    fprintf(stderr, "budget   slots  prefetch      lru      lfu     lfru   static   cyclic   belady\n");
     for (int b = 0; b < o->n_budgets && rc == 0; b++) {
         uint32_t slots = (uint32_t)MOE_MAX((double)need, round(o->budgets[b] / 100.0 * (double)K));
         json_t *row = json_pack("{s:f, s:I}", "budget_percent", o->budgets[b], "slots",
                                 (json_int_t)slots);
-        double rate[MOE_SIM_BELADY + 1];
-        fprintf(stderr, "%5.1f%% %7u", o->budgets[b], slots);
-        for (int p = 0; p <= MOE_SIM_BELADY && rc == 0; p++) {
-            struct moe_sim_result r;
-            if ((rc = moe_sim_run(&replay, p, slots, score, &r)) < 0)
-                break;
-            rate[p] = r.hit_rate;
-            fprintf(stderr, " %8.3f", r.hit_rate);
+        struct moe_sim_result r[2][MOE_SIM_BELADY + 1];
+        /* each policy on demand alone, then with the trace's guesses fetched
+         * ahead (as the tier runs); Belady's MIN, the bound, on demand alone */
+        for (int pf = 0; pf < 2 && rc == 0; pf++) {
+            fprintf(stderr, "%5.1f%% %7u %9s", o->budgets[b], slots, pf ? "yes" : "no");
+            for (int p = 0; p <= MOE_SIM_BELADY && rc == 0; p++) {
+                if (pf && p == MOE_SIM_BELADY) {
+                    r[1][p] = r[0][p];
+                    fprintf(stderr, " %8s", "");
+                    continue;
+                }
+                if ((rc = moe_sim_run(&replay, p, slots, score, pf, &r[pf][p])) < 0)
+                    break;
+                fprintf(stderr, " %8.3f", r[pf][p].hit_rate);
+            }
+            fprintf(stderr, "\n");
         }
-        fprintf(stderr, "\n");
         if (rc < 0) {
             json_decref(row);
             break;
         }
-        for (int p = 0; p <= MOE_SIM_BELADY; p++) {
-            const char *name = p == MOE_SIM_BELADY ? "belady" : moe_cache_policy_name(p);
-            json_object_set_new(row, name, json_real(rate[p]));
-            if (p < MOE_SIM_BELADY) {
-                char gap[32];
-                snprintf(gap, sizeof(gap), "%s_gap_points", name);
-                json_object_set_new(row, gap, json_real(100.0 * (rate[MOE_SIM_BELADY] - rate[p])));
-            }
+        double opt = r[0][MOE_SIM_BELADY].hit_rate;
+        json_object_set_new(row, "belady", json_real(opt));
+        for (int p = 0; p < MOE_SIM_BELADY; p++) {
+            const char *name = moe_cache_policy_name(p);
+            json_object_set_new(
+                row, name,
+                json_pack("{s:f, s:f, s:f, s:f, s:f}", "hit_rate", r[0][p].hit_rate,
+                          "gap_points", 100.0 * (opt - r[0][p].hit_rate), "prefetch_hit_rate",
+                          r[1][p].hit_rate, "prefetch_gap_points",
+                          100.0 * (opt - r[1][p].hit_rate), "prefetch_reads_per_access",
+                          r[1][p].reads_per_access));
         }
         json_array_append_new(rows, row);
     }

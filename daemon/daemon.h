@@ -91,7 +91,7 @@ struct moe_daemon_config {
     int io_queue_depth;
     int numa;               /* enum moe_numa_mode */
     bool hugepages;
-    bool prefetch;
+    int prefetch;           /* enum moe_prefetch_mode */
     bool force_pread;
     char *trace_path;       /* "" = no trace */
     /* [limits] */

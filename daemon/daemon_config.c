@@ -27,6 +27,7 @@
 #include "common/common.h"
 #include "engine/engine.h"
 #include "offload/offload.h"
+#include "offload/offload_prefetch.h"
 #include "router/router.h"
 
 /* offsetof() that fails to compile when the field's type is not T */
@@ -89,6 +90,11 @@ static const struct moe_daemon_enum offload_modes[] = {
 static const struct moe_daemon_enum cache_policies[] = {
     {"lru", MOE_CACHE_LRU}, {"lfu", MOE_CACHE_LFU}, {"lfru", MOE_CACHE_LFRU},
     {"static", MOE_CACHE_STATIC}, {"cyclic", MOE_CACHE_CYCLIC}, {NULL, 0},
+};
+
+static const struct moe_daemon_enum prefetch_modes[] = {
+    {"auto", MOE_PREFETCH_AUTO}, {"yes", MOE_PREFETCH_YES}, {"no", MOE_PREFETCH_NO},
+    {NULL, 0},
 };
 
 static const struct moe_daemon_enum numa_modes[] = {
@@ -180,8 +186,9 @@ static const struct moe_daemon_key table[] = {
            "tiered: host tier placement: local = the engine thread's node, interleave, off"),
     K_BOOL("offload", "hugepages", hugepages, "yes", 0,
            "tiered: back the host tier with huge pages where the kernel gives them"),
-    K_BOOL("offload", "prefetch", prefetch, "yes", 0,
-           "tiered: apply the next layer's router early and start reading what it picks"),
+    K_ENUM("offload", "prefetch", prefetch, "auto", prefetch_modes, 0,
+           "tiered: read the next layer's likely experts ahead: yes, no, or auto = "
+           "where measured guess precision, read and compute times say it pays"),
     K_BOOL("offload", "pread", force_pread, "no", 0,
            "tiered: read with pread instead of io_uring (also the fallback where io_uring is refused)"),
     K_STRING("offload", "trace", trace_path, "", 0,

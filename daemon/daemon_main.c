@@ -36,6 +36,7 @@
 #include "ipc/ipc.h"
 #include "model/model.h"
 #include "offload/offload.h"
+#include "offload/offload_prefetch.h"
 
 #define EXIT_CONFIG 1
 #define EXIT_FAIL 2
@@ -115,7 +116,7 @@ struct loader {
     bool prefault;
     bool tiered;                 /* [offload] mode = tiered */
     struct moe_offload_opts tier;
-    bool prefetch;
+    int prefetch; /* enum moe_prefetch_mode */
     struct moe_model *model;
     int rc;
     char err[1024];
@@ -328,8 +329,8 @@ static int attach_tier(struct loader *ld)
             "%s reads, policy %s, prefetch %s", st.slots, (double)st.slot_bytes / (1 << 20),
             (double)st.arena_bytes / (1 << 30), st.hugepages ? "huge" : "normal",
             st.numa_node >= 0 ? "bound" : "interleaved/off", st.uring ? "io_uring" : "pread",
-            moe_cache_policy_name(opts.policy), ld->prefetch ? "on" : "off");
-    return moe_model_use_offload(m, o, ld->prefetch);
+            moe_cache_policy_name(opts.policy), moe_prefetch_mode_name(ld->prefetch));
+    return moe_model_use_offload(m, o, ld->prefetch != MOE_PREFETCH_NO);
 }
 
 static void *loader_main(void *arg)
@@ -364,6 +365,7 @@ static int start_loader(struct moed *d)
         .host_bytes = d->cfg.host_bytes, .policy = d->cfg.cache_policy,
         .queue_depth = (unsigned)d->cfg.io_queue_depth, .numa = d->cfg.numa,
         .hugepages = d->cfg.hugepages, .force_pread = d->cfg.force_pread,
+        .prefetch_auto = d->cfg.prefetch == MOE_PREFETCH_AUTO,
         .trace_path = d->cfg.trace_path[0] ? d->cfg.trace_path : NULL};
     int rc = pthread_create(&d->ld.thread, NULL, loader_main, &d->ld);
     if (rc)

@@ -172,6 +172,10 @@ struct seq {
     int32_t top_k;      /* experts per token, 0 = the model's */
 };
 
+/* the host tier's metrics, by index into moe_engine.m_tier */
+enum { TIER_HITS, TIER_MISSES, TIER_EVICTIONS, TIER_BYTES_READ, TIER_PREFETCH, TIER_PREFETCH_USED,
+       TIER_PREFETCH_SKIPPED, TIER_RESIDENT, TIER_BUDGET, TIER_METRICS };
+
 struct moe_engine {
     const struct moe_model *model;
     struct moe_pool *pool;
@@ -194,7 +198,7 @@ struct moe_engine {
     struct moe_router_stats *rstats; /* this step's routing counters */
     struct moe_metric *m_act[MOE_MAX_LAYERS], *m_pruned[MOE_MAX_LAYERS];
     /* host tier (tiered packs): counters as deltas of the last stats seen */
-    struct moe_metric *m_tier[8];
+    struct moe_metric *m_tier[TIER_METRICS];
     struct moe_offload_stats tier_seen;
     float *logits;          /* [max_seqs][vocab] */
     char *piece;            /* one decoded token */
@@ -485,8 +489,6 @@ static void routing_metrics(struct moe_engine *e)
     }
 }
 
-enum { TIER_HITS, TIER_MISSES, TIER_EVICTIONS, TIER_BYTES_READ, TIER_PREFETCH, TIER_PREFETCH_USED,
-       TIER_RESIDENT, TIER_BUDGET };
 
 static void tier_metrics_register(struct moe_engine *e)
 {
@@ -503,6 +505,9 @@ static void tier_metrics_register(struct moe_engine *e)
                                                   "Expert reads started ahead of need", "result=\"issued\"");
     e->m_tier[TIER_PREFETCH_USED] = moe_metric_counter("moed_prefetch_total",
                                                        "Expert reads started ahead of need", "result=\"used\"");
+    e->m_tier[TIER_PREFETCH_SKIPPED] = moe_metric_counter(
+        "moed_prefetch_total", "Expert reads started ahead of need",
+        "result=\"skipped\""); /* guessed, not read: prefetch = auto judged waiting cheaper */
     e->m_tier[TIER_RESIDENT] = moe_metric_gauge("moed_tier_resident_bytes",
                                                 "Expert bytes resident in a tier", "tier=\"host\"");
     e->m_tier[TIER_BUDGET] = moe_metric_gauge("moed_tier_budget_bytes",
@@ -524,6 +529,8 @@ static void tier_metrics(struct moe_engine *e)
     moe_metric_add(e->m_tier[TIER_BYTES_READ], (double)(st.bytes_read - was->bytes_read));
     moe_metric_add(e->m_tier[TIER_PREFETCH], (double)(st.prefetch_issued - was->prefetch_issued));
     moe_metric_add(e->m_tier[TIER_PREFETCH_USED], (double)(st.prefetch_used - was->prefetch_used));
+    moe_metric_add(e->m_tier[TIER_PREFETCH_SKIPPED],
+                   (double)(st.prefetch_skipped - was->prefetch_skipped));
     moe_metric_set(e->m_tier[TIER_RESIDENT], (double)st.resident_bytes);
     moe_metric_set(e->m_tier[TIER_BUDGET], (double)st.arena_bytes);
     *was = st;

@@ -11,6 +11,7 @@
 #include "format/format_pack.h"
 #include "offload/offload.h"
 #include "offload/offload_nvme.h"
+#include "offload/offload_prefetch.h"
 #include "offload/offload_trace.h"
 
 enum slot_state { SLOT_FREE, SLOT_LOADING, SLOT_READY };
@@ -41,6 +42,14 @@ struct moe_offload {
     struct moe_trace_writer *trace;
     int64_t step;
     int32_t last_layer;
+    double acquired_at;         /* when the last acquire returned */
+    /* the last guess, scored against its layer's acquire */
+    bool prefetch_auto;
+    struct moe_prefetch_model pm;
+    int32_t guess_layer;        /* -1: none pending */
+    bool *guess;                /* [E] guessed and not resident when guessed */
+    int64_t *ahead;             /* [E] slots the last guess started reading */
+    int32_t n_ahead;
     struct moe_offload_stats st;
 };
 
@@ -136,6 +145,9 @@ int moe_offload_open(const struct moe_pack *pack, int32_t n_layers, int32_t n_ex
     o->E = n_experts;
     o->K = top_k;
     o->last_layer = -1;
+    o->guess_layer = -1;
+    o->prefetch_auto = opts->prefetch_auto;
+    moe_prefetch_model_init(&o->pm);
     size_t n = (size_t)n_layers * (size_t)n_experts;
     int rc = 0;
     o->slot_of = malloc(n * sizeof(*o->slot_of));
@@ -143,7 +155,9 @@ int moe_offload_open(const struct moe_pack *pack, int32_t n_layers, int32_t n_ex
     o->ex = calloc(n, sizeof(*o->ex));
     o->batch = calloc((size_t)n_experts, sizeof(*o->batch));
     o->list = calloc((size_t)n_experts, sizeof(*o->list));
-    if (!o->slot_of || !o->pin || !o->ex || !o->batch || !o->list) {
+    o->guess = calloc((size_t)n_experts, sizeof(*o->guess));
+    o->ahead = calloc((size_t)n_experts, sizeof(*o->ahead));
+    if (!o->slot_of || !o->pin || !o->ex || !o->batch || !o->list || !o->guess || !o->ahead) {
         rc = moe_err(-ENOMEM, "out of memory");
         goto fail;
     }
@@ -229,6 +243,8 @@ void moe_offload_close(struct moe_offload *o)
     free(o->ex);
     free(o->batch);
     free(o->list);
+    free(o->guess);
+    free(o->ahead);
     free(o);
 }
 
@@ -237,9 +253,26 @@ int moe_offload_acquire(struct moe_offload *o, int32_t layer, const bool *need,
 {
     o->epoch++;
     moe_nvme_poll(o->nv); /* reap finished prefetches */
+    if (layer == o->last_layer + 1 && o->acquired_at > 0)
+        moe_prefetch_model_gap(&o->pm, moe_now_s() - o->acquired_at);
     if (layer <= o->last_layer)
         o->step++;
     o->last_layer = layer;
+    if (o->guess_layer == layer) {
+        uint32_t guessed = 0, right = 0;
+        for (int32_t e = 0; e < o->E; e++)
+            if (o->guess[e])
+                guessed++, right += need[e];
+        moe_prefetch_model_outcome(&o->pm, guessed, right);
+    }
+    o->guess_layer = -1;
+    /* the wait measures one read's cost only if no read ahead shares the link */
+    bool link_to_itself = true;
+    for (int32_t i = 0; i < o->n_ahead; i++) {
+        const struct slot *sl = &o->slots[o->ahead[i]];
+        link_to_itself &= sl->state != SLOT_LOADING || sl->req.done;
+    }
+    o->n_ahead = 0;
     int32_t n_list = 0, n_batch = 0;
     int rc = 0;
     for (int32_t e = 0; e < o->E; e++) { /* pin first: nothing needed now may be evicted */
@@ -303,7 +336,11 @@ int moe_offload_acquire(struct moe_offload *o, int32_t layer, const bool *need,
         }
         blobs[e] = sl->req.dst;
     }
-    o->st.wait_s += moe_now_s() - t0;
+    double waited = moe_now_s() - t0;
+    o->st.wait_s += waited;
+    if (link_to_itself && n_batch > 0)
+        moe_prefetch_model_reads(&o->pm, waited, (uint32_t)n_batch);
+    o->acquired_at = moe_now_s();
     if (o->trace)
         moe_trace_writer_access(o->trace, o->step, layer, o->list, n_list);
     if (rc < 0)
@@ -314,32 +351,48 @@ int moe_offload_acquire(struct moe_offload *o, int32_t layer, const bool *need,
 void moe_offload_prefetch(struct moe_offload *o, int32_t layer, const bool *likely)
 {
     int32_t n_batch = 0, n_list = 0;
+    uint32_t k = 0;
+    o->n_ahead = 0;
     for (int32_t e = 0; e < o->E; e++) {
-        if (!likely[e])
-            continue;
-        o->list[n_list++] = e;
         int64_t key = (int64_t)layer * o->E + e;
-        if (!o->ex[key] || o->slot_of[key] >= 0)
+        o->guess[e] = likely[e] && o->ex[key] && o->slot_of[key] < 0;
+        k += o->guess[e];
+        if (likely[e])
+            o->list[n_list++] = e;
+    }
+    o->guess_layer = layer;
+    if (o->trace)
+        moe_trace_writer_predict(o->trace, o->step, layer, o->list, n_list);
+    if (o->prefetch_auto && k > 0 && !moe_prefetch_model_worth(&o->pm, k)) {
+        o->st.prefetch_skipped += k;
+        return;
+    }
+    for (int32_t e = 0; e < o->E; e++) {
+        if (!o->guess[e])
             continue;
+        int64_t key = (int64_t)layer * o->E + e;
         int64_t s = slot_take(o, false);
         if (s < 0)
             break;
         slot_fill(o, s, key);
         o->slots[s].prefetched = true;
         o->batch[n_batch++] = &o->slots[s].req;
+        o->ahead[o->n_ahead++] = s;
         o->st.prefetch_issued++;
     }
-    if (o->trace)
-        moe_trace_writer_predict(o->trace, o->step, layer, o->list, n_list);
     if (n_batch > 0 && moe_nvme_submit(o->nv, o->batch, n_batch) < 0) {
         for (int32_t i = 0; i < n_batch; i++) /* nothing went out: give the slots back */
             slot_release(o, slot_of_req(o, o->batch[i]));
+        o->n_ahead = 0;
     }
 }
 
 void moe_offload_get_stats(const struct moe_offload *o, struct moe_offload_stats *out)
 {
     *out = o->st;
+    out->prefetch_precision = o->pm.p;
+    out->read_s_per_expert = o->pm.t_read;
+    out->layer_gap_s = o->pm.t_gap;
     struct moe_nvme_stats ns;
     moe_nvme_stats(o->nv, &ns);
     out->reads = ns.reads;

@@ -40,6 +40,8 @@ struct moe_offload_opts {
     enum moe_numa_mode numa;           /* arena placement */
     bool hugepages;
     bool force_pread;                  /* no io_uring (also the fallback where it is refused) */
+    bool prefetch_auto;                /* read a guess ahead only where the cost model
+                                          (offload_prefetch.h) expects it to pay */
     const char *trace_path;            /* record every access here (NULL: no trace) */
     const double *score;               /* [L * E] calibration frequency: STATIC needs it */
 };
@@ -49,6 +51,10 @@ struct moe_offload_stats {
     uint64_t prefetch_issued;          /* reads started ahead of need */
     uint64_t prefetch_used;            /* of those, needed by the layer they were for */
     uint64_t prefetch_wasted;          /* read, then evicted or skipped by the next step */
+    uint64_t prefetch_skipped;         /* guessed, not resident, not read: auto judged waiting cheaper */
+    double prefetch_precision;         /* running share of guessed, non-resident experts needed */
+    double read_s_per_expert;          /* running time one more read adds to a layer's wait */
+    double layer_gap_s;                /* running compute time between two layers' acquires */
     uint64_t reads, bytes_read, read_errors, retries;
     double wait_s;                     /* time acquire spent waiting for reads */
     size_t resident_bytes;             /* blob bytes in the host tier now */
@@ -77,7 +83,9 @@ int moe_offload_acquire(struct moe_offload *o, int32_t layer, const bool *need,
 
 /* Starts reads of layer l's experts with likely[e] set that are not resident,
  * into slots no current expert holds; never blocks, never evicts what the
- * last acquire handed out. */
+ * last acquire handed out. With prefetch_auto, only when the cost model
+ * expects the reads to shorten layer l's wait; the guess is scored against
+ * layer l's acquire either way. */
 void moe_offload_prefetch(struct moe_offload *o, int32_t layer, const bool *likely);
 
 void moe_offload_get_stats(const struct moe_offload *o, struct moe_offload_stats *out);

@@ -86,6 +86,29 @@ class Tiered(unittest.TestCase):
             moed.stop()
         self.assertEqual(moed.proc.returncode, 0)
 
+    def test_every_prefetch_mode_gives_the_same_text_and_counts_what_it_did(self):
+        budget = self.expert_bytes // 4
+        texts, counts = {}, {}
+        for mode in ("no", "yes", "auto"):
+            moed = self.serve(tier_ini("tiered", budget, "prefetch = %s\n" % mode))
+            try:
+                moed.wait_notify("READY=1")
+                st, body = self.complete(moed, "ROMEO:", n=32)
+                self.assertEqual(st, 200, body)
+                texts[mode] = body["choices"][0]["text"]
+                m = self.metrics(moed)
+                counts[mode] = (m['moed_prefetch_total{result="issued"}'],
+                                m['moed_prefetch_total{result="skipped"}'])
+                self.assertIn("prefetch %s" % mode, moed.logtext())
+            finally:
+                moed.stop()
+        self.assertEqual(texts["no"], texts["yes"])
+        self.assertEqual(texts["no"], texts["auto"])
+        self.assertEqual(counts["no"], (0, 0))
+        self.assertGreater(counts["yes"][0], 0)
+        self.assertEqual(counts["yes"][1], 0)
+        self.assertGreater(sum(counts["auto"]), 0)  # every guess either read or skipped
+
     def test_a_read_error_fails_only_the_requests_that_needed_the_expert(self):
         # every expert of layer 0 fails its next 3 reads: more than the 2 retries
         faults = ",".join("eio:0:%d:3" % e for e in range(8))

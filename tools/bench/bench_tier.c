@@ -1,7 +1,7 @@
 /* moe-bench's tiered-memory measurements (offload/):
  *
  *   moe-bench tier  --model PACK [--budgets 100,50,25] [--policy P] [--tokens N]
- *                   [--prompt-tokens P] [--warmup W] [--no-prefetch] [--pread]
+ *                   [--prompt-tokens P] [--warmup W] [--prefetch auto|yes|no] [--pread]
  *                   [--queue-depth Q] [--rounds R] [--threads T]
  *       batch-1 decode with the experts in a host tier of each budget (percent of
  *       the pack's expert bytes), read with O_DIRECT, and of the plainly mapped
@@ -30,6 +30,7 @@
 #include "format/format_pack.h"
 #include "model/model.h"
 #include "offload/offload.h"
+#include "offload/offload_prefetch.h"
 #include "offload/offload_sim.h"
 #include "offload/offload_trace.h"
 #include "tools/bench/bench.h"
@@ -43,7 +44,8 @@ struct tier_opts {
     int n_budgets;
     enum moe_cache_policy_kind policy;
     int64_t tokens, prompt_tokens, warmup, start_char, queue_depth, threads, rounds;
-    bool prefetch, pread;
+    enum moe_prefetch_mode prefetch;
+    bool pread;
 };
 
 static int parse_budgets(const char *s, struct tier_opts *o)
@@ -76,6 +78,7 @@ static int parse(int argc, char **argv, struct tier_opts *o, const char *default
         {"warmup", required_argument, 0, 'w'},       {"start-char", required_argument, 0, 'c'},
         {"queue-depth", required_argument, 0, 'q'},  {"threads", required_argument, 0, 't'},
         {"no-prefetch", no_argument, 0, 'N'},        {"pread", no_argument, 0, 'R'},
+        {"prefetch", required_argument, 0, 'P'},
         {"rounds", required_argument, 0, 'r'},
         {0, 0, 0, 0}};
     memset(o, 0, sizeof(*o));
@@ -85,7 +88,7 @@ static int parse(int argc, char **argv, struct tier_opts *o, const char *default
     o->warmup = 16;
     o->queue_depth = 32;
     o->rounds = 3;
-    o->prefetch = true;
+    o->prefetch = MOE_PREFETCH_AUTO;
     parse_budgets(defaults, o);
     int c;
     opterr = 0;
@@ -111,7 +114,13 @@ static int parse(int argc, char **argv, struct tier_opts *o, const char *default
         case 'q': if (moe_cli_integer("moe-bench", name, optarg, 1, 4096, &o->queue_depth)) return -1; break;
         case 't': if (moe_cli_integer("moe-bench", name, optarg, 0, 1024, &o->threads)) return -1; break;
         case 'r': if (moe_cli_integer("moe-bench", name, optarg, 1, 64, &o->rounds)) return -1; break;
-        case 'N': o->prefetch = false; break;
+        case 'N': o->prefetch = MOE_PREFETCH_NO; break;
+        case 'P':
+            if (moe_prefetch_mode_parse(optarg, &o->prefetch) < 0) {
+                fprintf(stderr, "moe-bench: --prefetch: %s\n", moe_err_msg());
+                return -1;
+            }
+            break;
         case 'R': o->pread = true; break;
         case ':': fprintf(stderr, "moe-bench: option '%s' needs a value\n", argv[optind - 1]); return -1;
         default: fprintf(stderr, "moe-bench: unknown option '%s'\n", argv[optind - 1]); return -1;
@@ -144,7 +153,8 @@ static int open_tiered(const struct tier_opts *o, double pct, const char *trace,
     *budget = (size_t)ceil(pct / 100.0 * (double)total);
     struct moe_offload_opts oo = {.host_bytes = *budget, .policy = o->policy,
                                   .queue_depth = (unsigned)o->queue_depth, .numa = MOE_NUMA_LOCAL,
-                                  .hugepages = true, .force_pread = o->pread, .trace_path = trace};
+                                  .hugepages = true, .force_pread = o->pread, .trace_path = trace,
+                                  .prefetch_auto = o->prefetch == MOE_PREFETCH_AUTO};
     double *score = NULL;
     if (o->policy == MOE_CACHE_STATIC) {
         score = malloc((size_t)m->cfg.n_layers * m->cfg.n_experts * sizeof(double));
@@ -160,7 +170,7 @@ static int open_tiered(const struct tier_opts *o, double pct, const char *trace,
                           &oo, &off);
     free(score);
     if (rc == 0)
-        rc = moe_model_use_offload(m, off, o->prefetch);
+        rc = moe_model_use_offload(m, off, o->prefetch != MOE_PREFETCH_NO);
     if (rc < 0) {
         moe_model_free(m);
         return rc;
@@ -269,13 +279,16 @@ static int cmd_tier(const struct tier_opts *o, struct moe_pool *pool)
         for (int r = 0; r < o->rounds; r++)
             json_array_append_new(rounds, json_real(t->rate[r]));
         json_array_append_new(arr, json_pack(
-            "{s:f, s:I, s:I, s:I, s:f, s:f, s:f, s:f, s:I, s:I, s:f, s:b, s:b, s:o}",
+            "{s:f, s:I, s:I, s:I, s:f, s:f, s:f, s:f, s:I, s:I, s:I, s:f, s:f, s:f, s:f, s:b, s:b, s:o}",
             "budget_percent", t->pct, "host_bytes", (json_int_t)t->budget,
             "arena_bytes", (json_int_t)t->z.arena_bytes, "slots", (json_int_t)t->z.slots,
             "decode_tok_s", tps, "ratio_to_mapped", tps / mapped, "hit_rate", hr,
             "bytes_read_per_token", (double)(t->z.bytes_read - t->a.bytes_read) / ntok,
             "prefetch_issued", (json_int_t)(t->z.prefetch_issued - t->a.prefetch_issued),
             "prefetch_used", (json_int_t)(t->z.prefetch_used - t->a.prefetch_used),
+            "prefetch_skipped", (json_int_t)(t->z.prefetch_skipped - t->a.prefetch_skipped),
+            "prefetch_precision", t->z.prefetch_precision, "read_s_per_expert",
+            t->z.read_s_per_expert, "layer_gap_s", t->z.layer_gap_s,
             "read_wait_s_per_token", (t->z.wait_s - t->a.wait_s) / ntok, "io_uring", t->z.uring,
             "hugepages", t->z.hugepages, "rounds", rounds));
         fprintf(stderr, "moe-bench tier: %5.1f%%: %.2f tok/s (%.2f of mapped), hit rate %.3f\n",
@@ -303,8 +316,9 @@ static int cmd_tier(const struct tier_opts *o, struct moe_pool *pool)
         json_object_set_new(e, "ratio_to_full",
                             json_real(json_real_value(json_object_get(e, "decode_tok_s")) / full));
     }
-    json_t *j = json_pack("{s:s, s:s, s:b, s:I, s:I, s:I, s:f, s:o}", "model", o->model, "policy",
-                          moe_cache_policy_name(o->policy), "prefetch", o->prefetch,
+    json_t *j = json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:f, s:o}", "model", o->model, "policy",
+                          moe_cache_policy_name(o->policy), "prefetch",
+                          moe_prefetch_mode_name(o->prefetch),
                           "tokens", (json_int_t)o->tokens, "rounds", (json_int_t)o->rounds,
                           "threads", (json_int_t)moe_pool_threads(pool), "mapped_decode_tok_s",
                           mapped, "budgets", arr);

@@ -274,6 +274,7 @@ int moe_offload_acquire(struct moe_offload *o, int32_t layer, const bool *need,
     }
     o->n_ahead = 0;
     int32_t n_list = 0, n_batch = 0;
+    uint32_t n_hit = 0;
     int rc = 0;
     for (int32_t e = 0; e < o->E; e++) { /* pin first: nothing needed now may be evicted */
         if (!need[e])
@@ -291,6 +292,7 @@ int moe_offload_acquire(struct moe_offload *o, int32_t layer, const bool *need,
         int64_t s = o->slot_of[key];
         if (s >= 0) {
             o->st.hits++;
+            n_hit++;
             if (o->slots[s].prefetched) {
                 o->st.prefetch_used++;
                 o->slots[s].prefetched = false;
@@ -306,6 +308,7 @@ int moe_offload_acquire(struct moe_offload *o, int32_t layer, const bool *need,
         slot_fill(o, s, key);
         o->batch[n_batch++] = &o->slots[s].req;
     }
+    moe_prefetch_model_lookups(&o->pm, n_hit, (uint32_t)n_list);
     if (rc == 0 && n_batch > 0)
         rc = moe_nvme_submit(o->nv, o->batch, n_batch);
     if (rc < 0) { /* nothing of this batch went out: its slots are free again */
@@ -363,7 +366,8 @@ void moe_offload_prefetch(struct moe_offload *o, int32_t layer, const bool *like
     o->guess_layer = layer;
     if (o->trace)
         moe_trace_writer_predict(o->trace, o->step, layer, o->list, n_list);
-    if (o->prefetch_auto && k > 0 && !moe_prefetch_model_worth(&o->pm, k)) {
+    uint32_t evicting = k > o->n_free ? k - o->n_free : 0;
+    if (o->prefetch_auto && k > 0 && !moe_prefetch_model_worth(&o->pm, k, evicting)) {
         o->st.prefetch_skipped += k;
         return;
     }

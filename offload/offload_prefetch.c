@@ -58,7 +58,13 @@ void moe_prefetch_model_gap(struct moe_prefetch_model *m, double gap_s)
     ewma(&m->t_gap, &m->n_gap, gap_s);
 }
 
-bool moe_prefetch_model_worth(const struct moe_prefetch_model *m, uint32_t k)
+void moe_prefetch_model_lookups(struct moe_prefetch_model *m, uint32_t hits, uint32_t lookups)
+{
+    if (lookups > 0)
+        ewma(&m->h, &m->n_h, (double)hits / (double)lookups);
+}
+
+bool moe_prefetch_model_worth(const struct moe_prefetch_model *m, uint32_t k, uint32_t evicting)
 {
     if (k == 0)
         return false;
@@ -68,5 +74,6 @@ bool moe_prefetch_model_worth(const struct moe_prefetch_model *m, uint32_t k)
     double wait_with = (double)k * m->t_read - m->t_gap;
     if (wait_with < 0)
         wait_with = 0;
+    wait_with += (1.0 - m->p) * (double)evicting * m->h * m->t_read;
     return wait_with < wait_without;
 }

@@ -9,12 +9,15 @@
  * and t_gap the compute the reads can hide behind:
  *   not reading ahead, the next layer waits p * k * t_read for the right ones;
  *   reading ahead, all k reads finish k * t_read after the guess, so the next
- *   layer waits max(0, k * t_read - t_gap), whatever it needs.
- * Read ahead when the second is smaller. p, t_read and t_gap are running
+ *   layer waits max(0, k * t_read - t_gap), whatever it needs; and each of
+ *   the e reads that must evict a resident expert to get a slot costs, when
+ *   its guess is wrong, a later read of that expert with the tier's hit rate
+ *   h as its chance: (1 - p) * e * h * t_read more.
+ * Read ahead when the second is smaller. p, h, t_read and t_gap are running
  * averages measured while serving: p from every guess (read or not) against
- * what the next layer needed, t_read from the layers whose reads had the link
- * to themselves, t_gap between acquires. Until each has enough samples the
- * guesses are read (p, t_read and t_gap still learn). */
+ * what the next layer needed, h from the lookups, t_read from the layers whose
+ * reads had the link to themselves, t_gap between acquires. Until each has
+ * enough samples the guesses are read (p, t_read and t_gap still learn). */
 #ifndef MOE_OFFLOAD_PREFETCH_H
 #define MOE_OFFLOAD_PREFETCH_H
 
@@ -31,7 +34,8 @@ struct moe_prefetch_model {
     double p;      /* share of guessed, non-resident experts the next layer needed */
     double t_read; /* seconds one more expert read adds to a layer's wait */
     double t_gap;  /* seconds between one layer's acquire and the next's */
-    uint64_t n_p, n_read, n_gap;
+    double h;      /* share of lookups found resident */
+    uint64_t n_p, n_read, n_gap, n_h;
 };
 
 void moe_prefetch_model_init(struct moe_prefetch_model *m);
@@ -40,7 +44,10 @@ void moe_prefetch_model_outcome(struct moe_prefetch_model *m, uint32_t guessed, 
 /* a layer waited wait_s for `reads` reads that had the link to themselves */
 void moe_prefetch_model_reads(struct moe_prefetch_model *m, double wait_s, uint32_t reads);
 void moe_prefetch_model_gap(struct moe_prefetch_model *m, double gap_s);
-/* true: reading these k guesses ahead should shorten the next layer's wait */
-bool moe_prefetch_model_worth(const struct moe_prefetch_model *m, uint32_t k);
+/* one layer's lookups: `hits` of `lookups` were resident */
+void moe_prefetch_model_lookups(struct moe_prefetch_model *m, uint32_t hits, uint32_t lookups);
+/* true: reading these k guesses ahead, `evicting` of them into slots that
+ * must first be emptied, should shorten the wait */
+bool moe_prefetch_model_worth(const struct moe_prefetch_model *m, uint32_t k, uint32_t evicting);
 
 #endif

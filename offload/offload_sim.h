@@ -22,8 +22,8 @@ struct moe_sim_result {
 
 /* policy: an enum moe_cache_policy_kind or MOE_SIM_BELADY; slots >= the
  * largest event's expert count; score[layers * experts] for STATIC.
- * prefetch: the trace's guesses are filled ahead of need as the tier does
- * (not for Belady, which needs no guesses). */
+ * prefetch: every one of the trace's guesses is filled ahead of need, as the
+ * tier does with prefetch = yes (not for Belady, which needs no guesses). */
 int moe_sim_run(const struct moe_trace *t, int policy, uint32_t slots, const double *score,
                 bool prefetch, struct moe_sim_result *out);
 

@@ -1,7 +1,8 @@
 """A long run of mixed requests against moed serving a pack from a host tier,
 sampling the daemon's resident memory every second: the figure is the
 largest RSS against the tier's budget plus the fixed overhead measured right
-after loading (dense weights, KV pool, buffers). Mixed: plain and streamed
+after loading (dense weights, KV pool, buffers), and the peaks of the run's
+two halves (a leak keeps growing; a settled daemon does not). Mixed: plain and streamed
 completions, chat, requests cancelled mid-stream, per-request moe_prune and
 moe_top_k, bad requests. One JSON line at the end.
 
@@ -101,10 +102,10 @@ def main():
         threads = [threading.Thread(target=client, args=(i,)) for i in range(a.clients)]
         for t in threads:
             t.start()
-        samples = 0
+        rss = []
         while time.time() < stop:
-            peak[0] = max(peak[0], rss_bytes(moed.proc.pid))
-            samples += 1
+            rss.append(rss_bytes(moed.proc.pid))
+            peak[0] = max(peak[0], rss[-1])
             time.sleep(1)
         for t in threads:
             t.join(120)
@@ -114,7 +115,10 @@ def main():
         print(json.dumps({"bench": "tier-soak", "pack": a.pack, "seconds": a.seconds,
                           "host_budget_bytes": budget, "rss_after_load_bytes": base,
                           "rss_peak_bytes": peak[0], "rss_growth_bytes": peak[0] - base,
-                          "samples": samples, "requests": counts, "tier_metrics": tier,
+                          # a leak grows to the end; a settled process stops early
+                          "rss_peak_first_half_bytes": max(rss[:len(rss) // 2] or [0]),
+                          "rss_peak_second_half_bytes": max(rss[len(rss) // 2:] or [0]),
+                          "samples": len(rss), "requests": counts, "tier_metrics": tier,
                           "daemon_alive": moed.proc.poll() is None}))
     finally:
         moed.stop()

@@ -411,7 +411,7 @@ static int cmd_cache(const struct tier_opts *o)
                                 (json_int_t)slots);
         struct moe_sim_result r[2][MOE_SIM_BELADY + 1];
         /* each policy on demand alone, then with the trace's guesses fetched
-         * ahead (as the tier runs); Belady's MIN, the bound, on demand alone */
+         * ahead (as prefetch = yes runs); Belady's MIN, the bound, on demand alone */
         for (int pf = 0; pf < 2 && rc == 0; pf++) {
             fprintf(stderr, "%5.1f%% %7u %9s", o->budgets[b], slots, pf ? "yes" : "no");
             for (int p = 0; p <= MOE_SIM_BELADY && rc == 0; p++) {

@@ -4,10 +4,10 @@
 #      50% and 25% of the pack's expert bytes (O_DIRECT reads: the page cache
 #      plays no part) and of the plainly mapped pack, in turn for 3 rounds;
 #   2. the same pack served from its plain mapping (as llama.cpp does) inside a
-#      memory cgroup (v1) at each budget: the limit is the budget plus what the
-#      mapped process needs besides the experts (its peak usage with no limit,
-#      less the expert bytes: dense weights, KV cache, buffers), so both modes
-#      get the same memory for experts. Page cache dropped before each run.
+#      memory cgroup (v1) at each budget: the limit is the peak memory of a
+#      process decoding with the tier at that budget (the tier, the dense
+#      pages it touched, KV cache, buffers), so both modes get the same memory
+#      in all. Page cache dropped before each run.
 # One JSON line per measurement; needs root (cgroup, drop_caches).
 #   bash tests/bench/tier_bench.sh BIN PACK [PACK ...]   (TOKENS=32 by default)
 set -euo pipefail
@@ -35,30 +35,39 @@ PY
 )
     read -r experts dense <<<"$sizes"
     [ -d "$cgroot" ] || { echo '{"bench":"tier-mmap","skipped":"no cgroup v1 memory controller"}'; continue; }
-    overhead=""
-    for pct in 100 50 25; do
-        budget=$((experts * pct / 100))
-        cg=$cgroot/moe-tier-$$-$pct
+    # run CMD... in a fresh memory cgroup limited to $1 bytes (-1: none), page
+    # cache dropped first; prints the command's stdout, then sets $peak
+    in_cgroup() {
+        local limit=$1 cg=$cgroot/moe-tier-$$
+        shift
         mkdir "$cg"
-        if [ -z "$overhead" ]; then
-            limit=-1 # the first run measures what the process needs besides its experts
-        else
-            limit=$((budget + overhead))
-            echo "$limit" > "$cg/memory.limit_in_bytes"
-        fi
+        [ "$limit" = -1 ] || echo "$limit" > "$cg/memory.limit_in_bytes"
         sync
         echo 3 > /proc/sys/vm/drop_caches
-        out=$(sh -c 'echo $$ > "$1/cgroup.procs"; shift; exec "$@"' sh "$cg" \
-            "$bin/moe-bench" decode-cmp --model "$pack" --tokens "$tokens" --rounds 1 \
-            --prompt-tokens 16 2>/dev/null || echo '{"failed":true}')
+        sh -c 'echo $$ > "$1/cgroup.procs"; shift; exec "$@"' sh "$cg" "$@" 2>/dev/null \
+            || echo '{"failed":true}'
         peak=$(cat "$cg/memory.max_usage_in_bytes")
-        [ -n "$overhead" ] || overhead=$((peak > experts ? peak - experts : 0))
         rmdir "$cg" 2>/dev/null || true
+    }
+    for pct in 100 50 25; do
+        budget=$((experts * pct / 100))
+        limit=-1
+        tier_peak=0
+        if [ "$pct" -lt 100 ]; then
+            # what moed's tiered process holds in all (dense pages it touched, the
+            # tier, KV, buffers): the memory the mapped pack then gets
+            in_cgroup -1 "$bin/moe-bench" tier --model "$pack" --budgets "$pct" --no-mapped \
+                --tokens "$tokens" --warmup 16 --rounds 1 >/dev/null
+            tier_peak=$peak
+            limit=$tier_peak
+        fi
+        out=$(in_cgroup "$limit" "$bin/moe-bench" decode-cmp --model "$pack" --tokens "$tokens" \
+            --rounds 1 --prompt-tokens 16)
         "$py" -c 'import json,sys; d=json.loads(sys.argv[1]);
 r={"bench":"tier-mmap","model":sys.argv[2],"budget_percent":float(sys.argv[3]),
    "cgroup_limit_bytes":int(sys.argv[4]),"expert_budget_bytes":int(sys.argv[5]),
-   "peak_usage_bytes":int(sys.argv[6]),"dense_bytes":int(sys.argv[7])}
+   "tiered_peak_usage_bytes":int(sys.argv[6]),"dense_bytes":int(sys.argv[7])}
 r["decode_tok_s"]=d["models"][0]["decode_tok_s"] if "models" in d else None
-print(json.dumps(r))' "$out" "$pack" "$pct" "$limit" "$budget" "$peak" "$dense"
+print(json.dumps(r))' "$out" "$pack" "$pct" "$limit" "$budget" "$tier_peak" "$dense"
     done
 done

@@ -2,11 +2,13 @@
  *
  *   moe-bench tier  --model PACK [--budgets 100,50,25] [--policy P] [--tokens N]
  *                   [--prompt-tokens P] [--warmup W] [--prefetch auto|yes|no] [--pread]
- *                   [--queue-depth Q] [--rounds R] [--threads T]
+ *                   [--queue-depth Q] [--rounds R] [--threads T] [--no-mapped]
  *       batch-1 decode with the experts in a host tier of each budget (percent of
  *       the pack's expert bytes), read with O_DIRECT, and of the plainly mapped
  *       pack, in turn for R rounds (medians): tok/s, hit rate, bytes read per
  *       token, prefetch use; each budget's ratio to the mapped pack and to 100%.
+ *       --no-mapped leaves the mapped pack out (a process holding only the tiers,
+ *       whose memory tier_bench.sh measures).
  *   moe-bench trace --model PACK --text FILE [--start-char C] [--tokens N] --out FILE
  *       decodes the text token by token (the cache reset every 256 tokens) with the
  *       experts tiered, recording every access and prefetch guess (offload_trace.h).
@@ -45,7 +47,7 @@ struct tier_opts {
     enum moe_cache_policy_kind policy;
     int64_t tokens, prompt_tokens, warmup, start_char, queue_depth, threads, rounds;
     enum moe_prefetch_mode prefetch;
-    bool pread;
+    bool pread, no_mapped;
 };
 
 static int parse_budgets(const char *s, struct tier_opts *o)
@@ -78,7 +80,7 @@ static int parse(int argc, char **argv, struct tier_opts *o, const char *default
         {"warmup", required_argument, 0, 'w'},       {"start-char", required_argument, 0, 'c'},
         {"queue-depth", required_argument, 0, 'q'},  {"threads", required_argument, 0, 't'},
         {"no-prefetch", no_argument, 0, 'N'},        {"pread", no_argument, 0, 'R'},
-        {"prefetch", required_argument, 0, 'P'},
+        {"prefetch", required_argument, 0, 'P'},    {"no-mapped", no_argument, 0, 'M'},
         {"rounds", required_argument, 0, 'r'},
         {0, 0, 0, 0}};
     memset(o, 0, sizeof(*o));
@@ -122,6 +124,7 @@ static int parse(int argc, char **argv, struct tier_opts *o, const char *default
             }
             break;
         case 'R': o->pread = true; break;
+        case 'M': o->no_mapped = true; break;
         case ':': fprintf(stderr, "moe-bench: option '%s' needs a value\n", argv[optind - 1]); return -1;
         default: fprintf(stderr, "moe-bench: unknown option '%s'\n", argv[optind - 1]); return -1;
         }
@@ -256,22 +259,24 @@ static int cmd_tier(const struct tier_opts *o, struct moe_pool *pool)
     runs[0].pct = -1;
     for (int i = 1; i < n; i++)
         runs[i].pct = o->budgets[i - 1];
-    for (int i = 0; i < n && rc == 0; i++)
+    int first = o->no_mapped; /* runs[0], the mapped pack, left out */
+    for (int i = first; i < n && rc == 0; i++)
         rc = tier_run_open(o, pool, &runs[i]);
     for (int i = 1; i < n && rc == 0; i++)
         moe_offload_get_stats(moe_model_offload(runs[i].m), &runs[i].a);
     for (int r = 0; r < o->rounds && rc == 0; r++)
-        for (int i = 0; i < n && rc == 0; i++) {
+        for (int i = first; i < n && rc == 0; i++) {
             double t0 = moe_now_s();
             rc = decode_tokens(runs[i].s, runs[i].logits, runs[i].m->cfg.vocab, o->tokens);
             runs[i].rate[r] = (double)o->tokens / (moe_now_s() - t0);
         }
     json_t *arr = json_array();
-    double mapped = rc == 0 ? median_of(runs[0].rate, (int)o->rounds) : 0;
+    double mapped = rc == 0 && !first ? median_of(runs[0].rate, (int)o->rounds) : 0;
     for (int i = 1; i < n && rc == 0; i++) {
         struct tier_run *t = &runs[i];
         moe_offload_get_stats(moe_model_offload(t->m), &t->z);
         double tps = median_of(t->rate, (int)o->rounds);
+        double to_mapped = mapped > 0 ? tps / mapped : 0.0; /* 0: no mapped run */
         uint64_t hits = t->z.hits - t->a.hits, misses = t->z.misses - t->a.misses;
         double hr = hits + misses ? (double)hits / (double)(hits + misses) : 0.0;
         double ntok = (double)o->tokens * (double)o->rounds;
@@ -282,7 +287,7 @@ static int cmd_tier(const struct tier_opts *o, struct moe_pool *pool)
             "{s:f, s:I, s:I, s:I, s:f, s:f, s:f, s:f, s:I, s:I, s:I, s:f, s:f, s:f, s:f, s:b, s:b, s:o}",
             "budget_percent", t->pct, "host_bytes", (json_int_t)t->budget,
             "arena_bytes", (json_int_t)t->z.arena_bytes, "slots", (json_int_t)t->z.slots,
-            "decode_tok_s", tps, "ratio_to_mapped", tps / mapped, "hit_rate", hr,
+            "decode_tok_s", tps, "ratio_to_mapped", to_mapped, "hit_rate", hr,
             "bytes_read_per_token", (double)(t->z.bytes_read - t->a.bytes_read) / ntok,
             "prefetch_issued", (json_int_t)(t->z.prefetch_issued - t->a.prefetch_issued),
             "prefetch_used", (json_int_t)(t->z.prefetch_used - t->a.prefetch_used),
@@ -292,7 +297,7 @@ static int cmd_tier(const struct tier_opts *o, struct moe_pool *pool)
             "read_wait_s_per_token", (t->z.wait_s - t->a.wait_s) / ntok, "io_uring", t->z.uring,
             "hugepages", t->z.hugepages, "rounds", rounds));
         fprintf(stderr, "moe-bench tier: %5.1f%%: %.2f tok/s (%.2f of mapped), hit rate %.3f\n",
-                t->pct, tps, tps / mapped, hr);
+                t->pct, tps, to_mapped, hr);
     }
     for (int i = 0; i < n; i++) {
         moe_session_free(runs[i].s);

@@ -80,6 +80,7 @@ static uint64_t rd_le(const uint8_t *p, int n)
 /* ---- accessors ------------------------------------------------------------------ */
 
 const char *moe_pack_path(const struct moe_pack *p) { return p->map.path; }
+const void *moe_pack_mapping(const struct moe_pack *p) { return p->map.data; }
 uint32_t moe_pack_version(const struct moe_pack *p) { return p->version; }
 const json_t *moe_pack_config(const struct moe_pack *p) { return p->config; }
 const json_t *moe_pack_quant(const struct moe_pack *p) { return p->quant; }

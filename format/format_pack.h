@@ -129,6 +129,21 @@ int moe_pack_verify_blob(const struct moe_pack *p, const char *name);
 /* every tensor, expert and blob; the first mismatch is the error */
 int moe_pack_verify_all(const struct moe_pack *p);
 
+/* For a reader that copies expert blobs elsewhere (the host tier, offload/)
+ * instead of using them through the mapping (format_pack_advise.c):
+ * RANDOM: no readahead around faults in them (binding reads their headers;
+ * an 8 MiB read-around would cache the experts next to each); DROP: out of
+ * this process's mapping (never written: a later access reads the file
+ * again) and out of the page cache (pages another process maps stay).
+ * Advice: failures are ignored. */
+enum moe_pack_advice { MOE_PACK_EXPERTS_RANDOM, MOE_PACK_EXPERTS_DROP };
+void moe_pack_advise_experts(const struct moe_pack *p, enum moe_pack_advice advice);
+/* DROP for n bytes at `at` in the mapping (whole pages inside the range):
+ * for data used sparsely after a full read, such as a checksum's */
+void moe_pack_drop_pages(const struct moe_pack *p, const void *at, size_t n);
+/* the pack's mapping: file offset 0 */
+const void *moe_pack_mapping(const struct moe_pack *p);
+
 /* XXH64 (seed 0), the pack's checksum */
 uint64_t moe_pack_xxh64(const void *data, size_t n);
 

@@ -337,6 +337,9 @@ int moe_model_open_pack(struct moe_model *m)
     /* nothing corrupt is ever used: every checksum before anything is bound
      * (expert blobs read on demand are checked as they arrive instead) */
     if (m->open_flags & MOE_MODEL_OPEN_EXPERTS_ON_READ) {
+        /* binding reads each blob's header through the mapping: without
+         * this, readahead around those faults caches the experts whole */
+        moe_pack_advise_experts(f->pack, MOE_PACK_EXPERTS_RANDOM);
         for (size_t i = 0; i < moe_pack_tensor_count(f->pack); i++)
             if ((rc = moe_pack_verify_tensor(f->pack, moe_pack_tensor_at(f->pack, i)->name)) < 0)
                 return rc;
@@ -362,5 +365,10 @@ int moe_model_open_pack(struct moe_model *m)
         m->lm_head = m->embed;
     if ((rc = bind_experts(m)) < 0)
         return rc;
+    const struct moe_tensor_info *emb = moe_pack_find_tensor(f->pack, "embed");
+    if ((m->open_flags & MOE_MODEL_OPEN_EXPERTS_ON_READ) && !m->cfg.tied_embeddings && emb)
+        /* the tiered daemon holds what it uses: its checksum read the token
+         * embedding whole, decoding reads a row per token (an untied one) */
+        moe_pack_drop_pages(f->pack, emb->data, emb->nbytes);
     return moe_pack_tokenizer(f->pack, &m->tok);
 }

@@ -2,13 +2,10 @@
  * io_uring reads of the pack's expert blobs, emptied by the cache policy. See
  * offload.h for the contract. */
 #include <errno.h>
-#include <fcntl.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <unistd.h>
 
 #include "common/common.h"
 #include "format/format_pack.h"
@@ -135,52 +132,6 @@ static void slot_fill(struct moe_offload *o, int64_t s, int64_t key)
     moe_cache_policy_insert(o->pol, (uint32_t)key);
 }
 
-struct range {
-    uint64_t off, end;
-    const uint8_t *at; /* off in the pack's mapping */
-};
-
-static int range_cmp(const void *a, const void *b)
-{
-    const struct range *x = a, *y = b;
-    return x->off < y->off ? -1 : x->off > y->off;
-}
-
-/* The tier reads blobs around the page cache, but binding the experts read
- * their headers through the mapping, and the kernel's readahead around those
- * faults and the dense weights' (an 8 MiB window on some disks) cached most
- * of the experts: pages charged to this process's memory cgroup for nothing.
- * Unmap them from this process (a private, never written mapping: a later
- * access reads the file again) and drop them from the page cache (advice:
- * pages another process maps stay). Done on whole runs of adjacent blobs:
- * the kernel keeps a large folio that a range covers only in part, and one
- * blob is smaller than the folios an 8 MiB readahead makes. */
-static void drop_cached_blobs(const struct moe_offload *o)
-{
-    size_t n = 0, total = (size_t)o->L * (size_t)o->E;
-    struct range *r = malloc(total * sizeof(*r));
-    int fd = r ? open(moe_pack_path(o->pack), O_RDONLY | O_CLOEXEC) : -1;
-    if (fd < 0) {
-        free(r);
-        return;
-    }
-    for (size_t i = 0; i < total; i++)
-        if (o->ex[i])
-            r[n++] = (struct range){o->ex[i]->offset, o->ex[i]->offset + o->ex[i]->size,
-                                    o->ex[i]->data};
-    qsort(r, n, sizeof(*r), range_cmp);
-    for (size_t i = 0; i < n;) {
-        uint64_t off = r[i].off, end = r[i].end;
-        const uint8_t *at = r[i].at;
-        for (i++; i < n && r[i].off <= end; i++) /* blobs are back to back in a pack */
-            end = MOE_MAX(end, r[i].end);
-        (void)madvise((void *)at, (size_t)(end - off), MADV_DONTNEED); /* page-aligned blobs */
-        (void)posix_fadvise(fd, (off_t)off, (off_t)(end - off), POSIX_FADV_DONTNEED);
-    }
-    close(fd);
-    free(r);
-}
-
 int moe_offload_open(const struct moe_pack *pack, int32_t n_layers, int32_t n_experts,
                      int32_t top_k, const struct moe_offload_opts *opts,
                      struct moe_offload **out)
@@ -252,7 +203,9 @@ int moe_offload_open(const struct moe_pack *pack, int32_t n_layers, int32_t n_ex
                                .force_pread = opts->force_pread, .retries = 2};
     if ((rc = moe_nvme_open(pack, &no, o->arena.ptr, o->arena.bytes, &o->nv)) < 0)
         goto fail;
-    drop_cached_blobs(o);
+    /* whatever of the blobs the page cache holds would be charged to this
+     * process's memory for nothing: the tier reads around it */
+    moe_pack_advise_experts(pack, MOE_PACK_EXPERTS_DROP);
     if ((rc = moe_cache_policy_create(opts->policy, (uint32_t)n, opts->score, &o->pol)) < 0)
         goto fail;
     moe_cache_policy_set_layout(o->pol, (uint32_t)n_layers, (uint32_t)n_experts);

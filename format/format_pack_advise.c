@@ -1,0 +1,72 @@
+/* Page-cache advice for a pack's expert blobs (format_pack.h). */
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "common/common.h"
+#include "format/format_pack.h"
+
+struct run {
+    uint64_t off, end;
+    const uint8_t *at; /* off in the pack's mapping */
+};
+
+static int run_cmp(const void *a, const void *b)
+{
+    const struct run *x = a, *y = b;
+    return x->off < y->off ? -1 : x->off > y->off;
+}
+
+void moe_pack_drop_pages(const struct moe_pack *p, const void *at, size_t n)
+{
+    const uint8_t *base = moe_pack_mapping(p);
+    uintptr_t page = 4096, lo = ((uintptr_t)at + page - 1) & ~(page - 1),
+              hi = ((uintptr_t)at + n) & ~(page - 1);
+    if (hi <= lo)
+        return;
+    (void)madvise((void *)lo, hi - lo, MADV_DONTNEED);
+    int fd = open(moe_pack_path(p), O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        (void)posix_fadvise(fd, (off_t)(lo - (uintptr_t)base), (off_t)(hi - lo),
+                            POSIX_FADV_DONTNEED);
+        close(fd);
+    }
+}
+
+/* Advised as whole runs of adjacent blobs (a pack writes them back to back):
+ * the kernel keeps a large folio that a range covers only in part, and one
+ * blob is smaller than the folios an 8 MiB readahead makes. Blobs start and
+ * end on 4 KiB boundaries, as madvise needs. */
+void moe_pack_advise_experts(const struct moe_pack *p, enum moe_pack_advice advice)
+{
+    size_t n = moe_pack_expert_count(p);
+    struct run *r = malloc((n ? n : 1) * sizeof(*r));
+    int fd = -1;
+    if (!r || (advice == MOE_PACK_EXPERTS_DROP &&
+               (fd = open(moe_pack_path(p), O_RDONLY | O_CLOEXEC)) < 0)) {
+        free(r);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const struct moe_pack_expert *e = moe_pack_expert_at(p, i);
+        r[i] = (struct run){e->offset, e->offset + e->size, e->data};
+    }
+    qsort(r, n, sizeof(*r), run_cmp);
+    for (size_t i = 0; i < n;) {
+        uint64_t off = r[i].off, end = r[i].end;
+        const uint8_t *at = r[i].at;
+        for (i++; i < n && r[i].off <= end; i++)
+            end = MOE_MAX(end, r[i].end);
+        if (advice == MOE_PACK_EXPERTS_RANDOM) {
+            (void)madvise((void *)at, (size_t)(end - off), MADV_RANDOM);
+        } else {
+            (void)madvise((void *)at, (size_t)(end - off), MADV_DONTNEED);
+            (void)posix_fadvise(fd, (off_t)off, (off_t)(end - off), POSIX_FADV_DONTNEED);
+        }
+    }
+    if (fd >= 0)
+        close(fd);
+    free(r);
+}

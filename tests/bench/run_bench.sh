@@ -33,3 +33,14 @@ done
     --model "$dir/bench-qmoe.moe" --tokens 16 --rounds 3 | label pack-decode-bf16-q4-qmoe
 "$bin/moe-bench" gemv --model "$dir/bench-qmoe.moe" | label expert-gemv
 bash "$root/tests/quality/qmoe_quality.sh" "$bin"
+# tiered expert memory: io_uring against sequential O_DIRECT, the tier at
+# 100/50/25% against mmap in a memory cgroup (root and cgroup v1 only), and
+# the tiny model's policies against Belady on its validation text
+"$bin/moe-bench" io --model "$dir/bench-q4.moe" --seconds 2 | label tier-io
+if [ "$(id -u)" = 0 ]; then
+    TOKENS=32 PYTHON="$py" bash "$root/tests/bench/tier_bench.sh" "$bin" "$dir/bench-q4.moe" "$dir/bench-qmoe.moe"
+fi
+"$bin/moe-pack" --model "$root/models/tiny-moe" --out "$dir/tiny-q4.moe" --experts q4 >/dev/null 2>&1
+"$bin/moe-bench" trace --model "$dir/tiny-q4.moe" --text "$root/data/tinyshakespeare.txt" \
+    --start-char 1003788 --out "$dir/tiny-valid.trace" | label tiny-trace
+"$bin/moe-bench" cache --trace "$dir/tiny-valid.trace" 2>/dev/null | label tier-cache

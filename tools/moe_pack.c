@@ -48,7 +48,7 @@ static const char usage[] =
     "\n"
     "FORMAT: bf16, q8, q4 (groups of 128), qmoe (ternary GPTQ + dictionary code,\n"
     "        under 1 bit per weight), qmoe-rtn (qmoe rounded to nearest, no GPTQ),\n"
-    "        gptq2 / gptq3 / gptq4 (GPTQ, groups of 128, fp16 scale and zero), mcmoe:B\n"
+    "        gptq1 / gptq2 / gptq3 / gptq4 (GPTQ, groups of 128, fp16 scale and zero), mcmoe:B\n"
     "        (MC-MoE: 1, 2 or 3 bits per expert, B bits on average, chosen per layer\n"
     "        from calibration statistics; needs --calib)\n"
     "\n"
@@ -90,11 +90,11 @@ static const char usage[] =
     "  --threads N          worker threads (default: all cores)\n";
 
 const char *const pack_format_names[FMT_COUNT] = {
-    "bf16", "q8", "q4", "qmoe", "qmoe-rtn", "gptq2", "gptq3", "gptq4", "mcmoe"};
+    "bf16", "q8", "q4", "qmoe", "qmoe-rtn", "gptq1", "gptq2", "gptq3", "gptq4", "mcmoe"};
 
 static bool needs_calib(enum expert_format f)
 {
-    return f == FMT_QMOE || f == FMT_GPTQ2 || f == FMT_GPTQ3 || f == FMT_GPTQ4 || f == FMT_MCMOE;
+    return f == FMT_QMOE || f == FMT_GPTQ1 || f == FMT_GPTQ2 || f == FMT_GPTQ3 || f == FMT_GPTQ4 || f == FMT_MCMOE;
 }
 
 static int parse_args(int argc, char **argv, struct pack_opts *o)
@@ -142,7 +142,7 @@ static int parse_args(int argc, char **argv, struct pack_opts *o)
             }
             if ((int)o->fmt < 0) {
                 fprintf(stderr, "moe-pack: --experts: unknown format '%s' (bf16, q8, q4, qmoe, "
-                        "qmoe-rtn, gptq2, gptq3, gptq4, mcmoe:B)\n", optarg);
+                        "qmoe-rtn, gptq1, gptq2, gptq3, gptq4, mcmoe:B)\n", optarg);
                 return -1;
             }
             break;
@@ -210,6 +210,7 @@ static struct matrix_spec expert_spec(const struct pack_opts *o, const uint8_t *
     case FMT_Q4: return (struct matrix_spec){MOE_DTYPE_GQ4, false, 4};
     case FMT_QMOE: return (struct matrix_spec){MOE_DTYPE_QMOE, true, 0};
     case FMT_QMOE_RTN: return (struct matrix_spec){MOE_DTYPE_QMOE, false, 0};
+    case FMT_GPTQ1: return (struct matrix_spec){MOE_DTYPE_GQ1, true, 1};
     case FMT_GPTQ2: return (struct matrix_spec){MOE_DTYPE_GQ2, true, 2};
     case FMT_GPTQ3: return (struct matrix_spec){MOE_DTYPE_GQ3, true, 3};
     case FMT_GPTQ4: return (struct matrix_spec){MOE_DTYPE_GQ4, true, 4};

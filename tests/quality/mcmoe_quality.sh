@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # MC-MoE on a trained model: validation perplexity of tiny-moe with experts as
-# bf16, uniform 2- and 3-bit GPTQ, and mcmoe at 1.5 / 2.0 / 2.5 / 3.0 bits on
+# bf16, uniform 1-, 2- and 3-bit GPTQ, and mcmoe at 1.5 / 2.0 / 2.5 / 3.0 bits on
 # average: moe-pack's defaults (one budget for the model, cost = output loss),
 # the paper's settings (+paper: a budget per layer, cost F * Wt^1.5 * L), and
 # the defaults' widths shuffled among each layer's experts (+shuffleS: the
@@ -13,7 +13,7 @@ bin=${1:-$root/build/bin}
 shift || true
 formats=("$@")
 if [ ${#formats[@]} -eq 0 ]; then
-    formats=(bf16 gptq2 gptq3)
+    formats=(bf16 gptq1 gptq2 gptq3)
     for b in 1.5 2.0 2.5 3.0; do
         formats+=("mcmoe:$b" "mcmoe:$b+paper" "mcmoe:$b+shuffle1" "mcmoe:$b+shuffle2")
     done

@@ -19,20 +19,22 @@ static int run_cmp(const void *a, const void *b)
     return x->off < y->off ? -1 : x->off > y->off;
 }
 
+/* out of this process's mapping (at) and of the page cache (file offset off) */
+static void drop(int fd, const void *at, uint64_t off, uint64_t n)
+{
+    (void)madvise((void *)at, (size_t)n, MADV_DONTNEED);
+    (void)posix_fadvise(fd, (off_t)off, (off_t)n, POSIX_FADV_DONTNEED);
+}
+
 void moe_pack_drop_pages(const struct moe_pack *p, const void *at, size_t n)
 {
-    const uint8_t *base = moe_pack_mapping(p);
     uintptr_t page = 4096, lo = ((uintptr_t)at + page - 1) & ~(page - 1),
               hi = ((uintptr_t)at + n) & ~(page - 1);
-    if (hi <= lo)
+    int fd;
+    if (hi <= lo || (fd = open(moe_pack_path(p), O_RDONLY | O_CLOEXEC)) < 0)
         return;
-    (void)madvise((void *)lo, hi - lo, MADV_DONTNEED);
-    int fd = open(moe_pack_path(p), O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) {
-        (void)posix_fadvise(fd, (off_t)(lo - (uintptr_t)base), (off_t)(hi - lo),
-                            POSIX_FADV_DONTNEED);
-        close(fd);
-    }
+    drop(fd, (const void *)lo, lo - (uintptr_t)moe_pack_mapping(p), hi - lo);
+    close(fd);
 }
 
 /* Advised as whole runs of adjacent blobs (a pack writes them back to back):
@@ -59,12 +61,10 @@ void moe_pack_advise_experts(const struct moe_pack *p, enum moe_pack_advice advi
         const uint8_t *at = r[i].at;
         for (i++; i < n && r[i].off <= end; i++)
             end = MOE_MAX(end, r[i].end);
-        if (advice == MOE_PACK_EXPERTS_RANDOM) {
+        if (advice == MOE_PACK_EXPERTS_RANDOM)
             (void)madvise((void *)at, (size_t)(end - off), MADV_RANDOM);
-        } else {
-            (void)madvise((void *)at, (size_t)(end - off), MADV_DONTNEED);
-            (void)posix_fadvise(fd, (off_t)off, (off_t)(end - off), POSIX_FADV_DONTNEED);
-        }
+        else
+            drop(fd, at, off, end - off);
     }
     if (fd >= 0)
         close(fd);

@@ -18,6 +18,20 @@ static bool not_pinned(void *ctx, uint32_t key)
     return p->pinned[key] != p->now;
 }
 
+/* Takes resident key v out (pol: NULL for Belady), counting a prefetched
+ * blob never used as waste. */
+static void evict(uint32_t v, struct moe_cache_policy *pol, bool *res, bool *fetched,
+                  uint32_t *used, struct moe_sim_result *out)
+{
+    if (fetched[v])
+        out->prefetch_wasted++;
+    res[v] = fetched[v] = false;
+    if (pol)
+        moe_cache_policy_remove(pol, v);
+    out->evictions++;
+    (*used)--;
+}
+
 /* Fills the trace's guess for the next layer ahead of need, as
  * moe_offload_prefetch does: slots of the layer being computed (stamp) and of
  * the guess itself stay; when nothing else can go, the rest of the guess is
@@ -38,12 +52,7 @@ static void prefetch_guess(const struct moe_trace *t, const struct moe_trace_eve
             int64_t v = moe_cache_policy_victim(pol, not_pinned, &pc);
             if (v < 0)
                 return;
-            if (fetched[v])
-                out->prefetch_wasted++;
-            res[v] = fetched[v] = false;
-            moe_cache_policy_remove(pol, (uint32_t)v);
-            out->evictions++;
-            (*used)--;
+            evict((uint32_t)v, pol, res, fetched, used, out);
         }
         res[key] = fetched[key] = true;
         (*used)++;
@@ -147,13 +156,7 @@ int moe_sim_run(const struct moe_trace *t, int policy, uint32_t slots, const dou
                     rc = moe_err(-EINVAL, "no slot to evict (slots %u)", slots);
                     goto out;
                 }
-                if (fetched[v])
-                    out->prefetch_wasted++;
-                res[v] = fetched[v] = false;
-                if (pol)
-                    moe_cache_policy_remove(pol, (uint32_t)v);
-                out->evictions++;
-                used--;
+                evict((uint32_t)v, pol, res, fetched, &used, out);
             }
             res[key] = true;
             used++;

@@ -17,6 +17,8 @@ shift
 tokens=${TOKENS:-32}
 py=${PYTHON:-/usr/bin/python3}
 cgroot=/sys/fs/cgroup/memory
+tmp=$(mktemp)
+trap 'rm -f "$tmp"' EXIT
 for pack in "$@"; do
     sync
     echo 3 > /proc/sys/vm/drop_caches
@@ -37,17 +39,24 @@ PY
     read -r experts dense <<<"$sizes"
     [ -d "$cgroot" ] || { echo '{"bench":"tier-mmap","skipped":"no cgroup v1 memory controller"}'; continue; }
     # run CMD... in a fresh memory cgroup limited to $1 bytes (-1: none), page
-    # cache dropped first; prints the command's stdout
+    # cache dropped first, its stdout into file $2; sets $usage to the largest
+    # cgroup usage over the run's last quarter (sampled every 0.25 s)
     in_cgroup() {
-        local limit=$1 cg=$cgroot/moe-tier-$$
-        shift
+        local limit=$1 out=$2 cg=$cgroot/moe-tier-$$ pid samples=()
+        shift 2
         mkdir "$cg"
         [ "$limit" = -1 ] || echo "$limit" > "$cg/memory.limit_in_bytes"
         sync
         echo 3 > /proc/sys/vm/drop_caches
-        sh -c 'echo $$ > "$1/cgroup.procs"; shift; exec "$@"' sh "$cg" "$@" 2>/dev/null \
-            || echo '{"failed":true}'
+        sh -c 'echo $$ > "$1/cgroup.procs"; shift; exec "$@"' sh "$cg" "$@" >"$out" 2>/dev/null &
+        pid=$!
+        while kill -0 "$pid" 2>/dev/null; do
+            samples+=("$(cat "$cg/memory.usage_in_bytes")")
+            sleep 0.25
+        done
+        wait "$pid" || echo '{"failed":true}' > "$out"
         rmdir "$cg" 2>/dev/null || true
+        usage=$(printf '%s\n' 0 "${samples[@]:$((${#samples[@]} * 3 / 4))}" | sort -n | tail -1)
     }
     for pct in 100 50 25; do
         budget=$((experts * pct / 100))
@@ -56,29 +65,17 @@ PY
         if [ "$pct" -lt 100 ]; then
             # what moed's tiered process holds once serving (dense pages, the
             # tier, KV, buffers; not the load's passing peak: binding a qmoe
-            # pack reads every blob once): the memory the mapped pack then gets
-            cg=$cgroot/moe-tier-$$
-            mkdir "$cg"
-            sync
-            echo 3 > /proc/sys/vm/drop_caches
-            sh -c 'echo $$ > "$1/cgroup.procs"; shift; exec "$@"' sh "$cg" \
-                "$bin/moe-bench" tier --model "$pack" --budgets "$pct" --no-mapped \
-                --tokens $((4 * tokens)) --warmup 16 --rounds 1 >/dev/null 2>&1 &
-            pid=$!
-            samples=()
-            while kill -0 "$pid" 2>/dev/null; do
-                samples+=("$(cat "$cg/memory.usage_in_bytes")")
-                sleep 0.25
-            done
-            wait "$pid" || true
-            rmdir "$cg" 2>/dev/null || true
-            # the largest usage over the run's last quarter (decoding, long
-            # after the load)
-            tier_usage=$(printf '%s\n' "${samples[@]:$((${#samples[@]} * 3 / 4))}" | sort -n | tail -1)
-            limit=$tier_usage
+            # pack reads every blob once), decoding 4x as long so that the
+            # last quarter is long after the load: the memory the mapped pack
+            # then gets
+            in_cgroup -1 /dev/null "$bin/moe-bench" tier --model "$pack" --budgets "$pct" \
+                --no-mapped --tokens $((4 * tokens)) --warmup 16 --rounds 1
+            tier_usage=$usage
+            limit=$usage
         fi
-        out=$(in_cgroup "$limit" "$bin/moe-bench" decode-cmp --model "$pack" --tokens "$tokens" \
-            --rounds 1 --prompt-tokens 16)
+        in_cgroup "$limit" "$tmp" "$bin/moe-bench" decode-cmp --model "$pack" --tokens "$tokens" \
+            --rounds 1 --prompt-tokens 16
+        out=$(cat "$tmp")
         "$py" -c 'import json,sys; d=json.loads(sys.argv[1]);
 r={"bench":"tier-mmap","model":sys.argv[2],"budget_percent":float(sys.argv[3]),
    "cgroup_limit_bytes":int(sys.argv[4]),"expert_budget_bytes":int(sys.argv[5]),

@@ -2,6 +2,7 @@
 #ifndef MOE_EXPERTS_H
 #define MOE_EXPERTS_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "quant/quant.h"
@@ -33,6 +34,22 @@ int moe_experts_run(struct moe_pool *pool, const struct moe_expert_weights *expe
                     int32_t n_experts, const float *x, int32_t n, int32_t hidden,
                     const struct moe_route *routes, float *y,
                     struct moe_experts_scratch *scratch);
+
+/* Where moe_experts_run_from's weights come from when some are still on their
+ * way (offload: being read from the pack): the experts with ready[e] run
+ * first, as experts[e] has them; for each other one the routes pick,
+ * wait(ctx, e, &w) blocks until it is in and points w at its weights. A
+ * negative errno fails the run (the others are still waited for, not run,
+ * and y is left as it was). The result is bit for bit moe_experts_run's. */
+struct moe_expert_source {
+    const bool *ready; /* [n_experts] */
+    int (*wait)(void *ctx, int32_t e, const struct moe_expert_weights **w);
+    void *ctx;
+};
+int moe_experts_run_from(struct moe_pool *pool, const struct moe_expert_weights *experts,
+                         const struct moe_expert_source *src, int32_t n_experts, const float *x,
+                         int32_t n, int32_t hidden, const struct moe_route *routes, float *y,
+                         struct moe_experts_scratch *scratch);
 
 /* out[n][hidden] = ffn(x[n][hidden]) for one expert (shared experts, dense MLPs).
  * gate/up are scratch of [n][ffn]. */

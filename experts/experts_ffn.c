@@ -65,10 +65,36 @@ void moe_expert_ffn(struct moe_pool *pool, const struct moe_expert_weights *w, c
     moe_matmul(pool, &w->down, gate, n, out);
 }
 
+/* expert e over its m gathered tokens (order[begin..begin+m)), outputs into
+ * s->out rows [begin, begin+m) */
+static void run_expert(struct moe_pool *pool, const struct moe_expert_weights *w, const float *x,
+                       int32_t n, int32_t hidden, struct moe_experts_scratch *s, int32_t begin,
+                       int32_t m)
+{
+    const float *xin = x;
+    if (m > 1 || n > 1) {
+        for (int32_t i = 0; i < m; i++) {
+            int32_t t = s->order[begin + i] / MOE_ROUTER_MAX_K;
+            memcpy(s->xin + (size_t)i * hidden, x + (size_t)t * hidden,
+                   (size_t)hidden * sizeof(float));
+        }
+        xin = s->xin;
+    }
+    moe_expert_ffn(pool, w, xin, m, s->gate, s->up, s->out + (size_t)begin * hidden);
+}
+
 int moe_experts_run(struct moe_pool *pool, const struct moe_expert_weights *experts,
                     int32_t n_experts, const float *x, int32_t n, int32_t hidden,
                     const struct moe_route *routes, float *y,
                     struct moe_experts_scratch *s)
+{
+    return moe_experts_run_from(pool, experts, NULL, n_experts, x, n, hidden, routes, y, s);
+}
+
+int moe_experts_run_from(struct moe_pool *pool, const struct moe_expert_weights *experts,
+                         const struct moe_expert_source *src, int32_t n_experts, const float *x,
+                         int32_t n, int32_t hidden, const struct moe_route *routes, float *y,
+                         struct moe_experts_scratch *s)
 {
     size_t slots = 0;
     for (int32_t t = 0; t < n; t++)
@@ -91,26 +117,29 @@ int moe_experts_run(struct moe_pool *pool, const struct moe_expert_weights *expe
         for (int32_t j = 0; j < routes[t].n; j++)
             s->order[fill[routes[t].expert[j]]++] = t * MOE_ROUTER_MAX_K + j;
 
-    for (int32_t e = 0; e < n_experts; e++) {
-        int32_t begin = s->count[e], m = s->count[e + 1] - begin;
-        if (m == 0)
-            continue;
-        const float *xin = x;
-        if (m > 1 || n > 1) {
-            for (int32_t i = 0; i < m; i++) {
-                int32_t t = s->order[begin + i] / MOE_ROUTER_MAX_K;
-                memcpy(s->xin + (size_t)i * hidden, x + (size_t)t * hidden,
-                       (size_t)hidden * sizeof(float));
+    /* the experts at hand first (pass 0), then the others as they arrive; after
+     * a failure the rest are still waited for, so that nothing is left in flight */
+    for (int pass = 0; pass < (src ? 2 : 1); pass++) {
+        for (int32_t e = 0; e < n_experts; e++) {
+            int32_t begin = s->count[e], m = s->count[e + 1] - begin;
+            if (m == 0 || (src && src->ready[e] != (pass == 0)))
+                continue;
+            const struct moe_expert_weights *w = &experts[e];
+            if (pass == 1) {
+                int r = src->wait(src->ctx, e, &w);
+                rc = rc < 0 ? rc : r;
             }
-            xin = s->xin;
+            if (rc == 0)
+                run_expert(pool, w, x, n, hidden, s, begin, m);
         }
-        moe_expert_ffn(pool, &experts[e], xin, m, s->gate, s->up, s->out);
-        for (int32_t i = 0; i < m; i++) {
-            int32_t t = s->order[begin + i] / MOE_ROUTER_MAX_K;
-            int32_t j = s->order[begin + i] % MOE_ROUTER_MAX_K;
-            moe_vec_axpy_f32(y + (size_t)t * hidden, routes[t].weight[j],
-                             s->out + (size_t)i * hidden, hidden);
-        }
+    }
+    if (rc < 0)
+        return rc;
+    /* summed in expert order whatever the order they ran in: the same bits */
+    for (int32_t i = 0; i < (int32_t)slots; i++) {
+        int32_t t = s->order[i] / MOE_ROUTER_MAX_K, j = s->order[i] % MOE_ROUTER_MAX_K;
+        moe_vec_axpy_f32(y + (size_t)t * hidden, routes[t].weight[j], s->out + (size_t)i * hidden,
+                         hidden);
     }
     return 0;
 }

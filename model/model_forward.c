@@ -332,13 +332,14 @@ static int ffn_block(const struct fwd *s, int32_t l, int32_t n)
     if (s->obs)
         s->obs(s->obs_ctx, l, S->xn, n, S->routes);
     const struct moe_expert_weights *experts = L->experts;
+    const struct moe_expert_source *src = NULL;
     int rc = 0;
     if (s->model->offload && (rc = moe_model_offload_layer(s->model, s->pool, l, S->x, n,
                                                             S->routes, S->tmp, S->router,
-                                                            &experts)) < 0)
+                                                            &experts, &src)) < 0)
         return rc;
-    rc = moe_experts_run(s->pool, experts, c->n_experts, S->xn, n, c->hidden, S->routes, S->x,
-                         &S->experts);
+    rc = moe_experts_run_from(s->pool, experts, src, c->n_experts, S->xn, n, c->hidden, S->routes,
+                              S->x, &S->experts);
     if (rc < 0)
         return rc;
 

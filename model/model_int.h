@@ -20,13 +20,19 @@ struct moe_model_files {
     int n_sides;
 };
 
+struct moe_expert_source;
+
 /* Layer l's experts for this step when the model serves from a host tier:
- * makes the routed ones resident, points *experts at views of them, and
- * starts the next MoE layer's prefetch from x [n][H], the residual stream
- * entering this MoE block (tmp [n][H] and router_buf [n][E]: scratch). */
+ * submits the reads of the routed ones that are not resident and points
+ * *experts at views of those that are; *src hands out the others as their
+ * reads land (moe_experts_run_from runs the resident ones meanwhile). Once
+ * all are in, starts the next MoE layer's prefetch from x [n][H], the
+ * residual stream entering this MoE block (left as it is until then; tmp
+ * [n][H] and router_buf [n][E]: scratch, free until then too). */
 int moe_model_offload_layer(const struct moe_model *m, struct moe_pool *pool, int32_t l,
                             const float *x, int32_t n, const struct moe_route *routes, float *tmp,
-                            float *router_buf, const struct moe_expert_weights **experts);
+                            float *router_buf, const struct moe_expert_weights **experts,
+                            const struct moe_expert_source **src);
 void moe_model_offload_free(struct moe_model *m);
 
 /* config.json -> cfg (defaults per architecture as transformers has them) */

@@ -10,6 +10,7 @@
 
 #include "backend/backend.h"
 #include "common/common.h"
+#include "experts/experts.h"
 #include "format/format_pack.h"
 #include "model/model.h"
 #include "model/model_int.h"
@@ -21,8 +22,16 @@ struct moe_model_offload {
     bool prefetch;
     ptrdiff_t (*delta)[3];              /* [L * E]: part data - blob start, per matrix */
     struct moe_expert_weights *views;   /* [E] this step's experts */
-    bool *need, *likely;                /* [E] */
+    bool *need, *likely, *ready;        /* [E] */
     const void **blobs;                 /* [E] */
+    /* the layer in progress: what its last arriving expert starts the
+     * prefetch from (moe_model_offload_layer's arguments) */
+    const struct moe_model *model;
+    struct moe_pool *pool;
+    int32_t layer, n, n_pending;
+    const float *x;
+    float *tmp, *router_buf;
+    struct moe_expert_source src;
 };
 
 void moe_model_offload_free(struct moe_model *m)
@@ -35,6 +44,7 @@ void moe_model_offload_free(struct moe_model *m)
     free(mo->views);
     free(mo->need);
     free(mo->likely);
+    free(mo->ready);
     free(mo->blobs);
     free(mo);
     m->offload = NULL;
@@ -62,6 +72,7 @@ int moe_model_use_offload(struct moe_model *m, struct moe_offload *o, bool prefe
         !(mo->views = calloc((size_t)E, sizeof(*mo->views))) ||
         !(mo->need = calloc((size_t)E, sizeof(bool))) ||
         !(mo->likely = calloc((size_t)E, sizeof(bool))) ||
+        !(mo->ready = calloc((size_t)E, sizeof(bool))) ||
         !(mo->blobs = calloc((size_t)E, sizeof(void *)))) {
         if (mo)
             mo->o = o;
@@ -85,6 +96,7 @@ int moe_model_use_offload(struct moe_model *m, struct moe_offload *o, bool prefe
     }
     mo->o = o;
     mo->prefetch = prefetch;
+    mo->model = m;
     m->offload = mo;
     return 0;
 }
@@ -127,9 +139,40 @@ static void prefetch_next(const struct moe_model *m, struct moe_pool *pool, int3
     moe_offload_prefetch(mo->o, next, mo->likely);
 }
 
+/* the views of layer l's expert x moved onto its resident blob b */
+static void point_view(struct moe_model_offload *mo, int32_t l, int32_t x, const void *b)
+{
+    const ptrdiff_t *d = mo->delta[(size_t)l * mo->model->cfg.n_experts + x];
+    mo->views[x].gate.data = (const uint8_t *)b + d[0];
+    mo->views[x].up.data = (const uint8_t *)b + d[1];
+    mo->views[x].down.data = (const uint8_t *)b + d[2];
+}
+
+/* all of the layer's experts are in: the link is free for the next layer's */
+static void layer_in(struct moe_model_offload *mo)
+{
+    if (mo->prefetch)
+        prefetch_next(mo->model, mo->pool, mo->layer, mo->x, mo->n, mo->tmp, mo->router_buf);
+}
+
+static int wait_expert(void *ctx, int32_t x, const struct moe_expert_weights **w)
+{
+    struct moe_model_offload *mo = ctx;
+    const void *b;
+    int rc = moe_offload_wait(mo->o, x, &b);
+    if (rc < 0)
+        return rc;
+    point_view(mo, mo->layer, x, b);
+    *w = &mo->views[x];
+    if (--mo->n_pending == 0)
+        layer_in(mo);
+    return 0;
+}
+
 int moe_model_offload_layer(const struct moe_model *m, struct moe_pool *pool, int32_t l,
                             const float *x, int32_t n, const struct moe_route *routes, float *tmp,
-                            float *router_buf, const struct moe_expert_weights **experts)
+                            float *router_buf, const struct moe_expert_weights **experts,
+                            const struct moe_expert_source **src)
 {
     struct moe_model_offload *mo = m->offload;
     int32_t E = m->cfg.n_experts;
@@ -137,24 +180,30 @@ int moe_model_offload_layer(const struct moe_model *m, struct moe_pool *pool, in
     for (int32_t t = 0; t < n; t++)
         for (int32_t j = 0; j < routes[t].n; j++)
             mo->need[routes[t].expert[j]] = true;
-    int rc = moe_offload_acquire(mo->o, l, mo->need, mo->blobs);
+    int rc = moe_offload_begin(mo->o, l, mo->need, mo->blobs);
     if (rc < 0)
         return rc;
     /* every view valid (experts_run sizes buffers from expert 0); only the
      * needed ones move onto the host tier, the others are never read */
     memcpy(mo->views, m->layers[l].experts, (size_t)E * sizeof(*mo->views));
-    for (int32_t x = 0; x < E; x++) {
-        if (!mo->need[x])
-            continue;
-        const uint8_t *b = mo->blobs[x];
-        const ptrdiff_t *d = mo->delta[(size_t)l * E + x];
-        mo->views[x].gate.data = b + d[0];
-        mo->views[x].up.data = b + d[1];
-        mo->views[x].down.data = b + d[2];
+    mo->pool = pool;
+    mo->layer = l;
+    mo->x = x;
+    mo->n = n;
+    mo->tmp = tmp;
+    mo->router_buf = router_buf;
+    mo->n_pending = 0;
+    for (int32_t e = 0; e < E; e++) {
+        mo->ready[e] = mo->need[e] && mo->blobs[e];
+        mo->n_pending += mo->need[e] && !mo->blobs[e];
+        if (mo->ready[e])
+            point_view(mo, l, e, mo->blobs[e]);
     }
-    if (mo->prefetch)
-        prefetch_next(m, pool, l, x, n, tmp, router_buf);
+    if (mo->n_pending == 0)
+        layer_in(mo);
+    mo->src = (struct moe_expert_source){.ready = mo->ready, .wait = wait_expert, .ctx = mo};
     *experts = mo->views;
+    *src = &mo->src;
     return 0;
 }
 

@@ -50,6 +50,12 @@ struct moe_offload {
     bool *guess;                /* [E] guessed and not resident when guessed */
     int64_t *ahead;             /* [E] slots the last guess started reading */
     int32_t n_ahead;
+    /* the acquire in progress (begin .. its last wait) */
+    int32_t layer;
+    int32_t n_batch;            /* misses it submitted */
+    int32_t n_pending;          /* experts not yet handed out */
+    bool link_to_itself;        /* no read ahead shared the link with its misses */
+    double waited;              /* seconds its waits blocked */
     struct moe_offload_stats st;
 };
 
@@ -251,8 +257,17 @@ void moe_offload_close(struct moe_offload *o)
     free(o);
 }
 
-int moe_offload_acquire(struct moe_offload *o, int32_t layer, const bool *need,
-                        const void **blobs)
+/* every expert of the current acquire is in: what its wait says about reads */
+static void layer_in(struct moe_offload *o)
+{
+    o->st.wait_s += o->waited;
+    if (o->link_to_itself && o->n_batch > 0)
+        moe_prefetch_model_reads(&o->pm, o->waited, (uint32_t)o->n_batch);
+    o->acquired_at = moe_now_s();
+}
+
+int moe_offload_begin(struct moe_offload *o, int32_t layer, const bool *need,
+                      const void **blobs)
 {
     o->epoch++;
     moe_nvme_poll(o->nv); /* reap finished prefetches */
@@ -270,12 +285,15 @@ int moe_offload_acquire(struct moe_offload *o, int32_t layer, const bool *need,
     }
     o->guess_layer = -1;
     /* the wait measures one read's cost only if no read ahead shares the link */
-    bool link_to_itself = true;
+    o->link_to_itself = true;
     for (int32_t i = 0; i < o->n_ahead; i++) {
         const struct slot *sl = &o->slots[o->ahead[i]];
-        link_to_itself &= sl->state != SLOT_LOADING || sl->req.done;
+        o->link_to_itself &= sl->state != SLOT_LOADING || sl->req.done;
     }
     o->n_ahead = 0;
+    o->layer = layer;
+    o->waited = 0;
+    o->n_pending = 0;
     int32_t n_list = 0, n_batch = 0;
     uint32_t n_hit = 0;
     int rc = 0;
@@ -291,8 +309,13 @@ int moe_offload_acquire(struct moe_offload *o, int32_t layer, const bool *need,
         if (!o->ex[key])
             return moe_err(-EINVAL, "%s: layer %d expert %d: missing from the pack",
                            moe_pack_path(o->pack), layer, o->list[i]);
-        moe_cache_policy_access(o->pol, (uint32_t)key);
         int64_t s = o->slot_of[key];
+        if (s >= 0 && o->slots[s].state == SLOT_LOADING && o->slots[s].req.done &&
+            o->slots[s].req.rc < 0) { /* a read ahead that failed: read it again now */
+            slot_release(o, s);
+            s = -1;
+        }
+        moe_cache_policy_access(o->pol, (uint32_t)key);
         if (s >= 0) {
             o->st.hits++;
             n_hit++;
@@ -319,38 +342,70 @@ int moe_offload_acquire(struct moe_offload *o, int32_t layer, const bool *need,
             slot_release(o, slot_of_req(o, o->batch[i]));
         return rc;
     }
-    char why[320] = "";
-    double t0 = moe_now_s();
+    o->n_batch = n_batch;
     for (int32_t i = 0; i < n_list; i++) {
         int32_t e = o->list[i];
-        int64_t key = (int64_t)layer * o->E + e, s = o->slot_of[key];
-        struct slot *sl = &o->slots[s];
-        if (sl->state == SLOT_LOADING) {
-            moe_nvme_wait(o->nv, &sl->req);
-            if (sl->req.rc < 0) {
-                o->st.read_errors++;
-                if (!why[0]) {
-                    moe_nvme_req_error(o->nv, &sl->req);
-                    snprintf(why, sizeof(why), "%s", moe_err_msg());
-                }
-                rc = rc < 0 ? rc : sl->req.rc;
-                slot_release(o, s);
-                blobs[e] = NULL;
-                continue;
-            }
-            sl->state = SLOT_READY;
-        }
-        blobs[e] = sl->req.dst;
+        struct slot *sl = &o->slots[o->slot_of[(int64_t)layer * o->E + e]];
+        if (sl->state == SLOT_LOADING && sl->req.done && sl->req.rc == 0)
+            sl->state = SLOT_READY; /* a read ahead that has landed */
+        bool here = sl->state == SLOT_READY;
+        blobs[e] = here ? sl->req.dst : NULL;
+        o->n_pending += !here;
     }
-    double waited = moe_now_s() - t0;
-    o->st.wait_s += waited;
-    if (link_to_itself && n_batch > 0)
-        moe_prefetch_model_reads(&o->pm, waited, (uint32_t)n_batch);
-    o->acquired_at = moe_now_s();
     if (o->trace)
         moe_trace_writer_access(o->trace, o->step, layer, o->list, n_list);
+    if (o->n_pending == 0)
+        layer_in(o);
+    return 0;
+}
+
+int moe_offload_wait(struct moe_offload *o, int32_t e, const void **blob)
+{
+    int64_t key = (int64_t)o->layer * o->E + e, s = e >= 0 && e < o->E ? o->slot_of[key] : -1;
+    *blob = NULL;
+    if (s < 0 || o->pin[key] != o->epoch)
+        return moe_err(-EINVAL, "layer %d expert %d was not asked for by this acquire", o->layer,
+                       e);
+    struct slot *sl = &o->slots[s];
+    if (sl->state == SLOT_READY) {
+        *blob = sl->req.dst;
+        return 0;
+    }
+    double t0 = moe_now_s();
+    moe_nvme_wait(o->nv, &sl->req);
+    o->waited += moe_now_s() - t0;
+    o->n_pending--;
+    if (sl->req.rc < 0) {
+        o->st.read_errors++;
+        int rc = moe_nvme_req_error(o->nv, &sl->req); /* sets the message */
+        slot_release(o, s);
+        return rc;
+    }
+    sl->state = SLOT_READY;
+    *blob = sl->req.dst;
+    if (o->n_pending == 0)
+        layer_in(o);
+    return 0;
+}
+
+int moe_offload_acquire(struct moe_offload *o, int32_t layer, const bool *need,
+                        const void **blobs)
+{
+    int rc = moe_offload_begin(o, layer, need, blobs);
     if (rc < 0)
-        return moe_err(rc, "%s", why[0] ? why : "expert read failed");
+        return rc;
+    char why[320] = "";
+    for (int32_t e = 0; e < o->E; e++) {
+        if (!need[e] || blobs[e])
+            continue;
+        int r = moe_offload_wait(o, e, &blobs[e]);
+        if (r < 0 && rc == 0) { /* the first failure names itself; the others still land */
+            rc = r;
+            snprintf(why, sizeof(why), "%s", moe_err_msg());
+        }
+    }
+    if (rc < 0)
+        return moe_err(rc, "%s", why);
     return 0;
 }
 

@@ -6,7 +6,8 @@
  * chosen NUMA placement (offload_host.h); which blobs stay is the cache
  * policy's choice (offload_policy.h). The model asks for the experts a layer
  * needs just before running them (moe_offload_acquire: hits are free, all
- * misses are read together), and may announce the next layer's likely experts
+ * misses are read together; or begin/wait, running the hits while the misses
+ * are read), and may announce the next layer's likely experts
  * ahead of time (moe_offload_prefetch), whose reads then run while the current
  * layer computes. The arena is the tier: its size never changes, so the
  * daemon's memory stays inside host_bytes plus the fixed overhead of the
@@ -80,6 +81,17 @@ void moe_offload_close(struct moe_offload *o); /* NULL: no-op */
  * request tries again). */
 int moe_offload_acquire(struct moe_offload *o, int32_t layer, const bool *need,
                         const void **blobs);
+
+/* moe_offload_acquire in two halves, so that a layer's resident experts can
+ * run while its misses are still being read: begin pins the needed experts,
+ * submits the misses together and sets blobs[e] for those resident now (NULL
+ * for the others); moe_offload_wait then hands out each of the others, in any
+ * order, blocking until its read lands (-EIO as acquire says). A begin that
+ * is not followed by every wait leaves nothing inconsistent: the next begin
+ * waits for what is still in flight. */
+int moe_offload_begin(struct moe_offload *o, int32_t layer, const bool *need,
+                      const void **blobs);
+int moe_offload_wait(struct moe_offload *o, int32_t expert, const void **blob);
 
 /* Starts reads of layer l's experts with likely[e] set that are not resident,
  * into slots no current expert holds; never blocks, never evicts what the

@@ -1,8 +1,11 @@
 /* experts: grouping tokens by expert gives exactly what running every
- * token's experts one by one gives. */
+ * token's experts one by one gives; running the experts at hand first and the
+ * others as they arrive gives the same bits. */
 #include "tests/unit/test.h"
 
+#include <errno.h>
 #include <math.h>
+#include <stdbool.h>
 
 #include "backend/backend.h"
 #include "experts/experts.h"
@@ -34,10 +37,12 @@ static void naive_ffn(const float *w1, const float *w3, const float *w2, const f
     }
 }
 
-static void test_grouped_dispatch_equals_per_token(void **state)
+static float w1[E][F * H], w3[E][F * H], w2[E][H * F], x[N][H];
+static struct moe_expert_weights ex[E];
+static struct moe_route routes[N];
+
+static void fixture(void)
 {
-    (void)state;
-    static float w1[E][F * H], w3[E][F * H], w2[E][H * F], x[N][H];
     unsigned s = 42;
     for (int e = 0; e < E; e++)
         for (int i = 0; i < F * H; i++) {
@@ -48,14 +53,12 @@ static void test_grouped_dispatch_equals_per_token(void **state)
     for (int t = 0; t < N; t++)
         for (int h = 0; h < H; h++)
             x[t][h] = rnd(&s) * 4;
-    struct moe_expert_weights ex[E];
     for (int e = 0; e < E; e++) {
         ex[e].gate = (struct moe_weight){MOE_DTYPE_F32, F, H, H * 4, w1[e]};
         ex[e].up = (struct moe_weight){MOE_DTYPE_F32, F, H, H * 4, w3[e]};
         ex[e].down = (struct moe_weight){MOE_DTYPE_F32, H, F, F * 4, w2[e]};
     }
     /* expert 4 gets nobody; expert 0 gets most tokens; token 5 has one expert */
-    struct moe_route routes[N];
     for (int t = 0; t < N; t++) {
         routes[t].n = t == 5 ? 1 : K;
         routes[t].expert[0] = t % 3 == 0 ? 0 : t % 4;
@@ -63,12 +66,24 @@ static void test_grouped_dispatch_equals_per_token(void **state)
         routes[t].weight[0] = 0.25f + 0.05f * t;
         routes[t].weight[1] = 0.1f;
     }
+}
+
+static void residual(float y[N][H])
+{
+    for (int t = 0; t < N; t++)
+        for (int h = 0; h < H; h++)
+            y[t][h] = (float)t; /* the residual is added to, not replaced */
+}
+
+static void test_grouped_dispatch_equals_per_token(void **state)
+{
+    (void)state;
+    fixture();
     struct moe_pool *pool;
     assert_int_equal(moe_pool_create(2, &pool), 0);
     static float y[N][H], want[N][H];
-    for (int t = 0; t < N; t++)
-        for (int h = 0; h < H; h++)
-            y[t][h] = want[t][h] = (float)t; /* the residual is added to, not replaced */
+    residual(y);
+    residual(want);
     struct moe_experts_scratch scratch = {0};
     assert_int_equal(moe_experts_run(pool, ex, E, &x[0][0], N, H, routes, &y[0][0], &scratch), 0);
     for (int t = 0; t < N; t++)
@@ -86,10 +101,90 @@ static void test_grouped_dispatch_equals_per_token(void **state)
     moe_pool_free(pool);
 }
 
+/* a source whose odd experts are "still being read": their weights live
+ * elsewhere (a copy) until wait hands them out; fail_e's wait fails */
+struct late {
+    struct moe_expert_weights copy[E];
+    int waited[E], n_waits, fail_e;
+};
+
+static int late_wait(void *ctx, int32_t e, const struct moe_expert_weights **w)
+{
+    struct late *l = ctx;
+    l->waited[l->n_waits++] = e;
+    *w = &l->copy[e];
+    return e == l->fail_e ? -EIO : 0;
+}
+
+static void test_running_ready_experts_first_gives_the_same_bits(void **state)
+{
+    (void)state;
+    fixture();
+    struct moe_pool *pool;
+    assert_int_equal(moe_pool_create(2, &pool), 0);
+    static float y[N][H], want[N][H];
+    residual(y);
+    residual(want);
+    struct moe_experts_scratch scratch = {0};
+    assert_int_equal(moe_experts_run(pool, ex, E, &x[0][0], N, H, routes, &want[0][0], &scratch),
+                     0);
+    /* the views handed in for late experts point nowhere: only wait's count */
+    struct late l = {.fail_e = -1};
+    struct moe_expert_weights views[E];
+    bool ready[E];
+    for (int e = 0; e < E; e++) {
+        l.copy[e] = ex[e];
+        views[e] = ex[e];
+        ready[e] = e % 2 == 0;
+        if (!ready[e])
+            views[e].gate.data = views[e].up.data = views[e].down.data = NULL;
+    }
+    struct moe_expert_source src = {.ready = ready, .wait = late_wait, .ctx = &l};
+    assert_int_equal(moe_experts_run_from(pool, views, &src, E, &x[0][0], N, H, routes, &y[0][0],
+                                          &scratch),
+                     0);
+    assert_memory_equal(y, want, sizeof(y));
+    /* waited for once each: the routed late experts (1 and 3; 4 is routed to nobody) */
+    assert_int_equal(l.n_waits, 2);
+    assert_int_equal(l.waited[0], 1);
+    assert_int_equal(l.waited[1], 3);
+    moe_experts_scratch_free(&scratch);
+    moe_pool_free(pool);
+}
+
+static void test_a_failed_wait_fails_the_run_leaving_y_and_waiting_for_the_rest(void **state)
+{
+    (void)state;
+    fixture();
+    struct moe_pool *pool;
+    assert_int_equal(moe_pool_create(2, &pool), 0);
+    static float y[N][H], before[N][H];
+    residual(y);
+    residual(before);
+    struct late l = {.fail_e = 1};
+    bool ready[E];
+    for (int e = 0; e < E; e++) {
+        l.copy[e] = ex[e];
+        ready[e] = e % 2 == 0;
+    }
+    struct moe_expert_source src = {.ready = ready, .wait = late_wait, .ctx = &l};
+    struct moe_experts_scratch scratch = {0};
+    assert_int_equal(moe_experts_run_from(pool, ex, &src, E, &x[0][0], N, H, routes, &y[0][0],
+                                          &scratch),
+                     -EIO);
+    assert_memory_equal(y, before, sizeof(y));
+    assert_int_equal(l.n_waits, 2); /* expert 3 still waited for: nothing left in flight */
+    assert_int_equal(l.waited[1], 3);
+    moe_experts_scratch_free(&scratch);
+    moe_pool_free(pool);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_grouped_dispatch_equals_per_token),
+        cmocka_unit_test(test_running_ready_experts_first_gives_the_same_bits),
+        cmocka_unit_test(test_a_failed_wait_fails_the_run_leaving_y_and_waiting_for_the_rest),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,7 +1,9 @@
 /* The host tier under a real model: a tiny-moe pack served from a tier of a
  * quarter of its experts gives exactly the logits of the mapped pack; the
- * budget holds; reads that fail or arrive corrupt fail that forward with a
- * message naming the expert, and the next one works; the trace is written. */
+ * budget holds; begin/wait hands out the resident experts at once and the
+ * others as they land; reads that fail or arrive corrupt fail that forward
+ * with a message naming the expert, and the next one works; the trace is
+ * written. */
 #include "tests/unit/test.h"
 
 #include <errno.h>
@@ -120,6 +122,37 @@ static void test_a_budget_below_one_layers_experts_is_refused_naming_host_bytes(
     moe_model_free(m);
 }
 
+static void test_begin_hands_out_residents_at_once_and_wait_the_misses(void **state)
+{
+    (void)state;
+    struct moe_model *m = open_tiered(0.25, MOE_CACHE_LRU, false, NULL);
+    struct moe_offload *o = moe_model_offload(m);
+    int32_t E = m->cfg.n_experts;
+    bool need[64] = {0};
+    const void *blobs[64], *b;
+    assert_true(E <= 64 && E >= 3);
+    need[0] = need[2] = true;
+    assert_int_equal(moe_offload_begin(o, 1, need, blobs), 0); /* a cold tier: both on the way */
+    assert_null(blobs[0]);
+    assert_null(blobs[2]);
+    assert_int_equal(moe_offload_wait(o, 1, &b), -EINVAL); /* not asked for */
+    assert_non_null(strstr(moe_err_msg(), "layer 1 expert 1"));
+    assert_int_equal(moe_offload_wait(o, 2, &b), 0);
+    const void *second = b;
+    assert_int_equal(moe_offload_wait(o, 0, &b), 0);
+    const void *first = b;
+    const struct moe_pack_expert *pe = moe_pack_find_expert(moe_model_pack(m), 1, 0);
+    assert_memory_equal(first, pe->data, pe->size); /* the blob, read from the pack */
+    assert_int_equal(moe_offload_begin(o, 1, need, blobs), 0); /* now both at hand */
+    assert_ptr_equal(blobs[0], first);
+    assert_ptr_equal(blobs[2], second);
+    struct moe_offload_stats st;
+    moe_offload_get_stats(o, &st);
+    assert_int_equal(st.misses, 2);
+    assert_int_equal(st.hits, 2);
+    moe_model_free(m);
+}
+
 static void fault_fails_the_forward_then_recovers(const char *kind, const char *why)
 {
     struct moe_model *m = open_tiered(0.25, MOE_CACHE_LRU, false, NULL);
@@ -193,6 +226,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_a_quarter_tier_gives_the_mapped_packs_logits_exactly),
         cmocka_unit_test(test_a_budget_below_one_layers_experts_is_refused_naming_host_bytes),
+        cmocka_unit_test(test_begin_hands_out_residents_at_once_and_wait_the_misses),
         cmocka_unit_test(test_a_read_error_fails_that_forward_naming_the_expert),
         cmocka_unit_test(test_a_corrupt_blob_fails_that_forward_naming_the_expert),
         cmocka_unit_test(test_the_trace_records_every_layers_access),

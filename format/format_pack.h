@@ -138,9 +138,11 @@ int moe_pack_verify_all(const struct moe_pack *p);
  * Advice: failures are ignored. */
 enum moe_pack_advice { MOE_PACK_EXPERTS_RANDOM, MOE_PACK_EXPERTS_DROP };
 void moe_pack_advise_experts(const struct moe_pack *p, enum moe_pack_advice advice);
-/* DROP for n bytes at `at` in the mapping (whole pages inside the range):
- * for data used sparsely after a full read, such as a checksum's */
-void moe_pack_drop_pages(const struct moe_pack *p, const void *at, size_t n);
+/* DROP, then RANDOM, for n bytes at `at` in the mapping (whole pages inside
+ * the range): for data used a few pages at a time after a full read, such as
+ * an untied token embedding after its checksum (one row per token; the
+ * read-around of each fault would bring the rows around it back) */
+void moe_pack_use_sparsely(const struct moe_pack *p, const void *at, size_t n);
 /* the pack's mapping: file offset 0 */
 const void *moe_pack_mapping(const struct moe_pack *p);
 

@@ -26,7 +26,7 @@ static void drop(int fd, const void *at, uint64_t off, uint64_t n)
     (void)posix_fadvise(fd, (off_t)off, (off_t)n, POSIX_FADV_DONTNEED);
 }
 
-void moe_pack_drop_pages(const struct moe_pack *p, const void *at, size_t n)
+void moe_pack_use_sparsely(const struct moe_pack *p, const void *at, size_t n)
 {
     uintptr_t page = 4096, lo = ((uintptr_t)at + page - 1) & ~(page - 1),
               hi = ((uintptr_t)at + n) & ~(page - 1);
@@ -35,6 +35,7 @@ void moe_pack_drop_pages(const struct moe_pack *p, const void *at, size_t n)
         return;
     drop(fd, (const void *)lo, lo - (uintptr_t)moe_pack_mapping(p), hi - lo);
     close(fd);
+    (void)madvise((void *)lo, hi - lo, MADV_RANDOM);
 }
 
 /* Advised as whole runs of adjacent blobs (a pack writes them back to back):

@@ -365,12 +365,12 @@ int moe_model_open_pack(struct moe_model *m)
         m->lm_head = m->embed;
     if ((rc = bind_experts(m)) < 0)
         return rc;
-    /* the tiered daemon holds what it uses: its checksum read the token
-     * embedding whole, decoding reads a row per token (an untied one) */
-    if ((m->open_flags & MOE_MODEL_OPEN_EXPERTS_ON_READ) && !m->cfg.tied_embeddings) {
+    /* the daemon holds what it uses: its checksum read the token embedding
+     * whole, decoding reads a row per token (an untied one) */
+    if (!m->cfg.tied_embeddings) {
         const struct moe_tensor_info *emb = moe_pack_find_tensor(f->pack, "embed");
         if (emb) /* the pack's bytes (a bound matrix may be a converted copy) */
-            moe_pack_drop_pages(f->pack, emb->data, emb->nbytes);
+            moe_pack_use_sparsely(f->pack, emb->data, emb->nbytes);
     }
     return moe_pack_tokenizer(f->pack, &m->tok);
 }

@@ -1,14 +1,17 @@
 /* format: the moed pack. Round trip, alignment, atomic commit, and the
  * reader's refusals (newer version, bad magic, header checksum, truncation,
- * corrupt expert, duplicates), each with the message an operator needs. */
+ * corrupt expert, duplicates), each with the message an operator needs; a
+ * range used sparsely leaves the page cache and comes back a page at a time. */
 #include "tests/unit/test.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <sys/wait.h>
 
 #include "common/common.h"
@@ -504,6 +507,65 @@ static void test_write_error_reported(void **state)
     assert_int_equal(count_entries(mkpath("efbig", "")), 0);
 }
 
+/* pages of [at, at+n) in the page cache */
+static size_t pages_cached(const void *at, size_t n)
+{
+    uintptr_t lo = (uintptr_t)at & ~(uintptr_t)4095;
+    uintptr_t hi = ((uintptr_t)at + n + 4095) & ~(uintptr_t)4095;
+    size_t np = (hi - lo) / 4096, got = 0;
+    unsigned char *v = malloc(np);
+    assert_int_equal(mincore((void *)lo, hi - lo, v), 0);
+    for (size_t i = 0; i < np; i++)
+        got += v[i] & 1;
+    free(v);
+    return got;
+}
+
+static void test_a_range_used_sparsely_is_dropped_then_read_a_page_at_a_time(void **state)
+{
+    (void)state;
+    const char *path = mkpath("sparse", "big.pack");
+    struct statfs fs;
+    assert_int_equal(statfs(moe_test_tmpdir(), &fs), 0);
+    if (fs.f_type == 0x01021994) /* tmpfs: its pages have no file to go back to */
+        skip();
+    enum { N = 4 << 20 }; /* 16 MiB of f32: far more than the kernel's largest folio */
+    float *big = malloc(N * sizeof(float));
+    fill(big, N * sizeof(float), 7);
+    struct moe_pack_writer *w;
+    int64_t d[1] = {N};
+    assert_int_equal(moe_pack_writer_open(path, &w), 0);
+    assert_int_equal(moe_pack_writer_add_tensor(w, "embed", MOE_DTYPE_F32, 1, d, big,
+                                                N * sizeof(float)),
+                     0);
+    assert_int_equal(moe_pack_writer_set_json(w, "config", json_pack("{s:i}", "hidden", 32)), 0);
+    assert_int_equal(moe_pack_writer_commit(w), 0);
+    free(big);
+    int fd = open(path, O_RDONLY); /* written just now: dirty pages cannot be dropped */
+    assert_true(fd >= 0);
+    assert_int_equal(fsync(fd), 0);
+    close(fd);
+    struct moe_pack *p;
+    assert_int_equal(moe_pack_open(path, &p), 0);
+    const struct moe_tensor_info *t = moe_pack_find_tensor(p, "embed");
+    assert_non_null(t);
+    const volatile uint8_t *b = t->data;
+    unsigned sum = 0;
+    for (size_t i = 0; i < t->nbytes; i += 4096) /* a checksum's full read */
+        sum += b[i];
+    size_t all = t->nbytes / 4096;
+    assert_true(pages_cached(t->data, t->nbytes) >= all * 9 / 10);
+    moe_pack_use_sparsely(p, t->data, t->nbytes);
+    /* what stays: at most a large folio the range shares at either edge */
+    size_t left = pages_cached(t->data, t->nbytes);
+    assert_true(left <= 1024);
+    sum += b[t->nbytes / 2]; /* one row in the middle */
+    assert_true(pages_cached(t->data, t->nbytes) <= left + 4); /* not a read-around of 32+ */
+    assert_true(pages_cached(t->data, t->nbytes) > left);
+    (void)sum;
+    moe_pack_close(p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -518,6 +580,7 @@ int main(void)
         cmocka_unit_test(test_reader_refusals),
         cmocka_unit_test(test_killed_writer_leaves_no_pack),
         cmocka_unit_test(test_write_error_reported),
+        cmocka_unit_test(test_a_range_used_sparsely_is_dropped_then_read_a_page_at_a_time),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

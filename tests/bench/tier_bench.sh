@@ -4,7 +4,7 @@
 #      50% and 25% of the pack's expert bytes (O_DIRECT reads: the page cache
 #      plays no part) and of the plainly mapped pack, in turn for 3 rounds;
 #   2. the same pack served from its plain mapping (as llama.cpp does) inside a
-#      memory cgroup (v1) at each budget: the limit is the memory a process
+#      memory cgroup (v1) at each budget, the median of 3 rounds as the tier's: the limit is the memory a process
 #      decoding with the tier at that budget holds while it decodes (the
 #      tier, the dense pages it touched, KV cache, buffers: the largest cgroup
 #      usage over the last quarter of a run 4x as long), so both modes get the same
@@ -74,7 +74,7 @@ PY
             limit=$usage
         fi
         in_cgroup "$limit" "$tmp" "$bin/moe-bench" decode-cmp --model "$pack" --tokens "$tokens" \
-            --rounds 1 --prompt-tokens 16
+            --rounds 3 --prompt-tokens 16
         out=$(cat "$tmp")
         "$py" -c 'import json,sys; d=json.loads(sys.argv[1]);
 r={"bench":"tier-mmap","model":sys.argv[2],"budget_percent":float(sys.argv[3]),

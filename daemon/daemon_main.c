@@ -325,8 +325,9 @@ static int attach_tier(struct loader *ld)
         return rc;
     struct moe_offload_stats st;
     moe_offload_get_stats(o, &st);
-    moe_log(MOE_LOG_INFO, "host tier: %u expert slots of %.1f MiB (%.2f GiB, %s pages, NUMA %s), "
-            "%s reads, policy %s, prefetch %s", st.slots, (double)st.slot_bytes / (1 << 20),
+    moe_log(MOE_LOG_INFO, "host tier: %u expert slots of up to %.1f MiB in %u size class%s "
+            "(%.2f GiB, %s pages, NUMA %s), %s reads, policy %s, prefetch %s", st.slots,
+            (double)st.slot_bytes / (1 << 20), st.slot_classes, st.slot_classes == 1 ? "" : "es",
             (double)st.arena_bytes / (1 << 30), st.hugepages ? "huge" : "normal",
             st.numa_node >= 0 ? "bound" : "interleaved/off", st.uring ? "io_uring" : "pread",
             moe_cache_policy_name(opts.policy), moe_prefetch_mode_name(ld->prefetch));

@@ -12,12 +12,14 @@
 #include "offload/offload.h"
 #include "offload/offload_nvme.h"
 #include "offload/offload_prefetch.h"
+#include "offload/offload_slots.h"
 #include "offload/offload_trace.h"
 
 enum slot_state { SLOT_FREE, SLOT_LOADING, SLOT_READY };
 
 struct slot {
     int64_t key;          /* layer * E + expert, -1 when free */
+    uint8_t cls;          /* its class (offload_slots.h) */
     enum slot_state state;
     bool prefetched;      /* filled ahead of need and not used yet */
     struct moe_nvme_req req;
@@ -27,10 +29,13 @@ struct moe_offload {
     const struct moe_pack *pack;
     int32_t L, E, K;
     struct moe_host_region arena;
-    size_t slot_bytes;
+    struct moe_slot_plan plan;
     uint32_t n_slots;
-    struct slot *slots;
-    uint32_t *free_list, n_free;
+    struct slot *slots;    /* the classes' slots one after the other */
+    uint32_t *free_list;   /* [n_slots]: class c's free slots from free_at[c] on */
+    uint32_t free_at[MOE_SLOT_MAX_CLASSES], n_free[MOE_SLOT_MAX_CLASSES];
+    uint8_t evicting;      /* the class slot_take is finding a victim in */
+    uint8_t *class_of;     /* [L * E] */
     int64_t *slot_of;      /* [L * E] slot index or -1 */
     uint64_t *pin;         /* [L * E] epoch of the acquire that handed it out */
     uint64_t epoch;
@@ -64,7 +69,7 @@ static bool evictable(void *ctx, uint32_t key)
     struct moe_offload *o = ctx;
     int64_t s = o->slot_of[key];
     /* a finished prefetch nobody waited for yet may go too: it was never used */
-    return s >= 0 && o->pin[key] != o->epoch &&
+    return s >= 0 && o->slots[s].cls == o->evicting && o->pin[key] != o->epoch &&
            (o->slots[s].state == SLOT_READY || o->slots[s].req.done);
 }
 
@@ -79,15 +84,16 @@ static void slot_release(struct moe_offload *o, int64_t s)
     sl->key = -1;
     sl->state = SLOT_FREE;
     sl->prefetched = false;
-    o->free_list[o->n_free++] = (uint32_t)s;
+    o->free_list[o->free_at[sl->cls] + o->n_free[sl->cls]++] = (uint32_t)s;
 }
 
-/* a prefetch still in flight that nobody holds: wait for it, so it can go */
-static bool settle_one_loading(struct moe_offload *o)
+/* a prefetch of class cls still in flight that nobody holds: wait for it, so
+ * it can go */
+static bool settle_one_loading(struct moe_offload *o, uint8_t cls)
 {
     for (uint32_t s = 0; s < o->n_slots; s++) {
         struct slot *sl = &o->slots[s];
-        if (sl->state != SLOT_LOADING || o->pin[sl->key] == o->epoch)
+        if (sl->cls != cls || sl->state != SLOT_LOADING || o->pin[sl->key] == o->epoch)
             continue;
         moe_nvme_wait(o->nv, &sl->req);
         if (sl->req.rc < 0)
@@ -99,13 +105,15 @@ static bool settle_one_loading(struct moe_offload *o)
     return false;
 }
 
-/* a free slot, evicting the policy's choice when there is none; -1 if every
- * slot is held by the current acquire (prefetch: or loading) */
-static int64_t slot_take(struct moe_offload *o, bool may_wait)
+/* a free slot of class cls, evicting the policy's choice among the class
+ * when there is none; -1 if every slot of it is held by the current acquire
+ * (prefetch: or loading) */
+static int64_t slot_take(struct moe_offload *o, uint8_t cls, bool may_wait)
 {
     for (;;) {
-        if (o->n_free > 0)
-            return o->free_list[--o->n_free];
+        if (o->n_free[cls] > 0)
+            return o->free_list[o->free_at[cls] + --o->n_free[cls]];
+        o->evicting = cls;
         int64_t victim = moe_cache_policy_victim(o->pol, evictable, o);
         if (victim >= 0) {
             int64_t s = o->slot_of[victim];
@@ -115,7 +123,7 @@ static int64_t slot_take(struct moe_offload *o, bool may_wait)
             slot_release(o, s);
             continue;
         }
-        if (!may_wait || !settle_one_loading(o))
+        if (!may_wait || !settle_one_loading(o, cls))
             return -1;
     }
 }
@@ -131,8 +139,7 @@ static void slot_fill(struct moe_offload *o, int64_t s, int64_t key)
     sl->key = key;
     sl->state = SLOT_LOADING;
     sl->prefetched = false;
-    sl->req = (struct moe_nvme_req){.e = o->ex[key],
-                                    .dst = (uint8_t *)o->arena.ptr + (size_t)s * o->slot_bytes};
+    sl->req = (struct moe_nvme_req){.e = o->ex[key], .dst = sl->req.dst};
     o->slot_of[key] = s;
     o->st.resident_bytes += o->ex[key]->size;
     moe_cache_policy_insert(o->pol, (uint32_t)key);
@@ -167,44 +174,51 @@ int moe_offload_open(const struct moe_pack *pack, int32_t n_layers, int32_t n_ex
         rc = moe_err(-ENOMEM, "out of memory");
         goto fail;
     }
-    size_t total = 0;
+    size_t *size = calloc(n, sizeof(*size));
+    if (!size || !(o->class_of = calloc(n, 1))) {
+        free(size);
+        rc = moe_err(-ENOMEM, "out of memory");
+        goto fail;
+    }
     for (size_t i = 0; i < moe_pack_expert_count(pack); i++) {
         const struct moe_pack_expert *e = moe_pack_expert_at(pack, i);
         if (e->layer < 0 || e->layer >= n_layers || e->expert < 0 || e->expert >= n_experts)
             continue;
         o->ex[(size_t)e->layer * n_experts + e->expert] = e;
-        o->slot_bytes = MOE_MAX(o->slot_bytes, (size_t)e->size);
-        total += e->size;
+        size[(size_t)e->layer * n_experts + e->expert] = e->size;
     }
     for (size_t i = 0; i < n; i++)
         o->slot_of[i] = -1;
-    if (o->slot_bytes == 0) {
-        rc = moe_err(-EINVAL, "%s: the pack has no expert blobs to offload", moe_pack_path(pack));
+    rc = moe_slot_plan_make(size, n_layers, n_experts, opts->host_bytes, o->class_of, &o->plan);
+    free(size);
+    if (rc < 0) {
+        char why[320];
+        snprintf(why, sizeof(why), "%s", moe_err_msg());
+        rc = moe_err(rc, "%s: %s", moe_pack_path(pack), why);
         goto fail;
     }
-    size_t want = MOE_MIN(opts->host_bytes, total + o->slot_bytes);
-    o->n_slots = (uint32_t)(want / o->slot_bytes);
-    /* a batch may need every expert of one layer at once */
-    uint32_t need_slots = (uint32_t)MOE_MIN((size_t)n_experts, n);
-    if (o->n_slots < need_slots) {
-        rc = moe_err(-EINVAL, "[offload] host_bytes = %zu holds %u expert blobs of %zu bytes; one "
-                     "layer may need %u at once (at least %zu bytes)", opts->host_bytes,
-                     o->n_slots, o->slot_bytes, need_slots, (size_t)need_slots * o->slot_bytes);
-        goto fail;
-    }
+    for (int c = 0; c < o->plan.n_classes; c++)
+        o->n_slots += o->plan.c[c].n_slots;
     o->slots = calloc(o->n_slots, sizeof(*o->slots));
     o->free_list = malloc(o->n_slots * sizeof(*o->free_list));
     if (!o->slots || !o->free_list) {
         rc = moe_err(-ENOMEM, "out of memory");
         goto fail;
     }
-    for (uint32_t s = 0; s < o->n_slots; s++) {
-        o->slots[s].key = -1;
-        o->free_list[o->n_free++] = o->n_slots - 1 - s; /* slot 0 first */
-    }
-    if ((rc = moe_host_alloc((size_t)o->n_slots * o->slot_bytes, opts->numa, opts->hugepages,
-                             &o->arena)) < 0)
+    if ((rc = moe_host_alloc(o->plan.bytes, opts->numa, opts->hugepages, &o->arena)) < 0)
         goto fail;
+    size_t at = 0;
+    for (uint32_t c = 0, s = 0; c < (uint32_t)o->plan.n_classes; c++) {
+        const struct moe_slot_class *k = &o->plan.c[c];
+        o->free_at[c] = s;
+        for (uint32_t j = 0; j < k->n_slots; j++, s++, at += k->slot_bytes) {
+            o->slots[s] = (struct slot){.key = -1, .cls = (uint8_t)c};
+            o->slots[s].req.dst = (uint8_t *)o->arena.ptr + at;
+            /* the class's first slot is taken first */
+            o->free_list[o->free_at[c] + k->n_slots - 1 - j] = s;
+        }
+        o->n_free[c] = k->n_slots;
+    }
     struct moe_nvme_opts no = {.queue_depth = opts->queue_depth ? opts->queue_depth : 32,
                                .force_pread = opts->force_pread, .retries = 2};
     if ((rc = moe_nvme_open(pack, &no, o->arena.ptr, o->arena.bytes, &o->nv)) < 0)
@@ -218,8 +232,9 @@ int moe_offload_open(const struct moe_pack *pack, int32_t n_layers, int32_t n_ex
     if (opts->trace_path &&
         (rc = moe_trace_writer_open(opts->trace_path, n_layers, n_experts, &o->trace)) < 0)
         goto fail;
-    o->st.arena_bytes = (size_t)o->n_slots * o->slot_bytes;
-    o->st.slot_bytes = o->slot_bytes;
+    o->st.arena_bytes = o->plan.bytes;
+    o->st.slot_bytes = o->plan.c[0].slot_bytes;
+    o->st.slot_classes = (uint32_t)o->plan.n_classes;
     o->st.slots = o->n_slots;
     o->st.uring = moe_nvme_uses_uring(o->nv);
     o->st.hugepages = o->arena.huge;
@@ -247,6 +262,7 @@ void moe_offload_close(struct moe_offload *o)
         moe_host_free(&o->arena);
     free(o->slots);
     free(o->free_list);
+    free(o->class_of);
     free(o->slot_of);
     free(o->pin);
     free(o->ex);
@@ -326,7 +342,7 @@ int moe_offload_begin(struct moe_offload *o, int32_t layer, const bool *need,
             continue;
         }
         o->st.misses++;
-        if ((s = slot_take(o, true)) < 0) {
+        if ((s = slot_take(o, o->class_of[key], true)) < 0) {
             rc = moe_err(-ENOSPC, "host tier: no slot free for layer %d expert %d", layer,
                          o->list[i]);
             break;
@@ -424,7 +440,11 @@ void moe_offload_prefetch(struct moe_offload *o, int32_t layer, const bool *like
     o->guess_layer = layer;
     if (o->trace)
         moe_trace_writer_predict(o->trace, o->step, layer, o->list, n_list);
-    uint32_t evicting = k > o->n_free ? k - o->n_free : 0;
+    uint32_t want[MOE_SLOT_MAX_CLASSES] = {0}, evicting = 0;
+    for (int32_t e = 0; e < o->E; e++)
+        want[o->class_of[(int64_t)layer * o->E + e]] += o->guess[e];
+    for (int c = 0; c < o->plan.n_classes; c++)
+        evicting += want[c] > o->n_free[c] ? want[c] - o->n_free[c] : 0;
     if (o->prefetch_auto && k > 0 && !moe_prefetch_model_worth(&o->pm, k, evicting)) {
         o->st.prefetch_skipped += k;
         return;
@@ -433,9 +453,9 @@ void moe_offload_prefetch(struct moe_offload *o, int32_t layer, const bool *like
         if (!o->guess[e])
             continue;
         int64_t key = (int64_t)layer * o->E + e;
-        int64_t s = slot_take(o, false);
+        int64_t s = slot_take(o, o->class_of[key], false);
         if (s < 0)
-            break;
+            continue; /* another class may still have room */
         slot_fill(o, s, key);
         o->slots[s].prefetched = true;
         o->batch[n_batch++] = &o->slots[s].req;

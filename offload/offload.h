@@ -13,10 +13,10 @@
  * daemon's memory stays inside host_bytes plus the fixed overhead of the
  * dense weights and the tables here.
  *
- * The arena is cut into equal slots of the largest blob's size: one blob per
- * slot, no fragmentation, no allocation on the serving path. Packs whose
- * experts differ in size (mcmoe's 1/2/3-bit widths) use their slots less
- * fully; the budget then holds fewer experts than their bytes would allow.
+ * The arena is cut into slots, one blob each, no fragmentation, no
+ * allocation on the serving path: equal slots within a class of blobs of
+ * about one size (offload_slots.h), so an mcmoe pack's 1-bit experts do not
+ * take 3-bit slots; a miss evicts within its class.
  *
  * With no GPU, a resident expert is computed on the CPU where it lies; the GPU
  * tier and the compute-or-fetch cost model sit on top of this one (CUDA
@@ -59,9 +59,9 @@ struct moe_offload_stats {
     uint64_t reads, bytes_read, read_errors, retries;
     double wait_s;                     /* time acquire spent waiting for reads */
     size_t resident_bytes;             /* blob bytes in the host tier now */
-    size_t arena_bytes;                /* the tier's memory (slots x slot size) */
-    size_t slot_bytes;
-    uint32_t slots;
+    size_t arena_bytes;                /* the tier's memory (every class's slots) */
+    size_t slot_bytes;                 /* the largest class's slot */
+    uint32_t slots, slot_classes;
     bool uring, hugepages;
     int numa_node;                     /* -1: interleaved or unknown */
 };

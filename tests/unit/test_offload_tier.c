@@ -3,7 +3,8 @@
  * budget holds; begin/wait hands out the resident experts at once and the
  * others as they land; reads that fail or arrive corrupt fail that forward
  * with a message naming the expert, and the next one works; the trace is
- * written. */
+ * written; a pack whose experts differ in size gets a slot class for each
+ * size and still gives the mapped pack's logits. */
 #include "tests/unit/test.h"
 
 #include <errno.h>
@@ -17,18 +18,72 @@
 #include "offload/offload_trace.h"
 #include "tests/unit/test_model_to_pack.h"
 
-static char pack_path[512];
+static char pack_path[512], mixed_path[512];
 static const int32_t IDS[] = {1, 15, 27, 3, 40, 8, 11, 52, 9, 30, 2, 44, 17, 5, 60, 23};
 #define N_IDS ((int32_t)(sizeof(IDS) / sizeof(IDS[0])))
+
+/* w converted to q8_0 into buf */
+static struct moe_weight to_q8(const struct moe_weight *w, uint8_t *buf)
+{
+    const struct moe_dtype_traits *from = moe_dtype_traits(w->dtype),
+                                  *q8 = moe_dtype_traits(MOE_DTYPE_Q8_0);
+    size_t row = moe_dtype_row_bytes(MOE_DTYPE_Q8_0, w->cols);
+    float *f = malloc((size_t)w->cols * sizeof(float));
+    for (int64_t r = 0; r < w->rows; r++) {
+        from->to_f32((const uint8_t *)w->data + (size_t)r * w->row_bytes, f, w->cols);
+        q8->from_f32(f, buf + (size_t)r * row, w->cols);
+    }
+    free(f);
+    return (struct moe_weight){MOE_DTYPE_Q8_0, w->rows, w->cols, row, buf};
+}
+
+/* the model's pack with every odd expert in q8_0: blobs of two sizes */
+static int write_mixed_pack(const struct moe_model *m, const char *path)
+{
+    struct moe_pack_writer *w = NULL;
+    int rc = moe_pack_writer_open(path, &w);
+    if (rc < 0 || (rc = moe_model_pack_write_base(m, w)) < 0)
+        goto out;
+    for (int32_t l = 0; l < m->cfg.n_layers && rc == 0; l++)
+        for (int32_t e = 0; e < m->cfg.n_experts && rc == 0; e++) {
+            const struct moe_expert_weights *x = &m->layers[l].experts[e];
+            const struct moe_weight *ws[3] = {&x->gate, &x->up, &x->down};
+            static const char *const names[3] = {"gate", "up", "down"};
+            struct moe_pack_part parts[3];
+            uint8_t *bufs[3] = {0};
+            for (int k = 0; k < 3; k++) {
+                struct moe_weight q = *ws[k];
+                if (e % 2) {
+                    bufs[k] = malloc((size_t)ws[k]->rows * ws[k]->row_bytes);
+                    q = to_q8(ws[k], bufs[k]);
+                }
+                parts[k] = (struct moe_pack_part){names[k], q.dtype, q.rows, q.cols, q.data,
+                                                  moe_weight_bytes(&q)};
+            }
+            rc = moe_pack_writer_add_expert(w, l, e, parts, 3);
+            for (int k = 0; k < 3; k++)
+                free(bufs[k]);
+        }
+    if (rc == 0 && (rc = moe_pack_writer_set_json(w, "quant", json_pack("{s:s}", "experts",
+                                                                         "mixed"))) == 0)
+        return moe_pack_writer_commit(w);
+out:
+    if (w)
+        moe_pack_writer_abort(w);
+    return rc;
+}
 
 static int setup(void **state)
 {
     (void)state;
     snprintf(pack_path, sizeof(pack_path), "%s/tier.pack", moe_test_tmpdir());
+    snprintf(mixed_path, sizeof(mixed_path), "%s/mixed.pack", moe_test_tmpdir());
     struct moe_model *m;
     if (moe_model_open(moe_test_path("models/tiny-moe"), &m) < 0)
         return -1;
     int rc = moe_test_write_pack(m, pack_path);
+    if (rc == 0)
+        rc = write_mixed_pack(m, mixed_path);
     moe_model_free(m);
     return rc;
 }
@@ -42,11 +97,12 @@ static size_t expert_bytes(const struct moe_model *m)
     return b;
 }
 
-static struct moe_model *open_tiered(double fraction, enum moe_cache_policy_kind pol,
-                                     bool prefetch, const char *trace)
+static struct moe_model *open_tiered_at(const char *path, double fraction,
+                                        enum moe_cache_policy_kind pol, bool prefetch,
+                                        const char *trace)
 {
     struct moe_model *m;
-    assert_int_equal(moe_model_open_flags(pack_path, MOE_MODEL_OPEN_EXPERTS_ON_READ, &m), 0);
+    assert_int_equal(moe_model_open_flags(path, MOE_MODEL_OPEN_EXPERTS_ON_READ, &m), 0);
     struct moe_offload_opts oo = {.host_bytes = (size_t)(fraction * (double)expert_bytes(m)),
                                   .policy = pol, .numa = MOE_NUMA_LOCAL, .hugepages = true,
                                   .trace_path = trace};
@@ -58,6 +114,12 @@ static struct moe_model *open_tiered(double fraction, enum moe_cache_policy_kind
     assert_int_equal(rc, 0);
     assert_int_equal(moe_model_use_offload(m, o, prefetch), 0);
     return m;
+}
+
+static struct moe_model *open_tiered(double fraction, enum moe_cache_policy_kind pol,
+                                     bool prefetch, const char *trace)
+{
+    return open_tiered_at(pack_path, fraction, pol, prefetch, trace);
 }
 
 /* token-by-token logits of IDS */
@@ -105,6 +167,31 @@ static void test_a_quarter_tier_gives_the_mapped_packs_logits_exactly(void **sta
             moe_model_free(m);
         }
     free(want);
+    moe_model_free(mapped);
+}
+
+static void test_experts_of_two_sizes_get_a_slot_class_each_and_the_same_logits(void **state)
+{
+    (void)state;
+    struct moe_model *mapped;
+    assert_int_equal(moe_model_open(mixed_path, &mapped), 0);
+    int rc;
+    float *want = decode_logits(mapped, &rc);
+    assert_int_equal(rc, 0);
+    struct moe_model *m = open_tiered_at(mixed_path, 0.25, MOE_CACHE_LFRU, true, NULL);
+    float *got = decode_logits(m, &rc);
+    assert_int_equal(rc, 0);
+    assert_memory_equal(got, want, (size_t)N_IDS * mapped->cfg.vocab * sizeof(float));
+    struct moe_offload_stats st;
+    moe_offload_get_stats(moe_model_offload(m), &st);
+    size_t budget = (size_t)(0.25 * (double)expert_bytes(m));
+    assert_int_equal(st.slot_classes, 2);
+    assert_true(st.arena_bytes <= budget);
+    assert_true(st.slots > budget / st.slot_bytes); /* more than slots all of the largest size */
+    assert_true(st.misses > 0);
+    free(got);
+    free(want);
+    moe_model_free(m);
     moe_model_free(mapped);
 }
 
@@ -226,6 +313,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_a_quarter_tier_gives_the_mapped_packs_logits_exactly),
         cmocka_unit_test(test_a_budget_below_one_layers_experts_is_refused_naming_host_bytes),
+        cmocka_unit_test(test_experts_of_two_sizes_get_a_slot_class_each_and_the_same_logits),
         cmocka_unit_test(test_begin_hands_out_residents_at_once_and_wait_the_misses),
         cmocka_unit_test(test_a_read_error_fails_that_forward_naming_the_expert),
         cmocka_unit_test(test_a_corrupt_blob_fails_that_forward_naming_the_expert),

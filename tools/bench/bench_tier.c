@@ -284,9 +284,11 @@ static int cmd_tier(const struct tier_opts *o, struct moe_pool *pool)
         for (int r = 0; r < o->rounds; r++)
             json_array_append_new(rounds, json_real(t->rate[r]));
         json_array_append_new(arr, json_pack(
-            "{s:f, s:I, s:I, s:I, s:f, s:f, s:f, s:f, s:I, s:I, s:I, s:f, s:f, s:f, s:f, s:b, s:b, s:o}",
+            "{s:f, s:I, s:I, s:I, s:I, s:f, s:f, s:f, s:f, s:I, s:I, s:I, s:f, s:f, s:f, s:f, s:b, "
+            "s:b, s:o}",
             "budget_percent", t->pct, "host_bytes", (json_int_t)t->budget,
             "arena_bytes", (json_int_t)t->z.arena_bytes, "slots", (json_int_t)t->z.slots,
+            "slot_classes", (json_int_t)t->z.slot_classes,
             "decode_tok_s", tps, "ratio_to_mapped", to_mapped, "hit_rate", hr,
             "bytes_read_per_token", (double)(t->z.bytes_read - t->a.bytes_read) / ntok,
             "prefetch_issued", (json_int_t)(t->z.prefetch_issued - t->a.prefetch_issued),

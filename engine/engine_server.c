@@ -489,7 +489,6 @@ static void routing_metrics(struct moe_engine *e)
     }
 }
 
-
 static void tier_metrics_register(struct moe_engine *e)
 {
     if (!moe_model_offload(e->model))

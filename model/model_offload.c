@@ -17,6 +17,9 @@
 #include "offload/offload.h"
 #include "router/router.h"
 
+/* hands out an expert whose read was in flight (below; the source set up once) */
+static int wait_expert(void *ctx, int32_t x, const struct moe_expert_weights **w);
+
 struct moe_model_offload {
     struct moe_offload *o;
     bool prefetch;
@@ -97,6 +100,7 @@ int moe_model_use_offload(struct moe_model *m, struct moe_offload *o, bool prefe
     mo->o = o;
     mo->prefetch = prefetch;
     mo->model = m;
+    mo->src = (struct moe_expert_source){.ready = mo->ready, .wait = wait_expert, .ctx = mo};
     m->offload = mo;
     return 0;
 }
@@ -201,7 +205,6 @@ int moe_model_offload_layer(const struct moe_model *m, struct moe_pool *pool, in
     }
     if (mo->n_pending == 0)
         layer_in(mo);
-    mo->src = (struct moe_expert_source){.ready = mo->ready, .wait = wait_expert, .ctx = mo};
     *experts = mo->views;
     *src = &mo->src;
     return 0;

@@ -116,6 +116,17 @@ static int late_wait(void *ctx, int32_t e, const struct moe_expert_weights **w)
     return e == l->fail_e ? -EIO : 0;
 }
 
+/* the source over l: even experts ready, odd ones late */
+static struct moe_expert_source late_source(struct late *l, bool *ready, int fail_e)
+{
+    *l = (struct late){.fail_e = fail_e};
+    for (int e = 0; e < E; e++) {
+        l->copy[e] = ex[e];
+        ready[e] = e % 2 == 0;
+    }
+    return (struct moe_expert_source){.ready = ready, .wait = late_wait, .ctx = l};
+}
+
 static void test_running_ready_experts_first_gives_the_same_bits(void **state)
 {
     (void)state;
@@ -129,17 +140,15 @@ static void test_running_ready_experts_first_gives_the_same_bits(void **state)
     assert_int_equal(moe_experts_run(pool, ex, E, &x[0][0], N, H, routes, &want[0][0], &scratch),
                      0);
     /* the views handed in for late experts point nowhere: only wait's count */
-    struct late l = {.fail_e = -1};
-    struct moe_expert_weights views[E];
+    struct late l;
     bool ready[E];
+    struct moe_expert_source src = late_source(&l, ready, -1);
+    struct moe_expert_weights views[E];
     for (int e = 0; e < E; e++) {
-        l.copy[e] = ex[e];
         views[e] = ex[e];
-        ready[e] = e % 2 == 0;
         if (!ready[e])
             views[e].gate.data = views[e].up.data = views[e].down.data = NULL;
     }
-    struct moe_expert_source src = {.ready = ready, .wait = late_wait, .ctx = &l};
     assert_int_equal(moe_experts_run_from(pool, views, &src, E, &x[0][0], N, H, routes, &y[0][0],
                                           &scratch),
                      0);
@@ -161,13 +170,9 @@ static void test_a_failed_wait_fails_the_run_leaving_y_and_waiting_for_the_rest(
     static float y[N][H], before[N][H];
     residual(y);
     residual(before);
-    struct late l = {.fail_e = 1};
+    struct late l;
     bool ready[E];
-    for (int e = 0; e < E; e++) {
-        l.copy[e] = ex[e];
-        ready[e] = e % 2 == 0;
-    }
-    struct moe_expert_source src = {.ready = ready, .wait = late_wait, .ctx = &l};
+    struct moe_expert_source src = late_source(&l, ready, 1);
     struct moe_experts_scratch scratch = {0};
     assert_int_equal(moe_experts_run_from(pool, ex, &src, E, &x[0][0], N, H, routes, &y[0][0],
                                           &scratch),

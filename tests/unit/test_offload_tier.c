@@ -22,9 +22,13 @@ static char pack_path[512], mixed_path[512];
 static const int32_t IDS[] = {1, 15, 27, 3, 40, 8, 11, 52, 9, 30, 2, 44, 17, 5, 60, 23};
 #define N_IDS ((int32_t)(sizeof(IDS) / sizeof(IDS[0])))
 
-/* w converted to q8_0 into buf */
-static struct moe_weight to_q8(const struct moe_weight *w, uint8_t *buf)
+/* every odd expert's matrices in q8_0: a pack with blobs of two sizes */
+static struct moe_weight odd_ones_q8(int32_t l, int32_t e, const struct moe_weight *w,
+                                     uint8_t *buf)
 {
+    (void)l;
+    if (e % 2 == 0)
+        return *w;
     const struct moe_dtype_traits *from = moe_dtype_traits(w->dtype),
                                   *q8 = moe_dtype_traits(MOE_DTYPE_Q8_0);
     size_t row = moe_dtype_row_bytes(MOE_DTYPE_Q8_0, w->cols);
@@ -37,42 +41,6 @@ static struct moe_weight to_q8(const struct moe_weight *w, uint8_t *buf)
     return (struct moe_weight){MOE_DTYPE_Q8_0, w->rows, w->cols, row, buf};
 }
 
-/* the model's pack with every odd expert in q8_0: blobs of two sizes */
-static int write_mixed_pack(const struct moe_model *m, const char *path)
-{
-    struct moe_pack_writer *w = NULL;
-    int rc = moe_pack_writer_open(path, &w);
-    if (rc < 0 || (rc = moe_model_pack_write_base(m, w)) < 0)
-        goto out;
-    for (int32_t l = 0; l < m->cfg.n_layers && rc == 0; l++)
-        for (int32_t e = 0; e < m->cfg.n_experts && rc == 0; e++) {
-            const struct moe_expert_weights *x = &m->layers[l].experts[e];
-            const struct moe_weight *ws[3] = {&x->gate, &x->up, &x->down};
-            static const char *const names[3] = {"gate", "up", "down"};
-            struct moe_pack_part parts[3];
-            uint8_t *bufs[3] = {0};
-            for (int k = 0; k < 3; k++) {
-                struct moe_weight q = *ws[k];
-                if (e % 2) {
-                    bufs[k] = malloc((size_t)ws[k]->rows * ws[k]->row_bytes);
-                    q = to_q8(ws[k], bufs[k]);
-                }
-                parts[k] = (struct moe_pack_part){names[k], q.dtype, q.rows, q.cols, q.data,
-                                                  moe_weight_bytes(&q)};
-            }
-            rc = moe_pack_writer_add_expert(w, l, e, parts, 3);
-            for (int k = 0; k < 3; k++)
-                free(bufs[k]);
-        }
-    if (rc == 0 && (rc = moe_pack_writer_set_json(w, "quant", json_pack("{s:s}", "experts",
-                                                                         "mixed"))) == 0)
-        return moe_pack_writer_commit(w);
-out:
-    if (w)
-        moe_pack_writer_abort(w);
-    return rc;
-}
-
 static int setup(void **state)
 {
     (void)state;
@@ -83,7 +51,7 @@ static int setup(void **state)
         return -1;
     int rc = moe_test_write_pack(m, pack_path);
     if (rc == 0)
-        rc = write_mixed_pack(m, mixed_path);
+        rc = moe_test_write_pack_as(m, mixed_path, odd_ones_q8, "mixed");
     moe_model_free(m);
     return rc;
 }
@@ -140,21 +108,29 @@ static float *decode_logits(const struct moe_model *m, int *rc_out)
     return out;
 }
 
-static void test_a_quarter_tier_gives_the_mapped_packs_logits_exactly(void **state)
+/* decode_logits of the pack at path served from its mapping */
+static float *mapped_logits(const char *path)
 {
-    (void)state;
     struct moe_model *mapped;
-    assert_int_equal(moe_model_open(pack_path, &mapped), 0);
+    assert_int_equal(moe_model_open(path, &mapped), 0);
     int rc;
     float *want = decode_logits(mapped, &rc);
     assert_int_equal(rc, 0);
-    size_t n = (size_t)N_IDS * mapped->cfg.vocab;
+    moe_model_free(mapped);
+    return want;
+}
+
+static void test_a_quarter_tier_gives_the_mapped_packs_logits_exactly(void **state)
+{
+    (void)state;
+    float *want = mapped_logits(pack_path);
+    int rc;
     for (int pol = MOE_CACHE_LRU; pol <= MOE_CACHE_LFRU; pol++)
         for (int pf = 0; pf <= 1; pf++) {
             struct moe_model *m = open_tiered(0.25, (enum moe_cache_policy_kind)pol, pf, NULL);
             float *got = decode_logits(m, &rc);
             assert_int_equal(rc, 0);
-            assert_memory_equal(got, want, n * sizeof(float));
+            assert_memory_equal(got, want, (size_t)N_IDS * m->cfg.vocab * sizeof(float));
             struct moe_offload_stats st;
             moe_offload_get_stats(moe_model_offload(m), &st);
             assert_true(st.misses > 0);    /* the tier really was too small for all */
@@ -167,21 +143,17 @@ static void test_a_quarter_tier_gives_the_mapped_packs_logits_exactly(void **sta
             moe_model_free(m);
         }
     free(want);
-    moe_model_free(mapped);
 }
 
 static void test_experts_of_two_sizes_get_a_slot_class_each_and_the_same_logits(void **state)
 {
     (void)state;
-    struct moe_model *mapped;
-    assert_int_equal(moe_model_open(mixed_path, &mapped), 0);
-    int rc;
-    float *want = decode_logits(mapped, &rc);
-    assert_int_equal(rc, 0);
+    float *want = mapped_logits(mixed_path);
     struct moe_model *m = open_tiered_at(mixed_path, 0.25, MOE_CACHE_LFRU, true, NULL);
+    int rc;
     float *got = decode_logits(m, &rc);
     assert_int_equal(rc, 0);
-    assert_memory_equal(got, want, (size_t)N_IDS * mapped->cfg.vocab * sizeof(float));
+    assert_memory_equal(got, want, (size_t)N_IDS * m->cfg.vocab * sizeof(float));
     struct moe_offload_stats st;
     moe_offload_get_stats(moe_model_offload(m), &st);
     size_t budget = (size_t)(0.25 * (double)expert_bytes(m));
@@ -192,7 +164,6 @@ static void test_experts_of_two_sizes_get_a_slot_class_each_and_the_same_logits(
     free(got);
     free(want);
     moe_model_free(m);
-    moe_model_free(mapped);
 }
 
 static void test_a_budget_below_one_layers_experts_is_refused_naming_host_bytes(void **state)

@@ -48,9 +48,9 @@ static const char usage[] =
     "\n"
     "FORMAT: bf16, q8, q4 (groups of 128), qmoe (ternary GPTQ + dictionary code,\n"
     "        under 1 bit per weight), qmoe-rtn (qmoe rounded to nearest, no GPTQ),\n"
-    "        gptq1 / gptq2 / gptq3 / gptq4 (GPTQ, groups of 128, fp16 scale and zero), mcmoe:B\n"
-    "        (MC-MoE: 1, 2 or 3 bits per expert, B bits on average, chosen per layer\n"
-    "        from calibration statistics; needs --calib)\n"
+    "        gptq1 / gptq2 / gptq3 / gptq4 (GPTQ, groups of 128, fp16 scale and zero),\n"
+    "        mcmoe:B (MC-MoE: 1, 2 or 3 bits per expert, B bits on average, chosen\n"
+    "        per layer from calibration statistics; needs --calib)\n"
     "\n"
     "  --calib FILE         calibration text for qmoe, gptq*, mcmoe (needs the model's\n"
     "                       tokenizer);\n"
@@ -94,7 +94,8 @@ const char *const pack_format_names[FMT_COUNT] = {
 
 static bool needs_calib(enum expert_format f)
 {
-    return f == FMT_QMOE || f == FMT_GPTQ1 || f == FMT_GPTQ2 || f == FMT_GPTQ3 || f == FMT_GPTQ4 || f == FMT_MCMOE;
+    return f == FMT_QMOE || f == FMT_GPTQ1 || f == FMT_GPTQ2 || f == FMT_GPTQ3 || f == FMT_GPTQ4 ||
+           f == FMT_MCMOE;
 }
 
 static int parse_args(int argc, char **argv, struct pack_opts *o)

@@ -4,11 +4,12 @@
 #      50% and 25% of the pack's expert bytes (O_DIRECT reads: the page cache
 #      plays no part) and of the plainly mapped pack, in turn for 3 rounds;
 #   2. the same pack served from its plain mapping (as llama.cpp does) inside a
-#      memory cgroup (v1) at each budget, the median of 3 rounds as the tier's: the limit is the memory a process
-#      decoding with the tier at that budget holds while it decodes (the
-#      tier, the dense pages it touched, KV cache, buffers: the largest cgroup
-#      usage over the last quarter of a run 4x as long), so both modes get the same
-#      memory in all. Page cache dropped before each run.
+#      memory cgroup (v1) at each budget, the median of 3 rounds as the tier's:
+#      the limit is the memory a process decoding with the tier at that budget
+#      holds while it decodes (the tier, the dense pages it touched, KV cache,
+#      buffers: the largest cgroup usage over the last quarter of a run 4x as
+#      long), so both modes get the same memory in all. Page cache dropped
+#      before each run.
 # One JSON line per measurement; needs root (cgroup, drop_caches).
 #   bash tests/bench/tier_bench.sh BIN PACK [PACK ...]   (TOKENS=32 by default)
 set -euo pipefail

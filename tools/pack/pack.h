@@ -19,8 +19,8 @@ struct moe_pool;
 struct moe_scratch;
 
 enum expert_format {
-    FMT_BF16, FMT_Q8, FMT_Q4, FMT_QMOE, FMT_QMOE_RTN, FMT_GPTQ1, FMT_GPTQ2, FMT_GPTQ3, FMT_GPTQ4, FMT_MCMOE,
-    FMT_COUNT
+    FMT_BF16, FMT_Q8, FMT_Q4, FMT_QMOE, FMT_QMOE_RTN, FMT_GPTQ1, FMT_GPTQ2, FMT_GPTQ3, FMT_GPTQ4,
+    FMT_MCMOE, FMT_COUNT
 };
 extern const char *const pack_format_names[FMT_COUNT];
 

@@ -404,27 +404,6 @@ int moe_offload_wait(struct moe_offload *o, int32_t e, const void **blob)
     return 0;
 }
 
-int moe_offload_acquire(struct moe_offload *o, int32_t layer, const bool *need,
-                        const void **blobs)
-{
-    int rc = moe_offload_begin(o, layer, need, blobs);
-    if (rc < 0)
-        return rc;
-    char why[320] = "";
-    for (int32_t e = 0; e < o->E; e++) {
-        if (!need[e] || blobs[e])
-            continue;
-        int r = moe_offload_wait(o, e, &blobs[e]);
-        if (r < 0 && rc == 0) { /* the first failure names itself; the others still land */
-            rc = r;
-            snprintf(why, sizeof(why), "%s", moe_err_msg());
-        }
-    }
-    if (rc < 0)
-        return moe_err(rc, "%s", why);
-    return 0;
-}
-
 void moe_offload_prefetch(struct moe_offload *o, int32_t layer, const bool *likely)
 {
     int32_t n_batch = 0, n_list = 0;

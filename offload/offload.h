@@ -5,11 +5,11 @@
  * O_DIRECT through io_uring (offload_nvme.h) into one arena allocated on the
  * chosen NUMA placement (offload_host.h); which blobs stay is the cache
  * policy's choice (offload_policy.h). The model asks for the experts a layer
- * needs just before running them (moe_offload_acquire: hits are free, all
- * misses are read together; or begin/wait, running the hits while the misses
- * are read), and may announce the next layer's likely experts
- * ahead of time (moe_offload_prefetch), whose reads then run while the current
- * layer computes. The arena is the tier: its size never changes, so the
+ * needs just before running them (moe_offload_begin: hits are handed out at
+ * once, all misses are read together, and moe_offload_wait hands out each as
+ * it lands, so the hits run meanwhile), and may announce the next layer's
+ * likely experts ahead of time (moe_offload_prefetch), whose reads then run
+ * while the current layer computes. The arena is the tier: its size never changes, so the
  * daemon's memory stays inside host_bytes plus the fixed overhead of the
  * dense weights and the tables here.
  *
@@ -73,29 +73,23 @@ int moe_offload_open(const struct moe_pack *pack, int32_t n_layers, int32_t n_ex
                      struct moe_offload **out);
 void moe_offload_close(struct moe_offload *o); /* NULL: no-op */
 
-/* Makes the experts of layer l with need[e] set resident and sets blobs[e] to
- * their bytes (the pack's blob layout); they stay put until the next acquire.
- * Misses are submitted together; prefetched reads in flight are waited for.
- * Returns 0, or -EIO naming the layer and expert whose blob could not be read
- * or failed its checksum after the retries (the slot is freed; the next
- * request tries again). */
-int moe_offload_acquire(struct moe_offload *o, int32_t layer, const bool *need,
-                        const void **blobs);
-
-/* moe_offload_acquire in two halves, so that a layer's resident experts can
- * run while its misses are still being read: begin pins the needed experts,
- * submits the misses together and sets blobs[e] for those resident now (NULL
- * for the others); moe_offload_wait then hands out each of the others, in any
- * order, blocking until its read lands (-EIO as acquire says). A begin that
- * is not followed by every wait leaves nothing inconsistent: the next begin
- * waits for what is still in flight. */
+/* An acquire of layer l's experts with need[e] set, in two halves so that
+ * the resident ones can run while the misses are still being read: begin pins
+ * them (they stay put until the next begin), submits the misses together and
+ * sets blobs[e] to the bytes (the pack's blob layout) of those resident now,
+ * NULL for the others; moe_offload_wait then hands out each of the others, in
+ * any order, blocking until its read (or a prefetched read in flight) lands.
+ * wait returns 0, or -EIO naming the layer and expert whose blob could not be
+ * read or failed its checksum after the retries (the slot is freed; the next
+ * request tries again). A begin not followed by every wait leaves nothing
+ * inconsistent: the next begin waits for what is still in flight. */
 int moe_offload_begin(struct moe_offload *o, int32_t layer, const bool *need,
                       const void **blobs);
 int moe_offload_wait(struct moe_offload *o, int32_t expert, const void **blob);
 
 /* Starts reads of layer l's experts with likely[e] set that are not resident,
  * into slots no current expert holds; never blocks, never evicts what the
- * last acquire handed out. With prefetch_auto, only when the cost model
+ * last begin handed out. With prefetch_auto, only when the cost model
  * expects the reads to shorten layer l's wait; the guess is scored against
  * layer l's acquire either way. */
 void moe_offload_prefetch(struct moe_offload *o, int32_t layer, const bool *likely);

@@ -13,6 +13,7 @@ enum moe_dtype {
     MOE_DTYPE_F16 = 1,
     MOE_DTYPE_Q8_0 = 8,  /* blocks of 32: fp16 scale d, 32 x int8 q; w = d*q */
     MOE_DTYPE_BF16 = 30,
+    MOE_DTYPE_MXFP4 = 39, /* OCP MX FP4: blocks of 32 E2M1 codes, E8M0 scale */
     /* moed's own formats (ids past ggml's range) */
     MOE_DTYPE_GQ1 = 101,  /* groups of 128: fp16 scale, fp16 zero, 16/32/48 */
     MOE_DTYPE_GQ2 = 102,  /* bytes of 1/2/3-bit codes; w = scale * (q - zero). */
@@ -28,6 +29,33 @@ struct moe_block_q8_0 {
     uint16_t d; /* fp16 */
     int8_t q[MOE_Q8_0_BLOCK];
 };
+
+/* MXFP4 (OCP microscaling, the format gpt-oss ships its experts in), ggml's
+ * block_mxfp4 byte for byte. Value j (0..15) of a block is the low nibble of
+ * qs[j], value j + 16 the high nibble. A nibble is an E2M1 code: bit 3 the
+ * sign, bits 0-2 the magnitude 0, 0.5, 1, 1.5, 2, 3, 4, 6 (code 8, -0,
+ * decodes to +0 as in ggml). The block's scale is 2^(e - 127) (E8M0); as in
+ * ggml, e = 0 is 2^-127 (a subnormal fp32) and e = 255, NaN in the OCP spec,
+ * is computed as 2^128 (ggml's validator refuses it in files; so does
+ * moe_mxfp4_from_hf). w = E2M1(code) * 2^(e - 127), formed in fp32 exactly
+ * (it overflows to inf only for e >= 253, which the quantiser never writes
+ * for finite values). */
+#define MOE_MXFP4_BLOCK 32
+struct moe_block_mxfp4 {
+    uint8_t e;      /* E8M0 scale */
+    uint8_t qs[16]; /* value j: qs[j] & 15; value j + 16: qs[j] >> 4 */
+};
+
+/* The Hugging Face checkpoint layout of gpt-oss (`*_blocks` [..., rows,
+ * cols/32, 16] and `*_scales` [..., rows, cols/32], both uint8) -> rows x
+ * cols of moed MXFP4 blocks at dst (cols / 32 * 17 bytes a row). There value
+ * 2j of a block is the LOW nibble of byte j and value 2j + 1 the high one; the
+ * codes and scales are moved, never requantised, so dst decodes to exactly
+ * what the checkpoint holds. cols must be a multiple of 32. -EINVAL (with the
+ * message naming row and block) for a scale of 255, NaN in the OCP spec;
+ * dst is then incomplete. */
+int moe_mxfp4_from_hf(const uint8_t *blocks, const uint8_t *scales, int64_t rows, int64_t cols,
+                      void *dst);
 
 struct moe_weight;
 

@@ -27,6 +27,7 @@ moe_gemm_fn moe_gemm_kernel(enum moe_dtype dtype, enum moe_isa isa)
         case MOE_DTYPE_F16: return moe_quant_gemm_f16_ref;
         case MOE_DTYPE_BF16: return moe_quant_gemm_bf16_ref;
         case MOE_DTYPE_Q8_0: return moe_quant_gemm_q8_0_ref;
+        case MOE_DTYPE_MXFP4: return moe_quant_gemm_mxfp4_ref;
         case MOE_DTYPE_GQ1: return moe_quant_gemm_gq1_ref;
         case MOE_DTYPE_GQ2: return moe_quant_gemm_gq2_ref;
         case MOE_DTYPE_GQ3: return moe_quant_gemm_gq3_ref;
@@ -41,6 +42,7 @@ moe_gemm_fn moe_gemm_kernel(enum moe_dtype dtype, enum moe_isa isa)
         case MOE_DTYPE_F16: return moe_quant_gemm_f16_avx2;
         case MOE_DTYPE_BF16: return moe_quant_gemm_bf16_avx2;
         case MOE_DTYPE_Q8_0: return moe_quant_gemm_q8_0_avx2;
+        case MOE_DTYPE_MXFP4: return moe_quant_gemm_mxfp4_avx2;
         case MOE_DTYPE_GQ1: return moe_quant_gemm_gq1_avx2;
         case MOE_DTYPE_GQ2: return moe_quant_gemm_gq2_avx2;
         case MOE_DTYPE_GQ3: return moe_quant_gemm_gq3_avx2;
@@ -54,6 +56,7 @@ moe_gemm_fn moe_gemm_kernel(enum moe_dtype dtype, enum moe_isa isa)
         case MOE_DTYPE_F16: return moe_quant_gemm_f16_avx512;
         case MOE_DTYPE_BF16: return moe_quant_gemm_bf16_avx512;
         case MOE_DTYPE_Q8_0: return moe_quant_gemm_q8_0_avx512;
+        case MOE_DTYPE_MXFP4: return moe_quant_gemm_mxfp4_avx512;
         case MOE_DTYPE_GQ1: return moe_quant_gemm_gq1_avx512;
         case MOE_DTYPE_GQ2: return moe_quant_gemm_gq2_avx512;
         case MOE_DTYPE_GQ3: return moe_quant_gemm_gq3_avx512;

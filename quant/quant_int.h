@@ -84,6 +84,26 @@ static inline uint32_t moe_qmoe_row_seek(const struct moe_qmoe_layout *L,
     return idx;
 }
 
+/* ---- MXFP4 (quant_mxfp4.c) ---------------------------------------------
+ * A block's weights are moe_mxfp4_kv2[code] * moe_mxfp4_half_scale(e): the
+ * E2M1 value doubled (an integer) times 2^(e - 128), as ggml forms them;
+ * every kernel multiplies these two fp32 numbers, so all agree on every
+ * weight. */
+extern const float moe_mxfp4_kv2[16];
+extern const uint32_t moe_mxfp4_half_scale_bits[256]; /* fp32 bits of 2^(e - 128) */
+
+static inline float moe_mxfp4_half_scale(uint8_t e)
+{
+    float f;
+    memcpy(&f, &moe_mxfp4_half_scale_bits[e], 4);
+    return f;
+}
+
+void moe_mxfp4_to_f32(const void *src, float *dst, int64_t n);
+void moe_mxfp4_from_f32(const float *src, void *dst, int64_t n); /* ggml's reference rule */
+void moe_quant_gemm_mxfp4_ref(const struct moe_weight *w, int64_t r0, int64_t r1,
+                              const float *x, int64_t ldx, int n, float *y, int64_t ldy);
+
 /* GQ traits conversions (quant_gq.c): to_f32 and the round-to-nearest
  * quantiser with the clipping search (GQ1: the sign rule); n % MOE_GQ_GROUP
  * == 0 */
@@ -118,6 +138,8 @@ float moe_quant_vec_dot_f32_avx2(const float *a, const float *b, int64_t n);
 void moe_quant_vec_axpy_f32_avx2(float *y, float a, const float *x, int64_t n);
 void moe_quant_gemm_qmoe_avx2(const struct moe_weight *w, int64_t r0, int64_t r1,
                               const float *x, int64_t ldx, int n, float *y, int64_t ldy);
+void moe_quant_gemm_mxfp4_avx2(const struct moe_weight *w, int64_t r0, int64_t r1,
+                               const float *x, int64_t ldx, int n, float *y, int64_t ldy);
 
 /* AVX-512 F/BW/VL/DQ (+ F16C) */
 void moe_quant_gemm_f32_avx512(const struct moe_weight *w, int64_t r0, int64_t r1,
@@ -140,6 +162,8 @@ float moe_quant_vec_dot_f32_avx512(const float *a, const float *b, int64_t n);
 void moe_quant_vec_axpy_f32_avx512(float *y, float a, const float *x, int64_t n);
 void moe_quant_gemm_qmoe_avx512(const struct moe_weight *w, int64_t r0, int64_t r1,
                                 const float *x, int64_t ldx, int n, float *y, int64_t ldy);
+void moe_quant_gemm_mxfp4_avx512(const struct moe_weight *w, int64_t r0, int64_t r1,
+                                 const float *x, int64_t ldx, int n, float *y, int64_t ldy);
 #endif
 
 #endif

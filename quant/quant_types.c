@@ -98,6 +98,11 @@ static const struct moe_dtype_traits traits_q8_0 = {
     .to_f32 = q8_0_to_f32, .from_f32 = q8_0_from_f32,
 };
 
+static const struct moe_dtype_traits traits_mxfp4 = {
+    .name = "mxfp4", .block_size = MOE_MXFP4_BLOCK, .block_bytes = sizeof(struct moe_block_mxfp4),
+    .to_f32 = moe_mxfp4_to_f32, .from_f32 = moe_mxfp4_from_f32,
+};
+
 static const struct moe_dtype_traits traits_gq4 = {
     .name = "gq4", .block_size = MOE_GQ_GROUP, .block_bytes = MOE_GQ4_GROUP_BYTES,
     .to_f32 = moe_gq4_to_f32, .from_f32 = moe_gq4_from_f32,
@@ -134,6 +139,7 @@ const struct moe_dtype_traits *moe_dtype_traits(int dtype)
     case MOE_DTYPE_F16: return &traits_f16;
     case MOE_DTYPE_Q8_0: return &traits_q8_0;
     case MOE_DTYPE_BF16: return &traits_bf16;
+    case MOE_DTYPE_MXFP4: return &traits_mxfp4;
     case MOE_DTYPE_QMOE: return &traits_qmoe;
     case MOE_DTYPE_GQ1: return &traits_gq1;
     case MOE_DTYPE_GQ2: return &traits_gq2;

@@ -1,0 +1,205 @@
+/* MXFP4 gemm on AVX2 + FMA + F16C. Only called after moe_isa_best() has
+ * seen them in cpuid.
+ *
+ * AVX2's vpermps indexes only 8 entries, too few for the 16 signed codes, so
+ * the codes are decoded with vpshufb instead: a 16-entry byte table of the
+ * doubled E2M1 values (-12 .. 12, integers) maps the nibbles of a block to
+ * 32 int8 in order (low nibbles are weights 0..15, high nibbles 16..31), and
+ * vpmovsxbd + vcvtdq2ps turn them into fp32.
+ *
+ * n == 1: each block's 32 products with x are summed unscaled, then scaled
+ * once by the block's half scale 2^(e - 128) into the row's accumulator (one
+ * fma per block instead of a multiply per weight). Only the rounding of the
+ * sum differs from the reference's, well inside the kernels' tolerance.
+ * n > 1: a panel of rows is decoded once into fp32 (weights exactly the
+ * reference's: the same fp32 product) and applied to tiles of packed tokens
+ * with a 3-row x 4-token register block, as quant_gq_avx2.c does. */
+#include <immintrin.h>
+
+#include "common/common.h"
+#include "quant/quant_int.h"
+
+#define INLINE static inline __attribute__((always_inline))
+
+#define QK MOE_MXFP4_BLOCK
+
+typedef struct moe_block_mxfp4 block;
+
+/* the doubled E2M1 values as int8, in both 128-bit lanes */
+INLINE __m256i kv2_bytes(void)
+{
+    return _mm256_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12, 0, 1, 2, 3,
+                            4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12);
+}
+
+INLINE __m256 half_scale(const block *b)
+{
+    return _mm256_castsi256_ps(_mm256_set1_epi32((int)moe_mxfp4_half_scale_bits[b->e]));
+}
+
+/* the block's 32 doubled E2M1 values as fp32, weights 8k .. 8k + 7 in w[k] */
+INLINE void block_values(const block *b, __m256i tab, __m256 w[4])
+{
+    /* lane 0: the 16 code bytes' low nibbles, lane 1: their high nibbles */
+    __m256i q = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)b->qs));
+    q = _mm256_and_si256(_mm256_srlv_epi32(q, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)),
+                         _mm256_set1_epi8(15));
+    __m256i v = _mm256_shuffle_epi8(tab, q); /* weights 0..31 as int8 */
+    __m128i v0 = _mm256_castsi256_si128(v), v1 = _mm256_extracti128_si256(v, 1);
+    w[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v0));
+    w[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v0, 8)));
+    w[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v1));
+    w[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v1, 8)));
+}
+
+INLINE float hsum8(__m256 v)
+{
+    __m128 q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    q = _mm_add_ss(q, _mm_movehdup_ps(q));
+    return _mm_cvtss_f32(q);
+}
+
+/* ---- n == 1 --------------------------------------------------------------- */
+
+/* sum over the block of kv2 * x, unscaled */
+INLINE __m256 block_dot(const block *b, __m256i tab, const float *x)
+{
+    __m256 w[4];
+    block_values(b, tab, w);
+    __m256 s = _mm256_mul_ps(w[0], _mm256_loadu_ps(x));
+    s = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(x + 8), s);
+    s = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(x + 16), s);
+    return _mm256_fmadd_ps(w[3], _mm256_loadu_ps(x + 24), s);
+}
+
+INLINE float dot_row(const block *row, const float *x, int64_t nb)
+{
+    const __m256i tab = kv2_bytes();
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        a0 = _mm256_fmadd_ps(block_dot(&row[b], tab, x + b * QK), half_scale(&row[b]), a0);
+        a1 = _mm256_fmadd_ps(block_dot(&row[b + 1], tab, x + (b + 1) * QK),
+                             half_scale(&row[b + 1]), a1);
+    }
+    if (b < nb)
+        a0 = _mm256_fmadd_ps(block_dot(&row[b], tab, x + b * QK), half_scale(&row[b]), a0);
+    return hsum8(_mm256_add_ps(a0, a1));
+}
+
+/* ---- n > 1 ---------------------------------------------------------------- */
+
+#define MR 3
+#define NT 4
+#define KC 1024 /* columns per pass, a multiple of QK: 4 tokens x 4 KiB of L1 */
+#define PR 30   /* rows per decoded panel (a multiple of MR): 120 KiB of L2 */
+
+static void convert_panel(const uint8_t *base, size_t rb, int R, int64_t k0, int64_t kc,
+                          float *wb)
+{
+    const __m256i tab = kv2_bytes();
+    for (int i = 0; i < R; i++) {
+        const block *b = (const block *)(base + (size_t)i * rb) + k0 / QK;
+        float *d = wb + (size_t)i * KC;
+        for (int64_t c = 0; c < kc; c += QK, b++, d += QK) {
+            __m256 w[4], s = half_scale(b);
+            block_values(b, tab, w);
+#pragma GCC unroll 4
+            for (int k = 0; k < 4; k++)
+                _mm256_store_ps(d + 8 * k, _mm256_mul_ps(w[k], s));
+        }
+    }
+}
+
+static void pack_x(const float *x, int64_t ldx, int T, int64_t k0, int64_t kc, float *xp)
+{
+    for (int64_t c = 0; c < kc; c += 8, xp += T * 8)
+        for (int j = 0; j < T; j++)
+            _mm256_store_ps(xp + j * 8, _mm256_loadu_ps(x + j * ldx + k0 + c));
+}
+
+INLINE void microkernel(const int R, const int T, const float *wb, int64_t kc, const float *xp,
+                        float *y, int64_t ldy, bool add)
+{
+    __m256 acc[MR][NT];
+#pragma GCC unroll 3
+    for (int i = 0; i < R; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < T; j++)
+            acc[i][j] = _mm256_setzero_ps();
+    for (int64_t c = 0; c < kc; c += 8, xp += T * 8) {
+        __m256 wv[MR];
+#pragma GCC unroll 3
+        for (int i = 0; i < R; i++)
+            wv[i] = _mm256_load_ps(wb + i * KC + c);
+#pragma GCC unroll 4
+        for (int j = 0; j < T; j++) {
+            __m256 xv = _mm256_load_ps(xp + j * 8);
+#pragma GCC unroll 3
+            for (int i = 0; i < R; i++)
+                acc[i][j] = _mm256_fmadd_ps(wv[i], xv, acc[i][j]);
+        }
+    }
+#pragma GCC unroll 3
+    for (int i = 0; i < R; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < T; j++) {
+            float s = hsum8(acc[i][j]);
+            y[j * ldy + i] = add ? y[j * ldy + i] + s : s;
+        }
+}
+
+INLINE void tile(const int T, int R, const float *wb, int64_t kc, const float *xp, float *y,
+                 int64_t ldy, bool add)
+{
+    int i = 0;
+    for (; i + MR <= R; i += MR)
+        microkernel(MR, T, wb + (size_t)i * KC, kc, xp, y + i, ldy, add);
+    for (; i < R; i++)
+        microkernel(1, T, wb + (size_t)i * KC, kc, xp, y + i, ldy, add);
+}
+
+static void gemm_batched(const struct moe_weight *w, int64_t r0, int64_t r1, const float *x,
+                         int64_t ldx, int n, float *y, int64_t ldy)
+{
+    float wb[PR * KC] __attribute__((aligned(32)));
+    float xp[NT * KC] __attribute__((aligned(32)));
+    const uint8_t *base = w->data;
+    size_t rb = w->row_bytes;
+    int64_t cols = w->cols;
+    for (int64_t p0 = r0; p0 < r1; p0 += PR) {
+        int R = (int)MOE_MIN((int64_t)PR, r1 - p0);
+        for (int64_t k0 = 0; k0 < cols; k0 += KC) {
+            int64_t kc = MOE_MIN((int64_t)KC, cols - k0);
+            convert_panel(base + (size_t)p0 * rb, rb, R, k0, kc, wb);
+            bool add = k0 > 0;
+            for (int t0 = 0; t0 < n; t0 += NT) {
+                int T = MOE_MIN(NT, n - t0);
+                pack_x(x + t0 * ldx, ldx, T, k0, kc, xp);
+                float *yt = y + t0 * ldy + p0;
+                switch (T) {
+                case 1: tile(1, R, wb, kc, xp, yt, ldy, add); break;
+                case 2: tile(2, R, wb, kc, xp, yt, ldy, add); break;
+                case 3: tile(3, R, wb, kc, xp, yt, ldy, add); break;
+                default: tile(NT, R, wb, kc, xp, yt, ldy, add); break;
+                }
+            }
+        }
+    }
+}
+
+void moe_quant_gemm_mxfp4_avx2(const struct moe_weight *w, int64_t r0, int64_t r1,
+                               const float *x, int64_t ldx, int n, float *y, int64_t ldy)
+{
+    if (n <= 0 || r1 <= r0)
+        return;
+    if (n == 1) {
+        const uint8_t *base = w->data;
+        int64_t nb = w->cols / QK;
+        for (int64_t r = r0; r < r1; r++)
+            y[r] = dot_row((const block *)(base + (size_t)r * w->row_bytes), x, nb);
+    } else {
+        gemm_batched(w, r0, r1, x, ldx, n, y, ldy);
+    }
+}

@@ -8,6 +8,8 @@
 #include <stdint.h>
 
 #define MOE_ROUTER_MAX_K 16
+#define MOE_ROUTER_MAX_EXPERTS 1024 /* experts per layer the routers handle */
+#define MOE_ROUTER_MAX_GROUPS 64    /* expert groups (n_group) */
 #define MOE_ROUTER_MAX_LAYERS 256 /* = MOE_MAX_LAYERS (model/) */
 
 struct moe_route {
@@ -35,6 +37,37 @@ struct moe_router_stats {
  * (Mixtral, Qwen3-MoE) or kept as they are (Qwen2-MoE, OLMoE). */
 void moe_router_topk(const float *logits, int32_t n_experts, int32_t k, bool renorm,
                      struct moe_route *out);
+
+/* ---- the routers of other architectures ----------------------------------------
+ * How a layer's router turns its logits into experts and weights. */
+enum moe_router_kind {
+    MOE_ROUTE_SOFTMAX,       /* softmax over all, top-k, optional renormalisation */
+    MOE_ROUTE_SOFTMAX_GROUP, /* DeepSeek-V2 group_limited_greedy: groups ranked by their max */
+    MOE_ROUTE_SIGMOID,       /* sigmoid scores; score + correction bias picks; groups
+                              * ranked by the sum of their top two (DeepSeek-V3, GLM-4.5,
+                              * dots.llm1, MiniMax-M2) */
+    MOE_ROUTE_TOPK_SOFTMAX,  /* gpt-oss: top-k of the logits, softmax over those k */
+    MOE_ROUTE_SOFTMAX_BIAS,  /* ERNIE-4.5: softmax; prob + correction bias picks */
+};
+
+struct moe_router_cfg {
+    enum moe_router_kind kind;
+    bool renorm;              /* kept weights divided by their sum */
+    int32_t n_group, topk_group; /* > 1 groups: only the topk_group best groups compete */
+    float scale;              /* weights times this at the end (routed_scaling_factor) */
+    float norm_min;           /* SOFTMAX_BIAS: the divisor is at least this */
+    const float *bias;        /* [n_experts] correction bias (SIGMOID, SOFTMAX_BIAS) or NULL */
+};
+
+/* Routes one token as its architecture does (transformers' routers, ties to
+ * the lower index), the kept experts in decreasing weight order. ODP as in
+ * moe_router_topk_prune: with beta > 0 every expert j >= 1 whose weight is
+ * below beta times the first's is dropped and the kept ones are scaled so
+ * their sum stays the sum of the k weights. MOE_ROUTE_SOFTMAX is exactly
+ * moe_router_topk_prune (times scale when it is not 1). */
+int32_t moe_router_route(const struct moe_router_cfg *cfg, const float *logits,
+                         int32_t n_experts, int32_t k, float beta, struct moe_route *out,
+                         struct moe_router_layer_stats *st);
 
 /* ---- online dynamic pruning (docs/ALGORITHMS.md section 2) -------------------
  * Top-k as above, then every expert j >= 1 (0-based, so never the first)

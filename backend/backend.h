@@ -23,6 +23,13 @@ void moe_pool_run(struct moe_pool *pool, moe_task_fn fn, void *arg);
 void moe_matmul(struct moe_pool *pool, const struct moe_weight *w,
                 const float *x, int n, float *y);
 
+/* A weight whose rows come in `groups` equal groups, each applied to its
+ * own slice of every token's input (MLA's per-head matrices): for group g,
+ * y[t][g*R + r] = sum_c W[g*R + r][c] * x[t*ldx + g*xg + c] with R =
+ * rows / groups and c < cols; y is [n][rows] contiguous. */
+void moe_matmul_grouped(struct moe_pool *pool, const struct moe_weight *w, int groups,
+                        const float *x, int64_t ldx, int64_t xg, int n, float *y);
+
 /* Best of reps timed reads of a bytes-sized buffer by every thread of the
  * pool, in GB/s: the memory roofline of a decode step. */
 double moe_mem_read_bandwidth_gbs(struct moe_pool *pool, size_t bytes, int reps);

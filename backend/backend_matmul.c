@@ -112,3 +112,52 @@ void moe_matmul(struct moe_pool *pool, const struct moe_weight *w, const float *
     }
     moe_pool_run(pool, matmul_part, &t);
 }
+
+/* ---- one weight per group of rows (MLA's per-head absorbed matrices) ------------ */
+
+struct grouped_task {
+    moe_gemm_fn fn;
+    const struct moe_weight *w;
+    const float *x;
+    float *y;
+    int64_t ldx, xg, rows_per_group, chunk_rows, chunks_per_group, n_items;
+    int n;
+    _Alignas(64) int64_t next; /* the next (group, chunk) item to take */
+};
+
+static void grouped_part(void *argp, int ith, int nth)
+{
+    struct grouped_task *t = argp;
+    int64_t i;
+    while ((i = __atomic_fetch_add(&t->next, 1, __ATOMIC_RELAXED)) < t->n_items) {
+        int64_t g = i / t->chunks_per_group, c = i % t->chunks_per_group;
+        int64_t r0 = g * t->rows_per_group + c * t->chunk_rows;
+        int64_t r1 = MOE_MIN((g + 1) * t->rows_per_group, r0 + t->chunk_rows);
+        t->fn(t->w, r0, r1, t->x + g * t->xg, t->ldx, t->n, t->y, t->w->rows);
+    }
+}
+
+void moe_matmul_grouped(struct moe_pool *pool, const struct moe_weight *w, int groups,
+                        const float *x, int64_t ldx, int64_t xg, int n, float *y)
+{
+    if (n <= 0 || w->rows <= 0 || groups <= 0)
+        return;
+    moe_gemm_fn fn = moe_gemm_kernel(w->dtype, moe_isa_best());
+    if (!fn)
+        fn = moe_gemm_kernel(w->dtype, MOE_ISA_REF);
+    assert(fn && "moe_matmul_grouped: weight of unknown dtype");
+    assert(w->rows % groups == 0);
+    struct grouped_task t = {.fn = fn, .w = w, .x = x, .y = y, .ldx = ldx, .xg = xg, .n = n};
+    t.rows_per_group = w->rows / groups;
+    size_t chunk_bytes = n == 1 ? CHUNK_BYTES_GEMV : CHUNK_BYTES_GEMM;
+    t.chunk_rows = MOE_MAX((int64_t)(chunk_bytes / MOE_MAX(w->row_bytes, (size_t)1)),
+                           (int64_t)CHUNK_ROWS_MIN);
+    t.chunk_rows = MOE_MIN(t.chunk_rows, t.rows_per_group);
+    t.chunks_per_group = (t.rows_per_group + t.chunk_rows - 1) / t.chunk_rows;
+    t.n_items = t.chunks_per_group * groups;
+    if (moe_pool_threads(pool) <= 1 || w->rows * w->cols * (int64_t)n < SERIAL_MACS) {
+        grouped_part(&t, 0, 1);
+        return;
+    }
+    moe_pool_run(pool, grouped_part, &t);
+}

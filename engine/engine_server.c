@@ -677,18 +677,18 @@ static int kv_pool_create(struct moe_engine *e)
     struct moe_kv_params p = e->lim.kv;
     if (p.key_bits == 0)
         p = (struct moe_kv_params){32, 32, 64, 0};
-    int rc = moe_kv_params_check(&p, c->head_dim);
+    struct moe_kv_shape sh;
+    moe_model_kv_shape(e->model, 0, &sh);
+    int rc = moe_kv_params_check(&p, &sh);
     if (rc < 0)
         return rc;
     int64_t units;
     if (e->lim.kv_bytes > 0) {
-        units = (int64_t)(e->lim.kv_bytes /
-                          moe_kv_unit_bytes_for_params(c->n_layers, c->n_kv_heads, c->head_dim, &p));
+        units = (int64_t)(e->lim.kv_bytes / moe_kv_unit_bytes_for_params(&sh, &p));
     } else {
         int64_t tokens = e->lim.kv_tokens > 0 ? e->lim.kv_tokens
                                               : (int64_t)e->lim.max_seqs * e->lim.max_ctx;
-        units = moe_kv_units_for_tokens(c->n_layers, c->n_kv_heads, c->head_dim, &p, tokens,
-                                        e->lim.max_seqs);
+        units = moe_kv_units_for_tokens(&sh, &p, tokens, e->lim.max_seqs);
     }
     if (units < c->n_layers)
         return moe_err(-EINVAL, "[kv] pool too small: not one block per layer");

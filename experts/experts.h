@@ -10,11 +10,22 @@
 
 struct moe_pool;
 
-/* One SwiGLU FFN: down(silu(gate x) * up x). */
+/* One gated FFN: down(act(gate x + bg, up x + bu)) + bd, biases optional. */
 struct moe_expert_weights {
     struct moe_weight gate; /* w1 [ffn, hidden] */
     struct moe_weight up;   /* w3 [ffn, hidden] */
     struct moe_weight down; /* w2 [hidden, ffn] */
+    const float *b_gate, *b_up, *b_down; /* [ffn], [ffn], [hidden] or NULL */
+};
+
+/* The activation of an FFN:
+ *   silu:       silu(g) * u
+ *   swiglu_oai: g' = min(g, limit), u' = clamp(u, -limit, limit),
+ *               g' * sigmoid(alpha * g') * (u' + 1)          (gpt-oss) */
+enum moe_ffn_act_kind { MOE_FFN_SILU, MOE_FFN_SWIGLU_OAI };
+struct moe_ffn_kind {
+    enum moe_ffn_act_kind act;
+    float alpha, limit;
 };
 
 /* Reusable buffers; grown on demand, never shrunk. */
@@ -34,6 +45,8 @@ int moe_experts_run(struct moe_pool *pool, const struct moe_expert_weights *expe
                     int32_t n_experts, const float *x, int32_t n, int32_t hidden,
                     const struct moe_route *routes, float *y,
                     struct moe_experts_scratch *scratch);
+/* The same with another activation (kind NULL = silu) and an expert source:
+ * moe_experts_run_from below. */
 
 /* Where moe_experts_run_from's weights come from when some are still on their
  * way (offload: being read from the pack): the experts with ready[e] run
@@ -47,13 +60,15 @@ struct moe_expert_source {
     void *ctx;
 };
 int moe_experts_run_from(struct moe_pool *pool, const struct moe_expert_weights *experts,
-                         const struct moe_expert_source *src, int32_t n_experts, const float *x,
-                         int32_t n, int32_t hidden, const struct moe_route *routes, float *y,
+                         const struct moe_expert_source *src, const struct moe_ffn_kind *kind,
+                         int32_t n_experts, const float *x, int32_t n, int32_t hidden,
+                         const struct moe_route *routes, float *y,
                          struct moe_experts_scratch *scratch);
 
-/* out[n][hidden] = ffn(x[n][hidden]) for one expert (shared experts, dense MLPs).
- * gate/up are scratch of [n][ffn]. */
-void moe_expert_ffn(struct moe_pool *pool, const struct moe_expert_weights *w, const float *x,
-                    int32_t n, float *gate, float *up, float *out);
+/* out[n][hidden] = ffn(x[n][hidden]) for one expert (shared experts, dense
+ * MLPs; kind NULL = silu). gate/up are scratch of [n][ffn]. */
+void moe_expert_ffn(struct moe_pool *pool, const struct moe_expert_weights *w,
+                    const struct moe_ffn_kind *kind, const float *x, int32_t n, float *gate,
+                    float *up, float *out);
 
 #endif

@@ -54,22 +54,43 @@ static inline float silu(float v)
     return v / (1.0f + expf(-v));
 }
 
-void moe_expert_ffn(struct moe_pool *pool, const struct moe_expert_weights *w, const float *x,
-                    int32_t n, float *gate, float *up, float *out)
+static void add_bias(float *y, const float *b, int32_t n, int64_t dim)
+{
+    if (!b)
+        return;
+    for (int32_t t = 0; t < n; t++)
+        for (int64_t i = 0; i < dim; i++)
+            y[t * dim + i] += b[i];
+}
+
+void moe_expert_ffn(struct moe_pool *pool, const struct moe_expert_weights *w,
+                    const struct moe_ffn_kind *kind, const float *x, int32_t n, float *gate,
+                    float *up, float *out)
 {
     int64_t ffn = w->gate.rows;
     moe_matmul(pool, &w->gate, x, n, gate);
     moe_matmul(pool, &w->up, x, n, up);
-    for (int64_t i = 0; i < (int64_t)n * ffn; i++)
-        gate[i] = silu(gate[i]) * up[i];
+    add_bias(gate, w->b_gate, n, ffn);
+    add_bias(up, w->b_up, n, ffn);
+    if (!kind || kind->act == MOE_FFN_SILU) {
+        for (int64_t i = 0; i < (int64_t)n * ffn; i++)
+            gate[i] = silu(gate[i]) * up[i];
+    } else { /* gpt-oss: the clamps first, then a sigmoid with a slope, and up + 1 */
+        float lim = kind->limit, a = kind->alpha;
+        for (int64_t i = 0; i < (int64_t)n * ffn; i++) {
+            float g = fminf(gate[i], lim), u = fminf(fmaxf(up[i], -lim), lim);
+            gate[i] = g / (1.0f + expf(-a * g)) * (u + 1.0f);
+        }
+    }
     moe_matmul(pool, &w->down, gate, n, out);
+    add_bias(out, w->b_down, n, w->down.rows);
 }
 
 /* expert e over its m gathered tokens (order[begin..begin+m)), outputs into
  * s->out rows [begin, begin+m) */
-static void run_expert(struct moe_pool *pool, const struct moe_expert_weights *w, const float *x,
-                       int32_t n, int32_t hidden, struct moe_experts_scratch *s, int32_t begin,
-                       int32_t m)
+static void run_expert(struct moe_pool *pool, const struct moe_expert_weights *w,
+                       const struct moe_ffn_kind *kind, const float *x, int32_t n, int32_t hidden,
+                       struct moe_experts_scratch *s, int32_t begin, int32_t m)
 {
     const float *xin = x;
     if (m > 1 || n > 1) {
@@ -80,7 +101,7 @@ static void run_expert(struct moe_pool *pool, const struct moe_expert_weights *w
         }
         xin = s->xin;
     }
-    moe_expert_ffn(pool, w, xin, m, s->gate, s->up, s->out + (size_t)begin * hidden);
+    moe_expert_ffn(pool, w, kind, xin, m, s->gate, s->up, s->out + (size_t)begin * hidden);
 }
 
 int moe_experts_run(struct moe_pool *pool, const struct moe_expert_weights *experts,
@@ -88,13 +109,13 @@ int moe_experts_run(struct moe_pool *pool, const struct moe_expert_weights *expe
                     const struct moe_route *routes, float *y,
                     struct moe_experts_scratch *s)
 {
-    return moe_experts_run_from(pool, experts, NULL, n_experts, x, n, hidden, routes, y, s);
+    return moe_experts_run_from(pool, experts, NULL, NULL, n_experts, x, n, hidden, routes, y, s);
 }
 
 int moe_experts_run_from(struct moe_pool *pool, const struct moe_expert_weights *experts,
-                         const struct moe_expert_source *src, int32_t n_experts, const float *x,
-                         int32_t n, int32_t hidden, const struct moe_route *routes, float *y,
-                         struct moe_experts_scratch *s)
+                         const struct moe_expert_source *src, const struct moe_ffn_kind *kind,
+                         int32_t n_experts, const float *x, int32_t n, int32_t hidden,
+                         const struct moe_route *routes, float *y, struct moe_experts_scratch *s)
 {
     size_t slots = 0;
     for (int32_t t = 0; t < n; t++)
@@ -130,7 +151,7 @@ int moe_experts_run_from(struct moe_pool *pool, const struct moe_expert_weights 
                 rc = rc < 0 ? rc : r;
             }
             if (rc == 0)
-                run_expert(pool, w, x, n, hidden, s, begin, m);
+                run_expert(pool, w, kind, x, n, hidden, s, begin, m);
         }
     }
     if (rc < 0)

@@ -15,6 +15,13 @@
  * Attention reads the quantised units directly (ALGORITHMS.md section 4);
  * no fp copy of the cache is ever made.
  *
+ * The shape (struct moe_kv_shape) covers multi-head latent attention too:
+ * with v_in_k a token stores one key vector per kv head and its value is the
+ * key's first v_dim channels (MLA's compressed latent; nothing else stored,
+ * quantised per channel as keys are). A layer with a sliding window keeps
+ * only the blocks its window still reaches: older ones go back to the pool
+ * after each attention (a ring of blocks), so its cache stays bounded.
+ *
  * A pool is used by one thread at a time (the engine thread, or a session). */
 #ifndef MOE_KV_H
 #define MOE_KV_H
@@ -27,19 +34,30 @@ struct moe_pool;
 struct moe_kv;
 struct moe_kv_pool;
 
+/* What one token stores per layer, and each layer's window. */
+struct moe_kv_shape {
+    int32_t n_layers, n_kv_heads;
+    int32_t k_dim, v_dim;  /* per kv head */
+    bool v_in_k;           /* values are the keys' first v_dim channels (MLA) */
+    const int32_t *window; /* [n_layers]: the last window[l] positions are attended
+                            * (0 = all), or NULL: none; copied by the pool */
+    int32_t max_chunk;     /* most tokens one sequence adds in one forward (0 =
+                            * unbounded): what a window layer's bound counts */
+};
+
 struct moe_kv_params {
     int32_t key_bits, value_bits; /* 32, 16, 8, 4, 2 (32 beside 2/4/8 acts as 16) */
     int32_t group;                /* G: tokens per block, 32, 64 or 128 */
     int32_t residual;             /* R: tokens kept fp16, a multiple of G (KIVI mode) */
 };
 
-/* Validates p (message on error). */
-int moe_kv_params_check(const struct moe_kv_params *p, int32_t head_dim);
+/* Validates p for a shape (message on error). */
+int moe_kv_params_check(const struct moe_kv_params *p, const struct moe_kv_shape *sh);
 
 /* A pool of n_units units. Memory is reserved up front but only touched as
  * units are used. */
-int moe_kv_pool_create(int32_t n_layers, int32_t n_kv_heads, int32_t head_dim,
-                       const struct moe_kv_params *p, int64_t n_units, struct moe_kv_pool **out);
+int moe_kv_pool_create(const struct moe_kv_shape *sh, const struct moe_kv_params *p,
+                       int64_t n_units, struct moe_kv_pool **out);
 void moe_kv_pool_free(struct moe_kv_pool *pool);
 /* Bytes of one unit, and units one sequence of n_tokens needs at most
  * (all layers, residual window included). */
@@ -47,14 +65,16 @@ size_t moe_kv_pool_unit_bytes(const struct moe_kv_pool *pool);
 int64_t moe_kv_pool_units_for(const struct moe_kv_pool *pool, int64_t n_tokens);
 /* Units a pool needs so that it can hold n_tokens tokens of cache, each
  * sequence of max_ctx contributing its own window (for [kv] tokens). */
-int64_t moe_kv_units_for_params(int32_t n_layers, int32_t n_kv_heads, int32_t head_dim,
-                                const struct moe_kv_params *p, int64_t n_tokens);
+int64_t moe_kv_units_for_params(const struct moe_kv_shape *sh, const struct moe_kv_params *p,
+                                int64_t n_tokens);
 /* Units for n_tokens tokens of cache in all, shared by up to n_seqs
  * sequences (each with its own window). */
-int64_t moe_kv_units_for_tokens(int32_t n_layers, int32_t n_kv_heads, int32_t head_dim,
-                                const struct moe_kv_params *p, int64_t n_tokens, int32_t n_seqs);
-size_t moe_kv_unit_bytes_for_params(int32_t n_layers, int32_t n_kv_heads, int32_t head_dim,
-                                    const struct moe_kv_params *p);
+int64_t moe_kv_units_for_tokens(const struct moe_kv_shape *sh, const struct moe_kv_params *p,
+                                int64_t n_tokens, int32_t n_seqs);
+size_t moe_kv_unit_bytes_for_params(const struct moe_kv_shape *sh, const struct moe_kv_params *p);
+/* Bytes one token of one layer takes once quantised (its share of a block,
+ * scales included; the fp16 window and block rounding not counted). */
+double moe_kv_token_bytes(const struct moe_kv_shape *sh, const struct moe_kv_params *p);
 
 struct moe_kv_pool_stats {
     int64_t units_total, units_used, units_reserved; /* reserved: promised, not yet taken */
@@ -76,30 +96,38 @@ int moe_kv_reserve(struct moe_kv *kv, int32_t n_tokens);
 /* Gives every unit and reservation back; the sequence is empty. */
 void moe_kv_reset(struct moe_kv *kv);
 
-/* The old interface: a sequence with a private fp32 pool of max_ctx tokens
- * (exact, as before paging). */
-int moe_kv_create(int32_t n_layers, int32_t n_kv_heads, int32_t head_dim, int32_t max_ctx,
+/* A sequence with a private pool of max_ctx tokens (p NULL = fp32, exact):
+ * a session's own cache. */
+int moe_kv_create(const struct moe_kv_shape *sh, const struct moe_kv_params *p, int32_t max_ctx,
                   struct moe_kv **out);
-/* The same with other parameters (p NULL = fp32): a session's own cache. */
-int moe_kv_create_params(int32_t n_layers, int32_t n_kv_heads, int32_t head_dim,
-                         const struct moe_kv_params *p, int32_t max_ctx, struct moe_kv **out);
 void moe_kv_free(struct moe_kv *kv); /* units back to the pool (and a private pool freed) */
 int32_t moe_kv_capacity(const struct moe_kv *kv);
 
-/* Stores one token's k and v ([n_kv_heads*head_dim], already roped) of
- * layer at position pos. pos may go back (the cache of that layer is cut
- * there first). -ENOSPC with a message when the pool has no unit left; the
- * sequence then stays as it was and no other sequence is touched. */
+/* Stores one token's k [n_kv_heads*k_dim] and v [n_kv_heads*v_dim] (NULL
+ * with v_in_k), already roped, of layer at position pos. pos may go back
+ * (the cache of that layer is cut there first; -EINVAL when a window layer
+ * has already given those blocks back). -ENOSPC with a message when the
+ * pool has no unit left; the sequence then stays as it was and no other
+ * sequence is touched. */
 int moe_kv_store(struct moe_kv *kv, int32_t layer, int32_t pos, const float *k, const float *v);
 
-/* Causal grouped-query attention for a batch of n query tokens that may
- * belong to different sequences: token i attends to positions 0..pos[i] of
- * kvs[i] (which must already hold them). q [n][n_heads*head_dim] ->
- * out [n][n_heads*head_dim], scale 1/sqrt(hd). scores: scratch of
- * threads x (largest pos + 1) floats. */
+/* How the query heads attend. */
+struct moe_kv_attn {
+    int32_t n_heads;    /* query heads, a multiple of the kv heads */
+    float scale;        /* of q.k */
+    const float *sinks; /* [n_heads]: a learned logit per head in each softmax's
+                         * denominator (gpt-oss), or NULL */
+};
+
+/* Causal attention for a batch of n query tokens that may belong to
+ * different sequences: token i attends to positions 0..pos[i] of kvs[i]
+ * (the last window[layer] of them on a window layer; they must be stored).
+ * q [n][n_heads*k_dim] -> out [n][n_heads*v_dim]. scores: scratch of
+ * threads x (largest pos + 1) floats. Afterwards every window layer of the
+ * kvs gives back the blocks no later token can reach. */
 void moe_kv_attention(struct moe_pool *pool, struct moe_kv *const *kvs, const int32_t *pos,
-                      int32_t n, int32_t layer, int32_t n_heads, const float *q, float *out,
-                      float *scores, size_t scores_stride);
+                      int32_t n, int32_t layer, const struct moe_kv_attn *a, const float *q,
+                      float *out, float *scores, size_t scores_stride);
 
 /* Test hook: which kernels attention uses (0 ref, 1 AVX2, 2 AVX-512, as
  * enum moe_isa); -1 = the best this CPU has. Returns the ISA now in use. */

@@ -16,6 +16,13 @@ static void v_accum_avx2(int bits, int Gv, int D, const uint8_t *codes, const ui
         moe_kv_ops_ref.v_accum(bits, Gv, D, codes, sm, p, cnt, out);
 }
 
+static void k_accum_avx2(int bits, int G, int Dv, const uint8_t *codes, const uint16_t *scale,
+                         const uint16_t *min, const float *p, int cnt, float *out)
+{
+    if (!k_accum256(bits, G, Dv, codes, scale, min, p, cnt, out))
+        moe_kv_ops_ref.k_accum(bits, G, Dv, codes, scale, min, p, cnt, out);
+}
+
 static float dot_f16_avx2(const float *q, const uint16_t *k, int D)
 {
     float r;
@@ -28,5 +35,5 @@ static void axpy_f16_avx2(float *out, float a, const uint16_t *v, int D)
         moe_kv_ops_ref.axpy_f16(out, a, v, D);
 }
 
-const struct moe_kv_ops moe_kv_ops_avx2 = {k_scores_avx2, v_accum_avx2, dot_f16_avx2,
+const struct moe_kv_ops moe_kv_ops_avx2 = {k_scores_avx2, v_accum_avx2, k_accum_avx2, dot_f16_avx2,
                                            axpy_f16_avx2};

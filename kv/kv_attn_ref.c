@@ -62,6 +62,21 @@ static void v_accum_ref(int bits, int Gv, int D, const uint8_t *codes, const uin
     }
 }
 
+static void k_accum_ref(int bits, int G, int Dv, const uint8_t *codes, const uint16_t *scale,
+                        const uint16_t *min, const float *p, int cnt, float *out)
+{
+    size_t row = (size_t)G * bits / 8;
+    float psum = 0.0f;
+    for (int t = 0; t < cnt; t++)
+        psum += p[t];
+    for (int c = 0; c < Dv; c++) {
+        float acc = 0.0f;
+        for (int t = 0; t < cnt; t++)
+            acc += p[t] * (float)moe_kv_code(codes + c * row, G, bits, t);
+        out[c] += moe_f16_to_f32(scale[c]) * acc + moe_f16_to_f32(min[c]) * psum;
+    }
+}
+
 static float dot_f16_ref(const float *q, const uint16_t *k, int D)
 {
     float s = 0.0f;
@@ -76,4 +91,5 @@ static void axpy_f16_ref(float *out, float a, const uint16_t *v, int D)
         out[c] += a * moe_f16_to_f32(v[c]);
 }
 
-const struct moe_kv_ops moe_kv_ops_ref = {k_scores_ref, v_accum_ref, dot_f16_ref, axpy_f16_ref};
+const struct moe_kv_ops moe_kv_ops_ref = {k_scores_ref, v_accum_ref, k_accum_ref, dot_f16_ref,
+                                          axpy_f16_ref};

@@ -128,6 +128,35 @@ KV_INLINE int v_accum256(int bits, int Gv, int D, const uint8_t *codes, const ui
     return 0;
 }
 
+/* keys as values (MLA): per channel, the weights' dot with its G codes */
+KV_INLINE int k_accum256(int bits, int G, int Dv, const uint8_t *codes, const uint16_t *scale,
+                         const uint16_t *min, const float *p, int cnt, float *out)
+{
+    const int per = 8 / bits, nbytes = G * bits / 8;
+    if (cnt != G || nbytes % 8)
+        return 0;
+    __m256 ps = _mm256_setzero_ps();
+    for (int t = 0; t < G; t += 8)
+        ps = _mm256_add_ps(ps, _mm256_loadu_ps(p + t));
+    float psum = hsum256(ps);
+    for (int c = 0; c < Dv; c++) {
+        const uint8_t *r = codes + (size_t)c * nbytes;
+        __m256 A = _mm256_setzero_ps();
+        for (int j0 = 0; j0 < nbytes; j0 += 8) {
+            __m256i x = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(r + j0)));
+            for (int i = 0; i < per; i++) {
+                __m256i mask = _mm256_set1_epi32(((1 << bits) - 1) << (i * bits));
+                __m256 f = _mm256_cvtepi32_ps(_mm256_and_si256(x, mask));
+                __m256 w = _mm256_mul_ps(_mm256_loadu_ps(p + i * nbytes + j0),
+                                         _mm256_set1_ps(1.0f / (float)(1 << (i * bits))));
+                A = _mm256_fmadd_ps(w, f, A);
+            }
+        }
+        out[c] += _cvtsh_ss(scale[c]) * hsum256(A) + _cvtsh_ss(min[c]) * psum;
+    }
+    return 1;
+}
+
 KV_INLINE int dot_f16_256(const float *q, const uint16_t *k, int D, float *res)
 {
     if (D % 8)

@@ -14,7 +14,10 @@
 #include "quant/quant.h"
 
 struct moe_kv_pool {
-    int32_t L, Hk, D;
+    int32_t L, Hk, Dk, Dv;
+    bool v_in_k;              /* MLA: no V part, values read from the keys */
+    int32_t *window;          /* [L] positions a layer attends (0 = all) */
+    int32_t max_chunk;        /* tokens one sequence adds per forward, 0 = unbounded */
     int32_t G, R, kb, vb, Gv; /* Gv: channels per value group */
     bool direct;              /* 16/16 or 32/32: tokens go straight into units */
     int32_t esz_k, esz_v;     /* direct: bytes per element (2 fp16, 4 fp32) */
@@ -33,6 +36,7 @@ struct moe_kv {
     int32_t *blk;        /* [L][nb] unit ids, -1 = none */
     int32_t *win;        /* [L][nw] window units, -1 = none */
     int32_t *n, *nq;     /* [L] tokens stored, of which quantised (a prefix) */
+    int32_t *lo;         /* [L] first position still held (window layers give blocks back) */
     int64_t held, quota; /* units taken; units promised but not yet taken */
 };
 
@@ -70,7 +74,7 @@ static bool bits_ok(int32_t b)
     return b == 2 || b == 4 || b == 8 || b == 16;
 }
 
-int moe_kv_params_check(const struct moe_kv_params *p, int32_t head_dim)
+int moe_kv_params_check(const struct moe_kv_params *p, const struct moe_kv_shape *sh)
 {
     bool direct = p->key_bits >= 16 && p->value_bits >= 16;
     if ((!bits_ok(p->key_bits) && p->key_bits != 32) ||
@@ -82,40 +86,51 @@ int moe_kv_params_check(const struct moe_kv_params *p, int32_t head_dim)
     if (p->residual < 0 || p->residual % p->group)
         return moe_err(-EINVAL, "kv: residual (%d) must be a non-negative multiple of group (%d)",
                        p->residual, p->group);
-    if (!direct && (head_dim % 8 || head_dim > MOE_KV_MAX_D))
-        return moe_err(-EINVAL, "kv: quantised cache needs head_dim a multiple of 8 up to %d, "
-                       "not %d", MOE_KV_MAX_D, head_dim);
+    if (sh->k_dim <= 0 || sh->v_dim <= 0 || sh->k_dim > MOE_KV_MAX_D ||
+        sh->v_dim > MOE_KV_MAX_D || (sh->v_in_k && sh->v_dim > sh->k_dim))
+        return moe_err(-EINVAL, "kv: key/value dimensions %d/%d outside 1..%d", sh->k_dim,
+                       sh->v_dim, MOE_KV_MAX_D);
+    if (!direct && (sh->k_dim % 8 || sh->v_dim % 8))
+        return moe_err(-EINVAL, "kv: a quantised cache needs key and value dimensions that are "
+                       "multiples of 8, not %d/%d", sh->k_dim, sh->v_dim);
     return 0;
 }
 
-/* fills the layout fields of P from its dimensions and parameters */
-static void layout(struct moe_kv_pool *P, int32_t L, int32_t Hk, int32_t D,
+/* fills the layout fields of P from its shape and parameters (P->window is
+ * left to the caller: layout also sizes pools that are never made) */
+static void layout(struct moe_kv_pool *P, const struct moe_kv_shape *sh,
                    const struct moe_kv_params *p)
 {
-    P->L = L, P->Hk = Hk, P->D = D;
+    P->L = sh->n_layers, P->Hk = sh->n_kv_heads, P->Dk = sh->k_dim, P->Dv = sh->v_dim;
+    P->v_in_k = sh->v_in_k;
+    P->max_chunk = sh->max_chunk;
     P->G = p->group, P->kb = p->key_bits, P->vb = p->value_bits;
     P->direct = P->kb >= 16 && P->vb >= 16;
     if (!P->direct) { /* beside a quantised side, a 32-bit side passes the fp16 window: 16 */
         P->kb = MOE_MIN(P->kb, 16);
         P->vb = MOE_MIN(P->vb, 16);
     }
+    if (P->v_in_k) /* the keys are the values: one width, the keys' */
+        P->vb = P->kb;
     P->R = P->direct ? 0 : p->residual;
-    P->Gv = MOE_MIN(P->G, D);
-    while (D % P->Gv || (P->Gv * 2) % 8) /* a group divides the head and packs into bytes */
+    int32_t Dv = P->Dv;
+    P->Gv = MOE_MIN(P->G, Dv);
+    while (Dv % P->Gv || (P->Gv * 2) % 8) /* a group divides the head and packs into bytes */
         P->Gv--;
-    size_t G = (size_t)P->G, Dz = (size_t)D;
+    size_t G = (size_t)P->G, Dk = (size_t)P->Dk, Dvz = P->v_in_k ? 0 : (size_t)Dv;
     if (P->direct) {
         P->esz_k = P->kb / 8;
         P->esz_v = P->vb / 8;
-        P->kh = G * Dz * (size_t)P->esz_k;
-        P->vh = G * Dz * (size_t)P->esz_v;
+        P->kh = G * Dk * (size_t)P->esz_k;
+        P->vh = G * Dvz * (size_t)P->esz_v;
     } else {
-        P->kh = P->kb < 16 ? Dz * G * (size_t)P->kb / 8 + Dz * 4 : G * Dz * 2;
-        P->vh = P->vb < 16 ? G * Dz * (size_t)P->vb / 8 + G * (Dz / (size_t)P->Gv) * 4
-                           : G * Dz * 2;
+        P->kh = P->kb < 16 ? Dk * G * (size_t)P->kb / 8 + Dk * 4 : G * Dk * 2;
+        P->vh = !Dvz        ? 0
+                : P->vb < 16 ? G * Dvz * (size_t)P->vb / 8 + G * (Dvz / (size_t)P->Gv) * 4
+                             : G * Dvz * 2;
     }
-    P->unit_bytes = MOE_ALIGN_UP((size_t)Hk * (P->kh + P->vh), 64);
-    P->tok_bytes = (size_t)Hk * Dz * 4; /* fp16 K and V */
+    P->unit_bytes = MOE_ALIGN_UP((size_t)P->Hk * (P->kh + P->vh), 64);
+    P->tok_bytes = (size_t)P->Hk * (Dk + Dvz) * 2; /* fp16 K and V */
     P->W = P->R + P->G;
     P->tpu = 0;
     P->nw = 0;
@@ -127,40 +142,78 @@ static void layout(struct moe_kv_pool *P, int32_t L, int32_t Hk, int32_t D,
     }
 }
 
-static int64_t units_for(const struct moe_kv_pool *P, int64_t T)
+static int32_t window_of(const int32_t *window, int32_t l)
+{
+    return window ? window[l] : 0;
+}
+
+/* Blocks a window layer of one sequence holds at most: what its window
+ * reaches plus one forward's new tokens (stored before they attend), over
+ * one more block boundary; INT64_MAX when unbounded. */
+static int64_t window_blocks(const struct moe_kv_pool *P, int32_t win)
+{
+    if (win <= 0 || P->max_chunk <= 0)
+        return INT64_MAX;
+    return ((int64_t)win - 1 + P->max_chunk + P->G - 1) / P->G + 1;
+}
+
+static int64_t units_for_win(const struct moe_kv_pool *P, const int32_t *window, int64_t T)
 {
     if (T <= 0)
         return 0;
-    if (P->direct)
-        return (int64_t)P->L * ((T + P->G - 1) / P->G);
-    int64_t nq = T >= P->R + P->G ? (T - P->R) / P->G : 0;
-    int64_t slots = MOE_MIN(T, (int64_t)P->W);
-    return (int64_t)P->L * (nq + (slots + P->tpu - 1) / P->tpu);
+    int64_t blocks, ring = 0;
+    if (P->direct) {
+        blocks = (T + P->G - 1) / P->G;
+    } else {
+        blocks = T >= P->R + P->G ? (T - P->R) / P->G : 0;
+        int64_t slots = MOE_MIN(T, (int64_t)P->W);
+        ring = (slots + P->tpu - 1) / P->tpu;
+    }
+    int64_t u = 0;
+    for (int32_t l = 0; l < P->L; l++)
+        u += MOE_MIN(blocks, window_blocks(P, window_of(window, l))) + ring;
+    return u;
 }
 
-int64_t moe_kv_units_for_params(int32_t n_layers, int32_t n_kv_heads, int32_t head_dim,
-                                const struct moe_kv_params *p, int64_t n_tokens)
+static int64_t units_for(const struct moe_kv_pool *P, int64_t T)
 {
-    struct moe_kv_pool P;
-    layout(&P, n_layers, n_kv_heads, head_dim, p);
-    return units_for(&P, n_tokens);
+    return units_for_win(P, P->window, T);
 }
 
-int64_t moe_kv_units_for_tokens(int32_t n_layers, int32_t n_kv_heads, int32_t head_dim,
-                                const struct moe_kv_params *p, int64_t n_tokens, int32_t n_seqs)
+int64_t moe_kv_units_for_params(const struct moe_kv_shape *sh, const struct moe_kv_params *p,
+                                int64_t n_tokens)
 {
     struct moe_kv_pool P;
-    layout(&P, n_layers, n_kv_heads, head_dim, p);
-    int64_t blocks = (n_tokens + P.G - 1) / P.G;
-    return (int64_t)P.L * (blocks + (int64_t)n_seqs * P.nw);
+    layout(&P, sh, p);
+    return units_for_win(&P, sh->window, n_tokens);
 }
 
-size_t moe_kv_unit_bytes_for_params(int32_t n_layers, int32_t n_kv_heads, int32_t head_dim,
-                                    const struct moe_kv_params *p)
+int64_t moe_kv_units_for_tokens(const struct moe_kv_shape *sh, const struct moe_kv_params *p,
+                                int64_t n_tokens, int32_t n_seqs)
 {
     struct moe_kv_pool P;
-    layout(&P, n_layers, n_kv_heads, head_dim, p);
+    layout(&P, sh, p);
+    int64_t blocks = (n_tokens + P.G - 1) / P.G, u = 0;
+    for (int32_t l = 0; l < P.L; l++) {
+        int64_t per_seq = window_blocks(&P, window_of(sh->window, l));
+        int64_t b = per_seq == INT64_MAX ? blocks : MOE_MIN(blocks, per_seq * n_seqs);
+        u += b + (int64_t)n_seqs * P.nw;
+    }
+    return u;
+}
+
+size_t moe_kv_unit_bytes_for_params(const struct moe_kv_shape *sh, const struct moe_kv_params *p)
+{
+    struct moe_kv_pool P;
+    layout(&P, sh, p);
     return P.unit_bytes;
+}
+
+double moe_kv_token_bytes(const struct moe_kv_shape *sh, const struct moe_kv_params *p)
+{
+    struct moe_kv_pool P;
+    layout(&P, sh, p);
+    return (double)((size_t)P.Hk * (P.kh + P.vh)) / (double)P.G;
 }
 
 size_t moe_kv_pool_unit_bytes(const struct moe_kv_pool *P)
@@ -193,30 +246,32 @@ void moe_kv_pool_get_stats(const struct moe_kv_pool *P, struct moe_kv_pool_stats
 
 /* ---- the pool ------------------------------------------------------------------- */
 
-int moe_kv_pool_create(int32_t n_layers, int32_t n_kv_heads, int32_t head_dim,
-                       const struct moe_kv_params *p, int64_t n_units, struct moe_kv_pool **out)
+int moe_kv_pool_create(const struct moe_kv_shape *sh, const struct moe_kv_params *p,
+                       int64_t n_units, struct moe_kv_pool **out)
 {
     *out = NULL;
-    if (n_layers <= 0 || n_kv_heads <= 0 || head_dim <= 0 || n_units <= 0 ||
-        n_units > INT32_MAX)
+    if (sh->n_layers <= 0 || sh->n_kv_heads <= 0 || n_units <= 0 || n_units > INT32_MAX)
         return moe_err(-EINVAL, "kv pool: bad dimensions or size (%lld units)",
                        (long long)n_units);
-    int rc = moe_kv_params_check(p, head_dim);
+    int rc = moe_kv_params_check(p, sh);
     if (rc < 0)
         return rc;
     struct moe_kv_pool *P = calloc(1, sizeof(*P));
     if (!P)
         return moe_err(-ENOMEM, "out of memory");
-    layout(P, n_layers, n_kv_heads, head_dim, p);
+    layout(P, sh, p);
     P->n_units = P->n_free = n_units;
+    P->window = calloc((size_t)sh->n_layers, sizeof(int32_t));
     P->free_list = malloc((size_t)n_units * sizeof(int32_t));
     /* malloc, not calloc: pages are only touched as units are used */
     P->mem = malloc((size_t)n_units * P->unit_bytes);
-    if (!P->free_list || !P->mem) {
+    if (!P->window || !P->free_list || !P->mem) {
         size_t mib = ((size_t)n_units * P->unit_bytes) >> 20;
         moe_kv_pool_free(P);
         return moe_err(-ENOMEM, "out of memory for a KV pool of %zu MiB", mib);
     }
+    for (int32_t l = 0; sh->window && l < sh->n_layers; l++)
+        P->window[l] = MOE_MAX(sh->window[l], 0);
     for (int64_t i = 0; i < n_units; i++) /* lowest ids handed out first */
         P->free_list[i] = (int32_t)(n_units - 1 - i);
     ops();
@@ -228,6 +283,7 @@ void moe_kv_pool_free(struct moe_kv_pool *P)
 {
     if (!P)
         return;
+    free(P->window);
     free(P->free_list);
     free(P->mem);
     free(P);
@@ -256,7 +312,8 @@ int moe_kv_seq_create(struct moe_kv_pool *P, int32_t max_ctx, struct moe_kv **ou
     kv->win = malloc(L * (size_t)MOE_MAX(P->nw, 1) * sizeof(int32_t));
     kv->n = calloc(L, sizeof(int32_t));
     kv->nq = calloc(L, sizeof(int32_t));
-    if (!kv->blk || !kv->win || !kv->n || !kv->nq) {
+    kv->lo = calloc(L, sizeof(int32_t));
+    if (!kv->blk || !kv->win || !kv->n || !kv->nq || !kv->lo) {
         moe_kv_free(kv);
         return moe_err(-ENOMEM, "out of memory");
     }
@@ -306,6 +363,7 @@ void moe_kv_reset(struct moe_kv *kv)
     kv->quota = 0;
     memset(kv->n, 0, (size_t)P->L * sizeof(int32_t));
     memset(kv->nq, 0, (size_t)P->L * sizeof(int32_t));
+    memset(kv->lo, 0, (size_t)P->L * sizeof(int32_t));
 }
 
 int moe_kv_reserve(struct moe_kv *kv, int32_t n_tokens)
@@ -324,26 +382,42 @@ int moe_kv_reserve(struct moe_kv *kv, int32_t n_tokens)
     return 0;
 }
 
-int moe_kv_create(int32_t n_layers, int32_t n_kv_heads, int32_t head_dim, int32_t max_ctx,
-                  struct moe_kv **out)
+/* A window layer's blocks that no later token reaches go back to the pool,
+ * still promised to kv: its next blocks take them again (a ring), so what a
+ * reservation promised stays enough. */
+static void window_trim(struct moe_kv *kv, int32_t l)
 {
-    return moe_kv_create_params(n_layers, n_kv_heads, head_dim, NULL, max_ctx, out);
+    struct moe_kv_pool *P = kv->pool;
+    int32_t win = P->window[l];
+    if (win <= 0)
+        return;
+    int32_t first = kv->n[l] - win + 1; /* the oldest position the next token attends */
+    int32_t nblk = P->direct ? kv->n[l] : kv->nq[l]; /* positions held in blocks */
+    int32_t b_end = MOE_MIN(first, nblk) / P->G;     /* blocks wholly before both */
+    for (int32_t b = kv->lo[l] / P->G; b < b_end; b++) {
+        int32_t *slot = &kv->blk[(size_t)l * kv->nb + b];
+        if (*slot < 0)
+            continue;
+        unit_give(kv, slot);
+        kv->quota++;
+        P->reserved++;
+    }
+    if (b_end * P->G > kv->lo[l])
+        kv->lo[l] = b_end * P->G;
 }
 
-int moe_kv_create_params(int32_t n_layers, int32_t n_kv_heads, int32_t head_dim,
-                         const struct moe_kv_params *params, int32_t max_ctx, struct moe_kv **out)
+int moe_kv_create(const struct moe_kv_shape *sh, const struct moe_kv_params *params,
+                  int32_t max_ctx, struct moe_kv **out)
 {
     *out = NULL;
-    if (n_layers <= 0 || n_kv_heads <= 0 || head_dim <= 0 || max_ctx <= 0)
+    if (sh->n_layers <= 0 || sh->n_kv_heads <= 0 || max_ctx <= 0)
         return moe_err(-EINVAL, "kv cache: bad dimensions");
     struct moe_kv_params p = params ? *params : (struct moe_kv_params){32, 32, 32, 0};
-    int rc = moe_kv_params_check(&p, head_dim);
+    int rc = moe_kv_params_check(&p, sh);
     if (rc < 0)
         return rc;
     struct moe_kv_pool *P;
-    rc = moe_kv_pool_create(n_layers, n_kv_heads, head_dim, &p,
-                            moe_kv_units_for_params(n_layers, n_kv_heads, head_dim, &p, max_ctx),
-                            &P);
+    rc = moe_kv_pool_create(sh, &p, moe_kv_units_for_params(sh, &p, max_ctx), &P);
     if (rc < 0)
         return rc;
     if ((rc = moe_kv_seq_create(P, max_ctx, out)) < 0) {
@@ -358,7 +432,7 @@ void moe_kv_free(struct moe_kv *kv)
 {
     if (!kv)
         return;
-    if (kv->blk && kv->win && kv->n && kv->nq)
+    if (kv->blk && kv->win && kv->n && kv->nq && kv->lo)
         moe_kv_reset(kv);
     if (kv->own_pool)
         moe_kv_pool_free(kv->pool);
@@ -366,6 +440,7 @@ void moe_kv_free(struct moe_kv *kv)
     free(kv->win);
     free(kv->n);
     free(kv->nq);
+    free(kv->lo);
     free(kv);
 }
 
@@ -384,33 +459,48 @@ static uint16_t *win_tok(const struct moe_kv *kv, int32_t l, int32_t p)
     return (uint16_t *)(void *)(unit_ptr(P, id) + (size_t)(slot % P->tpu) * P->tok_bytes);
 }
 
+/* a window token's K and V of kv head h (V NULL with v_in_k) */
+static uint16_t *win_k(const struct moe_kv *kv, int32_t l, int32_t p, int32_t h)
+{
+    const struct moe_kv_pool *P = kv->pool;
+    size_t per = (size_t)P->Dk + (P->v_in_k ? 0 : (size_t)P->Dv);
+    return win_tok(kv, l, p) + (size_t)h * per;
+}
+
+static uint16_t *win_v(const struct moe_kv *kv, int32_t l, int32_t p, int32_t h)
+{
+    const struct moe_kv_pool *P = kv->pool;
+    return win_k(kv, l, p, h) + (P->v_in_k ? 0 : P->Dk);
+}
+
 /* Quantises tokens [b*G, b*G+G) of layer l from the window into unit id. */
 static void quantise_group(struct moe_kv *kv, int32_t l, int32_t b, int32_t id)
 {
     const struct moe_kv_pool *P = kv->pool;
-    int32_t G = P->G, D = P->D, Gv = P->Gv;
+    int32_t G = P->G, Dk = P->Dk, Dv = P->Dv, Gv = P->Gv;
     float x[MOE_KV_MAX_D > MOE_KV_MAX_G ? MOE_KV_MAX_D : MOE_KV_MAX_G];
     for (int32_t h = 0; h < P->Hk; h++) {
         uint8_t *K = unit_ptr(P, id) + (size_t)h * (P->kh + P->vh), *V = K + P->kh;
         if (P->kb < 16) {
             size_t row = (size_t)G * P->kb / 8;
-            uint16_t *sc = (uint16_t *)(void *)(K + (size_t)D * row), *mn = sc + D;
-            for (int32_t c = 0; c < D; c++) { /* per channel over the G tokens */
+            uint16_t *sc = (uint16_t *)(void *)(K + (size_t)Dk * row), *mn = sc + Dk;
+            for (int32_t c = 0; c < Dk; c++) { /* per channel over the G tokens */
                 for (int32_t t = 0; t < G; t++)
-                    x[t] = moe_f16_to_f32(win_tok(kv, l, b * G + t)[(size_t)h * 2 * D + c]);
+                    x[t] = moe_f16_to_f32(win_k(kv, l, b * G + t, h)[c]);
                 moe_kv_quant_row(x, G, P->kb, K + c * row, &sc[c], &mn[c]);
             }
         } else {
             for (int32_t t = 0; t < G; t++)
-                memcpy(K + (size_t)t * D * 2, win_tok(kv, l, b * G + t) + (size_t)h * 2 * D,
-                       (size_t)D * 2);
+                memcpy(K + (size_t)t * Dk * 2, win_k(kv, l, b * G + t, h), (size_t)Dk * 2);
         }
+        if (P->v_in_k)
+            continue;
         if (P->vb < 16) {
-            size_t row = (size_t)D * P->vb / 8, grow = (size_t)Gv * P->vb / 8;
-            int32_t ng = D / Gv;
+            size_t row = (size_t)Dv * P->vb / 8, grow = (size_t)Gv * P->vb / 8;
+            int32_t ng = Dv / Gv;
             uint16_t *sm = (uint16_t *)(void *)(V + (size_t)G * row);
             for (int32_t t = 0; t < G; t++) { /* per token over groups of Gv channels */
-                const uint16_t *src = win_tok(kv, l, b * G + t) + (size_t)h * 2 * D + D;
+                const uint16_t *src = win_v(kv, l, b * G + t, h);
                 for (int32_t g = 0; g < ng; g++) {
                     for (int32_t i = 0; i < Gv; i++)
                         x[i] = moe_f16_to_f32(src[g * Gv + i]);
@@ -420,16 +510,26 @@ static void quantise_group(struct moe_kv *kv, int32_t l, int32_t b, int32_t id)
             }
         } else {
             for (int32_t t = 0; t < G; t++)
-                memcpy(V + (size_t)t * D * 2, win_tok(kv, l, b * G + t) + (size_t)h * 2 * D + D,
-                       (size_t)D * 2);
+                memcpy(V + (size_t)t * Dv * 2, win_v(kv, l, b * G + t, h), (size_t)Dv * 2);
         }
+    }
+}
+
+static void put_row(uint8_t *dst, const float *src, int32_t D, int32_t esz)
+{
+    if (esz == 4) {
+        memcpy(dst, src, (size_t)D * 4);
+    } else {
+        uint16_t *d16 = (uint16_t *)(void *)dst;
+        for (int32_t c = 0; c < D; c++)
+            d16[c] = moe_f32_to_f16(src[c]);
     }
 }
 
 int moe_kv_store(struct moe_kv *kv, int32_t l, int32_t pos, const float *k, const float *v)
 {
     struct moe_kv_pool *P = kv->pool;
-    int32_t D = P->D, G = P->G;
+    int32_t Dk = P->Dk, Dv = P->Dv, G = P->G;
     if (l < 0 || l >= P->L || pos < 0)
         return moe_err(-EINVAL, "kv store: layer %d position %d out of range", l, pos);
     if (pos >= kv->max_ctx)
@@ -438,6 +538,9 @@ int moe_kv_store(struct moe_kv *kv, int32_t l, int32_t pos, const float *k, cons
     if (pos > kv->n[l])
         return moe_err(-EINVAL, "kv store: position %d leaves a gap after %d tokens", pos,
                        kv->n[l]);
+    if (pos < kv->lo[l])
+        return moe_err(-EINVAL, "kv store: cannot go back to position %d: layer %d's window "
+                       "gave its blocks back", pos, l);
     if (pos < kv->nq[l]) { /* going back into quantised tokens: only to a group's start */
         if (pos % G)
             return moe_err(-EINVAL, "kv store: cannot go back to position %d inside a "
@@ -456,18 +559,9 @@ int moe_kv_store(struct moe_kv *kv, int32_t l, int32_t pos, const float *k, cons
         size_t t = (size_t)(pos % G);
         for (int32_t h = 0; h < P->Hk; h++) {
             uint8_t *K = u + (size_t)h * (P->kh + P->vh), *V = K + P->kh;
-            for (int side = 0; side < 2; side++) {
-                uint8_t *dst = side ? V : K;
-                const float *src = (side ? v : k) + (size_t)h * D;
-                int32_t esz = side ? P->esz_v : P->esz_k;
-                if (esz == 4) {
-                    memcpy(dst + t * D * 4, src, (size_t)D * 4);
-                } else {
-                    uint16_t *d16 = (uint16_t *)(void *)(dst + t * D * 2);
-                    for (int32_t c = 0; c < D; c++)
-                        d16[c] = moe_f32_to_f16(src[c]);
-                }
-            }
+            put_row(K + t * Dk * P->esz_k, k + (size_t)h * Dk, Dk, P->esz_k);
+            if (!P->v_in_k)
+                put_row(V + t * Dv * P->esz_v, v + (size_t)h * Dv, Dv, P->esz_v);
         }
         kv->n[l] = pos + 1;
         return 0;
@@ -481,12 +575,13 @@ int moe_kv_store(struct moe_kv *kv, int32_t l, int32_t pos, const float *k, cons
         return moe_err(-ENOSPC, "KV pool full: no free block for position %d", pos);
     if (*wslot < 0)
         *wslot = unit_take(kv);
-    uint16_t *w = win_tok(kv, l, pos);
-    for (int32_t h = 0; h < P->Hk; h++)
-        for (int32_t c = 0; c < D; c++) {
-            w[(size_t)h * 2 * D + c] = moe_f32_to_f16(k[(size_t)h * D + c]);
-            w[(size_t)h * 2 * D + D + c] = moe_f32_to_f16(v[(size_t)h * D + c]);
-        }
+    for (int32_t h = 0; h < P->Hk; h++) {
+        uint16_t *wk = win_k(kv, l, pos, h), *wv = win_v(kv, l, pos, h);
+        for (int32_t c = 0; c < Dk; c++)
+            wk[c] = moe_f32_to_f16(k[(size_t)h * Dk + c]);
+        for (int32_t c = 0; !P->v_in_k && c < Dv; c++)
+            wv[c] = moe_f32_to_f16(v[(size_t)h * Dv + c]);
+    }
     if (quant) {
         if (*bslot < 0)
             *bslot = unit_take(kv);
@@ -502,7 +597,8 @@ int moe_kv_store(struct moe_kv *kv, int32_t l, int32_t pos, const float *k, cons
 struct attn_task {
     struct moe_kv *const *kvs;
     const int32_t *pos;
-    int32_t layer, n_heads, n;
+    int32_t layer, n;
+    const struct moe_kv_attn *a;
     const float *q;
     float *out;
     float *scores;
@@ -510,110 +606,139 @@ struct attn_task {
     const struct moe_kv_ops *ops;
 };
 
-/* scores and softmax weights of one query head over kv's layer, then out */
+/* values of tokens [t0, t0+cnt) of a block (kv head offset hoff) with
+ * weights p[0..cnt), added into o [Dv] */
+static void block_values(const struct moe_kv_pool *P, const struct moe_kv_ops *K,
+                         const uint8_t *unit, size_t hoff, const float *p, int32_t t0,
+                         int32_t cnt, float *o)
+{
+    int32_t Dk = P->Dk, Dv = P->Dv, G = P->G;
+    const uint8_t *Kb = unit + hoff, *Vb = Kb + P->kh;
+    if (P->v_in_k) { /* the keys' first Dv channels */
+        if (P->direct && P->esz_k == 4) {
+            for (int32_t t = 0; t < cnt; t++)
+                moe_vec_axpy_f32(o, p[t], (const float *)(const void *)Kb + (size_t)(t0 + t) * Dk,
+                                 Dv);
+        } else if (P->kb < 16) {
+            size_t row = (size_t)G * P->kb / 8;
+            const uint16_t *s = (const uint16_t *)(const void *)(Kb + (size_t)Dk * row);
+            float pp[MOE_KV_MAX_G] = {0};
+            memcpy(pp + t0, p, (size_t)cnt * sizeof(float));
+            K->k_accum(P->kb, G, Dv, Kb, s, s + Dk, pp, G, o);
+        } else {
+            for (int32_t t = 0; t < cnt; t++)
+                K->axpy_f16(o, p[t], (const uint16_t *)(const void *)Kb + (size_t)(t0 + t) * Dk,
+                            Dv);
+        }
+        return;
+    }
+    if (P->direct && P->esz_v == 4) {
+        for (int32_t t = 0; t < cnt; t++)
+            moe_vec_axpy_f32(o, p[t], (const float *)(const void *)Vb + (size_t)(t0 + t) * Dv, Dv);
+    } else if (P->vb < 16) {
+        size_t row = (size_t)Dv * P->vb / 8;
+        const uint16_t *sm = (const uint16_t *)(const void *)(Vb + (size_t)G * row);
+        size_t ng = (size_t)(Dv / P->Gv);
+        K->v_accum(P->vb, P->Gv, Dv, Vb + (size_t)t0 * row, sm + (size_t)t0 * ng * 2, p, cnt, o);
+    } else {
+        for (int32_t t = 0; t < cnt; t++)
+            K->axpy_f16(o, p[t], (const uint16_t *)(const void *)Vb + (size_t)(t0 + t) * Dv, Dv);
+    }
+}
+
+/* Scores and softmax weights of one query head h (kv head g) over positions
+ * [first, len) of kv's layer, then out [Dv]. sc is indexed by position. */
 static void attn_one(const struct attn_task *a, const struct moe_kv *kv, int32_t len,
-                     const float *q, int32_t g, float *sc, float *o)
+                     const float *q, int32_t h, int32_t g, float *sc, float *o)
 {
     const struct moe_kv_pool *P = kv->pool;
     const struct moe_kv_ops *K = a->ops;
-    int32_t D = P->D, G = P->G, l = a->layer;
-    float scale = 1.0f / sqrtf((float)D);
+    int32_t Dk = P->Dk, Dv = P->Dv, G = P->G, l = a->layer;
+    float scale = a->a->scale;
+    int32_t win = P->window[l];
+    int32_t first = win > 0 ? MOE_MAX(0, len - win) : 0;
     const int32_t *blk = kv->blk + (size_t)l * kv->nb;
     size_t hoff = (size_t)g * (P->kh + P->vh);
     int32_t nq = P->direct ? len : MOE_MIN(kv->nq[l], len); /* tokens read from blocks */
-    int32_t nblk = (nq + G - 1) / G;
     float qs[MOE_KV_MAX_D], acc[MOE_KV_MAX_G];
 
-    bool exact = P->direct && P->esz_k == 4 && P->esz_v == 4;
-    float mx = -INFINITY;
+    bool exact = P->direct && P->esz_k == 4 && (P->v_in_k || P->esz_v == 4);
     if (P->direct && P->esz_k == 4) { /* fp32: exactly the old contiguous cache's arithmetic */
-        for (int32_t b = 0; b < nblk; b++) {
-            const float *Kb = (const float *)(const void *)(unit_ptr(P, blk[b]) + hoff);
-            int32_t cnt = MOE_MIN(G, nq - b * G);
-            for (int32_t t = 0; t < cnt; t++)
-                sc[b * G + t] = moe_vec_dot_f32(q, Kb + (size_t)t * D, D) * scale;
+        for (int32_t p = first; p < nq; p++) {
+            const float *Kb = (const float *)(const void *)(unit_ptr(P, blk[p / G]) + hoff);
+            sc[p] = moe_vec_dot_f32(q, Kb + (size_t)(p % G) * Dk, Dk) * scale;
         }
-    }
-    if (!(P->direct && P->esz_k == 4)) {
-        for (int32_t c = 0; c < D; c++)
+    } else {
+        for (int32_t c = 0; c < Dk; c++)
             qs[c] = q[c] * scale;
-        for (int32_t b = 0; b < nblk; b++) {
+        for (int32_t b = first / G; b * G < nq; b++) {
             const uint8_t *Kb = unit_ptr(P, blk[b]) + hoff;
-            int32_t cnt = MOE_MIN(G, nq - b * G);
+            int32_t t0 = MOE_MAX(first - b * G, 0), cnt = MOE_MIN(G, nq - b * G);
             if (P->kb < 16) {
                 size_t row = (size_t)G * P->kb / 8;
-                const uint16_t *s = (const uint16_t *)(const void *)(Kb + (size_t)D * row);
-                K->k_scores(P->kb, G, D, Kb, s, s + D, qs, acc);
-                memcpy(sc + b * G, acc, (size_t)cnt * sizeof(float));
+                const uint16_t *s = (const uint16_t *)(const void *)(Kb + (size_t)Dk * row);
+                K->k_scores(P->kb, G, Dk, Kb, s, s + Dk, qs, acc);
+                memcpy(sc + b * G + t0, acc + t0, (size_t)(cnt - t0) * sizeof(float));
             } else {
-                for (int32_t t = 0; t < cnt; t++)
+                for (int32_t t = t0; t < cnt; t++)
                     sc[b * G + t] =
-                        K->dot_f16(qs, (const uint16_t *)(const void *)Kb + (size_t)t * D, D);
+                        K->dot_f16(qs, (const uint16_t *)(const void *)Kb + (size_t)t * Dk, Dk);
             }
         }
-        for (int32_t p = nq; p < len; p++) /* the fp16 window */
-            sc[p] = K->dot_f16(qs, win_tok(kv, l, p) + (size_t)g * 2 * D, D);
+        for (int32_t p = MOE_MAX(nq, first); p < len; p++) /* the fp16 window */
+            sc[p] = K->dot_f16(qs, win_k(kv, l, p, g), Dk);
     }
-    for (int32_t p = 0; p < len; p++)
+    float mx = a->a->sinks ? a->a->sinks[h] : -INFINITY;
+    for (int32_t p = first; p < len; p++)
         mx = sc[p] > mx ? sc[p] : mx;
-    double sum = 0.0;
-    for (int32_t p = 0; p < len; p++) {
+    double sum = a->a->sinks ? exp((double)a->a->sinks[h] - mx) : 0.0;
+    for (int32_t p = first; p < len; p++) {
         sc[p] = expf(sc[p] - mx);
         sum += sc[p];
     }
     float inv = (float)(1.0 / sum);
-    memset(o, 0, (size_t)D * sizeof(float));
-    if (exact) {
-        for (int32_t b = 0; b < nblk; b++) {
-            const float *Vb = (const float *)(const void *)(unit_ptr(P, blk[b]) + hoff + P->kh);
-            int32_t cnt = MOE_MIN(G, nq - b * G);
-            for (int32_t t = 0; t < cnt; t++)
-                moe_vec_axpy_f32(o, sc[b * G + t] * inv, Vb + (size_t)t * D, D);
-        }
-        return;
-    }
-    for (int32_t p = 0; p < len; p++)
-        sc[p] *= inv;
-    for (int32_t b = 0; b < nblk; b++) {
-        const uint8_t *Vb = unit_ptr(P, blk[b]) + hoff + P->kh;
-        int32_t cnt = MOE_MIN(G, nq - b * G);
-        if (P->direct && P->esz_v == 4) {
-            for (int32_t t = 0; t < cnt; t++)
-                moe_vec_axpy_f32(o, sc[b * G + t], (const float *)(const void *)Vb + (size_t)t * D,
-                                 D);
-        } else if (P->vb < 16) {
-            size_t row = (size_t)D * P->vb / 8;
-            K->v_accum(P->vb, P->Gv, D, Vb,
-                       (const uint16_t *)(const void *)(Vb + (size_t)G * row), sc + b * G, cnt, o);
+    memset(o, 0, (size_t)Dv * sizeof(float));
+    if (!exact)
+        for (int32_t p = first; p < len; p++)
+            sc[p] *= inv;
+    for (int32_t b = first / G; b * G < nq; b++) {
+        int32_t t0 = MOE_MAX(first - b * G, 0), cnt = MOE_MIN(G, nq - b * G);
+        if (exact) { /* weights scaled as they are used, as the contiguous cache did */
+            float pw[MOE_KV_MAX_G];
+            for (int32_t t = t0; t < cnt; t++)
+                pw[t - t0] = sc[b * G + t] * inv;
+            block_values(P, K, unit_ptr(P, blk[b]), hoff, pw, t0, cnt - t0, o);
         } else {
-            for (int32_t t = 0; t < cnt; t++)
-                K->axpy_f16(o, sc[b * G + t], (const uint16_t *)(const void *)Vb + (size_t)t * D,
-                            D);
+            block_values(P, K, unit_ptr(P, blk[b]), hoff, sc + b * G + t0, t0, cnt - t0, o);
         }
     }
-    for (int32_t p = nq; p < len; p++)
-        K->axpy_f16(o, sc[p], win_tok(kv, l, p) + (size_t)g * 2 * D + D, D);
+    for (int32_t p = MOE_MAX(nq, first); p < len; p++)
+        K->axpy_f16(o, sc[p], win_v(kv, l, p, g), Dv);
 }
 
 static void attn_worker(void *arg, int ith, int nth)
 {
     struct attn_task *a = arg;
     float *sc = a->scores + (size_t)ith * a->scores_stride;
-    int32_t jobs = a->n * a->n_heads;
+    int32_t nh = a->a->n_heads, jobs = a->n * nh;
     for (int32_t job = ith; job < jobs; job += nth) {
-        int32_t t = job / a->n_heads, h = job % a->n_heads;
+        int32_t t = job / nh, h = job % nh;
         const struct moe_kv *kv = a->kvs[t];
-        int32_t hd = kv->pool->D, g = h / (a->n_heads / kv->pool->Hk);
-        const float *q = a->q + ((size_t)t * a->n_heads + h) * hd;
-        float *o = a->out + ((size_t)t * a->n_heads + h) * hd;
-        attn_one(a, kv, a->pos[t] + 1, q, g, sc, o);
+        const struct moe_kv_pool *P = kv->pool;
+        int32_t g = h / (nh / P->Hk);
+        const float *q = a->q + ((size_t)t * nh + h) * P->Dk;
+        float *o = a->out + ((size_t)t * nh + h) * P->Dv;
+        attn_one(a, kv, a->pos[t] + 1, q, h, g, sc, o);
     }
 }
 
 void moe_kv_attention(struct moe_pool *pool, struct moe_kv *const *kvs, const int32_t *pos,
-                      int32_t n, int32_t layer, int32_t n_heads, const float *q, float *out,
-                      float *scores, size_t scores_stride)
+                      int32_t n, int32_t layer, const struct moe_kv_attn *a, const float *q,
+                      float *out, float *scores, size_t scores_stride)
 {
-    struct attn_task a = {kvs, pos, layer, n_heads, n, q, out, scores, scores_stride, ops()};
-    moe_pool_run(pool, attn_worker, &a);
+    struct attn_task t = {kvs, pos, layer, n, a, q, out, scores, scores_stride, ops()};
+    moe_pool_run(pool, attn_worker, &t);
+    for (int32_t i = 0; i < n; i++)
+        if (i == 0 || kvs[i] != kvs[i - 1])
+            window_trim(kvs[i], layer);
 }

@@ -6,14 +6,15 @@
  * i*b, for i = 0 .. 8/b - 1.
  *
  * KIVI unit, per kv head (one after the other):
- *   K, b < 16:  codes [D][G*kb/8] (channel-major: a channel's G tokens in
- *               one row), then scale[D], min[D] as fp16
- *   K, 16:      fp16 [G][D]
- *   V, b < 16:  codes [G][D*vb/8] (token-major; each group of Gv channels
- *               a plane-packed row of its own), then [G][D/Gv] x (scale, min) fp16
- *   V, 16:      fp16 [G][D]
- * Window unit: tpu token slots of [n_kv_heads] x (K fp16 [D], V fp16 [D]).
- * Direct unit, per kv head: K [G][D] then V [G][D], fp16 or fp32. */
+ *   K, b < 16:  codes [Dk][G*kb/8] (channel-major: a channel's G tokens in
+ *               one row), then scale[Dk], min[Dk] as fp16
+ *   K, 16:      fp16 [G][Dk]
+ *   V, b < 16:  codes [G][Dv*vb/8] (token-major; each group of Gv channels
+ *               a plane-packed row of its own), then [G][Dv/Gv] x (scale, min) fp16
+ *   V, 16:      fp16 [G][Dv]
+ * Window unit: tpu token slots of [n_kv_heads] x (K fp16 [Dk], V fp16 [Dv]).
+ * Direct unit, per kv head: K [G][Dk] then V [G][Dv], fp16 or fp32.
+ * With v_in_k (MLA) no V part exists anywhere: values are read from the keys. */
 #ifndef MOE_KV_INT_H
 #define MOE_KV_INT_H
 
@@ -32,6 +33,11 @@ struct moe_kv_ops {
     /* out[c] += sum_{t<cnt} p[t] * (s[t][g]*code[t][c] + m[t][g]), g = c/Gv. */
     void (*v_accum)(int bits, int Gv, int D, const uint8_t *codes, const uint16_t *sm,
                     const float *p, int cnt, float *out);
+    /* Keys used as values (MLA's latent, v_in_k): for c < Dv,
+     * out[c] += sum_{t<cnt} p[t] * (scale[c]*code[c][t] + min[c]) over one
+     * quantised key block (layout as k_scores reads it). */
+    void (*k_accum)(int bits, int G, int Dv, const uint8_t *codes, const uint16_t *scale,
+                    const uint16_t *min, const float *p, int cnt, float *out);
     float (*dot_f16)(const float *q, const uint16_t *k, int D);
     void (*axpy_f16)(float *out, float a, const uint16_t *v, int D);
 };

@@ -20,17 +20,45 @@ struct moe_pack;
 struct moe_pack_writer;
 struct json_t; /* jansson's json_t */
 
+/* The architectures moed computes. Each is one row of the table in
+ * model/model_arch.c (config keys in both transformers spellings, layer
+ * recipe, tensors); the names are written into packs: never rename. */
 enum moe_arch {
-    MOE_ARCH_MIXTRAL,   /* HF MixtralForCausalLM, GGUF "llama" with experts */
-    MOE_ARCH_QWEN2_MOE, /* shared expert with sigmoid gate, q/k/v bias */
-    MOE_ARCH_QWEN3_MOE, /* per-head q/k RMSNorm, no shared expert */
-    MOE_ARCH_OLMOE,     /* q/k RMSNorm over the whole projection */
+    MOE_ARCH_MIXTRAL,    /* HF MixtralForCausalLM, GGUF "llama" with experts */
+    MOE_ARCH_QWEN2_MOE,  /* shared expert with sigmoid gate, q/k/v bias */
+    MOE_ARCH_QWEN3_MOE,  /* per-head q/k RMSNorm, no shared expert */
+    MOE_ARCH_OLMOE,      /* q/k RMSNorm over the whole projection */
+    MOE_ARCH_DEEPSEEK2,  /* MLA, softmax routing (greedy or group-limited) */
+    MOE_ARCH_DEEPSEEK3,  /* MLA, sigmoid + correction bias, grouped top-k (V3, R1, Kimi-K2) */
+    MOE_ARCH_GLM4_MOE,   /* GLM-4.5/4.6/4.7: partial rotary, sigmoid routing */
+    MOE_ARCH_GPT_OSS,    /* sinks, alternating sliding window, MXFP4 experts */
+    MOE_ARCH_MINIMAX_M2, /* full q/k norm, partial rotary, sigmoid routing */
+    MOE_ARCH_ERNIE4_5,   /* ERNIE-4.5 MoE: biased softmax routing, MoE layer interval */
+    MOE_ARCH_DOTS1,      /* dots.llm1: DeepSeek-V3 routing, per-head q/k norm */
+    MOE_ARCH_COUNT
 };
 
 enum moe_qk_norm {
     MOE_QK_NORM_NONE,
     MOE_QK_NORM_HEAD, /* weight [head_dim], applied per head (Qwen3-MoE) */
     MOE_QK_NORM_FULL, /* weight [heads*head_dim], over the whole vector (OLMoE) */
+};
+
+enum moe_attn_kind {
+    MOE_ATTN_GQA, /* grouped-query attention */
+    MOE_ATTN_MLA, /* multi-head latent attention (DeepSeek): the cache holds the latent */
+};
+
+enum moe_rope_scaling {
+    MOE_ROPE_NONE,
+    MOE_ROPE_LINEAR,
+    MOE_ROPE_YARN,
+    MOE_ROPE_LLAMA3,
+};
+
+enum moe_ffn_act {
+    MOE_ACT_SILU,       /* down(silu(gate x) * up x) */
+    MOE_ACT_SWIGLU_OAI, /* gpt-oss: clamped, gate*sigmoid(alpha*gate)*(up+1) */
 };
 
 #define MOE_MAX_LAYERS 256
@@ -42,11 +70,12 @@ struct moe_config {
     int32_t n_layers;
     int32_t n_heads;
     int32_t n_kv_heads;
-    int32_t head_dim;
+    int32_t head_dim;       /* q/k head size (GQA) */
+    int32_t v_head_dim;     /* value head size: head_dim for GQA, v_head_dim for MLA */
     int32_t n_experts;
     int32_t top_k;
     int32_t expert_ffn;     /* intermediate size of one routed expert */
-    int32_t shared_ffn;     /* shared expert's intermediate size, 0 = none */
+    int32_t shared_ffn;     /* shared experts' intermediate size (all of them), 0 = none */
     int32_t dense_ffn;      /* dense MLP size for layers listed as MLP-only */
     int32_t max_ctx;
     float rms_eps;
@@ -55,23 +84,68 @@ struct moe_config {
     bool norm_topk_prob;    /* renormalise the top-k routing weights to sum 1 */
     bool qkv_bias;
     bool tied_embeddings;
-    bool rope_interleaved;  /* GGUF "llama": Q/K rows permuted, rotate adjacent pairs */
+    bool rope_interleaved;  /* rotate adjacent pairs (2i, 2i+1), not (i, i+rd/2) */
     enum moe_qk_norm qk_norm;
     int32_t bos_id, eos_id; /* -1 if unknown */
     bool layer_dense[MOE_MAX_LAYERS]; /* true: plain MLP instead of MoE */
+    /* attention beyond plain GQA */
+    enum moe_attn_kind attn;
+    int32_t q_lora_rank;    /* MLA: 0 = a plain q projection */
+    int32_t kv_lora_rank;   /* MLA: the latent's size */
+    int32_t qk_nope_dim;    /* MLA: per-head q/k dims without rope */
+    int32_t qk_rope_dim;    /* MLA: the shared rope key's dims */
+    bool o_bias;            /* output projection bias */
+    bool attn_sinks;        /* a learned per-head logit in the softmax (gpt-oss) */
+    int32_t sliding_window; /* window of the layers with layer_swa set */
+    bool layer_swa[MOE_MAX_LAYERS];
+    float attn_scale;       /* softmax scale of q.k (1/sqrt(qk dims), times YaRN's for MLA) */
+    /* rotary embedding */
+    int32_t rope_dim;       /* rotated dims per head (partial rotary: fewer than head_dim) */
+    enum moe_rope_scaling rope_scaling;
+    float rope_factor;      /* scaling factor (linear, YaRN, llama3) */
+    int32_t rope_orig_ctx;  /* YaRN / llama3: original_max_position_embeddings */
+    float yarn_beta_fast, yarn_beta_slow;
+    float rope_attn_factor; /* cos/sin multiplier (YaRN's attention factor), 1 otherwise */
+    bool yarn_truncate;     /* round the YaRN correction range to whole dims */
+    float rope_low_freq, rope_high_freq; /* llama3 factors */
+    /* routing */
+    enum moe_router_kind router;
+    int32_t n_group, topk_group; /* grouped top-k (0 = no groups) */
+    float routed_scale;     /* routed experts' weights times this */
+    float router_norm_min;  /* ERNIE: the renormalisation's denominator at least this */
+    bool router_bias;       /* the router has a bias (gpt-oss) */
+    bool score_bias;        /* e_score_correction_bias picks the experts */
+    bool shared_gate;       /* the shared expert is scaled by sigmoid(w . x) (Qwen2-MoE) */
+    /* feed-forward */
+    enum moe_ffn_act act;
+    float swiglu_alpha, swiglu_limit;
+    bool expert_bias;       /* routed experts have biases (gpt-oss) */
+    bool mlp_bias;          /* dense and shared MLPs have biases */
 };
 
 const char *moe_arch_name(enum moe_arch arch);
 
 struct moe_layer {
     float *attn_norm;                 /* [hidden] */
-    struct moe_weight wq, wk, wv, wo; /* [nh*hd, H], [nkv*hd, H] x2, [H, nh*hd] */
-    float *bq, *bk, *bv;              /* biases or NULL */
+    struct moe_weight wq, wk, wv, wo; /* [nh*hd, H], [nkv*hd, H] x2, [H, nh*vd] */
+    float *bq, *bk, *bv, *bo;         /* biases or NULL */
     float *q_norm, *k_norm;           /* see enum moe_qk_norm, or NULL */
+    float *sinks;                     /* [n_heads] attention sinks, or NULL */
+    /* MLA (wq is the plain q projection when there is no q LoRA) */
+    struct moe_weight wq_a;           /* [q_lora, H] */
+    float *q_a_norm;                  /* [q_lora] */
+    struct moe_weight wq_b;           /* [nh*(nope+rope), q_lora] */
+    struct moe_weight wkv_a;          /* [kv_lora + rope, H] */
+    float *bq_a, *bkv_a;              /* their biases (attention_bias) or NULL */
+    float *kv_a_norm;                 /* [kv_lora] */
+    struct moe_weight wk_b;           /* [nh*kv_lora, nope]: head h's W_UK transposed */
+    struct moe_weight wv_b;           /* [nh*v, kv_lora]: head h's W_UV */
     float *ffn_norm;                  /* [hidden] */
     struct moe_weight router;         /* [E, H] */
+    float *router_b;                  /* [E] router bias (gpt-oss) or NULL */
+    float *score_b;                   /* [E] e_score_correction_bias or NULL */
     struct moe_expert_weights *experts; /* [E] */
-    struct moe_expert_weights shared; /* shared expert (or dense MLP), rows 0 if none */
+    struct moe_expert_weights shared; /* shared experts (or dense MLP), rows 0 if none */
     struct moe_weight shared_gate;    /* [1, H] sigmoid gate of the shared expert */
 };
 
@@ -80,6 +154,9 @@ struct moe_model_offload;
 
 struct moe_model {
     struct moe_config cfg;
+    float *rope_inv_freq;      /* [rope_dim / 2], scaling applied */
+    int32_t *kv_window;        /* [n_layers] the cache's window per layer (0 = all) */
+    struct moe_ffn_kind ffn;   /* the routed experts' activation */
     struct moe_weight embed;   /* [vocab, hidden] */
     struct moe_weight lm_head; /* [vocab, hidden] (the embedding when tied) */
     float *final_norm;         /* [hidden] */
@@ -168,6 +245,11 @@ struct moe_scratch; /* activation buffers, grown to the largest batch seen */
 
 struct moe_kv_pool;  /* blocks shared by many sequences' caches (kv/) */
 struct moe_kv_params;
+/* What one token of this model stores in the KV cache (MLA: the latent and
+ * the rope key; a window layer's window). max_chunk: most tokens of one
+ * sequence in one forward (0 = unbounded), see struct moe_kv_shape. */
+struct moe_kv_shape;
+void moe_model_kv_shape(const struct moe_model *m, int32_t max_chunk, struct moe_kv_shape *out);
 /* A private exact (fp32) cache of max_ctx tokens. */
 int moe_model_kv_create(const struct moe_model *m, int32_t max_ctx, struct moe_kv **out);
 /* A pool of n_units blocks for this model's caches (moe_kv_seq_create). */

@@ -1,4 +1,10 @@
-/* Architecture config from Hugging Face config.json. */
+/* Architecture config from Hugging Face config.json, as transformers 5
+ * writes it or as 4.x and the checkpoints' own code wrote it. The
+ * architecture's row (model_arch.c) says which keys exist, under which
+ * spellings, with which defaults; every key of the file must be claimed by
+ * a row, a check, a hook or the list of keys that do not change the math.
+ * A key nobody claims fails the load naming it: nothing is ignored
+ * silently. */
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
@@ -7,209 +13,334 @@
 #include <string.h>
 
 #include "common/common.h"
+#include "model/model_arch.h"
 #include "model/model_int.h"
 
 const char *moe_arch_name(enum moe_arch arch)
 {
-    switch (arch) {
-    case MOE_ARCH_MIXTRAL: return "mixtral";
-    case MOE_ARCH_QWEN2_MOE: return "qwen2_moe";
-    case MOE_ARCH_QWEN3_MOE: return "qwen3_moe";
-    case MOE_ARCH_OLMOE: return "olmoe";
-    }
-    return "?";
+    const struct moe_arch_row *r = moe_arch_row(arch);
+    return r ? r->name : "?";
 }
 
-struct arch_name {
-    const char *hf_class, *model_type;
-    enum moe_arch arch;
+/* Keys of every architecture's config that do not change the logits:
+ * transformers' generic config attributes, generation defaults, training
+ * options, the file's own bookkeeping. */
+static const char *const ignored_everywhere[] = {
+    "architectures", "model_type", "transformers_version", "torch_dtype", "dtype",
+    "_name_or_path", "auto_map", "use_cache", "initializer_range", "output_router_logits",
+    "router_aux_loss_coef", "aux_loss_alpha", "seq_aux", "attention_dropout",
+    "router_jitter_noise", "pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id",
+    "decoder_start_token_id", "output_attentions", "output_hidden_states", "return_dict",
+    "chunk_size_feed_forward", "is_encoder_decoder", "is_decoder", "add_cross_attention",
+    "cross_attention_hidden_size", "tie_encoder_decoder", "problem_type", "id2label",
+    "label2id", "num_labels", "finetuning_task", "tokenizer_class", "prefix",
+    "task_specific_params", "pruned_heads", "torchscript", "use_bfloat16", "tf_legacy_loss",
+    "bad_words_ids", "begin_suppress_tokens", "suppress_tokens", "diversity_penalty",
+    "do_sample", "early_stopping", "encoder_no_repeat_ngram_size",
+    "exponential_decay_length_penalty", "forced_bos_token_id", "forced_eos_token_id",
+    "length_penalty", "max_length", "min_length", "no_repeat_ngram_size", "num_beam_groups",
+    "num_beams", "num_return_sequences", "output_scores", "remove_invalid_values",
+    "repetition_penalty", "return_dict_in_generate", "temperature", "top_k", "top_p",
+    "typical_p", "pretraining_tp", "ep_size", "num_nextn_predict_layers", "num_mtp_layers",
+    "use_flash_attention", "_attn_implementation", "_attn_implementation_autoset",
 };
 
-static const struct arch_name hf_archs[] = {
-    {"MixtralForCausalLM", "mixtral", MOE_ARCH_MIXTRAL},
-    {"Qwen2MoeForCausalLM", "qwen2_moe", MOE_ARCH_QWEN2_MOE},
-    {"Qwen3MoeForCausalLM", "qwen3_moe", MOE_ARCH_QWEN3_MOE},
-    {"OlmoeForCausalLM", "olmoe", MOE_ARCH_OLMOE},
-};
+/* ---- the reader ------------------------------------------------------------------ */
 
-/* Reads an integer field; absent -> def (or an error when def < 0 means
- * "required"). */
-static int get_int(json_t *root, const char *file, const char *key, int64_t def, int32_t *out)
+static ssize_t key_index(const struct moe_hf_cfg *c, const char *key)
 {
-    json_t *v = json_object_get(root, key);
-    if (!v || json_is_null(v)) {
-        if (def < 0)
-            return moe_err(-EINVAL, "%s: missing required field '%s'", file, key);
+    for (size_t i = 0; i < c->n_keys; i++)
+        if (!strcmp(c->keys[i], key))
+            return (ssize_t)i;
+    return -1;
+}
+
+void moe_hf_claim(struct moe_hf_cfg *c, const char *key)
+{
+    ssize_t i = key_index(c, key);
+    if (i >= 0)
+        c->claimed[i] = true;
+}
+
+json_t *moe_hf_take(struct moe_hf_cfg *c, const char *key)
+{
+    const char *dot = strchr(key, '.');
+    json_t *v;
+    if (dot) {
+        char top[128];
+        snprintf(top, sizeof(top), "%.*s", (int)(dot - key), key);
+        moe_hf_claim(c, top);
+        json_t *o = json_object_get(c->root, top);
+        v = json_is_object(o) ? json_object_get(o, dot + 1) : NULL;
+    } else {
+        moe_hf_claim(c, key);
+        v = json_object_get(c->root, key);
+    }
+    return v && !json_is_null(v) ? v : NULL;
+}
+
+/* the first present spelling; a second one present must say the same */
+static int take_any(struct moe_hf_cfg *c, const char *const *names, json_t **out,
+                    const char **which)
+{
+    *out = NULL;
+    *which = names[0];
+    for (int i = 0; i < 4 && names[i]; i++) {
+        json_t *v = moe_hf_take(c, names[i]);
+        if (!v)
+            continue;
+        if (*out && !json_equal(*out, v))
+            return moe_err(-EINVAL, "%s: '%s' and '%s' disagree", c->file, *which, names[i]);
+        if (!*out) {
+            *out = v;
+            *which = names[i];
+        }
+    }
+    return 0;
+}
+
+int moe_hf_int(struct moe_hf_cfg *c, const char *const *names, int64_t def, bool required,
+               int32_t *out)
+{
+    json_t *v;
+    const char *key;
+    int rc = take_any(c, names, &v, &key);
+    if (rc < 0)
+        return rc;
+    if (!v) {
+        if (required)
+            return moe_err(-EINVAL, "%s: missing required field '%s'", c->file, key);
         *out = (int32_t)def;
         return 0;
     }
     if (!json_is_integer(v))
-        return moe_err(-EINVAL, "%s: field '%s' must be an integer", file, key);
+        return moe_err(-EINVAL, "%s: field '%s' must be an integer", c->file, key);
     json_int_t x = json_integer_value(v);
-    if (x < 0 || x > INT32_MAX)
-        return moe_err(-EINVAL, "%s: field '%s' out of range: %lld", file, key, (long long)x);
+    if (x < INT32_MIN || x > INT32_MAX)
+        return moe_err(-EINVAL, "%s: field '%s' out of range: %lld", c->file, key, (long long)x);
     *out = (int32_t)x;
     return 0;
 }
 
-static int get_float(json_t *root, const char *file, const char *key, double def, float *out)
+int moe_hf_float(struct moe_hf_cfg *c, const char *const *names, double def, float *out)
 {
-    json_t *v = json_object_get(root, key);
-    if (!v || json_is_null(v)) {
+    json_t *v;
+    const char *key;
+    int rc = take_any(c, names, &v, &key);
+    if (rc < 0)
+        return rc;
+    if (!v) {
         *out = (float)def;
         return 0;
     }
-    if (!json_is_number(v))
-        return moe_err(-EINVAL, "%s: field '%s' must be a number", file, key);
+    if (!json_is_number(v) || !isfinite(json_number_value(v)))
+        return moe_err(-EINVAL, "%s: field '%s' must be a number", c->file, key);
     *out = (float)json_number_value(v);
     return 0;
 }
 
-static int get_bool(json_t *root, const char *file, const char *key, bool def, bool *out)
+int moe_hf_bool(struct moe_hf_cfg *c, const char *const *names, bool def, bool *out)
 {
-    json_t *v = json_object_get(root, key);
-    if (!v || json_is_null(v)) {
+    json_t *v;
+    const char *key;
+    int rc = take_any(c, names, &v, &key);
+    if (rc < 0)
+        return rc;
+    if (!v) {
         *out = def;
         return 0;
     }
     if (!json_is_boolean(v))
-        return moe_err(-EINVAL, "%s: field '%s' must be true or false", file, key);
+        return moe_err(-EINVAL, "%s: field '%s' must be true or false", c->file, key);
     *out = json_is_true(v);
     return 0;
 }
 
-static int pick_arch(json_t *root, const char *file, enum moe_arch *arch)
+/* v as text for messages and comparisons */
+static void value_text(const json_t *v, char *buf, size_t cap)
 {
-    json_t *archs = json_object_get(root, "architectures");
-    const char *cls = NULL;
-    if (json_is_array(archs) && json_array_size(archs) > 0)
-        cls = json_string_value(json_array_get(archs, 0));
-    const char *mt = json_string_value(json_object_get(root, "model_type"));
-    for (size_t i = 0; i < MOE_ARRAY_SIZE(hf_archs); i++)
-        if ((cls && !strcmp(cls, hf_archs[i].hf_class)) ||
-            (!cls && mt && !strcmp(mt, hf_archs[i].model_type))) {
-            *arch = hf_archs[i].arch;
-            return 0;
-        }
-    return moe_err(-ENOTSUP,
-                   "%s: unsupported architecture '%s' (model_type '%s'); supported: "
-                   "MixtralForCausalLM, Qwen2MoeForCausalLM, Qwen3MoeForCausalLM, OlmoeForCausalLM",
-                   file, cls ? cls : "?", mt ? mt : "?");
+    if (json_is_string(v))
+        snprintf(buf, cap, "%s", json_string_value(v));
+    else if (json_is_true(v) || json_is_false(v))
+        snprintf(buf, cap, "%s", json_is_true(v) ? "true" : "false");
+    else if (json_is_integer(v))
+        snprintf(buf, cap, "%lld", (long long)json_integer_value(v));
+    else if (json_is_real(v))
+        snprintf(buf, cap, "%g", json_real_value(v));
+    else
+        snprintf(buf, cap, "(%s)", json_is_array(v) ? "array" : "object");
 }
 
-int moe_config_from_hf(const char *path, struct moe_config *cfg)
+int moe_hf_require(struct moe_hf_cfg *c, const char *key, const char *allowed)
 {
-    memset(cfg, 0, sizeof(*cfg));
+    json_t *v = moe_hf_take(c, key);
+    if (!v)
+        return 0;
+    char have[128];
+    value_text(v, have, sizeof(have));
+    for (const char *a = allowed; *a;) {
+        const char *bar = strchr(a, '|');
+        size_t n = bar ? (size_t)(bar - a) : strlen(a);
+        if (strlen(have) == n && !strncmp(have, a, n))
+            return 0;
+        if (json_is_number(v)) { /* 1 and 1.0 are the same number */
+            char *end;
+            double want = strtod(a, &end);
+            if (end == a + n && json_number_value(v) == want)
+                return 0;
+        }
+        if (!bar)
+            break;
+        a = bar + 1;
+    }
+    return moe_err(-ENOTSUP, "%s: config key '%s' = %s is not supported (moed implements %s)",
+                   c->file, key, have, allowed);
+}
+
+static int hf_open(const char *path, struct moe_hf_cfg *c, json_t **root)
+{
     json_error_t jerr;
-    json_t *root = json_load_file(path, 0, &jerr);
-    if (!root) {
-        if (!strcmp(jerr.text, "unable to open") || strstr(jerr.text, "unable to open"))
+    *root = json_load_file(path, 0, &jerr);
+    if (!*root) {
+        if (strstr(jerr.text, "unable to open"))
             return moe_err(-ENOENT, "%s: cannot open: %s", path, jerr.text);
         return moe_err(-EINVAL, "%s:%d: invalid JSON: %s", path, jerr.line, jerr.text);
     }
-    int rc = -EINVAL;
-    if (!json_is_object(root)) {
-        rc = moe_err(-EINVAL, "%s: not a JSON object", path);
-        goto out;
+    if (!json_is_object(*root))
+        return moe_err(-EINVAL, "%s: not a JSON object", path);
+    memset(c, 0, sizeof(*c));
+    c->root = *root;
+    c->file = path;
+    c->n_keys = json_object_size(*root);
+    c->keys = calloc(c->n_keys + 1, sizeof(char *));
+    c->claimed = calloc(c->n_keys + 1, sizeof(bool));
+    if (!c->keys || !c->claimed)
+        return moe_err(-ENOMEM, "out of memory");
+    size_t i = 0;
+    const char *k;
+    json_t *v;
+    json_object_foreach(*root, k, v)
+        c->keys[i++] = k;
+    return 0;
+}
+
+static const struct moe_arch_row *pick_arch(struct moe_hf_cfg *c)
+{
+    json_t *archs = json_object_get(c->root, "architectures");
+    const char *cls = NULL;
+    if (json_is_array(archs) && json_array_size(archs) > 0)
+        cls = json_string_value(json_array_get(archs, 0));
+    const char *mt = json_string_value(json_object_get(c->root, "model_type"));
+    const struct moe_arch_row *r = moe_arch_by_hf(cls, mt);
+    if (!r) {
+        bool vision = json_is_object(json_object_get(c->root, "vision_config"));
+        moe_err(-ENOTSUP, "%s: unsupported architecture '%s' (model_type '%s')%s; supported: %s",
+                c->file, cls ? cls : "?", mt ? mt : "?",
+                vision ? " (a vision-language model: only text models are served)" : "",
+                moe_arch_hf_list());
     }
-    if ((rc = pick_arch(root, path, &cfg->arch)) < 0)
-        goto out;
+    return r;
+}
 
-    bool is_mixtral = cfg->arch == MOE_ARCH_MIXTRAL;
-    const char *experts_key = is_mixtral ? "num_local_experts" : "num_experts";
-    bool is_qwen = cfg->arch == MOE_ARCH_QWEN2_MOE || cfg->arch == MOE_ARCH_QWEN3_MOE;
-    const char *ffn_key = is_qwen ? "moe_intermediate_size" : "intermediate_size";
-    if ((rc = get_int(root, path, "vocab_size", -1, &cfg->vocab)) < 0 ||
-        (rc = get_int(root, path, "hidden_size", -1, &cfg->hidden)) < 0 ||
-        (rc = get_int(root, path, "num_hidden_layers", -1, &cfg->n_layers)) < 0 ||
-        (rc = get_int(root, path, "num_attention_heads", -1, &cfg->n_heads)) < 0 ||
-        (rc = get_int(root, path, "num_key_value_heads", cfg->n_heads, &cfg->n_kv_heads)) < 0 ||
-        (rc = get_int(root, path, experts_key, -1, &cfg->n_experts)) < 0 ||
-        (rc = get_int(root, path, "num_experts_per_tok", -1, &cfg->top_k)) < 0 ||
-        (rc = get_int(root, path, ffn_key, -1, &cfg->expert_ffn)) < 0 ||
-        (rc = get_int(root, path, "max_position_embeddings", 4096, &cfg->max_ctx)) < 0 ||
-        (rc = get_float(root, path, "rms_norm_eps", 1e-6, &cfg->rms_eps)) < 0 ||
-        (rc = get_float(root, path, "rope_theta", 10000.0, &cfg->rope_theta)) < 0 ||
-        (rc = get_bool(root, path, "tie_word_embeddings", false, &cfg->tied_embeddings)) < 0)
-        goto out;
-    if (cfg->n_heads > 0 && (rc = get_int(root, path, "head_dim", cfg->hidden / cfg->n_heads,
-                                          &cfg->head_dim)) < 0)
-        goto out;
-
-    /* architecture specifics, defaults as in transformers' config classes */
-    switch (cfg->arch) {
-    case MOE_ARCH_MIXTRAL:
-        cfg->norm_topk_prob = true;
-        break;
-    case MOE_ARCH_QWEN2_MOE:
-        cfg->qkv_bias = true;
-        if ((rc = get_bool(root, path, "norm_topk_prob", false, &cfg->norm_topk_prob)) < 0 ||
-            (rc = get_int(root, path, "shared_expert_intermediate_size", 0, &cfg->shared_ffn)) < 0)
-            goto out;
-        break;
-    case MOE_ARCH_QWEN3_MOE:
-        cfg->qk_norm = MOE_QK_NORM_HEAD;
-        if ((rc = get_bool(root, path, "norm_topk_prob", false, &cfg->norm_topk_prob)) < 0 ||
-            (rc = get_bool(root, path, "attention_bias", false, &cfg->qkv_bias)) < 0)
-            goto out;
-        break;
-    case MOE_ARCH_OLMOE:
-        cfg->qk_norm = MOE_QK_NORM_FULL;
-        if ((rc = get_bool(root, path, "norm_topk_prob", false, &cfg->norm_topk_prob)) < 0 ||
-            (rc = get_float(root, path, "clip_qkv", 0.0, &cfg->clip_qkv)) < 0)
-            goto out;
-        break;
-    }
-
-    /* Qwen-MoE can make some layers dense: mlp_only_layers and decoder_sparse_step */
-    if (cfg->arch == MOE_ARCH_QWEN2_MOE || cfg->arch == MOE_ARCH_QWEN3_MOE) {
-        int32_t step = 1;
-        if ((rc = get_int(root, path, "decoder_sparse_step", 1, &step)) < 0 ||
-            (rc = get_int(root, path, "intermediate_size", 0, &cfg->dense_ffn)) < 0)
-            goto out;
-        json_t *only = json_object_get(root, "mlp_only_layers");
-        for (int32_t l = 0; l < cfg->n_layers && l < MOE_MAX_LAYERS; l++)
-            cfg->layer_dense[l] = !(step > 0 && (l + 1) % step == 0);
-        if (json_is_array(only)) {
-            size_t i;
-            json_t *v;
-            json_array_foreach(only, i, v) {
-                json_int_t l = json_integer_value(v);
-                if (!json_is_integer(v) || l < 0 || l >= cfg->n_layers || l >= MOE_MAX_LAYERS) {
-                    rc = moe_err(-EINVAL, "%s: mlp_only_layers[%zu] is not a layer index", path, i);
-                    goto out;
-                }
-                cfg->layer_dense[l] = true;
-            }
+static int read_keys(struct moe_hf_cfg *h, const struct moe_arch_row *r, struct moe_config *cfg)
+{
+    int rc;
+    for (size_t i = 0; i < r->n_keys; i++) {
+        const struct moe_key_row *k = &r->keys[i];
+        void *p = (char *)cfg + k->off;
+        switch (k->type) {
+        case MOE_KEY_INT:
+            rc = moe_hf_int(h, k->hf, (int64_t)k->def, k->required, (int32_t *)p);
+            break;
+        case MOE_KEY_FLOAT:
+            rc = moe_hf_float(h, k->hf, k->def, (float *)p);
+            break;
+        case MOE_KEY_BOOL:
+        default:
+            rc = moe_hf_bool(h, k->hf, k->def != 0, (bool *)p);
+            break;
         }
+        if (rc < 0)
+            return rc;
     }
-
-    json_t *scaling = json_object_get(root, "rope_scaling");
-    if (scaling && !json_is_null(scaling)) {
-        const char *type = json_string_value(json_object_get(scaling, "rope_type"));
-        if (!type)
-            type = json_string_value(json_object_get(scaling, "type"));
-        if (!type || strcmp(type, "default")) {
-            rc = moe_err(-ENOTSUP, "%s: rope_scaling '%s' is not supported", path,
-                         type ? type : "?");
-            goto out;
-        }
+    for (const char *const *ck = r->checks; ck && *ck; ck++) {
+        const char *eq = strchr(*ck, '=');
+        char key[96];
+        snprintf(key, sizeof(key), "%.*s", (int)(eq - *ck), *ck);
+        if ((rc = moe_hf_require(h, key, eq + 1)) < 0)
+            return rc;
     }
+    for (const char *const *ig = r->ignore; ig && *ig; ig++)
+        moe_hf_claim(h, *ig);
+    for (size_t i = 0; i < MOE_ARRAY_SIZE(ignored_everywhere); i++)
+        moe_hf_claim(h, ignored_everywhere[i]);
+    return 0;
+}
 
+static void token_ids(struct moe_hf_cfg *h, struct moe_config *cfg)
+{
     cfg->bos_id = cfg->eos_id = -1;
-    json_t *bos = json_object_get(root, "bos_token_id"), *eos = json_object_get(root, "eos_token_id");
+    json_t *bos = json_object_get(h->root, "bos_token_id");
+    json_t *eos = json_object_get(h->root, "eos_token_id");
     if (json_is_integer(bos))
         cfg->bos_id = (int32_t)json_integer_value(bos);
     if (json_is_integer(eos))
         cfg->eos_id = (int32_t)json_integer_value(eos);
     else if (json_is_array(eos) && json_is_integer(json_array_get(eos, 0)))
         cfg->eos_id = (int32_t)json_integer_value(json_array_get(eos, 0));
+}
 
+/* quantization_config: only what moed computes exactly (gpt-oss's MXFP4
+ * experts); anything else (fp8 blocks, AWQ, GPTQ, bitsandbytes ...) would
+ * be read as plain weights */
+static int quantization(struct moe_hf_cfg *h, const struct moe_config *cfg)
+{
+    json_t *q = moe_hf_take(h, "quantization_config");
+    if (!q)
+        return 0;
+    const char *m = json_string_value(json_object_get(q, "quant_method"));
+    if (cfg->arch == MOE_ARCH_GPT_OSS && m && !strcmp(m, "mxfp4"))
+        return 0;
+    return moe_err(-ENOTSUP, "%s: config key 'quantization_config': quant_method '%s' is not "
+                   "supported (moed reads bf16/f16/f32 checkpoints, gpt-oss's MXFP4 experts, "
+                   "and GGUF; dequantise it or convert it to GGUF)", h->file, m ? m : "?");
+}
+
+int moe_config_from_hf(const char *path, struct moe_config *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    struct moe_hf_cfg h;
+    json_t *root = NULL;
+    int rc = hf_open(path, &h, &root);
+    const struct moe_arch_row *r = NULL;
+    if (rc < 0)
+        goto out;
+    if (!(r = pick_arch(&h))) {
+        rc = -ENOTSUP;
+        goto out;
+    }
+    cfg->arch = r->arch;
+    r->recipe(cfg);
+    if ((rc = moe_hf_require(&h, "hidden_act", "silu")) < 0 || (rc = read_keys(&h, r, cfg)) < 0 ||
+        (rc = quantization(&h, cfg)) < 0 || (rc = r->hf_finish(&h, cfg)) < 0)
+        goto out;
+    token_ids(&h, cfg);
+    for (size_t i = 0; i < h.n_keys; i++)
+        if (!h.claimed[i]) {
+            rc = moe_err(-ENOTSUP, "%s: config key '%s' is not known to moed for %s; it may "
+                         "change the model's math, so the model is not loaded", path, h.keys[i],
+                         r->name);
+            goto out;
+        }
     rc = moe_config_validate(cfg, path);
 out:
+    free(h.keys);
+    free(h.claimed);
     json_decref(root);
     return rc;
 }
+
+/* ---- validation ------------------------------------------------------------------ */
 
 int moe_config_validate(const struct moe_config *c, const char *file)
 {
@@ -218,6 +349,7 @@ int moe_config_validate(const struct moe_config *c, const char *file)
         if (!(cond))                                           \
             return moe_err(-EINVAL, __VA_ARGS__);              \
     } while (0)
+    REQUIRE(c->arch >= 0 && c->arch < MOE_ARCH_COUNT, "%s: unknown architecture", file);
     REQUIRE(c->vocab > 0, "%s: vocab size must be positive", file);
     REQUIRE(c->hidden > 0, "%s: hidden size must be positive", file);
     REQUIRE(c->n_layers > 0 && c->n_layers <= MOE_MAX_LAYERS,
@@ -227,7 +359,9 @@ int moe_config_validate(const struct moe_config *c, const char *file)
             c->n_heads, c->n_kv_heads);
     REQUIRE(c->head_dim > 0 && c->head_dim % 2 == 0, "%s: head dimension %d must be even",
             file, c->head_dim);
-    REQUIRE(c->n_experts > 0, "%s: expert count must be positive", file);
+    REQUIRE(c->v_head_dim > 0, "%s: value head dimension must be positive", file);
+    REQUIRE(c->n_experts > 0 && c->n_experts <= MOE_ROUTER_MAX_EXPERTS,
+            "%s: expert count %d outside 1..%d", file, c->n_experts, MOE_ROUTER_MAX_EXPERTS);
     REQUIRE(c->top_k > 0 && c->top_k <= c->n_experts && c->top_k <= MOE_ROUTER_MAX_K,
             "%s: experts per token %d outside 1..%d", file, c->top_k,
             MOE_MIN(c->n_experts, MOE_ROUTER_MAX_K));
@@ -236,9 +370,39 @@ int moe_config_validate(const struct moe_config *c, const char *file)
     REQUIRE(c->rms_eps > 0 && isfinite(c->rms_eps), "%s: rms_norm_eps must be positive", file);
     REQUIRE(c->rope_theta > 0 && isfinite(c->rope_theta), "%s: rope_theta must be positive",
             file);
-    for (int32_t l = 0; l < c->n_layers; l++)
+    REQUIRE(c->rope_dim > 0 && c->rope_dim % 2 == 0 &&
+                c->rope_dim <= (c->attn == MOE_ATTN_MLA ? c->qk_rope_dim : c->head_dim),
+            "%s: rotary dimension %d must be even and at most the head's", file, c->rope_dim);
+    REQUIRE(c->rope_scaling == MOE_ROPE_NONE || (c->rope_factor > 0 && isfinite(c->rope_factor)),
+            "%s: rope scaling factor must be positive", file);
+    REQUIRE(c->rope_scaling != MOE_ROPE_YARN || c->rope_orig_ctx > 0,
+            "%s: YaRN needs original_max_position_embeddings", file);
+    REQUIRE(c->attn_scale > 0 && isfinite(c->attn_scale), "%s: bad attention scale", file);
+    if (c->n_group > 1) {
+        REQUIRE(c->n_experts % c->n_group == 0 && c->n_group <= MOE_ROUTER_MAX_GROUPS,
+                "%s: %d experts do not split into %d groups", file, c->n_experts, c->n_group);
+        REQUIRE(c->topk_group >= 1 && c->topk_group <= c->n_group &&
+                    c->topk_group * (c->n_experts / c->n_group) >= c->top_k,
+                "%s: topk_group %d of %d groups cannot hold %d experts", file, c->topk_group,
+                c->n_group, c->top_k);
+    }
+    if (c->attn == MOE_ATTN_MLA) {
+        REQUIRE(c->kv_lora_rank > 0 && c->qk_rope_dim > 0 && c->qk_rope_dim % 2 == 0 &&
+                    c->qk_nope_dim > 0 && c->v_head_dim > 0 && c->q_lora_rank >= 0,
+                "%s: MLA dimensions (kv_lora_rank, qk_rope_head_dim, qk_nope_head_dim, "
+                "v_head_dim) must be positive", file);
+        REQUIRE(c->kv_lora_rank + c->qk_rope_dim <= 1024,
+                "%s: MLA latent of %d values is over moed's 1024", file,
+                c->kv_lora_rank + c->qk_rope_dim);
+    }
+    bool any_swa = false;
+    for (int32_t l = 0; l < c->n_layers; l++) {
         REQUIRE(!c->layer_dense[l] || c->dense_ffn > 0,
                 "%s: layer %d is dense but intermediate_size is missing", file, l);
+        any_swa |= c->layer_swa[l];
+    }
+    REQUIRE(!any_swa || c->sliding_window > 0, "%s: sliding layers need a positive sliding_window",
+            file);
 #undef REQUIRE
     return 0;
 }

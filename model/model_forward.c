@@ -4,9 +4,14 @@
  *
  *   x = embed[tokens]
  *   per layer:  x += Wo . attention(rope(q), rope(k), v)      q,k,v from rms(x)
- *               x += moe(rms(x))    (router -> top-k experts [+ shared expert])
+ *               x += moe(rms(x))    (router -> top-k experts [+ shared experts])
  *   logits = lm_head . rms(x)
- */
+ *
+ * Attention is grouped-query attention or multi-head latent attention
+ * (DeepSeek's MLA, in the weight-absorbed form: queries are moved into the
+ * latent space, attention runs on the cached latent directly, and the
+ * values leave it per head afterwards). The architecture's config says
+ * which biases, norms, rotary layout, window, sinks and router it has. */
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
@@ -19,12 +24,18 @@
 #include "model/model_int.h"
 #include "router/router.h"
 
+/* MLA's q and kv LoRA norms use transformers' default epsilon, not the
+ * config's rms_norm_eps (DeepseekV2/V3RMSNorm(rank) with no eps) */
+#define MLA_NORM_EPS 1e-6f
+
 struct moe_scratch {
     int32_t cap;            /* tokens the buffers hold */
     float *x, *xn;          /* [n][H] residual stream, its normalised copy */
-    float *q, *k, *v, *att; /* [n][nq], [n][nkv], [n][nkv], [n][nq] */
+    float *q, *k, *v;       /* [n][nh*hd], [n][kdim], [n][nkv*hd] */
+    float *qa;              /* MLA: [n][max(q_lora, nh*(kv_lora+rope))] */
+    float *att, *att2;      /* [n][nh*max(vd, kv_lora)], [n][nh*vd] */
     float *tmp;             /* [n][H] projection outputs */
-    float *rope_cos, *rope_sin; /* [n][hd/2] */
+    float *rope_cos, *rope_sin; /* [n][rope_dim/2] */
     float *router;          /* [n][E] */
     struct moe_route *routes; /* [n] */
     float *importance;      /* [n] ODP: prefill token importance */
@@ -40,8 +51,10 @@ static void scratch_free(struct moe_scratch *s)
 {
     if (!s)
         return;
-    float *bufs[] = {s->x, s->xn, s->q, s->k, s->v, s->att, s->tmp, s->rope_cos, s->rope_sin,
-                     s->router, s->sh_gate, s->sh_up, s->sh_scale, s->scores, s->importance};
+    float *bufs[] = {s->x,        s->xn,       s->q,      s->k,       s->v,
+                     s->qa,       s->att,      s->att2,   s->tmp,     s->rope_cos,
+                     s->rope_sin, s->router,   s->sh_gate, s->sh_up,  s->sh_scale,
+                     s->scores,   s->importance};
     for (size_t i = 0; i < MOE_ARRAY_SIZE(bufs); i++)
         free(bufs[i]);
     free(s->routes);
@@ -64,18 +77,25 @@ static int scratch_reserve(struct moe_scratch *s, const struct moe_config *c, in
     s->experts = keep;
     s->scores = scores;
     s->scores_cap = scores_cap;
-    size_t N = (size_t)n, H = (size_t)c->hidden, hd = (size_t)c->head_dim;
-    size_t nq = (size_t)c->n_heads * hd, nkv = (size_t)c->n_kv_heads * hd;
+    size_t N = (size_t)n, H = (size_t)c->hidden, nh = (size_t)c->n_heads;
+    size_t nq = nh * (size_t)c->head_dim, nkv = (size_t)c->n_kv_heads * (size_t)c->head_dim;
+    size_t vd = (size_t)c->v_head_dim, lat = (size_t)c->kv_lora_rank + (size_t)c->qk_rope_dim;
+    size_t kdim = c->attn == MOE_ATTN_MLA ? lat : nkv;
+    size_t qa = c->attn == MOE_ATTN_MLA ? MOE_MAX((size_t)c->q_lora_rank, nh * lat) : 1;
+    size_t att = nh * MOE_MAX(vd, (size_t)c->kv_lora_rank);
     size_t sh = (size_t)MOE_MAX(c->shared_ffn, c->dense_ffn);
+    size_t half = (size_t)MOE_MAX(c->rope_dim / 2, 1);
     s->x = malloc(N * H * sizeof(float));
     s->xn = malloc(N * H * sizeof(float));
     s->q = malloc(N * nq * sizeof(float));
-    s->k = malloc(N * nkv * sizeof(float));
-    s->v = malloc(N * nkv * sizeof(float));
-    s->att = malloc(N * nq * sizeof(float));
+    s->k = malloc(N * kdim * sizeof(float));
+    s->v = malloc(N * MOE_MAX(nkv, 1) * sizeof(float));
+    s->qa = malloc(N * qa * sizeof(float));
+    s->att = malloc(N * att * sizeof(float));
+    s->att2 = malloc(N * nh * vd * sizeof(float));
     s->tmp = malloc(N * H * sizeof(float));
-    s->rope_cos = malloc(N * hd / 2 * sizeof(float));
-    s->rope_sin = malloc(N * hd / 2 * sizeof(float));
+    s->rope_cos = malloc(N * half * sizeof(float));
+    s->rope_sin = malloc(N * half * sizeof(float));
     s->router = malloc(N * (size_t)c->n_experts * sizeof(float));
     s->routes = malloc(N * sizeof(struct moe_route));
     s->importance = malloc(N * sizeof(float));
@@ -83,9 +103,9 @@ static int scratch_reserve(struct moe_scratch *s, const struct moe_config *c, in
     s->sh_gate = malloc(N * MOE_MAX(sh, 1) * sizeof(float));
     s->sh_up = malloc(N * MOE_MAX(sh, 1) * sizeof(float));
     s->sh_scale = malloc(N * sizeof(float));
-    if (!s->x || !s->xn || !s->q || !s->k || !s->v || !s->att || !s->tmp || !s->rope_cos ||
-        !s->rope_sin || !s->router || !s->routes || !s->sh_gate || !s->sh_up || !s->sh_scale ||
-        !s->importance || !s->protect) {
+    if (!s->x || !s->xn || !s->q || !s->k || !s->v || !s->qa || !s->att || !s->att2 ||
+        !s->tmp || !s->rope_cos || !s->rope_sin || !s->router || !s->routes || !s->sh_gate ||
+        !s->sh_up || !s->sh_scale || !s->importance || !s->protect) {
         scratch_free(s);
         return moe_err(-ENOMEM, "out of memory for activations of %d tokens", n);
     }
@@ -124,16 +144,36 @@ void moe_scratch_free(struct moe_scratch *s)
     free(s);
 }
 
+void moe_model_kv_shape(const struct moe_model *m, int32_t max_chunk, struct moe_kv_shape *out)
+{
+    const struct moe_config *c = &m->cfg;
+    *out = (struct moe_kv_shape){.n_layers = c->n_layers, .window = m->kv_window,
+                                 .max_chunk = max_chunk};
+    if (c->attn == MOE_ATTN_MLA) { /* one "head": the latent, then the rope key */
+        out->n_kv_heads = 1;
+        out->k_dim = c->kv_lora_rank + c->qk_rope_dim;
+        out->v_dim = c->kv_lora_rank;
+        out->v_in_k = true;
+    } else {
+        out->n_kv_heads = c->n_kv_heads;
+        out->k_dim = c->head_dim;
+        out->v_dim = c->v_head_dim;
+    }
+}
+
 int moe_model_kv_create(const struct moe_model *m, int32_t max_ctx, struct moe_kv **out)
 {
-    return moe_kv_create(m->cfg.n_layers, m->cfg.n_kv_heads, m->cfg.head_dim, max_ctx, out);
+    struct moe_kv_shape sh;
+    moe_model_kv_shape(m, 0, &sh);
+    return moe_kv_create(&sh, NULL, max_ctx, out);
 }
 
 int moe_model_kv_pool_create(const struct moe_model *m, const struct moe_kv_params *p,
                              int64_t n_units, struct moe_kv_pool **out)
 {
-    return moe_kv_pool_create(m->cfg.n_layers, m->cfg.n_kv_heads, m->cfg.head_dim, p, n_units,
-                              out);
+    struct moe_kv_shape sh;
+    moe_model_kv_shape(m, 0, &sh);
+    return moe_kv_pool_create(&sh, p, n_units, out);
 }
 
 void moe_model_kv_free(struct moe_kv *kv)
@@ -153,30 +193,33 @@ static void rmsnorm(float *out, const float *x, const float *w, int64_t n, float
         out[i] = x[i] * r * w[i];
 }
 
-/* cos/sin of every (token, frequency) pair of this batch */
-static void rope_tables(struct moe_scratch *s, const struct moe_config *c, const int32_t *pos,
+/* cos/sin of every (token, frequency) pair of this batch, times the rope's
+ * attention factor (YaRN) */
+static void rope_tables(struct moe_scratch *s, const struct moe_model *m, const int32_t *pos,
                         int32_t n)
 {
-    int32_t half = c->head_dim / 2;
+    const struct moe_config *c = &m->cfg;
+    int32_t half = c->rope_dim / 2;
+    float af = c->rope_attn_factor;
     for (int32_t t = 0; t < n; t++)
         for (int32_t i = 0; i < half; i++) {
-            /* as transformers: inv_freq in fp32, angle = pos * inv_freq */
-            float inv_freq = (float)(1.0 / pow((double)c->rope_theta, (2.0 * i) / c->head_dim));
-            float ang = (float)pos[t] * inv_freq;
-            s->rope_cos[t * half + i] = cosf(ang);
-            s->rope_sin[t * half + i] = sinf(ang);
+            /* as transformers: angle = pos * inv_freq in fp32 */
+            float ang = (float)pos[t] * m->rope_inv_freq[i];
+            s->rope_cos[t * half + i] = cosf(ang) * af;
+            s->rope_sin[t * half + i] = sinf(ang) * af;
         }
 }
 
-/* Rotates each head of v [n_heads * hd] in place. Rotate-half pairs (i,
- * i+hd/2); interleaved (GGUF "llama", whose Q/K rows are permuted) pairs
- * (2i, 2i+1): the same rotation on permuted rows. */
-static void rope_apply(float *v, int32_t n_heads, int32_t hd, const float *cs, const float *sn,
-                       bool interleaved)
+/* Rotates the first rd dims of each of n_heads vectors of stride hd in v,
+ * starting off dims into each. Rotate-half pairs (i, i+rd/2); interleaved
+ * (GGUF "llama", whose Q/K rows are permuted; DeepSeek; ERNIE) pairs
+ * (2i, 2i+1). */
+static void rope_apply(float *v, int32_t n_heads, int32_t hd, int32_t off, int32_t rd,
+                       const float *cs, const float *sn, bool interleaved)
 {
-    int32_t half = hd / 2;
+    int32_t half = rd / 2;
     for (int32_t h = 0; h < n_heads; h++) {
-        float *x = v + (size_t)h * hd;
+        float *x = v + (size_t)h * hd + off;
         for (int32_t i = 0; i < half; i++) {
             int32_t a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half;
             float x0 = x[a], x1 = x[b];
@@ -214,16 +257,27 @@ struct fwd {
     const struct moe_forward_opts *opts; /* NULL: plain top-k */
 };
 
-static int attention_block(const struct fwd *s, int32_t l, int32_t n)
+static int store_kv(const struct fwd *s, int32_t l, int32_t n, const float *k, size_t kst,
+                    const float *v, size_t vst)
+{
+    for (int32_t t = 0; t < n; t++) {
+        int rc = moe_kv_store(s->kvs[t], l, s->pos[t], k + (size_t)t * kst,
+                              v ? v + (size_t)t * vst : NULL);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* grouped-query attention: S->xn -> S->att [n][nh*vd] */
+static int gqa(const struct fwd *s, int32_t l, int32_t n)
 {
     const struct moe_config *c = &s->model->cfg;
     const struct moe_layer *L = &s->model->layers[l];
     struct moe_scratch *S = s->scratch;
-    int64_t H = c->hidden, hd = c->head_dim;
+    int64_t hd = c->head_dim;
     int64_t nq = (int64_t)c->n_heads * hd, nkv = (int64_t)c->n_kv_heads * hd;
 
-    for (int32_t t = 0; t < n; t++)
-        rmsnorm(S->xn + t * H, S->x + t * H, L->attn_norm, H, c->rms_eps);
     moe_matmul(s->pool, &L->wq, S->xn, n, S->q); /* [n][nq] */
     moe_matmul(s->pool, &L->wk, S->xn, n, S->k); /* [n][nkv] */
     moe_matmul(s->pool, &L->wv, S->xn, n, S->v); /* [n][nkv] */
@@ -248,21 +302,93 @@ static int attention_block(const struct fwd *s, int32_t l, int32_t n)
         clamp_all(S->k, (size_t)n * nkv, c->clip_qkv);
         clamp_all(S->v, (size_t)n * nkv, c->clip_qkv);
     }
-    int32_t half = c->head_dim / 2;
+    int32_t half = c->rope_dim / 2;
     for (int32_t t = 0; t < n; t++) {
         const float *cs = S->rope_cos + t * half, *sn = S->rope_sin + t * half;
-        rope_apply(S->q + t * nq, c->n_heads, c->head_dim, cs, sn, c->rope_interleaved);
-        rope_apply(S->k + t * nkv, c->n_kv_heads, c->head_dim, cs, sn, c->rope_interleaved);
+        rope_apply(S->q + t * nq, c->n_heads, (int32_t)hd, 0, c->rope_dim, cs, sn,
+                   c->rope_interleaved);
+        rope_apply(S->k + t * nkv, c->n_kv_heads, (int32_t)hd, 0, c->rope_dim, cs, sn,
+                   c->rope_interleaved);
     }
-
-    for (int32_t t = 0; t < n; t++) {
-        int rc = moe_kv_store(s->kvs[t], l, s->pos[t], S->k + t * nkv, S->v + t * nkv);
-        if (rc < 0)
-            return rc;
-    }
-    moe_kv_attention(s->pool, s->kvs, s->pos, n, l, c->n_heads, S->q, S->att, S->scores,
+    int rc = store_kv(s, l, n, S->k, (size_t)nkv, S->v, (size_t)nkv);
+    if (rc < 0)
+        return rc;
+    struct moe_kv_attn a = {c->n_heads, c->attn_scale, L->sinks};
+    moe_kv_attention(s->pool, s->kvs, s->pos, n, l, &a, S->q, S->att, S->scores,
                      S->scores_stride);
+    return 0;
+}
+
+/* multi-head latent attention, weights absorbed: S->xn -> S->att [n][nh*vd]
+ *   q = Wq_b . rms(Wq_a . x)   (or Wq . x)          [nh][nope + rope]
+ *   c = rms(kv_a[:kvl]), k_pe = rope(kv_a[kvl:])     the cache: [c, k_pe]
+ *   q_lat_h = W_UK_h^T . q_nope_h                    [kvl]
+ *   o_lat_h = softmax(([q_lat_h, q_pe_h] . [c, k_pe]) * scale) . c
+ *   att_h = W_UV_h . o_lat_h                          [vd] */
+static int mla(const struct fwd *s, int32_t l, int32_t n)
+{
+    const struct moe_config *c = &s->model->cfg;
+    const struct moe_layer *L = &s->model->layers[l];
+    struct moe_scratch *S = s->scratch;
+    int32_t nh = c->n_heads, nope = c->qk_nope_dim, rope = c->qk_rope_dim;
+    int32_t kvl = c->kv_lora_rank, ql = c->q_lora_rank, qhd = nope + rope, lat = kvl + rope;
+    int64_t nq = (int64_t)nh * qhd;
+
+    if (ql > 0) {
+        moe_matmul(s->pool, &L->wq_a, S->xn, n, S->qa); /* [n][ql] */
+        add_bias(S->qa, L->bq_a, n, ql);
+        for (int32_t t = 0; t < n; t++)
+            rmsnorm(S->qa + (size_t)t * ql, S->qa + (size_t)t * ql, L->q_a_norm, ql,
+                    MLA_NORM_EPS);
+        moe_matmul(s->pool, &L->wq_b, S->qa, n, S->q); /* [n][nh*qhd] */
+    } else {
+        moe_matmul(s->pool, &L->wq, S->xn, n, S->q);
+    }
+    moe_matmul(s->pool, &L->wkv_a, S->xn, n, S->k); /* [n][kvl + rope] */
+    add_bias(S->k, L->bkv_a, n, lat);
+    int32_t half = c->rope_dim / 2;
+    for (int32_t t = 0; t < n; t++) {
+        float *kv = S->k + (size_t)t * lat;
+        const float *cs = S->rope_cos + t * half, *sn = S->rope_sin + t * half;
+        rmsnorm(kv, kv, L->kv_a_norm, kvl, MLA_NORM_EPS);
+        rope_apply(kv + kvl, 1, rope, 0, c->rope_dim, cs, sn, c->rope_interleaved);
+        rope_apply(S->q + (size_t)t * nq, nh, qhd, nope, c->rope_dim, cs, sn,
+                   c->rope_interleaved);
+    }
+    int rc = store_kv(s, l, n, S->k, (size_t)lat, NULL, 0);
+    if (rc < 0)
+        return rc;
+    /* q_lat = W_UK^T q_nope per head, into att as scratch [n][nh*kvl] */
+    moe_matmul_grouped(s->pool, &L->wk_b, nh, S->q, nq, qhd, n, S->att);
+    for (int32_t t = 0; t < n; t++) /* the attention query: [q_lat_h, q_pe_h] per head */
+        for (int32_t h = 0; h < nh; h++) {
+            float *dst = S->qa + ((size_t)t * nh + h) * lat;
+            memcpy(dst, S->att + ((size_t)t * nh + h) * kvl, (size_t)kvl * sizeof(float));
+            memcpy(dst + kvl, S->q + (size_t)t * nq + (size_t)h * qhd + nope,
+                   (size_t)rope * sizeof(float));
+        }
+    struct moe_kv_attn a = {nh, c->attn_scale, L->sinks};
+    moe_kv_attention(s->pool, s->kvs, s->pos, n, l, &a, S->qa, S->att, S->scores,
+                     S->scores_stride); /* o_lat [n][nh*kvl] */
+    moe_matmul_grouped(s->pool, &L->wv_b, nh, S->att, (int64_t)nh * kvl, kvl, n, S->att2);
+    memcpy(S->att, S->att2, (size_t)n * (size_t)nh * (size_t)c->v_head_dim * sizeof(float));
+    return 0;
+}
+
+static int attention_block(const struct fwd *s, int32_t l, int32_t n)
+{
+    const struct moe_config *c = &s->model->cfg;
+    const struct moe_layer *L = &s->model->layers[l];
+    struct moe_scratch *S = s->scratch;
+    int64_t H = c->hidden;
+
+    for (int32_t t = 0; t < n; t++)
+        rmsnorm(S->xn + t * H, S->x + t * H, L->attn_norm, H, c->rms_eps);
+    int rc = c->attn == MOE_ATTN_MLA ? mla(s, l, n) : gqa(s, l, n);
+    if (rc < 0)
+        return rc;
     moe_matmul(s->pool, &L->wo, S->att, n, S->tmp); /* [n][H] */
+    add_bias(S->tmp, L->bo, n, H);
     for (int64_t i = 0; i < (int64_t)n * H; i++)
         S->x[i] += S->tmp[i];
     return 0;
@@ -271,6 +397,15 @@ static int attention_block(const struct fwd *s, int32_t l, int32_t n)
 static const struct moe_prune *tok_prune(const struct moe_forward_opts *o, int32_t t)
 {
     return !o ? NULL : o->prune ? o->prune[t] : o->prune_all;
+}
+
+void moe_model_router_cfg(const struct moe_model *m, int32_t l, struct moe_router_cfg *out)
+{
+    const struct moe_config *c = &m->cfg;
+    *out = (struct moe_router_cfg){.kind = c->router, .renorm = c->norm_topk_prob,
+                                   .n_group = c->n_group, .topk_group = c->topk_group,
+                                   .scale = c->routed_scale, .norm_min = c->router_norm_min,
+                                   .bias = m->layers[l].score_b};
 }
 
 /* Top-k (a token's own k) and online dynamic pruning of every token, into
@@ -283,6 +418,8 @@ static void route_tokens(const struct fwd *s, int32_t l, int32_t n)
     const struct moe_forward_opts *o = s->opts;
     struct moe_scratch *S = s->scratch;
     struct moe_router_layer_stats *st = o && o->stats ? &o->stats->layer[l] : NULL;
+    struct moe_router_cfg rcfg;
+    moe_model_router_cfg(s->model, l, &rcfg);
 
     bool any = false;
     for (int32_t t = 0; t < n && !any; t++) {
@@ -305,15 +442,16 @@ static void route_tokens(const struct fwd *s, int32_t l, int32_t n)
         int32_t k = !o ? 0 : o->top_k ? o->top_k[t] : o->top_k_all;
         if (k <= 0 || k > c->top_k)
             k = c->top_k;
-        moe_router_topk_prune(S->router + (size_t)t * c->n_experts, c->n_experts, k,
-                              c->norm_topk_prob, beta, &S->routes[t], st);
+        moe_router_route(&rcfg, S->router + (size_t)t * c->n_experts, c->n_experts, k, beta,
+                         &S->routes[t], st);
     }
 }
 
 static int ffn_block(const struct fwd *s, int32_t l, int32_t n)
 {
-    const struct moe_config *c = &s->model->cfg;
-    const struct moe_layer *L = &s->model->layers[l];
+    const struct moe_model *m = s->model;
+    const struct moe_config *c = &m->cfg;
+    const struct moe_layer *L = &m->layers[l];
     struct moe_scratch *S = s->scratch;
     int64_t H = c->hidden;
 
@@ -321,33 +459,34 @@ static int ffn_block(const struct fwd *s, int32_t l, int32_t n)
         rmsnorm(S->xn + t * H, S->x + t * H, L->ffn_norm, H, c->rms_eps);
 
     if (c->layer_dense[l]) { /* plain MLP layer */
-        moe_expert_ffn(s->pool, &L->shared, S->xn, n, S->sh_gate, S->sh_up, S->tmp);
+        moe_expert_ffn(s->pool, &L->shared, NULL, S->xn, n, S->sh_gate, S->sh_up, S->tmp);
         for (int64_t i = 0; i < (int64_t)n * H; i++)
             S->x[i] += S->tmp[i];
         return 0;
     }
 
     moe_matmul(s->pool, &L->router, S->xn, n, S->router); /* [n][E] */
+    add_bias(S->router, L->router_b, n, c->n_experts);
     route_tokens(s, l, n);
     if (s->obs)
         s->obs(s->obs_ctx, l, S->xn, n, S->routes);
     const struct moe_expert_weights *experts = L->experts;
     const struct moe_expert_source *src = NULL;
     int rc = 0;
-    if (s->model->offload && (rc = moe_model_offload_layer(s->model, s->pool, l, S->x, n,
-                                                            S->routes, S->tmp, S->router,
-                                                            &experts, &src)) < 0)
+    if (m->offload && (rc = moe_model_offload_layer(m, s->pool, l, S->x, n, S->routes, S->tmp,
+                                                     S->router, &experts, &src)) < 0)
         return rc;
-    rc = moe_experts_run_from(s->pool, experts, src, c->n_experts, S->xn, n, c->hidden, S->routes,
-                              S->x, &S->experts);
+    rc = moe_experts_run_from(s->pool, experts, src, &m->ffn, c->n_experts, S->xn, n, c->hidden,
+                              S->routes, S->x, &S->experts);
     if (rc < 0)
         return rc;
 
-    if (L->shared.gate.rows > 0) { /* Qwen2-MoE: sigmoid-gated shared expert */
-        moe_expert_ffn(s->pool, &L->shared, S->xn, n, S->sh_gate, S->sh_up, S->tmp);
-        moe_matmul(s->pool, &L->shared_gate, S->xn, n, S->sh_scale); /* [n][1] */
+    if (L->shared.gate.rows > 0) { /* shared experts, sigmoid-gated in Qwen2-MoE */
+        moe_expert_ffn(s->pool, &L->shared, NULL, S->xn, n, S->sh_gate, S->sh_up, S->tmp);
+        if (c->shared_gate)
+            moe_matmul(s->pool, &L->shared_gate, S->xn, n, S->sh_scale); /* [n][1] */
         for (int32_t t = 0; t < n; t++) {
-            float g = 1.0f / (1.0f + expf(-S->sh_scale[t]));
+            float g = c->shared_gate ? 1.0f / (1.0f + expf(-S->sh_scale[t])) : 1.0f;
             moe_vec_axpy_f32(S->x + t * H, g, S->tmp + t * H, H);
         }
     }
@@ -391,7 +530,7 @@ int moe_model_forward_opts(const struct moe_model *m, struct moe_pool *pool,
     int64_t H = c->hidden;
 
     moe_model_embed(m, tokens, n, S->x);
-    rope_tables(S, c, pos, n);
+    rope_tables(S, m, pos, n);
 
     for (int32_t l = 0; l < c->n_layers; l++) {
         if ((rc = attention_block(&f, l, n)) < 0 || (rc = ffn_block(&f, l, n)) < 0)
@@ -442,7 +581,7 @@ int moe_model_forward_layer(const struct moe_model *m, struct moe_pool *pool,
         struct fwd f = {m, pool, S, kvs, pos, obs, obs_ctx, NULL};
         size_t bytes = (size_t)n * (size_t)c->hidden * sizeof(float);
         memcpy(S->x, x, bytes);
-        rope_tables(S, c, pos, n);
+        rope_tables(S, m, pos, n);
         if ((rc = attention_block(&f, l, n)) == 0 && (rc = ffn_block(&f, l, n)) == 0)
             memcpy(x, S->x, bytes);
     }
@@ -473,9 +612,11 @@ int moe_session_create_kv(const struct moe_model *m, struct moe_pool *pool, int3
     s->kvs = malloc((size_t)max_ctx * sizeof(*s->kvs));
     int rc = !s->pos || !s->logit_idx || !s->kvs ? moe_err(-ENOMEM, "out of memory")
                                                  : moe_scratch_create(&s->scratch);
-    if (rc == 0)
-        rc = moe_kv_create_params(m->cfg.n_layers, m->cfg.n_kv_heads, m->cfg.head_dim, kvp,
-                                  max_ctx, &s->kv);
+    if (rc == 0) {
+        struct moe_kv_shape sh;
+        moe_model_kv_shape(m, 0, &sh);
+        rc = moe_kv_create(&sh, kvp, max_ctx, &s->kv);
+    }
     if (rc < 0) {
         moe_session_free(s);
         return rc;

@@ -18,7 +18,10 @@ struct moe_model_files {
         void *side;
     } sides[MOE_PACK_MAX_SIDES];
     int n_sides;
+    void **owned; /* copies the model made (fp32 vectors, rearranged layouts) */
+    size_t n_owned, cap_owned;
 };
+void moe_model_free_owned(struct moe_model_files *f);
 
 struct moe_expert_source;
 
@@ -34,6 +37,9 @@ int moe_model_offload_layer(const struct moe_model *m, struct moe_pool *pool, in
                             float *router_buf, const struct moe_expert_weights **experts,
                             const struct moe_expert_source **src);
 void moe_model_offload_free(struct moe_model *m);
+/* layer l's router as the architecture routes (router/router.h) */
+struct moe_router_cfg;
+void moe_model_router_cfg(const struct moe_model *m, int32_t l, struct moe_router_cfg *out);
 
 /* config.json -> cfg (defaults per architecture as transformers has them) */
 int moe_config_from_hf(const char *config_path, struct moe_config *cfg);
@@ -41,10 +47,42 @@ int moe_config_from_hf(const char *config_path, struct moe_config *cfg);
 int moe_config_from_gguf(const struct moe_gguf *g, struct moe_config *cfg);
 /* Checks the dimensions make sense; file names the source in messages. */
 int moe_config_validate(const struct moe_config *cfg, const char *file);
+/* What the config implies beyond its fields: the rope table, the cache's
+ * per-layer windows, the experts' activation (after cfg is final). */
+int moe_model_derive(struct moe_model *m);
+/* m->layers and each layer's experts, zeroed, for m->cfg */
+int moe_model_alloc_layers(struct moe_model *m);
 
-/* Bind every tensor of the model (shapes and dtypes checked). */
-int moe_model_bind_hf(struct moe_model *m);
-int moe_model_bind_gguf(struct moe_model *m);
+/* Binds every tensor the architecture's rows give it (model_tensors.c),
+ * from the checkpoint the model was opened from (shapes and dtypes
+ * checked); a pack's experts are bound from its blobs instead. */
+int moe_model_bind_tensors(struct moe_model *m);
+
+/* A dense tensor (everything but the routed experts) under its pack name:
+ * a matrix, or an fp32 vector of n values. */
+struct moe_dense_tensor {
+    const char *name;
+    const struct moe_weight *mat;
+    const float *vec;
+    int64_t n;
+};
+typedef int (*moe_dense_visit)(void *ctx, const struct moe_dense_tensor *t);
+int moe_model_visit_dense(const struct moe_model *m, moe_dense_visit fn, void *ctx);
+
+/* The parts of layer l's expert x as a pack blob holds them ("gate", "up",
+ * "down", then the biases where the architecture has them): at most max,
+ * returns how many. off: where the part sits in struct moe_expert_weights. */
+struct moe_expert_part {
+    const char *name;
+    size_t off;
+    const struct moe_weight *mat; /* a matrix of rows x cols */
+    int64_t rows, cols;
+    const float *vec;             /* or an fp32 vector of n values */
+    int64_t n;
+};
+#define MOE_EXPERT_MAX_PARTS 6
+int moe_model_expert_parts(const struct moe_model *m, int32_t l, int32_t x,
+                           struct moe_expert_part *parts, int max);
 /* A pack: config, tensors, experts, tokenizer (model_pack.c); m->path is the pack */
 int moe_model_open_pack(struct moe_model *m);
 /* The tokenizer held in a pack's blobs (*out NULL when it has none) */

@@ -6,9 +6,26 @@
 #include <unistd.h>
 
 #include "common/common.h"
+#include "model/model_arch.h"
 #include "model/model_int.h"
 
-static int alloc_layers(struct moe_model *m)
+int moe_model_derive(struct moe_model *m)
+{
+    const struct moe_config *c = &m->cfg;
+    m->rope_inv_freq = malloc((size_t)MOE_MAX(c->rope_dim / 2, 1) * sizeof(float));
+    m->kv_window = calloc((size_t)c->n_layers, sizeof(int32_t));
+    if (!m->rope_inv_freq || !m->kv_window)
+        return moe_err(-ENOMEM, "out of memory");
+    moe_rope_inv_freq(c, m->rope_inv_freq);
+    for (int32_t l = 0; l < c->n_layers; l++)
+        m->kv_window[l] = c->layer_swa[l] ? c->sliding_window : 0;
+    m->ffn = (struct moe_ffn_kind){
+        c->act == MOE_ACT_SWIGLU_OAI ? MOE_FFN_SWIGLU_OAI : MOE_FFN_SILU, c->swiglu_alpha,
+        c->swiglu_limit};
+    return 0;
+}
+
+int moe_model_alloc_layers(struct moe_model *m)
 {
     m->layers = calloc((size_t)m->cfg.n_layers, sizeof(*m->layers));
     if (!m->layers)
@@ -93,7 +110,8 @@ static int open_hf(struct moe_model *m)
         goto out;
     if ((rc = moe_safetensors_open_dir(m->path, &m->files->st)) < 0)
         goto out;
-    if ((rc = alloc_layers(m)) < 0 || (rc = moe_model_bind_hf(m)) < 0)
+    if ((rc = moe_model_alloc_layers(m)) < 0 || (rc = moe_model_bind_tensors(m)) < 0 ||
+        (rc = moe_model_derive(m)) < 0)
         goto out;
     rc = tokenizer_from_dir(m->path, true, &m->tok);
 out:
@@ -108,7 +126,8 @@ static int open_gguf(struct moe_model *m)
         return rc;
     if ((rc = moe_config_from_gguf(m->files->gguf, &m->cfg)) < 0)
         return rc;
-    if ((rc = alloc_layers(m)) < 0 || (rc = moe_model_bind_gguf(m)) < 0)
+    if ((rc = moe_model_alloc_layers(m)) < 0 || (rc = moe_model_bind_tensors(m)) < 0 ||
+        (rc = moe_model_derive(m)) < 0)
         return rc;
     if (moe_gguf_has(m->files->gguf, "tokenizer.ggml.model"))
         return moe_tokenizer_from_gguf(m->files->gguf, &m->tok);
@@ -166,25 +185,19 @@ void moe_model_free(struct moe_model *m)
         return;
     if (m->layers) {
         for (int32_t l = 0; l < m->cfg.n_layers; l++) {
-            struct moe_layer *L = &m->layers[l];
-            free(L->attn_norm);
-            free(L->ffn_norm);
-            free(L->bq);
-            free(L->bk);
-            free(L->bv);
-            free(L->q_norm);
-            free(L->k_norm);
-            free(L->experts);
+            free(m->layers[l].experts); /* the vectors are the model's owned copies */
         }
         free(m->layers);
     }
-    free(m->final_norm);
+    free(m->rope_inv_freq);
+    free(m->kv_window);
     moe_tokenizer_free(m->tok);
     moe_model_offload_free(m);
     if (m->files) {
         moe_safetensors_close(m->files->st);
         moe_gguf_close(m->files->gguf);
         moe_model_pack_free_sides(m->files); /* tables views point into: before the pack */
+        moe_model_free_owned(m->files);
         moe_pack_close(m->files->pack);
         free(m->files);
     }
@@ -214,7 +227,8 @@ size_t moe_model_prefault(const struct moe_model *m)
         const struct moe_layer *L = &m->layers[l];
         b += touch(&L->wq, &sink) + touch(&L->wk, &sink) + touch(&L->wv, &sink) +
              touch(&L->wo, &sink) + touch(&L->router, &sink) + touch(&L->shared_gate, &sink) +
-             touch_ffn(&L->shared, &sink);
+             touch_ffn(&L->shared, &sink) + touch(&L->wq_a, &sink) + touch(&L->wq_b, &sink) +
+             touch(&L->wkv_a, &sink) + touch(&L->wk_b, &sink) + touch(&L->wv_b, &sink);
         /* experts read into a host tier on demand stay out of the page cache */
         if (!m->cfg.layer_dense[l] && !(m->open_flags & MOE_MODEL_OPEN_EXPERTS_ON_READ))
             for (int32_t e = 0; e < m->cfg.n_experts; e++)
@@ -229,7 +243,9 @@ size_t moe_model_active_bytes(const struct moe_model *m)
     for (int32_t l = 0; l < m->cfg.n_layers; l++) {
         const struct moe_layer *L = &m->layers[l];
         b += moe_weight_bytes(&L->wq) + moe_weight_bytes(&L->wk) + moe_weight_bytes(&L->wv) +
-             moe_weight_bytes(&L->wo);
+             moe_weight_bytes(&L->wo) + moe_weight_bytes(&L->wq_a) + moe_weight_bytes(&L->wq_b) +
+             moe_weight_bytes(&L->wkv_a) + moe_weight_bytes(&L->wk_b) +
+             moe_weight_bytes(&L->wv_b);
         b += moe_weight_bytes(&L->shared.gate) + moe_weight_bytes(&L->shared.up) +
              moe_weight_bytes(&L->shared.down) + moe_weight_bytes(&L->shared_gate);
         if (m->cfg.layer_dense[l])

@@ -23,7 +23,11 @@ static int wait_expert(void *ctx, int32_t x, const struct moe_expert_weights **w
 struct moe_model_offload {
     struct moe_offload *o;
     bool prefetch;
-    ptrdiff_t (*delta)[3];              /* [L * E]: part data - blob start, per matrix */
+    /* [L * E][part]: where each part (model_tensors.c's expert parts) sits in
+     * the blob, and where its pointer sits in struct moe_expert_weights */
+    ptrdiff_t (*delta)[MOE_EXPERT_MAX_PARTS];
+    size_t part_off[MOE_EXPERT_MAX_PARTS];
+    int n_parts;
     struct moe_expert_weights *views;   /* [E] this step's experts */
     bool *need, *likely, *ready;        /* [E] */
     const void **blobs;                 /* [E] */
@@ -89,12 +93,14 @@ int moe_model_use_offload(struct moe_model *m, struct moe_offload *o, bool prefe
         if (m->cfg.layer_dense[l])
             continue;
         for (int32_t x = 0; x < E; x++) {
-            const struct moe_pack_expert *e = moe_pack_find_expert(p, l, x);
-            const struct moe_expert_weights *ew = &m->layers[l].experts[x];
-            const uint8_t *base = e->data;
-            mo->delta[(size_t)l * E + x][0] = (const uint8_t *)ew->gate.data - base;
-            mo->delta[(size_t)l * E + x][1] = (const uint8_t *)ew->up.data - base;
-            mo->delta[(size_t)l * E + x][2] = (const uint8_t *)ew->down.data - base;
+            struct moe_expert_part parts[MOE_EXPERT_MAX_PARTS];
+            mo->n_parts = moe_model_expert_parts(m, l, x, parts, MOE_EXPERT_MAX_PARTS);
+            const uint8_t *base = moe_pack_find_expert(p, l, x)->data;
+            for (int i = 0; i < mo->n_parts; i++) {
+                const void *data = parts[i].mat ? parts[i].mat->data : (const void *)parts[i].vec;
+                mo->part_off[i] = parts[i].off;
+                mo->delta[(size_t)l * E + x][i] = (const uint8_t *)data - base;
+            }
         }
     }
     mo->o = o;
@@ -133,10 +139,15 @@ static void prefetch_next(const struct moe_model *m, struct moe_pool *pool, int3
     }
     moe_matmul(pool, &m->layers[next].router, tmp, n, router_buf); /* [n][E] */
     memset(mo->likely, 0, (size_t)c->n_experts * sizeof(bool));
+    struct moe_router_cfg rc;
+    moe_model_router_cfg(m, next, &rc);
+    const float *rb = m->layers[next].router_b;
     for (int32_t t = 0; t < n; t++) {
         struct moe_route r;
-        moe_router_topk(router_buf + (size_t)t * c->n_experts, c->n_experts, c->top_k,
-                        c->norm_topk_prob, &r);
+        float *lg = router_buf + (size_t)t * c->n_experts;
+        for (int32_t e = 0; rb && e < c->n_experts; e++)
+            lg[e] += rb[e];
+        moe_router_route(&rc, lg, c->n_experts, c->top_k, 0.0f, &r, NULL);
         for (int32_t j = 0; j < r.n; j++)
             mo->likely[r.expert[j]] = true;
     }
@@ -147,9 +158,16 @@ static void prefetch_next(const struct moe_model *m, struct moe_pool *pool, int3
 static void point_view(struct moe_model_offload *mo, int32_t l, int32_t x, const void *b)
 {
     const ptrdiff_t *d = mo->delta[(size_t)l * mo->model->cfg.n_experts + x];
-    mo->views[x].gate.data = (const uint8_t *)b + d[0];
-    mo->views[x].up.data = (const uint8_t *)b + d[1];
-    mo->views[x].down.data = (const uint8_t *)b + d[2];
+    for (int i = 0; i < mo->n_parts; i++) { /* a matrix's data, or a bias's pointer */
+        uint8_t *slot = (uint8_t *)&mo->views[x] + mo->part_off[i];
+        const void *at = (const uint8_t *)b + d[i];
+        if (mo->part_off[i] == offsetof(struct moe_expert_weights, gate) ||
+            mo->part_off[i] == offsetof(struct moe_expert_weights, up) ||
+            mo->part_off[i] == offsetof(struct moe_expert_weights, down))
+            ((struct moe_weight *)(void *)slot)->data = at;
+        else
+            *(const void **)(void *)slot = at;
+    }
 }
 
 /* all of the layer's experts are in: the link is free for the next layer's */

@@ -1,7 +1,7 @@
 /* A model and the moed pack: writing a model's base (config, tokenizer,
  * dense tensors; moe-pack adds the experts) and opening a model from a pack.
- * One list of the dense tensors (for_each_dense) serves both, so the names
- * written are the names read. */
+ * The tensor table (model_tensors.c) serves both, so the names written are
+ * the names read. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -12,92 +12,19 @@
 #include "common/common.h"
 #include "model/model_int.h"
 
-/* one dense tensor of the model: a matrix or an fp32 vector */
-struct dense_slot {
-    char name[96];
-    struct moe_weight *w; /* matrix, or NULL */
-    int64_t rows, cols;
-    float **v; /* vector, or NULL */
-    int64_t n;
-};
-
-typedef int (*dense_fn)(struct moe_model *m, const struct dense_slot *s, void *ctx);
-
-#define SLOT_MAT(var, r, c, ...)                                                               \
-    do {                                                                                       \
-        struct dense_slot s_ = {.w = &(var), .rows = (r), .cols = (c)};                        \
-        snprintf(s_.name, sizeof(s_.name), __VA_ARGS__);                                       \
-        if ((rc = fn(m, &s_, ctx)) < 0)                                                        \
-            return rc;                                                                         \
-    } while (0)
-#define SLOT_VEC(var, len, ...)                                                                \
-    do {                                                                                       \
-        struct dense_slot s_ = {.v = &(var), .n = (len)};                                      \
-        snprintf(s_.name, sizeof(s_.name), __VA_ARGS__);                                       \
-        if ((rc = fn(m, &s_, ctx)) < 0)                                                        \
-            return rc;                                                                         \
-    } while (0)
-
-static int for_each_dense(struct moe_model *m, dense_fn fn, void *ctx)
-{
-    const struct moe_config *cfg = &m->cfg;
-    int64_t H = cfg->hidden, hd = cfg->head_dim;
-    int64_t nq = (int64_t)cfg->n_heads * hd, nkv = (int64_t)cfg->n_kv_heads * hd;
-    int rc;
-    SLOT_MAT(m->embed, cfg->vocab, H, "embed");
-    if (!cfg->tied_embeddings)
-        SLOT_MAT(m->lm_head, cfg->vocab, H, "lm_head");
-    SLOT_VEC(m->final_norm, H, "final_norm");
-    for (int32_t l = 0; l < cfg->n_layers; l++) {
-        struct moe_layer *L = &m->layers[l];
-        SLOT_VEC(L->attn_norm, H, "layers.%d.attn_norm", l);
-        SLOT_VEC(L->ffn_norm, H, "layers.%d.ffn_norm", l);
-        SLOT_MAT(L->wq, nq, H, "layers.%d.attn.q", l);
-        SLOT_MAT(L->wk, nkv, H, "layers.%d.attn.k", l);
-        SLOT_MAT(L->wv, nkv, H, "layers.%d.attn.v", l);
-        SLOT_MAT(L->wo, H, nq, "layers.%d.attn.o", l);
-        if (cfg->qkv_bias) {
-            SLOT_VEC(L->bq, nq, "layers.%d.attn.q_bias", l);
-            SLOT_VEC(L->bk, nkv, "layers.%d.attn.k_bias", l);
-            SLOT_VEC(L->bv, nkv, "layers.%d.attn.v_bias", l);
-        }
-        if (cfg->qk_norm != MOE_QK_NORM_NONE) {
-            bool full = cfg->qk_norm == MOE_QK_NORM_FULL;
-            SLOT_VEC(L->q_norm, full ? nq : hd, "layers.%d.attn.q_norm", l);
-            SLOT_VEC(L->k_norm, full ? nkv : hd, "layers.%d.attn.k_norm", l);
-        }
-        if (cfg->layer_dense[l]) {
-            int64_t F = cfg->dense_ffn;
-            SLOT_MAT(L->shared.gate, F, H, "layers.%d.mlp.gate", l);
-            SLOT_MAT(L->shared.up, F, H, "layers.%d.mlp.up", l);
-            SLOT_MAT(L->shared.down, H, F, "layers.%d.mlp.down", l);
-            continue;
-        }
-        SLOT_MAT(L->router, cfg->n_experts, H, "layers.%d.router", l);
-        if (cfg->shared_ffn > 0) {
-            int64_t F = cfg->shared_ffn;
-            SLOT_MAT(L->shared.gate, F, H, "layers.%d.shared_expert.gate", l);
-            SLOT_MAT(L->shared.up, F, H, "layers.%d.shared_expert.up", l);
-            SLOT_MAT(L->shared.down, H, F, "layers.%d.shared_expert.down", l);
-            SLOT_MAT(L->shared_gate, 1, H, "layers.%d.shared_expert_gate", l);
-        }
-    }
-    return 0;
-}
-
 /* ---- writing ------------------------------------------------------------------------ */
 
-static int write_dense(struct moe_model *m, const struct dense_slot *s, void *ctx)
+static int write_dense(void *ctx, const struct moe_dense_tensor *t)
 {
     struct moe_pack_writer *w = ctx;
-    if (s->v) {
-        int64_t dims[1] = {s->n};
-        return moe_pack_writer_add_tensor(w, s->name, MOE_DTYPE_F32, 1, dims, *s->v,
-                                          (size_t)s->n * sizeof(float));
+    if (!t->mat) {
+        int64_t dims[1] = {t->n};
+        return moe_pack_writer_add_tensor(w, t->name, MOE_DTYPE_F32, 1, dims, t->vec,
+                                          (size_t)t->n * sizeof(float));
     }
-    const struct moe_weight *x = s->w;
+    const struct moe_weight *x = t->mat;
     int64_t dims[2] = {x->rows, x->cols};
-    return moe_pack_writer_add_tensor(w, s->name, x->dtype, 2, dims, x->data,
+    return moe_pack_writer_add_tensor(w, t->name, x->dtype, 2, dims, x->data,
                                       moe_weight_bytes(x));
 }
 
@@ -175,8 +102,7 @@ int moe_model_pack_write_base(const struct moe_model *m, struct moe_pack_writer 
                 return rc;
         }
     }
-    /* the visitor only reads through m here */
-    return for_each_dense((struct moe_model *)m, write_dense, w);
+    return moe_model_visit_dense(m, write_dense, w);
 }
 
 /* ---- reading ------------------------------------------------------------------------ */
@@ -220,15 +146,6 @@ int moe_pack_tokenizer(const struct moe_pack *p, struct moe_tokenizer **out)
     return 0;
 }
 
-static int bind_dense(struct moe_model *m, const struct dense_slot *s, void *ctx)
-{
-    const struct moe_pack *p = ctx;
-    const struct moe_tensor_info *t = moe_pack_find_tensor(p, s->name);
-    if (s->v)
-        return moe_bind_vector(t, moe_pack_path(p), s->name, s->n, s->v);
-    return moe_bind_matrix(t, moe_pack_path(p), s->name, s->rows, s->cols, s->w);
-}
-
 void moe_model_pack_free_sides(struct moe_model_files *f)
 {
     for (int i = 0; i < f->n_sides; i++)
@@ -269,17 +186,31 @@ static int side_for(struct moe_model *m, int dtype, const struct moe_dtype_trait
     return 0;
 }
 
-static int bind_part(struct moe_model *m, const struct moe_pack_expert *e, int k, int64_t rows,
-                     int64_t cols, struct moe_weight *out)
+/* part p (name, shape) of expert e's blob into m's expert at its offset */
+static int bind_part(struct moe_model *m, const struct moe_pack_expert *e,
+                     const struct moe_expert_part *want, struct moe_expert_weights *ew)
 {
-    const struct moe_pack_expert_part *pt = &e->parts[k];
     const char *path = m->path;
+    const struct moe_pack_expert_part *pt = moe_pack_expert_part(e, want->name);
+    int64_t rows = want->mat ? want->rows : 1, cols = want->mat ? want->cols : want->n;
+    if (!pt)
+        return moe_err(-EINVAL, "%s: layer %d expert %d: the blob has no part '%s'", path,
+                       e->layer, e->expert, want->name);
     if (pt->rows != rows || pt->cols != cols)
         return moe_err(-EINVAL, "%s: layer %d expert %d: part '%s': expected shape [%" PRId64
                        ", %" PRId64 "], found [%" PRId64 ", %" PRId64 "]", path, e->layer,
                        e->expert, pt->name, rows, cols, pt->rows, pt->cols);
     const struct moe_dtype_traits *tr = moe_dtype_traits(pt->dtype);
     const uint8_t *data = (const uint8_t *)e->data + pt->offset;
+    void *slot = (uint8_t *)ew + want->off;
+    if (!want->mat) { /* a bias: fp32 in the blob, used in place (64-byte aligned) */
+        if (pt->dtype != MOE_DTYPE_F32 || pt->size < (uint64_t)cols * sizeof(float))
+            return moe_err(-EINVAL, "%s: layer %d expert %d: part '%s' is not %lld fp32 values",
+                           path, e->layer, e->expert, pt->name, (long long)cols);
+        *(const float **)slot = (const float *)(const void *)data;
+        return 0;
+    }
+    struct moe_weight *out = slot;
     memset(out, 0, sizeof(*out));
     if (tr->view) {
         const void *side;
@@ -308,21 +239,20 @@ static int bind_part(struct moe_model *m, const struct moe_pack_expert *e, int k
 static int bind_experts(struct moe_model *m)
 {
     const struct moe_config *cfg = &m->cfg;
-    int64_t H = cfg->hidden, F = cfg->expert_ffn;
     int rc;
     for (int32_t l = 0; l < cfg->n_layers; l++) {
         if (cfg->layer_dense[l])
             continue;
+        struct moe_expert_part parts[MOE_EXPERT_MAX_PARTS];
+        int n = moe_model_expert_parts(m, l, 0, parts, MOE_EXPERT_MAX_PARTS);
         for (int32_t x = 0; x < cfg->n_experts; x++) {
             const struct moe_pack_expert *e = moe_pack_find_expert(m->files->pack, l, x);
-            struct moe_expert_weights *ew = &m->layers[l].experts[x];
             if (!e)
                 return moe_err(-EINVAL, "%s: layer %d expert %d: missing from the pack",
                                m->path, l, x);
-            if ((rc = bind_part(m, e, MOE_PACK_PART_GATE, F, H, &ew->gate)) < 0 ||
-                (rc = bind_part(m, e, MOE_PACK_PART_UP, F, H, &ew->up)) < 0 ||
-                (rc = bind_part(m, e, MOE_PACK_PART_DOWN, H, F, &ew->down)) < 0)
-                return rc;
+            for (int i = 0; i < n; i++)
+                if ((rc = bind_part(m, e, &parts[i], &m->layers[l].experts[x])) < 0)
+                    return rc;
         }
     }
     return 0;
@@ -351,19 +281,8 @@ int moe_model_open_pack(struct moe_model *m)
     }
     if ((rc = moe_config_from_json(moe_pack_config(f->pack), m->path, &m->cfg)) < 0)
         return rc;
-    m->layers = calloc((size_t)m->cfg.n_layers, sizeof(*m->layers));
-    if (!m->layers)
-        return moe_err(-ENOMEM, "out of memory");
-    for (int32_t l = 0; l < m->cfg.n_layers; l++) {
-        m->layers[l].experts = calloc((size_t)m->cfg.n_experts, sizeof(struct moe_expert_weights));
-        if (!m->layers[l].experts)
-            return moe_err(-ENOMEM, "out of memory");
-    }
-    if ((rc = for_each_dense(m, bind_dense, f->pack)) < 0)
-        return rc;
-    if (m->cfg.tied_embeddings)
-        m->lm_head = m->embed;
-    if ((rc = bind_experts(m)) < 0)
+    if ((rc = moe_model_alloc_layers(m)) < 0 || (rc = moe_model_bind_tensors(m)) < 0 ||
+        (rc = bind_experts(m)) < 0 || (rc = moe_model_derive(m)) < 0)
         return rc;
     /* the daemon holds what it uses: its checksum read the token embedding
      * whole, decoding reads a row per token (an untied one) */

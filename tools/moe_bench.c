@@ -936,16 +936,19 @@ static float kv_rand(uint64_t *r)
 }
 
 /* one sequence of ctx random tokens in a pool just big enough */
-static int kv_fill(const struct moe_config *c, const struct moe_kv_params *p, int32_t ctx,
+static int kv_fill(const struct moe_model *m, const struct moe_kv_params *p, int32_t ctx,
                    struct moe_kv_pool **P, struct moe_kv **kv)
 {
-    int64_t units = moe_kv_units_for_params(c->n_layers, c->n_kv_heads, c->head_dim, p, ctx);
-    int rc = moe_kv_pool_create(c->n_layers, c->n_kv_heads, c->head_dim, p, units, P);
+    struct moe_kv_shape sh;
+    moe_model_kv_shape(m, 0, &sh);
+    int64_t units = moe_kv_units_for_params(&sh, p, ctx);
+    int rc = moe_kv_pool_create(&sh, p, units, P);
     if (rc == 0 && (rc = moe_kv_seq_create(*P, ctx, kv)) < 0)
         moe_kv_pool_free(*P);
     if (rc < 0)
         return rc;
-    size_t nkv = (size_t)c->n_kv_heads * (size_t)c->head_dim;
+    const struct moe_config *c = &m->cfg;
+    size_t nkv = (size_t)sh.n_kv_heads * (size_t)MOE_MAX(sh.k_dim, sh.v_dim);
     float *k = malloc(nkv * sizeof(float)), *v = malloc(nkv * sizeof(float));
     uint64_t r = 0x9e3779b97f4a7c15ull;
     for (int32_t pos = 0; pos < ctx && rc == 0 && k && v; pos++)
@@ -954,7 +957,7 @@ static int kv_fill(const struct moe_config *c, const struct moe_kv_params *p, in
                 k[i] = kv_rand(&r) * 2.0f + (i % 3 ? 0.5f : -1.0f);
                 v[i] = kv_rand(&r);
             }
-            rc = moe_kv_store(*kv, l, pos, k, v);
+            rc = moe_kv_store(*kv, l, pos, k, sh.v_in_k ? NULL : v);
         }
     if (!k || !v)
         rc = moe_err(-ENOMEM, "out of memory");
@@ -972,9 +975,10 @@ static double kv_time_step(struct moe_pool *pool, const struct moe_config *c, st
                            int32_t ctx, const float *q, float *out, float *scores, size_t stride)
 {
     int32_t pos = ctx - 1;
+    struct moe_kv_attn a = {c->n_heads, c->attn_scale, NULL};
     double t0 = moe_now_s();
     for (int32_t l = 0; l < c->n_layers; l++)
-        moe_kv_attention(pool, &kv, &pos, 1, l, c->n_heads, q, out, scores, stride);
+        moe_kv_attention(pool, &kv, &pos, 1, l, &a, q, out, scores, stride);
     return moe_now_s() - t0;
 }
 
@@ -1018,6 +1022,8 @@ static int kv_long_check(const struct bench_opts *o, struct moe_model *m, struct
 static int cmd_kv(const struct bench_opts *o, struct moe_model *m, struct moe_pool *pool)
 {
     const struct moe_config *c = &m->cfg;
+    struct moe_kv_shape sh;
+    moe_model_kv_shape(m, 0, &sh);
     int32_t *ids = NULL;
     size_t n = 0;
     if (o->text) {
@@ -1045,10 +1051,8 @@ static int cmd_kv(const struct bench_opts *o, struct moe_model *m, struct moe_po
     json_t *row[KV_N];
     for (int i = 0; i < KV_N; i++) {
         const struct moe_kv_params *p = &kv_settings[i];
-        double bytes = (double)moe_kv_units_for_params(c->n_layers, c->n_kv_heads, c->head_dim,
-                                                       p, 4096) *
-                       (double)moe_kv_unit_bytes_for_params(c->n_layers, c->n_kv_heads,
-                                                            c->head_dim, p) / 4096.0;
+        double bytes = (double)moe_kv_units_for_params(&sh, p, 4096) *
+                       (double)moe_kv_unit_bytes_for_params(&sh, p) / 4096.0;
         if (p->key_bits == 16 && p->value_bits == 16)
             bytes16 = bytes;
         row[i] = json_pack("{s:i,s:i,s:i,s:i,s:f}", "key_bits", p->key_bits, "value_bits",
@@ -1077,7 +1081,7 @@ static int cmd_kv(const struct bench_opts *o, struct moe_model *m, struct moe_po
         struct moe_kv *kv[KV_N] = {0};
         double t[KV_N][KV_ROUNDS];
         for (int i = 0; i < KV_N && rc == 0; i++)
-            rc = kv_fill(c, &kv_settings[i], kv_ctx[ci], &P[i], &kv[i]);
+            rc = kv_fill(m, &kv_settings[i], kv_ctx[ci], &P[i], &kv[i]);
         for (int i = 0; i < KV_N && rc == 0; i++) /* warm up */
             kv_time_step(pool, c, kv[i], kv_ctx[ci], q, out, scores, stride);
         for (int k = 0; k < KV_ROUNDS && rc == 0; k++)

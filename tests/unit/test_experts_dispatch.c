@@ -149,7 +149,7 @@ static void test_running_ready_experts_first_gives_the_same_bits(void **state)
         if (!ready[e])
             views[e].gate.data = views[e].up.data = views[e].down.data = NULL;
     }
-    assert_int_equal(moe_experts_run_from(pool, views, &src, E, &x[0][0], N, H, routes, &y[0][0],
+    assert_int_equal(moe_experts_run_from(pool, views, &src, NULL, E, &x[0][0], N, H, routes, &y[0][0],
                                           &scratch),
                      0);
     assert_memory_equal(y, want, sizeof(y));
@@ -174,7 +174,7 @@ static void test_a_failed_wait_fails_the_run_leaving_y_and_waiting_for_the_rest(
     bool ready[E];
     struct moe_expert_source src = late_source(&l, ready, 1);
     struct moe_experts_scratch scratch = {0};
-    assert_int_equal(moe_experts_run_from(pool, ex, &src, E, &x[0][0], N, H, routes, &y[0][0],
+    assert_int_equal(moe_experts_run_from(pool, ex, &src, NULL, E, &x[0][0], N, H, routes, &y[0][0],
                                           &scratch),
                      -EIO);
     assert_memory_equal(y, before, sizeof(y));

@@ -187,6 +187,9 @@ static void test_f16_rows_fast_equal_ref(void **state)
 
 enum { L = 2, HK = 2, NH = 4 };
 
+/* L layers of HK heads of d channels, keys and values alike */
+#define SH(d) (&(struct moe_kv_shape){L, HK, (d), (d), false, NULL, 0})
+
 static struct moe_kv *fill(struct moe_kv_pool *P, int D, int len, uint64_t seed)
 {
     struct moe_kv *kv;
@@ -212,7 +215,8 @@ static void attend(struct moe_pool *tp, struct moe_kv *kv, int D, int pos, const
     float scores[2048];
     struct moe_kv *kvs[1] = {kv};
     int32_t p[1] = {pos};
-    moe_kv_attention(tp, kvs, p, 1, 1, NH, q, out, scores, 1024);
+    struct moe_kv_attn a = {NH, 1.0f / sqrtf((float)D), NULL};
+    moe_kv_attention(tp, kvs, p, 1, 1, &a, q, out, scores, 1024);
 }
 
 static void test_attention_fast_equals_ref_ragged(void **state)
@@ -234,7 +238,7 @@ static void test_attention_fast_equals_ref_ragged(void **state)
         for (size_t di = 0; di < 3; di++) {
             int D = Ds[di];
             struct moe_kv_pool *P;
-            assert_int_equal(moe_kv_pool_create(L, HK, D, &ps[pi], 4096, &P), 0);
+            assert_int_equal(moe_kv_pool_create(SH(D), &ps[pi], 4096, &P), 0);
             for (size_t li = 0; li < 5; li++) {
                 int len = lens[li];
                 struct moe_kv *kv = fill(P, D, len, 1234 + li);
@@ -271,11 +275,11 @@ static void test_attention_error_shrinks_with_bits(void **state)
                                               {16, 16, 32, 0}};
     static const double limit[] = {1.0, 0.2, 0.02, 2e-3};
     struct moe_kv *exact;
-    assert_int_equal(moe_kv_create(L, HK, D, 1024, &exact), 0);
+    assert_int_equal(moe_kv_create(SH(D), NULL, 1024, &exact), 0);
     moe_kv_free(exact);
     struct moe_kv_pool *P32;
     struct moe_kv_params p32 = {32, 32, 32, 0};
-    assert_int_equal(moe_kv_pool_create(L, HK, D, &p32, 1024, &P32), 0);
+    assert_int_equal(moe_kv_pool_create(SH(D), &p32, 1024, &P32), 0);
     exact = fill(P32, D, len, 77);
     float q[NH * 128], want[NH * 128], got[NH * 128];
     for (int i = 0; i < NH * D; i++)
@@ -284,7 +288,7 @@ static void test_attention_error_shrinks_with_bits(void **state)
     double prev = INFINITY;
     for (size_t pi = 0; pi < MOE_ARRAY_SIZE(ps); pi++) {
         struct moe_kv_pool *P;
-        assert_int_equal(moe_kv_pool_create(L, HK, D, &ps[pi], 1024, &P), 0);
+        assert_int_equal(moe_kv_pool_create(SH(D), &ps[pi], 1024, &P), 0);
         struct moe_kv *kv = fill(P, D, len, 77);
         attend(tp, kv, D, len - 1, q, got);
         double num = 0, den = 0;
@@ -315,8 +319,8 @@ static void test_pool_exhaustion_leaves_others_intact(void **state)
     const int D = 32;
     struct moe_kv_params p = {2, 2, 32, 32};
     struct moe_kv_pool *P;
-    int64_t per100 = moe_kv_units_for_params(L, HK, D, &p, 100);
-    assert_int_equal(moe_kv_pool_create(L, HK, D, &p, per100 + 2, &P), 0);
+    int64_t per100 = moe_kv_units_for_params(SH(D), &p, 100);
+    assert_int_equal(moe_kv_pool_create(SH(D), &p, per100 + 2, &P), 0);
     struct moe_kv_pool_stats st;
     moe_kv_pool_get_stats(P, &st);
     assert_int_equal(st.units_used, 0);
@@ -357,7 +361,7 @@ static void test_pool_exhaustion_leaves_others_intact(void **state)
     assert_int_equal(moe_kv_seq_create(P, 1024, &d), 0);
     assert_int_equal(moe_kv_reserve(c, 3), 0); /* the 2 free units, promised to c */
     moe_kv_pool_get_stats(P, &st);
-    assert_int_equal(st.units_reserved, moe_kv_units_for_params(L, HK, D, &p, 3));
+    assert_int_equal(st.units_reserved, moe_kv_units_for_params(SH(D), &p, 3));
     assert_int_equal(moe_kv_reserve(d, 1), -ENOSPC);
     assert_int_equal(moe_kv_store(d, 0, 0, k, v), -ENOSPC); /* d may not take c's */
     for (int l = 0; l < L; l++)
@@ -381,16 +385,16 @@ static void test_sizes_and_params(void **state)
     struct moe_kv_params bad[] = {{3, 4, 32, 32}, {4, 4, 48, 0}, {4, 4, 32, 16},
                                   {4, 4, 32, -32}, {4, 1, 32, 0}};
     for (size_t i = 0; i < MOE_ARRAY_SIZE(bad); i++)
-        assert_int_equal(moe_kv_params_check(&bad[i], 64), -EINVAL);
+        assert_int_equal(moe_kv_params_check(&bad[i], SH(64)), -EINVAL);
     /* KIVI at 4k tokens, the defaults (G 64, R 64), head_dim 128: the
      * bytes per token the issue asks for */
     struct moe_kv_params p16 = {16, 16, 64, 0}, p4 = {4, 4, 64, 64}, p2 = {2, 2, 64, 64};
-    double b16 = (double)moe_kv_units_for_params(4, 4, 128, &p16, 4096) *
-                 moe_kv_unit_bytes_for_params(4, 4, 128, &p16);
-    double b4 = (double)moe_kv_units_for_params(4, 4, 128, &p4, 4096) *
-                moe_kv_unit_bytes_for_params(4, 4, 128, &p4);
-    double b2 = (double)moe_kv_units_for_params(4, 4, 128, &p2, 4096) *
-                moe_kv_unit_bytes_for_params(4, 4, 128, &p2);
+    double b16 = (double)moe_kv_units_for_params(&(struct moe_kv_shape){4, 4, 128, 128, false, NULL, 0}, &p16, 4096) *
+                 moe_kv_unit_bytes_for_params(&(struct moe_kv_shape){4, 4, 128, 128, false, NULL, 0}, &p16);
+    double b4 = (double)moe_kv_units_for_params(&(struct moe_kv_shape){4, 4, 128, 128, false, NULL, 0}, &p4, 4096) *
+                moe_kv_unit_bytes_for_params(&(struct moe_kv_shape){4, 4, 128, 128, false, NULL, 0}, &p4);
+    double b2 = (double)moe_kv_units_for_params(&(struct moe_kv_shape){4, 4, 128, 128, false, NULL, 0}, &p2, 4096) *
+                moe_kv_unit_bytes_for_params(&(struct moe_kv_shape){4, 4, 128, 128, false, NULL, 0}, &p2);
     assert_true(b16 == 4096.0 * 4 * 4 * 128 * 2 * 2);
     assert_true(b4 <= 0.35 * b16);
     assert_true(b2 <= 0.20 * b16);

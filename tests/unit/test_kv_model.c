@@ -112,8 +112,9 @@ static void test_shared_pool_batch_equals_alone(void **state)
     moe_session_free(s);
 
     struct moe_kv_pool *P;
-    int64_t units = 2 * moe_kv_units_for_params(m->cfg.n_layers, m->cfg.n_kv_heads,
-                                                m->cfg.head_dim, &p, 150);
+    struct moe_kv_shape sh;
+    moe_model_kv_shape(m, 0, &sh);
+    int64_t units = 2 * moe_kv_units_for_params(&sh, &p, 150);
     assert_int_equal(moe_model_kv_pool_create(m, &p, units, &P), 0);
     struct moe_kv *ka, *kb;
     assert_int_equal(moe_kv_seq_create(P, 256, &ka), 0);

@@ -147,10 +147,10 @@ static void test_config_json(void **state)
     assert_int_equal(moe_config_from_json(j, "x.pack", &back), 0);
     assert_memory_equal(&c, &back, sizeof(c));
 
-    json_object_set_new(j, "rope_scaling", json_string("yarn"));
+    json_object_set_new(j, "mrope_section", json_string("[16, 24, 24]"));
     assert_int_equal(moe_config_from_json(j, "x.pack", &back), -EINVAL);
-    assert_non_null(strstr(moe_err_msg(), "x.pack: config: unknown key 'rope_scaling'"));
-    json_object_del(j, "rope_scaling");
+    assert_non_null(strstr(moe_err_msg(), "x.pack: config: unknown key 'mrope_section'"));
+    json_object_del(j, "mrope_section");
     json_object_del(j, "top_k");
     assert_int_equal(moe_config_from_json(j, "x.pack", &back), -EINVAL);
     assert_non_null(strstr(moe_err_msg(), "x.pack: config: missing key 'top_k'"));

@@ -30,7 +30,7 @@ static void ffn_f32(struct moe_pool *pool, float *const W[3], int64_t H, int64_t
         .up = {MOE_DTYPE_F32, F, H, (size_t)H * 4, W[1], 0, NULL},
         .down = {MOE_DTYPE_F32, H, F, (size_t)F * 4, W[2], 0, NULL},
     };
-    moe_expert_ffn(pool, &w, x, (int32_t)n, b->gate, b->up, out);
+    moe_expert_ffn(pool, &w, NULL, x, (int32_t)n, b->gate, b->up, out);
 }
 
 /* L[b-1] for one expert: its weights in fp32 W (gate, up, down), its tokens

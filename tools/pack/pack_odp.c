@@ -77,7 +77,7 @@ int odp_fit_layer(struct packer *P, const struct calib *cb, int32_t l)
         int64_t ne = calib_expert_inputs(cb, e, xe, idx, NULL);
         if (ne == 0)
             continue;
-        moe_expert_ffn(P->pool, &P->m->layers[l].experts[e], xe, (int32_t)ne, g, u, ye);
+        moe_expert_ffn(P->pool, &P->m->layers[l].experts[e], &P->m->ffn, xe, (int32_t)ne, g, u, ye);
         for (int64_t i = 0; i < ne; i++) {
             const struct moe_route *r = &cb->routes[idx[i]];
             for (int32_t j = 0; j < r->n; j++)

@@ -120,7 +120,7 @@ struct moe_config {
     enum moe_ffn_act act;
     float swiglu_alpha, swiglu_limit;
     bool expert_bias;       /* routed experts have biases (gpt-oss) */
-    bool mlp_bias;          /* dense and shared MLPs have biases */
+    bool mlp_bias;          /* dense and shared MLPs (and the lm head) have biases */
 };
 
 const char *moe_arch_name(enum moe_arch arch);
@@ -159,6 +159,7 @@ struct moe_model {
     struct moe_ffn_kind ffn;   /* the routed experts' activation */
     struct moe_weight embed;   /* [vocab, hidden] */
     struct moe_weight lm_head; /* [vocab, hidden] (the embedding when tied) */
+    float *lm_head_b;          /* [vocab] its bias (ERNIE's use_bias) or NULL */
     float *final_norm;         /* [hidden] */
     struct moe_layer *layers;
     struct moe_tokenizer *tok; /* NULL when the checkpoint has none */

@@ -541,6 +541,7 @@ int moe_model_forward_opts(const struct moe_model *m, struct moe_pool *pool,
         for (int32_t i = 0; i < n_logits; i++) /* xn [n_logits][H] */
             rmsnorm(S->xn + i * H, S->x + logit_idx[i] * H, m->final_norm, H, c->rms_eps);
         moe_matmul(pool, &m->lm_head, S->xn, n_logits, logits); /* [n_logits][vocab] */
+        add_bias(logits, m->lm_head_b, n_logits, c->vocab);
     }
     return 0;
 }

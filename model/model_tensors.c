@@ -51,7 +51,7 @@ static int64_t dim(const struct moe_config *c, enum dim d)
 
 /* when a model has the tensor */
 enum cond {
-    C_ALL, C_UNTIED, C_WQ, C_GQA, C_GQA_BIAS, C_O_BIAS, C_QKN_HEAD, C_QKN_FULL, C_SINKS,
+    C_ALL, C_UNTIED, C_LM_BIAS, C_WQ, C_GQA, C_GQA_BIAS, C_O_BIAS, C_QKN_HEAD, C_QKN_FULL, C_SINKS,
     C_MLA, C_QLORA, C_QA_BIAS, C_KVA_BIAS, C_DENSE, C_DENSE_BIAS, C_MOE, C_SHARED,
     C_SHARED_BIAS, C_SHARED_GATE, C_ROUTER_BIAS, C_SCORE_BIAS, C_EXPERT_BIAS,
 };
@@ -62,6 +62,7 @@ static bool cond_ok(const struct moe_config *c, int32_t l, enum cond k)
     switch (k) {
     case C_ALL: return true;
     case C_UNTIED: return !c->tied_embeddings;
+    case C_LM_BIAS: return c->mlp_bias && c->arch == MOE_ARCH_ERNIE4_5;
     case C_WQ: return !mla || c->q_lora_rank == 0;
     case C_GQA: return !mla;
     case C_GQA_BIAS: return !mla && c->qkv_bias;
@@ -124,6 +125,8 @@ static const struct tensor_row table[] = {
      X_NONE, MOD(embed), ALL_ARCHS},
     {"lm_head", "lm_head.weight", "output.weight", K_MAT, S_MODEL, D_V, D_H, C_UNTIED, X_NONE,
      MOD(lm_head), ALL_ARCHS},
+    {"lm_head_bias", "lm_head.bias", "output.bias", K_VEC, S_MODEL, D_V, 0, C_LM_BIAS, X_NONE,
+     MOD(lm_head_b), ALL_ARCHS},
     {"final_norm", "model.norm.weight", "output_norm.weight", K_VEC, S_MODEL, D_H, 0, C_ALL,
      X_NONE, MOD(final_norm), ALL_ARCHS},
     /* attention */
@@ -430,49 +433,6 @@ static int gpt_oss_matrix(struct moe_model *m, const struct moe_tensor_info *t,
     return 0;
 }
 
-/* gpt-oss's MXFP4 experts: *_blocks [E, out, in/32, 16] and *_scales
- * [E, out, in/32], out = 2F interleaved for gate_up */
-static int gpt_oss_mxfp4(struct moe_model *m, const char *base, enum xform x, int32_t e,
-                         int64_t rows, int64_t cols, struct moe_weight *out)
-{
-    char bn[300], sn[300];
-    snprintf(bn, sizeof(bn), "%.256s_blocks", base);
-    snprintf(sn, sizeof(sn), "%.256s_scales", base);
-    const struct moe_tensor_info *b = moe_safetensors_find(m->files->st, bn);
-    const struct moe_tensor_info *s = moe_safetensors_find(m->files->st, sn);
-    if (!b || !s)
-        return moe_err(-ENOENT, "%s: missing tensor '%s' (or its MXFP4 '%s' and '%s')", m->path,
-                       base, bn, sn);
-    int64_t E = m->cfg.n_experts, outd = x == X_DOWN_T ? rows : 2 * rows, nb = cols / 32;
-    if (cols % 32 || b->n_dims != 4 || b->dims[0] != E || b->dims[1] != outd ||
-        b->dims[2] != nb || b->dims[3] != 16 || s->n_dims != 3 || s->dims[0] != E ||
-        s->dims[1] != outd || s->dims[2] != nb || b->nbytes < (size_t)(E * outd * nb * 16) ||
-        s->nbytes < (size_t)(E * outd * nb)) {
-        char want[160];
-        snprintf(want, sizeof(want), "[%lld, %lld, %lld, 16] uint8 with scales [%lld, %lld, %lld]",
-                 (long long)E, (long long)outd, (long long)nb, (long long)E, (long long)outd,
-                 (long long)nb);
-        return shape_error(b, bn, want);
-    }
-    size_t rb = moe_dtype_row_bytes(MOE_DTYPE_MXFP4, cols);
-    uint8_t *dst = own(m->files, (size_t)rows * rb);
-    if (!dst)
-        return moe_err(-ENOMEM, "out of memory");
-    const uint8_t *bb = (const uint8_t *)b->data + (size_t)(e * outd * nb) * 16;
-    const uint8_t *sb = (const uint8_t *)s->data + (size_t)(e * outd * nb);
-    int64_t step = x == X_DOWN_T ? 1 : 2, first = x == X_GU_UP ? 1 : 0;
-    for (int64_t r = 0; r < rows; r++) {
-        int64_t src_row = first + step * r;
-        int rc = moe_mxfp4_from_hf(bb + (size_t)(src_row * nb) * 16, sb + (size_t)(src_row * nb),
-                                   1, cols, dst + (size_t)r * rb);
-        if (rc < 0)
-            return moe_err(rc, "%s: tensor '%s': expert %d: %s", m->path, bn, e, moe_err_msg());
-    }
-    *out = (struct moe_weight){.dtype = MOE_DTYPE_MXFP4, .rows = rows, .cols = cols,
-                               .row_bytes = rb, .data = dst};
-    return 0;
-}
-
 /* gpt-oss's fused expert biases: gate_up_proj_bias [E, 2F] interleaved */
 static int gpt_oss_bias(struct moe_model *m, const struct moe_tensor_info *t, const char *name,
                         enum xform x, int32_t e, int64_t n, const float **out)
@@ -509,17 +469,75 @@ struct binder {
     enum source src;
     const struct moe_arch_row *arch;
     const char *file;
+    const struct moe_tensor_info **used; /* every tensor bound, to find those that were not */
+    size_t n_used, cap_used;
 };
 
-static const struct moe_tensor_info *lookup(const struct binder *b, const char *name)
+static const struct moe_tensor_info *lookup(struct binder *b, const char *name)
 {
     const struct moe_model_files *f = b->m->files;
+    const struct moe_tensor_info *t = NULL;
     switch (b->src) {
-    case SRC_HF: return moe_safetensors_find(f->st, name);
-    case SRC_GGUF: return moe_gguf_find_tensor(f->gguf, name);
-    case SRC_PACK: return moe_pack_find_tensor(f->pack, name);
+    case SRC_HF: t = moe_safetensors_find(f->st, name); break;
+    case SRC_GGUF: t = moe_gguf_find_tensor(f->gguf, name); break;
+    case SRC_PACK: t = moe_pack_find_tensor(f->pack, name); break;
     }
-    return NULL;
+    if (t && b->n_used == b->cap_used) {
+        size_t cap = b->cap_used ? 2 * b->cap_used : 1024;
+        const struct moe_tensor_info **u = realloc(b->used, cap * sizeof(*u));
+        if (!u)
+            return t; /* the check afterwards then fails on memory, not here */
+        b->used = u;
+        b->cap_used = cap;
+    }
+    if (t)
+        b->used[b->n_used++] = t;
+    return t;
+}
+
+static int cmp_ptr(const void *a, const void *b)
+{
+    uintptr_t x = (uintptr_t)*(const void *const *)a, y = (uintptr_t)*(const void *const *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* tensors a checkpoint may hold that do not change the model's logits: the
+ * multi-token-prediction layers past the last one, rotary caches */
+static bool unused_is_harmless(const char *name, enum source src, int32_t n_layers)
+{
+    const char *p = src == SRC_GGUF ? "blk." : "model.layers.";
+    if (!strncmp(name, p, strlen(p))) {
+        char *end;
+        long l = strtol(name + strlen(p), &end, 10);
+        if (end != name + strlen(p) && *end == '.' && l >= n_layers)
+            return true;
+    }
+    return strstr(name, "rotary_emb.inv_freq") || strstr(name, ".mtp") || !strncmp(name, "mtp", 3);
+}
+
+/* every tensor of the file was bound, or is harmless: a tensor moed does not
+ * compute with (a bias it does not know, a new norm) must not be dropped */
+static int check_all_used(struct binder *b)
+{
+    const struct moe_model_files *f = b->m->files;
+    size_t n = b->src == SRC_HF     ? moe_safetensors_count(f->st)
+               : b->src == SRC_GGUF ? moe_gguf_tensor_count(f->gguf)
+                                    : moe_pack_tensor_count(f->pack);
+    if (b->n_used < n && !b->used)
+        return moe_err(-ENOMEM, "out of memory");
+    qsort(b->used, b->n_used, sizeof(*b->used), cmp_ptr);
+    for (size_t i = 0; i < n; i++) {
+        const struct moe_tensor_info *t = b->src == SRC_HF     ? moe_safetensors_at(f->st, i)
+                                          : b->src == SRC_GGUF ? moe_gguf_tensor_at(f->gguf, i)
+                                                               : moe_pack_tensor_at(f->pack, i);
+        if (bsearch(&t, b->used, b->n_used, sizeof(*b->used), cmp_ptr) ||
+            unused_is_harmless(t->name, b->src, b->m->cfg.n_layers))
+            continue;
+        return moe_err(-ENOTSUP, "%s: tensor '%s' is not used by moed's %s; it may change the "
+                       "model's math, so the model is not loaded", t->file, t->name,
+                       b->arch->name);
+    }
+    return 0;
 }
 
 /* a vector that must be an fp32 copy owned by the model (moe_bind_vector's) */
@@ -533,6 +551,50 @@ static int bind_vec(struct binder *b, const struct moe_tensor_info *t, const cha
     if (!keep(b->m->files, v))
         return moe_err(-ENOMEM, "out of memory");
     *slot = v;
+    return 0;
+}
+
+/* gpt-oss's MXFP4 experts: *_blocks [E, out, in/32, 16] and *_scales
+ * [E, out, in/32], out = 2F interleaved for gate_up */
+static int gpt_oss_mxfp4(struct binder *bd, const char *base, enum xform x, int32_t e,
+                         int64_t rows, int64_t cols, struct moe_weight *out)
+{
+    struct moe_model *m = bd->m;
+    char bn[300], sn[300];
+    snprintf(bn, sizeof(bn), "%.256s_blocks", base);
+    snprintf(sn, sizeof(sn), "%.256s_scales", base);
+    const struct moe_tensor_info *b = lookup(bd, bn);
+    const struct moe_tensor_info *s = lookup(bd, sn);
+    if (!b || !s)
+        return moe_err(-ENOENT, "%s: missing tensor '%s' (or its MXFP4 '%s' and '%s')", m->path,
+                       base, bn, sn);
+    int64_t E = m->cfg.n_experts, outd = x == X_DOWN_T ? rows : 2 * rows, nb = cols / 32;
+    if (cols % 32 || b->n_dims != 4 || b->dims[0] != E || b->dims[1] != outd ||
+        b->dims[2] != nb || b->dims[3] != 16 || s->n_dims != 3 || s->dims[0] != E ||
+        s->dims[1] != outd || s->dims[2] != nb || b->nbytes < (size_t)(E * outd * nb * 16) ||
+        s->nbytes < (size_t)(E * outd * nb)) {
+        char want[160];
+        snprintf(want, sizeof(want), "[%lld, %lld, %lld, 16] uint8 with scales [%lld, %lld, %lld]",
+                 (long long)E, (long long)outd, (long long)nb, (long long)E, (long long)outd,
+                 (long long)nb);
+        return shape_error(b, bn, want);
+    }
+    size_t rb = moe_dtype_row_bytes(MOE_DTYPE_MXFP4, cols);
+    uint8_t *dst = own(m->files, (size_t)rows * rb);
+    if (!dst)
+        return moe_err(-ENOMEM, "out of memory");
+    const uint8_t *bb = (const uint8_t *)b->data + (size_t)(e * outd * nb) * 16;
+    const uint8_t *sb = (const uint8_t *)s->data + (size_t)(e * outd * nb);
+    int64_t step = x == X_DOWN_T ? 1 : 2, first = x == X_GU_UP ? 1 : 0;
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t src_row = first + step * r;
+        int rc = moe_mxfp4_from_hf(bb + (size_t)(src_row * nb) * 16, sb + (size_t)(src_row * nb),
+                                   1, cols, dst + (size_t)r * rb);
+        if (rc < 0)
+            return moe_err(rc, "%s: tensor '%s': expert %d: %s", m->path, bn, e, moe_err_msg());
+    }
+    *out = (struct moe_weight){.dtype = MOE_DTYPE_MXFP4, .rows = rows, .cols = cols,
+                               .row_bytes = rb, .data = dst};
     return 0;
 }
 
@@ -579,7 +641,7 @@ static int bind_expert_hf(struct binder *b, const struct tensor_row *r, int32_t 
     char name[256];
     expand(r->hf, b->arch, l, x, name, sizeof(name));
     int64_t rows = dim(&m->cfg, (enum dim)r->rows), cols = dim(&m->cfg, (enum dim)r->cols);
-    const struct moe_tensor_info *t = moe_safetensors_find(m->files->st, name);
+    const struct moe_tensor_info *t = lookup(b, name);
     switch ((enum xform)r->xform) {
     case X_NONE:
         if (r->kind == K_EXPV) { /* a per-expert bias stacked [E, n] */
@@ -592,7 +654,7 @@ static int bind_expert_hf(struct binder *b, const struct tensor_row *r, int32_t 
     case X_GU_UP:
     case X_DOWN_T:
         if (!t)
-            return gpt_oss_mxfp4(m, name, (enum xform)r->xform, x, rows, cols, slot);
+            return gpt_oss_mxfp4(b, name, (enum xform)r->xform, x, rows, cols, slot);
         return gpt_oss_matrix(m, t, name, (enum xform)r->xform, x, rows, cols, slot);
     case X_GUB_GATE:
     case X_GUB_UP:
@@ -612,7 +674,7 @@ static int bind_experts_gguf(struct binder *b, const struct tensor_row *r, int32
     const struct moe_config *c = &m->cfg;
     char name[256];
     expand(r->gguf, b->arch, l, 0, name, sizeof(name));
-    const struct moe_tensor_info *t = moe_gguf_find_tensor(m->files->gguf, name);
+    const struct moe_tensor_info *t = lookup(b, name);
     int64_t rows = dim(c, (enum dim)r->rows), cols = dim(c, (enum dim)r->cols);
     int64_t E = c->n_experts;
     for (int64_t e = 0; e < E; e++) {
@@ -629,7 +691,7 @@ static int bind_experts_gguf(struct binder *b, const struct tensor_row *r, int32
             int which = r->off == EXW(gate) ? 0 : r->off == EXW(up) ? 1 : 2;
             char old[128];
             snprintf(old, sizeof(old), "blk.%d.%s.%lld.weight", l, single[which], (long long)e);
-            const struct moe_tensor_info *s = moe_gguf_find_tensor(m->files->gguf, old);
+            const struct moe_tensor_info *s = lookup(b, old);
             rc = moe_bind_matrix(s, b->file, s ? old : name, rows, cols, slot);
         }
         if (rc < 0)
@@ -652,13 +714,13 @@ int moe_model_bind_tensors(struct moe_model *m)
         b.src = SRC_PACK;
         b.file = moe_pack_path(m->files->pack);
     }
-    int rc;
+    int rc = 0;
     for (size_t i = 0; i < MOE_ARRAY_SIZE(table); i++) {
         const struct tensor_row *r = &table[i];
         if (r->scope != S_MODEL || !row_applies(r, c, -1))
             continue;
         if ((rc = bind_dense_row(&b, r, -1)) < 0)
-            return rc;
+            goto out;
     }
     if (c->tied_embeddings)
         m->lm_head = m->embed;
@@ -679,9 +741,12 @@ int moe_model_bind_tensors(struct moe_model *m)
                     rc = bind_expert_hf(&b, r, l, x, (uint8_t *)&m->layers[l].experts[x] + r->off);
             }
             if (rc < 0)
-                return rc;
+                goto out;
         }
-    return 0;
+    rc = check_all_used(&b);
+out:
+    free(b.used);
+    return rc;
 }
 
 int moe_model_visit_dense(const struct moe_model *m, moe_dense_visit fn, void *ctx)

@@ -677,8 +677,8 @@ static int kv_pool_create(struct moe_engine *e)
     struct moe_kv_params p = e->lim.kv;
     if (p.key_bits == 0)
         p = (struct moe_kv_params){32, 32, 64, 0};
-    struct moe_kv_shape sh;
-    moe_model_kv_shape(e->model, 0, &sh);
+    struct moe_kv_shape sh; /* a sequence adds at most a step's tokens per forward */
+    moe_model_kv_shape(e->model, e->lim.max_batch_tokens, &sh);
     int rc = moe_kv_params_check(&p, &sh);
     if (rc < 0)
         return rc;
@@ -692,7 +692,7 @@ static int kv_pool_create(struct moe_engine *e)
     }
     if (units < c->n_layers)
         return moe_err(-EINVAL, "[kv] pool too small: not one block per layer");
-    rc = moe_model_kv_pool_create(e->model, &p, units, &e->kv_pool);
+    rc = moe_model_kv_pool_create(e->model, &p, e->lim.max_batch_tokens, units, &e->kv_pool);
     if (rc == 0) {
         struct moe_kv_pool_stats st;
         moe_kv_pool_get_stats(e->kv_pool, &st);

@@ -253,9 +253,11 @@ struct moe_kv_shape;
 void moe_model_kv_shape(const struct moe_model *m, int32_t max_chunk, struct moe_kv_shape *out);
 /* A private exact (fp32) cache of max_ctx tokens. */
 int moe_model_kv_create(const struct moe_model *m, int32_t max_ctx, struct moe_kv **out);
-/* A pool of n_units blocks for this model's caches (moe_kv_seq_create). */
+/* A pool of n_units blocks for this model's caches (moe_kv_seq_create);
+ * max_chunk: most tokens of one sequence per forward (0 = unbounded), what
+ * a sliding-window layer's block count is bounded by. */
 int moe_model_kv_pool_create(const struct moe_model *m, const struct moe_kv_params *p,
-                             int64_t n_units, struct moe_kv_pool **out);
+                             int32_t max_chunk, int64_t n_units, struct moe_kv_pool **out);
 void moe_model_kv_free(struct moe_kv *kv);
 int moe_scratch_create(struct moe_scratch **out);
 void moe_scratch_free(struct moe_scratch *s);

@@ -389,15 +389,178 @@ static void test_sizes_and_params(void **state)
     /* KIVI at 4k tokens, the defaults (G 64, R 64), head_dim 128: the
      * bytes per token the issue asks for */
     struct moe_kv_params p16 = {16, 16, 64, 0}, p4 = {4, 4, 64, 64}, p2 = {2, 2, 64, 64};
-    double b16 = (double)moe_kv_units_for_params(&(struct moe_kv_shape){4, 4, 128, 128, false, NULL, 0}, &p16, 4096) *
-                 moe_kv_unit_bytes_for_params(&(struct moe_kv_shape){4, 4, 128, 128, false, NULL, 0}, &p16);
-    double b4 = (double)moe_kv_units_for_params(&(struct moe_kv_shape){4, 4, 128, 128, false, NULL, 0}, &p4, 4096) *
-                moe_kv_unit_bytes_for_params(&(struct moe_kv_shape){4, 4, 128, 128, false, NULL, 0}, &p4);
-    double b2 = (double)moe_kv_units_for_params(&(struct moe_kv_shape){4, 4, 128, 128, false, NULL, 0}, &p2, 4096) *
-                moe_kv_unit_bytes_for_params(&(struct moe_kv_shape){4, 4, 128, 128, false, NULL, 0}, &p2);
+    const struct moe_kv_shape *sh = &(struct moe_kv_shape){4, 4, 128, 128, false, NULL, 0};
+    double b16 = (double)moe_kv_units_for_params(sh, &p16, 4096) *
+                 moe_kv_unit_bytes_for_params(sh, &p16);
+    double b4 = (double)moe_kv_units_for_params(sh, &p4, 4096) * moe_kv_unit_bytes_for_params(sh, &p4);
+    double b2 = (double)moe_kv_units_for_params(sh, &p2, 4096) * moe_kv_unit_bytes_for_params(sh, &p2);
     assert_true(b16 == 4096.0 * 4 * 4 * 128 * 2 * 2);
     assert_true(b4 <= 0.35 * b16);
     assert_true(b2 <= 0.20 * b16);
+}
+
+/* ---- latent caches, windows and sinks against a plain computation ------------------- */
+
+/* What moe_kv_attention must give, from the fp32 keys and values of every
+ * position: one kv head per group of nh/hk query heads, values the keys'
+ * first dv channels when vals is NULL, the last win positions (0 = all), a
+ * sink logit per head in the denominator. */
+static void naive_attention(const float *keys, const float *vals, int hk, int dk, int dv, int nh,
+                            int len, int win, float scale, const float *sinks, const float *q,
+                            float *out)
+{
+    int first = win > 0 && len > win ? len - win : 0;
+    for (int h = 0; h < nh; h++) {
+        int g = h / (nh / hk);
+        double sc[1024], mx = sinks ? sinks[h] : -INFINITY, sum = 0;
+        for (int p = first; p < len; p++) {
+            double d = 0;
+            for (int c = 0; c < dk; c++)
+                d += (double)q[h * dk + c] * keys[((size_t)p * hk + g) * dk + c];
+            sc[p] = d * scale;
+            mx = fmax(mx, sc[p]);
+        }
+        for (int p = first; p < len; p++)
+            sum += exp(sc[p] - mx);
+        if (sinks)
+            sum += exp(sinks[h] - mx);
+        for (int c = 0; c < dv; c++) {
+            double o = 0;
+            for (int p = first; p < len; p++) {
+                const float *v = vals ? vals + ((size_t)p * hk + g) * dv
+                                      : keys + ((size_t)p * hk + g) * dk;
+                o += exp(sc[p] - mx) / sum * v[c];
+            }
+            out[h * dv + c] = (float)o;
+        }
+    }
+}
+
+/* MLA's cache: one kv "head" whose first channels are also the values,
+ * nothing else stored; every width, every ISA */
+static void test_latent_values_are_the_keys(void **state)
+{
+    (void)state;
+    struct moe_pool *tp;
+    assert_int_equal(moe_pool_create(1, &tp), 0);
+    enum { DK = 40, DV = 32, NQ = 4, LEN = 150 };
+    const struct moe_kv_shape sh = {2, 1, DK, DV, true, NULL, 0};
+    static const struct moe_kv_params ps[] = {{32, 32, 32, 0}, {16, 16, 32, 0}, {8, 8, 32, 32},
+                                              {4, 4, 32, 32}, {2, 2, 32, 32}};
+    static const double tol[] = {1e-5, 2e-3, 0.03, 0.2, 1.0};
+    static float keys[LEN * DK];
+    float q[NQ * DK], want[NQ * DV], got[NQ * DV], ref[NQ * DV], scores[2048];
+    for (int i = 0; i < LEN * DK; i++)
+        keys[i] = frand() * 2 + (i % 5 ? 0.3f : -0.8f);
+    for (int i = 0; i < NQ * DK; i++)
+        q[i] = frand();
+    float scale = 1.0f / sqrtf((float)DK);
+    naive_attention(keys, NULL, 1, DK, DV, NQ, LEN, 0, scale, NULL, q, want);
+    double prev = 0;
+    for (size_t pi = 0; pi < MOE_ARRAY_SIZE(ps); pi++) {
+        struct moe_kv *kv;
+        assert_int_equal(moe_kv_create(&sh, &ps[pi], 256, &kv), 0);
+        for (int p = 0; p < LEN; p++)
+            for (int l = 0; l < 2; l++)
+                assert_int_equal(moe_kv_store(kv, l, p, keys + p * DK, NULL), 0);
+        struct moe_kv *kvs[1] = {kv};
+        int32_t pos[1] = {LEN - 1};
+        struct moe_kv_attn a = {NQ, scale, NULL};
+        moe_kv_set_isa(MOE_ISA_REF);
+        moe_kv_attention(tp, kvs, pos, 1, 1, &a, q, ref, scores, 1024);
+        double num = 0, den = 0;
+        for (int i = 0; i < NQ * DV; i++) {
+            num += (ref[i] - want[i]) * (ref[i] - want[i]);
+            den += want[i] * want[i];
+        }
+        double rel = sqrt(num / den);
+        print_message("latent %d-bit: relative error %.3g\n", ps[pi].key_bits, rel);
+        assert_true(rel < tol[pi]);
+        assert_true(pi < 2 || rel > prev); /* fewer bits, more error */
+        prev = rel;
+        find_fast();
+        for (int f = 0; f < n_fast; f++) {
+            moe_kv_set_isa(f == 0 ? MOE_ISA_AVX2 : MOE_ISA_AVX512);
+            moe_kv_attention(tp, kvs, pos, 1, 1, &a, q, got, scores, 1024);
+            assert_close(got, ref, NQ * DV, 1e-5, "latent attention");
+        }
+        moe_kv_free(kv);
+    }
+    moe_kv_set_isa(-1);
+    moe_pool_free(tp);
+}
+
+/* A window layer attends to its last W positions, gives older blocks back
+ * as it goes (a reservation made for the bound suffices however long the
+ * sequence), and refuses to go back past them; a full layer beside it keeps
+ * everything. Prefill chunks, then decode, as the engine feeds them. */
+static void test_window_layers_stay_bounded(void **state)
+{
+    (void)state;
+    struct moe_pool *tp;
+    assert_int_equal(moe_pool_create(1, &tp), 0);
+    enum { D = 32, W = 40, LEN = 400, CHUNK = 50 };
+    const int32_t window[L] = {0, W};
+    static const struct moe_kv_params ps[] = {{32, 32, 32, 0}, {8, 8, 32, 32}};
+    static float keys[LEN * HK * D], vals[LEN * HK * D];
+    for (int i = 0; i < LEN * HK * D; i++) {
+        keys[i] = frand();
+        vals[i] = frand();
+    }
+    float scale = 1.0f / sqrtf((float)D);
+    const float sinks[NH] = {0.5f, -1.0f, 2.0f, 0.0f};
+    for (size_t pi = 0; pi < MOE_ARRAY_SIZE(ps); pi++) {
+        const struct moe_kv_shape sh = {L, HK, D, D, false, window, CHUNK};
+        int64_t bound = moe_kv_units_for_params(&sh, &ps[pi], LEN);
+        const struct moe_kv_shape full = {L, HK, D, D, false, NULL, 0};
+        assert_true(bound < moe_kv_units_for_params(&full, &ps[pi], LEN));
+        struct moe_kv_pool *P;
+        assert_int_equal(moe_kv_pool_create(&sh, &ps[pi], bound, &P), 0);
+        struct moe_kv *kv;
+        assert_int_equal(moe_kv_seq_create(P, 1024, &kv), 0);
+        assert_int_equal(moe_kv_reserve(kv, LEN), 0);
+        float q[NH * D], want[NH * D], got[CHUNK][NH * D], scores[2048];
+        for (int i = 0; i < NH * D; i++)
+            q[i] = frand();
+        struct moe_kv_attn a = {NH, scale, sinks};
+        for (int p0 = 0; p0 < LEN;) {
+            int n = p0 < 200 ? CHUNK : 1;
+            struct moe_kv *kvs[CHUNK];
+            int32_t pos[CHUNK];
+            float qs[CHUNK * NH * D];
+            for (int t = 0; t < n; t++) {
+                for (int l = 0; l < L; l++)
+                    assert_int_equal(moe_kv_store(kv, l, p0 + t, keys + (p0 + t) * HK * D,
+                                                  vals + (p0 + t) * HK * D), 0);
+                kvs[t] = kv;
+                pos[t] = p0 + t;
+                memcpy(qs + t * NH * D, q, sizeof(q));
+            }
+            for (int l = 0; l < L; l++) {
+                moe_kv_attention(tp, kvs, pos, n, l, &a, qs, &got[0][0], scores, 1024);
+                for (int t = 0; t < n; t++) {
+                    naive_attention(keys, vals, HK, D, D, NH, p0 + t + 1, window[l], scale,
+                                    sinks, q, want);
+                    assert_close(got[t], want, NH * D, ps[pi].key_bits == 32 ? 1e-5 : 0.05,
+                                 "windowed attention");
+                }
+            }
+            p0 += n;
+        }
+        struct moe_kv_pool_stats st;
+        moe_kv_pool_get_stats(P, &st);
+        assert_true(st.units_used <= bound);
+        /* layer 1 cannot go back before its window; layer 0 can */
+        assert_int_equal(moe_kv_store(kv, 1, 10, keys, vals), -EINVAL);
+        assert_non_null(strstr(moe_err_msg(), "window"));
+        assert_int_equal(moe_kv_store(kv, 0, ps[pi].key_bits == 32 ? 10 : 32, keys, vals), 0);
+        moe_kv_free(kv);
+        moe_kv_pool_get_stats(P, &st);
+        assert_int_equal(st.units_used, 0);
+        assert_int_equal(st.units_reserved, 0);
+        moe_kv_pool_free(P);
+    }
+    moe_pool_free(tp);
 }
 
 int main(void)
@@ -411,6 +574,8 @@ int main(void)
         cmocka_unit_test(test_attention_error_shrinks_with_bits),
         cmocka_unit_test(test_pool_exhaustion_leaves_others_intact),
         cmocka_unit_test(test_sizes_and_params),
+        cmocka_unit_test(test_latent_values_are_the_keys),
+        cmocka_unit_test(test_window_layers_stay_bounded),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -221,6 +221,21 @@ struct moe_pack *moe_model_pack(const struct moe_model *m);
  * tokenizer.gguf: a vocabulary-only GGUF holding a GGUF source's metadata. */
 int moe_model_pack_write_base(const struct moe_model *m, struct moe_pack_writer *w);
 
+/* The parts of layer l's expert x as a pack blob holds them ("gate", "up",
+ * "down", then the biases where the architecture has them): at most max,
+ * returns how many. off: where the part sits in struct moe_expert_weights. */
+struct moe_expert_part {
+    const char *name;
+    size_t off;
+    const struct moe_weight *mat; /* a matrix of rows x cols */
+    int64_t rows, cols;
+    const float *vec;             /* or an fp32 vector of n values */
+    int64_t n;
+};
+#define MOE_EXPERT_MAX_PARTS 6
+int moe_model_expert_parts(const struct moe_model *m, int32_t l, int32_t x,
+                           struct moe_expert_part *parts, int max);
+
 /* The architecture config as the pack's "config" object: every field, arch
  * and qk_norm by name, layer_dense as an array of n_layers booleans. */
 struct json_t *moe_config_to_json(const struct moe_config *cfg); /* new reference, NULL: OOM */

@@ -69,20 +69,7 @@ struct moe_dense_tensor {
 typedef int (*moe_dense_visit)(void *ctx, const struct moe_dense_tensor *t);
 int moe_model_visit_dense(const struct moe_model *m, moe_dense_visit fn, void *ctx);
 
-/* The parts of layer l's expert x as a pack blob holds them ("gate", "up",
- * "down", then the biases where the architecture has them): at most max,
- * returns how many. off: where the part sits in struct moe_expert_weights. */
-struct moe_expert_part {
-    const char *name;
-    size_t off;
-    const struct moe_weight *mat; /* a matrix of rows x cols */
-    int64_t rows, cols;
-    const float *vec;             /* or an fp32 vector of n values */
-    int64_t n;
-};
-#define MOE_EXPERT_MAX_PARTS 6
-int moe_model_expert_parts(const struct moe_model *m, int32_t l, int32_t x,
-                           struct moe_expert_part *parts, int max);
+
 /* A pack: config, tensors, experts, tokenizer (model_pack.c); m->path is the pack */
 int moe_model_open_pack(struct moe_model *m);
 /* The tokenizer held in a pack's blobs (*out NULL when it has none) */

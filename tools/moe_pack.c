@@ -293,6 +293,9 @@ static int advance_compressed(struct packer *P, struct calib *cb, int32_t l,
     for (int32_t e = 0; e < E && rc == 0; e++) {
         const struct moe_expert_weights *ew = &keep[e];
         int dt = specs[e].dtype;
+        q[e].b_gate = ew->b_gate; /* biases stay fp32 */
+        q[e].b_up = ew->b_up;
+        q[e].b_down = ew->b_down;
         if ((rc = view_matrix(P, dt, &parts[e][0], ew->gate.rows, ew->gate.cols, &q[e].gate)) < 0 ||
             (rc = view_matrix(P, dt, &parts[e][1], ew->up.rows, ew->up.cols, &q[e].up)) < 0 ||
             (rc = view_matrix(P, dt, &parts[e][2], ew->down.rows, ew->down.cols, &q[e].down)) < 0)
@@ -336,14 +339,21 @@ static int pack_layer(struct packer *P, struct calib *cb, int32_t l)
             break;
         static const char *const names[3] = {"gate", "up", "down"};
         const struct moe_weight *src[3] = {&ew->gate, &ew->up, &ew->down};
-        struct moe_pack_part pp[3];
+        struct moe_pack_part pp[MOE_EXPERT_MAX_PARTS];
         for (int i = 0; i < 3; i++) {
             pp[i] = (struct moe_pack_part){names[i], specs[e].dtype, src[i]->rows, src[i]->cols,
                                            parts[e][i].data, parts[e][i].nbytes};
             P->expert_bytes += parts[e][i].nbytes;
             P->weights += src[i]->rows * src[i]->cols;
         }
-        rc = moe_pack_writer_add_expert(P->w, l, e, pp, 3);
+        /* the architecture's expert biases (gpt-oss), fp32 beside the matrices */
+        struct moe_expert_part xp[MOE_EXPERT_MAX_PARTS];
+        int nxp = moe_model_expert_parts(m, l, e, xp, MOE_EXPERT_MAX_PARTS), np = 3;
+        for (int i = 0; i < nxp; i++)
+            if (xp[i].vec)
+                pp[np++] = (struct moe_pack_part){xp[i].name, MOE_DTYPE_F32, 1, xp[i].n,
+                                                  xp[i].vec, (size_t)xp[i].n * sizeof(float)};
+        rc = moe_pack_writer_add_expert(P->w, l, e, pp, (size_t)np);
     }
     if (rc == 0 && cb && l + 1 < c->n_layers)
         rc = advance_compressed(P, cb, l, specs, parts);

@@ -69,7 +69,7 @@ static const struct {
     [23] = {"IQ4_XS"},        [24] = {"I8"},             [25] = {"I16"},
     [26] = {"I32"},           [27] = {"I64"},            [28] = {"F64"},
     [29] = {"IQ1_M"},         [30] = {"BF16", 1, 2},     [34] = {"TQ1_0"},
-    [35] = {"TQ2_0"},         [39] = {"MXFP4"},
+    [35] = {"TQ2_0"},         [39] = {"MXFP4", 32, 17},
 };
 
 static const char *const moe_gguf_type_names[] = {
@@ -459,7 +459,7 @@ static int moe_gguf_tensor_parse(struct moe_gguf *g, struct moe_gguf_rd *r, size
         return moe_err(-EINVAL, "%s: %s: unknown ggml type %" PRIu32, r->path, r->what, type);
     if (!moe_ggml_types[type].bytes)
         return moe_err(-EINVAL, "%s: %s: unsupported type %s (%" PRIu32 "); moed reads F32, "
-                       "F16, BF16 and Q8_0", r->path, r->what, moe_ggml_types[type].name, type);
+                       "F16, BF16, Q8_0 and MXFP4", r->path, r->what, moe_ggml_types[type].name, type);
     int block = moe_ggml_types[type].block;
     size_t bbytes = moe_ggml_types[type].bytes;
     uint64_t ne0 = n_dims ? ne[0] : 1;

@@ -530,7 +530,7 @@ static const struct moe_key_row keys_gpt_oss[] = {
     COMMON(131072, 1e-5, false),
     INT(head_dim, 64, "attention.key_length", "head_dim"),
     INT(n_experts, 128, "expert_count", "num_local_experts", "num_experts"),
-    INT(top_k, 4, "expert_used_count", "num_experts_per_tok"),
+    INT(top_k, 4, "expert_used_count", "num_experts_per_tok", "experts_per_token"),
     INT(expert_ffn, 2880, "expert_feed_forward_length", "intermediate_size"),
     FLT(swiglu_limit, 7.0, NULL, "swiglu_limit"),
     FLT(swiglu_alpha, 1.702, NULL, "swiglu_alpha"),
@@ -575,6 +575,12 @@ static const char *const checks_ernie[] = {"use_rmsnorm=true", "moe_gate=topk",
 static const char *const ignore_ernie[] = {"moe_capacity", "multi_token_pred_lambda",
                                            "weight_share_add_bias", NULL};
 static const char *const ignore_deepseek[] = {"moe_layer_freq", NULL};
+/* the routers these configs name are the ones moed computes for them */
+static const char *const checks_sigmoid[] = {"topk_method=noaux_tc", "scoring_func=sigmoid", NULL};
+static const char *const checks_dots1[] = {"topk_method=noaux_tc", "scoring_func=sigmoid",
+                                           "use_sliding_window=false", NULL};
+/* OpenAI's own name of the original context, beside rope_scaling's */
+static const char *const ignore_gpt_oss[] = {"initial_context_length", NULL};
 
 #define KEYS(k) k, MOE_ARRAY_SIZE(k)
 #define EXPERTS_W123 .hf_expert = {"w1", "w3", "w2"}
@@ -607,11 +613,11 @@ static const struct moe_arch_row rows[MOE_ARCH_COUNT] = {
         NULL, .hf_moe = "mlp", EXPERTS_PROJ, .hf_shared = "shared_experts"},
     [MOE_ARCH_GLM4_MOE] = {
         MOE_ARCH_GLM4_MOE, "glm4_moe", {"Glm4MoeForCausalLM"}, {"glm4_moe"}, "glm4moe",
-        KEYS(keys_glm4), NULL, NULL, recipe_sigmoid, hf_glm4, NULL, .rope_partial = 0.5f,
+        KEYS(keys_glm4), checks_sigmoid, NULL, recipe_sigmoid, hf_glm4, NULL, .rope_partial = 0.5f,
         .hf_moe = "mlp", EXPERTS_PROJ, .hf_shared = "shared_experts"},
     [MOE_ARCH_GPT_OSS] = {
         MOE_ARCH_GPT_OSS, "gpt_oss", {"GptOssForCausalLM"}, {"gpt_oss"}, "gpt-oss",
-        KEYS(keys_gpt_oss), NULL, NULL, recipe_gpt_oss, hf_gpt_oss, NULL,
+        KEYS(keys_gpt_oss), NULL, ignore_gpt_oss, recipe_gpt_oss, hf_gpt_oss, NULL,
         .hf_moe = "mlp", .hf_expert = {"gate_up_proj", "gate_up_proj", "down_proj"}},
     [MOE_ARCH_MINIMAX_M2] = {
         MOE_ARCH_MINIMAX_M2, "minimax_m2", {"MiniMaxM2ForCausalLM"}, {"minimax_m2"},
@@ -623,7 +629,7 @@ static const struct moe_arch_row rows[MOE_ARCH_COUNT] = {
         NULL, .hf_moe = "mlp", EXPERTS_PROJ, .hf_shared = "shared_experts"},
     [MOE_ARCH_DOTS1] = {
         MOE_ARCH_DOTS1, "dots1", {"Dots1ForCausalLM"}, {"dots1"}, "dots1",
-        KEYS(keys_dots1), NULL, NULL, recipe_dots1, hf_dots1, NULL,
+        KEYS(keys_dots1), checks_dots1, NULL, recipe_dots1, hf_dots1, NULL,
         .hf_moe = "mlp", EXPERTS_PROJ, .hf_shared = "shared_experts"},
 };
 

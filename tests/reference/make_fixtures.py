@@ -354,7 +354,9 @@ def init_value(spec, name, shape, rng):
         # sigmoid scores are spread over (0, 1); ERNIE's are softmax probabilities (~1/E)
         return normal(0.03 if spec["arch"].startswith("Ernie") else 0.08)
     if name.endswith("embed_tokens.weight"):
-        return normal(0.5)
+        # tied (ERNIE): the embedding is also the output head; a large one would dominate the
+        # residual stream and make every greedy step repeat the last token
+        return normal(0.08 if spec["params"].get("tie_word_embeddings") else 0.5)
     if name == "lm_head.weight":
         return normal(1.0 / math.sqrt(shape[1]))
     if name.endswith(("mlp.gate.weight", "mlp.router.weight")):  # routers: far from uniform
@@ -636,7 +638,7 @@ def margins_f64(spec, vdir, seq, n_prompt):
         am.append((row[0] - row[1]) / np.abs(logits[p]).max())
         ids64.append(int(np.argmax(logits[p])))
     n_moe = len(moe_modules(model))
-    E = model.config.num_local_experts if hasattr(model.config, "num_local_experts") else None
+    E = getattr(model.config, "num_local_experts", None) or getattr(model.config, "num_experts", None)
     return {
         "routing_min": emin, "group_min": gmin if np.isfinite(gmin) else None,
         "greedy_min": float(min(am[:-1])), "worst_routing": worst,
@@ -711,7 +713,6 @@ def write_v4(spec, fdir, tf4, v5_files):
         shutil.rmtree(vdir)
     os.makedirs(vdir)
     if spec["v4"] == "published":
-        c5 = json.load(open(os.path.join(fdir, "v5", "config.json")))
         p = spec["params"]
         c = {"architectures": [spec["arch"]], "auto_map": {
                  "AutoConfig": "configuration_minimax_m2.MiniMaxM2Config",
@@ -726,7 +727,6 @@ def write_v4(spec, fdir, tf4, v5_files):
         missing = [k for k in MINIMAX_PUBLISHED_KEYS if k not in c]
         if missing:
             raise AssertionError(f"minimax v4 config lacks {missing}")
-        del c5
         with open(os.path.join(vdir, "config.json"), "w") as f:
             json.dump(c, f, indent=2, sort_keys=True)
             f.write("\n")

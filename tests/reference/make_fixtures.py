@@ -39,11 +39,19 @@ Checks made on every run (a failure stops the run):
   * the float64 greedy ids equal the float32 ones;
   * v4/ loads in transformers 4.57 (minimax_m2: in transformers 5) and gives the reference
     logits within 1e-5 (max abs);
-  * the GGUF read back (gguf-py) holds every tensor of the checkpoint under its llama.cpp name
-    (after undoing the permutations / splits of the mapping table);
+  * model.gguf read back (moe_ref.read_gguf, make_arch_model.gguf_to_hf_tensors) holds every
+    tensor of the checkpoint, bit for bit, under its llama.cpp name (after undoing the
+    permutations / splits / MXFP4 repacking of the mapping tables);
   * --check-llamacpp DIR: llama.cpp's own convert_hf_to_gguf.py (its vocabulary step disabled)
-    converts v4/ and v5/; tensor names, shapes, types and bytes and every metadata key must
-    equal model.gguf's (differences are listed; a few known ones are expected, see KNOWN_DIFFS).
+    converts v4/ and v5/; tensor names, shapes, types and bytes and every metadata key (but
+    tokenizer.*, and general.name / general.version, which it guesses from the directory name)
+    are compared with model.gguf's and the differences listed in reference.json (expected:
+    KNOWN_DIFFS only). Needs gguf-py installed from that llama.cpp's gguf-py/.
+Tokenizers: with --tokenizers DIR, DIR/<fixture or family name>/tokenizer.json (+
+tokenizer_config.json) is copied into v5/ and, for byte-level BPE, embedded in model.gguf
+(tokenizer.ggml.*); without one the GGUFs carry no vocabulary.
+gpt_oss: transformers loads MXFP4 on CPU with Mxfp4Config(dequantize=True) here (5.x: the
+experts in the requested dtype; 4.57: always bfloat16, cast to float32 afterwards, lossless).
 """
 
 import argparse

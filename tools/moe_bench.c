@@ -4,6 +4,7 @@
  *   moe-bench decode --model PATH [--tokens N] [--prompt-tokens P]
  *     (both also [--odp-beta B [--odp-layers LIST] [--odp-protect F]] [--top-k K])
  *   moe-bench logits --model PATH --ids "1 2 3" --out FILE     (raw fp32 [n][vocab])
+ *   moe-bench greedy --model PATH --ids "1 2 3" [--tokens N]   (greedy continuation ids)
  *   moe-bench gemv   --model PATH [--seconds S]
  *   moe-bench stats  --model PACK
  *   moe-bench decode-cmp --model A --model B ... [--tokens N] [--rounds R]
@@ -40,6 +41,7 @@ static const char usage[] =
     "       moe-bench decode --model PATH [--tokens N] [--prompt-tokens P]\n"
     "         ppl and decode: [--odp-beta B [--odp-layers LIST] [--odp-protect F]] [--top-k K]\n"
     "       moe-bench logits --model PATH --ids \"ID ...\" --out FILE\n"
+    "       moe-bench greedy --model PATH --ids \"ID ...\" [--tokens N]\n"
     "       moe-bench gemv   --model PATH [--seconds S]\n"
     "       moe-bench stats  --model PACK\n"
     "       moe-bench decode-cmp --model A --model B ... [--tokens N] [--prompt-tokens P] [--rounds R]\n"
@@ -58,6 +60,8 @@ static const char usage[] =
     "        bandwidth measured in the same run and the fraction of that roofline\n"
     "        (median over blocks of 8 tokens, each paired with a bandwidth pass).\n"
     "logits: logits of every position of ID... as raw float32 [n][vocab].\n"
+    "greedy: ID... in one pass, then N (default 32) steps through the KV cache,\n"
+    "        each the argmax of the last logits (no stop token): {\"ids\": [...]}.\n"
     "gemv:   decode GEMV throughput of each expert format (bf16, q8_0, gq4, qmoe\n"
     "        with random ternary rows at P(0) = 0.85, and the model's own experts)\n"
     "        at the model's expert shapes: weights/s and GB/s of stored bytes.\n"
@@ -541,24 +545,22 @@ fail:
     return rc < 0 ? 1 : 0;
 }
 
-static int cmd_logits(const struct bench_opts *o, struct moe_model *m, struct moe_pool *pool)
+/* --ids "1 2 3" (spaces or commas) -> a malloc'd array; 0, or EXIT_USAGE after a message */
+static int parse_ids(const char *cmd, const char *text, int32_t **out, size_t *n_out)
 {
-    if (!o->ids || !o->out) {
-        fprintf(stderr, "moe-bench logits: --ids and --out are required\n");
-        return EXIT_USAGE;
-    }
-    size_t cap = strlen(o->ids) / 2 + 1, n = 0;
+    size_t cap = strlen(text) / 2 + 1, n = 0;
     int32_t *ids = malloc(cap * sizeof(int32_t));
-    const char *p = o->ids;
+    const char *p = text;
     while (ids) {
         char *end;
         while (*p == ' ' || *p == ',')
             p++;
         if (!*p)
             break;
+        errno = 0;
         long v = strtol(p, &end, 10);
-        if (end == p || n == cap) {
-            fprintf(stderr, "moe-bench logits: --ids: not a list of integers: '%s'\n", o->ids);
+        if (end == p || n == cap || errno || v < 0 || v > INT32_MAX) {
+            fprintf(stderr, "moe-bench %s: --ids: not a list of token ids: '%s'\n", cmd, text);
             free(ids);
             return EXIT_USAGE;
         }
@@ -566,10 +568,26 @@ static int cmd_logits(const struct bench_opts *o, struct moe_model *m, struct mo
         p = end;
     }
     if (!ids || n == 0) {
-        fprintf(stderr, "moe-bench logits: --ids is empty\n");
+        fprintf(stderr, "moe-bench %s: %s\n", cmd, ids ? "--ids is empty" : "out of memory");
         free(ids);
+        return ids ? EXIT_USAGE : 1;
+    }
+    *out = ids;
+    *n_out = n;
+    return 0;
+}
+
+static int cmd_logits(const struct bench_opts *o, struct moe_model *m, struct moe_pool *pool)
+{
+    if (!o->ids || !o->out) {
+        fprintf(stderr, "moe-bench logits: --ids and --out are required\n");
         return EXIT_USAGE;
     }
+    int32_t *ids;
+    size_t n;
+    int ret = parse_ids("logits", o->ids, &ids, &n);
+    if (ret)
+        return ret;
     struct moe_session *s = NULL;
     float *logits = malloc(n * (size_t)m->cfg.vocab * sizeof(float));
     int rc = logits ? moe_session_create(m, pool, (int32_t)n, &s) : moe_err(-ENOMEM, "out of memory");
@@ -587,6 +605,50 @@ static int cmd_logits(const struct bench_opts *o, struct moe_model *m, struct mo
         fprintf(stderr, "moe-bench: %s\n", moe_err_msg());
     moe_session_free(s);
     free(logits);
+    free(ids);
+    return rc < 0 ? (rc == -EINVAL ? EXIT_USAGE : 1) : 0;
+}
+
+/* greedy: the prompt in one forward pass, then N single-token steps through
+ * the KV cache, each taking the argmax (lowest id on a tie); no stop token */
+static int cmd_greedy(const struct bench_opts *o, struct moe_model *m, struct moe_pool *pool)
+{
+    if (!o->ids) {
+        fprintf(stderr, "moe-bench greedy: --ids is required\n");
+        return EXIT_USAGE;
+    }
+    int32_t *ids;
+    size_t n;
+    int ret = parse_ids("greedy", o->ids, &ids, &n);
+    if (ret)
+        return ret;
+    int32_t N = o->tokens, V = m->cfg.vocab;
+    struct moe_session *s = NULL;
+    float *logits = malloc((size_t)V * sizeof(float));
+    int32_t *gen = malloc((size_t)N * sizeof(int32_t));
+    int rc = logits && gen ? moe_session_create(m, pool, (int32_t)n + N, &s)
+                           : moe_err(-ENOMEM, "out of memory");
+    if (rc == 0)
+        rc = moe_session_forward(s, ids, (int32_t)n, logits, false);
+    for (int32_t i = 0; rc == 0 && i < N; i++) {
+        gen[i] = argmax(logits, V);
+        if (i + 1 < N)
+            rc = moe_session_forward(s, &gen[i], 1, logits, false);
+    }
+    if (rc == 0) {
+        json_t *j = json_object(), *arr = json_array();
+        for (int32_t i = 0; i < N; i++)
+            json_array_append_new(arr, json_integer(gen[i]));
+        json_object_set_new(j, "model", json_string(o->model));
+        json_object_set_new(j, "prompt_tokens", json_integer((json_int_t)n));
+        json_object_set_new(j, "ids", arr);
+        bench_print_json(j);
+    } else {
+        fprintf(stderr, "moe-bench: %s\n", moe_err_msg());
+    }
+    moe_session_free(s);
+    free(logits);
+    free(gen);
     free(ids);
     return rc < 0 ? (rc == -EINVAL ? EXIT_USAGE : 1) : 0;
 }
@@ -1389,7 +1451,8 @@ int main(int argc, char **argv)
         return bench_tier_main(cmd, argc - 1, argv + 1);
     int (*fn)(const struct bench_opts *, struct moe_model *, struct moe_pool *) =
         !strcmp(cmd, "ppl") ? cmd_ppl : !strcmp(cmd, "decode") ? cmd_decode
-        : !strcmp(cmd, "logits") ? cmd_logits : !strcmp(cmd, "gemv") ? cmd_gemv
+        : !strcmp(cmd, "logits") ? cmd_logits : !strcmp(cmd, "greedy") ? cmd_greedy
+        : !strcmp(cmd, "gemv") ? cmd_gemv
         : !strcmp(cmd, "stats") ? cmd_stats
         : !strcmp(cmd, "kv") ? cmd_kv : NULL;
     bool cmp = !strcmp(cmd, "decode-cmp"), io = !strcmp(cmd, "io");

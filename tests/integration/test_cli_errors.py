@@ -202,6 +202,22 @@ class BadArguments(unittest.TestCase):
         self.assertEqual(rc, 2)
         self.assertIn("token id 5000 outside the vocabulary", err)
 
+    def test_bench_greedy_bad_ids(self):
+        rc, _, err = run("moe-bench", "greedy", "--model", TINY)
+        self.assertEqual(rc, 2)
+        self.assertIn("--ids is required", err)
+        rc, _, err = run("moe-bench", "greedy", "--model", TINY, "--ids", "1 -3")
+        self.assertEqual(rc, 2)
+        self.assertIn("not a list of token ids: '1 -3'", err)
+        rc, _, err = run("moe-bench", "greedy", "--model", TINY, "--ids", "1 5000", "--tokens", "2")
+        self.assertEqual(rc, 2)
+        self.assertIn("token id 5000 outside the vocabulary", err)
+
+    def test_bench_greedy_ids(self):
+        rc, out, err = run("moe-bench", "greedy", "--model", TINY, "--ids", "1022 812 58", "--tokens", "4")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(json.loads(out)["ids"], [10, 65, 104, 44])  # models/tiny-moe/reference.json
+
 
 if __name__ == "__main__":
     unittest.main()

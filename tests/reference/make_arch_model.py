@@ -136,6 +136,201 @@ File layout (GGUF v3, little endian): "GGUF", u32 version=3, u64 n_tensors, u64 
   byte); tensor infos (str name, u32 n_dims, u64 ne[n_dims], u32 ggml type, u64 offset relative
   to the data section); zero padding to alignment 32 (no general.alignment key); tensor data,
   each tensor starting at a multiple of 32.
+
+=====================================================================================
+PART B: THE 2026 ARCHITECTURES (convert_new_arch below; checked equal, tensor bytes and every
+metadata key, to the vendored llama.cpp (2026-10) convert_hf_to_gguf.py --outtype bf16 on all
+fixtures of tests/data/arch: tests/reference/make_fixtures.py --check-llamacpp)
+=====================================================================================
+Read from: conversion/deepseek.py DeepseekV2Model, conversion/glm.py Glm4MoeModel,
+conversion/gpt_oss.py GptOssModel, conversion/minimax.py MiniMaxM2Model, conversion/ernie.py
+Ernie4_5MoeModel, conversion/dots1.py Dots1Model(Qwen2MoeModel), conversion/base.py
+(TextModel.set_gguf_parameters, prepare_tensors), src/models/{deepseek2,glm4-moe,openai-moe,
+minimax-m2,ernie4-5,ernie4-5-moe,dots1}.cpp, src/llama-model.cpp (rope types), llama-graph.cpp
+(build_moe_ffn). Same conventions as part A (ne = reversed numpy shape).
+
+B0. Common to all (TextModel.set_gguf_parameters; key <- config.json key):
+  general.architecture (str), general.type "model", general.name, general.size_label (str,
+    "{E}x{shared+per-expert params}", informational), general.file_type (u32: 32 = BF16;
+    gpt-oss 38 = MOSTLY_MXFP4_MOE), general.quantization_version = 2
+  {a}.block_count <- num_hidden_layers (glm4moe: + num_nextn_predict_layers)
+  {a}.context_length <- max_position_embeddings
+  {a}.embedding_length <- hidden_size
+  {a}.feed_forward_length <- intermediate_size (the DENSE FFN for deepseek2/glm4moe/dots1/
+                             ernie; the EXPERT FFN for gpt-oss and minimax-m2)
+  {a}.attention.head_count <- num_attention_heads; {a}.attention.head_count_kv <-
+                             num_key_value_heads (deepseek2: always 1)
+  {a}.rope.scaling.type "yarn", .rope.scaling.factor (f32), .rope.scaling.original_context_length
+    (u32), .rope.scaling.yarn_beta_fast / yarn_beta_slow (f32), [.rope.scaling.yarn_attn_factor if
+    attention_factor]  <- rope_scaling / rope_parameters with rope_type|type "yarn" only.
+    NOT written: YaRN "truncate" (ggml ALWAYS floors/ceils the correction range; gpt-oss has
+    truncate false in HF, so llama.cpp's gpt-oss deviates from transformers there).
+  {a}.rope.freq_base (f32) <- rope_theta; {a}.attention.layer_norm_rms_epsilon (f32) <- rms_norm_eps
+  {a}.expert_count <- num_local_experts | num_experts | n_routed_experts (ernie: moe_num_experts)
+  {a}.expert_used_count <- num_experts_per_tok (ernie: moe_k)
+  {a}.expert_group_count <- n_group, {a}.expert_group_used_count <- topk_group (only if in config)
+  {a}.expert_gating_func (u32: 1 softmax, 2 sigmoid) <- scoring_func, ONLY if config.json has one
+  {a}.attention.key_length / value_length <- head_dim if config.json has one (deepseek2 then
+                             overwrites both, see B1)
+  Types: F32 for every 1-D tensor, every *_norm.weight, ffn_gate_inp.weight (routers) and every
+  tensor whose name does not end in ".weight" (biases, also 2-D ones: exp_probs_b.bias, *_exps.bias);
+  BF16 otherwise (gpt-oss experts MXFP4). Expert stacks: expert e is the slowest index.
+  Shared names: embed_tokens -> token_embd [H,V]; lm_head -> output [H,V] (absent when tied:
+  every loader falls back to token_embd); model.norm -> output_norm [H];
+  layers.N.input_layernorm -> blk.N.attn_norm [H]; layers.N.post_attention_layernorm ->
+  blk.N.ffn_norm [H] EXCEPT glm4moe and gpt-oss: blk.N.post_attention_norm [H] (same role).
+  q/k rows are never permuted for these architectures (llama.cpp rope NORM = adjacent pairs for
+  deepseek2 and ernie4_5-moe, whose HF rope is already interleaved; NEOX = (i, i+n_rot/2) for
+  glm4moe, gpt-oss, minimax-m2, dots1, as their HF rotate_half).
+
+B1. "deepseek2" <- DeepseekV2ForCausalLM, DeepseekV3ForCausalLM (also Kimi-K2: model_type
+    "kimi_k2", architectures DeepseekV3ForCausalLM). MTP layers (model.layers.{>=L}) dropped.
+  HF (torch shape)                                   GGUF                              ne                  type
+  self_attn.q_proj [nh*(nope+rope), H] (q_lora null) blk.N.attn_q.weight               [H, nh*(nope+rope)] BF16
+  self_attn.q_a_proj [qr, H]                         blk.N.attn_q_a.weight             [H, qr]             BF16
+  self_attn.q_a_layernorm [qr]                       blk.N.attn_q_a_norm.weight        [qr]                F32
+  self_attn.q_b_proj [nh*(nope+rope), qr]            blk.N.attn_q_b.weight             [qr, nh*(nope+rope)] BF16
+  self_attn.kv_a_proj_with_mqa [kvr+rope, H]         blk.N.attn_kv_a_mqa.weight        [H, kvr+rope]       BF16
+  self_attn.kv_a_layernorm [kvr]                     blk.N.attn_kv_a_norm.weight       [kvr]               F32
+  self_attn.kv_b_proj [nh*(nope+v), kvr]  SPLIT:     kvb = w.reshape(nh, nope+v, kvr)
+     k part kvb[:, :nope, :] TRANSPOSED to [nh,kvr,nope] blk.N.attn_k_b.weight         [nope, kvr, nh]     BF16
+     v part kvb[:, nope:, :]  as is        [nh,v,kvr]    blk.N.attn_v_b.weight         [kvr, v, nh]        BF16
+     (the unsplit attn_kv_b only exists in old GGUFs; llama.cpp loads it only when not MLA)
+  self_attn.o_proj [H, nh*v]                         blk.N.attn_output.weight          [nh*v, H]           BF16
+  layers < first_k_dense_replace: mlp.gate_proj/up_proj [I,H], down_proj [H,I] -> blk.N.ffn_gate/ffn_up [H,I], ffn_down [I,H]
+  mlp.gate.weight [E,H]                              blk.N.ffn_gate_inp.weight         [H, E]              F32
+  mlp.gate.e_score_correction_bias [E] (V3 only)     blk.N.exp_probs_b.bias            [E]                 F32
+  mlp.experts.e.gate_proj/up_proj [F,H] (stacked)    blk.N.ffn_gate_exps/ffn_up_exps.weight [H, F, E]      BF16
+  mlp.experts.e.down_proj [H,F] (stacked)            blk.N.ffn_down_exps.weight        [F, H, E]           BF16
+  mlp.shared_experts.gate_proj/up_proj [F*ns,H]      blk.N.ffn_gate_shexp/ffn_up_shexp.weight [H, F*ns]    BF16
+  mlp.shared_experts.down_proj [H,F*ns]              blk.N.ffn_down_shexp.weight       [F*ns, H]           BF16
+  Metadata (besides B0): deepseek2.leading_dense_block_count <- first_k_dense_replace;
+  deepseek2.vocab_size; deepseek2.attention.q_lora_rank <- q_lora_rank (ABSENT when null: V2-Lite);
+  deepseek2.attention.kv_lora_rank; deepseek2.attention.key_length = kv_lora_rank + qk_rope_head_dim
+  and deepseek2.attention.value_length = kv_lora_rank (the absorbed-MQA view, NOT the head dims);
+  deepseek2.attention.key_length_mla = qk_nope + qk_rope; deepseek2.attention.value_length_mla =
+  v_head_dim; deepseek2.expert_feed_forward_length <- moe_intermediate_size;
+  deepseek2.expert_shared_count <- n_shared_experts; deepseek2.expert_weights_scale (f32) <-
+  routed_scaling_factor; deepseek2.expert_weights_norm (bool) = true ONLY when norm_topk_prob is
+  true (absent = false); deepseek2.rope.dimension_count <- qk_rope_head_dim;
+  deepseek2.rope.scaling.yarn_log_multiplier (f32) = 0.1 * mscale_all_dim (llama.cpp divides by 0.1
+  again); expert_group_count / _used_count <- n_group / topk_group; expert_gating_func <-
+  scoring_func (V3 "sigmoid" -> 2, V2 "softmax" -> 1; llama.cpp defaults an absent key to softmax).
+  NOT in the GGUF: topk_method. V3 (noaux_tc) scores groups by the sum of their 2 best biased
+  sigmoid scores; V2 group_limited_greedy by their BEST softmax probability; llama.cpp always
+  uses the top-2 sum (so it differs from transformers for V2 with n_group > 1). A loader can tell
+  them apart by expert_gating_func (softmax = V2 rule, sigmoid = V3 rule) or by exp_probs_b.
+  transformers 5 never renormalises V2's top-k (norm_topk_prob is ignored by its V2 router; real
+  V2/V2-Lite configs have it false anyway). Softmax scale: 1/sqrt(nope+rope), times
+  mscale(factor, mscale_all_dim)^2 under YaRN; rope cos/sin times mscale(f, mscale) /
+  mscale(f, mscale_all_dim) (1 when equal), mscale(f, m) = 0.1 m ln f + 1.
+  llama.cpp itself only skips reading q_lora_rank for 26/27-layer (or 48-layer, vocab 128256)
+  models, so a V2-Lite-shaped GGUF with another layer count does not load there; moed should
+  take "no q_lora_rank key / attn_q present" as q_lora_rank null.
+  transformers 5 writes "head_dim": qk_rope_head_dim and "qk_head_dim" into config.json: ignore.
+
+B2. "glm4moe" <- Glm4MoeForCausalLM (GLM-4.5 / 4.5-Air / 4.6)
+  self_attn.q_proj/k_proj/v_proj .weight + .bias     blk.N.attn_q/attn_k/attn_v .weight BF16, .bias F32
+     (attention_bias: q, k, v only; o_proj has no bias)
+  self_attn.o_proj                                   blk.N.attn_output.weight          [nh*hd, H]          BF16
+  self_attn.q_norm / k_norm [hd] (use_qk_norm only)  blk.N.attn_q_norm / attn_k_norm.weight [hd]         F32
+     (per head, before rope; llama.cpp loads them as optional: their presence IS use_qk_norm)
+  post_attention_layernorm                           blk.N.post_attention_norm.weight  [H]                 F32
+  router, exp_probs_b, experts, shared experts, dense layers: as B1
+  Metadata: glm4moe.rope.dimension_count = int(head_dim * partial_rotary_factor) (0.5 when
+  absent); glm4moe.expert_feed_forward_length; glm4moe.expert_shared_count;
+  glm4moe.leading_dense_block_count <- first_k_dense_replace; glm4moe.expert_gating_func = 2
+  (always); glm4moe.expert_weights_scale <- routed_scaling_factor; glm4moe.expert_weights_norm <-
+  norm_topk_prob; glm4moe.nextn_predict_layers <- num_nextn_predict_layers (when in config; the MTP
+  blocks are appended as blk.L.. with nextn.* tensors and counted in block_count; the fixtures
+  have 0); attention.key_length/value_length <- head_dim; expert_group_count/_used <- n_group/topk_group.
+
+B3. "gpt-oss" <- GptOssForCausalLM (MXFP4 checkpoints)
+  self_attn.{q,k,v,o}_proj .weight / .bias           blk.N.attn_{q,k,v,output}.weight BF16 / .bias F32
+  self_attn.sinks [nh]                               blk.N.attn_sinks.weight           [nh]                F32
+  post_attention_layernorm                           blk.N.post_attention_norm.weight  [H]                 F32
+  mlp.router.weight [E,H] / .bias [E]                blk.N.ffn_gate_inp.weight [H,E] / .bias [E]           F32
+  mlp.experts.gate_up_proj_bias [E, 2F]  even cols   blk.N.ffn_gate_exps.bias          [F, E]              F32
+                                          odd cols   blk.N.ffn_up_exps.bias            [F, E]              F32
+  mlp.experts.down_proj_bias [E, H]                  blk.N.ffn_down_exps.bias          [H, E]              F32
+  mlp.experts.gate_up_proj_blocks [E, 2F, H/32, 16] u8 + _scales [E, 2F, H/32] u8:
+     rows 0::2 (gate)                                blk.N.ffn_gate_exps.weight        [H, F, E]           MXFP4
+     rows 1::2 (up)                                  blk.N.ffn_up_exps.weight          [H, F, E]           MXFP4
+  mlp.experts.down_proj_blocks [E, H, F/32, 16] + _scales [E, H, F/32]
+                                                     blk.N.ffn_down_exps.weight        [F, H, E]           MXFP4
+  (HF rows = output units; the dequantised HF parameter is gate_up_proj [E, H, 2F] = blocks
+  transposed: x @ W, gate = columns 0::2, up = columns 1::2.)
+  MXFP4 (ggml type 39, 17 bytes per 32 values along ne[0]): byte 0 = the e8m0 exponent (the HF
+  *_scales byte as is), bytes 1..16: qs[j] = code(j) | code(j+16) << 4. HF *_blocks byte j =
+  code(2j) | code(2j+1) << 4 (low nibble first). code = E2M1: bit 3 sign, bits 0-2 index into
+  {0, .5, 1, 1.5, 2, 3, 4, 6}; value = that * 2^(scale - 127).
+  Metadata: gpt-oss.attention.sliding_window <- sliding_window; gpt-oss.expert_feed_forward_length
+  <- intermediate_size; key_length = value_length = head_dim; YaRN keys (B0).
+  NOT in the GGUF (fixed in llama.cpp for gpt-oss): layer_types (even layers sliding, odd full:
+  load_swa_pattern(2)), swiglu_limit 7.0 and alpha 1.702, router = softmax over the top-k logits
+  (SOFTMAX_WEIGHT), YaRN without truncation (HF truncate false; llama.cpp truncates), sinks.
+
+B4. "minimax-m2" <- MiniMaxM2ForCausalLM
+  self_attn.{q,k,v,o}_proj                           blk.N.attn_{q,k,v,output}.weight                      BF16
+  self_attn.q_norm [nh*hd]                           blk.N.attn_q_norm.weight          [nh*hd]             F32
+  self_attn.k_norm [nkv*hd]                          blk.N.attn_k_norm.weight          [nkv*hd]            F32
+     (RMSNorm over the WHOLE projection before the split into heads: qk_norm_type "per_layer")
+  block_sparse_moe.gate.weight [E,H]                 blk.N.ffn_gate_inp.weight         [H, E]              F32
+  block_sparse_moe.e_score_correction_bias [E]       blk.N.exp_probs_b.bias            [E]                 F32
+  block_sparse_moe.experts.e.w1 [F,H] (gate)         blk.N.ffn_gate_exps.weight        [H, F, E]           BF16
+  block_sparse_moe.experts.e.w3 [F,H] (up)           blk.N.ffn_up_exps.weight          [H, F, E]           BF16
+  block_sparse_moe.experts.e.w2 [H,F] (down)         blk.N.ffn_down_exps.weight        [F, H, E]           BF16
+  Metadata: minimax-m2.expert_feed_forward_length <- intermediate_size; minimax-m2.rope.dimension_count
+  <- rotary_dim (REQUIRED: convert_hf_to_gguf fails on a config.json without rotary_dim, e.g. one
+  written by transformers 5 from partial_rotary_factor alone); expert_gating_func <- scoring_func;
+  key_length/value_length <- head_dim. NOT in the GGUF: top-k renormalisation (llama.cpp
+  hard-codes it true), use_routing_bias (the tensor's presence).
+
+B5. "ernie4_5-moe" <- Ernie4_5_MoeForCausalLM (ERNIE-4.5-21B-A3B, -300B-A47B)
+  self_attn.{q,k,v,o}_proj (+ .bias if use_bias)     blk.N.attn_{q,k,v,output}.weight                      BF16
+  mlp.gate.weight [E,H]                              blk.N.ffn_gate_inp.weight         [H, E]              F32
+  mlp.moe_statics.e_score_correction_bias [1, E]     blk.N.exp_probs_b.bias            [E, 1] (2-D)        F32
+  mlp.experts.e.*, mlp.shared_experts.*, dense mlp.*: as B1 (shared FFN = F * moe_num_shared_experts)
+  lm_head: absent (tie_word_embeddings true in the published models): output = token_embd.
+  Metadata: ernie4_5-moe.expert_count <- moe_num_experts; .expert_used_count <- moe_k;
+  .interleave_moe_layer_step <- moe_layer_interval; .leading_dense_block_count <-
+  moe_layer_start_index; .expert_feed_forward_length <- moe_intermediate_size;
+  .expert_shared_count <- moe_num_shared_experts; .expert_shared_feed_forward_length =
+  intermediate_size // num_key_value_heads (a converter heuristic that equals
+  moe_intermediate_size * moe_num_shared_experts for the published models; trust the shexp shapes).
+  NOT in the GGUF: moe_layer_end_index (llama.cpp: MoE at every layer >= start with (i+1) % step
+  == 0, i.e. end = the last layer, as published), moe_norm_min, the gating (softmax; the bias is
+  added to the probabilities for the choice only; the chosen probabilities are renormalised).
+  HF rope is interleaved (pairs (2i, 2i+1)), llama.cpp NORM: no permutation.
+
+B6. "dots1" <- Dots1ForCausalLM (dots.llm1)
+  self_attn.{q,k,v,o}_proj                           blk.N.attn_{q,k,v,output}.weight                      BF16
+  self_attn.q_norm / k_norm [hd]                     blk.N.attn_q_norm / attn_k_norm.weight [hd]           F32
+  router, exp_probs_b, experts, shared experts, dense layers: as B1
+  Metadata: dots1.expert_feed_forward_length <- moe_intermediate_size; .leading_dense_block_count <-
+  first_k_dense_replace; .expert_shared_count <- n_shared_experts; .expert_weights_scale <-
+  routed_scaling_factor; .expert_weights_norm <- norm_topk_prob; .expert_gating_func <-
+  scoring_func ("sigmoid" in the published config); expert_count <- n_routed_experts; n_group /
+  topk_group only if present (absent in the published config: one group).
+  llama.cpp's dots1 loader sizes K/V as head_dim * n_head: it loads MHA models only (as published).
+
+B7. "llama" (Mixtral) addition: llama.attention.sliding_window (u32) <- sliding_window, a moed
+  extension (a real llama.cpp key of other architectures): llama.cpp's converter drops Mixtral's
+  sliding window, so its GGUF cannot reproduce transformers beyond the window. Absent = no window.
+  transformers applies the window to every layer: query q sees keys j with q - W < j <= q.
+
+B8. Config keys transformers 5 writes differently from 4.x (config.json of v5/ vs v4/):
+  "rope_parameters": {"rope_theta", "rope_type", [factor, original_max_position_embeddings,
+  beta_fast, beta_slow, mscale, mscale_all_dim, truncate, partial_rotary_factor], and "type" when
+  given} replaces top-level "rope_theta" / "rope_scaling" / "partial_rotary_factor"; "dtype"
+  replaces "torch_dtype" (4.57 also writes "dtype"); Qwen3-MoE writes "num_local_experts" for
+  "num_experts"; DeepSeek-V3 gains "head_dim" (= qk_rope_head_dim) and
+  "qk_head_dim". Keys a config class does not know (scoring_func, topk_method, rotary_dim,
+  use_qk_norm, ...) are kept as they were given. Weights: transformers 5 holds experts fused
+  (mlp.experts.gate_up_proj [E, 2F, H], down_proj [E, H, F]) but save_pretrained writes them back
+  per expert under the original names (mlp.experts.e.{gate,up,down}_proj.weight; Mixtral and
+  MiniMax-M2: block_sparse_moe.experts.e.w1/w2/w3; ERNIE: mlp.moe_statics.e_score_correction_bias
+  [1, E]); gpt-oss keeps its fused gate_up_proj [E, H, 2F] / down_proj [E, F, H] (+ _bias).
 """
 
 import argparse
@@ -396,6 +591,39 @@ class GGUFWriter:
             raise ValueError(qtype)
         self.tensors.append((name, ne, GGML_TYPE[qtype], b))
 
+    def add_raw_tensor(self, name, ne, ggml_type, data):
+        """A tensor already in its ggml block layout (e.g. MXFP4)."""
+        self.tensors.append((name, list(ne), ggml_type, data))
+
+    def size_label(self):
+        """general.size_label as gguf-py computes it: "{experts}x{shared + per-expert params}"
+        (K/M/B, at least 2 significant digits) when there are *_exps.* tensors of 3 dims."""
+        total = shared = expert = expert_sum = n_exp = 0
+        for name, ne, _, _ in self.tensors:
+            shape = list(reversed(ne))
+            size = int(np.prod(ne))
+            total += size
+            if "_exps." in name and len(shape) >= 3:
+                ec = shape[-2 if ".bias" in name else -3]
+                expert += size // ec
+                expert_sum += ec
+                n_exp += 1
+            else:
+                shared += size
+
+        def pretty(n):
+            for lim, scale, suf in ((1e12, 1e-12, "T"), (1e9, 1e-9, "B"), (1e6, 1e-6, "M")):
+                if n > lim:
+                    break
+            else:
+                scale, suf = 1e-3, "K"
+            v = n * scale
+            fix = max(2 - len(str(round(v)).lstrip("0")), 0)
+            return f"{v:.{fix}f}{suf}"
+        if n_exp:
+            return f"{expert_sum // n_exp}x{pretty(shared + expert)}"
+        return pretty(total)
+
     def write(self, path):
         head = b"GGUF" + struct.pack("<IQQ", 3, len(self.tensors), len(self.kv))
         for k, kind, v in self.kv:
@@ -435,11 +663,23 @@ def permute_llama_qk(w, n):
     return w.reshape(n, 2, w.shape[0] // n // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def convert_hf_to_gguf(hf_dir, out_path, qtype="f16", name=None):
+def convert_hf_to_gguf(hf_dir, out_path, qtype="f16", name=None, vocab=True):
+    """vocab: True = always write tokenizer.ggml.* (a byte vocabulary when the directory has no
+    tokenizer.json), "auto" = only from a tokenizer.json, False = never."""
     if qtype not in GGML_TYPE:
         raise ValueError(f"--type must be one of {sorted(GGML_TYPE)}")
     with open(os.path.join(hf_dir, "config.json")) as f:
         cfg = json.load(f)
+    if (cfg.get("architectures") or [""])[0] in NEW_ARCHS:
+        if qtype != "bf16":
+            raise ValueError("the new architectures are written with bf16 matrices only")
+        return convert_new_arch(hf_dir, out_path, cfg, name,
+                                vocab=vocab if vocab != "auto" else os.path.isfile(os.path.join(hf_dir, "tokenizer.json")))
+    # transformers 5 writes rope_theta inside rope_parameters and num_local_experts for num_experts
+    if cfg.get("rope_theta") is None and (cfg.get("rope_parameters") or {}).get("rope_theta") is not None:
+        cfg["rope_theta"] = cfg["rope_parameters"]["rope_theta"]
+    if cfg.get("num_experts") is None and cfg.get("num_local_experts") is not None:
+        cfg["num_experts"] = cfg["num_local_experts"]
     arch = hf_arch(cfg)
     ga = GGUF_ARCH[arch]
     t = moe_ref.read_hf_dir(hf_dir)
@@ -486,15 +726,18 @@ def convert_hf_to_gguf(hf_dir, out_path, qtype="f16", name=None):
         w.add(f"{ga}.expert_weights_norm", "bool", probe.norm_topk)
     if arch == "olmoe" and cfg.get("clip_qkv") is not None:
         w.add("olmoe.attention.clamp_kqv", "f32", float(cfg["clip_qkv"]))
+    if arch == "mixtral" and cfg.get("sliding_window"):
+        w.add("llama.attention.sliding_window", "u32", int(cfg["sliding_window"]))
     w.add("general.quantization_version", "u32", 2)
-    tokens, types, merges, tkv = gguf_vocab_from_hf(hf_dir, V, cfg)
-    w.add("tokenizer.ggml.model", "str", "gpt2")
-    w.add("tokenizer.ggml.pre", "str", "gpt-2")
-    w.add("tokenizer.ggml.tokens", "arr_str", tokens)
-    w.add("tokenizer.ggml.token_type", "arr_i32", types)
-    w.add("tokenizer.ggml.merges", "arr_str", merges)
-    for k, kind, v in tkv:
-        w.add(k, kind, v)
+    if vocab is True or (vocab == "auto" and os.path.isfile(os.path.join(hf_dir, "tokenizer.json"))):
+        tokens, types, merges, tkv = gguf_vocab_from_hf(hf_dir, V, cfg)
+        w.add("tokenizer.ggml.model", "str", "gpt2")
+        w.add("tokenizer.ggml.pre", "str", "gpt-2")
+        w.add("tokenizer.ggml.tokens", "arr_str", tokens)
+        w.add("tokenizer.ggml.token_type", "arr_i32", types)
+        w.add("tokenizer.ggml.merges", "arr_str", merges)
+        for k, kind, v in tkv:
+            w.add(k, kind, v)
 
     F32 = "f32"
     w.add_tensor("token_embd.weight", t["model.embed_tokens.weight"], qtype)
@@ -532,8 +775,406 @@ def convert_hf_to_gguf(hf_dir, out_path, qtype="f16", name=None):
     w.add_tensor("output_norm.weight", t["model.norm.weight"], F32)
     if not tied:
         w.add_tensor("output.weight", t["lm_head.weight"], qtype)
+    w.add("general.size_label", "str", w.size_label())
     w.write(out_path)
     return out_path
+
+
+# ----------------------------------------------------------------------------
+# the 2026 architectures (tables B1-B8 at the top): DeepSeek-V2/V3 (Kimi-K2), GLM-4.5,
+# gpt-oss, MiniMax-M2, ERNIE-4.5-MoE, dots.llm1; read from an HF checkpoint directory
+# ----------------------------------------------------------------------------
+
+NEW_ARCHS = {
+    "DeepseekV2ForCausalLM": "deepseek2", "DeepseekV3ForCausalLM": "deepseek2",
+    "Glm4MoeForCausalLM": "glm4moe", "GptOssForCausalLM": "gpt-oss",
+    "MiniMaxM2ForCausalLM": "minimax-m2", "Ernie4_5_MoeForCausalLM": "ernie4_5-moe",
+    "Dots1ForCausalLM": "dots1",
+}
+GGML_MXFP4 = 39
+FILE_TYPE_MXFP4_MOE = 38
+# tokenizer.ggml.pre that convert_hf_to_gguf's tokenizer hash gives the real tokenizers
+TOKENIZER_PRE = {"deepseek2": "deepseek-v3", "glm4moe": "glm4", "gpt-oss": "gpt-4o",
+                 "minimax-m2": "minimax-m2", "dots1": "dots1", "qwen3moe": "qwen2",
+                 "llama": "default", "ernie4_5-moe": "default"}
+
+
+def _rope_params(cfg):
+    """convert_hf_to_gguf's view: rope_parameters (transformers 5) or rope_scaling (4.x), with
+    rope_type filled from the legacy 'type' and rope_theta from the top level."""
+    rp = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
+    if "rope_type" not in rp and "type" in rp:
+        rp["rope_type"] = rp["type"]
+    if "rope_theta" not in rp and cfg.get("rope_theta") is not None:
+        rp["rope_theta"] = cfg["rope_theta"]
+    return rp
+
+
+def _first(cfg, *keys):
+    for k in keys:
+        if cfg.get(k) is not None:
+            return cfg[k]
+    return None
+
+
+def mxfp4_to_ggml(blocks, scales):
+    """OpenAI layout (blocks u8 [..., G, 16]: byte j = element 2j (low nibble) | 2j+1 (high);
+    scales u8 [..., G]) -> ggml MXFP4 blocks u8 [..., G, 17]: the scale byte, then byte j =
+    element j (low nibble) | element j + 16 (high nibble). Same 4-bit codes and exponent."""
+    codes = np.stack([blocks & 0x0F, blocks >> 4], axis=-1).reshape(*blocks.shape[:-1], 32)
+    qs = (codes[..., :16] | (codes[..., 16:] << 4)).astype(np.uint8)
+    return np.concatenate([scales[..., None].astype(np.uint8), qs], axis=-1)
+
+
+def ggml_to_mxfp4(raw):
+    """The inverse of mxfp4_to_ggml: u8 [..., G, 17] -> (blocks [..., G, 16], scales [..., G])."""
+    qs = raw[..., 1:]
+    codes = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)
+    blocks = (codes[..., 0::2] | (codes[..., 1::2] << 4)).astype(np.uint8)
+    return blocks, raw[..., 0].copy()
+
+
+def _kv_common(w, ga, cfg, L, E, rp):
+    """TextModel.set_gguf_parameters (conversion/base.py), in its order."""
+    w.add(f"{ga}.block_count", "u32", L)
+    if cfg.get("max_position_embeddings") is not None:
+        w.add(f"{ga}.context_length", "u32", int(cfg["max_position_embeddings"]))
+    w.add(f"{ga}.embedding_length", "u32", int(cfg["hidden_size"]))
+    ff = _first(cfg, "prefix_dense_intermediate_size", "dense_intermediate_size", "intermediate_size")
+    if ff is not None:
+        w.add(f"{ga}.feed_forward_length", "u32", int(ff))
+    w.add(f"{ga}.attention.head_count", "u32", int(cfg["num_attention_heads"]))
+    nkv = 1 if ga == "deepseek2" else _first(cfg, "num_key_value_heads")
+    if nkv is not None:
+        w.add(f"{ga}.attention.head_count_kv", "u32", int(nkv))
+    if rp.get("rope_type") == "yarn" and rp.get("factor") is not None:
+        w.add(f"{ga}.rope.scaling.type", "str", "yarn")
+        w.add(f"{ga}.rope.scaling.factor", "f32", float(rp["factor"]))
+        w.add(f"{ga}.rope.scaling.original_context_length", "u32", int(rp["original_max_position_embeddings"]))
+        if rp.get("extrapolation_factor") is not None:
+            w.add(f"{ga}.rope.scaling.yarn_ext_factor", "f32", float(rp["extrapolation_factor"]))
+        af = rp.get("attention_factor", rp.get("attn_factor"))
+        if af is not None:
+            w.add(f"{ga}.rope.scaling.yarn_attn_factor", "f32", float(af))
+        if rp.get("beta_fast") is not None:
+            w.add(f"{ga}.rope.scaling.yarn_beta_fast", "f32", float(rp["beta_fast"]))
+        if rp.get("beta_slow") is not None:
+            w.add(f"{ga}.rope.scaling.yarn_beta_slow", "f32", float(rp["beta_slow"]))
+    if rp.get("rope_theta") is not None:
+        w.add(f"{ga}.rope.freq_base", "f32", float(rp["rope_theta"]))
+    if cfg.get("rms_norm_eps") is not None:
+        w.add(f"{ga}.attention.layer_norm_rms_epsilon", "f32", float(cfg["rms_norm_eps"]))
+    ne = _first(cfg, "num_local_experts", "num_experts", "n_routed_experts")
+    if ne is not None:
+        w.add(f"{ga}.expert_count", "u32", int(ne))
+    nu = _first(cfg, "num_experts_per_tok", "num_experts_per_token", "top_k_experts")
+    if nu is not None:
+        w.add(f"{ga}.expert_used_count", "u32", int(nu))
+    if cfg.get("n_group") is not None:
+        w.add(f"{ga}.expert_group_count", "u32", int(cfg["n_group"]))
+    if cfg.get("topk_group") is not None:
+        w.add(f"{ga}.expert_group_used_count", "u32", int(cfg["topk_group"]))
+    sf = _first(cfg, "score_function", "scoring_func", "score_func", "moe_router_activation",
+                "moe_router_activation_func", "expert_selection_fn")
+    if sf is not None:
+        if sf not in ("sigmoid", "softmax"):
+            raise ValueError(f"unsupported expert score function {sf!r}")
+        w.add(f"{ga}.expert_gating_func", "u32", 2 if sf == "sigmoid" else 1)
+    if cfg.get("head_dim") is not None:
+        w.add(f"{ga}.attention.key_length", "u32", int(cfg["head_dim"]))
+        w.add(f"{ga}.attention.value_length", "u32", int(cfg["head_dim"]))
+
+
+def _stack(t, fmt, E):
+    return np.stack([t[fmt.format(e)] for e in range(E)], axis=0)
+
+
+def convert_new_arch(hf_dir, out_path, cfg, name=None, vocab=True):
+    """HF checkpoint dir of a NEW_ARCHS model -> GGUF as convert_hf_to_gguf.py writes it with
+    --outtype bf16 (matrices BF16, 1-D / norms / routers / biases F32, gpt-oss experts MXFP4)."""
+    hfa = cfg["architectures"][0]
+    ga = NEW_ARCHS[hfa]
+    t = moe_ref.read_hf_dir(hf_dir)
+    rp = _rope_params(cfg)
+    L = int(cfg["num_hidden_layers"])
+    H = int(cfg["hidden_size"])
+    nh = int(cfg["num_attention_heads"])
+    E = int(_first(cfg, "num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts"))
+    tied = bool(cfg.get("tie_word_embeddings", False)) or "lm_head.weight" not in t
+    mxfp4 = (cfg.get("quantization_config") or {}).get("quant_method") == "mxfp4"
+    B = "bf16"
+    w = GGUFWriter()
+    w.add("general.architecture", "str", ga)
+    w.add("general.type", "str", "model")
+    w.add("general.name", "str", name or os.path.basename(os.path.normpath(hf_dir)))
+    w.add("general.size_label", "str", "")  # filled in below, once the tensors are known
+    _kv_common(w, ga, cfg, L, E, rp)
+    w.add("general.file_type", "u32", FILE_TYPE_MXFP4_MOE if mxfp4 else FILE_TYPE["bf16"])
+
+    def add(name_, x, qtype=B):
+        """The converter's type rule: F32 for 1-D tensors, *_norm.weight, ffn_gate_inp and
+        anything not named *.weight (biases, exp_probs_b); else the output type."""
+        if x.ndim <= 1 or name_.endswith("_norm.weight") or ".ffn_gate_inp." in name_ \
+                or not name_.endswith(".weight"):
+            qtype = "f32"
+        w.add_tensor(name_, x, qtype)
+
+    dense_lead = 0
+    if ga == "deepseek2":
+        first = cfg.get("first_k_dense_replace")
+        dense_lead = int(first if first is not None else 0)
+        w.add("deepseek2.leading_dense_block_count", "u32", dense_lead)
+        w.add("deepseek2.vocab_size", "u32", int(cfg["vocab_size"]))
+        if cfg.get("q_lora_rank") is not None:
+            w.add("deepseek2.attention.q_lora_rank", "u32", int(cfg["q_lora_rank"]))
+        kvr = int(cfg.get("kv_lora_rank", 512))
+        w.add("deepseek2.attention.kv_lora_rank", "u32", kvr)
+        w.add("deepseek2.attention.key_length", "u32", kvr + int(cfg["qk_rope_head_dim"]))
+        w.add("deepseek2.attention.value_length", "u32", kvr)
+        w.add("deepseek2.attention.key_length_mla", "u32", int(cfg["qk_nope_head_dim"]) + int(cfg["qk_rope_head_dim"]))
+        w.add("deepseek2.attention.value_length_mla", "u32", int(cfg["v_head_dim"]))
+        w.add("deepseek2.expert_feed_forward_length", "u32", int(_first(cfg, "moe_intermediate_size", "intermediate_size")))
+        w.add("deepseek2.expert_count", "u32", E)
+        w.add("deepseek2.expert_shared_count", "u32", int(cfg.get("n_shared_experts", 0)))
+        if cfg.get("routed_scaling_factor") is not None:
+            w.add("deepseek2.expert_weights_scale", "f32", float(cfg["routed_scaling_factor"]))
+        if cfg.get("norm_topk_prob"):
+            w.add("deepseek2.expert_weights_norm", "bool", True)
+        w.add("deepseek2.rope.dimension_count", "u32", int(cfg["qk_rope_head_dim"]))
+        if rp.get("mscale_all_dim") is not None:
+            w.add("deepseek2.rope.scaling.yarn_log_multiplier", "f32", 0.1 * float(rp["mscale_all_dim"]))
+    elif ga == "glm4moe":
+        hd = cfg.get("head_dim") or H // nh
+        w.add("glm4moe.rope.dimension_count", "u32", int(hd * rp.get("partial_rotary_factor",
+                                                                       cfg.get("partial_rotary_factor", 0.5))))
+        w.add("glm4moe.expert_count", "u32", E)
+        w.add("glm4moe.expert_feed_forward_length", "u32", int(cfg["moe_intermediate_size"]))
+        w.add("glm4moe.expert_shared_count", "u32", int(cfg["n_shared_experts"]))
+        dense_lead = int(cfg.get("first_k_dense_replace") or 0)
+        w.add("glm4moe.leading_dense_block_count", "u32", dense_lead)
+        w.add("glm4moe.expert_gating_func", "u32", 2)
+        if cfg.get("routed_scaling_factor") is not None:
+            w.add("glm4moe.expert_weights_scale", "f32", float(cfg["routed_scaling_factor"]))
+        if cfg.get("norm_topk_prob") is not None:
+            w.add("glm4moe.expert_weights_norm", "bool", bool(cfg["norm_topk_prob"]))
+        if cfg.get("num_nextn_predict_layers") is not None:
+            w.add("glm4moe.nextn_predict_layers", "u32", int(cfg["num_nextn_predict_layers"]))
+            L_mtp = int(cfg["num_nextn_predict_layers"])
+            if L_mtp:
+                w.add("glm4moe.block_count", "u32", L + L_mtp)
+    elif ga == "gpt-oss":
+        w.add("gpt-oss.attention.sliding_window", "u32", int(cfg["sliding_window"]))
+        w.add("gpt-oss.expert_feed_forward_length", "u32", int(cfg["intermediate_size"]))
+    elif ga == "minimax-m2":
+        w.add("minimax-m2.expert_feed_forward_length", "u32", int(cfg["intermediate_size"]))
+        if cfg.get("rotary_dim") is None:
+            raise ValueError("minimax-m2: config.json has no rotary_dim (convert_hf_to_gguf needs it)")
+        w.add("minimax-m2.rope.dimension_count", "u32", int(cfg["rotary_dim"]))
+    elif ga == "ernie4_5-moe":
+        w.add("ernie4_5-moe.expert_count", "u32", E)
+        w.add("ernie4_5-moe.expert_used_count", "u32", int(cfg["moe_k"]))
+        w.add("ernie4_5-moe.interleave_moe_layer_step", "u32", int(cfg["moe_layer_interval"]))
+        dense_lead = int(cfg["moe_layer_start_index"])
+        w.add("ernie4_5-moe.leading_dense_block_count", "u32", dense_lead)
+        if cfg.get("moe_intermediate_size") is not None:
+            w.add("ernie4_5-moe.expert_feed_forward_length", "u32", int(cfg["moe_intermediate_size"]))
+        ns = cfg.get("moe_num_shared_experts")
+        if ns is not None:
+            w.add("ernie4_5-moe.expert_shared_count", "u32", int(ns))
+            if ns > 0 and cfg.get("intermediate_size") is not None and cfg.get("num_key_value_heads") is not None:
+                w.add("ernie4_5-moe.expert_shared_feed_forward_length", "u32",
+                      int(cfg["intermediate_size"]) // int(cfg["num_key_value_heads"]))
+    elif ga == "dots1":
+        if cfg.get("moe_intermediate_size") is not None:
+            w.add("dots1.expert_feed_forward_length", "u32", int(cfg["moe_intermediate_size"]))
+        dense_lead = int(cfg["first_k_dense_replace"])
+        w.add("dots1.leading_dense_block_count", "u32", dense_lead)
+        w.add("dots1.expert_shared_count", "u32", int(cfg["n_shared_experts"]))
+        w.add("dots1.expert_weights_scale", "f32", float(cfg["routed_scaling_factor"]))
+        w.add("dots1.expert_weights_norm", "bool", bool(cfg["norm_topk_prob"]))
+    w.add("general.quantization_version", "u32", 2)
+    if vocab:
+        _add_vocab(w, hf_dir, cfg, ga, int(cfg["vocab_size"]))
+
+    # tensors
+    add("token_embd.weight", t["model.embed_tokens.weight"])
+    for i in range(L):
+        p, g = f"model.layers.{i}.", f"blk.{i}."
+        a = p + "self_attn."
+        add(g + "attn_norm.weight", t[p + "input_layernorm.weight"])
+        post = "post_attention_norm" if ga in ("glm4moe", "gpt-oss") else "ffn_norm"
+        add(g + post + ".weight", t[p + "post_attention_layernorm.weight"])
+        if ga == "deepseek2":
+            if a + "q_proj.weight" in t:
+                add(g + "attn_q.weight", t[a + "q_proj.weight"])
+            else:
+                add(g + "attn_q_a.weight", t[a + "q_a_proj.weight"])
+                add(g + "attn_q_a_norm.weight", t[a + "q_a_layernorm.weight"])
+                add(g + "attn_q_b.weight", t[a + "q_b_proj.weight"])
+            add(g + "attn_kv_a_mqa.weight", t[a + "kv_a_proj_with_mqa.weight"])
+            add(g + "attn_kv_a_norm.weight", t[a + "kv_a_layernorm.weight"])
+            nope, vd = int(cfg["qk_nope_head_dim"]), int(cfg["v_head_dim"])
+            kvb = t[a + "kv_b_proj.weight"].reshape(nh, nope + vd, -1)   # [nh, nope + v, kv_lora]
+            add(g + "attn_k_b.weight", np.ascontiguousarray(kvb[:, :nope, :].transpose(0, 2, 1)))
+            add(g + "attn_v_b.weight", np.ascontiguousarray(kvb[:, nope:, :]))
+            add(g + "attn_output.weight", t[a + "o_proj.weight"])
+        else:
+            for hfn, gn in (("q_proj", "attn_q"), ("k_proj", "attn_k"), ("v_proj", "attn_v"), ("o_proj", "attn_output")):
+                for suf in ("weight", "bias"):
+                    if f"{a}{hfn}.{suf}" in t:
+                        add(f"{g}{gn}.{suf}", t[f"{a}{hfn}.{suf}"])
+            for hfn, gn in (("q_norm", "attn_q_norm"), ("k_norm", "attn_k_norm")):
+                if f"{a}{hfn}.weight" in t:
+                    add(f"{g}{gn}.weight", t[f"{a}{hfn}.weight"])
+            if a + "sinks" in t:
+                add(g + "attn_sinks.weight", t[a + "sinks"])
+        # feed-forward
+        m = p + "mlp."
+        if ga == "gpt-oss":
+            add(g + "ffn_gate_inp.weight", t[m + "router.weight"])
+            add(g + "ffn_gate_inp.bias", t[m + "router.bias"])
+            gub = t[m + "experts.gate_up_proj_bias"]
+            add(g + "ffn_gate_exps.bias", np.ascontiguousarray(gub[:, 0::2]))
+            add(g + "ffn_up_exps.bias", np.ascontiguousarray(gub[:, 1::2]))
+            add(g + "ffn_down_exps.bias", t[m + "experts.down_proj_bias"])
+            if not mxfp4:
+                raise ValueError("gpt-oss: only the MXFP4 checkpoint layout is written")
+            bl, sc = t[m + "experts.gate_up_proj_blocks"], t[m + "experts.gate_up_proj_scales"]
+            for rows, gn in ((slice(0, None, 2), "ffn_gate_exps"), (slice(1, None, 2), "ffn_up_exps")):
+                raw = mxfp4_to_ggml(bl[:, rows], sc[:, rows])
+                w.add_raw_tensor(f"{g}{gn}.weight", [raw.shape[-2] * 32, raw.shape[1], raw.shape[0]],
+                                 GGML_MXFP4, raw.tobytes())
+            raw = mxfp4_to_ggml(t[m + "experts.down_proj_blocks"], t[m + "experts.down_proj_scales"])
+            w.add_raw_tensor(g + "ffn_down_exps.weight", [raw.shape[-2] * 32, raw.shape[1], raw.shape[0]],
+                             GGML_MXFP4, raw.tobytes())
+            continue
+        if ga in ("minimax-m2", "llama"):
+            s = p + "block_sparse_moe."
+            add(g + "ffn_gate_inp.weight", t[s + "gate.weight"])
+            add(g + "exp_probs_b.bias", t[s + "e_score_correction_bias"])
+            for wn, gn in (("w1", "ffn_gate_exps"), ("w2", "ffn_down_exps"), ("w3", "ffn_up_exps")):
+                add(f"{g}{gn}.weight", _stack(t, s + "experts.{}." + wn + ".weight", E))
+            continue
+        if m + "gate.weight" not in t:         # a dense layer
+            for hfn, gn in (("gate_proj", "ffn_gate"), ("up_proj", "ffn_up"), ("down_proj", "ffn_down")):
+                add(f"{g}{gn}.weight", t[f"{m}{hfn}.weight"])
+            continue
+        add(g + "ffn_gate_inp.weight", t[m + "gate.weight"])
+        if m + "gate.e_score_correction_bias" in t:
+            add(g + "exp_probs_b.bias", t[m + "gate.e_score_correction_bias"])
+        if m + "moe_statics.e_score_correction_bias" in t:      # ERNIE: [1, E] -> ne [E, 1]
+            add(g + "exp_probs_b.bias", t[m + "moe_statics.e_score_correction_bias"])
+        for hfn, gn in (("gate_proj", "ffn_gate_exps"), ("up_proj", "ffn_up_exps"), ("down_proj", "ffn_down_exps")):
+            add(f"{g}{gn}.weight", _stack(t, m + "experts.{}." + hfn + ".weight", E))
+        for hfn, gn in (("gate_proj", "ffn_gate_shexp"), ("up_proj", "ffn_up_shexp"), ("down_proj", "ffn_down_shexp")):
+            if f"{m}shared_experts.{hfn}.weight" in t:
+                add(f"{g}{gn}.weight", t[f"{m}shared_experts.{hfn}.weight"])
+    add("output_norm.weight", t["model.norm.weight"])
+    if not tied:
+        add("output.weight", t["lm_head.weight"])
+    w.add("general.size_label", "str", w.size_label())
+    w.write(out_path)
+    return out_path
+
+
+def _add_vocab(w, hf_dir, cfg, ga, V):
+    """tokenizer.ggml.* from HF tokenizer.json, byte-level BPE only ("gpt2" + the family's pre),
+    as convert_hf_to_gguf's _set_vocab_gpt2; nothing when the directory has no tokenizer.json."""
+    path = os.path.join(hf_dir, "tokenizer.json")
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        tj = json.load(f)
+    if (tj.get("model") or {}).get("type") != "BPE" or (tj["model"].get("byte_fallback")):
+        raise ValueError(f"{path}: only byte-level BPE tokenizers are embedded in GGUF here "
+                         f"(model type {tj.get('model', {}).get('type')!r})")
+    tokens, types, merges, tkv = gguf_vocab_from_hf(hf_dir, V, cfg)
+    w.add("tokenizer.ggml.model", "str", "gpt2")
+    w.add("tokenizer.ggml.pre", "str", TOKENIZER_PRE.get(ga, "default"))
+    w.add("tokenizer.ggml.tokens", "arr_str", tokens)
+    w.add("tokenizer.ggml.token_type", "arr_i32", types)
+    w.add("tokenizer.ggml.merges", "arr_str", merges)
+    for k, kind, v in tkv:
+        w.add(k, kind, v)
+
+
+def gguf_to_hf_tensors(path):
+    """The inverse of the tables: a GGUF written above (or by llama.cpp) -> {HF checkpoint name:
+    array} (float32; gpt-oss MXFP4 as u8 blocks / scales), for round-trip checks."""
+    meta, gt = moe_ref.read_gguf(path)
+    ga = meta["general.architecture"]
+    A = lambda k, d=None: meta.get(f"{ga}.{k}", d)  # noqa: E731
+    L, nh = int(A("block_count")), int(A("attention.head_count"))
+    out = {}
+    put = out.__setitem__
+    put("model.embed_tokens.weight", gt["token_embd.weight"])
+    put("model.norm.weight", gt["output_norm.weight"])
+    if "output.weight" in gt:
+        put("lm_head.weight", gt["output.weight"])
+    for i in range(L):
+        p, g = f"model.layers.{i}.", f"blk.{i}."
+        a, m = p + "self_attn.", p + "mlp."
+        put(p + "input_layernorm.weight", gt[g + "attn_norm.weight"])
+        post = g + ("post_attention_norm" if ga in ("glm4moe", "gpt-oss") else "ffn_norm") + ".weight"
+        put(p + "post_attention_layernorm.weight", gt[post])
+        simple = {"attn_q_a.weight": a + "q_a_proj.weight", "attn_q_a_norm.weight": a + "q_a_layernorm.weight",
+                  "attn_q_b.weight": a + "q_b_proj.weight", "attn_kv_a_mqa.weight": a + "kv_a_proj_with_mqa.weight",
+                  "attn_kv_a_norm.weight": a + "kv_a_layernorm.weight", "attn_sinks.weight": a + "sinks"}
+        for gn, hn in simple.items():
+            if g + gn in gt:
+                put(hn, gt[g + gn])
+        for gn, hn in (("attn_q", "q_proj"), ("attn_k", "k_proj"), ("attn_v", "v_proj"), ("attn_output", "o_proj"),
+                       ("attn_q_norm", "q_norm"), ("attn_k_norm", "k_norm")):
+            for suf in ("weight", "bias"):
+                if f"{g}{gn}.{suf}" in gt:
+                    put(f"{a}{hn}.{suf}", gt[f"{g}{gn}.{suf}"])
+        if ga == "llama":   # undo LlamaModel.permute (n = nh for q, nkv for k)
+            nkv = int(A("attention.head_count_kv", nh))
+            for hn, n in (("q_proj", nh), ("k_proj", nkv)):
+                for suf in ("weight", "bias"):
+                    if f"{a}{hn}.{suf}" in out:
+                        put(f"{a}{hn}.{suf}", moe_ref.unpermute_llama_qk(out[f"{a}{hn}.{suf}"], n))
+        if g + "attn_k_b.weight" in gt:   # [nh, kv_lora, nope] + [nh, v, kv_lora] -> [nh * (nope + v), kv_lora]
+            kb, vb = gt[g + "attn_k_b.weight"], gt[g + "attn_v_b.weight"]
+            kv = np.concatenate([kb.transpose(0, 2, 1), vb], axis=1)
+            put(a + "kv_b_proj.weight", kv.reshape(-1, kv.shape[-1]))
+        if ga == "gpt-oss":
+            put(m + "router.weight", gt[g + "ffn_gate_inp.weight"])
+            put(m + "router.bias", gt[g + "ffn_gate_inp.bias"])
+            gb, ub = gt[g + "ffn_gate_exps.bias"], gt[g + "ffn_up_exps.bias"]
+            put(m + "experts.gate_up_proj_bias", np.stack([gb, ub], axis=-1).reshape(gb.shape[0], -1))
+            put(m + "experts.down_proj_bias", gt[g + "ffn_down_exps.bias"])
+            (bg, sg), (bu, su) = ggml_to_mxfp4(gt[g + "ffn_gate_exps.weight"]), ggml_to_mxfp4(gt[g + "ffn_up_exps.weight"])
+            put(m + "experts.gate_up_proj_blocks", np.stack([bg, bu], axis=2).reshape(bg.shape[0], -1, *bg.shape[2:]))
+            put(m + "experts.gate_up_proj_scales", np.stack([sg, su], axis=2).reshape(sg.shape[0], -1, sg.shape[2]))
+            bd, sd = ggml_to_mxfp4(gt[g + "ffn_down_exps.weight"])
+            put(m + "experts.down_proj_blocks", bd)
+            put(m + "experts.down_proj_scales", sd)
+            continue
+        if g + "ffn_gate_inp.weight" not in gt:
+            for gn, hn in (("ffn_gate", "gate_proj"), ("ffn_up", "up_proj"), ("ffn_down", "down_proj")):
+                put(f"{m}{hn}.weight", gt[f"{g}{gn}.weight"])
+            continue
+        if ga in ("minimax-m2", "llama"):
+            s = p + "block_sparse_moe."
+            put(s + "gate.weight", gt[g + "ffn_gate_inp.weight"])
+            if g + "exp_probs_b.bias" in gt:
+                put(s + "e_score_correction_bias", gt[g + "exp_probs_b.bias"])
+            for gn, wn in (("ffn_gate_exps", "w1"), ("ffn_down_exps", "w2"), ("ffn_up_exps", "w3")):
+                for e, x in enumerate(gt[f"{g}{gn}.weight"]):
+                    put(f"{s}experts.{e}.{wn}.weight", x)
+            continue
+        put(m + "gate.weight", gt[g + "ffn_gate_inp.weight"])
+        if g + "exp_probs_b.bias" in gt:
+            b = gt[g + "exp_probs_b.bias"]
+            put(m + ("moe_statics." if b.ndim == 2 else "gate.") + "e_score_correction_bias", b)
+        for gn, hn in (("ffn_gate_exps", "gate_proj"), ("ffn_up_exps", "up_proj"), ("ffn_down_exps", "down_proj")):
+            for e, x in enumerate(gt[f"{g}{gn}.weight"]):
+                put(f"{m}experts.{e}.{hn}.weight", x)
+        for gn, hn in (("ffn_gate_shexp", "gate_proj"), ("ffn_up_shexp", "up_proj"), ("ffn_down_shexp", "down_proj")):
+            if f"{g}{gn}.weight" in gt:
+                put(f"{m}shared_experts.{hn}.weight", gt[f"{g}{gn}.weight"])
+    return out
 
 
 # ----------------------------------------------------------------------------

@@ -126,7 +126,7 @@ def read_hf_dir(d):
 # GGUF reader (llama.cpp layout) -> HF names + HF-like config
 # ----------------------------------------------------------------------------
 
-GGML_F32, GGML_F16, GGML_Q8_0, GGML_BF16 = 0, 1, 8, 30
+GGML_F32, GGML_F16, GGML_Q8_0, GGML_BF16, GGML_MXFP4 = 0, 1, 8, 30, 39
 
 _GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
                  10: "<Q", 11: "<q", 12: "<d"}
@@ -160,7 +160,10 @@ class _Buf:
 
 
 def read_gguf(path):
-    """Returns (metadata dict, {gguf_name: float32 ndarray in numpy order = reversed(ne)})."""
+    """Returns (metadata dict, {gguf_name: float32 ndarray in numpy order = reversed(ne)}).
+    MXFP4 tensors come back undecoded: uint8 [..., ne[0] / 32, 17] (ggml's blocks: the e8m0
+    exponent byte, then 16 bytes of 4-bit codes, element j in the low nibble of byte j and
+    element j + 16 in its high nibble)."""
     with open(path, "rb") as f:
         data = f.read()
     b = _Buf(data)
@@ -206,6 +209,12 @@ def read_gguf(path):
             d = raw[:, :2].copy().view("<f2").astype(np.float32)  # [nb, 1]
             q = raw[:, 2:].copy().view(np.int8).astype(np.float32)
             arr = (q * d).reshape(-1)
+        elif typ == GGML_MXFP4:
+            if ne[0] % 32:
+                raise ValueError(f"{name}: MXFP4 row {ne[0]} not a multiple of 32")
+            raw = np.frombuffer(data, np.uint8, n // 32 * 17, o)
+            tensors[name] = raw.reshape(*shape[:-1], ne[0] // 32, 17).copy()
+            continue
         else:
             raise ValueError(f"{name}: ggml type {typ} unsupported by the oracle")
         tensors[name] = arr.reshape(shape)

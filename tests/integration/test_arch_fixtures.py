@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+"""The C engine against transformers on the architecture fixtures of tests/data/arch.
+
+Every directory tests/data/arch/NAME (listed from disk) holds a tiny random checkpoint made by
+tests/reference/make_fixtures.py with transformers itself: v5/ (as transformers 5 saves it),
+v4/ (the config as transformers 4.57 or the published remote code writes it; the weights are
+symlinks into v5/), model.gguf (the same weights in llama.cpp's conventions), and the reference
+of transformers 5 in float32: reference.safetensors (logits [T, V] of the T prompt positions,
+prompt_ids, continuation_ids) and reference.json (the same ids and what the fixture exercises).
+
+For each fixture and each of v5/, v4/ and model.gguf, one test runs
+    $BIN/moe-bench logits --model PATH --ids "..." --out FILE
+and requires max |logit - ref| <= 1e-4 * max |ref| over all positions, then
+    $BIN/moe-bench greedy --model PATH --ids "..." --tokens 16
+and requires its ids to equal the 16 reference ids (every routing decision and greedy argmax of
+the fixtures has a relative margin >= 1e-4 in float64, so an exact engine cannot differ by
+rounding alone). An architecture the engine does not support yet fails here: that is intended.
+
+BIN (default build/bin) names the binaries. Run from the repo root:
+    /usr/bin/python3 tests/integration/test_arch_fixtures.py -v
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+import numpy as np
+
+ROOT = os.environ.get("MOE_ROOT") or os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.join(ROOT, "tests", "reference"))
+import moe_ref  # noqa: E402  (safetensors reader, numpy only)
+
+BIN = os.environ.get("BIN") or os.path.join(ROOT, "build", "bin")
+if not os.path.isabs(BIN):
+    BIN = os.path.join(ROOT, BIN)
+ENGINE = os.path.join(BIN, "moe-bench")
+DATA = os.path.join(ROOT, "tests", "data", "arch")
+REL_TOL = 1e-4
+TIMEOUT = int(os.environ.get("MOE_ENGINE_TIMEOUT", "300"))
+FORMATS = ("v5", "v4", "model.gguf")
+
+
+def fixtures():
+    if not os.path.isdir(DATA):
+        return []
+    return sorted(d for d in os.listdir(DATA) if os.path.isfile(os.path.join(DATA, d, "reference.json")))
+
+
+def load_reference(name):
+    d = os.path.join(DATA, name)
+    with open(os.path.join(d, "reference.json")) as f:
+        meta = json.load(f)
+    ref = moe_ref.read_safetensors(os.path.join(d, "reference.safetensors"))
+    return meta, ref
+
+
+def run_engine(*args):
+    r = subprocess.run([ENGINE, *args], capture_output=True, text=True, timeout=TIMEOUT)
+    return r.returncode, r.stdout, r.stderr
+
+
+class FixtureLayout(unittest.TestCase):
+    """What make_fixtures.py promises about every fixture directory."""
+
+    def test_fixtures_present(self):
+        self.assertTrue(fixtures(), f"no fixtures under {DATA}")
+
+    def test_layout(self):
+        for name in fixtures():
+            with self.subTest(fixture=name):
+                d = os.path.join(DATA, name)
+                meta, ref = load_reference(name)
+                T, V = meta["T"], meta["V"]
+                self.assertEqual(ref["logits"].shape, (T, V))
+                self.assertEqual([int(i) for i in ref["prompt_ids"]], meta["prompt_ids"])
+                self.assertEqual([int(i) for i in ref["continuation_ids"]], meta["continuation_ids"])
+                self.assertEqual(len(meta["continuation_ids"]), 16)
+                self.assertTrue(all(3 <= i < V for i in meta["prompt_ids"]))
+                self.assertTrue(np.isfinite(ref["logits"]).all())
+                self.assertGreater(float(np.abs(ref["logits"]).max()), 0.5)
+                for fmt in FORMATS:
+                    self.assertTrue(os.path.exists(os.path.join(d, fmt)), f"{name}/{fmt} missing")
+                v4 = os.path.join(d, "v4")
+                self.assertFalse(os.path.islink(os.path.join(v4, "config.json")))
+                for fn in os.listdir(v4):
+                    if fn != "config.json":
+                        p = os.path.join(v4, fn)
+                        self.assertTrue(os.path.islink(p), f"{name}/v4/{fn} is not a symlink")
+                        self.assertEqual(os.readlink(p), os.path.join("..", "v5", fn))
+                        self.assertTrue(os.path.exists(p), f"{name}/v4/{fn}: dangling link")
+                self.assertGreaterEqual(min(m for m in (meta["margins"]["routing_min"], meta["margins"]["greedy_min"],
+                                                         meta["margins"]["group_min"] or 1.0)), 1e-4)
+
+
+class ArchFixtures(unittest.TestCase):
+    """One test per fixture and format (added below from the directory listing)."""
+
+    def check(self, name, fmt):
+        if not os.path.isfile(ENGINE):
+            self.fail(f"{ENGINE} missing: build it first (make all)")
+        meta, ref = load_reference(name)
+        path = os.path.join(DATA, name, fmt)
+        ids = " ".join(str(i) for i in meta["prompt_ids"])
+        want = ref["logits"]
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "logits.bin")
+            rc, _, err = run_engine("logits", "--model", path, "--ids", ids, "--out", out)
+            self.assertEqual(rc, 0, f"{name}/{fmt}: moe-bench logits failed: {err.strip()[-600:]}")
+            got = np.fromfile(out, dtype="<f4")
+        self.assertEqual(got.size, want.size, f"{name}/{fmt}: {got.size} logits, want {want.shape}")
+        got = got.reshape(want.shape)
+        scale = float(np.abs(want).max())
+        diff = np.abs(got.astype(np.float64) - want)
+        worst = float(diff.max())
+        pos = int(np.unravel_index(np.argmax(diff), diff.shape)[0])
+        self.assertLessEqual(worst, REL_TOL * scale,
+                             f"{name}/{fmt}: max |logit - ref| = {worst:.3g} at position {pos} "
+                             f"(bound {REL_TOL * scale:.3g} = 1e-4 x {scale:.3g})")
+        rc, outs, err = run_engine("greedy", "--model", path, "--ids", ids, "--tokens", "16")
+        self.assertEqual(rc, 0, f"{name}/{fmt}: moe-bench greedy failed: {err.strip()[-600:]}")
+        gen = json.loads(outs.strip().splitlines()[-1])["ids"]
+        self.assertEqual(gen, meta["continuation_ids"], f"{name}/{fmt}: greedy continuation")
+
+
+def _add_tests():
+    for name in fixtures():
+        for fmt in FORMATS:
+            tag = "gguf" if fmt.endswith(".gguf") else fmt
+
+            def t(self, name=name, fmt=fmt):
+                self.check(name, fmt)
+            t.__doc__ = f"{name}/{fmt}: logits and greedy ids against transformers"
+            setattr(ArchFixtures, f"test_{name}_{tag}", t)
+
+
+_add_tests()
+
+if __name__ == "__main__":
+    unittest.main()

@@ -157,6 +157,10 @@ struct moe_model {
     float *rope_inv_freq;      /* [rope_dim / 2], scaling applied */
     int32_t *kv_window;        /* [n_layers] the cache's window per layer (0 = all) */
     struct moe_ffn_kind ffn;   /* the routed experts' activation */
+    /* the first tensor found holding NaN or inf, once non-finite logits
+     * made moed look (moe_model_find_nonfinite) */
+    int nonfinite_scanned;
+    char nonfinite[256];
     struct moe_weight embed;   /* [vocab, hidden] */
     struct moe_weight lm_head; /* [vocab, hidden] (the embedding when tied) */
     float *lm_head_b;          /* [vocab] its bias (ERNIE's use_bias) or NULL */
@@ -242,6 +246,12 @@ struct json_t *moe_config_to_json(const struct moe_config *cfg); /* new referenc
 /* Reads it back: missing or unknown keys and wrong types are errors naming
  * the key; the result is validated. file names the source in messages. */
 int moe_config_from_json(const struct json_t *o, const char *file, struct moe_config *cfg);
+
+/* The first weight (dense tensor, or expert matrix or bias) holding a NaN
+ * or an infinity, by its pack name ("layers.3.attn.q", "layer 5 expert 2
+ * down"), or NULL when every one is finite. Scans the model once and
+ * remembers the answer. */
+const char *moe_model_find_nonfinite(struct moe_model *m);
 
 /* Reads every page of every weight once, so later timings measure compute
  * rather than the first read from disk. Returns the bytes touched. */

@@ -493,6 +493,24 @@ static int ffn_block(const struct fwd *s, int32_t l, int32_t n)
     return 0;
 }
 
+/* NaN or inf logits come from a corrupt file (a flipped exponent, data at
+ * the wrong offset) far more often than from overflow: say which tensor */
+static int check_logits(const struct moe_model *m, const float *logits, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (isfinite(logits[i]))
+            continue;
+        /* the scan is the model's one-time diagnosis; the weights are read, not changed */
+        const char *bad = moe_model_find_nonfinite((struct moe_model *)m);
+        if (bad)
+            return moe_err(-EBADMSG, "%s: tensor '%s' holds NaN or infinite values: the file "
+                           "is corrupt", m->path, bad);
+        return moe_err(-EBADMSG, "%s: the logits are not finite although every weight is: "
+                       "the activations overflowed", m->path);
+    }
+    return 0;
+}
+
 int moe_model_forward(const struct moe_model *m, struct moe_pool *pool, struct moe_scratch *S,
                       int32_t n, const int32_t *tokens, struct moe_kv *const *kvs,
                       const int32_t *pos, const int32_t *logit_idx, int32_t n_logits,
@@ -542,6 +560,7 @@ int moe_model_forward_opts(const struct moe_model *m, struct moe_pool *pool,
             rmsnorm(S->xn + i * H, S->x + logit_idx[i] * H, m->final_norm, H, c->rms_eps);
         moe_matmul(pool, &m->lm_head, S->xn, n_logits, logits); /* [n_logits][vocab] */
         add_bias(logits, m->lm_head_b, n_logits, c->vocab);
+        return check_logits(m, logits, (size_t)n_logits * (size_t)c->vocab);
     }
     return 0;
 }

@@ -62,10 +62,12 @@ int moe_model_bind_tensors(struct moe_model *m);
  * a matrix, or an fp32 vector of n values. */
 struct moe_dense_tensor {
     const char *name;
+    const char *file_name; /* its name in the file the model was opened from */
     const struct moe_weight *mat;
     const float *vec;
     int64_t n;
 };
+/* fn's non-zero return stops the walk and is returned */
 typedef int (*moe_dense_visit)(void *ctx, const struct moe_dense_tensor *t);
 int moe_model_visit_dense(const struct moe_model *m, moe_dense_visit fn, void *ctx);
 

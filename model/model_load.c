@@ -1,5 +1,6 @@
 /* Opening a checkpoint: a Hugging Face directory or a GGUF file. */
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -203,6 +204,68 @@ void moe_model_free(struct moe_model *m)
     }
     free(m->path);
     free(m);
+}
+
+/* true when every element of w converts to a finite number (formats with
+ * no element conversion are taken as finite: their codes cannot be NaN) */
+static bool weight_finite(const struct moe_weight *w)
+{
+    const struct moe_dtype_traits *tr = moe_dtype_traits(w->dtype);
+    if (!w->data || !tr || !tr->to_f32 || w->nbytes)
+        return true;
+    float *row = malloc((size_t)w->cols * sizeof(float));
+    bool ok = row != NULL;
+    for (int64_t r = 0; ok && r < w->rows; r++) {
+        tr->to_f32((const uint8_t *)w->data + (size_t)r * w->row_bytes, row, w->cols);
+        for (int64_t c = 0; c < w->cols && ok; c++)
+            ok = isfinite(row[c]);
+    }
+    bool alloc_failed = row == NULL;
+    free(row);
+    return ok || alloc_failed;
+}
+
+static bool vec_finite(const float *v, int64_t n)
+{
+    for (int64_t i = 0; v && i < n; i++)
+        if (!isfinite(v[i]))
+            return false;
+    return true;
+}
+
+static int check_dense(void *ctx, const struct moe_dense_tensor *t)
+{
+    struct moe_model *m = ctx;
+    if (t->mat ? weight_finite(t->mat) : vec_finite(t->vec, t->n))
+        return 0;
+    snprintf(m->nonfinite, sizeof(m->nonfinite), "%s", t->file_name);
+    return 1; /* found: stop */
+}
+
+const char *moe_model_find_nonfinite(struct moe_model *m)
+{
+    if (m->nonfinite_scanned)
+        return m->nonfinite[0] ? m->nonfinite : NULL;
+    m->nonfinite_scanned = 1;
+    m->nonfinite[0] = '\0';
+    if (moe_model_visit_dense(m, check_dense, m) > 0)
+        return m->nonfinite;
+    for (int32_t l = 0; l < m->cfg.n_layers; l++) {
+        if (m->cfg.layer_dense[l])
+            continue;
+        for (int32_t e = 0; e < m->cfg.n_experts; e++) {
+            struct moe_expert_part parts[MOE_EXPERT_MAX_PARTS];
+            int n = moe_model_expert_parts(m, l, e, parts, MOE_EXPERT_MAX_PARTS);
+            for (int i = 0; i < n; i++)
+                if (parts[i].mat ? !weight_finite(parts[i].mat) : !vec_finite(parts[i].vec,
+                                                                               parts[i].n)) {
+                    snprintf(m->nonfinite, sizeof(m->nonfinite), "layer %d expert %d %s", l, e,
+                             parts[i].name);
+                    return m->nonfinite;
+                }
+        }
+    }
+    return NULL;
 }
 
 static size_t touch(const struct moe_weight *w, volatile uint8_t *sink)

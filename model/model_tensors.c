@@ -753,6 +753,7 @@ int moe_model_visit_dense(const struct moe_model *m, moe_dense_visit fn, void *c
 {
     const struct moe_config *c = &m->cfg;
     const struct moe_arch_row *a = moe_arch_row(c->arch);
+    enum source src = m->files->st ? SRC_HF : m->files->gguf ? SRC_GGUF : SRC_PACK;
     int rc;
     for (int32_t l = -1; l < c->n_layers; l++)
         for (size_t i = 0; i < MOE_ARRAY_SIZE(table); i++) {
@@ -760,17 +761,19 @@ int moe_model_visit_dense(const struct moe_model *m, moe_dense_visit fn, void *c
             if ((l < 0) != (r->scope == S_MODEL) || r->kind == K_EXP || r->kind == K_EXPV ||
                 !row_applies(r, c, l))
                 continue;
-            char name[256];
+            char name[256], file_name[256];
             expand(r->pack, a, l, 0, name, sizeof(name));
+            expand(pattern(r, src) ? pattern(r, src) : r->pack, a, l, 0, file_name,
+                   sizeof(file_name));
             const uint8_t *base = l < 0 ? (const uint8_t *)m : (const uint8_t *)&m->layers[l];
-            struct moe_dense_tensor d = {.name = name};
+            struct moe_dense_tensor d = {.name = name, .file_name = file_name};
             if (r->kind == K_VEC) {
                 d.vec = *(float *const *)(const void *)(base + r->off);
                 d.n = dim(c, (enum dim)r->rows);
             } else {
                 d.mat = (const struct moe_weight *)(const void *)(base + r->off);
             }
-            if ((rc = fn(ctx, &d)) < 0)
+            if ((rc = fn(ctx, &d)) != 0)
                 return rc;
         }
     return 0;

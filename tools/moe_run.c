@@ -304,6 +304,8 @@ static int cmd_generate(const struct run_opts *o)
     goto out;
 fail:
     fprintf(stderr, "moe-run: %s\n", moe_err_msg());
+    if (rc == -EBADMSG) /* corrupt weights: a bad model file, as at open */
+        ret = EXIT_USAGE;
 out:
     free(logits);
     free(hist);

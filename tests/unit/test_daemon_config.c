@@ -413,7 +413,9 @@ static void test_bad_values(void **state)
         {"[daemon]\nlog_level = loud\n",
          "t.ini:2: [daemon] log_level: 'loud' is not one of err, warning, info, debug"},
         {"[model]\nchat_template = llama3\n",
-         "t.ini:2: [model] chat_template: 'llama3' is not one of auto, chatml, mistral"},
+         "t.ini:2: [model] chat_template: 'llama3' is not one of auto, chatml, mistral, qwen3, "
+         "deepseek-v2, deepseek-v3, deepseek-r1, deepseek-r1-distill, deepseek-r1-distill-qwen, "
+         "deepseek-r1-llamacpp, deepseek-v3.1, kimi-k2, glm-4.5, gpt-oss, minimax-m2, ernie-4.5"},
         {"[model]\npath =\n", "t.ini:2: [model] path: must not be empty"},
         {"[daemon]\nsocket = \n", "t.ini:2: [daemon] socket: must not be empty"},
         {"[daemon]\nallow_uids = 0, no-such-user-moed\n",
@@ -707,7 +709,10 @@ static void test_example_ini(void **state)
     const struct moe_daemon_key *t = moe_daemon_config_table(&n);
     int *seen = calloc(n, sizeof(int));
     char section[64] = "";
-    char prev[2][512] = {"", ""}; /* the two lines before this one */
+    /* the comment lines since the last blank one: the doc, then the type
+     * line (continued on more lines when it is long, as a long list of names) */
+    char doc_line[512] = "", type_line[1024] = "";
+    int n_comments = 0;
     for (char *line = file; *line;) {
         char *nl = strchr(line, '\n');
         size_t len = nl ? (size_t)(nl - line) : strlen(line);
@@ -732,16 +737,23 @@ static void test_example_ini(void **state)
                          value, k->def);
             char doc[512];
             snprintf(doc, sizeof(doc), "# %s", k->doc);
-            if (strcmp(prev[0], doc))
+            if (strcmp(doc_line, doc))
                 fail_msg("etc/moed.ini: [%s] %s: the doc line above it is\n  %s\nnot\n  %s",
-                         section, buf, prev[0], doc);
-            if (strncmp(prev[1], "# ", 2) || !strstr(prev[1], "; default ") ||
-                !strstr(prev[1], (k->flags & MOE_CFG_RELOAD) ? "reloadable" : "needs restart"))
+                         section, buf, doc_line, doc);
+            if (n_comments < 2 || !strstr(type_line, "; default ") ||
+                !strstr(type_line, (k->flags & MOE_CFG_RELOAD) ? "reloadable" : "needs restart"))
                 fail_msg("etc/moed.ini: [%s] %s: no type/default/reload line: %s", section, buf,
-                         prev[1]);
+                         type_line);
         }
-        snprintf(prev[0], sizeof(prev[0]), "%s", prev[1]);
-        snprintf(prev[1], sizeof(prev[1]), "%s", buf);
+        if (buf[0] == '#' && n_comments++ == 0) {
+            snprintf(doc_line, sizeof(doc_line), "%s", buf);
+            type_line[0] = '\0';
+        } else if (buf[0] == '#') {
+            snprintf(type_line + strlen(type_line), sizeof(type_line) - strlen(type_line), "%s",
+                     buf + (buf[1] == ' ' ? 2 : 1));
+        } else {
+            n_comments = 0;
+        }
         line += len + (nl ? 1 : 0);
     }
     for (size_t i = 0; i < n; i++)

@@ -13,6 +13,12 @@ the template's bos_token stands for (null where the template does not use it),
 "date" the date the template's strftime_now("%Y-%m-%d") gave (null where unused),
 "error" the exception the template raised for that conversation.
 
+Each rendered case also gets "ids": what the Hugging Face tokenizers library
+makes of the expected text (add_special_tokens=False) with the GPT-2 tokenizer of
+tests/data/tokenizers/ plus every special token these templates write as an
+added token (tests/data/chat/special_tokens.json lists them with their ids): each
+must come out as its one id, the text around it as plain BPE.
+
 Every render uses add_generation_prompt=True and each template's default thinking
 setting (no enable_thinking / thinking / reasoning_effort passed), with the special
 tokens as that model's tokenizer_config.json gives them.
@@ -25,7 +31,7 @@ import datetime as _dt
 
 import transformers
 import transformers.utils.chat_template_utils as ctu
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer  # noqa: F401 (also builds the tokenizer of the ids)
 from tokenizers.models import WordLevel
 from transformers import PreTrainedTokenizerFast
 
@@ -109,6 +115,34 @@ CONVERSATIONS = [
 ]
 
 
+# the special tokens the templates write, added to GPT-2's vocabulary in this order
+SPECIAL = [
+    DS_BOS, DS_EOS, "<｜User｜>", "<｜Assistant｜>", "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>",
+    "<think>", "</think>",
+    "<|im_start|>", "<|im_end|>", "<|im_system|>", "<|im_user|>", "<|im_assistant|>",
+    "<|im_middle|>",
+    "[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>",
+    "<|start|>", "<|message|>", "<|end|>", "<|channel|>", "<|return|>",
+    "]~!b[", "]~b]", "[e~[",
+    "<|begin_of_sentence|>", "<|end_of_sentence|>",
+]
+BASE_TOKENIZER = "tests/data/tokenizers/ggml-vocab-gpt-2.tokenizer.json"
+
+
+def id_tokenizer():
+    with open(os.path.join(ROOT, BASE_TOKENIZER), encoding="utf-8") as f:
+        d = json.load(f)
+    first = 1 + max(max(d["model"]["vocab"].values()), *(a["id"] for a in d["added_tokens"]))
+    added = [{"id": first + i, "content": s} for i, s in enumerate(SPECIAL)]
+    for a in added:
+        d["added_tokens"].append(dict(a, single_word=False, lstrip=False, rstrip=False,
+                                      normalized=False, special=True))
+    tok = Tokenizer.from_str(json.dumps(d))
+    for a in added:  # each is the one token its id stands for
+        assert tok.encode(a["content"], add_special_tokens=False).ids == [a["id"]], a
+    return tok, added
+
+
 def tokenizer(special):
     tok = Tokenizer(WordLevel({"<unk>": 0}, unk_token="<unk>"))
     return PreTrainedTokenizerFast(tokenizer_object=tok, **special)
@@ -121,6 +155,10 @@ def render(tok, template, messages):
 
 def main():
     print("transformers", transformers.__version__, file=sys.stderr)
+    idtok, added = id_tokenizer()
+    with open(os.path.join(DATA, "special_tokens.json"), "w", encoding="utf-8") as f:
+        json.dump({"base": BASE_TOKENIZER, "added": added}, f, ensure_ascii=False, indent=1)
+        f.write("\n")
     for name, fname, special in FORMATS:
         with open(os.path.join(DATA, "templates", fname), encoding="utf-8") as f:
             template = f.read()
@@ -128,7 +166,10 @@ def main():
         cases = []
         for conv in CONVERSATIONS:
             try:
-                cases.append({"messages": conv, "expected": render(tok, template, conv)})
+                text = render(tok, template, conv)
+                ids = idtok.encode(text, add_special_tokens=False).ids
+                cases.append({"messages": conv, "expected": text,
+                              "ids": " ".join(str(i) for i in ids)})
             except Exception as e:  # the template raised: moed must refuse too
                 cases.append({"messages": conv, "error": f"{type(e).__name__}: {e}"})
         bos = special.get("bos_token") if "bos_token" in template else None

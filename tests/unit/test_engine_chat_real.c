@@ -4,12 +4,16 @@
  * one), and every conversation that transformers' apply_chat_template
  * rendered over it (tests/data/chat/<format>.json, written by
  * tests/reference/make_chat_cases.py) renders to the same bytes; where the
- * template raised, moed refuses with -EINVAL. */
+ * template raised, moed refuses with -EINVAL. And the special tokens these
+ * prompts hold become one token id each when tokenised: moed's tokenizer
+ * gives the ids the Hugging Face tokenizers library gave (GPT-2 plus every
+ * such token as an added token, tests/data/chat/special_tokens.json). */
 #include "tests/unit/test.h"
 
 #include "common/common.h"
 #include "engine/engine.h"
 #include "engine/engine_server.h"
+#include "model/model_tokenizer.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -250,6 +254,89 @@ static void test_near_misses(void **state)
     assert_int_equal(moe_chat_template_classify("", &t), -ENOENT);
 }
 
+/* the GPT-2 tokenizer.json with the templates' special tokens added */
+static struct moe_tokenizer *special_tokenizer(json_t **added)
+{
+    json_t *spec = load_json("tests/data/chat/special_tokens.json");
+    json_t *base = load_json(str(spec, "base"));
+    json_t *list = json_object_get(base, "added_tokens"), *a;
+    size_t i;
+    *added = json_incref(json_object_get(spec, "added"));
+    assert_true(json_array_size(*added) > 20);
+    json_array_foreach(*added, i, a)
+        json_array_append_new(list, json_pack("{s:O, s:O, s:b, s:b, s:b, s:b, s:b}", "id",
+                                              json_object_get(a, "id"), "content",
+                                              json_object_get(a, "content"), "single_word", 0,
+                                              "lstrip", 0, "rstrip", 0, "normalized", 0,
+                                              "special", 1));
+    char path[512];
+    snprintf(path, sizeof(path), "%s/special", moe_test_tmpdir());
+    assert_int_equal(mkdir(path, 0700), 0);
+    snprintf(path, sizeof(path), "%s/special/tokenizer.json", moe_test_tmpdir());
+    assert_int_equal(json_dump_file(base, path, 0), 0);
+    struct moe_tokenizer *tok = NULL;
+    if (moe_tokenizer_from_hf(path, NULL, &tok))
+        fail_msg("%s", moe_err_msg());
+    json_decref(base);
+    json_decref(spec);
+    return tok;
+}
+
+/* occurrences of s in text, left to right, not overlapping */
+static size_t count(const char *text, const char *s)
+{
+    size_t n = 0;
+    for (const char *p = text; (p = strstr(p, s)); p += strlen(s))
+        n++;
+    return n;
+}
+
+static void test_special_tokens(void **state)
+{
+    json_t *added, *a;
+    struct moe_tokenizer *tok = special_tokenizer(&added);
+    size_t i, checked = 0;
+    for (size_t k = 0; k < MOE_ARRAY_SIZE(families); k++) {
+        char rel[256];
+        snprintf(rel, sizeof(rel), "tests/data/chat/%s.json", families[k]);
+        json_t *root = load_json(rel), *cases = json_object_get(root, "cases"), *c;
+        json_array_foreach(cases, i, c) {
+            const char *text = str(c, "expected"), *want = str(c, "ids");
+            if (!text)
+                continue;
+            assert_non_null(want);
+            int32_t *ids = NULL;
+            size_t n = 0;
+            assert_int_equal(moe_tokenizer_encode(tok, text, strlen(text), false, &ids, &n), 0);
+            char got[8192] = "";
+            for (size_t j = 0; j < n; j++)
+                snprintf(got + strlen(got), sizeof(got) - strlen(got), "%s%d", j ? " " : "",
+                         (int)ids[j]);
+            if (strcmp(got, want))
+                fail_msg("%s case %zu: ids\nmoed:       %s\ntokenizers: %s", families[k], i, got,
+                         want);
+            /* and each special token written is its one id, no more, no less */
+            size_t j;
+            json_array_foreach(added, j, a) {
+                const char *s = str(a, "content");
+                int32_t id = (int32_t)json_integer_value(json_object_get(a, "id"));
+                size_t seen = 0;
+                for (size_t t = 0; t < n; t++)
+                    seen += ids[t] == id;
+                if (seen != count(text, s))
+                    fail_msg("%s case %zu: %s %zu times in the text, id %d %zu times",
+                             families[k], i, s, count(text, s), (int)id, seen);
+                checked += seen;
+            }
+            free(ids);
+        }
+        json_decref(root);
+    }
+    assert_true(checked > 1000);
+    json_decref(added);
+    moe_tokenizer_free(tok);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -258,6 +345,7 @@ int main(void)
         cmocka_unit_test(test_gpt_oss_date),
         cmocka_unit_test(test_glm_strip),
         cmocka_unit_test(test_near_misses),
+        cmocka_unit_test(test_special_tokens),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

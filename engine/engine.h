@@ -63,7 +63,7 @@ enum moe_chat_template {
     MOE_CHAT_DEEPSEEK_V3,              /* DeepSeek-V3 (and V3-0324) */
     MOE_CHAT_DEEPSEEK_R1,              /* DeepSeek-R1 as first published */
     MOE_CHAT_DEEPSEEK_R1_DISTILL,      /* DeepSeek-R1-Distill-*: prompt ends "<think>\n" */
-    MOE_CHAT_DEEPSEEK_R1_DISTILL_QWEN, /* llama.cpp's R1-Distill-Qwen-32B copy: "<think>\n</think>" */
+    MOE_CHAT_DEEPSEEK_R1_DISTILL_QWEN, /* llama.cpp's R1-Distill-Qwen-32B: "<think>\n</think>" */
     MOE_CHAT_DEEPSEEK_R1_LLAMACPP,     /* llama.cpp's own R1 template */
     MOE_CHAT_DEEPSEEK_V31,             /* DeepSeek-V3.1 (thinking off) */
     MOE_CHAT_KIMI_K2,                  /* Kimi-K2: <|im_user|>user<|im_middle|>...<|im_end|> */

@@ -792,14 +792,13 @@ const char *moe_chat_template_name(enum moe_chat_template t)
     return (unsigned)t < MOE_CHAT_COUNT ? formats[t].name : "(unknown)";
 }
 
-static const char *known_names(void)
+/* "chatml, mistral, ..." into buf (a buffer of each caller's: threads may ask at once) */
+static const char *known_names(char *buf, size_t cap)
 {
-    static char names[512];
-    if (!names[0])
-        for (size_t k = 0; k < MOE_CHAT_COUNT; k++)
-            snprintf(names + strlen(names), sizeof(names) - strlen(names), "%s%s",
-                     k ? ", " : "", formats[k].name);
-    return names;
+    buf[0] = '\0';
+    for (size_t k = 0; k < MOE_CHAT_COUNT; k++)
+        snprintf(buf + strlen(buf), cap - strlen(buf), "%s%s", k ? ", " : "", formats[k].name);
+    return buf;
 }
 
 int moe_chat_template_from_name(const char *name, enum moe_chat_template *out)
@@ -813,8 +812,9 @@ int moe_chat_template_from_name(const char *name, enum moe_chat_template *out)
         *out = MOE_CHAT_MISTRAL;
         return 0;
     }
+    char names[512];
     return moe_err(-EINVAL, "unknown chat template '%s' (known: %s)", name ? name : "(null)",
-                   known_names());
+                   known_names(names, sizeof(names)));
 }
 
 /* ---- detection ------------------------------------------------------------------ */
@@ -852,8 +852,9 @@ int moe_chat_template_classify(const char *text, enum moe_chat_template *out)
             return 0;
         }
     }
+    char names[512];
     return moe_err(-ENOENT, "the chat template is none of moed's chat formats (%s)",
-                   known_names());
+                   known_names(names, sizeof(names)));
 }
 
 /* chat_template: a string, or a list of {"name", "template"} (the one named
@@ -882,7 +883,7 @@ static const char *template_text(json_t *ct)
 
 int moe_chat_template_detect(const char *tokenizer_config_path, enum moe_chat_template *out)
 {
-    char *text = NULL, *jinja_path = NULL, *dir = NULL;
+    char *text = NULL, *jinja_path = NULL, *dir = NULL, names[512];
     size_t len;
     json_t *root = NULL;
     int rc = moe_read_text_file(tokenizer_config_path, &text, &len);
@@ -902,7 +903,8 @@ int moe_chat_template_detect(const char *tokenizer_config_path, enum moe_chat_te
         rc = moe_chat_template_classify(t, out);
         if (rc < 0)
             moe_err(rc, "%s: chat_template is neither ChatML nor Mistral [INST] nor another "
-                    "chat format moed knows (%s)", tokenizer_config_path, known_names());
+                    "chat format moed knows (%s)", tokenizer_config_path,
+                    known_names(names, sizeof(names)));
         goto out;
     }
     /* transformers >= 4.43 keeps the template beside the config instead */
@@ -924,7 +926,7 @@ int moe_chat_template_detect(const char *tokenizer_config_path, enum moe_chat_te
     rc = moe_chat_template_classify(text, out);
     if (rc < 0)
         moe_err(rc, "%s: neither ChatML nor Mistral [INST] nor another chat format moed knows "
-                "(%s)", jinja_path, known_names());
+                "(%s)", jinja_path, known_names(names, sizeof(names)));
 out:
     json_decref(root);
     free(text);

@@ -150,7 +150,8 @@ static const struct moe_daemon_key table[] = {
     K_STRING("model", "name", model_name, "", 0,
              "Model id listed by /v1/models; empty = the last component of path"),
     K_ENUM("model", "chat_template", chat_template, "auto", chat_templates, 0,
-           "Chat prompt format; auto = from tokenizer_config.json, else chatml"),
+           "Chat prompt format; auto = named by the model's template (tokenizer_config.json, "
+           "chat_template.jinja, a GGUF's tokenizer.chat_template), else chatml"),
     K_BOOL("model", "prefault", prefault, "yes", 0,
            "Read every weight page while loading, so early requests never wait on the disk"),
 

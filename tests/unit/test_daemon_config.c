@@ -956,10 +956,51 @@ static void test_chat_template(void **state)
     assert_non_null(strstr(how, "tokenizer_config.json"));
     moe_daemon_config_free(&c);
 
-    /* a file (GGUF) or a missing path: the default */
+    /* a missing path: the default */
     parse_ok("[model]\npath = /nonexistent/m.gguf\n", &c);
     assert_int_equal(moe_daemon_chat_template(&c, &how), MOE_CHAT_CHATML);
     moe_daemon_config_free(&c);
+
+    /* a GGUF: its tokenizer.chat_template decides; one without, or with a
+     * template moed does not know, gets the default */
+    char *v3 = NULL;
+    size_t len;
+    assert_int_equal(moe_read_text_file(
+                         moe_test_path("tests/data/chat/templates/deepseek-ai-DeepSeek-V3.jinja"),
+                         &v3, &len), 0);
+    static const struct {
+        const char *key, *value;
+        int want;
+    } ggufs[] = {
+        {"tokenizer.chat_template", NULL, MOE_CHAT_DEEPSEEK_V3},
+        {"general.name", "no template", MOE_CHAT_CHATML},
+        {"tokenizer.chat_template", "{{ messages }}", MOE_CHAT_CHATML},
+    };
+    for (size_t i = 0; i < MOE_ARRAY_SIZE(ggufs); i++) {
+        const char *value = ggufs[i].value ? ggufs[i].value : v3;
+        uint64_t kl = strlen(ggufs[i].key), vl = strlen(value), one = 1, zero = 0;
+        uint32_t version = 3, type_string = 8;
+        snprintf(ini, sizeof(ini), "%s/m%zu.gguf", moe_test_tmpdir(), i);
+        FILE *f = fopen(ini, "wb");
+        assert_non_null(f);
+        fwrite("GGUF", 1, 4, f);
+        fwrite(&version, 4, 1, f);
+        fwrite(&zero, 8, 1, f); /* tensors */
+        fwrite(&one, 8, 1, f);  /* keys */
+        fwrite(&kl, 8, 1, f);
+        fwrite(ggufs[i].key, 1, kl, f);
+        fwrite(&type_string, 4, 1, f);
+        fwrite(&vl, 8, 1, f);
+        fwrite(value, 1, vl, f);
+        fclose(f);
+        char gini[700];
+        snprintf(gini, sizeof(gini), "[model]\npath = %s\n", ini);
+        parse_ok(gini, &c);
+        assert_int_equal(moe_daemon_chat_template(&c, &how), ggufs[i].want);
+        assert_non_null(strstr(how, ggufs[i].want == MOE_CHAT_CHATML ? "default" : "GGUF"));
+        moe_daemon_config_free(&c);
+    }
+    free(v3);
 }
 
 /* ---- systemd helpers ---------------------------------------------------------------- */

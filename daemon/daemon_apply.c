@@ -12,6 +12,7 @@
 #include "common/common.h"
 #include "engine/engine.h"
 #include "engine/engine_server.h"
+#include "format/format.h"
 #include "ipc/ipc.h"
 #include "model/model.h"
 #include "router/router.h"
@@ -136,6 +137,37 @@ int moe_daemon_prune(const struct moe_daemon_config *c, const struct moe_model *
     return 0;
 }
 
+/* The format a GGUF file's tokenizer.chat_template names: 0, -ENOENT when
+ * the file is no GGUF (a pack) or has no template, another error (message
+ * set) when its template is not one moed knows. */
+static int gguf_chat_template(const char *path, enum moe_chat_template *t)
+{
+    char magic[4] = {0};
+    FILE *f = fopen(path, "rb");
+    size_t got = f ? fread(magic, 1, sizeof(magic), f) : 0;
+    if (f)
+        fclose(f);
+    if (got != sizeof(magic) || memcmp(magic, "GGUF", 4))
+        return -ENOENT;
+    struct moe_gguf *g = NULL;
+    struct moe_gguf_str s;
+    int rc = moe_gguf_open(path, &g);
+    if (!rc)
+        rc = moe_gguf_get_str(g, "tokenizer.chat_template", &s);
+    if (!rc) {
+        char *text = strndup(s.ptr, s.len);
+        rc = text ? moe_chat_template_classify(text, t) : moe_err(-ENOMEM, "out of memory");
+        free(text);
+        if (rc == -ENOENT) { /* a template, but none of ours: say so */
+            char why[512];
+            snprintf(why, sizeof(why), "%s", moe_err_msg());
+            rc = moe_err(-EINVAL, "%s: tokenizer.chat_template: %s", path, why);
+        }
+    }
+    moe_gguf_close(g);
+    return rc;
+}
+
 int moe_daemon_chat_template(const struct moe_daemon_config *c, const char **how)
 {
     if (c->chat_template != MOE_DAEMON_CHAT_AUTO) {
@@ -151,6 +183,15 @@ int moe_daemon_chat_template(const struct moe_daemon_config *c, const char **how
         free(p);
         if (!rc) {
             *how = "named by the model's tokenizer_config.json";
+            return (int)t;
+        }
+        if (rc != -ENOENT)
+            moe_log(MOE_LOG_WARN, "chat template: %s", moe_err_msg());
+    } else if (c->model_path && !stat(c->model_path, &st) && S_ISREG(st.st_mode)) {
+        enum moe_chat_template t;
+        int rc = gguf_chat_template(c->model_path, &t);
+        if (!rc) {
+            *how = "named by the GGUF's tokenizer.chat_template";
             return (int)t;
         }
         if (rc != -ENOENT)

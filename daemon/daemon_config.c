@@ -69,9 +69,25 @@ static const struct moe_daemon_enum log_levels[] = {
     {"debug", MOE_LOG_DEBUG}, {NULL, 0},
 };
 
+/* the names are moe_chat_template_name()'s */
 static const struct moe_daemon_enum chat_templates[] = {
-    {"auto", MOE_DAEMON_CHAT_AUTO}, {"chatml", MOE_CHAT_CHATML},
-    {"mistral", MOE_CHAT_MISTRAL}, {NULL, 0},
+    {"auto", MOE_DAEMON_CHAT_AUTO},
+    {"chatml", MOE_CHAT_CHATML},
+    {"mistral", MOE_CHAT_MISTRAL},
+    {"qwen3", MOE_CHAT_QWEN3},
+    {"deepseek-v2", MOE_CHAT_DEEPSEEK_V2},
+    {"deepseek-v3", MOE_CHAT_DEEPSEEK_V3},
+    {"deepseek-r1", MOE_CHAT_DEEPSEEK_R1},
+    {"deepseek-r1-distill", MOE_CHAT_DEEPSEEK_R1_DISTILL},
+    {"deepseek-r1-distill-qwen", MOE_CHAT_DEEPSEEK_R1_DISTILL_QWEN},
+    {"deepseek-r1-llamacpp", MOE_CHAT_DEEPSEEK_R1_LLAMACPP},
+    {"deepseek-v3.1", MOE_CHAT_DEEPSEEK_V31},
+    {"kimi-k2", MOE_CHAT_KIMI_K2},
+    {"glm-4.5", MOE_CHAT_GLM45},
+    {"gpt-oss", MOE_CHAT_GPT_OSS},
+    {"minimax-m2", MOE_CHAT_MINIMAX_M2},
+    {"ernie-4.5", MOE_CHAT_ERNIE45},
+    {NULL, 0},
 };
 
 static const struct moe_daemon_enum kv_bits[] = {
@@ -134,7 +150,8 @@ static const struct moe_daemon_key table[] = {
     K_STRING("model", "name", model_name, "", 0,
              "Model id listed by /v1/models; empty = the last component of path"),
     K_ENUM("model", "chat_template", chat_template, "auto", chat_templates, 0,
-           "Chat prompt format; auto = from tokenizer_config.json, else chatml"),
+           "Chat prompt format; auto = named by the model's template (tokenizer_config.json, "
+           "chat_template.jinja, a GGUF's tokenizer.chat_template), else chatml"),
     K_BOOL("model", "prefault", prefault, "yes", 0,
            "Read every weight page while loading, so early requests never wait on the disk"),
 
@@ -526,7 +543,7 @@ static int parse_value(const struct moe_daemon_key *k, const char *v, struct moe
             }
         }
         {
-            char names[256];
+            char names[512];
             enum_names(k->enums, names, sizeof(names));
             return why(w, cap, "'%s' is not one of %s", v, names);
         }
@@ -612,7 +629,7 @@ void moe_daemon_key_format(const struct moe_daemon_key *k, const struct moe_daem
 
 void moe_daemon_key_describe(const struct moe_daemon_key *k, char *buf, size_t cap)
 {
-    char lo[32], hi[32], names[256];
+    char lo[32], hi[32], names[512];
     switch (k->type) {
     case MOE_CFG_BOOL:
         snprintf(buf, cap, "boolean");
@@ -1052,6 +1069,26 @@ int moe_daemon_config_load(const char *path, struct moe_daemon_config *c)
 
 /* ---- the dump ------------------------------------------------------------------ */
 
+/* "# text\n"; a text that would make the line longer than an INI line may
+ * be (a long list of names) goes on several, broken after ", " or " " */
+static void put_comment(FILE *f, const char *text)
+{
+    const size_t width = 100;
+    size_t n = strlen(text);
+    bool wrap = n + 2 > MOE_DAEMON_INI_MAX_LINE;
+    while (wrap && n + 2 > width) {
+        size_t cut = width - 2;
+        while (cut > 0 && text[cut - 1] != ' ')
+            cut--;
+        if (cut == 0)
+            break;
+        fprintf(f, "# %.*s\n", (int)(cut - 1), text);
+        text += cut;
+        n -= cut;
+    }
+    fprintf(f, "# %s\n", text);
+}
+
 int moe_daemon_config_dump(const struct moe_daemon_config *c, const char *source, FILE *f)
 {
     fprintf(f,
@@ -1077,7 +1114,7 @@ int moe_daemon_config_dump(const struct moe_daemon_config *c, const char *source
     const char *section = "";
     for (size_t i = 0; i < N_KEYS; i++) {
         const struct moe_daemon_key *k = &table[i];
-        char val[1024], desc[384];
+        char val[1024], desc[384], line[512];
         if (strcmp(section, k->section)) {
             section = k->section;
             fprintf(f, "\n[%s]\n", section);
@@ -1087,10 +1124,11 @@ int moe_daemon_config_dump(const struct moe_daemon_config *c, const char *source
         /* "key = value", or "key=value" when the blanks would push a long
          * value over the line limit (it fitted in the file it came from) */
         bool tight = strlen(k->name) + 3 + strlen(val) > MOE_DAEMON_INI_MAX_LINE;
-        fprintf(f, "\n# %s\n# %s; default %s; %s\n%s%s=%s%s\n", k->doc, desc,
-                k->def[0] ? k->def : "empty",
-                (k->flags & MOE_CFG_RELOAD) ? "reloadable" : "needs restart", k->name,
-                tight ? "" : " ", (tight || !val[0]) ? "" : " ", val);
+        snprintf(line, sizeof(line), "%s; default %s; %s", desc, k->def[0] ? k->def : "empty",
+                 (k->flags & MOE_CFG_RELOAD) ? "reloadable" : "needs restart");
+        fprintf(f, "\n# %s\n", k->doc);
+        put_comment(f, line);
+        fprintf(f, "%s%s=%s%s\n", k->name, tight ? "" : " ", (tight || !val[0]) ? "" : " ", val);
     }
     return ferror(f) ? moe_err(-EIO, "writing the configuration failed") : 0;
 }

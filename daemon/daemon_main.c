@@ -405,7 +405,7 @@ static int finish_start(struct moed *d)
         moe_log(MOE_LOG_INFO, "context per sequence: %d (the model's is %d, [batching] max_ctx %d)",
                 (int)el.max_ctx, (int)d->model_ctx, d->cfg.max_ctx);
     moe_log(MOE_LOG_INFO, "chat template: %s (%s)",
-            d->chat_template == MOE_CHAT_MISTRAL ? "mistral" : "chatml", how);
+            moe_chat_template_name((enum moe_chat_template)d->chat_template), how);
     char why[256];
     if (moe_daemon_prune(&d->cfg, d->model, &el.prune, &el.prune_on, why, sizeof(why)))
         return moe_err(-EINVAL, "%s: %s", d->config_path ? d->config_path : "config", why);

@@ -47,22 +47,60 @@ bool moe_stop_push(struct moe_stop *st, const char *text, size_t len,
 /* At the end of generation without a stop match: the held-back text. */
 void moe_stop_flush(struct moe_stop *st, const char **emit, size_t *n_emit);
 
-/* ---- chat templates ------------------------------------------------------------- */
+/* ---- chat templates -------------------------------------------------------------
+ * Each format reproduces one model family's own chat template byte for byte
+ * (transformers' apply_chat_template, add_generation_prompt=True, the
+ * template's default thinking setting); tests/data/chat/ holds the real
+ * templates and transformers' renderings. Values are stable (the daemon's
+ * INI names them): add new ones before MOE_CHAT_COUNT. */
 struct moe_chat_message;
 
 enum moe_chat_template {
     MOE_CHAT_CHATML,  /* <|im_start|>role\ncontent<|im_end|>\n ... <|im_start|>assistant\n */
     MOE_CHAT_MISTRAL, /* <s> [INST] user [/INST] assistant</s> [INST] ... (system folded into the first user turn) */
+    MOE_CHAT_QWEN3,   /* ChatML, <think> parts dropped from answers before the last query */
+    MOE_CHAT_DEEPSEEK_V2,              /* DeepSeek-V2 / V2-Lite: User: ...\n\nAssistant: ... */
+    MOE_CHAT_DEEPSEEK_V3,              /* DeepSeek-V3 (and V3-0324) */
+    MOE_CHAT_DEEPSEEK_R1,              /* DeepSeek-R1 as first published */
+    MOE_CHAT_DEEPSEEK_R1_DISTILL,      /* DeepSeek-R1-Distill-*: prompt ends "<think>\n" */
+    MOE_CHAT_DEEPSEEK_R1_DISTILL_QWEN, /* llama.cpp's R1-Distill-Qwen-32B: "<think>\n</think>" */
+    MOE_CHAT_DEEPSEEK_R1_LLAMACPP,     /* llama.cpp's own R1 template */
+    MOE_CHAT_DEEPSEEK_V31,             /* DeepSeek-V3.1 (thinking off) */
+    MOE_CHAT_KIMI_K2,                  /* Kimi-K2: <|im_user|>user<|im_middle|>...<|im_end|> */
+    MOE_CHAT_GLM45,                    /* GLM-4.5 / 4.6: [gMASK]<sop><|user|>\n... */
+    MOE_CHAT_GPT_OSS,                  /* gpt-oss harmony, dated system message */
+    MOE_CHAT_MINIMAX_M2,               /* MiniMax-M2: ]~b]user\n...[e~[\n */
+    MOE_CHAT_ERNIE45,                  /* ERNIE-4.5: User: ...\nAssistant: ... */
+    MOE_CHAT_COUNT
 };
-/* "chatml" / "mistral" -> template; -EINVAL for other names */
+/* "chatml", "mistral" (or "mixtral"), "qwen3", "deepseek-v3" ... -> template;
+ * -EINVAL naming the known ones for other names */
 int moe_chat_template_from_name(const char *name, enum moe_chat_template *out);
-/* From a tokenizer_config.json's chat_template string, when it is
- * recognisably one of ours; -ENOENT otherwise (then the INI decides). */
+/* the name moe_chat_template_from_name takes */
+const char *moe_chat_template_name(enum moe_chat_template t);
+/* From a template's Jinja text: the format it renders, when it is
+ * recognisably one of ours; -ENOENT otherwise. */
+int moe_chat_template_classify(const char *text, enum moe_chat_template *out);
+/* From a tokenizer_config.json's chat_template string (or the
+ * chat_template.jinja beside it), when it is recognisably one of ours;
+ * -ENOENT otherwise (then the INI decides). */
 int moe_chat_template_detect(const char *tokenizer_config_path, enum moe_chat_template *out);
+
+struct moe_chat_opts {
+    /* the text the template's bos_token stands for ("<s>",
+     * "<｜begin▁of▁sentence｜>"), for the formats whose template writes it
+     * (ChatML and Mistral write it first too); NULL when the tokenizer adds
+     * BOS itself */
+    const char *bos;
+    /* "YYYY-MM-DD" for templates that write today's date (gpt-oss); NULL:
+     * today, UTC */
+    const char *date;
+};
 /* Renders messages into a prompt (malloc'ed). Roles other than system, user
- * and assistant, or an empty list, are -EINVAL with a message. bos: the BOS
- * text to start with ("<s>") or NULL when the tokenizer adds it itself. */
+ * and assistant, an empty list, or a conversation the model's template
+ * refuses, are -EINVAL with a message naming the message at fault. opts may
+ * be NULL (no BOS text, today's date). */
 int moe_chat_render(enum moe_chat_template t, const struct moe_chat_message *msgs, size_t n,
-                    const char *bos, char **out);
+                    const struct moe_chat_opts *opts, char **out);
 
 #endif

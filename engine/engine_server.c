@@ -148,6 +148,7 @@ void moe_request_free(struct moe_request *r)
     for (size_t i = 0; i < r->n_messages; i++) {
         free(r->messages[i].role);
         free(r->messages[i].content);
+        free(r->messages[i].reasoning_content);
     }
     free(r->messages);
     for (size_t i = 0; i < r->n_stop; i++)

@@ -51,6 +51,10 @@ enum moe_req_kind { MOE_REQ_COMPLETION, MOE_REQ_CHAT };
 struct moe_chat_message {
     char *role;    /* "system", "user", "assistant" */
     char *content;
+    /* an assistant message's reasoning_content, NULL when not given; the
+     * templates that know it (Qwen3, GLM-4.5, MiniMax-M2) render it in place
+     * of a <think> part of the content, the others ignore it as theirs do */
+    char *reasoning_content;
 };
 
 /* Built by ipc (all strings malloc'ed); owned by the engine once submitted. */

@@ -426,6 +426,30 @@ static int parse_messages(json_t *root, const struct moe_ipc_limits *lim, struct
         if (rc)
             return rc;
         total += len;
+
+        /* tool calls cannot be rendered into any prompt moed writes: refused
+         * rather than dropped, as dropping them would change the conversation */
+        static const char *const tool_keys[] = {"tool_calls", "function_call"};
+        for (k = 0; k < MOE_ARRAY_SIZE(tool_keys); k++) {
+            json_t *tc = opt(m, tool_keys[k]);
+            if (!tc || (json_is_array(tc) && json_array_size(tc) == 0))
+                continue;
+            snprintf(param, sizeof(param), "messages[%zu].%s", i, tool_keys[k]);
+            return moe_ipc_error_set(err, 400, T_INVALID, "unsupported_parameter", param,
+                                     "'%s' is not supported by this server: it renders no tool "
+                                     "calls into the prompt", param);
+        }
+        json_t *rc_text = opt(m, "reasoning_content");
+        if (rc_text) {
+            snprintf(param, sizeof(param), "messages[%zu].reasoning_content", i);
+            if (!json_is_string(rc_text))
+                return type_error(err, param, "a string", rc_text);
+            cm->reasoning_content = strndup(json_string_value(rc_text),
+                                            json_string_length(rc_text));
+            if (!cm->reasoning_content)
+                return oom(err);
+            total += json_string_length(rc_text);
+        }
         rc = check_prompt_bytes(total, lim, "messages", err);
         if (rc)
             return rc;

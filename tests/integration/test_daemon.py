@@ -318,6 +318,13 @@ class Serving(unittest.TestCase):
             ("POST", "/v1/completions", {"prompt": "x", "max_tokens": "ten"}, 400, "max_tokens"),
             ("POST", "/v1/completions", {"prompt": "x", "temperature": -1}, 400, "temperature"),
             ("POST", "/v1/chat/completions", {"messages": "hi"}, 400, "messages"),
+            # a tool call in the history is refused, not dropped from the prompt
+            ("POST", "/v1/chat/completions",
+             {"messages": [{"role": "user", "content": "x"},
+                           {"role": "assistant", "content": "",
+                            "tool_calls": [{"id": "c1", "type": "function",
+                                            "function": {"name": "f", "arguments": "{}"}}]}]},
+             400, "messages[1].tool_calls"),
             ("POST", "/v1/completions", {"prompt": "x" * 70000}, 413, None),
             ("GET", "/v1/nothing", None, 404, None),
             ("GET", "/v1/completions", None, 405, None),

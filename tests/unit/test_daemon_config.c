@@ -413,7 +413,9 @@ static void test_bad_values(void **state)
         {"[daemon]\nlog_level = loud\n",
          "t.ini:2: [daemon] log_level: 'loud' is not one of err, warning, info, debug"},
         {"[model]\nchat_template = llama3\n",
-         "t.ini:2: [model] chat_template: 'llama3' is not one of auto, chatml, mistral"},
+         "t.ini:2: [model] chat_template: 'llama3' is not one of auto, chatml, mistral, qwen3, "
+         "deepseek-v2, deepseek-v3, deepseek-r1, deepseek-r1-distill, deepseek-r1-distill-qwen, "
+         "deepseek-r1-llamacpp, deepseek-v3.1, kimi-k2, glm-4.5, gpt-oss, minimax-m2, ernie-4.5"},
         {"[model]\npath =\n", "t.ini:2: [model] path: must not be empty"},
         {"[daemon]\nsocket = \n", "t.ini:2: [daemon] socket: must not be empty"},
         {"[daemon]\nallow_uids = 0, no-such-user-moed\n",
@@ -707,7 +709,10 @@ static void test_example_ini(void **state)
     const struct moe_daemon_key *t = moe_daemon_config_table(&n);
     int *seen = calloc(n, sizeof(int));
     char section[64] = "";
-    char prev[2][512] = {"", ""}; /* the two lines before this one */
+    /* the comment lines since the last blank one: the doc, then the type
+     * line (continued on more lines when it is long, as a long list of names) */
+    char doc_line[512] = "", type_line[1024] = "";
+    int n_comments = 0;
     for (char *line = file; *line;) {
         char *nl = strchr(line, '\n');
         size_t len = nl ? (size_t)(nl - line) : strlen(line);
@@ -732,16 +737,23 @@ static void test_example_ini(void **state)
                          value, k->def);
             char doc[512];
             snprintf(doc, sizeof(doc), "# %s", k->doc);
-            if (strcmp(prev[0], doc))
+            if (strcmp(doc_line, doc))
                 fail_msg("etc/moed.ini: [%s] %s: the doc line above it is\n  %s\nnot\n  %s",
-                         section, buf, prev[0], doc);
-            if (strncmp(prev[1], "# ", 2) || !strstr(prev[1], "; default ") ||
-                !strstr(prev[1], (k->flags & MOE_CFG_RELOAD) ? "reloadable" : "needs restart"))
+                         section, buf, doc_line, doc);
+            if (n_comments < 2 || !strstr(type_line, "; default ") ||
+                !strstr(type_line, (k->flags & MOE_CFG_RELOAD) ? "reloadable" : "needs restart"))
                 fail_msg("etc/moed.ini: [%s] %s: no type/default/reload line: %s", section, buf,
-                         prev[1]);
+                         type_line);
         }
-        snprintf(prev[0], sizeof(prev[0]), "%s", prev[1]);
-        snprintf(prev[1], sizeof(prev[1]), "%s", buf);
+        if (buf[0] == '#' && n_comments++ == 0) {
+            snprintf(doc_line, sizeof(doc_line), "%s", buf);
+            type_line[0] = '\0';
+        } else if (buf[0] == '#') {
+            snprintf(type_line + strlen(type_line), sizeof(type_line) - strlen(type_line), "%s",
+                     buf + (buf[1] == ' ' ? 2 : 1));
+        } else {
+            n_comments = 0;
+        }
         line += len + (nl ? 1 : 0);
     }
     for (size_t i = 0; i < n; i++)
@@ -944,10 +956,51 @@ static void test_chat_template(void **state)
     assert_non_null(strstr(how, "tokenizer_config.json"));
     moe_daemon_config_free(&c);
 
-    /* a file (GGUF) or a missing path: the default */
+    /* a missing path: the default */
     parse_ok("[model]\npath = /nonexistent/m.gguf\n", &c);
     assert_int_equal(moe_daemon_chat_template(&c, &how), MOE_CHAT_CHATML);
     moe_daemon_config_free(&c);
+
+    /* a GGUF: its tokenizer.chat_template decides; one without, or with a
+     * template moed does not know, gets the default */
+    char *v3 = NULL;
+    size_t len;
+    assert_int_equal(moe_read_text_file(
+                         moe_test_path("tests/data/chat/templates/deepseek-ai-DeepSeek-V3.jinja"),
+                         &v3, &len), 0);
+    static const struct {
+        const char *key, *value;
+        int want;
+    } ggufs[] = {
+        {"tokenizer.chat_template", NULL, MOE_CHAT_DEEPSEEK_V3},
+        {"general.name", "no template", MOE_CHAT_CHATML},
+        {"tokenizer.chat_template", "{{ messages }}", MOE_CHAT_CHATML},
+    };
+    for (size_t i = 0; i < MOE_ARRAY_SIZE(ggufs); i++) {
+        const char *value = ggufs[i].value ? ggufs[i].value : v3;
+        uint64_t kl = strlen(ggufs[i].key), vl = strlen(value), one = 1, zero = 0;
+        uint32_t version = 3, type_string = 8;
+        snprintf(ini, sizeof(ini), "%s/m%zu.gguf", moe_test_tmpdir(), i);
+        FILE *f = fopen(ini, "wb");
+        assert_non_null(f);
+        fwrite("GGUF", 1, 4, f);
+        fwrite(&version, 4, 1, f);
+        fwrite(&zero, 8, 1, f); /* tensors */
+        fwrite(&one, 8, 1, f);  /* keys */
+        fwrite(&kl, 8, 1, f);
+        fwrite(ggufs[i].key, 1, kl, f);
+        fwrite(&type_string, 4, 1, f);
+        fwrite(&vl, 8, 1, f);
+        fwrite(value, 1, vl, f);
+        fclose(f);
+        char gini[700];
+        snprintf(gini, sizeof(gini), "[model]\npath = %s\n", ini);
+        parse_ok(gini, &c);
+        assert_int_equal(moe_daemon_chat_template(&c, &how), ggufs[i].want);
+        assert_non_null(strstr(how, ggufs[i].want == MOE_CHAT_CHATML ? "default" : "GGUF"));
+        moe_daemon_config_free(&c);
+    }
+    free(v3);
 }
 
 /* ---- systemd helpers ---------------------------------------------------------------- */

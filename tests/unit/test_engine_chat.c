@@ -18,7 +18,8 @@ static void expect(enum moe_chat_template t, const struct moe_chat_message *m, s
                    const char *bos, const char *want)
 {
     char *out = (char *)0x1;
-    int rc = moe_chat_render(t, m, n, bos, &out);
+    struct moe_chat_opts o = {bos, NULL};
+    int rc = moe_chat_render(t, m, n, &o, &out);
     if (rc)
         fail_msg("moe_chat_render: %d %s", rc, moe_err_msg());
     assert_non_null(out);
@@ -33,7 +34,8 @@ static void expect_einval(enum moe_chat_template t, const struct moe_chat_messag
 {
     char *out = (char *)0x1;
     moe_err_clear();
-    assert_int_equal(moe_chat_render(t, m, n, "<s>", &out), -EINVAL);
+    struct moe_chat_opts o = {"<s>", NULL};
+    assert_int_equal(moe_chat_render(t, m, n, &o, &out), -EINVAL);
     assert_null(out);
     if (!strstr(moe_err_msg(), needle))
         fail_msg("message '%s' lacks '%s'", moe_err_msg(), needle);

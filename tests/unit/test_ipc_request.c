@@ -247,6 +247,18 @@ static void test_chat_messages(void **state)
     assert_int_equal(r->max_tokens, 7);
     moe_ipc_parsed_free(&p);
 
+    /* reasoning_content is kept for the templates that render it; empty tool
+     * call lists are no tool calls */
+    r = parse_ok("{\"messages\": [{\"role\": \"user\", \"content\": \"q\"},"
+                 " {\"role\": \"assistant\", \"content\": \"a\", \"reasoning_content\": \"why\","
+                 " \"tool_calls\": []}, {\"role\": \"assistant\", \"content\": \"b\","
+                 " \"reasoning_content\": null, \"tool_calls\": null}]}",
+                 true, &p);
+    assert_null(r->messages[0].reasoning_content);
+    assert_string_equal(r->messages[1].reasoning_content, "why");
+    assert_null(r->messages[2].reasoning_content);
+    moe_ipc_parsed_free(&p);
+
     /* max_completion_tokens wins over max_tokens */
     r = parse_ok("{\"messages\": [{\"role\": \"user\", \"content\": \"\"}], \"max_tokens\": 5,"
                  " \"max_completion_tokens\": 9}",
@@ -426,6 +438,17 @@ static void test_chat_errors(void **state)
          "invalid_value", "max_completion_tokens", "at most 4096"},
         {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"temperature\": \"0\"}",
          "invalid_type", "temperature", NULL},
+        /* tool calls in the history: no prompt format here renders them */
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}, {\"role\": \"assistant\","
+         " \"content\": \"\", \"tool_calls\": [{\"type\": \"function\", \"function\": {\"name\":"
+         " \"f\", \"arguments\": \"{}\"}}]}]}",
+         "unsupported_parameter", "messages[1].tool_calls", "renders no tool calls"},
+        {"{\"messages\": [{\"role\": \"assistant\", \"content\": \"x\", \"function_call\":"
+         " {\"name\": \"f\"}}]}",
+         "unsupported_parameter", "messages[0].function_call", NULL},
+        {"{\"messages\": [{\"role\": \"assistant\", \"content\": \"x\", \"reasoning_content\":"
+         " 5}]}",
+         "invalid_type", "messages[0].reasoning_content", "a string"},
     };
     for (size_t i = 0; i < MOE_ARRAY_SIZE(cases); i++)
         expect_err(true, cases[i].body, 400, cases[i].code, cases[i].param, cases[i].msg);

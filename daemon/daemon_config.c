@@ -169,7 +169,7 @@ static const struct moe_daemon_key table[] = {
     K_INT64("kv", "tokens", kv_tokens, "0", 0, 1LL << 40, 0,
             "KV pool size in tokens of cache when bytes = 0; 0 = max_seqs x max_ctx"),
     K_ENUM("kv", "key_bits", kv_key_bits, "32", kv_bits, 0,
-           "Bits per cached key: 32 = fp32 (exact), 16 = fp16, 8/4/2 = KIVI per channel"),
+           "Bits per cached key (and MLA's latent): 32 = fp32, 16 = fp16, 8/4/2 = KIVI per channel"),
     K_ENUM("kv", "value_bits", kv_value_bits, "32", kv_bits, 0,
            "Bits per cached value: 32 = fp32 (exact), 16 = fp16, 8/4/2 = KIVI per token"),
     K_ENUM("kv", "group", kv_group, "64", kv_groups, 0,

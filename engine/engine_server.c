@@ -683,6 +683,10 @@ static int kv_pool_create(struct moe_engine *e)
     int rc = moe_kv_params_check(&p, &sh);
     if (rc < 0)
         return rc;
+    if (sh.v_in_k && p.value_bits != p.key_bits)
+        moe_log(MOE_LOG_WARN, "[kv] value_bits = %d does not apply to %s: its cache holds one "
+                "latent per token, stored at key_bits = %d", p.value_bits,
+                moe_arch_name(e->model->cfg.arch), p.key_bits);
     int64_t units;
     if (e->lim.kv_bytes > 0) {
         units = (int64_t)(e->lim.kv_bytes / moe_kv_unit_bytes_for_params(&sh, &p));

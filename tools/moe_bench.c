@@ -1128,8 +1128,9 @@ static int cmd_kv(const struct bench_opts *o, struct moe_model *m, struct moe_po
         json_object_set_new(row[i], "attention_ms", json_object());
     }
 
-    /* attention: per context, every setting's cache, then timed in turns */
-    size_t nq = (size_t)c->n_heads * (size_t)c->head_dim;
+    /* attention: per context, every setting's cache, then timed in turns (MLA: queries in
+     * the latent space, k_dim wide per head) */
+    size_t nq = (size_t)c->n_heads * (size_t)MOE_MAX(sh.k_dim, sh.v_dim);
     int nth = moe_pool_threads(pool);
     size_t stride = MOE_ALIGN_UP((size_t)kv_ctx[KV_CTX_N - 1] + 1, 16);
     float *q = malloc(nq * sizeof(float)), *out = malloc(nq * sizeof(float));

@@ -198,6 +198,11 @@ struct moe_offload *moe_model_offload(const struct moe_model *m);
  * (the pack's meta "calib".expert_frequency, from moe-pack --calib): the
  * static hot set's ranking. -ENOENT naming the file when the pack has none. */
 int moe_model_expert_scores(const struct moe_model *m, double *score);
+/* Only the architecture config of a checkpoint, as moe_model_open would
+ * read it, without its weights: a Hugging Face directory's config.json, a
+ * config.json file on its own, a GGUF file's metadata or a pack's "config"
+ * object. Errors: negative errno, moe_err_msg() names the file and key. */
+int moe_model_config_from_path(const char *path, struct moe_config *out);
 /* Only the vocabulary of a checkpoint: a directory's tokenizer.json, or a
  * GGUF file (vocabulary-only ones included). */
 int moe_model_open_tokenizer(const char *path, struct moe_tokenizer **out);

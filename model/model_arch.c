@@ -415,12 +415,15 @@ static int hf_minimax(struct moe_hf_cfg *h, struct moe_config *c)
 static int hf_ernie(struct moe_hf_cfg *h, struct moe_config *c)
 {
     int rc;
-    int32_t start = 1, end = 27, every = 1;
+    int32_t start = 1, end = -1, every = 1;
     const char *s[] = {"moe_layer_start_index", NULL}, *e[] = {"moe_layer_end_index", NULL};
     const char *iv[] = {"moe_layer_interval", NULL}, *ub[] = {"use_bias", NULL};
     bool bias = false;
+    /* moe_layer_end_index absent is -1, the last layer (transformers'
+     * Ernie4_5_MoeConfig default and __post_init__, 4.57 and 5.25 alike):
+     * ERNIE-4.5-300B's 54 layers are MoE to the end, not to layer 27 */
     if ((rc = moe_hf_int(h, s, 1, false, &start)) < 0 ||
-        (rc = moe_hf_int(h, e, 27, false, &end)) < 0 ||
+        (rc = moe_hf_int(h, e, -1, false, &end)) < 0 ||
         (rc = moe_hf_int(h, iv, 1, false, &every)) < 0 ||
         (rc = shared_experts(h, c, "moe_num_shared_experts", 2)) < 0 ||
         (rc = moe_hf_bool(h, ub, false, &bias)) < 0)

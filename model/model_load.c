@@ -3,6 +3,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -178,6 +179,46 @@ int moe_model_open_flags(const char *path, unsigned flags, struct moe_model **ou
 fail:
     moe_model_free(m);
     return rc;
+}
+
+int moe_model_config_from_path(const char *path, struct moe_config *out)
+{
+    memset(out, 0, sizeof(*out));
+    struct stat st;
+    if (stat(path, &st) < 0)
+        return moe_err(-errno, "%s: cannot open: %s", path, strerror(errno));
+    if (S_ISDIR(st.st_mode)) {
+        char *cfg_path = moe_path_join(path, "config.json");
+        if (!cfg_path)
+            return moe_err(-ENOMEM, "out of memory");
+        int rc = moe_config_from_hf(cfg_path, out);
+        free(cfg_path);
+        return rc;
+    }
+    char magic[8] = {0};
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return moe_err(-errno, "%s: cannot open: %s", path, strerror(errno));
+    size_t got = fread(magic, 1, 8, f);
+    fclose(f);
+    int rc;
+    if (got >= 4 && !memcmp(magic, "GGUF", 4)) {
+        struct moe_gguf *g;
+        if ((rc = moe_gguf_open(path, &g)) < 0)
+            return rc;
+        rc = moe_config_from_gguf(g, out);
+        moe_gguf_close(g);
+        return rc;
+    }
+    if (got == 8 && !memcmp(magic, MOE_PACK_MAGIC, 8)) {
+        struct moe_pack *p;
+        if ((rc = moe_pack_open(path, &p)) < 0)
+            return rc;
+        rc = moe_config_from_json(moe_pack_config(p), path, out);
+        moe_pack_close(p);
+        return rc;
+    }
+    return moe_config_from_hf(path, out); /* a config.json on its own */
 }
 
 void moe_model_free(struct moe_model *m)

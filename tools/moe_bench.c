@@ -11,6 +11,7 @@
  *   moe-bench kv     --model PATH [--text FILE --start-char C] [--window W] [--max-windows K]
  *   moe-bench tier | trace | cache ...   (tiered expert memory: tools/bench/bench_tier.c)
  *   moe-bench io     --model PACK [--queue-depth N] [--seconds S]
+ *   moe-bench config --model PATH   (the parsed architecture config, no weights)
  * Common: --threads N. */
 #define _GNU_SOURCE /* O_DIRECT */
 #include <errno.h>
@@ -51,6 +52,7 @@ static const char usage[] =
     "       moe-bench trace  --model PACK --text FILE [--start-char C] [--tokens N] --out TRACE\n"
     "       moe-bench cache  --trace TRACE [--budgets 10,25,50,75]\n"
     "       moe-bench io     --model PACK [--queue-depth N] [--seconds S]\n"
+    "       moe-bench config --model PATH\n"
     "\n"
     "ppl:    perplexity of FILE (from character C on), encoded at once without BOS;\n"
     "        window k feeds tokens [kW, kW+W) with an empty cache and scores\n"
@@ -98,6 +100,10 @@ static const char usage[] =
     "        arena at queue depth N (default: 1, 8 and 32 in turn), against a\n"
     "        sequential O_DIRECT pread of the pack's expert range in 4 MiB chunks\n"
     "        timed next to each: GB/s of both and their ratio (target >= 0.8).\n"
+    "config: the architecture config as moed parses it (every field, as a pack's\n"
+    "        \"config\" object holds it) from PATH: a Hugging Face directory, a\n"
+    "        config.json on its own (no weights needed), a GGUF file or a pack.\n"
+    "        A config moed refuses exits 2 with a message naming the key.\n"
     "\n"
     "  --threads N   worker threads (default: all cores)\n";
 
@@ -1441,6 +1447,31 @@ static int cmd_io(const struct bench_opts *o)
     return ret;
 }
 
+/* ---- config: the parsed architecture config, no weights ---------------------------- */
+
+static int cmd_config(int argc, char **argv)
+{
+    struct bench_opts o;
+    if (parse_args(argc, argv, &o) < 0)
+        return EXIT_USAGE;
+    if (o.n_models != 1) {
+        fprintf(stderr, "moe-bench config: give one --model\n");
+        return EXIT_USAGE;
+    }
+    struct moe_config c;
+    if (moe_model_config_from_path(o.model, &c) < 0) {
+        fprintf(stderr, "moe-bench: %s\n", moe_err_msg());
+        return EXIT_USAGE;
+    }
+    json_t *j = moe_config_to_json(&c);
+    if (!j) {
+        fprintf(stderr, "moe-bench: out of memory\n");
+        return 1;
+    }
+    bench_print_json(j);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
@@ -1450,6 +1481,8 @@ int main(int argc, char **argv)
     const char *cmd = argv[1];
     if (!strcmp(cmd, "tier") || !strcmp(cmd, "trace") || !strcmp(cmd, "cache"))
         return bench_tier_main(cmd, argc - 1, argv + 1);
+    if (!strcmp(cmd, "config"))
+        return cmd_config(argc - 1, argv + 1);
     int (*fn)(const struct bench_opts *, struct moe_model *, struct moe_pool *) =
         !strcmp(cmd, "ppl") ? cmd_ppl : !strcmp(cmd, "decode") ? cmd_decode
         : !strcmp(cmd, "logits") ? cmd_logits : !strcmp(cmd, "greedy") ? cmd_greedy

@@ -580,6 +580,12 @@ static const char *const ignore_ernie[] = {"moe_capacity", "multi_token_pred_lam
 static const char *const ignore_deepseek[] = {"moe_layer_freq", NULL};
 /* the routers these configs name are the ones moed computes for them */
 static const char *const checks_sigmoid[] = {"topk_method=noaux_tc", "scoring_func=sigmoid", NULL};
+/* zai-org's own converter also writes these into GLM configs: every layer
+ * from first_k_dense_replace on is MoE, the router in fp32, as transformers
+ * computes them */
+static const char *const checks_glm4[] = {"topk_method=noaux_tc", "scoring_func=sigmoid",
+                                          "decoder_sparse_step=1", "moe_router_dtype=float32",
+                                          NULL};
 static const char *const checks_dots1[] = {"topk_method=noaux_tc", "scoring_func=sigmoid",
                                            "use_sliding_window=false", NULL};
 /* OpenAI's own name of the original context, beside rope_scaling's */
@@ -616,7 +622,7 @@ static const struct moe_arch_row rows[MOE_ARCH_COUNT] = {
         NULL, .hf_moe = "mlp", EXPERTS_PROJ, .hf_shared = "shared_experts"},
     [MOE_ARCH_GLM4_MOE] = {
         MOE_ARCH_GLM4_MOE, "glm4_moe", {"Glm4MoeForCausalLM"}, {"glm4_moe"}, "glm4moe",
-        KEYS(keys_glm4), checks_sigmoid, NULL, recipe_sigmoid, hf_glm4, NULL, .rope_partial = 0.5f,
+        KEYS(keys_glm4), checks_glm4, NULL, recipe_sigmoid, hf_glm4, NULL, .rope_partial = 0.5f,
         .hf_moe = "mlp", EXPERTS_PROJ, .hf_shared = "shared_experts"},
     [MOE_ARCH_GPT_OSS] = {
         MOE_ARCH_GPT_OSS, "gpt_oss", {"GptOssForCausalLM"}, {"gpt_oss"}, "gpt-oss",

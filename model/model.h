@@ -281,6 +281,9 @@ struct moe_kv_params;
  * sequence in one forward (0 = unbounded), see struct moe_kv_shape. */
 struct moe_kv_shape;
 void moe_model_kv_shape(const struct moe_model *m, int32_t max_chunk, struct moe_kv_shape *out);
+/* The same from a config alone (window: [n_layers] or NULL) */
+void moe_config_kv_shape(const struct moe_config *c, const int32_t *window, int32_t max_chunk,
+                         struct moe_kv_shape *out);
 /* A private exact (fp32) cache of max_ctx tokens. */
 int moe_model_kv_create(const struct moe_model *m, int32_t max_ctx, struct moe_kv **out);
 /* A pool of n_units blocks for this model's caches (moe_kv_seq_create);

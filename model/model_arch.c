@@ -579,7 +579,6 @@ static const char *const ignore_ernie[] = {"moe_capacity", "multi_token_pred_lam
                                            "weight_share_add_bias", NULL};
 static const char *const ignore_deepseek[] = {"moe_layer_freq", NULL};
 /* the routers these configs name are the ones moed computes for them */
-static const char *const checks_sigmoid[] = {"topk_method=noaux_tc", "scoring_func=sigmoid", NULL};
 /* zai-org's own converter also writes these into GLM configs: every layer
  * from first_k_dense_replace on is MoE, the router in fp32, as transformers
  * computes them */

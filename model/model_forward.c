@@ -146,8 +146,13 @@ void moe_scratch_free(struct moe_scratch *s)
 
 void moe_model_kv_shape(const struct moe_model *m, int32_t max_chunk, struct moe_kv_shape *out)
 {
-    const struct moe_config *c = &m->cfg;
-    *out = (struct moe_kv_shape){.n_layers = c->n_layers, .window = m->kv_window,
+    moe_config_kv_shape(&m->cfg, m->kv_window, max_chunk, out);
+}
+
+void moe_config_kv_shape(const struct moe_config *c, const int32_t *window, int32_t max_chunk,
+                         struct moe_kv_shape *out)
+{
+    *out = (struct moe_kv_shape){.n_layers = c->n_layers, .window = window,
                                  .max_chunk = max_chunk};
     if (c->attn == MOE_ATTN_MLA) { /* one "head": the latent, then the rope key */
         out->n_kv_heads = 1;

@@ -1468,6 +1468,31 @@ static int cmd_config(int argc, char **argv)
         fprintf(stderr, "moe-bench: out of memory\n");
         return 1;
     }
+    /* the KV cache a token costs at each setting (all layers, the quantised
+     * share: no fp16 window, no block rounding); for MLA, beside what
+     * grouped-query attention with the same heads would hold */
+    struct moe_kv_shape sh;
+    moe_config_kv_shape(&c, NULL, 0, &sh);
+    json_t *kvj = json_array();
+    for (int i = 0; i < KV_N; i++) {
+        double b = moe_kv_token_bytes(&sh, &kv_settings[i]) * c.n_layers;
+        json_array_append_new(kvj, json_pack("{s:i,s:i,s:f}", "key_bits", kv_settings[i].key_bits,
+                                             "value_bits", kv_settings[i].value_bits,
+                                             "bytes_per_token", b));
+    }
+    json_object_set_new(j, "kv_cache", kvj);
+    if (c.attn == MOE_ATTN_MLA) {
+        struct moe_kv_shape gqa = {c.n_layers, c.n_heads, c.qk_nope_dim + c.qk_rope_dim,
+                                   c.v_head_dim, false, NULL, 0};
+        const struct moe_kv_params f16 = {16, 16, 64, 0};
+        double mla = moe_kv_token_bytes(&sh, &f16) * c.n_layers;
+        double full = moe_kv_token_bytes(&gqa, &f16) * c.n_layers;
+        json_object_set_new(j, "mla_vs_gqa_fp16",
+                            json_pack("{s:i,s:f,s:f,s:f}", "values_per_token_layer",
+                                      sh.k_dim, "mla_bytes_per_token", mla,
+                                      "gqa_same_heads_bytes_per_token", full, "ratio",
+                                      full / mla));
+    }
     bench_print_json(j);
     return 0;
 }

@@ -84,10 +84,11 @@ INLINE float dot_row(const block *row, const float *x, int64_t nb)
                             _mm512_loadu_ps(x + b * QK + 16), t);
         a[0] = _mm512_fmadd_ps(t, half_scale(&row[b]), a[0]);
     }
-    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])));
+    __m512 s = _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]));
+    return _mm512_reduce_add_ps(s);
 }
 
-/* ---- n > 1 ---------------------------------------------------------------- */
+/* ---- n > 16: a decoded panel ------------------------------------------------ */
 
 #define MR 4
 #define NT 6

@@ -95,7 +95,8 @@ void moe_mxfp4_from_f32(const float *src, void *dst, int64_t n)
         memcpy(&inv_scale, &ib, 4);
         b[i].e = e;
         for (int j = 0; j < 16; j++)
-            b[i].qs[j] = (uint8_t)(e2m1_code(x[j], inv_scale) | e2m1_code(x[j + 16], inv_scale) << 4);
+            b[i].qs[j] =
+                (uint8_t)(e2m1_code(x[j], inv_scale) | e2m1_code(x[j + 16], inv_scale) << 4);
     }
 }
 

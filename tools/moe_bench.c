@@ -6,6 +6,8 @@
  *   moe-bench logits --model PATH --ids "1 2 3" --out FILE     (raw fp32 [n][vocab])
  *   moe-bench greedy --model PATH --ids "1 2 3" [--tokens N]   (greedy continuation ids)
  *   moe-bench gemv   --model PATH [--seconds S]
+ *   moe-bench gemv   --rows R --cols C [--formats LIST] [--batch LIST] [--rounds K]
+ *                    [--seconds S] [--span-mib M]
  *   moe-bench stats  --model PACK
  *   moe-bench decode-cmp --model A --model B ... [--tokens N] [--rounds R]
  *   moe-bench kv     --model PATH [--text FILE --start-char C] [--window W] [--max-windows K]
@@ -44,6 +46,8 @@ static const char usage[] =
     "       moe-bench logits --model PATH --ids \"ID ...\" --out FILE\n"
     "       moe-bench greedy --model PATH --ids \"ID ...\" [--tokens N]\n"
     "       moe-bench gemv   --model PATH [--seconds S]\n"
+    "       moe-bench gemv   --rows R --cols C [--formats LIST] [--batch LIST] [--rounds K]\n"
+    "                        [--seconds S] [--span-mib M]\n"
     "       moe-bench stats  --model PACK\n"
     "       moe-bench decode-cmp --model A --model B ... [--tokens N] [--prompt-tokens P] [--rounds R]\n"
     "       moe-bench kv     --model PATH [--text FILE [--start-char C] [--window W] [--max-windows K]] [--long N]\n"
@@ -67,6 +71,17 @@ static const char usage[] =
     "gemv:   decode GEMV throughput of each expert format (bf16, q8_0, gq4, qmoe\n"
     "        with random ternary rows at P(0) = 0.85, and the model's own experts)\n"
     "        at the model's expert shapes: weights/s and GB/s of stored bytes.\n"
+    "        With --rows/--cols instead of a model: each of --formats (dtype names,\n"
+    "        default bf16,q8_0,gq4,mxfp4; random weights through the reference\n"
+    "        quantiser) at that shape, for each token count of --batch (default 1;\n"
+    "        \"1,8\" also times 8 tokens a matrix, prefill's batched kernel), the\n"
+    "        formats interleaved: each of K rounds (--rounds, default 3) times every\n"
+    "        format and count for S seconds in turn; the median round of each, in\n"
+    "        matrix weights/s and GB/s of stored bytes read (each weight is read once\n"
+    "        for all the tokens), and the ratio to the first format. Copies of each\n"
+    "        matrix span M MiB (default 256: streamed from memory, as experts are;\n"
+    "        0: one copy, cache-resident). A format whose block does not divide C is\n"
+    "        timed at C rounded up to it (gq4 at 2880: 2944; \"cols\" says so).\n"
     "stats:  a pack's quantisation record and calibration statistics (MC-MoE:\n"
     "        per layer and expert frequency, routing weight, loss at 1/2/3 bits,\n"
     "        the chosen widths) as JSON.\n"
@@ -121,6 +136,9 @@ struct bench_opts {
     const char *odp_layers;
     int32_t top_k;                /* 0 = the model's */
     int32_t queue_depth;          /* io; 0 = 1, 8 and 32 */
+    int64_t rows, cols;           /* gemv at a shape, without a model */
+    const char *formats, *batch;  /* gemv at a shape: dtype names, token counts */
+    int64_t span_mib;
 };
 
 static int parse_args(int argc, char **argv, struct bench_opts *o)
@@ -136,6 +154,9 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
         {"odp-beta", required_argument, 0, 'B'},    {"odp-layers", required_argument, 0, 'L'},
         {"odp-protect", required_argument, 0, 'P'}, {"top-k", required_argument, 0, 'K'},
         {"queue-depth", required_argument, 0, 'Q'},
+        {"rows", required_argument, 0, 'R'},        {"cols", required_argument, 0, 'C'},
+        {"formats", required_argument, 0, 'F'},     {"batch", required_argument, 0, 'N'},
+        {"span-mib", required_argument, 0, 'M'},
         {"help", no_argument, 0, 'h'},              {0, 0, 0, 0}};
     memset(o, 0, sizeof(*o));
     o->window = 256;
@@ -144,6 +165,7 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
     o->rounds = 3;
     o->seconds = 1.0;
     o->odp_beta = o->odp_protect = -1.0;
+    o->span_mib = 256;
     int c;
     int64_t v;
     double d;
@@ -184,6 +206,11 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
         case 'L': o->odp_layers = optarg; break;
         case 'K': if (moe_cli_integer("moe-bench", name, optarg, 1, 16, &v)) return -1; o->top_k = (int32_t)v; break;
         case 'Q': if (moe_cli_integer("moe-bench", name, optarg, 1, 4096, &v)) return -1; o->queue_depth = (int32_t)v; break;
+        case 'R': if (moe_cli_integer("moe-bench", name, optarg, 1, 1 << 20, &o->rows)) return -1; break;
+        case 'C': if (moe_cli_integer("moe-bench", name, optarg, 1, 1 << 20, &o->cols)) return -1; break;
+        case 'F': o->formats = optarg; break;
+        case 'N': o->batch = optarg; break;
+        case 'M': if (moe_cli_integer("moe-bench", name, optarg, 0, 1 << 16, &o->span_mib)) return -1; break;
         case 'h': fputs(usage, stdout); exit(0);
         case ':': fprintf(stderr, "moe-bench: option '%s' needs a value\n", argv[optind - 1]); return -1;
         default: fprintf(stderr, "moe-bench: unknown option '%s'\n%s", argv[optind - 1], usage); return -1;
@@ -193,7 +220,15 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
         fprintf(stderr, "moe-bench: unexpected argument '%s'\n", argv[optind]);
         return -1;
     }
-    if (!o->model) {
+    if (!o->rows != !o->cols) {
+        fprintf(stderr, "moe-bench: --rows and --cols go together\n");
+        return -1;
+    }
+    if (o->rows && o->model) {
+        fprintf(stderr, "moe-bench: --rows/--cols time a shape without a model: drop --model\n");
+        return -1;
+    }
+    if (!o->model && !o->rows) {
         fprintf(stderr, "moe-bench: --model is required\n%s", usage);
         return -1;
     }
@@ -873,6 +908,172 @@ static int cmd_gemv(const struct bench_opts *o, struct moe_model *m, struct moe_
     return 0;
 }
 
+/* ---- gemv at a given shape, no model ------------------------------------------------ */
+
+#define GEMV_MAX_FORMATS 16
+#define GEMV_MAX_BATCH 8
+
+/* "bf16,gq4,..." -> dtype ids (any dtype of fixed-size rows with a quantiser;
+ * q8 and q4 as moe-pack names them are taken too) */
+static int gemv_parse_formats(const char *list, int *dt, int *n)
+{
+    char buf[256];
+    snprintf(buf, sizeof(buf), "%s", list);
+    *n = 0;
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok;
+         tok = strtok_r(NULL, ",", &save)) {
+        const char *name = !strcmp(tok, "q8") ? "q8_0" : (!strcmp(tok, "q4") ? "gq4" : tok);
+        int found = -1;
+        for (int id = 0; id < 256 && found < 0; id++) {
+            const struct moe_dtype_traits *t = moe_dtype_traits(id);
+            if (t && !strcmp(t->name, name) && t->from_f32 && !t->view)
+                found = id;
+        }
+        if (found < 0 || *n == GEMV_MAX_FORMATS) {
+            fprintf(stderr, "moe-bench gemv: --formats: '%s' is not a format of fixed-size rows "
+                    "(f32, f16, bf16, q8_0, mxfp4, gq1..gq4), or more than %d\n", tok,
+                    GEMV_MAX_FORMATS);
+            return -1;
+        }
+        dt[(*n)++] = found;
+    }
+    if (*n == 0) {
+        fprintf(stderr, "moe-bench gemv: --formats is empty\n");
+        return -1;
+    }
+    return 0;
+}
+
+static int gemv_parse_batch(const char *list, int *nt, int *n)
+{
+    char buf[128];
+    snprintf(buf, sizeof(buf), "%s", list);
+    *n = 0;
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok;
+         tok = strtok_r(NULL, ",", &save)) {
+        int64_t v;
+        if (*n == GEMV_MAX_BATCH) {
+            fprintf(stderr, "moe-bench gemv: --batch: at most %d counts\n", GEMV_MAX_BATCH);
+            return -1;
+        }
+        if (moe_cli_integer("moe-bench", "batch", tok, 1, 4096, &v))
+            return -1;
+        nt[(*n)++] = (int)v;
+    }
+    if (*n == 0)
+        fprintf(stderr, "moe-bench gemv: --batch is empty\n");
+    return *n ? 0 : -1;
+}
+
+/* matrix weights/s of moe_matmul with n tokens, whole passes over the set
+ * for at least secs; *gbs the stored bytes read per second */
+static double gemv_rate_n(struct moe_pool *pool, const struct gemv_set *set, int n,
+                          const float *x, float *y, double secs, double *gbs)
+{
+    double weights = 0.0, bytes = 0.0, t0 = moe_now_s(), dt;
+    do {
+        for (int i = 0; i < set->n; i++) {
+            moe_matmul(pool, set->ptr[i], x, n, y);
+            weights += (double)set->ptr[i]->rows * (double)set->ptr[i]->cols;
+            bytes += (double)moe_weight_bytes(set->ptr[i]);
+        }
+        dt = moe_now_s() - t0;
+    } while (dt < secs);
+    *gbs = bytes / dt / 1e9;
+    return weights / dt;
+}
+
+static int cmd_gemv_shape(const struct bench_opts *o, struct moe_pool *pool)
+{
+    int dts[GEMV_MAX_FORMATS], nf, ns[GEMV_MAX_BATCH], nn;
+    if (gemv_parse_formats(o->formats ? o->formats : "bf16,q8_0,gq4,mxfp4", dts, &nf) < 0 ||
+        gemv_parse_batch(o->batch ? o->batch : "1", ns, &nn) < 0)
+        return EXIT_USAGE;
+    /* a format whose block does not divide cols gets them rounded up (gq4 at
+     * gpt-oss's 2880: 2944), as a checkpoint would have to be padded for it */
+    int64_t rows = o->rows, cols[GEMV_MAX_FORMATS], cols_max = 0;
+    for (int f = 0; f < nf; f++) {
+        int64_t bs = moe_dtype_traits(dts[f])->block_size;
+        cols[f] = (o->cols + bs - 1) / bs * bs;
+        cols_max = MOE_MAX(cols_max, cols[f]);
+        if (cols[f] != o->cols)
+            fprintf(stderr, "moe-bench gemv: %s: %lld columns are not whole blocks of %lld: "
+                    "timed at %lld\n", moe_dtype_name(dts[f]), (long long)o->cols,
+                    (long long)bs, (long long)cols[f]);
+    }
+    int n_max = 1;
+    for (int k = 0; k < nn; k++)
+        n_max = MOE_MAX(n_max, ns[k]);
+    size_t cells = (size_t)nf * (size_t)nn * (size_t)o->rounds;
+    struct gemv_set sets[GEMV_MAX_FORMATS] = {0};
+    void *mem[GEMV_MAX_FORMATS] = {0};
+    float *x = malloc((size_t)n_max * (size_t)cols_max * sizeof(float));
+    float *y = malloc((size_t)n_max * (size_t)rows * sizeof(float));
+    double *rate = calloc(cells, sizeof(double)), *gbs = calloc(cells, sizeof(double));
+    int rc = x && y && rate && gbs ? 0 : moe_err(-ENOMEM, "out of memory");
+    for (int64_t i = 0; rc == 0 && i < n_max * cols_max; i++)
+        x[i] = (float)((i * 37) % 17) / 17.0f - 0.5f;
+    size_t span = (size_t)o->span_mib << 20;
+    for (int f = 0; f < nf && rc == 0; f++) {
+        struct moe_weight w;
+        if ((rc = make_plain(dts[f], rows, cols[f], &w, &mem[f])) == 0)
+            rc = gemv_set_make(&w, MOE_MAX(span, (size_t)1), &sets[f]);
+    }
+    /* one untimed pass of each: page faults, the pool's first runs */
+    for (int f = 0; f < nf && rc == 0; f++)
+        for (int k = 0; k < nn; k++) {
+            double g;
+            gemv_rate_n(pool, &sets[f], ns[k], x, y, 0.0, &g);
+        }
+    /* rounds outermost: every format and count sees the machine as the others do */
+    for (int r = 0; r < o->rounds && rc == 0; r++)
+        for (int f = 0; f < nf; f++)
+            for (int k = 0; k < nn; k++) {
+                size_t i = ((size_t)f * nn + k) * o->rounds + r;
+                rate[i] = gemv_rate_n(pool, &sets[f], ns[k], x, y, o->seconds, &gbs[i]);
+            }
+    if (rc == 0) {
+        json_t *res = json_array();
+        for (int k = 0; k < nn; k++) {
+            double first = 0.0;
+            for (int f = 0; f < nf; f++) {
+                size_t i0 = ((size_t)f * nn + k) * o->rounds;
+                json_t *rounds = json_array();
+                for (int r = 0; r < o->rounds; r++)
+                    json_array_append_new(rounds, json_real(rate[i0 + r]));
+                double med = median(&rate[i0], o->rounds), med_gbs = median(&gbs[i0], o->rounds);
+                if (f == 0)
+                    first = med;
+                json_array_append_new(res, json_pack(
+                    "{s:s, s:i, s:I, s:f, s:f, s:f, s:f, s:I, s:o}", "format",
+                    moe_dtype_name(dts[f]), "n", ns[k], "cols", (json_int_t)cols[f],
+                    "weights_per_s", med, "gbs", med_gbs, "ratio_to_first", med / first,
+                    "bits_per_weight",
+                    8.0 * (double)moe_dtype_row_bytes(dts[f], cols[f]) / (double)cols[f],
+                    "copies", (json_int_t)sets[f].n, "rounds", rounds));
+            }
+        }
+        bench_print_json(json_pack("{s:[I,I], s:i, s:s, s:I, s:i, s:f, s:o}", "shape",
+                                   (json_int_t)rows, (json_int_t)o->cols, "threads",
+                                   moe_pool_threads(pool), "isa", moe_isa_name(moe_isa_best()),
+                                   "span_bytes", (json_int_t)span, "rounds", o->rounds,
+                                   "seconds", o->seconds, "gemv", res));
+    }
+    for (int f = 0; f < nf; f++) {
+        gemv_set_free(&sets[f]);
+        free(mem[f]);
+    }
+    free(x);
+    free(y);
+    free(rate);
+    free(gbs);
+    if (rc < 0) {
+        fprintf(stderr, "moe-bench: %s\n", moe_err_msg());
+        return 1;
+    }
+    return 0;
+}
+
 /* ---- stats: what moe-pack recorded in a pack ---------------------------------------- */
 
 static int cmd_stats(const struct bench_opts *o, struct moe_model *m, struct moe_pool *pool)
@@ -1522,8 +1723,22 @@ int main(int argc, char **argv)
     struct bench_opts o;
     if (parse_args(argc - 1, argv + 1, &o) < 0)
         return EXIT_USAGE;
+    if (o.rows && fn != cmd_gemv) {
+        fprintf(stderr, "moe-bench: --rows/--cols are for gemv\n");
+        return EXIT_USAGE;
+    }
     if (io)
         return cmd_io(&o);
+    if (o.rows) {
+        struct moe_pool *pool;
+        if (moe_pool_create(o.threads, &pool) < 0) {
+            fprintf(stderr, "moe-bench: %s\n", moe_err_msg());
+            return 1;
+        }
+        int ret = cmd_gemv_shape(&o, pool);
+        moe_pool_free(pool);
+        return ret;
+    }
     if (cmp) {
         struct moe_pool *pool;
         if (moe_pool_create(o.threads, &pool) < 0) {

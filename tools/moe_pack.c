@@ -7,8 +7,11 @@
  * FORMAT: bf16 | q8 (q8_0) | q4 (groups of 128, round to nearest) | qmoe
  * (ternary GPTQ + dictionary code) | qmoe-rtn (the same format, rounded to
  * nearest: the baseline GPTQ must beat) | gptq2/3/4 (group-wise GPTQ) |
- * mcmoe:B (MC-MoE mixed 1/2/3-bit widths, B on average). Only routed experts
- * change; the dense tensors keep their dtype.
+ * mxfp4 (OCP MX FP4, ggml's rule, round to nearest) | mcmoe:B (MC-MoE mixed
+ * 1/2/3-bit widths, B on average). Only routed experts change; the dense
+ * tensors keep their dtype. An expert matrix the source already holds in the
+ * chosen dtype (gpt-oss's MXFP4 experts packed as mxfp4, a q8_0 GGUF as q8)
+ * is copied bit for bit, never requantised.
  *
  * qmoe, gptq* and mcmoe with --calib run the model over the calibration text layer by layer:
  * each layer sees the outputs of the layers before it as already compressed,
@@ -49,8 +52,12 @@ static const char usage[] =
     "FORMAT: bf16, q8, q4 (groups of 128), qmoe (ternary GPTQ + dictionary code,\n"
     "        under 1 bit per weight), qmoe-rtn (qmoe rounded to nearest, no GPTQ),\n"
     "        gptq1 / gptq2 / gptq3 / gptq4 (GPTQ, groups of 128, fp16 scale and zero),\n"
+    "        mxfp4 (OCP microscaling FP4: blocks of 32 E2M1 values and a power-of-two\n"
+    "        scale, 4.25 bits per weight, ggml's rounding; gpt-oss's experts),\n"
     "        mcmoe:B (MC-MoE: 1, 2 or 3 bits per expert, B bits on average, chosen\n"
     "        per layer from calibration statistics; needs --calib)\n"
+    "        An expert matrix the model already stores in the chosen format (e.g.\n"
+    "        gpt-oss's MXFP4 experts with --experts mxfp4) is copied, not requantised.\n"
     "\n"
     "  --calib FILE         calibration text for qmoe, gptq*, mcmoe (needs the model's\n"
     "                       tokenizer);\n"
@@ -90,7 +97,7 @@ static const char usage[] =
     "  --threads N          worker threads (default: all cores)\n";
 
 const char *const pack_format_names[FMT_COUNT] = {
-    "bf16", "q8", "q4", "qmoe", "qmoe-rtn", "gptq1", "gptq2", "gptq3", "gptq4", "mcmoe"};
+    "bf16", "q8", "q4", "qmoe", "qmoe-rtn", "gptq1", "gptq2", "gptq3", "gptq4", "mxfp4", "mcmoe"};
 
 static bool needs_calib(enum expert_format f)
 {
@@ -143,7 +150,7 @@ static int parse_args(int argc, char **argv, struct pack_opts *o)
             }
             if ((int)o->fmt < 0) {
                 fprintf(stderr, "moe-pack: --experts: unknown format '%s' (bf16, q8, q4, qmoe, "
-                        "qmoe-rtn, gptq1, gptq2, gptq3, gptq4, mcmoe:B)\n", optarg);
+                        "qmoe-rtn, gptq1, gptq2, gptq3, gptq4, mxfp4, mcmoe:B)\n", optarg);
                 return -1;
             }
             break;
@@ -215,8 +222,21 @@ static struct matrix_spec expert_spec(const struct pack_opts *o, const uint8_t *
     case FMT_GPTQ2: return (struct matrix_spec){MOE_DTYPE_GQ2, true, 2};
     case FMT_GPTQ3: return (struct matrix_spec){MOE_DTYPE_GQ3, true, 3};
     case FMT_GPTQ4: return (struct matrix_spec){MOE_DTYPE_GQ4, true, 4};
+    case FMT_MXFP4: return (struct matrix_spec){MOE_DTYPE_MXFP4, false, 4};
     default: return (struct matrix_spec){moe_gq_dtype(widths[e]), true, widths[e]};
     }
+}
+
+/* src as it is stored when it already is in spec's dtype (W, its decoded
+ * values, is then exactly what the copy holds), else W encoded */
+static int copy_or_encode(struct packer *P, const struct matrix_spec *spec,
+                          const struct moe_weight *src, float *W, const float *Hs, int64_t ne,
+                          struct matrix_out *out)
+{
+    int rc = copy_matrix(P, spec, src, out);
+    if (rc != 0)
+        return rc < 0 ? rc : 0;
+    return encode_matrix(P, spec, W, src->rows, src->cols, Hs, ne, out);
 }
 
 /* Compresses one expert. xe: its calibration inputs [ne][H] (NULL without
@@ -255,8 +275,8 @@ static int pack_expert(struct packer *P, const struct matrix_spec *spec,
         }
         moe_gptq_hessian_add(P->pool, H1, xe, ne, H);
     }
-    if ((rc = encode_matrix(P, spec, Wg, F, H, H1, ne, &parts[0])) < 0 ||
-        (rc = encode_matrix(P, spec, Wu, F, H, H1, ne, &parts[1])) < 0)
+    if ((rc = copy_or_encode(P, spec, &ew->gate, Wg, H1, ne, &parts[0])) < 0 ||
+        (rc = copy_or_encode(P, spec, &ew->up, Wu, H1, ne, &parts[1])) < 0)
         goto out;
     if (calibrated) { /* the down projection sees the compressed gate/up's output */
         struct moe_weight g = {MOE_DTYPE_F32, F, H, (size_t)H * 4, Wg, 0, NULL};
@@ -267,7 +287,7 @@ static int pack_expert(struct packer *P, const struct matrix_spec *spec,
             a[i] = silu(a[i]) * u[i];
         moe_gptq_hessian_add(P->pool, H2, a, ne, F);
     }
-    rc = encode_matrix(P, spec, Wd, H, F, H2, ne, &parts[2]);
+    rc = copy_or_encode(P, spec, &ew->down, Wd, H2, ne, &parts[2]);
 out:
     free(Wg);
     free(Wu);
@@ -430,11 +450,13 @@ static bool is_qmoe(enum expert_format f)
 static json_t *quant_json(const struct packer *P, const struct calib *cb)
 {
     const struct pack_opts *o = P->o;
-    json_t *j = json_pack("{s:s, s:b, s:I, s:I, s:I, s:I}", "experts", pack_format_names[o->fmt],
-                          "gptq", needs_calib(o->fmt) && cb, "calib_tokens",
-                          (json_int_t)calib_tokens(cb), "seed", (json_int_t)o->seed,
-                          "identity_hessian_experts", (json_int_t)P->identity_experts,
-                          "calibrated_experts", (json_int_t)P->calibrated_experts);
+    json_t *j = json_pack("{s:s, s:b, s:I, s:I, s:I, s:I, s:I}", "experts",
+                          pack_format_names[o->fmt], "gptq", needs_calib(o->fmt) && cb,
+                          "calib_tokens", (json_int_t)calib_tokens(cb), "seed",
+                          (json_int_t)o->seed, "identity_hessian_experts",
+                          (json_int_t)P->identity_experts, "calibrated_experts",
+                          (json_int_t)P->calibrated_experts, "copied_matrices",
+                          (json_int_t)P->copied_matrices);
     if (needs_calib(o->fmt))
         json_object_set_new(j, "damp", json_real(P->damp));
     if (is_qmoe(o->fmt)) {
@@ -543,11 +565,12 @@ static int run(const struct pack_opts *o)
         pack_bytes = (size_t)ftell(f);
         fclose(f);
     }
-    json_t *j = json_pack("{s:s, s:f, s:I, s:I, s:I, s:f}", "experts", pack_format_names[o->fmt],
-                          "expert_bits_per_weight", 8.0 * (double)P.expert_bytes / (double)P.weights,
-                          "expert_bytes", (json_int_t)P.expert_bytes, "expert_weights",
-                          (json_int_t)P.weights, "pack_bytes", (json_int_t)pack_bytes, "seconds",
-                          moe_now_s() - t0);
+    json_t *j = json_pack("{s:s, s:f, s:I, s:I, s:I, s:I, s:f}", "experts",
+                          pack_format_names[o->fmt], "expert_bits_per_weight",
+                          8.0 * (double)P.expert_bytes / (double)P.weights, "expert_bytes",
+                          (json_int_t)P.expert_bytes, "expert_weights", (json_int_t)P.weights,
+                          "copied_matrices", (json_int_t)P.copied_matrices, "pack_bytes",
+                          (json_int_t)pack_bytes, "seconds", moe_now_s() - t0);
     if (is_qmoe(o->fmt)) {
         json_object_set_new(j, "zero_fraction", json_real((double)P.zeros / (double)P.weights));
         json_object_set_new(j, "dict_p_zero", json_real(P.dict_p0));

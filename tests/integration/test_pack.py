@@ -1,7 +1,8 @@
 """moe-pack and the moed pack end to end: packs of the bundled tiny model in
 every expert format load wherever a checkpoint does, a bf16 pack reproduces
-the checkpoint bit for bit, qmoe stays under one bit per weight, and a damaged
-or interrupted pack is reported (naming the expert) rather than used."""
+the checkpoint bit for bit, qmoe stays under one bit per weight, experts the
+source already holds in the chosen format are copied bit for bit, and a
+damaged or interrupted pack is reported (naming the expert) rather than used."""
 import json
 import os
 import shutil
@@ -30,6 +31,65 @@ def run(*args, timeout=300):
     return p.returncode, p.stdout, p.stderr
 
 
+def xxh64(data, seed=0):
+    """XXH64 (the pack's checksum) from its published specification."""
+    m = (1 << 64) - 1
+    p1, p2, p3 = 0x9E3779B185EBCA87, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9
+    p4, p5 = 0x85EBCA77C2B2AE63, 0x27D4EB2F165667C5
+
+    def rotl(x, r):
+        return ((x << r) | (x >> (64 - r))) & m
+
+    def rnd(acc, v):
+        return rotl((acc + v * p2) & m, 31) * p1 & m
+
+    n, i = len(data), 0
+    if n >= 32:
+        v = [(seed + p1 + p2) & m, (seed + p2) & m, seed, (seed - p1) & m]
+        words = struct.unpack_from("<%dQ" % (n // 32 * 4), data)
+        for k in range(0, len(words), 4):
+            v = [rnd(v[j], words[k + j]) for j in range(4)]
+        i = n // 32 * 32
+        h = (rotl(v[0], 1) + rotl(v[1], 7) + rotl(v[2], 12) + rotl(v[3], 18)) & m
+        for x in v:
+            h = ((h ^ rnd(0, x)) * p1 + p4) & m
+    else:
+        h = (seed + p5) & m
+    h = (h + n) & m
+    while i + 8 <= n:
+        h = (rotl(h ^ rnd(0, struct.unpack_from("<Q", data, i)[0]), 27) * p1 + p4) & m
+        i += 8
+    if i + 4 <= n:
+        h = (rotl(h ^ (struct.unpack_from("<I", data, i)[0] * p1 & m), 23) * p2 + p3) & m
+        i += 4
+    while i < n:
+        h = rotl(h ^ (data[i] * p5 & m), 11) * p1 & m
+        i += 1
+    h ^= h >> 33
+    h = h * p2 & m
+    h ^= h >> 29
+    h = h * p3 & m
+    return h ^ (h >> 32)
+
+
+def rewrite_expert_hash(f, expert, new_hash):
+    """Puts an expert's new checksum into the header (same length) and the
+    header's own checksum into the preamble."""
+    f.seek(0)
+    magic, version, flags, off, size = struct.unpack("<8sIIQQ", f.read(32))
+    f.seek(off)
+    hdr = bytearray(f.read(size))
+    old = b'"xxh64": "%s"' % expert["xxh64"].encode()
+    if hdr.count(old) != 1:  # the writer's spacing, once in the header
+        old = b'"xxh64":"%s"' % expert["xxh64"].encode()
+    at = hdr.index(old)
+    hdr[at:at + len(old)] = old.replace(expert["xxh64"].encode(), b"%016x" % new_hash)
+    f.seek(off)
+    f.write(hdr)
+    f.seek(32)
+    f.write(struct.pack("<Q", xxh64(bytes(hdr))))
+
+
 def pack_header(path):
     with open(path, "rb") as f:
         pre = f.read(64)
@@ -43,7 +103,7 @@ class Packs(unittest.TestCase):
     def setUpClass(cls):
         cls.tmp = tempfile.mkdtemp(prefix="moe-pack-test-")
         cls.packs, cls.summary = {}, {}
-        for fmt in ("bf16", "q8", "q4", "qmoe-rtn", "qmoe", "mcmoe:2.5"):
+        for fmt in ("bf16", "q8", "q4", "mxfp4", "qmoe-rtn", "qmoe", "mcmoe:2.5"):
             out = os.path.join(cls.tmp, f"tiny-{fmt}.moe")
             args = ["moe-pack", "--model", TINY, "--out", out, "--experts", fmt]
             if fmt in ("qmoe", "mcmoe:2.5"):
@@ -75,6 +135,7 @@ class Packs(unittest.TestCase):
         self.assertAlmostEqual(bits["bf16"], 16.0, places=3)
         self.assertAlmostEqual(bits["q8"], 8.5, places=3)
         self.assertAlmostEqual(bits["q4"], 4.25, places=3)
+        self.assertAlmostEqual(bits["mxfp4"], 4.25, places=3)  # 17 bytes a block of 32
 
     def test_qmoe_is_under_one_bit_per_weight_with_calibration(self):
         s, err = self.summary["qmoe"]
@@ -93,11 +154,64 @@ class Packs(unittest.TestCase):
     def test_compressed_packs_stay_close_to_the_checkpoint(self):
         ref = self.logits(TINY)
         # max |logit diff| grows as bits shrink; the greedy choice mostly survives
-        for fmt, limit in (("q8", 0.1), ("q4", 1.5), ("mcmoe:2.5", 3.0), ("qmoe", 6.0),
-                           ("qmoe-rtn", 8.0)):
+        for fmt, limit in (("q8", 0.1), ("q4", 1.5), ("mxfp4", 3.0), ("mcmoe:2.5", 3.0),
+                           ("qmoe", 6.0), ("qmoe-rtn", 8.0)):
             got = self.logits(self.packs[fmt])
             self.assertTrue(np.isfinite(got).all(), fmt)
             self.assertLess(np.abs(got - ref).max(), limit, fmt)
+
+    def test_mxfp4_perplexity_is_close_to_the_checkpoints(self):
+        # the checkpoint: 28.90; q4 28.96; mxfp4 (ggml's round to nearest) 29.03
+        ppl = {}
+        for name, model in (("ref", TINY), ("mxfp4", self.packs["mxfp4"])):
+            rc, out, err = run("moe-bench", "ppl", "--model", model, "--text", TEXT,
+                               "--start-char", VALID_START, "--max-windows", "40")
+            self.assertEqual(rc, 0, err)
+            ppl[name] = json.loads(out)["ppl"]
+        self.assertLess(ppl["mxfp4"], ppl["ref"] * 1.02)
+        self.assertGreater(ppl["mxfp4"], ppl["ref"] * 0.98)
+        _, header = pack_header(self.packs["mxfp4"])
+        self.assertEqual({p["dtype"] for e in header["experts"] for p in e["parts"]}, {"mxfp4"})
+
+    def test_experts_already_in_the_format_are_copied_bit_for_bit(self):
+        """An mxfp4 source packed as mxfp4 keeps its bytes, even ones round to
+        nearest never writes: negative-zero codes and a block whose largest
+        code is small (RTN would pick a smaller scale)."""
+        src = os.path.join(self.tmp, "mxfp4-odd.moe")
+        shutil.copy(self.packs["mxfp4"], src)
+        _, header = pack_header(src)
+        e0 = next(e for e in header["experts"] if e["layer"] == 0 and e["expert"] == 0)
+        gate = next(p for p in e0["parts"] if p["name"] == "gate")
+        with open(src, "r+b") as f:
+            f.seek(e0["offset"])
+            blob = bytearray(f.read(e0["size"]))
+            self.assertEqual(xxh64(bytes(blob)), int(e0["xxh64"], 16))  # the check checks out
+            b0 = gate["offset"]  # block 0 of row 0: e, then 16 code bytes
+            blob[b0 + 1:b0 + 17] = bytes([0x88] * 8 + [0x11] * 8)  # -0 codes; 0.5s
+            blob[b0 + 17 + 1:b0 + 17 + 17] = bytes(x | 0x88 if x == 0 else x
+                                                   for x in blob[b0 + 18:b0 + 34])
+            f.seek(e0["offset"])
+            f.write(blob)
+            rewrite_expert_hash(f, e0, xxh64(bytes(blob)))
+        out = os.path.join(self.tmp, "mxfp4-copy.moe")
+        rc, out_s, err = run("moe-pack", "--model", src, "--out", out, "--experts", "mxfp4")
+        self.assertEqual(rc, 0, err)
+        s = json.loads(out_s.strip().splitlines()[-1])
+        self.assertEqual(s["copied_matrices"], 4 * 8 * 3)
+        _, h2 = pack_header(out)
+        self.assertEqual(h2["quant"]["copied_matrices"], 96)
+        for a, b in zip(header["experts"], h2["experts"]):
+            if (a["layer"], a["expert"]) != (0, 0):
+                self.assertEqual(a["xxh64"], b["xxh64"])
+        c0 = next(e for e in h2["experts"] if e["layer"] == 0 and e["expert"] == 0)
+        with open(out, "rb") as f:
+            f.seek(c0["offset"])
+            self.assertEqual(f.read(e0["size"]), bytes(blob))
+        self.assertEqual(np.abs(self.logits(src) - self.logits(out)).max(), 0.0)
+        # another format: requantised, nothing copied
+        rc, out_s, err = run("moe-pack", "--model", src, "--out", out, "--experts", "q4")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(json.loads(out_s.strip().splitlines()[-1])["copied_matrices"], 0)
 
     def test_every_pack_generates_text_with_moe_run(self):
         for fmt, path in self.packs.items():

@@ -552,7 +552,8 @@ static void test_gemm_fast_vs_ref(void **state)
 }
 
 /* past the batched kernels' blocking: more columns than one pass (1024),
- * more rows than one panel, sub-ranges that start and end mid-panel */
+ * more rows than one panel, sub-ranges that start and end mid-panel, token
+ * counts past the small-batch kernel (AVX-512: n > 16) */
 static void test_gemm_fast_blocking(void **state)
 {
     (void)state;
@@ -572,6 +573,8 @@ static void test_gemm_fast_blocking(void **state)
         check_against_ref(fast, what, &m, 3, 301, 1, 2112, 301);
         check_against_ref(fast, what, &m, 31, 97, 2, 2113, 301);
         check_against_ref(fast, what, &m, 33, 34, 3, 2112, 301);
+        check_against_ref(fast, what, &m, 2, 299, 24, 2112, 301); /* past the direct kernel */
+        check_against_ref(fast, what, &m, 0, 301, 17, 2112 + 32, 303);
         mat_free(&m);
         mat_make(&m, 133, 2112, false, true);
         check_gemm(fast, what, &m, 1, 130, 9, 2112, 133, 0, true);

@@ -20,7 +20,7 @@ struct moe_scratch;
 
 enum expert_format {
     FMT_BF16, FMT_Q8, FMT_Q4, FMT_QMOE, FMT_QMOE_RTN, FMT_GPTQ1, FMT_GPTQ2, FMT_GPTQ3, FMT_GPTQ4,
-    FMT_MCMOE, FMT_COUNT
+    FMT_MXFP4, FMT_MCMOE, FMT_COUNT
 };
 extern const char *const pack_format_names[FMT_COUNT];
 
@@ -93,6 +93,7 @@ struct packer {
     bool mcmoe_global;
     /* totals */
     int64_t weights, zeros, identity_experts, calibrated_experts;
+    int64_t copied_matrices; /* stored as the source held them (copy_matrix) */
     size_t expert_bytes;
 };
 
@@ -113,6 +114,11 @@ static inline uint8_t ternary_digit(float x, float lo, float hi, float zero_bin)
  * (plain rounding). */
 int encode_matrix(struct packer *P, const struct matrix_spec *spec, float *W, int64_t rows,
                   int64_t cols, const float *H, int64_t n, struct matrix_out *out);
+/* A source matrix already stored in spec's dtype (one of fixed-size rows:
+ * gpt-oss's MXFP4 experts, a q8_0 GGUF, a pack's own experts) is copied into
+ * out byte for byte, never requantised: 1. Anything else: 0 (encode it). */
+int copy_matrix(struct packer *P, const struct matrix_spec *spec, const struct moe_weight *src,
+                struct matrix_out *out);
 /* A weight view of an encoded matrix (in-memory calibration of later layers). */
 int view_matrix(struct packer *P, int dtype, const struct matrix_out *mo, int64_t rows,
                 int64_t cols, struct moe_weight *out);

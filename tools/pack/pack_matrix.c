@@ -191,6 +191,26 @@ int encode_matrix(struct packer *P, const struct matrix_spec *spec, float *W, in
     return encode_plain(P, spec->dtype, W, rows, cols, out);
 }
 
+int copy_matrix(struct packer *P, const struct matrix_spec *spec, const struct moe_weight *src,
+                struct matrix_out *out)
+{
+    const struct moe_dtype_traits *t = moe_dtype_traits(src->dtype);
+    /* formats with a view (QMoE) depend on a table the new pack writes anew */
+    if ((int)src->dtype != spec->dtype || !t || t->view)
+        return 0;
+    size_t rb = moe_dtype_row_bytes(src->dtype, src->cols);
+    if (!rb)
+        return 0;
+    out->nbytes = rb * (size_t)src->rows;
+    if (!(out->data = malloc(out->nbytes)))
+        return moe_err(-ENOMEM, "out of memory");
+    for (int64_t r = 0; r < src->rows; r++) /* rows may lie further apart in the source */
+        memcpy((uint8_t *)out->data + (size_t)r * rb,
+               (const uint8_t *)src->data + (size_t)r * src->row_bytes, rb);
+    P->copied_matrices++;
+    return 1;
+}
+
 int view_matrix(struct packer *P, int dtype, const struct matrix_out *mo, int64_t rows,
                 int64_t cols, struct moe_weight *out)
 {

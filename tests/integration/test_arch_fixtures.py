@@ -40,7 +40,8 @@ ENGINE = os.path.join(BIN, "moe-bench")
 DATA = os.path.join(ROOT, "tests", "data", "arch")
 REL_TOL = 1e-4
 TIMEOUT = int(os.environ.get("MOE_ENGINE_TIMEOUT", "300"))
-FORMATS = ("v5", "v4", "model.gguf")
+FORMATS = ("v5", "v4", "model.gguf", "pack")
+PACK = os.path.join(BIN, "moe-pack")
 
 
 def fixtures():
@@ -81,7 +82,7 @@ class FixtureLayout(unittest.TestCase):
                 self.assertTrue(all(3 <= i < V for i in meta["prompt_ids"]))
                 self.assertTrue(np.isfinite(ref["logits"]).all())
                 self.assertGreater(float(np.abs(ref["logits"]).max()), 0.5)
-                for fmt in FORMATS:
+                for fmt in FORMATS[:3]:
                     self.assertTrue(os.path.exists(os.path.join(d, fmt)), f"{name}/{fmt} missing")
                 v4 = os.path.join(d, "v4")
                 self.assertFalse(os.path.islink(os.path.join(v4, "config.json")))
@@ -98,13 +99,34 @@ class FixtureLayout(unittest.TestCase):
 class ArchFixtures(unittest.TestCase):
     """One test per fixture and format (added below from the directory listing)."""
 
+    def pack(self, name, tmp):
+        """A moed pack of the fixture with its experts as they are: bf16, or gpt-oss's MXFP4
+        blocks copied (served as trained, never requantised)."""
+        out = os.path.join(tmp, "model.moe")
+        mxfp4 = name.startswith("gpt_oss")
+        r = subprocess.run([PACK, "--model", os.path.join(DATA, name, "v5"), "--out", out,
+                            "--experts", "mxfp4" if mxfp4 else "bf16"],
+                           capture_output=True, text=True, timeout=TIMEOUT)
+        self.assertEqual(r.returncode, 0, f"{name}: moe-pack failed: {r.stderr.strip()[-600:]}")
+        if mxfp4:
+            summary = json.loads(r.stdout.strip().splitlines()[-1])
+            with open(os.path.join(DATA, name, "v5", "config.json")) as f:
+                cfg = json.load(f)
+            self.assertEqual(summary["copied_matrices"],
+                             3 * cfg["num_local_experts"] * cfg["num_hidden_layers"])
+        return out
+
     def check(self, name, fmt):
         if not os.path.isfile(ENGINE):
             self.fail(f"{ENGINE} missing: build it first (make all)")
         meta, ref = load_reference(name)
-        path = os.path.join(DATA, name, fmt)
         ids = " ".join(str(i) for i in meta["prompt_ids"])
         want = ref["logits"]
+        with tempfile.TemporaryDirectory() as tmp:
+            path = self.pack(name, tmp) if fmt == "pack" else os.path.join(DATA, name, fmt)
+            self.run_checks(name, fmt, path, ids, want, meta)
+
+    def run_checks(self, name, fmt, path, ids, want, meta):
         with tempfile.TemporaryDirectory() as tmp:
             out = os.path.join(tmp, "logits.bin")
             rc, _, err = run_engine("logits", "--model", path, "--ids", ids, "--out", out)
@@ -132,7 +154,8 @@ def _add_tests():
 
             def t(self, name=name, fmt=fmt):
                 self.check(name, fmt)
-            t.__doc__ = f"{name}/{fmt}: logits and greedy ids against transformers"
+            t.__doc__ = f"{name}/{fmt}: logits and greedy ids against transformers" + \
+                (" (through a moed pack of v5)" if fmt == "pack" else "")
             setattr(ArchFixtures, f"test_{name}_{tag}", t)
 
 

@@ -200,6 +200,7 @@ int moe_hf_require(struct moe_hf_cfg *c, const char *key, const char *allowed)
 static int hf_open(const char *path, struct moe_hf_cfg *c, json_t **root)
 {
     json_error_t jerr;
+    memset(c, 0, sizeof(*c)); /* the caller frees keys and claimed whatever happens */
     *root = json_load_file(path, 0, &jerr);
     if (!*root) {
         if (strstr(jerr.text, "unable to open"))
@@ -208,7 +209,6 @@ static int hf_open(const char *path, struct moe_hf_cfg *c, json_t **root)
     }
     if (!json_is_object(*root))
         return moe_err(-EINVAL, "%s: not a JSON object", path);
-    memset(c, 0, sizeof(*c));
     c->root = *root;
     c->file = path;
     c->n_keys = json_object_size(*root);

@@ -391,9 +391,9 @@ int moe_config_validate(const struct moe_config *c, const char *file)
                     c->qk_nope_dim > 0 && c->v_head_dim > 0 && c->q_lora_rank >= 0,
                 "%s: MLA dimensions (kv_lora_rank, qk_rope_head_dim, qk_nope_head_dim, "
                 "v_head_dim) must be positive", file);
-        REQUIRE(c->kv_lora_rank + c->qk_rope_dim <= 1024,
-                "%s: MLA latent of %d values is over moed's 1024", file,
-                c->kv_lora_rank + c->qk_rope_dim);
+        REQUIRE((int64_t)c->kv_lora_rank + c->qk_rope_dim <= 1024,
+                "%s: MLA latent of %lld values is over moed's 1024", file,
+                (long long)c->kv_lora_rank + c->qk_rope_dim);
     }
     bool any_swa = false;
     for (int32_t l = 0; l < c->n_layers; l++) {

@@ -205,8 +205,14 @@ static int shared_count(struct moe_gguf_cfg *c, struct moe_config *cfg)
 {
     int32_t n = 0;
     int rc = moe_gguf_u32(c, "expert_shared_count", 0, false, &n);
-    cfg->shared_ffn = n * cfg->expert_ffn;
-    return rc;
+    if (rc < 0)
+        return rc;
+    int64_t ffn = (int64_t)n * cfg->expert_ffn; /* both from the file: may not fit */
+    if (ffn > INT32_MAX)
+        return moe_err(-EINVAL, "%s: metadata key '%s.expert_shared_count' = %d shared experts "
+                       "of %d is too large", c->file, c->arch, n, cfg->expert_ffn);
+    cfg->shared_ffn = (int32_t)ffn;
+    return 0;
 }
 
 static int groups(struct moe_gguf_cfg *c, struct moe_config *cfg)
@@ -257,7 +263,7 @@ static int gguf_deepseek(struct moe_gguf_cfg *c, struct moe_config *cfg)
     cfg->rope_interleaved = true;
     cfg->qkv_bias = has_tensor(c, "blk.0.attn_kv_a_mqa.bias");
     cfg->o_bias = has_tensor(c, "blk.0.attn_output.bias");
-    if ((k_len && k_len != cfg->kv_lora_rank + cfg->qk_rope_dim) ||
+    if ((k_len && k_len != (int64_t)cfg->kv_lora_rank + cfg->qk_rope_dim) ||
         (v_len && v_len != cfg->kv_lora_rank))
         return moe_err(-EINVAL, "%s: MLA key/value lengths %d/%d do not match kv_lora_rank %d "
                        "and rope dims %d", c->file, k_len, v_len, cfg->kv_lora_rank,

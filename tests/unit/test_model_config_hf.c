@@ -105,24 +105,47 @@ static void test_config_broken(void **state)
                 "'vocab_size' must be an integer");
 }
 
+/* the fixture's config.json with extra keys appended (a repeated key: the
+ * last one counts) must fail with want */
+static void fixture_with_fails(const char *fixture, const char *extra, const char *want)
+{
+    char rel[256], *text;
+    size_t len;
+    snprintf(rel, sizeof(rel), "tests/data/arch/%s/config.json", fixture);
+    assert_int_equal(moe_read_text_file(moe_test_path(rel), &text, &len), 0);
+    char *brace = strrchr(text, '}');
+    assert_non_null(brace);
+    *brace = '\0';
+    size_t cap = len + strlen(extra) + 8;
+    char *with = malloc(cap);
+    assert_non_null(with);
+    snprintf(with, cap, "%s, %s}", text, extra);
+    expect_fail(with, want);
+    free(with);
+    free(text);
+}
+
 /* a key moed does not know may change the math: refused, named */
 static void test_config_unknown_key(void **state)
 {
     (void)state;
-    char *text;
-    size_t len;
-    assert_int_equal(moe_read_text_file(moe_test_path("tests/data/arch/glm4_moe/v5/config.json"),
-                                        &text, &len),
-                     0);
-    char *brace = strrchr(text, '}');
-    assert_non_null(brace);
-    *brace = '\0';
-    char *with = malloc(len + 64);
-    assert_non_null(with);
-    snprintf(with, len + 64, "%s, \"attn_logit_softcapping\": 50.0}", text);
-    expect_fail(with, "config key 'attn_logit_softcapping' is not known to moed");
-    free(with);
-    free(text);
+    fixture_with_fails("glm4_moe/v5", "\"attn_logit_softcapping\": 50.0",
+                       "config key 'attn_logit_softcapping' is not known to moed");
+}
+
+/* sizes that multiply or add past int32 are refused before the arithmetic
+ * (UBSan: signed overflow) */
+static void test_config_overflow(void **state)
+{
+    (void)state;
+    fixture_with_fails("deepseek_v3/v5", "\"n_shared_experts\": 1000000000",
+                       "'n_shared_experts' = 1000000000 shared experts of 32 is too large");
+    fixture_with_fails("deepseek_v3/v5", "\"qk_nope_head_dim\": 2147483647",
+                       "qk_nope_head_dim 2147483647 and qk_rope_head_dim 8: not a head size");
+    fixture_with_fails("minimax_m2/v4", "\"rotary_dim\": 2147483647",
+                       "partial rotary factor");
+    fixture_with_fails("glm4_moe/v4", "\"partial_rotary_factor\": 1e30",
+                       "is outside (0, 1]");
 }
 
 int main(void)
@@ -131,6 +154,7 @@ int main(void)
         cmocka_unit_test(test_config_fixtures),
         cmocka_unit_test(test_config_broken),
         cmocka_unit_test(test_config_unknown_key),
+        cmocka_unit_test(test_config_overflow),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

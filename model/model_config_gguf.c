@@ -439,7 +439,7 @@ int moe_config_from_gguf(const struct moe_gguf *g, struct moe_config *cfg)
     cfg->v_head_dim = vlen > 0 && cfg->arch != MOE_ARCH_DEEPSEEK2 ? vlen : cfg->head_dim;
     /* vocabulary size: the key, else the embedding's rows */
     const struct moe_tensor_info *emb = moe_gguf_find_tensor(g, "token_embd.weight");
-    if (cfg->vocab == 0 && emb && emb->n_dims == 2)
+    if (cfg->vocab == 0 && emb && emb->n_dims == 2 && emb->dims[0] <= INT32_MAX)
         cfg->vocab = (int32_t)emb->dims[0];
     cfg->tied_embeddings = moe_gguf_find_tensor(g, "output.weight") == NULL;
     cfg->attn_scale = 1.0f / sqrtf((float)cfg->head_dim);

@@ -433,8 +433,8 @@ static int hf_ernie(struct moe_hf_cfg *h, struct moe_config *c)
         (rc = shared_experts(h, c, "moe_num_shared_experts", 2)) < 0 ||
         (rc = moe_hf_bool(h, ub, false, &bias)) < 0)
         return rc;
-    if (end == -1)
-        end = c->n_layers - 1;
+    if (end == -1) /* n_layers is not validated yet: it may be INT32_MIN */
+        end = c->n_layers > 0 ? c->n_layers - 1 : 0;
     if (every <= 0)
         return moe_err(-EINVAL, "%s: moe_layer_interval must be positive", h->file);
     for (int32_t l = 0; l < c->n_layers && l < MOE_MAX_LAYERS; l++)

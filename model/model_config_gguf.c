@@ -328,11 +328,12 @@ static int gguf_ernie(struct moe_gguf_cfg *c, struct moe_config *cfg)
         cfg->layer_dense[l] = !((l + 1) % every == 0 && l >= start);
     /* the shared experts' size from their tensors (the keys are a converter's heuristic) */
     moe_gguf_present(c, "expert_shared_count");
-    for (int32_t l = 0; l < cfg->n_layers; l++) {
+    /* n_layers is not validated yet: a file's 2^31 layers must not mean 2^31 lookups */
+    for (int32_t l = 0; l < cfg->n_layers && l < MOE_MAX_LAYERS; l++) {
         char name[64];
         snprintf(name, sizeof(name), "blk.%d.ffn_gate_shexp.weight", l);
         const struct moe_tensor_info *t = moe_gguf_find_tensor(c->g, name);
-        if (t && t->n_dims == 2) {
+        if (t && t->n_dims == 2 && t->dims[0] <= INT32_MAX) {
             cfg->shared_ffn = (int32_t)t->dims[0];
             break;
         }

@@ -53,23 +53,24 @@ struct moe_gguf {
 };
 
 /* ggml's tensor types, by their stable ids, so an unsupported one can be
- * named in the error. bytes == 0: moed cannot read it. */
+ * named in the error. bytes == 0: moed cannot read it. align: the alignment
+ * its elements (or blocks: Q8_0's fp16 scale) are loaded with. */
 static const struct {
     const char *name;
     int block;
-    size_t bytes;
+    size_t bytes, align;
 } moe_ggml_types[] = {
-    [0] = {"F32", 1, 4},      [1] = {"F16", 1, 2},       [2] = {"Q4_0"},
-    [3] = {"Q4_1"},           [6] = {"Q5_0"},            [7] = {"Q5_1"},
-    [8] = {"Q8_0", 32, 34},   [9] = {"Q8_1"},            [10] = {"Q2_K"},
-    [11] = {"Q3_K"},          [12] = {"Q4_K"},           [13] = {"Q5_K"},
-    [14] = {"Q6_K"},          [15] = {"Q8_K"},           [16] = {"IQ2_XXS"},
-    [17] = {"IQ2_XS"},        [18] = {"IQ3_XXS"},        [19] = {"IQ1_S"},
-    [20] = {"IQ4_NL"},        [21] = {"IQ3_S"},          [22] = {"IQ2_S"},
-    [23] = {"IQ4_XS"},        [24] = {"I8"},             [25] = {"I16"},
-    [26] = {"I32"},           [27] = {"I64"},            [28] = {"F64"},
-    [29] = {"IQ1_M"},         [30] = {"BF16", 1, 2},     [34] = {"TQ1_0"},
-    [35] = {"TQ2_0"},         [39] = {"MXFP4", 32, 17},
+    [0] = {"F32", 1, 4, 4},      [1] = {"F16", 1, 2, 2},      [2] = {"Q4_0"},
+    [3] = {"Q4_1"},              [6] = {"Q5_0"},              [7] = {"Q5_1"},
+    [8] = {"Q8_0", 32, 34, 2},   [9] = {"Q8_1"},              [10] = {"Q2_K"},
+    [11] = {"Q3_K"},             [12] = {"Q4_K"},             [13] = {"Q5_K"},
+    [14] = {"Q6_K"},             [15] = {"Q8_K"},             [16] = {"IQ2_XXS"},
+    [17] = {"IQ2_XS"},           [18] = {"IQ3_XXS"},          [19] = {"IQ1_S"},
+    [20] = {"IQ4_NL"},           [21] = {"IQ3_S"},            [22] = {"IQ2_S"},
+    [23] = {"IQ4_XS"},           [24] = {"I8"},               [25] = {"I16"},
+    [26] = {"I32"},              [27] = {"I64"},              [28] = {"F64"},
+    [29] = {"IQ1_M"},            [30] = {"BF16", 1, 2, 2},    [34] = {"TQ1_0"},
+    [35] = {"TQ2_0"},            [39] = {"MXFP4", 32, 17, 1},
 };
 
 static const char *const moe_gguf_type_names[] = {
@@ -619,6 +620,18 @@ static int moe_gguf_parse(struct moe_gguf *g, struct moe_gguf **out)
                          "of file (size %zu)", path,
                          moe_format_printable(nm, sizeof(nm), t->name, strlen(t->name)), b, e,
                          g->map.size);
+            goto fail;
+        }
+        /* offsets are multiples of general.alignment, which may be as small
+         * as 1: the elements must still be aligned for typed loads */
+        size_t align = moe_ggml_types[t->dtype].align;
+        if (((uintptr_t)g->map.data + b) % align) {
+            char nm[MOE_FORMAT_NAME_MAX];
+            rc = moe_err(-EINVAL, "%s: tensor '%s': data at file offset %" PRIu64 " is not a "
+                         "multiple of its %s element size (%zu bytes): general.alignment %"
+                         PRIu32 " is too small for it", path,
+                         moe_format_printable(nm, sizeof(nm), t->name, strlen(t->name)), b,
+                         moe_ggml_types[t->dtype].name, align, g->alignment);
             goto fail;
         }
         t->data = g->map.data + b;

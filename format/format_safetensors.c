@@ -5,7 +5,10 @@
  * File layout: u64 LE header length N, N bytes of JSON
  *   { "name": {"dtype": "BF16", "shape": [r, c], "data_offsets": [b, e]},
  *     "__metadata__": {...} }
- * then the data section; [b, e) is relative to its start. */
+ * then the data section; [b, e) is relative to its start. The safetensors
+ * library pads the JSON with spaces to 8 bytes and writes tensors largest
+ * dtype first, so every tensor starts on a multiple of its element size in
+ * the file; moed requires it (views are read with typed loads). */
 #include "format/format.h"
 
 #include <errno.h>
@@ -100,9 +103,10 @@ static int moe_st_json_error(const char *path, const char *what, const json_erro
 }
 
 /* Checks one header entry and fills t (name not set). The error names the
- * tensor; data/dsize is the data section. */
+ * tensor; data/dsize is the data section, which starts at file offset doff. */
 static int moe_st_tensor_parse(const char *path, const char *name, const json_t *v,
-                               const uint8_t *data, uint64_t dsize, struct moe_tensor_info *t)
+                               const uint8_t *data, uint64_t doff, uint64_t dsize,
+                               struct moe_tensor_info *t)
 {
     char nm[MOE_FORMAT_NAME_MAX];
     moe_format_printable(nm, sizeof(nm), name, strlen(name));
@@ -179,6 +183,17 @@ static int moe_st_tensor_parse(const char *path, const char *name, const json_t 
         return moe_err(-EINVAL, "%s: tensor '%s': size mismatch: shape needs %" PRIu64
                        " bytes of %s, data_offsets span %" PRIu64, path, nm, want_bits / 8, ds,
                        e - b);
+    /* Readers load elements with typed loads straight from the mapping
+     * (page-aligned), so each tensor must start on a multiple of its element
+     * size in the file. The safetensors library guarantees it: it pads the
+     * header to 8 bytes and writes tensors largest dtype first. A file that
+     * breaks it was written by something else, or shifted. */
+    uint64_t align = bits < 8 ? 1 : MOE_MIN(bits / 8, 8u);
+    if ((doff + b) % align)
+        return moe_err(-EINVAL, "%s: tensor '%s': data at file offset %" PRIu64 " (data_offsets "
+                       "begin %" PRIu64 " after a %" PRIu64 "-byte header) is not a multiple of "
+                       "its %s element size (%" PRIu64 " bytes): the file is misaligned",
+                       path, nm, doff + b, b, doff, ds, align);
     t->data = data + b;
     t->nbytes = (size_t)(e - b);
     return 0;
@@ -257,7 +272,7 @@ static int moe_st_file_load(struct moe_safetensors *st, const char *path)
             continue;
         struct moe_tensor_info *t = &st->tensors[st->n_tensors];
         memset(t, 0, sizeof(*t));
-        rc = moe_st_tensor_parse(path, key, v, data, dsize, t);
+        rc = moe_st_tensor_parse(path, key, v, data, 8 + hlen, dsize, t);
         if (rc < 0)
             goto fail;
         t->file = path;

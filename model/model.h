@@ -253,9 +253,11 @@ struct json_t *moe_config_to_json(const struct moe_config *cfg); /* new referenc
 int moe_config_from_json(const struct json_t *o, const char *file, struct moe_config *cfg);
 
 /* The first weight (dense tensor, or expert matrix or bias) holding a NaN
- * or an infinity, by its pack name ("layers.3.attn.q", "layer 5 expert 2
- * down"), or NULL when every one is finite. Scans the model once and
- * remembers the answer. */
+ * or an infinity, as the file it came from names it ("tensor
+ * 'model.layers.3.self_attn.q_proj.weight'", "tensor
+ * 'blk.5.ffn_down_exps.weight' (expert 2)", a pack's "tensor
+ * 'layers.3.attn.q'" or "layer 5 expert 2 part 'down'"), or NULL when every
+ * one is finite. Scans the model once and remembers the answer. */
 const char *moe_model_find_nonfinite(struct moe_model *m);
 
 /* Reads every page of every weight once, so later timings measure compute

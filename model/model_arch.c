@@ -84,7 +84,11 @@ static int shared_experts(struct moe_hf_cfg *h, struct moe_config *c, const char
         return rc;
     if (n < 0)
         return moe_err(-EINVAL, "%s: '%s' must not be negative", h->file, key);
-    c->shared_ffn = n * c->expert_ffn;
+    int64_t ffn = (int64_t)n * c->expert_ffn; /* both from the file: may not fit */
+    if (ffn > INT32_MAX || ffn < INT32_MIN)
+        return moe_err(-EINVAL, "%s: '%s' = %d shared experts of %d is too large", h->file, key,
+                       n, c->expert_ffn);
+    c->shared_ffn = (int32_t)ffn;
     return 0;
 }
 
@@ -113,14 +117,18 @@ static int mla_dims(struct moe_hf_cfg *h, struct moe_config *c)
         (rc = moe_hf_int(h, vd, 128, false, &c->v_head_dim)) < 0 ||
         (rc = int_or_null(h, "q_lora_rank", 1536, &c->q_lora_rank)) < 0)
         return rc;
+    int64_t qk = (int64_t)c->qk_nope_dim + c->qk_rope_dim;
+    if (c->qk_nope_dim < 0 || c->qk_rope_dim < 0 || qk > INT32_MAX)
+        return moe_err(-EINVAL, "%s: qk_nope_head_dim %d and qk_rope_head_dim %d: not a head "
+                       "size", h->file, c->qk_nope_dim, c->qk_rope_dim);
     char want[32];
-    snprintf(want, sizeof(want), "%d", c->qk_nope_dim + c->qk_rope_dim);
+    snprintf(want, sizeof(want), "%lld", (long long)qk);
     if ((rc = moe_hf_require(h, "qk_head_dim", want)) < 0)
         return rc;
     snprintf(want, sizeof(want), "%d", c->qk_rope_dim);
     if ((rc = moe_hf_require(h, "head_dim", want)) < 0)
         return rc;
-    c->head_dim = c->qk_nope_dim + c->qk_rope_dim;
+    c->head_dim = (int32_t)qk;
     c->attn = MOE_ATTN_MLA;
     /* the cache is one "head" of the latent and the rope key */
     return 0;
@@ -428,8 +436,8 @@ static int hf_ernie(struct moe_hf_cfg *h, struct moe_config *c)
         (rc = shared_experts(h, c, "moe_num_shared_experts", 2)) < 0 ||
         (rc = moe_hf_bool(h, ub, false, &bias)) < 0)
         return rc;
-    if (end == -1)
-        end = c->n_layers - 1;
+    if (end == -1) /* n_layers is not validated yet: it may be INT32_MIN */
+        end = c->n_layers > 0 ? c->n_layers - 1 : 0;
     if (every <= 0)
         return moe_err(-EINVAL, "%s: moe_layer_interval must be positive", h->file);
     for (int32_t l = 0; l < c->n_layers && l < MOE_MAX_LAYERS; l++)
@@ -782,6 +790,9 @@ int moe_hf_rope(struct moe_hf_cfg *h, struct moe_config *c, int32_t head_dim_for
         prf = (double)json_integer_value(rotary_dim) / head_dim_for_rope;
     if (o && (rc = rope_num(h, o, "partial_rotary_factor", prf, &prf)) < 0)
         return rc;
+    if (!(prf > 0 && prf <= 1)) /* also keeps the product below in int32's range */
+        return moe_err(-EINVAL, "%s: partial rotary factor %g (partial_rotary_factor or "
+                       "rotary_dim / head_dim) is outside (0, 1]", h->file, prf);
     c->rope_theta = (float)theta;
     c->rope_dim = (int32_t)(head_dim_for_rope * prf);
     c->rope_attn_factor = 1.0f;

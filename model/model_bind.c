@@ -1,6 +1,7 @@
 /* Binding tensors from a checkpoint to the model's weights, with the shape
  * and dtype checks that turn a wrong file into one clear message. */
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -117,6 +118,23 @@ int moe_bind_vector(const struct moe_tensor_info *t, const char *file, const cha
     if (!v)
         return moe_err(-ENOMEM, "out of memory");
     tr->to_f32(t->data, v, n);
+    /* the copy is read here anyway: a corrupt norm or bias is named now
+     * rather than as NaN logits later */
+    if ((rc = moe_bind_check_finite(v, n, file, name, "")) < 0) {
+        free(v);
+        return rc;
+    }
     *out = v;
+    return 0;
+}
+
+int moe_bind_check_finite(const float *v, int64_t n, const char *file, const char *name,
+                          const char *what)
+{
+    for (int64_t i = 0; i < n; i++)
+        if (!isfinite(v[i]))
+            return moe_err(-EBADMSG, "%s: tensor '%s'%s holds NaN or infinite values (element "
+                           "%lld is %s): the file is corrupt", file, name, what, (long long)i,
+                           isnan(v[i]) ? "NaN" : v[i] > 0 ? "+inf" : "-inf");
     return 0;
 }

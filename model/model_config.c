@@ -200,6 +200,7 @@ int moe_hf_require(struct moe_hf_cfg *c, const char *key, const char *allowed)
 static int hf_open(const char *path, struct moe_hf_cfg *c, json_t **root)
 {
     json_error_t jerr;
+    memset(c, 0, sizeof(*c)); /* the caller frees keys and claimed whatever happens */
     *root = json_load_file(path, 0, &jerr);
     if (!*root) {
         if (strstr(jerr.text, "unable to open"))
@@ -208,7 +209,6 @@ static int hf_open(const char *path, struct moe_hf_cfg *c, json_t **root)
     }
     if (!json_is_object(*root))
         return moe_err(-EINVAL, "%s: not a JSON object", path);
-    memset(c, 0, sizeof(*c));
     c->root = *root;
     c->file = path;
     c->n_keys = json_object_size(*root);
@@ -391,9 +391,9 @@ int moe_config_validate(const struct moe_config *c, const char *file)
                     c->qk_nope_dim > 0 && c->v_head_dim > 0 && c->q_lora_rank >= 0,
                 "%s: MLA dimensions (kv_lora_rank, qk_rope_head_dim, qk_nope_head_dim, "
                 "v_head_dim) must be positive", file);
-        REQUIRE(c->kv_lora_rank + c->qk_rope_dim <= 1024,
-                "%s: MLA latent of %d values is over moed's 1024", file,
-                c->kv_lora_rank + c->qk_rope_dim);
+        REQUIRE((int64_t)c->kv_lora_rank + c->qk_rope_dim <= 1024,
+                "%s: MLA latent of %lld values is over moed's 1024", file,
+                (long long)c->kv_lora_rank + c->qk_rope_dim);
     }
     bool any_swa = false;
     for (int32_t l = 0; l < c->n_layers; l++) {

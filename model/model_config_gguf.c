@@ -205,8 +205,14 @@ static int shared_count(struct moe_gguf_cfg *c, struct moe_config *cfg)
 {
     int32_t n = 0;
     int rc = moe_gguf_u32(c, "expert_shared_count", 0, false, &n);
-    cfg->shared_ffn = n * cfg->expert_ffn;
-    return rc;
+    if (rc < 0)
+        return rc;
+    int64_t ffn = (int64_t)n * cfg->expert_ffn; /* both from the file: may not fit */
+    if (ffn > INT32_MAX)
+        return moe_err(-EINVAL, "%s: metadata key '%s.expert_shared_count' = %d shared experts "
+                       "of %d is too large", c->file, c->arch, n, cfg->expert_ffn);
+    cfg->shared_ffn = (int32_t)ffn;
+    return 0;
 }
 
 static int groups(struct moe_gguf_cfg *c, struct moe_config *cfg)
@@ -257,7 +263,7 @@ static int gguf_deepseek(struct moe_gguf_cfg *c, struct moe_config *cfg)
     cfg->rope_interleaved = true;
     cfg->qkv_bias = has_tensor(c, "blk.0.attn_kv_a_mqa.bias");
     cfg->o_bias = has_tensor(c, "blk.0.attn_output.bias");
-    if ((k_len && k_len != cfg->kv_lora_rank + cfg->qk_rope_dim) ||
+    if ((k_len && k_len != (int64_t)cfg->kv_lora_rank + cfg->qk_rope_dim) ||
         (v_len && v_len != cfg->kv_lora_rank))
         return moe_err(-EINVAL, "%s: MLA key/value lengths %d/%d do not match kv_lora_rank %d "
                        "and rope dims %d", c->file, k_len, v_len, cfg->kv_lora_rank,
@@ -322,11 +328,12 @@ static int gguf_ernie(struct moe_gguf_cfg *c, struct moe_config *cfg)
         cfg->layer_dense[l] = !((l + 1) % every == 0 && l >= start);
     /* the shared experts' size from their tensors (the keys are a converter's heuristic) */
     moe_gguf_present(c, "expert_shared_count");
-    for (int32_t l = 0; l < cfg->n_layers; l++) {
+    /* n_layers is not validated yet: a file's 2^31 layers must not mean 2^31 lookups */
+    for (int32_t l = 0; l < cfg->n_layers && l < MOE_MAX_LAYERS; l++) {
         char name[64];
         snprintf(name, sizeof(name), "blk.%d.ffn_gate_shexp.weight", l);
         const struct moe_tensor_info *t = moe_gguf_find_tensor(c->g, name);
-        if (t && t->n_dims == 2) {
+        if (t && t->n_dims == 2 && t->dims[0] <= INT32_MAX) {
             cfg->shared_ffn = (int32_t)t->dims[0];
             break;
         }
@@ -433,7 +440,7 @@ int moe_config_from_gguf(const struct moe_gguf *g, struct moe_config *cfg)
     cfg->v_head_dim = vlen > 0 && cfg->arch != MOE_ARCH_DEEPSEEK2 ? vlen : cfg->head_dim;
     /* vocabulary size: the key, else the embedding's rows */
     const struct moe_tensor_info *emb = moe_gguf_find_tensor(g, "token_embd.weight");
-    if (cfg->vocab == 0 && emb && emb->n_dims == 2)
+    if (cfg->vocab == 0 && emb && emb->n_dims == 2 && emb->dims[0] <= INT32_MAX)
         cfg->vocab = (int32_t)emb->dims[0];
     cfg->tied_embeddings = moe_gguf_find_tensor(g, "output.weight") == NULL;
     cfg->attn_scale = 1.0f / sqrtf((float)cfg->head_dim);

@@ -508,8 +508,8 @@ static int check_logits(const struct moe_model *m, const float *logits, size_t n
         /* the scan is the model's one-time diagnosis; the weights are read, not changed */
         const char *bad = moe_model_find_nonfinite((struct moe_model *)m);
         if (bad)
-            return moe_err(-EBADMSG, "%s: tensor '%s' holds NaN or infinite values: the file "
-                           "is corrupt", m->path, bad);
+            return moe_err(-EBADMSG, "%s: %s holds NaN or infinite values: the file is "
+                           "corrupt", m->path, bad);
         return moe_err(-EBADMSG, "%s: the logits are not finite although every weight is: "
                        "the activations overflowed", m->path);
     }

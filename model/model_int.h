@@ -70,6 +70,12 @@ struct moe_dense_tensor {
 /* fn's non-zero return stops the walk and is returned */
 typedef int (*moe_dense_visit)(void *ctx, const struct moe_dense_tensor *t);
 int moe_model_visit_dense(const struct moe_model *m, moe_dense_visit fn, void *ctx);
+/* Where expert x of layer l's part (its pack name: "gate", "down_bias") is in
+ * the file the model was opened from, for messages: "tensor 'NAME'" for a
+ * per-expert tensor, "tensor 'NAME' (expert x)" for a stack of all experts
+ * (GGUF, gpt-oss), "layer l expert x part 'gate'" for a pack's blob. */
+void moe_model_expert_where(const struct moe_model *m, int32_t l, int32_t x, const char *part,
+                            char *out, size_t cap);
 
 
 /* A pack: config, tensors, experts, tokenizer (model_pack.c); m->path is the pack */
@@ -84,8 +90,13 @@ int moe_bind_matrix(const struct moe_tensor_info *t, const char *file, const cha
 /* slice e of a stacked [E, rows, cols] tensor */
 int moe_bind_matrix_slice(const struct moe_tensor_info *t, const char *file, const char *name,
                           int64_t n, int64_t e, int64_t rows, int64_t cols, struct moe_weight *out);
-/* a vector of n elements (or [1, n]) converted to an fp32 copy */
+/* a vector of n elements (or [1, n]) converted to an fp32 copy; a NaN or
+ * an infinity in it is -EBADMSG naming the tensor (a corrupt file) */
 int moe_bind_vector(const struct moe_tensor_info *t, const char *file, const char *name,
                     int64_t n, float **out);
+/* 0, or -EBADMSG naming file, tensor and the first element of v[0..n) that
+ * is NaN or infinite; what: "" or a qualifier such as " (expert 3)" */
+int moe_bind_check_finite(const float *v, int64_t n, const char *file, const char *name,
+                          const char *what);
 
 #endif

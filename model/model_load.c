@@ -279,7 +279,7 @@ static int check_dense(void *ctx, const struct moe_dense_tensor *t)
     struct moe_model *m = ctx;
     if (t->mat ? weight_finite(t->mat) : vec_finite(t->vec, t->n))
         return 0;
-    snprintf(m->nonfinite, sizeof(m->nonfinite), "%s", t->file_name);
+    snprintf(m->nonfinite, sizeof(m->nonfinite), "tensor '%s'", t->file_name);
     return 1; /* found: stop */
 }
 
@@ -300,8 +300,8 @@ const char *moe_model_find_nonfinite(struct moe_model *m)
             for (int i = 0; i < n; i++)
                 if (parts[i].mat ? !weight_finite(parts[i].mat) : !vec_finite(parts[i].vec,
                                                                                parts[i].n)) {
-                    snprintf(m->nonfinite, sizeof(m->nonfinite), "layer %d expert %d %s", l, e,
-                             parts[i].name);
+                    moe_model_expert_where(m, l, e, parts[i].name, m->nonfinite,
+                                           sizeof(m->nonfinite));
                     return m->nonfinite;
                 }
         }

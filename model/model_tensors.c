@@ -454,6 +454,13 @@ static int gpt_oss_bias(struct moe_model *m, const struct moe_tensor_info *t, co
         return moe_err(-ENOMEM, "out of memory");
     }
     tr->to_f32((const uint8_t *)t->data + (size_t)(e * w) * tr->block_bytes, row, w);
+    char what[32];
+    snprintf(what, sizeof(what), " (expert %d)", e);
+    int rc = moe_bind_check_finite(row, w, t->file, name, what);
+    if (rc < 0) {
+        free(row);
+        return rc;
+    }
     int64_t step = x == X_NONE ? 1 : 2, first = x == X_GUB_UP ? 1 : 0;
     for (int64_t i = 0; i < n; i++)
         v[i] = row[first + step * i];
@@ -777,6 +784,41 @@ int moe_model_visit_dense(const struct moe_model *m, moe_dense_visit fn, void *c
                 return rc;
         }
     return 0;
+}
+
+void moe_model_expert_where(const struct moe_model *m, int32_t l, int32_t x, const char *part,
+                            char *out, size_t cap)
+{
+    const struct moe_config *c = &m->cfg;
+    const struct moe_arch_row *a = moe_arch_row(c->arch);
+    enum source src = m->files->st ? SRC_HF : m->files->gguf ? SRC_GGUF : SRC_PACK;
+    const struct tensor_row *r = NULL;
+    for (size_t i = 0; i < MOE_ARRAY_SIZE(table) && !r; i++)
+        if ((table[i].kind == K_EXP || table[i].kind == K_EXPV) && row_applies(&table[i], c, l) &&
+            !strcmp(table[i].pack, part))
+            r = &table[i];
+    if (!r || src == SRC_PACK) {
+        snprintf(out, cap, "layer %d expert %d part '%s'", l, x, part);
+        return;
+    }
+    char name[256];
+    expand(pattern(r, src), a, l, x, name, sizeof(name));
+    /* stacks: every GGUF expert tensor, and gpt-oss's fused ones */
+    bool stack = src == SRC_GGUF || r->kind == K_EXPV || r->xform != X_NONE;
+    if (src == SRC_GGUF && !moe_gguf_find_tensor(m->files->gguf, name)) {
+        static const char *const single[] = {"ffn_gate", "ffn_up", "ffn_down"};
+        int which = r->off == EXW(gate) ? 0 : r->off == EXW(up) ? 1 : 2;
+        snprintf(name, sizeof(name), "blk.%d.%s.%d.weight", l, single[which], x);
+        stack = false; /* early Mixtral GGUFs: one tensor per expert */
+    } else if (src == SRC_HF && r->kind == K_EXP && r->xform != X_NONE &&
+               !moe_safetensors_find(m->files->st, name)) {
+        size_t n = strlen(name);
+        snprintf(name + n, sizeof(name) - n, "_blocks"); /* MXFP4 */
+    }
+    if (stack)
+        snprintf(out, cap, "tensor '%s' (expert %d)", name, x);
+    else
+        snprintf(out, cap, "tensor '%s'", name);
 }
 
 int moe_model_expert_parts(const struct moe_model *m, int32_t l, int32_t x,

@@ -22,7 +22,7 @@ const float moe_mxfp4_kv2[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6,
 
 /* 2^(e - 128) as fp32 bits: 0x00200000 << e for the subnormals e = 0, 1, the
  * exponent field e - 1 for the rest (e = 255 gives 2^127, not NaN, as ggml) */
-#define HS(e) ((e) < 2 ? UINT32_C(0x00200000) << (e) : (uint32_t)((e) - 1) << 23)
+#define HS(e) ((e) < 2 ? UINT32_C(0x00200000) << ((e) & 1) : (uint32_t)((e) - 1) << 23)
 #define HS4(e) HS(e), HS((e) + 1), HS((e) + 2), HS((e) + 3)
 #define HS16(e) HS4(e), HS4((e) + 4), HS4((e) + 8), HS4((e) + 12)
 #define HS64(e) HS16(e), HS16((e) + 16), HS16((e) + 32), HS16((e) + 48)

@@ -39,6 +39,16 @@
 
 #define EXIT_USAGE 2
 
+/* The exit status for rc: a bad argument (-EINVAL) or a corrupt model file
+ * found while running (-EBADMSG: a tensor holding NaN or inf) is exit 2, as
+ * a bad model file at open is; other failures are 1. */
+static int bench_exit(int rc)
+{
+    if (rc >= 0)
+        return 0;
+    return rc == -EINVAL || rc == -EBADMSG ? EXIT_USAGE : 1;
+}
+
 static const char usage[] =
     "usage: moe-bench ppl    --model PATH --text FILE [--window W] [--start-char C] [--max-windows K]\n"
     "       moe-bench decode --model PATH [--tokens N] [--prompt-tokens P]\n"
@@ -451,7 +461,7 @@ static int cmd_ppl(const struct bench_opts *o, struct moe_model *m, struct moe_p
     free(ids);
     if (rc < 0) {
         routing_free(&rt);
-        return 1;
+        return bench_exit(rc);
     }
     json_t *j = json_object();
     json_object_set_new(j, "ppl", json_real(exp(nll / (double)scored)));
@@ -583,7 +593,7 @@ fail:
     moe_session_free(s);
     free(prompt);
     free(logits);
-    return rc < 0 ? 1 : 0;
+    return bench_exit(rc);
 }
 
 /* --ids "1 2 3" (spaces or commas) -> a malloc'd array; 0, or EXIT_USAGE after a message */
@@ -647,7 +657,7 @@ static int cmd_logits(const struct bench_opts *o, struct moe_model *m, struct mo
     moe_session_free(s);
     free(logits);
     free(ids);
-    return rc < 0 ? (rc == -EINVAL ? EXIT_USAGE : 1) : 0;
+    return bench_exit(rc);
 }
 
 /* greedy: the prompt in one forward pass, then N single-token steps through
@@ -691,7 +701,7 @@ static int cmd_greedy(const struct bench_opts *o, struct moe_model *m, struct mo
     free(logits);
     free(gen);
     free(ids);
-    return rc < 0 ? (rc == -EINVAL ? EXIT_USAGE : 1) : 0;
+    return bench_exit(rc);
 }
 
 /* ---- gemv: expert-format kernel throughput ------------------------------------------ */
@@ -1133,8 +1143,9 @@ static int cmd_decode_cmp(const struct bench_opts *o, struct moe_pool *pool)
     struct bench_routing rt[MAX_MODELS] = {0};
     double rates[2 * MAX_MODELS][100];
     int rc = 0;
+    bool bad_model = false; /* a model that does not open: exit 2, as for one --model */
     for (int i = 0; i < o->n_models && rc == 0; i++)
-        if ((rc = moe_model_open(o->models[i], &ms[i])) == 0 &&
+        if (!(bad_model = (rc = moe_model_open(o->models[i], &ms[i])) < 0) &&
             (rc = routing_setup(o, ms[i], &rt[i])) == 0) {
             moe_model_prefault(ms[i]);
             double warm;
@@ -1182,7 +1193,7 @@ static int cmd_decode_cmp(const struct bench_opts *o, struct moe_pool *pool)
         routing_free(&rt[i]);
         moe_model_free(ms[i]);
     }
-    return rc < 0 ? 1 : 0;
+    return bad_model ? EXIT_USAGE : bench_exit(rc);
 }
 /* ==== kv: the compressed KV cache (bytes, attention time, perplexity) ==========
  * Attention is timed on caches of the model's geometry filled with random

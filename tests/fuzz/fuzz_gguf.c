@@ -2,7 +2,10 @@
  * (from a memfd, so each run costs no disk). Besides "no crash, no leak",
  * it checks the reader's promises: a failed open leaves a one-line message
  * naming the file; an opened file's getters, string arrays and tensor views
- * only touch memory inside the mapping. */
+ * only touch memory inside the mapping, and its tensors convert to fp32
+ * without an unaligned load. moe_config_from_gguf then reads the metadata as
+ * a model's (every architecture's keys: the seeds in
+ * tests/fuzz/corpus/fuzz_gguf/ are the arch fixtures' headers). */
 #define _GNU_SOURCE
 #include <stdint.h>
 #include <stdio.h>
@@ -13,6 +16,8 @@
 
 #include "common/common.h"
 #include "format/format.h"
+#include "model/model_int.h"
+#include "tests/fuzz/fuzz_convert.h"
 
 static int fuzz_fd = -1;
 static char fuzz_path[64];
@@ -73,7 +78,12 @@ static void fuzz_exercise(struct moe_gguf *g)
         if (moe_gguf_find_tensor(g, t->name) != t || t->n_dims < 0 || t->n_dims > MOE_MAX_DIMS)
             __builtin_trap();
         fuzz_touch(t->data, t->nbytes);
+        fuzz_convert(t, &fuzz_sink);
     }
+    struct moe_config cfg;
+    moe_err_clear();
+    if (moe_config_from_gguf(g, &cfg) < 0)
+        fuzz_check_msg(moe_gguf_path(g));
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

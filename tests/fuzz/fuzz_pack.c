@@ -19,6 +19,7 @@
 
 #include "common/common.h"
 #include "format/format_pack.h"
+#include "tests/fuzz/fuzz_convert.h"
 
 static int fuzz_fd = -1;
 static char fuzz_path[64];
@@ -48,6 +49,7 @@ static void fuzz_exercise(const struct moe_pack *p, size_t size)
         if (moe_pack_find_tensor(p, t->name) != t || t->n_dims < 0 || t->n_dims > MOE_MAX_DIMS)
             __builtin_trap();
         fuzz_touch(t->data, t->nbytes);
+        fuzz_convert(t, &fuzz_sink);
     }
     for (size_t i = 0; i < moe_pack_blob_count(p); i++) {
         const struct moe_pack_blob *b = moe_pack_blob_at(p, i);

@@ -4,7 +4,8 @@
  * model.safetensors.index.json, the bytes after it both a.safetensors and
  * b.safetensors, in a scratch directory (seeds name those shards).
  * Checks as in fuzz_gguf.c: failures leave a one-line message naming the
- * file or directory; tensor views stay inside their mappings. */
+ * file or directory; tensor views stay inside their mappings and convert to
+ * fp32 without an unaligned load. */
 #define _GNU_SOURCE
 #include <stdint.h>
 #include <stdio.h>
@@ -15,6 +16,7 @@
 
 #include "common/common.h"
 #include "format/format.h"
+#include "tests/fuzz/fuzz_convert.h"
 
 static int fuzz_fd = -1;
 static char fuzz_path[64];
@@ -46,6 +48,7 @@ static void fuzz_exercise(struct moe_safetensors *st)
             t->n_dims > MOE_MAX_DIMS || !t->file)
             __builtin_trap();
         fuzz_touch(t->data, t->nbytes);
+        fuzz_convert(t, &fuzz_sink);
     }
     if (moe_safetensors_at(st, moe_safetensors_count(st)))
         __builtin_trap();

@@ -6,8 +6,9 @@
 #
 # Each target starts from build/fuzz/work/corpus_TARGET (kept between runs, so
 # coverage accumulates) plus seeds: small valid files generated here for the
-# format readers, and tests/fuzz/corpus/TARGET/
-# when it exists. New inputs go only to
+# format readers, and tests/fuzz/corpus/TARGET/ when it exists (for the config,
+# GGUF and safetensors targets: every arch fixture's configs and file headers,
+# made by tests/fuzz/make_arch_seeds.py). New inputs go only to
 # build/fuzz/work, never into the repository.
 # Crashes, leaks, timeouts, UBSan reports and huge allocations (over 512 MB)
 # are failures; the inputs that caused them are saved as
@@ -43,7 +44,9 @@ os.makedirs(st_dir, exist_ok=True)
 os.makedirs(gg_dir, exist_ok=True)
 
 def st_file(tensors, meta=True):
-    """tensors: [(name, dtype, shape, data bytes)] -> safetensors bytes"""
+    """tensors: [(name, dtype, shape, data bytes)] -> safetensors bytes, the header
+    padded to 8 bytes as the safetensors library pads it (tensors listed largest
+    dtype first stay aligned, as moed requires)"""
     hdr, data = {}, b""
     if meta:
         hdr["__metadata__"] = {"format": "pt"}
@@ -52,6 +55,7 @@ def st_file(tensors, meta=True):
                      "data_offsets": [len(data), len(data) + len(raw)]}
         data += raw
     h = json.dumps(hdr, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)
     return struct.pack("<Q", len(h)) + h + data
 
 def put(d, name, b):
@@ -69,8 +73,8 @@ put(st_dir, "valid", st_file([
 ]))
 put(st_dir, "other-dtypes", st_file([
     (t, t, [2], b"\0" * (2 * n)) for t, n in
-    [("F64", 8), ("I32", 4), ("U16", 2), ("I8", 1), ("BOOL", 1), ("F8_E4M3", 1),
-     ("F8_E5M2", 1), ("U64", 8)]], meta=False))
+    [("F64", 8), ("U64", 8), ("I32", 4), ("U16", 2), ("I8", 1), ("BOOL", 1), ("F8_E4M3", 1),
+     ("F8_E5M2", 1)]], meta=False))
 # sharded: index, NUL, shard (the target writes the shard as a. and b.)
 shard = st_file([("x.weight", "F32", [2], struct.pack("<2f", 1, 2)),
                  ("y.weight", "BF16", [1, 2], b"\0\0\0\0")], meta=False)
@@ -134,11 +138,13 @@ def write_dict(name, words):
 
 write_dict("safetensors.dict", [b'"%s"' % w.encode() for w in [
     "dtype", "shape", "data_offsets", "__metadata__", "weight_map", "F32", "F16", "BF16",
-    "I64", "F4", "U8", "BOOL", "a.safetensors", "b.safetensors", "../a.safetensors"]] +
+    "I64", "F4", "U8", "BOOL", "C64", "F8_E8M0", "F6_E2M3", "a.safetensors", "b.safetensors",
+    "../a.safetensors"]] +
     [b"{", b"}", b"[", b"]", b":", b",", b"\0"])
-write_dict("gguf.dict", [b"GGUF", b"general.alignment", b"\x03\x00\x00\x00",
+write_dict("gguf.dict", [b"GGUF", b"general.alignment", b"general.architecture",
+                         b"\x01\x00\x00\x00", b"\x03\x00\x00\x00",
                          b"\x08\x00\x00\x00", b"\x09\x00\x00\x00", b"\x1e\x00\x00\x00",
-                         b"\x40\x00\x00\x00"])
+                         b"\x27\x00\x00\x00", b"\x40\x00\x00\x00"])
 EOF
 }
 

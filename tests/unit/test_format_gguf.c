@@ -725,6 +725,36 @@ static void test_gguf_tensor_errors(void **state)
     gguf_expect_fail(write_buf("t14.gguf", b, n2),
                      "key 'general.alignment': 0 is not a nonzero power of two");
     free(b);
+
+    /* general.alignment 1 allows any offset, but elements are still loaded
+     * with typed loads: a BF16 tensor at an odd file offset is refused */
+    t = ok;
+    t.type = 30;
+    t.nbytes = 8;
+    t.offset = 0;
+    b = gg_file(3, 1, NULL, &t, 1, &n2);
+    size_t data_start = n2 - t.nbytes;
+    free(b);
+    t.offset = data_start % 2 ? 0 : 1;
+    tensors_expect_fail("t15.gguf", 1, &t, 1, "tensor 'w': data at file offset");
+    tensors_expect_fail("t15.gguf", 1, &t, 1,
+                        "not a multiple of its BF16 element size (2 bytes): general.alignment 1");
+    t.type = 0;
+    t.nbytes = 16;
+    t.offset = (int64_t)((4 - data_start % 4) % 4 + 2); /* 2 past a multiple of 4 */
+    tensors_expect_fail("t15.gguf", 1, &t, 1, "its F32 element size (4 bytes)");
+    /* MXFP4 blocks are bytes: any offset will do */
+    uint8_t mx[17] = {127};
+    struct gt m = {"m", 39, 1, {32}, mx, 17, (int64_t)(data_start % 2 ? 0 : 1)};
+    b = gg_file(3, 1, NULL, &m, 1, &n2);
+    struct moe_gguf *g;
+    int rc = moe_gguf_open(write_buf("t16.gguf", b, n2), &g);
+    if (rc < 0)
+        print_error("%s\n", moe_err_msg());
+    assert_int_equal(rc, 0);
+    assert_int_equal((uintptr_t)moe_gguf_find_tensor(g, "m")->data % 2, 1); /* odd, as meant */
+    moe_gguf_close(g);
+    free(b);
 }
 
 static void test_gguf_zero_sized(void **state)

@@ -397,6 +397,25 @@ static void test_reader_refusals(void **state)
              "\"xxh64\":\"%s\"}]}", z);
     write_raw(path, h);
     open_fails(path, "tensor 'x': size mismatch");
+    /* dense tensors, blobs and expert parts start on 64 bytes: their
+     * elements are loaded in place with typed loads */
+    snprintf(h, sizeof(h), "{\"format\":\"moed-pack\",\"version\":1,\"tensors\":["
+             "{\"name\":\"x\",\"dtype\":\"bf16\",\"shape\":[3],\"offset\":4097,\"size\":6,"
+             "\"xxh64\":\"%s\"}]}", z);
+    write_raw(path, h);
+    open_fails(path, "tensor 'x': data [4097, 4103) is not aligned to 64 bytes");
+    snprintf(h, sizeof(h), "{\"format\":\"moed-pack\",\"version\":1,\"blobs\":["
+             "{\"name\":\"b\",\"offset\":4100,\"size\":1,\"xxh64\":\"%s\"}]}", z);
+    write_raw(path, h);
+    open_fails(path, "blob 'b': data [4100, 4101) is not aligned to 64 bytes");
+    snprintf(h, sizeof(h), "{\"format\":\"moed-pack\",\"version\":1,\"experts\":["
+             "{\"layer\":3,\"expert\":5,\"offset\":4096,\"size\":4096,\"xxh64\":\"%s\","
+             "\"parts\":[{\"name\":\"gate\",\"dtype\":\"f32\",\"shape\":[1,1],\"offset\":0,\"size\":4},"
+             "{\"name\":\"up\",\"dtype\":\"f32\",\"shape\":[1,1],\"offset\":66,\"size\":4},"
+             "{\"name\":\"down\",\"dtype\":\"f32\",\"shape\":[1,1],\"offset\":128,\"size\":4}]}"
+             "]}", z);
+    write_raw(path, h);
+    open_fails(path, "layer 3 expert 5: part 'up': offset 66 is not aligned to 64 bytes");
     write_raw(path, "{\"format\":\"moed-pack\",\"version\":1,\"tensors\":[{\"name\":\"x\","
                     "\"dtype\":\"f99\",\"shape\":[1],\"offset\":4096,\"size\":4,\"xxh64\":\"0\"}]}");
     open_fails(path, "unknown dtype 'f99'");

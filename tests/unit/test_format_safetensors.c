@@ -21,19 +21,37 @@ static const char *tpath(const char *name)
     return buf[i];
 }
 
-/* A safetensors file: 8-byte LE header length, JSON, then the data. */
-static void st_write(const char *path, const char *json, const void *data, size_t dlen)
+/* A safetensors file: 8-byte LE header length, JSON, then the data. The
+ * JSON is padded with spaces to a multiple of 8 bytes, as the safetensors
+ * library writes it (so data offsets that are multiples of the element size
+ * are aligned in the file), unless pad is false. *n gets the size. */
+static uint8_t *st_bytes(const char *json, const void *data, size_t dlen, bool pad, size_t *n)
 {
-    size_t hl = strlen(json);
+    size_t jl = strlen(json), hl = pad ? (jl + 7) / 8 * 8 : jl;
     uint8_t *buf = malloc(8 + hl + dlen);
     assert_non_null(buf);
     for (int i = 0; i < 8; i++)
         buf[i] = (uint8_t)((uint64_t)hl >> (8 * i));
-    memcpy(buf + 8, json, hl);
+    memcpy(buf + 8, json, jl);
+    memset(buf + 8 + jl, ' ', hl - jl);
     if (dlen)
         memcpy(buf + 8 + hl, data, dlen);
-    moe_test_write_file(path, buf, 8 + hl + dlen);
+    *n = 8 + hl + dlen;
+    return buf;
+}
+
+static void st_write_pad(const char *path, const char *json, const void *data, size_t dlen,
+                         bool pad)
+{
+    size_t n;
+    uint8_t *buf = st_bytes(json, data, dlen, pad, &n);
+    moe_test_write_file(path, buf, n);
     free(buf);
+}
+
+static void st_write(const char *path, const char *json, const void *data, size_t dlen)
+{
+    st_write_pad(path, json, data, dlen, true);
 }
 
 /* Expects opening path to fail with a message holding path and want. */
@@ -166,16 +184,16 @@ static void test_st_other_dtypes(void **state)
     /* every non-compute dtype keeps its size; F4 packs two per byte */
     static const char json[] =
         "{\"a\":{\"dtype\":\"F64\",\"shape\":[1],\"data_offsets\":[0,8]},"
-        "\"b\":{\"dtype\":\"I32\",\"shape\":[1],\"data_offsets\":[8,12]},"
-        "\"c\":{\"dtype\":\"I16\",\"shape\":[1],\"data_offsets\":[12,14]},"
-        "\"d\":{\"dtype\":\"U16\",\"shape\":[1],\"data_offsets\":[14,16]},"
-        "\"e\":{\"dtype\":\"I8\",\"shape\":[2],\"data_offsets\":[16,18]},"
-        "\"f\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[18,20]},"
-        "\"g\":{\"dtype\":\"BOOL\",\"shape\":[2],\"data_offsets\":[20,22]},"
-        "\"h\":{\"dtype\":\"F8_E4M3\",\"shape\":[2],\"data_offsets\":[22,24]},"
-        "\"i\":{\"dtype\":\"F8_E5M2\",\"shape\":[2],\"data_offsets\":[24,26]},"
-        "\"j\":{\"dtype\":\"U64\",\"shape\":[1],\"data_offsets\":[26,34]},"
-        "\"k\":{\"dtype\":\"U32\",\"shape\":[1],\"data_offsets\":[34,38]},"
+        "\"j\":{\"dtype\":\"U64\",\"shape\":[1],\"data_offsets\":[8,16]},"
+        "\"b\":{\"dtype\":\"I32\",\"shape\":[1],\"data_offsets\":[16,20]},"
+        "\"k\":{\"dtype\":\"U32\",\"shape\":[1],\"data_offsets\":[20,24]},"
+        "\"c\":{\"dtype\":\"I16\",\"shape\":[1],\"data_offsets\":[24,26]},"
+        "\"d\":{\"dtype\":\"U16\",\"shape\":[1],\"data_offsets\":[26,28]},"
+        "\"e\":{\"dtype\":\"I8\",\"shape\":[2],\"data_offsets\":[28,30]},"
+        "\"f\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[30,32]},"
+        "\"g\":{\"dtype\":\"BOOL\",\"shape\":[2],\"data_offsets\":[32,34]},"
+        "\"h\":{\"dtype\":\"F8_E4M3\",\"shape\":[2],\"data_offsets\":[34,36]},"
+        "\"i\":{\"dtype\":\"F8_E5M2\",\"shape\":[2],\"data_offsets\":[36,38]},"
         "\"l\":{\"dtype\":\"F4\",\"shape\":[2,2],\"data_offsets\":[38,40]}}";
     uint8_t d[40] = {0};
     const char *path = tpath("other.safetensors");
@@ -231,13 +249,8 @@ static void test_st_truncated_everywhere(void **state)
 {
     uint8_t d[VALID_DATA_BYTES];
     valid_data(d);
-    size_t hl = strlen(valid_json), n = 8 + hl + sizeof(d);
-    uint8_t *full = malloc(n);
-    assert_non_null(full);
-    for (int i = 0; i < 8; i++)
-        full[i] = (uint8_t)((uint64_t)hl >> (8 * i));
-    memcpy(full + 8, valid_json, hl);
-    memcpy(full + 8 + hl, d, sizeof(d));
+    size_t n;
+    uint8_t *full = st_bytes(valid_json, d, sizeof(d), true, &n);
     const char *p = tpath("trunc.safetensors");
     for (size_t len = 0; len < n; len++) {
         moe_test_write_file(p, full, len);
@@ -310,6 +323,52 @@ static void test_st_bad_headers(void **state)
         st_write(p, bad_headers[i].json, d, sizeof(d));
         st_expect_fail(p, bad_headers[i].want);
     }
+}
+
+/* Tensors must start on a multiple of their element size in the file (the
+ * readers load elements with typed loads): an unpadded header shifts every
+ * tensor, a data offset can shift one; byte and sub-byte dtypes go anywhere. */
+static void test_st_misaligned(void **state)
+{
+    uint8_t d[VALID_DATA_BYTES];
+    valid_data(d);
+    const char *p = tpath("misaligned.safetensors");
+    /* unpadded, the data section starts at 8 + 397: every tensor is shifted */
+    assert_true(strlen(valid_json) % 8 != 0);
+    st_write_pad(p, valid_json, d, sizeof(d), false);
+    st_expect_fail(p, "is not a multiple of its");
+    st_expect_fail(p, "the file is misaligned");
+
+    uint8_t z[20] = {0};
+    st_write(p, "{\"w\":{\"dtype\":\"BF16\",\"shape\":[2],\"data_offsets\":[1,5]}}", z, 8);
+    st_expect_fail(p, "tensor 'w': data at file offset");
+    st_expect_fail(p, "BF16 element size (2 bytes)");
+    st_write(p, "{\"w\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[2,10]}}", z, 12);
+    st_expect_fail(p, "tensor 'w': data at file offset");
+    st_write(p, "{\"w\":{\"dtype\":\"I64\",\"shape\":[1],\"data_offsets\":[4,12]}}", z, 12);
+    st_expect_fail(p, "I64 element size (8 bytes)");
+    st_write(p, "{\"w\":{\"dtype\":\"C64\",\"shape\":[1],\"data_offsets\":[4,12]}}", z, 12);
+    st_expect_fail(p, "C64 element size (8 bytes)");
+
+    /* U8, BOOL, F8 and F4 data may start on any byte */
+    st_write(p,
+             "{\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[1,2]},"
+             "\"b\":{\"dtype\":\"F8_E4M3\",\"shape\":[1],\"data_offsets\":[3,4]},"
+             "\"c\":{\"dtype\":\"F4\",\"shape\":[2],\"data_offsets\":[5,6]},"
+             "\"e\":{\"dtype\":\"F16\",\"shape\":[1],\"data_offsets\":[6,8]},"
+             "\"f\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[8,12]}}",
+             z, 12);
+    struct moe_safetensors *st;
+    int rc = moe_safetensors_open_file(p, &st);
+    if (rc < 0)
+        print_error("%s\n", moe_err_msg());
+    assert_int_equal(rc, 0);
+    for (size_t i = 0; i < moe_safetensors_count(st); i++) {
+        const struct moe_tensor_info *t = moe_safetensors_at(st, i);
+        size_t es = t->dtype == MOE_DTYPE_F32 ? 4 : t->dtype == MOE_DTYPE_F16 ? 2 : 1;
+        assert_int_equal((uintptr_t)t->data % es, 0);
+    }
+    moe_safetensors_close(st);
 }
 
 static void mkdir_p(const char *path)
@@ -548,6 +607,7 @@ int main(void)
         cmocka_unit_test(test_st_header_past_eof),
         cmocka_unit_test(test_st_truncated_everywhere),
         cmocka_unit_test(test_st_bad_headers),
+        cmocka_unit_test(test_st_misaligned),
         cmocka_unit_test(test_st_sharded),
         cmocka_unit_test(test_st_sharded_errors),
         cmocka_unit_test(test_st_dir_single_and_missing),

@@ -198,12 +198,18 @@ int moe_tok_add_pre(struct moe_tokenizer *tok, const struct moe_tok_pre *pre,
                     const char *pattern, size_t pattern_len, bool literal);
 int moe_tok_add_dec_replace(struct moe_tokenizer *tok, const char *a, size_t alen,
                             const char *b, size_t blen);
-/* Compiles a pattern (UTF, UCP, invalid UTF-8 tolerated; JIT when there). */
+/* Compiles a pattern (UTF, UCP, invalid UTF-8 tolerated; JIT when there).
+ * A regex is read as Hugging Face reads it (Oniguruma syntax). */
 int moe_tok_compile(const char *src, const char *pattern, size_t len, bool literal,
                     pcre2_code **out);
 /* After everything: decoded bytes, byte tokens, the added-token trie (every
  * CONTROL / USER_DEFINED / UNKNOWN token), end-of-generation set. */
 int moe_tok_finish(struct moe_tokenizer *tok);
+
+/* An Oniguruma pattern (as Hugging Face tokenizers compiles it) rewritten
+ * for PCRE2 so that both match the same text; *out is malloc'ed. Refuses,
+ * naming it, what has no exact PCRE2 equivalent. src is for messages. */
+int moe_tok_regex_translate(const char *src, const char *pattern, size_t len, char **out);
 
 /* The GPT-2 pre-tokenizer pattern (Hugging Face ByteLevel use_regex). */
 extern const char moe_tok_gpt2_pattern[];

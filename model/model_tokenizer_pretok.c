@@ -17,17 +17,36 @@ const char moe_tok_gpt2_pattern[] =
 int moe_tok_compile(const char *src, const char *pattern, size_t len, bool literal,
                     pcre2_code **out)
 {
-    int errcode;
+    int errcode, rc;
     PCRE2_SIZE erroff;
+    char *pcre = NULL;
+    *out = NULL;
+    /* Hugging Face's patterns are Oniguruma's: rewritten where PCRE2 reads
+     * them differently (model_tokenizer_regex.c) */
+    if (!literal && (rc = moe_tok_regex_translate(src, pattern, len, &pcre)))
+        return rc;
+    pcre2_compile_context *cc = pcre2_compile_context_create(NULL);
+    if (!cc) {
+        free(pcre);
+        return moe_err(-ENOMEM, "out of memory");
+    }
+    pcre2_set_newline(cc, PCRE2_NEWLINE_LF); /* '.' excludes \n only, as Oniguruma's */
     uint32_t opts = PCRE2_UTF | PCRE2_MATCH_INVALID_UTF;
     opts |= literal ? PCRE2_LITERAL : PCRE2_UCP; /* LITERAL refuses UCP */
-    *out = pcre2_compile((PCRE2_SPTR)pattern, len, opts, &errcode, &erroff, NULL);
+    *out = literal ? pcre2_compile((PCRE2_SPTR)pattern, len, opts, &errcode, &erroff, cc)
+                   : pcre2_compile((PCRE2_SPTR)pcre, PCRE2_ZERO_TERMINATED, opts, &errcode,
+                                   &erroff, cc);
+    pcre2_compile_context_free(cc);
     if (!*out) {
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(errcode, msg, sizeof(msg));
-        return moe_err(-EINVAL, "%s: regex \"%.*s\" at offset %zu: %s", src,
-                       (int)MOE_MIN(len, 200), pattern, (size_t)erroff, (const char *)msg);
+        rc = moe_err(-EINVAL, "%s: regex \"%.*s\": %s (at offset %zu of \"%.*s\")", src,
+                     (int)MOE_MIN(len, 200), pattern, (const char *)msg, (size_t)erroff,
+                     (int)MOE_MIN(literal ? len : strlen(pcre), 300), literal ? pattern : pcre);
+        free(pcre);
+        return rc;
     }
+    free(pcre);
     (void)pcre2_jit_compile(*out, PCRE2_JIT_COMPLETE); /* interpreted if JIT is missing */
     return 0;
 }

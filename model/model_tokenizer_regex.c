@@ -19,7 +19,7 @@
  *   [a&&[^b]]    set intersection; [a[b]] nested classes (PCRE2 10.42 has neither)
  * Constructs without a known equivalent (POSIX brackets, the absent
  * operator, subexpression calls, {n,m}+, properties outside the table,
- * classes or multi-character case folds under (?i)) are refused by name: a
+ * non-ASCII, \w or \p or multi-character case folds under (?i)) are refused by name: a
  * pattern runs exactly or not at all. tests/unit/test_model_tokenizer_regex.c
  * compares the classes with Oniguruma's code point by code point. */
 #include "model/model_tokenizer_int.h"
@@ -428,11 +428,7 @@ static int parse_class(struct rx *r, struct sbuf *expr, bool *simple, struct sbu
     int n_ops = 1, rc = 0;
     bool neg = false, first = true, prev_char = false, after_dash = false;
     memset(ops, 0, sizeof(ops));
-    *simple = false;
-    if (icase(r)) {
-        rc = fail(r, open, "a character class under (?i)");
-        goto out;
-    }
+    *simple = false; /* under (?i) only ASCII and case-free sets get here (both fold alike) */
     if (r->p < r->end && *r->p == '^') {
         neg = true;
         r->p++;
@@ -732,7 +728,7 @@ int moe_tok_regex_translate(const char *src, const char *pattern, size_t len, ch
 {
     struct rx r = { .start = pattern, .p = pattern, .end = pattern + len };
     *out = NULL;
-    int rc = 0;
+    int rc = memchr(pattern, 0, len) ? fail(&r, memchr(pattern, 0, len), "a NUL character") : 0;
     while (r.p < r.end && rc == 0) {
         char c = *r.p;
         switch (c) {

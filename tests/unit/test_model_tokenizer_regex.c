@@ -154,6 +154,8 @@ static void test_ruby_syntax(void **state)
     expect_split("[a-c[x-z]]+", "abxyq", "abxy|q");
     expect_split("(?i)'S", "'s '\xc5\xbf", "'s| |'\xc5\xbf");     /* ſ folds to s */
     expect_split("\\p{^L}", "a1", "a|1");
+    expect_split("'(?i:[sdmt]|ll|ve|re)", "'S '\xc5\xbf 'LL", "'S| |'\xc5\xbf| |'LL"); /* Ling */
+    expect_split("(?i)[^a-z]", "\xc5\xbf" "a\xe2\x84\xaa" "1", "\xc5\xbf" "a\xe2\x84\xaa|1");
     expect_split("(?#a comment)b", "abc", "a|b|c");
     /* the qwen2 split, as Hugging Face's Split gives it */
     expect_split("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}"
@@ -184,7 +186,7 @@ static void test_refused(void **state)
     expect_refused("a{1,2}+", "{n,m}+");
     expect_refused("(?i:ss)", "multi-character case fold");
     expect_refused("(?i)\xc3\x9f", "non-ASCII literal under (?i)");
-    expect_refused("(?i)[a-z]", "class under (?i)");
+    expect_refused("(?i)[\\w]", "\\w or \\W under (?i)");
     expect_refused("(?i:\\p{Lu})", "property under (?i)");
     expect_refused("\\p{Kawi}", "no table for");
     expect_refused("\\p{Cn}", "no table for");

@@ -382,6 +382,30 @@ static void test_gguf_gpt2(void **state)
     moe_gguf_close(g);
 }
 
+/* llama.cpp's vocabularies of other families, split by their
+ * tokenizer.ggml.pre preset: DeepSeek Coder (five splits, digits one by one)
+ * and StarCoder 2 (digits, then GPT-2's split) */
+static void test_gguf_presets(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *file, *preset;
+        int32_t n_vocab;
+    } vocabs[] = {
+        { TOK_DIR "ggml-vocab-deepseek-coder.gguf", "deepseek-coder", 32256 },
+        { TOK_DIR "ggml-vocab-starcoder.gguf", "starcoder", 49152 },
+    };
+    for (size_t i = 0; i < MOE_ARRAY_SIZE(vocabs); i++) {
+        struct moe_gguf *g;
+        struct moe_tokenizer *tok = load_gguf(vocabs[i].file, &g);
+        assert_int_equal(moe_tokenizer_vocab_size(tok), vocabs[i].n_vocab);
+        assert_string_equal(moe_tokenizer_pretok_name(tok), vocabs[i].preset);
+        run_vectors(tok, vocabs[i].preset, vocabs[i].file);
+        moe_tokenizer_free(tok);
+        moe_gguf_close(g);
+    }
+}
+
 static void test_json_llama_spm(void **state)
 {
     (void)state;
@@ -917,6 +941,7 @@ int main(void)
         cmocka_unit_test(test_tiny_validation_text),
         cmocka_unit_test(test_gguf_llama_spm),
         cmocka_unit_test(test_gguf_gpt2),
+        cmocka_unit_test(test_gguf_presets),
         cmocka_unit_test(test_json_llama_spm),
         cmocka_unit_test(test_json_gpt2),
         cmocka_unit_test(test_sources_agree),

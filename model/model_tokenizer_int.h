@@ -128,6 +128,7 @@ struct moe_tok_pre {
     struct moe_tok_step step; /* pattern and replacement point into pattern_buf, repl */
     char *pattern_buf;
     pcre2_code *re; /* what the step splits at; NULL: it does not split */
+    bool jit; /* re was JIT-compiled */
     enum moe_tok_split_behavior behavior;
     bool invert;
     char repl[8]; /* Metaspace replacement */

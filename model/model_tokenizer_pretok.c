@@ -88,7 +88,9 @@ int moe_tok_add_norm(struct moe_tokenizer *tok, enum moe_tok_norm_kind kind, con
  * char::is_numeric (general category N); is_ascii_punctuation or general
  * category P; Hugging Face's Whitespace regex; char::is_whitespace. */
 static const char digit_pattern[] = "\\p{N}";
+static const char digit_run_pattern[] = "\\p{N}+";
 static const char punct_pattern[] = "[\\p{P}!-/:-@\\[-`{-~]";
+static const char punct_run_pattern[] = "[\\p{P}!-/:-@\\[-`{-~]+";
 static const char whitespace_pattern[] = "\\w+|[^\\w\\s]+";
 static const char space_pattern[] = "\\s";
 
@@ -117,11 +119,14 @@ int moe_tok_add_step(struct moe_tokenizer *tok, const struct moe_tok_step *st)
         p->invert = st->invert;
         break;
     case MOE_TOK_STEP_DIGITS: /* each numeric character; or runs of them */
-        pat = digit_pattern;
-        p->behavior = st->individual ? MOE_TOK_SPLIT_ISOLATED : MOE_TOK_SPLIT_CONTIGUOUS;
+        pat = st->individual ? digit_pattern : digit_run_pattern;
+        p->behavior = MOE_TOK_SPLIT_ISOLATED;
         break;
     case MOE_TOK_STEP_PUNCTUATION:
-        pat = punct_pattern;
+        /* Contiguous over one-character matches is runs of them, isolated */
+        pat = p->behavior == MOE_TOK_SPLIT_CONTIGUOUS ? punct_run_pattern : punct_pattern;
+        if (p->behavior == MOE_TOK_SPLIT_CONTIGUOUS)
+            p->behavior = MOE_TOK_SPLIT_ISOLATED;
         break;
     case MOE_TOK_STEP_WHITESPACE:
         pat = whitespace_pattern;
@@ -167,7 +172,11 @@ int moe_tok_add_step(struct moe_tokenizer *tok, const struct moe_tok_step *st)
         p->step.pattern = p->pattern_buf;
         p->step.pattern_len = plen;
     }
-    return moe_tok_compile(tok->source, pat, plen, literal, &p->re);
+    int rc = moe_tok_compile(tok->source, pat, plen, literal, &p->re);
+    size_t jit = 0;
+    if (rc == 0 && pcre2_pattern_info(p->re, PCRE2_INFO_JITSIZE, &jit) == 0)
+        p->jit = jit > 0;
+    return rc;
 }
 
 int moe_tok_add_dec_replace(struct moe_tokenizer *tok, const char *a, size_t alen,
@@ -278,15 +287,18 @@ static int push_iv(struct enc *e, size_t off, size_t end, bool match)
  * Hugging Face's Pattern::find_matches gives them (Oniguruma's find_iter:
  * an empty match counts, except one right where the previous match ended;
  * then the search moves on by a character). */
-static int find_matches(struct enc *e, const pcre2_code *re, const char *s, size_t n,
+static int find_matches(struct enc *e, const struct moe_tok_pre *pre, const char *s, size_t n,
                         bool invert)
 {
+    const pcre2_code *re = pre->re;
     e->n_iv = 0;
     if (n == 0)
         return push_iv(e, 0, 0, invert);
     size_t prev = 0, from = 0, last_match_end = SIZE_MAX;
     while (from <= n) {
-        int rc = pcre2_match(re, (PCRE2_SPTR)s, n, from, 0, e->md, e->mc);
+        /* pcre2_jit_match skips pcre2_match's checks: a match is a call here */
+        int rc = pre->jit ? pcre2_jit_match(re, (PCRE2_SPTR)s, n, from, 0, e->md, e->mc)
+                          : pcre2_match(re, (PCRE2_SPTR)s, n, from, 0, e->md, e->mc);
         if (rc == PCRE2_ERROR_NOMATCH)
             break;
         if (rc < 0) {
@@ -334,22 +346,27 @@ static int split_step(struct enc *e, const struct moe_tok_pre *pre)
     e->n_pb = 0;
     for (size_t k = 0; k < e->n_pa; k++) {
         const struct span in = e->pa[k];
-        int rc = find_matches(e, pre->re, e->buf + in.off, in.len, pre->invert);
+        int rc = find_matches(e, pre, e->buf + in.off, in.len, pre->invert);
         if (rc)
             return rc;
         const struct iv *v = e->iv;
         size_t nv = e->n_iv, first = e->n_pb;
         uint32_t b = in.off;
         bool prev_match = false;
+        if (pre->behavior == MOE_TOK_SPLIT_ISOLATED || pre->behavior == MOE_TOK_SPLIT_REMOVED) {
+            /* no piece joins another: the non-empty ones go straight out */
+            if (grow((void **)&e->pb, &e->cap_pb, e->n_pb + nv, sizeof(*e->pb)))
+                return -ENOMEM;
+            bool keep_matches = pre->behavior == MOE_TOK_SPLIT_ISOLATED;
+            for (size_t i = 0; i < nv; i++)
+                if (v[i].end > v[i].off && (keep_matches || !v[i].match))
+                    e->pb[e->n_pb++] = (struct span){ b + v[i].off, v[i].end - v[i].off,
+                                                      in.start && v[i].off == 0 };
+            continue;
+        }
         switch (pre->behavior) {
         case MOE_TOK_SPLIT_REMOVED:
-            for (size_t i = 0; i < nv && !rc; i++)
-                if (!v[i].match)
-                    rc = push_span(e, b + v[i].off, b + v[i].end);
-            break;
         case MOE_TOK_SPLIT_ISOLATED:
-            for (size_t i = 0; i < nv && !rc; i++)
-                rc = push_span(e, b + v[i].off, b + v[i].end);
             break;
         case MOE_TOK_SPLIT_MERGED_PREV: /* a match joins the piece before it */
             for (size_t i = 0; i < nv && !rc; i++) {

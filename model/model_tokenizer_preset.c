@@ -17,7 +17,8 @@
 
 #include "common/common.h"
 
-#define SPLIT(re) { .kind = MOE_TOK_STEP_SPLIT, .pattern = (re), .behavior = MOE_TOK_SPLIT_ISOLATED }
+#define SPLIT(re) \
+    { .kind = MOE_TOK_STEP_SPLIT, .pattern = (re), .behavior = MOE_TOK_SPLIT_ISOLATED }
 #define BYTES { .kind = MOE_TOK_STEP_BYTELEVEL }                      /* use_regex false */
 #define BYTES_GPT2 { .kind = MOE_TOK_STEP_BYTELEVEL, .use_regex = true } /* the GPT-2 split */
 #define DIGITS(each) { .kind = MOE_TOK_STEP_DIGITS, .individual = (each) }
@@ -54,7 +55,8 @@
 #define DSV3_NUM_RE "\\p{N}{1,3}"
 #define DSV3_CJK_RE "[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+"
 #define DSV3_RE "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+" \
-    "|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+"
+    "|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+" \
+    "|\\s+(?!\\S)|\\s+"
 /* DeepSeek LLM / Coder (v1) */
 #define DS_CJK_RE "[\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff]+"
 #define DSLLM_LETTERS_RE "\\s?[A-Za-z\u00b5\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u01ba\u01bc-\u01bf" \

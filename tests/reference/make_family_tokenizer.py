@@ -91,6 +91,11 @@ EXAONE_MOE = (CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?(?:\p{L}\p{M}*(?: \p{L}\p{M}*)
               r"| ?[^\s\p{L}\p{N}]+[\r\n/]?|\s*[\r\n]|\s+(?!\S)|\s+")
 
 
+def ds(name):
+    """A DeepSeek special token: "<｜begin▁of▁sentence｜>" from "begin of sentence"."""
+    return "<\uff5c" + name.replace(" ", "\u2581") + "\uff5c>"
+
+
 def split(pattern, behavior="isolated", invert=False):
     return pre_tokenizers.Split(Regex(pattern), behavior=behavior, invert=invert)
 
@@ -167,19 +172,19 @@ FAMILIES = {
         pre=seq(split("[\r\n]"), split(DSLLM_LETTERS), split(DSLLM_PUNCT), split(r"\s+$"),
                 split(DS_CJK), pre_tokenizers.Digits(individual_digits=True), byte_level()),
         post="bos",
-        specials=["<\uff5cbegin\u2581of\u2581sentence\uff5c>", "<\uff5cend\u2581of\u2581sentence\uff5c>"],
-        bos="<\uff5cbegin\u2581of\u2581sentence\uff5c>",
-        eos="<\uff5cend\u2581of\u2581sentence\uff5c>", add_bos=True, gguf="deepseek-llm"),
+        specials=[ds("begin of sentence"), ds("end of sentence")],
+        bos=ds("begin of sentence"),
+        eos=ds("end of sentence"), add_bos=True, gguf="deepseek-llm"),
     # deepseek-ai/deepseek-coder-6.7b-base; llama.cpp "deepseek-coder"
     "deepseek-coder": dict(
         pre=seq(split("[\r\n]"), split(r"\s?\p{L}+"), split(r"\s?\p{P}+"), split(DS_CJK),
                 pre_tokenizers.Digits(individual_digits=True), byte_level()),
         post="bos",
-        specials=["<\uff5cbegin\u2581of\u2581sentence\uff5c>", "<\uff5cend\u2581of\u2581sentence\uff5c>",
-                  "<\uff5cfim\u2581hole\uff5c>", "<\uff5cfim\u2581begin\uff5c>",
-                  "<\uff5cfim\u2581end\uff5c>", "<pad>", "<|EOT|>"],
+        specials=[ds("begin of sentence"), ds("end of sentence"),
+                  ds("fim hole"), ds("fim begin"),
+                  ds("fim end"), "<pad>", "<|EOT|>"],
         added=["<|User|>", "<|Assistant|>"],
-        bos="<\uff5cbegin\u2581of\u2581sentence\uff5c>", eos="<|EOT|>", add_bos=True,
+        bos=ds("begin of sentence"), eos="<|EOT|>", add_bos=True,
         gguf="deepseek-coder"),
     # deepseek-ai/DeepSeek-V3 (and R1, V3.1): BOS, EOS and pad are ids 0-2;
     # llama.cpp "deepseek-v3"
@@ -187,18 +192,18 @@ FAMILIES = {
         pre=seq(split(r"\p{N}{1,3}"), split("[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+"),
                 split(DSV3), byte_level()),
         post="bos",
-        first=["<\uff5cbegin\u2581of\u2581sentence\uff5c>", "<\uff5cend\u2581of\u2581sentence\uff5c>",
-               "<\uff5c\u2581pad\u2581\uff5c>"],
-        specials=["<\uff5cfim\u2581hole\uff5c>", "<\uff5cfim\u2581begin\uff5c>",
-                  "<\uff5cfim\u2581end\uff5c>", "<\uff5cUser\uff5c>", "<\uff5cAssistant\uff5c>",
-                  "<|EOT|>", "<\uff5ctool\u2581calls\u2581begin\uff5c>",
-                  "<\uff5ctool\u2581calls\u2581end\uff5c>", "<\uff5ctool\u2581call\u2581begin\uff5c>",
-                  "<\uff5ctool\u2581call\u2581end\uff5c>", "<\uff5ctool\u2581outputs\u2581begin\uff5c>",
-                  "<\uff5ctool\u2581outputs\u2581end\uff5c>", "<\uff5ctool\u2581output\u2581begin\uff5c>",
-                  "<\uff5ctool\u2581output\u2581end\uff5c>", "<\uff5ctool\u2581sep\uff5c>"],
+        first=[ds("begin of sentence"), ds("end of sentence"),
+               ds(" pad ")],
+        specials=[ds("fim hole"), ds("fim begin"),
+                  ds("fim end"), ds("User"), ds("Assistant"),
+                  "<|EOT|>", ds("tool calls begin"),
+                  ds("tool calls end"), ds("tool call begin"),
+                  ds("tool call end"), ds("tool outputs begin"),
+                  ds("tool outputs end"), ds("tool output begin"),
+                  ds("tool output end"), ds("tool sep")],
         added=["<think>", "</think>"],
-        bos="<\uff5cbegin\u2581of\u2581sentence\uff5c>",
-        eos="<\uff5cend\u2581of\u2581sentence\uff5c>", add_bos=True, gguf="deepseek-v3",
+        bos=ds("begin of sentence"),
+        eos=ds("end of sentence"), add_bos=True, gguf="deepseek-v3",
         template="deepseek-ai-DeepSeek-V3.1.jinja"),
     # openai/gpt-oss-*: o200k_harmony through TikTokenConverter (ignore_merges);
     # llama.cpp "gpt-4o"
@@ -431,9 +436,9 @@ def train(name, fam):
         # pre-tokenizer that splits differently gives different ids
         tok.pre_tokenizer = seq(split(r" ?[^\s]+|\s", "isolated"), byte_level())
         alphabet = pre_tokenizers.ByteLevel.alphabet()
-    extra = {"limit_alphabet": 200} if spm else {}
+    # (no limit_alphabet: its ties make the vocabulary differ from run to run)
     trainer = trainers.BpeTrainer(vocab_size=target + len(first), special_tokens=first,
-                                  initial_alphabet=alphabet, show_progress=False, **extra)
+                                  initial_alphabet=alphabet, show_progress=False)
     tok.train_from_iterator(corpus_text(), trainer=trainer)
     if spm:
         tok = with_byte_tokens(tok, first, fam)

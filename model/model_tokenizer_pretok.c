@@ -1,7 +1,9 @@
 /* Encoding up to the model step: added tokens split out of the raw text,
- * then per segment the normalizers and the pre-tokenizer (PCRE2 regex
- * splits with Hugging Face's delimiter behaviours), then each piece to
- * model_tokenizer_bpe.c. */
+ * then per segment the normalizers (NFC, Prepend, Replace) and the
+ * pre-tokenizer steps in order, with Hugging Face's semantics (its regexes
+ * read as Oniguruma reads them: model_tokenizer_regex.c; its delimiter
+ * behaviours; ByteLevel and Metaspace edits per piece; steps after ByteLevel
+ * on the byte-mapped text), then each piece to model_tokenizer_bpe.c. */
 #define _GNU_SOURCE /* memmem */
 #include "model/model_tokenizer_int.h"
 
@@ -245,36 +247,6 @@ static int grow(void **p, size_t *cap, size_t need, size_t elem)
     return 0;
 }
 
-/* The next non-empty match of re in s[0..n) at or after from: 1 found, 0 none. */
-static int re_next(struct enc *e, const pcre2_code *re, const char *s, size_t n, size_t from,
-                   size_t *ms, size_t *me)
-{
-    while (from < n) {
-        int rc = pcre2_match(re, (PCRE2_SPTR)s, n, from, 0, e->md, e->mc);
-        if (rc == PCRE2_ERROR_NOMATCH)
-            return 0;
-        if (rc < 0) {
-            PCRE2_UCHAR msg[256];
-            pcre2_get_error_message(rc, msg, sizeof(msg));
-            return moe_err(-EINVAL, "%s: pre-tokenizer regex failed: %s", e->tok->source,
-                           (const char *)msg);
-        }
-        const PCRE2_SIZE *ov = pcre2_get_ovector_pointer(e->md);
-        if (ov[1] > ov[0] && ov[1] <= n) {
-            *ms = ov[0];
-            *me = ov[1];
-            return 1;
-        }
-        /* an empty match: step over one character */
-        size_t at = MOE_MAX(ov[0], from);
-        if (at >= n)
-            return 0;
-        size_t l = moe_utf8_len((const uint8_t *)s + at, n - at);
-        from = at + (l ? l : 1);
-    }
-    return 0;
-}
-
 static int push_iv(struct enc *e, size_t off, size_t end, bool match)
 {
     if (grow((void **)&e->iv, &e->cap_iv, e->n_iv + 1, sizeof(*e->iv)))
@@ -287,18 +259,17 @@ static int push_iv(struct enc *e, size_t off, size_t end, bool match)
  * Hugging Face's Pattern::find_matches gives them (Oniguruma's find_iter:
  * an empty match counts, except one right where the previous match ended;
  * then the search moves on by a character). */
-static int find_matches(struct enc *e, const struct moe_tok_pre *pre, const char *s, size_t n,
+static int find_matches(struct enc *e, const pcre2_code *re, bool jit, const char *s, size_t n,
                         bool invert)
 {
-    const pcre2_code *re = pre->re;
     e->n_iv = 0;
     if (n == 0)
         return push_iv(e, 0, 0, invert);
     size_t prev = 0, from = 0, last_match_end = SIZE_MAX;
     while (from <= n) {
         /* pcre2_jit_match skips pcre2_match's checks: a match is a call here */
-        int rc = pre->jit ? pcre2_jit_match(re, (PCRE2_SPTR)s, n, from, 0, e->md, e->mc)
-                          : pcre2_match(re, (PCRE2_SPTR)s, n, from, 0, e->md, e->mc);
+        int rc = jit ? pcre2_jit_match(re, (PCRE2_SPTR)s, n, from, 0, e->md, e->mc)
+                     : pcre2_match(re, (PCRE2_SPTR)s, n, from, 0, e->md, e->mc);
         if (rc == PCRE2_ERROR_NOMATCH)
             break;
         if (rc < 0) {
@@ -346,7 +317,7 @@ static int split_step(struct enc *e, const struct moe_tok_pre *pre)
     e->n_pb = 0;
     for (size_t k = 0; k < e->n_pa; k++) {
         const struct span in = e->pa[k];
-        int rc = find_matches(e, pre, e->buf + in.off, in.len, pre->invert);
+        int rc = find_matches(e, pre->re, pre->jit, e->buf + in.off, in.len, pre->invert);
         if (rc)
             return rc;
         const struct iv *v = e->iv;
@@ -531,36 +502,41 @@ static int buf_prepend(struct enc *e, const char *p, size_t n)
     return 0;
 }
 
-/* Every a -> b (literal), or every match of re -> b. */
+/* Every a -> b (literal), or every match of re -> b (as Hugging Face's
+ * Replace: an empty match inserts b too). */
 static int buf_replace(struct enc *e, const char *a, size_t alen, const pcre2_code *re,
                        const char *b, size_t blen)
 {
-    size_t o = 0, i = 0;
-    if (!re && alen == 0)
-        return 0;
-    for (;;) {
-        size_t ms = 0, me = 0;
-        if (re) {
-            int rc = re_next(e, re, e->buf, e->n_buf, i, &ms, &me);
-            if (rc < 0)
-                return rc;
-            if (rc == 0)
-                ms = me = e->n_buf;
-        } else {
-            const char *f = e->n_buf >= i + alen ? memmem(e->buf + i, e->n_buf - i, a, alen) : NULL;
-            ms = f ? (size_t)(f - e->buf) : e->n_buf;
-            me = f ? ms + alen : ms;
+    size_t o = 0;
+    if (re) {
+        int rc = find_matches(e, re, false, e->buf, e->n_buf, false);
+        if (rc)
+            return rc;
+        for (size_t k = 0; k < e->n_iv; k++) {
+            const struct iv *v = &e->iv[k];
+            size_t n = v->match ? blen : v->end - v->off;
+            if (grow((void **)&e->tmp, &e->cap_tmp, o + n, 1))
+                return -ENOMEM;
+            memcpy(e->tmp + o, v->match ? b : e->buf + v->off, n);
+            o += n;
         }
-        size_t keep = ms - i;
-        if (grow((void **)&e->tmp, &e->cap_tmp, o + keep + blen, 1))
-            return -ENOMEM;
-        memcpy(e->tmp + o, e->buf + i, keep);
-        o += keep;
-        if (ms == e->n_buf)
-            break;
-        memcpy(e->tmp + o, b, blen);
-        o += blen;
-        i = me;
+    } else {
+        if (alen == 0)
+            return 0;
+        for (size_t i = 0;;) {
+            const char *f = e->n_buf >= i + alen ? memmem(e->buf + i, e->n_buf - i, a, alen)
+                                                 : NULL;
+            size_t ms = f ? (size_t)(f - e->buf) : e->n_buf, keep = ms - i;
+            if (grow((void **)&e->tmp, &e->cap_tmp, o + keep + blen, 1))
+                return -ENOMEM;
+            memcpy(e->tmp + o, e->buf + i, keep);
+            o += keep;
+            if (!f)
+                break;
+            memcpy(e->tmp + o, b, blen);
+            o += blen;
+            i = ms + alen;
+        }
     }
     char *t = e->buf;
     size_t tc = e->cap_buf;

@@ -324,10 +324,11 @@ FAMILIES = {
         post="bytelevel", specials=["<|endoftext|>", "<|pad|>"],
         bos=None, eos="<|endoftext|>", gguf="superbpe"),
     # not a family: Hugging Face's delimiter behaviours, inverted splits, a
-    # prefix space and a split after ByteLevel on every piece, a Replace
-    # normalizer with a regex
+    # prefix space and a split after ByteLevel on every piece, Replace
+    # normalizers with a regex (one matching empty: it inserts)
     "hf-behaviors": dict(
-        norm=normalizers.Replace(Regex(r"\t+"), "\t"),
+        norm=normalizers.Sequence([normalizers.Replace(Regex(r"\t+"), "\t"),
+                                   normalizers.Replace(Regex("(?=\u00e9)"), "^")]),
         pre=seq(split(r"\s", "merged_with_previous"), split(r"\p{N}", "contiguous"),
                 pre_tokenizers.Split("-", behavior="merged_with_next"),
                 split(r"[^~]+", "removed", invert=True),

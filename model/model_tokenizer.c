@@ -555,8 +555,10 @@ void moe_tokenizer_free(struct moe_tokenizer *tok)
         pcre2_code_free(tok->norms[i].re);
     }
     free(tok->norms);
-    for (int i = 0; i < tok->n_pres; i++)
+    for (int i = 0; i < tok->n_pres; i++) {
         pcre2_code_free(tok->pres[i].re);
+        free(tok->pres[i].pattern_buf);
+    }
     free(tok->pres);
     for (int i = 0; i < tok->n_dec_repl; i++) {
         free(tok->dec_repl[i].a);
@@ -595,6 +597,11 @@ int moe_tokenizer_add_eog(struct moe_tokenizer *tok, int32_t id)
         return moe_err(-EINVAL, "%s: end-of-generation token %d out of range", tok->source, id);
     tok->eog[id] = 1;
     return 0;
+}
+
+const char *moe_tokenizer_pretok_name(const struct moe_tokenizer *tok)
+{
+    return tok->pretok_name ? tok->pretok_name : "none";
 }
 
 int32_t moe_tokenizer_find(const struct moe_tokenizer *tok, const char *text)

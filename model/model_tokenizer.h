@@ -34,6 +34,11 @@ bool moe_tokenizer_is_eog(const struct moe_tokenizer *tok, int32_t id); /* end o
 /* Marks one more end-of-generation token (generation_config.json's eos ids
  * beside tokenizer.json are picked up by moe_tokenizer_from_hf already). */
 int moe_tokenizer_add_eog(struct moe_tokenizer *tok, int32_t id);
+/* The pre-tokenizer preset ("qwen2", "deepseek-v3", "gpt-4o", ...): a
+ * GGUF's tokenizer.ggml.pre row, or what a tokenizer.json's pre_tokenizer
+ * was recognised as ("custom": run as described, no preset has those steps;
+ * "none": no pre-tokenizer). */
+const char *moe_tokenizer_pretok_name(const struct moe_tokenizer *tok);
 /* The id of a token spelled exactly so in the vocabulary ("<|im_end|>"), -1. */
 int32_t moe_tokenizer_find(const struct moe_tokenizer *tok, const char *text);
 

@@ -1,6 +1,7 @@
 /* The vocabulary embedded in a GGUF file (tokenizer.ggml.*) -> struct
  * moe_tokenizer. "gpt2": byte-level BPE with tokenizer.ggml.merges and the
- * pre-tokenizer regex named by tokenizer.ggml.pre; "llama": SentencePiece
+ * pre-tokenizer preset named by tokenizer.ggml.pre (model_tokenizer_preset.c;
+ * an unknown name fails the load); "llama": SentencePiece
  * BPE merged by score with <0xNN> byte fallback, as llama.cpp does. */
 #include "model/model_tokenizer_int.h"
 
@@ -10,25 +11,6 @@
 
 #include "common/common.h"
 #include "format/format.h"
-
-static const char qwen2_pattern[] =
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}"
-    "| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
-static const char llama3_pattern[] =
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}"
-    "| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
-
-/* tokenizer.ggml.pre -> the split pattern (llama.cpp's names) */
-static const struct {
-    const char *name;
-    const char *pattern;
-} pre_types[] = {
-    { "default", moe_tok_gpt2_pattern }, { "gpt-2", moe_tok_gpt2_pattern },
-    { "gpt2", moe_tok_gpt2_pattern },    { "phi-2", moe_tok_gpt2_pattern },
-    { "qwen2", qwen2_pattern },          { "deepseek-r1-qwen", qwen2_pattern },
-    { "llama3", llama3_pattern },        { "llama-bpe", llama3_pattern },
-    { "llama-v3", llama3_pattern },      { "smaug-bpe", llama3_pattern },
-};
 
 static double num_at(const void *data, enum moe_gguf_type t, uint64_t i)
 {
@@ -160,24 +142,24 @@ int moe_tokenizer_from_gguf(const struct moe_gguf *g, struct moe_tokenizer **out
         const struct moe_gguf_str *merges;
         uint64_t n_merges;
         struct moe_gguf_str pre = { "default", 7 };
-        const char *pattern = NULL;
         tok->algo = MOE_TOK_ALGO_RANK;
         tok->byte_level = tok->dec_byte_level = true;
         rc = moe_gguf_get_str(g, "tokenizer.ggml.pre", &pre);
-        if (rc && rc != -ENOENT)
+        if (rc == -ENOENT) /* as llama.cpp: its fallback split, with a warning */
+            moe_log(MOE_LOG_WARN, "%s: no tokenizer.ggml.pre; splitting as llama.cpp's "
+                    "\"default\" does (not as any Hugging Face tokenizer)", path);
+        else if (rc)
             goto fail;
-        for (size_t i = 0; i < MOE_ARRAY_SIZE(pre_types); i++)
-            if (strlen(pre_types[i].name) == pre.len && !memcmp(pre_types[i].name, pre.ptr, pre.len))
-                pattern = pre_types[i].pattern;
-        if (!pattern) {
-            moe_log(MOE_LOG_WARN, "%s: tokenizer.ggml.pre \"%.*s\" unknown, splitting as GPT-2",
-                    path, (int)MOE_MIN(pre.len, 64), pre.ptr);
-            pattern = moe_tok_gpt2_pattern;
+        const struct moe_tok_preset *preset = moe_tok_preset_by_gguf(pre.ptr, pre.len);
+        if (!preset) {
+            rc = moe_err(-EINVAL, "%s: tokenizer.ggml.pre \"%.*s\" is not a pre-tokenizer moed "
+                         "knows (model/model_tokenizer_preset.c)", path,
+                         (int)MOE_MIN(pre.len, 64), pre.ptr);
+            goto fail;
         }
-        struct moe_tok_pre p = { .kind = MOE_TOK_PRE_BYTELEVEL,
-                                 .behavior = MOE_TOK_SPLIT_ISOLATED };
-        if ((rc = moe_tok_add_pre(tok, &p, pattern, strlen(pattern), false)))
+        if ((rc = moe_tok_preset_apply(tok, preset, pre.ptr, pre.len)))
             goto fail;
+        tok->add_bos = opt_bool(g, "tokenizer.ggml.add_bos_token", preset->add_bos);
         rc = moe_gguf_get_str_array(g, "tokenizer.ggml.merges", &merges, &n_merges);
         if (rc == -ENOENT) {
             rc = moe_err(-EINVAL, "%s: gpt2 tokenizer without tokenizer.ggml.merges", path);

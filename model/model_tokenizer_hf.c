@@ -2,7 +2,7 @@
  *
  * Supported: model BPE (byte-level as GPT-2 / Qwen, or SentencePiece-style
  * with byte_fallback as Llama / Mistral); normalizers Sequence, Prepend,
- * Replace, NFC (taken as already satisfied: input text is assumed NFC);
+ * Replace, NFC;
  * pre-tokenizers Sequence, ByteLevel, Split, Metaspace, Digits, Whitespace,
  * WhitespaceSplit, Punctuation; decoders Sequence, ByteLevel, Replace,
  * ByteFallback, Fuse, Strip, Metaspace; post-processors TemplateProcessing,
@@ -101,11 +101,8 @@ static int parse_normalizer(struct hf_load *L, const json_t *n, int depth)
         return moe_tok_add_norm(L->tok, MOE_TOK_NORM_REPLACE, pat, plen, json_string_value(c),
                                 json_string_length(c), literal ? NULL : pat);
     }
-    if (!strcmp(type, "NFC")) {
-        moe_log(MOE_LOG_INFO, "%s: NFC normalizer not applied (input is taken as NFC already)",
-                L->path);
-        return 0;
-    }
+    if (!strcmp(type, "NFC"))
+        return moe_tok_add_norm(L->tok, MOE_TOK_NORM_NFC, "", 0, "", 0, NULL);
     return moe_err(-EINVAL, "%s: unsupported normalizer \"%s\"", L->path, type);
 }
 
@@ -132,38 +129,40 @@ static int split_behavior(struct hf_load *L, const char *s, enum moe_tok_split_b
                    s ? s : "(none)");
 }
 
+/* Metaspace's replacement and prepend_scheme (the pre-tokenizer's and the
+ * decoder's). */
 static int metaspace_common(struct hf_load *L, const json_t *n, const char *what,
-                            struct moe_tok_pre *p)
+                            struct moe_tok_step *st)
 {
     const json_t *r = json_object_get(n, "replacement");
-    const char *repl = "\xe2\x96\x81"; /* ▁ */
-    size_t rlen = 3;
+    st->replacement = "\xe2\x96\x81"; /* ▁ */
     if (json_is_string(r)) {
-        repl = json_string_value(r);
-        rlen = json_string_length(r);
+        st->replacement = json_string_value(r);
+        size_t rl = json_string_length(r);
+        if (rl == 0 || rl != strlen(st->replacement) ||
+            moe_utf8_len((const uint8_t *)st->replacement, rl) != rl)
+            return moe_err(-EINVAL, "%s: %s: the replacement must be one character", L->path,
+                           what);
     }
-    if (rlen == 0 || rlen >= sizeof(p->repl))
-        return moe_err(-EINVAL, "%s: %s: bad replacement", L->path, what);
-    memcpy(p->repl, repl, rlen);
-    p->repl_len = rlen;
     const char *scheme = jstr(n, "prepend_scheme");
     if (scheme) {
         if (!strcmp(scheme, "always"))
-            p->prepend = MOE_TOK_PREPEND_ALWAYS;
+            st->prepend = MOE_TOK_PREPEND_ALWAYS;
         else if (!strcmp(scheme, "first"))
-            p->prepend = MOE_TOK_PREPEND_FIRST;
+            st->prepend = MOE_TOK_PREPEND_FIRST;
         else if (!strcmp(scheme, "never"))
-            p->prepend = MOE_TOK_PREPEND_NEVER;
+            st->prepend = MOE_TOK_PREPEND_NEVER;
         else
             return moe_err(-EINVAL, "%s: %s: unknown prepend_scheme \"%s\"", L->path, what,
                            scheme);
     } else {
-        p->prepend = jbool(n, "add_prefix_space", true) ? MOE_TOK_PREPEND_ALWAYS
-                                                        : MOE_TOK_PREPEND_NEVER;
+        st->prepend = jbool(n, "add_prefix_space", true) ? MOE_TOK_PREPEND_ALWAYS
+                                                         : MOE_TOK_PREPEND_NEVER;
     }
     return 0;
 }
 
+/* One pre-tokenizer (a Sequence: each of its members) -> steps. */
 static int parse_pre(struct hf_load *L, const json_t *n, int depth)
 {
     if (!n || json_is_null(n))
@@ -171,7 +170,7 @@ static int parse_pre(struct hf_load *L, const json_t *n, int depth)
     const char *type = jstr(n, "type");
     if (!json_is_object(n) || !type || depth > 8)
         return moe_err(-EINVAL, "%s: pre_tokenizer: expected an object with a \"type\"", L->path);
-    struct moe_tok_pre p = { .behavior = MOE_TOK_SPLIT_ISOLATED };
+    struct moe_tok_step st = { .behavior = MOE_TOK_SPLIT_ISOLATED };
     int rc;
     if (!strcmp(type, "Sequence")) {
         const json_t *list = json_object_get(n, "pretokenizers");
@@ -186,61 +185,41 @@ static int parse_pre(struct hf_load *L, const json_t *n, int depth)
         return 0;
     }
     if (!strcmp(type, "ByteLevel")) {
-        p.kind = MOE_TOK_PRE_BYTELEVEL;
-        p.add_prefix_space = jbool(n, "add_prefix_space", true);
-        L->tok->byte_level = true;
-        if (jbool(n, "use_regex", true))
-            return moe_tok_add_pre(L->tok, &p, moe_tok_gpt2_pattern,
-                                   strlen(moe_tok_gpt2_pattern), false);
-        return moe_tok_add_pre(L->tok, &p, NULL, 0, false);
-    }
-    if (!strcmp(type, "Split")) {
-        const char *pat;
-        size_t plen;
+        st.kind = MOE_TOK_STEP_BYTELEVEL;
+        st.add_prefix_space = jbool(n, "add_prefix_space", true);
+        st.use_regex = jbool(n, "use_regex", true);
+    } else if (!strcmp(type, "Split")) {
         bool literal;
-        p.kind = MOE_TOK_PRE_SPLIT;
-        if ((rc = jpattern(L, n, "pre-tokenizer Split", &pat, &plen, &literal)) ||
-            (rc = split_behavior(L, jstr(n, "behavior"), &p.behavior)))
+        st.kind = MOE_TOK_STEP_SPLIT;
+        if ((rc = jpattern(L, n, "pre-tokenizer Split", &st.pattern, &st.pattern_len,
+                           &literal)) ||
+            (rc = split_behavior(L, jstr(n, "behavior"), &st.behavior)))
             return rc;
-        p.invert = jbool(n, "invert", false);
-        return moe_tok_add_pre(L->tok, &p, pat, plen, literal);
-    }
-    if (!strcmp(type, "Metaspace")) {
-        p.kind = MOE_TOK_PRE_METASPACE;
-        if ((rc = metaspace_common(L, n, "pre-tokenizer Metaspace", &p)))
+        st.literal = literal;
+        st.invert = jbool(n, "invert", false);
+        if (st.pattern_len == 0)
+            return moe_err(-EINVAL, "%s: pre-tokenizer Split: an empty pattern", L->path);
+    } else if (!strcmp(type, "Metaspace")) {
+        st.kind = MOE_TOK_STEP_METASPACE;
+        if ((rc = metaspace_common(L, n, "pre-tokenizer Metaspace", &st)))
             return rc;
-        if (jbool(n, "split", true)) {
-            p.behavior = MOE_TOK_SPLIT_MERGED_NEXT;
-            return moe_tok_add_pre(L->tok, &p, p.repl, p.repl_len, true);
-        }
-        return moe_tok_add_pre(L->tok, &p, NULL, 0, false);
-    }
-    if (!strcmp(type, "Digits")) {
-        p.kind = MOE_TOK_PRE_SPLIT;
-        const char *pat = jbool(n, "individual_digits", false) ? "[0-9]" : "[0-9]+";
-        return moe_tok_add_pre(L->tok, &p, pat, strlen(pat), false);
-    }
-    if (!strcmp(type, "Whitespace")) {
-        p.kind = MOE_TOK_PRE_SPLIT;
-        p.behavior = MOE_TOK_SPLIT_REMOVED;
-        p.invert = true;
-        const char *pat = "\\w+|[^\\w\\s]+";
-        return moe_tok_add_pre(L->tok, &p, pat, strlen(pat), false);
-    }
-    if (!strcmp(type, "WhitespaceSplit")) {
-        p.kind = MOE_TOK_PRE_SPLIT;
-        p.behavior = MOE_TOK_SPLIT_REMOVED;
-        return moe_tok_add_pre(L->tok, &p, "\\s+", 3, false);
-    }
-    if (!strcmp(type, "Punctuation")) {
-        p.kind = MOE_TOK_PRE_SPLIT;
+        st.split = jbool(n, "split", true);
+    } else if (!strcmp(type, "Digits")) {
+        st.kind = MOE_TOK_STEP_DIGITS;
+        st.individual = jbool(n, "individual_digits", false);
+    } else if (!strcmp(type, "Whitespace")) {
+        st.kind = MOE_TOK_STEP_WHITESPACE;
+    } else if (!strcmp(type, "WhitespaceSplit")) {
+        st.kind = MOE_TOK_STEP_WSSPLIT;
+    } else if (!strcmp(type, "Punctuation")) {
+        st.kind = MOE_TOK_STEP_PUNCTUATION;
         const char *b = jstr(n, "behavior");
-        if (b && (rc = split_behavior(L, b, &p.behavior)))
+        if (b && (rc = split_behavior(L, b, &st.behavior)))
             return rc;
-        const char *pat = "[\\p{P}!-/:-@\\[-`{-~]";
-        return moe_tok_add_pre(L->tok, &p, pat, strlen(pat), false);
+    } else {
+        return moe_err(-EINVAL, "%s: unsupported pre_tokenizer \"%s\"", L->path, type);
     }
-    return moe_err(-EINVAL, "%s: unsupported pre_tokenizer \"%s\"", L->path, type);
+    return moe_tok_add_step(L->tok, &st);
 }
 
 /* ---- decoder ------------------------------------------------------------------------ */
@@ -291,12 +270,12 @@ static int parse_decoder(struct hf_load *L, const json_t *n, int depth)
         return 0;
     }
     if (!strcmp(type, "Metaspace")) {
-        struct moe_tok_pre p = { 0 };
-        if ((rc = metaspace_common(L, n, "decoder Metaspace", &p)))
+        struct moe_tok_step st = { 0 };
+        if ((rc = metaspace_common(L, n, "decoder Metaspace", &st)))
             return rc;
-        if (p.prepend != MOE_TOK_PREPEND_NEVER)
+        if (st.prepend != MOE_TOK_PREPEND_NEVER)
             tok->strip_first_space = true;
-        return moe_tok_add_dec_replace(tok, p.repl, p.repl_len, " ", 1);
+        return moe_tok_add_dec_replace(tok, st.replacement, strlen(st.replacement), " ", 1);
     }
     return moe_err(-EINVAL, "%s: unsupported decoder \"%s\"", L->path, type);
 }
@@ -608,6 +587,7 @@ static int hf_build(const char *name, const char *text, size_t len, const json_t
         (rc = parse_decoder(&L, json_object_get(root, "decoder"), 0)))
         goto fail;
     struct moe_tokenizer *tok = L.tok;
+    tok->pretok_name = moe_tok_preset_recognise(tok);
     parse_post(&L, json_object_get(root, "post_processor"), 0);
 
     tok->bos = config_token(tok, cfg, "bos_token");

@@ -45,6 +45,7 @@ enum moe_tok_algo {
 enum moe_tok_norm_kind {
     MOE_TOK_NORM_PREPEND, /* a = prefix, when the segment is not empty */
     MOE_TOK_NORM_REPLACE, /* every a (literal) or every match of re -> b */
+    MOE_TOK_NORM_NFC,     /* Unicode NFC (model_tokenizer_nfc.c) */
 };
 
 struct moe_tok_norm {
@@ -54,11 +55,21 @@ struct moe_tok_norm {
     pcre2_code *re; /* Replace with a Regex pattern, else NULL */
 };
 
-/* ---- pre-tokenizer steps --------------------------------------------------- */
-enum moe_tok_pre_kind {
-    MOE_TOK_PRE_SPLIT,     /* regex split (Split, Digits, Whitespace, ...) */
-    MOE_TOK_PRE_BYTELEVEL, /* optional prefix space, GPT-2 regex split */
-    MOE_TOK_PRE_METASPACE, /* ' ' -> replacement, prefix, optional split */
+/* ---- pre-tokenizer steps ---------------------------------------------------
+ * One Hugging Face pre-tokenizer each, run in order over the pieces of a
+ * segment, with Hugging Face's semantics (a ByteLevel or Metaspace edit
+ * applies to every piece it is given; a step after ByteLevel sees the
+ * byte-mapped text). tokenizer.json is read into these; the presets of
+ * model_tokenizer_preset.c are written as these. */
+enum moe_tok_step_kind {
+    MOE_TOK_STEP_NONE,        /* ends a preset's list */
+    MOE_TOK_STEP_SPLIT,       /* Split: a regex or a literal string */
+    MOE_TOK_STEP_DIGITS,      /* Digits: each numeric character, or runs of them */
+    MOE_TOK_STEP_PUNCTUATION, /* Punctuation: each punctuation character */
+    MOE_TOK_STEP_WHITESPACE,  /* Whitespace: \w+|[^\w\s]+, the rest removed */
+    MOE_TOK_STEP_WSSPLIT,     /* WhitespaceSplit: split at white space, removed */
+    MOE_TOK_STEP_BYTELEVEL,   /* ByteLevel: prefix space, GPT-2 split, byte mapping */
+    MOE_TOK_STEP_METASPACE,   /* Metaspace: ' ' -> replacement, prefix, split */
 };
 
 enum moe_tok_split_behavior { /* Hugging Face's SplitDelimiterBehavior */
@@ -71,15 +82,57 @@ enum moe_tok_split_behavior { /* Hugging Face's SplitDelimiterBehavior */
 
 enum moe_tok_prepend { MOE_TOK_PREPEND_ALWAYS, MOE_TOK_PREPEND_FIRST, MOE_TOK_PREPEND_NEVER };
 
-struct moe_tok_pre {
-    enum moe_tok_pre_kind kind;
-    pcre2_code *re; /* the split pattern; NULL: this step does not split */
-    enum moe_tok_split_behavior behavior;
-    bool invert;           /* the pattern matches the pieces, not the delimiters */
+/* A step as tokenizer.json describes it. */
+struct moe_tok_step {
+    enum moe_tok_step_kind kind;
+    const char *pattern;  /* Split: the regex (Oniguruma syntax) or string */
+    size_t pattern_len;   /* 0: strlen(pattern) */
+    bool literal;         /* Split: {"String": ...} */
+    enum moe_tok_split_behavior behavior; /* Split, Punctuation */
+    bool invert;          /* Split */
+    bool individual;      /* Digits: individual_digits */
     bool add_prefix_space; /* ByteLevel */
-    char repl[8];          /* Metaspace replacement character (UTF-8) */
+    bool use_regex;       /* ByteLevel */
+    const char *replacement; /* Metaspace (UTF-8, NULL: "▁") */
+    enum moe_tok_prepend prepend; /* Metaspace */
+    bool split;           /* Metaspace */
+};
+
+/* A family's pre-tokenizer (model_tokenizer_preset.c). */
+struct moe_tok_preset {
+    const char *name;     /* "qwen2" */
+    const char *models;   /* who uses it */
+    const char *gguf[20]; /* tokenizer.ggml.pre names that mean it (llama.cpp's) */
+    struct moe_tok_step steps[8]; /* as its tokenizer.json has them, in order */
+    bool ignore_merges;   /* set by llama.cpp for these GGUF names */
+    bool add_bos;         /* GGUF default without tokenizer.ggml.add_bos_token */
+    /* GGUF names whose tokenizer.json normalizes to NFC first (a GGUF does
+     * not say; llama.cpp does not normalize) */
+    const char *nfc[4];
+};
+
+const struct moe_tok_preset *moe_tok_presets(size_t *n);
+/* The preset for a GGUF's tokenizer.ggml.pre, or NULL. */
+const struct moe_tok_preset *moe_tok_preset_by_gguf(const char *name, size_t len);
+/* Sets up a GGUF vocabulary as the preset says for its tokenizer.ggml.pre
+ * name: the NFC normalizer where the family has one, the steps,
+ * ignore_merges; names the tokenizer's pre-tokenizer after the preset. */
+int moe_tok_preset_apply(struct moe_tokenizer *tok, const struct moe_tok_preset *p,
+                         const char *gguf_name, size_t len);
+/* The preset whose steps the tokenizer's are ("custom" when none is,
+ * "none" without steps). */
+const char *moe_tok_preset_recognise(const struct moe_tokenizer *tok);
+
+/* A step as it runs. */
+struct moe_tok_pre {
+    struct moe_tok_step step; /* pattern and replacement point into pattern_buf, repl */
+    char *pattern_buf;
+    pcre2_code *re; /* what the step splits at; NULL: it does not split */
+    bool jit; /* re was JIT-compiled */
+    enum moe_tok_split_behavior behavior;
+    bool invert;
+    char repl[8]; /* Metaspace replacement */
     size_t repl_len;
-    enum moe_tok_prepend prepend;
 };
 
 /* ---- added tokens: a byte trie, matched on the raw text ------------------- */
@@ -154,6 +207,7 @@ struct moe_tokenizer {
     int n_norms;
     struct moe_tok_pre *pres;
     int n_pres;
+    const char *pretok_name; /* the preset (static), "custom" or "none" */
 
     /* decoding */
     bool dec_byte_level;    /* undo the byte->unicode mapping */
@@ -194,16 +248,22 @@ int moe_tok_reserve_merges(struct moe_tokenizer *tok, size_t n);
 /* Pipeline steps; the pattern is compiled UTF + UCP (+ JIT). */
 int moe_tok_add_norm(struct moe_tokenizer *tok, enum moe_tok_norm_kind kind, const char *a,
                      size_t alen, const char *b, size_t blen, const char *regex);
-int moe_tok_add_pre(struct moe_tokenizer *tok, const struct moe_tok_pre *pre,
-                    const char *pattern, size_t pattern_len, bool literal);
+/* Appends a pre-tokenizer step (the pattern is copied and compiled). */
+int moe_tok_add_step(struct moe_tokenizer *tok, const struct moe_tok_step *st);
 int moe_tok_add_dec_replace(struct moe_tokenizer *tok, const char *a, size_t alen,
                             const char *b, size_t blen);
-/* Compiles a pattern (UTF, UCP, invalid UTF-8 tolerated; JIT when there). */
+/* Compiles a pattern (UTF, UCP, invalid UTF-8 tolerated; JIT when there).
+ * A regex is read as Hugging Face reads it (Oniguruma syntax). */
 int moe_tok_compile(const char *src, const char *pattern, size_t len, bool literal,
                     pcre2_code **out);
 /* After everything: decoded bytes, byte tokens, the added-token trie (every
  * CONTROL / USER_DEFINED / UNKNOWN token), end-of-generation set. */
 int moe_tok_finish(struct moe_tokenizer *tok);
+
+/* An Oniguruma pattern (as Hugging Face tokenizers compiles it) rewritten
+ * for PCRE2 so that both match the same text; *out is malloc'ed. Refuses,
+ * naming it, what has no exact PCRE2 equivalent. src is for messages. */
+int moe_tok_regex_translate(const char *src, const char *pattern, size_t len, char **out);
 
 /* The GPT-2 pre-tokenizer pattern (Hugging Face ByteLevel use_regex). */
 extern const char moe_tok_gpt2_pattern[];
@@ -211,6 +271,13 @@ extern const char moe_tok_gpt2_pattern[];
 /* GPT-2's byte -> unicode code point mapping and its inverse (-1 if none). */
 uint32_t moe_tok_byte_to_cp(uint8_t b);
 int moe_tok_cp_to_byte(uint32_t cp);
+
+/* NFC as Hugging Face's normalizer composes. moe_tok_is_nfc: the quick
+ * check (true: s cannot change). moe_tok_nfc: s[0..n) normalized into *out
+ * (grown as needed, capacity *cap); *cps is scratch of *cps_cap. */
+bool moe_tok_is_nfc(const char *s, size_t n);
+int moe_tok_nfc(const char *s, size_t n, char **out, size_t *cap, size_t *out_n,
+                uint32_t **cps, size_t *cps_cap);
 
 /* UTF-8 helpers. moe_utf8_len: length of the valid sequence starting at
  * s[0..n), or 0 when s[0] does not start one (invalid or truncated). */

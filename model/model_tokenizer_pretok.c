@@ -1,7 +1,9 @@
 /* Encoding up to the model step: added tokens split out of the raw text,
- * then per segment the normalizers and the pre-tokenizer (PCRE2 regex
- * splits with Hugging Face's delimiter behaviours), then each piece to
- * model_tokenizer_bpe.c. */
+ * then per segment the normalizers (NFC, Prepend, Replace) and the
+ * pre-tokenizer steps in order, with Hugging Face's semantics (its regexes
+ * read as Oniguruma reads them: model_tokenizer_regex.c; its delimiter
+ * behaviours; ByteLevel and Metaspace edits per piece; steps after ByteLevel
+ * on the byte-mapped text), then each piece to model_tokenizer_bpe.c. */
 #define _GNU_SOURCE /* memmem */
 #include "model/model_tokenizer_int.h"
 
@@ -17,17 +19,36 @@ const char moe_tok_gpt2_pattern[] =
 int moe_tok_compile(const char *src, const char *pattern, size_t len, bool literal,
                     pcre2_code **out)
 {
-    int errcode;
+    int errcode, rc;
     PCRE2_SIZE erroff;
+    char *pcre = NULL;
+    *out = NULL;
+    /* Hugging Face's patterns are Oniguruma's: rewritten where PCRE2 reads
+     * them differently (model_tokenizer_regex.c) */
+    if (!literal && (rc = moe_tok_regex_translate(src, pattern, len, &pcre)))
+        return rc;
+    pcre2_compile_context *cc = pcre2_compile_context_create(NULL);
+    if (!cc) {
+        free(pcre);
+        return moe_err(-ENOMEM, "out of memory");
+    }
+    pcre2_set_newline(cc, PCRE2_NEWLINE_LF); /* '.' excludes \n only, as Oniguruma's */
     uint32_t opts = PCRE2_UTF | PCRE2_MATCH_INVALID_UTF;
     opts |= literal ? PCRE2_LITERAL : PCRE2_UCP; /* LITERAL refuses UCP */
-    *out = pcre2_compile((PCRE2_SPTR)pattern, len, opts, &errcode, &erroff, NULL);
+    *out = literal ? pcre2_compile((PCRE2_SPTR)pattern, len, opts, &errcode, &erroff, cc)
+                   : pcre2_compile((PCRE2_SPTR)pcre, PCRE2_ZERO_TERMINATED, opts, &errcode,
+                                   &erroff, cc);
+    pcre2_compile_context_free(cc);
     if (!*out) {
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(errcode, msg, sizeof(msg));
-        return moe_err(-EINVAL, "%s: regex \"%.*s\" at offset %zu: %s", src,
-                       (int)MOE_MIN(len, 200), pattern, (size_t)erroff, (const char *)msg);
+        rc = moe_err(-EINVAL, "%s: regex \"%.*s\": %s (at offset %zu of \"%.*s\")", src,
+                     (int)MOE_MIN(len, 200), pattern, (const char *)msg, (size_t)erroff,
+                     (int)MOE_MIN(literal ? len : strlen(pcre), 300), literal ? pattern : pcre);
+        free(pcre);
+        return rc;
     }
+    free(pcre);
     (void)pcre2_jit_compile(*out, PCRE2_JIT_COMPLETE); /* interpreted if JIT is missing */
     return 0;
 }
@@ -65,20 +86,99 @@ int moe_tok_add_norm(struct moe_tokenizer *tok, enum moe_tok_norm_kind kind, con
     return 0;
 }
 
-int moe_tok_add_pre(struct moe_tokenizer *tok, const struct moe_tok_pre *pre,
-                    const char *pattern, size_t pattern_len, bool literal)
+/* What the built-in pre-tokenizers split at (Oniguruma syntax): Rust's
+ * char::is_numeric (general category N); is_ascii_punctuation or general
+ * category P; Hugging Face's Whitespace regex; char::is_whitespace. */
+static const char digit_pattern[] = "\\p{N}";
+static const char digit_run_pattern[] = "\\p{N}+";
+static const char punct_pattern[] = "[\\p{P}!-/:-@\\[-`{-~]";
+static const char punct_run_pattern[] = "[\\p{P}!-/:-@\\[-`{-~]+";
+static const char whitespace_pattern[] = "\\w+|[^\\w\\s]+";
+static const char space_pattern[] = "\\s";
+
+int moe_tok_add_step(struct moe_tokenizer *tok, const struct moe_tok_step *st)
 {
-    struct moe_tok_pre *p = realloc(tok->pres, (size_t)(tok->n_pres + 1) * sizeof(*p));
-    if (!p)
+    struct moe_tok_pre *all = realloc(tok->pres, (size_t)(tok->n_pres + 1) * sizeof(*all));
+    if (!all)
         return moe_err(-ENOMEM, "out of memory");
-    tok->pres = p;
-    p[tok->n_pres] = *pre;
-    p[tok->n_pres].re = NULL;
-    tok->n_pres++;
-    if (pattern)
-        return moe_tok_compile(tok->source, pattern, pattern_len, literal,
-                               &p[tok->n_pres - 1].re);
-    return 0;
+    tok->pres = all;
+    struct moe_tok_pre *p = &all[tok->n_pres++]; /* freed with the tokenizer from here on */
+    memset(p, 0, sizeof(*p));
+    p->step = *st;
+    p->step.pattern = NULL;
+    p->step.replacement = NULL;
+    p->behavior = st->behavior;
+    const char *pat = NULL;
+    size_t plen = 0;
+    bool literal = false;
+    switch (st->kind) {
+    case MOE_TOK_STEP_SPLIT:
+        if (!st->pattern)
+            return moe_err(-EINVAL, "%s: Split without a pattern", tok->source);
+        pat = st->pattern;
+        plen = st->pattern_len ? st->pattern_len : strlen(pat);
+        literal = st->literal;
+        p->invert = st->invert;
+        break;
+    case MOE_TOK_STEP_DIGITS: /* each numeric character; or runs of them */
+        pat = st->individual ? digit_pattern : digit_run_pattern;
+        p->behavior = MOE_TOK_SPLIT_ISOLATED;
+        break;
+    case MOE_TOK_STEP_PUNCTUATION:
+        /* Contiguous over one-character matches is runs of them, isolated */
+        pat = p->behavior == MOE_TOK_SPLIT_CONTIGUOUS ? punct_run_pattern : punct_pattern;
+        if (p->behavior == MOE_TOK_SPLIT_CONTIGUOUS)
+            p->behavior = MOE_TOK_SPLIT_ISOLATED;
+        break;
+    case MOE_TOK_STEP_WHITESPACE:
+        pat = whitespace_pattern;
+        p->behavior = MOE_TOK_SPLIT_REMOVED;
+        p->invert = true;
+        break;
+    case MOE_TOK_STEP_WSSPLIT:
+        pat = space_pattern;
+        p->behavior = MOE_TOK_SPLIT_REMOVED;
+        break;
+    case MOE_TOK_STEP_BYTELEVEL:
+        tok->byte_level = true;
+        pat = st->use_regex ? moe_tok_gpt2_pattern : NULL;
+        p->behavior = MOE_TOK_SPLIT_ISOLATED;
+        break;
+    case MOE_TOK_STEP_METASPACE: {
+        const char *r = st->replacement ? st->replacement : "\xe2\x96\x81"; /* ▁ */
+        size_t rl = strlen(r);
+        if (rl == 0 || rl >= sizeof(p->repl) || moe_utf8_len((const uint8_t *)r, rl) != rl)
+            return moe_err(-EINVAL, "%s: Metaspace: the replacement must be one character",
+                           tok->source);
+        memcpy(p->repl, r, rl);
+        p->repl_len = rl;
+        p->step.replacement = p->repl;
+        if (st->split) { /* at each replacement character, which starts the next piece */
+            pat = p->repl;
+            plen = rl;
+            literal = true;
+            p->behavior = MOE_TOK_SPLIT_MERGED_NEXT;
+        }
+        break;
+    }
+    default:
+        return moe_err(-EINVAL, "%s: unknown pre-tokenizer step %d", tok->source, (int)st->kind);
+    }
+    if (!pat)
+        return 0;
+    if (!plen)
+        plen = strlen(pat);
+    if (st->kind == MOE_TOK_STEP_SPLIT) { /* kept: presets are recognised by it */
+        if (!(p->pattern_buf = dup_bytes(pat, plen)))
+            return moe_err(-ENOMEM, "out of memory");
+        p->step.pattern = p->pattern_buf;
+        p->step.pattern_len = plen;
+    }
+    int rc = moe_tok_compile(tok->source, pat, plen, literal, &p->re);
+    size_t jit = 0;
+    if (rc == 0 && pcre2_pattern_info(p->re, PCRE2_INFO_JITSIZE, &jit) == 0)
+        p->jit = jit > 0;
+    return rc;
 }
 
 int moe_tok_add_dec_replace(struct moe_tokenizer *tok, const char *a, size_t alen,
@@ -104,11 +204,12 @@ int moe_tok_add_dec_replace(struct moe_tokenizer *tok, const char *a, size_t ale
 /* ---- per-call state ------------------------------------------------------------ */
 struct span {
     uint32_t off, len;
+    bool start; /* begins where the input text begins (Metaspace's "first") */
 };
 
 struct iv {
     uint32_t off, end;
-    bool delim;
+    bool match;
 };
 
 struct enc {
@@ -119,6 +220,11 @@ struct enc {
     pcre2_jit_stack *js;
     char *buf, *tmp; /* the segment being normalized */
     size_t n_buf, cap_buf, cap_tmp;
+    bool mapped; /* buf holds byte-level characters (a step ran after ByteLevel) */
+    char *raw;   /* a piece mapped back to bytes */
+    size_t cap_raw;
+    uint32_t *cps; /* NFC's code points */
+    size_t cap_cps;
     struct span *pa, *pb; /* pieces before / after a split step */
     size_t n_pa, n_pb, cap_pa, cap_pb;
     struct iv *iv;
@@ -141,14 +247,31 @@ static int grow(void **p, size_t *cap, size_t need, size_t elem)
     return 0;
 }
 
-/* The next non-empty match of re in s[0..n) at or after from: 1 found, 0 none. */
-static int re_next(struct enc *e, const pcre2_code *re, const char *s, size_t n, size_t from,
-                   size_t *ms, size_t *me)
+static int push_iv(struct enc *e, size_t off, size_t end, bool match)
 {
-    while (from < n) {
-        int rc = pcre2_match(re, (PCRE2_SPTR)s, n, from, 0, e->md, e->mc);
+    if (grow((void **)&e->iv, &e->cap_iv, e->n_iv + 1, sizeof(*e->iv)))
+        return -ENOMEM;
+    e->iv[e->n_iv++] = (struct iv){ (uint32_t)off, (uint32_t)end, match };
+    return 0;
+}
+
+/* The matches of re in s[0..n) and the text between them, in order, as
+ * Hugging Face's Pattern::find_matches gives them (Oniguruma's find_iter:
+ * an empty match counts, except one right where the previous match ended;
+ * then the search moves on by a character). */
+static int find_matches(struct enc *e, const pcre2_code *re, bool jit, const char *s, size_t n,
+                        bool invert)
+{
+    e->n_iv = 0;
+    if (n == 0)
+        return push_iv(e, 0, 0, invert);
+    size_t prev = 0, from = 0, last_match_end = SIZE_MAX;
+    while (from <= n) {
+        /* pcre2_jit_match skips pcre2_match's checks: a match is a call here */
+        int rc = jit ? pcre2_jit_match(re, (PCRE2_SPTR)s, n, from, 0, e->md, e->mc)
+                     : pcre2_match(re, (PCRE2_SPTR)s, n, from, 0, e->md, e->mc);
         if (rc == PCRE2_ERROR_NOMATCH)
-            return 0;
+            break;
         if (rc < 0) {
             PCRE2_UCHAR msg[256];
             pcre2_get_error_message(rc, msg, sizeof(msg));
@@ -156,123 +279,112 @@ static int re_next(struct enc *e, const pcre2_code *re, const char *s, size_t n,
                            (const char *)msg);
         }
         const PCRE2_SIZE *ov = pcre2_get_ovector_pointer(e->md);
-        if (ov[1] > ov[0] && ov[1] <= n) {
-            *ms = ov[0];
-            *me = ov[1];
-            return 1;
+        size_t ms = ov[0], me = ov[1];
+        if (me < ms || me > n) /* \K can do that; Oniguruma has none of it */
+            return moe_err(-EINVAL, "%s: pre-tokenizer regex matched backwards", e->tok->source);
+        if (ms == me && me == last_match_end) {
+            if (from >= n)
+                break;
+            size_t l = moe_utf8_len((const uint8_t *)s + from, n - from);
+            from += l ? l : 1;
+            continue;
         }
-        /* an empty match: step over one character */
-        size_t at = MOE_MAX(ov[0], from);
-        if (at >= n)
-            return 0;
-        size_t l = moe_utf8_len((const uint8_t *)s + at, n - at);
-        from = at + (l ? l : 1);
+        from = last_match_end = me;
+        if (ms > prev && push_iv(e, prev, ms, invert))
+            return -ENOMEM;
+        if (push_iv(e, ms, me, !invert))
+            return -ENOMEM;
+        prev = me;
     }
+    if (prev < n && push_iv(e, prev, n, invert))
+        return -ENOMEM;
     return 0;
 }
 
-static int push_piece(struct enc *e, uint32_t off, uint32_t end)
+static int push_span(struct enc *e, uint32_t off, uint32_t end)
 {
-    if (end <= off)
-        return 0;
     if (grow((void **)&e->pb, &e->cap_pb, e->n_pb + 1, sizeof(*e->pb)))
         return -ENOMEM;
-    e->pb[e->n_pb++] = (struct span){ off, end - off };
+    e->pb[e->n_pb++] = (struct span){ off, end - off, false };
     return 0;
 }
 
-/* One split step over every piece (Hugging Face's Split with the
- * delimiter behaviours of SplitDelimiterBehavior). */
+/* One splitting step over every piece: Hugging Face's NormalizedString::split
+ * with the delimiter behaviours of SplitDelimiterBehavior, empty pieces
+ * dropped at the end. */
 static int split_step(struct enc *e, const struct moe_tok_pre *pre)
 {
     e->n_pb = 0;
     for (size_t k = 0; k < e->n_pa; k++) {
-        const char *s = e->buf + e->pa[k].off;
-        size_t n = e->pa[k].len, prev = 0, ms, me;
-        uint32_t base = e->pa[k].off;
-        e->n_iv = 0;
-        for (;;) {
-            int rc = re_next(e, pre->re, s, n, prev, &ms, &me);
-            if (rc < 0)
-                return rc;
-            if (rc == 0)
-                break;
-            if (grow((void **)&e->iv, &e->cap_iv, e->n_iv + 2, sizeof(*e->iv)))
+        const struct span in = e->pa[k];
+        int rc = find_matches(e, pre->re, pre->jit, e->buf + in.off, in.len, pre->invert);
+        if (rc)
+            return rc;
+        const struct iv *v = e->iv;
+        size_t nv = e->n_iv, first = e->n_pb;
+        uint32_t b = in.off;
+        bool prev_match = false;
+        if (pre->behavior == MOE_TOK_SPLIT_ISOLATED || pre->behavior == MOE_TOK_SPLIT_REMOVED) {
+            /* no piece joins another: the non-empty ones go straight out */
+            if (grow((void **)&e->pb, &e->cap_pb, e->n_pb + nv, sizeof(*e->pb)))
                 return -ENOMEM;
-            if (ms > prev)
-                e->iv[e->n_iv++] = (struct iv){ base + (uint32_t)prev, base + (uint32_t)ms,
-                                                pre->invert };
-            e->iv[e->n_iv++] = (struct iv){ base + (uint32_t)ms, base + (uint32_t)me,
-                                            !pre->invert };
-            prev = me;
+            bool keep_matches = pre->behavior == MOE_TOK_SPLIT_ISOLATED;
+            for (size_t i = 0; i < nv; i++)
+                if (v[i].end > v[i].off && (keep_matches || !v[i].match))
+                    e->pb[e->n_pb++] = (struct span){ b + v[i].off, v[i].end - v[i].off,
+                                                      in.start && v[i].off == 0 };
+            continue;
         }
-        if (prev < n) {
-            if (grow((void **)&e->iv, &e->cap_iv, e->n_iv + 1, sizeof(*e->iv)))
-                return -ENOMEM;
-            e->iv[e->n_iv++] = (struct iv){ base + (uint32_t)prev, base + (uint32_t)n,
-                                            pre->invert };
-        }
-
-        struct iv *v = e->iv;
-        size_t nv = e->n_iv;
-        int rc = 0;
         switch (pre->behavior) {
         case MOE_TOK_SPLIT_REMOVED:
-            for (size_t i = 0; i < nv && !rc; i++)
-                if (!v[i].delim)
-                    rc = push_piece(e, v[i].off, v[i].end);
-            break;
         case MOE_TOK_SPLIT_ISOLATED:
-            for (size_t i = 0; i < nv && !rc; i++)
-                rc = push_piece(e, v[i].off, v[i].end);
             break;
-        case MOE_TOK_SPLIT_MERGED_PREV: {
-            /* a delimiter joins the piece before it (unless that one is a
-             * delimiter itself) */
-            size_t first = e->n_pb;
-            bool prev_delim = false;
+        case MOE_TOK_SPLIT_MERGED_PREV: /* a match joins the piece before it */
             for (size_t i = 0; i < nv && !rc; i++) {
-                if (v[i].delim && !prev_delim && e->n_pb > first)
-                    e->pb[e->n_pb - 1].len = v[i].end - e->pb[e->n_pb - 1].off;
+                if (v[i].match && !prev_match && e->n_pb > first)
+                    e->pb[e->n_pb - 1].len = b + v[i].end - e->pb[e->n_pb - 1].off;
                 else
-                    rc = push_piece(e, v[i].off, v[i].end);
-                prev_delim = v[i].delim;
+                    rc = push_span(e, b + v[i].off, b + v[i].end);
+                prev_match = v[i].match;
             }
             break;
-        }
-        case MOE_TOK_SPLIT_MERGED_NEXT: {
-            /* a delimiter joins the piece after it (unless that one is a
-             * delimiter itself): walk backwards, grow starts */
-            bool next_delim = false;
-            size_t w = nv; /* v[w..nv) holds the merged pieces, in order */
-            for (size_t i = nv; i-- > 0;) {
-                if (v[i].delim && !next_delim && w < nv) {
-                    v[w].off = v[i].off;
+        case MOE_TOK_SPLIT_MERGED_NEXT: /* a match joins the piece after it: backwards */
+            for (size_t i = nv; i-- > 0 && !rc;) {
+                if (v[i].match && !prev_match && e->n_pb > first) {
+                    struct span *x = &e->pb[e->n_pb - 1];
+                    x->len = x->off + x->len - (b + v[i].off);
+                    x->off = b + v[i].off;
                 } else {
-                    w--;
-                    v[w] = v[i];
+                    rc = push_span(e, b + v[i].off, b + v[i].end);
                 }
-                next_delim = v[i].delim;
+                prev_match = v[i].match;
             }
-            for (size_t i = w; i < nv && !rc; i++)
-                rc = push_piece(e, v[i].off, v[i].end);
+            for (size_t i = first, j = e->n_pb; !rc && i + 1 < j; i++, j--) {
+                struct span t = e->pb[i];
+                e->pb[i] = e->pb[j - 1];
+                e->pb[j - 1] = t;
+            }
             break;
-        }
-        case MOE_TOK_SPLIT_CONTIGUOUS: {
-            size_t first = e->n_pb;
-            bool prev_delim = false;
+        case MOE_TOK_SPLIT_CONTIGUOUS: /* neighbours of the same kind join */
             for (size_t i = 0; i < nv && !rc; i++) {
-                if (v[i].delim == prev_delim && e->n_pb > first)
-                    e->pb[e->n_pb - 1].len = v[i].end - e->pb[e->n_pb - 1].off;
+                if (v[i].match == prev_match && e->n_pb > first)
+                    e->pb[e->n_pb - 1].len = b + v[i].end - e->pb[e->n_pb - 1].off;
                 else
-                    rc = push_piece(e, v[i].off, v[i].end);
-                prev_delim = v[i].delim;
+                    rc = push_span(e, b + v[i].off, b + v[i].end);
+                prev_match = v[i].match;
             }
             break;
-        }
         }
         if (rc)
             return rc;
+        size_t w = first; /* drop the empty pieces; the first one keeps "start" */
+        for (size_t i = first; i < e->n_pb; i++) {
+            if (e->pb[i].len == 0)
+                continue;
+            e->pb[i].start = in.start && e->pb[i].off == in.off;
+            e->pb[w++] = e->pb[i];
+        }
+        e->n_pb = w;
     }
     struct span *t = e->pa;
     size_t tc = e->cap_pa;
@@ -281,6 +393,101 @@ static int split_step(struct enc *e, const struct moe_tok_pre *pre)
     e->n_pa = e->n_pb;
     e->pb = t;
     e->cap_pb = tc;
+    return 0;
+}
+
+/* ---- the steps that edit pieces ------------------------------------------------- */
+enum edit { EDIT_PREFIX_SPACE, EDIT_METASPACE, EDIT_MAP_BYTES };
+
+/* Rewrites every piece into a fresh buffer: ByteLevel's prefix space,
+ * Metaspace's replacement and prefix, or the byte -> character mapping. */
+static int edit_pieces(struct enc *e, enum edit op, const struct moe_tok_pre *p)
+{
+    size_t o = 0;
+    for (size_t k = 0; k < e->n_pa; k++) {
+        struct span *x = &e->pa[k];
+        size_t worst = op == EDIT_MAP_BYTES ? 2 * (size_t)x->len
+                       : op == EDIT_PREFIX_SPACE ? (size_t)x->len + 1
+                                                 : ((size_t)x->len + 1) * p->repl_len;
+        if (grow((void **)&e->tmp, &e->cap_tmp, o + worst, 1))
+            return -ENOMEM;
+        const char *src = e->buf + x->off;
+        char *dst = e->tmp;
+        size_t start = o;
+        switch (op) {
+        case EDIT_PREFIX_SPACE:
+            if (src[0] != ' ')
+                dst[o++] = ' ';
+            memcpy(dst + o, src, x->len);
+            o += x->len;
+            break;
+        case EDIT_METASPACE: {
+            const struct moe_tok_step *st = &p->step;
+            bool want = st->prepend == MOE_TOK_PREPEND_ALWAYS ||
+                        (st->prepend == MOE_TOK_PREPEND_FIRST && x->start);
+            if (want && src[0] != ' ' &&
+                !(x->len >= p->repl_len && !memcmp(src, p->repl, p->repl_len))) {
+                memcpy(dst + o, p->repl, p->repl_len);
+                o += p->repl_len;
+            }
+            for (uint32_t i = 0; i < x->len; i++) {
+                if (src[i] == ' ') {
+                    memcpy(dst + o, p->repl, p->repl_len);
+                    o += p->repl_len;
+                } else {
+                    dst[o++] = src[i];
+                }
+            }
+            break;
+        }
+        case EDIT_MAP_BYTES:
+            for (uint32_t i = 0; i < x->len; i++)
+                o += moe_utf8_put(moe_tok_byte_to_cp((uint8_t)src[i]), dst + o);
+            break;
+        }
+        if (o > UINT32_MAX)
+            return moe_err(-EINVAL, "%s: text too long", e->tok->source);
+        x->off = (uint32_t)start;
+        x->len = (uint32_t)(o - start);
+    }
+    char *t = e->buf;
+    size_t tc = e->cap_buf;
+    e->buf = e->tmp;
+    e->cap_buf = e->cap_tmp;
+    e->n_buf = o;
+    e->tmp = t;
+    e->cap_tmp = tc;
+    return 0;
+}
+
+/* Does a step after pres[i] look at the text (so it must see it mapped)? */
+static bool text_steps_after(const struct moe_tokenizer *tok, int i)
+{
+    for (int k = i + 1; k < tok->n_pres; k++)
+        if (tok->pres[k].re || tok->pres[k].step.kind == MOE_TOK_STEP_METASPACE ||
+            tok->pres[k].step.kind == MOE_TOK_STEP_BYTELEVEL)
+            return true;
+    return false;
+}
+
+/* A mapped piece back to the bytes its characters stand for. */
+static int unmap_piece(struct enc *e, const char *p, size_t n, size_t *out_n)
+{
+    if (grow((void **)&e->raw, &e->cap_raw, n, 1))
+        return -ENOMEM;
+    size_t o = 0;
+    for (size_t i = 0; i < n;) {
+        size_t l = moe_utf8_len((const uint8_t *)p + i, n - i);
+        uint32_t cp = l ? (uint8_t)p[i] & (0xff >> (l + (l > 1))) : 0;
+        for (size_t k = 1; k < l; k++)
+            cp = cp << 6 | ((uint8_t)p[i + k] & 0x3f);
+        int b = l ? moe_tok_cp_to_byte(cp) : -1;
+        if (b < 0) /* only mapped characters are there; cannot happen */
+            return moe_err(-EINVAL, "%s: byte-level text holds U+%04X", e->tok->source, cp);
+        e->raw[o++] = (char)b;
+        i += l;
+    }
+    *out_n = o;
     return 0;
 }
 
@@ -295,42 +502,63 @@ static int buf_prepend(struct enc *e, const char *p, size_t n)
     return 0;
 }
 
-/* Every a -> b (literal), or every match of re -> b. */
+/* Every a -> b (literal), or every match of re -> b (as Hugging Face's
+ * Replace: an empty match inserts b too). */
 static int buf_replace(struct enc *e, const char *a, size_t alen, const pcre2_code *re,
                        const char *b, size_t blen)
 {
-    size_t o = 0, i = 0;
-    if (!re && alen == 0)
-        return 0;
-    for (;;) {
-        size_t ms, me;
-        if (re) {
-            int rc = re_next(e, re, e->buf, e->n_buf, i, &ms, &me);
-            if (rc < 0)
-                return rc;
-            if (rc == 0)
-                ms = me = e->n_buf;
-        } else {
-            const char *f = e->n_buf >= i + alen ? memmem(e->buf + i, e->n_buf - i, a, alen) : NULL;
-            ms = f ? (size_t)(f - e->buf) : e->n_buf;
-            me = f ? ms + alen : ms;
+    size_t o = 0;
+    if (re) {
+        int rc = find_matches(e, re, false, e->buf, e->n_buf, false);
+        if (rc)
+            return rc;
+        for (size_t k = 0; k < e->n_iv; k++) {
+            const struct iv *v = &e->iv[k];
+            size_t n = v->match ? blen : v->end - v->off;
+            if (grow((void **)&e->tmp, &e->cap_tmp, o + n, 1))
+                return -ENOMEM;
+            memcpy(e->tmp + o, v->match ? b : e->buf + v->off, n);
+            o += n;
         }
-        size_t keep = ms - i;
-        if (grow((void **)&e->tmp, &e->cap_tmp, o + keep + blen, 1))
-            return -ENOMEM;
-        memcpy(e->tmp + o, e->buf + i, keep);
-        o += keep;
-        if (ms == e->n_buf)
-            break;
-        memcpy(e->tmp + o, b, blen);
-        o += blen;
-        i = me;
+    } else {
+        if (alen == 0)
+            return 0;
+        for (size_t i = 0;;) {
+            const char *f = e->n_buf >= i + alen ? memmem(e->buf + i, e->n_buf - i, a, alen)
+                                                 : NULL;
+            size_t ms = f ? (size_t)(f - e->buf) : e->n_buf, keep = ms - i;
+            if (grow((void **)&e->tmp, &e->cap_tmp, o + keep + blen, 1))
+                return -ENOMEM;
+            memcpy(e->tmp + o, e->buf + i, keep);
+            o += keep;
+            if (!f)
+                break;
+            memcpy(e->tmp + o, b, blen);
+            o += blen;
+            i = ms + alen;
+        }
     }
     char *t = e->buf;
     size_t tc = e->cap_buf;
     e->buf = e->tmp;
     e->cap_buf = e->cap_tmp;
     e->n_buf = o;
+    e->tmp = t;
+    e->cap_tmp = tc;
+    return 0;
+}
+
+static int buf_nfc(struct enc *e)
+{
+    size_t n;
+    int rc = moe_tok_nfc(e->buf, e->n_buf, &e->tmp, &e->cap_tmp, &n, &e->cps, &e->cap_cps);
+    if (rc)
+        return rc;
+    char *t = e->buf;
+    size_t tc = e->cap_buf;
+    e->buf = e->tmp;
+    e->cap_buf = e->cap_tmp;
+    e->n_buf = n;
     e->tmp = t;
     e->cap_tmp = tc;
     return 0;
@@ -349,42 +577,59 @@ static int encode_segment(struct enc *e, const char *s, size_t n, bool first)
         const struct moe_tok_norm *x = &tok->norms[i];
         if (x->kind == MOE_TOK_NORM_PREPEND)
             rc = e->n_buf ? buf_prepend(e, x->a, x->alen) : 0;
+        else if (x->kind == MOE_TOK_NORM_NFC)
+            rc = moe_tok_is_nfc(e->buf, e->n_buf) ? 0 : buf_nfc(e);
         else
             rc = buf_replace(e, x->a, x->alen, x->re, x->b, x->blen);
         if (rc)
             return rc;
     }
-    /* the pre-tokenizers' edits of the text, before any split */
-    for (int i = 0; i < tok->n_pres && e->n_buf; i++) {
-        const struct moe_tok_pre *p = &tok->pres[i];
-        if (p->kind == MOE_TOK_PRE_METASPACE) {
-            if ((rc = buf_replace(e, " ", 1, NULL, p->repl, p->repl_len)))
-                return rc;
-            bool want = p->prepend == MOE_TOK_PREPEND_ALWAYS ||
-                        (p->prepend == MOE_TOK_PREPEND_FIRST && first);
-            if (want && !(e->n_buf >= p->repl_len && memcmp(e->buf, p->repl, p->repl_len) == 0) &&
-                (rc = buf_prepend(e, p->repl, p->repl_len)))
-                return rc;
-        } else if (p->kind == MOE_TOK_PRE_BYTELEVEL && p->add_prefix_space && e->buf[0] != ' ') {
-            if ((rc = buf_prepend(e, " ", 1)))
-                return rc;
-        }
-    }
     if (e->n_buf == 0)
         return 0;
-    if (e->n_buf > UINT32_MAX)
+    if (e->n_buf > UINT32_MAX / 4)
         return moe_err(-EINVAL, "%s: text too long", tok->source);
 
+    /* the pre-tokenizer steps, in order, over the pieces */
     e->n_pa = 0;
+    e->mapped = false;
     if (grow((void **)&e->pa, &e->cap_pa, 1, sizeof(*e->pa)))
         return -ENOMEM;
-    e->pa[e->n_pa++] = (struct span){ 0, (uint32_t)e->n_buf };
-    for (int i = 0; i < tok->n_pres; i++)
-        if (tok->pres[i].re && (rc = split_step(e, &tok->pres[i])))
+    e->pa[e->n_pa++] = (struct span){ 0, (uint32_t)e->n_buf, first };
+    for (int i = 0; i < tok->n_pres && e->n_pa; i++) {
+        const struct moe_tok_pre *p = &tok->pres[i];
+        rc = 0;
+        switch (p->step.kind) {
+        case MOE_TOK_STEP_BYTELEVEL:
+            if (p->step.add_prefix_space)
+                rc = edit_pieces(e, EDIT_PREFIX_SPACE, p);
+            if (!rc && p->re)
+                rc = split_step(e, p);
+            if (!rc && !e->mapped && text_steps_after(tok, i)) {
+                rc = edit_pieces(e, EDIT_MAP_BYTES, p);
+                e->mapped = true;
+            }
+            break;
+        case MOE_TOK_STEP_METASPACE:
+            rc = edit_pieces(e, EDIT_METASPACE, p);
+            if (!rc && p->re)
+                rc = split_step(e, p);
+            break;
+        default:
+            rc = split_step(e, p);
+            break;
+        }
+        if (rc)
             return rc;
+    }
+
     for (size_t k = 0; k < e->n_pa; k++) {
         const char *p = e->buf + e->pa[k].off;
         size_t n = e->pa[k].len, start = 0;
+        if (e->mapped) {
+            if ((rc = unmap_piece(e, p, n, &n)))
+                return rc;
+            p = e->raw;
+        }
         if (tok->spm_word_split) {
             /* cut before every "▁" that follows another character */
             static const char sp[] = "\xe2\x96\x81";
@@ -506,5 +751,7 @@ fail:
     free(e.pa);
     free(e.pb);
     free(e.iv);
+    free(e.raw);
+    free(e.cps);
     return rc;
 }

@@ -352,6 +352,7 @@ static void test_gguf_llama_spm(void **state)
     struct moe_gguf *g;
     struct moe_tokenizer *tok = load_gguf(TOK_DIR "ggml-vocab-llama-spm.gguf", &g);
     assert_int_equal(moe_tokenizer_vocab_size(tok), 32000);
+    assert_string_equal(moe_tokenizer_pretok_name(tok), "none");
     assert_int_equal(moe_tokenizer_bos(tok), 1);
     assert_int_equal(moe_tokenizer_eos(tok), 2);
     assert_true(moe_tokenizer_is_eog(tok, 2));
@@ -374,10 +375,35 @@ static void test_gguf_gpt2(void **state)
     struct moe_gguf *g;
     struct moe_tokenizer *tok = load_gguf(TOK_DIR "ggml-vocab-gpt-2.gguf", &g);
     assert_int_equal(moe_tokenizer_vocab_size(tok), 50257);
+    assert_string_equal(moe_tokenizer_pretok_name(tok), "gpt2");
     assert_true(moe_tokenizer_is_eog(tok, 50256));
     run_vectors(tok, "gpt-2 (GGUF)", TOK_DIR "ggml-vocab-gpt-2.gguf");
     moe_tokenizer_free(tok);
     moe_gguf_close(g);
+}
+
+/* llama.cpp's vocabularies of other families, split by their
+ * tokenizer.ggml.pre preset: DeepSeek Coder (five splits, digits one by one)
+ * and StarCoder 2 (digits, then GPT-2's split) */
+static void test_gguf_presets(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *file, *preset;
+        int32_t n_vocab;
+    } vocabs[] = {
+        { TOK_DIR "ggml-vocab-deepseek-coder.gguf", "deepseek-coder", 32256 },
+        { TOK_DIR "ggml-vocab-starcoder.gguf", "starcoder", 49152 },
+    };
+    for (size_t i = 0; i < MOE_ARRAY_SIZE(vocabs); i++) {
+        struct moe_gguf *g;
+        struct moe_tokenizer *tok = load_gguf(vocabs[i].file, &g);
+        assert_int_equal(moe_tokenizer_vocab_size(tok), vocabs[i].n_vocab);
+        assert_string_equal(moe_tokenizer_pretok_name(tok), vocabs[i].preset);
+        run_vectors(tok, vocabs[i].preset, vocabs[i].file);
+        moe_tokenizer_free(tok);
+        moe_gguf_close(g);
+    }
 }
 
 static void test_json_llama_spm(void **state)
@@ -598,6 +624,16 @@ static void test_errors(void **state)
                                       "\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, "
                                       "\"merges\": []}}"),
                  NULL, -EINVAL, "regex");
+    /* a regex construct PCRE2 cannot match as Oniguruma does: refused, named */
+    expect_error(write_tmp("posix.json", "{\"pre_tokenizer\": {\"type\": \"Split\", \"pattern\": "
+                                         "{\"Regex\": \"[[:alpha:]]+\"}, \"behavior\": \"Isolated\"}, "
+                                         "\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, "
+                                         "\"merges\": []}}"),
+                 NULL, -EINVAL, "POSIX bracket");
+    expect_error(write_tmp("bert.json", "{\"pre_tokenizer\": {\"type\": \"BertPreTokenizer\"}, "
+                                        "\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, "
+                                        "\"merges\": []}}"),
+                 NULL, -EINVAL, "unsupported pre_tokenizer \"BertPreTokenizer\"");
     /* a good tokenizer.json with a broken tokenizer_config.json */
     expect_error(moe_test_path(TINY_DIR "tokenizer.json"), write_tmp("cfg.json", "{,}"), -EINVAL,
                  "invalid JSON");
@@ -708,6 +744,7 @@ static void test_json_split_pretokenizer(void **state)
     struct moe_tokenizer *tok = NULL;
     if (moe_tokenizer_from_hf(path, NULL, &tok))
         fail_msg("%s", moe_err_msg());
+    assert_string_equal(moe_tokenizer_pretok_name(tok), "custom"); /* no preset splits so */
     run_vectors(tok, "gpt-2 (tokenizer.json, Split + ByteLevel)", TOK_DIR "ggml-vocab-gpt-2.gguf");
     moe_tokenizer_free(tok);
 }
@@ -790,6 +827,85 @@ static const char *gguf_with_model(const char *name, const char *model)
     return path;
 }
 
+/* A "gpt2" GGUF of tokens a, b, ab (merge "a b") whose tokenizer.ggml.pre
+ * is pre (NULL: none). */
+static const char *gguf_gpt2(const char *name, const char *pre)
+{
+    static char path[512];
+    snprintf(path, sizeof(path), "%s/%s", moe_test_tmpdir(), name);
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    uint32_t version = 3, type_str = 8, type_arr = 9;
+    uint64_t n_tensors = 0, n_kv = pre ? 4 : 3;
+    fwrite("GGUF", 1, 4, f);
+    fwrite(&version, 4, 1, f);
+    fwrite(&n_tensors, 8, 1, f);
+    fwrite(&n_kv, 8, 1, f);
+    put_str(f, "tokenizer.ggml.model");
+    fwrite(&type_str, 4, 1, f);
+    put_str(f, "gpt2");
+    static const char *const toks[] = { "a", "b", "ab" };
+    uint64_t n = 3, one = 1;
+    put_str(f, "tokenizer.ggml.tokens");
+    fwrite(&type_arr, 4, 1, f);
+    fwrite(&type_str, 4, 1, f);
+    fwrite(&n, 8, 1, f);
+    for (int i = 0; i < 3; i++)
+        put_str(f, toks[i]);
+    put_str(f, "tokenizer.ggml.merges");
+    fwrite(&type_arr, 4, 1, f);
+    fwrite(&type_str, 4, 1, f);
+    fwrite(&one, 8, 1, f);
+    put_str(f, "a b");
+    if (pre) {
+        put_str(f, "tokenizer.ggml.pre");
+        fwrite(&type_str, 4, 1, f);
+        put_str(f, pre);
+    }
+    fclose(f);
+    return path;
+}
+
+/* tokenizer.ggml.pre picks the preset; a name moed does not know fails the
+ * load, naming it (it used to split as GPT-2 with a warning); no name at all
+ * splits as llama.cpp's "default", as llama.cpp does. */
+static void test_gguf_pre(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *pre, *preset;
+    } known[] = {
+        { "qwen2", "qwen2" }, { "deepseek-v3", "deepseek-v3" }, { "gpt-4o", "gpt-4o" },
+        { "minimax-m2", "gpt-4o" }, { "kimi-k2", "kimi-k2" }, { "glm4", "glm4" },
+        { "llama-bpe", "llama3" }, { "command-r", "starcoder" }, { NULL, "default" },
+    };
+    for (size_t i = 0; i < MOE_ARRAY_SIZE(known); i++) {
+        struct moe_gguf *g;
+        struct moe_tokenizer *tok;
+        assert_int_equal(moe_gguf_open(gguf_gpt2("pre.gguf", known[i].pre), &g), 0);
+        if (moe_tokenizer_from_gguf(g, &tok))
+            fail_msg("%s: %s", known[i].pre, moe_err_msg());
+        assert_string_equal(moe_tokenizer_pretok_name(tok), known[i].preset);
+        int32_t *ids;
+        size_t n;
+        assert_int_equal(moe_tokenizer_encode(tok, "ab", 2, false, &ids, &n), 0);
+        assert_int_equal(n, 1);
+        assert_int_equal(ids[0], 2);
+        free(ids);
+        moe_tokenizer_free(tok);
+        moe_gguf_close(g);
+    }
+    struct moe_gguf *g;
+    struct moe_tokenizer *tok = (struct moe_tokenizer *)1;
+    const char *path = gguf_gpt2("unknown-pre.gguf", "nonesuch-bpe");
+    assert_int_equal(moe_gguf_open(path, &g), 0);
+    assert_int_equal(moe_tokenizer_from_gguf(g, &tok), -EINVAL);
+    assert_null(tok);
+    assert_non_null(strstr(moe_err_msg(), "tokenizer.ggml.pre \"nonesuch-bpe\""));
+    assert_non_null(strstr(moe_err_msg(), path));
+    moe_gguf_close(g);
+}
+
 static void test_gguf_errors(void **state)
 {
     (void)state;
@@ -825,6 +941,7 @@ int main(void)
         cmocka_unit_test(test_tiny_validation_text),
         cmocka_unit_test(test_gguf_llama_spm),
         cmocka_unit_test(test_gguf_gpt2),
+        cmocka_unit_test(test_gguf_presets),
         cmocka_unit_test(test_json_llama_spm),
         cmocka_unit_test(test_json_gpt2),
         cmocka_unit_test(test_sources_agree),
@@ -835,6 +952,7 @@ int main(void)
         cmocka_unit_test(test_json_split_pretokenizer),
         cmocka_unit_test(test_threads),
         cmocka_unit_test(test_gguf_errors),
+        cmocka_unit_test(test_gguf_pre),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -663,9 +663,11 @@ def permute_llama_qk(w, n):
     return w.reshape(n, 2, w.shape[0] // n // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def convert_hf_to_gguf(hf_dir, out_path, qtype="f16", name=None, vocab=True):
+def convert_hf_to_gguf(hf_dir, out_path, qtype="f16", name=None, vocab=True, pre=None):
     """vocab: True = always write tokenizer.ggml.* (a byte vocabulary when the directory has no
-    tokenizer.json), "auto" = only from a tokenizer.json, False = never."""
+    tokenizer.json), "auto" = only from a tokenizer.json, False = never. pre: the vocabulary's
+    tokenizer.ggml.pre (what convert_hf_to_gguf's tokenizer hash gives the real family); None =
+    the architecture's usual one."""
     if qtype not in GGML_TYPE:
         raise ValueError(f"--type must be one of {sorted(GGML_TYPE)}")
     with open(os.path.join(hf_dir, "config.json")) as f:
@@ -674,7 +676,8 @@ def convert_hf_to_gguf(hf_dir, out_path, qtype="f16", name=None, vocab=True):
         if qtype != "bf16":
             raise ValueError("the new architectures are written with bf16 matrices only")
         return convert_new_arch(hf_dir, out_path, cfg, name,
-                                vocab=vocab if vocab != "auto" else os.path.isfile(os.path.join(hf_dir, "tokenizer.json")))
+                                vocab=vocab if vocab != "auto" else os.path.isfile(os.path.join(hf_dir, "tokenizer.json")),
+                                pre=pre)
     # transformers 5 writes rope_theta inside rope_parameters and num_local_experts for num_experts
     if cfg.get("rope_theta") is None and (cfg.get("rope_parameters") or {}).get("rope_theta") is not None:
         cfg["rope_theta"] = cfg["rope_parameters"]["rope_theta"]
@@ -732,7 +735,7 @@ def convert_hf_to_gguf(hf_dir, out_path, qtype="f16", name=None, vocab=True):
     if vocab is True or (vocab == "auto" and os.path.isfile(os.path.join(hf_dir, "tokenizer.json"))):
         tokens, types, merges, tkv = gguf_vocab_from_hf(hf_dir, V, cfg)
         w.add("tokenizer.ggml.model", "str", "gpt2")
-        w.add("tokenizer.ggml.pre", "str", "gpt-2")
+        w.add("tokenizer.ggml.pre", "str", pre or "gpt-2")
         w.add("tokenizer.ggml.tokens", "arr_str", tokens)
         w.add("tokenizer.ggml.token_type", "arr_i32", types)
         w.add("tokenizer.ggml.merges", "arr_str", merges)
@@ -889,7 +892,7 @@ def _stack(t, fmt, E):
     return np.stack([t[fmt.format(e)] for e in range(E)], axis=0)
 
 
-def convert_new_arch(hf_dir, out_path, cfg, name=None, vocab=True):
+def convert_new_arch(hf_dir, out_path, cfg, name=None, vocab=True, pre=None):
     """HF checkpoint dir of a NEW_ARCHS model -> GGUF as convert_hf_to_gguf.py writes it with
     --outtype bf16 (matrices BF16, 1-D / norms / routers / biases F32, gpt-oss experts MXFP4)."""
     hfa = cfg["architectures"][0]
@@ -994,7 +997,7 @@ def convert_new_arch(hf_dir, out_path, cfg, name=None, vocab=True):
         w.add("dots1.expert_weights_norm", "bool", bool(cfg["norm_topk_prob"]))
     w.add("general.quantization_version", "u32", 2)
     if vocab:
-        _add_vocab(w, hf_dir, cfg, ga, int(cfg["vocab_size"]))
+        _add_vocab(w, hf_dir, cfg, ga, int(cfg["vocab_size"]), pre)
 
     # tensors
     add("token_embd.weight", t["model.embed_tokens.weight"])
@@ -1077,20 +1080,22 @@ def convert_new_arch(hf_dir, out_path, cfg, name=None, vocab=True):
     return out_path
 
 
-def _add_vocab(w, hf_dir, cfg, ga, V):
+def _add_vocab(w, hf_dir, cfg, ga, V, pre=None):
     """tokenizer.ggml.* from HF tokenizer.json, byte-level BPE only ("gpt2" + the family's pre),
-    as convert_hf_to_gguf's _set_vocab_gpt2; nothing when the directory has no tokenizer.json."""
+    as convert_hf_to_gguf's _set_vocab_gpt2; nothing when the directory has no tokenizer.json,
+    nor for a SentencePiece-style vocabulary (byte fallback: ERNIE, Mixtral), whose GGUF form
+    llama.cpp builds from tokenizer.model with its scores (the GGUF then holds no vocabulary)."""
     path = os.path.join(hf_dir, "tokenizer.json")
     if not os.path.isfile(path):
         return
     with open(path, encoding="utf-8") as f:
         tj = json.load(f)
     if (tj.get("model") or {}).get("type") != "BPE" or (tj["model"].get("byte_fallback")):
-        raise ValueError(f"{path}: only byte-level BPE tokenizers are embedded in GGUF here "
-                         f"(model type {tj.get('model', {}).get('type')!r})")
+        print(f"note: {path}: not byte-level BPE: the GGUF gets no vocabulary", file=sys.stderr)
+        return
     tokens, types, merges, tkv = gguf_vocab_from_hf(hf_dir, V, cfg)
     w.add("tokenizer.ggml.model", "str", "gpt2")
-    w.add("tokenizer.ggml.pre", "str", TOKENIZER_PRE.get(ga, "default"))
+    w.add("tokenizer.ggml.pre", "str", pre or TOKENIZER_PRE.get(ga, "default"))
     w.add("tokenizer.ggml.tokens", "arr_str", tokens)
     w.add("tokenizer.ggml.token_type", "arr_i32", types)
     w.add("tokenizer.ggml.merges", "arr_str", merges)

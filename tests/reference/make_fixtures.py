@@ -793,6 +793,17 @@ def find_tokenizer(spec, tokdir):
     return None
 
 
+def tokenizer_pre(tok):
+    """tokenizer.ggml.pre of a family tokenizer's GGUF twin (vocab.gguf beside it, written by
+    tests/reference/make_family_tokenizer.py as llama.cpp names it), or None."""
+    import moe_ref
+    p = os.path.join(tok, "vocab.gguf") if tok else None
+    if not p or not os.path.isfile(p):
+        return None
+    meta, _ = moe_ref.read_gguf(p)
+    return meta.get("tokenizer.ggml.pre")
+
+
 def copy_tokenizer(src, vdir):
     for fn in ("tokenizer.json", "tokenizer_config.json"):
         if os.path.isfile(os.path.join(src, fn)):
@@ -987,7 +998,7 @@ def make_fixture(spec, args):
         return meta
     src = os.path.join(fdir, "v4") if not args.no_v4 else vdir
     gguf_path = os.path.join(fdir, "model.gguf")
-    mk.convert_hf_to_gguf(src, gguf_path, "bf16", name=name, vocab="auto")
+    mk.convert_hf_to_gguf(src, gguf_path, "bf16", name=name, vocab="auto", pre=tokenizer_pre(tok))
     meta["gguf"] = {"from": os.path.basename(src) + "/config.json", "type": "bf16 matrices, f32 norms"
                     + (", MXFP4 experts" if name == "gpt_oss" else ""),
                     "vocab": bool(tok)}

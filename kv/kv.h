@@ -106,7 +106,7 @@ int32_t moe_kv_capacity(const struct moe_kv *kv);
 /* Stores one token's k [n_kv_heads*k_dim] and v [n_kv_heads*v_dim] (NULL
  * with v_in_k), already roped, of layer at position pos. pos may go back
  * (the cache of that layer is cut there first; -EINVAL when a window layer
- * has already given those blocks back). -ENOSPC with a message when the
+ * has already given those blocks back, unless pos is 0: starting over). -ENOSPC with a message when the
  * pool has no unit left; the sequence then stays as it was and no other
  * sequence is touched. */
 int moe_kv_store(struct moe_kv *kv, int32_t layer, int32_t pos, const float *k, const float *v);

@@ -538,6 +538,11 @@ int moe_kv_store(struct moe_kv *kv, int32_t l, int32_t pos, const float *k, cons
     if (pos > kv->n[l])
         return moe_err(-EINVAL, "kv store: position %d leaves a gap after %d tokens", pos,
                        kv->n[l]);
+    if (pos == 0 && kv->lo[l] > 0) { /* starting over: the layer's blocks are free again */
+        for (int32_t b = 0; b < kv->nb; b++)
+            unit_give(kv, &kv->blk[(size_t)l * kv->nb + b]);
+        kv->lo[l] = kv->nq[l] = 0;
+    }
     if (pos < kv->lo[l])
         return moe_err(-EINVAL, "kv store: cannot go back to position %d: layer %d's window "
                        "gave its blocks back", pos, l);

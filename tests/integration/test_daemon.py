@@ -29,12 +29,12 @@ watchdog = no
 log_level = info
 [model]
 path = {model}
-name = tiny-moe
-chat_template = chatml
+name = {name}
+chat_template = {chat_template}
 [batching]
 max_seqs = {max_seqs}
 max_batch_tokens = 64
-max_ctx = 512
+max_ctx = {max_ctx}
 max_queue = 64
 [limits]
 max_body_bytes = 64K
@@ -60,12 +60,14 @@ class UnixHTTPConnection(http.client.HTTPConnection):
 class Moed:
     """A moed process with its own config, socket and notify socket."""
 
-    def __init__(self, max_seqs=8, drain=30, listen_sock=None, model=TINY):
+    def __init__(self, max_seqs=8, drain=30, listen_sock=None, model=TINY, name="tiny-moe",
+                 chat_template="chatml", max_ctx=512):
         self.dir = tempfile.mkdtemp(prefix="moed-test-")
         self.sock = os.path.join(self.dir, "moed.sock")
         self.ini = os.path.join(self.dir, "moed.ini")
         with open(self.ini, "w") as f:
-            f.write(INI.format(sock=self.sock, model=model, max_seqs=max_seqs, drain=drain))
+            f.write(INI.format(sock=self.sock, model=model, max_seqs=max_seqs, drain=drain,
+                               name=name, chat_template=chat_template, max_ctx=max_ctx))
         self.notify_path = os.path.join(self.dir, "notify.sock")
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(self.notify_path)

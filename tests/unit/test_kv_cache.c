@@ -554,6 +554,14 @@ static void test_window_layers_stay_bounded(void **state)
         assert_int_equal(moe_kv_store(kv, 1, 10, keys, vals), -EINVAL);
         assert_non_null(strstr(moe_err_msg(), "window"));
         assert_int_equal(moe_kv_store(kv, 0, ps[pi].key_bits == 32 ? 10 : 32, keys, vals), 0);
+        /* starting over at 0 is always possible: the window layer's blocks are free */
+        assert_int_equal(moe_kv_store(kv, 1, 0, keys, vals), 0);
+        float one[NH * D];
+        struct moe_kv *k1[1] = {kv};
+        int32_t p0[1] = {0};
+        moe_kv_attention(tp, k1, p0, 1, 1, &a, q, one, scores, 1024);
+        naive_attention(keys, vals, HK, D, D, NH, 1, W, scale, sinks, q, want);
+        assert_close(one, want, NH * D, ps[pi].key_bits == 32 ? 1e-5 : 0.05, "restarted window");
         moe_kv_free(kv);
         moe_kv_pool_get_stats(P, &st);
         assert_int_equal(st.units_used, 0);

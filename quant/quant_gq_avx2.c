@@ -18,6 +18,7 @@
  * is a plain fused dot and n > 1 converts panels for the GQ4 blocks. */
 #include <immintrin.h>
 
+#include "quant/quant_panel_avx2.h"
 #include "common/common.h"
 #include "quant/quant_gq.h"
 #include "quant/quant_int.h"
@@ -146,10 +147,8 @@ static void gemv_b(int bits, const struct moe_weight *w, int64_t r0, int64_t r1,
 
 /* ---- n > 1 ---------------------------------------------------------------- */
 
-#define MR 3
-#define NT 4
-#define KC 1024 /* columns per pass, a multiple of G: 4 tokens x 4 KiB of L1 */
-#define PR 30   /* rows per converted panel (a multiple of MR): 120 KiB of L2 */
+#define KC PANEL_KC
+#define PR PANEL_PR
 
 static void convert_panel4(const uint8_t *base, size_t rb, int R, int64_t k0, int64_t kc,
                           float *wb)
@@ -206,91 +205,6 @@ static void convert_panel(int bits, const uint8_t *base, size_t rb, int R, int64
     }
 }
 
-static void pack_x(const float *x, int64_t ldx, int T, int64_t k0, int64_t kc, float *xp)
-{
-    for (int64_t c = 0; c < kc; c += 8, xp += T * 8)
-        for (int j = 0; j < T; j++)
-            _mm256_store_ps(xp + j * 8, _mm256_loadu_ps(x + j * ldx + k0 + c));
-}
-
-INLINE float hsum8(__m256 v)
-{
-    __m128 q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    q = _mm_add_ps(q, _mm_movehl_ps(q, q));
-    q = _mm_add_ss(q, _mm_movehdup_ps(q));
-    return _mm_cvtss_f32(q);
-}
-
-INLINE void microkernel(const int R, const int T, const float *wb, int64_t kc, const float *xp,
-                        float *y, int64_t ldy, bool add)
-{
-    __m256 acc[MR][NT];
-#pragma GCC unroll 3
-    for (int i = 0; i < R; i++)
-#pragma GCC unroll 4
-        for (int j = 0; j < T; j++)
-            acc[i][j] = _mm256_setzero_ps();
-    for (int64_t c = 0; c < kc; c += 8, xp += T * 8) {
-        __m256 wv[MR];
-#pragma GCC unroll 3
-        for (int i = 0; i < R; i++)
-            wv[i] = _mm256_load_ps(wb + i * KC + c);
-#pragma GCC unroll 4
-        for (int j = 0; j < T; j++) {
-            __m256 xv = _mm256_load_ps(xp + j * 8);
-#pragma GCC unroll 3
-            for (int i = 0; i < R; i++)
-                acc[i][j] = _mm256_fmadd_ps(wv[i], xv, acc[i][j]);
-        }
-    }
-#pragma GCC unroll 3
-    for (int i = 0; i < R; i++)
-#pragma GCC unroll 4
-        for (int j = 0; j < T; j++) {
-            float s = hsum8(acc[i][j]);
-            y[j * ldy + i] = add ? y[j * ldy + i] + s : s;
-        }
-}
-
-INLINE void tile(const int T, int R, const float *wb, int64_t kc, const float *xp, float *y,
-                 int64_t ldy, bool add)
-{
-    int i = 0;
-    for (; i + MR <= R; i += MR)
-        microkernel(MR, T, wb + (size_t)i * KC, kc, xp, y + i, ldy, add);
-    for (; i < R; i++)
-        microkernel(1, T, wb + (size_t)i * KC, kc, xp, y + i, ldy, add);
-}
-
-static void gemm_batched(int bits, const struct moe_weight *w, int64_t r0, int64_t r1,
-                         const float *x, int64_t ldx, int n, float *y, int64_t ldy)
-{
-    float wb[PR * KC] __attribute__((aligned(32)));
-    float xp[NT * KC] __attribute__((aligned(32)));
-    const uint8_t *base = w->data;
-    size_t rb = w->row_bytes;
-    int64_t cols = w->cols;
-    for (int64_t p0 = r0; p0 < r1; p0 += PR) {
-        int R = (int)MOE_MIN((int64_t)PR, r1 - p0);
-        for (int64_t k0 = 0; k0 < cols; k0 += KC) {
-            int64_t kc = MOE_MIN((int64_t)KC, cols - k0);
-            convert_panel(bits, base + (size_t)p0 * rb, rb, R, k0, kc, wb);
-            bool add = k0 > 0;
-            for (int t0 = 0; t0 < n; t0 += NT) {
-                int T = MOE_MIN(NT, n - t0);
-                pack_x(x + t0 * ldx, ldx, T, k0, kc, xp);
-                float *yt = y + t0 * ldy + p0;
-                switch (T) {
-                case 1: tile(1, R, wb, kc, xp, yt, ldy, add); break;
-                case 2: tile(2, R, wb, kc, xp, yt, ldy, add); break;
-                case 3: tile(3, R, wb, kc, xp, yt, ldy, add); break;
-                default: tile(NT, R, wb, kc, xp, yt, ldy, add); break;
-                }
-            }
-        }
-    }
-}
-
 void moe_quant_gemm_gq4_avx2(const struct moe_weight *w, int64_t r0, int64_t r1,
                              const float *x, int64_t ldx, int n, float *y, int64_t ldy)
 {
@@ -302,7 +216,7 @@ void moe_quant_gemm_gq4_avx2(const struct moe_weight *w, int64_t r0, int64_t r1,
         for (int64_t r = r0; r < r1; r++)
             y[r] = dot_row(base + (size_t)r * w->row_bytes, x, ng);
     } else {
-        gemm_batched(4, w, r0, r1, x, ldx, n, y, ldy);
+        panel_gemm(convert_panel, 4, w, r0, r1, x, ldx, n, y, ldy);
     }
 }
 
@@ -314,7 +228,7 @@ static void gemm_gqb(int bits, const struct moe_weight *w, int64_t r0, int64_t r
     if (n == 1)
         gemv_b(bits, w, r0, r1, x, y);
     else
-        gemm_batched(bits, w, r0, r1, x, ldx, n, y, ldy);
+        panel_gemm(convert_panel, bits, w, r0, r1, x, ldx, n, y, ldy);
 }
 
 void moe_quant_gemm_gq1_avx2(const struct moe_weight *w, int64_t r0, int64_t r1,

@@ -20,6 +20,7 @@
  * as quant_gq_avx2.c does. */
 #include <immintrin.h>
 
+#include "quant/quant_panel_avx2.h"
 #include "common/common.h"
 #include "quant/quant_int.h"
 
@@ -94,12 +95,10 @@ INLINE float dot_row(const block *row, const float *x, int64_t nb)
 
 /* ---- n > 1 ---------------------------------------------------------------- */
 
-#define MR 3
-#define NT 4
-#define KC 1024 /* columns per pass, a multiple of QK: 4 tokens x 4 KiB of L1 */
-#define PR 30   /* rows per decoded panel (a multiple of MR): 120 KiB of L2 */
+#define KC PANEL_KC
+#define PR PANEL_PR
 
-static void convert_panel(const uint8_t *base, size_t rb, int R, int64_t k0, int64_t kc,
+static void convert_panel(int arg, const uint8_t *base, size_t rb, int R, int64_t k0, int64_t kc,
                           float *wb)
 {
     const __m256i tab = kv2_bytes();
@@ -112,83 +111,6 @@ static void convert_panel(const uint8_t *base, size_t rb, int R, int64_t k0, int
 #pragma GCC unroll 4
             for (int k = 0; k < 4; k++)
                 _mm256_store_ps(d + 8 * k, _mm256_mul_ps(w[k], s));
-        }
-    }
-}
-
-static void pack_x(const float *x, int64_t ldx, int T, int64_t k0, int64_t kc, float *xp)
-{
-    for (int64_t c = 0; c < kc; c += 8, xp += T * 8)
-        for (int j = 0; j < T; j++)
-            _mm256_store_ps(xp + j * 8, _mm256_loadu_ps(x + j * ldx + k0 + c));
-}
-
-INLINE void microkernel(const int R, const int T, const float *wb, int64_t kc, const float *xp,
-                        float *y, int64_t ldy, bool add)
-{
-    __m256 acc[MR][NT];
-#pragma GCC unroll 3
-    for (int i = 0; i < R; i++)
-#pragma GCC unroll 4
-        for (int j = 0; j < T; j++)
-            acc[i][j] = _mm256_setzero_ps();
-    for (int64_t c = 0; c < kc; c += 8, xp += T * 8) {
-        __m256 wv[MR];
-#pragma GCC unroll 3
-        for (int i = 0; i < R; i++)
-            wv[i] = _mm256_load_ps(wb + i * KC + c);
-#pragma GCC unroll 4
-        for (int j = 0; j < T; j++) {
-            __m256 xv = _mm256_load_ps(xp + j * 8);
-#pragma GCC unroll 3
-            for (int i = 0; i < R; i++)
-                acc[i][j] = _mm256_fmadd_ps(wv[i], xv, acc[i][j]);
-        }
-    }
-#pragma GCC unroll 3
-    for (int i = 0; i < R; i++)
-#pragma GCC unroll 4
-        for (int j = 0; j < T; j++) {
-            float s = hsum8(acc[i][j]);
-            y[j * ldy + i] = add ? y[j * ldy + i] + s : s;
-        }
-}
-
-INLINE void tile(const int T, int R, const float *wb, int64_t kc, const float *xp, float *y,
-                 int64_t ldy, bool add)
-{
-    int i = 0;
-    for (; i + MR <= R; i += MR)
-        microkernel(MR, T, wb + (size_t)i * KC, kc, xp, y + i, ldy, add);
-    for (; i < R; i++)
-        microkernel(1, T, wb + (size_t)i * KC, kc, xp, y + i, ldy, add);
-}
-
-static void gemm_batched(const struct moe_weight *w, int64_t r0, int64_t r1, const float *x,
-                         int64_t ldx, int n, float *y, int64_t ldy)
-{
-    float wb[PR * KC] __attribute__((aligned(32)));
-    float xp[NT * KC] __attribute__((aligned(32)));
-    const uint8_t *base = w->data;
-    size_t rb = w->row_bytes;
-    int64_t cols = w->cols;
-    for (int64_t p0 = r0; p0 < r1; p0 += PR) {
-        int R = (int)MOE_MIN((int64_t)PR, r1 - p0);
-        for (int64_t k0 = 0; k0 < cols; k0 += KC) {
-            int64_t kc = MOE_MIN((int64_t)KC, cols - k0);
-            convert_panel(base + (size_t)p0 * rb, rb, R, k0, kc, wb);
-            bool add = k0 > 0;
-            for (int t0 = 0; t0 < n; t0 += NT) {
-                int T = MOE_MIN(NT, n - t0);
-                pack_x(x + t0 * ldx, ldx, T, k0, kc, xp);
-                float *yt = y + t0 * ldy + p0;
-                switch (T) {
-                case 1: tile(1, R, wb, kc, xp, yt, ldy, add); break;
-                case 2: tile(2, R, wb, kc, xp, yt, ldy, add); break;
-                case 3: tile(3, R, wb, kc, xp, yt, ldy, add); break;
-                default: tile(NT, R, wb, kc, xp, yt, ldy, add); break;
-                }
-            }
         }
     }
 }
@@ -313,6 +235,6 @@ void moe_quant_gemm_mxfp4_avx2(const struct moe_weight *w, int64_t r0, int64_t r
     } else if (n <= DIRECT_MAX_N) {
         gemm_direct(w, r0, r1, x, ldx, n, y, ldy);
     } else {
-        gemm_batched(w, r0, r1, x, ldx, n, y, ldy);
+        panel_gemm(convert_panel, 0, w, r0, r1, x, ldx, n, y, ldy);
     }
 }

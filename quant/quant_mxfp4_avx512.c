@@ -26,6 +26,7 @@
  * every tile of packed tokens (the plan of quant_gq_avx512.c). */
 #include <immintrin.h>
 
+#include "quant/quant_panel_avx512.h"
 #include "common/common.h"
 #include "quant/quant_int.h"
 
@@ -90,13 +91,11 @@ INLINE float dot_row(const block *row, const float *x, int64_t nb)
 
 /* ---- n > 16: a decoded panel ------------------------------------------------ */
 
-#define MR 4
-#define NT 6
-#define KC 1024 /* columns per pass, a multiple of QK: 6 tokens x 4 KiB of L1 */
-#define PR 32   /* rows per decoded panel: 32 x KC x 4 B = 128 KiB of L2 */
+#define KC PANEL_KC
+#define PR PANEL_PR
 
 /* rows [0, R) of the panel, columns [k0, k0 + kc) -> wb[R][KC] */
-static void convert_panel(const uint8_t *base, size_t rb, int R, int64_t k0, int64_t kc,
+static void convert_panel(int arg, const uint8_t *base, size_t rb, int R, int64_t k0, int64_t kc,
                           float *wb)
 {
     const __m512 kv = kv2_vec();
@@ -108,108 +107,6 @@ static void convert_panel(const uint8_t *base, size_t rb, int R, int64_t k0, int
             __m512i v = block_codes(b);
             _mm512_store_ps(d, _mm512_permutexvar_ps(v, tab));
             _mm512_store_ps(d + 16, _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), tab));
-        }
-    }
-}
-
-/* xp <- tokens [0, T) of x, columns [k0, k0 + kc) (kc a multiple of 16) */
-static void pack_x(const float *x, int64_t ldx, int T, int64_t k0, int64_t kc, float *xp)
-{
-    for (int64_t c = 0; c < kc; c += 16, xp += T * 16)
-        for (int j = 0; j < T; j++)
-            _mm512_store_ps(xp + j * 16, _mm512_loadu_ps(x + j * ldx + k0 + c));
-}
-
-/* {sum a, sum b, sum c, sum d} */
-INLINE __m128 hsum4(__m512 a, __m512 b, __m512 c, __m512 d)
-{
-    __m256 a8 = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
-    __m256 b8 = _mm256_add_ps(_mm512_castps512_ps256(b), _mm512_extractf32x8_ps(b, 1));
-    __m256 c8 = _mm256_add_ps(_mm512_castps512_ps256(c), _mm512_extractf32x8_ps(c, 1));
-    __m256 d8 = _mm256_add_ps(_mm512_castps512_ps256(d), _mm512_extractf32x8_ps(d, 1));
-    __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(a8, b8), _mm256_hadd_ps(c8, d8));
-    return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-}
-
-/* R rows of wb (KC apart) x T packed tokens over kc columns */
-INLINE void microkernel(const int R, const int T, const float *wb, int64_t kc, const float *xp,
-                        float *y, int64_t ldy, bool add)
-{
-    __m512 acc[MR][NT];
-#pragma GCC unroll 4
-    for (int i = 0; i < R; i++)
-#pragma GCC unroll 6
-        for (int j = 0; j < T; j++)
-            acc[i][j] = _mm512_setzero_ps();
-    for (int64_t c = 0; c < kc; c += 16, xp += T * 16) {
-        __m512 wv[MR];
-#pragma GCC unroll 4
-        for (int i = 0; i < R; i++)
-            wv[i] = _mm512_load_ps(wb + i * KC + c);
-#pragma GCC unroll 6
-        for (int j = 0; j < T; j++) {
-            __m512 xv = _mm512_load_ps(xp + j * 16);
-#pragma GCC unroll 4
-            for (int i = 0; i < R; i++)
-                acc[i][j] = _mm512_fmadd_ps(wv[i], xv, acc[i][j]);
-        }
-    }
-    if (R == MR) {
-#pragma GCC unroll 6
-        for (int j = 0; j < T; j++) {
-            __m128 s = hsum4(acc[0][j], acc[1][j], acc[2][j], acc[3][j]);
-            if (add)
-                s = _mm_add_ps(s, _mm_loadu_ps(y + j * ldy));
-            _mm_storeu_ps(y + j * ldy, s);
-        }
-        return;
-    }
-#pragma GCC unroll 4
-    for (int i = 0; i < R; i++)
-#pragma GCC unroll 6
-        for (int j = 0; j < T; j++) {
-            float s = _mm512_reduce_add_ps(acc[i][j]);
-            y[j * ldy + i] = add ? y[j * ldy + i] + s : s;
-        }
-}
-
-INLINE void tile(const int T, int R, const float *wb, int64_t kc, const float *xp, float *y,
-                 int64_t ldy, bool add)
-{
-    int i = 0;
-    for (; i + MR <= R; i += MR)
-        microkernel(MR, T, wb + (size_t)i * KC, kc, xp, y + i, ldy, add);
-    for (; i < R; i++)
-        microkernel(1, T, wb + (size_t)i * KC, kc, xp, y + i, ldy, add);
-}
-
-static void gemm_batched(const struct moe_weight *w, int64_t r0, int64_t r1, const float *x,
-                         int64_t ldx, int n, float *y, int64_t ldy)
-{
-    float wb[PR * KC] __attribute__((aligned(64)));
-    float xp[NT * KC] __attribute__((aligned(64)));
-    const uint8_t *base = w->data;
-    size_t rb = w->row_bytes;
-    int64_t cols = w->cols;
-    for (int64_t p0 = r0; p0 < r1; p0 += PR) {
-        int R = (int)MOE_MIN((int64_t)PR, r1 - p0);
-        for (int64_t k0 = 0; k0 < cols; k0 += KC) {
-            int64_t kc = MOE_MIN((int64_t)KC, cols - k0);
-            convert_panel(base + (size_t)p0 * rb, rb, R, k0, kc, wb);
-            bool add = k0 > 0;
-            for (int t0 = 0; t0 < n; t0 += NT) {
-                int T = MOE_MIN(NT, n - t0);
-                pack_x(x + t0 * ldx, ldx, T, k0, kc, xp);
-                float *yt = y + t0 * ldy + p0;
-                switch (T) {
-                case 1: tile(1, R, wb, kc, xp, yt, ldy, add); break;
-                case 2: tile(2, R, wb, kc, xp, yt, ldy, add); break;
-                case 3: tile(3, R, wb, kc, xp, yt, ldy, add); break;
-                case 4: tile(4, R, wb, kc, xp, yt, ldy, add); break;
-                case 5: tile(5, R, wb, kc, xp, yt, ldy, add); break;
-                default: tile(NT, R, wb, kc, xp, yt, ldy, add); break;
-                }
-            }
         }
     }
 }
@@ -266,7 +163,7 @@ INLINE void direct_rows(const int R, const int T, const uint8_t *base, size_t rb
     if (R == DR) {
 #pragma GCC unroll 4
         for (int t = 0; t < T; t++) {
-            __m128 s = hsum4(acc[0][t], acc[1][t], acc[2][t], acc[3][t]);
+            __m128 s = panel_hsum4(acc[0][t], acc[1][t], acc[2][t], acc[3][t]);
             if (add)
                 s = _mm_add_ps(s, _mm_loadu_ps(y + t * ldy + r));
             _mm_storeu_ps(y + t * ldy + r, s);
@@ -329,6 +226,6 @@ void moe_quant_gemm_mxfp4_avx512(const struct moe_weight *w, int64_t r0, int64_t
     } else if (n <= DIRECT_MAX_N) {
         gemm_direct(w, r0, r1, x, ldx, n, y, ldy);
     } else {
-        gemm_batched(w, r0, r1, x, ldx, n, y, ldy);
+        panel_gemm(convert_panel, 0, w, r0, r1, x, ldx, n, y, ldy);
     }
 }

@@ -4,6 +4,7 @@
 #define MOE_COMMON_H
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -61,6 +62,17 @@ void moe_file_unmap(struct moe_mapped_file *f);
 
 /* ---- small helpers -------------------------------------------------------- */
 double moe_now_s(void);            /* monotonic seconds */
+
+/* A growing NUL-terminated string; oom set (and nothing more added) when
+ * memory ran out. Zero-initialise; free(p) when done. */
+struct moe_sbuf {
+    char *p;
+    size_t len, cap;
+    bool oom;
+};
+void moe_sbuf_put(struct moe_sbuf *b, const char *s, size_t n);
+void moe_sbuf_puts(struct moe_sbuf *b, const char *s);
+void moe_sbuf_putc(struct moe_sbuf *b, char c);
 char *moe_path_join(const char *dir, const char *name); /* malloc'ed */
 int moe_read_text_file(const char *path, char **out, size_t *len); /* NUL-terminated */
 

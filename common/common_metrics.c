@@ -94,63 +94,26 @@ static bool valid_metric_name(const char *s)
     return true;
 }
 
-struct sbuf {
-    char *p;
-    size_t len, cap;
-    bool oom;
-};
-
-static void sb_putn(struct sbuf *b, const char *s, size_t n)
-{
-    if (b->oom)
-        return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            b->oom = true;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
-static void sb_puts(struct sbuf *b, const char *s)
-{
-    sb_putn(b, s, strlen(s));
-}
-
-static void sb_putc(struct sbuf *b, char c)
-{
-    sb_putn(b, &c, 1);
-}
-
 /* Label values and help text: backslash and newline always escaped, the
  * double quote only inside label values (exposition format 0.0.4). */
-static void sb_escaped(struct sbuf *b, const char *s, size_t n, bool quote)
+static void sb_escaped(struct moe_sbuf *b, const char *s, size_t n, bool quote)
 {
     for (size_t i = 0; i < n; i++) {
         char c = s[i];
         if (c == '\\')
-            sb_puts(b, "\\\\");
+            moe_sbuf_puts(b, "\\\\");
         else if (c == '\n')
-            sb_puts(b, "\\n");
+            moe_sbuf_puts(b, "\\n");
         else if (c == '"' && quote)
-            sb_puts(b, "\\\"");
+            moe_sbuf_puts(b, "\\\"");
         else
-            sb_putc(b, c);
+            moe_sbuf_putc(b, c);
     }
 }
 
 size_t moe_metric_label_escape(const char *value, char *out, size_t cap)
 {
-    struct sbuf b = {0};
+    struct moe_sbuf b = {0};
     sb_escaped(&b, value, strlen(value), true);
     if (b.oom) {
         free(b.p);
@@ -176,8 +139,8 @@ size_t moe_metric_label_escape(const char *value, char *out, size_t cap)
  * NULL with *why set. */
 static char *canon_labels(const char *in, bool histogram, const char **why)
 {
-    struct sbuf b = {0};
-    sb_puts(&b, ""); /* "" rather than NULL for no labels */
+    struct moe_sbuf b = {0};
+    moe_sbuf_puts(&b, ""); /* "" rather than NULL for no labels */
     const char *p = in ? in : "";
     size_t n_labels = 0;
     char names[32][64];
@@ -231,9 +194,9 @@ static char *canon_labels(const char *in, bool histogram, const char **why)
             goto fail;
         }
         if (b.len)
-            sb_putc(&b, ',');
-        sb_putn(&b, name, nlen);
-        sb_puts(&b, "=\"");
+            moe_sbuf_putc(&b, ',');
+        moe_sbuf_put(&b, name, nlen);
+        moe_sbuf_puts(&b, "=\"");
         for (;;) {
             if (!*p) {
                 *why = "unterminated label value";
@@ -244,14 +207,14 @@ static char *canon_labels(const char *in, bool histogram, const char **why)
                 break;
             }
             if (*p == '\\' && (p[1] == '\\' || p[1] == '"' || p[1] == 'n')) {
-                sb_putn(&b, p, 2); /* already escaped */
+                moe_sbuf_put(&b, p, 2); /* already escaped */
                 p += 2;
                 continue;
             }
             sb_escaped(&b, p, 1, true);
             p++;
         }
-        sb_putc(&b, '"');
+        moe_sbuf_putc(&b, '"');
         while (*p == ' ' || *p == '\t')
             p++;
         if (*p && *p != ',') {
@@ -505,46 +468,46 @@ static void fmt_double(char *buf, size_t cap, double v)
     }
 }
 
-static void put_series(struct sbuf *b, const char *name, const char *suffix, const char *labels,
+static void put_series(struct moe_sbuf *b, const char *name, const char *suffix, const char *labels,
                        const char *extra_label, const char *value)
 {
-    sb_puts(b, name);
-    sb_puts(b, suffix);
+    moe_sbuf_puts(b, name);
+    moe_sbuf_puts(b, suffix);
     bool any = labels[0] || extra_label;
     if (any) {
-        sb_putc(b, '{');
-        sb_puts(b, labels);
+        moe_sbuf_putc(b, '{');
+        moe_sbuf_puts(b, labels);
         if (extra_label) {
             if (labels[0])
-                sb_putc(b, ',');
-            sb_puts(b, extra_label);
+                moe_sbuf_putc(b, ',');
+            moe_sbuf_puts(b, extra_label);
         }
-        sb_putc(b, '}');
+        moe_sbuf_putc(b, '}');
     }
-    sb_putc(b, ' ');
-    sb_puts(b, value);
-    sb_putc(b, '\n');
+    moe_sbuf_putc(b, ' ');
+    moe_sbuf_puts(b, value);
+    moe_sbuf_putc(b, '\n');
 }
 
 char *moe_metrics_render(void)
 {
-    struct sbuf b = {0};
-    sb_puts(&b, "");
+    struct moe_sbuf b = {0};
+    moe_sbuf_puts(&b, "");
     char num[64], le[96];
     pthread_mutex_lock(&reg_lock);
     for (struct family *f = fam_first; f; f = f->next) {
         if (f->help[0]) {
-            sb_puts(&b, "# HELP ");
-            sb_puts(&b, f->name);
-            sb_putc(&b, ' ');
+            moe_sbuf_puts(&b, "# HELP ");
+            moe_sbuf_puts(&b, f->name);
+            moe_sbuf_putc(&b, ' ');
             sb_escaped(&b, f->help, strlen(f->help), false);
-            sb_putc(&b, '\n');
+            moe_sbuf_putc(&b, '\n');
         }
-        sb_puts(&b, "# TYPE ");
-        sb_puts(&b, f->name);
-        sb_putc(&b, ' ');
-        sb_puts(&b, type_names[f->type]);
-        sb_putc(&b, '\n');
+        moe_sbuf_puts(&b, "# TYPE ");
+        moe_sbuf_puts(&b, f->name);
+        moe_sbuf_putc(&b, ' ');
+        moe_sbuf_puts(&b, type_names[f->type]);
+        moe_sbuf_putc(&b, '\n');
         for (struct moe_metric *m = f->first; m; m = m->next) {
             if (f->type != MT_HISTOGRAM) {
                 fmt_double(num, sizeof(num), moe_metric_value(m));

@@ -40,43 +40,11 @@ static const struct moe_tok_uprop space_set = {
 };
 static const struct moe_tok_uprop hex_set = { "XDigit", "0-9a-fA-F", "", "" };
 
-struct sbuf {
-    char *p;
-    size_t n, cap;
-    bool oom;
-};
-
-static void sb_put(struct sbuf *b, const char *s, size_t n)
-{
-    if (b->oom)
-        return;
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 64;
-        while (cap < b->n + n + 1)
-            cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            b->oom = true;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = 0;
-}
-
-static void sb_puts(struct sbuf *b, const char *s)
-{
-    sb_put(b, s, strlen(s));
-}
-
 #define MAX_DEPTH 64
 
 struct rx {
     const char *start, *p, *end;
-    struct sbuf out;
+    struct moe_sbuf out;
     const char *err; /* what was refused (static text) */
     const char *err_at;
     int depth;
@@ -118,7 +86,7 @@ static int check_fold(struct rx *r, const char *at, int c)
 
 /* One UTF-8 character at r->p, copied (escaped when PCRE2 would read it as
  * syntax: in_class for a class body). */
-static int copy_char(struct rx *r, struct sbuf *b, bool in_class)
+static int copy_char(struct rx *r, struct moe_sbuf *b, bool in_class)
 {
     size_t l = moe_utf8_len((const uint8_t *)r->p, (size_t)(r->end - r->p));
     if (l == 0)
@@ -127,15 +95,15 @@ static int copy_char(struct rx *r, struct sbuf *b, bool in_class)
         return fail(r, r->p, "a non-ASCII literal under (?i)");
     char c = r->p[0];
     if (l == 1 && in_class && strchr("\\]^[-", c))
-        sb_put(b, "\\", 1);
-    sb_put(b, r->p, l);
+        moe_sbuf_put(b, "\\", 1);
+    moe_sbuf_put(b, r->p, l);
     r->p += l;
     return 0;
 }
 
 /* \x.. \x{..} \u.... \0.. (r->p at the letter after the backslash): copied
  * as one PCRE2 character escape. */
-static int copy_code_escape(struct rx *r, struct sbuf *b)
+static int copy_code_escape(struct rx *r, struct moe_sbuf *b)
 {
     const char *bs = r->p - 1;
     char c = *r->p++;
@@ -146,9 +114,9 @@ static int copy_code_escape(struct rx *r, struct sbuf *b)
                 return fail(r, bs, "\\u needs four hex digits");
             hex[i] = *r->p++;
         }
-        sb_puts(b, "\\x{");
-        sb_puts(b, hex);
-        sb_puts(b, "}");
+        moe_sbuf_puts(b, "\\x{");
+        moe_sbuf_puts(b, hex);
+        moe_sbuf_puts(b, "}");
         return 0;
     }
     if (c == 'x' && r->p < r->end && *r->p == '{') {
@@ -163,7 +131,7 @@ static int copy_code_escape(struct rx *r, struct sbuf *b)
         for (int i = 0; i < 2 && r->p < r->end && *r->p >= '0' && *r->p <= '7'; i++)
             r->p++;
     }
-    sb_put(b, bs, (size_t)(r->p - bs));
+    moe_sbuf_put(b, bs, (size_t)(r->p - bs));
     return 0;
 }
 
@@ -173,7 +141,7 @@ static int copy_code_escape(struct rx *r, struct sbuf *b)
  * cannot hold: complements such as \S, sets less some code points, nested
  * negated classes). */
 struct operand {
-    struct sbuf body, alts;
+    struct moe_sbuf body, alts;
     int n_alts;
 };
 
@@ -186,38 +154,38 @@ static void operand_free(struct operand *o)
 static void add_alt(struct operand *o, const char *expr, size_t n)
 {
     if (o->n_alts++)
-        sb_put(&o->alts, "|", 1);
-    sb_put(&o->alts, expr, n);
+        moe_sbuf_put(&o->alts, "|", 1);
+    moe_sbuf_put(&o->alts, expr, n);
 }
 
 /* A property (or its complement) into an operand. */
 static void add_set(struct operand *o, const struct moe_tok_uprop *u, bool neg)
 {
     if (!neg && !u->removes[0]) {
-        sb_puts(&o->body, u->pcre);
-        sb_puts(&o->body, u->adds);
+        moe_sbuf_puts(&o->body, u->pcre);
+        moe_sbuf_puts(&o->body, u->adds);
         return;
     }
-    struct sbuf e = { 0 };
+    struct moe_sbuf e = { 0 };
     if (neg && u->removes[0]) { /* the removed ones, or anything outside the set */
-        sb_puts(&e, "(?:[");
-        sb_puts(&e, u->removes);
-        sb_puts(&e, "]|");
+        moe_sbuf_puts(&e, "(?:[");
+        moe_sbuf_puts(&e, u->removes);
+        moe_sbuf_puts(&e, "]|");
     } else if (!neg) {
-        sb_puts(&e, "(?:(?![");
-        sb_puts(&e, u->removes);
-        sb_puts(&e, "])");
+        moe_sbuf_puts(&e, "(?:(?![");
+        moe_sbuf_puts(&e, u->removes);
+        moe_sbuf_puts(&e, "])");
     }
-    sb_puts(&e, neg ? "[^" : "[");
-    sb_puts(&e, u->pcre);
-    sb_puts(&e, u->adds);
-    sb_puts(&e, "]");
+    moe_sbuf_puts(&e, neg ? "[^" : "[");
+    moe_sbuf_puts(&e, u->pcre);
+    moe_sbuf_puts(&e, u->adds);
+    moe_sbuf_puts(&e, "]");
     if (u->removes[0])
-        sb_puts(&e, ")");
+        moe_sbuf_puts(&e, ")");
     if (e.oom)
         o->body.oom = true;
     else
-        add_alt(o, e.p, e.n);
+        add_alt(o, e.p, e.len);
     free(e.p);
 }
 
@@ -285,24 +253,24 @@ static int property(struct rx *r, struct operand *o)
 }
 
 /* The operand as one single-character expression. */
-static int operand_expr(struct rx *r, const struct operand *o, struct sbuf *e)
+static int operand_expr(struct rx *r, const struct operand *o, struct moe_sbuf *e)
 {
-    int parts = (o->body.n > 0) + o->n_alts;
+    int parts = (o->body.len > 0) + o->n_alts;
     if (parts == 0)
         return fail(r, r->p, "an empty character class");
     if (parts > 1)
-        sb_puts(e, "(?:");
-    if (o->body.n) {
-        sb_puts(e, "[");
-        sb_put(e, o->body.p, o->body.n);
-        sb_puts(e, "]");
+        moe_sbuf_puts(e, "(?:");
+    if (o->body.len) {
+        moe_sbuf_puts(e, "[");
+        moe_sbuf_put(e, o->body.p, o->body.len);
+        moe_sbuf_puts(e, "]");
         if (o->n_alts)
-            sb_puts(e, "|");
+            moe_sbuf_puts(e, "|");
     }
     if (o->n_alts)
-        sb_put(e, o->alts.p, o->alts.n);
+        moe_sbuf_put(e, o->alts.p, o->alts.len);
     if (parts > 1)
-        sb_puts(e, ")");
+        moe_sbuf_puts(e, ")");
     if (o->body.oom || o->alts.oom)
         e->oom = true;
     return 0;
@@ -310,33 +278,33 @@ static int operand_expr(struct rx *r, const struct operand *o, struct sbuf *e)
 
 /* A class: the intersection of ops[0..n), complemented when neg, as one
  * single-character expression into e. */
-static int emit_class(struct rx *r, struct operand *ops, int n_ops, bool neg, struct sbuf *e)
+static int emit_class(struct rx *r, struct operand *ops, int n_ops, bool neg, struct moe_sbuf *e)
 {
     int rc = 0;
     if (n_ops == 1 && ops[0].n_alts == 0) {
-        if (ops[0].body.n == 0)
+        if (ops[0].body.len == 0)
             return fail(r, r->p, "an empty character class");
-        sb_puts(e, neg ? "[^" : "[");
-        sb_put(e, ops[0].body.p, ops[0].body.n);
-        sb_puts(e, "]");
+        moe_sbuf_puts(e, neg ? "[^" : "[");
+        moe_sbuf_put(e, ops[0].body.p, ops[0].body.len);
+        moe_sbuf_puts(e, "]");
         return 0;
     }
     /* (?=A)(?=B)C: a character in A, B and C; (?!X)(?s:.): one not in X */
     if (neg)
-        sb_puts(e, "(?:(?!");
+        moe_sbuf_puts(e, "(?:(?!");
     if (n_ops > 1)
-        sb_puts(e, "(?:");
+        moe_sbuf_puts(e, "(?:");
     for (int i = 0; i < n_ops && !rc; i++) {
         if (i + 1 < n_ops)
-            sb_puts(e, "(?=");
+            moe_sbuf_puts(e, "(?=");
         rc = operand_expr(r, &ops[i], e);
         if (i + 1 < n_ops)
-            sb_puts(e, ")");
+            moe_sbuf_puts(e, ")");
     }
     if (n_ops > 1)
-        sb_puts(e, ")");
+        moe_sbuf_puts(e, ")");
     if (neg)
-        sb_puts(e, ")(?s:.))");
+        moe_sbuf_puts(e, ")(?s:.))");
     return rc;
 }
 
@@ -375,7 +343,7 @@ static int set_escape(struct rx *r, struct operand *o, bool in_class)
     return 0;
 }
 
-static int parse_class(struct rx *r, struct sbuf *expr, bool *simple, struct sbuf *simple_body);
+static int parse_class(struct rx *r, struct moe_sbuf *expr, bool *simple, struct moe_sbuf *simple_body);
 
 /* One escape inside a class (r->p after the backslash). */
 static int class_escape(struct rx *r, struct operand *o, bool *prev_char)
@@ -401,14 +369,14 @@ static int class_escape(struct rx *r, struct operand *o, bool *prev_char)
         return copy_code_escape(r, &o->body);
     case 'v':
         r->p++;
-        sb_puts(&o->body, "\\x{0b}");
+        moe_sbuf_puts(&o->body, "\\x{0b}");
         return 0;
     case 'b':
         r->p++;
-        sb_puts(&o->body, "\\x{08}");
+        moe_sbuf_puts(&o->body, "\\x{08}");
         return 0;
     case 't': case 'n': case 'r': case 'f': case 'a': case 'e':
-        sb_put(&o->body, bs, 2);
+        moe_sbuf_put(&o->body, bs, 2);
         r->p++;
         return 0;
     default:
@@ -421,7 +389,7 @@ static int class_escape(struct rx *r, struct operand *o, bool *prev_char)
 /* r->p at '['. expr gets the class as one single-character expression; when
  * it is a plain positive class, *simple is set and simple_body holds its
  * body (so an enclosing class can take it in whole). */
-static int parse_class(struct rx *r, struct sbuf *expr, bool *simple, struct sbuf *simple_body)
+static int parse_class(struct rx *r, struct moe_sbuf *expr, bool *simple, struct moe_sbuf *simple_body)
 {
     const char *open = r->p++;
     struct operand ops[8];
@@ -462,13 +430,13 @@ static int parse_class(struct rx *r, struct sbuf *expr, bool *simple, struct sbu
                 rc = fail(r, r->p, "a POSIX bracket expression");
                 goto out;
             }
-            struct sbuf sub = { 0 }, sub_body = { 0 };
+            struct moe_sbuf sub = { 0 }, sub_body = { 0 };
             bool sub_simple;
             rc = parse_class(r, &sub, &sub_simple, &sub_body);
             if (rc == 0 && sub_simple)
-                sb_put(&o->body, sub_body.p, sub_body.n);
+                moe_sbuf_put(&o->body, sub_body.p, sub_body.len);
             else if (rc == 0)
-                add_alt(o, sub.p, sub.n);
+                add_alt(o, sub.p, sub.len);
             free(sub.p);
             free(sub_body.p);
             if (rc)
@@ -488,7 +456,7 @@ static int parse_class(struct rx *r, struct sbuf *expr, bool *simple, struct sbu
             r->p++;
             bool range = prev_char && r->p < r->end && *r->p != ']' && *r->p != '[' &&
                          !(*r->p == '&' && r->p + 1 < r->end && r->p[1] == '&');
-            sb_puts(&o->body, range ? "-" : "\\-");
+            moe_sbuf_puts(&o->body, range ? "-" : "\\-");
             after_dash = range;
             prev_char = false;
             continue;
@@ -497,9 +465,9 @@ static int parse_class(struct rx *r, struct sbuf *expr, bool *simple, struct sbu
             goto out;
         prev_char = !was_dash;
     }
-    *simple = !neg && n_ops == 1 && ops[0].n_alts == 0 && ops[0].body.n > 0;
+    *simple = !neg && n_ops == 1 && ops[0].n_alts == 0 && ops[0].body.len > 0;
     if (*simple)
-        sb_put(simple_body, ops[0].body.p, ops[0].body.n);
+        moe_sbuf_put(simple_body, ops[0].body.p, ops[0].body.len);
     rc = emit_class(r, ops, n_ops, neg, expr);
 out:
     for (int i = 0; i < n_ops; i++) {
@@ -525,19 +493,19 @@ static int put_set_item(struct rx *r, struct operand *o)
 static int boundary(struct rx *r, bool at)
 {
     const struct moe_tok_uprop *w = find_set("\\w", 2);
-    struct sbuf cls = { 0 };
-    sb_puts(&cls, "[");
-    sb_puts(&cls, w->pcre);
-    sb_puts(&cls, w->adds);
-    sb_puts(&cls, "]");
+    struct moe_sbuf cls = { 0 };
+    moe_sbuf_puts(&cls, "[");
+    moe_sbuf_puts(&cls, w->pcre);
+    moe_sbuf_puts(&cls, w->adds);
+    moe_sbuf_puts(&cls, "]");
     /* at a boundary: a word character on exactly one side */
     const char *fmt = at ? "(?:(?<=%s)(?!%s)|(?<!%s)(?=%s))" : "(?:(?<=%s)(?=%s)|(?<!%s)(?!%s))";
     for (const char *f = fmt; *f && !cls.oom; f++) {
         if (f[0] == '%' && f[1] == 's') {
-            sb_put(&r->out, cls.p, cls.n);
+            moe_sbuf_put(&r->out, cls.p, cls.len);
             f++;
         } else {
-            sb_put(&r->out, f, 1);
+            moe_sbuf_put(&r->out, f, 1);
         }
     }
     if (cls.oom)
@@ -577,11 +545,11 @@ static int escape(struct rx *r)
         return boundary(r, c == 'b');
     case 'v':
         r->p++;
-        sb_puts(&r->out, "\\x{0b}");
+        moe_sbuf_puts(&r->out, "\\x{0b}");
         return 0;
     case 'O':
         r->p++;
-        sb_puts(&r->out, "(?s:.)");
+        moe_sbuf_puts(&r->out, "(?s:.)");
         return 0;
     case 'x':
     case 'u':
@@ -592,20 +560,20 @@ static int escape(struct rx *r)
             const char *close = memchr(r->p, '>', (size_t)(r->end - r->p));
             if (!close)
                 return fail(r, bs, "\\k< without >");
-            sb_put(&r->out, bs, (size_t)(close + 1 - bs));
+            moe_sbuf_put(&r->out, bs, (size_t)(close + 1 - bs));
             r->p = close + 1;
             return 0;
         }
         return fail(r, bs, "\\k without <name>");
     case '1': case '2': case '3': case '4': case '5': case '6': case '7': case '8': case '9':
-        sb_put(&r->out, bs, 2);
+        moe_sbuf_put(&r->out, bs, 2);
         r->p++;
         while (r->p < r->end && *r->p >= '0' && *r->p <= '9')
-            sb_put(&r->out, r->p++, 1);
+            moe_sbuf_put(&r->out, r->p++, 1);
         return 0;
     case 'A': case 'z': case 'Z': case 'G': case 'K': case 'R': case 'N':
     case 't': case 'n': case 'r': case 'f': case 'a': case 'e':
-        sb_put(&r->out, bs, 2);
+        moe_sbuf_put(&r->out, bs, 2);
         r->p++;
         return 0;
     default:
@@ -613,7 +581,7 @@ static int escape(struct rx *r)
             return fail(r, bs, "an escape with no PCRE2 equivalent");
         if ((rc = check_fold(r, bs, c)))
             return rc;
-        sb_put(&r->out, "\\", 1);
+        moe_sbuf_put(&r->out, "\\", 1);
         return copy_char(r, &r->out, false);
     }
 }
@@ -628,7 +596,7 @@ static int group(struct rx *r)
     r->prev_lit = 0;
     if (r->p + 1 >= r->end || r->p[1] != '?') {
         r->p++;
-        sb_puts(&r->out, "(");
+        moe_sbuf_puts(&r->out, "(");
         r->icase[++r->depth] = inherit;
         return 0;
     }
@@ -637,7 +605,7 @@ static int group(struct rx *r)
     if (c == ':' || c == '=' || c == '!' || c == '>' ||
         (c == '<' && q + 1 < r->end && (q[1] == '=' || q[1] == '!'))) {
         size_t n = c == '<' ? 4 : 3;
-        sb_put(&r->out, r->p, n);
+        moe_sbuf_put(&r->out, r->p, n);
         r->p += n;
         r->icase[++r->depth] = inherit;
         return 0;
@@ -647,9 +615,9 @@ static int group(struct rx *r)
         const char *e = memchr(q + 1, close, (size_t)(r->end - q - 1));
         if (!e)
             return fail(r, at, "an unterminated group name");
-        sb_puts(&r->out, "(?<");
-        sb_put(&r->out, q + 1, (size_t)(e - q - 1));
-        sb_puts(&r->out, ">");
+        moe_sbuf_puts(&r->out, "(?<");
+        moe_sbuf_put(&r->out, q + 1, (size_t)(e - q - 1));
+        moe_sbuf_puts(&r->out, ">");
         r->p = e + 1;
         r->icase[++r->depth] = inherit;
         return 0;
@@ -663,13 +631,13 @@ static int group(struct rx *r)
     }
     /* inline options: (?imx-imx) or (?imx-imx:...) */
     bool on = true, ci = inherit;
-    struct sbuf opts = { 0 };
+    struct moe_sbuf opts = { 0 };
     for (; q < r->end && *q != ')' && *q != ':'; q++) {
         switch (*q) {
-        case '-': on = false; sb_put(&opts, "-", 1); break;
-        case 'i': ci = on; sb_put(&opts, "i", 1); break;
-        case 'x': sb_put(&opts, "x", 1); break;
-        case 'm': sb_put(&opts, "s", 1); break; /* Ruby's m: dot matches newline */
+        case '-': on = false; moe_sbuf_put(&opts, "-", 1); break;
+        case 'i': ci = on; moe_sbuf_put(&opts, "i", 1); break;
+        case 'x': moe_sbuf_put(&opts, "x", 1); break;
+        case 'm': moe_sbuf_put(&opts, "s", 1); break; /* Ruby's m: dot matches newline */
         default:
             free(opts.p);
             return fail(r, at, "an unknown group or option");
@@ -679,11 +647,11 @@ static int group(struct rx *r)
         free(opts.p);
         return fail(r, at, "an unterminated group");
     }
-    sb_puts(&r->out, "(?");
-    if (opts.n)
-        sb_put(&r->out, opts.p, opts.n);
+    moe_sbuf_puts(&r->out, "(?");
+    if (opts.len)
+        moe_sbuf_put(&r->out, opts.p, opts.len);
     free(opts.p);
-    sb_put(&r->out, q, 1);
+    moe_sbuf_put(&r->out, q, 1);
     r->p = q + 1;
     if (*q == ':')
         r->icase[++r->depth] = ci;
@@ -707,15 +675,15 @@ static int interval(struct rx *r)
         has2 = q > d2;
     }
     if (q >= r->end || *q != '}' || (!has1 && !has2)) { /* not an interval: literal { */
-        sb_puts(&r->out, "\\{");
+        moe_sbuf_puts(&r->out, "\\{");
         r->p++;
         return check_fold(r, r->p - 1, '{');
     }
     if (has1) {
-        sb_put(&r->out, r->p, (size_t)(q + 1 - r->p));
+        moe_sbuf_put(&r->out, r->p, (size_t)(q + 1 - r->p));
     } else { /* {,m}: Oniguruma's {0,m} */
-        sb_puts(&r->out, "{0");
-        sb_put(&r->out, digits1, (size_t)(q + 1 - digits1));
+        moe_sbuf_puts(&r->out, "{0");
+        moe_sbuf_put(&r->out, digits1, (size_t)(q + 1 - digits1));
     }
     r->p = q + 1;
     r->prev_lit = 0;
@@ -737,7 +705,7 @@ int moe_tok_regex_translate(const char *src, const char *pattern, size_t len, ch
             break;
         case '[': {
             bool simple;
-            struct sbuf body = { 0 };
+            struct moe_sbuf body = { 0 };
             r.prev_lit = 0;
             rc = parse_class(&r, &r.out, &simple, &body);
             free(body.p);
@@ -753,16 +721,16 @@ int moe_tok_regex_translate(const char *src, const char *pattern, size_t len, ch
             }
             r.depth--;
             r.prev_lit = 0;
-            sb_puts(&r.out, ")");
+            moe_sbuf_puts(&r.out, ")");
             r.p++;
             break;
         case '$':
-            sb_puts(&r.out, "(?![^\\n])"); /* Ruby: the end of a line */
+            moe_sbuf_puts(&r.out, "(?![^\\n])"); /* Ruby: the end of a line */
             r.p++;
             r.prev_lit = 0;
             break;
         case '^':
-            sb_puts(&r.out, "(?<![^\\n])");
+            moe_sbuf_puts(&r.out, "(?<![^\\n])");
             r.p++;
             r.prev_lit = 0;
             break;
@@ -774,7 +742,7 @@ int moe_tok_regex_translate(const char *src, const char *pattern, size_t len, ch
         case '*':
         case '+':
         case '?':
-            sb_put(&r.out, r.p++, 1);
+            moe_sbuf_put(&r.out, r.p++, 1);
             r.prev_lit = 0;
             break;
         default:

@@ -23,6 +23,7 @@ static float rndf(void) /* [-1, 1) */
     return (float)(rnd32() >> 8) / 8388608.0f - 1.0f;
 }
 
+/* cpuid asked directly: this file tests the dispatcher's own answer against it */
 static bool cpu_has(enum moe_isa isa)
 {
 #if defined(__x86_64__) || defined(__i386__)

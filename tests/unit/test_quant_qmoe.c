@@ -29,21 +29,10 @@ static float rndf(void) /* [-1, 1) */
     return (float)(2.0 * rndu() - 1.0);
 }
 
+/* the dispatcher's own answer (cpuid, F16C included) */
 static bool cpu_has(enum moe_isa isa)
 {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_cpu_init();
-    switch (isa) {
-    case MOE_ISA_REF: return true;
-    case MOE_ISA_AVX2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    case MOE_ISA_AVX512:
-        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-    default: return false;
-    }
-#else
-    return isa == MOE_ISA_REF;
-#endif
+    return isa <= moe_isa_best();
 }
 
 /* one dictionary (P(0) = 0.885) for the whole test program */

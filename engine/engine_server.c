@@ -205,6 +205,9 @@ struct moe_engine {
     char *piece;            /* one decoded token */
     size_t piece_cap;
     struct moe_engine_stats stats;
+    /* 1 while admit() starts a dequeued job outside the lock: it holds a slot
+     * (stats.running counts it, for the queue limit) but is not running yet */
+    int32_t starting;
 };
 
 static double now_s(void)
@@ -455,9 +458,11 @@ static bool admit(struct moe_engine *e)
                 e->queue_tail = NULL;
             e->queue_len--;
             e->stats.running++;
+            e->starting = 1;
             pthread_mutex_unlock(&e->mu);
             int st = seq_start(e, &e->seqs[i], j); /* tokenizing outside the lock */
             pthread_mutex_lock(&e->mu);
+            e->starting = 0;
             if (st == SEQ_WAIT) { /* back to the head of the queue, in order */
                 e->stats.running--;
                 e->stats.kv_waits++;
@@ -887,5 +892,10 @@ void moe_engine_get_stats(struct moe_engine *e, struct moe_engine_stats *st)
     pthread_mutex_lock(&e->mu);
     *st = e->stats;
     st->queue_depth = e->queue_len;
+    /* a job being started may yet go back to the queue (no KV room): it is
+     * queued until it runs, so the running gauge never shows one more than
+     * the KV pool admitted */
+    st->running -= e->starting;
+    st->queue_depth += e->starting;
     pthread_mutex_unlock(&e->mu);
 }

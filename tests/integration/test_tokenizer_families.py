@@ -3,7 +3,9 @@ TEXT` on a directory that holds only a tokenizer (tokenizer.json and
 tokenizer_config.json) and on its GGUF twin must print the ids Hugging Face
 tokenizers gave (tests/data/tokenizers/<family>/expected.json, written by
 tests/reference/make_family_tokenizer.py); an unknown pre-tokenizer fails
-the command with its name."""
+the command with its name. The architecture fixtures (tests/data/arch/NAME) carry their
+family's tokenizer: `moe-run --tokenize` on the fixture itself, v5/ and model.gguf, gives the
+same ids."""
 import json
 import os
 import shutil
@@ -15,6 +17,7 @@ import unittest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.environ.get("BIN", os.path.join(ROOT, "build", "bin"))
 DATA = os.path.join(ROOT, "tests", "data", "tokenizers")
+ARCH = os.path.join(ROOT, "tests", "data", "arch")
 FAMILIES = sorted(d for d in os.listdir(DATA)
                   if os.path.isfile(os.path.join(DATA, d, "expected.json")))
 
@@ -88,6 +91,33 @@ class TokenizerFamilies(unittest.TestCase):
             exp, picked = cases("deepseek-v3")
             for c in picked[:3]:
                 self.assertEqual(tokenize(d, c["text"]), c["ids"])
+
+    def test_arch_fixtures(self):
+        """Each fixture through its checkpoint directory and its GGUF, against the family's
+        expected ids (the family found by the tokenizer.json bytes)."""
+        def read(p):
+            with open(p, "rb") as f:
+                return f.read()
+        by_bytes = {read(os.path.join(DATA, fam, "tokenizer.json")): fam for fam in FAMILIES}
+        checked = 0
+        for name in sorted(os.listdir(ARCH)):
+            v5 = os.path.join(ARCH, name, "v5")
+            if not os.path.isfile(os.path.join(v5, "tokenizer.json")):
+                continue
+            tok = read(os.path.join(v5, "tokenizer.json"))
+            if tok == read(os.path.join(ROOT, "models", "tiny-moe", "tokenizer.json")):
+                continue  # the demo model's tokenizer: test_model_tokenizer covers it
+            self.assertIn(tok, by_bytes, "%s: tokenizer.json of no known family" % name)
+            exp, _ = cases(by_bytes[tok])
+            picked = [c for c in exp["cases"] if c["text"]]  # all: code, CJK, emoji, digits, spaces
+            gguf = os.path.join(ARCH, name, "model.gguf")
+            forms = [v5] + ([gguf] if b"tokenizer.ggml.model" in read(gguf) else [])
+            for form in forms:
+                for c in picked:
+                    self.assertEqual(tokenize(form, c["text"]), c["ids"],
+                                     "%s (%s): %r" % (name, os.path.basename(form), c["text"][:60]))
+            checked += 1
+        self.assertGreaterEqual(checked, 11)
 
 
 if __name__ == "__main__":

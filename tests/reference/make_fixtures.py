@@ -47,7 +47,8 @@ Checks made on every run (a failure stops the run):
     tokenizer.*, and general.name / general.version, which it guesses from the directory name)
     are compared with model.gguf's and the differences listed in reference.json (expected:
     KNOWN_DIFFS only). Needs gguf-py installed from that llama.cpp's gguf-py/.
-Tokenizers: with --tokenizers DIR, DIR/<fixture or family name>/tokenizer.json (+
+Tokenizers: with --tokenizers DIR (tests/data/tokenizers), DIR/<FIXTURE_TOKENIZER's folder, or
+the fixture or family name>/tokenizer.json (+
 tokenizer_config.json) is copied into v5/ and, for byte-level BPE, embedded in model.gguf
 (tokenizer.ggml.*); without one the GGUFs carry no vocabulary.
 gpt_oss: transformers loads MXFP4 on CPU with Mxfp4Config(dequantize=True) here (5.x: the
@@ -783,10 +784,22 @@ def check_v4(spec, fdir, tf4, ids, ref_logits):
 # ----------------------------------------------------------------------------
 
 
+# fixture -> its family's folder under tests/data/tokenizers ("../../../models/tiny-moe": the
+# demo model's byte-level BPE, for Mixtral, whose real tokenizer is SentencePiece)
+FIXTURE_TOKENIZER = {
+    "deepseek_v2": "deepseek-llm", "deepseek_v2_lite": "deepseek-llm",
+    "deepseek_v3": "deepseek-v3", "kimi_k2": "kimi-k2", "dots1": "dots1",
+    "ernie4_5_moe": "ernie45", "glm4_moe": "glm45", "glm4_moe_noqk": "glm45",
+    "gpt_oss": "gpt-oss", "minimax_m2": "minimax-m2", "qwen3_moe_v5": "qwen3",
+    "mixtral_swa": "../../../models/tiny-moe",
+}
+
+
 def find_tokenizer(spec, tokdir):
     if not tokdir:
         return None
-    for cand in (spec["name"], spec["family"], spec["params"].get("model_type", "")):
+    for cand in (FIXTURE_TOKENIZER.get(spec["name"]), spec["name"], spec["family"],
+                 spec["params"].get("model_type", "")):
         d = os.path.join(tokdir, cand)
         if cand and os.path.isfile(os.path.join(d, "tokenizer.json")):
             return d
@@ -982,7 +995,7 @@ def make_fixture(spec, args):
                     "routing_min": mg["routing_min"], "group_min": mg["group_min"],
                     "greedy_min": mg["greedy_min"], "threshold": MARGIN_MIN},
         "seeds": {"weights": wseed, "prompt": pseed, "tries": tries},
-        "tokenizer": os.path.relpath(tok, args.tokenizers) if tok else None,
+        "tokenizer": os.path.normpath(os.path.relpath(tok, args.tokenizers)) if tok else None,
     }
     if not args.no_v4:
         meta["v4"] = {"writer": write_v4(spec, fdir, args.tf4, v5_files)}

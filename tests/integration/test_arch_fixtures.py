@@ -138,6 +138,9 @@ class ArchFixtures(unittest.TestCase):
         diff = np.abs(got.astype(np.float64) - want)
         worst = float(diff.max())
         pos = int(np.unravel_index(np.argmax(diff), diff.shape)[0])
+        # the figure itself, for closing notes: `... test_arch_fixtures.py 2>&1 | grep max`
+        print(f"\n{name}/{fmt}: max |logit - ref| / max |ref| = {worst / scale:.2e}",
+              end=" ", file=sys.stderr)
         self.assertLessEqual(worst, REL_TOL * scale,
                              f"{name}/{fmt}: max |logit - ref| = {worst:.3g} at position {pos} "
                              f"(bound {REL_TOL * scale:.3g} = 1e-4 x {scale:.3g})")

@@ -42,9 +42,9 @@ ARCH = os.path.join(ROOT, "tests", "data", "arch")
 OUT = os.path.join(ROOT, "tests", "fuzz", "corpus")
 MAX_LEN = 16384
 KEYS = set()  # config and metadata keys seen, for the dictionary
+sys.path.insert(0, os.path.join(ROOT, "tests", "reference"))
+from gguf_layout import GGML_SIZE, Gguf, gguf_bytes, tensor_nbytes  # noqa: E402
 
-GGUF_SCALAR = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-GGML = {0: (1, 4), 1: (1, 2), 8: (32, 34), 30: (1, 2), 39: (32, 17)}  # block, bytes
 ST_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2,
             "I16": 2, "U16": 2, "U8": 1, "I8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 
@@ -58,90 +58,24 @@ def keep(name):
     return not (m and int(m.group(1)) > 1)
 
 
-def gguf_parse(raw):
-    p = 4
-
-    def take(fmt):
-        nonlocal p
-        v = struct.unpack_from(fmt, raw, p)[0]
-        p += struct.calcsize(fmt)
-        return v
-
-    def skip(t):
-        nonlocal p
-        if t in GGUF_SCALAR:
-            p += GGUF_SCALAR[t]
-        elif t == 8:
-            n = take("<Q")
-            p += n
-        else:
-            et, n = take("<I"), take("<Q")
-            for _ in range(n):
-                skip(et)
-
-    version, n_tensors, n_kv = take("<I"), take("<Q"), take("<Q")
-    kv_begin = p
-    align = 32
-    for _ in range(n_kv):
-        n = take("<Q")
-        key = raw[p:p + n]
-        KEYS.add(key)
-        p += n
-        t = take("<I")
-        if key == b"general.alignment":
-            align = struct.unpack_from("<I", raw, p)[0]
-        skip(t)
-    kv = raw[kv_begin:p]
-    tensors = []
-    for _ in range(n_tensors):
-        n = take("<Q")
-        name = raw[p:p + n].decode()
-        p += n
-        ne = [take("<Q") for _ in range(take("<I"))]
-        typ, off = take("<I"), take("<Q")
-        tensors.append((name, ne, typ, off))
-    data_start = (p + align - 1) // align * align
-    return version, n_kv, kv, tensors, data_start, align
-
-
-def gguf_bytes(version, n_kv, kv, tensors, align, datas=None):
-    """tensors: [(name, ne, type, offset)]; datas: bytes per tensor or None (left out)"""
-    out = b"GGUF" + struct.pack("<IQQ", version, len(tensors), n_kv) + kv
-    for name, ne, typ, off in tensors:
-        nm = name.encode()
-        out += struct.pack("<Q", len(nm)) + nm + struct.pack("<I", len(ne))
-        out += b"".join(struct.pack("<Q", x) for x in ne) + struct.pack("<IQ", typ, off)
-    if datas is None:
-        return out
-    out += b"\0" * (-len(out) % align)
-    data = bytearray()
-    for (name, ne, typ, off), d in zip(tensors, datas):
-        data += b"\0" * (off - len(data))
-        data += d
-    return out + bytes(data)
-
-
 def gguf_seeds(name, path):
-    with open(path, "rb") as f:
-        raw = f.read()
-    version, n_kv, kv, tensors, data_start, align = gguf_parse(raw)
-    meta = gguf_bytes(version, n_kv, kv, [], align)
-    kept = [t for t in tensors if keep(t[0])]
-    infos = gguf_bytes(version, n_kv, kv, kept, align)
+    g = Gguf.read(path)
+    KEYS.update(k.encode() for k in g.keys)
+    head = (g.version, g.n_kv, g.kv)
+    meta = gguf_bytes(*head, [], g.alignment)
+    kept = [t for t in g.tensors if keep(t["name"])]
+    infos = gguf_bytes(*head, kept, g.alignment)
     small, datas, off = [], [], 0
-    for tname, ne, typ, real_off in kept:
-        block, nbytes = GGML[typ]
-        sne = [block if i == 0 else 1 for i in range(len(ne))]
-        if typ in (0, 1, 30) and ne:
-            sne[0] = min(ne[0], 2)
-        count = 1
-        for x in sne:
-            count *= x
-        size = count // block * nbytes
-        small.append((tname, sne, typ, off))
-        datas.append(raw[data_start + real_off:data_start + real_off + size])
-        off = (off + size + align - 1) // align * align
-    small = gguf_bytes(version, n_kv, kv, small, align, datas)
+    for t in kept:
+        block = GGML_SIZE[t["type"]][0]
+        sne = [block if i == 0 else 1 for i in range(len(t["ne"]))]
+        if t["type"] in (0, 1, 30) and t["ne"]:
+            sne[0] = min(t["ne"][0], 2)
+        size = tensor_nbytes(sne, t["type"])
+        small.append({"name": t["name"], "ne": sne, "type": t["type"], "offset": off})
+        datas.append(g.data(t, size))
+        off = (off + size + g.alignment - 1) // g.alignment * g.alignment
+    small = gguf_bytes(*head, small, g.alignment, datas)
     return {("fuzz_gguf", name + "-meta.gguf"): meta,
             ("fuzz_gguf", name + "-infos.gguf"): infos,
             ("fuzz_gguf", name + "-small.gguf"): small,

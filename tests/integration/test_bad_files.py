@@ -11,8 +11,7 @@ one line on stderr naming the file and the tensor (or key) at fault:
 - truncated files, headers claiming more bytes than the file has, duplicate
   tensor names, a config.json key that would change the math.
 
-The fixtures hold no tokenizer: moe-run gets models/tiny-moe's (vocabulary 1024,
-the fixtures' size) copied next to the safetensors; moe-bench logits takes the
+moe-run loads the fixture with its own tokenizer; moe-bench logits takes the
 fixture's reference prompt ids. Standard library only (no numpy needed).
 """
 import json
@@ -21,6 +20,7 @@ import re
 import shutil
 import struct
 import subprocess
+import sys
 import tempfile
 import unittest
 
@@ -30,7 +30,8 @@ BIN = os.environ.get("BIN") or os.path.join(ROOT, "build", "bin")
 if not os.path.isabs(BIN):
     BIN = os.path.join(ROOT, BIN)
 ARCH = os.path.join(ROOT, "tests", "data", "arch")
-TINY = os.path.join(ROOT, "models", "tiny-moe")
+sys.path.insert(0, os.path.join(ROOT, "tests", "reference"))
+import gguf_layout  # noqa: E402  (standard library only)
 
 BF16_NAN = b"\xc0\x7f"  # 0x7fc0
 BF16_INF = b"\x80\x7f"  # 0x7f80
@@ -84,70 +85,13 @@ class Safetensors:
 
 # ---- GGUF --------------------------------------------------------------------------------
 
-GGUF_SCALAR = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-GGML_SIZE = {0: (1, 4), 1: (1, 2), 8: (32, 34), 30: (1, 2), 39: (32, 17)}  # block, bytes
-
-
-class Gguf:
-    """A GGUF file parsed far enough to move and overwrite tensors: the key/value
-    section as raw bytes, and per tensor its name, ne, type, offset and where its
-    info record sits in the file."""
+class Gguf(gguf_layout.Gguf):
+    """A GGUF fixture parsed (gguf_layout) far enough to move and overwrite tensors."""
 
     def __init__(self, path):
         with open(path, "rb") as f:
-            self.raw = bytearray(f.read())
-        d, p = self.raw, 4
-
-        def take(fmt):
-            nonlocal p
-            v = struct.unpack_from(fmt, d, p)[0]
-            p += struct.calcsize(fmt)
-            return v
-
-        def skip(t):
-            nonlocal p
-            if t in GGUF_SCALAR:
-                p += GGUF_SCALAR[t]
-            elif t == 8:
-                n = take("<Q")
-                p += n
-            else:
-                et, n = take("<I"), take("<Q")
-                for _ in range(n):
-                    skip(et)
-
-        self.version, n_tensors, self.n_kv = take("<I"), take("<Q"), take("<Q")
-        kv_begin = p
-        self.keys = []
-        for _ in range(self.n_kv):
-            n = take("<Q")
-            self.keys.append(bytes(d[p:p + n]).decode())
-            p += n
-            skip(take("<I"))
-        self.kv = bytes(d[kv_begin:p])
-        self.alignment = 32  # the fixtures do not set general.alignment
-        assert "general.alignment" not in self.keys
-        self.tensors = []
-        for _ in range(n_tensors):
-            at = p
-            n = take("<Q")
-            name = bytes(d[p:p + n]).decode()
-            p += n
-            ne = [take("<Q") for _ in range(take("<I"))]
-            typ = take("<I")
-            off_at = p
-            off = take("<Q")
-            count = 1
-            for x in ne:
-                count *= x
-            block, nbytes = GGML_SIZE[typ]
-            self.tensors.append({"name": name, "ne": ne, "type": typ, "offset": off,
-                                 "info_at": at, "offset_at": off_at,
-                                 "nbytes": count // block * nbytes})
-        self.data_start = (p + 31) // 32 * 32
-
-    def tensor(self, name):
-        return next(t for t in self.tensors if t["name"] == name)
+            super().__init__(f.read())
+        assert "general.alignment" not in self.keys  # the fixtures keep the default 32
 
     def file_offset(self, name):
         return self.data_start + self.tensor(name)["offset"]
@@ -174,19 +118,12 @@ class Gguf:
             off = place(t, free)
             offsets.append(off)
             free = off + t["nbytes"]
-        infos = b""
-        for t, off in zip(self.tensors, offsets):
-            nm = t["name"].encode()
-            infos += struct.pack("<Q", len(nm)) + nm + struct.pack("<I", len(t["ne"]))
-            infos += b"".join(struct.pack("<Q", x) for x in t["ne"])
-            infos += struct.pack("<IQ", t["type"], off)
-        head = b"GGUF" + struct.pack("<IQQ", self.version, len(self.tensors), self.n_kv + 1)
-        head += kv + infos
+        moved = [dict(t, offset=off) for t, off in zip(self.tensors, offsets)]
+        head = gguf_layout.gguf_bytes(self.version, self.n_kv + 1, kv, moved, alignment)
         head += b"\0" * (-len(head) % alignment)
         data = bytearray(free)
         for t, off in zip(self.tensors, offsets):
-            src = self.data_start + t["offset"]
-            data[off:off + t["nbytes"]] = self.raw[src:src + t["nbytes"]]
+            data[off:off + t["nbytes"]] = self.data(t)
         return head, bytes(data)
 
 
@@ -199,17 +136,14 @@ class BadFileCase(unittest.TestCase):
     def tearDown(self):
         shutil.rmtree(self.tmp)
 
-    def hf_copy(self, arch, tokenizer=True):
-        """v5/ of arch copied (config, generation config), with tiny-moe's tokenizer."""
+    def hf_copy(self, arch):
+        """v5/ of arch copied but for its weights (config, generation config, tokenizer)."""
         d = os.path.join(self.tmp, arch)
         os.mkdir(d)
         src = os.path.join(ARCH, arch, "v5")
         for name in os.listdir(src):
             if name != "model.safetensors":
                 shutil.copy(os.path.join(src, name), d)
-        if tokenizer:
-            for name in ("tokenizer.json", "tokenizer_config.json"):
-                shutil.copy(os.path.join(TINY, name), d)
         return d, Safetensors(os.path.join(src, "model.safetensors"))
 
     def gguf_copy(self, arch):
@@ -372,7 +306,8 @@ class NonFinite(BadFileCase):
         self.expect_bench(d, "gpt_oss", "tensor '%s' (expert 3) holds NaN or infinite values "
                           "(element 5 is NaN)" % name)
 
-    # GGUF (no tokenizer in the fixtures: moe-bench only, but for the load-time check)
+    # GGUF (moe-bench only, but for the load-time check: not every fixture's GGUF carries a
+    # vocabulary)
 
     def test_gguf_dense_matrix_nan(self):
         path, g = self.gguf_copy("ernie4_5_moe")

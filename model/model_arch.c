@@ -298,7 +298,16 @@ static int hf_mixtral(struct moe_hf_cfg *h, struct moe_config *c)
         return rc;
     c->sliding_window = w;
     all_layers_swa(c, w > 0);
-    moe_hf_claim(h, "layer_types"); /* not a Mixtral key; refused below if odd */
+    /* not a Mixtral key (transformers slides every layer when sliding_window
+     * is set): accepted only when it says the same */
+    if ((rc = moe_hf_layer_types(h, c)) < 0)
+        return rc;
+    for (int32_t l = 0; l < c->n_layers && l < MOE_MAX_LAYERS; l++)
+        if (c->layer_swa[l] != (w > 0))
+            return moe_err(-ENOTSUP, "%s: config key 'layer_types'[%d] is %s, but Mixtral's "
+                           "layers all %s (sliding_window %d)", h->file, l,
+                           w > 0 ? "full_attention" : "sliding_attention",
+                           w > 0 ? "slide" : "attend to everything", w);
     return finish_common(h, c, 0);
 }
 
@@ -397,15 +406,6 @@ static int hf_gpt_oss(struct moe_hf_cfg *h, struct moe_config *c)
         c->layer_swa[l] = (l + 1) % 2 != 0;
     if ((rc = moe_hf_layer_types(h, c)) < 0)
         return rc;
-    if (!json_object_get(h->root, "rope_parameters") && !json_object_get(h->root, "rope_scaling")) {
-        /* transformers' default rope for gpt-oss is YaRN */
-        c->rope_scaling = MOE_ROPE_YARN;
-        c->rope_factor = 32.0f;
-        c->yarn_beta_fast = 32.0f;
-        c->yarn_beta_slow = 1.0f;
-        c->rope_orig_ctx = 4096;
-        c->yarn_truncate = false;
-    }
     return finish_common(h, c, 0);
 }
 
@@ -634,6 +634,9 @@ static const struct moe_arch_row rows[MOE_ARCH_COUNT] = {
     [MOE_ARCH_GPT_OSS] = {
         MOE_ARCH_GPT_OSS, "gpt_oss", {"GptOssForCausalLM"}, {"gpt_oss"}, "gpt-oss",
         KEYS(keys_gpt_oss), NULL, ignore_gpt_oss, recipe_gpt_oss, hf_gpt_oss, NULL,
+        .rope_default = "{\"rope_type\": \"yarn\", \"factor\": 32.0, \"beta_fast\": 32.0, "
+                        "\"beta_slow\": 1.0, \"truncate\": false, "
+                        "\"original_max_position_embeddings\": 4096}",
         .hf_moe = "mlp", .hf_expert = {"gate_up_proj", "gate_up_proj", "down_proj"}},
     [MOE_ARCH_MINIMAX_M2] = {
         MOE_ARCH_MINIMAX_M2, "minimax_m2", {"MiniMaxM2ForCausalLM"}, {"minimax_m2"},
@@ -726,35 +729,12 @@ static int rope_num(struct moe_hf_cfg *h, json_t *o, const char *key, double def
     return 0;
 }
 
-int moe_hf_rope(struct moe_hf_cfg *h, struct moe_config *c, int32_t head_dim_for_rope)
+/* o: the rope dict in force (rope_parameters, rope_scaling or the row's
+ * default; NULL: none); rp: rope_parameters as given */
+static int rope_params(struct moe_hf_cfg *h, struct moe_config *c, json_t *o, json_t *rp,
+                       json_t *theta_top, json_t *prf_top, json_t *rotary_dim,
+                       int32_t head_dim_for_rope)
 {
-    /* transformers 5: rope_parameters holds everything; 4.x: rope_theta,
-     * rope_scaling and partial_rotary_factor at the top (and MiniMax-M2's
-     * own rotary_dim) */
-    json_t *rp = moe_hf_take(h, "rope_parameters");
-    json_t *rs = moe_hf_take(h, "rope_scaling");
-    json_t *theta_top = moe_hf_take(h, "rope_theta");
-    json_t *prf_top = moe_hf_take(h, "partial_rotary_factor");
-    json_t *rotary_dim = moe_hf_take(h, "rotary_dim");
-    if (rp && !json_is_object(rp))
-        return moe_err(-EINVAL, "%s: rope_parameters is not an object", h->file);
-    if (rs && !json_is_object(rs))
-        return moe_err(-EINVAL, "%s: rope_scaling is not an object", h->file);
-    if (rp) { /* per-layer-type parameters: all the same, or refused */
-        const char *k;
-        json_t *v, *first = NULL;
-        bool nested = false;
-        json_object_foreach(rp, k, v) if (json_is_object(v)) {
-            nested = true;
-            if (first && !json_equal(first, v))
-                return moe_err(-ENOTSUP, "%s: rope_parameters differ between layer types: "
-                               "not supported", h->file);
-            first = v;
-        }
-        if (nested)
-            rp = first;
-    }
-    json_t *o = rp ? rp : rs;
     const char *k;
     json_t *v;
     json_object_foreach(o, k, v) {
@@ -799,8 +779,7 @@ int moe_hf_rope(struct moe_hf_cfg *h, struct moe_config *c, int32_t head_dim_for
     if (c->attn_scale == 0.0f)
         c->attn_scale = 1.0f / sqrtf((float)c->head_dim);
     if (!strcmp(type, "default")) {
-        if (c->rope_scaling != MOE_ROPE_YARN) /* gpt-oss's default was set by its hook */
-            c->rope_scaling = MOE_ROPE_NONE;
+        c->rope_scaling = MOE_ROPE_NONE;
     } else if (!strcmp(type, "linear")) {
         double f;
         if ((rc = rope_num(h, o, "factor", 1.0, &f)) < 0)
@@ -839,6 +818,47 @@ int moe_hf_rope(struct moe_hf_cfg *h, struct moe_config *c, int32_t head_dim_for
                        "linear, yarn)", h->file, type);
     }
     return 0;
+}
+
+int moe_hf_rope(struct moe_hf_cfg *h, struct moe_config *c, int32_t head_dim_for_rope)
+{
+    /* transformers 5: rope_parameters holds everything; 4.x: rope_theta,
+     * rope_scaling and partial_rotary_factor at the top (and MiniMax-M2's
+     * own rotary_dim) */
+    json_t *rp = moe_hf_take(h, "rope_parameters");
+    json_t *rs = moe_hf_take(h, "rope_scaling");
+    json_t *theta_top = moe_hf_take(h, "rope_theta");
+    json_t *prf_top = moe_hf_take(h, "partial_rotary_factor");
+    json_t *rotary_dim = moe_hf_take(h, "rotary_dim");
+    if (rp && !json_is_object(rp))
+        return moe_err(-EINVAL, "%s: rope_parameters is not an object", h->file);
+    if (rs && !json_is_object(rs))
+        return moe_err(-EINVAL, "%s: rope_scaling is not an object", h->file);
+    if (rp) { /* per-layer-type parameters: all the same, or refused */
+        const char *k;
+        json_t *v, *first = NULL;
+        bool nested = false;
+        json_object_foreach(rp, k, v) if (json_is_object(v)) {
+            nested = true;
+            if (first && !json_equal(first, v))
+                return moe_err(-ENOTSUP, "%s: rope_parameters differ between layer types: "
+                               "not supported", h->file);
+            first = v;
+        }
+        if (nested)
+            rp = first;
+    }
+    json_t *o = rp ? rp : rs, *dflt = NULL;
+    const struct moe_arch_row *row = moe_arch_row(c->arch);
+    if (!o && row && row->rope_default) {
+        dflt = json_loads(row->rope_default, 0, NULL); /* our own literal: only ENOMEM fails */
+        if (!dflt)
+            return moe_err(-ENOMEM, "out of memory");
+        o = dflt;
+    }
+    int rc = rope_params(h, c, o, rp, theta_top, prf_top, rotary_dim, head_dim_for_rope);
+    json_decref(dflt);
+    return rc;
 }
 
 int moe_hf_layer_types(struct moe_hf_cfg *h, struct moe_config *c)

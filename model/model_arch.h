@@ -91,6 +91,9 @@ struct moe_arch_row {
     int (*hf_finish)(struct moe_hf_cfg *h, struct moe_config *c);
     int (*gguf_finish)(struct moe_gguf_cfg *g, struct moe_config *c);
     float rope_partial; /* partial_rotary_factor when the config has none (0: 1) */
+    /* transformers' rope parameters (JSON) when the config has neither
+     * rope_parameters nor rope_scaling (NULL: plain rope) */
+    const char *rope_default;
     /* Hugging Face tensor names: the MoE block's module, each expert's
      * matrices (gate, up, down), the shared experts' module */
     const char *hf_moe, *hf_expert[3], *hf_shared;

@@ -7,6 +7,8 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <jansson.h>
+#include <math.h>
 
 #include "common/common.h"
 #include "model/model_int.h"
@@ -148,6 +150,69 @@ static void test_config_overflow(void **state)
                        "is outside (0, 1]");
 }
 
+/* fixture's config.json with key removed, read back into c */
+static int fixture_without(const char *fixture, const char *key, struct moe_config *c)
+{
+    char rel[256];
+    snprintf(rel, sizeof(rel), "tests/data/arch/%s/config.json", fixture);
+    json_t *root = json_load_file(moe_test_path(rel), 0, NULL);
+    assert_non_null(root);
+    assert_int_equal(json_object_del(root, key), 0);
+    const char *p = tpath("config.json");
+    assert_int_equal(json_dump_file(root, p, 0), 0);
+    json_decref(root);
+    return moe_config_from_hf(p, c);
+}
+
+/* a config without rope_scaling gets transformers' default rope for its
+ * class: YaRN x32 (untruncated, from 4096) for gpt-oss, attention factor
+ * mscale(32) included */
+static void test_config_rope_default(void **state)
+{
+    (void)state;
+    struct moe_config with, without;
+    assert_int_equal(moe_config_from_hf(moe_test_path("tests/data/arch/gpt_oss/v4/config.json"),
+                                        &with), 0);
+    assert_int_equal(fixture_without("gpt_oss/v4", "rope_scaling", &without), 0);
+    assert_int_equal(without.rope_scaling, MOE_ROPE_YARN);
+    assert_true(without.rope_factor == 32.0f);
+    assert_int_equal(without.rope_orig_ctx, 4096);
+    assert_false(without.yarn_truncate);
+    assert_true(without.yarn_beta_fast == 32.0f && without.yarn_beta_slow == 1.0f);
+    assert_true(fabsf(without.rope_attn_factor - (float)(0.1 * log(32.0) + 1.0)) < 1e-6f);
+    assert_true(without.rope_attn_factor == with.rope_attn_factor); /* the same factor 32 */
+    assert_true(without.rope_theta == with.rope_theta);
+    /* a class without a YaRN default: plain rope */
+    assert_int_equal(fixture_without("mixtral_swa/v4", "rope_theta", &without), 0);
+    assert_int_equal(without.rope_scaling, MOE_ROPE_NONE);
+    assert_true(without.rope_attn_factor == 1.0f);
+}
+
+/* Mixtral has no layer_types: one that says what sliding_window says is
+ * harmless, one that says otherwise is refused, naming it */
+static void test_config_mixtral_layer_types(void **state)
+{
+    (void)state;
+    const char *slide = "\"layer_types\": [\"sliding_attention\", \"sliding_attention\"]";
+    char rel[256], *text;
+    size_t len;
+    snprintf(rel, sizeof(rel), "tests/data/arch/mixtral_swa/v5/config.json");
+    assert_int_equal(moe_read_text_file(moe_test_path(rel), &text, &len), 0);
+    char *brace = strrchr(text, '}');
+    assert_non_null(brace);
+    *brace = '\0';
+    char with[8192];
+    snprintf(with, sizeof(with), "%s, %s}", text, slide);
+    free(text);
+    moe_test_write_file(tpath("config.json"), with, strlen(with));
+    struct moe_config c;
+    assert_int_equal(moe_config_from_hf(tpath("config.json"), &c), 0);
+    assert_true(c.sliding_window > 0 && c.layer_swa[0] && c.layer_swa[1]);
+    fixture_with_fails("mixtral_swa/v5",
+                       "\"layer_types\": [\"sliding_attention\", \"full_attention\"]",
+                       "config key 'layer_types'[1] is full_attention");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -155,6 +220,8 @@ int main(void)
         cmocka_unit_test(test_config_broken),
         cmocka_unit_test(test_config_unknown_key),
         cmocka_unit_test(test_config_overflow),
+        cmocka_unit_test(test_config_rope_default),
+        cmocka_unit_test(test_config_mixtral_layer_types),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -53,7 +53,6 @@ enum moe_rope_scaling {
     MOE_ROPE_NONE,
     MOE_ROPE_LINEAR,
     MOE_ROPE_YARN,
-    MOE_ROPE_LLAMA3,
 };
 
 enum moe_ffn_act {
@@ -107,7 +106,6 @@ struct moe_config {
     float yarn_beta_fast, yarn_beta_slow;
     float rope_attn_factor; /* cos/sin multiplier (YaRN's attention factor), 1 otherwise */
     bool yarn_truncate;     /* round the YaRN correction range to whole dims */
-    float rope_low_freq, rope_high_freq; /* llama3 factors */
     /* routing */
     enum moe_router_kind router;
     int32_t n_group, topk_group; /* grouped top-k (0 = no groups) */

@@ -28,7 +28,7 @@ static const char *const qk_norm_names[] = {"none", "head", "full"};
 static const char *const attn_names[] = {"gqa", "mla"};
 static const char *const router_names[] = {"softmax", "softmax_group", "sigmoid", "topk_softmax",
                                            "softmax_bias"};
-static const char *const rope_names[] = {"none", "linear", "yarn", "llama3"};
+static const char *const rope_names[] = {"none", "linear", "yarn"};
 static const char *const act_names[] = {"silu", "swiglu_oai"};
 
 static const struct field fields[] = {
@@ -57,8 +57,7 @@ static const struct field fields[] = {
     E2("rope_scaling", rope_scaling, rope_names), R2("rope_factor", rope_factor),
     I2("rope_orig_ctx", rope_orig_ctx), R2("yarn_beta_fast", yarn_beta_fast),
     R2("yarn_beta_slow", yarn_beta_slow), R2("rope_attn_factor", rope_attn_factor),
-    B2("yarn_truncate", yarn_truncate), R2("rope_low_freq", rope_low_freq),
-    R2("rope_high_freq", rope_high_freq), E2("router", router, router_names),
+    B2("yarn_truncate", yarn_truncate), E2("router", router, router_names),
     I2("n_group", n_group), I2("topk_group", topk_group), R2("routed_scale", routed_scale),
     R2("router_norm_min", router_norm_min), B2("router_bias", router_bias),
     B2("score_bias", score_bias), B2("shared_gate", shared_gate), E2("act", act, act_names),

@@ -18,7 +18,7 @@ def tensor_nbytes(ne, typ):
 
 class Gguf:
     """raw (the whole file, a bytearray to write into), version, n_kv, kv (the key/value
-    section's bytes), keys, alignment, data_start, and per tensor a dict: name, ne, type,
+    section's bytes), keys, records (per key: (key, value type, the record's bytes)), alignment, data_start, and per tensor a dict: name, ne, type,
     offset (in the data section), nbytes, info_at (where its info record starts) and
     offset_at (where its offset field sits)."""
 
@@ -46,9 +46,10 @@ class Gguf:
 
         self.version, n_tensors, self.n_kv = take("<I"), take("<Q"), take("<Q")
         kv_begin = p
-        self.keys = []
+        self.keys, self.records = [], []
         self.alignment = 32
         for _ in range(self.n_kv):
+            at = p
             n = take("<Q")
             key = bytes(d[p:p + n]).decode()
             self.keys.append(key)
@@ -57,6 +58,7 @@ class Gguf:
             if key == "general.alignment":
                 self.alignment = struct.unpack_from("<I", d, p)[0]
             skip(t)
+            self.records.append((key, t, bytes(d[at:p])))
         self.kv = bytes(d[kv_begin:p])
         self.tensors = []
         for _ in range(n_tensors):

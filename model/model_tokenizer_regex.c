@@ -48,6 +48,7 @@ struct rx {
     const char *err; /* what was refused (static text) */
     const char *err_at;
     int depth;
+    int class_depth;       /* [ inside [: bounded like groups (each level recurses) */
     bool icase[MAX_DEPTH]; /* (?i) in force, per group level */
     int prev_lit;          /* the last literal, lower-cased ASCII, under (?i); 0 if none */
 };
@@ -430,9 +431,15 @@ static int parse_class(struct rx *r, struct moe_sbuf *expr, bool *simple, struct
                 rc = fail(r, r->p, "a POSIX bracket expression");
                 goto out;
             }
+            if (r->class_depth + 1 >= MAX_DEPTH) {
+                rc = fail(r, r->p, "classes nested too deep");
+                goto out;
+            }
             struct moe_sbuf sub = { 0 }, sub_body = { 0 };
             bool sub_simple;
+            r->class_depth++;
             rc = parse_class(r, &sub, &sub_simple, &sub_body);
+            r->class_depth--;
             if (rc == 0 && sub_simple)
                 moe_sbuf_put(&o->body, sub_body.p, sub_body.len);
             else if (rc == 0)

@@ -200,12 +200,36 @@ static void test_refused(void **state)
     expect_refused("a**", "quantifier does not follow");
 }
 
+/* a file's pattern nesting classes 100000 deep is refused, not a stack
+ * overflow (each [ level recurses, as groups would) */
+static void test_nesting_bounded(void **state)
+{
+    (void)state;
+    enum { N = 100000 };
+    char *p = malloc(2 * N + 2);
+    assert_non_null(p);
+    for (int pass = 0; pass < 2; pass++) {
+        size_t n = 0;
+        for (int i = 0; i < N; i++)
+            p[n++] = pass ? '(' : '[';
+        p[n++] = 'a';
+        for (int i = 0; i < N; i++)
+            p[n++] = pass ? ')' : ']';
+        pcre2_code *re = NULL;
+        assert_true(moe_tok_compile("deep.json", p, n, false, &re) < 0);
+        assert_non_null(strstr(moe_err_msg(), pass ? "groups nested too deep"
+                                                   : "classes nested too deep"));
+    }
+    free(p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_unicode_classes),
         cmocka_unit_test(test_ruby_syntax),
         cmocka_unit_test(test_refused),
+        cmocka_unit_test(test_nesting_bounded),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

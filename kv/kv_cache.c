@@ -76,7 +76,8 @@ static bool bits_ok(int32_t b)
 
 int moe_kv_params_check(const struct moe_kv_params *p, const struct moe_kv_shape *sh)
 {
-    bool direct = p->key_bits >= 16 && p->value_bits >= 16;
+    /* MLA: the keys are the values, stored at key_bits whatever value_bits says */
+    bool direct = p->key_bits >= 16 && (sh->v_in_k ? p->key_bits : p->value_bits) >= 16;
     if ((!bits_ok(p->key_bits) && p->key_bits != 32) ||
         (!bits_ok(p->value_bits) && p->value_bits != 32))
         return moe_err(-EINVAL, "kv: key_bits and value_bits must be 2, 4, 8, 16 or 32, "
@@ -104,14 +105,13 @@ static void layout(struct moe_kv_pool *P, const struct moe_kv_shape *sh,
     P->L = sh->n_layers, P->Hk = sh->n_kv_heads, P->Dk = sh->k_dim, P->Dv = sh->v_dim;
     P->v_in_k = sh->v_in_k;
     P->max_chunk = sh->max_chunk;
-    P->G = p->group, P->kb = p->key_bits, P->vb = p->value_bits;
+    P->G = p->group, P->kb = p->key_bits;
+    P->vb = P->v_in_k ? p->key_bits : p->value_bits; /* the keys are the values: one width */
     P->direct = P->kb >= 16 && P->vb >= 16;
     if (!P->direct) { /* beside a quantised side, a 32-bit side passes the fp16 window: 16 */
         P->kb = MOE_MIN(P->kb, 16);
         P->vb = MOE_MIN(P->vb, 16);
     }
-    if (P->v_in_k) /* the keys are the values: one width, the keys' */
-        P->vb = P->kb;
     P->R = P->direct ? 0 : p->residual;
     int32_t Dv = P->Dv;
     P->Gv = MOE_MIN(P->G, Dv);

@@ -486,6 +486,31 @@ static void test_latent_values_are_the_keys(void **state)
         }
         moe_kv_free(kv);
     }
+    /* value_bits does not apply: the latent is stored at key_bits, so 32/8
+     * is the exact 32-bit cache, not fp16 (nor a KIVI window) */
+    static const struct moe_kv_params mixed[][2] = {{{32, 8, 32, 32}, {32, 32, 32, 0}},
+                                                    {{16, 2, 32, 32}, {16, 16, 32, 0}},
+                                                    {{4, 32, 32, 32}, {4, 4, 32, 32}}};
+    for (size_t i = 0; i < MOE_ARRAY_SIZE(mixed); i++) {
+        assert_int_equal(moe_kv_params_check(&mixed[i][0], &sh), 0);
+        assert_int_equal(moe_kv_unit_bytes_for_params(&sh, &mixed[i][0]),
+                         moe_kv_unit_bytes_for_params(&sh, &mixed[i][1]));
+        float out[2][NQ * DV];
+        for (int k = 0; k < 2; k++) {
+            struct moe_kv *kv;
+            assert_int_equal(moe_kv_create(&sh, &mixed[i][k], 256, &kv), 0);
+            for (int p = 0; p < LEN; p++)
+                for (int l = 0; l < 2; l++)
+                    assert_int_equal(moe_kv_store(kv, l, p, keys + p * DK, NULL), 0);
+            struct moe_kv *kvs[1] = {kv};
+            int32_t pos[1] = {LEN - 1};
+            struct moe_kv_attn a = {NQ, scale, NULL};
+            moe_kv_set_isa(MOE_ISA_REF);
+            moe_kv_attention(tp, kvs, pos, 1, 1, &a, q, out[k], scores, 1024);
+            moe_kv_free(kv);
+        }
+        assert_memory_equal(out[0], out[1], sizeof(out[0]));
+    }
     moe_kv_set_isa(-1);
     moe_pool_free(tp);
 }

@@ -334,6 +334,17 @@ static void unit_give(struct moe_kv *kv, int32_t *slot)
     *slot = -1;
 }
 
+/* gives a held unit back but keeps it promised to kv: the layer will need as
+ * many again (a window moving on, a window layer starting over) */
+static void unit_give_promised(struct moe_kv *kv, int32_t *slot)
+{
+    if (*slot < 0)
+        return;
+    unit_give(kv, slot);
+    kv->quota++;
+    kv->pool->reserved++;
+}
+
 /* units kv may still take: its own promise, then what nobody was promised */
 static int64_t can_take(const struct moe_kv *kv)
 {
@@ -394,14 +405,8 @@ static void window_trim(struct moe_kv *kv, int32_t l)
     int32_t first = kv->n[l] - win + 1; /* the oldest position the next token attends */
     int32_t nblk = P->direct ? kv->n[l] : kv->nq[l]; /* positions held in blocks */
     int32_t b_end = MOE_MIN(first, nblk) / P->G;     /* blocks wholly before both */
-    for (int32_t b = kv->lo[l] / P->G; b < b_end; b++) {
-        int32_t *slot = &kv->blk[(size_t)l * kv->nb + b];
-        if (*slot < 0)
-            continue;
-        unit_give(kv, slot);
-        kv->quota++;
-        P->reserved++;
-    }
+    for (int32_t b = kv->lo[l] / P->G; b < b_end; b++)
+        unit_give_promised(kv, &kv->blk[(size_t)l * kv->nb + b]);
     if (b_end * P->G > kv->lo[l])
         kv->lo[l] = b_end * P->G;
 }
@@ -540,7 +545,7 @@ int moe_kv_store(struct moe_kv *kv, int32_t l, int32_t pos, const float *k, cons
                        kv->n[l]);
     if (pos == 0 && kv->lo[l] > 0) { /* starting over: the layer's blocks are free again */
         for (int32_t b = 0; b < kv->nb; b++)
-            unit_give(kv, &kv->blk[(size_t)l * kv->nb + b]);
+            unit_give_promised(kv, &kv->blk[(size_t)l * kv->nb + b]);
         kv->lo[l] = kv->nq[l] = 0;
     }
     if (pos < kv->lo[l])

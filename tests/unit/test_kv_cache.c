@@ -579,8 +579,13 @@ static void test_window_layers_stay_bounded(void **state)
         assert_int_equal(moe_kv_store(kv, 1, 10, keys, vals), -EINVAL);
         assert_non_null(strstr(moe_err_msg(), "window"));
         assert_int_equal(moe_kv_store(kv, 0, ps[pi].key_bits == 32 ? 10 : 32, keys, vals), 0);
-        /* starting over at 0 is always possible: the window layer's blocks are free */
+        /* starting over at 0 is always possible: the window layer's blocks are free,
+         * and still promised to the sequence (it will need as many again) */
+        moe_kv_pool_get_stats(P, &st);
+        int64_t promised = st.units_used + st.units_reserved;
         assert_int_equal(moe_kv_store(kv, 1, 0, keys, vals), 0);
+        moe_kv_pool_get_stats(P, &st);
+        assert_int_equal(st.units_used + st.units_reserved, promised);
         float one[NH * D];
         struct moe_kv *k1[1] = {kv};
         int32_t p0[1] = {0};

@@ -65,6 +65,11 @@ int moe_experts_run_from(struct moe_pool *pool, const struct moe_expert_weights 
                          const struct moe_route *routes, float *y,
                          struct moe_experts_scratch *scratch);
 
+/* gate[n][ffn] = act(gate x + b_gate, up x + b_up): what the expert's down
+ * projection sees (kind NULL = silu); up is scratch of [n][ffn]. */
+void moe_expert_ffn_hidden(struct moe_pool *pool, const struct moe_expert_weights *w,
+                           const struct moe_ffn_kind *kind, const float *x, int32_t n,
+                           float *gate, float *up);
 /* out[n][hidden] = ffn(x[n][hidden]) for one expert (shared experts, dense
  * MLPs; kind NULL = silu). gate/up are scratch of [n][ffn]. */
 void moe_expert_ffn(struct moe_pool *pool, const struct moe_expert_weights *w,

@@ -63,9 +63,9 @@ static void add_bias(float *y, const float *b, int32_t n, int64_t dim)
             y[t * dim + i] += b[i];
 }
 
-void moe_expert_ffn(struct moe_pool *pool, const struct moe_expert_weights *w,
-                    const struct moe_ffn_kind *kind, const float *x, int32_t n, float *gate,
-                    float *up, float *out)
+void moe_expert_ffn_hidden(struct moe_pool *pool, const struct moe_expert_weights *w,
+                           const struct moe_ffn_kind *kind, const float *x, int32_t n,
+                           float *gate, float *up)
 {
     int64_t ffn = w->gate.rows;
     moe_matmul(pool, &w->gate, x, n, gate);
@@ -82,6 +82,13 @@ void moe_expert_ffn(struct moe_pool *pool, const struct moe_expert_weights *w,
             gate[i] = g / (1.0f + expf(-a * g)) * (u + 1.0f);
         }
     }
+}
+
+void moe_expert_ffn(struct moe_pool *pool, const struct moe_expert_weights *w,
+                    const struct moe_ffn_kind *kind, const float *x, int32_t n, float *gate,
+                    float *up, float *out)
+{
+    moe_expert_ffn_hidden(pool, w, kind, x, n, gate, up);
     moe_matmul(pool, &w->down, gate, n, out);
     add_bias(out, w->b_down, n, w->down.rows);
 }

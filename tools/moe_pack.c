@@ -203,11 +203,6 @@ static int parse_args(int argc, char **argv, struct pack_opts *o)
 
 /* ---- one expert ---------------------------------------------------------------------- */
 
-static float silu(float v)
-{
-    return v / (1.0f + expf(-v));
-}
-
 /* How expert e of a layer is stored: the format's one spec, or the width
  * MC-MoE chose for it. */
 static struct matrix_spec expert_spec(const struct pack_opts *o, const uint8_t *widths, int32_t e)
@@ -279,12 +274,11 @@ static int pack_expert(struct packer *P, const struct matrix_spec *spec,
         (rc = copy_or_encode(P, spec, &ew->up, Wu, H1, ne, &parts[1])) < 0)
         goto out;
     if (calibrated) { /* the down projection sees the compressed gate/up's output */
-        struct moe_weight g = {MOE_DTYPE_F32, F, H, (size_t)H * 4, Wg, 0, NULL};
-        struct moe_weight up = {MOE_DTYPE_F32, F, H, (size_t)H * 4, Wu, 0, NULL};
-        moe_matmul(P->pool, &g, xe, (int)ne, a);
-        moe_matmul(P->pool, &up, xe, (int)ne, u);
-        for (int64_t i = 0; i < ne * F; i++)
-            a[i] = silu(a[i]) * u[i];
+        struct moe_expert_weights cw = {
+            .gate = {MOE_DTYPE_F32, F, H, (size_t)H * 4, Wg, 0, NULL},
+            .up = {MOE_DTYPE_F32, F, H, (size_t)H * 4, Wu, 0, NULL},
+            .b_gate = ew->b_gate, .b_up = ew->b_up};
+        moe_expert_ffn_hidden(P->pool, &cw, &P->m->ffn, xe, (int32_t)ne, a, u);
         moe_gptq_hessian_add(P->pool, H2, a, ne, F);
     }
     rc = copy_or_encode(P, spec, &ew->down, Wd, H2, ne, &parts[2]);

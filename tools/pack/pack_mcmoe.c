@@ -22,15 +22,18 @@ struct ffn_bufs {
     float *gate, *up; /* [ne][F] */
 };
 
-static void ffn_f32(struct moe_pool *pool, float *const W[3], int64_t H, int64_t F,
+/* expert ew's FFN (its biases and the model's activation) with fp32 weights W */
+static void ffn_f32(struct packer *P, const struct moe_expert_weights *ew, float *const W[3],
                     const float *x, int64_t n, struct ffn_bufs *b, float *out)
 {
+    int64_t H = ew->gate.cols, F = ew->gate.rows;
     struct moe_expert_weights w = {
         .gate = {MOE_DTYPE_F32, F, H, (size_t)H * 4, W[0], 0, NULL},
         .up = {MOE_DTYPE_F32, F, H, (size_t)H * 4, W[1], 0, NULL},
         .down = {MOE_DTYPE_F32, H, F, (size_t)F * 4, W[2], 0, NULL},
+        .b_gate = ew->b_gate, .b_up = ew->b_up, .b_down = ew->b_down,
     };
-    moe_expert_ffn(pool, &w, NULL, x, (int32_t)n, b->gate, b->up, out);
+    moe_expert_ffn(P->pool, &w, &P->m->ffn, x, (int32_t)n, b->gate, b->up, out);
 }
 
 /* L[b-1] for one expert: its weights in fp32 W (gate, up, down), its tokens
@@ -59,7 +62,7 @@ static int expert_losses(struct packer *P, const struct moe_expert_weights *ew,
         }
         if (rc < 0)
             break;
-        ffn_f32(P->pool, Wq, H, F, xe, ne, b, yq);
+        ffn_f32(P, ew, Wq, xe, ne, b, yq);
         int64_t n_win = 0;
         for (int64_t t = 0; t < ne; t++) { /* per window: sum of squares of the change */
             int64_t wi = idx[t] / CALIB_SEQ;
@@ -122,7 +125,7 @@ static int layer_stats(struct packer *P, const struct calib *cb, int32_t l)
         weight_to_f32(&ew->gate, W[0]);
         weight_to_f32(&ew->up, W[1]);
         weight_to_f32(&ew->down, W[2]);
-        ffn_f32(P->pool, W, H, F, xe, ne, &b, yfp);
+        ffn_f32(P, ew, W, xe, ne, &b, yfp);
         rc = expert_losses(P, ew, W, xe, idx, rw, ne, yfp, &b, yq, &loss[e * 3]);
     }
     for (int32_t e = 0; e < E && rc == 0; e++) {

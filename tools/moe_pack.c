@@ -225,13 +225,16 @@ static struct matrix_spec expert_spec(const struct pack_opts *o, const uint8_t *
 /* src as it is stored when it already is in spec's dtype (W, its decoded
  * values, is then exactly what the copy holds), else W encoded */
 static int copy_or_encode(struct packer *P, const struct matrix_spec *spec,
-                          const struct moe_weight *src, float *W, const float *Hs, int64_t ne,
-                          struct matrix_out *out)
+                          const struct moe_weight *src, float *W, bool need_w, const float *Hs,
+                          int64_t ne, struct matrix_out *out)
 {
     int rc = copy_matrix(P, spec, src, out);
-    if (rc != 0)
-        return rc < 0 ? rc : 0;
-    return encode_matrix(P, spec, W, src->rows, src->cols, Hs, ne, out);
+    if (rc < 0)
+        return rc;
+    /* decoded only to encode, or for the calibration after (as stored) */
+    if (rc == 0 || need_w)
+        weight_to_f32(src, W);
+    return rc ? 0 : encode_matrix(P, spec, W, src->rows, src->cols, Hs, ne, out);
 }
 
 /* Compresses one expert. xe: its calibration inputs [ne][H] (NULL without
@@ -256,9 +259,6 @@ static int pack_expert(struct packer *P, const struct matrix_spec *spec,
         rc = moe_err(-ENOMEM, "out of memory");
         goto out;
     }
-    weight_to_f32(&ew->gate, Wg);
-    weight_to_f32(&ew->up, Wu);
-    weight_to_f32(&ew->down, Wd);
     if (calibrated) {
         H1 = calloc((size_t)H * H, sizeof(float));
         H2 = calloc((size_t)F * F, sizeof(float));
@@ -270,8 +270,8 @@ static int pack_expert(struct packer *P, const struct matrix_spec *spec,
         }
         moe_gptq_hessian_add(P->pool, H1, xe, ne, H);
     }
-    if ((rc = copy_or_encode(P, spec, &ew->gate, Wg, H1, ne, &parts[0])) < 0 ||
-        (rc = copy_or_encode(P, spec, &ew->up, Wu, H1, ne, &parts[1])) < 0)
+    if ((rc = copy_or_encode(P, spec, &ew->gate, Wg, calibrated, H1, ne, &parts[0])) < 0 ||
+        (rc = copy_or_encode(P, spec, &ew->up, Wu, calibrated, H1, ne, &parts[1])) < 0)
         goto out;
     if (calibrated) { /* the down projection sees the compressed gate/up's output */
         struct moe_expert_weights cw = {
@@ -281,7 +281,7 @@ static int pack_expert(struct packer *P, const struct matrix_spec *spec,
         moe_expert_ffn_hidden(P->pool, &cw, &P->m->ffn, xe, (int32_t)ne, a, u);
         moe_gptq_hessian_add(P->pool, H2, a, ne, F);
     }
-    rc = copy_or_encode(P, spec, &ew->down, Wd, H2, ne, &parts[2]);
+    rc = copy_or_encode(P, spec, &ew->down, Wd, false, H2, ne, &parts[2]);
 out:
     free(Wg);
     free(Wu);

@@ -54,15 +54,6 @@ static inline float silu(float v)
     return v / (1.0f + expf(-v));
 }
 
-static void add_bias(float *y, const float *b, int32_t n, int64_t dim)
-{
-    if (!b)
-        return;
-    for (int32_t t = 0; t < n; t++)
-        for (int64_t i = 0; i < dim; i++)
-            y[t * dim + i] += b[i];
-}
-
 void moe_expert_ffn_hidden(struct moe_pool *pool, const struct moe_expert_weights *w,
                            const struct moe_ffn_kind *kind, const float *x, int32_t n,
                            float *gate, float *up)
@@ -70,8 +61,8 @@ void moe_expert_ffn_hidden(struct moe_pool *pool, const struct moe_expert_weight
     int64_t ffn = w->gate.rows;
     moe_matmul(pool, &w->gate, x, n, gate);
     moe_matmul(pool, &w->up, x, n, up);
-    add_bias(gate, w->b_gate, n, ffn);
-    add_bias(up, w->b_up, n, ffn);
+    moe_vec_add_rows(gate, w->b_gate, n, ffn);
+    moe_vec_add_rows(up, w->b_up, n, ffn);
     if (!kind || kind->act == MOE_FFN_SILU) {
         for (int64_t i = 0; i < (int64_t)n * ffn; i++)
             gate[i] = silu(gate[i]) * up[i];
@@ -90,7 +81,7 @@ void moe_expert_ffn(struct moe_pool *pool, const struct moe_expert_weights *w,
 {
     moe_expert_ffn_hidden(pool, w, kind, x, n, gate, up);
     moe_matmul(pool, &w->down, gate, n, out);
-    add_bias(out, w->b_down, n, w->down.rows);
+    moe_vec_add_rows(out, w->b_down, n, w->down.rows);
 }
 
 /* expert e over its m gathered tokens (order[begin..begin+m)), outputs into

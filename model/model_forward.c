@@ -234,15 +234,6 @@ static void rope_apply(float *v, int32_t n_heads, int32_t hd, int32_t off, int32
     }
 }
 
-static void add_bias(float *y, const float *b, int32_t n, int64_t dim)
-{
-    if (!b)
-        return;
-    for (int32_t t = 0; t < n; t++)
-        for (int64_t i = 0; i < dim; i++)
-            y[t * dim + i] += b[i];
-}
-
 static void clamp_all(float *v, size_t n, float lim)
 {
     for (size_t i = 0; i < n; i++)
@@ -286,9 +277,9 @@ static int gqa(const struct fwd *s, int32_t l, int32_t n)
     moe_matmul(s->pool, &L->wq, S->xn, n, S->q); /* [n][nq] */
     moe_matmul(s->pool, &L->wk, S->xn, n, S->k); /* [n][nkv] */
     moe_matmul(s->pool, &L->wv, S->xn, n, S->v); /* [n][nkv] */
-    add_bias(S->q, L->bq, n, nq);
-    add_bias(S->k, L->bk, n, nkv);
-    add_bias(S->v, L->bv, n, nkv);
+    moe_vec_add_rows(S->q, L->bq, n, nq);
+    moe_vec_add_rows(S->k, L->bk, n, nkv);
+    moe_vec_add_rows(S->v, L->bv, n, nkv);
 
     for (int32_t t = 0; t < n; t++) {
         float *q = S->q + t * nq, *k = S->k + t * nkv;
@@ -341,7 +332,7 @@ static int mla(const struct fwd *s, int32_t l, int32_t n)
 
     if (ql > 0) {
         moe_matmul(s->pool, &L->wq_a, S->xn, n, S->qa); /* [n][ql] */
-        add_bias(S->qa, L->bq_a, n, ql);
+        moe_vec_add_rows(S->qa, L->bq_a, n, ql);
         for (int32_t t = 0; t < n; t++)
             rmsnorm(S->qa + (size_t)t * ql, S->qa + (size_t)t * ql, L->q_a_norm, ql,
                     MLA_NORM_EPS);
@@ -350,7 +341,7 @@ static int mla(const struct fwd *s, int32_t l, int32_t n)
         moe_matmul(s->pool, &L->wq, S->xn, n, S->q);
     }
     moe_matmul(s->pool, &L->wkv_a, S->xn, n, S->k); /* [n][kvl + rope] */
-    add_bias(S->k, L->bkv_a, n, lat);
+    moe_vec_add_rows(S->k, L->bkv_a, n, lat);
     int32_t half = c->rope_dim / 2;
     for (int32_t t = 0; t < n; t++) {
         float *kv = S->k + (size_t)t * lat;
@@ -393,7 +384,7 @@ static int attention_block(const struct fwd *s, int32_t l, int32_t n)
     if (rc < 0)
         return rc;
     moe_matmul(s->pool, &L->wo, S->att, n, S->tmp); /* [n][H] */
-    add_bias(S->tmp, L->bo, n, H);
+    moe_vec_add_rows(S->tmp, L->bo, n, H);
     for (int64_t i = 0; i < (int64_t)n * H; i++)
         S->x[i] += S->tmp[i];
     return 0;
@@ -471,7 +462,7 @@ static int ffn_block(const struct fwd *s, int32_t l, int32_t n)
     }
 
     moe_matmul(s->pool, &L->router, S->xn, n, S->router); /* [n][E] */
-    add_bias(S->router, L->router_b, n, c->n_experts);
+    moe_vec_add_rows(S->router, L->router_b, n, c->n_experts);
     route_tokens(s, l, n);
     if (s->obs)
         s->obs(s->obs_ctx, l, S->xn, n, S->routes);
@@ -564,7 +555,7 @@ int moe_model_forward_opts(const struct moe_model *m, struct moe_pool *pool,
         for (int32_t i = 0; i < n_logits; i++) /* xn [n_logits][H] */
             rmsnorm(S->xn + i * H, S->x + logit_idx[i] * H, m->final_norm, H, c->rms_eps);
         moe_matmul(pool, &m->lm_head, S->xn, n_logits, logits); /* [n_logits][vocab] */
-        add_bias(logits, m->lm_head_b, n_logits, c->vocab);
+        moe_vec_add_rows(logits, m->lm_head_b, n_logits, c->vocab);
         return check_logits(m, logits, (size_t)n_logits * (size_t)c->vocab);
     }
     return 0;

@@ -27,6 +27,7 @@ struct moe_model_offload {
      * the blob, and where its pointer sits in struct moe_expert_weights */
     ptrdiff_t (*delta)[MOE_EXPERT_MAX_PARTS];
     size_t part_off[MOE_EXPERT_MAX_PARTS];
+    bool part_mat[MOE_EXPERT_MAX_PARTS]; /* a matrix (its data pointer), or a bias */
     int n_parts;
     struct moe_expert_weights *views;   /* [E] this step's experts */
     bool *need, *likely, *ready;        /* [E] */
@@ -99,6 +100,7 @@ int moe_model_use_offload(struct moe_model *m, struct moe_offload *o, bool prefe
             for (int i = 0; i < mo->n_parts; i++) {
                 const void *data = parts[i].mat ? parts[i].mat->data : (const void *)parts[i].vec;
                 mo->part_off[i] = parts[i].off;
+                mo->part_mat[i] = parts[i].mat != NULL;
                 mo->delta[(size_t)l * E + x][i] = (const uint8_t *)data - base;
             }
         }
@@ -138,15 +140,13 @@ static void prefetch_next(const struct moe_model *m, struct moe_pool *pool, int3
             tmp[(size_t)t * H + i] = xt[i] * r * w[i];
     }
     moe_matmul(pool, &m->layers[next].router, tmp, n, router_buf); /* [n][E] */
+    moe_vec_add_rows(router_buf, m->layers[next].router_b, n, c->n_experts);
     memset(mo->likely, 0, (size_t)c->n_experts * sizeof(bool));
     struct moe_router_cfg rc;
     moe_model_router_cfg(m, next, &rc);
-    const float *rb = m->layers[next].router_b;
     for (int32_t t = 0; t < n; t++) {
         struct moe_route r;
         float *lg = router_buf + (size_t)t * c->n_experts;
-        for (int32_t e = 0; rb && e < c->n_experts; e++)
-            lg[e] += rb[e];
         moe_router_route(&rc, lg, c->n_experts, c->top_k, 0.0f, &r, NULL);
         for (int32_t j = 0; j < r.n; j++)
             mo->likely[r.expert[j]] = true;
@@ -161,9 +161,7 @@ static void point_view(struct moe_model_offload *mo, int32_t l, int32_t x, const
     for (int i = 0; i < mo->n_parts; i++) { /* a matrix's data, or a bias's pointer */
         uint8_t *slot = (uint8_t *)&mo->views[x] + mo->part_off[i];
         const void *at = (const uint8_t *)b + d[i];
-        if (mo->part_off[i] == offsetof(struct moe_expert_weights, gate) ||
-            mo->part_off[i] == offsetof(struct moe_expert_weights, up) ||
-            mo->part_off[i] == offsetof(struct moe_expert_weights, down))
+        if (mo->part_mat[i])
             ((struct moe_weight *)(void *)slot)->data = at;
         else
             *(const void **)(void *)slot = at;

@@ -119,5 +119,7 @@ const char *moe_isa_name(enum moe_isa isa);
 /* fp32 vector helpers used by attention and norms (best ISA chosen inside) */
 float moe_vec_dot_f32(const float *a, const float *b, int64_t n);
 void moe_vec_axpy_f32(float *y, float a, const float *x, int64_t n); /* y += a*x */
+/* y[t][i] += b[i] for each of n rows of dim (a bias; b NULL: nothing) */
+void moe_vec_add_rows(float *y, const float *b, int32_t n, int64_t dim);
 
 #endif

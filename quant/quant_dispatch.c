@@ -169,3 +169,12 @@ void moe_vec_axpy_f32(float *y, float a, const float *x, int64_t n)
 {
     __atomic_load_n(&axpy_impl, __ATOMIC_RELAXED)(y, a, x, n);
 }
+
+void moe_vec_add_rows(float *y, const float *b, int32_t n, int64_t dim)
+{
+    if (!b)
+        return;
+    for (int32_t t = 0; t < n; t++)
+        for (int64_t i = 0; i < dim; i++)
+            y[t * dim + i] += b[i];
+}

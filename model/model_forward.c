@@ -89,10 +89,11 @@ static int scratch_reserve(struct moe_scratch *s, const struct moe_config *c, in
     s->xn = malloc(N * H * sizeof(float));
     s->q = malloc(N * nq * sizeof(float));
     s->k = malloc(N * kdim * sizeof(float));
-    s->v = malloc(N * MOE_MAX(nkv, 1) * sizeof(float));
+    bool mla = c->attn == MOE_ATTN_MLA; /* MLA has no values of its own, GQA no att2 */
+    s->v = malloc(N * (mla ? 1 : nkv) * sizeof(float));
     s->qa = malloc(N * qa * sizeof(float));
     s->att = malloc(N * att * sizeof(float));
-    s->att2 = malloc(N * nh * vd * sizeof(float));
+    s->att2 = malloc(N * (mla ? nh * vd : 1) * sizeof(float));
     s->tmp = malloc(N * H * sizeof(float));
     s->rope_cos = malloc(N * half * sizeof(float));
     s->rope_sin = malloc(N * half * sizeof(float));
@@ -265,8 +266,8 @@ static int store_kv(const struct fwd *s, int32_t l, int32_t n, const float *k, s
     return 0;
 }
 
-/* grouped-query attention: S->xn -> S->att [n][nh*vd] */
-static int gqa(const struct fwd *s, int32_t l, int32_t n)
+/* grouped-query attention: S->xn -> *out = S->att [n][nh*vd] */
+static int gqa(const struct fwd *s, int32_t l, int32_t n, const float **out)
 {
     const struct moe_config *c = &s->model->cfg;
     const struct moe_layer *L = &s->model->layers[l];
@@ -312,16 +313,17 @@ static int gqa(const struct fwd *s, int32_t l, int32_t n)
     struct moe_kv_attn a = {c->n_heads, c->attn_scale, L->sinks};
     moe_kv_attention(s->pool, s->kvs, s->pos, n, l, &a, S->q, S->att, S->scores,
                      S->scores_stride);
+    *out = S->att;
     return 0;
 }
 
-/* multi-head latent attention, weights absorbed: S->xn -> S->att [n][nh*vd]
+/* multi-head latent attention, weights absorbed: S->xn -> *out = S->att2 [n][nh*vd]
  *   q = Wq_b . rms(Wq_a . x)   (or Wq . x)          [nh][nope + rope]
  *   c = rms(kv_a[:kvl]), k_pe = rope(kv_a[kvl:])     the cache: [c, k_pe]
  *   q_lat_h = W_UK_h^T . q_nope_h                    [kvl]
  *   o_lat_h = softmax(([q_lat_h, q_pe_h] . [c, k_pe]) * scale) . c
  *   att_h = W_UV_h . o_lat_h                          [vd] */
-static int mla(const struct fwd *s, int32_t l, int32_t n)
+static int mla(const struct fwd *s, int32_t l, int32_t n, const float **out)
 {
     const struct moe_config *c = &s->model->cfg;
     const struct moe_layer *L = &s->model->layers[l];
@@ -367,7 +369,7 @@ static int mla(const struct fwd *s, int32_t l, int32_t n)
     moe_kv_attention(s->pool, s->kvs, s->pos, n, l, &a, S->qa, S->att, S->scores,
                      S->scores_stride); /* o_lat [n][nh*kvl] */
     moe_matmul_grouped(s->pool, &L->wv_b, nh, S->att, (int64_t)nh * kvl, kvl, n, S->att2);
-    memcpy(S->att, S->att2, (size_t)n * (size_t)nh * (size_t)c->v_head_dim * sizeof(float));
+    *out = S->att2;
     return 0;
 }
 
@@ -380,10 +382,11 @@ static int attention_block(const struct fwd *s, int32_t l, int32_t n)
 
     for (int32_t t = 0; t < n; t++)
         rmsnorm(S->xn + t * H, S->x + t * H, L->attn_norm, H, c->rms_eps);
-    int rc = c->attn == MOE_ATTN_MLA ? mla(s, l, n) : gqa(s, l, n);
+    const float *att;
+    int rc = c->attn == MOE_ATTN_MLA ? mla(s, l, n, &att) : gqa(s, l, n, &att);
     if (rc < 0)
         return rc;
-    moe_matmul(s->pool, &L->wo, S->att, n, S->tmp); /* [n][H] */
+    moe_matmul(s->pool, &L->wo, att, n, S->tmp); /* [n][H] */
     moe_vec_add_rows(S->tmp, L->bo, n, H);
     for (int64_t i = 0; i < (int64_t)n * H; i++)
         S->x[i] += S->tmp[i];

@@ -9,7 +9,7 @@
  * every token: the conversion is paid once per row, not once per token. The
  * running sum of output (t, r) is kept in y between chunks, which leaves the
  * order of additions exactly that of one loop over all columns. */
-#define REF_CHUNK 256 /* a multiple of MOE_Q8_0_BLOCK */
+#define REF_CHUNK 256 /* a multiple of MOE_Q8_0_BLOCK and MOE_MXFP4_BLOCK */
 
 typedef void (*row_to_f32_fn)(const uint8_t *row, int64_t c0, int64_t nc, float *dst);
 
@@ -40,6 +40,11 @@ static void row_q8_0(const uint8_t *row, int64_t c0, int64_t nc, float *dst)
         for (int j = 0; j < MOE_Q8_0_BLOCK; j++)
             dst[i * MOE_Q8_0_BLOCK + j] = d * (float)b[i].q[j];
     }
+}
+
+static void row_mxfp4(const uint8_t *row, int64_t c0, int64_t nc, float *dst)
+{
+    moe_mxfp4_to_f32((const struct moe_block_mxfp4 *)row + c0 / MOE_MXFP4_BLOCK, dst, nc);
 }
 
 static void gemm_ref(row_to_f32_fn conv, const struct moe_weight *w, int64_t r0, int64_t r1,
@@ -87,6 +92,12 @@ void moe_quant_gemm_q8_0_ref(const struct moe_weight *w, int64_t r0, int64_t r1,
                              const float *x, int64_t ldx, int n, float *y, int64_t ldy)
 {
     gemm_ref(row_q8_0, w, r0, r1, x, ldx, n, y, ldy);
+}
+
+void moe_quant_gemm_mxfp4_ref(const struct moe_weight *w, int64_t r0, int64_t r1,
+                              const float *x, int64_t ldx, int n, float *y, int64_t ldy)
+{
+    gemm_ref(row_mxfp4, w, r0, r1, x, ldx, n, y, ldy);
 }
 
 float moe_quant_vec_dot_f32_ref(const float *a, const float *b, int64_t n)

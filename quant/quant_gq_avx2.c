@@ -148,7 +148,6 @@ static void gemv_b(int bits, const struct moe_weight *w, int64_t r0, int64_t r1,
 /* ---- n > 1 ---------------------------------------------------------------- */
 
 #define KC PANEL_KC
-#define PR PANEL_PR
 
 static void convert_panel4(const uint8_t *base, size_t rb, int R, int64_t k0, int64_t kc,
                           float *wb)

@@ -149,7 +149,6 @@ static void gemv_b(int bits, const struct moe_weight *w, int64_t r0, int64_t r1,
 /* ---- n > 1 ---------------------------------------------------------------- */
 
 #define KC PANEL_KC
-#define PR PANEL_PR
 
 /* rows [0, R) of the panel, columns [k0, k0 + kc) -> wb[R][KC] */
 static void convert_panel4(const uint8_t *base, size_t rb, int R, int64_t k0, int64_t kc,

@@ -150,35 +150,3 @@ int moe_mxfp4_from_hf(const uint8_t *blocks, const uint8_t *scales, int64_t rows
     }
     return 0;
 }
-
-/* ---- reference kernel -------------------------------------------------------- */
-
-#define REF_CHUNK 256 /* columns converted at a time, a multiple of the block */
-
-/* Like the other reference kernels: each stretch of a row converted once,
- * then dotted with every token, one fp32 sum per output with the columns in
- * order (the running sum kept in y between stretches). */
-void moe_quant_gemm_mxfp4_ref(const struct moe_weight *w, int64_t r0, int64_t r1,
-                              const float *x, int64_t ldx, int n, float *y, int64_t ldy)
-{
-    float wf[REF_CHUNK];
-    const uint8_t *base = w->data;
-    for (int64_t r = r0; r < r1; r++) {
-        const struct moe_block_mxfp4 *row =
-            (const struct moe_block_mxfp4 *)(base + (size_t)r * w->row_bytes);
-        for (int t = 0; t < n; t++)
-            y[t * ldy + r] = 0.0f;
-        for (int64_t c0 = 0; c0 < w->cols; c0 += REF_CHUNK) {
-            int64_t nc = MOE_MIN((int64_t)REF_CHUNK, w->cols - c0);
-            for (int64_t b = 0; b < nc / MOE_MXFP4_BLOCK; b++)
-                block_to_f32(&row[c0 / MOE_MXFP4_BLOCK + b], wf + b * MOE_MXFP4_BLOCK);
-            for (int t = 0; t < n; t++) {
-                const float *xt = x + t * ldx + c0;
-                float acc = y[t * ldy + r];
-                for (int64_t c = 0; c < nc; c++)
-                    acc += wf[c] * xt[c];
-                y[t * ldy + r] = acc;
-            }
-        }
-    }
-}

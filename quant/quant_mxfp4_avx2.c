@@ -42,27 +42,25 @@ INLINE __m256 half_scale(const block *b)
     return _mm256_castsi256_ps(_mm256_set1_epi32((int)moe_mxfp4_half_scale_bits[b->e]));
 }
 
-/* the block's 32 doubled E2M1 values as fp32, weights 8k .. 8k + 7 in w[k] */
-INLINE void block_values(const block *b, __m256i tab, __m256 w[4])
+/* the block's 32 doubled E2M1 values as int8, weights 0..31 in order */
+INLINE __m256i block_bytes(const block *b, __m256i tab)
 {
     /* lane 0: the 16 code bytes' low nibbles, lane 1: their high nibbles */
     __m256i q = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)b->qs));
     q = _mm256_and_si256(_mm256_srlv_epi32(q, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)),
                          _mm256_set1_epi8(15));
-    __m256i v = _mm256_shuffle_epi8(tab, q); /* weights 0..31 as int8 */
+    return _mm256_shuffle_epi8(tab, q);
+}
+
+/* the same as fp32, weights 8k .. 8k + 7 in w[k] */
+INLINE void block_values(const block *b, __m256i tab, __m256 w[4])
+{
+    __m256i v = block_bytes(b, tab);
     __m128i v0 = _mm256_castsi256_si128(v), v1 = _mm256_extracti128_si256(v, 1);
     w[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v0));
     w[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v0, 8)));
     w[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v1));
     w[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v1, 8)));
-}
-
-INLINE float hsum8(__m256 v)
-{
-    __m128 q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    q = _mm_add_ps(q, _mm_movehl_ps(q, q));
-    q = _mm_add_ss(q, _mm_movehdup_ps(q));
-    return _mm_cvtss_f32(q);
 }
 
 /* ---- n == 1 --------------------------------------------------------------- */
@@ -90,13 +88,12 @@ INLINE float dot_row(const block *row, const float *x, int64_t nb)
     }
     if (b < nb)
         a0 = _mm256_fmadd_ps(block_dot(&row[b], tab, x + b * QK), half_scale(&row[b]), a0);
-    return hsum8(_mm256_add_ps(a0, a1));
+    return panel_hsum8(_mm256_add_ps(a0, a1));
 }
 
 /* ---- n > 1 ---------------------------------------------------------------- */
 
 #define KC PANEL_KC
-#define PR PANEL_PR
 
 static void convert_panel(int arg, const uint8_t *base, size_t rb, int R, int64_t k0, int64_t kc,
                           float *wb)
@@ -118,9 +115,9 @@ static void convert_panel(int arg, const uint8_t *base, size_t rb, int R, int64_
 /* ---- 2 <= n <= 4: decoded in registers -------------------------------------- */
 
 #define DR 2    /* rows side by side: each x load feeds DR fmas */
-#define DT 4    /* tokens at a time: DR x DT accumulators */
+#define DT 4    /* tokens, all of them at once: DR x DT accumulators */
 #define KD 1024 /* columns per pass: DT tokens x 4 KiB of x stay in L1 */
-#define DIRECT_MAX_N 4 /* above, the panel (decoded once for all tokens) wins */
+#define DIRECT_MAX_N DT /* above, the panel (decoded once for all tokens) wins */
 
 /* R rows x T tokens, columns [k0, k0 + kc): each block of a row becomes 32
  * int8 once (vpshufb), then 8 weights at a time are widened, scaled exactly
@@ -151,12 +148,8 @@ INLINE void direct_rows(const int R, const int T, const uint8_t *base, size_t rb
                 _mm_prefetch((const char *)(b[i] + c / QK) + DR * rb, _MM_HINT_T0);
 #pragma GCC unroll 2
         for (int i = 0; i < R; i++) {
-            const block *bb = b[i] + c / QK;
-            __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)bb->qs));
-            v = _mm256_and_si256(_mm256_srlv_epi32(v, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)),
-                                 _mm256_set1_epi8(15));
-            q[i] = _mm256_shuffle_epi8(tab, v);
-            s[i] = half_scale(bb);
+            q[i] = block_bytes(b[i] + c / QK, tab);
+            s[i] = half_scale(b[i] + c / QK);
         }
 #pragma GCC unroll 4
         for (int k = 0; k < 4; k++) {
@@ -183,13 +176,13 @@ INLINE void direct_rows(const int R, const int T, const uint8_t *base, size_t rb
     for (int i = 0; i < R; i++)
 #pragma GCC unroll 4
         for (int t = 0; t < T; t++) {
-            float v = hsum8(acc[i][t]);
+            float v = panel_hsum8(acc[i][t]);
             y[t * ldy + r + i] = add ? y[t * ldy + r + i] + v : v;
         }
 }
 
 INLINE void direct_tokens(const int T, const struct moe_weight *w, int64_t r0, int64_t r1,
-                          const float *x, int64_t ldx, float *y, int64_t ldy, bool pf)
+                          const float *x, int64_t ldx, float *y, int64_t ldy)
 {
     const uint8_t *base = w->data;
     size_t rb = w->row_bytes;
@@ -197,28 +190,20 @@ INLINE void direct_tokens(const int T, const struct moe_weight *w, int64_t r0, i
         int64_t kc = MOE_MIN((int64_t)KD, w->cols - k0);
         int64_t r = r0;
         for (; r + DR <= r1; r += DR)
-            if (pf)
-                direct_rows(DR, T, base, rb, r, k0, kc, x, ldx, y, ldy, true);
-            else
-                direct_rows(DR, T, base, rb, r, k0, kc, x, ldx, y, ldy, false);
+            direct_rows(DR, T, base, rb, r, k0, kc, x, ldx, y, ldy, true);
         for (; r < r1; r++)
             direct_rows(1, T, base, rb, r, k0, kc, x, ldx, y, ldy, false);
     }
 }
 
+/* 2 <= n <= DT: every token in one pass */
 static void gemm_direct(const struct moe_weight *w, int64_t r0, int64_t r1, const float *x,
                         int64_t ldx, int n, float *y, int64_t ldy)
 {
-    for (int t0 = 0; t0 < n; t0 += DT) {
-        const float *xt = x + t0 * ldx;
-        float *yt = y + t0 * ldy;
-        bool pf = t0 == 0; /* the next rows, once per call */
-        switch (MOE_MIN(DT, n - t0)) {
-        case 1: direct_tokens(1, w, r0, r1, xt, ldx, yt, ldy, pf); break;
-        case 2: direct_tokens(2, w, r0, r1, xt, ldx, yt, ldy, pf); break;
-        case 3: direct_tokens(3, w, r0, r1, xt, ldx, yt, ldy, pf); break;
-        default: direct_tokens(DT, w, r0, r1, xt, ldx, yt, ldy, pf); break;
-        }
+    switch (n) {
+    case 2: direct_tokens(2, w, r0, r1, x, ldx, y, ldy); break;
+    case 3: direct_tokens(3, w, r0, r1, x, ldx, y, ldy); break;
+    default: direct_tokens(DT, w, r0, r1, x, ldx, y, ldy); break;
     }
 }
 

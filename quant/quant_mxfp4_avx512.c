@@ -41,11 +41,15 @@ INLINE __m512 kv2_vec(void)
     return _mm512_loadu_ps(moe_mxfp4_kv2);
 }
 
+INLINE __m512 half_scale(const block *b)
+{
+    return _mm512_castsi512_ps(_mm512_set1_epi32((int)moe_mxfp4_half_scale_bits[b->e]));
+}
+
 /* the block's 16 possible weights */
 INLINE __m512 block_table(const block *b, __m512 kv)
 {
-    __m512 d = _mm512_castsi512_ps(_mm512_set1_epi32((int)moe_mxfp4_half_scale_bits[b->e]));
-    return _mm512_mul_ps(kv, d);
+    return _mm512_mul_ps(kv, half_scale(b));
 }
 
 INLINE __m512i block_codes(const block *b)
@@ -55,9 +59,13 @@ INLINE __m512i block_codes(const block *b)
 
 /* ---- n == 1 --------------------------------------------------------------- */
 
-INLINE __m512 half_scale(const block *b)
+/* sum over the block of kv2 * x, unscaled */
+INLINE __m512 block_dot(const block *b, __m512 kv, const float *x)
 {
-    return _mm512_castsi512_ps(_mm512_set1_epi32((int)moe_mxfp4_half_scale_bits[b->e]));
+    __m512i v = block_codes(b);
+    __m512 t = _mm512_mul_ps(_mm512_permutexvar_ps(v, kv), _mm512_loadu_ps(x));
+    return _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), kv),
+                           _mm512_loadu_ps(x + 16), t);
 }
 
 INLINE float dot_row(const block *row, const float *x, int64_t nb)
@@ -69,22 +77,12 @@ INLINE float dot_row(const block *row, const float *x, int64_t nb)
     int64_t b = 0;
     for (; b + 4 <= nb; b += 4) {
 #pragma GCC unroll 4
-        for (int k = 0; k < 4; k++) {
-            __m512i v = block_codes(&row[b + k]);
-            const float *xb = x + (b + k) * QK;
-            __m512 t = _mm512_mul_ps(_mm512_permutexvar_ps(v, kv), _mm512_loadu_ps(xb));
-            t = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), kv),
-                                _mm512_loadu_ps(xb + 16), t);
-            a[k] = _mm512_fmadd_ps(t, half_scale(&row[b + k]), a[k]);
-        }
+        for (int k = 0; k < 4; k++)
+            a[k] = _mm512_fmadd_ps(block_dot(&row[b + k], kv, x + (b + k) * QK),
+                                   half_scale(&row[b + k]), a[k]);
     }
-    for (; b < nb; b++) {
-        __m512i v = block_codes(&row[b]);
-        __m512 t = _mm512_mul_ps(_mm512_permutexvar_ps(v, kv), _mm512_loadu_ps(x + b * QK));
-        t = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), kv),
-                            _mm512_loadu_ps(x + b * QK + 16), t);
-        a[0] = _mm512_fmadd_ps(t, half_scale(&row[b]), a[0]);
-    }
+    for (; b < nb; b++)
+        a[0] = _mm512_fmadd_ps(block_dot(&row[b], kv, x + b * QK), half_scale(&row[b]), a[0]);
     __m512 s = _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]));
     return _mm512_reduce_add_ps(s);
 }
@@ -92,7 +90,6 @@ INLINE float dot_row(const block *row, const float *x, int64_t nb)
 /* ---- n > 16: a decoded panel ------------------------------------------------ */
 
 #define KC PANEL_KC
-#define PR PANEL_PR
 
 /* rows [0, R) of the panel, columns [k0, k0 + kc) -> wb[R][KC] */
 static void convert_panel(int arg, const uint8_t *base, size_t rb, int R, int64_t k0, int64_t kc,

@@ -281,12 +281,7 @@ static void recipe_ernie(struct moe_config *c)
 static int finish_common(struct moe_hf_cfg *h, struct moe_config *c, int32_t rope_head)
 {
     derive_heads(c);
-    int rc = moe_hf_rope(h, c, rope_head > 0 ? rope_head : c->head_dim);
-    if (rc < 0)
-        return rc;
-    if (c->attn_scale == 0.0f)
-        c->attn_scale = 1.0f / sqrtf((float)c->head_dim);
-    return 0;
+    return moe_hf_rope(h, c, rope_head > 0 ? rope_head : c->head_dim); /* attn_scale too */
 }
 
 static int hf_mixtral(struct moe_hf_cfg *h, struct moe_config *c)
@@ -605,35 +600,35 @@ static const char *const ignore_gpt_oss[] = {"initial_context_length", NULL};
 static const struct moe_arch_row rows[MOE_ARCH_COUNT] = {
     [MOE_ARCH_MIXTRAL] = {
         MOE_ARCH_MIXTRAL, "mixtral", {"MixtralForCausalLM"}, {"mixtral"}, "llama",
-        KEYS(keys_mixtral), NULL, NULL, recipe_mixtral, hf_mixtral, NULL,
+        KEYS(keys_mixtral), NULL, NULL, recipe_mixtral, hf_mixtral,
         .hf_moe = "block_sparse_moe", EXPERTS_W123},
     [MOE_ARCH_QWEN2_MOE] = {
         MOE_ARCH_QWEN2_MOE, "qwen2_moe", {"Qwen2MoeForCausalLM"}, {"qwen2_moe"}, "qwen2moe",
-        KEYS(keys_qwen2), NULL, NULL, recipe_qwen2, hf_qwen2, NULL,
+        KEYS(keys_qwen2), NULL, NULL, recipe_qwen2, hf_qwen2,
         .hf_moe = "mlp", EXPERTS_PROJ, .hf_shared = "shared_expert"},
     [MOE_ARCH_QWEN3_MOE] = {
         MOE_ARCH_QWEN3_MOE, "qwen3_moe", {"Qwen3MoeForCausalLM"}, {"qwen3_moe"}, "qwen3moe",
-        KEYS(keys_qwen3), NULL, NULL, recipe_qwen3, hf_qwen3, NULL,
+        KEYS(keys_qwen3), NULL, NULL, recipe_qwen3, hf_qwen3,
         .hf_moe = "mlp", EXPERTS_PROJ},
     [MOE_ARCH_OLMOE] = {
         MOE_ARCH_OLMOE, "olmoe", {"OlmoeForCausalLM"}, {"olmoe"}, "olmoe",
-        KEYS(keys_olmoe), NULL, NULL, recipe_olmoe, hf_olmoe, NULL,
+        KEYS(keys_olmoe), NULL, NULL, recipe_olmoe, hf_olmoe,
         .hf_moe = "mlp", EXPERTS_PROJ},
     [MOE_ARCH_DEEPSEEK2] = {
         MOE_ARCH_DEEPSEEK2, "deepseek2", {"DeepseekV2ForCausalLM"}, {"deepseek_v2"}, "deepseek2",
-        KEYS(keys_deepseek2), NULL, ignore_deepseek, recipe_deepseek2, hf_deepseek2, NULL,
+        KEYS(keys_deepseek2), NULL, ignore_deepseek, recipe_deepseek2, hf_deepseek2,
         .hf_moe = "mlp", EXPERTS_PROJ, .hf_shared = "shared_experts"},
     [MOE_ARCH_DEEPSEEK3] = {
         MOE_ARCH_DEEPSEEK3, "deepseek3", {"DeepseekV3ForCausalLM"}, {"deepseek_v3", "kimi_k2"},
         "deepseek2", KEYS(keys_deepseek3), NULL, ignore_deepseek, recipe_sigmoid, hf_deepseek3,
-        NULL, .hf_moe = "mlp", EXPERTS_PROJ, .hf_shared = "shared_experts"},
+        .hf_moe = "mlp", EXPERTS_PROJ, .hf_shared = "shared_experts"},
     [MOE_ARCH_GLM4_MOE] = {
         MOE_ARCH_GLM4_MOE, "glm4_moe", {"Glm4MoeForCausalLM"}, {"glm4_moe"}, "glm4moe",
-        KEYS(keys_glm4), checks_glm4, NULL, recipe_sigmoid, hf_glm4, NULL, .rope_partial = 0.5f,
+        KEYS(keys_glm4), checks_glm4, NULL, recipe_sigmoid, hf_glm4, .rope_partial = 0.5f,
         .hf_moe = "mlp", EXPERTS_PROJ, .hf_shared = "shared_experts"},
     [MOE_ARCH_GPT_OSS] = {
         MOE_ARCH_GPT_OSS, "gpt_oss", {"GptOssForCausalLM"}, {"gpt_oss"}, "gpt-oss",
-        KEYS(keys_gpt_oss), NULL, ignore_gpt_oss, recipe_gpt_oss, hf_gpt_oss, NULL,
+        KEYS(keys_gpt_oss), NULL, ignore_gpt_oss, recipe_gpt_oss, hf_gpt_oss,
         .rope_default = "{\"rope_type\": \"yarn\", \"factor\": 32.0, \"beta_fast\": 32.0, "
                         "\"beta_slow\": 1.0, \"truncate\": false, "
                         "\"original_max_position_embeddings\": 4096}",
@@ -641,14 +636,14 @@ static const struct moe_arch_row rows[MOE_ARCH_COUNT] = {
     [MOE_ARCH_MINIMAX_M2] = {
         MOE_ARCH_MINIMAX_M2, "minimax_m2", {"MiniMaxM2ForCausalLM"}, {"minimax_m2"},
         "minimax-m2", KEYS(keys_minimax), checks_minimax, ignore_minimax, recipe_minimax,
-        hf_minimax, NULL, .hf_moe = "block_sparse_moe", EXPERTS_W123},
+        hf_minimax, .hf_moe = "block_sparse_moe", EXPERTS_W123},
     [MOE_ARCH_ERNIE4_5] = {
         MOE_ARCH_ERNIE4_5, "ernie4_5_moe", {"Ernie4_5_MoeForCausalLM"}, {"ernie4_5_moe"},
         "ernie4_5-moe", KEYS(keys_ernie), checks_ernie, ignore_ernie, recipe_ernie, hf_ernie,
-        NULL, .hf_moe = "mlp", EXPERTS_PROJ, .hf_shared = "shared_experts"},
+        .hf_moe = "mlp", EXPERTS_PROJ, .hf_shared = "shared_experts"},
     [MOE_ARCH_DOTS1] = {
         MOE_ARCH_DOTS1, "dots1", {"Dots1ForCausalLM"}, {"dots1"}, "dots1",
-        KEYS(keys_dots1), checks_dots1, NULL, recipe_dots1, hf_dots1, NULL,
+        KEYS(keys_dots1), checks_dots1, NULL, recipe_dots1, hf_dots1,
         .hf_moe = "mlp", EXPERTS_PROJ, .hf_shared = "shared_experts"},
 };
 
@@ -703,9 +698,49 @@ const char *moe_arch_gguf_list(void)
     return list(true);
 }
 
+/* ---- claimed keys ------------------------------------------------------------------ */
+
+int moe_claims_init(struct moe_claims *c, size_t cap)
+{
+    c->n = 0;
+    c->keys = calloc(cap + 1, sizeof(char *));
+    c->claimed = calloc(cap + 1, sizeof(bool));
+    return c->keys && c->claimed ? 0 : moe_err(-ENOMEM, "out of memory");
+}
+
+void moe_claims_add(struct moe_claims *c, const char *key)
+{
+    c->keys[c->n++] = key;
+}
+
+bool moe_claims_mark(struct moe_claims *c, const char *key)
+{
+    for (size_t i = 0; i < c->n; i++)
+        if (!strcmp(c->keys[i], key)) {
+            c->claimed[i] = true;
+            return true;
+        }
+    return false;
+}
+
+const char *moe_claims_unclaimed(const struct moe_claims *c)
+{
+    for (size_t i = 0; i < c->n; i++)
+        if (!c->claimed[i])
+            return c->keys[i];
+    return NULL;
+}
+
+void moe_claims_free(struct moe_claims *c)
+{
+    free(c->keys);
+    free(c->claimed);
+    memset(c, 0, sizeof(*c));
+}
+
 /* ---- rotary embedding -------------------------------------------------------------- */
 
-static double yarn_mscale(double scale, double m)
+double moe_yarn_mscale(double scale, double m)
 {
     return scale <= 1.0 ? 1.0 : 0.1 * m * log(scale) + 1.0;
 }
@@ -799,7 +834,8 @@ static int rope_params(struct moe_hf_cfg *h, struct moe_config *c, json_t *o, js
         if (isnan(f))
             f = (double)c->max_ctx / orig;
         if (isnan(af))
-            af = m != 0 && mad != 0 ? yarn_mscale(f, m) / yarn_mscale(f, mad) : yarn_mscale(f, 1);
+            af = m != 0 && mad != 0 ? moe_yarn_mscale(f, m) / moe_yarn_mscale(f, mad)
+                                    : moe_yarn_mscale(f, 1);
         json_t *tr = json_object_get(o, "truncate");
         c->rope_scaling = MOE_ROPE_YARN;
         c->rope_factor = (float)f;
@@ -810,7 +846,7 @@ static int rope_params(struct moe_hf_cfg *h, struct moe_config *c, json_t *o, js
         c->rope_attn_factor = (float)af;
         /* MLA also scales q.k by mscale(mscale_all_dim)^2 (yarn_apply_mscale) */
         if (c->attn == MOE_ATTN_MLA && mad != 0) {
-            double ms = yarn_mscale(f, mad);
+            double ms = moe_yarn_mscale(f, mad);
             c->attn_scale = (float)(c->attn_scale * ms * ms);
         }
     } else {

@@ -16,13 +16,24 @@
 
 /* ---- reading a config: every key is claimed by a row, a check or a hook ---- */
 
-/* config.json being read: the keys nobody claims are an error at the end */
+/* The keys a config holds, each to be claimed by what reads it: one left
+ * unclaimed at the end is a key moed does not know, and fails the load. */
+struct moe_claims {
+    const char **keys; /* not owned: they live as long as the file's data */
+    bool *claimed;
+    size_t n;
+};
+int moe_claims_init(struct moe_claims *c, size_t cap); /* room for cap keys */
+void moe_claims_add(struct moe_claims *c, const char *key);
+bool moe_claims_mark(struct moe_claims *c, const char *key); /* false: not in the file */
+const char *moe_claims_unclaimed(const struct moe_claims *c); /* the first, or NULL */
+void moe_claims_free(struct moe_claims *c);
+
+/* config.json being read: the root's keys to be claimed */
 struct moe_hf_cfg {
     json_t *root;
     const char *file;
-    const char **keys; /* the root's keys */
-    bool *claimed;
-    size_t n_keys;
+    struct moe_claims claims;
 };
 
 /* The value of key (NULL when absent or JSON null), which is then claimed.
@@ -47,9 +58,7 @@ struct moe_gguf_cfg {
     const struct moe_gguf *g;
     const char *file;
     char arch[64];
-    const char **keys; /* the "<arch>." keys, prefix stripped */
-    bool *claimed;
-    size_t n_keys;
+    struct moe_claims claims; /* the "<arch>." keys, prefix stripped */
 };
 int moe_gguf_u32(struct moe_gguf_cfg *c, const char *key, int64_t def, bool required,
                  int32_t *out);
@@ -89,7 +98,6 @@ struct moe_arch_row {
     void (*recipe)(struct moe_config *c);
     /* what the keys cannot say alone (dense layers, windows, routing) */
     int (*hf_finish)(struct moe_hf_cfg *h, struct moe_config *c);
-    int (*gguf_finish)(struct moe_gguf_cfg *g, struct moe_config *c);
     float rope_partial; /* partial_rotary_factor when the config has none (0: 1) */
     /* transformers' rope parameters (JSON) when the config has neither
      * rope_parameters nor rope_scaling (NULL: plain rope) */
@@ -111,6 +119,9 @@ const char *moe_arch_gguf_list(void);
 int moe_hf_rope(struct moe_hf_cfg *h, struct moe_config *c, int32_t head_dim_for_rope);
 /* layer_types (or arch default via sliding) into c->layer_swa */
 int moe_hf_layer_types(struct moe_hf_cfg *h, struct moe_config *c);
+
+/* YaRN's magnitude correction: 0.1 m ln(scale) + 1 (1 when scale <= 1) */
+double moe_yarn_mscale(double scale, double m);
 
 /* The inverse frequencies of c's rotary embedding, scaling applied:
  * inv[rope_dim / 2]. */

@@ -47,19 +47,9 @@ static const char *const ignored_everywhere[] = {
 
 /* ---- the reader ------------------------------------------------------------------ */
 
-static ssize_t key_index(const struct moe_hf_cfg *c, const char *key)
-{
-    for (size_t i = 0; i < c->n_keys; i++)
-        if (!strcmp(c->keys[i], key))
-            return (ssize_t)i;
-    return -1;
-}
-
 void moe_hf_claim(struct moe_hf_cfg *c, const char *key)
 {
-    ssize_t i = key_index(c, key);
-    if (i >= 0)
-        c->claimed[i] = true;
+    moe_claims_mark(&c->claims, key);
 }
 
 json_t *moe_hf_take(struct moe_hf_cfg *c, const char *key)
@@ -200,7 +190,7 @@ int moe_hf_require(struct moe_hf_cfg *c, const char *key, const char *allowed)
 static int hf_open(const char *path, struct moe_hf_cfg *c, json_t **root)
 {
     json_error_t jerr;
-    memset(c, 0, sizeof(*c)); /* the caller frees keys and claimed whatever happens */
+    memset(c, 0, sizeof(*c)); /* the caller frees the claims whatever happens */
     *root = json_load_file(path, 0, &jerr);
     if (!*root) {
         if (strstr(jerr.text, "unable to open"))
@@ -211,16 +201,13 @@ static int hf_open(const char *path, struct moe_hf_cfg *c, json_t **root)
         return moe_err(-EINVAL, "%s: not a JSON object", path);
     c->root = *root;
     c->file = path;
-    c->n_keys = json_object_size(*root);
-    c->keys = calloc(c->n_keys + 1, sizeof(char *));
-    c->claimed = calloc(c->n_keys + 1, sizeof(bool));
-    if (!c->keys || !c->claimed)
-        return moe_err(-ENOMEM, "out of memory");
-    size_t i = 0;
+    int rc = moe_claims_init(&c->claims, json_object_size(*root));
+    if (rc < 0)
+        return rc;
     const char *k;
     json_t *v;
     json_object_foreach(*root, k, v)
-        c->keys[i++] = k;
+        moe_claims_add(&c->claims, k);
     return 0;
 }
 
@@ -325,17 +312,15 @@ int moe_config_from_hf(const char *path, struct moe_config *cfg)
         (rc = quantization(&h, cfg)) < 0 || (rc = r->hf_finish(&h, cfg)) < 0)
         goto out;
     token_ids(&h, cfg);
-    for (size_t i = 0; i < h.n_keys; i++)
-        if (!h.claimed[i]) {
-            rc = moe_err(-ENOTSUP, "%s: config key '%s' is not known to moed for %s; it may "
-                         "change the model's math, so the model is not loaded", path, h.keys[i],
-                         r->name);
-            goto out;
-        }
+    const char *unknown = moe_claims_unclaimed(&h.claims);
+    if (unknown) {
+        rc = moe_err(-ENOTSUP, "%s: config key '%s' is not known to moed for %s; it may change "
+                     "the model's math, so the model is not loaded", path, unknown, r->name);
+        goto out;
+    }
     rc = moe_config_validate(cfg, path);
 out:
-    free(h.keys);
-    free(h.claimed);
+    moe_claims_free(&h.claims);
     json_decref(root);
     return rc;
 }

@@ -23,14 +23,6 @@ static const char *const ignored_keys[] = {
     "rope.scaling.type", "pooling_type", "causal_attention",
 };
 
-static ssize_t key_index(const struct moe_gguf_cfg *c, const char *key)
-{
-    for (size_t i = 0; i < c->n_keys; i++)
-        if (!strcmp(c->keys[i], key))
-            return (ssize_t)i;
-    return -1;
-}
-
 static void full_key(const struct moe_gguf_cfg *c, const char *key, char *buf, size_t cap)
 {
     snprintf(buf, cap, "%s.%s", c->arch, key);
@@ -38,10 +30,7 @@ static void full_key(const struct moe_gguf_cfg *c, const char *key, char *buf, s
 
 bool moe_gguf_present(struct moe_gguf_cfg *c, const char *key)
 {
-    ssize_t i = key_index(c, key);
-    if (i >= 0)
-        c->claimed[i] = true;
-    return i >= 0;
+    return moe_claims_mark(&c->claims, key);
 }
 
 int moe_gguf_u32(struct moe_gguf_cfg *c, const char *key, int64_t def, bool required,
@@ -157,7 +146,7 @@ static int rope(struct moe_gguf_cfg *c, struct moe_config *cfg, int32_t def_dim)
         (rc = moe_gguf_f32(c, "rope.scaling.yarn_log_multiplier", 0.0, &log_mul)) < 0)
         return rc;
     double f = cfg->rope_factor, mad = log_mul / 0.1; /* the converter wrote 0.1 * mscale_all_dim */
-    double ms = f <= 1 ? 1.0 : 0.1 * (mad != 0 ? mad : 1.0) * log(f) + 1.0;
+    double ms = moe_yarn_mscale(f, mad != 0 ? mad : 1.0);
     /* the cos/sin factor: mscale / mscale_all_dim, 1 when the converter wrote
      * the latter (DeepSeek: both equal in every published config) */
     float af = mad != 0 ? 1.0f : (float)ms;
@@ -410,17 +399,13 @@ int moe_config_from_gguf(const struct moe_gguf *g, struct moe_config *cfg)
                        c.arch, moe_arch_gguf_list());
     /* the "<arch>." keys, each to be claimed */
     size_t n = moe_gguf_kv_count(g), plen = strlen(c.arch);
-    c.keys = calloc(n + 1, sizeof(char *));
-    c.claimed = calloc(n + 1, sizeof(bool));
-    int rc = 0;
-    if (!c.keys || !c.claimed) {
-        rc = moe_err(-ENOMEM, "out of memory");
+    int rc = moe_claims_init(&c.claims, n);
+    if (rc < 0)
         goto out;
-    }
     for (size_t i = 0; i < n; i++) {
         const char *k = moe_gguf_key_at(g, i, NULL);
         if (k && !strncmp(k, c.arch, plen) && k[plen] == '.')
-            c.keys[c.n_keys++] = k + plen + 1;
+            moe_claims_add(&c.claims, k + plen + 1);
     }
     cfg->arch = r->arch;
     r->recipe(cfg);
@@ -447,19 +432,18 @@ int moe_config_from_gguf(const struct moe_gguf *g, struct moe_config *cfg)
     for (size_t i = 0; i < MOE_ARRAY_SIZE(hooks); i++)
         if (hooks[i].arch == r->arch && (rc = hooks[i].finish(&c, cfg)) < 0)
             goto out;
-    for (size_t i = 0; i < c.n_keys; i++)
-        if (!c.claimed[i]) {
-            rc = moe_err(-ENOTSUP, "%s: metadata key '%s.%s' is not known to moed for %s; it "
-                         "may change the model's math, so the model is not loaded", c.file,
-                         c.arch, c.keys[i], c.arch);
-            goto out;
-        }
+    const char *unknown = moe_claims_unclaimed(&c.claims);
+    if (unknown) {
+        rc = moe_err(-ENOTSUP, "%s: metadata key '%s.%s' is not known to moed for %s; it may "
+                     "change the model's math, so the model is not loaded", c.file, c.arch,
+                     unknown, c.arch);
+        goto out;
+    }
     uint32_t id;
     cfg->bos_id = moe_gguf_get_u32(g, "tokenizer.ggml.bos_token_id", &id) == 0 ? (int32_t)id : -1;
     cfg->eos_id = moe_gguf_get_u32(g, "tokenizer.ggml.eos_token_id", &id) == 0 ? (int32_t)id : -1;
     rc = moe_config_validate(cfg, c.file);
 out:
-    free(c.keys);
-    free(c.claimed);
+    moe_claims_free(&c.claims);
     return rc;
 }

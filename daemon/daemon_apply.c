@@ -7,7 +7,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "common/common.h"
 #include "engine/engine.h"
@@ -138,17 +137,10 @@ int moe_daemon_prune(const struct moe_daemon_config *c, const struct moe_model *
 }
 
 /* The format a GGUF file's tokenizer.chat_template names: 0, -ENOENT when
- * the file is no GGUF (a pack) or has no template, another error (message
- * set) when its template is not one moed knows. */
+ * it has no template, another error (message set) when its template is not
+ * one moed knows. */
 static int gguf_chat_template(const char *path, enum moe_chat_template *t)
 {
-    char magic[4] = {0};
-    FILE *f = fopen(path, "rb");
-    size_t got = f ? fread(magic, 1, sizeof(magic), f) : 0;
-    if (f)
-        fclose(f);
-    if (got != sizeof(magic) || memcmp(magic, "GGUF", 4))
-        return -ENOENT;
     struct moe_gguf *g = NULL;
     struct moe_gguf_str s;
     int rc = moe_gguf_open(path, &g);
@@ -158,11 +150,8 @@ static int gguf_chat_template(const char *path, enum moe_chat_template *t)
         char *text = strndup(s.ptr, s.len);
         rc = text ? moe_chat_template_classify(text, t) : moe_err(-ENOMEM, "out of memory");
         free(text);
-        if (rc == -ENOENT) { /* a template, but none of ours: say so */
-            char why[512];
-            snprintf(why, sizeof(why), "%s", moe_err_msg());
-            rc = moe_err(-EINVAL, "%s: tokenizer.chat_template: %s", path, why);
-        }
+        if (rc == -ENOENT) /* a template, but none of ours: say so */
+            rc = moe_err(-EINVAL, "%s: tokenizer.chat_template: %s", path, moe_err_msg());
     }
     moe_gguf_close(g);
     return rc;
@@ -174,9 +163,11 @@ int moe_daemon_chat_template(const struct moe_daemon_config *c, const char **how
         *how = "set by [model] chat_template";
         return c->chat_template;
     }
-    /* only a Hugging Face directory has a tokenizer_config.json of its own */
-    struct stat st;
-    if (c->model_path && !stat(c->model_path, &st) && S_ISDIR(st.st_mode)) {
+    /* a Hugging Face directory's tokenizer_config.json, or a GGUF's metadata */
+    enum moe_model_file kind = MOE_FILE_OTHER;
+    if (c->model_path && moe_model_file_kind(c->model_path, &kind) < 0)
+        kind = MOE_FILE_OTHER; /* the load says what is wrong with it */
+    if (kind == MOE_FILE_DIR) {
         char *p = moe_path_join(c->model_path, "tokenizer_config.json");
         enum moe_chat_template t;
         int rc = p ? moe_chat_template_detect(p, &t) : -ENOMEM;
@@ -187,7 +178,7 @@ int moe_daemon_chat_template(const struct moe_daemon_config *c, const char **how
         }
         if (rc != -ENOENT)
             moe_log(MOE_LOG_WARN, "chat template: %s", moe_err_msg());
-    } else if (c->model_path && !stat(c->model_path, &st) && S_ISREG(st.st_mode)) {
+    } else if (kind == MOE_FILE_GGUF) {
         enum moe_chat_template t;
         int rc = gguf_chat_template(c->model_path, &t);
         if (!rc) {

@@ -196,6 +196,11 @@ struct moe_offload *moe_model_offload(const struct moe_model *m);
  * (the pack's meta "calib".expert_frequency, from moe-pack --calib): the
  * static hot set's ranking. -ENOENT naming the file when the pack has none. */
 int moe_model_expert_scores(const struct moe_model *m, double *score);
+/* What path holds, by stat and its first 8 bytes: a directory (Hugging
+ * Face), a GGUF file, a moed pack, or another file (a config.json on its
+ * own). Errors: negative errno, moe_err_msg() names the file. */
+enum moe_model_file { MOE_FILE_DIR, MOE_FILE_GGUF, MOE_FILE_PACK, MOE_FILE_OTHER };
+int moe_model_file_kind(const char *path, enum moe_model_file *kind);
 /* Only the architecture config of a checkpoint, as moe_model_open would
  * read it, without its weights: a Hugging Face directory's config.json, a
  * config.json file on its own, a GGUF file's metadata or a pack's "config"

@@ -62,23 +62,39 @@ static int tokenizer_from_dir(const char *dir, bool optional, struct moe_tokeniz
     return rc;
 }
 
-int moe_model_open_tokenizer(const char *path, struct moe_tokenizer **out)
+int moe_model_file_kind(const char *path, enum moe_model_file *kind)
 {
-    *out = NULL;
     struct stat st;
     if (stat(path, &st) < 0)
         return moe_err(-errno, "%s: cannot open: %s", path, strerror(errno));
-    if (S_ISDIR(st.st_mode))
-        return tokenizer_from_dir(path, false, out);
+    if (S_ISDIR(st.st_mode)) {
+        *kind = MOE_FILE_DIR;
+        return 0;
+    }
     char magic[8] = {0};
     FILE *f = fopen(path, "rb");
-    size_t got = f ? fread(magic, 1, 8, f) : 0;
-    if (f)
-        fclose(f);
-    if (got == 8 && !memcmp(magic, MOE_PACK_MAGIC, 8)) {
+    if (!f)
+        return moe_err(-errno, "%s: cannot open: %s", path, strerror(errno));
+    size_t got = fread(magic, 1, 8, f);
+    fclose(f);
+    *kind = got >= 4 && !memcmp(magic, "GGUF", 4)                ? MOE_FILE_GGUF
+            : got == 8 && !memcmp(magic, MOE_PACK_MAGIC, 8) ? MOE_FILE_PACK
+                                                            : MOE_FILE_OTHER;
+    return 0;
+}
+
+int moe_model_open_tokenizer(const char *path, struct moe_tokenizer **out)
+{
+    *out = NULL;
+    enum moe_model_file kind;
+    int rc = moe_model_file_kind(path, &kind);
+    if (rc < 0)
+        return rc;
+    if (kind == MOE_FILE_DIR)
+        return tokenizer_from_dir(path, false, out);
+    if (kind == MOE_FILE_PACK) {
         struct moe_pack *p;
-        int rc = moe_pack_open(path, &p);
-        if (rc < 0)
+        if ((rc = moe_pack_open(path, &p)) < 0)
             return rc;
         static const char *const blobs[] = {"tokenizer.json", "tokenizer_config.json",
                                             "config.json", "generation_config.json",
@@ -94,8 +110,7 @@ int moe_model_open_tokenizer(const char *path, struct moe_tokenizer **out)
         return rc;
     }
     struct moe_gguf *g;
-    int rc = moe_gguf_open(path, &g);
-    if (rc < 0)
+    if ((rc = moe_gguf_open(path, &g)) < 0)
         return rc;
     rc = moe_tokenizer_from_gguf(g, out);
     moe_gguf_close(g);
@@ -144,33 +159,26 @@ int moe_model_open(const char *path, struct moe_model **out)
 int moe_model_open_flags(const char *path, unsigned flags, struct moe_model **out)
 {
     *out = NULL;
-    struct stat st;
-    if (stat(path, &st) < 0)
-        return moe_err(-errno, "%s: cannot open: %s", path, strerror(errno));
+    enum moe_model_file kind;
+    int rc = moe_model_file_kind(path, &kind);
+    if (rc < 0)
+        return rc;
     struct moe_model *m = calloc(1, sizeof(*m));
     if (!m)
         return moe_err(-ENOMEM, "out of memory");
     m->files = calloc(1, sizeof(*m->files));
     m->path = strdup(path);
     m->open_flags = flags;
-    int rc = -ENOMEM;
+    rc = -ENOMEM;
     if (!m->files || !m->path)
         goto fail;
-    if (S_ISDIR(st.st_mode)) {
-        rc = open_hf(m);
-    } else {
-        char magic[8] = {0};
-        FILE *f = fopen(path, "rb");
-        size_t got = f ? fread(magic, 1, 8, f) : 0;
-        if (f)
-            fclose(f);
-        if (got >= 4 && !memcmp(magic, "GGUF", 4))
-            rc = open_gguf(m);
-        else if (got == 8 && !memcmp(magic, MOE_PACK_MAGIC, 8))
-            rc = moe_model_open_pack(m);
-        else
-            rc = moe_err(-EINVAL, "%s: not a model: expected a Hugging Face directory, a "
-                         "GGUF file or a moed pack", path);
+    switch (kind) {
+    case MOE_FILE_DIR: rc = open_hf(m); break;
+    case MOE_FILE_GGUF: rc = open_gguf(m); break;
+    case MOE_FILE_PACK: rc = moe_model_open_pack(m); break;
+    default:
+        rc = moe_err(-EINVAL, "%s: not a model: expected a Hugging Face directory, a GGUF file "
+                     "or a moed pack", path);
     }
     if (rc < 0)
         goto fail;
@@ -184,25 +192,19 @@ fail:
 int moe_model_config_from_path(const char *path, struct moe_config *out)
 {
     memset(out, 0, sizeof(*out));
-    struct stat st;
-    if (stat(path, &st) < 0)
-        return moe_err(-errno, "%s: cannot open: %s", path, strerror(errno));
-    if (S_ISDIR(st.st_mode)) {
+    enum moe_model_file kind;
+    int rc = moe_model_file_kind(path, &kind);
+    if (rc < 0)
+        return rc;
+    if (kind == MOE_FILE_DIR) {
         char *cfg_path = moe_path_join(path, "config.json");
         if (!cfg_path)
             return moe_err(-ENOMEM, "out of memory");
-        int rc = moe_config_from_hf(cfg_path, out);
+        rc = moe_config_from_hf(cfg_path, out);
         free(cfg_path);
         return rc;
     }
-    char magic[8] = {0};
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return moe_err(-errno, "%s: cannot open: %s", path, strerror(errno));
-    size_t got = fread(magic, 1, 8, f);
-    fclose(f);
-    int rc;
-    if (got >= 4 && !memcmp(magic, "GGUF", 4)) {
+    if (kind == MOE_FILE_GGUF) {
         struct moe_gguf *g;
         if ((rc = moe_gguf_open(path, &g)) < 0)
             return rc;
@@ -210,7 +212,7 @@ int moe_model_config_from_path(const char *path, struct moe_config *out)
         moe_gguf_close(g);
         return rc;
     }
-    if (got == 8 && !memcmp(magic, MOE_PACK_MAGIC, 8)) {
+    if (kind == MOE_FILE_PACK) {
         struct moe_pack *p;
         if ((rc = moe_pack_open(path, &p)) < 0)
             return rc;

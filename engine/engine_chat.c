@@ -39,6 +39,7 @@
  * message); where a template silently drops a message (a later system
  * message in gpt-oss or MiniMax-M2), so does moed, as that is what the model
  * was trained to see. */
+#define _GNU_SOURCE /* memmem */
 #include "engine/engine.h"
 
 #include "common/common.h"
@@ -57,44 +58,17 @@
 
 /* ---- text helpers ------------------------------------------------------------------- */
 
-struct buf {
-    char *p;
-    size_t len, cap;
-};
+/* The prompt grows in a moe_sbuf: running out of memory is checked once,
+ * after rendering. */
 
-static int putn(struct buf *b, const char *s, size_t n)
-{
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p)
-            return moe_err(-ENOMEM, "out of memory rendering the chat prompt");
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-    return 0;
-}
-
-static int put(struct buf *b, const char *s)
-{
-    return putn(b, s, strlen(s));
-}
-
-/* puts every string up to the NULL; stops at the first error */
-static int put_all(struct buf *b, ...)
+/* puts every string up to the NULL */
+static void put_all(struct moe_sbuf *b, ...)
 {
     va_list ap;
-    int rc = 0;
     va_start(ap, b);
-    for (const char *s; !rc && (s = va_arg(ap, const char *));)
-        rc = put(b, s);
+    for (const char *s; (s = va_arg(ap, const char *));)
+        moe_sbuf_puts(b, s);
     va_end(ap);
-    return rc;
 }
 #define PUT(b, ...) put_all((b), __VA_ARGS__, (const char *)NULL)
 
@@ -110,9 +84,9 @@ static struct sv sv_of(const char *s)
     return (struct sv){s ? s : "", s ? strlen(s) : 0};
 }
 
-static int put_sv(struct buf *b, struct sv s)
+static void put_sv(struct moe_sbuf *b, struct sv s)
 {
-    return putn(b, s.p, s.n);
+    moe_sbuf_put(b, s.p, s.n);
 }
 
 /* offset of the first / last occurrence of needle, or -1 */
@@ -279,7 +253,8 @@ struct ctx {
     const struct chat_format *f;
 };
 
-typedef int (*render_fn)(const struct ctx *c, struct buf *b);
+/* 0, or -EINVAL (message set) for a conversation the format cannot take */
+typedef int (*render_fn)(const struct ctx *c, struct moe_sbuf *b);
 
 /* One chat format: a row of the table at the end. A template text is this
  * format when it holds every mark ('\x1f' separates spellings of one mark:
@@ -295,15 +270,34 @@ struct chat_format {
 
 /* ---- ChatML, Mistral ----------------------------------------------------------------- */
 
-static int render_chatml(const struct ctx *c, struct buf *b)
+/* One turn after another, each its role's head, its content and its
+ * role's tail, then the generation prompt: ChatML, DeepSeek-V2, Kimi-K2 and
+ * ERNIE-4.5, differing only in these strings. */
+struct turns_style {
+    const char *start;          /* NULL: the BOS text */
+    const char *default_system; /* written when the first message is no system one */
+    const char *head[3], *tail[3]; /* by role */
+    const char *gen;
+};
+
+static int render_turns(const struct ctx *c, struct moe_sbuf *b)
 {
-    int rc = put(b, c->bos);
-    for (size_t i = 0; i < c->n && !rc; i++)
-        rc = PUT(b, "<|im_start|>", c->m[i].role, "\n", content_of(&c->m[i]), "<|im_end|>\n");
-    return rc ? rc : put(b, "<|im_start|>assistant\n");
+    const struct turns_style *st = c->f->style;
+    moe_sbuf_puts(b, st->start ? st->start : c->bos);
+    if (st->default_system && c->r[0] != R_SYSTEM)
+        moe_sbuf_puts(b, st->default_system);
+    for (size_t i = 0; i < c->n; i++)
+        PUT(b, st->head[c->r[i]], content_of(&c->m[i]), st->tail[c->r[i]]);
+    moe_sbuf_puts(b, st->gen);
+    return 0;
 }
 
-static int render_mistral(const struct ctx *c, struct buf *b)
+#define IM_START "<|im_start|>"
+static const struct turns_style chatml = {
+    NULL, NULL, {IM_START "system\n", IM_START "user\n", IM_START "assistant\n"},
+    {"<|im_end|>\n", "<|im_end|>\n", "<|im_end|>\n"}, IM_START "assistant\n"};
+
+static int render_mistral(const struct ctx *c, struct moe_sbuf *b)
 {
     size_t first = 0, n = c->n;
     const char *system = NULL;
@@ -326,15 +320,15 @@ static int render_mistral(const struct ctx *c, struct buf *b)
                            "(mistral template)", i, c->m[i].role,
                            want == R_USER ? "user" : "assistant");
     }
-    int rc = put(b, c->bos);
-    for (size_t i = first; i < n && !rc; i++) {
+    moe_sbuf_puts(b, c->bos);
+    for (size_t i = first; i < n; i++) {
         if ((i - first) % 2 == 0)
-            rc = PUT(b, " [INST] ", i == first && system ? system : "",
-                     i == first && system ? "\n\n" : "", content_of(&c->m[i]), " [/INST]");
+            PUT(b, " [INST] ", i == first && system ? system : "",
+                i == first && system ? "\n\n" : "", content_of(&c->m[i]), " [/INST]");
         else
-            rc = PUT(b, " ", content_of(&c->m[i]), "</s>");
+            PUT(b, " ", content_of(&c->m[i]), "</s>");
     }
-    return rc;
+    return 0;
 }
 
 /* ---- Qwen3 ----------------------------------------------------------------------------
@@ -375,10 +369,9 @@ static void reasoning_of(const struct moe_chat_message *m, bool strip_nl, struct
         split_think(*answer, strip_nl, reasoning, answer);
 }
 
-static int render_qwen3(const struct ctx *c, struct buf *b)
+static int render_qwen3(const struct ctx *c, struct moe_sbuf *b)
 {
     size_t n = c->n, last_query = n - 1;
-    int rc = 0;
     for (size_t i = n; i-- > 0;) {
         struct sv t = text_of(&c->m[i]);
         bool tool_response = t.n >= strlen("<tool_response>") + strlen("</tool_response>") &&
@@ -391,27 +384,28 @@ static int render_qwen3(const struct ctx *c, struct buf *b)
         }
     }
     if (c->r[0] == R_SYSTEM)
-        rc = PUT(b, "<|im_start|>system\n", content_of(&c->m[0]), "<|im_end|>\n");
-    for (size_t i = 0; i < n && !rc; i++) {
+        PUT(b, chatml.head[R_SYSTEM], content_of(&c->m[0]), chatml.tail[R_SYSTEM]);
+    for (size_t i = 0; i < n; i++) {
         if (c->r[i] == R_USER || (c->r[i] == R_SYSTEM && i > 0)) {
-            rc = PUT(b, "<|im_start|>", c->m[i].role, "\n", content_of(&c->m[i]), "<|im_end|>\n");
+            PUT(b, chatml.head[c->r[i]], content_of(&c->m[i]), chatml.tail[c->r[i]]);
             continue;
         }
         if (c->r[i] != R_ASSISTANT)
             continue;
         struct sv reasoning, answer;
         reasoning_of(&c->m[i], false, &reasoning, &answer);
-        rc = put(b, "<|im_start|>assistant\n");
-        if (!rc && i > last_query && (i == n - 1 || reasoning.n)) {
-            rc = put(b, "<think>\n");
-            rc = rc ? rc : put_sv(b, sv_strip_nl(reasoning));
-            rc = rc ? rc : put(b, "\n</think>\n\n");
+        moe_sbuf_puts(b, chatml.head[R_ASSISTANT]);
+        if (i > last_query && (i == n - 1 || reasoning.n)) {
+            moe_sbuf_puts(b, "<think>\n");
+            put_sv(b, sv_strip_nl(reasoning));
+            moe_sbuf_puts(b, "\n</think>\n\n");
             answer = sv_lstrip_nl(answer);
         }
-        rc = rc ? rc : put_sv(b, answer);
-        rc = rc ? rc : put(b, "<|im_end|>\n");
+        put_sv(b, answer);
+        moe_sbuf_puts(b, chatml.tail[R_ASSISTANT]);
     }
-    return rc ? rc : put(b, "<|im_start|>assistant\n");
+    moe_sbuf_puts(b, chatml.gen);
+    return 0;
 }
 
 /* ---- DeepSeek V3 / R1 / V3.1 ----------------------------------------------------------
@@ -455,30 +449,29 @@ static const struct ds_style ds_r1_llamacpp = {false, true, THINK_AFTER_LAST, fa
 static const struct ds_style ds_v31 = {true, false, THINK_AFTER_FIRST, true, false,
                                        DS_ASSISTANT "<think></think>"};
 
-static int render_deepseek(const struct ctx *c, struct buf *b)
+static int render_deepseek(const struct ctx *c, struct moe_sbuf *b)
 {
     const struct ds_style *st = c->f->style;
     bool last_user = false, first = true;
-    int rc = put(b, c->bos);
-    for (size_t i = 0; i < c->n && !rc; i++) /* the system text */
+    moe_sbuf_puts(b, c->bos);
+    for (size_t i = 0; i < c->n; i++) /* the system text */
         if (c->r[i] == R_SYSTEM && st->all_systems) {
-            rc = first ? 0 : put(b, "\n\n");
-            rc = rc ? rc : put(b, content_of(&c->m[i]));
+            PUT(b, first ? "" : "\n\n", content_of(&c->m[i]));
             first = false;
         }
-    for (size_t i = c->n; i-- > 0 && !rc && !st->all_systems;)
+    for (size_t i = c->n; i-- > 0 && !st->all_systems;)
         if (c->r[i] == R_SYSTEM) {
-            rc = put(b, content_of(&c->m[i]));
+            moe_sbuf_puts(b, content_of(&c->m[i]));
             break;
         }
-    for (size_t i = 0; i < c->n && !rc; i++) {
+    for (size_t i = 0; i < c->n; i++) {
         if (c->r[i] == R_USER) {
-            rc = PUT(b, DS_USER, content_of(&c->m[i]), st->user_eos ? DS_EOS : "");
+            PUT(b, DS_USER, content_of(&c->m[i]), st->user_eos ? DS_EOS : "");
             last_user = true;
         } else if (c->r[i] == R_ASSISTANT) {
             struct sv answer = text_of(&c->m[i]);
             if (st->empty_as_tool && answer.n == 0) {
-                rc = put(b, DS_ASSISTANT "<｜tool▁calls▁begin｜><｜tool▁calls▁end｜>" DS_EOS);
+                moe_sbuf_puts(b, DS_ASSISTANT "<｜tool▁calls▁begin｜><｜tool▁calls▁end｜>" DS_EOS);
                 continue;
             }
             if (st->think == THINK_AFTER_LAST)
@@ -486,54 +479,33 @@ static int render_deepseek(const struct ctx *c, struct buf *b)
             else if (st->think == THINK_AFTER_FIRST)
                 answer = sv_after_first(answer, "</think>");
             if (!st->after_user || last_user)
-                rc = put(b, st->after_user ? DS_ASSISTANT "<think></think>" : DS_ASSISTANT);
+                moe_sbuf_puts(b, st->after_user ? DS_ASSISTANT "<think></think>" : DS_ASSISTANT);
             last_user = false;
-            rc = rc ? rc : put_sv(b, answer);
-            rc = rc ? rc : put(b, DS_EOS);
+            put_sv(b, answer);
+            moe_sbuf_puts(b, DS_EOS);
         }
     }
-    if (!rc && (!st->after_user || last_user))
-        rc = put(b, st->gen);
-    return rc;
+    if (!st->after_user || last_user)
+        moe_sbuf_puts(b, st->gen);
+    return 0;
 }
 
 /* ---- DeepSeek-V2 / V2-Lite ------------------------------------------------------------
  * {bos}{system}\n\nUser: {user}\n\nAssistant: {answer}<｜end▁of▁sentence｜>...Assistant:
  * every message where it stands. */
-static int render_deepseek_v2(const struct ctx *c, struct buf *b)
-{
-    int rc = put(b, c->bos);
-    for (size_t i = 0; i < c->n && !rc; i++) {
-        const char *t = content_of(&c->m[i]);
-        if (c->r[i] == R_USER)
-            rc = PUT(b, "User: ", t, "\n\n");
-        else if (c->r[i] == R_ASSISTANT)
-            rc = PUT(b, "Assistant: ", t, DS_EOS);
-        else
-            rc = PUT(b, t, "\n\n");
-    }
-    return rc ? rc : put(b, "Assistant:");
-}
+static const struct turns_style deepseek_v2 = {
+    NULL, NULL, {"", "User: ", "Assistant: "}, {"\n\n", "\n\n", DS_EOS}, "Assistant:"};
 
 /* ---- Kimi-K2 ---------------------------------------------------------------------------
  * <|im_system|>system<|im_middle|>{system}<|im_end|><|im_user|>user<|im_middle|>{user}
  * <|im_end|><|im_assistant|>assistant<|im_middle|>{answer}<|im_end|>...
  * <|im_assistant|>assistant<|im_middle|>, with "You are a helpful assistant" as the
  * system text when the first message is not a system one; answers kept whole. */
-static int render_kimi_k2(const struct ctx *c, struct buf *b)
-{
-    static const char *const head[] = {
-        [R_SYSTEM] = "<|im_system|>system<|im_middle|>",
-        [R_USER] = "<|im_user|>user<|im_middle|>",
-        [R_ASSISTANT] = "<|im_assistant|>assistant<|im_middle|>",
-    };
-    int rc = 0;
-    if (c->r[0] != R_SYSTEM)
-        rc = put(b, "<|im_system|>system<|im_middle|>You are a helpful assistant<|im_end|>");
-    for (size_t i = 0; i < c->n && !rc; i++)
-        rc = PUT(b, head[c->r[i]], content_of(&c->m[i]), "<|im_end|>");
-    return rc ? rc : put(b, head[R_ASSISTANT]);
-}
+static const struct turns_style kimi_k2 = {
+    "", "<|im_system|>system<|im_middle|>You are a helpful assistant<|im_end|>",
+    {"<|im_system|>system<|im_middle|>", "<|im_user|>user<|im_middle|>",
+     "<|im_assistant|>assistant<|im_middle|>"},
+    {"<|im_end|>", "<|im_end|>", "<|im_end|>"}, "<|im_assistant|>assistant<|im_middle|>"};
 
 /* ---- GLM-4.5 / 4.6 ---------------------------------------------------------------------
  * [gMASK]<sop><|system|>\n{system}<|user|>\n{user}<|assistant|>\n<think></think>\n{answer}
@@ -541,37 +513,38 @@ static int render_kimi_k2(const struct ctx *c, struct buf *b)
  * only if something is left) and loses its <think> part, except after the
  * last user message, where "\n<think>{reasoning, stripped}</think>" replaces
  * "\n<think></think>". */
-static int render_glm45(const struct ctx *c, struct buf *b)
+static int render_glm45(const struct ctx *c, struct moe_sbuf *b)
 {
     size_t last_user = SIZE_MAX;
     for (size_t i = 0; i < c->n; i++)
         if (c->r[i] == R_USER)
             last_user = i;
-    int rc = put(b, "[gMASK]<sop>");
-    for (size_t i = 0; i < c->n && !rc; i++) {
+    moe_sbuf_puts(b, "[gMASK]<sop>");
+    for (size_t i = 0; i < c->n; i++) {
         if (c->r[i] == R_USER) {
-            rc = PUT(b, "<|user|>\n", content_of(&c->m[i]));
+            PUT(b, "<|user|>\n", content_of(&c->m[i]));
         } else if (c->r[i] == R_SYSTEM) {
-            rc = PUT(b, "<|system|>\n", content_of(&c->m[i]));
+            PUT(b, "<|system|>\n", content_of(&c->m[i]));
         } else {
             struct sv reasoning, answer;
             reasoning_of(&c->m[i], false, &reasoning, &answer);
-            rc = put(b, "<|assistant|>");
-            if (!rc && (last_user == SIZE_MAX || i > last_user) && reasoning.n) {
-                rc = put(b, "\n<think>");
-                rc = rc ? rc : put_sv(b, sv_strip_py(reasoning));
-                rc = rc ? rc : put(b, "</think>");
-            } else if (!rc) {
-                rc = put(b, "\n<think></think>");
+            moe_sbuf_puts(b, "<|assistant|>");
+            if ((last_user == SIZE_MAX || i > last_user) && reasoning.n) {
+                moe_sbuf_puts(b, "\n<think>");
+                put_sv(b, sv_strip_py(reasoning));
+                moe_sbuf_puts(b, "</think>");
+            } else {
+                moe_sbuf_puts(b, "\n<think></think>");
             }
             answer = sv_strip_py(answer);
-            if (!rc && answer.n) {
-                rc = put(b, "\n");
-                rc = rc ? rc : put_sv(b, answer);
+            if (answer.n) {
+                moe_sbuf_puts(b, "\n");
+                put_sv(b, answer);
             }
         }
     }
-    return rc ? rc : put(b, "<|assistant|>");
+    moe_sbuf_puts(b, "<|assistant|>");
+    return 0;
 }
 
 /* ---- gpt-oss (harmony) -------------------------------------------------------------------
@@ -583,7 +556,7 @@ static int render_glm45(const struct ctx *c, struct buf *b)
  * ...<|start|>assistant
  * Later system messages are dropped, as the template drops them; an answer
  * that holds a channel header is refused, as the template raises on it. */
-static int render_gpt_oss(const struct ctx *c, struct buf *b)
+static int render_gpt_oss(const struct ctx *c, struct moe_sbuf *b)
 {
     size_t first = c->r[0] == R_SYSTEM ? 1 : 0;
     for (size_t i = first; i < c->n; i++) {
@@ -594,21 +567,22 @@ static int render_gpt_oss(const struct ctx *c, struct buf *b)
                            "which the gpt-oss template refuses: give only the final answer's "
                            "text", i);
     }
-    int rc = PUT(b, "<|start|>system<|message|>You are ChatGPT, a large language model trained "
+    PUT(b, "<|start|>system<|message|>You are ChatGPT, a large language model trained "
                  "by OpenAI.\nKnowledge cutoff: 2024-06\nCurrent date: ", c->date,
                  "\n\nReasoning: medium\n\n# Valid channels: analysis, commentary, final. "
                  "Channel must be included for every message.<|end|>");
-    if (!rc && first && content_of(&c->m[0])[0])
-        rc = PUT(b, "<|start|>developer<|message|># Instructions\n\n", content_of(&c->m[0]),
-                 "\n\n<|end|>");
-    for (size_t i = first; i < c->n && !rc; i++) {
+    if (first && content_of(&c->m[0])[0])
+        PUT(b, "<|start|>developer<|message|># Instructions\n\n", content_of(&c->m[0]),
+            "\n\n<|end|>");
+    for (size_t i = first; i < c->n; i++) {
         if (c->r[i] == R_USER)
-            rc = PUT(b, "<|start|>user<|message|>", content_of(&c->m[i]), "<|end|>");
+            PUT(b, "<|start|>user<|message|>", content_of(&c->m[i]), "<|end|>");
         else if (c->r[i] == R_ASSISTANT)
-            rc = PUT(b, "<|start|>assistant<|channel|>final<|message|>", content_of(&c->m[i]),
-                     "<|end|>");
+            PUT(b, "<|start|>assistant<|channel|>final<|message|>", content_of(&c->m[i]),
+                "<|end|>");
     }
-    return rc ? rc : put(b, "<|start|>assistant");
+    moe_sbuf_puts(b, "<|start|>assistant");
+    return 0;
 }
 
 /* ---- MiniMax-M2 ----------------------------------------------------------------------------
@@ -618,7 +592,7 @@ static int render_gpt_oss(const struct ctx *c, struct buf *b)
  * content; later system messages are dropped, as the template drops them.
  * Answers lose their <think> part (both parts strip('\n')'d), except after
  * the last user message: "<think>\n{reasoning}\n</think>\n\n{answer}". */
-static int render_minimax_m2(const struct ctx *c, struct buf *b)
+static int render_minimax_m2(const struct ctx *c, struct moe_sbuf *b)
 {
     size_t first = c->r[0] == R_SYSTEM ? 1 : 0, last_user = SIZE_MAX;
     for (size_t i = first; i < c->n; i++)
@@ -626,50 +600,40 @@ static int render_minimax_m2(const struct ctx *c, struct buf *b)
             last_user = i;
     const char *system = first && content_of(&c->m[0])[0] ? content_of(&c->m[0])
                                                            : "You are a helpful assistant.";
-    int rc = PUT(b, "]~!b[]~b]system\n", system, "[e~[\n");
-    for (size_t i = first; i < c->n && !rc; i++) {
+    PUT(b, "]~!b[]~b]system\n", system, "[e~[\n");
+    for (size_t i = first; i < c->n; i++) {
         if (c->r[i] == R_USER) {
-            rc = PUT(b, "]~b]user\n", content_of(&c->m[i]), "[e~[\n");
+            PUT(b, "]~b]user\n", content_of(&c->m[i]), "[e~[\n");
         } else if (c->r[i] == R_ASSISTANT) {
             struct sv reasoning, answer;
             reasoning_of(&c->m[i], true, &reasoning, &answer);
-            rc = put(b, "]~b]ai\n");
-            if (!rc && reasoning.n && (last_user == SIZE_MAX || i > last_user)) {
-                rc = put(b, "<think>\n");
-                rc = rc ? rc : put_sv(b, reasoning);
-                rc = rc ? rc : put(b, "\n</think>\n\n");
+            moe_sbuf_puts(b, "]~b]ai\n");
+            if (reasoning.n && (last_user == SIZE_MAX || i > last_user)) {
+                moe_sbuf_puts(b, "<think>\n");
+                put_sv(b, reasoning);
+                moe_sbuf_puts(b, "\n</think>\n\n");
             }
-            rc = rc ? rc : put_sv(b, answer);
-            rc = rc ? rc : put(b, "[e~[\n");
+            put_sv(b, answer);
+            moe_sbuf_puts(b, "[e~[\n");
         }
     }
-    return rc ? rc : put(b, "]~b]ai\n<think>\n");
+    moe_sbuf_puts(b, "]~b]ai\n<think>\n");
+    return 0;
 }
 
 /* ---- ERNIE-4.5 -------------------------------------------------------------------------------
  * <|begin_of_sentence|>{system}\nUser: {user}\nAssistant: {answer}<|end_of_sentence|>
  * ...Assistant: (every message where it stands; answers kept whole) */
-static int render_ernie45(const struct ctx *c, struct buf *b)
-{
-    int rc = put(b, "<|begin_of_sentence|>");
-    for (size_t i = 0; i < c->n && !rc; i++) {
-        const char *t = content_of(&c->m[i]);
-        if (c->r[i] == R_USER)
-            rc = PUT(b, "User: ", t, "\n");
-        else if (c->r[i] == R_ASSISTANT)
-            rc = PUT(b, "Assistant: ", t, "<|end_of_sentence|>");
-        else
-            rc = PUT(b, t, "\n");
-    }
-    return rc ? rc : put(b, "Assistant: ");
-}
+static const struct turns_style ernie45 = {
+    "<|begin_of_sentence|>", NULL, {"", "User: ", "Assistant: "},
+    {"\n", "\n", "<|end_of_sentence|>"}, "Assistant: "};
 
 /* ---- the formats ------------------------------------------------------------------------ */
 
 #define OR "\x1f"
 
 static const struct chat_format formats[MOE_CHAT_COUNT] = {
-    [MOE_CHAT_CHATML] = {"chatml", {"<|im_start|>"}, {NULL}, render_chatml, NULL},
+    [MOE_CHAT_CHATML] = {"chatml", {"<|im_start|>"}, {NULL}, render_turns, &chatml},
     /* narrow on purpose: Llama-2 ("<<SYS>>") also writes [INST], and Mistral's
      * later tokenizers (v3, Tekken: "[INST]" + content + "[/INST]" with no space
      * before [/INST], [SYSTEM_PROMPT] ...) render differently from ours */
@@ -690,7 +654,7 @@ static const struct chat_format formats[MOE_CHAT_COUNT] = {
                                "{{ message['content'] + '\\n\\n' }}" OR
                                "{{ message['content'] + '\n\n' }}",
                                "{{ 'Assistant:' }}", "bos_token"},
-                              {NULL}, render_deepseek_v2, NULL},
+                              {NULL}, render_turns, &deepseek_v2},
     [MOE_CHAT_DEEPSEEK_V3] = {"deepseek-v3",
                               {DS_USER, "is_first_sp",
                                "{{'" DS_ASSISTANT "' + message['content'] + '" DS_EOS "'}}",
@@ -739,7 +703,7 @@ static const struct chat_format formats[MOE_CHAT_COUNT] = {
                            "<|im_user|>user<|im_middle|>",
                            "<|im_assistant|>assistant<|im_middle|>",
                            "{{ message['content'] }}"},
-                          {"role_name", "<think>", "reasoning_content"}, render_kimi_k2, NULL},
+                          {"role_name", "<think>", "reasoning_content"}, render_turns, &kimi_k2},
     [MOE_CHAT_GLM45] = {"glm-4.5",
                         {"[gMASK]<sop>", "<|assistant|>", "last_user_index",
                          "'\\n<think>' + reasoning_content.strip() +  '</think>'",
@@ -774,7 +738,7 @@ static const struct chat_format formats[MOE_CHAT_COUNT] = {
                            "\"User: \" + message[\"content\"] + \"\\n\"",
                            "\"Assistant: \" + message[\"content\"] + sep_token",
                            "{{- \"Assistant: \" -}}"},
-                          {"<think>", "image"}, render_ernie45, NULL},
+                          {"<think>", "image"}, render_turns, &ernie45},
 };
 
 /* the order detection tries them in: the specific ones before plain ChatML */
@@ -822,16 +786,12 @@ int moe_chat_template_from_name(const char *name, enum moe_chat_template *out)
 /* one mark: any of its '\x1f'-separated spellings occurs in t */
 static bool has_mark(const char *t, const char *mark)
 {
-    char one[512];
+    size_t tn = strlen(t);
     for (const char *s = mark;;) {
         const char *e = strchr(s, '\x1f');
         size_t n = e ? (size_t)(e - s) : strlen(s);
-        if (n < sizeof(one)) {
-            memcpy(one, s, n);
-            one[n] = '\0';
-            if (strstr(t, one))
-                return true;
-        }
+        if (memmem(t, tn, s, n))
+            return true;
         if (!e)
             return false;
         s = e + 1;
@@ -974,10 +934,12 @@ int moe_chat_render(enum moe_chat_template t, const struct moe_chat_message *msg
     for (size_t i = 0; i < n && !rc; i++)
         rc = role_of(&msgs[i], i, &r[i]);
     c.r = r;
-    struct buf b = {0};
-    rc = rc ? rc : putn(&b, "", 0);
+    struct moe_sbuf b = {0};
+    moe_sbuf_put(&b, "", 0); /* an empty prompt is "", not NULL */
     rc = rc ? rc : c.f->render(&c, &b);
     free(r);
+    if (rc == 0 && b.oom)
+        rc = moe_err(-ENOMEM, "out of memory rendering the chat prompt");
     if (rc < 0) {
         free(b.p);
         return rc;

@@ -111,7 +111,6 @@ struct moe_tok_preset {
     const char *nfc[4];
 };
 
-const struct moe_tok_preset *moe_tok_presets(size_t *n);
 /* The preset for a GGUF's tokenizer.ggml.pre, or NULL. */
 const struct moe_tok_preset *moe_tok_preset_by_gguf(const char *name, size_t len);
 /* Sets up a GGUF vocabulary as the preset says for its tokenizer.ggml.pre

@@ -266,12 +266,6 @@ static const struct moe_tok_preset presets[] = {
     },
 };
 
-const struct moe_tok_preset *moe_tok_presets(size_t *n)
-{
-    *n = MOE_ARRAY_SIZE(presets);
-    return presets;
-}
-
 static bool listed(const char *const *names, size_t n_names, const char *name, size_t len);
 
 const struct moe_tok_preset *moe_tok_preset_by_gguf(const char *name, size_t len)

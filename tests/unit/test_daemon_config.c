@@ -354,6 +354,16 @@ static void test_value_forms(void **state)
     assert_int_equal(c.threads, 2);
     assert_int_equal(c.chat_template, MOE_CHAT_CHATML);
     moe_daemon_config_free(&c);
+    /* every chat format the engine has, by the engine's own name (the INI's
+     * table is written out by hand) */
+    for (int k = 0; k < MOE_CHAT_COUNT; k++) {
+        char text[128];
+        snprintf(text, sizeof(text), "[model]\nchat_template = %s\n",
+                 moe_chat_template_name((enum moe_chat_template)k));
+        parse_ok(text, &c);
+        assert_int_equal(c.chat_template, k);
+        moe_daemon_config_free(&c);
+    }
     /* boundaries are inclusive unless said otherwise */
     parse_ok("[sampling]\ntop_p = 1\nmin_p = 1\ntemperature = 0\npresence_penalty = -2\n", &c);
     moe_daemon_config_free(&c);

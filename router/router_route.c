@@ -8,29 +8,7 @@
 #include <stdbool.h>
 #include <string.h>
 
-
-/* the k largest of v[] among allowed ones (NULL = all), in decreasing
- * order, ties to the lower index */
-static int32_t top_k(const float *v, const bool *allowed, int32_t n, int32_t k, int32_t *idx)
-{
-    int32_t m = 0;
-    for (int32_t e = 0; e < n; e++) {
-        if (allowed && !allowed[e])
-            continue;
-        int32_t pos = m;
-        while (pos > 0 && v[idx[pos - 1]] < v[e])
-            pos--;
-        if (pos >= k)
-            continue;
-        int32_t last = m < k ? m : k - 1;
-        for (int32_t j = last; j > pos; j--)
-            idx[j] = idx[j - 1];
-        idx[pos] = e;
-        if (m < k)
-            m++;
-    }
-    return m;
-}
+#include "router/router_int.h"
 
 /* allowed[e]: e's group is one of the topk_group best, a group ranked by
  * its largest score (max2 false) or the sum of its two largest (true) */
@@ -53,7 +31,7 @@ static void group_mask(const float *choice, int32_t n, int32_t n_group, int32_t 
         gs[g] = max2 ? a + b : a;
     }
     int32_t sel[MOE_ROUTER_MAX_GROUPS];
-    int32_t m = top_k(gs, NULL, n_group, topk_group, sel);
+    int32_t m = moe_router_top_k(gs, NULL, n_group, topk_group, sel);
     memset(allowed, 0, (size_t)n * sizeof(bool));
     for (int32_t j = 0; j < m; j++)
         for (int32_t i = 0; i < per; i++)
@@ -136,7 +114,7 @@ int32_t moe_router_route(const struct moe_router_cfg *cfg, const float *logits,
                    cfg->kind == MOE_ROUTE_SIGMOID, allowed);
         mask = allowed;
     }
-    out->n = top_k(choice, mask, n_experts, k, idx);
+    out->n = moe_router_top_k(choice, mask, n_experts, k, idx);
     double sum = 0.0;
     if (cfg->kind == MOE_ROUTE_TOPK_SOFTMAX) { /* softmax over the k chosen logits */
         float v[MOE_ROUTER_MAX_K], p[MOE_ROUTER_MAX_K];
@@ -184,12 +162,6 @@ int32_t moe_router_route(const struct moe_router_cfg *cfg, const float *logits,
             for (int32_t j = 0; j < out->n; j++)
                 out->weight[j] = (float)((double)out->weight[j] * (sum / (sum - pruned)));
     }
-    if (st) {
-        st->tokens++;
-        st->kept += (uint64_t)out->n;
-        st->pruned += (uint64_t)dropped;
-        st->mass_topk += sum;
-        st->mass_pruned += pruned;
-    }
+    moe_router_stats_add(st, out->n, dropped, sum, pruned);
     return dropped;
 }

@@ -2,6 +2,42 @@
 
 #include <math.h>
 
+#include "router/router_int.h"
+
+int32_t moe_router_top_k(const float *v, const bool *allowed, int32_t n, int32_t k, int32_t *idx)
+{
+    /* insertion into a sorted list of k: expert counts are small */
+    int32_t m = 0;
+    for (int32_t e = 0; e < n; e++) {
+        if (allowed && !allowed[e])
+            continue;
+        int32_t pos = m;
+        while (pos > 0 && v[idx[pos - 1]] < v[e])
+            pos--;
+        if (pos >= k)
+            continue;
+        int32_t last = m < k ? m : k - 1;
+        for (int32_t j = last; j > pos; j--)
+            idx[j] = idx[j - 1];
+        idx[pos] = e;
+        if (m < k)
+            m++;
+    }
+    return m;
+}
+
+void moe_router_stats_add(struct moe_router_layer_stats *st, int32_t kept, int32_t dropped,
+                          double mass, double pruned)
+{
+    if (!st)
+        return;
+    st->tokens++;
+    st->kept += (uint64_t)kept;
+    st->pruned += (uint64_t)dropped;
+    st->mass_topk += mass;
+    st->mass_pruned += pruned;
+}
+
 void moe_router_topk(const float *logits, int32_t n_experts, int32_t k, bool renorm,
                      struct moe_route *out)
 {
@@ -25,22 +61,7 @@ int32_t moe_router_topk_prune(const float *logits, int32_t n_experts, int32_t k,
     for (int32_t e = 0; e < n_experts; e++)
         sum += exp((double)logits[e] - mx);
 
-    /* insertion into a sorted list of k: expert counts are small */
-    out->n = 0;
-    for (int32_t e = 0; e < n_experts; e++) {
-        float v = logits[e];
-        int32_t pos = out->n;
-        while (pos > 0 && logits[out->expert[pos - 1]] < v)
-            pos--;
-        if (pos >= k)
-            continue;
-        int32_t last = out->n < k ? out->n : k - 1;
-        for (int32_t j = last; j > pos; j--)
-            out->expert[j] = out->expert[j - 1];
-        out->expert[pos] = e;
-        if (out->n < k)
-            out->n++;
-    }
+    out->n = moe_router_top_k(logits, NULL, n_experts, k, out->expert);
     double p[MOE_ROUTER_MAX_K];
     double topk = 0.0;
     for (int32_t j = 0; j < out->n; j++) {
@@ -72,12 +93,6 @@ int32_t moe_router_topk_prune(const float *logits, int32_t n_experts, int32_t k,
         else if (!renorm && dropped && kept > 0.0)
             out->weight[j] = (float)((double)out->weight[j] * (topk / kept));
     }
-    if (st) {
-        st->tokens++;
-        st->kept += (uint64_t)out->n;
-        st->pruned += (uint64_t)dropped;
-        st->mass_topk += topk;
-        st->mass_pruned += pruned;
-    }
+    moe_router_stats_add(st, out->n, dropped, topk, pruned);
     return dropped;
 }

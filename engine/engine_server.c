@@ -702,7 +702,7 @@ static int kv_pool_create(struct moe_engine *e)
     }
     if (units < c->n_layers)
         return moe_err(-EINVAL, "[kv] pool too small: not one block per layer");
-    rc = moe_model_kv_pool_create(e->model, &p, e->lim.max_batch_tokens, units, &e->kv_pool);
+    rc = moe_kv_pool_create(&sh, &p, units, &e->kv_pool);
     if (rc == 0) {
         struct moe_kv_pool_stats st;
         moe_kv_pool_get_stats(e->kv_pool, &st);

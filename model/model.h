@@ -291,11 +291,10 @@ void moe_config_kv_shape(const struct moe_config *c, const int32_t *window, int3
                          struct moe_kv_shape *out);
 /* A private exact (fp32) cache of max_ctx tokens. */
 int moe_model_kv_create(const struct moe_model *m, int32_t max_ctx, struct moe_kv **out);
-/* A pool of n_units blocks for this model's caches (moe_kv_seq_create);
- * max_chunk: most tokens of one sequence per forward (0 = unbounded), what
- * a sliding-window layer's block count is bounded by. */
+/* A pool of n_units blocks for this model's caches (moe_kv_seq_create),
+ * forwards of any length (a server bounds them: moe_model_kv_shape). */
 int moe_model_kv_pool_create(const struct moe_model *m, const struct moe_kv_params *p,
-                             int32_t max_chunk, int64_t n_units, struct moe_kv_pool **out);
+                             int64_t n_units, struct moe_kv_pool **out);
 void moe_model_kv_free(struct moe_kv *kv);
 int moe_scratch_create(struct moe_scratch **out);
 void moe_scratch_free(struct moe_scratch *s);

@@ -175,10 +175,10 @@ int moe_model_kv_create(const struct moe_model *m, int32_t max_ctx, struct moe_k
 }
 
 int moe_model_kv_pool_create(const struct moe_model *m, const struct moe_kv_params *p,
-                             int32_t max_chunk, int64_t n_units, struct moe_kv_pool **out)
+                             int64_t n_units, struct moe_kv_pool **out)
 {
     struct moe_kv_shape sh;
-    moe_model_kv_shape(m, max_chunk, &sh);
+    moe_model_kv_shape(m, 0, &sh);
     return moe_kv_pool_create(&sh, p, n_units, out);
 }
 

@@ -115,7 +115,7 @@ static void test_shared_pool_batch_equals_alone(void **state)
     struct moe_kv_shape sh;
     moe_model_kv_shape(m, 0, &sh);
     int64_t units = 2 * moe_kv_units_for_params(&sh, &p, 150);
-    assert_int_equal(moe_model_kv_pool_create(m, &p, 0, units, &P), 0);
+    assert_int_equal(moe_model_kv_pool_create(m, &p, units, &P), 0);
     struct moe_kv *ka, *kb;
     assert_int_equal(moe_kv_seq_create(P, 256, &ka), 0);
     assert_int_equal(moe_kv_seq_create(P, 256, &kb), 0);

@@ -36,7 +36,8 @@ struct matmul_task {
     float *y;
     int n;
     int n_ranges;
-    int64_t chunk_rows;
+    int64_t ldx, xg; /* token stride; input offset of each row group */
+    int64_t rows_per_group, chunk_rows, chunks_per_group;
     struct chunk_range ranges[MAX_RANGES];
 };
 
@@ -55,11 +56,13 @@ static int64_t range_take(struct chunk_range *r, bool front)
     }
 }
 
+/* chunk c: its row group's rows, never past the group's end */
 static void run_chunk(const struct matmul_task *t, int64_t c)
 {
-    int64_t r0 = c * t->chunk_rows;
-    int64_t r1 = MOE_MIN(t->w->rows, r0 + t->chunk_rows);
-    t->fn(t->w, r0, r1, t->x, t->w->cols, t->n, t->y, t->w->rows);
+    int64_t g = c / t->chunks_per_group, k = c % t->chunks_per_group;
+    int64_t r0 = g * t->rows_per_group + k * t->chunk_rows;
+    int64_t r1 = MOE_MIN((g + 1) * t->rows_per_group, r0 + t->chunk_rows);
+    t->fn(t->w, r0, r1, t->x + g * t->xg, t->ldx, t->n, t->y, t->w->rows);
 }
 
 static void matmul_part(void *argp, int ith, int nth)
@@ -76,24 +79,30 @@ static void matmul_part(void *argp, int ith, int nth)
     }
 }
 
-void moe_matmul(struct moe_pool *pool, const struct moe_weight *w, const float *x, int n,
-                float *y)
+/* groups equal groups of rows, group g reading x + g * xg (one group: a
+ * plain matmul) */
+static void matmul_run(struct moe_pool *pool, const struct moe_weight *w, int groups,
+                       const float *x, int64_t ldx, int64_t xg, int n, float *y)
 {
-    if (n <= 0 || w->rows <= 0)
+    if (n <= 0 || w->rows <= 0 || groups <= 0)
         return;
     moe_gemm_fn fn = moe_gemm_kernel(w->dtype, moe_isa_best());
     if (!fn)
         fn = moe_gemm_kernel(w->dtype, MOE_ISA_REF);
     assert(fn && "moe_matmul: weight of unknown dtype");
+    assert(w->rows % groups == 0);
+    struct matmul_task t = {.fn = fn, .w = w, .x = x, .y = y, .n = n, .ldx = ldx, .xg = xg,
+                            .rows_per_group = w->rows / groups};
 
     int nth = moe_pool_threads(pool);
     int64_t macs = w->rows * w->cols * (int64_t)n;
     if (nth <= 1 || macs < SERIAL_MACS || w->rows < 2 * CHUNK_ROWS_MIN) {
-        fn(w, 0, w->rows, x, w->cols, n, y, w->rows);
+        for (int g = 0; g < groups; g++)
+            fn(w, g * t.rows_per_group, (g + 1) * t.rows_per_group, x + g * xg, ldx, n, y,
+               w->rows);
         return;
     }
 
-    struct matmul_task t = {.fn = fn, .w = w, .x = x, .y = y, .n = n};
     int64_t rows_per_thread = (w->rows + nth - 1) / nth;
     size_t chunk_bytes = n == 1 ? CHUNK_BYTES_GEMV : CHUNK_BYTES_GEMM;
     /* compressed rows (QMoE) cost compute, not bytes: size their chunks by
@@ -101,8 +110,10 @@ void moe_matmul(struct moe_pool *pool, const struct moe_weight *w, const float *
     size_t row_cost = w->nbytes ? (size_t)w->cols * 2 : w->row_bytes;
     int64_t chunk_rows = (int64_t)(chunk_bytes / MOE_MAX(row_cost, (size_t)1));
     chunk_rows = MOE_MIN(chunk_rows, rows_per_thread);
-    t.chunk_rows = MOE_ALIGN_UP(MOE_MAX(chunk_rows, (int64_t)CHUNK_ROWS_MIN), CHUNK_ROWS_MIN);
-    int64_t n_chunks = (w->rows + t.chunk_rows - 1) / t.chunk_rows;
+    chunk_rows = MOE_ALIGN_UP(MOE_MAX(chunk_rows, (int64_t)CHUNK_ROWS_MIN), CHUNK_ROWS_MIN);
+    t.chunk_rows = MOE_MIN(chunk_rows, t.rows_per_group);
+    t.chunks_per_group = (t.rows_per_group + t.chunk_rows - 1) / t.chunk_rows;
+    int64_t n_chunks = t.chunks_per_group * groups;
     assert(n_chunks < ((int64_t)1 << 31));
     t.n_ranges = (int)MOE_MIN((int64_t)MOE_MIN(nth, MAX_RANGES), n_chunks);
     for (int i = 0; i < t.n_ranges; i++) {
@@ -113,51 +124,14 @@ void moe_matmul(struct moe_pool *pool, const struct moe_weight *w, const float *
     moe_pool_run(pool, matmul_part, &t);
 }
 
-/* ---- one weight per group of rows (MLA's per-head absorbed matrices) ------------ */
-
-struct grouped_task {
-    moe_gemm_fn fn;
-    const struct moe_weight *w;
-    const float *x;
-    float *y;
-    int64_t ldx, xg, rows_per_group, chunk_rows, chunks_per_group, n_items;
-    int n;
-    _Alignas(64) int64_t next; /* the next (group, chunk) item to take */
-};
-
-static void grouped_part(void *argp, int ith, int nth)
+void moe_matmul(struct moe_pool *pool, const struct moe_weight *w, const float *x, int n,
+                float *y)
 {
-    struct grouped_task *t = argp;
-    int64_t i;
-    while ((i = __atomic_fetch_add(&t->next, 1, __ATOMIC_RELAXED)) < t->n_items) {
-        int64_t g = i / t->chunks_per_group, c = i % t->chunks_per_group;
-        int64_t r0 = g * t->rows_per_group + c * t->chunk_rows;
-        int64_t r1 = MOE_MIN((g + 1) * t->rows_per_group, r0 + t->chunk_rows);
-        t->fn(t->w, r0, r1, t->x + g * t->xg, t->ldx, t->n, t->y, t->w->rows);
-    }
+    matmul_run(pool, w, 1, x, w->cols, 0, n, y);
 }
 
 void moe_matmul_grouped(struct moe_pool *pool, const struct moe_weight *w, int groups,
                         const float *x, int64_t ldx, int64_t xg, int n, float *y)
 {
-    if (n <= 0 || w->rows <= 0 || groups <= 0)
-        return;
-    moe_gemm_fn fn = moe_gemm_kernel(w->dtype, moe_isa_best());
-    if (!fn)
-        fn = moe_gemm_kernel(w->dtype, MOE_ISA_REF);
-    assert(fn && "moe_matmul_grouped: weight of unknown dtype");
-    assert(w->rows % groups == 0);
-    struct grouped_task t = {.fn = fn, .w = w, .x = x, .y = y, .ldx = ldx, .xg = xg, .n = n};
-    t.rows_per_group = w->rows / groups;
-    size_t chunk_bytes = n == 1 ? CHUNK_BYTES_GEMV : CHUNK_BYTES_GEMM;
-    t.chunk_rows = MOE_MAX((int64_t)(chunk_bytes / MOE_MAX(w->row_bytes, (size_t)1)),
-                           (int64_t)CHUNK_ROWS_MIN);
-    t.chunk_rows = MOE_MIN(t.chunk_rows, t.rows_per_group);
-    t.chunks_per_group = (t.rows_per_group + t.chunk_rows - 1) / t.chunk_rows;
-    t.n_items = t.chunks_per_group * groups;
-    if (moe_pool_threads(pool) <= 1 || w->rows * w->cols * (int64_t)n < SERIAL_MACS) {
-        grouped_part(&t, 0, 1);
-        return;
-    }
-    moe_pool_run(pool, grouped_part, &t);
+    matmul_run(pool, w, groups, x, ldx, xg, n, y);
 }

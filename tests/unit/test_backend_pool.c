@@ -184,6 +184,59 @@ static void test_matmul_vs_ref(void **state)
     matmul_case(NULL, MOE_DTYPE_F16, 77, 99, 3); /* no pool: the caller alone */
 }
 
+/* moe_matmul_grouped: each group of rows on its own slice of the input,
+ * against the reference kernel group by group; groups whose rows are no
+ * multiple of the chunk size, so a chunk must stop at its group's end */
+static void test_matmul_grouped(void **state)
+{
+    (void)state;
+    static const int64_t shapes[][3] = {{4, 40, 64}, {16, 24, 128}, {8, 128, 512}, {3, 7, 32}};
+    static const int ns[] = {1, 3, 17};
+    for (int th = 1; th <= 3; th++) {
+        struct moe_pool *pool;
+        assert_int_equal(moe_pool_create(th, &pool), 0);
+        for (size_t s = 0; s < MOE_ARRAY_SIZE(shapes); s++)
+            for (size_t ni = 0; ni < MOE_ARRAY_SIZE(ns); ni++) {
+                int64_t G = shapes[s][0], R = shapes[s][1], C = shapes[s][2];
+                int n = ns[ni];
+                int64_t rows = G * R, xg = C + 5, ldx = G * xg + 3;
+                float *wm = malloc(sizeof(float) * (size_t)(rows * C));
+                float *x = malloc(sizeof(float) * (size_t)(ldx * n));
+                float *y = malloc(sizeof(float) * (size_t)(rows * n));
+                float *yref = malloc(sizeof(float) * (size_t)(rows * n));
+                assert_true(wm && x && y && yref);
+                for (int64_t i = 0; i < rows * C; i++)
+                    wm[i] = rndf();
+                for (int64_t i = 0; i < ldx * n; i++)
+                    x[i] = rndf();
+                for (int64_t i = 0; i < rows * n; i++)
+                    y[i] = NAN;
+                struct moe_weight w = {.dtype = MOE_DTYPE_F32, .rows = rows, .cols = C,
+                                       .row_bytes = (size_t)C * 4, .data = wm};
+                for (int64_t g = 0; g < G; g++)
+                    moe_gemm_kernel(MOE_DTYPE_F32, MOE_ISA_REF)(&w, g * R, (g + 1) * R,
+                                                                x + g * xg, ldx, n, yref, rows);
+                moe_matmul_grouped(pool, &w, (int)G, x, ldx, xg, n, y);
+                for (int t = 0; t < n; t++) /* fast kernels sum in another order */
+                    for (int64_t r = 0; r < rows; r++) {
+                        double mag = 0;
+                        for (int64_t c = 0; c < C; c++)
+                            mag += fabs((double)wm[r * C + c] * x[t * ldx + r / R * xg + c]);
+                        float a = yref[t * rows + r], b = y[t * rows + r];
+                        if (!(fabs((double)a - b) <= 1e-5 * mag + 1e-30))
+                            fail_msg("grouped %lldx%lldx%lld n=%d threads=%d t=%d r=%lld: "
+                                     "%.9g vs ref %.9g", (long long)G, (long long)R,
+                                     (long long)C, n, th, t, (long long)r, (double)b, (double)a);
+                    }
+                free(wm);
+                free(x);
+                free(y);
+                free(yref);
+            }
+        moe_pool_free(pool);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -193,6 +246,7 @@ int main(void)
         cmocka_unit_test(test_pool_wakes_sleepers),
         cmocka_unit_test(test_pool_create_free_repeatedly),
         cmocka_unit_test(test_matmul_vs_ref),
+        cmocka_unit_test(test_matmul_grouped),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

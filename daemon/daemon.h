@@ -56,6 +56,10 @@ struct moe_daemon_config {
     struct moe_daemon_group socket_group;
     struct moe_daemon_ids allow_uids;
     struct moe_daemon_ids allow_gids;
+    char *listen;           /* "unix:PATH, tcp:HOST:PORT"; "" = unix:socket */
+    char *api_key;          /* required on TCP; "" = none */
+    int max_connections_per_peer;
+    double header_timeout, body_timeout, write_timeout; /* seconds */
     int threads;
     int http_threads;
     int log_level;          /* enum moe_log_level */
@@ -225,11 +229,11 @@ int moe_daemon_config_reload(struct moe_daemon_config *cur, const char *path,
 int moe_daemon_notify(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* RELOADING=1 with MONOTONIC_USEC= now, as systemd's Type=notify-reload wants. */
 int moe_daemon_notify_reloading(void);
-/* Socket activation: *fd = the one AF_UNIX listening stream socket passed by
- * systemd, or -1 when none was passed. Anything else (several fds, not a
- * listening AF_UNIX stream socket) is -EINVAL with a message. LISTEN_* are
- * removed from the environment. */
-int moe_daemon_listen_fd(int *fd);
+/* Socket activation: fds[0..*n) = the listening stream sockets (AF_UNIX or
+ * TCP) systemd passed, *n = 0 when none. More than cap, or one that is not a
+ * listening stream socket, is -EINVAL with a message (all passed fds closed).
+ * LISTEN_* are removed from the environment. */
+int moe_daemon_listen_fds(int *fds, size_t cap, size_t *n);
 /* WATCHDOG_USEC when the watchdog is on for this process, else 0. */
 uint64_t moe_daemon_watchdog_usec(void);
 uint64_t moe_daemon_monotonic_usec(void);

@@ -71,6 +71,11 @@ void moe_daemon_ipc_limits(const struct moe_daemon_config *c, struct moe_ipc_lim
     for (size_t i = 0; i < c->allow_gids.n; i++)
         l->allow_gids[i] = (gid_t)c->allow_gids.ids[i];
     l->n_allow_gids = c->allow_gids.n;
+    l->max_conns_per_peer = (uint32_t)c->max_connections_per_peer;
+    l->header_timeout_s = c->header_timeout;
+    l->body_timeout_s = c->body_timeout;
+    l->write_timeout_s = c->write_timeout;
+    snprintf(l->api_key, sizeof(l->api_key), "%s", c->api_key ? c->api_key : "");
 }
 
 void moe_daemon_engine_limits(const struct moe_daemon_config *c, int32_t model_ctx,

@@ -511,30 +511,28 @@ static int setup_fds(struct moed *d)
 static int start_ipc(struct moed *d)
 {
     struct moe_ipc_config ic;
-    int listen_fd, rc;
+    int rc;
 
-    rc = moe_daemon_listen_fd(&listen_fd);
+    memset(&ic, 0, sizeof(ic));
+    rc = moe_daemon_listen_fds(ic.listen_fds, MOE_IPC_MAX_LISTEN, &ic.n_listen_fds);
     if (rc)
         return rc;
-    memset(&ic, 0, sizeof(ic));
     ic.socket_path = d->cfg.socket;
-    ic.listen_fd = listen_fd;
+    ic.listen = d->cfg.listen;
     ic.socket_mode = (mode_t)d->cfg.socket_mode;
     ic.socket_gid = d->cfg.socket_group.gid;
     ic.model_name = d->model_name;
     ic.threads = d->cfg.http_threads;
     moe_daemon_ipc_limits(&d->cfg, &ic.limits);
-    if (listen_fd >= 0)
-        moe_log(MOE_LOG_INFO, "socket activation: serving on the socket systemd passed (its "
-                              "mode and group come from moed.socket; [daemon] socket, "
-                              "socket_mode and socket_group are not used)");
+    if (ic.n_listen_fds)
+        moe_log(MOE_LOG_INFO, "socket activation: serving on the %zu socket(s) systemd passed "
+                              "(modes and groups come from moed.socket; [daemon] listen, socket, "
+                              "socket_mode and socket_group are not used)", ic.n_listen_fds);
     moe_err_clear();
     rc = moe_ipc_start(&ic, &d->ipc);
     if (rc)
         return rc;
     moe_ipc_set_reload_hook(d->ipc, reload_hook, d);
-    if (listen_fd < 0)
-        moe_log(MOE_LOG_INFO, "listening on %s (mode %04o)", d->cfg.socket, d->cfg.socket_mode);
     return 0;
 }
 

@@ -42,29 +42,31 @@ int moe_daemon_notify_reloading(void)
                              (unsigned long long)moe_daemon_monotonic_usec());
 }
 
-int moe_daemon_listen_fd(int *fd)
+int moe_daemon_listen_fds(int *fds, size_t cap, size_t *n_out)
 {
-    *fd = -1;
+    *n_out = 0;
     int n = sd_listen_fds(1);
     if (n < 0)
         return moe_err(n, "socket activation: %s", strerror(-n));
-    if (n == 0)
-        return 0;
-    if (n > 1) {
-        /* not ours to keep: close them so nothing leaks into workers */
-        for (int i = 0; i < n; i++)
-            close(SD_LISTEN_FDS_START + i);
-        return moe_err(-EINVAL, "socket activation passed %d sockets; moed takes exactly one "
-                                "(one ListenStream= in moed.socket)", n);
+    for (int i = 0; i < n; i++) {
+        int fd = SD_LISTEN_FDS_START + i;
+        const char *why = NULL;
+        if ((size_t)n > cap)
+            why = "too many";
+        else if (sd_is_socket(fd, AF_UNSPEC, SOCK_STREAM, 1) <= 0)
+            why = "not a listening stream socket";
+        else if (sd_is_socket(fd, AF_UNIX, 0, -1) <= 0 && sd_is_socket_inet(fd, 0, 0, -1, 0) <= 0)
+            why = "neither AF_UNIX nor TCP";
+        if (why) {
+            /* not ours to keep: close them so nothing leaks into workers */
+            for (int k = 0; k < n; k++)
+                close(SD_LISTEN_FDS_START + k);
+            return moe_err(-EINVAL, "socket activation passed %d sockets; fd %d: %s (moed takes "
+                           "up to %zu ListenStream= paths or TCP ports)", n, fd, why, cap);
+        }
+        fds[i] = fd;
     }
-    int r = sd_is_socket_unix(SD_LISTEN_FDS_START, SOCK_STREAM, 1, NULL, 0);
-    if (r <= 0) {
-        close(SD_LISTEN_FDS_START);
-        return moe_err(-EINVAL, "socket activation: fd %d is not a listening AF_UNIX stream "
-                                "socket (ListenStream= must be a path)",
-                       SD_LISTEN_FDS_START);
-    }
-    *fd = SD_LISTEN_FDS_START;
+    *n_out = (size_t)n;
     return 0;
 }
 

@@ -30,12 +30,23 @@ struct moe_ipc_limits {
     size_t n_allow_uids;               /* empty = anyone who can open the socket */
     gid_t allow_gids[MOE_IPC_MAX_IDS];
     size_t n_allow_gids;
+    /* Connections (checked at accept, before a byte is read) */
+    uint32_t max_conns_per_peer; /* open connections per uid (Unix) / address (TCP); 0 = none */
+    double header_timeout_s;     /* the whole header block, from accept or the previous reply */
+    double body_timeout_s;       /* the whole body, once the headers are in */
+    double write_timeout_s;      /* a reply the client does not read for this long is cut */
+    char api_key[256];           /* TCP requests need "Authorization: Bearer KEY"; "" = none */
 };
 
+#define MOE_IPC_MAX_LISTEN 8
+
 struct moe_ipc_config {
-    const char *socket_path; /* bound here unless listen_fd >= 0 */
-    int listen_fd;           /* socket activation: an already listening AF_UNIX fd, else -1 */
-    mode_t socket_mode;      /* e.g. 0660, applied to socket_path */
+    const char *socket_path; /* the Unix socket when `listen` is empty */
+    /* "unix:PATH, tcp:HOST:PORT, ...": what ipc binds; NULL or "" = unix:socket_path */
+    const char *listen;
+    int listen_fds[MOE_IPC_MAX_LISTEN]; /* socket activation: listening Unix / TCP sockets */
+    size_t n_listen_fds;                /* > 0: serve these, bind nothing */
+    mode_t socket_mode;      /* e.g. 0660, applied to Unix sockets ipc binds */
     gid_t socket_gid;        /* (gid_t)-1: leave the group */
     const char *model_name;  /* the id /v1/models lists */
     int threads;             /* unused: one thread per connection (streams block) */

@@ -1175,8 +1175,6 @@ static int check_listen_fd(int fd)
     socklen_t tn = sizeof(type), an = sizeof(acc);
     if (getsockname(fd, (struct sockaddr *)&ss, &n) < 0)
         return moe_err(-errno, "ipc: listen fd %d: %s", fd, strerror(errno));
-    if (ss.ss_family != AF_UNIX)
-        return moe_err(-EINVAL, "ipc: listen fd %d is not an AF_UNIX socket", fd);
     if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tn) < 0 || type != SOCK_STREAM)
         return moe_err(-EINVAL, "ipc: listen fd %d is not a stream socket", fd);
     if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &an) == 0 && !acc && listen(fd, 128) < 0)
@@ -1217,18 +1215,18 @@ int moe_ipc_start(const struct moe_ipc_config *cfg, struct moe_ipc **out)
     ipc->started = moe_now_s();
     ipc->started_unix = (int64_t)time(NULL);
     ipc->model_name = strdup(cfg->model_name && cfg->model_name[0] ? cfg->model_name : "default");
-    ipc->socket_path = cfg->listen_fd < 0 && cfg->socket_path ? strdup(cfg->socket_path) : NULL;
-    if (!ipc->model_name || (cfg->listen_fd < 0 && cfg->socket_path && !ipc->socket_path)) {
+    ipc->socket_path = cfg->n_listen_fds == 0 && cfg->socket_path ? strdup(cfg->socket_path) : NULL;
+    if (!ipc->model_name || (cfg->n_listen_fds == 0 && cfg->socket_path && !ipc->socket_path)) {
         rc = moe_err(-ENOMEM, "ipc: out of memory");
         goto fail;
     }
     if ((rc = metrics_register(ipc)))
         goto fail;
 
-    if (cfg->listen_fd >= 0) {
-        if ((rc = check_listen_fd(cfg->listen_fd)))
+    if (cfg->n_listen_fds > 0) {
+        if ((rc = check_listen_fd(cfg->listen_fds[0])))
             goto fail;
-        fd = cfg->listen_fd;
+        fd = cfg->listen_fds[0];
     } else if ((rc = bind_socket(ipc, cfg, &fd))) {
         goto fail;
     }
@@ -1246,8 +1244,8 @@ int moe_ipc_start(const struct moe_ipc_config *cfg, struct moe_ipc **out)
         on_connection, ipc, MHD_OPTION_STRICT_FOR_CLIENT, 0, MHD_OPTION_END);
     if (!ipc->mhd) {
         rc = moe_err(-EIO, "ipc: cannot start the HTTP server on %s",
-                     cfg->listen_fd >= 0 ? "the inherited socket" : cfg->socket_path);
-        if (cfg->listen_fd < 0)
+                     cfg->n_listen_fds > 0 ? "the inherited socket" : cfg->socket_path);
+        if (cfg->n_listen_fds == 0)
             close(fd);
         goto fail;
     }

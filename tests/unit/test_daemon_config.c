@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdbool.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -170,6 +171,12 @@ static const struct key_case key_cases[] = {
     {"daemon", "socket_group", "0", "0"},
     {"daemon", "allow_uids", "0, 1000,1001 4242", "0, 1000,1001 4242"},
     {"daemon", "allow_gids", "root 5", "root 5"},
+    {"daemon", "listen", "unix:/tmp/x.sock, tcp:127.0.0.1:8080", "unix:/tmp/x.sock, tcp:127.0.0.1:8080"},
+    {"daemon", "api_key", "sk-local-123", "sk-local-123"},
+    {"daemon", "max_connections_per_peer", "8", "8"},
+    {"daemon", "header_timeout", "2.5", "2.5"},
+    {"daemon", "body_timeout", "5", "5"},
+    {"daemon", "write_timeout", "7", "7"},
     {"daemon", "threads", "12", "12"},
     {"daemon", "http_threads", "8", "8"},
     {"daemon", "log_level", "debug", "debug"},
@@ -1041,44 +1048,62 @@ static void activate(int fd, int n)
 static void test_listen_fd(void **state)
 {
     (void)state;
-    int fd = 123;
-    if (fcntl(3, F_GETFD) >= 0)
-        skip(); /* fd 3 is taken in this process: activation would clobber it */
+    int fds[2] = {123, 123};
+    size_t n = 7;
+    if (fcntl(3, F_GETFD) >= 0 || fcntl(4, F_GETFD) >= 0)
+        skip(); /* fds 3, 4 are taken in this process: activation would clobber them */
     unsetenv("LISTEN_PID");
     unsetenv("LISTEN_FDS");
-    assert_int_equal(moe_daemon_listen_fd(&fd), 0);
-    assert_int_equal(fd, -1);
+    assert_int_equal(moe_daemon_listen_fds(fds, 2, &n), 0);
+    assert_int_equal(n, 0);
 
     char path[300];
     snprintf(path, sizeof(path), "%s/l.sock", moe_test_tmpdir());
     int s = unix_socket(SOCK_STREAM, path, true);
     activate(s, 1);
-    assert_int_equal(moe_daemon_listen_fd(&fd), 0);
-    assert_int_equal(fd, 3);
+    assert_int_equal(moe_daemon_listen_fds(fds, 2, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(fds[0], 3);
     assert_null(getenv("LISTEN_FDS")); /* not passed on to children */
     close(3);
+    close(s);
+
+    /* a Unix socket and a TCP one: both taken */
+    s = unix_socket(SOCK_STREAM, path, true);
+    int t = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(bind(t, (struct sockaddr *)&sin, sizeof(sin)), 0);
+    assert_int_equal(listen(t, 4), 0);
+    assert_true(dup2(t, 4) == 4);
+    activate(s, 2);
+    assert_int_equal(moe_daemon_listen_fds(fds, 2, &n), 0);
+    assert_int_equal(n, 2);
+    assert_int_equal(fds[1], 4);
+    close(3);
+    close(4);
+    close(t);
     close(s);
 
     /* not listening */
     s = unix_socket(SOCK_STREAM, path, false);
     activate(s, 1);
-    assert_int_equal(moe_daemon_listen_fd(&fd), -EINVAL);
-    assert_non_null(strstr(moe_err_msg(), "not a listening AF_UNIX stream socket"));
-    assert_int_equal(fd, -1);
+    assert_int_equal(moe_daemon_listen_fds(fds, 2, &n), -EINVAL);
+    assert_non_null(strstr(moe_err_msg(), "not a listening stream socket"));
+    assert_int_equal(n, 0);
     close(s);
 
     /* a datagram socket */
     s = unix_socket(SOCK_DGRAM, path, false);
     activate(s, 1);
-    assert_int_equal(moe_daemon_listen_fd(&fd), -EINVAL);
+    assert_int_equal(moe_daemon_listen_fds(fds, 2, &n), -EINVAL);
     close(s);
 
     /* for another process: ignored */
     s = unix_socket(SOCK_STREAM, path, true);
     activate(s, 1);
     setenv("LISTEN_PID", "1", 1);
-    assert_int_equal(moe_daemon_listen_fd(&fd), 0);
-    assert_int_equal(fd, -1);
+    assert_int_equal(moe_daemon_listen_fds(fds, 2, &n), 0);
+    assert_int_equal(n, 0);
     close(3);
     close(s);
     unlink(path);

@@ -528,7 +528,8 @@ static struct moe_ipc *start_at(const char *path, int listen_fd, mode_t mode, in
 {
     struct moe_ipc_config cfg = {
         .socket_path = path,
-        .listen_fd = listen_fd,
+        .listen_fds = {listen_fd},
+        .n_listen_fds = listen_fd >= 0,
         .socket_mode = mode,
         .socket_gid = (gid_t)-1,
         .model_name = "tiny-test",
@@ -939,11 +940,11 @@ static void test_socket_activation(void **state)
     assert_int_equal(lstat(path, &st), 0); /* not ours to remove */
     unlink(path);
 
-    /* a socket that is not AF_UNIX is refused */
-    int rc, tcp = socket(AF_INET, SOCK_STREAM, 0);
-    assert_null(start_at(NULL, tcp, 0660, &rc));
+    /* a datagram socket is refused */
+    int rc, udp = socket(AF_INET, SOCK_DGRAM, 0);
+    assert_null(start_at(NULL, udp, 0660, &rc));
     assert_int_equal(rc, -EINVAL);
-    close(tcp);
+    close(udp);
 }
 
 /* ---- with the scripted engine -------------------------------------------- */

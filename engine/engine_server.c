@@ -188,6 +188,8 @@ struct moe_engine {
     struct moe_job *queue_head, *queue_tail;
     int32_t queue_len;
     bool draining, stopping;
+    _Atomic double beat;    /* moe_now_s() of the thread's last sign of life */
+    double test_stall_s;    /* MOED_TEST_ENGINE_STALL: sleep once, in the first busy step */
     struct seq *seqs;       /* [max_seqs]; job == NULL: free slot */
     struct moe_kv_pool *kv_pool; /* every sequence's blocks */
     struct moe_kv **free_kv; /* caches of finished sequences (empty), reused */
@@ -475,9 +477,14 @@ static bool admit(struct moe_engine *e)
             }
         }
         kv_stats_locked(e);
+        atomic_store(&e->beat, moe_now_s());
         if (any_running(e) || e->stopping)
             break;
-        pthread_cond_wait(&e->cv, &e->mu); /* idle: nothing to run */
+        /* idle: nothing to run; wake to beat */
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += (time_t)MOE_ENGINE_BEAT_S;
+        pthread_cond_timedwait(&e->cv, &e->mu, &until);
     }
     pthread_mutex_unlock(&e->mu);
     return true;
@@ -631,9 +638,24 @@ static void step(struct moe_engine *e)
 static void *engine_main(void *arg)
 {
     struct moe_engine *e = arg;
-    while (admit(e))
+    while (admit(e)) {
+        if (e->test_stall_s > 0) { /* the test hook: a step that hangs */
+            moe_log(MOE_LOG_WARN, "engine: MOED_TEST_ENGINE_STALL: stalling %.1f s",
+                    e->test_stall_s);
+            struct timespec ts = {(time_t)e->test_stall_s,
+                                  (long)((e->test_stall_s - (time_t)e->test_stall_s) * 1e9)};
+            e->test_stall_s = 0;
+            nanosleep(&ts, NULL);
+        }
         step(e);
+        atomic_store(&e->beat, moe_now_s());
+    }
     return NULL;
+}
+
+double moe_engine_heartbeat_age(struct moe_engine *e)
+{
+    return moe_now_s() - atomic_load(&e->beat);
 }
 
 /* ---- public ------------------------------------------------------------------- */
@@ -774,6 +796,9 @@ int moe_engine_create(const struct moe_model *model, struct moe_pool *pool,
     tier_metrics_register(e);
     tier_metrics(e); /* the gauges from the start */
     kv_stats_locked(e); /* no other thread yet */
+    atomic_store(&e->beat, moe_now_s());
+    const char *stall = getenv("MOED_TEST_ENGINE_STALL");
+    e->test_stall_s = stall ? atof(stall) : 0;
     if (pthread_create(&e->thread, NULL, engine_main, e) != 0) {
         rc = moe_err(-EAGAIN, "cannot start the engine thread");
         goto fail;

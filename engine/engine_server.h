@@ -138,5 +138,12 @@ struct moe_engine_stats {
     uint64_t kv_waits; /* admissions deferred because the pool was full */
 };
 void moe_engine_get_stats(struct moe_engine *e, struct moe_engine_stats *st);
+/* Seconds since the engine thread last showed life: it beats at every step
+ * and at least every MOE_ENGINE_BEAT_S while idle, so an age well past that
+ * means a step is stuck (the daemon's watchdog stops petting systemd).
+ * MOED_TEST_ENGINE_STALL=SECONDS (a test hook) makes the thread sleep that
+ * long in its first step with work, as a hung kernel would. */
+#define MOE_ENGINE_BEAT_S 1.0
+double moe_engine_heartbeat_age(struct moe_engine *e);
 
 #endif

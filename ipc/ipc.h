@@ -54,6 +54,8 @@ struct moe_ipc_config {
 };
 
 int moe_ipc_start(const struct moe_ipc_config *cfg, struct moe_ipc **out);
+/* Checks a `[daemon] listen` value without binding: 0, or -errno with msg. */
+int moe_ipc_listen_check(const char *spec, const char *socket_path, char *msg, size_t cap);
 /* NULL while the model loads: /health answers 503, generation 503. */
 void moe_ipc_set_engine(struct moe_ipc *ipc, struct moe_engine *engine);
 void moe_ipc_set_limits(struct moe_ipc *ipc, const struct moe_ipc_limits *limits);

@@ -5,7 +5,10 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdatomic.h>
 #include <stdint.h>
+#include <sys/socket.h>
+#include <sys/types.h>
 
 #include <jansson.h>
 
@@ -122,5 +125,61 @@ struct moe_ipc_engine_ops {
 };
 /* Before any request arrives (tests). NULL restores the real engine. */
 void moe_ipc_set_engine_ops(struct moe_ipc *ipc, const struct moe_ipc_engine_ops *ops);
+
+/* ---- the request head (ipc_head.c) ---------------------------------------- */
+/* Checks a request head (request line and header fields, RFC 9112) in
+ * buf[0, len): 0 with *head_len when it is complete and sound, -EAGAIN when
+ * more bytes are needed, else the HTTP status to answer (400, 431, 501, 505)
+ * with e filled. */
+int moe_ipc_head_check(const char *buf, size_t len, size_t max_head, size_t *head_len,
+                       struct moe_ipc_error *e);
+
+/* ---- listening sockets (ipc_listen.c) ------------------------------------- */
+struct ipc_listener {
+    int fd;
+    bool tcp;
+    bool inherited;   /* socket activation: never closed or unlinked by us */
+    char *bound_path; /* a Unix socket we bound: unlinked when we stop */
+    dev_t dev;
+    ino_t ino;
+    char name[160];   /* for logs: "unix:/run/moed/moed.sock", "tcp:127.0.0.1:8080" */
+};
+int ipc_listeners_open(const struct moe_ipc_config *cfg, struct ipc_listener *ls, size_t *n);
+void ipc_listener_unlink(struct ipc_listener *l);
+void ipc_listener_close(struct ipc_listener *l);
+
+/* ---- the gate: accept, peers, heads, deadlines (ipc_gate.c) --------------- */
+struct ucred;
+struct ipc_gate;
+/* One accepted connection, from accept until MHD closes it. */
+struct ipc_conn {
+    int fd;
+    bool tcp;
+    uid_t uid;
+    char peer[48]; /* "uid 1000" / "tcp 10.0.0.7": what the per-peer limit counts */
+    double t_accept;
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+    _Atomic double deadline; /* moe_now_s() past which the gate cuts it; 0 = none */
+    const char *why;         /* what the deadline is for (a static string) */
+    bool handed, started, closed, cut; /* under the gate's lock */
+    struct ipc_conn *prev, *next;
+};
+typedef bool (*ipc_gate_handoff_fn)(void *arg, struct ipc_conn *c);
+int ipc_gate_start(struct ipc_gate **out, struct ipc_listener *ls, size_t n_ls,
+                   size_t max_handed, const struct moe_ipc_limits *lim,
+                   ipc_gate_handoff_fn handoff, void *arg);
+void ipc_gate_set_limits(struct ipc_gate *g, const struct moe_ipc_limits *lim);
+void ipc_gate_quiesce(struct ipc_gate *g); /* no new connections; listeners closed */
+void ipc_gate_stop(struct ipc_gate *g);    /* the thread ends; gated connections closed */
+void ipc_gate_free(struct ipc_gate *g);    /* after MHD stopped */
+struct ipc_conn *ipc_gate_started(struct ipc_gate *g, int fd);
+void ipc_gate_closed(struct ipc_gate *g, struct ipc_conn *c);
+void ipc_gate_counts(struct ipc_gate *g, size_t *gated, size_t *handed);
+/* The connection is cut `seconds` from now unless set again (0 = never). */
+void ipc_conn_deadline(struct ipc_conn *c, double seconds, const char *why);
+/* a warning, at most a few per 10 s: peers must not control the journal's volume */
+void ipc_gate_log(struct ipc_gate *g, const char *fmt, ...) MOE_PRINTF(2, 3);
+bool ipc_peer_allowed(const struct moe_ipc_limits *lim, int fd, struct ucred *cr);
 
 #endif

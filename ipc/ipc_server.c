@@ -40,6 +40,7 @@
 #define IPC_IDLE_TIMEOUT_S 60u      /* idle keep-alive / slow clients */
 #define IPC_CONN_MEMORY (64u << 10) /* per-connection header/IO pool */
 #define IPC_POLL_MS 50              /* wait slice: hang-up and stop checks */
+#define IPC_STOP_GRACE_S 3.0        /* at stop: for the last replies to go out */
 #define IPC_STREAM_BLOCK (16u << 10)
 #define IPC_COALESCE_BYTES (16u << 10) /* text gathered into one SSE chunk ... */
 #define IPC_COALESCE_EVENTS 8          /* ... from at most this many events */
@@ -66,20 +67,27 @@ enum route {
     R_N
 };
 
+/* Over TCP: API routes need the api_key when one is set; OPEN ones never
+ * (probes and scrapers, as vLLM's --api-key leaves them); ADMIN ones need a
+ * key, and are refused when none is set. Unix peers need none: SO_PEERCRED
+ * and the allow lists are their check. */
+enum access { ACCESS_API, ACCESS_OPEN, ACCESS_ADMIN };
+
 static const struct {
     const char *path;
     bool post; /* POST only; otherwise GET (and HEAD) */
     const char *label;
+    enum access access;
 } routes[R_N] = {
-    [R_COMPLETIONS] = {"/v1/completions", true, "/v1/completions"},
-    [R_CHAT] = {"/v1/chat/completions", true, "/v1/chat/completions"},
-    [R_MODELS] = {"/v1/models", false, "/v1/models"},
-    [R_MODEL] = {NULL, false, "/v1/models/{id}"},
-    [R_HEALTH] = {"/health", false, "/health"},
-    [R_METRICS] = {"/metrics", false, "/metrics"},
-    [R_STATS] = {"/admin/stats", false, "/admin/stats"},
-    [R_RELOAD] = {"/admin/reload", true, "/admin/reload"},
-    [R_OTHER] = {NULL, false, "other"},
+    [R_COMPLETIONS] = {"/v1/completions", true, "/v1/completions", ACCESS_API},
+    [R_CHAT] = {"/v1/chat/completions", true, "/v1/chat/completions", ACCESS_API},
+    [R_MODELS] = {"/v1/models", false, "/v1/models", ACCESS_API},
+    [R_MODEL] = {NULL, false, "/v1/models/{id}", ACCESS_API},
+    [R_HEALTH] = {"/health", false, "/health", ACCESS_OPEN},
+    [R_METRICS] = {"/metrics", false, "/metrics", ACCESS_OPEN},
+    [R_STATS] = {"/admin/stats", false, "/admin/stats", ACCESS_ADMIN},
+    [R_RELOAD] = {"/admin/reload", true, "/admin/reload", ACCESS_ADMIN},
+    [R_OTHER] = {NULL, false, "other", ACCESS_API},
 };
 
 static enum route route_of(const char *url)
@@ -93,7 +101,7 @@ static enum route route_of(const char *url)
 }
 
 /* statuses with a cached counter per route; others register on the spot */
-static const int known_status[] = {200, 400, 403, 404, 405, 413, 415, 429, 500, 501, 503};
+static const int known_status[] = {200, 400, 401, 403, 404, 405, 413, 415, 429, 500, 501, 503};
 #define N_KNOWN_STATUS (sizeof(known_status) / sizeof(known_status[0]))
 
 static const char *const finish_reasons[] = {"stop", "length", "cancelled", "timeout", "error",
@@ -104,11 +112,11 @@ static const char *const finish_reasons[] = {"stop", "length", "cancelled", "tim
 
 struct moe_ipc {
     struct MHD_Daemon *mhd;
-    int quiesced_fd;   /* the listening socket once MHD gave it back; closed at stop */
-    char *socket_path; /* for /admin/stats; NULL for an inherited socket */
-    char *bound_path;  /* set when we bound it: unlinked when we stop */
-    dev_t sock_dev;
-    ino_t sock_ino;
+    struct ipc_gate *gate; /* accepts, checks peers and heads, hands over to mhd */
+    struct ipc_listener ls[MOE_IPC_MAX_LISTEN];
+    size_t n_ls;
+    char *socket_path; /* for /admin/stats: the first Unix socket we bound, or NULL */
+    char *listen_names; /* the listeners, comma-separated */
     char *model_name;
     double started;       /* moe_now_s() */
     int64_t started_unix;
@@ -123,6 +131,7 @@ struct moe_ipc {
     struct moe_ipc_engine_ops ops;
     atomic_bool draining, stopping;
     atomic_int connections, streams;
+    atomic_int active; /* requests from their head to NOTIFY_COMPLETED */
     atomic_uint_fast64_t requests;
 
     /* metrics */
@@ -149,6 +158,7 @@ static const struct moe_ipc_engine_ops real_engine = {
 struct ipc_req {
     enum route route;
     int fd;
+    struct ipc_conn *conn; /* the gate's record: deadlines, TCP or not */
     double t0;
     struct moe_ipc_limits lim; /* a snapshot: a reload mid-request does not tear it */
     struct moe_ipc_buf body;
@@ -164,17 +174,20 @@ struct waiter {
     struct moe_job *job;
     int fd;
     double next_check; /* moe_now_s() of the next hang-up / stop check */
+    double give_up;    /* the server stops: the job was cancelled; its end is awaited until */
 };
 
 /* A streaming reply: owned by the MHD response, freed by its free callback. */
 struct ipc_stream {
     struct moe_ipc *ipc;
     struct moe_job *job;
+    struct ipc_conn *conn;
     struct waiter wait;
     struct moe_ipc_gen gen;
     struct moe_ipc_buf out;  /* formatted, not yet handed to MHD */
     struct moe_ipc_buf text; /* text gathered for the next chunk */
     double t0, t_first;
+    double write_timeout;
     bool finished; /* DONE or ERROR seen: nothing to cancel */
     bool ended;    /* [DONE] is in out */
 };
@@ -345,6 +358,8 @@ static bool reply(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_Connection 
     bool ok = MHD_queue_response(c, (unsigned)status, resp) == MHD_YES;
     MHD_destroy_response(resp);
     if (ok) {
+        ipc_conn_deadline(r->conn, r->lim.write_timeout_s,
+                          "the client read no reply within write_timeout");
         r->responded = true;
         count_request(ipc, r->route, status);
         moe_log(MOE_LOG_DEBUG, "ipc: %s -> %d (%.1f ms)", routes[r->route].label, status,
@@ -445,8 +460,16 @@ static int wait_event(struct waiter *w, struct moe_event *ev)
         double now = moe_now_s();
         if (now >= w->next_check) {
             w->next_check = now + IPC_POLL_MS / 1e3;
-            if (atomic_load(&w->ipc->stopping))
-                return -ESHUTDOWN;
+            if (atomic_load(&w->ipc->stopping)) {
+                /* the job is cancelled; its own end (finish_reason
+                 * "cancelled", usage) is worth a moment's wait */
+                if (w->give_up == 0) {
+                    w->give_up = now + IPC_STOP_GRACE_S / 2;
+                    w->ipc->ops.cancel(w->job);
+                } else if (now >= w->give_up) {
+                    return -ESHUTDOWN;
+                }
+            }
             if (peer_gone(w->fd))
                 return -EPIPE;
         }
@@ -522,13 +545,22 @@ static int stream_fill(struct ipc_stream *s)
 static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 {
     struct ipc_stream *s = cls;
+    ipc_conn_deadline(s->conn, 0, NULL); /* MHD wrote what it had: the client reads */
     while (s->out.off == s->out.len) {
         if (s->ended)
             return MHD_CONTENT_READER_END_OF_STREAM;
         moe_ipc_buf_reset(&s->out);
         int rc = stream_fill(s);
-        if (rc) {
-            if (rc != -EPIPE && rc != -ESHUTDOWN)
+        if (rc == -ESHUTDOWN) {
+            /* the server stops and the job's end did not come: close the
+             * stream properly anyway */
+            s->finished = true;
+            count_finish(s->ipc, "cancelled");
+            if (moe_ipc_sse_finish(&s->out, &s->gen, "cancelled", 0, 0))
+                return MHD_CONTENT_READER_END_WITH_ERROR;
+            s->ended = true;
+        } else if (rc) {
+            if (rc != -EPIPE)
                 moe_log(MOE_LOG_WARN, "ipc: stream %s: %s", s->gen.id, strerror(-rc));
             return MHD_CONTENT_READER_END_WITH_ERROR; /* closes; free callback cancels */
         }
@@ -536,6 +568,8 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
     size_t n = MOE_MIN(max, s->out.len - s->out.off);
     memcpy(buf, s->out.data + s->out.off, n);
     s->out.off += n;
+    ipc_conn_deadline(s->conn, s->write_timeout,
+                      "the client read nothing of its stream within write_timeout");
     return (ssize_t)n;
 }
 
@@ -571,6 +605,8 @@ static bool start_stream(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_Conn
     s->gen = *gen;
     s->wait = (struct waiter){.ipc = ipc, .job = job, .fd = r->fd};
     s->t0 = r->t0;
+    s->conn = r->conn;
+    s->write_timeout = r->lim.write_timeout_s;
     atomic_fetch_add(&ipc->streams, 1);
 
     /* The status line waits for the first event, so that a request the
@@ -631,10 +667,20 @@ static bool finish_blocking(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_C
 
     for (;;) {
         int rc = wait_event(&w, &ev);
+        if (rc == -ESHUTDOWN) {
+            /* the server stops and the job's end did not come: answer with
+             * what there is, as the job's own end would have */
+            size_t n;
+            count_finish(ipc, "cancelled");
+            char *body = moe_ipc_completion_json(gen, text.data ? text.data : "", text.len,
+                                                 "cancelled", 0, 0, &n);
+            ok = body && reply(ipc, r, c, 200, CT_JSON, body, n, NULL);
+            goto out;
+        }
         if (rc) {
             ipc->ops.cancel(job);
             count_finish(ipc, "cancelled");
-            if (rc == -EPIPE || rc == -ESHUTDOWN)
+            if (rc == -EPIPE)
                 goto out; /* nobody to answer: MHD closes the connection */
             moe_ipc_error_set(&e, 500, "server_error", "engine_error", NULL,
                               "waiting for the engine failed: %s", strerror(-rc));
@@ -809,12 +855,15 @@ static bool handle_stats(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_Conn
                                      (json_int_t)st.requests_cancelled, "requests_failed",
                                      (json_int_t)st.requests_failed)
                          : json_null();
+    size_t gated = 0, handed = 0;
+    ipc_gate_counts(ipc->gate, &gated, &handed);
     json_t *server = json_pack(
-        "{s:s, s:o, s:s?, s:f, s:i, s:i, s:I, s:i}", "state", state, "model",
+        "{s:s, s:o, s:s?, s:s, s:f, s:i, s:I, s:i, s:I, s:i}", "state", state, "model",
         moe_ipc_json_text(ipc->model_name, strlen(ipc->model_name)), "socket", ipc->socket_path,
-        "uptime_s", moe_now_s() - ipc->started, "connections",
-        (int)atomic_load(&ipc->connections), "streams", (int)atomic_load(&ipc->streams),
-        "requests", (json_int_t)atomic_load(&ipc->requests), "pid", (int)getpid());
+        "listen", ipc->listen_names, "uptime_s", moe_now_s() - ipc->started, "connections",
+        (int)atomic_load(&ipc->connections), "connections_waiting", (json_int_t)gated,
+        "streams", (int)atomic_load(&ipc->streams), "requests",
+        (json_int_t)atomic_load(&ipc->requests), "pid", (int)getpid());
     json_t *limits = json_pack("{s:I, s:I, s:i, s:i, s:f, s:i, s:i}", "max_body_bytes",
                                (json_int_t)lim.max_body_bytes, "max_prompt_bytes",
                                (json_int_t)lim.max_prompt_bytes, "max_tokens_limit",
@@ -858,33 +907,60 @@ static bool handle_reload(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_Con
 
 /* ---- MHD callbacks ------------------------------------------------------- */
 
-static bool peer_allowed(const struct moe_ipc_limits *lim, int fd, struct ucred *cr)
+/* "Authorization: Bearer KEY", compared in constant time */
+static bool key_ok(struct MHD_Connection *c, const char *key)
 {
-    socklen_t n = sizeof(*cr);
-    memset(cr, 0, sizeof(*cr));
-    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, cr, &n) < 0)
-        return lim->n_allow_uids == 0 && lim->n_allow_gids == 0;
-    if (lim->n_allow_uids == 0 && lim->n_allow_gids == 0)
-        return true;
-    for (size_t i = 0; i < lim->n_allow_uids && i < MOE_IPC_MAX_IDS; i++)
-        if (lim->allow_uids[i] == cr->uid)
-            return true;
-    for (size_t i = 0; i < lim->n_allow_gids && i < MOE_IPC_MAX_IDS; i++)
-        if (lim->allow_gids[i] == cr->gid)
-            return true;
-#ifdef SO_PEERGROUPS
-    /* supplementary groups too: "allow group moed" should mean its members */
-    if (lim->n_allow_gids) {
-        gid_t groups[256];
-        n = sizeof(groups);
-        if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &n) == 0)
-            for (size_t g = 0; g < n / sizeof(gid_t); g++)
-                for (size_t i = 0; i < lim->n_allow_gids && i < MOE_IPC_MAX_IDS; i++)
-                    if (lim->allow_gids[i] == groups[g])
-                        return true;
+    const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    if (!h || strncasecmp(h, "Bearer ", 7) != 0)
+        return false;
+    h += 7;
+    while (*h == ' ')
+        h++;
+    size_t n = strlen(key), m = strlen(h);
+    unsigned char diff = n != m;
+    for (size_t i = 0; i < n; i++)
+        diff |= (unsigned char)key[i] ^ (unsigned char)(i < m ? h[i] : 0);
+    return diff == 0;
+}
+
+struct field_count {
+    const char *name;
+    int n;
+    const char *last;
+};
+
+static enum MHD_Result count_field(void *cls, enum MHD_ValueKind kind, const char *key,
+                                   const char *value)
+{
+    struct field_count *f = cls;
+    if (strcasecmp(key, f->name) == 0) {
+        f->n++;
+        f->last = value;
     }
-#endif
-    return false;
+    return MHD_YES;
+}
+
+/* RFC 9112 6.3 on a kept-alive connection (the gate checked the first
+ * request's head before MHD saw it): one Content-Length, and no transfer
+ * coding but chunked. 0, or the status to answer. */
+static int body_framing(struct MHD_Connection *c, const char **what)
+{
+    struct field_count cl = {"Content-Length", 0, NULL}, te = {"Transfer-Encoding", 0, NULL};
+    MHD_get_connection_values(c, MHD_HEADER_KIND, count_field, &cl);
+    MHD_get_connection_values(c, MHD_HEADER_KIND, count_field, &te);
+    if (te.n && (te.n > 1 || strcasecmp(te.last, "chunked") != 0)) {
+        *what = "Transfer-Encoding other than 'chunked' is not supported";
+        return 501;
+    }
+    if (cl.n > 1) {
+        *what = "Content-Length given more than once";
+        return 400;
+    }
+    if (cl.n && te.n) {
+        *what = "both Content-Length and Transfer-Encoding given";
+        return 400;
+    }
+    return 0;
 }
 
 /* Lenient: no type, JSON of any flavour, and what curl -d sends by default. */
@@ -924,9 +1000,10 @@ static enum MHD_Result on_headers(struct moe_ipc *ipc, struct ipc_req *r,
                   strcmp(method, MHD_HTTP_METHOD_HEAD) == 0;
     bool is_post = strcmp(method, MHD_HTTP_METHOD_POST) == 0;
 
-    if (!peer_allowed(&r->lim, r->fd, &cr)) {
-        moe_log(MOE_LOG_WARN, "ipc: refused peer pid %d uid %u gid %u", (int)cr.pid,
-                (unsigned)cr.uid, (unsigned)cr.gid);
+    bool tcp = r->conn && r->conn->tcp;
+    if (!tcp && !ipc_peer_allowed(&r->lim, r->fd, &cr)) {
+        ipc_gate_log(ipc->gate, "refused peer pid %d uid %u gid %u", (int)cr.pid,
+                     (unsigned)cr.uid, (unsigned)cr.gid);
         return fail_with(ipc, r, c, 403, "permission_error", "forbidden", NULL, NULL,
                          "uid %u / gid %u may not use this server", (unsigned)cr.uid,
                          (unsigned)cr.gid)
@@ -934,6 +1011,30 @@ static enum MHD_Result on_headers(struct moe_ipc *ipc, struct ipc_req *r,
                    : MHD_NO;
     }
     r->route = route_of(url);
+    if (tcp && routes[r->route].access != ACCESS_OPEN) {
+        static const char *const www[] = {MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer", NULL};
+        if (routes[r->route].access == ACCESS_ADMIN && !r->lim.api_key[0])
+            return fail_with(ipc, r, c, 403, "permission_error", "forbidden", NULL, NULL,
+                             "%s is not served over TCP unless [daemon] api_key is set",
+                             routes[r->route].label)
+                       ? MHD_YES
+                       : MHD_NO;
+        if (r->lim.api_key[0] && !key_ok(c, r->lim.api_key)) {
+            ipc_gate_log(ipc->gate, "401 to %s: missing or wrong API key", r->conn->peer);
+            return fail_with(ipc, r, c, 401, "invalid_request_error", "invalid_api_key", NULL,
+                             www, "a valid API key is required (Authorization: Bearer KEY)")
+                       ? MHD_YES
+                       : MHD_NO;
+        }
+    }
+    const char *framing_why = NULL;
+    int framing = body_framing(c, &framing_why);
+    if (framing)
+        return fail_with(ipc, r, c, framing, framing >= 500 ? "server_error" :
+                         "invalid_request_error", framing >= 500 ? "not_implemented" :
+                         "bad_request", NULL, NULL, "%s", framing_why)
+                   ? MHD_YES
+                   : MHD_NO;
     if (r->route == R_OTHER)
         return fail_with(ipc, r, c, 404, "invalid_request_error", "not_found", NULL, NULL,
                          "no such endpoint: %s %.200s", method, url)
@@ -1011,16 +1112,24 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
     if (!r) {
         const union MHD_ConnectionInfo *ci =
             MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        const union MHD_ConnectionInfo *sc =
+            MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
         r = calloc(1, sizeof(*r));
         if (!r)
             return MHD_NO;
         *req_cls = r;
+        atomic_fetch_add(&ipc->active, 1);
         r->t0 = moe_now_s();
         r->fd = ci ? ci->connect_fd : -1;
+        r->conn = sc ? sc->socket_context : NULL;
         r->route = R_OTHER;
         pthread_mutex_lock(&ipc->lock);
         r->lim = ipc->limits;
         pthread_mutex_unlock(&ipc->lock);
+        /* the body, however it trickles in, has body_timeout in all */
+        ipc_conn_deadline(r->conn, strcmp(method, MHD_HTTP_METHOD_POST) == 0
+                                       ? r->lim.body_timeout_s : 0,
+                          "the request body did not arrive within body_timeout");
         return on_headers(ipc, r, c, url, method);
     }
     if (*upload_size) {
@@ -1053,17 +1162,22 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
     }
     if (r->responded)
         return MHD_YES;
+    ipc_conn_deadline(r->conn, 0, NULL); /* the body is in: generation takes its time */
     return on_complete(ipc, r, c, url) ? MHD_YES : MHD_NO;
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
                          enum MHD_RequestTerminationCode toe)
 {
+    struct moe_ipc *ipc = cls;
     struct ipc_req *r = *req_cls;
     if (!r)
         return;
     if (r->no_timeout && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
         MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, IPC_IDLE_TIMEOUT_S);
+    /* kept alive: the next request's head has the idle timeout in all */
+    ipc_conn_deadline(r->conn, IPC_IDLE_TIMEOUT_S, "kept-alive connection idle too long");
+    atomic_fetch_sub(&ipc->active, 1);
     moe_ipc_buf_free(&r->body);
     free(r);
     *req_cls = NULL;
@@ -1073,10 +1187,16 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx
                           enum MHD_ConnectionNotificationCode toe)
 {
     struct moe_ipc *ipc = cls;
-    if (toe == MHD_CONNECTION_NOTIFY_STARTED)
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        *socket_ctx = ci ? ipc_gate_started(ipc->gate, ci->connect_fd) : NULL;
         atomic_fetch_add(&ipc->connections, 1);
-    else if (toe == MHD_CONNECTION_NOTIFY_CLOSED)
+    } else if (toe == MHD_CONNECTION_NOTIFY_CLOSED) {
+        ipc_gate_closed(ipc->gate, *socket_ctx);
+        *socket_ctx = NULL;
         atomic_fetch_sub(&ipc->connections, 1);
+    }
 }
 
 static void on_mhd_log(void *cls, const char *fmt, va_list ap)
@@ -1086,121 +1206,46 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
     size_t n = strlen(line);
     while (n && line[n - 1] == '\n')
         line[--n] = '\0';
+    /* MHD takes every connection the gate hands it for TCP and tries TCP
+     * socket options on Unix ones too: harmless there, and not worth a line
+     * per request */
+    static const char *const noise[] = {"TCP_NODELAY", "TCP_CORK", "Failed to push the data"};
+    for (size_t i = 0; i < MOE_ARRAY_SIZE(noise); i++)
+        if (strstr(line, noise[i])) {
+            moe_log(MOE_LOG_DEBUG, "ipc: microhttpd: %s", line);
+            return;
+        }
     /* mostly clients that went away: not worth a warning each */
     moe_log(MOE_LOG_INFO, "ipc: microhttpd: %s", line);
 }
 
-/* ---- the socket ---------------------------------------------------------- */
-
-static int bind_socket(struct moe_ipc *ipc, const struct moe_ipc_config *cfg, int *out)
+/* The gate hands a connection whose head is complete to MHD. */
+static bool handoff(void *arg, struct ipc_conn *conn)
 {
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    const char *path = cfg->socket_path;
-    struct stat st;
-    int fd = -1, rc;
-
-    if (!path || !path[0])
-        return moe_err(-EINVAL, "ipc: no socket path given");
-    if (strlen(path) >= sizeof(sa.sun_path))
-        return moe_err(-ENAMETOOLONG, "%s: socket path too long (%zu bytes, at most %zu)", path,
-                       strlen(path), sizeof(sa.sun_path) - 1);
-    memcpy(sa.sun_path, path, strlen(path) + 1);
-
-    if (lstat(path, &st) == 0) {
-        if (!S_ISSOCK(st.st_mode))
-            return moe_err(-EEXIST, "%s: exists and is not a socket; not replacing it", path);
-        /* a socket someone still listens on is not stale */
-        int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (probe >= 0) {
-            bool live = connect(probe, (struct sockaddr *)&sa, sizeof(sa)) == 0;
-            close(probe);
-            if (live)
-                return moe_err(-EADDRINUSE, "%s: another server is listening on this socket",
-                               path);
-        }
-        if (unlink(path) < 0 && errno != ENOENT)
-            return moe_err(-errno, "%s: cannot remove the stale socket: %s", path,
-                           strerror(errno));
-    } else if (errno != ENOENT) {
-        return moe_err(-errno, "%s: %s", path, strerror(errno));
-    }
-
-    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return moe_err(-errno, "ipc: socket(AF_UNIX): %s", strerror(errno));
-    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-        rc = moe_err(-errno, "%s: bind: %s", path, strerror(errno));
-        goto fail_close;
-    }
-    /* mode and group before listen(): nobody can connect in between */
-    if (chmod(path, cfg->socket_mode) < 0) {
-        rc = moe_err(-errno, "%s: chmod %04o: %s", path, (unsigned)cfg->socket_mode,
-                     strerror(errno));
-        goto fail_unlink;
-    }
-    if (cfg->socket_gid != (gid_t)-1 && chown(path, (uid_t)-1, cfg->socket_gid) < 0) {
-        rc = moe_err(-errno, "%s: chown to group %u: %s", path, (unsigned)cfg->socket_gid,
-                     strerror(errno));
-        goto fail_unlink;
-    }
-    if (listen(fd, 128) < 0) {
-        rc = moe_err(-errno, "%s: listen: %s", path, strerror(errno));
-        goto fail_unlink;
-    }
-    if (stat(path, &st) == 0) {
-        ipc->sock_dev = st.st_dev;
-        ipc->sock_ino = st.st_ino;
-    }
-    ipc->bound_path = strdup(path);
-    if (!ipc->bound_path) {
-        rc = moe_err(-ENOMEM, "ipc: out of memory");
-        goto fail_unlink;
-    }
-    *out = fd;
-    return 0;
-
-fail_unlink:
-    unlink(path);
-fail_close:
-    close(fd);
-    return rc;
-}
-
-/* A socket handed over by systemd must be a listening AF_UNIX stream. */
-static int check_listen_fd(int fd)
-{
-    struct sockaddr_storage ss;
-    socklen_t n = sizeof(ss);
-    int type = 0, acc = 0;
-    socklen_t tn = sizeof(type), an = sizeof(acc);
-    if (getsockname(fd, (struct sockaddr *)&ss, &n) < 0)
-        return moe_err(-errno, "ipc: listen fd %d: %s", fd, strerror(errno));
-    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tn) < 0 || type != SOCK_STREAM)
-        return moe_err(-EINVAL, "ipc: listen fd %d is not a stream socket", fd);
-    if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &an) == 0 && !acc && listen(fd, 128) < 0)
-        return moe_err(-errno, "ipc: listen fd %d: listen: %s", fd, strerror(errno));
-    return 0;
-}
-
-/* unlinks the socket file when it is still the one we bound */
-static void unlink_own_socket(struct moe_ipc *ipc)
-{
-    struct stat st;
-    char *path = ipc->bound_path;
-    if (!path)
-        return;
-    if (lstat(path, &st) == 0 && st.st_dev == ipc->sock_dev && st.st_ino == ipc->sock_ino)
-        unlink(path);
-    ipc->bound_path = NULL;
-    free(path);
+    struct moe_ipc *ipc = arg;
+    return MHD_add_connection(ipc->mhd, conn->fd, (const struct sockaddr *)&conn->addr,
+                              conn->addrlen) == MHD_YES;
 }
 
 /* ---- API ----------------------------------------------------------------- */
 
+static void ipc_free(struct moe_ipc *ipc)
+{
+    for (size_t i = 0; i < ipc->n_ls; i++)
+        ipc_listener_close(&ipc->ls[i]);
+    free(ipc->model_name);
+    free(ipc->socket_path);
+    free(ipc->listen_names);
+    pthread_mutex_destroy(&ipc->lock);
+    pthread_mutex_destroy(&ipc->reload_lock);
+    pthread_mutex_destroy(&ipc->tok_lock);
+    free(ipc);
+}
+
 int moe_ipc_start(const struct moe_ipc_config *cfg, struct moe_ipc **out)
 {
     struct moe_ipc *ipc;
-    int fd = -1, rc;
+    int rc;
 
     *out = NULL;
     ipc = calloc(1, sizeof(*ipc));
@@ -1209,62 +1254,69 @@ int moe_ipc_start(const struct moe_ipc_config *cfg, struct moe_ipc **out)
     pthread_mutex_init(&ipc->lock, NULL);
     pthread_mutex_init(&ipc->reload_lock, NULL);
     pthread_mutex_init(&ipc->tok_lock, NULL);
-    ipc->quiesced_fd = -1;
     ipc->ops = real_engine;
     ipc->limits = cfg->limits;
     ipc->started = moe_now_s();
     ipc->started_unix = (int64_t)time(NULL);
     ipc->model_name = strdup(cfg->model_name && cfg->model_name[0] ? cfg->model_name : "default");
-    ipc->socket_path = cfg->n_listen_fds == 0 && cfg->socket_path ? strdup(cfg->socket_path) : NULL;
-    if (!ipc->model_name || (cfg->n_listen_fds == 0 && cfg->socket_path && !ipc->socket_path)) {
+    if (!ipc->model_name) {
         rc = moe_err(-ENOMEM, "ipc: out of memory");
         goto fail;
     }
     if ((rc = metrics_register(ipc)))
         goto fail;
-
-    if (cfg->n_listen_fds > 0) {
-        if ((rc = check_listen_fd(cfg->listen_fds[0])))
-            goto fail;
-        fd = cfg->listen_fds[0];
-    } else if ((rc = bind_socket(ipc, cfg, &fd))) {
+    if ((rc = ipc_listeners_open(cfg, ipc->ls, &ipc->n_ls)))
+        goto fail;
+    struct moe_ipc_buf names = {0};
+    for (size_t i = 0; i < ipc->n_ls; i++) {
+        if (i && moe_ipc_buf_append(&names, ", ", 2))
+            break;
+        if (moe_ipc_buf_append(&names, ipc->ls[i].name, strlen(ipc->ls[i].name) + 1))
+            break;
+        names.len--; /* the NUL stays past len */
+    }
+    ipc->listen_names = names.data;
+    for (size_t i = 0; i < ipc->n_ls && !ipc->socket_path; i++)
+        if (ipc->ls[i].bound_path && !(ipc->socket_path = strdup(ipc->ls[i].bound_path)))
+            names.data = NULL;
+    if (!ipc->listen_names || !names.data) {
+        rc = moe_err(-ENOMEM, "ipc: out of memory");
         goto fail;
     }
 
-    /* thread per connection: see the top of this file. MHD_USE_ITC lets
-     * moe_ipc_stop_accepting quiesce the daemon. */
+    /* thread per connection: see the top of this file. No listening socket
+     * of its own: the gate (ipc_gate.c) accepts and hands connections over. */
     ipc->mhd = MHD_start_daemon(
         MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL |
-            MHD_USE_ITC | MHD_USE_ERROR_LOG,
+            MHD_USE_ITC | MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ERROR_LOG,
         0, NULL, NULL, on_access, ipc, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, ipc,
-        MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)IPC_CONN_LIMIT, MHD_OPTION_CONNECTION_TIMEOUT,
         IPC_IDLE_TIMEOUT_S, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)IPC_CONN_MEMORY,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, ipc, MHD_OPTION_NOTIFY_CONNECTION,
         on_connection, ipc, MHD_OPTION_STRICT_FOR_CLIENT, 0, MHD_OPTION_END);
     if (!ipc->mhd) {
-        rc = moe_err(-EIO, "ipc: cannot start the HTTP server on %s",
-                     cfg->n_listen_fds > 0 ? "the inherited socket" : cfg->socket_path);
-        if (cfg->n_listen_fds == 0)
-            close(fd);
+        rc = moe_err(-EIO, "ipc: cannot start the HTTP server");
         goto fail;
     }
+    rc = ipc_gate_start(&ipc->gate, ipc->ls, ipc->n_ls, IPC_CONN_LIMIT, &cfg->limits, handoff,
+                        ipc);
+    if (rc) {
+        MHD_stop_daemon(ipc->mhd);
+        goto fail;
+    }
+    ipc->n_ls = 0; /* the gate owns them now */
     if (cfg->threads > 0)
         moe_log(MOE_LOG_DEBUG, "ipc: threads=%d ignored: one thread per connection",
                 cfg->threads);
-    moe_log(MOE_LOG_INFO, "ipc: listening on %s",
-            ipc->socket_path ? ipc->socket_path : "the inherited socket");
+    moe_log(MOE_LOG_INFO, "ipc: listening on %s", ipc->listen_names);
+    if (strstr(ipc->listen_names, "tcp") && !cfg->limits.api_key[0])
+        moe_log(MOE_LOG_WARN, "ipc: listening on TCP without [daemon] api_key: anyone who "
+                              "reaches the port may generate (admin routes stay closed on TCP)");
     *out = ipc;
     return 0;
 
 fail:
-    unlink_own_socket(ipc);
-    free(ipc->model_name);
-    free(ipc->socket_path);
-    pthread_mutex_destroy(&ipc->lock);
-    pthread_mutex_destroy(&ipc->reload_lock);
-    pthread_mutex_destroy(&ipc->tok_lock);
-    free(ipc);
+    ipc_free(ipc);
     return rc;
 }
 
@@ -1283,6 +1335,7 @@ void moe_ipc_set_limits(struct moe_ipc *ipc, const struct moe_ipc_limits *limits
     pthread_mutex_lock(&ipc->lock);
     ipc->limits = *limits;
     pthread_mutex_unlock(&ipc->lock);
+    ipc_gate_set_limits(ipc->gate, limits);
 }
 
 void moe_ipc_set_reload_hook(struct moe_ipc *ipc, moe_ipc_reload_fn fn, void *arg)
@@ -1297,11 +1350,8 @@ void moe_ipc_stop_accepting(struct moe_ipc *ipc)
 {
     if (!ipc || atomic_exchange(&ipc->draining, true))
         return;
-    MHD_socket fd = MHD_quiesce_daemon(ipc->mhd);
-    if (fd != MHD_INVALID_SOCKET)
-        ipc->quiesced_fd = fd;
     /* new clients find no socket instead of a backlog nobody accepts */
-    unlink_own_socket(ipc);
+    ipc_gate_quiesce(ipc->gate);
 }
 
 void moe_ipc_stop(struct moe_ipc *ipc)
@@ -1309,15 +1359,15 @@ void moe_ipc_stop(struct moe_ipc *ipc)
     if (!ipc)
         return;
     atomic_store(&ipc->draining, true);
-    atomic_store(&ipc->stopping, true); /* waiting threads give up within IPC_POLL_MS */
-    MHD_stop_daemon(ipc->mhd);          /* joins every connection thread */
-    if (ipc->quiesced_fd >= 0)
-        close(ipc->quiesced_fd);
-    unlink_own_socket(ipc);
-    free(ipc->model_name);
-    free(ipc->socket_path);
-    pthread_mutex_destroy(&ipc->lock);
-    pthread_mutex_destroy(&ipc->reload_lock);
-    pthread_mutex_destroy(&ipc->tok_lock);
-    free(ipc);
+    /* waiting threads cancel their jobs and give up within IPC_STOP_GRACE_S / 2;
+     * the replies they then queue (a stream's closing chunk and [DONE], a
+     * completion with finish_reason "cancelled") get the rest to go out */
+    atomic_store(&ipc->stopping, true);
+    for (double t0 = moe_now_s(); atomic_load(&ipc->active) > 0 &&
+                                  moe_now_s() - t0 < IPC_STOP_GRACE_S;)
+        usleep(10000);
+    ipc_gate_stop(ipc->gate);
+    MHD_stop_daemon(ipc->mhd); /* joins every connection thread */
+    ipc_gate_free(ipc->gate);
+    ipc_free(ipc);
 }

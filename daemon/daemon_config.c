@@ -139,8 +139,8 @@ static const struct moe_daemon_key table[] = {
              "empty = unix:socket"),
     K_STRING("daemon", "api_key", api_key, "", R,
              "Bearer key TCP clients must send (Authorization: Bearer KEY); empty = none"),
-    K_INT("daemon", "max_connections_per_peer", max_connections_per_peer, "32", 0, 256, R,
-          "Open connections one uid (Unix) or one address (TCP) may hold; 0 = no limit"),
+    K_INT("daemon", "max_connections_per_peer", max_connections_per_peer, "64", 0, 4096, R,
+          "Connections one uid (Unix) or address (TCP) may hold idle or sending; 0 = no limit"),
     K_DOUBLE("daemon", "header_timeout", header_timeout, "10", 0.1, 3600, R,
              "Seconds a client has for a request's whole header block (dripping bytes do not "
              "extend it)"),

@@ -44,13 +44,23 @@
 #define GATE_MAX_GATED 1024    /* connections still sending their head, all peers */
 #define GATE_ACCEPT_BURST 16   /* accepts per listener per turn: heads get read between */
 #define GATE_HEAD_MAX (32u << 10)
+#define GATE_SNDBUF (16 << 10) /* the kernel doubles it */
 #define IPC_LOG_BURST 10
 #define IPC_LOG_WINDOW_S 10.0
 
 struct peer {
     char key[48]; /* "uid 1000" / "tcp 10.0.0.7" */
     int count;    /* gated + handed connections */
+    int busy;     /* of those, with a request the server is working on */
 };
+
+/* what max_connections_per_peer counts: the connections whose pace the
+ * client sets (sending a head or body, idle, reading a reply); those with a
+ * request the server works on are bounded by the engine's queue instead */
+static int paced(const struct peer *p)
+{
+    return p->count - p->busy;
+}
 
 struct ipc_gate {
     struct ipc_listener ls[MOE_IPC_MAX_LISTEN];
@@ -65,6 +75,7 @@ struct ipc_gate {
     pthread_mutex_t mu; /* everything below; MHD threads come in through it */
     struct moe_ipc_limits lim;
     struct ipc_conn *gated, *handed; /* lists, oldest first */
+    struct ipc_conn *graveyard;      /* closed gated ones, freed after the batch */
     size_t n_gated, n_handed;
     size_t max_handed;
     struct peer *peers;
@@ -135,6 +146,7 @@ static struct peer *peer_get(struct ipc_gate *g, const char *key, bool add)
     }
     snprintf(free_slot->key, sizeof(free_slot->key), "%s", key);
     free_slot->count = 0;
+    free_slot->busy = 0;
     return free_slot;
 }
 
@@ -210,16 +222,41 @@ static void refuse(int fd, const struct moe_ipc_error *e, const char *retry_afte
         (void)!send(fd, body, n, MSG_DONTWAIT | MSG_NOSIGNAL);
     free(body);
     shutdown(fd, SHUT_WR);
+    /* what the client already sent is read away: closing a socket with
+     * unread bytes resets it, and the client would lose the answer */
+    char sink[4096];
+    for (size_t got = 0; got < (1u << 20);) {
+        ssize_t k = recv(fd, sink, sizeof(sink), MSG_DONTWAIT);
+        if (k <= 0)
+            break;
+        got += (size_t)k;
+    }
 }
 
+/* Closed now, freed after the current epoll batch: an event for it may
+ * still wait in that batch (evicted by an accept in the same turn). */
 static void conn_free_gated(struct ipc_gate *g, struct ipc_conn *c)
 {
     epoll_ctl(g->epfd, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
+    c->fd = -1;
     list_del(&g->gated, c);
     g->n_gated--;
     peer_put(g, c->peer);
-    free(c);
+    c->dead = true;
+    c->next = g->graveyard;
+    g->graveyard = c;
+}
+
+static void bury(struct ipc_gate *g)
+{
+    pthread_mutex_lock(&g->mu);
+    while (g->graveyard) {
+        struct ipc_conn *c = g->graveyard;
+        g->graveyard = c->next;
+        free(c);
+    }
+    pthread_mutex_unlock(&g->mu);
 }
 
 /* the oldest gated connection, of this peer when peer != NULL */
@@ -311,23 +348,27 @@ static void accept_one(struct ipc_gate *g, const struct ipc_listener *l, int fd,
         int one = 1; /* SSE chunks go out as they come */
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     }
+    /* What the kernel holds for a client that does not read is bounded (a
+     * few seconds of any token stream), so write_timeout soon sees it stall */
+    int sndbuf = GATE_SNDBUF;
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
     peer_key(ss, &cr, l->tcp, key, sizeof(key));
 
     pthread_mutex_lock(&g->mu);
     struct peer *p = peer_get(g, key, true);
-    if (p && lim.max_conns_per_peer && (uint32_t)p->count >= lim.max_conns_per_peer) {
+    if (p && lim.max_conns_per_peer && (uint32_t)paced(p) >= lim.max_conns_per_peer) {
         struct ipc_conn *old = oldest_gated(g, key);
         if (old)
             evict(g, old, "its peer is at max_connections_per_peer");
     }
-    if (!p || (lim.max_conns_per_peer && (uint32_t)p->count >= lim.max_conns_per_peer)) {
-        int held = p ? p->count : 0;
+    if (!p || (lim.max_conns_per_peer && (uint32_t)paced(p) >= lim.max_conns_per_peer)) {
+        int held = p ? paced(p) : 0;
         pthread_mutex_unlock(&g->mu);
         ipc_gate_log(g, "refused a connection from %s on %s: it holds %d (max_connections_per_"
                         "peer = %u)", key, l->name, held, (unsigned)lim.max_conns_per_peer);
         moe_ipc_error_set(&e, 503, "service_unavailable", "too_many_connections", NULL,
-                          "%s holds %d connections, the most this server allows one peer", key,
-                          held);
+                          "%s holds %d idle or unfinished connections, the most this server "
+                          "allows one peer", key, held);
         refuse(fd, &e, "1");
         close(fd);
         return;
@@ -390,6 +431,8 @@ static void look(struct ipc_gate *g, struct ipc_conn *c, uint32_t events)
 {
     struct moe_ipc_error e;
     size_t head = 0;
+    if (c->dead || c->handed)
+        return;
     ssize_t n = recv(c->fd, g->buf, GATE_HEAD_MAX + 1, MSG_PEEK | MSG_DONTWAIT);
     if (n < 0 && (errno == EAGAIN || errno == EINTR))
         return;
@@ -510,6 +553,7 @@ static void *gate_main(void *arg)
             }
             look(g, p, evs[i].events);
         }
+        bury(g);
         if (atomic_load(&g->quiesce)) {
             for (size_t i = 0; i < g->n_ls; i++)
                 if (g->ls[i].fd >= 0) {
@@ -625,6 +669,7 @@ void ipc_gate_stop(struct ipc_gate *g)
     while (g->gated)
         conn_free_gated(g, g->gated);
     pthread_mutex_unlock(&g->mu);
+    bury(g);
     for (size_t i = 0; i < g->n_ls; i++)
         ipc_listener_close(&g->ls[i]);
 }
@@ -671,7 +716,27 @@ void ipc_gate_closed(struct ipc_gate *g, struct ipc_conn *c)
     pthread_mutex_lock(&g->mu);
     if (!c->closed) {
         c->closed = true; /* the gate's thread frees it */
+        if (c->busy) {
+            struct peer *p = peer_get(g, c->peer, false);
+            if (p && p->busy > 0)
+                p->busy--;
+            c->busy = false;
+        }
         peer_put(g, c->peer);
+    }
+    pthread_mutex_unlock(&g->mu);
+}
+
+void ipc_gate_busy(struct ipc_gate *g, struct ipc_conn *c, bool busy)
+{
+    if (!c)
+        return;
+    pthread_mutex_lock(&g->mu);
+    if (!c->closed && c->busy != busy) {
+        struct peer *p = peer_get(g, c->peer, false);
+        if (p)
+            p->busy += busy ? 1 : -1;
+        c->busy = busy;
     }
     pthread_mutex_unlock(&g->mu);
 }

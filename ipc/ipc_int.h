@@ -162,7 +162,7 @@ struct ipc_conn {
     socklen_t addrlen;
     _Atomic double deadline; /* moe_now_s() past which the gate cuts it; 0 = none */
     const char *why;         /* what the deadline is for (a static string) */
-    bool handed, started, closed, cut; /* under the gate's lock */
+    bool handed, started, closed, cut, dead, busy; /* under the gate's lock */
     struct ipc_conn *prev, *next;
 };
 typedef bool (*ipc_gate_handoff_fn)(void *arg, struct ipc_conn *c);
@@ -175,6 +175,9 @@ void ipc_gate_stop(struct ipc_gate *g);    /* the thread ends; gated connections
 void ipc_gate_free(struct ipc_gate *g);    /* after MHD stopped */
 struct ipc_conn *ipc_gate_started(struct ipc_gate *g, int fd);
 void ipc_gate_closed(struct ipc_gate *g, struct ipc_conn *c);
+/* The server works on the connection's request (busy) or waits for the
+ * client again: max_connections_per_peer counts only the waiting ones. */
+void ipc_gate_busy(struct ipc_gate *g, struct ipc_conn *c, bool busy);
 void ipc_gate_counts(struct ipc_gate *g, size_t *gated, size_t *handed);
 /* The connection is cut `seconds` from now unless set again (0 = never). */
 void ipc_conn_deadline(struct ipc_conn *c, double seconds, const char *why);

@@ -1163,6 +1163,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
     if (r->responded)
         return MHD_YES;
     ipc_conn_deadline(r->conn, 0, NULL); /* the body is in: generation takes its time */
+    ipc_gate_busy(ipc->gate, r->conn, true);
     return on_complete(ipc, r, c, url) ? MHD_YES : MHD_NO;
 }
 
@@ -1177,6 +1178,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
         MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, IPC_IDLE_TIMEOUT_S);
     /* kept alive: the next request's head has the idle timeout in all */
     ipc_conn_deadline(r->conn, IPC_IDLE_TIMEOUT_S, "kept-alive connection idle too long");
+    ipc_gate_busy(ipc->gate, r->conn, false);
     atomic_fetch_sub(&ipc->active, 1);
     moe_ipc_buf_free(&r->body);
     free(r);

@@ -36,7 +36,7 @@ allow_uids = {allow}
 max_connections_per_peer = 32
 header_timeout = {header_timeout}
 write_timeout = {write_timeout}
-[model]
+{extra}[model]
 path = {model}
 name = tiny-moe
 chat_template = chatml
@@ -129,17 +129,21 @@ def as_nobody():
 
 
 class Daemon:
-    def __init__(self, allow="", drain=30, header_timeout=5, write_timeout=30):
+    def __init__(self, allow="", drain=30, header_timeout=5, write_timeout=30, extra="",
+                 env=None, pass_fds=(), cmd_prefix=(), sock=None):
         self.dir = tempfile.mkdtemp(prefix="moed-attack-")
         os.chmod(self.dir, 0o755)  # the attacker (nobody) reaches the socket
-        self.sock = os.path.join(self.dir, "moed.sock")
+        self.sock = sock or os.path.join(self.dir, "moed.sock")
         self.ini = os.path.join(self.dir, "moed.ini")
         self.params = dict(sock=self.sock, model=TINY, allow=allow, drain=drain,
-                           header_timeout=header_timeout, write_timeout=write_timeout)
+                           header_timeout=header_timeout, write_timeout=write_timeout,
+                           extra=extra.format(sock=self.sock))
         self.write_ini()
         self.log = open(os.path.join(self.dir, "moed.log"), "w+")
-        self.proc = subprocess.Popen([os.path.join(BIN, "moed"), "--config", self.ini],
-                                     stdout=self.log, stderr=self.log)
+        self.proc = subprocess.Popen(list(cmd_prefix) + [os.path.join(BIN, "moed"), "--config",
+                                                         self.ini],
+                                     stdout=self.log, stderr=self.log,
+                                     env=dict(os.environ, **(env or {})), pass_fds=pass_fds)
         deadline = time.time() + 60
         while time.time() < deadline:
             try:

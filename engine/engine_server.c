@@ -4,7 +4,14 @@
  * sampler and cache), drop cancelled or timed-out sequences, then build one
  * batch: first the next token of every decoding sequence, then prompt chunks
  * of prefilling ones until max_batch_tokens. One moe_model_forward for all
- * of it; then sample, detokenize, filter stop strings and post events. */
+ * of it; then sample, detokenize, filter stop strings and post events.
+ *
+ * A fault stays with the sequences it touches: an expert blob that cannot
+ * be read fails only the sequences with a token routed to it (the forward
+ * isolates their rows, moe_forward_faults); the others' rows are exact and
+ * they go on. A failure the forward cannot pin on rows fails every sequence
+ * with a row in the step, prompt chunks included: its KV is half written,
+ * and a failed sequence gives all of its cache back. */
 #include "engine/engine_server.h"
 
 #include <errno.h>
@@ -168,6 +175,7 @@ struct seq {
     int32_t n_prompt, n_ids, n_fed; /* n_fed: tokens already in the cache */
     int32_t max_new;    /* generated tokens allowed */
     int32_t logit_row;  /* row of this step's logits, -1 if none */
+    int32_t row0, n_rows; /* its rows of this step's batch (n_rows 0: none) */
     struct moe_prune prune; /* this request's ODP */
     bool prune_on;
     int32_t top_k;      /* experts per token, 0 = the model's */
@@ -195,10 +203,11 @@ struct moe_engine {
     struct moe_kv **free_kv; /* caches of finished sequences (empty), reused */
     int32_t n_free_kv;
     /* per-step batch arguments */
-    int32_t *b_tok, *b_pos, *b_idx, *b_topk;
+    int32_t *b_tok, *b_pos, *b_idx, *b_topk, *b_fault;
     struct moe_kv **b_kv;
     const struct moe_prune **b_prune;
     struct moe_router_stats *rstats; /* this step's routing counters */
+    struct moe_forward_faults *faults; /* this step's failed rows */
     struct moe_metric *m_act[MOE_MAX_LAYERS], *m_pruned[MOE_MAX_LAYERS];
     /* host tier (tiered packs): counters as deltas of the last stats seen */
     struct moe_metric *m_tier[TIER_METRICS];
@@ -572,6 +581,7 @@ static void step(struct moe_engine *e)
             continue;
         }
         s->logit_row = -1;
+        s->n_rows = 0;
         if (s->n_fed < s->n_prompt || budget == 0)
             continue;
         e->b_tok[n] = s->ids[s->n_fed];
@@ -581,6 +591,8 @@ static void step(struct moe_engine *e)
         e->b_topk[n] = s->top_k;
         e->b_idx[n_logits] = n;
         s->logit_row = n_logits++;
+        s->row0 = n;
+        s->n_rows = 1;
         s->n_fed++;
         n++;
         budget--;
@@ -590,6 +602,8 @@ static void step(struct moe_engine *e)
         if (!s->job || s->n_fed >= s->n_prompt)
             continue;
         int32_t chunk = MOE_MIN(budget, s->n_prompt - s->n_fed);
+        s->row0 = n;
+        s->n_rows = chunk;
         for (int32_t k = 0; k < chunk; k++, n++) {
             e->b_tok[n] = s->ids[s->n_fed + k];
             e->b_pos[n] = s->n_fed + k;
@@ -607,25 +621,43 @@ static void step(struct moe_engine *e)
     if (n == 0)
         return;
 
-    struct moe_forward_opts fo = {.prune = e->b_prune, .top_k = e->b_topk, .stats = e->rstats};
+    struct moe_forward_opts fo = {.prune = e->b_prune, .top_k = e->b_topk, .stats = e->rstats,
+                                  .faults = e->faults};
     memset(e->rstats, 0, sizeof(*e->rstats));
     int rc = moe_model_forward_opts(m, e->pool, e->scratch, n, e->b_tok, e->b_kv, e->b_pos,
                                     e->b_idx, n_logits, e->logits, &fo);
-    if (rc == 0)
+    char why[256] = "";
+    if (rc < 0)
+        snprintf(why, sizeof(why), "%s", moe_err_msg());
+    else
         routing_metrics(e);
     tier_metrics(e);
     pthread_mutex_lock(&e->mu);
     e->stats.steps++;
     kv_stats_locked(e);
     pthread_mutex_unlock(&e->mu);
+    if (rc == 0 && e->faults->n_rows > 0)
+        moe_log(MOE_LOG_WARN, "engine: %d of %d tokens of a step needed an expert that could "
+                "not be read (%s%s): their requests fail, the rest of the step goes on",
+                e->faults->n_rows, n, e->faults->fault[0].msg,
+                e->faults->n_faults > 1 ? ", and more" : "");
     for (int32_t i = 0; i < e->lim.max_seqs; i++) {
         struct seq *s = &e->seqs[i];
-        if (!s->job || s->logit_row < 0)
+        if (!s->job || s->n_rows == 0)
             continue;
-        if (rc < 0) {
-            seq_fail(e, s, 500, moe_err_msg());
+        if (rc < 0) { /* its KV of this step is half written: it cannot go on */
+            seq_fail(e, s, 500, why);
             continue;
         }
+        int32_t f = 0;
+        for (int32_t r = s->row0; r < s->row0 + s->n_rows && !f; r++)
+            f = e->b_fault[r];
+        if (f) { /* a token of it went to the failed expert: its rows are garbage */
+            seq_fail(e, s, 500, e->faults->fault[f - 1].msg);
+            continue;
+        }
+        if (s->logit_row < 0) /* a prompt chunk short of the prompt's end */
+            continue;
         float *lg = e->logits + (size_t)s->logit_row * (size_t)m->cfg.vocab;
         int32_t tok = moe_sampler_sample(s->smp, lg, s->ids, (size_t)s->n_ids);
         if (tok < 0)
@@ -676,6 +708,8 @@ static void engine_release(struct moe_engine *e)
     free(e->b_topk);
     free(e->b_prune);
     free(e->rstats);
+    free(e->faults);
+    free(e->b_fault);
     free(e->logits);
     free(e->piece);
     pthread_mutex_destroy(&e->mu);
@@ -781,15 +815,19 @@ int moe_engine_create(const struct moe_model *model, struct moe_pool *pool,
     e->b_topk = malloc(B * sizeof(int32_t));
     e->b_prune = malloc(B * sizeof(*e->b_prune));
     e->rstats = calloc(1, sizeof(*e->rstats));
+    e->faults = calloc(1, sizeof(*e->faults));
+    e->b_fault = calloc(B, sizeof(int32_t));
     e->logits = malloc(S * (size_t)model->cfg.vocab * sizeof(float));
     e->piece_cap = (model->tok ? moe_tokenizer_max_piece(model->tok) : 0) + 64;
     e->piece = malloc(e->piece_cap);
     if (!e->seqs || !e->free_kv || !e->b_tok || !e->b_pos || !e->b_idx || !e->b_kv ||
-        !e->b_topk || !e->b_prune || !e->rstats || !e->logits || !e->piece ||
+        !e->b_topk || !e->b_prune || !e->rstats || !e->faults || !e->b_fault || !e->logits ||
+        !e->piece ||
         moe_scratch_create(&e->scratch) < 0) {
         rc = moe_err(-ENOMEM, "out of memory for the engine");
         goto fail;
     }
+    e->faults->row = e->b_fault;
     if ((rc = kv_pool_create(e)) < 0)
         goto fail;
     routing_metrics_register(e);

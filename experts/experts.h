@@ -53,11 +53,16 @@ int moe_experts_run(struct moe_pool *pool, const struct moe_expert_weights *expe
  * first, as experts[e] has them; for each other one the routes pick,
  * wait(ctx, e, &w) blocks until it is in and points w at its weights. A
  * negative errno fails the run (the others are still waited for, not run,
- * and y is left as it was). The result is bit for bit moe_experts_run's. */
+ * and y is left as it was), unless failed is set: then the failure is
+ * marked in failed[e] (cleared by the caller) and the run goes on without
+ * e, so that one unreadable expert costs only the tokens routed to it: their
+ * y lacks e's term (the caller must discard them), every other token's is
+ * exact, and the run returns 0. The result is bit for bit moe_experts_run's. */
 struct moe_expert_source {
     const bool *ready; /* [n_experts] */
     int (*wait)(void *ctx, int32_t e, const struct moe_expert_weights **w);
     void *ctx;
+    bool *failed;      /* [n_experts] or NULL */
 };
 int moe_experts_run_from(struct moe_pool *pool, const struct moe_expert_weights *experts,
                          const struct moe_expert_source *src, const struct moe_ffn_kind *kind,

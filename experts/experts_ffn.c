@@ -146,6 +146,10 @@ int moe_experts_run_from(struct moe_pool *pool, const struct moe_expert_weights 
             const struct moe_expert_weights *w = &experts[e];
             if (pass == 1) {
                 int r = src->wait(src->ctx, e, &w);
+                if (r < 0 && src->failed) { /* isolated: only e's tokens go without */
+                    src->failed[e] = true;
+                    continue;
+                }
                 rc = rc < 0 ? rc : r;
             }
             if (rc == 0)
@@ -154,9 +158,12 @@ int moe_experts_run_from(struct moe_pool *pool, const struct moe_expert_weights 
     }
     if (rc < 0)
         return rc;
+    const bool *failed = src ? src->failed : NULL;
     /* summed in expert order whatever the order they ran in: the same bits */
     for (int32_t i = 0; i < (int32_t)slots; i++) {
         int32_t t = s->order[i] / MOE_ROUTER_MAX_K, j = s->order[i] % MOE_ROUTER_MAX_K;
+        if (failed && failed[routes[t].expert[j]])
+            continue; /* its outputs were never computed */
         moe_vec_axpy_f32(y + (size_t)t * hidden, routes[t].weight[j], s->out + (size_t)i * hidden,
                          hidden);
     }

@@ -317,13 +317,40 @@ int moe_model_forward(const struct moe_model *m, struct moe_pool *pool, struct m
  *     their experts. A decode token (a run of 1) is never protected.
  *   top_k[t]: experts for token t, 1..the model's top_k (0 or more = the
  *     model's); top_k NULL: top_k_all for every token.
- *   stats: per-layer counters accumulated (not reset) when non-NULL. */
+ *   stats: per-layer counters accumulated (not reset) when non-NULL.
+ *   faults: fault isolation (a server's batch), below; NULL: none. */
+struct moe_forward_faults;
 struct moe_forward_opts {
     const struct moe_prune *const *prune;
     const struct moe_prune *prune_all;
     const int32_t *top_k;
     int32_t top_k_all;
     struct moe_router_stats *stats;
+    struct moe_forward_faults *faults;
+};
+
+/* Fault isolation: with opts->faults, an expert whose blob cannot be read
+ * (a host tier's read error or checksum mismatch after its retries) fails
+ * only the rows whose tokens were routed to it, not the whole batch. Such a
+ * row gets row[t] = 1 + the index of its fault below and runs no expert
+ * from then on: its hidden state, the KV it stores and its logits are
+ * garbage, which the caller must discard (fail its sequence and drop that
+ * cache), never sample. Every other row is computed exactly as it would be
+ * without the failure, and the forward returns 0 even when every row
+ * failed. Anything that cannot be pinned on rows (a dense tensor, the KV
+ * pool, more than MOE_FORWARD_MAX_FAULTS failed experts in one forward)
+ * still fails the whole forward with its error. row is the caller's [n]
+ * array; the forward clears it and the counts first. */
+#define MOE_FORWARD_MAX_FAULTS 8
+#define MOE_FORWARD_FAULT_MSG 224
+struct moe_forward_faults {
+    int32_t *row;     /* [n]: 0 = sound, else 1 + index into fault[] */
+    int32_t n_rows;   /* rows with row[t] != 0 */
+    int32_t n_faults;
+    struct moe_expert_fault {
+        int32_t layer, expert;
+        char msg[MOE_FORWARD_FAULT_MSG]; /* names the file, layer and expert */
+    } fault[MOE_FORWARD_MAX_FAULTS];
 };
 /* moe_model_forward with routing options (opts NULL = the plain forward). */
 int moe_model_forward_opts(const struct moe_model *m, struct moe_pool *pool,

@@ -14,6 +14,7 @@
  * which biases, norms, rotary layout, window, sinks and router it has. */
 #include <errno.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -435,7 +436,12 @@ static void route_tokens(const struct fwd *s, int32_t l, int32_t n)
                                S->importance + a, S->protect + a);
         }
     }
+    const struct moe_forward_faults *fl = o ? o->faults : NULL;
     for (int32_t t = 0; t < n; t++) {
+        if (fl && fl->row[t]) { /* failed on an earlier layer: it needs no expert now */
+            S->routes[t].n = 0;
+            continue;
+        }
         const struct moe_prune *p = tok_prune(o, t);
         float beta = p && !(any && S->protect[t]) ? p->beta[l] : 0.0f;
         int32_t k = !o ? 0 : o->top_k ? o->top_k[t] : o->top_k_all;
@@ -444,6 +450,35 @@ static void route_tokens(const struct fwd *s, int32_t l, int32_t n)
         moe_router_route(&rcfg, S->router + (size_t)t * c->n_experts, c->n_experts, k, beta,
                          &S->routes[t], st);
     }
+}
+
+/* After an isolated run of layer l's experts: the rows routed to an expert
+ * that could not be read are failed, each with the first such fault. */
+static int fault_rows(const struct fwd *s, int32_t l, int32_t n)
+{
+    const struct moe_model *m = s->model;
+    struct moe_forward_faults *fl = s->opts->faults;
+    const struct moe_route *routes = s->scratch->routes;
+    for (int32_t e = 0; e < m->cfg.n_experts; e++) {
+        const char *msg = moe_model_offload_failure(m, e);
+        if (!msg)
+            continue;
+        if (fl->n_faults == MOE_FORWARD_MAX_FAULTS) /* a dying disk: no longer one blob */
+            return moe_err(-EIO, "more than %d experts failed in one step; one of them: %s",
+                           MOE_FORWARD_MAX_FAULTS, msg);
+        int32_t idx = fl->n_faults++;
+        struct moe_expert_fault *f = &fl->fault[idx];
+        f->layer = l;
+        f->expert = e;
+        snprintf(f->msg, sizeof(f->msg), "%s", msg);
+        for (int32_t t = 0; t < n; t++)
+            for (int32_t j = 0; j < routes[t].n && !fl->row[t]; j++)
+                if (routes[t].expert[j] == e) {
+                    fl->row[t] = idx + 1;
+                    fl->n_rows++;
+                }
+    }
+    return 0;
 }
 
 static int ffn_block(const struct fwd *s, int32_t l, int32_t n)
@@ -471,12 +506,15 @@ static int ffn_block(const struct fwd *s, int32_t l, int32_t n)
         s->obs(s->obs_ctx, l, S->xn, n, S->routes);
     const struct moe_expert_weights *experts = L->experts;
     const struct moe_expert_source *src = NULL;
+    bool isolate = s->opts && s->opts->faults;
     int rc = 0;
     if (m->offload && (rc = moe_model_offload_layer(m, s->pool, l, S->x, n, S->routes, S->tmp,
-                                                     S->router, &experts, &src)) < 0)
+                                                     S->router, isolate, &experts, &src)) < 0)
         return rc;
     rc = moe_experts_run_from(s->pool, experts, src, &m->ffn, c->n_experts, S->xn, n, c->hidden,
                               S->routes, S->x, &S->experts);
+    if (rc == 0 && m->offload && isolate)
+        rc = fault_rows(s, l, n);
     if (rc < 0)
         return rc;
 
@@ -493,11 +531,14 @@ static int ffn_block(const struct fwd *s, int32_t l, int32_t n)
 }
 
 /* NaN or inf logits come from a corrupt file (a flipped exponent, data at
- * the wrong offset) far more often than from overflow: say which tensor */
-static int check_logits(const struct moe_model *m, const float *logits, size_t n)
+ * the wrong offset) far more often than from overflow: say which tensor.
+ * Rows that failed (fl) are garbage by contract and not looked at. */
+static int check_logits(const struct moe_model *m, const float *logits, int32_t n_logits,
+                        const int32_t *logit_idx, const struct moe_forward_faults *fl)
 {
-    for (size_t i = 0; i < n; i++) {
-        if (isfinite(logits[i]))
+    size_t V = (size_t)m->cfg.vocab;
+    for (size_t i = 0; i < (size_t)n_logits * V; i++) {
+        if (isfinite(logits[i]) || (fl && fl->row[logit_idx[i / V]]))
             continue;
         /* the scan is the model's one-time diagnosis; the weights are read, not changed */
         const char *bad = moe_model_find_nonfinite((struct moe_model *)m);
@@ -545,6 +586,10 @@ int moe_model_forward_opts(const struct moe_model *m, struct moe_pool *pool,
         return rc;
     struct fwd f = {m, pool, S, kvs, pos, NULL, NULL, opts};
     int64_t H = c->hidden;
+    if (opts && opts->faults) {
+        memset(opts->faults->row, 0, (size_t)n * sizeof(int32_t));
+        opts->faults->n_rows = opts->faults->n_faults = 0;
+    }
 
     moe_model_embed(m, tokens, n, S->x);
     rope_tables(S, m, pos, n);
@@ -559,7 +604,7 @@ int moe_model_forward_opts(const struct moe_model *m, struct moe_pool *pool,
             rmsnorm(S->xn + i * H, S->x + logit_idx[i] * H, m->final_norm, H, c->rms_eps);
         moe_matmul(pool, &m->lm_head, S->xn, n_logits, logits); /* [n_logits][vocab] */
         moe_vec_add_rows(logits, m->lm_head_b, n_logits, c->vocab);
-        return check_logits(m, logits, (size_t)n_logits * (size_t)c->vocab);
+        return check_logits(m, logits, n_logits, logit_idx, opts ? opts->faults : NULL);
     }
     return 0;
 }

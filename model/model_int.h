@@ -31,11 +31,18 @@ struct moe_expert_source;
  * reads land (moe_experts_run_from runs the resident ones meanwhile). Once
  * all are in, starts the next MoE layer's prefetch from x [n][H], the
  * residual stream entering this MoE block (left as it is until then; tmp
- * [n][H] and router_buf [n][E]: scratch, free until then too). */
+ * [n][H] and router_buf [n][E]: scratch, free until then too). isolate:
+ * an expert whose read fails is marked failed in *src (moe_experts_run_from
+ * goes on without it) and its message kept for moe_model_offload_failure;
+ * otherwise the failure fails the run. */
 int moe_model_offload_layer(const struct moe_model *m, struct moe_pool *pool, int32_t l,
                             const float *x, int32_t n, const struct moe_route *routes, float *tmp,
-                            float *router_buf, const struct moe_expert_weights **experts,
+                            float *router_buf, bool isolate,
+                            const struct moe_expert_weights **experts,
                             const struct moe_expert_source **src);
+/* After an isolated run of the layer in progress: the message of expert e's
+ * failed read (naming the layer and expert), or NULL when it did not fail. */
+const char *moe_model_offload_failure(const struct moe_model *m, int32_t e);
 void moe_model_offload_free(struct moe_model *m);
 /* layer l's router as the architecture routes (router/router.h) */
 struct moe_router_cfg;

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -32,6 +33,10 @@ struct moe_model_offload {
     struct moe_expert_weights *views;   /* [E] this step's experts */
     bool *need, *likely, *ready;        /* [E] */
     const void **blobs;                 /* [E] */
+    /* fault isolation (moe_model_offload_layer's isolate): the layer's experts
+     * whose reads failed, and each one's message as the tier gave it */
+    bool *failed;                       /* [E] */
+    char (*fail_msg)[MOE_FORWARD_FAULT_MSG]; /* [E] */
     /* the layer in progress: what its last arriving expert starts the
      * prefetch from (moe_model_offload_layer's arguments) */
     const struct moe_model *model;
@@ -54,6 +59,8 @@ void moe_model_offload_free(struct moe_model *m)
     free(mo->likely);
     free(mo->ready);
     free(mo->blobs);
+    free(mo->failed);
+    free(mo->fail_msg);
     free(mo);
     m->offload = NULL;
 }
@@ -81,7 +88,9 @@ int moe_model_use_offload(struct moe_model *m, struct moe_offload *o, bool prefe
         !(mo->need = calloc((size_t)E, sizeof(bool))) ||
         !(mo->likely = calloc((size_t)E, sizeof(bool))) ||
         !(mo->ready = calloc((size_t)E, sizeof(bool))) ||
-        !(mo->blobs = calloc((size_t)E, sizeof(void *)))) {
+        !(mo->blobs = calloc((size_t)E, sizeof(void *))) ||
+        !(mo->failed = calloc((size_t)E, sizeof(bool))) ||
+        !(mo->fail_msg = calloc((size_t)E, sizeof(*mo->fail_msg)))) {
         if (mo)
             mo->o = o;
         else
@@ -180,8 +189,14 @@ static int wait_expert(void *ctx, int32_t x, const struct moe_expert_weights **w
     struct moe_model_offload *mo = ctx;
     const void *b;
     int rc = moe_offload_wait(mo->o, x, &b);
-    if (rc < 0)
+    if (rc < 0) {
+        if (mo->src.failed) { /* isolated: the forward fails only x's tokens */
+            snprintf(mo->fail_msg[x], sizeof(mo->fail_msg[x]), "%s", moe_err_msg());
+            if (--mo->n_pending == 0) /* the others are in: the prefetch may go on */
+                layer_in(mo);
+        }
         return rc;
+    }
     point_view(mo, mo->layer, x, b);
     *w = &mo->views[x];
     if (--mo->n_pending == 0)
@@ -191,12 +206,15 @@ static int wait_expert(void *ctx, int32_t x, const struct moe_expert_weights **w
 
 int moe_model_offload_layer(const struct moe_model *m, struct moe_pool *pool, int32_t l,
                             const float *x, int32_t n, const struct moe_route *routes, float *tmp,
-                            float *router_buf, const struct moe_expert_weights **experts,
+                            float *router_buf, bool isolate,
+                            const struct moe_expert_weights **experts,
                             const struct moe_expert_source **src)
 {
     struct moe_model_offload *mo = m->offload;
     int32_t E = m->cfg.n_experts;
     memset(mo->need, 0, (size_t)E * sizeof(bool));
+    memset(mo->failed, 0, (size_t)E * sizeof(bool));
+    mo->src.failed = isolate ? mo->failed : NULL;
     for (int32_t t = 0; t < n; t++)
         for (int32_t j = 0; j < routes[t].n; j++)
             mo->need[routes[t].expert[j]] = true;
@@ -224,6 +242,12 @@ int moe_model_offload_layer(const struct moe_model *m, struct moe_pool *pool, in
     *experts = mo->views;
     *src = &mo->src;
     return 0;
+}
+
+const char *moe_model_offload_failure(const struct moe_model *m, int32_t e)
+{
+    const struct moe_model_offload *mo = m->offload;
+    return mo && mo->src.failed && mo->failed[e] ? mo->fail_msg[e] : NULL;
 }
 
 int moe_model_expert_scores(const struct moe_model *m, double *score)

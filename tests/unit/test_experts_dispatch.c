@@ -1,6 +1,7 @@
 /* experts: grouping tokens by expert gives exactly what running every
  * token's experts one by one gives; running the experts at hand first and the
- * others as they arrive gives the same bits. */
+ * others as they arrive gives the same bits; an expert that cannot be had
+ * fails the run, or (isolated) only its own tokens. */
 #include "tests/unit/test.h"
 
 #include <errno.h>
@@ -184,12 +185,52 @@ static void test_a_failed_wait_fails_the_run_leaving_y_and_waiting_for_the_rest(
     moe_pool_free(pool);
 }
 
+static void test_an_isolated_failed_wait_costs_only_that_experts_tokens(void **state)
+{
+    (void)state;
+    fixture();
+    struct moe_pool *pool;
+    assert_int_equal(moe_pool_create(2, &pool), 0);
+    static float y[N][H], want[N][H];
+    residual(y);
+    residual(want);
+    struct moe_experts_scratch scratch = {0};
+    assert_int_equal(moe_experts_run(pool, ex, E, &x[0][0], N, H, routes, &want[0][0], &scratch),
+                     0);
+    struct late l;
+    bool ready[E], failed[E] = {0};
+    struct moe_expert_source src = late_source(&l, ready, 1);
+    src.failed = failed;
+    assert_int_equal(moe_experts_run_from(pool, ex, &src, NULL, E, &x[0][0], N, H, routes,
+                                          &y[0][0], &scratch),
+                     0);
+    for (int e = 0; e < E; e++)
+        assert_int_equal(failed[e], e == 1);
+    assert_int_equal(l.n_waits, 2); /* expert 3 after it: waited for and run */
+    int n_hit = 0;
+    for (int t = 0; t < N; t++) {
+        bool to_1 = false;
+        for (int j = 0; j < routes[t].n; j++)
+            to_1 |= routes[t].expert[j] == 1;
+        n_hit += to_1;
+        if (!to_1) /* the others: exactly as with every expert there */
+            assert_memory_equal(y[t], want[t], sizeof(y[t]));
+        else /* finite: only expert 1's term is missing */
+            for (int h = 0; h < H; h++)
+                assert_true(isfinite(y[t][h]));
+    }
+    assert_true(n_hit > 0 && n_hit < N);
+    moe_experts_scratch_free(&scratch);
+    moe_pool_free(pool);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_grouped_dispatch_equals_per_token),
         cmocka_unit_test(test_running_ready_experts_first_gives_the_same_bits),
         cmocka_unit_test(test_a_failed_wait_fails_the_run_leaving_y_and_waiting_for_the_rest),
+        cmocka_unit_test(test_an_isolated_failed_wait_costs_only_that_experts_tokens),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

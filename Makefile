@@ -203,9 +203,10 @@ install: $(TOOLS)
 	test -e $(DESTDIR)$(SYSCONFDIR)/moed/moed.ini || \
 	    install -m 0644 etc/moed.ini $(DESTDIR)$(SYSCONFDIR)/moed/moed.ini
 
-# etc/moed.ini is the daemon's own dump of its config table
+# etc/moed.ini is the daemon's own dump of its config table (MOED_* variables,
+# which set keys too, left out: MOED_SOCKET is often exported for moectl)
 gen-ini: $(BIN)/moed
-	$(BIN)/moed --dump-config > etc/moed.ini
+	env $$(env | sed -n 's/^\(MOED_[A-Za-z0-9_]*\)=.*/-u \1/p') $(BIN)/moed --dump-config > etc/moed.ini
 
 clean:
 	rm -rf build

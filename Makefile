@@ -197,11 +197,19 @@ UNITDIR    ?= $(PREFIX)/lib/systemd/system
 install: $(TOOLS)
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/moed
 	install -m 0755 $(TOOLS) $(DESTDIR)$(PREFIX)/bin/
-	sed 's|/usr/local/bin/moed|$(PREFIX)/bin/moed|' etc/moed.service > $(DESTDIR)$(UNITDIR)/moed.service
+	sed 's|/usr/local/bin/|$(PREFIX)/bin/|g' etc/moed.service > $(DESTDIR)$(UNITDIR)/moed.service
 	chmod 0644 $(DESTDIR)$(UNITDIR)/moed.service
 	install -m 0644 etc/moed.socket $(DESTDIR)$(UNITDIR)/
 	test -e $(DESTDIR)$(SYSCONFDIR)/moed/moed.ini || \
 	    install -m 0644 etc/moed.ini $(DESTDIR)$(SYSCONFDIR)/moed/moed.ini
+	@# the group whose members may use the socket (SupplementaryGroups=moed,
+	@# SocketGroup=moed); on this host only, and only as root: a DESTDIR
+	@# staging build leaves it to the package's postinst (groupadd --system moed)
+	@if [ -n "$(DESTDIR)" ]; then \
+	    echo "note: DESTDIR set: group moed not created (groupadd --system moed on the target)"; \
+	elif getent group moed >/dev/null; then :; \
+	elif [ "$$(id -u)" -eq 0 ]; then groupadd --system moed && echo "created system group moed"; \
+	else echo "note: not root: group moed not created (sudo groupadd --system moed)"; fi
 
 # etc/moed.ini is the daemon's own dump of its config table (MOED_* variables,
 # which set keys too, left out: MOED_SOCKET is often exported for moectl)

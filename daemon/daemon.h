@@ -293,6 +293,10 @@ int moe_daemon_notify_reloading(void);
  * listening stream socket, is -EINVAL with a message (all passed fds closed).
  * LISTEN_* are removed from the environment. */
 int moe_daemon_listen_fds(int *fds, size_t cap, size_t *n);
+/* The Unix sockets systemd passed get group gid back (systemd's
+ * RuntimeDirectory= chown takes them from moed.socket's SocketGroup=); a
+ * no-op without socket activation or with gid (gid_t)-1. */
+void moe_daemon_regroup_activated(gid_t gid);
 /* WATCHDOG_USEC when the watchdog is on for this process, else 0. */
 uint64_t moe_daemon_watchdog_usec(void);
 uint64_t moe_daemon_monotonic_usec(void);

@@ -694,6 +694,7 @@ static int run(const char *config_path, struct moe_daemon_setting *set, size_t n
         code = EXIT_FAIL;
         goto out;
     }
+    moe_daemon_regroup_activated(d.cfg.socket_group.gid);
     if ((rc = start_ipc(&d))) {
         moe_log(MOE_LOG_ERR, "cannot start the API server: %s",
                 moe_err_msg()[0] ? moe_err_msg() : strerror(-rc));

@@ -36,7 +36,7 @@ CFLAGS   ?=
 LDFLAGS  ?=
 LIBS     := -ljansson -lpcre2-8 -lxxhash -luring -lnuma -lm -pthread
 LIBS_SERVE := -lmicrohttpd -linih -lsystemd   # moed and tests only
-LIBS_CURL  := -lcurl                          # moectl
+LIBS_CURL  := -lcurl -lreadline               # moectl (chat's line editing)
 
 ISA_AVX2   := -mavx2 -mfma -mf16c
 ISA_AVX512 := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mavx2 -mfma -mf16c

@@ -484,6 +484,15 @@ static int finish_start(struct moed *d)
     if (rc)
         return rc;
     moe_ipc_set_engine(d->ipc, d->engine);
+    /* what is loaded, for `moectl ps` and dashboards: an info-style gauge */
+    char esc[600], labels[900];
+    moe_metric_label_escape(d->model_name, esc, sizeof(esc));
+    snprintf(labels, sizeof(labels),
+             "model=\"%s\",arch=\"%s\",layers=\"%d\",experts=\"%d\",top_k=\"%d\",ctx=\"%d\"", esc,
+             moe_arch_name(d->model->cfg.arch), (int)d->model->cfg.n_layers,
+             (int)d->model->cfg.n_experts, (int)d->model->cfg.top_k, (int)el.max_ctx);
+    moe_metric_set(moe_metric_gauge("moed_model_info", "The model served (value 1), in labels",
+                                    labels), 1);
     d->ready = true;
     moe_metric_set(d->m_ready, 1);
     moe_log(MOE_LOG_INFO, "ready: serving %s (%s, %d layers, %d experts, top-%d) with %d threads "

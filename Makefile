@@ -36,7 +36,7 @@ CFLAGS   ?=
 LDFLAGS  ?=
 LIBS     := -ljansson -lpcre2-8 -lxxhash -luring -lnuma -lm -pthread
 LIBS_SERVE := -lmicrohttpd -linih -lsystemd   # moed and tests only
-LIBS_CURL  := -lcurl                          # moectl
+LIBS_CURL  := -lcurl -lreadline               # moectl (chat's line editing)
 
 ISA_AVX2   := -mavx2 -mfma -mf16c
 ISA_AVX512 := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mavx2 -mfma -mf16c
@@ -197,15 +197,24 @@ UNITDIR    ?= $(PREFIX)/lib/systemd/system
 install: $(TOOLS)
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/moed
 	install -m 0755 $(TOOLS) $(DESTDIR)$(PREFIX)/bin/
-	sed 's|/usr/local/bin/moed|$(PREFIX)/bin/moed|' etc/moed.service > $(DESTDIR)$(UNITDIR)/moed.service
+	sed 's|/usr/local/bin/|$(PREFIX)/bin/|g' etc/moed.service > $(DESTDIR)$(UNITDIR)/moed.service
 	chmod 0644 $(DESTDIR)$(UNITDIR)/moed.service
 	install -m 0644 etc/moed.socket $(DESTDIR)$(UNITDIR)/
 	test -e $(DESTDIR)$(SYSCONFDIR)/moed/moed.ini || \
 	    install -m 0644 etc/moed.ini $(DESTDIR)$(SYSCONFDIR)/moed/moed.ini
+	@# the group whose members may use the socket (SupplementaryGroups=moed,
+	@# SocketGroup=moed); on this host only, and only as root: a DESTDIR
+	@# staging build leaves it to the package's postinst (groupadd --system moed)
+	@if [ -n "$(DESTDIR)" ]; then \
+	    echo "note: DESTDIR set: group moed not created (groupadd --system moed on the target)"; \
+	elif getent group moed >/dev/null; then :; \
+	elif [ "$$(id -u)" -eq 0 ]; then groupadd --system moed && echo "created system group moed"; \
+	else echo "note: not root: group moed not created (sudo groupadd --system moed)"; fi
 
-# etc/moed.ini is the daemon's own dump of its config table
+# etc/moed.ini is the daemon's own dump of its config table (MOED_* variables,
+# which set keys too, left out: MOED_SOCKET is often exported for moectl)
 gen-ini: $(BIN)/moed
-	$(BIN)/moed --dump-config > etc/moed.ini
+	env $$(env | sed -n 's/^\(MOED_[A-Za-z0-9_]*\)=.*/-u \1/p') $(BIN)/moed --dump-config > etc/moed.ini
 
 clean:
 	rm -rf build

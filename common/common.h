@@ -75,6 +75,12 @@ void moe_sbuf_puts(struct moe_sbuf *b, const char *s);
 void moe_sbuf_putc(struct moe_sbuf *b, char c);
 char *moe_path_join(const char *dir, const char *name); /* malloc'ed */
 int moe_read_text_file(const char *path, char **out, size_t *len); /* NUL-terminated */
+/* moed's socket when nothing names one: the system daemon's, and a user's
+ * own, which moed takes when it may not create the system one and moectl
+ * tries first: $XDG_RUNTIME_DIR/moed.sock when that is a directory of this
+ * user's, else /tmp/moed-UID.sock. */
+#define MOE_SYSTEM_SOCKET "/run/moed/moed.sock"
+void moe_user_socket_path(char *buf, size_t cap);
 
 /* ---- command-line tools ------------------------------------------------------ */
 struct option;

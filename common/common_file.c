@@ -110,3 +110,16 @@ int moe_read_text_file(const char *path, char **out, size_t *len)
         *len = n;
     return 0;
 }
+
+void moe_user_socket_path(char *buf, size_t cap)
+{
+    const char *xdg = getenv("XDG_RUNTIME_DIR");
+    struct stat st;
+    /* su/sudo may leave another user's XDG_RUNTIME_DIR behind: check it is ours */
+    if (xdg && xdg[0] == '/' && !stat(xdg, &st) && S_ISDIR(st.st_mode) &&
+        st.st_uid == geteuid() && !access(xdg, W_OK | X_OK)) {
+        snprintf(buf, cap, "%s/moed.sock", xdg);
+        return;
+    }
+    snprintf(buf, cap, "/tmp/moed-%u.sock", (unsigned)geteuid());
+}

@@ -20,6 +20,9 @@
 #define MOED_VERSION "0.1.0"
 
 #define MOE_DAEMON_DEFAULT_CONFIG "/etc/moed/moed.ini"
+/* the extension README.md and moe-pack's docs give packs ("tiny-qmoe.moe"),
+ * dropped with ".gguf" from a file's name to make the model's id */
+#define MOE_DAEMON_PACK_EXT ".moe"
 /* Debian's inih reads lines into 200-byte buffers and splits longer ones
  * silently; with "\r\n\0" that leaves 197 bytes of text. */
 #define MOE_DAEMON_INI_MAX_LINE 197
@@ -43,7 +46,11 @@ struct moe_daemon_ids {
     size_t n;
 };
 
-/* A group given by name or number; gid = (gid_t)-1 when text is empty. */
+/* A group given by name or number; gid = (gid_t)-1 when text is empty.
+ * "auto" is MOE_DAEMON_GROUP when it exists and this process is in it (or
+ * is root), else (gid_t)-1. */
+#define MOE_DAEMON_GROUP "moed"
+#define MOE_DAEMON_GROUP_AUTO "auto"
 struct moe_daemon_group {
     char *text;
     gid_t gid;
@@ -201,10 +208,56 @@ void moe_daemon_engine_limits(const struct moe_daemon_config *c, int32_t model_c
  * past the model's last. */
 int moe_daemon_prune(const struct moe_daemon_config *c, const struct moe_model *m,
                      struct moe_prune *out, bool *on, char *why, size_t cap);
+/* [model] path exists and is a directory, a GGUF file or a moed pack.
+ * -ENOENT / -EINVAL with why = "[model] path: PATH: reason". */
+int moe_daemon_check_model(const struct moe_daemon_config *c, char *why, size_t cap);
+/* Where moed listens when nothing says: /run/moed/moed.sock when this
+ * process may create it, else the user's own (moe_user_socket_path). */
+void moe_daemon_default_socket(char *buf, size_t cap);
 /* [model] chat_template, with auto resolved: the template that the model
  * directory's tokenizer_config.json names, else ChatML. *how says which
  * (for the log). Returns an enum moe_chat_template value. */
 int moe_daemon_chat_template(const struct moe_daemon_config *c, const char **how);
+
+/* ---- command-line flags and MOED_* environment variables -------------------
+ * Generated from the table, no second list: every key is the flag
+ * --SECTION-KEY and the variable MOED_SECTION_KEY ('_' as '-' in flags,
+ * upper case in variables); a key whose name no other section uses is also
+ * --KEY and MOED_KEY (--threads, MOED_THREADS; but --sampling-max-tokens).
+ * Values are written as in the INI file. Precedence: defaults < INI file <
+ * environment < flags. */
+#define MOE_DAEMON_NAME_MAX 96
+enum { MOE_DAEMON_NAME_SHORT, MOE_DAEMON_NAME_LONG };
+/* "threads" / "daemon-threads" (without the dashes); false (buf "") for
+ * the short form of a name that several sections use */
+bool moe_daemon_key_flag(const struct moe_daemon_key *k, int form, char *buf, size_t cap);
+/* "MOED_THREADS" / "MOED_DAEMON_THREADS"; false as for flags */
+bool moe_daemon_key_env(const struct moe_daemon_key *k, int form, char *buf, size_t cap);
+/* the key a flag names (without its leading dashes), either form; NULL if none */
+const struct moe_daemon_key *moe_daemon_flag_find(const char *name);
+
+/* One value given outside the file. */
+struct moe_daemon_setting {
+    const struct moe_daemon_key *key;
+    const char *value; /* borrowed: argv or environ, which outlive the daemon's use */
+    char origin[MOE_DAEMON_NAME_MAX]; /* "--threads", "MOED_THREADS": errors name it */
+};
+/* The MOED_* variables of envp that name keys, in envp's order. A MOED_*
+ * variable that names no key is logged as a warning (those other moed
+ * programs read, MOED_TEST_*, MOED_NVME_FAULT, MOED_DEMO_*, are not). The
+ * short and long variable of one key both set is -EINVAL naming both. */
+int moe_daemon_env_settings(char *const *envp, struct moe_daemon_setting *out, size_t cap,
+                            size_t *n);
+/* Sets s[0..n) on c in order (a later one wins), then checks the rules
+ * between keys. On error c is unchanged, the return is -EINVAL and
+ * moe_err_msg() reads "ORIGIN ([section] key): reason". */
+int moe_daemon_config_override(struct moe_daemon_config *c, const struct moe_daemon_setting *s,
+                               size_t n);
+/* The built-in defaults (path NULL) or the file, then the settings. */
+int moe_daemon_config_load_with(const char *path, const struct moe_daemon_setting *s, size_t n,
+                                struct moe_daemon_config *c);
+/* Every key's flags and variables with its doc, for --help. */
+int moe_daemon_config_help(FILE *f);
 
 /* ---- reload ------------------------------------------------------------------
  * Parses path into a new config. On error the running config *cur is left
@@ -222,6 +275,12 @@ struct moe_daemon_reload_result {
 int moe_daemon_config_reload(struct moe_daemon_config *cur, const char *path,
                              moe_daemon_apply_fn apply, void *arg,
                              struct moe_daemon_reload_result *res, char *msg, size_t cap);
+/* The same with the settings made outside the file (flags, environment),
+ * applied again on top of it; path NULL = no file (the defaults). */
+int moe_daemon_config_reload_with(struct moe_daemon_config *cur, const char *path,
+                                  const struct moe_daemon_setting *s, size_t n,
+                                  moe_daemon_apply_fn apply, void *arg,
+                                  struct moe_daemon_reload_result *res, char *msg, size_t cap);
 
 /* ---- systemd (daemon_systemd.c) -------------------------------------------- */
 /* sd_notify with a printf format; a no-op outside systemd. Returns
@@ -234,6 +293,10 @@ int moe_daemon_notify_reloading(void);
  * listening stream socket, is -EINVAL with a message (all passed fds closed).
  * LISTEN_* are removed from the environment. */
 int moe_daemon_listen_fds(int *fds, size_t cap, size_t *n);
+/* The Unix sockets systemd passed get group gid back (systemd's
+ * RuntimeDirectory= chown takes them from moed.socket's SocketGroup=); a
+ * no-op without socket activation or with gid (gid_t)-1. */
+void moe_daemon_regroup_activated(gid_t gid);
 /* WATCHDOG_USEC when the watchdog is on for this process, else 0. */
 uint64_t moe_daemon_watchdog_usec(void);
 uint64_t moe_daemon_monotonic_usec(void);

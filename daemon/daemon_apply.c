@@ -7,6 +7,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "common/common.h"
 #include "engine/engine.h"
@@ -34,10 +37,72 @@ const char *moe_daemon_model_name(const struct moe_daemon_config *c, char *buf, 
     size_t s = n;
     while (s > 0 && p[s - 1] != '/')
         s--;
+    /* a file's name without its extension, as llama-server and ollama list
+     * models: "qwen3-30b-a3b-q4.gguf" -> "qwen3-30b-a3b-q4"; directories keep
+     * theirs ("Qwen3-30B-A3B-Instruct-2507" has no extension, "v1.5" is one) */
+    static const char *const exts[] = {".gguf", MOE_DAEMON_PACK_EXT};
+    struct stat st;
+    if (!(stat(p, &st) == 0 && S_ISDIR(st.st_mode))) {
+        for (size_t i = 0; i < MOE_ARRAY_SIZE(exts); i++) {
+            size_t e = strlen(exts[i]);
+            if (n - s > e && !strncasecmp(p + n - e, exts[i], e)) {
+                n -= e;
+                break;
+            }
+        }
+    }
     snprintf(buf, cap, "%.*s", (int)(n - s), p + s);
     if (!buf[0])
         snprintf(buf, cap, "model");
     return buf;
+}
+
+int moe_daemon_check_model(const struct moe_daemon_config *c, char *why, size_t cap)
+{
+    const char *p = c->model_path;
+    struct stat st;
+    if (stat(p, &st) < 0) {
+        int e = errno;
+        snprintf(why, cap, "[model] path: %s: %s", p, strerror(e));
+        return -e;
+    }
+    /* not open() on a FIFO or a device: that could block or read forever */
+    if (!S_ISDIR(st.st_mode) && !S_ISREG(st.st_mode)) {
+        snprintf(why, cap, "[model] path: %s: neither a directory nor a regular file", p);
+        return -EINVAL;
+    }
+    enum moe_model_file kind;
+    int rc = moe_model_file_kind(p, &kind);
+    if (rc < 0) {
+        snprintf(why, cap, "[model] path: %s", moe_err_msg());
+        return rc;
+    }
+    if (kind == MOE_FILE_DIR) {
+        char *cfg = moe_path_join(p, "config.json");
+        bool ok = cfg && access(cfg, R_OK) == 0;
+        free(cfg);
+        if (!ok) {
+            snprintf(why, cap, "[model] path: %s: a directory without a readable config.json "
+                     "(not a Hugging Face model)", p);
+            return -EINVAL;
+        }
+    } else if (kind == MOE_FILE_OTHER) {
+        snprintf(why, cap, "[model] path: %s: not a model: expected a Hugging Face directory, a "
+                 "GGUF file or a moed pack (moe-pack makes one)", p);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+void moe_daemon_default_socket(char *buf, size_t cap)
+{
+    /* the system path when its directory is there for us (root, or the
+     * service's RuntimeDirectory=), else one of the user's own */
+    if (access("/run/moed", W_OK | X_OK) == 0) {
+        snprintf(buf, cap, "%s", MOE_SYSTEM_SOCKET);
+        return;
+    }
+    moe_user_socket_path(buf, cap);
 }
 
 void moe_daemon_sampling(const struct moe_daemon_config *c, struct moe_sampling *s)

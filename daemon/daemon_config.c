@@ -128,8 +128,9 @@ static const struct moe_daemon_key table[] = {
              "Unix socket path the API listens on (unused under socket activation)"),
     K_MODE("daemon", "socket_mode", socket_mode, "0660", 0,
            "File mode (octal) of the socket moed creates"),
-    K_GROUP("daemon", "socket_group", socket_group, "", 0,
-            "Group (name or gid) of the socket moed creates; empty = moed's own group"),
+    K_GROUP("daemon", "socket_group", socket_group, "auto", 0,
+            "Group (name or gid) of the socket moed creates; empty = moed's own; auto = moed "
+            "when it exists and moed is in it, else moed's own"),
     K_UIDS("daemon", "allow_uids", allow_uids, "", R,
            "Peers (user names or uids) allowed to connect; empty with allow_gids empty = anyone"),
     K_GIDS("daemon", "allow_gids", allow_gids, "", R,
@@ -160,9 +161,10 @@ static const struct moe_daemon_key table[] = {
            "Send WATCHDOG=1 when the unit sets WatchdogSec="),
 
     K_STRING("model", "path", model_path, "/var/lib/moed/models/default", MOE_CFG_NONEMPTY,
-             "Model to serve: a Hugging Face directory or a .gguf file"),
+             "Model to serve: a Hugging Face directory, a .gguf file or a moed pack"),
     K_STRING("model", "name", model_name, "", 0,
-             "Model id listed by /v1/models; empty = the last component of path"),
+             "Model id listed by /v1/models; empty = the last component of path, without "
+             ".gguf or .moe"),
     K_ENUM("model", "chat_template", chat_template, "auto", chat_templates, 0,
            "Chat prompt format; auto = named by the model's template (tokenizer_config.json, "
            "chat_template.jinja, a GGUF's tokenizer.chat_template), else chatml"),
@@ -415,6 +417,27 @@ static int resolve_id(bool group, const char *tok, uint32_t *out, char *w, size_
     return why(w, cap, "unknown %s '%s'", group ? "group" : "user", tok);
 }
 
+/* socket_group = auto: the group "moed" (which `make install` creates and the
+ * unit adds with SupplementaryGroups=) when it exists and this process may
+ * give a file to it (root, or a member); otherwise moed's own group, so that
+ * a first run by an ordinary user, member or not, never fails on chown. */
+static gid_t auto_group(void)
+{
+    char buf[16384];
+    struct group gr, *res = NULL;
+    if (getgrnam_r(MOE_DAEMON_GROUP, &gr, buf, sizeof(buf), &res) || !res)
+        return (gid_t)-1;
+    gid_t gid = res->gr_gid;
+    if (geteuid() == 0 || getegid() == gid)
+        return gid;
+    gid_t groups[1024];
+    int n = getgroups(MOE_ARRAY_SIZE(groups), groups);
+    for (int i = 0; i < n; i++)
+        if (groups[i] == gid)
+            return gid;
+    return (gid_t)-1;
+}
+
 static int parse_ids(bool group, const char *v, struct moe_daemon_ids *ids, char *w, size_t cap)
 {
     memset(ids, 0, sizeof(*ids));
@@ -575,7 +598,9 @@ static int parse_value(const struct moe_daemon_key *k, const char *v, struct moe
     }
     case MOE_CFG_GROUP: {
         struct moe_daemon_group g = {NULL, (gid_t)-1};
-        if (*v) {
+        if (!strcmp(v, MOE_DAEMON_GROUP_AUTO)) {
+            g.gid = auto_group();
+        } else if (*v) {
             uint32_t id;
             if ((rc = resolve_id(true, v, &id, w, cap)))
                 return rc;
@@ -999,45 +1024,66 @@ static int handler(void *user, const char *section, const char *name, const char
     return 1;
 }
 
-static int key_line(const struct parse_state *st, const char *section, const char *name)
-{
-    return st->line_of[moe_daemon_config_find(section, name) - table];
-}
+/* Rules between keys. The first one broken is reported through report(ctx,
+ * a, b, msg), a and b being the keys involved (b = a for a rule on one key). */
+typedef int (*rule_report_fn)(void *ctx, const struct moe_daemon_key *a,
+                              const struct moe_daemon_key *b, const char *msg);
 
-/* Rules between keys, checked once the whole file is read; the error is
- * put on the later of the two lines. */
-static int cross_check(struct parse_state *st)
+static int check_rules(const struct moe_daemon_config *c, rule_report_fn report, void *ctx)
 {
-    const struct moe_daemon_config *c = st->cfg;
-    int l1, l2;
+    char msg[512], w[256];
+    const struct moe_daemon_key *a, *b;
 
-    l1 = key_line(st, "sampling", "max_tokens");
-    l2 = key_line(st, "limits", "max_tokens");
-    if (c->max_tokens_default > c->max_tokens_limit)
-        return fail(st, MOE_MAX(l1, l2),
-                    "[sampling] max_tokens: %d is above [limits] max_tokens (%d)",
-                    c->max_tokens_default, c->max_tokens_limit);
-    l1 = key_line(st, "batching", "max_batch_tokens");
-    l2 = key_line(st, "batching", "max_seqs");
-    if (c->max_batch_tokens < c->max_seqs)
-        return fail(st, MOE_MAX(l1, l2),
-                    "[batching] max_batch_tokens: %d is below [batching] max_seqs (%d); every "
-                    "running sequence needs a token in each step",
-                    c->max_batch_tokens, c->max_seqs);
-    char w[256];
+    a = moe_daemon_config_find("sampling", "max_tokens");
+    b = moe_daemon_config_find("limits", "max_tokens");
+    if (c->max_tokens_default > c->max_tokens_limit) {
+        snprintf(msg, sizeof(msg), "[sampling] max_tokens: %d is above [limits] max_tokens (%d)",
+                 c->max_tokens_default, c->max_tokens_limit);
+        return report(ctx, a, b, msg);
+    }
+    a = moe_daemon_config_find("batching", "max_batch_tokens");
+    b = moe_daemon_config_find("batching", "max_seqs");
+    if (c->max_batch_tokens < c->max_seqs) {
+        snprintf(msg, sizeof(msg),
+                 "[batching] max_batch_tokens: %d is below [batching] max_seqs (%d); every "
+                 "running sequence needs a token in each step",
+                 c->max_batch_tokens, c->max_seqs);
+        return report(ctx, a, b, msg);
+    }
     bool sel[MOE_ROUTER_MAX_LAYERS];
     float beta[MOE_ROUTER_MAX_LAYERS];
+    a = moe_daemon_config_find("router", "layers");
     if (strcmp(c->odp_layers, "auto") &&
-        moe_router_parse_layers(c->odp_layers, MOE_ROUTER_MAX_LAYERS, sel, w, sizeof(w)))
-        return fail(st, key_line(st, "router", "layers"), "[router] layers: %s", w);
-    if (moe_router_parse_betas(c->odp_beta_layers, MOE_ROUTER_MAX_LAYERS, beta, w, sizeof(w)))
-        return fail(st, key_line(st, "router", "beta_layers"), "[router] beta_layers: %s", w);
-    l1 = key_line(st, "kv", "residual");
-    l2 = key_line(st, "kv", "group");
-    if (c->kv_residual % c->kv_group)
-        return fail(st, MOE_MAX(l1, l2), "[kv] residual: %d is not a multiple of [kv] group (%d)",
-                    c->kv_residual, c->kv_group);
+        moe_router_parse_layers(c->odp_layers, MOE_ROUTER_MAX_LAYERS, sel, w, sizeof(w))) {
+        snprintf(msg, sizeof(msg), "[router] layers: %s", w);
+        return report(ctx, a, a, msg);
+    }
+    a = moe_daemon_config_find("router", "beta_layers");
+    if (moe_router_parse_betas(c->odp_beta_layers, MOE_ROUTER_MAX_LAYERS, beta, w, sizeof(w))) {
+        snprintf(msg, sizeof(msg), "[router] beta_layers: %s", w);
+        return report(ctx, a, a, msg);
+    }
+    a = moe_daemon_config_find("kv", "residual");
+    b = moe_daemon_config_find("kv", "group");
+    if (c->kv_residual % c->kv_group) {
+        snprintf(msg, sizeof(msg), "[kv] residual: %d is not a multiple of [kv] group (%d)",
+                 c->kv_residual, c->kv_group);
+        return report(ctx, a, b, msg);
+    }
     return 0;
+}
+
+/* in a file: the error goes on the later of the two keys' lines */
+static int report_in_file(void *ctx, const struct moe_daemon_key *a,
+                          const struct moe_daemon_key *b, const char *msg)
+{
+    struct parse_state *st = ctx;
+    return fail(st, MOE_MAX(st->line_of[a - table], st->line_of[b - table]), "%s", msg);
+}
+
+static int cross_check(struct parse_state *st)
+{
+    return check_rules(st->cfg, report_in_file, st);
 }
 
 int moe_daemon_config_parse(const char *name, const char *text, size_t len,
@@ -1145,4 +1191,194 @@ int moe_daemon_config_dump(const struct moe_daemon_config *c, const char *source
         fprintf(f, "%s%s=%s%s\n", k->name, tight ? "" : " ", (tight || !val[0]) ? "" : " ", val);
     }
     return ferror(f) ? moe_err(-EIO, "writing the configuration failed") : 0;
+}
+
+/* ---- command-line flags and MOED_* variables ---------------------------------- */
+
+static bool name_unique(const struct moe_daemon_key *k)
+{
+    for (size_t i = 0; i < N_KEYS; i++)
+        if (&table[i] != k && !strcmp(table[i].name, k->name))
+            return false;
+    return true;
+}
+
+/* "section_name" or "name" with sep for '_' and each letter through conv */
+static bool key_word(const struct moe_daemon_key *k, int form, char sep, bool upper,
+                     const char *prefix, char *buf, size_t cap)
+{
+    char raw[160];
+    if (form == MOE_DAEMON_NAME_SHORT && !name_unique(k)) {
+        if (cap)
+            buf[0] = '\0';
+        return false;
+    }
+    if (form == MOE_DAEMON_NAME_SHORT)
+        snprintf(raw, sizeof(raw), "%s", k->name);
+    else
+        snprintf(raw, sizeof(raw), "%s_%s", k->section, k->name);
+    size_t n = (size_t)snprintf(buf, cap, "%s", prefix);
+    for (const char *p = raw; *p && n + 1 < cap; p++)
+        buf[n++] = *p == '_' ? sep : upper ? (char)toupper((unsigned char)*p) : *p;
+    if (n < cap)
+        buf[n] = '\0';
+    return true;
+}
+
+bool moe_daemon_key_flag(const struct moe_daemon_key *k, int form, char *buf, size_t cap)
+{
+    return key_word(k, form, '-', false, "", buf, cap);
+}
+
+bool moe_daemon_key_env(const struct moe_daemon_key *k, int form, char *buf, size_t cap)
+{
+    return key_word(k, form, '_', true, "MOED_", buf, cap);
+}
+
+const struct moe_daemon_key *moe_daemon_flag_find(const char *name)
+{
+    char w[MOE_DAEMON_NAME_MAX];
+    for (size_t i = 0; i < N_KEYS; i++) {
+        for (int form = MOE_DAEMON_NAME_SHORT; form <= MOE_DAEMON_NAME_LONG; form++)
+            if (moe_daemon_key_flag(&table[i], form, w, sizeof(w)) && !strcmp(w, name))
+                return &table[i];
+    }
+    return NULL;
+}
+
+/* MOED_* variables that are not configuration keys but are read elsewhere:
+ * not worth a warning */
+static bool env_known_other(const char *name, size_t n)
+{
+    static const char *const others[] = {"MOED_TEST_", "MOED_NVME_FAULT", "MOED_DEMO_"};
+    for (size_t i = 0; i < MOE_ARRAY_SIZE(others); i++) {
+        size_t m = strlen(others[i]);
+        if (n >= m && !memcmp(name, others[i], m))
+            return true;
+    }
+    return false;
+}
+
+int moe_daemon_env_settings(char *const *envp, struct moe_daemon_setting *out, size_t cap,
+                            size_t *n_out)
+{
+    size_t n = 0;
+    char w[MOE_DAEMON_NAME_MAX];
+    *n_out = 0;
+    for (char *const *e = envp; e && *e; e++) {
+        const char *eq = strchr(*e, '=');
+        if (strncmp(*e, "MOED_", 5) || !eq)
+            continue;
+        size_t len = (size_t)(eq - *e);
+        const struct moe_daemon_key *k = NULL;
+        int form = 0;
+        for (size_t i = 0; i < N_KEYS && !k; i++)
+            for (form = MOE_DAEMON_NAME_SHORT; form <= MOE_DAEMON_NAME_LONG; form++)
+                if (moe_daemon_key_env(&table[i], form, w, sizeof(w)) && strlen(w) == len &&
+                    !memcmp(w, *e, len)) {
+                    k = &table[i];
+                    break;
+                }
+        if (!k) {
+            if (!env_known_other(*e, len))
+                moe_log(MOE_LOG_WARN, "%.*s names no configuration key; ignored (moed --help "
+                        "lists the variables)", (int)MOE_MIN(len, 100), *e);
+            continue;
+        }
+        for (size_t j = 0; j < n; j++)
+            if (out[j].key == k)
+                return moe_err(-EINVAL, "%s and %.*s both set [%s] %s; unset one", out[j].origin,
+                               (int)len, *e, k->section, k->name);
+        if (n == cap)
+            return moe_err(-E2BIG, "too many MOED_* variables");
+        out[n].key = k;
+        out[n].value = eq + 1;
+        snprintf(out[n].origin, sizeof(out[n].origin), "%.*s", (int)len, *e);
+        n++;
+    }
+    *n_out = n;
+    return 0;
+}
+
+struct override_ctx {
+    const struct moe_daemon_setting *s;
+    size_t n;
+};
+
+/* a rule broken after the overrides: name the last setting that touched it */
+static int report_override(void *arg, const struct moe_daemon_key *a,
+                           const struct moe_daemon_key *b, const char *msg)
+{
+    const struct override_ctx *o = arg;
+    for (size_t i = o->n; i-- > 0;)
+        if (o->s[i].key == a || o->s[i].key == b)
+            return moe_err(-EINVAL, "%s: %s", o->s[i].origin, msg);
+    return moe_err(-EINVAL, "%s", msg);
+}
+
+int moe_daemon_config_override(struct moe_daemon_config *c, const struct moe_daemon_setting *s,
+                               size_t n)
+{
+    struct moe_daemon_config tmp;
+    char w[512];
+    if (!n)
+        return 0;
+    int rc = moe_daemon_config_copy(&tmp, c);
+    if (rc)
+        return rc;
+    for (size_t i = 0; i < n; i++) {
+        if (parse_value(s[i].key, s[i].value, &tmp, w, sizeof(w))) {
+            rc = moe_err(-EINVAL, "%s ([%s] %s): %s", s[i].origin, s[i].key->section,
+                         s[i].key->name, w);
+            goto fail;
+        }
+    }
+    struct override_ctx ctx = {s, n};
+    if ((rc = check_rules(&tmp, report_override, &ctx)))
+        goto fail;
+    moe_daemon_config_free(c);
+    *c = tmp;
+    return 0;
+fail:
+    moe_daemon_config_free(&tmp);
+    return rc;
+}
+
+int moe_daemon_config_load_with(const char *path, const struct moe_daemon_setting *s, size_t n,
+                                struct moe_daemon_config *c)
+{
+    int rc = path ? moe_daemon_config_load(path, c) : moe_daemon_config_defaults(c);
+    if (rc)
+        return rc;
+    if ((rc = moe_daemon_config_override(c, s, n))) {
+        moe_daemon_config_free(c);
+        memset(c, 0, sizeof(*c));
+    }
+    return rc;
+}
+
+int moe_daemon_config_help(FILE *f)
+{
+    char fl[MOE_DAEMON_NAME_MAX], fs[MOE_DAEMON_NAME_MAX], el[MOE_DAEMON_NAME_MAX],
+        es[MOE_DAEMON_NAME_MAX], desc[384], line[512];
+    const char *section = "";
+    for (size_t i = 0; i < N_KEYS; i++) {
+        const struct moe_daemon_key *k = &table[i];
+        if (strcmp(section, k->section)) {
+            section = k->section;
+            fprintf(f, "\n  [%s]\n", section);
+        }
+        bool s = moe_daemon_key_flag(k, MOE_DAEMON_NAME_SHORT, fs, sizeof(fs));
+        moe_daemon_key_flag(k, MOE_DAEMON_NAME_LONG, fl, sizeof(fl));
+        moe_daemon_key_env(k, MOE_DAEMON_NAME_SHORT, es, sizeof(es));
+        moe_daemon_key_env(k, MOE_DAEMON_NAME_LONG, el, sizeof(el));
+        moe_daemon_key_describe(k, desc, sizeof(desc));
+        if (s)
+            snprintf(line, sizeof(line), "--%s, --%s VALUE  (%s, %s)", fs, fl, es, el);
+        else
+            snprintf(line, sizeof(line), "--%s VALUE  (%s)", fl, el);
+        fprintf(f, "    %s\n        %s; %s; default %s\n", line, k->doc, desc,
+                k->def[0] ? k->def : "empty");
+    }
+    return ferror(f) ? -EIO : 0;
 }

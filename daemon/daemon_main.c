@@ -49,35 +49,50 @@ static const char help_text[] =
     "    moed - serve a Mixture-of-Experts language model over a Unix socket\n"
     "\n"
     "SYNOPSIS\n"
-    "    moed [--config FILE]\n"
-    "    moed --check-config FILE\n"
-    "    moed --dump-config [--config FILE]\n"
+    "    moed [FLAGS] MODEL            (or moed [FLAGS] -m MODEL)\n"
+    "    moed [--config FILE] [FLAGS] [MODEL]\n"
+    "    moed --check-config FILE [FLAGS] [MODEL]\n"
+    "    moed --dump-config [--config FILE] [FLAGS] [MODEL]\n"
     "    moed --help | --version\n"
     "\n"
     "DESCRIPTION\n"
-    "    moed loads the model named in its INI file and answers HTTP/1.1 + JSON\n"
-    "    on a Unix socket: OpenAI-compatible /v1/completions and\n"
-    "    /v1/chat/completions (with SSE streaming), /v1/models, /health, /metrics,\n"
-    "    /admin/stats and POST /admin/reload. Concurrent requests are batched:\n"
-    "    each step decodes every running sequence together.\n"
+    "    moed loads a model and answers HTTP/1.1 + JSON on a Unix socket:\n"
+    "    OpenAI-compatible /v1/completions and /v1/chat/completions (with SSE\n"
+    "    streaming), /v1/models, /health, /metrics, /admin/stats and POST\n"
+    "    /admin/reload. Concurrent requests are batched: each step decodes every\n"
+    "    running sequence together.\n"
+    "\n"
+    "    A first run needs no INI file: `moed models/tiny-moe` serves that model\n"
+    "    (a Hugging Face directory, a GGUF file or a moed pack) with the built-in\n"
+    "    defaults, on " MOE_SYSTEM_SOCKET " when this user may create it, else on\n"
+    "    $XDG_RUNTIME_DIR/moed.sock (or /tmp/moed-UID.sock without it), which is\n"
+    "    where `moectl` looks too. Any INI key can be set by a flag or a MOED_*\n"
+    "    variable (listed below). With no model on the command line, moed reads\n"
+    "    " MOE_DAEMON_DEFAULT_CONFIG " (or --config FILE), as the service does.\n"
     "\n"
     "    It is meant to run under systemd (moed.service, Type=notify): it reports\n"
     "    READY=1 once the model is loaded, STATUS= lines, EXTEND_TIMEOUT_USEC= while\n"
-    "    loading, WATCHDOG=1 when WatchdogSec= is set, and takes its listening\n"
-    "    socket from moed.socket when socket-activated. It runs as well in a\n"
-    "    terminal, where it binds [daemon] socket itself.\n"
+    "    loading, WATCHDOG=1 when WatchdogSec= is set (only while the engine\n"
+    "    thread beats: a stalled engine lets the watchdog expire), and takes its\n"
+    "    listening sockets from moed.socket when socket-activated.\n"
     "\n"
     "OPTIONS\n"
+    "    MODEL, -m, --model MODEL\n"
+    "        The model to serve ([model] path). Without --config, no INI file is\n"
+    "        read.\n"
     "    -c, --config FILE\n"
-    "        Read the configuration from FILE (default " MOE_DAEMON_DEFAULT_CONFIG ").\n"
+    "        Read the configuration from FILE (default " MOE_DAEMON_DEFAULT_CONFIG ",\n"
+    "        none when a model is given on the command line).\n"
     "    --check-config FILE\n"
-    "        Check FILE and exit: prints \"FILE: OK\" (status 0), or the first\n"
-    "        error as FILE:LINE: [section] key: reason (status 1; 2 when FILE\n"
-    "        cannot be read).\n"
+    "        Check FILE, with any flags and MOED_* variables over it, and that its\n"
+    "        [model] path is a directory, a GGUF file or a pack; then exit: prints\n"
+    "        \"FILE: OK\" (status 0), or the first error as FILE:LINE: [section]\n"
+    "        key: reason, or FILE: [model] path: PATH: reason (status 1; 2 when\n"
+    "        FILE cannot be read).\n"
     "    --dump-config\n"
     "        Print the configuration as an INI file, every key with its doc, and\n"
-    "        exit: the built-in defaults, or with --config the effective values\n"
-    "        from FILE. etc/moed.ini is this output.\n"
+    "        exit: the built-in defaults, or the effective values from --config\n"
+    "        FILE, MOED_* variables and flags. etc/moed.ini is the plain output.\n"
     "    -h, --help\n"
     "        This text.\n"
     "    -V, --version\n"
@@ -86,12 +101,18 @@ static const char help_text[] =
     "SIGNALS\n"
     "    SIGHUP    Reload the configuration file. Reloadable keys take effect at\n"
     "              once; others are logged as \"needs restart\" and keep their\n"
-    "              running value. A file with an error changes nothing.\n"
+    "              running value; flags and MOED_* variables are applied over\n"
+    "              the file again. A file with an error changes nothing, and the\n"
+    "              STATUS= line says so until a reload succeeds. `moectl reload`\n"
+    "              (the unit's ExecReload=) does the same and exits non-zero when\n"
+    "              the file was rejected.\n"
     "    SIGTERM, SIGINT\n"
     "              Stop accepting connections, let requests in flight finish for\n"
     "              up to [daemon] drain_timeout seconds, cancel the rest, exit 0.\n"
     "\n"
     "ENVIRONMENT\n"
+    "    MOED_<KEY>, MOED_<SECTION>_<KEY>\n"
+    "        Any INI key (see below), over the file and under the flags.\n"
     "    NOTIFY_SOCKET, WATCHDOG_USEC, LISTEN_FDS, LISTEN_PID\n"
     "        Set by systemd: readiness notification, watchdog, socket activation.\n"
     "    JOURNAL_STREAM\n"
@@ -99,13 +120,15 @@ static const char help_text[] =
     "\n"
     "FILES\n"
     "    " MOE_DAEMON_DEFAULT_CONFIG "    the configuration (see etc/moed.ini)\n"
-    "    /run/moed/moed.sock    the default socket\n"
+    "    " MOE_SYSTEM_SOCKET "    the service's socket\n"
     "\n"
     "EXIT STATUS\n"
     "    0  stopped on request (or the option's work is done)\n"
-    "    1  the configuration is invalid\n"
+    "    1  the configuration is invalid: the file, a flag's or a MOED_*\n"
+    "       variable's value (named in the message), or for --check-config\n"
+    "       the model path\n"
     "    2  moed could not start: unreadable configuration, model, socket,\n"
-    "       engine, or a bad command line\n"
+    "       engine, or a bad command line (unknown option, extra argument)\n"
     "\n"
     "SEE ALSO\n"
     "    moectl(1), systemd.service(5), systemd.socket(5), sd_notify(3)\n";
@@ -124,7 +147,9 @@ struct loader {
 };
 
 struct moed {
-    const char *config_path;
+    const char *config_path; /* NULL: no file (moed MODEL) */
+    const struct moe_daemon_setting *settings; /* environment, then flags: on every reload */
+    size_t n_settings;
     struct moe_daemon_config cfg;
     char model_name[256];
     int chat_template;
@@ -140,7 +165,9 @@ struct moed {
     double t_start;
     bool loading, ready;
     struct loader ld;
-    char last_status[256];
+    char last_status[512];
+    char reload_failed[256]; /* the last reload's error until one succeeds, for STATUS= */
+    bool wd_stalled;         /* WATCHDOG=1 withheld: the engine thread is silent */
     struct moe_metric *m_ready, *m_reload_ok, *m_reload_err, *m_load_s;
 
     /* POST /admin/reload: the ipc thread hands the work to the main loop */
@@ -186,12 +213,22 @@ static int do_reload(struct moed *d, const char *source, char *msg, size_t cap)
     struct moe_daemon_reload_result res;
     if (d->ready)
         moe_daemon_notify_reloading();
-    moe_log(MOE_LOG_INFO, "reload (%s): reading %s", source, d->config_path);
-    int rc = moe_daemon_config_reload(&d->cfg, d->config_path, apply_config, d, &res, msg, cap);
+    moe_log(MOE_LOG_INFO, "reload (%s): reading %s", source,
+            d->config_path ? d->config_path : "no file: the defaults, MOED_* and the flags again");
+    int rc = moe_daemon_config_reload_with(&d->cfg, d->config_path, d->settings, d->n_settings,
+                                           apply_config, d, &res, msg, cap);
     moe_metric_inc(rc ? d->m_reload_err : d->m_reload_ok);
+    /* the status says so until a reload succeeds: `systemctl status` is
+     * where an operator looks after `systemctl reload` */
+    if (rc)
+        snprintf(d->reload_failed, sizeof(d->reload_failed), "%s", msg);
+    else
+        d->reload_failed[0] = '\0';
     if (d->ready) {
         moe_daemon_notify("READY=1");
         set_status_serving(d, true);
+    } else if (rc) {
+        moe_daemon_notify("STATUS=Reload failed: %s", d->reload_failed);
     }
     return rc;
 }
@@ -265,17 +302,50 @@ static void serve_reload_hook(struct moed *d)
 
 static void set_status_serving(struct moed *d, bool force)
 {
-    char st[256];
+    char st[512];
     struct moe_engine_stats es;
     if (!d->engine)
         return;
     moe_engine_get_stats(d->engine, &es);
-    snprintf(st, sizeof(st), "Serving %.180s: %d running, %d queued, %llu done", d->model_name,
-             (int)es.running, (int)es.queue_depth, (unsigned long long)es.requests_done);
+    int n = snprintf(st, sizeof(st), "%s %.180s: %d running, %d queued, %llu done",
+                     d->wd_stalled ? "Engine stalled, serving" : "Serving", d->model_name,
+                     (int)es.running, (int)es.queue_depth, (unsigned long long)es.requests_done);
+    if (d->reload_failed[0] && n > 0 && (size_t)n < sizeof(st))
+        snprintf(st + n, sizeof(st) - (size_t)n, "; reload failed: %s", d->reload_failed);
     if (force || strcmp(st, d->last_status)) {
         snprintf(d->last_status, sizeof(d->last_status), "%s", st);
         moe_daemon_notify("STATUS=%s", st);
     }
+}
+
+/* WATCHDOG=1 proves more than a live main loop: once the engine runs, only
+ * while its thread has beaten within the watchdog interval (it beats every
+ * step, and every MOE_ENGINE_BEAT_S while idle). A step stuck in a kernel,
+ * a deadlock or a hung read then lets WatchdogSec= expire and systemd
+ * restarts moed. While the model loads there is no engine thread yet: the
+ * main loop alone answers, as the loader has its own start-up timeout. */
+static void watchdog_pet(struct moed *d)
+{
+    if (d->engine) {
+        double age = moe_engine_heartbeat_age(d->engine);
+        double limit = MOE_MAX((double)d->watchdog_usec / 1e6, 2.0 * MOE_ENGINE_BEAT_S);
+        if (age > limit) {
+            if (!d->wd_stalled) {
+                d->wd_stalled = true;
+                moe_log(MOE_LOG_ERR, "watchdog: the engine thread has not beaten for %.1f s "
+                        "(limit %.1f s, the watchdog interval): no more WATCHDOG=1, so that "
+                        "systemd restarts moed unless it recovers", age, limit);
+                set_status_serving(d, true);
+            }
+            return;
+        }
+        if (d->wd_stalled) {
+            d->wd_stalled = false;
+            moe_log(MOE_LOG_WARN, "watchdog: the engine thread beats again; WATCHDOG=1 resumes");
+            set_status_serving(d, true);
+        }
+    }
+    moe_daemon_notify("WATCHDOG=1");
 }
 
 static void on_tick(struct moed *d)
@@ -284,7 +354,7 @@ static void on_tick(struct moed *d)
     if (read(d->tfd, &n, sizeof(n)) != sizeof(n))
         return;
     if (d->watchdog_usec)
-        moe_daemon_notify("WATCHDOG=1");
+        watchdog_pet(d);
     if (d->loading)
         moe_daemon_notify("EXTEND_TIMEOUT_USEC=%llu\nSTATUS=Loading model %s (%.0f s)",
                           (unsigned long long)EXTEND_USEC, d->cfg.model_path,
@@ -414,6 +484,15 @@ static int finish_start(struct moed *d)
     if (rc)
         return rc;
     moe_ipc_set_engine(d->ipc, d->engine);
+    /* what is loaded, for `moectl ps` and dashboards: an info-style gauge */
+    char esc[600], labels[900];
+    moe_metric_label_escape(d->model_name, esc, sizeof(esc));
+    snprintf(labels, sizeof(labels),
+             "model=\"%s\",arch=\"%s\",layers=\"%d\",experts=\"%d\",top_k=\"%d\",ctx=\"%d\"", esc,
+             moe_arch_name(d->model->cfg.arch), (int)d->model->cfg.n_layers,
+             (int)d->model->cfg.n_experts, (int)d->model->cfg.top_k, (int)el.max_ctx);
+    moe_metric_set(moe_metric_gauge("moed_model_info", "The model served (value 1), in labels",
+                                    labels), 1);
     d->ready = true;
     moe_metric_set(d->m_ready, 1);
     moe_log(MOE_LOG_INFO, "ready: serving %s (%s, %d layers, %d experts, top-%d) with %d threads "
@@ -587,19 +666,21 @@ static void shutdown_all(struct moed *d)
 
 /* ---- the daemon --------------------------------------------------------------------- */
 
-static int run(const char *config_path)
+static int run(const char *config_path, struct moe_daemon_setting *set, size_t n_set)
 {
     static struct moed d; /* static: a detached loader may outlive run() */
     int code = 0, rc;
 
     d.config_path = config_path;
+    d.settings = set;
+    d.n_settings = n_set;
     d.sfd = d.tfd = d.reload_efd = d.ld.efd = -1;
     pthread_mutex_init(&d.hook_serial, NULL);
     pthread_mutex_init(&d.mu, NULL);
     pthread_cond_init(&d.cond, NULL);
     d.t_start = moe_now_s();
 
-    rc = moe_daemon_config_load(config_path, &d.cfg);
+    rc = moe_daemon_config_load_with(config_path, set, n_set, &d.cfg);
     if (rc) {
         moe_log(MOE_LOG_ERR, "%s", moe_err_msg());
         moe_daemon_notify("STATUS=Configuration error: %s", moe_err_msg());
@@ -607,8 +688,13 @@ static int run(const char *config_path)
     }
     moe_log_set_level((enum moe_log_level)d.cfg.log_level);
     moe_daemon_model_name(&d.cfg, d.model_name, sizeof(d.model_name));
-    moe_log(MOE_LOG_INFO, "moed %s starting (config %s, pid %d)", MOED_VERSION, config_path,
+    moe_log(MOE_LOG_INFO, "moed %s starting (%s%s, pid %d)", MOED_VERSION,
+            config_path ? "config " : "no configuration file", config_path ? config_path : "",
             (int)getpid());
+    for (size_t i = 0; i < n_set; i++)
+        moe_log(MOE_LOG_INFO, "%s: [%s] %s = %s", set[i].origin, set[i].key->section,
+                set[i].key->name, set[i].key == moe_daemon_config_find("daemon", "api_key")
+                                      ? "(hidden)" : set[i].value);
     moe_daemon_notify("STATUS=Starting (moed %s)", MOED_VERSION);
     register_metrics(&d);
 
@@ -617,6 +703,7 @@ static int run(const char *config_path)
         code = EXIT_FAIL;
         goto out;
     }
+    moe_daemon_regroup_activated(d.cfg.socket_group.gid);
     if ((rc = start_ipc(&d))) {
         moe_log(MOE_LOG_ERR, "cannot start the API server: %s",
                 moe_err_msg()[0] ? moe_err_msg() : strerror(-rc));
@@ -692,23 +779,30 @@ out:
 
 /* ---- command line --------------------------------------------------------------------- */
 
-static int check_config(const char *path)
+static int check_config(const char *path, const struct moe_daemon_setting *set, size_t n)
 {
     struct moe_daemon_config c;
-    int rc = moe_daemon_config_load(path, &c);
+    char why[1200];
+    int rc = moe_daemon_config_load_with(path, set, n, &c);
     if (rc) {
         fprintf(stderr, "%s\n", moe_err_msg());
         return rc == -EINVAL ? EXIT_CONFIG : EXIT_FAIL;
     }
+    /* a file that parses but names no model would only fail once started */
+    rc = moe_daemon_check_model(&c, why, sizeof(why));
     moe_daemon_config_free(&c);
+    if (rc) {
+        fprintf(stderr, "%s: %s\n", path, why);
+        return EXIT_CONFIG;
+    }
     printf("%s: OK\n", path);
     return 0;
 }
 
-static int dump_config(const char *path)
+static int dump_config(const char *path, const struct moe_daemon_setting *set, size_t n)
 {
     struct moe_daemon_config c;
-    int rc = path ? moe_daemon_config_load(path, &c) : moe_daemon_config_defaults(&c);
+    int rc = moe_daemon_config_load_with(path, set, n, &c);
     if (rc) {
         fprintf(stderr, "%s\n", moe_err_msg());
         return rc == -EINVAL ? EXIT_CONFIG : EXIT_FAIL;
@@ -724,48 +818,130 @@ static int dump_config(const char *path)
     return 0;
 }
 
+static void help(void)
+{
+    fputs(help_text, stdout);
+    fputs("\nCONFIGURATION FLAGS AND VARIABLES\n"
+          "    Every INI key is also a flag and an environment variable, written as\n"
+          "    in the file (--KEY VALUE or --KEY=VALUE; booleans yes/no). A key whose\n"
+          "    name only one section has is --KEY and MOED_KEY; every key is also\n"
+          "    --SECTION-KEY and MOED_SECTION_KEY. Precedence, lowest first: the\n"
+          "    built-in defaults, the INI file, MOED_* variables, flags (the last of\n"
+          "    a repeated flag wins). A bad value exits 1 naming the flag or variable.\n",
+          stdout);
+    moe_daemon_config_help(stdout);
+    fflush(stdout);
+}
+
+enum { O_CHECK = 256, O_DUMP, O_MODEL, O_KEY = 1024 };
+
+extern char **environ;
+
 int main(int argc, char **argv)
 {
-    enum { O_CHECK = 256, O_DUMP };
-    static const struct option longopts[] = {
+    static const struct option fixed[] = {
         {"config", required_argument, 0, 'c'},
         {"check-config", required_argument, 0, O_CHECK},
         {"dump-config", no_argument, 0, O_DUMP},
+        {"model", required_argument, 0, 'm'},
         {"help", no_argument, 0, 'h'},
         {"version", no_argument, 0, 'V'},
-        {0, 0, 0, 0},
     };
-    const char *config = NULL, *check = NULL;
+    size_t n_keys;
+    const struct moe_daemon_key *table = moe_daemon_config_table(&n_keys);
+    const struct moe_daemon_key *k_path = moe_daemon_config_find("model", "path");
+    const struct moe_daemon_key *k_socket = moe_daemon_config_find("daemon", "socket");
+    /* the fixed options, then every key's flags, generated from the table */
+    size_t n_fixed = MOE_ARRAY_SIZE(fixed), n_opt = n_fixed;
+    struct option *longopts = calloc(n_fixed + 2 * n_keys + 1, sizeof(*longopts));
+    char (*names)[MOE_DAEMON_NAME_MAX] = calloc(2 * n_keys, sizeof(*names));
+    size_t cap = 2 * n_keys + (size_t)argc + 2; /* environment (one per key), flags, socket */
+    struct moe_daemon_setting *set = calloc(cap, sizeof(*set));
+    if (!longopts || !names || !set) {
+        fprintf(stderr, "moed: out of memory\n");
+        return EXIT_FAIL;
+    }
+    memcpy(longopts, fixed, sizeof(fixed));
+    for (size_t i = 0; i < n_keys; i++)
+        for (int form = MOE_DAEMON_NAME_SHORT; form <= MOE_DAEMON_NAME_LONG; form++)
+            if (moe_daemon_key_flag(&table[i], form, names[2 * i + form], MOE_DAEMON_NAME_MAX))
+                longopts[n_opt++] = (struct option){names[2 * i + form], required_argument, 0,
+                                                    O_KEY + (int)i};
+
+    /* the environment first: flags come after it and win */
+    size_t n_env = 0, n_set;
+    if (moe_daemon_env_settings(environ, set, n_keys * 2, &n_env)) {
+        fprintf(stderr, "moed: %s\n", moe_err_msg());
+        return EXIT_CONFIG;
+    }
+    n_set = n_env;
+    const char *config = NULL, *check = NULL, *model = NULL;
     bool dump = false;
-    int opt;
+    int opt, li;
 
     opterr = 0;
-    while ((opt = getopt_long(argc, argv, ":c:hV", longopts, NULL)) != -1) {
+    while ((li = -1, opt = getopt_long(argc, argv, ":c:m:hV", longopts, &li)) != -1) {
         switch (opt) {
         case 'c': config = optarg; break;
         case O_CHECK: check = optarg; break;
         case O_DUMP: dump = true; break;
-        case 'h': fputs(help_text, stdout); return 0;
+        case 'm':
+            model = optarg;
+            set[n_set++] = (struct moe_daemon_setting){k_path, optarg, ""};
+            snprintf(set[n_set - 1].origin, MOE_DAEMON_NAME_MAX, "%s",
+                     li >= 0 ? "--model" : "-m");
+            break;
+        case 'h': help(); return 0;
         case 'V': printf("moed %s\n", MOED_VERSION); return 0;
         case ':':
             fprintf(stderr, "moed: %s needs an argument (moed --help)\n", argv[optind - 1]);
             return EXIT_FAIL;
-        default:
+        case '?':
             fprintf(stderr, "moed: unknown option '%s' (moed --help)\n", argv[optind - 1]);
             return EXIT_FAIL;
+        default: {
+            const struct moe_daemon_key *k = &table[opt - O_KEY];
+            set[n_set] = (struct moe_daemon_setting){k, optarg, ""};
+            snprintf(set[n_set].origin, MOE_DAEMON_NAME_MAX, "--%s", longopts[li].name);
+            if (k == k_path)
+                model = optarg;
+            n_set++;
+        }
         }
     }
-    if (optind < argc) {
-        fprintf(stderr, "moed: unexpected argument '%s' (moed --help)\n", argv[optind]);
-        return EXIT_FAIL;
+    if (optind < argc) { /* moed MODEL, as llama-server -m MODEL */
+        if (optind + 1 < argc) {
+            fprintf(stderr, "moed: unexpected argument '%s' after the model (moed --help)\n",
+                    argv[optind + 1]);
+            return EXIT_FAIL;
+        }
+        model = argv[optind];
+        set[n_set] = (struct moe_daemon_setting){k_path, model, "MODEL (argument)"};
+        n_set++;
     }
     if (check && (dump || config)) {
-        fprintf(stderr, "moed: --check-config takes the file itself, alone (moed --help)\n");
+        fprintf(stderr, "moed: --check-config takes the file itself, without --config or "
+                        "--dump-config (moed --help)\n");
         return EXIT_FAIL;
     }
     if (check)
-        return check_config(check);
+        return check_config(check, set, n_set);
+    /* a model on the command line and no --config: no file at all, as
+     * llama-server; else the file (the system one by default) */
+    const char *path = config ? config : model ? NULL : MOE_DAEMON_DEFAULT_CONFIG;
     if (dump)
-        return dump_config(config);
-    return run(config ? config : MOE_DAEMON_DEFAULT_CONFIG);
+        return dump_config(config, set, n_set);
+    bool socket_set = false;
+    for (size_t i = 0; i < n_set; i++)
+        socket_set |= set[i].key == k_socket;
+    static char sock[256];
+    if (!path && !socket_set) { /* a first run by an ordinary user: no root needed */
+        moe_daemon_default_socket(sock, sizeof(sock));
+        set[n_set++] = (struct moe_daemon_setting){k_socket, sock, "default without a file"};
+    }
+    int rc = run(path, set, n_set);
+    free(set);
+    free(names);
+    free(longopts);
+    return rc;
 }

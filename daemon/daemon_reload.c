@@ -33,6 +33,15 @@ int moe_daemon_config_reload(struct moe_daemon_config *cur, const char *path,
                              moe_daemon_apply_fn apply, void *arg,
                              struct moe_daemon_reload_result *res, char *msg, size_t cap)
 {
+    return moe_daemon_config_reload_with(cur, path, NULL, 0, apply, arg, res, msg, cap);
+}
+
+int moe_daemon_config_reload_with(struct moe_daemon_config *cur, const char *path,
+                                  const struct moe_daemon_setting *s, size_t n_set,
+                                  moe_daemon_apply_fn apply, void *arg,
+                                  struct moe_daemon_reload_result *res, char *msg, size_t cap)
+{
+    const char *what = path ? path : "(no configuration file)";
     struct moe_daemon_config next, merged;
     struct moe_daemon_reload_result r = {0, 0};
     char local[1024];
@@ -49,7 +58,7 @@ int moe_daemon_config_reload(struct moe_daemon_config *cur, const char *path,
     msg[0] = '\0';
     if (res)
         *res = r;
-    rc = moe_daemon_config_load(path, &next);
+    rc = moe_daemon_config_load_with(path, s, n_set, &next);
     if (rc) {
         put(&m, "%s; the running configuration is unchanged", moe_err_msg());
         moe_log(MOE_LOG_ERR, "reload: %s; the running configuration is unchanged", moe_err_msg());
@@ -64,14 +73,14 @@ int moe_daemon_config_reload(struct moe_daemon_config *cur, const char *path,
         }
     }
     if (rc) {
-        put(&m, "%s: %s; the running configuration is unchanged", path, moe_err_msg());
+        put(&m, "%s: %s; the running configuration is unchanged", what, moe_err_msg());
         goto fail;
     }
     if (r.n_applied && apply) {
         char why[512] = "";
         rc = apply(arg, &merged, why, sizeof(why));
         if (rc) {
-            put(&m, "%s: %s; the running configuration is unchanged", path,
+            put(&m, "%s: %s; the running configuration is unchanged", what,
                 why[0] ? why : "the new values were refused");
             moe_log(MOE_LOG_ERR, "reload: %s", msg);
             goto fail;
@@ -79,7 +88,7 @@ int moe_daemon_config_reload(struct moe_daemon_config *cur, const char *path,
     }
 
     /* it is in effect: say what changed */
-    put(&m, "%s: ", path);
+    put(&m, "%s: ", what);
     for (int pass = 0; pass < 2; pass++) {
         int n = 0;
         for (size_t i = 0; i < n_keys; i++) {

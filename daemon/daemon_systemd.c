@@ -8,7 +8,11 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stddef.h>
+#include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <systemd/sd-daemon.h>
 #include <time.h>
 #include <unistd.h>
@@ -76,4 +80,35 @@ uint64_t moe_daemon_watchdog_usec(void)
     if (sd_watchdog_enabled(0, &usec) > 0)
         return usec;
     return 0;
+}
+
+/* Socket activation under RuntimeDirectory= and DynamicUser=: systemd chowns
+ * /run/moed and everything in it, the socket that moed.socket made with
+ * SocketGroup=moed included, to the service's dynamic user and group when
+ * moed starts. Give the Unix sockets back to gid (moed is in it through
+ * SupplementaryGroups=). LISTEN_* stay for moe_daemon_listen_fds. */
+void moe_daemon_regroup_activated(gid_t gid)
+{
+    if (gid == (gid_t)-1)
+        return;
+    int n = sd_listen_fds(0);
+    for (int i = 0; i < n; i++) {
+        int fd = SD_LISTEN_FDS_START + i;
+        struct sockaddr_un a;
+        socklen_t len = sizeof(a);
+        struct stat st;
+        memset(&a, 0, sizeof(a));
+        if (getsockname(fd, (struct sockaddr *)&a, &len) < 0 || a.sun_family != AF_UNIX ||
+            len <= offsetof(struct sockaddr_un, sun_path) || a.sun_path[0] != '/')
+            continue; /* TCP, unnamed or abstract */
+        a.sun_path[sizeof(a.sun_path) - 1] = '\0';
+        if (stat(a.sun_path, &st) < 0 || !S_ISSOCK(st.st_mode) || st.st_gid == gid)
+            continue;
+        if (chown(a.sun_path, (uid_t)-1, gid) < 0)
+            moe_log(MOE_LOG_WARN, "socket activation: cannot give %s to group %u: %s (add "
+                    "SupplementaryGroups= for it)", a.sun_path, (unsigned)gid, strerror(errno));
+        else
+            moe_log(MOE_LOG_INFO, "socket activation: %s given back to group %u", a.sun_path,
+                    (unsigned)gid);
+    }
 }

@@ -26,7 +26,8 @@ max_ctx = 512
 temperature = 0.8
 max_tokens = 64
 EOF
-build/bin/moed --config "$dir/moed.ini" 2>"$dir/moed.log" &
+# --socket as well: a MOED_SOCKET exported for moectl would set moed's socket too
+build/bin/moed --config "$dir/moed.ini" --socket "$sock" 2>"$dir/moed.log" &
 pid=$!
 [ -n "${MOED_DEMO_KEEP:-}" ] || trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$dir"' EXIT
 for _ in $(seq 100); do

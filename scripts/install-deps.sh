@@ -7,6 +7,7 @@ pkgs=(
     libjansson-dev libpcre2-dev libcmocka-dev
     libnuma-dev liburing-dev libinih-dev libmicrohttpd-dev
     libcurl4-openssl-dev libxxhash-dev libglpk-dev libsystemd-dev
+    libreadline-dev   # moectl chat: line editing and history
     python3 python3-numpy
     curl systemd   # the demo's curl --unix-socket; systemd-analyze verify in the tests
 )

@@ -23,12 +23,18 @@
 #include <strings.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+#include <readline/history.h>
+#include <readline/readline.h>
 
 #include "common/common.h"
 
 #define MOECTL_VERSION "0.1.0"
-#define DEFAULT_SOCKET "/run/moed/moed.sock"
+#define DEFAULT_SOCKET MOE_SYSTEM_SOCKET
+#define HISTORY_FILE ".moectl_history" /* in $HOME, for chat's prompt */
+#define HISTORY_MAX 1000
 #define DEFAULT_TIMEOUT_S 30.0   /* commands other than generate / chat */
 #define MAX_BODY (64u << 20)     /* a non-streamed answer larger than this is refused */
 #define MAX_STOPS 64
@@ -48,7 +54,8 @@ static const char help_text[] =
     "SYNOPSIS\n"
     "    moectl [--socket PATH] [--timeout S] generate [OPTIONS] PROMPT...\n"
     "    moectl [--socket PATH] [--timeout S] chat [OPTIONS] [--system TEXT] MESSAGE...\n"
-    "    moectl [--socket PATH] [--timeout S] models | status | stats | metrics | reload\n"
+    "    moectl [--socket PATH] chat [-i] [OPTIONS] [--system TEXT]\n"
+    "    moectl [--socket PATH] [--timeout S] models | ps | status | stats | metrics | reload\n"
     "    moectl --help | --version\n"
     "\n"
     "DESCRIPTION\n"
@@ -70,8 +77,22 @@ static const char help_text[] =
     "        Send one user message, after the --system message if given (POST\n"
     "        /v1/chat/completions); the daemon applies the model's chat template.\n"
     "        MESSAGE is taken as PROMPT is for generate.\n"
+    "    chat (no MESSAGE, on a terminal), chat -i, --interactive\n"
+    "        A conversation: each line is a user message, sent with every earlier\n"
+    "        turn, and the reply streams back. On a terminal: line editing and\n"
+    "        history (GNU readline, kept in ~/" HISTORY_FILE "). With -i, lines\n"
+    "        are read from a pipe or a file too, one turn each, every reply ending\n"
+    "        with a newline; a MESSAGE given is the first turn. /clear forgets the\n"
+    "        conversation, /system TEXT sets the system message, /history shows\n"
+    "        it, /help, /exit; end of input (Ctrl-D) leaves. Without a terminal, a\n"
+    "        turn that fails ends it with that turn's exit status.\n"
     "    models\n"
     "        List the ids of the models served (GET /v1/models), one per line.\n"
+    "    ps\n"
+    "        What is loaded and running: the model (name, architecture, layers,\n"
+    "        experts, context), state, running / queued / finished requests, KV\n"
+    "        cache use, the daemon's resident memory (when its process is visible\n"
+    "        here) and uptime (GET /admin/stats, /v1/models and /metrics).\n"
     "    status\n"
     "        Print the daemon's health (GET /health): its status word (\"ok\" when\n"
     "        ready), then any other fields as \"key: value\" lines. Exit status 0\n"
@@ -91,7 +112,10 @@ static const char help_text[] =
     "    daemon's defaults (its INI file).\n"
     "\n"
     "    --socket PATH\n"
-    "        The daemon's socket (default: $MOED_SOCKET, else " DEFAULT_SOCKET ").\n"
+    "        The daemon's socket. Default: $MOED_SOCKET; else the one `moed MODEL`\n"
+    "        makes for you when it is there ($XDG_RUNTIME_DIR/moed.sock, or\n"
+    "        /tmp/moed-UID.sock without XDG_RUNTIME_DIR; yours or root's); else\n"
+    "        " DEFAULT_SOCKET ", the service's.\n"
     "    --timeout S\n"
     "        Give up when the whole request takes more than S seconds (exit 3).\n"
     "        Default: no limit for generate and chat, 30 for the other commands;\n"
@@ -112,6 +136,8 @@ static const char help_text[] =
     "        Ask for the whole answer at once instead of a stream.\n"
     "    --system TEXT\n"
     "        chat: a system message before MESSAGE.\n"
+    "    -i, --interactive\n"
+    "        chat: a conversation read line by line (see chat above).\n"
     "    --model NAME\n"
     "        Send NAME as the request's \"model\" (default: none; moed serves one model).\n"
     "    -q, --quiet\n"
@@ -123,7 +149,9 @@ static const char help_text[] =
     "\n"
     "ENVIRONMENT\n"
     "    MOED_SOCKET\n"
-    "        The socket path when --socket is not given.\n"
+    "        The socket path when --socket is not given (moed reads it too).\n"
+    "    XDG_RUNTIME_DIR, HOME\n"
+    "        Where the default socket and chat's history are.\n"
     "\n"
     "EXIT STATUS\n"
     "    0   Success.\n"
@@ -141,10 +169,13 @@ static const char help_text[] =
     "EXAMPLES\n"
     "    moectl generate -n 32 -t 0 \"The capital of France is\"\n"
     "    echo \"Summarise this: ...\" | moectl chat --system \"Be brief.\"\n"
-    "    moectl --socket /tmp/moed.sock status && moectl stats\n";
+    "    moectl --socket /tmp/moed.sock status && moectl stats\n"
+    "    moectl chat                      # talk to it; Ctrl-D leaves\n"
+    "    printf 'Hi\\nAnd then?\\n' | moectl chat -i   # two turns from a script\n"
+    "    moectl ps\n";
 
 enum command { CMD_GENERATE, CMD_CHAT, CMD_MODELS, CMD_STATUS, CMD_STATS, CMD_METRICS,
-               CMD_RELOAD };
+               CMD_RELOAD, CMD_PS };
 
 static const struct {
     const char *name;
@@ -158,7 +189,10 @@ static const struct {
     {"stats", CMD_STATS, "GET", "/admin/stats"},
     {"metrics", CMD_METRICS, "GET", "/metrics"},
     {"reload", CMD_RELOAD, "POST", "/admin/reload"},
+    {"ps", CMD_PS, "GET", "/admin/stats"}, /* and /v1/models, /metrics */
 };
+
+struct buf;
 
 struct opts {
     const char *socket;
@@ -169,8 +203,12 @@ struct opts {
     const char *stops[MAX_STOPS];
     size_t n_stops;
     bool no_stream, quiet;
+    bool interactive; /* chat: one turn per line, until EOF */
     int cmd_index; /* into commands[] */
     char *text;    /* prompt / message (malloc'ed) */
+    /* chat's conversation: the messages sent instead of system + text */
+    json_t *history;
+    struct buf *capture; /* the generated text is appended here too */
 };
 
 /* ---- small helpers ------------------------------------------------------------ */
@@ -285,6 +323,7 @@ struct req {
     double t0;
     long shown_s;
     const char *status_what;
+    struct buf *capture; /* opts.capture */
     /* set when the transfer was stopped on purpose */
     int abort_exit;
     char abort_msg[512];
@@ -336,6 +375,11 @@ static bool out_write(struct req *r, const char *s, size_t n)
     }
     r->printed = true;
     r->last_nl = s[n - 1] == '\n';
+    if (r->capture && !buf_add(r->capture, s, n)) {
+        r->abort_exit = EXIT_SERVER;
+        snprintf(r->abort_msg, sizeof(r->abort_msg), "out of memory");
+        return false;
+    }
     return true;
 }
 
@@ -521,7 +565,9 @@ static void explain_connect(const char *path, char *out, size_t cap)
         close(fd);
     const char *hint = "";
     if (e == ENOENT)
-        hint = " (is moed running? the socket is set by --socket or MOED_SOCKET)";
+        hint = " (is moed running? --socket or MOED_SOCKET name its socket; without them "
+               "moectl looks for $XDG_RUNTIME_DIR/moed.sock or /tmp/moed-UID.sock, where "
+               "`moed MODEL` run by you listens, then " DEFAULT_SOCKET ")";
     else if (e == ECONNREFUSED)
         hint = " (no daemon is listening on it)";
     else if (e == EACCES || e == EPERM)
@@ -728,6 +774,8 @@ static char *request_body(const struct opts *o, enum command cmd, bool stream)
         set_str(j, "model", o->model, &ok);
     if (cmd == CMD_GENERATE) {
         set_str(j, "prompt", o->text, &ok);
+    } else if (o->history) {
+        json_object_set(j, "messages", o->history);
     } else {
         json_t *msgs = json_array();
         if (o->system) {
@@ -772,7 +820,7 @@ static int run(const struct opts *o)
     enum command cmd = commands[o->cmd_index].cmd;
     bool generation = cmd == CMD_GENERATE || cmd == CMD_CHAT;
     struct req r = {.cmd = cmd, .stream_asked = generation && !o->no_stream,
-                    .out_tty = isatty(STDOUT_FILENO)};
+                    .out_tty = isatty(STDOUT_FILENO), .capture = o->capture};
     char *body = NULL;
     char url[256];
     struct curl_slist *hdr = NULL;
@@ -871,6 +919,7 @@ static int run(const struct opts *o)
         case CMD_STATS: rc = answer_stats(&r); break;
         case CMD_METRICS: rc = answer_raw(&r); break;
         case CMD_RELOAD: rc = answer_reload(&r); break;
+        case CMD_PS: rc = answer_stats(&r); break; /* ps() asks itself; not reached */
         }
     }
     if (fflush(stdout) != 0 && rc == EXIT_OK) {
@@ -884,6 +933,385 @@ static int run(const struct opts *o)
     buf_free(&r.line);
     buf_free(&r.data);
     free(body);
+    return rc;
+}
+
+/* ---- ps: what is loaded and running ------------------------------------------------------ */
+
+/* One GET into out; returns 0, or the exit status after printing why. */
+static int http_get(const struct opts *o, const char *path, struct buf *out)
+{
+    char url[256];
+    long status = 0;
+    CURL *c = curl_easy_init();
+    if (!c) {
+        fprintf(stderr, "moectl: cannot initialise libcurl\n");
+        return EXIT_SERVER;
+    }
+    struct req r = {.curl = c, .cmd = CMD_STATS};
+    snprintf(url, sizeof(url), "http://localhost%s", path);
+    curl_easy_setopt(c, CURLOPT_UNIX_SOCKET_PATH, o->socket);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_USERAGENT, "moectl/" MOECTL_VERSION);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
+    double t = o->timeout_s >= 0 ? o->timeout_s : DEFAULT_TIMEOUT_S;
+    if (t > 0)
+        curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)MOE_MIN(t * 1000.0, 2e9));
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &r);
+    CURLcode cr = curl_easy_perform(c);
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    r.status = status;
+    int rc = EXIT_OK;
+    if (r.abort_exit) {
+        fprintf(stderr, "moectl: %s\n", r.abort_msg);
+        rc = r.abort_exit;
+    } else if (cr != CURLE_OK) {
+        char msg[600];
+        if (cr == CURLE_COULDNT_CONNECT)
+            explain_connect(o->socket, msg, sizeof(msg));
+        else
+            snprintf(msg, sizeof(msg), "%s: GET %s: %s", o->socket, path, curl_easy_strerror(cr));
+        fprintf(stderr, "moectl: %s\n", msg);
+        rc = EXIT_UNAVAILABLE;
+    } else if (status != 200) {
+        rc = report_http_error(&r);
+    }
+    if (!rc) {
+        *out = r.body;
+        r.body = (struct buf){0};
+    }
+    curl_easy_cleanup(c);
+    buf_free(&r.body);
+    return rc;
+}
+
+/* the value of a sample line "NAME VALUE" or "NAME{...} VALUE" in Prometheus text; NAN if none */
+static double metric_value(const char *text, const char *name, char *labels, size_t cap)
+{
+    size_t n = strlen(name);
+    for (const char *p = text; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL) {
+        if (strncmp(p, name, n) || (p[n] != ' ' && p[n] != '{'))
+            continue;
+        const char *v = p + n;
+        if (*v == '{') {
+            const char *close = strchr(v, '}');
+            if (!close)
+                return NAN;
+            if (labels)
+                snprintf(labels, cap, "%.*s", (int)(close - v - 1), v + 1);
+            v = close + 1;
+        }
+        return strtod(v, NULL);
+    }
+    return NAN;
+}
+
+/* label="value" out of a label list (values without escapes are enough here) */
+static void label_value(const char *labels, const char *key, char *out, size_t cap)
+{
+    char pat[64];
+    snprintf(pat, sizeof(pat), "%s=\"", key);
+    out[0] = '\0';
+    for (const char *p = strstr(labels, pat); p; p = strstr(p + 1, pat)) {
+        if (p != labels && p[-1] != ',')
+            continue;
+        p += strlen(pat);
+        const char *q = strchr(p, '"');
+        snprintf(out, cap, "%.*s", q ? (int)(q - p) : 0, p);
+        return;
+    }
+}
+
+static void human_bytes(double b, char *out, size_t cap)
+{
+    static const char *const u[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    int i = 0;
+    while (b >= 1024 && i < 4) {
+        b /= 1024;
+        i++;
+    }
+    snprintf(out, cap, i ? "%.1f %s" : "%.0f %s", b, u[i]);
+}
+
+/* the daemon's resident memory, when it is a process this user can see */
+static double process_rss(long long pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof(path), "/proc/%lld/status", pid);
+    FILE *f = fopen(path, "r");
+    double kib = NAN;
+    bool moed = false;
+    while (f && fgets(line, sizeof(line), f)) {
+        if (!strncmp(line, "Name:", 5))
+            moed = strstr(line, "moed") != NULL; /* not another process of that pid */
+        else if (!strncmp(line, "VmRSS:", 6))
+            kib = strtod(line + 6, NULL);
+    }
+    if (f)
+        fclose(f);
+    return moed ? kib * 1024 : NAN;
+}
+
+static int ps(const struct opts *o)
+{
+    struct buf stats = {0}, models = {0}, metrics = {0};
+    int rc;
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        fprintf(stderr, "moectl: cannot initialise libcurl\n");
+        return EXIT_SERVER;
+    }
+    if ((rc = http_get(o, "/admin/stats", &stats)) || (rc = http_get(o, "/v1/models", &models)) ||
+        (rc = http_get(o, "/metrics", &metrics)))
+        goto out;
+    json_t *st = json_loadb(stats.p, stats.len, 0, NULL);
+    json_t *ml = json_loadb(models.p, models.len, 0, NULL);
+    json_t *srv = json_object_get(st, "server"), *eng = json_object_get(st, "engine");
+    const char *name =
+        json_string_value(json_object_get(json_array_get(json_object_get(ml, "data"), 0), "id"));
+    if (!srv) {
+        fprintf(stderr, "moectl: malformed /admin/stats answer\n");
+        rc = EXIT_SERVER;
+    } else {
+        char labels[512] = "", arch[64], layers[16], experts[16], topk[16], ctx[16];
+        double info = metric_value(metrics.p, "moed_model_info", labels, sizeof(labels));
+        label_value(labels, "arch", arch, sizeof(arch));
+        label_value(labels, "layers", layers, sizeof(layers));
+        label_value(labels, "experts", experts, sizeof(experts));
+        label_value(labels, "top_k", topk, sizeof(topk));
+        label_value(labels, "ctx", ctx, sizeof(ctx));
+        const char *state = json_string_value(json_object_get(srv, "state"));
+        printf("model:     %s", name ? name : json_string_value(json_object_get(srv, "model")));
+        if (!isnan(info))
+            printf(" (%s, %s layers, %s experts, top-%s, context %s)", arch, layers, experts,
+                   topk, ctx);
+        printf("\nstate:     %s\n", state ? state : "?");
+        if (json_is_object(eng))
+            printf("requests:  %lld running, %lld queued, %lld done, %lld failed, %lld "
+                   "cancelled\n",
+                   (long long)json_integer_value(json_object_get(eng, "running")),
+                   (long long)json_integer_value(json_object_get(eng, "queue_depth")),
+                   (long long)json_integer_value(json_object_get(eng, "requests_done")),
+                   (long long)json_integer_value(json_object_get(eng, "requests_failed")),
+                   (long long)json_integer_value(json_object_get(eng, "requests_cancelled")));
+        double kt = metric_value(metrics.p, "moed_kv_blocks_total", NULL, 0);
+        double ku = metric_value(metrics.p, "moed_kv_blocks_used", NULL, 0);
+        double kb = metric_value(metrics.p, "moed_kv_block_bytes", NULL, 0);
+        if (!isnan(kt) && !isnan(ku) && !isnan(kb) && kt > 0) {
+            char used[32], all[32];
+            human_bytes(ku * kb, used, sizeof(used));
+            human_bytes(kt * kb, all, sizeof(all));
+            printf("kv cache:  %s of %s used (%.0f%%, %.0f of %.0f blocks)\n", used, all,
+                   100.0 * ku / kt, ku, kt);
+        }
+        long long pid = (long long)json_integer_value(json_object_get(srv, "pid"));
+        double rss = pid > 0 ? process_rss(pid) : NAN;
+        char mem[32];
+        if (!isnan(rss)) {
+            human_bytes(rss, mem, sizeof(mem));
+            printf("memory:    %s resident (pid %lld)\n", mem, pid);
+        } else if (pid > 0) {
+            printf("memory:    not visible from here (pid %lld)\n", pid);
+        }
+        double up = json_number_value(json_object_get(srv, "uptime_s"));
+        long u = (long)up;
+        printf("uptime:    ");
+        if (u >= 86400)
+            printf("%ldd ", u / 86400);
+        if (u >= 3600)
+            printf("%ldh ", u / 3600 % 24);
+        if (u >= 60)
+            printf("%ldm ", u / 60 % 60);
+        printf("%lds\n", u % 60);
+        printf("socket:    %s\n", o->socket);
+    }
+    json_decref(st);
+    json_decref(ml);
+out:
+    buf_free(&stats);
+    buf_free(&models);
+    buf_free(&metrics);
+    curl_global_cleanup();
+    if (fflush(stdout) && !rc)
+        rc = EXIT_SERVER;
+    return rc;
+}
+
+/* ---- chat: a conversation, one turn per line --------------------------------------------- */
+
+static const char chat_help[] =
+    "Type a message and Enter to send it; the reply streams back. Commands:\n"
+    "  /clear          forget the conversation (the system message stays)\n"
+    "  /system TEXT    set the system message and start over (/system alone: none)\n"
+    "  /history        show the conversation so far\n"
+    "  /help           this text\n"
+    "  /exit, /quit    leave (so does Ctrl-D)\n";
+
+static json_t *message(const char *role, const char *content)
+{
+    json_t *m = json_object();
+    json_t *c = json_string(content);
+    if (!m || !c) { /* not UTF-8 */
+        json_decref(m);
+        json_decref(c);
+        return NULL;
+    }
+    json_object_set_new(m, "role", json_string(role));
+    json_object_set_new(m, "content", c);
+    return m;
+}
+
+static void chat_reset(json_t *hist, const char *system)
+{
+    json_array_clear(hist);
+    if (system && *system)
+        json_array_append_new(hist, message("system", system));
+}
+
+static char *history_path(void)
+{
+    const char *home = getenv("HOME");
+    return home && *home ? moe_path_join(home, HISTORY_FILE) : NULL;
+}
+
+/* One line from stdin: readline (editing, history) on a terminal, else a
+ * plain read; NULL at EOF. The line has no '\n'. */
+static char *read_line(bool tty, const char *prompt)
+{
+    if (tty)
+        return readline(prompt);
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n = getline(&line, &cap, stdin);
+    if (n < 0) {
+        free(line);
+        return NULL;
+    }
+    if (n && line[n - 1] == '\n')
+        line[--n] = '\0';
+    if (n && line[n - 1] == '\r')
+        line[--n] = '\0';
+    return line;
+}
+
+/* Returns the exit status: 0 at EOF or /exit; without a terminal, a turn
+ * that fails ends the session with its status (a script should see it). */
+static int chat_repl(struct opts *o)
+{
+    bool tty = isatty(STDIN_FILENO);
+    char *system = o->system ? strdup(o->system) : NULL;
+    char *hpath = tty ? history_path() : NULL;
+    json_t *hist = json_array();
+    int rc = EXIT_OK;
+    if (!hist)
+        return EXIT_SERVER;
+    chat_reset(hist, system);
+    if (tty) {
+        using_history();
+        stifle_history(HISTORY_MAX);
+        if (hpath)
+            read_history(hpath);
+        fprintf(stderr, "moectl chat on %s: /help for commands, Ctrl-D to leave\n", o->socket);
+    }
+    char *first = o->text; /* a MESSAGE on the command line is the first turn */
+    o->text = NULL;
+    for (;;) {
+        char *line = first ? first : read_line(tty, ">>> ");
+        first = NULL;
+        if (!line) {
+            if (tty)
+                fputc('\n', stdout);
+            break;
+        }
+        const char *p = line;
+        while (*p == ' ' || *p == '\t')
+            p++;
+        if (!*p) {
+            free(line);
+            continue;
+        }
+        if (tty)
+            add_history(line);
+        if (*p == '/') {
+            const char *arg = p + strcspn(p, " \t");
+            size_t cl = (size_t)(arg - p);
+            while (*arg == ' ' || *arg == '\t')
+                arg++;
+            bool quit = false;
+            if ((cl == 5 && !strncmp(p, "/exit", 5)) || (cl == 5 && !strncmp(p, "/quit", 5)) ||
+                (cl == 4 && !strncmp(p, "/bye", 4))) {
+                quit = true;
+            } else if (cl == 6 && !strncmp(p, "/clear", 6)) {
+                chat_reset(hist, system);
+                fprintf(stderr, "(conversation cleared)\n");
+            } else if (cl == 7 && !strncmp(p, "/system", 7)) {
+                free(system);
+                system = *arg ? strdup(arg) : NULL;
+                chat_reset(hist, system);
+                fprintf(stderr, "(system message %s; conversation cleared)\n",
+                        system ? "set" : "removed");
+            } else if (cl == 8 && !strncmp(p, "/history", 8)) {
+                size_t i;
+                json_t *m;
+                json_array_foreach(hist, i, m)
+                    printf("%s: %s\n", json_string_value(json_object_get(m, "role")),
+                           json_string_value(json_object_get(m, "content")));
+                fflush(stdout);
+            } else if (cl == 5 && !strncmp(p, "/help", 5)) {
+                fputs(chat_help, stderr);
+            } else {
+                fprintf(stderr, "moectl: unknown command %.*s (/help lists them)\n", (int)cl, p);
+                if (!tty) {
+                    rc = EXIT_USAGE;
+                    quit = true;
+                }
+            }
+            free(line);
+            if (quit)
+                break;
+            continue;
+        }
+        json_t *m = message("user", line);
+        free(line);
+        if (!m) {
+            fprintf(stderr, "moectl: the message is not valid UTF-8\n");
+            if (!tty) {
+                rc = EXIT_USAGE;
+                break;
+            }
+            continue;
+        }
+        json_array_append_new(hist, m);
+        struct buf reply = {0};
+        o->history = hist;
+        o->capture = &reply;
+        rc = run(o);
+        o->history = NULL;
+        o->capture = NULL;
+        if (rc == EXIT_OK) {
+            json_t *a = message("assistant", reply.p ? reply.p : "");
+            if (a)
+                json_array_append_new(hist, a);
+            /* each reply on lines of its own, even on a pipe */
+            if (reply.len && reply.p[reply.len - 1] != '\n' && !isatty(STDOUT_FILENO))
+                fputc('\n', stdout);
+            fflush(stdout);
+        } else {
+            /* the turn did not happen: the next message follows the last answer */
+            json_array_remove(hist, json_array_size(hist) - 1);
+        }
+        buf_free(&reply);
+        if (rc != EXIT_OK && !tty)
+            break;
+        if (tty)
+            rc = EXIT_OK;
+    }
+    if (tty && hpath)
+        write_history(hpath);
+    free(hpath);
+    free(system);
+    json_decref(hist);
     return rc;
 }
 
@@ -919,6 +1347,19 @@ static char *join_args(char **args, int n)
     return b.p;
 }
 
+/* No --socket, no MOED_SOCKET: the socket `moed MODEL` makes for this user
+ * (moe_user_socket_path) when it is there and this user's or root's (not
+ * one another user planted in /tmp), else the system daemon's. */
+static const char *default_socket(void)
+{
+    static char user[256];
+    struct stat st;
+    moe_user_socket_path(user, sizeof(user));
+    if (!lstat(user, &st) && S_ISSOCK(st.st_mode) && (st.st_uid == geteuid() || st.st_uid == 0))
+        return user;
+    return DEFAULT_SOCKET;
+}
+
 enum { O_SOCKET = 256, O_TIMEOUT, O_TOPP, O_TOPK, O_STOP, O_NOSTREAM, O_SYSTEM, O_MODEL };
 
 /* options that only generation takes, for the "does not take" message */
@@ -942,6 +1383,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
         {"stop", required_argument, 0, O_STOP},
         {"no-stream", no_argument, 0, O_NOSTREAM},
         {"system", required_argument, 0, O_SYSTEM},
+        {"interactive", no_argument, 0, 'i'},
         {"model", required_argument, 0, O_MODEL},
         {"quiet", no_argument, 0, 'q'},
         {"help", no_argument, 0, 'h'},
@@ -953,12 +1395,12 @@ static int parse_args(int argc, char **argv, struct opts *o)
     o->temperature = o->top_p = NAN;
     o->cmd_index = -1;
     const char *env = getenv("MOED_SOCKET");
-    o->socket = env && *env ? env : DEFAULT_SOCKET;
+    o->socket = env && *env ? env : default_socket();
 
     int seen[512] = {0}; /* which options were given, to check them against the command */
     int c;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, ":n:t:s:qhV", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":n:t:s:iqhV", longopts, NULL)) != -1) {
         double v;
         if (c >= 0 && c < 512)
             seen[c] = 1;
@@ -1003,6 +1445,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
             break;
         case O_NOSTREAM: o->no_stream = true; break;
         case O_SYSTEM: o->system = optarg; break;
+        case 'i': o->interactive = true; break;
         case O_MODEL: o->model = optarg; break;
         case 'q': o->quiet = true; break;
         case 'h':
@@ -1018,7 +1461,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
         }
     }
     if (optind >= argc)
-        return usage_error("no command (generate, chat, models, status, stats, metrics, "
+        return usage_error("no command (generate, chat, models, ps, status, stats, metrics, "
                            "reload)");
     const char *name = argv[optind++];
     if (!strcmp(name, "help")) {
@@ -1034,7 +1477,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
     bool generation = cmd == CMD_GENERATE || cmd == CMD_CHAT;
     for (int k = 0; k < 512; k++)
         if (seen[k] && ((generation_only(k) && !generation) ||
-                        (k == O_SYSTEM && cmd != CMD_CHAT))) {
+                        ((k == O_SYSTEM || k == 'i') && cmd != CMD_CHAT))) {
             for (const struct option *lo = longopts; lo->name; lo++)
                 if (lo->val == k)
                     return usage_error("%s does not take --%s", name, lo->name);
@@ -1043,6 +1486,14 @@ static int parse_args(int argc, char **argv, struct opts *o)
     if (!generation) {
         if (nargs)
             return usage_error("%s takes no arguments (got '%s')", name, argv[optind]);
+        return -1;
+    }
+    /* chat with no MESSAGE on a terminal, or -i: a conversation (the
+     * MESSAGE, if any, is its first turn) */
+    if (cmd == CMD_CHAT && (o->interactive || (nargs == 0 && isatty(STDIN_FILENO)))) {
+        o->interactive = true;
+        if (nargs && !(o->text = join_args(argv + optind, nargs)))
+            return usage_error("out of memory");
         return -1;
     }
     bool from_stdin = (nargs == 1 && !strcmp(argv[optind], "-")) ||
@@ -1067,7 +1518,11 @@ int main(int argc, char **argv)
 {
     struct opts o;
     int rc = parse_args(argc, argv, &o);
-    if (rc < 0)
+    if (rc < 0 && commands[o.cmd_index].cmd == CMD_PS)
+        rc = ps(&o);
+    else if (rc < 0 && o.interactive)
+        rc = chat_repl(&o);
+    else if (rc < 0)
         rc = run(&o);
     free(o.text);
     return rc;

@@ -4,8 +4,8 @@
 #     copies whose ExecStart= points at the built build/bin/moed, or /bin/true
 #     when moed is not built: verify insists the binary exists) and the
 #     offline security review; they keep the settings the daemon relies on;
-#   - moed's command line: --version, --help, --check-config (0/1/2),
-#     --dump-config == etc/moed.ini;
+#   - moed's command line: --version, --help, --check-config (0/1/2, and
+#     a missing model path named), --dump-config == etc/moed.ini;
 #   - a real moed on the bundled tiny model under a test NOTIFY_SOCKET:
 #     STATUS=, READY=1 after the model loads, WATCHDOG=1 with WATCHDOG_USEC,
 #     RELOADING=1 + MONOTONIC_USEC= then READY=1 on SIGHUP, a bad file kept
@@ -39,7 +39,9 @@ skip() { echo "[  SKIP    ] $1: $2"; nskip=$((nskip + 1)); }
 mkdir -p "$tmp/units"
 cp "$root/etc/moed.service" "$root/etc/moed.socket" "$tmp/units/"
 if [ -x "$MOED" ]; then exe=$MOED; else exe=/bin/true; fi
-sed -i "s|^ExecStart=/usr/local/bin/moed |ExecStart=$exe |" "$tmp/units/moed.service"
+if [ -x "$BIN/moectl" ]; then ctl=$BIN/moectl; else ctl=/bin/true; fi
+sed -i "s|^ExecStart=/usr/local/bin/moed |ExecStart=$exe |; s|^ExecReload=/usr/local/bin/moectl |ExecReload=$ctl |" \
+    "$tmp/units/moed.service"
 
 if ! command -v systemd-analyze >/dev/null; then
     skip "systemd-analyze verify" "systemd-analyze is not installed"
@@ -49,7 +51,7 @@ else
     out=$(cd "$tmp/units" && systemd-analyze verify ./moed.socket ./moed.service 2>&1)
     rc=$?
     if [ $rc -eq 0 ] && [ -z "$out" ]; then
-        pass "systemd-analyze verify moed.service moed.socket (ExecStart=$exe)"
+        pass "systemd-analyze verify moed.service moed.socket (ExecStart=$exe, ExecReload=$ctl)"
     elif echo "$out" | grep -qiE "Failed to (initialize|connect|create)|Permission denied.*(cgroup|/run/systemd)"; then
         skip "systemd-analyze verify" "not usable here: $(echo "$out" | head -1)"
     else
@@ -68,19 +70,23 @@ fi
 
 # settings the daemon relies on
 want_service=(Type=notify NotifyAccess=main "ExecStart=/usr/local/bin/moed --config /etc/moed/moed.ini"
-    'ExecReload=/bin/kill -HUP $MAINPID' WatchdogSec=30 DynamicUser=yes ProtectSystem=strict
+    'ExecReload=/usr/local/bin/moectl --socket /run/moed/moed.sock --timeout 120 reload'
+    WatchdogSec=30 DynamicUser=yes SupplementaryGroups=moed ProtectSystem=strict
     ProtectHome=yes PrivateTmp=yes NoNewPrivileges=yes RuntimeDirectory=moed
     RuntimeDirectoryMode=0755 RuntimeDirectoryPreserve=yes ReadOnlyPaths=-/var/lib/moed/models
     CapabilityBoundingSet= RestrictAddressFamilies=AF_UNIX MemoryDenyWriteExecute=yes
     LockPersonality=yes SystemCallFilter=@system-service)
 missing=()
 for w in "${want_service[@]}"; do grep -qxF -- "$w" "$root/etc/moed.service" || missing+=("$w"); done
-for w in ListenStream=/run/moed/moed.sock SocketMode=0660 Service=moed.service; do
+for w in ListenStream=/run/moed/moed.sock SocketMode=0660 SocketGroup=moed Service=moed.service; do
     grep -qxF -- "$w" "$root/etc/moed.socket" || missing+=("moed.socket: $w")
 done
 [ "$(grep -c '^ListenStream=' "$root/etc/moed.socket")" = 1 ] || missing+=("one ListenStream=")
 # the socket unit and the INI's default agree
 grep -qxF "socket = /run/moed/moed.sock" "$root/etc/moed.ini" || missing+=("moed.ini socket")
+grep -qxF "socket_group = auto" "$root/etc/moed.ini" || missing+=("moed.ini socket_group = auto")
+# make install creates the group the units name, idempotently
+grep -q "groupadd --system moed" "$root/Makefile" || missing+=("Makefile: groupadd --system moed")
 if [ ${#missing[@]} -eq 0 ]; then pass "unit settings"; else fail "unit settings" "missing: ${missing[*]}"; fi
 
 # ---- the command line ------------------------------------------------------------------
@@ -95,18 +101,26 @@ else
     errs=()
     [ "$("$MOED" --version)" = "moed 0.1.0" ] || errs+=("--version")
     "$MOED" --help | grep -q "^SYNOPSIS" || errs+=("--help")
-    out=$("$MOED" --check-config "$root/etc/moed.ini" 2>&1); rc=$?
+    # the shipped file, with the model it names pointed at the bundled one
+    out=$("$MOED" --check-config "$root/etc/moed.ini" --model "$root/models/tiny-moe" 2>&1); rc=$?
     [ $rc -eq 0 ] && [ "$out" = "$root/etc/moed.ini: OK" ] || errs+=("--check-config etc/moed.ini: $rc $out")
+    # a model path that is not there is named
+    out=$("$MOED" --check-config "$root/etc/moed.ini" --model "$tmp/no-model.gguf" 2>&1); rc=$?
+    [ $rc -eq 1 ] && [ "$out" = "$root/etc/moed.ini: [model] path: $tmp/no-model.gguf: No such file or directory" ] ||
+        errs+=("--check-config missing model: $rc $out")
     printf '[batching]\nmax_seqs = 4\nmax_queue = lots\n' >"$tmp/bad.ini"
     out=$("$MOED" --check-config "$tmp/bad.ini" 2>&1); rc=$?
     [ $rc -eq 1 ] && [ "$out" = "$tmp/bad.ini:3: [batching] max_queue: 'lots' is not an integer" ] ||
         errs+=("--check-config bad: $rc $out")
     "$MOED" --check-config "$tmp/none.ini" >/dev/null 2>&1; rc=$?
     [ $rc -eq 2 ] || errs+=("--check-config missing file: $rc")
-    "$MOED" --dump-config | cmp -s - "$root/etc/moed.ini" || errs+=("--dump-config != etc/moed.ini")
+    # (MOED_* variables set keys too: not in this comparison)
+    env $(env | sed -n 's/^\(MOED_[A-Za-z0-9_]*\)=.*/-u \1/p') "$MOED" --dump-config |
+        cmp -s - "$root/etc/moed.ini" || errs+=("--dump-config != etc/moed.ini")
     printf '[sampling]\ntemperature = 0.25\n' >"$tmp/t.ini"
     "$MOED" --dump-config --config "$tmp/t.ini" >"$tmp/dump.ini" && grep -qx "temperature = 0.25" "$tmp/dump.ini" &&
-        "$MOED" --check-config "$tmp/dump.ini" >/dev/null || errs+=("--dump-config --config")
+        "$MOED" --check-config "$tmp/dump.ini" -m "$root/models/tiny-moe" >/dev/null ||
+        errs+=("--dump-config --config")
     "$MOED" --no-such-option >/dev/null 2>&1; [ $? -eq 2 ] || errs+=("bad option")
     if [ ${#errs[@]} -eq 0 ]; then pass "moed command line"; else fail "moed command line" "${errs[*]}"; fi
 

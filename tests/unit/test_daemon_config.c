@@ -4,8 +4,10 @@
  * and the systemd helpers (socket activation, notify). */
 #include "tests/unit/test.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <stdbool.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -84,7 +86,16 @@ static void test_defaults(void **state)
     assert_int_equal(moe_daemon_config_defaults(&c), 0);
     assert_string_equal(c.socket, "/run/moed/moed.sock");
     assert_int_equal(c.socket_mode, 0660);
-    assert_int_equal(c.socket_group.gid, (gid_t)-1);
+    /* socket_group = auto: group moed where it exists and we are in it (or
+     * root), else our own group */
+    assert_string_equal(c.socket_group.text, "auto");
+    {
+        struct group *g = getgrnam("moed");
+        if (!g)
+            assert_int_equal(c.socket_group.gid, (gid_t)-1);
+        else if (geteuid() == 0)
+            assert_int_equal(c.socket_group.gid, g->gr_gid);
+    }
     assert_int_equal(c.allow_uids.n, 0);
     assert_int_equal(c.allow_gids.n, 0);
     assert_int_equal(c.threads, 0);
@@ -936,7 +947,19 @@ static void test_conversions(void **state)
     assert_true(il.defaults.seed == UINT64_MAX);
 
     assert_int_equal(moe_daemon_config_set(&c, "model", "path", "/m/x.gguf"), 0);
-    assert_string_equal(moe_daemon_model_name(&c, name, sizeof(name)), "x.gguf");
+    assert_string_equal(moe_daemon_model_name(&c, name, sizeof(name)), "x");
+    /* the id is the file's name without .gguf or the pack's .moe; other dots stay */
+    static const char *const names[][2] = {
+        {"/m/Qwen3-30B-A3B-Q4_K_M.GGUF", "Qwen3-30B-A3B-Q4_K_M"},
+        {"tiny-qmoe.moe", "tiny-qmoe"},
+        {"/m/v1.5.bin", "v1.5.bin"},
+        {"/m/.gguf", ".gguf"},
+        {"/m/dir.moe/", "dir"}, /* not a directory here: named as a file would be */
+    };
+    for (size_t i = 0; i < MOE_ARRAY_SIZE(names); i++) {
+        assert_int_equal(moe_daemon_config_set(&c, "model", "path", names[i][0]), 0);
+        assert_string_equal(moe_daemon_model_name(&c, name, sizeof(name)), names[i][1]);
+    }
     assert_int_equal(moe_daemon_config_set(&c, "model", "name", "served"), 0);
     assert_string_equal(moe_daemon_model_name(&c, name, sizeof(name)), "served");
     moe_daemon_config_free(&c);
@@ -1151,6 +1174,213 @@ static void test_notify(void **state)
     unlink(path);
 }
 
+/* ---- flags and MOED_* variables ------------------------------------------------ */
+
+static void test_flag_env_names(void **state)
+{
+    (void)state;
+    size_t n;
+    const struct moe_daemon_key *t = moe_daemon_config_table(&n);
+    char f[MOE_DAEMON_NAME_MAX], e[MOE_DAEMON_NAME_MAX];
+    static const char *const fixed[] = {"config", "check-config", "dump-config", "model",
+                                        "help", "version"};
+    /* every key is reachable by its long flag and variable, a unique name
+     * by its short ones too, and each name finds its own key */
+    for (size_t i = 0; i < n; i++) {
+        for (int form = MOE_DAEMON_NAME_SHORT; form <= MOE_DAEMON_NAME_LONG; form++) {
+            bool unique = true;
+            for (size_t j = 0; j < n; j++)
+                unique &= j == i || strcmp(t[i].name, t[j].name);
+            bool has = moe_daemon_key_flag(&t[i], form, f, sizeof(f));
+            assert_int_equal(moe_daemon_key_env(&t[i], form, e, sizeof(e)), has);
+            assert_true(has == (form == MOE_DAEMON_NAME_LONG || unique));
+            if (!has)
+                continue;
+            assert_ptr_equal(moe_daemon_flag_find(f), &t[i]);
+            assert_null(strchr(f, '_'));
+            assert_int_equal(strncmp(e, "MOED_", 5), 0);
+            for (const char *p = e; *p; p++)
+                assert_true(isupper((unsigned char)*p) || isdigit((unsigned char)*p) || *p == '_');
+            for (size_t k = 0; k < MOE_ARRAY_SIZE(fixed); k++)
+                assert_string_not_equal(f, fixed[k]);
+            /* the variable reaches the key through the environment too */
+            char var[200];
+            snprintf(var, sizeof(var), "%s=x", e);
+            char *envp[] = {var, NULL};
+            struct moe_daemon_setting s[4];
+            size_t ns;
+            assert_int_equal(moe_daemon_env_settings(envp, s, 4, &ns), 0);
+            assert_int_equal(ns, 1);
+            assert_ptr_equal(s[0].key, &t[i]);
+            assert_string_equal(s[0].origin, e);
+        }
+    }
+    moe_daemon_key_flag(moe_daemon_config_find("daemon", "threads"), MOE_DAEMON_NAME_SHORT, f,
+                        sizeof(f));
+    assert_string_equal(f, "threads");
+    moe_daemon_key_flag(moe_daemon_config_find("daemon", "api_key"), MOE_DAEMON_NAME_SHORT, f,
+                        sizeof(f));
+    assert_string_equal(f, "api-key");
+    moe_daemon_key_env(moe_daemon_config_find("model", "path"), MOE_DAEMON_NAME_LONG, e, sizeof(e));
+    assert_string_equal(e, "MOED_MODEL_PATH");
+    /* max_tokens is in [sampling] and [limits]: only the long forms */
+    const struct moe_daemon_key *mt = moe_daemon_config_find("limits", "max_tokens");
+    assert_false(moe_daemon_key_flag(mt, MOE_DAEMON_NAME_SHORT, f, sizeof(f)));
+    assert_null(moe_daemon_flag_find("max-tokens"));
+    assert_ptr_equal(moe_daemon_flag_find("limits-max-tokens"), mt);
+    assert_null(moe_daemon_flag_find("threads_"));
+    assert_null(moe_daemon_flag_find("max_seqs")); /* dashes, not underscores */
+}
+
+/* every key set through its flag (the key_cases values) reads as the INI would */
+static void test_flag_every_key(void **state)
+{
+    (void)state;
+    for (size_t j = 0; j < MOE_ARRAY_SIZE(key_cases); j++) {
+        const struct key_case *kc = &key_cases[j];
+        const struct moe_daemon_key *k = moe_daemon_config_find(kc->section, kc->name);
+        char fl[MOE_DAEMON_NAME_MAX], val[512];
+        moe_daemon_key_flag(k, MOE_DAEMON_NAME_LONG, fl, sizeof(fl));
+        struct moe_daemon_setting s = {moe_daemon_flag_find(fl), kc->value, "--x"};
+        assert_ptr_equal(s.key, k);
+        struct moe_daemon_config c;
+        if (moe_daemon_config_load_with(NULL, &s, 1, &c))
+            fail_msg("--%s %s: %s", fl, kc->value, moe_err_msg());
+        moe_daemon_key_format(k, &c, val, sizeof(val));
+        assert_string_equal(val, kc->formatted);
+        moe_daemon_config_free(&c);
+    }
+}
+
+static void test_flag_env_layers(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/moed-cfg-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char *p = moe_path_join(dir, "a.ini");
+    FILE *f = fopen(p, "w");
+    fputs("[daemon]\nthreads = 3\nhttp_threads = 5\n[sampling]\ntemperature = 0.5\n", f);
+    fclose(f);
+
+    /* defaults < file < environment < flags, the last flag winning */
+    char e1[] = "MOED_THREADS=4", e2[] = "MOED_SAMPLING_TEMPERATURE=0.25", e3[] = "HOME=/x",
+         e4[] = "MOED_TEST_ENGINE_STALL=3", e5[] = "MOED_SEED=7";
+    char *envp[] = {e1, e2, e3, e4, e5, NULL};
+    struct moe_daemon_setting s[8];
+    size_t n;
+    assert_int_equal(moe_daemon_env_settings(envp, s, 8, &n), 0);
+    assert_int_equal(n, 3); /* HOME and the test hook are not keys */
+    assert_string_equal(s[0].origin, "MOED_THREADS");
+    s[n++] = (struct moe_daemon_setting){moe_daemon_flag_find("seed"), "8", "--seed"};
+    s[n++] = (struct moe_daemon_setting){moe_daemon_flag_find("seed"), "9", "--seed"};
+    struct moe_daemon_config c;
+    assert_int_equal(moe_daemon_config_load_with(p, s, n, &c), 0);
+    assert_int_equal(c.threads, 4);          /* environment over file */
+    assert_int_equal(c.http_threads, 5);     /* file over default */
+    assert_true(c.temperature == 0.25);
+    assert_int_equal(c.seed, 9);             /* the last flag */
+    assert_int_equal(c.max_seqs, 16);        /* default */
+    moe_daemon_config_free(&c);
+    /* no file: defaults and settings only */
+    assert_int_equal(moe_daemon_config_load_with(NULL, s, n, &c), 0);
+    assert_int_equal(c.http_threads, 0);
+    assert_int_equal(c.threads, 4);
+    moe_daemon_config_free(&c);
+
+    /* errors name the flag or the variable, and the key */
+    struct moe_daemon_setting bad = {moe_daemon_flag_find("threads"), "many", "--threads"};
+    assert_int_equal(moe_daemon_config_load_with(p, &bad, 1, &c), -EINVAL);
+    assert_string_equal(moe_err_msg(), "--threads ([daemon] threads): 'many' is not an integer");
+    char b1[] = "MOED_MAX_SEQS=0";
+    char *benv[] = {b1, NULL};
+    assert_int_equal(moe_daemon_env_settings(benv, s, 8, &n), 0);
+    assert_int_equal(moe_daemon_config_load_with(NULL, s, n, &c), -EINVAL);
+    assert_string_equal(moe_err_msg(), "MOED_MAX_SEQS ([batching] max_seqs): 0 is out of range "
+                                       "1..4096");
+    /* rules between keys, broken by a flag: named by it */
+    struct moe_daemon_setting mt = {moe_daemon_flag_find("sampling-max-tokens"), "5000",
+                                    "--sampling-max-tokens"};
+    assert_int_equal(moe_daemon_config_load_with(NULL, &mt, 1, &c), -EINVAL);
+    assert_string_equal(moe_err_msg(), "--sampling-max-tokens: [sampling] max_tokens: 5000 is "
+                                       "above [limits] max_tokens (4096)");
+    /* one key by both of its variables */
+    char d1[] = "MOED_THREADS=1", d2[] = "MOED_DAEMON_THREADS=2";
+    char *denv[] = {d1, d2, NULL};
+    assert_int_equal(moe_daemon_env_settings(denv, s, 8, &n), -EINVAL);
+    assert_non_null(strstr(moe_err_msg(), "MOED_THREADS and MOED_DAEMON_THREADS"));
+
+    /* a reload applies the settings over the new file again */
+    assert_int_equal(moe_daemon_env_settings(envp, s, 8, &n), 0);
+    struct moe_daemon_config cur;
+    assert_int_equal(moe_daemon_config_load_with(p, s, n, &cur), 0);
+    f = fopen(p, "w");
+    fputs("[daemon]\nthreads = 6\nhttp_threads = 5\n[sampling]\ntemperature = 0.75\n"
+          "top_k = 3\n", f);
+    fclose(f);
+    char msg[512];
+    struct moe_daemon_reload_result r;
+    assert_int_equal(moe_daemon_config_reload_with(&cur, p, s, n, NULL, NULL, &r, msg,
+                                                   sizeof(msg)), 0);
+    assert_int_equal(cur.threads, 4);       /* still the environment's: no restart asked */
+    assert_true(cur.temperature == 0.25);   /* still the environment's */
+    assert_int_equal(cur.top_k, 3);         /* the file's new value */
+    assert_int_equal(r.n_applied, 1);
+    assert_int_equal(r.n_restart, 0);
+    moe_daemon_config_free(&cur);
+    /* no file: a reload changes nothing */
+    assert_int_equal(moe_daemon_config_load_with(NULL, s, n, &cur), 0);
+    assert_int_equal(moe_daemon_config_reload_with(&cur, NULL, s, n, NULL, NULL, &r, msg,
+                                                   sizeof(msg)), 0);
+    assert_non_null(strstr(msg, "no changes"));
+    moe_daemon_config_free(&cur);
+
+    /* --help lists every key */
+    char *help = NULL;
+    size_t hl = 0;
+    FILE *m = open_memstream(&help, &hl);
+    assert_int_equal(moe_daemon_config_help(m), 0);
+    fclose(m);
+    size_t nk;
+    const struct moe_daemon_key *t = moe_daemon_config_table(&nk);
+    for (size_t i = 0; i < nk; i++) {
+        char fl[MOE_DAEMON_NAME_MAX + 2] = "--";
+        moe_daemon_key_flag(&t[i], MOE_DAEMON_NAME_LONG, fl + 2, sizeof(fl) - 2);
+        assert_non_null(strstr(help, fl));
+    }
+    free(help);
+    unlink(p);
+    free(p);
+    rmdir(dir);
+}
+
+static void test_check_model(void **state)
+{
+    (void)state;
+    struct moe_daemon_config c;
+    char why[512], dir[] = "/tmp/moed-model-XXXXXX";
+    assert_int_equal(moe_daemon_config_defaults(&c), 0);
+    assert_int_equal(moe_daemon_config_set(&c, "model", "path", moe_test_path("models/tiny-moe")), 0);
+    assert_int_equal(moe_daemon_check_model(&c, why, sizeof(why)), 0);
+    assert_int_equal(moe_daemon_config_set(&c, "model", "path", "/nonexistent/m.gguf"), 0);
+    assert_int_equal(moe_daemon_check_model(&c, why, sizeof(why)), -ENOENT);
+    assert_string_equal(why, "[model] path: /nonexistent/m.gguf: No such file or directory");
+    assert_non_null(mkdtemp(dir));
+    assert_int_equal(moe_daemon_config_set(&c, "model", "path", dir), 0);
+    assert_int_equal(moe_daemon_check_model(&c, why, sizeof(why)), -EINVAL);
+    assert_non_null(strstr(why, "config.json"));
+    char *txt = moe_path_join(dir, "m.txt");
+    FILE *f = fopen(txt, "w");
+    fputs("hello, not a model", f);
+    fclose(f);
+    assert_int_equal(moe_daemon_config_set(&c, "model", "path", txt), 0);
+    assert_int_equal(moe_daemon_check_model(&c, why, sizeof(why)), -EINVAL);
+    assert_non_null(strstr(why, "not a model"));
+    unlink(txt);
+    free(txt);
+    rmdir(dir);
+    moe_daemon_config_free(&c);
+}
+
 int main(void)
 {
     moe_log_set_level(MOE_LOG_ERR); /* reload logs every change at info */
@@ -1174,6 +1404,10 @@ int main(void)
         cmocka_unit_test(test_chat_template),
         cmocka_unit_test(test_listen_fd),
         cmocka_unit_test(test_notify),
+        cmocka_unit_test(test_flag_env_names),
+        cmocka_unit_test(test_flag_every_key),
+        cmocka_unit_test(test_flag_env_layers),
+        cmocka_unit_test(test_check_model),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

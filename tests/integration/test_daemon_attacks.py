@@ -233,6 +233,13 @@ class SlowDrip(unittest.TestCase):
             self.assertLessEqual(held, 32)  # max_connections_per_peer
             if allow:
                 self.assertEqual(held, 0)  # a refused uid holds nothing
+                probe = subprocess.run(
+                    [sys.executable, "-c", "import socket,sys; s=socket.socket(socket.AF_UNIX);"
+                     "s.connect(sys.argv[1]); s.sendall(b'GET /health HTTP/1.1\\r\\n\\r\\n');"
+                     "print(b''.join(iter(lambda: s.recv(4096), b'')).decode())", d.sock],
+                    capture_output=True, text=True, timeout=10, preexec_fn=as_nobody)
+                self.assertIn("403 Forbidden", probe.stdout, probe.stderr)
+                self.assertIn("uid 65534", probe.stdout)
             self.assertIn("refus", d.logtext())
             # the refusal lines are rate-limited: the journal's volume is ours
             lines = [l for l in d.logtext().splitlines() if "refused" in l or "408 to" in l]

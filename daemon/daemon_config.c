@@ -26,6 +26,7 @@
 
 #include "common/common.h"
 #include "engine/engine.h"
+#include "ipc/ipc.h"
 #include "offload/offload.h"
 #include "offload/offload_prefetch.h"
 #include "router/router.h"
@@ -1061,6 +1062,11 @@ static int check_rules(const struct moe_daemon_config *c, rule_report_fn report,
     a = moe_daemon_config_find("router", "beta_layers");
     if (moe_router_parse_betas(c->odp_beta_layers, MOE_ROUTER_MAX_LAYERS, beta, w, sizeof(w))) {
         snprintf(msg, sizeof(msg), "[router] beta_layers: %s", w);
+        return report(ctx, a, a, msg);
+    }
+    a = moe_daemon_config_find("daemon", "listen");
+    if (c->listen && c->listen[0] && moe_ipc_listen_check(c->listen, c->socket, w, sizeof(w))) {
+        snprintf(msg, sizeof(msg), "[daemon] listen: %s", w);
         return report(ctx, a, a, msg);
     }
     a = moe_daemon_config_find("kv", "residual");

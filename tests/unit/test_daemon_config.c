@@ -575,6 +575,12 @@ static void test_cross_checks(void **state)
               "t.ini:3: [router] beta_layers: layers 3-3: beta '1.2' is not a number in [0, 1]");
     parse_err("[router]\nodp = maybe\n",
               "t.ini:2: [router] odp: 'maybe' is not one of auto, on, off");
+    parse_err("[daemon]\nlisten = unix:/run/x.sock, tcp:localhost\n",
+              "t.ini:2: [daemon] listen: 'tcp:localhost': want tcp:HOST:PORT (port 1..65535)");
+    parse_err("[daemon]\nlisten = http://0.0.0.0:80\n",
+              "t.ini:2: [daemon] listen: 'http://0.0.0.0:80': want unix:PATH or tcp:HOST:PORT");
+    parse_ok("[daemon]\nlisten = unix:/run/x.sock, tcp:[::1]:8080 tcp:0.0.0.0:8000\n", &c);
+    moe_daemon_config_free(&c);
 }
 
 /* [router] against tiny-moe (4 layers, no calibrated betas) */

@@ -46,6 +46,17 @@ max_tokens = 32
 """
 
 
+def terminate(proc, timeout=60):
+    """SIGTERM (moed drains), then SIGKILL when it takes longer than timeout."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class UnixHTTPConnection(http.client.HTTPConnection):
     def __init__(self, path, timeout=60):
         super().__init__("localhost", timeout=timeout)
@@ -150,13 +161,7 @@ class Moed:
         return status, json.loads(data) if data else None
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self.notify.close()
         self.log.close()
 

@@ -21,7 +21,7 @@ import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from test_daemon import BIN, TINY, UnixHTTPConnection  # noqa: E402
+from test_daemon import BIN, TINY, UnixHTTPConnection, terminate  # noqa: E402
 
 NOBODY = 65534
 
@@ -179,13 +179,7 @@ class Daemon:
         return json.loads(self.request("GET", "/admin/stats")[1])
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, 30)
         self.log.close()
 
 

@@ -17,7 +17,6 @@ processes on the bundled tiny model (no INI unless a test writes one):
 import http.client
 import json
 import os
-import re
 import shlex
 import socket
 import subprocess

@@ -193,26 +193,40 @@ bool ipc_peer_allowed(const struct moe_ipc_limits *lim, int fd, struct ucred *cr
 #define MOE_IPC_METRICS_ROUTES 16  /* routes with cached request counters */
 #define MOE_IPC_METRICS_STATUSES 12 /* statuses cached per route; others register on the spot */
 #define MOE_IPC_METRICS_FINISH 6    /* stop, length, cancelled, timeout, error, other */
+#define MOE_IPC_METRICS_LABEL 256   /* the model_name label value, escaped */
 
 struct moe_metric;
+struct moe_ipc_proc_metrics { /* process_*: one set per process */
+    struct moe_metric *cpu, *rss, *vsize, *fds, *max_fds, *start;
+};
 struct moe_ipc_metrics {
     const char *route_label[MOE_IPC_METRICS_ROUTES]; /* the endpoint label; static strings */
     size_t n_routes;
+    char model_label[MOE_IPC_METRICS_LABEL]; /* the served name, escaped for a label */
+    /* moed_* */
     _Atomic(struct moe_metric *) req[MOE_IPC_METRICS_ROUTES][MOE_IPC_METRICS_STATUSES];
     struct moe_metric *finish[MOE_IPC_METRICS_FINISH];
     struct moe_metric *prompt, *gen, *ttft, *tpot, *e2e;
-    struct moe_metric *queue, *running, *conns, *streams;
+    struct moe_metric *queue, *running, *conns, *streams, *build;
     struct moe_metric *kv_total, *kv_used, *kv_reserved, *kv_block_bytes, *kv_bpt, *kv_waits;
-    pthread_mutex_t tok_lock; /* engine token counters -> ours at scrape time */
+    /* vllm:* */
+    struct moe_metric *v_success[MOE_IPC_METRICS_FINISH];
+    struct moe_metric *v_running, *v_waiting, *v_kv_usage, *v_kv_usage_old;
+    struct moe_metric *v_prompt, *v_gen, *v_ttft, *v_tpot, *v_e2e;
+    _Atomic(struct moe_metric *) v_cache_info; /* once an engine is seen */
+    struct moe_ipc_proc_metrics proc;
+    pthread_mutex_t tok_lock; /* engine counters -> ours at scrape time */
     struct moe_engine *tok_engine;
-    uint64_t tok_prompt, tok_gen;
+    uint64_t tok_prompt, tok_gen, tok_waits;
     bool ready; /* init succeeded: free has a mutex to destroy */
 };
 
-/* Registers the series. route_labels[i] names route i (kept, not copied);
+/* Registers the series; model_name is the served name (the model_name label).
+ * route_labels[i] names route i (kept, not copied);
  * the first n_primed routes get their status-200 counter at once, so the
  * common case is there from the first scrape. 0 or -ENOMEM / -EINVAL. */
-int moe_ipc_metrics_init(struct moe_ipc_metrics *m, const char *const *route_labels,
+int moe_ipc_metrics_init(struct moe_ipc_metrics *m, const char *model_name,
+                         const char *const *route_labels,
                          size_t n_routes, size_t n_primed);
 void moe_ipc_metrics_free(struct moe_ipc_metrics *m); /* also after a failed or no init (zeroed) */
 /* A reply went out on route with status. */
@@ -226,7 +240,8 @@ void moe_ipc_metrics_first_text(struct moe_ipc_metrics *m, double seconds);
 void moe_ipc_metrics_done(struct moe_ipc_metrics *m, double t0, double t_first,
                           const struct moe_event *ev);
 /* At scrape time: the engine's figures (st; all zero and e NULL while no
- * engine is attached) and the server's open connections and streams. */
+ * engine is attached), the server's open connections and streams, and the
+ * process_* series from /proc/self. */
 void moe_ipc_metrics_refresh(struct moe_ipc_metrics *m, struct moe_engine *e,
                              const struct moe_engine_stats *st, int connections, int streams);
 

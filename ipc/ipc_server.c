@@ -213,7 +213,7 @@ static int metrics_register(struct moe_ipc *ipc)
     const char *labels[R_N];
     for (int i = 0; i < R_N; i++)
         labels[i] = routes[i].label;
-    return moe_ipc_metrics_init(&ipc->metrics, labels, R_N, R_CHAT + 1);
+    return moe_ipc_metrics_init(&ipc->metrics, ipc->model_name, labels, R_N, R_CHAT + 1);
 }
 
 /* ---- replies ------------------------------------------------------------- */

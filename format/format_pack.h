@@ -209,5 +209,10 @@ void moe_pack_writer_abort(struct moe_pack_writer *w);
  * Ctrl-C leaves nothing behind). Call once, from main. SIGKILL cannot be
  * caught: the temporary file then stays, the target name is never touched. */
 int moe_pack_writer_cleanup_on_signal(void);
+/* Removes the temporary files PATH.tmp.PID that earlier writers of path left
+ * (killed by SIGKILL, crashed) whose PID is no longer alive and which nobody
+ * holds locked; never one of a live process. Returns how many it removed
+ * (each one logged), or -ENOMEM. */
+int moe_pack_writer_clean_stale(const char *path);
 
 #endif

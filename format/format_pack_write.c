@@ -8,11 +8,13 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <libgen.h>
+#include <dirent.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -91,12 +93,77 @@ int moe_pack_writer_cleanup_on_signal(void)
         struct sigaction sa;
         memset(&sa, 0, sizeof(sa));
         sa.sa_handler = moe_pack_on_signal;
-        sigemptyset(&sa.sa_mask);
+        sigemptyset(&sa.sa_mask); /* one handler at a time: the unlinks finish */
+        for (size_t k = 0; k < MOE_ARRAY_SIZE(sigs); k++)
+            sigaddset(&sa.sa_mask, sigs[k]);
         sa.sa_flags = SA_RESETHAND;
         if (sigaction(sigs[i], &sa, NULL) < 0)
             return moe_err(-errno, "sigaction: %s", strerror(errno));
     }
     return 0;
+}
+
+/* ---- temporary files left by earlier runs ---------------------------------------------
+ * PATH.tmp.PID whose PID is gone (SIGKILL, a crash, the OOM killer). A file
+ * is kept while its PID lives (kill(pid, 0) succeeds or says EPERM) or while
+ * someone holds its lock: a writer keeps LOCK_EX on its temporary file, which
+ * also covers a writer whose PID we cannot see (another PID namespace on the
+ * same kernel, or an NFS client, where flock becomes a POSIX lock). */
+static bool pid_alive(long pid)
+{
+    return pid > 0 && (kill((pid_t)pid, 0) == 0 || errno == EPERM);
+}
+
+int moe_pack_writer_clean_stale(const char *path)
+{
+    char *dcopy = strdup(path), *bcopy = strdup(path);
+    if (!dcopy || !bcopy) {
+        free(dcopy);
+        free(bcopy);
+        return moe_err(-ENOMEM, "%s: out of memory", path);
+    }
+    const char *dir = dirname(dcopy), *base = basename(bcopy);
+    size_t blen = strlen(base);
+    int removed = 0;
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
+    if (!d) {
+        if (dfd >= 0)
+            close(dfd);
+        free(dcopy);
+        free(bcopy);
+        return 0; /* no directory yet: nothing left in it; open says what is wrong */
+    }
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        const char *n = de->d_name;
+        if (strncmp(n, base, blen) || strncmp(n + blen, ".tmp.", 5))
+            continue;
+        const char *digits = n + blen + 5;
+        char *end;
+        errno = 0;
+        long pid = strtol(digits, &end, 10);
+        if (!*digits || *end || digits[0] < '1' || digits[0] > '9' || errno)
+            continue; /* not a name the writer makes */
+        if (pid == (long)getpid() || pid_alive(pid))
+            continue; /* ours is open's business; a live one is never touched */
+        int fd = openat(dfd, n, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+        if (fd < 0)
+            continue;
+        struct stat st, st2;
+        if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && flock(fd, LOCK_EX | LOCK_NB) == 0 &&
+            fstatat(dfd, n, &st2, AT_SYMLINK_NOFOLLOW) == 0 && st2.st_dev == st.st_dev &&
+            st2.st_ino == st.st_ino && unlinkat(dfd, n, 0) == 0) {
+            moe_log(MOE_LOG_INFO, "%s/%s: removed, left by an earlier run (pid %ld is gone)",
+                    dir, n, pid);
+            removed++;
+        }
+        close(fd);
+    }
+    closedir(d);
+    free(dcopy);
+    free(bcopy);
+    return removed;
 }
 
 /* ---- streaming ------------------------------------------------------------------ */
@@ -455,9 +522,14 @@ int moe_pack_writer_open(const char *path, struct moe_pack_writer **out)
         goto fail;
     }
     snprintf(w->tmp, n, "%s.tmp.%ld", path, (long)getpid());
+    /* registered before it exists, so that no signal finds it unregistered
+     * (unlinking a name not yet created is harmless) */
+    bool ours = reg_has(w->tmp); /* another writer of this process has the name */
+    if (!ours)
+        w->slot = reg_add(w->tmp);
     for (int attempt = 0; attempt < 2; attempt++) {
         w->fd = open(w->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-        if (w->fd >= 0 || errno != EEXIST || attempt > 0 || reg_has(w->tmp))
+        if (w->fd >= 0 || errno != EEXIST || attempt > 0 || ours)
             break;
         /* left by a killed process that had our pid: nobody alive writes it */
         unlink(w->tmp);
@@ -467,7 +539,10 @@ int moe_pack_writer_open(const char *path, struct moe_pack_writer **out)
         rc = moe_err(-e, "%s: cannot create: %s", w->tmp, strerror(e));
         goto fail;
     }
-    w->slot = reg_add(w->tmp);
+    /* held until the file is renamed or removed: moe_pack_writer_clean_stale
+     * in another process leaves a locked file alone */
+    if (flock(w->fd, LOCK_EX | LOCK_NB) < 0)
+        moe_log(MOE_LOG_DEBUG, "%s: flock: %s", w->tmp, strerror(errno));
     /* the preamble's place; written for real by commit */
     if ((rc = put(w, moe_pack_zeros, MOE_PACK_DATA_OFFSET)) < 0) {
         moe_pack_writer_abort(w);

@@ -3,9 +3,10 @@
 #ifndef MOE_IPC_INT_H
 #define MOE_IPC_INT_H
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
-#include <stdatomic.h>
 #include <stdint.h>
 #include <sys/socket.h>
 #include <sys/types.h>
@@ -184,5 +185,64 @@ void ipc_conn_deadline(struct ipc_conn *c, double seconds, const char *why);
 /* a warning, at most a few per 10 s: peers must not control the journal's volume */
 void ipc_gate_log(struct ipc_gate *g, const char *fmt, ...) MOE_PRINTF(2, 3);
 bool ipc_peer_allowed(const struct moe_ipc_limits *lim, int fd, struct ucred *cr);
+
+/* ---- metrics (ipc_metrics.c) ---------------------------------------------------
+ * The server's Prometheus series (ipc/README.md lists them). ipc_server.c
+ * reports events; these turn them into counters, histograms and gauges.
+ * Updates never lock (the engine-counter refresh takes tok_lock). */
+#define MOE_IPC_METRICS_ROUTES 16  /* routes with cached request counters */
+#define MOE_IPC_METRICS_STATUSES 12 /* statuses cached per route; others register on the spot */
+#define MOE_IPC_METRICS_FINISH 6    /* stop, length, cancelled, timeout, error, other */
+#define MOE_IPC_METRICS_LABEL 256   /* the model_name label value, escaped */
+
+struct moe_metric;
+struct moe_ipc_proc_metrics { /* process_*: one set per process */
+    struct moe_metric *cpu, *rss, *vsize, *fds, *max_fds, *start;
+};
+struct moe_ipc_metrics {
+    const char *route_label[MOE_IPC_METRICS_ROUTES]; /* the endpoint label; static strings */
+    size_t n_routes;
+    char model_label[MOE_IPC_METRICS_LABEL]; /* the served name, escaped for a label */
+    /* moed_* */
+    _Atomic(struct moe_metric *) req[MOE_IPC_METRICS_ROUTES][MOE_IPC_METRICS_STATUSES];
+    struct moe_metric *finish[MOE_IPC_METRICS_FINISH];
+    struct moe_metric *prompt, *gen, *ttft, *tpot, *e2e;
+    struct moe_metric *queue, *running, *conns, *streams, *build;
+    struct moe_metric *kv_total, *kv_used, *kv_reserved, *kv_block_bytes, *kv_bpt, *kv_waits;
+    /* vllm:* */
+    struct moe_metric *v_success[MOE_IPC_METRICS_FINISH];
+    struct moe_metric *v_running, *v_waiting, *v_kv_usage, *v_kv_usage_old;
+    struct moe_metric *v_prompt, *v_gen, *v_ttft, *v_tpot, *v_e2e;
+    _Atomic(struct moe_metric *) v_cache_info; /* once an engine is seen */
+    struct moe_ipc_proc_metrics proc;
+    pthread_mutex_t tok_lock; /* engine counters -> ours at scrape time */
+    struct moe_engine *tok_engine;
+    uint64_t tok_prompt, tok_gen, tok_waits;
+    bool ready; /* init succeeded: free has a mutex to destroy */
+};
+
+/* Registers the series; model_name is the served name (the model_name label).
+ * route_labels[i] names route i (kept, not copied);
+ * the first n_primed routes get their status-200 counter at once, so the
+ * common case is there from the first scrape. 0 or -ENOMEM / -EINVAL. */
+int moe_ipc_metrics_init(struct moe_ipc_metrics *m, const char *model_name,
+                         const char *const *route_labels,
+                         size_t n_routes, size_t n_primed);
+void moe_ipc_metrics_free(struct moe_ipc_metrics *m); /* also after a failed or no init (zeroed) */
+/* A reply went out on route with status. */
+void moe_ipc_metrics_request(struct moe_ipc_metrics *m, size_t route, int status);
+/* A generation ended without DONE (reason "error", "cancelled"). */
+void moe_ipc_metrics_finish(struct moe_ipc_metrics *m, const char *reason);
+/* A generation's first text, seconds after its request arrived. */
+void moe_ipc_metrics_first_text(struct moe_ipc_metrics *m, double seconds);
+/* A generation's DONE: latency histograms and its finish reason. t0: its
+ * arrival, t_first: its first text (0: none), both moe_now_s(). */
+void moe_ipc_metrics_done(struct moe_ipc_metrics *m, double t0, double t_first,
+                          const struct moe_event *ev);
+/* At scrape time: the engine's figures (st; all zero and e NULL while no
+ * engine is attached), the server's open connections and streams, and the
+ * process_* series from /proc/self. */
+void moe_ipc_metrics_refresh(struct moe_ipc_metrics *m, struct moe_engine *e,
+                             const struct moe_engine_stats *st, int connections, int streams);
 
 #endif

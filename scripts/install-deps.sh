@@ -10,6 +10,7 @@ pkgs=(
     libreadline-dev   # moectl chat: line editing and history
     python3 python3-numpy
     curl systemd   # the demo's curl --unix-socket; systemd-analyze verify in the tests
+    haproxy        # tests/integration/test_replicas.py: two replicas behind etc/haproxy-moed.cfg
 )
 missing=()
 for p in "${pkgs[@]}"; do

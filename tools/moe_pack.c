@@ -24,8 +24,10 @@
  * P(0) = 0.885 on experts that are less sparse than Switch's.
  *
  * Progress goes to stderr, one JSON summary line to stdout. The pack is
- * written to a temporary name and renamed at the end: an interrupted run
- * leaves no file under FILE. */
+ * written to FILE.tmp.PID and renamed at the end: an interrupted run
+ * leaves no file under FILE; SIGINT, SIGTERM and SIGHUP remove the temporary
+ * file too, and one that a killed run left (SIGKILL) is removed by the next
+ * run, once its PID is gone. */
 #include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
@@ -504,7 +506,6 @@ static int run(const struct pack_opts *o)
     }
     if ((rc = moe_pack_writer_open(o->out, &P.w)) < 0)
         goto out;
-    moe_pack_writer_cleanup_on_signal();
     /* the directory in front of the data (about 300 bytes an expert, some per
      * tensor): a truncated pack can still say which expert it lost */
     size_t header_room = ((size_t)64 << 10) + (size_t)1024 * (size_t)c->n_layers *
@@ -608,7 +609,16 @@ int main(int argc, char **argv)
     struct pack_opts o;
     if (parse_args(argc, argv, &o) < 0)
         return EXIT_USAGE;
-    int rc = run(&o);
+    /* before any temporary file exists: SIGINT/SIGTERM/SIGHUP remove it */
+    int rc = moe_pack_writer_cleanup_on_signal();
+    if (rc == 0) {
+        /* what killed runs (SIGKILL, OOM) left: never a live process's */
+        int n = moe_pack_writer_clean_stale(o.out);
+        if (n > 0)
+            fprintf(stderr, "moe-pack: removed %d stale temporary file%s of %s\n", n,
+                    n == 1 ? "" : "s", o.out);
+        rc = run(&o);
+    }
     if (rc < 0) {
         fprintf(stderr, "moe-pack: %s\n", moe_err_msg());
         return 1;

@@ -333,6 +333,21 @@ class Packs(unittest.TestCase):
             d.stop()
 
 
+def dead_pid():
+    """A PID no process has now (from the top of the PID space down)."""
+    with open("/proc/sys/kernel/pid_max") as f:
+        pid = int(f.read()) - 1
+    while pid > 1:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return pid
+        except PermissionError:
+            pass
+        pid -= 1
+    raise AssertionError("no free PID")
+
+
 class Interrupted(unittest.TestCase):
     def setUp(self):
         self.tmp = tempfile.mkdtemp(prefix="moe-pack-int-")
@@ -341,6 +356,8 @@ class Interrupted(unittest.TestCase):
         shutil.rmtree(self.tmp)
 
     def interrupt(self, sig):
+        """Kills a moe-pack with sig while it writes experts; returns what is
+        left in its directory (and self.rc, self.pid)."""
         out = os.path.join(self.tmp, "never.moe")
         p = subprocess.Popen([os.path.join(BIN, "moe-pack"), "--model", TINY, "--out", out,
                               "--experts", "qmoe", "--calib", TEXT, "--calib-tokens", "16384",
@@ -351,16 +368,67 @@ class Interrupted(unittest.TestCase):
         while "layer 1/4" not in line:
             line = p.stderr.readline()
             self.assertNotEqual(line, "", "moe-pack ended before its first layer")
+        self.assertTrue(os.path.exists("%s.tmp.%d" % (out, p.pid)), "no temporary file yet")
         p.send_signal(sig)
         p.wait(timeout=60)
+        p.stdout.close()
+        p.stderr.close()
+        self.rc, self.pid = p.returncode, p.pid
         self.assertFalse(os.path.exists(out), "an interrupted moe-pack left a file under the name")
-        return os.listdir(self.tmp)
+        return sorted(os.listdir(self.tmp))
 
     def test_sigint_leaves_no_file_at_all(self):
         self.assertEqual(self.interrupt(signal.SIGINT), [])
+        self.assertEqual(self.rc, -signal.SIGINT)  # it died of the signal, as before
 
-    def test_sigkill_leaves_no_file_under_the_target_name(self):
-        self.interrupt(signal.SIGKILL)
+    def test_sigterm_leaves_no_file_at_all(self):
+        self.assertEqual(self.interrupt(signal.SIGTERM), [])
+        self.assertEqual(self.rc, -signal.SIGTERM)
+
+    def test_sigkill_leaves_a_temporary_file_that_the_next_run_removes(self):
+        left = self.interrupt(signal.SIGKILL)
+        self.assertEqual(self.rc, -signal.SIGKILL)
+        self.assertEqual(left, ["never.moe.tmp.%d" % self.pid])  # SIGKILL cannot be caught
+        out = os.path.join(self.tmp, "never.moe")
+        rc, _, err = run("moe-pack", "--model", TINY, "--out", out, "--experts", "bf16")
+        self.assertEqual(rc, 0, err)
+        self.assertIn("removed 1 stale temporary file", err)
+        self.assertEqual(os.listdir(self.tmp), ["never.moe"])
+
+    def test_stale_temporary_files_of_live_processes_are_kept(self):
+        import fcntl
+        out = os.path.join(self.tmp, "x.moe")
+        live = subprocess.Popen(["sleep", "120"])
+        try:
+            dead = dead_pid()
+            names = {
+                "dead": "x.moe.tmp.%d" % dead,                 # removed
+                "live": "x.moe.tmp.%d" % live.pid,             # a live PID: kept
+                "other_target": "y.moe.tmp.%d" % dead,         # another pack's: kept
+                "not_a_pid": "x.moe.tmp.%dz" % dead,           # not a name moe-pack makes
+                "zero": "x.moe.tmp.0%d" % dead,                # likewise
+            }
+            for n in names.values():
+                with open(os.path.join(self.tmp, n), "wb") as f:
+                    f.write(b"partial pack" * 100)
+            # a PID we cannot see as alive (another PID namespace) but a writer
+            # holds its lock: kept
+            locked_name = "x.moe.tmp.%d" % (dead - 1 if dead > 2 else dead + 1)
+            locked = open(os.path.join(self.tmp, locked_name), "wb")
+            fcntl.flock(locked, fcntl.LOCK_EX)
+            rc, _, err = run("moe-pack", "--model", TINY, "--out", out, "--experts", "bf16")
+            locked.close()
+            self.assertEqual(rc, 0, err)
+            left = set(os.listdir(self.tmp))
+            self.assertNotIn(names["dead"], left, err)
+            for k in ("live", "other_target", "not_a_pid", "zero"):
+                self.assertIn(names[k], left, k)
+            self.assertIn(locked_name, left)
+            self.assertIn("x.moe", left)
+            self.assertEqual(len(left), 6, sorted(left))
+        finally:
+            live.kill()
+            live.wait()
 
 
 class OtherArchitectures(unittest.TestCase):

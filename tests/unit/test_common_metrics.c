@@ -1,7 +1,7 @@
 /* Metrics registry: exact totals under concurrent updates, histogram
  * buckets/sum/count, the rendered text against golden output, label sets
  * merged into one family, idempotent registration, type conflicts, label
- * and help escaping, bad names and buckets. Every test starts from an empty
+ * and help escaping, bad names and buckets, vLLM's namespace:name names. Every test starts from an empty
  * registry (moe_metrics_reset). */
 #include "tests/unit/test.h"
 
@@ -343,6 +343,38 @@ static void test_bad_names(void **state)
                   "# HELP l h\n# TYPE l counter\nl{x=\"\",y_2=\"b\"} 0\n");
 }
 
+/* vLLM's names (namespace:name) in every type, as the endpoint picker of
+ * llm-d reads them; a model name with a slash and a colon in a label; a
+ * counter's _total and a histogram's suffixes after the colon name. */
+static void test_colon_names(void **state)
+{
+    static const double b[] = {0.5};
+    const char *l = "model_name=\"org/Model-1:v2\"";
+    struct moe_metric *g = moe_metric_gauge("vllm:kv_cache_usage_perc", "usage", l);
+    struct moe_metric *c = moe_metric_counter("vllm:prompt_tokens_total", "tokens", l);
+    struct moe_metric *h = moe_metric_histogram("vllm:e2e_request_latency_seconds", "", l, b, 1);
+    assert_non_null(g);
+    assert_non_null(c);
+    assert_non_null(h);
+    moe_metric_set(g, 0.25);
+    moe_metric_add(c, 3);
+    moe_metric_observe(h, 1);
+    expect_render("# HELP vllm:kv_cache_usage_perc usage\n"
+                  "# TYPE vllm:kv_cache_usage_perc gauge\n"
+                  "vllm:kv_cache_usage_perc{model_name=\"org/Model-1:v2\"} 0.25\n"
+                  "# HELP vllm:prompt_tokens_total tokens\n"
+                  "# TYPE vllm:prompt_tokens_total counter\n"
+                  "vllm:prompt_tokens_total{model_name=\"org/Model-1:v2\"} 3\n"
+                  "# TYPE vllm:e2e_request_latency_seconds histogram\n"
+                  "vllm:e2e_request_latency_seconds_bucket{model_name=\"org/Model-1:v2\",le=\"0.5\"} 0\n"
+                  "vllm:e2e_request_latency_seconds_bucket{model_name=\"org/Model-1:v2\",le=\"+Inf\"} 1\n"
+                  "vllm:e2e_request_latency_seconds_sum{model_name=\"org/Model-1:v2\"} 1\n"
+                  "vllm:e2e_request_latency_seconds_count{model_name=\"org/Model-1:v2\"} 1\n");
+    /* a leading colon is a valid name too; a colon is not valid in a label name */
+    assert_non_null(moe_metric_gauge(":x", "", NULL));
+    assert_null(moe_metric_gauge("y", "", "a:b=\"1\""));
+}
+
 static void test_empty_registry(void **state)
 {
     expect_render("");
@@ -360,6 +392,7 @@ int main(void)
         cmocka_unit_test_setup(test_idempotent, reset),
         cmocka_unit_test_setup(test_type_conflict, reset),
         cmocka_unit_test_setup(test_bad_names, reset),
+        cmocka_unit_test_setup(test_colon_names, reset),
         cmocka_unit_test_setup(test_empty_registry, reset),
     };
     /* registration errors are logged; keep the test output readable */

@@ -20,10 +20,12 @@
 #include "common/common.h"
 #include "engine/engine_server.h"
 #include "ipc/ipc.h"
+#include "daemon/daemon.h" /* MOED_VERSION */
 #include "ipc/ipc_int.h"
 #include "model/model.h"
 
 #include <errno.h>
+#include <math.h>
 #include <jansson.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -465,6 +467,8 @@ static void fake_release(struct moe_job *job)
     free(job);
 }
 
+static uint64_t fake_kv_waits = 7; /* only grows, as the engine's */
+
 static void fake_stats(struct moe_engine *e, struct moe_engine_stats *st)
 {
     memset(st, 0, sizeof(*st));
@@ -473,6 +477,13 @@ static void fake_stats(struct moe_engine *e, struct moe_engine_stats *st)
     st->steps = 10;
     st->prompt_tokens = 100;
     st->generated_tokens = 50;
+    st->kv_blocks_total = 100;
+    st->kv_blocks_used = 20;
+    st->kv_blocks_reserved = 5;
+    st->kv_block_tokens = 16;
+    st->kv_block_bytes = 4096;
+    st->kv_bytes_per_token = 1024;
+    st->kv_waits = fake_kv_waits;
 }
 
 static const struct moe_ipc_engine_ops fake_ops = {
@@ -754,6 +765,19 @@ static void test_host_headers(void **state)
     }
 }
 
+/* The value of one series in a Prometheus text body (name plus labels as
+ * rendered, e.g. "x{a=\"b\"}"); NAN when absent. */
+static double metric_value(const char *body, const char *series)
+{
+    size_t n = strlen(series);
+    for (const char *p = body; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL)
+        if (strncmp(p, series, n) == 0 && p[n] == ' ')
+            return strtod(p + n + 1, NULL);
+    return NAN;
+}
+
+#define MN "model_name=\"tiny-test\""
+
 static void test_metrics(void **state)
 {
     struct resp r = request(sock_path, "GET", "/health", NULL, NULL);
@@ -772,12 +796,52 @@ static void test_metrics(void **state)
         "# TYPE moed_queue_depth gauge",
         "# TYPE moed_running_sequences gauge",
         "# TYPE moed_request_duration_seconds histogram",
-        "moed_requests_finished_total{finish_reason=\"stop\"}",
+        "# TYPE moed_kv_admission_waits_total counter",
+        "moed_requests_finished_total{" MN ",finish_reason=\"stop\"}",
+        "moed_queue_depth{" MN "} 0",
         "moed_http_connections",
+        "moed_build_info{version=\"",
+        /* vLLM's names, which llm-d's endpoint picker reads */
+        "# TYPE vllm:num_requests_running gauge\n",
+        "# TYPE vllm:num_requests_waiting gauge\n",
+        "# TYPE vllm:kv_cache_usage_perc gauge\n",
+        "# TYPE vllm:gpu_cache_usage_perc gauge\n",
+        "# TYPE vllm:prompt_tokens_total counter\n",
+        "# TYPE vllm:generation_tokens_total counter\n",
+        "# TYPE vllm:time_to_first_token_seconds histogram\n",
+        "# TYPE vllm:time_per_output_token_seconds histogram\n",
+        "# TYPE vllm:e2e_request_latency_seconds histogram\n",
+        "# TYPE vllm:request_success_total counter\n",
+        "vllm:num_requests_waiting{" MN "} 0\n",
+        "vllm:kv_cache_usage_perc{" MN "} 0\n",
+        "vllm:request_success_total{" MN ",finished_reason=\"abort\"}",
+        "vllm:e2e_request_latency_seconds_bucket{" MN ",le=\"+Inf\"}",
+        /* the standard process series */
+        "# TYPE process_cpu_seconds_total counter\n",
+        "# TYPE process_resident_memory_bytes gauge\n",
+        "# TYPE process_virtual_memory_bytes gauge\n",
+        "# TYPE process_open_fds gauge\n",
+        "# TYPE process_max_fds gauge\n",
+        "# TYPE process_start_time_seconds gauge\n",
     };
     for (size_t i = 0; i < MOE_ARRAY_SIZE(want); i++)
         if (!strstr(r.body, want[i]))
             fail_msg("/metrics lacks %s:\n%s", want[i], r.body);
+    /* a counter is a counter: the old gauge name is gone */
+    assert_null(strstr(r.body, "moed_kv_admission_waits "));
+    assert_null(strstr(r.body, "# TYPE moed_kv_admission_waits gauge"));
+    /* no engine yet: no cache configuration to report */
+    assert_null(strstr(r.body, "vllm:cache_config_info{"));
+    assert_true(metric_value(r.body, "moed_build_info{version=\"" MOED_VERSION "\"}") == 1);
+    assert_true(metric_value(r.body, "process_resident_memory_bytes") > 1e6);
+    assert_true(metric_value(r.body, "process_virtual_memory_bytes") >=
+                metric_value(r.body, "process_resident_memory_bytes"));
+    double fds = metric_value(r.body, "process_open_fds");
+    assert_true(fds >= 3 && fds <= metric_value(r.body, "process_max_fds"));
+    double start = metric_value(r.body, "process_start_time_seconds");
+    double now = (double)time(NULL);
+    assert_true(start > now - 3600 && start <= now + 1);
+    assert_true(metric_value(r.body, "process_cpu_seconds_total") >= 0);
     resp_free(&r);
 }
 
@@ -1372,13 +1436,39 @@ static void test_metrics_with_engine(void **state)
     assert_int_equal(r.status, 200);
     static const char *const want[] = {
         "moed_http_requests_total{endpoint=\"/v1/completions\",status=\"200\"}",
-        "moed_queue_depth 2",
-        "moed_running_sequences 3",
-        "moed_time_to_first_token_seconds_count",
+        "moed_queue_depth{" MN "} 2\n",
+        "moed_running_sequences{" MN "} 3\n",
+        "moed_time_to_first_token_seconds_count{" MN "}",
+        "vllm:num_requests_waiting{" MN "} 2\n",
+        "vllm:num_requests_running{" MN "} 3\n",
+        /* (20 used + 5 promised) / 100 */
+        "vllm:kv_cache_usage_perc{" MN "} 0.25\n",
+        "vllm:gpu_cache_usage_perc{" MN "} 0.25\n",
+        /* 100 blocks x 4096 B / 1024 B per token / 16 tokens per block */
+        "vllm:cache_config_info{" MN ",block_size=\"16\",num_gpu_blocks=\"25\"} 1\n",
+        "vllm:time_to_first_token_seconds_count{" MN "}",
+        "vllm:e2e_request_latency_seconds_count{" MN "}",
     };
     for (size_t i = 0; i < MOE_ARRAY_SIZE(want); i++)
         if (!strstr(r.body, want[i]))
             fail_msg("/metrics lacks %s:\n%s", want[i], r.body);
+    /* the vLLM counters count what moed's count */
+    assert_true(metric_value(r.body, "vllm:prompt_tokens_total{" MN "}") ==
+                metric_value(r.body, "moed_prompt_tokens_total{" MN "}"));
+    assert_true(metric_value(r.body, "vllm:generation_tokens_total{" MN "}") ==
+                metric_value(r.body, "moed_generation_tokens_total{" MN "}"));
+    assert_true(metric_value(r.body, "moed_prompt_tokens_total{" MN "}") >= 100);
+    double stop = metric_value(r.body, "vllm:request_success_total{" MN ",finished_reason=\"stop\"}") +
+                  metric_value(r.body, "vllm:request_success_total{" MN ",finished_reason=\"length\"}");
+    assert_true(stop >= 1);
+    assert_true(metric_value(r.body, "vllm:e2e_request_latency_seconds_count{" MN "}") >= 1);
+    double waits = metric_value(r.body, "moed_kv_admission_waits_total{" MN "}");
+    assert_true(waits >= 7);
+    resp_free(&r);
+    /* the engine's counts go on from where they were: the counters follow */
+    fake_kv_waits += 3;
+    r = request(sock_path, "GET", "/metrics", NULL, NULL);
+    assert_true(metric_value(r.body, "moed_kv_admission_waits_total{" MN "}") == waits + 3);
     resp_free(&r);
 
     r = request(sock_path, "GET", "/admin/stats", NULL, NULL);

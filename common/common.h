@@ -9,6 +9,9 @@
 #include <stdint.h>
 #include <string.h>
 
+/* the project's version: moed --version, /metrics moed_build_info, moectl */
+#define MOED_VERSION "0.1.0"
+
 #define MOE_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 #define MOE_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define MOE_MAX(a, b) ((a) > (b) ? (a) : (b))

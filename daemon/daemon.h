@@ -17,7 +17,7 @@
 #include <stdio.h>
 #include <sys/types.h>
 
-#define MOED_VERSION "0.1.0"
+#include "common/common.h" /* MOED_VERSION */
 
 #define MOE_DAEMON_DEFAULT_CONFIG "/etc/moed/moed.ini"
 /* the extension README.md and moe-pack's docs give packs ("tiny-qmoe.moe"),

@@ -16,7 +16,6 @@
 #include "ipc/ipc_int.h"
 
 #include "common/common_metrics.h"
-#include "daemon/daemon.h" /* MOED_VERSION, for moed_build_info (a header-only use) */
 
 #include <dirent.h>
 #include <errno.h>

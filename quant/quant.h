@@ -23,6 +23,9 @@ enum moe_dtype {
     MOE_DTYPE_QMOE = 120, /* ternary digits + dictionary code, rows of varying
                            * length. quant_qmoe.h */
 };
+/* how many formats the enum names: quant_types.c's table must have a row for
+ * each (a compile-time check) */
+#define MOE_DTYPE_N_FORMATS 10
 
 #define MOE_Q8_0_BLOCK 32
 struct moe_block_q8_0 {
@@ -59,7 +62,18 @@ int moe_mxfp4_from_hf(const uint8_t *blocks, const uint8_t *scales, int64_t rows
 
 struct moe_weight;
 
+struct moe_weight;
+typedef void (*moe_gemm_fn)(const struct moe_weight *w, int64_t r0, int64_t r1,
+                            const float *x, int64_t ldx, int n, float *y, int64_t ldy);
+
+enum moe_isa { MOE_ISA_REF = 0, MOE_ISA_AVX2 = 1, MOE_ISA_AVX512 = 2, MOE_ISA_COUNT };
+
+/* One row per element format (quant_types.c): its id, name, block shape,
+ * element conversions and its gemm kernel per ISA (NULL: none on that ISA;
+ * MOE_NO_SIMD builds have only the reference). Adding a format is one row
+ * plus its kernels. */
 struct moe_dtype_traits {
+    enum moe_dtype dtype;
     const char *name;
     int block_size;     /* elements per block (1 for plain types) */
     size_t block_bytes; /* bytes per block */
@@ -74,10 +88,15 @@ struct moe_dtype_traits {
     const char *side_name; /* the shared table's name in a pack, NULL if none */
     int (*side_create)(const void *blob, size_t nbytes, void **side);
     void (*side_free)(void *side);
+    moe_gemm_fn gemm[MOE_ISA_COUNT];
 };
 
 /* NULL for an id moed does not know. */
 const struct moe_dtype_traits *moe_dtype_traits(int dtype);
+/* the i-th row of the table (i < MOE_DTYPE_N_FORMATS), for listing formats */
+const struct moe_dtype_traits *moe_dtype_at(int i);
+/* bits per weight of a fixed-size-block format (0 for QMoE's varying rows) */
+double moe_dtype_bits(int dtype);
 const char *moe_dtype_name(int dtype); /* "?" when unknown */
 /* bytes of n elements; 0 if n is not a whole number of blocks or dtype unknown */
 size_t moe_dtype_row_bytes(int dtype, int64_t n);
@@ -104,12 +123,8 @@ static inline size_t moe_weight_bytes(const struct moe_weight *w)
  *     y[t*ldy + r] = sum_c W[r][c] * x[t*ldx + c]       (fp32 accumulation)
  * n = 1 is the decode GEMV; larger n is batched prefill, where a fast kernel
  * converts each stretch of weights once and applies it to every token. */
-typedef void (*moe_gemm_fn)(const struct moe_weight *w, int64_t r0, int64_t r1,
-                            const float *x, int64_t ldx, int n, float *y, int64_t ldy);
-
-enum moe_isa { MOE_ISA_REF = 0, MOE_ISA_AVX2 = 1, MOE_ISA_AVX512 = 2, MOE_ISA_COUNT };
-
-/* The kernel for dtype on isa, or NULL where there is none. */
+/* The kernel for dtype on isa, or NULL where there is none (the traits
+ * table's gemm[isa]). */
 moe_gemm_fn moe_gemm_kernel(enum moe_dtype dtype, enum moe_isa isa);
 /* The best ISA this CPU supports (cpuid), lowered by MOE_ISA=ref|avx2|avx512
  * in the environment; builds with MOE_NO_SIMD always answer MOE_ISA_REF. */

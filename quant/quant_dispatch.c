@@ -1,6 +1,6 @@
-/* Picks the kernels: the table of gemm kernels per dtype and ISA, the best
- * ISA this CPU has (cpuid, lowered by MOE_ISA=ref|avx2|avx512), and the fp32
- * vector helpers bound to it. MOE_NO_SIMD builds (the fuzzers) leave the
+/* Picks the kernels: the gemm kernel per dtype and ISA (a column of the
+ * formats table, quant_types.c), the best ISA this CPU has (cpuid, lowered
+ * by MOE_ISA=ref|avx2|avx512), and the fp32 vector helpers bound to it. MOE_NO_SIMD builds (the fuzzers) leave the
  * *_avx2.c / *_avx512.c files out, so nothing here may name their symbols. */
 #include <stdlib.h>
 #include <strings.h>
@@ -20,54 +20,8 @@ const char *moe_isa_name(enum moe_isa isa)
 
 moe_gemm_fn moe_gemm_kernel(enum moe_dtype dtype, enum moe_isa isa)
 {
-    switch (isa) {
-    case MOE_ISA_REF:
-        switch (dtype) {
-        case MOE_DTYPE_F32: return moe_quant_gemm_f32_ref;
-        case MOE_DTYPE_F16: return moe_quant_gemm_f16_ref;
-        case MOE_DTYPE_BF16: return moe_quant_gemm_bf16_ref;
-        case MOE_DTYPE_Q8_0: return moe_quant_gemm_q8_0_ref;
-        case MOE_DTYPE_MXFP4: return moe_quant_gemm_mxfp4_ref;
-        case MOE_DTYPE_GQ1: return moe_quant_gemm_gq1_ref;
-        case MOE_DTYPE_GQ2: return moe_quant_gemm_gq2_ref;
-        case MOE_DTYPE_GQ3: return moe_quant_gemm_gq3_ref;
-        case MOE_DTYPE_GQ4: return moe_quant_gemm_gq4_ref;
-        case MOE_DTYPE_QMOE: return moe_quant_gemm_qmoe_ref;
-        }
-        return NULL;
-#ifndef MOE_NO_SIMD
-    case MOE_ISA_AVX2:
-        switch (dtype) {
-        case MOE_DTYPE_F32: return moe_quant_gemm_f32_avx2;
-        case MOE_DTYPE_F16: return moe_quant_gemm_f16_avx2;
-        case MOE_DTYPE_BF16: return moe_quant_gemm_bf16_avx2;
-        case MOE_DTYPE_Q8_0: return moe_quant_gemm_q8_0_avx2;
-        case MOE_DTYPE_MXFP4: return moe_quant_gemm_mxfp4_avx2;
-        case MOE_DTYPE_GQ1: return moe_quant_gemm_gq1_avx2;
-        case MOE_DTYPE_GQ2: return moe_quant_gemm_gq2_avx2;
-        case MOE_DTYPE_GQ3: return moe_quant_gemm_gq3_avx2;
-        case MOE_DTYPE_GQ4: return moe_quant_gemm_gq4_avx2;
-        case MOE_DTYPE_QMOE: return moe_quant_gemm_qmoe_avx2;
-        }
-        return NULL;
-    case MOE_ISA_AVX512:
-        switch (dtype) {
-        case MOE_DTYPE_F32: return moe_quant_gemm_f32_avx512;
-        case MOE_DTYPE_F16: return moe_quant_gemm_f16_avx512;
-        case MOE_DTYPE_BF16: return moe_quant_gemm_bf16_avx512;
-        case MOE_DTYPE_Q8_0: return moe_quant_gemm_q8_0_avx512;
-        case MOE_DTYPE_MXFP4: return moe_quant_gemm_mxfp4_avx512;
-        case MOE_DTYPE_GQ1: return moe_quant_gemm_gq1_avx512;
-        case MOE_DTYPE_GQ2: return moe_quant_gemm_gq2_avx512;
-        case MOE_DTYPE_GQ3: return moe_quant_gemm_gq3_avx512;
-        case MOE_DTYPE_GQ4: return moe_quant_gemm_gq4_avx512;
-        case MOE_DTYPE_QMOE: return moe_quant_gemm_qmoe_avx512;
-        }
-        return NULL;
-#endif
-    default:
-        return NULL;
-    }
+    const struct moe_dtype_traits *t = moe_dtype_traits(dtype);
+    return t && (unsigned)isa < MOE_ISA_COUNT ? t->gemm[isa] : NULL;
 }
 
 static enum moe_isa isa_detect(void)

@@ -934,15 +934,19 @@ static int gemv_parse_formats(const char *list, int *dt, int *n)
          tok = strtok_r(NULL, ",", &save)) {
         const char *name = !strcmp(tok, "q8") ? "q8_0" : (!strcmp(tok, "q4") ? "gq4" : tok);
         int found = -1;
-        for (int id = 0; id < 256 && found < 0; id++) {
-            const struct moe_dtype_traits *t = moe_dtype_traits(id);
-            if (t && !strcmp(t->name, name) && t->from_f32 && !t->view)
-                found = id;
+        char known[160] = "";
+        for (int i = 0; i < MOE_DTYPE_N_FORMATS; i++) {
+            const struct moe_dtype_traits *t = moe_dtype_at(i);
+            if (!t->from_f32 || t->view)
+                continue; /* rows of varying length: no random matrix of them here */
+            if (!strcmp(t->name, name))
+                found = t->dtype;
+            snprintf(known + strlen(known), sizeof(known) - strlen(known), "%s%s",
+                     known[0] ? ", " : "", t->name);
         }
         if (found < 0 || *n == GEMV_MAX_FORMATS) {
             fprintf(stderr, "moe-bench gemv: --formats: '%s' is not a format of fixed-size rows "
-                    "(f32, f16, bf16, q8_0, mxfp4, gq1..gq4), or more than %d\n", tok,
-                    GEMV_MAX_FORMATS);
+                    "(%s), or more than %d\n", tok, known, GEMV_MAX_FORMATS);
             return -1;
         }
         dt[(*n)++] = found;

@@ -112,6 +112,42 @@ static void test_traits_table(void **state)
     assert_int_equal(moe_dtype_row_bytes(5, 32), 0);
     assert_int_equal(moe_dtype_traits(MOE_DTYPE_Q8_0)->block_size, 32);
     assert_int_equal(moe_dtype_traits(MOE_DTYPE_Q8_0)->block_bytes, 34);
+    assert_true(moe_dtype_bits(MOE_DTYPE_Q8_0) == 8.5);
+    assert_true(moe_dtype_bits(MOE_DTYPE_GQ4) == 4.25);
+    assert_true(moe_dtype_bits(MOE_DTYPE_QMOE) == 0.0);
+}
+
+/* The one formats table: every row is found by its id, names are unique,
+ * every format has a reference kernel and, in SIMD builds, an AVX2 and an
+ * AVX-512 one; a fixed-block format converts both ways. */
+static void test_formats_table(void **state)
+{
+    (void)state;
+    assert_null(moe_dtype_at(MOE_DTYPE_N_FORMATS));
+    assert_null(moe_dtype_at(-1));
+    for (int i = 0; i < MOE_DTYPE_N_FORMATS; i++) {
+        const struct moe_dtype_traits *t = moe_dtype_at(i);
+        assert_non_null(t);
+        assert_ptr_equal(moe_dtype_traits(t->dtype), t);
+        assert_string_equal(moe_dtype_name(t->dtype), t->name);
+        for (int k = 0; k < i; k++)
+            assert_string_not_equal(moe_dtype_at(k)->name, t->name);
+        for (int isa = 0; isa < MOE_ISA_COUNT; isa++) {
+#ifdef MOE_NO_SIMD
+            bool want = isa == MOE_ISA_REF;
+#else
+            bool want = true;
+#endif
+            assert_true((t->gemm[isa] != NULL) == want);
+            assert_ptr_equal(moe_gemm_kernel(t->dtype, (enum moe_isa)isa), t->gemm[isa]);
+        }
+        if (t->block_bytes) {
+            assert_non_null(t->to_f32);
+            assert_non_null(t->from_f32);
+        } else {
+            assert_non_null(t->view);
+        }
+    }
 }
 
 /* every non-NaN half pattern survives to_f32 -> from_f32 bit for bit */
@@ -523,6 +559,7 @@ int main(int argc, char **argv)
     }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_traits_table),
+        cmocka_unit_test(test_formats_table),
         cmocka_unit_test(test_traits_f16_bf16_exact),
         cmocka_unit_test(test_traits_q8_0),
         cmocka_unit_test(test_kernel_table),

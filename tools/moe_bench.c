@@ -833,6 +833,31 @@ static int make_qmoe(const struct moe_qmoe_encoder *enc, const void *side, int64
     return rc;
 }
 
+/* The dictionary every random qmoe matrix here is coded with (QMoE's P(0)),
+ * as an encoder and the decode table the kernels read. */
+static int qmoe_codec(struct moe_qmoe_encoder **enc, void **side)
+{
+    uint64_t *table = malloc(MOE_QMOE_DICT_SIZE * sizeof(uint64_t));
+    int rc = table ? 0 : moe_err(-ENOMEM, "out of memory");
+    *enc = NULL;
+    *side = NULL;
+    if (rc == 0) {
+        moe_qmoe_dict_build(MOE_QMOE_P_ZERO, table);
+        rc = moe_qmoe_side_create(table, MOE_QMOE_DICT_SIZE * sizeof(uint64_t), side);
+    }
+    if (rc == 0)
+        rc = moe_qmoe_encoder_create(table, enc);
+    free(table);
+    return rc;
+}
+
+static void qmoe_codec_free(struct moe_qmoe_encoder *enc, void *side)
+{
+    moe_qmoe_encoder_free(enc);
+    if (side)
+        moe_qmoe_side_free(side);
+}
+
 static int cmd_gemv(const struct bench_opts *o, struct moe_model *m, struct moe_pool *pool)
 {
     const struct moe_config *c = &m->cfg;
@@ -848,15 +873,7 @@ static int cmd_gemv(const struct bench_opts *o, struct moe_model *m, struct moe_
     size_t span = (size_t)256 << 20; /* well past the L3 of any CPU here */
     void *side = NULL;
     struct moe_qmoe_encoder *enc = NULL; /* one dictionary for every qmoe matrix */
-    uint64_t *table = malloc(MOE_QMOE_DICT_SIZE * sizeof(uint64_t));
-    int rc = table ? 0 : moe_err(-ENOMEM, "out of memory");
-    if (rc == 0) {
-        moe_qmoe_dict_build(MOE_QMOE_P_ZERO, table);
-        rc = moe_qmoe_side_create(table, MOE_QMOE_DICT_SIZE * sizeof(uint64_t), &side);
-    }
-    if (rc == 0)
-        rc = moe_qmoe_encoder_create(table, &enc);
-    free(table);
+    int rc = qmoe_codec(&enc, &side);
     json_t *res = json_array();
     for (int si = 0; si < 2 && rc == 0; si++) {
         int64_t rows = shapes[si][0], cols = shapes[si][1];
@@ -901,9 +918,7 @@ static int cmd_gemv(const struct bench_opts *o, struct moe_model *m, struct moe_
             "bits_per_weight", 8.0 * gbs * 1e9 / rate));
     }
     free(ws);
-    moe_qmoe_encoder_free(enc);
-    if (side)
-        moe_qmoe_side_free(side);
+    qmoe_codec_free(enc, side);
     if (rc < 0) {
         fprintf(stderr, "moe-bench: %s\n", moe_err_msg());
         json_decref(res);
@@ -923,9 +938,10 @@ static int cmd_gemv(const struct bench_opts *o, struct moe_model *m, struct moe_
 #define GEMV_MAX_FORMATS 16
 #define GEMV_MAX_BATCH 8
 
-/* "bf16,gq4,..." -> dtype ids (any dtype of fixed-size rows with a quantiser;
- * q8 and q4 as moe-pack names them are taken too) */
-static int gemv_parse_formats(const char *list, int *dt, int *n)
+/* "bf16,gq4,qmoe-p0.85,..." -> dtype ids (any dtype of fixed-size rows with a
+ * quantiser; q8 and q4 as moe-pack names them; qmoe-pP: random ternary rows
+ * with P(0) = P, p0[i] = P, else 0) */
+static int gemv_parse_formats(const char *list, int *dt, double *p0, int *n)
 {
     char buf[256];
     snprintf(buf, sizeof(buf), "%s", list);
@@ -934,6 +950,19 @@ static int gemv_parse_formats(const char *list, int *dt, int *n)
          tok = strtok_r(NULL, ",", &save)) {
         const char *name = !strcmp(tok, "q8") ? "q8_0" : (!strcmp(tok, "q4") ? "gq4" : tok);
         int found = -1;
+        p0[*n < GEMV_MAX_FORMATS ? *n : 0] = 0.0;
+        if (!strncmp(tok, "qmoe-p", 6) && *n < GEMV_MAX_FORMATS) {
+            char *end;
+            double p = strtod(tok + 6, &end);
+            if (*end || !(p >= 0.0 && p < 1.0)) {
+                fprintf(stderr, "moe-bench gemv: --formats: '%s': want qmoe-pP with P(0) = P in "
+                        "[0, 1)\n", tok);
+                return -1;
+            }
+            p0[*n] = p;
+            dt[(*n)++] = MOE_DTYPE_QMOE;
+            continue;
+        }
         char known[160] = "";
         for (int i = 0; i < MOE_DTYPE_N_FORMATS; i++) {
             const struct moe_dtype_traits *t = moe_dtype_at(i);
@@ -946,7 +975,7 @@ static int gemv_parse_formats(const char *list, int *dt, int *n)
         }
         if (found < 0 || *n == GEMV_MAX_FORMATS) {
             fprintf(stderr, "moe-bench gemv: --formats: '%s' is not a format of fixed-size rows "
-                    "(%s), or more than %d\n", tok, known, GEMV_MAX_FORMATS);
+                    "(%s) nor qmoe-pP, or more than %d\n", tok, known, GEMV_MAX_FORMATS);
             return -1;
         }
         dt[(*n)++] = found;
@@ -1000,7 +1029,9 @@ static double gemv_rate_n(struct moe_pool *pool, const struct gemv_set *set, int
 static int cmd_gemv_shape(const struct bench_opts *o, struct moe_pool *pool)
 {
     int dts[GEMV_MAX_FORMATS], nf, ns[GEMV_MAX_BATCH], nn;
-    if (gemv_parse_formats(o->formats ? o->formats : "bf16,q8_0,gq4,mxfp4", dts, &nf) < 0 ||
+    double p0[GEMV_MAX_FORMATS], bits[GEMV_MAX_FORMATS];
+    char names[GEMV_MAX_FORMATS][32];
+    if (gemv_parse_formats(o->formats ? o->formats : "bf16,q8_0,gq4,mxfp4", dts, p0, &nf) < 0 ||
         gemv_parse_batch(o->batch ? o->batch : "1", ns, &nn) < 0)
         return EXIT_USAGE;
     /* a format whose block does not divide cols gets them rounded up (gq4 at
@@ -1028,10 +1059,24 @@ static int cmd_gemv_shape(const struct bench_opts *o, struct moe_pool *pool)
     for (int64_t i = 0; rc == 0 && i < n_max * cols_max; i++)
         x[i] = (float)((i * 37) % 17) / 17.0f - 0.5f;
     size_t span = (size_t)o->span_mib << 20;
+    void *side = NULL;
+    struct moe_qmoe_encoder *enc = NULL;
+    for (int f = 0; f < nf && rc == 0 && !enc; f++)
+        if (dts[f] == MOE_DTYPE_QMOE)
+            rc = qmoe_codec(&enc, &side);
     for (int f = 0; f < nf && rc == 0; f++) {
         struct moe_weight w;
-        if ((rc = make_plain(dts[f], rows, cols[f], &w, &mem[f])) == 0)
+        if (dts[f] == MOE_DTYPE_QMOE) {
+            snprintf(names[f], sizeof(names[f]), "qmoe-p%g", p0[f]);
+            rc = make_qmoe(enc, side, rows, cols[f], p0[f], &w, &mem[f]);
+        } else {
+            snprintf(names[f], sizeof(names[f]), "%s", moe_dtype_name(dts[f]));
+            rc = make_plain(dts[f], rows, cols[f], &w, &mem[f]);
+        }
+        if (rc == 0) {
+            bits[f] = 8.0 * (double)moe_weight_bytes(&w) / ((double)rows * (double)cols[f]);
             rc = gemv_set_make(&w, MOE_MAX(span, (size_t)1), &sets[f]);
+        }
     }
     /* one untimed pass of each: page faults, the pool's first runs */
     for (int f = 0; f < nf && rc == 0; f++)
@@ -1059,12 +1104,10 @@ static int cmd_gemv_shape(const struct bench_opts *o, struct moe_pool *pool)
                 if (f == 0)
                     first = med;
                 json_array_append_new(res, json_pack(
-                    "{s:s, s:i, s:I, s:f, s:f, s:f, s:f, s:I, s:o}", "format",
-                    moe_dtype_name(dts[f]), "n", ns[k], "cols", (json_int_t)cols[f],
-                    "weights_per_s", med, "gbs", med_gbs, "ratio_to_first", med / first,
-                    "bits_per_weight",
-                    8.0 * (double)moe_dtype_row_bytes(dts[f], cols[f]) / (double)cols[f],
-                    "copies", (json_int_t)sets[f].n, "rounds", rounds));
+                    "{s:s, s:i, s:I, s:f, s:f, s:f, s:f, s:I, s:o}", "format", names[f], "n",
+                    ns[k], "cols", (json_int_t)cols[f], "weights_per_s", med, "gbs", med_gbs,
+                    "ratio_to_first", med / first, "bits_per_weight", bits[f], "copies",
+                    (json_int_t)sets[f].n, "rounds", rounds));
             }
         }
         bench_print_json(json_pack("{s:[I,I], s:i, s:s, s:I, s:i, s:f, s:o}", "shape",
@@ -1077,6 +1120,7 @@ static int cmd_gemv_shape(const struct bench_opts *o, struct moe_pool *pool)
         gemv_set_free(&sets[f]);
         free(mem[f]);
     }
+    qmoe_codec_free(enc, side);
     free(x);
     free(y);
     free(rate);

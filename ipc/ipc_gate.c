@@ -70,7 +70,7 @@ struct ipc_gate {
     int epfd, efd;
     pthread_t thread;
     bool running;
-    atomic_bool stop, quiesce;
+    atomic_bool stop, quiesce, quiesced; /* quiesced: the listeners are closed */
 
     pthread_mutex_t mu; /* everything below; MHD threads come in through it */
     struct moe_ipc_limits lim;
@@ -557,12 +557,13 @@ static void *gate_main(void *arg)
             look(g, p, evs[i].events);
         }
         bury(g);
-        if (atomic_load(&g->quiesce)) {
+        if (atomic_load(&g->quiesce) && !atomic_load(&g->quiesced)) {
             for (size_t i = 0; i < g->n_ls; i++)
                 if (g->ls[i].fd >= 0) {
                     epoll_ctl(g->epfd, EPOLL_CTL_DEL, g->ls[i].fd, NULL);
                     ipc_listener_close(&g->ls[i]);
                 }
+            atomic_store(&g->quiesced, true);
         }
         double now = moe_now_s();
         if (now >= next_reap) {
@@ -645,18 +646,10 @@ void ipc_gate_quiesce(struct ipc_gate *g)
     uint64_t one = 1;
     atomic_store(&g->quiesce, true);
     (void)!write(g->efd, &one, sizeof(one));
-    /* the thread closes the listeners; wait for it so the socket files are
-     * gone when this returns */
-    for (int i = 0; i < 200; i++) {
-        bool open = false;
-        pthread_mutex_lock(&g->mu);
-        for (size_t k = 0; k < g->n_ls; k++)
-            open |= g->ls[k].fd >= 0;
-        pthread_mutex_unlock(&g->mu);
-        if (!open)
-            return;
+    /* the thread closes the listeners; wait for it (a second at most) so
+     * the socket files are gone when this returns */
+    for (int i = 0; i < 200 && !atomic_load(&g->quiesced); i++)
         usleep(5000);
-    }
 }
 
 void ipc_gate_stop(struct ipc_gate *g)

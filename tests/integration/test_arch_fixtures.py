@@ -101,11 +101,12 @@ class ArchFixtures(unittest.TestCase):
 
     def pack(self, name, tmp):
         """A moed pack of the fixture with its experts as they are: bf16, or gpt-oss's MXFP4
-        blocks copied (served as trained, never requantised)."""
+        blocks copied (served as trained, never requantised), and its dense parts as they are
+        (--dense bf16; moe-pack's default q8 is not what the reference logits were made from)."""
         out = os.path.join(tmp, "model.moe")
         mxfp4 = name.startswith("gpt_oss")
         r = subprocess.run([PACK, "--model", os.path.join(DATA, name, "v5"), "--out", out,
-                            "--experts", "mxfp4" if mxfp4 else "bf16"],
+                            "--experts", "mxfp4" if mxfp4 else "bf16", "--dense", "bf16"],
                            capture_output=True, text=True, timeout=TIMEOUT)
         self.assertEqual(r.returncode, 0, f"{name}: moe-pack failed: {r.stderr.strip()[-600:]}")
         if mxfp4:

@@ -79,7 +79,8 @@ static const char usage[] =
     "                       default), q4 (groups of 128, as the experts' q4) or\n"
     "                       bf16 (kept as the source holds them). Routers, norms\n"
     "                       and biases are never quantised; a matrix whose rows\n"
-    "                       are not whole blocks (32 for q8, 128 for q4) is kept\n"
+    "                       are not whole blocks (32 for q8, 128 for q4) is kept.\n"
+    "                       (No q6: moed has no 6-bit format.)\n"
     "  --calib FILE         calibration text for qmoe, gptq*, mcmoe (needs the model's\n"
     "                       tokenizer);\n"
     "                       without it every expert is rounded to nearest\n"
@@ -477,7 +478,8 @@ static json_t *quant_json(const struct packer *P, const struct calib *cb)
 {
     const struct pack_opts *o = P->o;
     json_t *j = json_pack("{s:s, s:s, s:b, s:I, s:I, s:I, s:I, s:I}", "experts",
-                          pack_format_names[o->fmt], "dense", o->dense, "gptq", needs_calib(o->fmt) && cb,
+                          pack_format_names[o->fmt], "dense", o->dense, "gptq",
+                          needs_calib(o->fmt) && cb,
                           "calib_tokens", (json_int_t)calib_tokens(cb), "seed",
                           (json_int_t)o->seed, "identity_hessian_experts",
                           (json_int_t)P->identity_experts, "calibrated_experts",

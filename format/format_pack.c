@@ -25,6 +25,10 @@
  *                              "offset" (inside the blob), "size"}]}],
  *      "blobs": [{"name", "offset", "size", "xxh64"}]}
  *   dtype: moed's dtype name (moe_dtype_name); xxh64: 16 lowercase hex digits.
+ *   A dense tensor may be in any dtype of fixed-size rows with a kernel:
+ *   f32 (norms, biases: always), f16 / bf16 as the source had them, or
+ *   q8_0 / gq4 (moe-pack --dense; routers are never quantised); the reader
+ *   binds each as its entry says. Expert parts: any expert format.
  *
  * A newer version is refused with a message saying so; unknown header keys
  * are ignored (room for additions that older readers can skip). */

@@ -20,8 +20,9 @@
  *                 "parts": [{"name", "dtype", "shape": [rows, cols],
  *                            "offset" (inside the blob), "size"}]}],
  *    "blobs":   [{"name", "offset", "size", "xxh64"}]}
- * dtype is moed's dtype name ("bf16", "q8_0", "qmoe", ...); xxh64 a
- * 16-digit lowercase hex string; offsets are from the start of the file
+ * dtype is moed's dtype name ("bf16", "q8_0", "qmoe", ...): a dense tensor
+ * holds f32 (vectors), f16/bf16, q8_0 or gq4 (moe-pack --dense), as its
+ * entry says; xxh64 a 16-digit lowercase hex string; offsets are from the start of the file
  * except a part's, which is from the start of its expert's blob.
  *
  * Every expert is ONE contiguous blob holding its matrices ("gate", "up",

@@ -233,6 +233,24 @@ struct moe_pack *moe_model_pack(const struct moe_model *m);
  * tokenizer.gguf: a vocabulary-only GGUF holding a GGUF source's metadata. */
 int moe_model_pack_write_base(const struct moe_model *m, struct moe_pack_writer *w);
 
+/* Re-encodes m's dense matrices as dtype (q8_0 or gq4; copies m owns, in
+ * place of the ones it had), before moe_model_pack_write_base writes them
+ * (moe-pack --dense): the attention projections (MLA's too), the token
+ * embedding (and so a tied lm head), an untied lm head, shared experts and
+ * dense-layer MLPs. Routers and the shared experts' gate keep the source's
+ * precision (routing decisions are brittle), vectors stay fp32; a matrix
+ * already in dtype, or whose rows are not whole blocks of it, is left as
+ * it is (counted in kept; the first one named). Round to nearest, with the
+ * format's reference quantiser. -EINVAL for a dtype dense matrices cannot
+ * use; dtype -1 changes nothing and only counts the bytes. */
+struct moe_dense_quant {
+    size_t bytes; /* of those matrices, after (routers not counted) */
+    int quantized, kept;
+    char first_kept[128]; /* pack name of the first matrix left as it was */
+    int64_t first_kept_cols;
+};
+int moe_model_quantize_dense(struct moe_model *m, int dtype, struct moe_dense_quant *out);
+
 /* The parts of layer l's expert x as a pack blob holds them ("gate", "up",
  * "down", then the biases where the architecture has them): at most max,
  * returns how many. off: where the part sits in struct moe_expert_weights. */

@@ -87,8 +87,11 @@ static bool cond_ok(const struct moe_config *c, int32_t l, enum cond k)
     return false;
 }
 
-/* what a row binds: a matrix, an fp32 vector, or one of every expert's */
-enum kind { K_MAT, K_VEC, K_EXP, K_EXPV };
+/* what a row binds: a matrix, a matrix that routes (a router, the shared
+ * experts' gate: kept at the source's precision by moe_model_quantize_dense,
+ * since routing decisions are brittle), an fp32 vector, or one of every
+ * expert's */
+enum kind { K_MAT, K_ROUTE, K_VEC, K_EXP, K_EXPV };
 enum scope { S_MODEL, S_LAYER };
 
 /* Hugging Face layouts that need a copy to become moed's */
@@ -199,9 +202,9 @@ static const struct tensor_row table[] = {
      0, C_DENSE_BIAS, X_NONE, SHARED(b_up), ALL_ARCHS},
     {"layers.{L}.mlp.down_bias", P "mlp.down_proj.bias", "blk.{L}.ffn_down.bias", K_VEC, S_LAYER,
      D_H, 0, C_DENSE_BIAS, X_NONE, SHARED(b_down), ALL_ARCHS},
-    {"layers.{L}.router", P "{moe}.gate.weight", "blk.{L}.ffn_gate_inp.weight", K_MAT, S_LAYER,
+    {"layers.{L}.router", P "{moe}.gate.weight", "blk.{L}.ffn_gate_inp.weight", K_ROUTE, S_LAYER,
      D_E, D_H, C_MOE, X_NONE, LAY(router), ~ARCH(GPT_OSS)},
-    {"layers.{L}.router", P "mlp.router.weight", "blk.{L}.ffn_gate_inp.weight", K_MAT, S_LAYER,
+    {"layers.{L}.router", P "mlp.router.weight", "blk.{L}.ffn_gate_inp.weight", K_ROUTE, S_LAYER,
      D_E, D_H, C_MOE, X_NONE, LAY(router), ARCH(GPT_OSS)},
     {"layers.{L}.router_bias", P "mlp.router.bias", "blk.{L}.ffn_gate_inp.bias", K_VEC, S_LAYER,
      D_E, 0, C_ROUTER_BIAS, X_NONE, LAY(router_b), ALL_ARCHS},
@@ -231,7 +234,7 @@ static const struct tensor_row table[] = {
      "blk.{L}.ffn_down_shexp.bias", K_VEC, S_LAYER, D_H, 0, C_SHARED_BIAS, X_NONE,
      SHARED(b_down), ALL_ARCHS},
     {"layers.{L}.shared_expert_gate", P "mlp.shared_expert_gate.weight",
-     "blk.{L}.ffn_gate_inp_shexp.weight", K_MAT, S_LAYER, D_1, D_H, C_SHARED_GATE, X_NONE,
+     "blk.{L}.ffn_gate_inp_shexp.weight", K_ROUTE, S_LAYER, D_1, D_H, C_SHARED_GATE, X_NONE,
      LAY(shared_gate), ALL_ARCHS},
     /* routed experts: pack blob parts, HF per-expert (or fused) tensors, GGUF stacks */
     {"gate", P "{moe}.experts.{E}.{g}.weight", "blk.{L}.ffn_gate_exps.weight", K_EXP, S_LAYER,
@@ -736,7 +739,7 @@ int moe_model_bind_tensors(struct moe_model *m)
             const struct tensor_row *r = &table[i];
             if (r->scope != S_LAYER || !row_applies(r, c, l))
                 continue;
-            if (r->kind == K_MAT || r->kind == K_VEC) {
+            if (r->kind == K_MAT || r->kind == K_ROUTE || r->kind == K_VEC) {
                 rc = bind_dense_row(&b, r, l);
             } else if (b.src == SRC_PACK) {
                 continue; /* expert blobs: moe_model_bind_pack_experts */
@@ -783,6 +786,74 @@ int moe_model_visit_dense(const struct moe_model *m, moe_dense_visit fn, void *c
             if ((rc = fn(ctx, &d)) != 0)
                 return rc;
         }
+    return 0;
+}
+
+/* One matrix re-encoded as dtype into a copy the model owns; w then points
+ * at it. A matrix already in dtype, or whose rows are not whole blocks of
+ * it, is left as it is (false). */
+static int quantize_matrix(struct moe_model *m, struct moe_weight *w, int dtype, bool *done)
+{
+    const struct moe_dtype_traits *to = moe_dtype_traits(dtype);
+    const struct moe_dtype_traits *from = moe_dtype_traits(w->dtype);
+    *done = false;
+    if ((int)w->dtype == dtype || !w->data || w->rows <= 0 || w->nbytes || !from ||
+        !from->to_f32 || w->cols % to->block_size)
+        return 0;
+    size_t rb = moe_dtype_row_bytes(dtype, w->cols);
+    uint8_t *dst = own(m->files, (size_t)w->rows * rb);
+    float *row = malloc((size_t)w->cols * sizeof(float));
+    if (!dst || !row) {
+        free(row);
+        return moe_err(-ENOMEM, "out of memory");
+    }
+    for (int64_t r = 0; r < w->rows; r++) {
+        from->to_f32((const uint8_t *)w->data + (size_t)r * w->row_bytes, row, w->cols);
+        to->from_f32(row, dst + (size_t)r * rb, w->cols);
+    }
+    free(row);
+    *w = (struct moe_weight){.dtype = (enum moe_dtype)dtype, .rows = w->rows, .cols = w->cols,
+                             .row_bytes = rb, .data = dst};
+    *done = true;
+    return 0;
+}
+
+int moe_model_quantize_dense(struct moe_model *m, int dtype, struct moe_dense_quant *out)
+{
+    const struct moe_config *c = &m->cfg;
+    const struct moe_arch_row *a = moe_arch_row(c->arch);
+    const struct moe_dtype_traits *to = moe_dtype_traits(dtype);
+    memset(out, 0, sizeof(*out));
+    if (dtype >= 0 && (!to || to->view || !to->from_f32 || !moe_gemm_kernel((enum moe_dtype)dtype, MOE_ISA_REF)))
+        return moe_err(-EINVAL, "%s: dense matrices cannot be stored as %s", m->path,
+                       moe_dtype_name(dtype));
+    for (int32_t l = -1; l < c->n_layers; l++)
+        for (size_t i = 0; i < MOE_ARRAY_SIZE(table); i++) {
+            const struct tensor_row *r = &table[i];
+            if ((l < 0) != (r->scope == S_MODEL) || r->kind != K_MAT || !row_applies(r, c, l))
+                continue;
+            uint8_t *base = l < 0 ? (uint8_t *)m : (uint8_t *)&m->layers[l];
+            struct moe_weight *w = (struct moe_weight *)(void *)(base + r->off);
+            bool done = false;
+            int rc = dtype >= 0 ? quantize_matrix(m, w, dtype, &done) : 0;
+            if (rc < 0)
+                return rc;
+            if (!(l < 0 && r->off == MOD(lm_head) && c->tied_embeddings))
+                out->bytes += moe_weight_bytes(w);
+            if (dtype < 0) {
+                continue;
+            } else if (done) {
+                out->quantized++;
+            } else if ((int)w->dtype != dtype) {
+                out->kept++;
+                if (out->kept == 1) {
+                    expand(r->pack, a, l, 0, out->first_kept, sizeof(out->first_kept));
+                    out->first_kept_cols = w->cols;
+                }
+            }
+        }
+    if (c->tied_embeddings)
+        m->lm_head = m->embed; /* the same matrix, now in dtype */
     return 0;
 }
 

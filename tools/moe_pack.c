@@ -1,17 +1,29 @@
 /* moe-pack: converts a checkpoint into a moed pack with its routed experts in
  * one format.
  *
- *   moe-pack --model PATH --out FILE --experts FORMAT [--calib FILE]
- *            [--calib-tokens N] [--calib-end-char C] [--seed S] [--threads N]
+ *   moe-pack --model PATH --out FILE --experts FORMAT [--dense DENSE]
+ *            [--calib FILE] [--calib-tokens N] [--calib-end-char C] [--seed S]
+ *            [--threads N]
  *
  * FORMAT: bf16 | q8 (q8_0) | q4 (groups of 128, round to nearest) | qmoe
  * (ternary GPTQ + dictionary code) | qmoe-rtn (the same format, rounded to
  * nearest: the baseline GPTQ must beat) | gptq2/3/4 (group-wise GPTQ) |
  * mxfp4 (OCP MX FP4, ggml's rule, round to nearest) | mcmoe:B (MC-MoE mixed
- * 1/2/3-bit widths, B on average). Only routed experts change; the dense
- * tensors keep their dtype. An expert matrix the source already holds in the
- * chosen dtype (gpt-oss's MXFP4 experts packed as mxfp4, a q8_0 GGUF as q8)
- * is copied bit for bit, never requantised.
+ * 1/2/3-bit widths, B on average). An expert matrix the source already holds
+ * in the chosen dtype (gpt-oss's MXFP4 experts packed as mxfp4, a q8_0 GGUF
+ * as q8) is copied bit for bit, never requantised.
+ *
+ * DENSE (default q8): q8 (q8_0) | q4 (gq4, the experts' groups of 128) |
+ * bf16 (as the source holds them: bf16, f16, or a GGUF's q8_0). It applies
+ * to the dense matrices: attention projections (MLA's included), the token
+ * embedding, an untied lm head, shared experts and dense-layer MLPs, which
+ * are most of the bytes a token reads once the experts are compressed.
+ * Routers and the shared experts' gate keep the source's precision (routing
+ * decisions are brittle); norms, biases and sinks stay fp32. A matrix whose
+ * rows are not whole blocks of the format (32 for q8, 128 for q4) keeps its
+ * dtype; the pack's directory records each tensor's dtype. The dense parts
+ * are quantised first, so calibration (--calib) runs through them as
+ * they will be served.
  *
  * qmoe, gptq* and mcmoe with --calib run the model over the calibration text layer by layer:
  * each layer sees the outputs of the layers before it as already compressed,
@@ -48,8 +60,9 @@
 #define EXIT_USAGE 2
 
 static const char usage[] =
-    "usage: moe-pack --model PATH --out FILE --experts FORMAT [--calib FILE]\n"
-    "                [--calib-tokens N] [--calib-end-char C] [--seed S] [--threads N]\n"
+    "usage: moe-pack --model PATH --out FILE --experts FORMAT [--dense DENSE]\n"
+    "                [--calib FILE] [--calib-tokens N] [--calib-end-char C] [--seed S]\n"
+    "                [--threads N]\n"
     "\n"
     "FORMAT: bf16, q8, q4 (groups of 128), qmoe (ternary GPTQ + dictionary code,\n"
     "        under 1 bit per weight), qmoe-rtn (qmoe rounded to nearest, no GPTQ),\n"
@@ -61,6 +74,13 @@ static const char usage[] =
     "        An expert matrix the model already stores in the chosen format (e.g.\n"
     "        gpt-oss's MXFP4 experts with --experts mxfp4) is copied, not requantised.\n"
     "\n"
+    "  --dense DENSE        the dense matrices (attention, embeddings, lm head,\n"
+    "                       shared experts, dense-layer MLPs): q8 (q8_0, the\n"
+    "                       default), q4 (groups of 128, as the experts' q4) or\n"
+    "                       bf16 (kept as the source holds them). Routers, norms\n"
+    "                       and biases are never quantised; a matrix whose rows\n"
+    "                       are not whole blocks (32 for q8, 128 for q4) is kept.\n"
+    "                       (No q6: moed has no 6-bit format.)\n"
     "  --calib FILE         calibration text for qmoe, gptq*, mcmoe (needs the model's\n"
     "                       tokenizer);\n"
     "                       without it every expert is rounded to nearest\n"
@@ -118,10 +138,12 @@ static int parse_args(int argc, char **argv, struct pack_opts *o)
         {"damp", required_argument, 0, 'D'},         {"dict-p0", required_argument, 0, 'P'},
         {"odp-target", required_argument, 0, 'O'},   {"mcmoe-shuffle", required_argument, 0, 'S'},
         {"mcmoe-scope", required_argument, 0, 'G'}, {"mcmoe-cost", required_argument, 0, 'C'},
-        {"help", no_argument, 0, 'h'},
+        {"dense", required_argument, 0, 'd'},       {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     memset(o, 0, sizeof(*o));
     o->fmt = -1;
+    o->dense = "q8";
+    o->dense_dtype = MOE_DTYPE_Q8_0;
     o->calib_tokens = 16384;
     o->calib_end_char = -1;
     o->seed = 1;
@@ -140,6 +162,15 @@ static int parse_args(int argc, char **argv, struct pack_opts *o)
         case 'm': o->model = optarg; break;
         case 'o': o->out = optarg; break;
         case 'c': o->calib = optarg; break;
+        case 'd':
+            if (!strcmp(optarg, "q8") || !strcmp(optarg, "q4") || !strcmp(optarg, "bf16")) {
+                o->dense = optarg;
+                o->dense_dtype = optarg[1] == '8' ? MOE_DTYPE_Q8_0
+                                 : optarg[1] == '4' ? MOE_DTYPE_GQ4 : -1;
+                break;
+            }
+            fprintf(stderr, "moe-pack: --dense: unknown format '%s' (q8, q4 or bf16)\n", optarg);
+            return -1;
         case 'e':
             for (int i = 0; i < FMT_MCMOE; i++)
                 if (!strcmp(optarg, pack_format_names[i]))
@@ -446,8 +477,9 @@ static bool is_qmoe(enum expert_format f)
 static json_t *quant_json(const struct packer *P, const struct calib *cb)
 {
     const struct pack_opts *o = P->o;
-    json_t *j = json_pack("{s:s, s:b, s:I, s:I, s:I, s:I, s:I}", "experts",
-                          pack_format_names[o->fmt], "gptq", needs_calib(o->fmt) && cb,
+    json_t *j = json_pack("{s:s, s:s, s:b, s:I, s:I, s:I, s:I, s:I}", "experts",
+                          pack_format_names[o->fmt], "dense", o->dense, "gptq",
+                          needs_calib(o->fmt) && cb,
                           "calib_tokens", (json_int_t)calib_tokens(cb), "seed",
                           (json_int_t)o->seed, "identity_hessian_experts",
                           (json_int_t)P->identity_experts, "calibrated_experts",
@@ -473,6 +505,19 @@ static int run(const struct pack_opts *o)
     if ((rc = moe_model_open(o->model, &P.m)) < 0)
         return rc;
     const struct moe_config *c = &P.m->cfg;
+    /* first: calibration then sees the dense parts as they will be served */
+    struct moe_dense_quant dq;
+    if ((rc = moe_model_quantize_dense(P.m, o->dense_dtype, &dq)) < 0)
+        goto out;
+    if (o->dense_dtype >= 0) {
+        fprintf(stderr, "moe-pack: dense: %d matrices as %s", dq.quantized,
+                moe_dtype_name(o->dense_dtype));
+        if (dq.kept)
+            fprintf(stderr, ", %d kept as they were (rows not whole %s blocks: first %s, "
+                    "%lld columns)", dq.kept, moe_dtype_name(o->dense_dtype), dq.first_kept,
+                    (long long)dq.first_kept_cols);
+        fputc('\n', stderr);
+    }
     P.damp = o->damp >= 0 ? o->damp : (is_qmoe(o->fmt) ? 4.0 : 0.01);
     if ((P.mcmoe = json_array()) == NULL || (rc = moe_pool_create(o->threads, &P.pool)) < 0)
         goto out;
@@ -560,8 +605,10 @@ static int run(const struct pack_opts *o)
         pack_bytes = (size_t)ftell(f);
         fclose(f);
     }
-    json_t *j = json_pack("{s:s, s:f, s:I, s:I, s:I, s:I, s:f}", "experts",
-                          pack_format_names[o->fmt], "expert_bits_per_weight",
+    json_t *j = json_pack("{s:s, s:s, s:I, s:i, s:i, s:f, s:I, s:I, s:I, s:I, s:f}", "experts",
+                          pack_format_names[o->fmt], "dense", o->dense, "dense_bytes",
+                          (json_int_t)dq.bytes, "dense_quantized", dq.quantized, "dense_kept",
+                          dq.kept, "expert_bits_per_weight",
                           8.0 * (double)P.expert_bytes / (double)P.weights, "expert_bytes",
                           (json_int_t)P.expert_bytes, "expert_weights", (json_int_t)P.weights,
                           "copied_matrices", (json_int_t)P.copied_matrices, "pack_bytes",

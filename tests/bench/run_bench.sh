@@ -25,7 +25,7 @@ label() { sed "s/^{/{\"bench\":\"$1\",/"; }
 # speed does not depend on it. The synthetic experts are 99% zeros as ternary.
 for f in bf16 q4 qmoe; do
     if [ ! -f "$dir/bench-$f.moe" ]; then
-        "$bin/moe-pack" --model "$dir/bench-hf" --out "$dir/bench-$f.moe" --experts "$f" \
+        "$bin/moe-pack" --model "$dir/bench-hf" --out "$dir/bench-$f.moe" --experts "$f" --dense bf16 \
             2>/dev/null | label "pack-bench-$f"
     fi
 done

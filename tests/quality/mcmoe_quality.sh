@@ -30,7 +30,7 @@ for entry in "${formats[@]}"; do
         *+shuffle*) extra=(--mcmoe-shuffle "${entry##*+shuffle}") ;;
         *+paper) extra=(--mcmoe-scope layer --mcmoe-cost paper) ;;
     esac
-    pack=$("$bin/moe-pack" --model "$root/models/tiny-moe" --out "$tmp/p.moe" --experts "$fmt" \
+    pack=$("$bin/moe-pack" --model "$root/models/tiny-moe" --out "$tmp/p.moe" --experts "$fmt" --dense bf16 \
         --calib "$text" --calib-end-char "$valid" --odp-target 0 "${extra[@]}" 2>/dev/null)
     ppl=$("$bin/moe-bench" ppl --model "$tmp/p.moe" --text "$text" --start-char "$valid")
     "$py" -c 'import json,sys; p=json.loads(sys.argv[2]); q=json.loads(sys.argv[3]);

@@ -16,7 +16,7 @@ trap 'rm -rf "$tmp"' EXIT
 for fmt in bf16 mcmoe:2.5; do
     base=""
     for target in 0.1 0.2 0.3; do
-        "$bin/moe-pack" --model "$root/models/tiny-moe" --out "$tmp/p.moe" --experts "$fmt" \
+        "$bin/moe-pack" --model "$root/models/tiny-moe" --out "$tmp/p.moe" --experts "$fmt" --dense bf16 \
             --calib "$text" --calib-end-char "$valid" --odp-target "$target" >/dev/null 2>&1
         [ -n "$base" ] || base=$("$bin/moe-bench" ppl --model "$tmp/p.moe" --text "$text" --start-char "$valid")
         odp=$("$bin/moe-bench" ppl --model "$tmp/p.moe" --text "$text" --start-char "$valid" --odp-beta pack)

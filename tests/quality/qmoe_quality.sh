@@ -19,7 +19,7 @@ for model in tiny-moe qwen2; do
     for fmt in bf16 q4 qmoe-rtn qmoe; do
         calib=()
         [ "$fmt" = qmoe ] && calib=(--calib "$text" --calib-end-char "$valid")
-        pack=$("$bin/moe-pack" --model "$src" --out "$tmp/p.moe" --experts "$fmt" "${calib[@]}" 2>/dev/null)
+        pack=$("$bin/moe-pack" --model "$src" --out "$tmp/p.moe" --experts "$fmt" --dense bf16 "${calib[@]}" 2>/dev/null)
         ppl=$("$bin/moe-bench" ppl --model "$tmp/p.moe" --text "$text" --start-char "$valid")
         "$py" -c 'import json,sys; p=json.loads(sys.argv[3]); q=json.loads(sys.argv[4]);
 print(json.dumps({"bench": "qmoe-quality", "model": sys.argv[1], "experts": sys.argv[2],

@@ -186,53 +186,67 @@ static void test_matmul_vs_ref(void **state)
 
 /* moe_matmul_grouped: each group of rows on its own slice of the input,
  * against the reference kernel group by group; groups whose rows are no
- * multiple of the chunk size, so a chunk must stop at its group's end */
+ * multiple of the chunk size, so a chunk must stop at its group's end. In
+ * every dtype a pack may give MLA's per-head k_b / v_b (moe-pack --dense). */
+static void grouped_case(struct moe_pool *pool, enum moe_dtype dt, int64_t G, int64_t R,
+                         int64_t C, int n, int th)
+{
+    const struct moe_dtype_traits *tr = moe_dtype_traits(dt);
+    int64_t rows = G * R, xg = C + 5, ldx = G * xg + 3;
+    size_t rb = moe_dtype_row_bytes(dt, C);
+    uint8_t *mem = malloc(rb * (size_t)rows);
+    float *wm = malloc(sizeof(float) * (size_t)(rows * C));
+    float *x = malloc(sizeof(float) * (size_t)(ldx * n));
+    float *y = malloc(sizeof(float) * (size_t)(rows * n));
+    float *yref = malloc(sizeof(float) * (size_t)(rows * n));
+    assert_true(mem && wm && x && y && yref);
+    for (int64_t i = 0; i < rows * C; i++)
+        wm[i] = rndf();
+    for (int64_t r = 0; r < rows; r++) { /* wm: what the stored rows decode to */
+        tr->from_f32(wm + r * C, mem + (size_t)r * rb, C);
+        tr->to_f32(mem + (size_t)r * rb, wm + r * C, C);
+    }
+    for (int64_t i = 0; i < ldx * n; i++)
+        x[i] = rndf();
+    for (int64_t i = 0; i < rows * n; i++)
+        y[i] = NAN;
+    struct moe_weight w = {.dtype = dt, .rows = rows, .cols = C, .row_bytes = rb, .data = mem};
+    for (int64_t g = 0; g < G; g++)
+        moe_gemm_kernel(dt, MOE_ISA_REF)(&w, g * R, (g + 1) * R, x + g * xg, ldx, n, yref, rows);
+    moe_matmul_grouped(pool, &w, (int)G, x, ldx, xg, n, y);
+    for (int t = 0; t < n; t++) /* fast kernels sum in another order */
+        for (int64_t r = 0; r < rows; r++) {
+            double mag = 0;
+            for (int64_t c = 0; c < C; c++)
+                mag += fabs((double)wm[r * C + c] * x[t * ldx + r / R * xg + c]);
+            float a = yref[t * rows + r], b = y[t * rows + r];
+            if (!(fabs((double)a - b) <= 1e-5 * mag + 1e-30))
+                fail_msg("grouped %s %lldx%lldx%lld n=%d threads=%d t=%d r=%lld: %.9g vs ref "
+                         "%.9g", tr->name, (long long)G, (long long)R, (long long)C, n, th, t,
+                         (long long)r, (double)b, (double)a);
+        }
+    free(mem);
+    free(wm);
+    free(x);
+    free(y);
+    free(yref);
+}
+
 static void test_matmul_grouped(void **state)
 {
     (void)state;
     static const int64_t shapes[][3] = {{4, 40, 64}, {16, 24, 128}, {8, 128, 512}, {3, 7, 32}};
+    static const enum moe_dtype dts[] = {MOE_DTYPE_F32, MOE_DTYPE_Q8_0, MOE_DTYPE_GQ4};
     static const int ns[] = {1, 3, 17};
     for (int th = 1; th <= 3; th++) {
         struct moe_pool *pool;
         assert_int_equal(moe_pool_create(th, &pool), 0);
-        for (size_t s = 0; s < MOE_ARRAY_SIZE(shapes); s++)
-            for (size_t ni = 0; ni < MOE_ARRAY_SIZE(ns); ni++) {
-                int64_t G = shapes[s][0], R = shapes[s][1], C = shapes[s][2];
-                int n = ns[ni];
-                int64_t rows = G * R, xg = C + 5, ldx = G * xg + 3;
-                float *wm = malloc(sizeof(float) * (size_t)(rows * C));
-                float *x = malloc(sizeof(float) * (size_t)(ldx * n));
-                float *y = malloc(sizeof(float) * (size_t)(rows * n));
-                float *yref = malloc(sizeof(float) * (size_t)(rows * n));
-                assert_true(wm && x && y && yref);
-                for (int64_t i = 0; i < rows * C; i++)
-                    wm[i] = rndf();
-                for (int64_t i = 0; i < ldx * n; i++)
-                    x[i] = rndf();
-                for (int64_t i = 0; i < rows * n; i++)
-                    y[i] = NAN;
-                struct moe_weight w = {.dtype = MOE_DTYPE_F32, .rows = rows, .cols = C,
-                                       .row_bytes = (size_t)C * 4, .data = wm};
-                for (int64_t g = 0; g < G; g++)
-                    moe_gemm_kernel(MOE_DTYPE_F32, MOE_ISA_REF)(&w, g * R, (g + 1) * R,
-                                                                x + g * xg, ldx, n, yref, rows);
-                moe_matmul_grouped(pool, &w, (int)G, x, ldx, xg, n, y);
-                for (int t = 0; t < n; t++) /* fast kernels sum in another order */
-                    for (int64_t r = 0; r < rows; r++) {
-                        double mag = 0;
-                        for (int64_t c = 0; c < C; c++)
-                            mag += fabs((double)wm[r * C + c] * x[t * ldx + r / R * xg + c]);
-                        float a = yref[t * rows + r], b = y[t * rows + r];
-                        if (!(fabs((double)a - b) <= 1e-5 * mag + 1e-30))
-                            fail_msg("grouped %lldx%lldx%lld n=%d threads=%d t=%d r=%lld: "
-                                     "%.9g vs ref %.9g", (long long)G, (long long)R,
-                                     (long long)C, n, th, t, (long long)r, (double)b, (double)a);
-                    }
-                free(wm);
-                free(x);
-                free(y);
-                free(yref);
-            }
+        for (size_t d = 0; d < MOE_ARRAY_SIZE(dts); d++)
+            for (size_t s = 0; s < MOE_ARRAY_SIZE(shapes); s++)
+                for (size_t ni = 0; ni < MOE_ARRAY_SIZE(ns); ni++)
+                    if (shapes[s][2] % moe_dtype_traits(dts[d])->block_size == 0)
+                        grouped_case(pool, dts[d], shapes[s][0], shapes[s][1], shapes[s][2],
+                                     ns[ni], th);
         moe_pool_free(pool);
     }
 }

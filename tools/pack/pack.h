@@ -27,6 +27,8 @@ extern const char *const pack_format_names[FMT_COUNT];
 struct pack_opts {
     const char *model, *out, *calib;
     enum expert_format fmt;
+    const char *dense;            /* --dense: "q8", "q4" or "bf16" (kept as the source has them) */
+    int dense_dtype;              /* its dtype, or -1 for bf16 */
     double mcmoe_bits;            /* mcmoe:B */
     int64_t mcmoe_shuffle;        /* > 0: widths placed at random with this seed (the baseline) */
     bool mcmoe_model_scope;       /* one bit budget for all layers instead of one per layer */

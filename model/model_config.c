@@ -43,6 +43,7 @@ static const char *const ignored_everywhere[] = {
     "repetition_penalty", "return_dict_in_generate", "temperature", "top_k", "top_p",
     "typical_p", "pretraining_tp", "ep_size", "num_nextn_predict_layers", "num_mtp_layers",
     "use_flash_attention", "_attn_implementation", "_attn_implementation_autoset",
+    "synthetic", /* make_moe_model.py's provenance record (generator, seed) */
 };
 
 /* ---- the reader ------------------------------------------------------------------ */

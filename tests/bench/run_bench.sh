@@ -32,6 +32,23 @@ done
 "$bin/moe-bench" decode-cmp --model "$dir/bench-bf16.moe" --model "$dir/bench-q4.moe" \
     --model "$dir/bench-qmoe.moe" --tokens 16 --rounds 3 | label pack-decode-bf16-q4-qmoe
 "$bin/moe-bench" gemv --model "$dir/bench-qmoe.moe" | label expert-gemv
+# issue 17: the same experts with the dense parts quantised too (re-packed
+# from the packs above: experts copied bit for bit), and the QMoE GEMV at
+# realistic zero fractions against gq4's, in one interleaved run
+for f in q4 qmoe; do
+    for d in q8 q4; do
+        if [ ! -f "$dir/bench-$f-dense-$d.moe" ]; then
+            "$bin/moe-pack" --model "$dir/bench-$f.moe" --out "$dir/bench-$f-dense-$d.moe" \
+                --experts "$f" --dense "$d" 2>/dev/null | label "pack-bench-$f-dense-$d"
+        fi
+    done
+done
+"$bin/moe-bench" decode-cmp --model "$dir/bench-q4.moe" --model "$dir/bench-q4-dense-q8.moe" \
+    --model "$dir/bench-q4-dense-q4.moe" --model "$dir/bench-qmoe.moe" \
+    --model "$dir/bench-qmoe-dense-q8.moe" --model "$dir/bench-qmoe-dense-q4.moe" \
+    --tokens 32 --prompt-tokens 64 --rounds 3 | label pack-decode-dense-formats
+"$bin/moe-bench" gemv --rows 2816 --cols 2048 --formats gq4,qmoe-p0.85,qmoe-p0.9,qmoe-p0.99 \
+    --batch 1,8 --rounds 3 | label qmoe-gemv-sparsity
 bash "$root/tests/quality/qmoe_quality.sh" "$bin"
 # tiered expert memory: io_uring against sequential O_DIRECT, the tier at
 # 100/50/25% against mmap in a memory cgroup (root and cgroup v1 only), and

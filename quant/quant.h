@@ -88,6 +88,8 @@ struct moe_dtype_traits {
     const char *side_name; /* the shared table's name in a pack, NULL if none */
     int (*side_create)(const void *blob, size_t nbytes, void **side);
     void (*side_free)(void *side);
+    /* a whole matrix to fp32 where rows are not blocks (QMoE), else NULL */
+    void (*matrix_to_f32)(const struct moe_weight *w, float *out);
     moe_gemm_fn gemm[MOE_ISA_COUNT];
 };
 

@@ -123,7 +123,7 @@ static const struct moe_dtype_traits formats[] = {
     {.dtype = MOE_DTYPE_QMOE, .name = "qmoe", .block_size = 1, .block_bytes = 0,
      .view = moe_qmoe_view, .side_name = "qmoe.decode_table",
      .side_create = moe_qmoe_side_create, .side_free = moe_qmoe_side_free,
-     .gemm = KERNELS(qmoe)},
+     .matrix_to_f32 = moe_qmoe_matrix_to_f32, .gemm = KERNELS(qmoe)},
 };
 _Static_assert(MOE_ARRAY_SIZE(formats) == MOE_DTYPE_N_FORMATS,
                "every enum moe_dtype format has its row in formats[]");

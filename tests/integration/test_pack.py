@@ -468,6 +468,23 @@ class DenseParts(unittest.TestCase):
         self.assertEqual(rc, 0, err)
         return np.fromfile(out, dtype=np.float32).reshape(len(IDS.split()), -1)
 
+    def test_a_qmoe_pack_packs_again(self):
+        """A qmoe pack as the source of another (here to quantise its dense parts): its
+        experts are decoded and coded again; the model stays what it was. Crashed before:
+        the qmoe matrix had no fp32 conversion."""
+        a = os.path.join(self.tmp, "tiny-qmoe.moe")
+        b = os.path.join(self.tmp, "tiny-qmoe-again.moe")
+        rc, _, err = run("moe-pack", "--model", TINY, "--out", a, "--experts", "qmoe-rtn",
+                         "--dense", "bf16")
+        self.assertEqual(rc, 0, err)
+        rc, out_s, err = run("moe-pack", "--model", a, "--out", b, "--experts", "qmoe",
+                             "--dense", "q8")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(json.loads(out_s.strip().splitlines()[-1])["dense"], "q8")
+        # the same ternary weights, coded again; the q8 dense parts move logits as above
+        diff = np.abs(self.logits(a) - self.logits(b)).max()
+        self.assertLess(diff, self.LOGIT_BOUND["q8"] * 2)
+
     def test_the_pack_holds_the_dtypes_asked_for(self):
         _, src = pack_header(self.packs["bf16"])
         src_dtype = {t["name"]: t["dtype"] for t in src["tensors"]}

@@ -146,6 +146,7 @@ static void test_formats_table(void **state)
             assert_non_null(t->from_f32);
         } else {
             assert_non_null(t->view);
+            assert_non_null(t->matrix_to_f32); /* a pack of it can be packed again */
         }
     }
 }

@@ -14,6 +14,10 @@
 void weight_to_f32(const struct moe_weight *w, float *out)
 {
     const struct moe_dtype_traits *t = moe_dtype_traits(w->dtype);
+    if (t->matrix_to_f32) { /* a qmoe pack packed again */
+        t->matrix_to_f32(w, out);
+        return;
+    }
     for (int64_t r = 0; r < w->rows; r++)
         t->to_f32((const uint8_t *)w->data + (size_t)r * w->row_bytes, out + r * w->cols, w->cols);
 }

@@ -11,7 +11,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import time
 import unittest
 
 import numpy as np
@@ -98,7 +97,21 @@ def pack_header(path):
         return version, json.loads(f.read(size))
 
 
-class Packs(unittest.TestCase):
+class PackedTiny(unittest.TestCase):
+    """What the classes that pack tiny-moe in setUpClass (into cls.tmp) share."""
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp)
+
+    def logits(self, model):
+        out = os.path.join(self.tmp, "logits.bin")
+        rc, _, err = run("moe-bench", "logits", "--model", model, "--ids", IDS, "--out", out)
+        self.assertEqual(rc, 0, err)
+        return np.fromfile(out, dtype=np.float32).reshape(len(IDS.split()), -1)
+
+
+class Packs(PackedTiny):
     @classmethod
     def setUpClass(cls):
         cls.tmp = tempfile.mkdtemp(prefix="moe-pack-test-")
@@ -115,15 +128,6 @@ class Packs(unittest.TestCase):
             cls.packs[fmt] = out
             cls.summary[fmt] = (json.loads(out_s.strip().splitlines()[-1]), err)
 
-    @classmethod
-    def tearDownClass(cls):
-        shutil.rmtree(cls.tmp)
-
-    def logits(self, model):
-        out = os.path.join(self.tmp, "logits.bin")
-        rc, _, err = run("moe-bench", "logits", "--model", model, "--ids", IDS, "--out", out)
-        self.assertEqual(rc, 0, err)
-        return np.fromfile(out, dtype=np.float32).reshape(len(IDS.split()), -1)
 
     def test_summary_line_reports_bits_bytes_and_time(self):
         for fmt, (s, err) in self.summary.items():
@@ -433,7 +437,7 @@ class Interrupted(unittest.TestCase):
             live.wait()
 
 
-class DenseParts(unittest.TestCase):
+class DenseParts(PackedTiny):
     """moe-pack --dense: the attention projections, embeddings and lm head quantised (q8_0 or
     gq4); routers and vectors kept; the pack loads, generates, and stays near the pack with
     the dense parts as the checkpoint has them. Experts stay bf16, so the difference is the
@@ -458,15 +462,6 @@ class DenseParts(unittest.TestCase):
             cls.packs[dense] = out
             cls.summary[dense] = (json.loads(out_s.strip().splitlines()[-1]), err)
 
-    @classmethod
-    def tearDownClass(cls):
-        shutil.rmtree(cls.tmp)
-
-    def logits(self, model):
-        out = os.path.join(self.tmp, "logits.bin")
-        rc, _, err = run("moe-bench", "logits", "--model", model, "--ids", IDS, "--out", out)
-        self.assertEqual(rc, 0, err)
-        return np.fromfile(out, dtype=np.float32).reshape(len(IDS.split()), -1)
 
     def test_a_qmoe_pack_packs_again(self):
         """A qmoe pack as the source of another (here to quantise its dense parts): its

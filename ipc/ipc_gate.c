@@ -26,6 +26,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <microhttpd.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -192,20 +193,6 @@ static void list_del(struct ipc_conn **head, struct ipc_conn *c)
 
 /* ---- replies the gate writes itself -------------------------------------- */
 
-static const char *reason(int status)
-{
-    switch (status) {
-    case 400: return "Bad Request";
-    case 403: return "Forbidden";
-    case 408: return "Request Timeout";
-    case 431: return "Request Header Fields Too Large";
-    case 501: return "Not Implemented";
-    case 503: return "Service Unavailable";
-    case 505: return "HTTP Version Not Supported";
-    default: return "Error";
-    }
-}
-
 /* Best effort, never blocks: the answer fits in any socket buffer. */
 static void refuse(int fd, const struct moe_ipc_error *e, const char *retry_after)
 {
@@ -215,7 +202,7 @@ static void refuse(int fd, const struct moe_ipc_error *e, const char *retry_afte
     int hn = snprintf(head, sizeof(head),
                       "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: "
                       "%zu\r\nConnection: close\r\n%s%s%s\r\n",
-                      e->status, reason(e->status), body ? n : 0,
+                      e->status, MHD_get_reason_phrase_for((unsigned)e->status), body ? n : 0,
                       retry_after ? "Retry-After: " : "", retry_after ? retry_after : "",
                       retry_after ? "\r\n" : "");
     if (send(fd, head, (size_t)hn, MSG_DONTWAIT | MSG_NOSIGNAL) == hn && body)
@@ -387,7 +374,6 @@ static void accept_one(struct ipc_gate *g, const struct ipc_listener *l, int fd,
     }
     c->fd = fd;
     c->tcp = l->tcp;
-    c->uid = cr.uid;
     c->t_accept = moe_now_s();
     memcpy(&c->addr, ss, sslen);
     c->addrlen = sslen;

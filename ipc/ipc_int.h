@@ -156,7 +156,6 @@ struct ipc_gate;
 struct ipc_conn {
     int fd;
     bool tcp;
-    uid_t uid;
     char peer[48]; /* "uid 1000" / "tcp 10.0.0.7": what the per-peer limit counts */
     double t_accept;
     struct sockaddr_storage addr;

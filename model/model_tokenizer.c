@@ -75,6 +75,17 @@ size_t moe_utf8_len(const uint8_t *s, size_t n)
     return need;
 }
 
+bool moe_utf8_valid(const uint8_t *s, size_t n)
+{
+    for (size_t i = 0; i < n;) {
+        size_t l = moe_utf8_len(s + i, n - i);
+        if (!l)
+            return false;
+        i += l;
+    }
+    return true;
+}
+
 size_t moe_utf8_put(uint32_t cp, char *out)
 {
     uint8_t *o = (uint8_t *)out;

@@ -281,6 +281,7 @@ int moe_tok_nfc(const char *s, size_t n, char **out, size_t *cap, size_t *out_n,
 /* UTF-8 helpers. moe_utf8_len: length of the valid sequence starting at
  * s[0..n), or 0 when s[0] does not start one (invalid or truncated). */
 size_t moe_utf8_len(const uint8_t *s, size_t n);
+bool moe_utf8_valid(const uint8_t *s, size_t n); /* the whole of s[0..n) */
 size_t moe_utf8_put(uint32_t cp, char *out); /* out needs 4 bytes */
 
 /* ---- encoding internals (model_tokenizer_bpe.c) ---------------------------- */

@@ -34,17 +34,6 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     return 0;
 }
 
-static bool valid_utf8(const uint8_t *s, size_t n)
-{
-    for (size_t i = 0; i < n;) {
-        size_t l = moe_utf8_len(s + i, n - i);
-        if (!l)
-            return false;
-        i += l;
-    }
-    return true;
-}
-
 /* Encodes and decodes; the decoded text must equal the input when asked. */
 static void use(const struct moe_tokenizer *tok, const uint8_t *data, size_t size, bool exact)
 {
@@ -70,7 +59,7 @@ static void use(const struct moe_tokenizer *tok, const uint8_t *data, size_t siz
     o += moe_detok_flush(&d, out + o, cap);
     if (exact && (o != size || memcmp(out, data, size) != 0))
         abort();
-    if (!valid_utf8((const uint8_t *)out, o))
+    if (!moe_utf8_valid((const uint8_t *)out, o))
         abort(); /* detok must only ever give whole characters */
     free(out);
     free(ids);
@@ -95,7 +84,7 @@ static void decode_ids(const struct moe_tokenizer *tok, const uint8_t *data, siz
         o += w;
     }
     o += moe_detok_flush(&d, out + o, max);
-    if (!valid_utf8((const uint8_t *)out, o))
+    if (!moe_utf8_valid((const uint8_t *)out, o))
         abort();
     free(out);
 }
@@ -120,7 +109,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
 
     /* as text */
-    bool utf8 = valid_utf8(data, size);
+    bool utf8 = moe_utf8_valid(data, size);
     bool specials = has(data, size, "<s>") || has(data, size, "</s>") ||
                     has(data, size, "<unk>") || has(data, size, "<|endoftext|>");
     bool marker = has(data, size, "\xe2\x96\x81"); /* "▁" decodes to a space */

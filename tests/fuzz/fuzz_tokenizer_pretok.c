@@ -51,17 +51,6 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     return 0;
 }
 
-static bool valid_utf8(const uint8_t *s, size_t n)
-{
-    for (size_t i = 0; i < n;) {
-        size_t l = moe_utf8_len(s + i, n - i);
-        if (!l)
-            return false;
-        i += l;
-    }
-    return true;
-}
-
 static void regex(const uint8_t *data, size_t size)
 {
     const uint8_t *nul = memchr(data, 0, size);
@@ -126,9 +115,9 @@ static void encode(size_t k, const uint8_t *data, size_t size)
         o += moe_detok_push(&d, ids[i], out + o, max);
     }
     o += moe_detok_flush(&d, out + o, max);
-    if (!valid_utf8((const uint8_t *)out, o))
+    if (!moe_utf8_valid((const uint8_t *)out, o))
         abort();
-    if (families[k % MOE_ARRAY_SIZE(families)].exact && specials == 0 && valid_utf8(data, size) &&
+    if (families[k % MOE_ARRAY_SIZE(families)].exact && specials == 0 && moe_utf8_valid(data, size) &&
         (o != size || memcmp(out, data, size)))
         abort(); /* a byte-level tokenizer lost or changed text */
     free(out);

@@ -13,6 +13,23 @@
 #include <string.h>
 #include <unistd.h>
 
+/* A test file's own xorshift64 stream, seeded per file so its data stays
+ * what the file was written against: the state rng, rnd32() and rndf() in
+ * [-1, 1). */
+#define MOE_TEST_XORSHIFT(seed)                                                               \
+    static uint64_t rng = (seed);                                                             \
+    static __attribute__((unused)) uint32_t rnd32(void)                                       \
+    {                                                                                         \
+        rng ^= rng << 13;                                                                     \
+        rng ^= rng >> 7;                                                                      \
+        rng ^= rng << 17;                                                                     \
+        return (uint32_t)(rng >> 32);                                                         \
+    }                                                                                         \
+    static __attribute__((unused)) float rndf(void)                                           \
+    {                                                                                         \
+        return (float)(rnd32() >> 8) / 8388608.0f - 1.0f;                                     \
+    }
+
 /* The repository root, so tests find models/ and data/ wherever they run. */
 #ifndef MOE_SOURCE_ROOT
 #define MOE_SOURCE_ROOT "."

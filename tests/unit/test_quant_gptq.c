@@ -10,18 +10,7 @@
 #include "quant/quant_gq.h"
 #include "tests/unit/test.h"
 
-static uint64_t rng = 0x2545f4914f6cdd1dull;
-static uint32_t rnd32(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (uint32_t)(rng >> 32);
-}
-static float rndf(void) /* [-1, 1) */
-{
-    return (float)(rnd32() >> 8) / 8388608.0f - 1.0f;
-}
+MOE_TEST_XORSHIFT(0x2545f4914f6cdd1dull)
 static float rndn(void)
 {
     float u = ((float)(rnd32() >> 8) + 0.5f) / 16777216.0f, v = rndf();

@@ -12,18 +12,7 @@
 #include "quant/quant_int.h"
 #include "tests/unit/test.h"
 
-static uint64_t rng = 0x7f4a7c159e3779b9ull;
-static uint32_t rnd32(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (uint32_t)(rng >> 32);
-}
-static float rndf(void) /* [-1, 1) */
-{
-    return (float)(rnd32() >> 8) / 8388608.0f - 1.0f;
-}
+MOE_TEST_XORSHIFT(0x7f4a7c159e3779b9ull)
 
 /* the dispatcher's own answer (cpuid, F16C included) */
 static bool cpu_has(enum moe_isa isa)

@@ -3,6 +3,7 @@ use it: the bearer api_key on the API (curl, http.client and, when it is
 installed, the openai client), /health and /metrics open to probes, /admin
 closed on TCP without a key, and socket activation of a Unix and a TCP
 socket together."""
+import fcntl
 import http.client
 import json
 import os
@@ -137,11 +138,18 @@ class Activation(unittest.TestCase):
         u = socket.socket(socket.AF_UNIX)
         u.bind(path)
         u.listen(16)
-        # systemd passes fds 3, 4, ... with LISTEN_PID = the service's pid
-        prefix = ["/bin/sh", "-c", 'exec 3<&%d 4<&%d; LISTEN_PID=$$ exec "$@"'
-                  % (u.fileno(), t.fileno()), "sh"]
-        d = Daemon(env={"LISTEN_FDS": "2"}, pass_fds=(u.fileno(), t.fileno()),
-                   cmd_prefix=prefix, sock=path)
+        # systemd passes fds 3, 4, ... with LISTEN_PID = the service's pid.
+        # Copies above 9 first: were u fd 4 and t fd 3, "exec 3<&4 4<&3"
+        # would hand moed the Unix socket twice (CI met this fd layout).
+        hu = fcntl.fcntl(u.fileno(), fcntl.F_DUPFD_CLOEXEC, 10)
+        ht = fcntl.fcntl(t.fileno(), fcntl.F_DUPFD_CLOEXEC, 10)
+        prefix = [sys.executable, "-c", "import os, sys\n"
+                  "os.dup2(%d, 3); os.dup2(%d, 4); os.close(%d); os.close(%d)\n"
+                  "os.environ['LISTEN_PID'] = str(os.getpid())\n"
+                  "os.execv(sys.argv[1], sys.argv[1:])" % (hu, ht, hu, ht)]
+        d = Daemon(env={"LISTEN_FDS": "2"}, pass_fds=(hu, ht), cmd_prefix=prefix, sock=path)
+        os.close(hu)
+        os.close(ht)
         try:
             self.assertEqual(d.request("GET", "/health")[0], 200)
             self.assertEqual(tcp(port, "POST", "/v1/completions", COMPLETION)[0], 200)

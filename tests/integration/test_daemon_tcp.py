@@ -139,8 +139,8 @@ class Activation(unittest.TestCase):
         u.bind(path)
         u.listen(16)
         # systemd passes fds 3, 4, ... with LISTEN_PID = the service's pid.
-        # Copies above 9 first: were u fd 4 and t fd 3, "exec 3<&4 4<&3"
-        # would hand moed the Unix socket twice (CI met this fd layout).
+        # Copies at 10 and up first, then dup2 to 3 and 4: straight from the
+        # originals, t at 3 and u at 4 (as on CI) gave moed u twice.
         hu = fcntl.fcntl(u.fileno(), fcntl.F_DUPFD_CLOEXEC, 10)
         ht = fcntl.fcntl(t.fileno(), fcntl.F_DUPFD_CLOEXEC, 10)
         prefix = [sys.executable, "-c", "import os, sys\n"

@@ -205,7 +205,7 @@ static void convert_panel(int bits, const uint8_t *base, size_t rb, int R, int64
 void moe_quant_gemm_gq4_avx512(const struct moe_weight *w, int64_t r0, int64_t r1,
                                const float *x, int64_t ldx, int n, float *y, int64_t ldy)
 {
-    if (n <= 0 || r1 <= r0)
+    if (n <= 0 || r1 <= r0 || moe_quant_gemm_gq4_vnni(w, r0, r1, x, ldx, n, y, ldy))
         return;
     if (n == 1) {
         const uint8_t *base = w->data;

@@ -152,6 +152,10 @@ void moe_quant_gemm_q8_0_avx512(const struct moe_weight *w, int64_t r0, int64_t 
                                 const float *x, int64_t ldx, int n, float *y, int64_t ldy);
 void moe_quant_gemm_gq4_avx512(const struct moe_weight *w, int64_t r0, int64_t r1,
                                const float *x, int64_t ldx, int n, float *y, int64_t ldy);
+/* GQ4 with int8 activations (quant_gq4_vnni_avx512.c): false, having written
+ * nothing, when the CPU lacks VNNI, x is not finite or memory runs out */
+bool moe_quant_gemm_gq4_vnni(const struct moe_weight *w, int64_t r0, int64_t r1, const float *x,
+                             int64_t ldx, int n, float *y, int64_t ldy);
 void moe_quant_gemm_gq1_avx512(const struct moe_weight *w, int64_t r0, int64_t r1,
                                const float *x, int64_t ldx, int n, float *y, int64_t ldy);
 void moe_quant_gemm_gq2_avx512(const struct moe_weight *w, int64_t r0, int64_t r1,

@@ -8,6 +8,7 @@
 #include <stdint.h>
 /* cmocka must come after the headers above */
 #include <cmocka.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,6 +62,23 @@ static inline const char *moe_test_tmpdir(void)
             abort();
     }
     return dir;
+}
+
+/* How far a GQ4 kernel with int8 activations (quant_gq4_vnni_avx512.c) may
+ * be from float sums for one row w and token x: each x moves by at most
+ * max|x| / 254 within its group of 128 columns. */
+static inline double moe_test_q8_act_bound(const float *w, const float *x, int64_t cols)
+{
+    double bound = 0;
+    for (int64_t g = 0; g + 128 <= cols; g += 128) {
+        double xmax = 0, wsum = 0;
+        for (int64_t c = g; c < g + 128; c++) {
+            xmax = fmax(xmax, fabs((double)x[c]));
+            wsum += fabs((double)w[c]);
+        }
+        bound += 1.001 * wsum * xmax / 254.0;
+    }
+    return bound;
 }
 
 static inline void moe_test_write_file(const char *path, const void *data, size_t n)

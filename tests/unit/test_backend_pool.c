@@ -219,6 +219,8 @@ static void grouped_case(struct moe_pool *pool, enum moe_dtype dt, int64_t G, in
             double mag = 0;
             for (int64_t c = 0; c < C; c++)
                 mag += fabs((double)wm[r * C + c] * x[t * ldx + r / R * xg + c]);
+            if (dt == MOE_DTYPE_GQ4) /* int8 activations on VNNI CPUs */
+                mag += 1e5 * moe_test_q8_act_bound(wm + r * C, x + t * ldx + r / R * xg, C);
             float a = yref[t * rows + r], b = y[t * rows + r];
             if (!(fabs((double)a - b) <= 1e-5 * mag + 1e-30))
                 fail_msg("grouped %s %lldx%lldx%lld n=%d threads=%d t=%d r=%lld: %.9g vs ref "

@@ -48,7 +48,10 @@ done
     --model "$dir/bench-qmoe-dense-q8.moe" --model "$dir/bench-qmoe-dense-q4.moe" \
     --tokens 32 --prompt-tokens 64 --rounds 3 | label pack-decode-dense-formats
 "$bin/moe-bench" gemv --rows 2816 --cols 2048 --formats gq4,qmoe-p0.85,qmoe-p0.9,qmoe-p0.99 \
-    --batch 1,8 --rounds 3 | label qmoe-gemv-sparsity
+    --batch 1,8,32 --rounds 3 | label qmoe-gemv-sparsity
+# the same packs against llama.cpp and ik_llama.cpp (built once from their
+# sdists into $MOE_ENGINES_DIR), one interleaved run
+PYTHON="$py" bash "$root/tests/bench/engines.sh" "$bin" "$dir"
 bash "$root/tests/quality/qmoe_quality.sh" "$bin"
 # tiered expert memory: io_uring against sequential O_DIRECT, the tier at
 # 100/50/25% against mmap in a memory cgroup (root and cgroup v1 only), and

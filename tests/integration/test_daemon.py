@@ -2,6 +2,7 @@
 tiny model: readiness through a test NOTIFY_SOCKET, completions and chat
 (streaming or not), concurrency, disconnects, bad requests, reload and
 drain, socket activation."""
+import fcntl
 import http.client
 import json
 import re
@@ -57,6 +58,25 @@ def terminate(proc, timeout=60):
             proc.wait()
 
 
+def socket_activation(socks):
+    """What systemd does for a service with sockets: the sockets as fds 3,
+    4, ... and LISTEN_PID = the service's own pid. Returns (command prefix,
+    pass_fds, close): copies at 10 and up first, then dup2 to 3, 4, ...:
+    straight from the originals, a socket already at 3 or 4 could be
+    overwritten before it is copied (CI met that layout)."""
+    high = [fcntl.fcntl(s.fileno(), fcntl.F_DUPFD_CLOEXEC, 10) for s in socks]
+    moves = "; ".join("os.dup2(%d, %d); os.close(%d)" % (fd, 3 + i, fd)
+                      for i, fd in enumerate(high))
+    prefix = [sys.executable, "-c", "import os, sys\n" + moves + "\n"
+              "os.environ['LISTEN_PID'] = str(os.getpid())\n"
+              "os.execv(sys.argv[1], sys.argv[1:])"]
+
+    def close():
+        for fd in high:
+            os.close(fd)
+    return prefix, tuple(high), close
+
+
 class UnixHTTPConnection(http.client.HTTPConnection):
     def __init__(self, path, timeout=60):
         super().__init__("localhost", timeout=timeout)
@@ -88,12 +108,11 @@ class Moed:
         self.log = open(os.path.join(self.dir, "moed.log"), "w+")
         cmd = [os.path.join(BIN, "moed"), "--config", self.ini]
         if listen_sock is not None:
-            # systemd passes the socket as fd 3 with LISTEN_PID = the service's pid
             env.update(LISTEN_FDS="1", LISTEN_FDNAMES="moed.socket")
-            fd = listen_sock.fileno()
-            cmd = ["/bin/sh", "-c", 'exec 3<&%d; LISTEN_PID=$$ exec "$@"' % fd, "sh"] + cmd
-            self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=self.log,
-                                         pass_fds=(fd,))
+            prefix, fds, close = socket_activation([listen_sock])
+            self.proc = subprocess.Popen(prefix + cmd, env=env, stdout=self.log,
+                                         stderr=self.log, pass_fds=fds)
+            close()
         else:
             self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=self.log)
 

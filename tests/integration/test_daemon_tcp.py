@@ -3,7 +3,6 @@ use it: the bearer api_key on the API (curl, http.client and, when it is
 installed, the openai client), /health and /metrics open to probes, /admin
 closed on TCP without a key, and socket activation of a Unix and a TCP
 socket together."""
-import fcntl
 import http.client
 import json
 import os
@@ -15,6 +14,7 @@ import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+from test_daemon import socket_activation  # noqa: E402
 from test_daemon_attacks import Daemon, figure  # noqa: E402
 
 KEY = "sk-moed-test-0123456789"
@@ -138,18 +138,9 @@ class Activation(unittest.TestCase):
         u = socket.socket(socket.AF_UNIX)
         u.bind(path)
         u.listen(16)
-        # systemd passes fds 3, 4, ... with LISTEN_PID = the service's pid.
-        # Copies at 10 and up first, then dup2 to 3 and 4: straight from the
-        # originals, t at 3 and u at 4 (as on CI) gave moed u twice.
-        hu = fcntl.fcntl(u.fileno(), fcntl.F_DUPFD_CLOEXEC, 10)
-        ht = fcntl.fcntl(t.fileno(), fcntl.F_DUPFD_CLOEXEC, 10)
-        prefix = [sys.executable, "-c", "import os, sys\n"
-                  "os.dup2(%d, 3); os.dup2(%d, 4); os.close(%d); os.close(%d)\n"
-                  "os.environ['LISTEN_PID'] = str(os.getpid())\n"
-                  "os.execv(sys.argv[1], sys.argv[1:])" % (hu, ht, hu, ht)]
-        d = Daemon(env={"LISTEN_FDS": "2"}, pass_fds=(hu, ht), cmd_prefix=prefix, sock=path)
-        os.close(hu)
-        os.close(ht)
+        prefix, fds, close = socket_activation([u, t])
+        d = Daemon(env={"LISTEN_FDS": "2"}, pass_fds=fds, cmd_prefix=prefix, sock=path)
+        close()
         try:
             self.assertEqual(d.request("GET", "/health")[0], 200)
             self.assertEqual(tcp(port, "POST", "/v1/completions", COMPLETION)[0], 200)

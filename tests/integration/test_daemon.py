@@ -47,6 +47,16 @@ max_tokens = 32
 """
 
 
+def pack_tiny(dir, experts="q4"):
+    """The bundled model packed into dir with moe-pack; (path, the bytes of
+    all its experts, from moe-pack's report)."""
+    path = os.path.join(dir, "tiny-%s.moe" % experts)
+    out = subprocess.run([os.path.join(BIN, "moe-pack"), "--model", TINY, "--out", path,
+                          "--experts", experts], check=True, capture_output=True,
+                         text=True).stdout
+    return path, json.loads(out)["expert_bytes"]
+
+
 def terminate(proc, timeout=60):
     """SIGTERM (moed drains), then SIGKILL when it takes longer than timeout."""
     if proc.poll() is None:
@@ -187,7 +197,6 @@ class Moed:
 
 def sse_events(resp):
     """Yields the JSON of each data: event of a streaming response; 'DONE' last."""
-    buf = b""
     while True:
         line = resp.fp.readline()
         if not line:

@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import struct
-import subprocess
 import sys
 import tempfile
 import threading
@@ -25,7 +24,6 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import test_daemon as td  # noqa: E402
 
-BIN = td.BIN
 BASE_INI = td.INI
 N_REQ = 16     # requests in the batch
 N_TOK = 8      # tokens each generates (ignore_eos: exactly this many steps alone)
@@ -107,11 +105,7 @@ class FaultIsolation(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.dir = tempfile.mkdtemp(prefix="moed-faults-")
-        cls.pack = os.path.join(cls.dir, "tiny-q4.moe")
-        out = subprocess.run([os.path.join(BIN, "moe-pack"), "--model", td.TINY, "--out",
-                              cls.pack, "--experts", "q4"], check=True, capture_output=True,
-                             text=True).stdout
-        cls.expert_bytes = json.loads(out)["expert_bytes"]
+        cls.pack, cls.expert_bytes = td.pack_tiny(cls.dir)
 
     @classmethod
     def tearDownClass(cls):

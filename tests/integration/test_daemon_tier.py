@@ -5,7 +5,6 @@ failing only the requests that needed the expert (named in the message)
 while the daemon keeps serving, and bad settings refused at start."""
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import unittest
@@ -13,7 +12,6 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import test_daemon as td  # noqa: E402
 
-BIN = td.BIN
 BASE_INI = td.INI
 
 
@@ -26,12 +24,7 @@ class Tiered(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.dir = tempfile.mkdtemp(prefix="moed-tier-")
-        cls.pack = os.path.join(cls.dir, "tiny-q4.moe")
-        out = subprocess.run([os.path.join(BIN, "moe-pack"), "--model", td.TINY, "--out",
-                              cls.pack, "--experts", "q4"], check=True, capture_output=True,
-                             text=True).stdout
-        import json
-        cls.expert_bytes = json.loads(out)["expert_bytes"]
+        cls.pack, cls.expert_bytes = td.pack_tiny(cls.dir)
 
     def serve(self, ini, env=None):
         td.INI = ini

@@ -76,6 +76,14 @@ static void residual(float y[N][H])
             y[t][h] = (float)t; /* the residual is added to, not replaced */
 }
 
+/* want: the residual plus the layer's output with every expert ready */
+static void all_ready(struct moe_pool *pool, float want[N][H], struct moe_experts_scratch *scratch)
+{
+    residual(want);
+    assert_int_equal(moe_experts_run(pool, ex, E, &x[0][0], N, H, routes, &want[0][0], scratch),
+                     0);
+}
+
 static void test_grouped_dispatch_equals_per_token(void **state)
 {
     (void)state;
@@ -136,10 +144,8 @@ static void test_running_ready_experts_first_gives_the_same_bits(void **state)
     assert_int_equal(moe_pool_create(2, &pool), 0);
     static float y[N][H], want[N][H];
     residual(y);
-    residual(want);
     struct moe_experts_scratch scratch = {0};
-    assert_int_equal(moe_experts_run(pool, ex, E, &x[0][0], N, H, routes, &want[0][0], &scratch),
-                     0);
+    all_ready(pool, want, &scratch);
     /* the views handed in for late experts point nowhere: only wait's count */
     struct late l;
     bool ready[E];
@@ -193,10 +199,8 @@ static void test_an_isolated_failed_wait_costs_only_that_experts_tokens(void **s
     assert_int_equal(moe_pool_create(2, &pool), 0);
     static float y[N][H], want[N][H];
     residual(y);
-    residual(want);
     struct moe_experts_scratch scratch = {0};
-    assert_int_equal(moe_experts_run(pool, ex, E, &x[0][0], N, H, routes, &want[0][0], &scratch),
-                     0);
+    all_ready(pool, want, &scratch);
     struct late l;
     bool ready[E], failed[E] = {0};
     struct moe_expert_source src = late_source(&l, ready, 1);

@@ -43,12 +43,18 @@ struct moe_kv_shape {
                             * (0 = all), or NULL: none; copied by the pool */
     int32_t max_chunk;     /* most tokens one sequence adds in one forward (0 =
                             * unbounded): what a window layer's bound counts */
+    /* Recurrent layers (linear attention) store no tokens: each sequence
+     * holds a fixed state of state_rows rows of state_row floats there
+     * instead, in units of the same pool (a row never straddles two). */
+    const bool *recurrent; /* [n_layers] or NULL: none; copied by the pool */
+    int32_t state_rows, state_row;
 };
 
 struct moe_kv_params {
     int32_t key_bits, value_bits; /* 32, 16, 8, 4, 2 (32 beside 2/4/8 acts as 16) */
     int32_t group;                /* G: tokens per block, 32, 64 or 128 */
     int32_t residual;             /* R: tokens kept fp16, a multiple of G (KIVI mode) */
+    int32_t state_bits;           /* recurrent states: 32 (fp32) or 16 (bf16); 0 = 32 */
 };
 
 /* Validates p for a shape (message on error). */
@@ -128,6 +134,20 @@ struct moe_kv_attn {
 void moe_kv_attention(struct moe_pool *pool, struct moe_kv *const *kvs, const int32_t *pos,
                       int32_t n, int32_t layer, const struct moe_kv_attn *a, const float *q,
                       float *out, float *scores, size_t scores_stride);
+
+/* ---- recurrent layers' states ----
+ * A forward of a chunk of a sequence on recurrent layer l starts with
+ * moe_kv_state_begin(kv, l, pos) (pos 0: the state is taken if needed and
+ * zeroed; otherwise pos must be the tokens already absorbed: a state cannot
+ * go back) and ends with moe_kv_state_end(kv, l, pos + n). -ENOSPC with a
+ * message when the pool has no units for the state. */
+int moe_kv_state_begin(struct moe_kv *kv, int32_t layer, int32_t pos);
+void moe_kv_state_end(struct moe_kv *kv, int32_t layer, int32_t n_tokens);
+/* Row r of layer's state: state_row floats (fp32) or bf16 values. */
+void *moe_kv_state_row(const struct moe_kv *kv, int32_t layer, int32_t r);
+int moe_kv_state_bits(const struct moe_kv *kv); /* 32 or 16 */
+/* Bytes of one sequence's states (all recurrent layers, whole units). */
+size_t moe_kv_pool_state_bytes(const struct moe_kv_pool *pool);
 
 /* Test hook: which kernels attention uses (0 ref, 1 AVX2, 2 AVX-512, as
  * enum moe_isa); -1 = the best this CPU has. Returns the ISA now in use. */

@@ -27,6 +27,11 @@ struct moe_kv_pool {
     int64_t n_units, n_free, reserved;
     int32_t *free_list;
     uint8_t *mem;
+    /* recurrent layers: a state of srows rows of srow values, rpu rows per
+     * unit, su units per layer of a sequence */
+    bool *rec;                /* [L] */
+    int32_t srows, srow, sbits, rpu, su;
+    size_t row_bytes;
 };
 
 struct moe_kv {
@@ -38,6 +43,7 @@ struct moe_kv {
     int32_t *n, *nq;     /* [L] tokens stored, of which quantised (a prefix) */
     int32_t *lo;         /* [L] first position still held (window layers give blocks back) */
     int64_t held, quota; /* units taken; units promised but not yet taken */
+    int32_t *st;         /* [L][su] a recurrent layer's state units, -1 = none */
 };
 
 /* ---- kernels ------------------------------------------------------------------- */
@@ -140,6 +146,22 @@ static void layout(struct moe_kv_pool *P, const struct moe_kv_shape *sh,
         P->tpu = (int32_t)(P->unit_bytes / P->tok_bytes);
         P->nw = (P->W + P->tpu - 1) / P->tpu;
     }
+    P->srows = sh->recurrent ? sh->state_rows : 0;
+    P->srow = sh->recurrent ? sh->state_row : 0;
+    P->sbits = p->state_bits == 16 ? 16 : 32;
+    P->row_bytes = (size_t)P->srow * (size_t)P->sbits / 8;
+    P->rpu = P->su = 0;
+    if (P->srows > 0 && P->row_bytes > 0) {
+        if (P->unit_bytes < P->row_bytes)
+            P->unit_bytes = MOE_ALIGN_UP(P->row_bytes, 64);
+        P->rpu = (int32_t)(P->unit_bytes / P->row_bytes);
+        P->su = (P->srows + P->rpu - 1) / P->rpu;
+    }
+}
+
+static bool is_rec(const struct moe_kv_shape *sh, const bool *rec, int32_t l)
+{
+    return (rec && rec[l]) || (sh && sh->recurrent && sh->recurrent[l]);
 }
 
 static int32_t window_of(const int32_t *window, int32_t l)
@@ -157,7 +179,10 @@ static int64_t window_blocks(const struct moe_kv_pool *P, int32_t win)
     return ((int64_t)win - 1 + P->max_chunk + P->G - 1) / P->G + 1;
 }
 
-static int64_t units_for_win(const struct moe_kv_pool *P, const int32_t *window, int64_t T)
+static bool is_rec(const struct moe_kv_shape *sh, const bool *rec, int32_t l);
+
+static int64_t units_for_win(const struct moe_kv_pool *P, const int32_t *window, const bool *rec,
+                             int64_t T)
 {
     if (T <= 0)
         return 0;
@@ -171,13 +196,14 @@ static int64_t units_for_win(const struct moe_kv_pool *P, const int32_t *window,
     }
     int64_t u = 0;
     for (int32_t l = 0; l < P->L; l++)
-        u += MOE_MIN(blocks, window_blocks(P, window_of(window, l))) + ring;
+        u += is_rec(NULL, rec, l) ? P->su
+                                  : MOE_MIN(blocks, window_blocks(P, window_of(window, l))) + ring;
     return u;
 }
 
 static int64_t units_for(const struct moe_kv_pool *P, int64_t T)
 {
-    return units_for_win(P, P->window, T);
+    return units_for_win(P, P->window, P->rec, T);
 }
 
 int64_t moe_kv_units_for_params(const struct moe_kv_shape *sh, const struct moe_kv_params *p,
@@ -185,7 +211,7 @@ int64_t moe_kv_units_for_params(const struct moe_kv_shape *sh, const struct moe_
 {
     struct moe_kv_pool P;
     layout(&P, sh, p);
-    return units_for_win(&P, sh->window, n_tokens);
+    return units_for_win(&P, sh->window, sh->recurrent, n_tokens);
 }
 
 int64_t moe_kv_units_for_tokens(const struct moe_kv_shape *sh, const struct moe_kv_params *p,
@@ -195,6 +221,10 @@ int64_t moe_kv_units_for_tokens(const struct moe_kv_shape *sh, const struct moe_
     layout(&P, sh, p);
     int64_t blocks = (n_tokens + P.G - 1) / P.G, u = 0;
     for (int32_t l = 0; l < P.L; l++) {
+        if (is_rec(sh, NULL, l)) {
+            u += (int64_t)n_seqs * P.su;
+            continue;
+        }
         int64_t per_seq = window_blocks(&P, window_of(sh->window, l));
         int64_t b = per_seq == INT64_MAX ? blocks : MOE_MIN(blocks, per_seq * n_seqs);
         u += b + (int64_t)n_seqs * P.nw;
@@ -262,16 +292,19 @@ int moe_kv_pool_create(const struct moe_kv_shape *sh, const struct moe_kv_params
     layout(P, sh, p);
     P->n_units = P->n_free = n_units;
     P->window = calloc((size_t)sh->n_layers, sizeof(int32_t));
+    P->rec = calloc((size_t)sh->n_layers, sizeof(bool));
     P->free_list = malloc((size_t)n_units * sizeof(int32_t));
     /* malloc, not calloc: pages are only touched as units are used */
     P->mem = malloc((size_t)n_units * P->unit_bytes);
-    if (!P->window || !P->free_list || !P->mem) {
+    if (!P->window || !P->rec || !P->free_list || !P->mem) {
         size_t mib = ((size_t)n_units * P->unit_bytes) >> 20;
         moe_kv_pool_free(P);
         return moe_err(-ENOMEM, "out of memory for a KV pool of %zu MiB", mib);
     }
     for (int32_t l = 0; sh->window && l < sh->n_layers; l++)
         P->window[l] = MOE_MAX(sh->window[l], 0);
+    for (int32_t l = 0; sh->recurrent && l < sh->n_layers; l++)
+        P->rec[l] = sh->recurrent[l] && P->su > 0;
     for (int64_t i = 0; i < n_units; i++) /* lowest ids handed out first */
         P->free_list[i] = (int32_t)(n_units - 1 - i);
     ops();
@@ -284,6 +317,7 @@ void moe_kv_pool_free(struct moe_kv_pool *P)
     if (!P)
         return;
     free(P->window);
+    free(P->rec);
     free(P->free_list);
     free(P->mem);
     free(P);
@@ -313,7 +347,8 @@ int moe_kv_seq_create(struct moe_kv_pool *P, int32_t max_ctx, struct moe_kv **ou
     kv->n = calloc(L, sizeof(int32_t));
     kv->nq = calloc(L, sizeof(int32_t));
     kv->lo = calloc(L, sizeof(int32_t));
-    if (!kv->blk || !kv->win || !kv->n || !kv->nq || !kv->lo) {
+    kv->st = malloc(L * (size_t)MOE_MAX(P->su, 1) * sizeof(int32_t));
+    if (!kv->blk || !kv->win || !kv->n || !kv->nq || !kv->lo || !kv->st) {
         moe_kv_free(kv);
         return moe_err(-ENOMEM, "out of memory");
     }
@@ -321,6 +356,8 @@ int moe_kv_seq_create(struct moe_kv_pool *P, int32_t max_ctx, struct moe_kv **ou
         kv->blk[i] = -1;
     for (size_t i = 0; i < L * (size_t)MOE_MAX(P->nw, 1); i++)
         kv->win[i] = -1;
+    for (size_t i = 0; i < L * (size_t)MOE_MAX(P->su, 1); i++)
+        kv->st[i] = -1;
     *out = kv;
     return 0;
 }
@@ -370,6 +407,8 @@ void moe_kv_reset(struct moe_kv *kv)
         unit_give(kv, &kv->blk[i]);
     for (size_t i = 0; i < (size_t)P->L * (size_t)P->nw; i++)
         unit_give(kv, &kv->win[i]);
+    for (size_t i = 0; i < (size_t)P->L * (size_t)P->su; i++)
+        unit_give(kv, &kv->st[i]);
     P->reserved -= kv->quota;
     kv->quota = 0;
     memset(kv->n, 0, (size_t)P->L * sizeof(int32_t));
@@ -437,7 +476,7 @@ void moe_kv_free(struct moe_kv *kv)
 {
     if (!kv)
         return;
-    if (kv->blk && kv->win && kv->n && kv->nq && kv->lo)
+    if (kv->blk && kv->win && kv->n && kv->nq && kv->lo && kv->st)
         moe_kv_reset(kv);
     if (kv->own_pool)
         moe_kv_pool_free(kv->pool);
@@ -446,6 +485,7 @@ void moe_kv_free(struct moe_kv *kv)
     free(kv->n);
     free(kv->nq);
     free(kv->lo);
+    free(kv->st);
     free(kv);
 }
 
@@ -543,6 +583,8 @@ int moe_kv_store(struct moe_kv *kv, int32_t l, int32_t pos, const float *k, cons
     if (pos > kv->n[l])
         return moe_err(-EINVAL, "kv store: position %d leaves a gap after %d tokens", pos,
                        kv->n[l]);
+    if (P->rec[l])
+        return moe_err(-EINVAL, "kv store: layer %d is recurrent: it keeps a state, no tokens", l);
     if (pos == 0 && kv->lo[l] > 0) { /* starting over: the layer's blocks are free again */
         for (int32_t b = 0; b < kv->nb; b++)
             unit_give_promised(kv, &kv->blk[(size_t)l * kv->nb + b]);
@@ -751,4 +793,61 @@ void moe_kv_attention(struct moe_pool *pool, struct moe_kv *const *kvs, const in
     for (int32_t i = 0; i < n; i++)
         if (i == 0 || kvs[i] != kvs[i - 1])
             window_trim(kvs[i], layer);
+}
+
+/* ---- recurrent layers' states ---------------------------------------------------- */
+
+size_t moe_kv_pool_state_bytes(const struct moe_kv_pool *P)
+{
+    int64_t n = 0;
+    for (int32_t l = 0; l < P->L; l++)
+        n += P->rec[l] ? P->su : 0;
+    return (size_t)n * P->unit_bytes;
+}
+
+int moe_kv_state_begin(struct moe_kv *kv, int32_t l, int32_t pos)
+{
+    struct moe_kv_pool *P = kv->pool;
+    if (l < 0 || l >= P->L || !P->rec[l])
+        return moe_err(-EINVAL, "kv state: layer %d is not recurrent", l);
+    if (pos >= kv->max_ctx)
+        return moe_err(-ENOSPC, "context full: position %d is past the %d-token cache", pos,
+                       kv->max_ctx);
+    if (pos != 0 && pos != kv->n[l])
+        return moe_err(-EINVAL, "kv state: layer %d has absorbed %d tokens: a recurrent state "
+                       "cannot continue at position %d", l, kv->n[l], pos);
+    int32_t *ids = kv->st + (size_t)l * P->su;
+    if (pos == 0) {
+        int64_t missing = 0;
+        for (int32_t u = 0; u < P->su; u++)
+            missing += ids[u] < 0;
+        if (missing > can_take(kv))
+            return moe_err(-ENOSPC, "KV pool full: layer %d's recurrent state needs %lld more "
+                           "blocks, %lld are free", l, (long long)missing,
+                           (long long)can_take(kv));
+        for (int32_t u = 0; u < P->su; u++) {
+            if (ids[u] < 0)
+                ids[u] = unit_take(kv);
+            memset(unit_ptr(P, ids[u]), 0, P->unit_bytes);
+        }
+        kv->n[l] = 0;
+    }
+    return 0;
+}
+
+void moe_kv_state_end(struct moe_kv *kv, int32_t l, int32_t n_tokens)
+{
+    kv->n[l] = n_tokens;
+}
+
+void *moe_kv_state_row(const struct moe_kv *kv, int32_t l, int32_t r)
+{
+    const struct moe_kv_pool *P = kv->pool;
+    int32_t id = kv->st[(size_t)l * P->su + (size_t)(r / P->rpu)];
+    return unit_ptr(P, id) + (size_t)(r % P->rpu) * P->row_bytes;
+}
+
+int moe_kv_state_bits(const struct moe_kv *kv)
+{
+    return kv->pool->sbits;
 }

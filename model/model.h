@@ -35,6 +35,8 @@ enum moe_arch {
     MOE_ARCH_MINIMAX_M2, /* full q/k norm, partial rotary, sigmoid routing */
     MOE_ARCH_ERNIE4_5,   /* ERNIE-4.5 MoE: biased softmax routing, MoE layer interval */
     MOE_ARCH_DOTS1,      /* dots.llm1: DeepSeek-V3 routing, per-head q/k norm */
+    MOE_ARCH_QWEN3_NEXT, /* Gated DeltaNet layers between gated attention, shared expert */
+    MOE_ARCH_QWEN3_5_MOE, /* Qwen3.5/3.6-MoE text model: Qwen3-Next with split projections */
     MOE_ARCH_COUNT
 };
 
@@ -119,7 +121,19 @@ struct moe_config {
     float swiglu_alpha, swiglu_limit;
     bool expert_bias;       /* routed experts have biases (gpt-oss) */
     bool mlp_bias;          /* dense and shared MLPs (and the lm head) have biases */
+    /* hybrid linear attention (Qwen3-Next, Qwen3.5): Gated DeltaNet layers */
+    bool attn_gate;         /* q_proj also yields a per-channel output gate (sigmoid) */
+    int32_t lin_k_heads, lin_v_heads; /* linear layers' key and value heads */
+    int32_t lin_k_dim, lin_v_dim;     /* their head sizes */
+    int32_t lin_conv;       /* the causal depthwise conv's kernel size */
+    bool layer_linear[MOE_MAX_LAYERS]; /* true: a Gated DeltaNet layer, no KV cache */
 };
+
+/* the width of a linear layer's convolved q, k, v */
+static inline int64_t moe_config_lin_conv_dim(const struct moe_config *c)
+{
+    return 2 * (int64_t)c->lin_k_heads * c->lin_k_dim + (int64_t)c->lin_v_heads * c->lin_v_dim;
+}
 
 const char *moe_arch_name(enum moe_arch arch);
 
@@ -145,6 +159,15 @@ struct moe_layer {
     struct moe_expert_weights *experts; /* [E] */
     struct moe_expert_weights shared; /* shared experts (or dense MLP), rows 0 if none */
     struct moe_weight shared_gate;    /* [1, H] sigmoid gate of the shared expert */
+    /* Gated DeltaNet (layer_linear): kd = k heads * k dim, vd = v heads * v dim */
+    struct moe_weight lin_qkv;        /* [2*kd + vd, H] q, k, v before the conv */
+    struct moe_weight lin_z;          /* [vd, H] the output gate */
+    struct moe_weight lin_b, lin_a;   /* [v heads, H] beta and decay inputs */
+    float *lin_conv;                  /* [2*kd + vd][kernel] depthwise conv weights */
+    float *lin_dt_bias;               /* [v heads] */
+    float *lin_a_log;                 /* [v heads] decay rate A = exp(A_log) */
+    float *lin_norm;                  /* [v dim] gated RMSNorm weight */
+    struct moe_weight lin_out;        /* [H, vd] */
 };
 
 struct moe_model_files; /* the open checkpoint files, private to the loader */

@@ -223,6 +223,16 @@ static void recipe_qwen3(struct moe_config *c)
     c->qk_norm = MOE_QK_NORM_HEAD;
 }
 
+/* Qwen3-Next / Qwen3.5: Qwen2-MoE's gated shared expert, Qwen3's per-head
+ * q/k norm, and an output gate in q_proj */
+static void recipe_qwen3_next(struct moe_config *c)
+{
+    recipe_base(c);
+    c->qk_norm = MOE_QK_NORM_HEAD;
+    c->shared_gate = true;
+    c->attn_gate = true;
+}
+
 static void recipe_olmoe(struct moe_config *c)
 {
     recipe_base(c);
@@ -318,6 +328,46 @@ static int hf_qwen3(struct moe_hf_cfg *h, struct moe_config *c)
 {
     int rc;
     if ((rc = qwen_dense_layers(h, c)) < 0 || (rc = qwen_no_sliding(h)) < 0 ||
+        (rc = attention_bias(h, c, "attention_bias", false, true)) < 0)
+        return rc;
+    return finish_common(h, c, 0);
+}
+
+/* layer_types of linear_attention / full_attention, or (4.x configs
+ * without it) every full_attention_interval-th layer full */
+static int hybrid_layers(struct moe_hf_cfg *h, struct moe_config *c)
+{
+    int32_t every;
+    const char *names[] = {"full_attention_interval", NULL};
+    int rc = moe_hf_int(h, names, 4, false, &every);
+    if (rc < 0)
+        return rc;
+    if (every <= 0)
+        return moe_err(-EINVAL, "%s: full_attention_interval must be positive", h->file);
+    json_t *lt = moe_hf_take(h, "layer_types");
+    if (lt && (!json_is_array(lt) || (int32_t)json_array_size(lt) != c->n_layers))
+        return moe_err(-EINVAL, "%s: layer_types must list the %d layers", h->file, c->n_layers);
+    for (int32_t l = 0; l < c->n_layers && l < MOE_MAX_LAYERS; l++) {
+        c->layer_linear[l] = (l + 1) % every != 0;
+        if (!lt)
+            continue;
+        const char *t = json_string_value(json_array_get(lt, (size_t)l));
+        if (t && !strcmp(t, "linear_attention"))
+            c->layer_linear[l] = true;
+        else if (t && !strcmp(t, "full_attention"))
+            c->layer_linear[l] = false;
+        else
+            return moe_err(-ENOTSUP, "%s: config key 'layer_types'[%d] = '%s' is not supported "
+                           "(moed implements linear_attention, full_attention)", h->file, l,
+                           t ? t : "?");
+    }
+    return 0;
+}
+
+static int hf_qwen3_next(struct moe_hf_cfg *h, struct moe_config *c)
+{
+    int rc;
+    if ((rc = qwen_dense_layers(h, c)) < 0 || (rc = hybrid_layers(h, c)) < 0 ||
         (rc = attention_bias(h, c, "attention_bias", false, true)) < 0)
         return rc;
     return finish_common(h, c, 0);
@@ -492,6 +542,37 @@ static const struct moe_key_row keys_qwen3[] = {
     BOOL(norm_topk_prob, false, "expert_weights_norm", "norm_topk_prob"),
 };
 
+#define LINEAR_KEYS                                                                            \
+    INT(lin_conv, 4, "ssm.conv_kernel", "linear_conv_kernel_dim"),                             \
+        INT(lin_k_dim, 128, "ssm.state_size", "linear_key_head_dim"),                          \
+        INT(lin_v_dim, 128, NULL, "linear_value_head_dim"),                                    \
+        INT(lin_k_heads, 16, "ssm.group_count", "linear_num_key_heads"),                       \
+        INT(lin_v_heads, 32, "ssm.time_step_rank", "linear_num_value_heads")
+
+static const struct moe_key_row keys_qwen3_next[] = {
+    COMMON(32768, 1e-6, false),
+    INT(head_dim, 256, "attention.key_length", "head_dim"),
+    INT(n_experts, 512, "expert_count", "num_experts"),
+    INT(top_k, 10, "expert_used_count", "num_experts_per_tok"),
+    INT(expert_ffn, 512, "expert_feed_forward_length", "moe_intermediate_size"),
+    INT(shared_ffn, 512, "expert_shared_feed_forward_length", "shared_expert_intermediate_size"),
+    INT(dense_ffn, 5632, "feed_forward_length", "intermediate_size"),
+    BOOL(norm_topk_prob, true, "expert_weights_norm", "norm_topk_prob"),
+    LINEAR_KEYS,
+};
+
+/* Qwen3.5-MoE's text config: no dense layers (no intermediate_size), 256 experts */
+static const struct moe_key_row keys_qwen3_5[] = {
+    COMMON(32768, 1e-6, false),
+    INT(head_dim, 256, "attention.key_length", "head_dim"),
+    INT(n_experts, 256, "expert_count", "num_experts"),
+    INT(top_k, 8, "expert_used_count", "num_experts_per_tok"),
+    INT(expert_ffn, 512, "expert_feed_forward_length", "moe_intermediate_size"),
+    INT(shared_ffn, 512, "expert_shared_feed_forward_length", "shared_expert_intermediate_size"),
+    BOOL(norm_topk_prob, true, "expert_weights_norm", "norm_topk_prob"),
+    LINEAR_KEYS,
+};
+
 static const struct moe_key_row keys_olmoe[] = {
     COMMON(4096, 1e-5, false),
     INT(n_experts, 64, "expert_count", "num_experts", "num_local_experts"),
@@ -645,6 +726,14 @@ static const struct moe_arch_row rows[MOE_ARCH_COUNT] = {
         MOE_ARCH_DOTS1, "dots1", {"Dots1ForCausalLM"}, {"dots1"}, "dots1",
         KEYS(keys_dots1), checks_dots1, NULL, recipe_dots1, hf_dots1,
         .hf_moe = "mlp", EXPERTS_PROJ, .hf_shared = "shared_experts"},
+    [MOE_ARCH_QWEN3_NEXT] = {
+        MOE_ARCH_QWEN3_NEXT, "qwen3_next", {"Qwen3NextForCausalLM"}, {"qwen3_next"},
+        "qwen3next", KEYS(keys_qwen3_next), NULL, NULL, recipe_qwen3_next, hf_qwen3_next,
+        .rope_partial = 0.25f, .hf_moe = "mlp", EXPERTS_PROJ, .hf_shared = "shared_expert"},
+    [MOE_ARCH_QWEN3_5_MOE] = {
+        MOE_ARCH_QWEN3_5_MOE, "qwen3_5_moe", {"Qwen3_5MoeForCausalLM"}, {"qwen3_5_moe_text"},
+        "qwen35moe", KEYS(keys_qwen3_5), NULL, NULL, recipe_qwen3_next, hf_qwen3_next,
+        .rope_partial = 0.25f, .hf_moe = "mlp", EXPERTS_PROJ, .hf_shared = "shared_expert"},
 };
 
 const struct moe_arch_row *moe_arch_row(enum moe_arch arch)
@@ -749,7 +838,10 @@ double moe_yarn_mscale(double scale, double m)
 static const char *const rope_keys[] = {
     "rope_type", "type", "rope_theta", "partial_rotary_factor", "factor",
     "original_max_position_embeddings", "beta_fast", "beta_slow", "mscale", "mscale_all_dim",
-    "attention_factor", "truncate", "low_freq_factor", "high_freq_factor"};
+    "attention_factor", "truncate", "low_freq_factor", "high_freq_factor",
+    /* Qwen3.5's multimodal rope: text positions are the same on its three
+     * axes, which makes it the plain rope */
+    "mrope_section", "mrope_interleaved"};
 
 static int rope_num(struct moe_hf_cfg *h, json_t *o, const char *key, double def, double *out)
 {
@@ -776,6 +868,8 @@ static int rope_params(struct moe_hf_cfg *h, struct moe_config *c, json_t *o, js
         bool known = false;
         for (size_t i = 0; i < MOE_ARRAY_SIZE(rope_keys) && !known; i++)
             known = !strcmp(k, rope_keys[i]);
+        if (!strncmp(k, "mrope_", 6) && c->arch != MOE_ARCH_QWEN3_5_MOE)
+            known = false;
         if (!known)
             return moe_err(-ENOTSUP, "%s: rope parameter '%s' is not known to moed", h->file, k);
     }

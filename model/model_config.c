@@ -389,6 +389,21 @@ int moe_config_validate(const struct moe_config *c, const char *file)
     }
     REQUIRE(!any_swa || c->sliding_window > 0, "%s: sliding layers need a positive sliding_window",
             file);
+    bool any_linear = false;
+    for (int32_t l = 0; l < c->n_layers; l++)
+        any_linear |= c->layer_linear[l];
+    if (any_linear) {
+        REQUIRE(c->lin_k_heads > 0 && c->lin_v_heads > 0 && c->lin_v_heads % c->lin_k_heads == 0,
+                "%s: linear attention: %d value heads is not a multiple of %d key heads", file,
+                c->lin_v_heads, c->lin_k_heads);
+        REQUIRE(c->lin_k_dim > 0 && c->lin_k_dim <= 1024 && c->lin_v_dim > 0 &&
+                    c->lin_v_dim <= 1024,
+                "%s: linear attention head sizes %d / %d outside 1..1024", file, c->lin_k_dim,
+                c->lin_v_dim);
+        REQUIRE(c->lin_conv >= 1 && c->lin_conv <= 16,
+                "%s: linear_conv_kernel_dim %d outside 1..16", file, c->lin_conv);
+        REQUIRE(c->attn == MOE_ATTN_GQA, "%s: linear layers beside MLA are not supported", file);
+    }
 #undef REQUIRE
     return 0;
 }

@@ -63,6 +63,8 @@ static const struct field fields[] = {
     B2("score_bias", score_bias), B2("shared_gate", shared_gate), E2("act", act, act_names),
     R2("swiglu_alpha", swiglu_alpha), R2("swiglu_limit", swiglu_limit),
     B2("expert_bias", expert_bias), B2("mlp_bias", mlp_bias),
+    B2("attn_gate", attn_gate), I2("lin_k_heads", lin_k_heads), I2("lin_v_heads", lin_v_heads),
+    I2("lin_k_dim", lin_k_dim), I2("lin_v_dim", lin_v_dim), I2("lin_conv", lin_conv),
 #undef I
 #undef R
 #undef B
@@ -80,6 +82,7 @@ static const struct layer_flags {
 } layer_flags[] = {
     {"layer_dense", offsetof(struct moe_config, layer_dense), false},
     {"layer_swa", offsetof(struct moe_config, layer_swa), true},
+    {"layer_linear", offsetof(struct moe_config, layer_linear), true},
 };
 
 json_t *moe_config_to_json(const struct moe_config *c)

@@ -45,7 +45,9 @@ struct moe_scratch {
     float *sh_scale;        /* [n] sigmoid gate of the shared expert */
     float *scores;          /* attention scores: [threads][scores_stride] */
     size_t scores_stride, scores_cap;
+    float *qgate;           /* [n][nh*hd] the attention's output gate (attn_gate) */
     struct moe_experts_scratch experts;
+    struct moe_linear_scratch lin; /* Gated DeltaNet layers */
 };
 
 static void scratch_free(struct moe_scratch *s)
@@ -55,12 +57,13 @@ static void scratch_free(struct moe_scratch *s)
     float *bufs[] = {s->x,        s->xn,       s->q,      s->k,       s->v,
                      s->qa,       s->att,      s->att2,   s->tmp,     s->rope_cos,
                      s->rope_sin, s->router,   s->sh_gate, s->sh_up,  s->sh_scale,
-                     s->scores,   s->importance};
+                     s->scores,   s->importance, s->qgate};
     for (size_t i = 0; i < MOE_ARRAY_SIZE(bufs); i++)
         free(bufs[i]);
     free(s->routes);
     free(s->protect);
     moe_experts_scratch_free(&s->experts);
+    moe_linear_scratch_free(&s->lin);
     memset(s, 0, sizeof(*s));
 }
 
@@ -70,12 +73,15 @@ static int scratch_reserve(struct moe_scratch *s, const struct moe_config *c, in
         return 0;
     /* the experts' buffers and the scores grow on their own */
     struct moe_experts_scratch keep = s->experts;
+    struct moe_linear_scratch keep_lin = s->lin;
     float *scores = s->scores;
     size_t scores_cap = s->scores_cap;
     s->experts = (struct moe_experts_scratch){0};
+    s->lin = (struct moe_linear_scratch){0};
     s->scores = NULL;
     scratch_free(s);
     s->experts = keep;
+    s->lin = keep_lin;
     s->scores = scores;
     s->scores_cap = scores_cap;
     size_t N = (size_t)n, H = (size_t)c->hidden, nh = (size_t)c->n_heads;
@@ -88,7 +94,8 @@ static int scratch_reserve(struct moe_scratch *s, const struct moe_config *c, in
     size_t half = (size_t)MOE_MAX(c->rope_dim / 2, 1);
     s->x = malloc(N * H * sizeof(float));
     s->xn = malloc(N * H * sizeof(float));
-    s->q = malloc(N * nq * sizeof(float));
+    s->q = malloc(N * nq * (c->attn_gate ? 2 : 1) * sizeof(float));
+    s->qgate = malloc(N * (c->attn_gate ? nq : 1) * sizeof(float));
     s->k = malloc(N * kdim * sizeof(float));
     bool mla = c->attn == MOE_ATTN_MLA; /* MLA has no values of its own, GQA no att2 */
     s->v = malloc(N * (mla ? 1 : nkv) * sizeof(float));
@@ -107,7 +114,7 @@ static int scratch_reserve(struct moe_scratch *s, const struct moe_config *c, in
     s->sh_scale = malloc(N * sizeof(float));
     if (!s->x || !s->xn || !s->q || !s->k || !s->v || !s->qa || !s->att || !s->att2 ||
         !s->tmp || !s->rope_cos || !s->rope_sin || !s->router || !s->routes || !s->sh_gate ||
-        !s->sh_up || !s->sh_scale || !s->importance || !s->protect) {
+        !s->sh_up || !s->sh_scale || !s->importance || !s->protect || !s->qgate) {
         scratch_free(s);
         return moe_err(-ENOMEM, "out of memory for activations of %d tokens", n);
     }
@@ -156,6 +163,13 @@ void moe_config_kv_shape(const struct moe_config *c, const int32_t *window, int3
 {
     *out = (struct moe_kv_shape){.n_layers = c->n_layers, .window = window,
                                  .max_chunk = max_chunk};
+    for (int32_t l = 0; l < c->n_layers; l++)
+        if (c->layer_linear[l]) { /* their states: the conv's, then each value head's */
+            out->recurrent = c->layer_linear;
+            out->state_row = c->lin_v_dim;
+            out->state_rows = moe_linear_conv_rows(c) + c->lin_v_heads * c->lin_k_dim;
+            break;
+        }
     if (c->attn == MOE_ATTN_MLA) { /* one "head": the latent, then the rope key */
         out->n_kv_heads = 1;
         out->k_dim = c->kv_lora_rank + c->qk_rope_dim;
@@ -276,7 +290,14 @@ static int gqa(const struct fwd *s, int32_t l, int32_t n, const float **out)
     int64_t hd = c->head_dim;
     int64_t nq = (int64_t)c->n_heads * hd, nkv = (int64_t)c->n_kv_heads * hd;
 
-    moe_matmul(s->pool, &L->wq, S->xn, n, S->q); /* [n][nq] */
+    moe_matmul(s->pool, &L->wq, S->xn, n, S->q); /* [n][nq], or [n][nh][q, gate] */
+    if (c->attn_gate) /* each head's q, then its output gate: split them */
+        for (int32_t t = 0; t < n; t++)
+            for (int32_t h = 0; h < c->n_heads; h++) {
+                const float *src = S->q + ((size_t)t * c->n_heads + h) * 2 * hd;
+                memcpy(S->qgate + t * nq + h * hd, src + hd, (size_t)hd * sizeof(float));
+                memmove(S->q + t * nq + h * hd, src, (size_t)hd * sizeof(float));
+            }
     moe_matmul(s->pool, &L->wk, S->xn, n, S->k); /* [n][nkv] */
     moe_matmul(s->pool, &L->wv, S->xn, n, S->v); /* [n][nkv] */
     moe_vec_add_rows(S->q, L->bq, n, nq);
@@ -314,6 +335,9 @@ static int gqa(const struct fwd *s, int32_t l, int32_t n, const float **out)
     struct moe_kv_attn a = {c->n_heads, c->attn_scale, L->sinks};
     moe_kv_attention(s->pool, s->kvs, s->pos, n, l, &a, S->q, S->att, S->scores,
                      S->scores_stride);
+    if (c->attn_gate)
+        for (int64_t i = 0; i < (int64_t)n * nq; i++)
+            S->att[i] *= 1.0f / (1.0f + expf(-S->qgate[i]));
     *out = S->att;
     return 0;
 }
@@ -384,10 +408,14 @@ static int attention_block(const struct fwd *s, int32_t l, int32_t n)
     for (int32_t t = 0; t < n; t++)
         rmsnorm(S->xn + t * H, S->x + t * H, L->attn_norm, H, c->rms_eps);
     const float *att;
-    int rc = c->attn == MOE_ATTN_MLA ? mla(s, l, n, &att) : gqa(s, l, n, &att);
+    bool lin = c->layer_linear[l];
+    int rc = lin ? moe_model_linear_attn(s->model, s->pool, l, n, S->xn, s->kvs, s->pos, &S->lin,
+                                         &att)
+             : c->attn == MOE_ATTN_MLA ? mla(s, l, n, &att)
+                                       : gqa(s, l, n, &att);
     if (rc < 0)
         return rc;
-    moe_matmul(s->pool, &L->wo, att, n, S->tmp); /* [n][H] */
+    moe_matmul(s->pool, lin ? &L->lin_out : &L->wo, att, n, S->tmp); /* [n][H] */
     moe_vec_add_rows(S->tmp, L->bo, n, H);
     for (int64_t i = 0; i < (int64_t)n * H; i++)
         S->x[i] += S->tmp[i];

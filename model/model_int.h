@@ -106,4 +106,21 @@ int moe_bind_vector(const struct moe_tensor_info *t, const char *file, const cha
 int moe_bind_check_finite(const float *v, int64_t n, const char *file, const char *name,
                           const char *what);
 
+/* ---- Gated DeltaNet layers (model_linear.c) ---- */
+struct moe_linear_scratch {
+    float *buf;
+    size_t cap, per_thread;
+    float *qkv, *conv, *hist, *z, *core, *b, *a, *beta, *g, *thread;
+    bool recurrent_only; /* MOE_GDN_RECURRENT set: no chunked form (tests) */
+};
+void moe_linear_scratch_free(struct moe_linear_scratch *s);
+/* rows of a sequence's state that the conv state takes (the rest: the
+ * value heads' [dk][dv] delta states) */
+int32_t moe_linear_conv_rows(const struct moe_config *c);
+/* Linear layer l over the normalised xn [n][H]: *out = [n][v heads * v dim]
+ * (s->core), ready for W_out. */
+int moe_model_linear_attn(const struct moe_model *m, struct moe_pool *pool, int32_t l, int32_t n,
+                          const float *xn, struct moe_kv *const *kvs, const int32_t *pos,
+                          struct moe_linear_scratch *s, const float **out);
+
 #endif

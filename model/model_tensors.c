@@ -10,6 +10,7 @@
  * "mlp" or "block_sparse_moe", "shared_expert(s)", the expert matrices'
  * names). A row with no name for a source does not exist there (NULL). */
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,7 @@
 enum dim {
     D_1, D_H, D_V, D_NQ, D_NKV, D_NVO, D_HD, D_NH, D_E, D_F, D_FS, D_FD,
     D_QL, D_KVL, D_KVA, D_KB, D_NOPE, D_VB,
+    D_NQW, D_LQKV, D_LVD, D_LVH, D_LCONV, D_LVDIM,
 };
 
 static int64_t dim(const struct moe_config *c, enum dim d)
@@ -45,6 +47,12 @@ static int64_t dim(const struct moe_config *c, enum dim d)
     case D_KB: return (int64_t)c->n_heads * c->kv_lora_rank;
     case D_NOPE: return c->qk_nope_dim;
     case D_VB: return (int64_t)c->n_heads * c->v_head_dim;
+    case D_NQW: return (int64_t)c->n_heads * c->head_dim * (c->attn_gate ? 2 : 1);
+    case D_LQKV: return moe_config_lin_conv_dim(c);
+    case D_LVD: return (int64_t)c->lin_v_heads * c->lin_v_dim;
+    case D_LVH: return c->lin_v_heads;
+    case D_LCONV: return moe_config_lin_conv_dim(c) * c->lin_conv;
+    case D_LVDIM: return c->lin_v_dim;
     }
     return 0;
 }
@@ -54,11 +62,22 @@ enum cond {
     C_ALL, C_UNTIED, C_LM_BIAS, C_WQ, C_GQA, C_GQA_BIAS, C_O_BIAS, C_QKN_HEAD, C_QKN_FULL, C_SINKS,
     C_MLA, C_QLORA, C_QA_BIAS, C_KVA_BIAS, C_DENSE, C_DENSE_BIAS, C_MOE, C_SHARED,
     C_SHARED_BIAS, C_SHARED_GATE, C_ROUTER_BIAS, C_SCORE_BIAS, C_EXPERT_BIAS,
+    C_ATTN, /* every attention layer (not a linear one) */
+    C_LIN,  /* a Gated DeltaNet layer */
 };
+
+/* conditions of the attention's own tensors, which linear layers lack */
+static bool attn_only(enum cond k)
+{
+    return (k >= C_WQ && k <= C_KVA_BIAS) || k == C_ATTN;
+}
 
 static bool cond_ok(const struct moe_config *c, int32_t l, enum cond k)
 {
     bool mla = c->attn == MOE_ATTN_MLA, dense = l >= 0 && c->layer_dense[l];
+    bool lin = l >= 0 && c->layer_linear[l];
+    if (lin && attn_only(k))
+        return false;
     switch (k) {
     case C_ALL: return true;
     case C_UNTIED: return !c->tied_embeddings;
@@ -83,6 +102,8 @@ static bool cond_ok(const struct moe_config *c, int32_t l, enum cond k)
     case C_ROUTER_BIAS: return !dense && c->router_bias;
     case C_SCORE_BIAS: return !dense && c->score_bias;
     case C_EXPERT_BIAS: return !dense && c->expert_bias;
+    case C_ATTN: return true;
+    case C_LIN: return lin;
     }
     return false;
 }
@@ -104,6 +125,12 @@ enum xform {
     X_DOWN_T,   /* gpt-oss down_proj [E, F, H] (in x out) -> [H, F] */
     X_GUB_GATE, /* gpt-oss gate_up_proj_bias [E, 2F] -> gate bias */
     X_GUB_UP,   /*   ... -> up bias */
+    X_QKVZ_QKV, /* Qwen3-Next in_proj_qkvz, per key head [q k v z] -> [q.. k.. v..] */
+    X_QKVZ_Z,   /*   ... -> [z..] */
+    X_BA_B,     /* Qwen3-Next in_proj_ba, per key head [b a] -> [b..] */
+    X_BA_A,     /*   ... -> [a..] */
+    X_FLAT,     /* a vector stored as a matrix (the conv [C, 1, K] or [C, K]) */
+    X_A_LOG,    /* GGUF's ssm_a holds A = -exp(A_log): back to A_log */
 };
 
 #define ARCH(a) (1u << MOE_ARCH_##a)
@@ -136,13 +163,13 @@ static const struct tensor_row table[] = {
     {"layers.{L}.attn_norm", P "input_layernorm.weight", "blk.{L}.attn_norm.weight", K_VEC,
      S_LAYER, D_H, 0, C_ALL, X_NONE, LAY(attn_norm), ALL_ARCHS},
     {"layers.{L}.attn.q", P "self_attn.q_proj.weight", "blk.{L}.attn_q.weight", K_MAT, S_LAYER,
-     D_NQ, D_H, C_WQ, X_NONE, LAY(wq), ALL_ARCHS},
+     D_NQW, D_H, C_WQ, X_NONE, LAY(wq), ALL_ARCHS},
     {"layers.{L}.attn.k", P "self_attn.k_proj.weight", "blk.{L}.attn_k.weight", K_MAT, S_LAYER,
      D_NKV, D_H, C_GQA, X_NONE, LAY(wk), ALL_ARCHS},
     {"layers.{L}.attn.v", P "self_attn.v_proj.weight", "blk.{L}.attn_v.weight", K_MAT, S_LAYER,
      D_NKV, D_H, C_GQA, X_NONE, LAY(wv), ALL_ARCHS},
     {"layers.{L}.attn.o", P "self_attn.o_proj.weight", "blk.{L}.attn_output.weight", K_MAT,
-     S_LAYER, D_H, D_NVO, C_ALL, X_NONE, LAY(wo), ALL_ARCHS},
+     S_LAYER, D_H, D_NVO, C_ATTN, X_NONE, LAY(wo), ALL_ARCHS},
     {"layers.{L}.attn.q_bias", P "self_attn.q_proj.bias", "blk.{L}.attn_q.bias", K_VEC, S_LAYER,
      D_NQ, 0, C_GQA_BIAS, X_NONE, LAY(bq), ALL_ARCHS},
     {"layers.{L}.attn.k_bias", P "self_attn.k_proj.bias", "blk.{L}.attn_k.bias", K_VEC, S_LAYER,
@@ -184,6 +211,33 @@ static const struct tensor_row table[] = {
      S_LAYER, D_KB, D_NOPE, C_MLA, X_KB, LAY(wk_b), ALL_ARCHS},
     {"layers.{L}.attn.v_b", P "self_attn.kv_b_proj.weight", "blk.{L}.attn_v_b.weight", K_MAT,
      S_LAYER, D_VB, D_KVL, C_MLA, X_VB, LAY(wv_b), ALL_ARCHS},
+    /* Gated DeltaNet (linear attention) layers */
+    {"layers.{L}.lin.qkv", P "linear_attn.in_proj_qkv.weight", "blk.{L}.attn_qkv.weight", K_MAT,
+     S_LAYER, D_LQKV, D_H, C_LIN, X_NONE, LAY(lin_qkv), ARCH(QWEN3_5_MOE)},
+    {"layers.{L}.lin.z", P "linear_attn.in_proj_z.weight", "blk.{L}.attn_gate.weight", K_MAT,
+     S_LAYER, D_LVD, D_H, C_LIN, X_NONE, LAY(lin_z), ARCH(QWEN3_5_MOE)},
+    {"layers.{L}.lin.b", P "linear_attn.in_proj_b.weight", "blk.{L}.ssm_beta.weight", K_MAT,
+     S_LAYER, D_LVH, D_H, C_LIN, X_NONE, LAY(lin_b), ARCH(QWEN3_5_MOE)},
+    {"layers.{L}.lin.a", P "linear_attn.in_proj_a.weight", "blk.{L}.ssm_alpha.weight", K_MAT,
+     S_LAYER, D_LVH, D_H, C_LIN, X_NONE, LAY(lin_a), ARCH(QWEN3_5_MOE)},
+    {"layers.{L}.lin.qkv", P "linear_attn.in_proj_qkvz.weight", "blk.{L}.attn_qkv.weight",
+     K_MAT, S_LAYER, D_LQKV, D_H, C_LIN, X_QKVZ_QKV, LAY(lin_qkv), ARCH(QWEN3_NEXT)},
+    {"layers.{L}.lin.z", P "linear_attn.in_proj_qkvz.weight", "blk.{L}.attn_gate.weight", K_MAT,
+     S_LAYER, D_LVD, D_H, C_LIN, X_QKVZ_Z, LAY(lin_z), ARCH(QWEN3_NEXT)},
+    {"layers.{L}.lin.b", P "linear_attn.in_proj_ba.weight", "blk.{L}.ssm_ba.weight", K_MAT,
+     S_LAYER, D_LVH, D_H, C_LIN, X_BA_B, LAY(lin_b), ARCH(QWEN3_NEXT)},
+    {"layers.{L}.lin.a", P "linear_attn.in_proj_ba.weight", "blk.{L}.ssm_ba.weight", K_MAT,
+     S_LAYER, D_LVH, D_H, C_LIN, X_BA_A, LAY(lin_a), ARCH(QWEN3_NEXT)},
+    {"layers.{L}.lin.conv", P "linear_attn.conv1d.weight", "blk.{L}.ssm_conv1d.weight", K_VEC,
+     S_LAYER, D_LCONV, 0, C_LIN, X_FLAT, LAY(lin_conv), ALL_ARCHS},
+    {"layers.{L}.lin.dt_bias", P "linear_attn.dt_bias", "blk.{L}.ssm_dt.bias", K_VEC, S_LAYER,
+     D_LVH, 0, C_LIN, X_NONE, LAY(lin_dt_bias), ALL_ARCHS},
+    {"layers.{L}.lin.a_log", P "linear_attn.A_log", "blk.{L}.ssm_a", K_VEC, S_LAYER, D_LVH, 0,
+     C_LIN, X_A_LOG, LAY(lin_a_log), ALL_ARCHS},
+    {"layers.{L}.lin.norm", P "linear_attn.norm.weight", "blk.{L}.ssm_norm.weight", K_VEC,
+     S_LAYER, D_LVDIM, 0, C_LIN, X_NONE, LAY(lin_norm), ALL_ARCHS},
+    {"layers.{L}.lin.out", P "linear_attn.out_proj.weight", "blk.{L}.ssm_out.weight", K_MAT,
+     S_LAYER, D_H, D_LVD, C_LIN, X_NONE, LAY(lin_out), ALL_ARCHS},
     /* feed-forward: a dense MLP, or router, experts and shared experts */
     {"layers.{L}.ffn_norm", P "post_attention_layernorm.weight", "blk.{L}.ffn_norm.weight",
      K_VEC, S_LAYER, D_H, 0, C_ALL, X_NONE, LAY(ffn_norm), ~(ARCH(GPT_OSS) | ARCH(GLM4_MOE))},
@@ -472,6 +526,55 @@ static int gpt_oss_bias(struct moe_model *m, const struct moe_tensor_info *t, co
     return 0;
 }
 
+/* Qwen3-Next's fused linear-attention projections: the source row of
+ * canonical row r. in_proj_qkvz holds, per key head g, [q_g k_g v_g z_g]
+ * (v_g and z_g: the g-th key head's value heads); in_proj_ba, per key
+ * head, [b_g a_g]. */
+static int64_t fused_row(const struct moe_config *c, enum xform x, int64_t r)
+{
+    int64_t hk = c->lin_k_dim, hv = c->lin_v_dim, ng = c->lin_v_heads / c->lin_k_heads;
+    int64_t kd = (int64_t)c->lin_k_heads * hk, blk = 2 * hk + 2 * ng * hv;
+    switch (x) {
+    case X_QKVZ_QKV:
+        if (r < 2 * kd) /* q, then k */
+            return (r % kd) / hk * blk + (r >= kd ? hk : 0) + r % hk;
+        r -= 2 * kd;
+        return r / (ng * hv) * blk + 2 * hk + r % (ng * hv);
+    case X_QKVZ_Z: return r / (ng * hv) * blk + 2 * hk + ng * hv + r % (ng * hv);
+    case X_BA_B: return r / ng * 2 * ng + r % ng;
+    case X_BA_A: return r / ng * 2 * ng + ng + r % ng;
+    default: return r;
+    }
+}
+
+static int split_fused(struct moe_model *m, const struct moe_tensor_info *t, const char *name,
+                       enum xform x, int64_t rows, int64_t cols, struct moe_weight *out)
+{
+    const struct moe_config *c = &m->cfg;
+    int64_t ng = c->lin_v_heads / c->lin_k_heads;
+    int64_t src_rows = x == X_BA_B || x == X_BA_A
+                           ? 2 * (int64_t)c->lin_v_heads
+                           : (int64_t)c->lin_k_heads * (2 * c->lin_k_dim + 2 * ng * c->lin_v_dim);
+    if (t->n_dims != 2 || t->dims[0] != src_rows || t->dims[1] != cols) {
+        char want[64];
+        snprintf(want, sizeof(want), "[%lld, %lld]", (long long)src_rows, (long long)cols);
+        return shape_error(t, name, want);
+    }
+    int rc = need_plain(t, name);
+    if (rc < 0)
+        return rc;
+    size_t rb = (size_t)cols * plain_size(t->dtype);
+    uint8_t *dst = own(m->files, (size_t)rows * rb);
+    if (!dst)
+        return moe_err(-ENOMEM, "out of memory");
+    for (int64_t r = 0; r < rows; r++)
+        memcpy(dst + (size_t)r * rb, (const uint8_t *)t->data + (size_t)fused_row(c, x, r) * rb,
+               rb);
+    *out = (struct moe_weight){.dtype = (enum moe_dtype)t->dtype, .rows = rows, .cols = cols,
+                               .row_bytes = rb, .data = dst};
+    return 0;
+}
+
 /* ---- binding ------------------------------------------------------------------------ */
 
 struct binder {
@@ -620,9 +723,37 @@ static int bind_dense_row(struct binder *b, const struct tensor_row *r, int32_t 
     uint8_t *base = r->scope == S_MODEL ? (uint8_t *)m : (uint8_t *)&m->layers[l];
     const struct moe_tensor_info *t = lookup(b, name);
     int64_t rows = dim(c, (enum dim)r->rows), cols = dim(c, (enum dim)r->cols);
-    if (r->kind == K_VEC)
-        return bind_vec(b, t, name, rows, (float **)(void *)(base + r->off));
+    if (r->kind == K_VEC) {
+        float **v = (float **)(void *)(base + r->off);
+        struct moe_tensor_info flat;
+        if (r->xform == X_FLAT && t) { /* any shape of the right size */
+            int64_t n = 1;
+            for (int i = 0; i < t->n_dims; i++)
+                n *= t->dims[i];
+            flat = *t;
+            flat.n_dims = 1;
+            flat.dims[0] = n;
+            t = &flat;
+        }
+        int rc = bind_vec(b, t, name, rows, v);
+        if (rc == 0 && r->xform == X_A_LOG && b->src == SRC_GGUF)
+            for (int64_t i = 0; i < rows; i++) {
+                if (!((*v)[i] < 0))
+                    return moe_err(-EINVAL, "%s: tensor '%s': A = %g is not negative", b->file,
+                                   name, (double)(*v)[i]);
+                (*v)[i] = logf(-(*v)[i]);
+            }
+        return rc;
+    }
     struct moe_weight *w = (struct moe_weight *)(void *)(base + r->off);
+    bool fused = (r->xform == X_QKVZ_QKV || r->xform == X_QKVZ_Z) ? b->src == SRC_HF
+                 : (r->xform == X_BA_B || r->xform == X_BA_A) ? b->src != SRC_PACK
+                                                               : false;
+    if (fused) {
+        if (!t)
+            return moe_err(-ENOENT, "%s: missing tensor '%s'", b->file, name);
+        return split_fused(m, t, name, (enum xform)r->xform, rows, cols, w);
+    }
     if (r->xform == X_KB || r->xform == X_VB) {
         if (b->src == SRC_HF) {
             if (!t)
@@ -710,6 +841,26 @@ static int bind_experts_gguf(struct binder *b, const struct tensor_row *r, int32
     return 0;
 }
 
+/* Qwen3-Next's and Qwen3.5's RMSNorms multiply by (1 + w): their Hugging
+ * Face weights are stored zero-centred. moed's copies hold 1 + w, as GGUF
+ * and packs store them (the gated norm of the linear layers is plain). */
+static void zero_centred_norms(struct moe_model *m)
+{
+    const struct moe_config *c = &m->cfg;
+    if (c->arch != MOE_ARCH_QWEN3_NEXT && c->arch != MOE_ARCH_QWEN3_5_MOE)
+        return;
+    for (int64_t i = 0; i < c->hidden; i++)
+        m->final_norm[i] += 1.0f;
+    for (int32_t l = 0; l < c->n_layers; l++) {
+        struct moe_layer *L = &m->layers[l];
+        float *v[] = {L->attn_norm, L->ffn_norm, L->q_norm, L->k_norm};
+        int64_t n[] = {c->hidden, c->hidden, c->head_dim, c->head_dim};
+        for (size_t j = 0; j < MOE_ARRAY_SIZE(v); j++)
+            for (int64_t i = 0; v[j] && i < n[j]; i++)
+                v[j][i] += 1.0f;
+    }
+}
+
 int moe_model_bind_tensors(struct moe_model *m)
 {
     const struct moe_config *c = &m->cfg;
@@ -754,6 +905,8 @@ int moe_model_bind_tensors(struct moe_model *m)
                 goto out;
         }
     rc = check_all_used(&b);
+    if (rc == 0 && b.src == SRC_HF)
+        zero_centred_norms(m);
 out:
     free(b.used);
     return rc;

@@ -158,7 +158,8 @@ void moe_daemon_engine_limits(const struct moe_daemon_config *c, int32_t model_c
     l->max_tokens_default = c->max_tokens_default;
     l->request_timeout_s = c->request_timeout;
     l->chat_template = (enum moe_chat_template)chat_template;
-    l->kv = (struct moe_kv_params){c->kv_key_bits, c->kv_value_bits, c->kv_group, c->kv_residual};
+    l->kv = (struct moe_kv_params){c->kv_key_bits, c->kv_value_bits, c->kv_group, c->kv_residual,
+                                   c->kv_state_bits};
     l->kv_bytes = c->kv_bytes;
     l->kv_tokens = c->kv_tokens;
 }

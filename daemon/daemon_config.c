@@ -119,6 +119,10 @@ static const struct moe_daemon_enum numa_modes[] = {
     {NULL, 0},
 };
 
+static const struct moe_daemon_enum state_bits[] = {
+    {"32", 32}, {"16", 16}, {NULL, 0},
+};
+
 static const struct moe_daemon_enum kv_groups[] = {
     {"32", 32}, {"64", 64}, {"128", 128}, {NULL, 0},
 };
@@ -193,6 +197,8 @@ static const struct moe_daemon_key table[] = {
            "Tokens per cache block, and the quantisation group (keys: G tokens, values: G channels)"),
     K_INT("kv", "residual", kv_residual, "64", 0, 1 << 20, 0,
           "Newest tokens kept fp16 when quantising; a multiple of group"),
+    K_ENUM("kv", "state_bits", kv_state_bits, "32", state_bits, 0,
+           "Linear-attention layers' recurrent states (Qwen3-Next, Qwen3.5): 32 = fp32, 16 = bf16"),
 
     K_ENUM("router", "odp", odp, "auto", odp_modes, R,
            "Online dynamic pruning of weak experts for requests without moe_prune; auto = on when "

@@ -767,6 +767,11 @@ static int kv_pool_create(struct moe_engine *e)
                 (long long)st.units_total, st.group, st.unit_bytes,
                 (double)st.units_total * (double)st.unit_bytes / 1048576.0, st.key_bits,
                 st.value_bits, st.residual, st.bytes_per_token_4k);
+        size_t sb = moe_kv_pool_state_bytes(e->kv_pool);
+        if (sb > 0)
+            moe_log(MOE_LOG_INFO, "KV pool: linear layers hold a %.2f MiB recurrent state per "
+                    "sequence (%d-bit), whatever its length", (double)sb / 1048576.0,
+                    p.state_bits == 16 ? 16 : 32);
     }
     return rc;
 }

@@ -126,6 +126,8 @@ struct moe_config {
     int32_t lin_k_heads, lin_v_heads; /* linear layers' key and value heads */
     int32_t lin_k_dim, lin_v_dim;     /* their head sizes */
     int32_t lin_conv;       /* the causal depthwise conv's kernel size */
+    bool lin_v_tiled;       /* value head h reads key head h % k heads (llama.cpp's Qwen3.5
+                             * order), not h / (v heads / k heads) */
     bool layer_linear[MOE_MAX_LAYERS]; /* true: a Gated DeltaNet layer, no KV cache */
 };
 

@@ -347,6 +347,48 @@ static int gguf_dots1(struct moe_gguf_cfg *c, struct moe_config *cfg)
     return rope(c, cfg, cfg->head_dim);
 }
 
+/* Qwen3-Next / Qwen3.5: which layers are linear, the value heads' size, and
+ * llama.cpp's value-head order */
+static int gguf_qwen3_next(struct moe_gguf_cfg *c, struct moe_config *cfg)
+{
+    dense_by_tensors(c, cfg);
+    cfg->shared_gate = cfg->shared_ffn > 0;
+    int32_t inner = 0, every = 4;
+    int rc;
+    if ((rc = moe_gguf_u32(c, "ssm.inner_size", 0, true, &inner)) < 0 ||
+        (rc = moe_gguf_u32(c, "full_attention_interval", 4, false, &every)) < 0)
+        return rc;
+    if (cfg->lin_v_heads <= 0 || every <= 0 || inner % cfg->lin_v_heads)
+        return moe_err(-EINVAL, "%s: ssm.inner_size %d is not a multiple of %d value heads",
+                       c->file, inner, cfg->lin_v_heads);
+    cfg->lin_v_dim = inner / cfg->lin_v_heads;
+    char k[160];
+    full_key(c, "attention.recurrent_layers", k, sizeof(k));
+    moe_gguf_present(c, "attention.recurrent_layers");
+    enum moe_gguf_type et;
+    const void *data;
+    uint64_t n;
+    rc = moe_gguf_get_array(c->g, k, &et, &data, &n);
+    if (rc < 0 && rc != -ENOENT)
+        return rc;
+    if (rc == 0 && (et != MOE_GGUF_BOOL || n < (uint64_t)cfg->n_layers))
+        return moe_err(-EINVAL, "%s: '%s' must hold a bool per layer", c->file, k);
+    int32_t first_full = -1;
+    for (int32_t l = 0; l < cfg->n_layers && l < MOE_MAX_LAYERS; l++) {
+        cfg->layer_linear[l] = rc == 0 ? ((const uint8_t *)data)[l] != 0 : (l + 1) % every != 0;
+        if (!cfg->layer_linear[l] && first_full < 0)
+            first_full = l;
+    }
+    char name[64];
+    snprintf(name, sizeof(name), "blk.%d.attn_q.bias", first_full);
+    cfg->qkv_bias = cfg->o_bias = first_full >= 0 && has_tensor(c, name);
+    /* text positions are equal on the three axes of Qwen3.5's rope: plain rope */
+    moe_gguf_present(c, "rope.dimension_sections");
+    /* llama.cpp's Qwen3.5 converter orders value heads tiled (k head h % nk) */
+    cfg->lin_v_tiled = cfg->arch == MOE_ARCH_QWEN3_5_MOE && cfg->lin_v_heads != cfg->lin_k_heads;
+    return rope(c, cfg, cfg->head_dim);
+}
+
 static const struct {
     enum moe_arch arch;
     int (*finish)(struct moe_gguf_cfg *c, struct moe_config *cfg);
@@ -356,6 +398,7 @@ static const struct {
     {MOE_ARCH_DEEPSEEK2, gguf_deepseek},  {MOE_ARCH_GLM4_MOE, gguf_glm4},
     {MOE_ARCH_GPT_OSS, gguf_gpt_oss},     {MOE_ARCH_MINIMAX_M2, gguf_minimax},
     {MOE_ARCH_ERNIE4_5, gguf_ernie},      {MOE_ARCH_DOTS1, gguf_dots1},
+    {MOE_ARCH_QWEN3_NEXT, gguf_qwen3_next}, {MOE_ARCH_QWEN3_5_MOE, gguf_qwen3_next},
 };
 
 /* ---- the reader ------------------------------------------------------------------- */

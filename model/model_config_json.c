@@ -65,6 +65,7 @@ static const struct field fields[] = {
     B2("expert_bias", expert_bias), B2("mlp_bias", mlp_bias),
     B2("attn_gate", attn_gate), I2("lin_k_heads", lin_k_heads), I2("lin_v_heads", lin_v_heads),
     I2("lin_k_dim", lin_k_dim), I2("lin_v_dim", lin_v_dim), I2("lin_conv", lin_conv),
+    B2("lin_v_tiled", lin_v_tiled),
 #undef I
 #undef R
 #undef B

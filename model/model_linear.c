@@ -11,7 +11,8 @@
  * (W_out is applied by the caller.) A sequence's conv and delta states live
  * in its KV cache (moe_kv_state_*): rows of dv values, first the conv
  * state [K-1][conv dim] flattened, then each value head's [dk][dv].
- * Value head h reads key head h / (v heads / k heads). */
+ * Value head h reads key head h / (v heads / k heads), or h % k heads in
+ * the tiled order of llama.cpp's Qwen3.5 GGUFs (lin_v_tiled). */
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
@@ -184,7 +185,7 @@ static void head_worker(void *arg, int ith, int nth)
     int64_t cd = moe_config_lin_conv_dim(c), kd = (int64_t)c->lin_k_heads * dk;
     float *S = s->thread + (size_t)ith * s->per_thread, *work = S + (size_t)dk * dv;
     for (int32_t task = ith; task < T->n_runs * nv; task += nth) {
-        int32_t r = task / nv, h = task % nv, kh = h / ng;
+        int32_t r = task / nv, h = task % nv, kh = c->lin_v_tiled ? h % c->lin_k_heads : h / ng;
         int32_t t0 = T->run0[r], len = T->runlen[r];
         struct moe_kv *kv = T->kvs[t0];
         const float *x = s->conv + (size_t)t0 * cd;

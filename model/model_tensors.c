@@ -240,10 +240,11 @@ static const struct tensor_row table[] = {
      S_LAYER, D_H, D_LVD, C_LIN, X_NONE, LAY(lin_out), ALL_ARCHS},
     /* feed-forward: a dense MLP, or router, experts and shared experts */
     {"layers.{L}.ffn_norm", P "post_attention_layernorm.weight", "blk.{L}.ffn_norm.weight",
-     K_VEC, S_LAYER, D_H, 0, C_ALL, X_NONE, LAY(ffn_norm), ~(ARCH(GPT_OSS) | ARCH(GLM4_MOE))},
+     K_VEC, S_LAYER, D_H, 0, C_ALL, X_NONE, LAY(ffn_norm),
+     ~(ARCH(GPT_OSS) | ARCH(GLM4_MOE) | ARCH(QWEN3_NEXT) | ARCH(QWEN3_5_MOE))},
     {"layers.{L}.ffn_norm", P "post_attention_layernorm.weight",
      "blk.{L}.post_attention_norm.weight", K_VEC, S_LAYER, D_H, 0, C_ALL, X_NONE, LAY(ffn_norm),
-     ARCH(GPT_OSS) | ARCH(GLM4_MOE)},
+     ARCH(GPT_OSS) | ARCH(GLM4_MOE) | ARCH(QWEN3_NEXT) | ARCH(QWEN3_5_MOE)},
     {"layers.{L}.mlp.gate", P "mlp.gate_proj.weight", "blk.{L}.ffn_gate.weight", K_MAT, S_LAYER,
      D_FD, D_H, C_DENSE, X_NONE, SHARED(gate), ALL_ARCHS},
     {"layers.{L}.mlp.up", P "mlp.up_proj.weight", "blk.{L}.ffn_up.weight", K_MAT, S_LAYER, D_FD,

@@ -13,7 +13,9 @@
 
 #include "quant/quant.h"
 
-#define MOE_MAX_DIMS 4
+/* 5: a vision tower's Conv3d patch embedding, in checkpoints whose text
+ * model is served; GGUF itself has at most 4 (GGML_MAX_DIMS) */
+#define MOE_MAX_DIMS 5
 #define MOE_DTYPE_OTHER (-1) /* a dtype moed does not compute with (I64, ...) */
 
 /* A tensor inside a mapped file. dims[0] is the OUTERMOST dimension (numpy

@@ -24,6 +24,7 @@
 #include "format/format_int.h"
 
 #define MOE_GGUF_DEFAULT_ALIGNMENT 32
+#define GGUF_MAX_DIMS 4 /* ggml's GGML_MAX_DIMS */
 #define MOE_GGUF_MAX_NESTING 8 /* arrays of arrays; real files use none */
 /* smallest possible records, to bound counts by the bytes left */
 #define MOE_GGUF_KV_MIN (8 + 1 + 4 + 1)         /* key len, 1-byte key, type, u8 value */
@@ -431,9 +432,9 @@ static int moe_gguf_tensor_parse(struct moe_gguf *g, struct moe_gguf_rd *r, size
     uint32_t n_dims, type;
     if ((rc = moe_gguf_read_u32(r, "n_dims", &n_dims)) < 0)
         return rc;
-    if (n_dims > MOE_MAX_DIMS)
+    if (n_dims > GGUF_MAX_DIMS)
         return moe_err(-EINVAL, "%s: %s: %" PRIu32 " dimensions, at most %d", r->path, r->what,
-                       n_dims, MOE_MAX_DIMS);
+                       n_dims, GGUF_MAX_DIMS);
     uint64_t ne[MOE_MAX_DIMS], n = 1;
     bool overflow = false, zero = false; /* a wrapped product can look like 0 */
     for (uint32_t d = 0; d < n_dims; d++) {

@@ -671,6 +671,13 @@ static const char *const checks_glm4[] = {"topk_method=noaux_tc", "scoring_func=
                                           NULL};
 static const char *const checks_dots1[] = {"topk_method=noaux_tc", "scoring_func=sigmoid",
                                            "use_sliding_window=false", NULL};
+/* Qwen3.5's published text config: the output gate it always has, the
+ * multi-token-prediction head (not used for the logits) and the state's
+ * dtype in its own kernels (moed keeps [kv] state_bits) */
+static const char *const checks_qwen3_next[] = {"attn_output_gate=true", NULL};
+static const char *const ignore_qwen3_next[] = {"mtp_num_hidden_layers",
+                                                "mtp_use_dedicated_embeddings",
+                                                "mamba_ssm_dtype", NULL};
 /* OpenAI's own name of the original context, beside rope_scaling's */
 static const char *const ignore_gpt_oss[] = {"initial_context_length", NULL};
 
@@ -728,11 +735,13 @@ static const struct moe_arch_row rows[MOE_ARCH_COUNT] = {
         .hf_moe = "mlp", EXPERTS_PROJ, .hf_shared = "shared_experts"},
     [MOE_ARCH_QWEN3_NEXT] = {
         MOE_ARCH_QWEN3_NEXT, "qwen3_next", {"Qwen3NextForCausalLM"}, {"qwen3_next"},
-        "qwen3next", KEYS(keys_qwen3_next), NULL, NULL, recipe_qwen3_next, hf_qwen3_next,
+        "qwen3next", KEYS(keys_qwen3_next), checks_qwen3_next,
+        ignore_qwen3_next, recipe_qwen3_next, hf_qwen3_next,
         .rope_partial = 0.25f, .hf_moe = "mlp", EXPERTS_PROJ, .hf_shared = "shared_expert"},
     [MOE_ARCH_QWEN3_5_MOE] = {
         MOE_ARCH_QWEN3_5_MOE, "qwen3_5_moe", {"Qwen3_5MoeForCausalLM"}, {"qwen3_5_moe_text"},
-        "qwen35moe", KEYS(keys_qwen3_5), NULL, NULL, recipe_qwen3_next, hf_qwen3_next,
+        "qwen35moe", KEYS(keys_qwen3_5), checks_qwen3_next,
+        ignore_qwen3_next, recipe_qwen3_next, hf_qwen3_next,
         .rope_partial = 0.25f, .hf_moe = "mlp", EXPERTS_PROJ, .hf_shared = "shared_expert"},
 };
 

@@ -294,6 +294,65 @@ static int quantization(struct moe_hf_cfg *h, const struct moe_config *cfg)
                    "and GGUF; dequantise it or convert it to GGUF)", h->file, m ? m : "?");
 }
 
+/* A vision-language checkpoint whose text model moed serves (Qwen3.5's
+ * published form): its text_config is read as the model's config, and the
+ * vision tower is not loaded (images are refused as any text model
+ * refuses them). The wrapper's own keys must be these. */
+static const char *const vl_wrappers[] = {"Qwen3_5MoeForConditionalGeneration"};
+static const char *const vl_keys[] = {
+    "text_config", "vision_config", "image_token_id", "video_token_id", "vision_start_token_id",
+    "vision_end_token_id", "tie_word_embeddings"};
+
+static int unwrap_text_config(struct moe_hf_cfg *h)
+{
+    json_t *archs = json_object_get(h->root, "architectures");
+    const char *cls = json_string_value(json_array_get(archs, 0));
+    json_t *tc = json_object_get(h->root, "text_config");
+    bool wrapper = false;
+    for (size_t i = 0; cls && i < MOE_ARRAY_SIZE(vl_wrappers); i++)
+        wrapper |= !strcmp(cls, vl_wrappers[i]);
+    if (!wrapper)
+        return 0;
+    if (!json_is_object(tc))
+        return moe_err(-EINVAL, "%s: %s without a text_config object", h->file, cls);
+    const char *k;
+    json_t *v;
+    json_object_foreach(h->root, k, v) {
+        bool known = false;
+        for (size_t i = 0; i < MOE_ARRAY_SIZE(vl_keys) && !known; i++)
+            known = !strcmp(k, vl_keys[i]);
+        for (size_t i = 0; i < MOE_ARRAY_SIZE(ignored_everywhere) && !known; i++)
+            known = !strcmp(k, ignored_everywhere[i]);
+        if (!known)
+            return moe_err(-ENOTSUP, "%s: config key '%s' is not known to moed for %s; it may "
+                           "change the model's math, so the model is not loaded", h->file, k,
+                           cls);
+    }
+    json_t *tied = json_object_get(h->root, "tie_word_embeddings");
+    json_t *text = json_deep_copy(tc);
+    if (!text)
+        return moe_err(-ENOMEM, "out of memory");
+    if (tied && !json_object_get(text, "tie_word_embeddings"))
+        json_object_set(text, "tie_word_embeddings", tied);
+    if (json_object_get(h->root, "eos_token_id") && !json_object_get(text, "eos_token_id"))
+        json_object_set(text, "eos_token_id", json_object_get(h->root, "eos_token_id"));
+    json_object_del(text, "architectures"); /* picked by the text model_type */
+    moe_log(MOE_LOG_INFO, "%s: %s: serving its text model; the vision tower is not loaded",
+            h->file, cls);
+    moe_claims_free(&h->claims);
+    int rc = moe_claims_init(&h->claims, json_object_size(text));
+    if (rc < 0) {
+        json_decref(text);
+        return rc;
+    }
+    json_object_foreach(text, k, v)
+        moe_claims_add(&h->claims, k);
+    /* the wrapper holds the copy (freed with it); the keys are read from it */
+    json_object_set_new(h->root, " moed text config", text);
+    h->root = text;
+    return 1;
+}
+
 int moe_config_from_hf(const char *path, struct moe_config *cfg)
 {
     memset(cfg, 0, sizeof(*cfg));
@@ -301,6 +360,8 @@ int moe_config_from_hf(const char *path, struct moe_config *cfg)
     json_t *root = NULL;
     int rc = hf_open(path, &h, &root);
     const struct moe_arch_row *r = NULL;
+    if (rc == 0 && (rc = unwrap_text_config(&h)) > 0)
+        rc = 0;
     if (rc < 0)
         goto out;
     if (!(r = pick_arch(&h))) {

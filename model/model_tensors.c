@@ -592,7 +592,14 @@ static const struct moe_tensor_info *lookup(struct binder *b, const char *name)
     const struct moe_model_files *f = b->m->files;
     const struct moe_tensor_info *t = NULL;
     switch (b->src) {
-    case SRC_HF: t = moe_safetensors_find(f->st, name); break;
+    case SRC_HF:
+        t = moe_safetensors_find(f->st, name);
+        if (!t && !strncmp(name, "model.", 6)) { /* a VL checkpoint's text model */
+            char vl[300];
+            snprintf(vl, sizeof(vl), "model.language_model.%s", name + 6);
+            t = moe_safetensors_find(f->st, vl);
+        }
+        break;
     case SRC_GGUF: t = moe_gguf_find_tensor(f->gguf, name); break;
     case SRC_PACK: t = moe_pack_find_tensor(f->pack, name); break;
     }
@@ -626,6 +633,9 @@ static bool unused_is_harmless(const char *name, enum source src, int32_t n_laye
         if (end != name + strlen(p) && *end == '.' && l >= n_layers)
             return true;
     }
+    /* a vision-language checkpoint's vision tower (its text model is served) */
+    if (src == SRC_HF && !strncmp(name, "model.visual.", 13))
+        return true;
     return strstr(name, "rotary_emb.inv_freq") || strstr(name, ".mtp") || !strncmp(name, "mtp", 3);
 }
 
@@ -775,6 +785,34 @@ static int bind_dense_row(struct binder *b, const struct tensor_row *r, int32_t 
     return moe_bind_matrix(t, t ? t->file : b->file, name, rows, cols, w);
 }
 
+/* transformers 5's fused experts, as Qwen3.5's checkpoints store them:
+ * {moe}.experts.gate_up_proj [E, 2F, H] (expert e's gate rows, then its up
+ * rows) and {moe}.experts.down_proj [E, H, F]: slices, no copy */
+static int bind_expert_fused(struct binder *b, const struct tensor_row *r, int32_t l, int32_t x,
+                             const char *per_expert, struct moe_weight *out)
+{
+    const struct moe_config *c = &b->m->cfg;
+    bool down = r->off == EXW(down);
+    char name[256];
+    expand(down ? "model.layers.{L}.{moe}.experts.down_proj"
+                : "model.layers.{L}.{moe}.experts.gate_up_proj",
+           b->arch, l, 0, name, sizeof(name));
+    const struct moe_tensor_info *t = lookup(b, name);
+    if (!t) /* neither form: name the per-expert one */
+        return moe_err(-ENOENT, "%s: missing tensor '%s' (or the fused '%s')", b->file,
+                       per_expert, name);
+    int64_t rows = dim(c, (enum dim)r->rows), cols = dim(c, (enum dim)r->cols);
+    if (down)
+        return moe_bind_matrix_slice(t, t->file, name, c->n_experts, x, rows, cols, out);
+    struct moe_tensor_info halves = *t; /* [E, 2F, H] as [2E, F, H] */
+    if (t->n_dims == 3 && t->dims[1] == 2 * rows) {
+        halves.dims[0] = 2 * t->dims[0];
+        halves.dims[1] = rows;
+    }
+    return moe_bind_matrix_slice(&halves, t->file, name, 2 * (int64_t)c->n_experts,
+                                 2 * (int64_t)x + (r->off == EXW(up)), rows, cols, out);
+}
+
 /* expert x's matrix or vector of row r, from a Hugging Face checkpoint */
 static int bind_expert_hf(struct binder *b, const struct tensor_row *r, int32_t l, int32_t x,
                           void *slot)
@@ -791,6 +829,8 @@ static int bind_expert_hf(struct binder *b, const struct tensor_row *r, int32_t 
                 return moe_err(-ENOENT, "%s: missing tensor '%s'", b->file, name);
             return gpt_oss_bias(m, t, name, X_NONE, x, rows, (const float **)slot);
         }
+        if (!t && r->kind == K_EXP)
+            return bind_expert_fused(b, r, l, x, name, slot);
         return moe_bind_matrix(t, t ? t->file : b->file, name, rows, cols, slot);
     case X_GU_GATE:
     case X_GU_UP:

@@ -16,10 +16,19 @@ For each fixture NAME:
   v4/config.json    the same model's config as transformers 4.57 writes it (minimax_m2: the
                     keys of MiniMax-M2's published remote-code config.json, since 4.57 has no
                     MiniMax-M2); every other file of v4/ is a relative symlink into ../v5/.
+                    qwen3_5_moe (4.57 has no Qwen3.5): v4/ is the layout of the published
+                    Qwen3.5-MoE checkpoints instead (Qwen3_5MoeForConditionalGeneration, the
+                    text keys in text_config, a vision_config; model.safetensors a real file:
+                    the text weights as model.language_model.* with the experts fused,
+                    lm_head.weight, a tiny vision tower model.visual.*, an MTP head mtp.*),
+                    checked with transformers 5's Qwen3_5MoeForConditionalGeneration.
   model.gguf        the same weights in llama.cpp's conventions (tests/reference/
                     make_arch_model.py, the mapping tables at the top of that file), converted
-                    from v4/ (the published-style config).
-  reference.safetensors  logits (f32 [T, V], all positions of the prompt), prompt_ids and
+                    from v4/ (the published-style config). None yet for the Gated DeltaNet
+                    hybrids (qwen3_next, qwen3_5_moe; reference.json "gguf": "not yet").
+  reference.safetensors  logits (f32 [T, V], all positions of the prompt; T = 48, but 320 for
+                    the Gated DeltaNet hybrids, whose chunked prefill must cross several 64-token
+                    chunks), prompt_ids and
                     continuation_ids (i32), from the v5 checkpoint loaded back in float32 with
                     attn_implementation="eager"; the continuation is 16 greedy steps (argmax of
                     the last position, the whole sequence recomputed each step).
@@ -74,7 +83,7 @@ OUT = os.path.join(ROOT, "tests", "data", "arch")
 sys.path.insert(0, HERE)
 
 V = 1024          # every fixture's vocabulary
-T = 48            # prompt length
+T = 48            # prompt length (a spec's "T" overrides it)
 N_CONT = 16       # greedy continuation
 MARGIN_MIN = 1e-4  # smallest relative margin accepted (routing and greedy argmax)
 V4_TOL = 1e-5     # v4/ logits (transformers 4.57) against the reference, max abs
@@ -96,16 +105,41 @@ YARN_KIMI = {"type": "yarn", "factor": 32.0, "original_max_position_embeddings":
 YARN_GPTOSS = {"rope_type": "yarn", "factor": 32.0, "original_max_position_embeddings": 16,
                "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False}
 
+# the Gated DeltaNet hybrids (Qwen3-Next, Qwen3.5-MoE): the sizes both fixtures share
+HYBRID_SIZES = dict(
+    num_hidden_layers=4, full_attention_interval=4, num_attention_heads=4, num_key_value_heads=2,
+    head_dim=32, linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16,
+    linear_value_head_dim=16, linear_conv_kernel_dim=4, num_experts=8, num_experts_per_tok=2,
+    moe_intermediate_size=32, shared_expert_intermediate_size=32, max_position_embeddings=1024,
+    rms_norm_eps=1e-6, attention_bias=False)
+HYBRIDS = ("qwen3_next", "qwen3_5_moe")
+HYBRID_NOTES = [
+    "layer_types linear_attention x 3 then full_attention (full_attention_interval 4)",
+    "Gated DeltaNet (linear_attn): causal depthwise conv1d (kernel 4, no bias) + SiLU over the "
+    "q | k | v channels, q and k L2-normalised per head (eps 1e-6), q scaled by 1/sqrt(16), 2 key "
+    "heads shared by 4 value heads (value head j uses key head j // 2), beta = sigmoid(b), "
+    "g = -exp(A_log) * softplus(a + dt_bias), the state [16 x 16] per value head decayed by exp(g) "
+    "then delta-updated each token; gated RMSNorm per value head: weight * norm(o) * SiLU(z) "
+    "(a plain weight, initialised near 1), then out_proj",
+    "A_log, dt_bias chosen so that exp(g) stays mostly within 0.6..0.99 (transformers' own init, "
+    "A up to 16, makes the state vanish after one token); conv1d weights N(0, 0.3)",
+    "full attention: q_proj [256, 64] holds per head (query 32 | output gate 32); per-head q/k "
+    "RMSNorm before rope; the attention output times sigmoid(gate) before o_proj",
+    "input_layernorm, post_attention_layernorm, model.norm, q_norm, k_norm scale by (1 + weight) "
+    "(the weights stored zero-centred, here N(0, 0.1))",
+    "shared expert (FFN 32) times sigmoid(shared_expert_gate . x), added to the routed experts",
+]
+
 GPT_OSS_QUANT = {"modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router",
                                             "model.embed_tokens", "lm_head"],
                  "quant_method": "mxfp4"}
 
 
-def _spec(name, family, cls, arch, params, notes, v4="tf4", v4_patch=None, seed=0):
+def _spec(name, family, cls, arch, params, notes, v4="tf4", v4_patch=None, seed=0, t=T, gguf=True):
     p = dict(COMMON)
     p.update(params)
     return {"name": name, "family": family, "cls": cls, "arch": arch, "params": p, "notes": notes,
-            "v4": v4, "v4_patch": v4_patch or {}, "seed": seed}
+            "v4": v4, "v4_patch": v4_patch or {}, "seed": seed, "T": t, "gguf": gguf}
 
 
 SPECS = [
@@ -262,6 +296,38 @@ SPECS = [
         router_aux_loss_coef=0.001, output_router_logits=False),
         ["Qwen3-MoE as transformers 5 saves it (rope_parameters, num_local_experts for "
          "num_experts, dtype for torch_dtype); rope_theta 1e6; per-head q/k norm"]),
+    # Gated DeltaNet hybrids: 3 linear-attention layers then 1 full-attention layer; T = 320 so
+    # that the chunked prefill (64-token chunks in transformers) crosses several chunks
+    _spec("qwen3_next", "qwen3_next", "Qwen3NextConfig", "Qwen3NextForCausalLM", dict(
+        HYBRID_SIZES, intermediate_size=128, norm_topk_prob=True, decoder_sparse_step=1,
+        mlp_only_layers=[], rope_theta=10000000.0, partial_rotary_factor=0.25,
+        router_aux_loss_coef=0.001, output_router_logits=False),
+        ["Qwen3-Next (every layer MoE: decoder_sparse_step 1; intermediate_size 128 unused)",
+         "Gated DeltaNet projections in_proj_qkvz [192, 64] and in_proj_ba [8, 64], grouped by key "
+         "head: per key head g, rows q_g 16 | k_g 16 | v 2 x 16 | z 2 x 16, and b 2 | a 2 (the "
+         "value heads 2g, 2g + 1)"] + HYBRID_NOTES + [
+         "softmax router, top-2 of 8, norm_topk_prob true",
+         "full attention: partial_rotary_factor 0.25 (rotary on dims 0..7 of each head, pairs "
+         "(i, i+4)), rope_theta 1e7"],
+        t=320, gguf=False),
+    _spec("qwen3_5_moe", "qwen3_5_moe", "Qwen3_5MoeTextConfig", "Qwen3_5MoeForCausalLM", dict(
+        HYBRID_SIZES, rope_parameters={
+            "rope_type": "default", "rope_theta": 10000000.0, "partial_rotary_factor": 0.25,
+            "mrope_interleaved": True, "mrope_section": [2, 1, 1]},
+        router_aux_loss_coef=0.001, output_router_logits=False),
+        ["Qwen3.5-MoE text model (every layer MoE)",
+         "Gated DeltaNet projections not grouped: in_proj_qkv [128, 64] (q 2 x 16 | k 2 x 16 | "
+         "v 4 x 16), in_proj_z [64, 64], in_proj_b [4, 64], in_proj_a [4, 64]"] + HYBRID_NOTES + [
+         "softmax router, top-2 of 8, the top-k always renormalised (the config has no "
+         "norm_topk_prob)",
+         "rope_parameters: partial_rotary_factor 0.25 (rotary on dims 0..7 of each head, pairs "
+         "(i, i+4)), mrope_interleaved, mrope_section [2, 1, 1] (sums to rope_dim / 2 = 4; for "
+         "text the three sections' position ids are all the token position: plain rope), "
+         "rope_theta 1e7",
+         "v4/: the published Qwen3.5-MoE checkpoint layout (Qwen3_5MoeForConditionalGeneration, "
+         "text_config / vision_config, model.language_model.* with fused experts, model.visual.*, "
+         "mtp.*)"],
+        v4="published_qwen35", t=320, gguf=False),
 ]
 BY_NAME = {s["name"]: s for s in SPECS}
 
@@ -276,6 +342,39 @@ MINIMAX_PUBLISHED_KEYS = [
     "rotary_dim", "scoring_func", "shared_intermediate_size", "tie_word_embeddings",
     "transformers_version", "use_cache", "use_mtp", "use_qk_norm", "use_routing_bias",
     "vocab_size", "torch_dtype", "bos_token_id", "eos_token_id"]
+
+# The published Qwen3.5-MoE checkpoints (Qwen/Qwen3.5-35B-A3B: Qwen3_5MoeForConditionalGeneration,
+# transformers_version 4.57.0.dev0): config.json keys, values scaled down to this fixture.
+# 4.57 has no Qwen3.5, so qwen3_5_moe's v4/ is written in that layout (write_v4_qwen35).
+QWEN35_PUBLISHED = {
+    "architectures": ["Qwen3_5MoeForConditionalGeneration"], "model_type": "qwen3_5_moe",
+    "image_token_id": 248056, "video_token_id": 248057, "vision_start_token_id": 248053,
+    "vision_end_token_id": 248054, "tie_word_embeddings": False,
+    "transformers_version": "4.57.0.dev0",
+}
+# text_config: these keys, from the transformers 5 config of v5/ but for the ones set here
+QWEN35_PUBLISHED_TEXT_KEYS = [
+    "attention_bias", "attention_dropout", "attn_output_gate", "dtype", "eos_token_id",
+    "full_attention_interval", "head_dim", "hidden_act", "hidden_size", "initializer_range",
+    "layer_types", "linear_conv_kernel_dim", "linear_key_head_dim", "linear_num_key_heads",
+    "linear_num_value_heads", "linear_value_head_dim", "mamba_ssm_dtype", "max_position_embeddings",
+    "model_type", "moe_intermediate_size", "mtp_num_hidden_layers", "mtp_use_dedicated_embeddings",
+    "num_attention_heads", "num_experts", "num_experts_per_tok", "num_hidden_layers",
+    "num_key_value_heads", "partial_rotary_factor", "rms_norm_eps", "rope_parameters",
+    "router_aux_loss_coef", "shared_expert_intermediate_size", "use_cache", "vocab_size"]
+QWEN35_PUBLISHED_TEXT_SET = {
+    "attn_output_gate": True, "dtype": "bfloat16", "full_attention_interval": 4,
+    "mamba_ssm_dtype": "float32", "model_type": "qwen3_5_moe_text", "mtp_num_hidden_layers": 1,
+    "mtp_use_dedicated_embeddings": False, "partial_rotary_factor": 0.25,
+}
+# vision_config: the published keys (model_type "qwen3_5_moe" as published; transformers 5 reads
+# it as qwen3_5_moe_vision), sizes shrunk to a one-block tower of width 16
+QWEN35_PUBLISHED_VISION = {
+    "deepstack_visual_indexes": [], "depth": 1, "hidden_act": "gelu_pytorch_tanh",
+    "hidden_size": 16, "in_channels": 3, "initializer_range": 0.02, "intermediate_size": 32,
+    "model_type": "qwen3_5_moe", "num_heads": 2, "num_position_embeddings": 16,
+    "out_hidden_size": 64, "patch_size": 4, "spatial_merge_size": 2, "temporal_patch_size": 2,
+}
 
 # ----------------------------------------------------------------------------
 # MXFP4 (OCP microscaling FP4, gpt-oss's expert format)
@@ -355,6 +454,30 @@ def init_value(spec, name, shape, rng):
     def normal(std):
         return rng.standard_normal(shape) * std
 
+    if spec["name"] in HYBRIDS:
+        # Gated DeltaNet: transformers' own A_log init (A up to 16) makes the state decay to
+        # nothing in one token; A in [0.02, 0.3] with dt_bias in [0, 1] and a small `a`
+        # projection keeps exp(g) = exp(-A softplus(a + dt_bias)) mostly in 0.6..0.99
+        if leaf == "A_log":
+            return np.log(rng.uniform(0.02, 0.3, shape))
+        if leaf == "dt_bias":
+            return rng.uniform(0.0, 1.0, shape)
+        if name.endswith("linear_attn.conv1d.weight"):
+            return normal(0.3)
+        if name.endswith("linear_attn.norm.weight"):   # gated RMSNorm: plain weight (init 1)
+            return 1.0 + normal(0.1)
+        if name.endswith("linear_attn.in_proj_a.weight"):
+            return normal(0.3 / math.sqrt(shape[1]))
+        if name.endswith("linear_attn.in_proj_ba.weight"):
+            # rows grouped by key head: per group (b x nv/nk, a x nv/nk); the a rows smaller
+            p = spec["params"]
+            per = 2 * p["linear_num_value_heads"] // p["linear_num_key_heads"]
+            is_a = (np.arange(shape[0]) % per) >= per // 2
+            return normal(1.0) * np.where(is_a, 0.3, 0.8)[:, None] / math.sqrt(shape[1])
+        if "norm" in name.rsplit(".", 2)[-2]:
+            # input_layernorm, post_attention_layernorm, model.norm, q_norm, k_norm: the
+            # output is multiplied by (1 + weight), the weight stored zero-centred
+            return normal(0.1)
     if "norm" in name.rsplit(".", 2)[-2] or leaf in ("q_norm", "k_norm"):  # any RMSNorm weight
         return 1.0 + normal(0.1)
     if leaf == "sinks":
@@ -369,7 +492,9 @@ def init_value(spec, name, shape, rng):
     if name == "lm_head.weight":
         return normal(1.0 / math.sqrt(shape[1]))
     if name.endswith(("mlp.gate.weight", "mlp.router.weight")):  # routers: far from uniform
-        w = normal(2.0 / math.sqrt(shape[1]))
+        # T = 320 (hybrids): 7x the routing decisions; logits of std ~1 rather than ~2 keep
+        # the top-2 / top-3 probability gap relative to the top-1 above 1e-4 more often
+        w = normal((1.0 if spec["name"] in HYBRIDS else 2.0) / math.sqrt(shape[1]))
         w[0] *= 1.6
         w[shape[0] // 2] *= 1.3
         return w
@@ -598,8 +723,75 @@ def route_decisions(spec, cfg, mlp, x):
         sc = prob + p(mlp.gate.moe_statics.e_score_correction_bias).reshape(-1)
         k = cfg.num_experts_per_tok
         return _topk_margin(sc, k), groups, np.argsort(-sc, axis=1)[:, :k]
-    k = cfg.num_experts_per_tok   # mixtral, qwen3_moe: softmax, top-k
+    k = cfg.num_experts_per_tok   # mixtral, qwen3_moe, qwen3_next, qwen3_5_moe: softmax, top-k
     return _topk_margin(prob, k), groups, np.argsort(-prob, axis=1)[:, :k]
+
+
+def delta_rule_checks(model, ids):
+    """Gated DeltaNet hybrids: the (q, k, v, g, beta) of every linear-attention layer on the prompt,
+    captured by wrapping the modeling module's torch_chunk_gated_delta_rule during one forward.
+    Returns the ranges of the per-token decay exp(g) and of beta, and (recurrent_check) for the
+    first linear-attention layer the max |difference| between transformers' chunked kernel
+    (torch_chunk_gated_delta_rule, 64-token chunks) and its token-by-token one
+    (torch_recurrent_gated_delta_rule) on the same inputs, and how far the logits move when
+    every layer's state is dropped at each 64-token boundary (that the prompt exercises the carry)."""
+    import torch
+    import transformers
+    lin = [layer.linear_attn for layer in model.model.layers if hasattr(layer, "linear_attn")]
+    mod = sys.modules[type(lin[0]).__module__]
+    chunk, recur = mod.torch_chunk_gated_delta_rule, mod.torch_recurrent_gated_delta_rule
+    calls = []
+
+    def capture(query, key, value, **kw):
+        calls.append((query, key, value, kw["g"], kw["beta"]))
+        return chunk(query, key, value, **kw)
+    mod.torch_chunk_gated_delta_rule = capture
+    try:
+        ref = forward_logits(model, ids)
+    finally:
+        mod.torch_chunk_gated_delta_rule = chunk
+
+    def no_carry(query, key, value, **kw):      # the state dropped at every 64-token boundary
+        out = [chunk(query[:, s:s + 64], key[:, s:s + 64], value[:, s:s + 64],
+                     **dict(kw, g=kw["g"][:, s:s + 64], beta=kw["beta"][:, s:s + 64]))[0]
+               for s in range(0, query.shape[1], 64)]
+        return torch.cat(out, 1), None
+    mod.torch_chunk_gated_delta_rule = no_carry
+    try:
+        dropped = float(np.abs(forward_logits(model, ids) - ref).max())
+    finally:
+        mod.torch_chunk_gated_delta_rule = chunk
+    if len(calls) != len(lin):
+        raise AssertionError(f"captured {len(calls)} delta-rule calls, want {len(lin)}")
+    decay = np.concatenate([c[3].exp().double().numpy().ravel() for c in calls])
+    beta = np.concatenate([c[4].double().numpy().ravel() for c in calls])
+    q, k, v, g, b = calls[0]
+    with torch.no_grad():
+        oc, sc = chunk(q, k, v, g=g, beta=b, initial_state=None, output_final_state=True,
+                       use_qk_l2norm_in_kernel=True)
+        orr, sr = recur(q, k, v, g=g, beta=b, initial_state=None, output_final_state=True,
+                        use_qk_l2norm_in_kernel=True)
+    d_out = float((oc - orr).abs().max())
+    d_state = float((sc - sr).abs().max())
+    return {
+        "layers": len(lin), "decay_min": float(decay.min()), "decay_max": float(decay.max()),
+        "decay_median": float(np.median(decay)), "beta_min": float(beta.min()),
+        "beta_max": float(beta.max()),
+        "recurrent_check": {
+            "what": "first linear-attention layer (model.layers.0.linear_attn), the fixture's own "
+                    "prompt (T = %d): transformers' torch_chunk_gated_delta_rule (chunk_size 64) "
+                    "against torch_recurrent_gated_delta_rule on the same q, k, v, g, beta "
+                    "(float32, use_qk_l2norm_in_kernel); informative. "
+                    "max_abs_logit_change_if_state_dropped_every_64_tokens: the logits with every "
+                    "linear-attention layer's state dropped at each 64-token chunk boundary against "
+                    "the reference (what a lost chunk-to-chunk carry costs)" % len(ids),
+            "transformers_version": transformers.__version__,
+            "max_abs_diff_output": d_out, "max_abs_output": float(orr.abs().max()),
+            "max_abs_diff_final_state": d_state, "max_abs_final_state": float(sr.abs().max()),
+            "max_abs_logit_change_if_state_dropped_every_64_tokens": dropped,
+            "max_abs_logit": float(np.abs(ref).max()),
+        },
+    }
 
 
 def margins_f64(spec, vdir, seq, n_prompt):
@@ -716,12 +908,15 @@ def v4_params(spec):
     return p
 
 
-def write_v4(spec, fdir, tf4, v5_files):
+def write_v4(spec, fdir, tf4, v5_files, seed=0):
     vdir = os.path.join(fdir, "v4")
     if os.path.isdir(vdir):
         shutil.rmtree(vdir)
     os.makedirs(vdir)
-    if spec["v4"] == "published":
+    if spec["v4"] == "published_qwen35":
+        version = write_v4_qwen35(spec, fdir, seed)
+        v5_files = [fn for fn in v5_files if fn != "model.safetensors"]
+    elif spec["v4"] == "published":
         p = spec["params"]
         c = {"architectures": [spec["arch"]], "auto_map": {
                  "AutoConfig": "configuration_minimax_m2.MiniMaxM2Config",
@@ -757,10 +952,139 @@ def write_v4(spec, fdir, tf4, v5_files):
     return version
 
 
+QWEN35_LAYOUT = (
+    "published Qwen3.5-MoE checkpoint layout (Qwen/Qwen3.5-35B-A3B; transformers 4.57 has no Qwen3.5): "
+    "config.json of Qwen3_5MoeForConditionalGeneration (model_type qwen3_5_moe, the text keys in "
+    "text_config with model_type qwen3_5_moe_text, a vision_config, image/video token ids as "
+    "published, outside this vocabulary); model.safetensors a real file (not a link): the text "
+    "weights of v5/ renamed model.layers.* -> model.language_model.layers.* (likewise embed_tokens, "
+    "norm) with each layer's experts fused as the published checkpoint stores them: "
+    "mlp.experts.gate_up_proj [E, 2F, H] (the gate_proj rows of each expert, then its up_proj rows) "
+    "and mlp.experts.down_proj [E, H, F], no .weight suffix; lm_head.weight top-level; a one-block "
+    "vision tower model.visual.* and a one-layer MTP head mtp.* (mtp.fc, mtp.pre_fc_norm_embedding, "
+    "mtp.pre_fc_norm_hidden, mtp.norm, mtp.layers.0.* with per-expert experts), both random and "
+    "used by no reference; the other files link to ../v5/")
+
+
+def _aux_value(name, shape, rng):
+    """Random values of the vision tower / MTP head tensors of qwen3_5_moe's v4/ (no reference
+    uses them: a loader must meet and skip them)."""
+    leaf = name.rsplit(".", 1)[-1]
+    parent = name.rsplit(".", 2)[-2]
+    if leaf == "bias":
+        return rng.standard_normal(shape) * 0.02
+    if "norm" in parent:
+        if name.startswith("model.visual."):            # LayerNorm: plain weight
+            return 1.0 + rng.standard_normal(shape) * 0.1
+        return rng.standard_normal(shape) * 0.1         # Qwen RMSNorm: 1 + weight
+    if name.endswith("pos_embed.weight"):
+        return rng.standard_normal(shape) * 0.5
+    if leaf == "A_log":
+        return np.log(rng.uniform(0.02, 0.3, shape))
+    fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+    return rng.standard_normal(shape) * (0.8 / math.sqrt(fan_in))
+
+
+def write_v4_qwen35(spec, fdir, seed):
+    """qwen3_5_moe's v4/: config.json and model.safetensors in the published Qwen3.5-MoE layout
+    (QWEN35_LAYOUT), from v5/."""
+    import re
+    import torch
+    import transformers
+    from safetensors.torch import load_file, save_file
+    v5, vdir = os.path.join(fdir, "v5"), os.path.join(fdir, "v4")
+    with open(os.path.join(v5, "config.json")) as f:
+        cfg5 = json.load(f)
+    text = {}
+    for k in QWEN35_PUBLISHED_TEXT_KEYS:
+        if k in QWEN35_PUBLISHED_TEXT_SET:
+            text[k] = QWEN35_PUBLISHED_TEXT_SET[k]
+        elif k in cfg5:
+            text[k] = cfg5[k]
+        else:
+            raise AssertionError(f"qwen3_5_moe: v5 config lacks {k}")
+    if text["partial_rotary_factor"] != text["rope_parameters"]["partial_rotary_factor"]:
+        raise AssertionError("qwen3_5_moe: partial_rotary_factor differs from rope_parameters'")
+    c = dict(QWEN35_PUBLISHED, text_config=text, vision_config=dict(QWEN35_PUBLISHED_VISION))
+    with open(os.path.join(vdir, "config.json"), "w") as f:
+        json.dump(c, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+    sd5 = load_file(os.path.join(v5, "model.safetensors"))
+    E, L = cfg5["num_experts"], cfg5["num_hidden_layers"]
+    per_expert = re.compile(r"model\.layers\.\d+\.mlp\.experts\.\d+\.(gate|up|down)_proj\.weight$")
+    out = {}
+    for k, t in sd5.items():
+        if per_expert.match(k):
+            continue
+        out["model.language_model." + k[len("model."):] if k.startswith("model.") else k] = t
+    for i in range(L):
+        pre = f"model.layers.{i}.mlp.experts"
+        w = {p: torch.stack([sd5[f"{pre}.{e}.{p}_proj.weight"] for e in range(E)])
+             for p in ("gate", "up", "down")}
+        fused = f"model.language_model.layers.{i}.mlp.experts"
+        out[f"{fused}.gate_up_proj"] = torch.cat([w["gate"], w["up"]], 1).contiguous()
+        out[f"{fused}.down_proj"] = w["down"].contiguous()
+    if len(out) != len(sd5) - 3 * E * L + 2 * L:
+        raise AssertionError("qwen3_5_moe: v4 renaming lost tensors")
+
+    # the vision tower: names and shapes of transformers 5's model of this config
+    cfg = transformers.Qwen3_5MoeConfig.from_pretrained(vdir)
+    full = transformers.Qwen3_5MoeForConditionalGeneration(cfg)
+    aux = {k: tuple(t.shape) for k, t in full.state_dict().items() if k.startswith("model.visual.")}
+    del full
+    # the MTP head: fc [H, 2H], three norms, and one decoder layer shaped as the last
+    # full-attention layer (its experts per expert)
+    H = cfg5["hidden_size"]
+    last_full = max(i for i, t in enumerate(cfg5["layer_types"]) if t == "full_attention")
+    aux.update({"mtp.fc.weight": (H, 2 * H), "mtp.pre_fc_norm_embedding.weight": (H,),
+                "mtp.pre_fc_norm_hidden.weight": (H,), "mtp.norm.weight": (H,)})
+    for k, t in sd5.items():
+        if k.startswith(f"model.layers.{last_full}."):
+            aux["mtp.layers.0." + k[len(f"model.layers.{last_full}."):]] = tuple(t.shape)
+    for k in sorted(aux):
+        val = bf16_round(_aux_value(k, aux[k], rng_for(seed, k)).astype(np.float32))
+        out[k] = torch.from_numpy(val).to(torch.bfloat16)
+    save_file(out, os.path.join(vdir, "model.safetensors"), metadata={"format": "pt"})
+    return "published (Qwen3.5-MoE, transformers 4.57.0.dev0 config; written by hand)"
+
+
+def check_v4_qwen35(vdir, ids, ref_logits):
+    """qwen3_5_moe's v4/ through transformers 5 (4.57 has no Qwen3.5): the whole published layout in
+    Qwen3_5MoeForConditionalGeneration (every tensor but mtp.* loaded, none missing), and the text
+    weights alone in Qwen3_5MoeForCausalLM; max |logits - reference| of each."""
+    import torch
+    import transformers
+    res = {"version": f"{transformers.__version__} (4.57 has no Qwen3.5)"}
+    worst = 0.0
+    for cls in ("Qwen3_5MoeForConditionalGeneration", "Qwen3_5MoeForCausalLM"):
+        m, info = getattr(transformers, cls).from_pretrained(
+            vdir, dtype=torch.float32, attn_implementation="eager", experts_implementation="eager",
+            output_loading_info=True)
+        m.eval()
+        missing = sorted(info.get("missing_keys") or [])
+        mismatched = list(info.get("mismatched_keys") or [])
+        if missing or mismatched:
+            raise AssertionError(f"qwen3_5_moe v4/ in {cls}: missing {missing[:5]} "
+                                 f"mismatched {mismatched[:5]}")
+        with torch.no_grad():
+            lg = m(input_ids=torch.tensor([ids]), use_cache=False).logits[0].double().numpy()
+        d = float(np.abs(lg - ref_logits).max())
+        worst = max(worst, d)
+        res[cls] = {"max_abs": d, "model_type": m.config.model_type,
+                    "unexpected_keys": len(info.get("unexpected_keys") or []),
+                    "loaded_tensors": len(m.state_dict())}
+        del m
+    res["max_abs"] = worst
+    return res
+
+
 def check_v4(spec, fdir, tf4, ids, ref_logits):
     """v4/ through transformers 4.57 (minimax_m2: 5): max |logits - reference| (reference.safetensors
     must be written already)."""
     vdir = os.path.join(fdir, "v4")
+    if spec["v4"] == "published_qwen35":
+        return check_v4_qwen35(vdir, ids, ref_logits)
     if spec["v4"] == "published":   # 4.57 has no MiniMax-M2: transformers 5 reads the published keys
         import torch
         import transformers
@@ -791,7 +1115,7 @@ FIXTURE_TOKENIZER = {
     "deepseek_v3": "deepseek-v3", "kimi_k2": "kimi-k2", "dots1": "dots1",
     "ernie4_5_moe": "ernie45", "glm4_moe": "glm45", "glm4_moe_noqk": "glm45",
     "gpt_oss": "gpt-oss", "minimax_m2": "minimax-m2", "qwen3_moe_v5": "qwen3",
-    "mixtral_swa": "../../../models/tiny-moe",
+    "mixtral_swa": "../../../models/tiny-moe", "qwen3_next": "qwen3", "qwen3_5_moe": "qwen35",
 }
 
 
@@ -921,9 +1245,9 @@ def compare_gguf(mine, theirs, ignore=("general.name", "general.version")):
 # ----------------------------------------------------------------------------
 
 
-def prompt_for(seed):
+def prompt_for(seed, n=T):
     rng = np.random.default_rng([1234, seed])
-    return [int(i) for i in rng.integers(3, V, T)]
+    return [int(i) for i in rng.integers(3, V, n)]
 
 
 def write_reference(fdir, ids, cont, logits, meta):
@@ -955,10 +1279,10 @@ def make_fixture(spec, args):
             copy_tokenizer(tok, vdir)
         m32 = load_v5(spec, vdir, torch.float32)
         check_loaded(spec, m32, want)
-        ids = prompt_for(pseed)
+        ids = prompt_for(pseed, spec["T"])
         logits = forward_logits(m32, ids)
         cont = greedy(m32, ids, N_CONT)
-        mg = margins_f64(spec, vdir, ids + cont, T)
+        mg = margins_f64(spec, vdir, ids + cont, spec["T"])
         worst = min(mg["routing_min"], mg["group_min"] if mg["group_min"] is not None else np.inf,
                     mg["greedy_min"])
         tries.append({"weights_seed": wseed, "prompt_seed": pseed, "smallest_margin": worst})
@@ -975,6 +1299,11 @@ def make_fixture(spec, args):
     options = list(spec["notes"])
     options.append(f"MoE layers {mg['moe_layers']}; experts chosen at least once: {mg['experts_used']} "
                    f"of {mg['experts_total'] or 'n/a'} (layer x expert pairs)")
+    if name in HYBRIDS:
+        dn = delta_rule_checks(m32, ids)
+        options.append(f"Gated DeltaNet on the prompt (all {dn['layers']} linear-attention layers): "
+                       f"exp(g) in [{dn['decay_min']:.3f}, {dn['decay_max']:.3f}] (median "
+                       f"{dn['decay_median']:.3f}), beta in [{dn['beta_min']:.3f}, {dn['beta_max']:.3f}]")
     if name == "gpt_oss":
         options.append(f"SwiGLU clamps hit (prompt + continuation, all chosen experts): gate > 7: "
                        f"{mg['clamps'][0]}, |up| > 7: {mg['clamps'][1]}")
@@ -982,7 +1311,7 @@ def make_fixture(spec, args):
             raise AssertionError("gpt_oss: the SwiGLU clamps are never exercised")
     meta = {
         "name": name, "architecture": spec["arch"], "model_type_v5": cfg5.get("model_type"),
-        "T": T, "V": V, "prompt_ids": ids, "continuation_ids": cont,
+        "T": spec["T"], "V": V, "prompt_ids": ids, "continuation_ids": cont,
         "reference": "transformers %s, torch %s, float32, attn_implementation eager, "
                      "experts_implementation eager, the v5/ "
                      "checkpoint loaded back; logits of every prompt position; the continuation "
@@ -997,17 +1326,31 @@ def make_fixture(spec, args):
         "seeds": {"weights": wseed, "prompt": pseed, "tries": tries},
         "tokenizer": os.path.normpath(os.path.relpath(tok, args.tokenizers)) if tok else None,
     }
+    if name in HYBRIDS:
+        meta["margins"]["rule"] += (
+            "; the float64 run is float32 where transformers casts: the RMSNorms, the gated norm, "
+            "the delta-rule kernels, the router softmax (the routing margins are recomputed in "
+            "float64 from the captured inputs)")
+        meta["recurrent_check"] = dn["recurrent_check"]
     if not args.no_v4:
-        meta["v4"] = {"writer": write_v4(spec, fdir, args.tf4, v5_files)}
+        meta["v4"] = {"writer": write_v4(spec, fdir, args.tf4, v5_files, wseed)}
+        if spec["v4"] == "published_qwen35":
+            meta["v4"]["layout"] = QWEN35_LAYOUT
     write_reference(fdir, ids, cont, logits, meta)
     if not args.no_v4:
         r = check_v4(spec, fdir, args.tf4, ids, logits.astype(np.float32))
         meta["v4"]["check"] = r
         if r["max_abs"] > V4_TOL:
             raise AssertionError(f"{name}: v4/ logits differ from the reference by {r['max_abs']:.3g}")
-    if args.no_gguf:
+    if args.no_gguf or not spec["gguf"]:
+        gguf_path = os.path.join(fdir, "model.gguf")
+        if not spec["gguf"]:
+            meta["gguf"] = "not yet"
+            if os.path.exists(gguf_path):
+                os.unlink(gguf_path)
         meta["size_bytes"] = dir_size(fdir)
         write_reference(fdir, ids, cont, logits, meta)
+        fix_modes(fdir)
         return meta
     src = os.path.join(fdir, "v4") if not args.no_v4 else vdir
     gguf_path = os.path.join(fdir, "model.gguf")
@@ -1033,11 +1376,15 @@ def make_fixture(spec, args):
     write_reference(fdir, ids, cont, logits, meta)
     meta["size_bytes"] = dir_size(fdir)
     write_reference(fdir, ids, cont, logits, meta)
+    fix_modes(fdir)
+    return meta
+
+
+def fix_modes(fdir):
     for dp, _, fns in os.walk(fdir):       # safetensors' writer leaves 0600
         for fn in fns:
             if not os.path.islink(os.path.join(dp, fn)):
                 os.chmod(os.path.join(dp, fn), 0o644)
-    return meta
 
 
 def check_gguf(spec, gguf_path, vdir):
@@ -1091,7 +1438,8 @@ def main(argv=None):
         meta = make_fixture(BY_NAME[n], a)
         summary[n] = {"size_bytes": meta["size_bytes"], "margins": meta["margins"],
                       "v4": meta.get("v4", {}).get("check"),
-                      "llamacpp": meta.get("gguf", {}).get("llamacpp")}
+                      "llamacpp": meta["gguf"].get("llamacpp") if isinstance(meta.get("gguf"), dict)
+                      else meta.get("gguf")}
         log(json.dumps(summary[n], indent=1))
     print(json.dumps(summary, indent=1))
     return 0

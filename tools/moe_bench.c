@@ -1709,6 +1709,40 @@ static int cmd_io(const struct bench_opts *o)
 
 /* ---- config: the parsed architecture config, no weights ---------------------------- */
 
+/* A hybrid's memory per sequence (fp16 KV, group 64, fp32 states): at 1k,
+ * 8k and 32k tokens, the linear layers' share (their states: flat), and
+ * the same config with every layer full attention, as the pool counts
+ * them (whole blocks, the states in whole units). */
+static json_t *hybrid_memory(const struct moe_config *c, const struct moe_kv_shape *sh,
+                             int32_t n_attn)
+{
+    const struct moe_kv_params p = {16, 16, 64, 0, 32};
+    struct moe_kv_shape attn_only = *sh;
+    attn_only.state_rows = 0; /* the recurrent layers then take nothing */
+    struct moe_config full = *c;
+    memset(full.layer_linear, 0, sizeof(full.layer_linear));
+    struct moe_kv_shape fsh;
+    moe_config_kv_shape(&full, NULL, 0, &fsh);
+    size_t ub = moe_kv_unit_bytes_for_params(sh, &p), fub = moe_kv_unit_bytes_for_params(&fsh, &p);
+    json_t *per = json_array();
+    const int64_t lens[] = {1024, 8192, 32768};
+    double ratio = 0;
+    for (size_t i = 0; i < MOE_ARRAY_SIZE(lens); i++) {
+        double all = (double)moe_kv_units_for_params(sh, &p, lens[i]) * (double)ub;
+        double kv = (double)moe_kv_units_for_params(&attn_only, &p, lens[i]) * (double)ub;
+        double fa = (double)moe_kv_units_for_params(&fsh, &p, lens[i]) * (double)fub;
+        ratio = fa / all;
+        json_array_append_new(per, json_pack("{s:I,s:f,s:f,s:f,s:f,s:f}", "tokens",
+                                             (json_int_t)lens[i], "bytes", all, "kv_bytes", kv,
+                                             "state_bytes", all - kv, "state_share",
+                                             (all - kv) / all, "all_full_attention_bytes", fa));
+    }
+    return json_pack("{s:i,s:i,s:s,s:o,s:f}", "attention_layers", n_attn, "linear_layers",
+                     c->n_layers - n_attn, "setting", "fp16 KV, group 64, fp32 states",
+                     "per_sequence", per, "sequences_in_one_pool_vs_all_full_attention_32k",
+                     ratio);
+}
+
 static int cmd_config(int argc, char **argv)
 {
     struct bench_opts o;
@@ -1733,17 +1767,23 @@ static int cmd_config(int argc, char **argv)
      * grouped-query attention with the same heads would hold */
     struct moe_kv_shape sh;
     moe_config_kv_shape(&c, NULL, 0, &sh);
+    int32_t n_attn = 0; /* layers that cache tokens (not linear-attention ones) */
+    for (int32_t l = 0; l < c.n_layers; l++)
+        n_attn += !c.layer_linear[l];
     json_t *kvj = json_array();
     for (int i = 0; i < KV_N; i++) {
-        double b = moe_kv_token_bytes(&sh, &kv_settings[i]) * c.n_layers;
+        double b = moe_kv_token_bytes(&sh, &kv_settings[i]) * n_attn;
         json_array_append_new(kvj, json_pack("{s:i,s:i,s:f}", "key_bits", kv_settings[i].key_bits,
                                              "value_bits", kv_settings[i].value_bits,
                                              "bytes_per_token", b));
     }
     json_object_set_new(j, "kv_cache", kvj);
+    if (sh.recurrent)
+        json_object_set_new(j, "hybrid", hybrid_memory(&c, &sh, n_attn));
     if (c.attn == MOE_ATTN_MLA) {
-        struct moe_kv_shape gqa = {c.n_layers, c.n_heads, c.qk_nope_dim + c.qk_rope_dim,
-                                   c.v_head_dim, false, NULL, 0};
+        struct moe_kv_shape gqa = {.n_layers = c.n_layers, .n_kv_heads = c.n_heads,
+                                   .k_dim = c.qk_nope_dim + c.qk_rope_dim,
+                                   .v_dim = c.v_head_dim};
         const struct moe_kv_params f16 = {16, 16, 64, 0};
         double mla = moe_kv_token_bytes(&sh, &f16) * c.n_layers;
         double full = moe_kv_token_bytes(&gqa, &f16) * c.n_layers;

@@ -88,6 +88,7 @@ static const struct moe_daemon_enum chat_templates[] = {
     {"gpt-oss", MOE_CHAT_GPT_OSS},
     {"minimax-m2", MOE_CHAT_MINIMAX_M2},
     {"ernie-4.5", MOE_CHAT_ERNIE45},
+    {"qwen3.5", MOE_CHAT_QWEN35},
     {NULL, 0},
 };
 

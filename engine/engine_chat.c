@@ -369,6 +369,58 @@ static void reasoning_of(const struct moe_chat_message *m, bool strip_nl, struct
         split_think(*answer, strip_nl, reasoning, answer);
 }
 
+/* Qwen3.5: every content trimmed (Jinja's |trim); an answer's reasoning is
+ * its reasoning_content or what stands before "</think>"; answers after the
+ * last user query carry their (possibly empty) <think> block, earlier ones
+ * only the answer; thinking is on, so the prompt ends "<think>\n". */
+static int render_qwen35(const struct ctx *c, struct moe_sbuf *b)
+{
+    size_t n = c->n, last_query = SIZE_MAX;
+    for (size_t i = n; i-- > 0 && last_query == SIZE_MAX;) {
+        struct sv t = sv_strip_py(text_of(&c->m[i]));
+        bool tool_response = t.n >= strlen("<tool_response>") + strlen("</tool_response>") &&
+                             !memcmp(t.p, "<tool_response>", strlen("<tool_response>")) &&
+                             sv_rfind(t, "</tool_response>") ==
+                                 (ptrdiff_t)(t.n - strlen("</tool_response>"));
+        if (c->r[i] == R_USER && !tool_response)
+            last_query = i;
+    }
+    if (last_query == SIZE_MAX)
+        return moe_err(-EINVAL, "messages[%zu]: the qwen3.5 template needs a user query, and "
+                       "no message is one", n - 1);
+    for (size_t i = 0; i < n; i++) {
+        struct sv content = sv_strip_py(text_of(&c->m[i]));
+        if (c->r[i] == R_SYSTEM && i > 0)
+            return moe_err(-EINVAL, "messages[%zu]: the qwen3.5 template takes a system message "
+                           "only at the beginning", i);
+        if (c->r[i] != R_ASSISTANT) {
+            PUT(b, chatml.head[c->r[i]]);
+            put_sv(b, content);
+            moe_sbuf_puts(b, chatml.tail[c->r[i]]);
+            continue;
+        }
+        struct sv reasoning = sv_of("");
+        if (c->m[i].reasoning_content) {
+            reasoning = sv_of(c->m[i].reasoning_content);
+        } else if (sv_has(content, "</think>")) {
+            reasoning = sv_lstrip_nl(
+                sv_after_last(sv_rstrip_nl(sv_before_first(content, "</think>")), "<think>"));
+            content = sv_lstrip_nl(sv_after_last(content, "</think>"));
+        }
+        reasoning = sv_strip_py(reasoning);
+        moe_sbuf_puts(b, chatml.head[R_ASSISTANT]);
+        if (i > last_query) {
+            moe_sbuf_puts(b, "<think>\n");
+            put_sv(b, reasoning);
+            moe_sbuf_puts(b, "\n</think>\n\n");
+        }
+        put_sv(b, content);
+        moe_sbuf_puts(b, chatml.tail[R_ASSISTANT]);
+    }
+    PUT(b, chatml.gen, "<think>\n");
+    return 0;
+}
+
 static int render_qwen3(const struct ctx *c, struct moe_sbuf *b)
 {
     size_t n = c->n, last_query = n - 1;
@@ -739,6 +791,12 @@ static const struct chat_format formats[MOE_CHAT_COUNT] = {
                            "\"Assistant: \" + message[\"content\"] + sep_token",
                            "{{- \"Assistant: \" -}}"},
                           {"<think>", "image"}, render_turns, &ernie45},
+    [MOE_CHAT_QWEN35] = {"qwen3.5",
+                         {"<|im_start|>", "ns.last_query_index", "<|vision_start|>",
+                          "render_content(message.content, true)|trim",
+                          "'\\n<think>\\n' + reasoning_content + '\\n</think>\\n\\n' + content",
+                          "{{- '<think>\\n' }}"},
+                         {"bos_token"}, render_qwen35, NULL},
 };
 
 /* the order detection tries them in: the specific ones before plain ChatML */
@@ -747,7 +805,8 @@ static const enum moe_chat_template detect_order[] = {
     MOE_CHAT_DEEPSEEK_R1,     MOE_CHAT_DEEPSEEK_R1_DISTILL,  MOE_CHAT_DEEPSEEK_R1_DISTILL_QWEN,
     MOE_CHAT_DEEPSEEK_R1_LLAMACPP, MOE_CHAT_DEEPSEEK_V31,    MOE_CHAT_KIMI_K2,
     MOE_CHAT_GLM45,           MOE_CHAT_GPT_OSS,              MOE_CHAT_MINIMAX_M2,
-    MOE_CHAT_ERNIE45,         MOE_CHAT_CHATML,               MOE_CHAT_MISTRAL,
+    MOE_CHAT_ERNIE45,         MOE_CHAT_QWEN35,               MOE_CHAT_CHATML,
+    MOE_CHAT_MISTRAL,
 };
 _Static_assert(MOE_ARRAY_SIZE(detect_order) == MOE_CHAT_COUNT, "every format is tried");
 

@@ -76,6 +76,7 @@ FORMATS = [
      {"bos_token": "<s>", "eos_token": "</s>", "cls_token": "<|begin_of_sentence|>",
       "sep_token": "<|end_of_sentence|>"}),
     ("qwen3", "Qwen-Qwen3-0.6B.jinja", {"eos_token": "<|im_end|>"}),
+    ("qwen3.5", "Qwen-Qwen3.5.jinja", {"eos_token": "<|im_end|>"}),
 ]
 
 

@@ -27,7 +27,7 @@ static const char *const families[] = {
     "deepseek-r1-distill", "deepseek-r1-distill-qwen", "deepseek-r1-llamacpp",
     "deepseek-v3.1",       "kimi-k2",              "glm-4.5",
     "gpt-oss",             "minimax-m2",           "ernie-4.5",
-    "qwen3",
+    "qwen3",               "qwen3.5",
 };
 
 static json_t *load_json(const char *rel)

@@ -37,6 +37,7 @@ FORMAT = {
     "deepseek_v2_lite": "deepseek-v2", "glm4_moe": "glm-4.5", "glm4_moe_noqk": "glm-4.5",
     "gpt_oss": "gpt-oss", "minimax_m2": "minimax-m2", "ernie4_5_moe": "ernie-4.5",
     "dots1": "chatml", "mixtral_swa": "mistral", "qwen3_moe_v5": "qwen3",
+    "qwen3_next": "qwen3", "qwen3_5_moe": "qwen3.5",
 }
 SYSTEM, USER = "You are a helpful assistant.", "What is 2 + 2?"
 BASE_INI = td.INI

@@ -24,8 +24,9 @@ For each fixture NAME:
                     checked with transformers 5's Qwen3_5MoeForConditionalGeneration.
   model.gguf        the same weights in llama.cpp's conventions (tests/reference/
                     make_arch_model.py, the mapping tables at the top of that file), converted
-                    from v4/ (the published-style config). None yet for the Gated DeltaNet
-                    hybrids (qwen3_next, qwen3_5_moe; reference.json "gguf": "not yet").
+                    from v4/ (the published-style config); for the Gated DeltaNet hybrids
+                    (qwen3_next, qwen3_5_moe) llama.cpp's own converter writes it from v5/
+                    (no vocabulary), so they need --check-llamacpp.
   reference.safetensors  logits (f32 [T, V], all positions of the prompt; T = 48, but 320 for
                     the Gated DeltaNet hybrids, whose chunked prefill must cross several 64-token
                     chunks), prompt_ids and
@@ -1182,13 +1183,13 @@ runpy.run_path(L + "/convert_hf_to_gguf.py", run_name="__main__")
 """
 
 
-def run_llamacpp(llama_dir, src, out, name):
+def run_llamacpp(llama_dir, src, out, name, extra=()):
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
         f.write(_CONVERT_SHIM)
         shim = f.name
     try:
         r = subprocess.run([sys.executable, shim, llama_dir, src, "--outfile", out, "--outtype", "bf16",
-                            "--model-name", name], capture_output=True, text=True)
+                            "--model-name", name, *extra], capture_output=True, text=True)
     finally:
         os.unlink(shim)
     if r.returncode != 0:
@@ -1342,12 +1343,20 @@ def make_fixture(spec, args):
         meta["v4"]["check"] = r
         if r["max_abs"] > V4_TOL:
             raise AssertionError(f"{name}: v4/ logits differ from the reference by {r['max_abs']:.3g}")
-    if args.no_gguf or not spec["gguf"]:
+    if not args.no_gguf and not spec["gguf"]:
+        # the hybrids: model.gguf is llama.cpp's own converter's output (its vocabulary step
+        # disabled, no MTP layers), as make_arch_model.py has no mapping for them
         gguf_path = os.path.join(fdir, "model.gguf")
-        if not spec["gguf"]:
-            meta["gguf"] = "not yet"
-            if os.path.exists(gguf_path):
-                os.unlink(gguf_path)
+        if not args.check_llamacpp:
+            raise SystemExit(f"{name}: its model.gguf comes from llama.cpp's converter: give "
+                             "--check-llamacpp LLAMA_CPP_DIR")
+        path, err = run_llamacpp(args.check_llamacpp, vdir, gguf_path, name, ["--no-mtp"])
+        if path is None:
+            raise SystemExit(f"{name}: convert_hf_to_gguf.py failed: {err}")
+        meta["gguf"] = {"from": "v5/config.json", "type": "bf16 matrices, f32 norms",
+                        "writer": "llama.cpp's convert_hf_to_gguf.py --no-mtp (vocabulary "
+                                  "step disabled)", "vocab": False}
+    if args.no_gguf or not spec["gguf"]:
         meta["size_bytes"] = dir_size(fdir)
         write_reference(fdir, ids, cont, logits, meta)
         fix_modes(fdir)

@@ -7,7 +7,8 @@ in tests/data/configs/README.md). For every one,
     $BIN/moe-bench config --model tests/data/configs/NAME.json
 
 either prints the parsed config, whose fields that change the logits are checked against the
-values below, or, where the checkpoint uses something moed does not compute (the FP8 block
+values below (for the hybrids, also which layers are Gated DeltaNet and the linear attention's
+shape), or, where the checkpoint uses something moed does not compute (the FP8 block
 quantization of DeepSeek-V3, R1, V3.1, Kimi-K2 and MiniMax-M2), exits 2 naming the key. A copy of
 each refused config without its quantization_config (what a bf16 conversion of the checkpoint
 holds) must then parse, with the same checks.
@@ -45,8 +46,10 @@ def yarn_get_mscale(scale, mscale=1.0):
 def expect(**kw):
     """What every architecture has unless its entry says otherwise: a plain GQA decoder with
     SiLU experts, softmax routing over all experts, no biases, no groups, no shared experts, no
-    sliding window, rotary embedding over the whole head without scaling."""
-    e = dict(attn="gqa", shared_ffn=0, dense=[], swa=[], sliding_window=0, qkv_bias=False,
+    sliding window, no linear-attention layers, no output gate, rotary embedding over the whole
+    head without scaling."""
+    e = dict(attn="gqa", shared_ffn=0, dense=[], swa=[], linear=[], attn_gate=False,
+             sliding_window=0, qkv_bias=False,
              o_bias=False, mlp_bias=False, expert_bias=False, router_bias=False,
              score_bias=False, shared_gate=False, attn_sinks=False, qk_norm="none", act="silu",
              tied_embeddings=False, rope_scaling="none", rope_interleaved=False,
@@ -200,6 +203,34 @@ DOTS = dict(arch="dots1", router="sigmoid", score_bias=True, norm_topk_prob=True
             dense=[0], routed_scale=2.5, max_ctx=32768, rms_eps=1e-5, rope_theta=1e7)
 
 
+# ---- Qwen3-Next (qwen3_next/) and Qwen3.5 / 3.6 MoE (qwen3_5_moe/) ----------------------------
+# Hybrids: layer_types, or, without it, full_attention_interval (4): layer l is full attention
+# when (l + 1) % 4 == 0 and Gated DeltaNet otherwise (Qwen3NextConfig / Qwen3_5MoeTextConfig
+# __post_init__). The DeltaNet: linear_num_key_heads / linear_num_value_heads of
+# linear_key_head_dim / linear_value_head_dim, a causal conv of linear_conv_kernel_dim, value head
+# h reading key head h // (v / k) (repeat_interleave: not llama.cpp's tiled order).
+# Qwen3NextAttention: q_proj twice as wide, the second half a sigmoid gate on the output (the
+# Qwen3.5 config says so with attn_output_gate true); q_norm / k_norm over head_dim;
+# scaling head_dim ** -0.5. Rotary over head_dim * partial_rotary_factor (0.25) with rotate_half;
+# Qwen3.5's interleaved MRoPE (mrope_section [11, 11, 10]) is that same rotary when the three
+# position ids are equal, as they are for text. The MoE block: softmax over all experts, top-k,
+# renormalised (Qwen3-Next: norm_topk_prob true; Qwen3_5MoeTopKRouter: always), plus a shared
+# expert of shared_expert_intermediate_size scaled by sigmoid(shared_expert_gate x); every layer
+# sparse (decoder_sparse_step 1, mlp_only_layers empty). The Qwen3.5 wrapper's text_config is
+# what is served; tie_word_embeddings false at both levels.
+def qwen_hybrid(arch, n_layers, **kw):
+    return expect(arch=arch, router="softmax", norm_topk_prob=True, shared_gate=True,
+                  qk_norm="head", attn_gate=True, n_layers=n_layers,
+                  linear=[l for l in range(n_layers) if (l + 1) % 4], n_kv_heads=2,
+                  head_dim=256, rope_dim=64, lin_k_heads=16, lin_k_dim=128, lin_v_dim=128,
+                  lin_conv=4, lin_v_tiled=False, max_ctx=262144, rms_eps=1e-6, rope_theta=1e7,
+                  **kw)
+
+
+def qwen35(**kw):
+    return qwen_hybrid("qwen3_5_moe", vocab=248320, **kw)
+
+
 PARSED = {
     "Mixtral-8x7B-Instruct-v0.1": mixtral(hidden=4096, n_layers=32, n_heads=32, expert_ffn=14336,
                                           max_ctx=32768),
@@ -247,6 +278,19 @@ PARSED = {
                                     expert_ffn=3584, shared_ffn=0, dense_ffn=28672,
                                     dense=[0, 1, 2]),
     "dots.llm1.inst": expect(**DOTS),
+    # The file's use_sliding_window false: Qwen3NextConfig has no such field and
+    # Qwen3NextAttention deletes its sliding_window, so transformers never reads it.
+    "Qwen3-Next-80B-A3B-Instruct": qwen_hybrid("qwen3_next", 48, vocab=151936, hidden=2048,
+                                               n_heads=16, n_experts=512, top_k=10,
+                                               expert_ffn=512, shared_ffn=512, lin_v_heads=32),
+    "Qwen3.5-35B-A3B": qwen35(n_layers=40, hidden=2048, n_heads=16, n_experts=256, top_k=8,
+                              expert_ffn=512, shared_ffn=512, lin_v_heads=32),
+    "Qwen3.5-122B-A10B": qwen35(n_layers=48, hidden=3072, n_heads=32, n_experts=256, top_k=8,
+                                expert_ffn=1024, shared_ffn=1024, lin_v_heads=64),
+    "Qwen3.5-397B-A17B": qwen35(n_layers=60, hidden=4096, n_heads=32, n_experts=512, top_k=10,
+                                expert_ffn=1024, shared_ffn=1024, lin_v_heads=64),
+    "Qwen3.6-35B-A3B": qwen35(n_layers=40, hidden=2048, n_heads=16, n_experts=256, top_k=8,
+                              expert_ffn=512, shared_ffn=512, lin_v_heads=32),
 }
 
 # The FP8 block-quantized checkpoints: moed reads bf16/f16/f32 and MXFP4 experts, so the
@@ -260,7 +304,7 @@ REFUSED = {
     "MiniMax-M2": expect(**MINIMAX),
 }
 
-PER_LAYER = ("layer_dense", "layer_swa")
+PER_LAYER = ("layer_dense", "layer_swa", "layer_linear")
 FLOAT_TOL = 1e-6  # moed holds these as float32
 
 
@@ -284,12 +328,16 @@ class RealConfigs(unittest.TestCase):
             elif key == "swa":
                 self.assertEqual([l for l in range(n) if got["layer_swa"][l]], value,
                                  f"{name}: sliding-window layers")
+            elif key == "linear":
+                self.assertEqual([l for l in range(n) if got["layer_linear"][l]], value,
+                                 f"{name}: linear-attention (Gated DeltaNet) layers")
             elif isinstance(value, float):
                 self.assertTrue(math.isclose(got[key], value, rel_tol=FLOAT_TOL, abs_tol=1e-12),
                                 f"{name}: {key} = {got[key]}, transformers: {value}")
             else:
                 self.assertEqual(got[key], value, f"{name}: {key}")
-        self.assertEqual(len(got["layer_dense"]), n, f"{name}: layer_dense length")
+        for per_layer in PER_LAYER:
+            self.assertEqual(len(got[per_layer]), n, f"{name}: {per_layer} length")
         # a dense layer needs the dense MLP's size, a shared expert its size
         if want["dense"]:
             self.assertGreater(got["dense_ffn"], 0)

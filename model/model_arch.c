@@ -673,11 +673,13 @@ static const char *const checks_dots1[] = {"topk_method=noaux_tc", "scoring_func
                                            "use_sliding_window=false", NULL};
 /* Qwen3.5's published text config: the output gate it always has, the
  * multi-token-prediction head (not used for the logits) and the state's
- * dtype in its own kernels (moed keeps [kv] state_bits) */
+ * dtype in its own kernels (moed keeps [kv] state_bits). Qwen3-Next's
+ * published config says use_sliding_window, which transformers never reads
+ * (its attention deletes the window: a plain causal mask whatever it says). */
 static const char *const checks_qwen3_next[] = {"attn_output_gate=true", NULL};
 static const char *const ignore_qwen3_next[] = {"mtp_num_hidden_layers",
                                                 "mtp_use_dedicated_embeddings",
-                                                "mamba_ssm_dtype", NULL};
+                                                "mamba_ssm_dtype", "use_sliding_window", NULL};
 /* OpenAI's own name of the original context, beside rope_scaling's */
 static const char *const ignore_gpt_oss[] = {"initial_context_length", NULL};
 

@@ -1737,10 +1737,14 @@ static json_t *hybrid_memory(const struct moe_config *c, const struct moe_kv_sha
                                              "state_bytes", all - kv, "state_share",
                                              (all - kv) / all, "all_full_attention_bytes", fa));
     }
-    return json_pack("{s:i,s:i,s:s,s:o,s:f}", "attention_layers", n_attn, "linear_layers",
+    const struct moe_kv_params pb = {16, 16, 64, 0, 16};
+    double bf = (double)moe_kv_units_for_params(sh, &pb, 32768) *
+                (double)moe_kv_unit_bytes_for_params(sh, &pb);
+    double fa32k = (double)moe_kv_units_for_params(&fsh, &p, 32768) * (double)fub;
+    return json_pack("{s:i,s:i,s:s,s:o,s:f,s:f}", "attention_layers", n_attn, "linear_layers",
                      c->n_layers - n_attn, "setting", "fp16 KV, group 64, fp32 states",
                      "per_sequence", per, "sequences_in_one_pool_vs_all_full_attention_32k",
-                     ratio);
+                     ratio, "same_with_bf16_states_32k", fa32k / bf);
 }
 
 static int cmd_config(int argc, char **argv)

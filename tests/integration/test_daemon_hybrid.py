@@ -1,0 +1,189 @@
+"""moed serving a Gated DeltaNet hybrid (Qwen3.5-MoE layout, issue 21): with one KV pool size,
+the hybrid (1 attention layer in 4, the rest linear attention with a fixed state per sequence)
+holds several times as many concurrent full-context sequences as its all-attention twin (the same
+widths, every layer attention); the states are counted by admission like the blocks, so the rest
+wait in the queue and complete; every block and state comes back; requests of one prompt agree.
+
+The models are written by tests/bench/make_hybrid_model.py (hidden 64, 4 layers, 4 experts, the
+Qwen3.6-35B-A3B attention and linear widths / 4) into a temp dir; skipped without numpy. What the
+pool holds per sequence is what `moe-bench config` predicts from the same functions (also at 32k
+tokens, the issue's figure)."""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import test_daemon as td  # noqa: E402
+
+ROOT = td.ROOT
+BIN = td.BIN
+CTX = 2048
+FULL_SEQS = 2  # the pool: two full contexts of the all-attention twin, and a little
+
+INI = """[daemon]
+socket = {sock}
+socket_mode = 0600
+threads = 2
+drain_timeout = {drain}
+watchdog = no
+log_level = info
+[model]
+path = {model}
+name = hybrid
+chat_template = chatml
+[batching]
+max_seqs = 16
+max_batch_tokens = 512
+max_ctx = %d
+max_queue = 64
+[kv]
+bytes = {pool}
+key_bits = 16
+value_bits = 16
+group = 64
+residual = 64
+state_bits = {state_bits}
+[limits]
+max_body_bytes = 256K
+max_tokens = %d
+request_timeout = 300
+[sampling]
+temperature = 0
+max_tokens = 32
+""" % (CTX, CTX)
+
+
+def have_numpy():
+    try:
+        import numpy  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def make(out, *extra):
+    subprocess.run([sys.executable, os.path.join(ROOT, "tests", "bench", "make_hybrid_model.py"),
+                    "--out", out, "--layers", "4", "--experts", "4", "--hidden", "64",
+                    "--ctx", str(4 * CTX), *extra], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+
+
+def config(model):
+    r = subprocess.run([os.path.join(BIN, "moe-bench"), "config", "--model", model],
+                       capture_output=True, text=True, check=True)
+    return json.loads(r.stdout)
+
+
+@unittest.skipUnless(have_numpy(), "numpy is needed to write the synthetic models")
+class HybridAdmission(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(prefix="moed-hybrid-")
+        cls.hybrid, cls.full = os.path.join(cls.dir, "hybrid"), os.path.join(cls.dir, "full")
+        make(cls.hybrid)
+        make(cls.full, "--full-attention")
+        text = "to be or not to be " * 600
+        n = len(cls.tokens(text))
+        while n > CTX - 40:
+            text = text[: len(text) * (CTX - 40) // n]
+            n = len(cls.tokens(text))
+        cls.prompt = (text, n)
+
+    @classmethod
+    def tearDownClass(cls):
+        subprocess.run(["rm", "-rf", cls.dir])
+
+    @classmethod
+    def tokens(cls, text):
+        out = subprocess.run([os.path.join(BIN, "moe-run"), "--model", cls.hybrid, "--tokenize",
+                              text], check=True, capture_output=True, text=True).stdout
+        return out.split()
+
+    def serve(self, model, pool, n_requests, state_bits=32):
+        """n_requests full-context requests at once: (texts, the most sequences running at
+        once, the KV metrics at the end)."""
+        td.INI = (INI.replace("{model}", model).replace("{pool}", str(pool))
+                  .replace("{state_bits}", str(state_bits)))
+        moed = td.Moed()
+        try:
+            moed.wait_notify("READY=1")
+            results, peak, done = [None] * n_requests, [0], threading.Event()
+
+            def watch():
+                while not done.is_set():
+                    _, _, data = moed.request("GET", "/metrics")
+                    for line in data.decode().splitlines():
+                        if line.startswith(("moed_running_sequences ", "moed_running_sequences{")):
+                            peak[0] = max(peak[0], int(float(line.split()[1])))
+                    time.sleep(0.01)
+
+            def client(i):
+                text, n = self.prompt
+                results[i] = moed.json("POST", "/v1/completions", {
+                    "model": "hybrid", "prompt": text, "max_tokens": CTX - n,
+                    "ignore_eos": True, "temperature": 0})
+
+            w = threading.Thread(target=watch)
+            w.start()
+            ts = [threading.Thread(target=client, args=(i,)) for i in range(n_requests)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join(600)
+            done.set()
+            w.join()
+            _, _, data = moed.request("GET", "/metrics")
+            metrics = {}
+            for line in data.decode().splitlines():
+                if line.startswith("moed_kv_"):
+                    k, v = line.split()
+                    metrics[k.split("{")[0]] = float(v)
+            texts = set()
+            for st, body in results:
+                self.assertEqual(st, 200, body)
+                self.assertEqual(body["choices"][0]["finish_reason"], "length", body)
+                texts.add(body["choices"][0]["text"])
+            return texts, peak[0], metrics
+        finally:
+            log = moed.logtext()
+            moed.stop()
+            self.assertEqual(moed.proc.returncode, 0, log)
+
+    def test_hybrid_holds_several_times_the_sequences(self):
+        hy, fu = config(self.hybrid)["hybrid"], config(self.full)
+        self.assertNotIn("hybrid", fu)  # the twin has no linear layer
+        at = {p["tokens"]: p for p in hy["per_sequence"]}
+        # what one full-context sequence holds, as the pool counts it (CTX = 2048: between the
+        # 1k and 8k rows; blocks of 64 tokens, so linear in the tokens)
+        per_hy = at[1024]["state_bytes"] + at[1024]["kv_bytes"] * CTX / 1024
+        per_full = at[1024]["all_full_attention_bytes"] * CTX / 1024
+        pool = int(FULL_SEQS * per_full + per_full // 4)
+        want_hy = int(pool // per_hy)
+        t_full, peak_full, m_full = self.serve(self.full, pool, 4)
+        t_hy, peak_hy, m_hy = self.serve(self.hybrid, pool, want_hy + 3)
+        t_bf, peak_bf, m_bf = self.serve(self.hybrid, pool, want_hy + 5, state_bits=16)
+        print(f"\nKV pool {pool} B, context {CTX}: all-attention twin {peak_full} sequences at "
+              f"once, hybrid {peak_hy} (fp32 states) / {peak_bf} (bf16 states): "
+              f"{peak_hy / peak_full:.2f}x / {peak_bf / peak_full:.2f}x; predicted at 32k "
+              f"tokens: {hy['sequences_in_one_pool_vs_all_full_attention_32k']:.2f}x",
+              file=sys.stderr)
+        self.assertEqual(peak_full, FULL_SEQS)
+        self.assertEqual(peak_hy, want_hy)
+        self.assertGreaterEqual(peak_hy, 2.5 * peak_full)
+        self.assertGreater(peak_bf, peak_hy)  # half the state bytes: more fit
+        for m in (m_full, m_hy, m_bf):
+            self.assertGreater(m["moed_kv_admission_waits_total"], 0)  # the rest queued ...
+            self.assertEqual(m["moed_kv_blocks_used"], 0)  # ... and everything came back
+        # one prompt, one text: no state leaked from one sequence into another
+        self.assertEqual(len(t_full), 1)
+        self.assertEqual(len(t_hy), 1)
+        self.assertEqual(len(t_bf), 1)
+
+
+if __name__ == "__main__":
+    unittest.main()

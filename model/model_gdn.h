@@ -21,20 +21,25 @@
 #include <stdint.h>
 
 #define MOE_GDN_CHUNK 64
+#define MOE_GDN_MAX_DV 1024
 
 /* One head over n tokens: q, k [n] rows of dk at strides qs, ks; v, out
- * rows of dv at vs, os; g, beta [n] at stride gs. S [dk][dv] is updated in
- * place. */
+ * rows of dv at vs, os; g, beta [n] at stride gs. The state S is dk rows of
+ * dv floats (wherever they lie: a sequence's KV units), updated in place. */
 struct moe_gdn_head {
     int32_t n, dk, dv;
     const float *q, *k, *v, *g, *beta;
     size_t qs, ks, vs, gs, os;
-    float *S, *out;
+    float *const *S;
+    float *out;
 };
 
 void moe_gdn_recurrent(const struct moe_gdn_head *h);
 /* work: moe_gdn_chunked_work(dk, dv) floats */
 void moe_gdn_chunked(const struct moe_gdn_head *h, float *work);
 size_t moe_gdn_chunked_work(int32_t dk, int32_t dv);
+/* Test hook: which build runs (0 the plain C reference, 1 AVX2, 2
+ * AVX-512, as enum moe_isa); -1 = the best this CPU has. Returns it. */
+int moe_gdn_set_isa(int isa);
 
 #endif

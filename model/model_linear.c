@@ -43,9 +43,11 @@ static int reserve(struct moe_linear_scratch *s, const struct moe_config *c, int
 {
     size_t cd = (size_t)moe_config_lin_conv_dim(c), vd = (size_t)c->lin_v_heads * c->lin_v_dim;
     size_t nv = (size_t)c->lin_v_heads, K = (size_t)c->lin_conv, N = (size_t)n;
-    size_t per_thread = (size_t)c->lin_k_dim * c->lin_v_dim +
+    /* per thread: a bf16 state widened, its row pointers, the chunked form's work */
+    size_t per_thread = (size_t)c->lin_k_dim * c->lin_v_dim + (size_t)c->lin_k_dim * 2 +
                         moe_gdn_chunked_work(c->lin_k_dim, c->lin_v_dim);
-    size_t need = N * cd * 2 + (N + K) * cd + N * vd * 2 + N * nv * 4 + (size_t)nth * per_thread;
+    per_thread = MOE_ALIGN_UP(per_thread, 16); /* 64 bytes: the pointers stay aligned */
+    size_t need = N * cd * 2 + (N + K) * cd + N * vd * 2 + N * nv * 4 + (size_t)nth * per_thread + 16;
     if (need <= s->cap)
         return 0;
     free(s->buf);
@@ -63,7 +65,7 @@ static int reserve(struct moe_linear_scratch *s, const struct moe_config *c, int
     s->a = p, p += N * nv;
     s->beta = p, p += N * nv;
     s->g = p, p += N * nv;
-    s->thread = p;
+    s->thread = (float *)MOE_ALIGN_UP((uintptr_t)p, 64);
     s->per_thread = per_thread;
     /* test hook: the recurrent form for every run (the chunked one's reference) */
     s->recurrent_only = getenv("MOE_GDN_RECURRENT") != NULL;
@@ -93,29 +95,35 @@ static void conv_state(struct moe_kv *kv, int32_t l, const struct moe_config *c,
     }
 }
 
-/* the delta state of value head h, in or out of S [dk][dv] */
-static void delta_state(struct moe_kv *kv, int32_t l, const struct moe_config *c, int32_t h,
-                        float *S, bool store)
+/* The rows of value head h's delta state: fp32 states in place, bf16 ones
+ * widened into buf [dk][dv] (and narrowed back by delta_store). */
+static void delta_rows(struct moe_kv *kv, int32_t l, const struct moe_config *c, int32_t h,
+                       float *buf, float **rows)
 {
     int32_t dk = c->lin_k_dim, dv = c->lin_v_dim, r0 = moe_linear_conv_rows(c) + h * dk;
     bool bf16 = moe_kv_state_bits(kv) == 16;
     for (int32_t a = 0; a < dk; a++) {
         void *row = moe_kv_state_row(kv, l, r0 + a);
-        float *s = S + (size_t)a * dv;
         if (!bf16) {
-            if (store)
-                memcpy(row, s, (size_t)dv * sizeof(float));
-            else
-                memcpy(s, row, (size_t)dv * sizeof(float));
-        } else {
-            uint16_t *b = row;
-            for (int32_t j = 0; j < dv; j++) {
-                if (store)
-                    b[j] = moe_f32_to_bf16(s[j]);
-                else
-                    s[j] = moe_bf16_to_f32(b[j]);
-            }
+            rows[a] = row;
+            continue;
         }
+        rows[a] = buf + (size_t)a * dv;
+        for (int32_t j = 0; j < dv; j++)
+            rows[a][j] = moe_bf16_to_f32(((const uint16_t *)row)[j]);
+    }
+}
+
+static void delta_store(struct moe_kv *kv, int32_t l, const struct moe_config *c, int32_t h,
+                        float *const *rows)
+{
+    int32_t dk = c->lin_k_dim, dv = c->lin_v_dim, r0 = moe_linear_conv_rows(c) + h * dk;
+    if (moe_kv_state_bits(kv) != 16)
+        return; /* written in place */
+    for (int32_t a = 0; a < dk; a++) {
+        uint16_t *b = moe_kv_state_row(kv, l, r0 + a);
+        for (int32_t j = 0; j < dv; j++)
+            b[j] = moe_f32_to_bf16(rows[a][j]);
     }
 }
 
@@ -183,7 +191,9 @@ static void head_worker(void *arg, int ith, int nth)
     int32_t nv = c->lin_v_heads, dk = c->lin_k_dim, dv = c->lin_v_dim;
     int32_t ng = nv / c->lin_k_heads;
     int64_t cd = moe_config_lin_conv_dim(c), kd = (int64_t)c->lin_k_heads * dk;
-    float *S = s->thread + (size_t)ith * s->per_thread, *work = S + (size_t)dk * dv;
+    float *buf = s->thread + (size_t)ith * s->per_thread;
+    float **rows = (float **)(void *)(buf + (size_t)dk * dv); /* 2 floats per pointer */
+    float *work = buf + (size_t)dk * dv + (size_t)dk * 2;
     for (int32_t task = ith; task < T->n_runs * nv; task += nth) {
         int32_t r = task / nv, h = task % nv, kh = c->lin_v_tiled ? h % c->lin_k_heads : h / ng;
         int32_t t0 = T->run0[r], len = T->runlen[r];
@@ -195,14 +205,14 @@ static void head_worker(void *arg, int ith, int nth)
             .v = x + 2 * kd + (size_t)h * dv,
             .g = s->g + (size_t)t0 * nv + h, .beta = s->beta + (size_t)t0 * nv + h,
             .qs = (size_t)cd, .ks = (size_t)cd, .vs = (size_t)cd, .gs = (size_t)nv,
-            .os = (size_t)nv * dv, .S = S,
+            .os = (size_t)nv * dv, .S = rows,
             .out = s->core + (size_t)t0 * nv * dv + (size_t)h * dv};
-        delta_state(kv, T->l, c, h, S, false);
+        delta_rows(kv, T->l, c, h, buf, rows);
         if (len >= CHUNKED_MIN && !s->recurrent_only)
             moe_gdn_chunked(&g, work);
         else
             moe_gdn_recurrent(&g);
-        delta_state(kv, T->l, c, h, S, true);
+        delta_store(kv, T->l, c, h, rows);
     }
 }
 

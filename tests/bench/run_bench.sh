@@ -52,6 +52,9 @@ done
 # the same packs against llama.cpp and ik_llama.cpp (built once from their
 # sdists into $MOE_ENGINES_DIR), one interleaved run
 PYTHON="$py" bash "$root/tests/bench/engines.sh" "$bin" "$dir"
+# issue 21: a Qwen3.6-shaped Gated DeltaNet hybrid, one GGUF, moed against llama.cpp
+# (the converter needs torch: CONVERT_PYTHON names a Python that has it)
+PYTHON="$py" bash "$root/tests/bench/hybrid_bench.sh" "$bin" "$dir"
 bash "$root/tests/quality/qmoe_quality.sh" "$bin"
 # tiered expert memory: io_uring against sequential O_DIRECT, the tier at
 # 100/50/25% against mmap in a memory cgroup (root and cgroup v1 only), and

@@ -2,7 +2,8 @@
 # make bench, issue 21: a Gated DeltaNet hybrid (the Qwen3.6-35B-A3B layer pattern and expert
 # count, widths / 4: tests/bench/make_hybrid_model.py) as one Q8_0 GGUF written by llama.cpp's
 # own converter, decoded and prefilled by moed and by llama.cpp in interleaved rounds
-# (2 threads, tg32 / pp64).
+# (2 threads, tg32 / pp64), and by ik_llama.cpp where it is built (without -rtr: its
+# run-time repack crashes on this architecture in the 0.1.5 sdist).
 #
 #   hybrid_bench.sh BIN DIR      (DIR: where the model and its GGUF are cached, ~7 GB)
 #
@@ -12,7 +13,7 @@
 # pre-tokenizer check answered "qwen2" (the repository's Qwen tokenizer is a reduced copy whose
 # hash llama.cpp does not know) and --no-mtp.
 #
-# Output, one JSON object per line: each engine per round, then the medians of moed / llama.cpp.
+# Output, one JSON object per line: each engine per round, then the medians of moed / engine.
 set -uo pipefail
 bin=$1
 dir=$2
@@ -27,6 +28,8 @@ B=${LLAMA_CPP_BIN:-$eng/llama.cpp/build/bin}
 S=${LLAMA_CPP_SRC:-$(ls -d "$eng"/llama.cpp/*/vendor/llama.cpp 2>/dev/null | head -1)}
 [ -x "$B/llama-bench" ] || skip "no llama-bench in $B (run engines.sh first or set LLAMA_CPP_BIN)"
 [ -f "$S/convert_hf_to_gguf.py" ] || skip "no convert_hf_to_gguf.py (set LLAMA_CPP_SRC)"
+I=${IK_LLAMA_BIN:-$eng/ik_llama.cpp/build/bin}
+[ -x "$I/llama-bench" ] || I=
 
 hf=$dir/hybrid-hf
 gguf=$dir/hybrid-q8_0.gguf
@@ -47,16 +50,21 @@ runpy.run_path(src + "/convert_hf_to_gguf.py", run_name="__main__")
 EOF
 fi
 
-log=$(mktemp)
-for r in $(seq 1 "$rounds"); do
-    {
-        "$B/llama-bench" -m "$gguf" -t 2 -n 32 -p 64 -r 1 -o json 2>/dev/null | "$py" -c "
+engine() { # ROUND NAME BIN
+    "$3/llama-bench" -m "$gguf" -t 2 -n 32 -p 64 -r 1 -o json 2>/dev/null | "$py" -c "
 import json, sys
-out = {'bench': 'hybrid', 'round': $r, 'engine': 'llama.cpp'}
+out = {'bench': 'hybrid', 'round': $1, 'engine': '$2'}
 for x in json.load(sys.stdin):
     out['prefill_tok_s' if x['n_prompt'] else 'decode_tok_s'] = x['avg_ts']
     out['build_commit'] = x.get('build_commit')
 print(json.dumps(out))"
+}
+
+log=$(mktemp)
+for r in $(seq 1 "$rounds"); do
+    {
+        engine "$r" llama.cpp "$B"
+        [ -n "$I" ] && engine "$r" ik_llama.cpp "$I"
         "$bin/moe-bench" decode --model "$gguf" --tokens 32 --prompt-tokens 64 2>/dev/null | "$py" -c "
 import json, sys
 x = json.load(sys.stdin)
@@ -70,13 +78,14 @@ rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
 by = {}
 for x in rows:
     by.setdefault(x["round"], {})[x["engine"]] = x
-out = {"bench": "hybrid-summary", "model": "hybrid-q8_0.gguf", "rounds": len(by)}
-for k in ("decode_tok_s", "prefill_tok_s"):
-    v = [d["moed"][k] / d["llama.cpp"][k] for d in by.values()
-         if "moed" in d and "llama.cpp" in d and d["llama.cpp"].get(k)]
-    if v:
-        out[k + "_ratio_median"] = statistics.median(v)
-        out[k + "_ratio_per_round"] = v
+out = {"bench": "hybrid-summary", "model": "hybrid-q8_0.gguf", "rounds": len(by), "ratios": []}
+for eng in ("llama.cpp", "ik_llama.cpp"):
+    for k in ("decode_tok_s", "prefill_tok_s"):
+        v = [d["moed"][k] / d[eng][k] for d in by.values()
+             if "moed" in d and eng in d and d[eng].get(k)]
+        if v:
+            out["ratios"].append({"engine": eng, "what": k, "median_ratio": statistics.median(v),
+                                  "per_round": v})
 print(json.dumps(out))
 EOF
 rm -f "$log"

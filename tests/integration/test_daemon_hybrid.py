@@ -185,5 +185,45 @@ class HybridAdmission(unittest.TestCase):
         self.assertEqual(len(t_bf), 1)
 
 
+@unittest.skipUnless(have_numpy(), "numpy is needed to write the synthetic model")
+class HybridPacks(unittest.TestCase):
+    """Experts are experts: a hybrid (hidden 256, 8 experts) packed as MC-MoE (2.5 bits) and
+    QMoE, calibrated layer by layer through the linear layers' states, and run with online
+    dynamic pruning: each perplexity finite and near the bf16 pack's, ODP pruning some."""
+
+    def test_mcmoe_qmoe_and_odp(self):
+        tmp = tempfile.mkdtemp(prefix="moed-hybrid-packs-")
+        self.addCleanup(subprocess.run, ["rm", "-rf", tmp])
+        hf = os.path.join(tmp, "hf")
+        subprocess.run([sys.executable, os.path.join(ROOT, "tests", "bench", "make_hybrid_model.py"),
+                        "--out", hf, "--layers", "4", "--experts", "8", "--hidden", "256",
+                        "--ctx", "4096"], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        text = os.path.join(ROOT, "data", "tinyshakespeare.txt")
+        ppl = {}
+        for fmt in ("bf16", "mcmoe:2.5", "qmoe"):
+            pack = os.path.join(tmp, fmt.replace(":", "") + ".moe")
+            r = subprocess.run([os.path.join(BIN, "moe-pack"), "--model", hf, "--out", pack,
+                                "--experts", fmt, "--calib", text, "--calib-tokens", "512",
+                                "--calib-end-char", "1003788"], capture_output=True, text=True)
+            self.assertEqual(r.returncode, 0, r.stderr[-600:])
+            for beta in ("0", "0.3"):
+                r = subprocess.run([os.path.join(BIN, "moe-bench"), "ppl", "--model", pack,
+                                    "--text", text, "--start-char", "1003788", "--window", "128",
+                                    "--max-windows", "2", "--odp-beta", beta],
+                                   capture_output=True, text=True)
+                self.assertEqual(r.returncode, 0, r.stderr[-600:])
+                x = json.loads(r.stdout)
+                ppl[fmt, beta] = (x["ppl"], x["routing"]["odp_pruned_fraction"])
+        print("\nhybrid packs (ppl, ODP pruned fraction): %s" % ppl, file=sys.stderr)
+        base = ppl["bf16", "0"][0]
+        for (fmt, beta), (p, pruned) in ppl.items():
+            self.assertTrue(0 < p < 1.5 * base, (fmt, beta, p, base))
+            if beta == "0":
+                self.assertEqual(pruned, 0.0)
+            else:
+                self.assertGreater(pruned, 0.0, fmt)
+
+
 if __name__ == "__main__":
     unittest.main()

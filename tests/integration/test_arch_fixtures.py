@@ -200,6 +200,35 @@ class QuantisedDense(unittest.TestCase):
             self.assertLess(worst, bound)
 
 
+class HybridForms(unittest.TestCase):
+    """The Gated DeltaNet hybrids' 320-token prompt through moed's chunked form (five 64-token
+    chunks per linear layer) against the same prompt through the recurrent form only
+    (MOE_GDN_RECURRENT=1): equal within 1e-5 of the largest logit."""
+
+    def test_chunked_equals_recurrent(self):
+        names = [n for n in fixtures() if "linear_attention" in json.dumps(
+            json.load(open(os.path.join(DATA, n, "v5", "config.json"))))]
+        self.assertEqual(sorted(names), ["qwen3_5_moe", "qwen3_next"])
+        for name in names:
+            meta, _ = load_reference(name)
+            ids = " ".join(str(i) for i in meta["prompt_ids"])
+            got = {}
+            with tempfile.TemporaryDirectory() as tmp:
+                for form, env in (("chunked", {}), ("recurrent", {"MOE_GDN_RECURRENT": "1"})):
+                    out = os.path.join(tmp, form + ".bin")
+                    r = subprocess.run([ENGINE, "logits", "--model", os.path.join(DATA, name, "v5"),
+                                        "--ids", ids, "--out", out], capture_output=True,
+                                       text=True, timeout=TIMEOUT, env=dict(os.environ, **env))
+                    self.assertEqual(r.returncode, 0, r.stderr[-600:])
+                    got[form] = np.fromfile(out, dtype="<f4").astype(np.float64)
+            diff = float(np.abs(got["chunked"] - got["recurrent"]).max())
+            scale = float(np.abs(got["recurrent"]).max())
+            print(f"\n{name}: chunked vs recurrent max |diff| / max |logit| = {diff / scale:.2e}",
+                  end=" ", file=sys.stderr)
+            self.assertLessEqual(diff, 1e-5 * scale)
+            self.assertGreater(diff, 0.0)  # two computations, not one
+
+
 def _add_tests():
     for name in fixtures():
         for fmt in FORMATS:

@@ -71,7 +71,7 @@ enum moe_chat_template {
     MOE_CHAT_GPT_OSS,                  /* gpt-oss harmony, dated system message */
     MOE_CHAT_MINIMAX_M2,               /* MiniMax-M2: ]~b]user\n...[e~[\n */
     MOE_CHAT_ERNIE45,                  /* ERNIE-4.5: User: ...\nAssistant: ... */
-    MOE_CHAT_QWEN35,                   /* Qwen3.5: Qwen3's, contents trimmed, prompt ends "<think>\n" */
+    MOE_CHAT_QWEN35,                   /* Qwen3.5: contents trimmed, prompt ends "<think>\n" */
     MOE_CHAT_COUNT
 };
 /* "chatml", "mistral" (or "mixtral"), "qwen3", "deepseek-v3" ... -> template;

@@ -8,20 +8,6 @@
 #include "model/model_gdn.h"
 #include "quant/quant.h"
 
-static float dot(const float *a, const float *b, int32_t n)
-{
-    float s = 0.0f;
-    for (int32_t i = 0; i < n; i++)
-        s += a[i] * b[i];
-    return s;
-}
-
-static void axpy(float *y, float a, const float *x, int32_t n)
-{
-    for (int32_t i = 0; i < n; i++)
-        y[i] += a * x[i];
-}
-
 /* the rule token by token, as transformers' torch_recurrent_gated_delta_rule */
 static void recurrent_ref(const struct moe_gdn_head *h)
 {
@@ -37,14 +23,14 @@ static void recurrent_ref(const struct moe_gdn_head *h)
         for (int32_t a = 0; a < dk; a++) {
             for (int32_t j = 0; j < dv; j++)
                 S[a][j] *= decay;
-            axpy(kvm, k[a], S[a], dv);
+            moe_gdn_axpy(kvm, k[a], S[a], dv);
         }
         for (int32_t j = 0; j < dv; j++)
             kvm[j] = beta * (v[j] - kvm[j]); /* the correction delta */
         memset(o, 0, (size_t)dv * sizeof(float));
         for (int32_t a = 0; a < dk; a++) {
-            axpy(S[a], k[a], kvm, dv);
-            axpy(o, q[a], S[a], dv);
+            moe_gdn_axpy(S[a], k[a], kvm, dv);
+            moe_gdn_axpy(o, q[a], S[a], dv);
         }
     }
 }
@@ -84,27 +70,28 @@ static void chunked_ref(const struct moe_gdn_head *h, float *work)
             for (int32_t a = 0; a < dk; a++)
                 w[a] = e * K(i)[a];
             for (int32_t j = 0; j < i; j++) { /* forward substitution */
-                float lij = b * dot(K(i), K(j), dk) * expf(gc[i] - gc[j]);
-                axpy(u, -lij, U + (size_t)j * dv, dv);
-                axpy(w, -lij, W + (size_t)j * dk, dk);
+                float lij = b * moe_gdn_dot(K(i), K(j), dk) * expf(gc[i] - gc[j]);
+                moe_gdn_axpy(u, -lij, U + (size_t)j * dv, dv);
+                moe_gdn_axpy(w, -lij, W + (size_t)j * dk, dk);
             }
         }
         for (int32_t i = 0; i < m; i++) { /* v' = U - W S, in U */
             float *u = U + (size_t)i * dv;
             const float *w = W + (size_t)i * dk;
             for (int32_t a = 0; a < dk; a++)
-                axpy(u, -w[a], S[a], dv);
+                moe_gdn_axpy(u, -w[a], S[a], dv);
         }
         for (int32_t i = 0; i < m; i++) {
             float *o = out + (size_t)i * h->os;
             memset(o, 0, (size_t)dv * sizeof(float));
             for (int32_t a = 0; a < dk; a++)
-                axpy(o, Q(i)[a], S[a], dv);
+                moe_gdn_axpy(o, Q(i)[a], S[a], dv);
             float e = expf(gc[i]);
             for (int32_t j = 0; j < dv; j++)
                 o[j] *= e;
             for (int32_t j = 0; j <= i; j++)
-                axpy(o, dot(Q(i), K(j), dk) * expf(gc[i] - gc[j]), U + (size_t)j * dv, dv);
+                moe_gdn_axpy(o, moe_gdn_dot(Q(i), K(j), dk) * expf(gc[i] - gc[j]),
+                             U + (size_t)j * dv, dv);
         }
         float last = gc[m - 1], dl = expf(last);
         for (int32_t j = 0; j < m; j++)
@@ -113,7 +100,7 @@ static void chunked_ref(const struct moe_gdn_head *h, float *work)
             for (int32_t j = 0; j < dv; j++)
                 S[a][j] *= dl;
             for (int32_t j = 0; j < m; j++)
-                axpy(S[a], K(j)[a] * kd[j], U + (size_t)j * dv, dv);
+                moe_gdn_axpy(S[a], K(j)[a] * kd[j], U + (size_t)j * dv, dv);
         }
 #undef Q
 #undef K

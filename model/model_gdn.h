@@ -34,6 +34,20 @@ struct moe_gdn_head {
     float *out;
 };
 
+static inline float moe_gdn_dot(const float *restrict a, const float *restrict b, int32_t n)
+{
+    float s = 0.0f;
+    for (int32_t i = 0; i < n; i++)
+        s += a[i] * b[i];
+    return s;
+}
+
+static inline void moe_gdn_axpy(float *restrict y, float a, const float *restrict x, int32_t n)
+{
+    for (int32_t i = 0; i < n; i++)
+        y[i] += a * x[i];
+}
+
 void moe_gdn_recurrent(const struct moe_gdn_head *h);
 /* work: moe_gdn_chunked_work(dk, dv) floats */
 void moe_gdn_chunked(const struct moe_gdn_head *h, float *work);

@@ -9,21 +9,6 @@
 
 #include "model/model_gdn.h"
 
-static inline float GDN_NAME(dot)(const float *restrict a, const float *restrict b, int32_t n)
-{
-    float s = 0.0f;
-    for (int32_t i = 0; i < n; i++)
-        s += a[i] * b[i];
-    return s;
-}
-
-static inline void GDN_NAME(axpy)(float *restrict y, float a, const float *restrict x,
-                                  int32_t n)
-{
-    for (int32_t i = 0; i < n; i++)
-        y[i] += a * x[i];
-}
-
 /* Per token: kvm = S^T k (S read once, as it was), delta = beta (v - decay
  * kvm), then one pass writing S = decay S + k delta^T and reading o = S^T q. */
 void GDN_NAME(moe_gdn_recurrent)(const struct moe_gdn_head *h)
@@ -38,7 +23,7 @@ void GDN_NAME(moe_gdn_recurrent)(const struct moe_gdn_head *h)
         float *o = h->out + (size_t)t * h->os;
         memset(delta, 0, (size_t)dv * sizeof(float));
         for (int32_t a = 0; a < dk; a++)
-            GDN_NAME(axpy)(delta, k[a], S[a], dv);
+            moe_gdn_axpy(delta, k[a], S[a], dv);
         for (int32_t j = 0; j < dv; j++)
             delta[j] = beta * (v[j] - decay * delta[j]);
         memset(o, 0, (size_t)dv * sizeof(float));
@@ -91,7 +76,7 @@ static void GDN_NAME(gemm)(int32_t m, int32_t n, int32_t K, const float *A, size
     }
     for (; i < m; i++)
         for (int32_t k = 0; k < K; k++)
-            GDN_NAME(axpy)(Cr[i], A[(size_t)i * lda + k], B[k], n);
+            moe_gdn_axpy(Cr[i], A[(size_t)i * lda + k], B[k], n);
 }
 #undef VF
 
@@ -148,7 +133,7 @@ void GDN_NAME(moe_gdn_chunked)(const struct moe_gdn_head *h, float *work)
             memset(ti, 0, (size_t)m * sizeof(float));
             ti[i] = 1.0f;
             for (int32_t l = 0; l < i; l++)
-                GDN_NAME(axpy)(ti, -b * G[(size_t)i * C + l] * expf(gc[i] - gc[l]),
+                moe_gdn_axpy(ti, -b * G[(size_t)i * C + l] * expf(gc[i] - gc[l]),
                                T + (size_t)l * C, l + 1);
         }
         /* U = T VB, W = T KB */

@@ -47,7 +47,8 @@ static int reserve(struct moe_linear_scratch *s, const struct moe_config *c, int
     size_t per_thread = (size_t)c->lin_k_dim * c->lin_v_dim + (size_t)c->lin_k_dim * 2 +
                         moe_gdn_chunked_work(c->lin_k_dim, c->lin_v_dim);
     per_thread = MOE_ALIGN_UP(per_thread, 16); /* 64 bytes: the pointers stay aligned */
-    size_t need = N * cd * 2 + (N + K) * cd + N * vd * 2 + N * nv * 4 + (size_t)nth * per_thread + 16;
+    size_t need = N * cd * 2 + (N + K) * cd + N * vd * 2 + N * nv * 4 +
+                  (size_t)nth * per_thread + 16;
     if (need <= s->cap)
         return 0;
     free(s->buf);

@@ -76,14 +76,7 @@ engine() { # ROUND NAME BIN FILE [ARGS]
     local r=$1 name=$2 b=$3 f=$4
     shift 4
     "$b/llama-bench" -m "$dir/$f" -t 2 -n 32 -p 64 -r 1 "$@" -o json 2>/dev/null |
-        "$py" -c "
-import json, sys
-rows = json.load(sys.stdin)
-out = {'bench': 'engines', 'round': $r, 'engine': '$name', 'model': '$f',
-       'build_commit': rows[0].get('build_commit'), 'build_number': rows[0].get('build_number')}
-for x in rows:
-    out['prefill_tok_s' if x['n_prompt'] else 'decode_tok_s'] = x['avg_ts']
-print(json.dumps(out))"
+        "$py" "$(dirname "$0")/llama_bench_row.py" engines "$r" "$name" "$f"
 }
 moed() { # ROUND PACK
     "$bin/moe-bench" decode --model "$dir/$2" --tokens 32 --prompt-tokens 64 2>/dev/null |

@@ -51,13 +51,8 @@ EOF
 fi
 
 engine() { # ROUND NAME BIN
-    "$3/llama-bench" -m "$gguf" -t 2 -n 32 -p 64 -r 1 -o json 2>/dev/null | "$py" -c "
-import json, sys
-out = {'bench': 'hybrid', 'round': $1, 'engine': '$2'}
-for x in json.load(sys.stdin):
-    out['prefill_tok_s' if x['n_prompt'] else 'decode_tok_s'] = x['avg_ts']
-    out['build_commit'] = x.get('build_commit')
-print(json.dumps(out))"
+    "$3/llama-bench" -m "$gguf" -t 2 -n 32 -p 64 -r 1 -o json 2>/dev/null |
+        "$py" "$root/tests/bench/llama_bench_row.py" hybrid "$1" "$2" hybrid-q8_0.gguf
 }
 
 log=$(mktemp)

@@ -47,6 +47,59 @@ max_tokens = 32
 """
 
 
+def ini_edit(text, values, extra=""):
+    """An INI of this harness (INI above) with values {(section, key): value} put in place of
+    the ones it has, and extra (more sections) appended."""
+    out, sec = [], None
+    for line in text.splitlines():
+        if line.startswith("["):
+            sec = line.strip("[]")
+        elif "=" in line and (sec, line.split("=")[0].strip()) in values:
+            key = line.split("=")[0].strip()
+            line = "%s = %s" % (key, values[sec, key])
+        out.append(line)
+    return "\n".join(out) + "\n" + extra
+
+
+def at_once(moed, bodies, path="/v1/completions"):
+    """POSTs every body at once, each from its own thread: ([(status, body)] in order, the most
+    sequences /metrics reported running at one time meanwhile)."""
+    results, peak, done = [None] * len(bodies), [0], threading.Event()
+
+    def watch():
+        while not done.is_set():
+            _, _, data = moed.request("GET", "/metrics")
+            for line in data.decode().splitlines():
+                if line.startswith(("moed_running_sequences ", "moed_running_sequences{")):
+                    peak[0] = max(peak[0], int(float(line.split()[1])))
+            time.sleep(0.01)
+
+    def client(i):
+        results[i] = moed.json("POST", path, bodies[i])
+
+    w = threading.Thread(target=watch)
+    w.start()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(600)
+    done.set()
+    w.join()
+    return results, peak[0]
+
+
+def kv_metrics(moed):
+    """The moed_kv_* series of /metrics, by name without labels."""
+    _, _, data = moed.request("GET", "/metrics")
+    out = {}
+    for line in data.decode().splitlines():
+        if line.startswith("moed_kv_"):
+            k, v = line.split()
+            out[k.split("{")[0]] = float(v)
+    return out
+
+
 def pack_tiny(dir, experts="q4"):
     """The bundled model packed into dir with moe-pack; (path, the bytes of
     all its experts, from moe-pack's report)."""

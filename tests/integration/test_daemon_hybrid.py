@@ -13,8 +13,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -25,37 +23,13 @@ BIN = td.BIN
 CTX = 2048
 FULL_SEQS = 2  # the pool: two full contexts of the all-attention twin, and a little
 
-INI = """[daemon]
-socket = {sock}
-socket_mode = 0600
-threads = 2
-drain_timeout = {drain}
-watchdog = no
-log_level = info
-[model]
-path = {model}
-name = hybrid
-chat_template = chatml
-[batching]
-max_seqs = 16
-max_batch_tokens = 512
-max_ctx = %d
-max_queue = 64
-[kv]
-bytes = {pool}
-key_bits = 16
-value_bits = 16
-group = 64
-residual = 64
-state_bits = {state_bits}
-[limits]
-max_body_bytes = 256K
-max_tokens = %d
-request_timeout = 300
-[sampling]
-temperature = 0
-max_tokens = 32
-""" % (CTX, CTX)
+INI = td.ini_edit(td.INI, {
+    ("model", "name"): "hybrid", ("model", "chat_template"): "chatml",
+    ("batching", "max_seqs"): "16", ("batching", "max_batch_tokens"): "512",
+    ("batching", "max_ctx"): str(CTX), ("limits", "max_body_bytes"): "256K",
+    ("limits", "max_tokens"): str(CTX), ("limits", "request_timeout"): "300"},
+    "[kv]\nbytes = {pool}\nkey_bits = 16\nvalue_bits = 16\ngroup = 64\nresidual = 64\n"
+    "state_bits = {state_bits}\n")
 
 
 def have_numpy():
@@ -108,47 +82,21 @@ class HybridAdmission(unittest.TestCase):
         """n_requests full-context requests at once: (texts, the most sequences running at
         once, the KV metrics at the end)."""
         td.INI = (INI.replace("{model}", model).replace("{pool}", str(pool))
-                  .replace("{state_bits}", str(state_bits)))
-        moed = td.Moed()
+                  .replace("{state_bits}", str(state_bits)))  # {sock}, {drain}: Moed's
+        moed = td.Moed(max_seqs=16)
         try:
             moed.wait_notify("READY=1")
-            results, peak, done = [None] * n_requests, [0], threading.Event()
-
-            def watch():
-                while not done.is_set():
-                    _, _, data = moed.request("GET", "/metrics")
-                    for line in data.decode().splitlines():
-                        if line.startswith(("moed_running_sequences ", "moed_running_sequences{")):
-                            peak[0] = max(peak[0], int(float(line.split()[1])))
-                    time.sleep(0.01)
-
-            def client(i):
-                text, n = self.prompt
-                results[i] = moed.json("POST", "/v1/completions", {
-                    "model": "hybrid", "prompt": text, "max_tokens": CTX - n,
-                    "ignore_eos": True, "temperature": 0})
-
-            w = threading.Thread(target=watch)
-            w.start()
-            ts = [threading.Thread(target=client, args=(i,)) for i in range(n_requests)]
-            for t in ts:
-                t.start()
-            for t in ts:
-                t.join(600)
-            done.set()
-            w.join()
-            _, _, data = moed.request("GET", "/metrics")
-            metrics = {}
-            for line in data.decode().splitlines():
-                if line.startswith("moed_kv_"):
-                    k, v = line.split()
-                    metrics[k.split("{")[0]] = float(v)
+            text, n = self.prompt
+            body = {"model": "hybrid", "prompt": text, "max_tokens": CTX - n, "ignore_eos": True,
+                    "temperature": 0}
+            results, peak = td.at_once(moed, [body] * n_requests)
+            metrics = td.kv_metrics(moed)
             texts = set()
-            for st, body in results:
-                self.assertEqual(st, 200, body)
-                self.assertEqual(body["choices"][0]["finish_reason"], "length", body)
-                texts.add(body["choices"][0]["text"])
-            return texts, peak[0], metrics
+            for st, out in results:
+                self.assertEqual(st, 200, out)
+                self.assertEqual(out["choices"][0]["finish_reason"], "length", out)
+                texts.add(out["choices"][0]["text"])
+            return texts, peak, metrics
         finally:
             log = moed.logtext()
             moed.stop()

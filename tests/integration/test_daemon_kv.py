@@ -5,13 +5,10 @@ cache holds at least 4x as many concurrent full-context sequences as a
 
 Uses a synthetic long-context model (tests/bench/make_moe_model.py: head_dim
 64, 32k positions) written to a temp dir; skipped without numpy."""
-import json
 import os
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -22,36 +19,12 @@ BIN = td.BIN
 CTX = 2048
 POOL = "4608K"  # 16-bit: 2 full contexts of this model; 2-bit: 10
 
-INI = """[daemon]
-socket = {sock}
-socket_mode = 0600
-threads = 2
-drain_timeout = {drain}
-watchdog = no
-log_level = info
-[model]
-path = {model}
-name = long
-chat_template = chatml
-[batching]
-max_seqs = {max_seqs}
-max_batch_tokens = 512
-max_ctx = %d
-max_queue = 64
-[kv]
-bytes = %s
-key_bits = {bits}
-value_bits = {bits}
-group = 64
-residual = 64
-[limits]
-max_body_bytes = 256K
-max_tokens = %d
-request_timeout = 300
-[sampling]
-temperature = 0
-max_tokens = 32
-""" % (CTX, POOL, CTX)
+INI = td.ini_edit(td.INI, {
+    ("model", "name"): "long", ("model", "chat_template"): "chatml",
+    ("batching", "max_batch_tokens"): "512", ("batching", "max_ctx"): str(CTX),
+    ("limits", "max_body_bytes"): "256K", ("limits", "max_tokens"): str(CTX),
+    ("limits", "request_timeout"): "300"},
+    "[kv]\nbytes = %s\nkey_bits = {bits}\nvalue_bits = {bits}\ngroup = 64\nresidual = 64\n" % POOL)
 
 
 def have_numpy():
@@ -96,47 +69,20 @@ class KvAdmission(unittest.TestCase):
         moed = td.Moed(max_seqs=16)
         try:
             moed.wait_notify("READY=1")
-            results = [None] * n_requests
-            peak = [0]
-            done = threading.Event()
-
-            def watch():
-                while not done.is_set():
-                    st, _, data = moed.request("GET", "/metrics")
-                    for line in data.decode().splitlines():
-                        if line.startswith(("moed_running_sequences ", "moed_running_sequences{")):
-                            peak[0] = max(peak[0], int(float(line.split()[1])))
-                    time.sleep(0.01)
-
-            def client(i):
+            bodies = []
+            for i in range(n_requests):
                 text, n = self.prompts[i % 2]
-                st, body = moed.json("POST", "/v1/completions", {
-                    "model": "long", "prompt": text, "max_tokens": CTX - n,
-                    "ignore_eos": True, "temperature": 0})
-                results[i] = (st, body)
-
-            w = threading.Thread(target=watch)
-            w.start()
-            threads = [threading.Thread(target=client, args=(i,)) for i in range(n_requests)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(300)
-            done.set()
-            w.join()
-            st, _, data = moed.request("GET", "/metrics")
-            metrics = {}
-            for line in data.decode().splitlines():
-                if line.startswith("moed_kv_"):
-                    k, v = line.split()
-                    metrics[k.split("{")[0]] = float(v)  # the name without model_name
+                bodies.append({"model": "long", "prompt": text, "max_tokens": CTX - n,
+                               "ignore_eos": True, "temperature": 0})
+            results, peak = td.at_once(moed, bodies)
+            metrics = td.kv_metrics(moed)
             texts = {0: set(), 1: set()}
             for i, (st, body) in enumerate(results):
                 self.assertEqual(st, 200, body)
                 ch = body["choices"][0]
                 self.assertEqual(ch["finish_reason"], "length", body)
                 texts[i % 2].add(ch["text"])
-            return texts, peak[0], metrics
+            return texts, peak, metrics
         finally:
             log = moed.logtext()
             moed.stop()

@@ -607,7 +607,6 @@ def rewrite_mxfp4(vdir, mx, qcfg):
 
 
 def load_v5(spec, vdir, dtype):
-    import torch
     import transformers
     kw = {}
     if spec["name"] == "gpt_oss":

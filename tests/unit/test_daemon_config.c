@@ -444,7 +444,8 @@ static void test_bad_values(void **state)
         {"[model]\nchat_template = llama3\n",
          "t.ini:2: [model] chat_template: 'llama3' is not one of auto, chatml, mistral, qwen3, "
          "deepseek-v2, deepseek-v3, deepseek-r1, deepseek-r1-distill, deepseek-r1-distill-qwen, "
-         "deepseek-r1-llamacpp, deepseek-v3.1, kimi-k2, glm-4.5, gpt-oss, minimax-m2, ernie-4.5, qwen3.5"},
+         "deepseek-r1-llamacpp, deepseek-v3.1, kimi-k2, glm-4.5, gpt-oss, minimax-m2, ernie-4.5, "
+         "qwen3.5"},
         {"[model]\npath =\n", "t.ini:2: [model] path: must not be empty"},
         {"[daemon]\nsocket = \n", "t.ini:2: [daemon] socket: must not be empty"},
         {"[daemon]\nallow_uids = 0, no-such-user-moed\n",

@@ -90,6 +90,77 @@ static void test_mixed_batch_equals_separate_sequences(void **state)
     moe_model_free(m);
 }
 
+/* A Gated DeltaNet hybrid (tests/data/arch/qwen3_next): a 70-token prompt
+ * in two chunks (the chunked form across its 64-token boundary) batched with
+ * another sequence's prompt chunk, then with its decode tokens (the
+ * recurrent form): each row the logits of the sequence alone. */
+static void test_hybrid_mixed_batch_equals_separate_sequences(void **state)
+{
+    (void)state;
+    enum { LA = 70, LB = 20 };
+    struct moe_model *m;
+    struct moe_pool *pool;
+    assert_int_equal(moe_model_open(moe_test_path("tests/data/arch/qwen3_next/v5"), &m), 0);
+    assert_int_equal(moe_pool_create(2, &pool), 0);
+    int V = m->cfg.vocab;
+    int32_t a[LA], b[LB];
+    for (int i = 0; i < LA; i++)
+        a[i] = 3 + (i * 37) % 1000;
+    for (int i = 0; i < LB; i++)
+        b[i] = 5 + (i * 101) % 1000;
+    float *la = malloc(sizeof(float) * LA * V), *lb = malloc(sizeof(float) * LB * V);
+    struct moe_session *s;
+    assert_int_equal(moe_session_create(m, pool, 128, &s), 0);
+    assert_int_equal(moe_session_forward(s, a, LA, la, true), 0);
+    moe_session_reset(s);
+    assert_int_equal(moe_session_forward(s, b, LB, lb, true), 0);
+    moe_session_free(s);
+    float scale = 0;
+    for (int i = 0; i < LA * V; i++)
+        scale = fmaxf(scale, fabsf(la[i]));
+
+    struct moe_kv *ka, *kb;
+    struct moe_scratch *scr;
+    assert_int_equal(moe_model_kv_create(m, 128, &ka), 0);
+    assert_int_equal(moe_model_kv_create(m, 128, &kb), 0);
+    assert_int_equal(moe_scratch_create(&scr), 0);
+    float *out = malloc(sizeof(float) * (LA + LB) * V);
+    int32_t tok[LA + LB], pos[LA + LB], idx[LA + LB];
+    struct moe_kv *kvs[LA + LB];
+    /* steps: A[0,40) + B[0,12); A[40,70) + B[12]; then B's rest one token per step */
+    const int steps[][4] = {{0, 40, 0, 12}, {40, 70, 12, 13}};
+    for (int st = 0; st < 2; st++) {
+        int n = 0;
+        for (int i = steps[st][0]; i < steps[st][1]; i++, n++)
+            tok[n] = a[i], pos[n] = i, kvs[n] = ka, idx[n] = n;
+        for (int i = steps[st][2]; i < steps[st][3]; i++, n++)
+            tok[n] = b[i], pos[n] = i, kvs[n] = kb, idx[n] = n;
+        assert_int_equal(moe_model_forward(m, pool, scr, n, tok, kvs, pos, idx, n, out), 0);
+        int r = 0;
+        for (int i = steps[st][0]; i < steps[st][1]; i++, r++)
+            assert_true(max_abs_diff(out + (size_t)r * V, la + (size_t)i * V, V) < 1e-4f * scale);
+        for (int i = steps[st][2]; i < steps[st][3]; i++, r++)
+            assert_true(max_abs_diff(out + (size_t)r * V, lb + (size_t)i * V, V) < 1e-4f * scale);
+    }
+    for (int i = 13; i < LB; i++) {
+        int32_t zero = 0;
+        tok[0] = b[i], pos[0] = i, kvs[0] = kb;
+        assert_int_equal(moe_model_forward(m, pool, scr, 1, tok, kvs, pos, &zero, 1, out), 0);
+        assert_true(max_abs_diff(out, lb + (size_t)i * V, V) < 1e-4f * scale);
+    }
+    /* a state cannot go back: position 5 of A again is refused, not mixed in */
+    tok[0] = a[5], pos[0] = 5, kvs[0] = ka;
+    assert_int_equal(moe_model_forward(m, pool, scr, 1, tok, kvs, pos, NULL, 0, out), -EINVAL);
+    free(out);
+    free(la);
+    free(lb);
+    moe_scratch_free(scr);
+    moe_model_kv_free(ka);
+    moe_model_kv_free(kb);
+    moe_pool_free(pool);
+    moe_model_free(m);
+}
+
 static void test_position_past_cache_is_refused(void **state)
 {
     (void)state;
@@ -184,6 +255,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_mixed_batch_equals_separate_sequences),
+        cmocka_unit_test(test_hybrid_mixed_batch_equals_separate_sequences),
         cmocka_unit_test(test_position_past_cache_is_refused),
         cmocka_unit_test(test_layer_by_layer_equals_full_forward),
     };

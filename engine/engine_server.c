@@ -15,6 +15,7 @@
 #include "engine/engine_server.h"
 
 #include <errno.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdatomic.h>
@@ -37,6 +38,9 @@ struct moe_job {
     char *text;        /* generated text not yet read */
     size_t len, cap;
     char *reading;     /* what the last moe_job_next handed out */
+    struct moe_token_logprob *lp; /* logprobs of tokens not yet read */
+    size_t n_lp, cap_lp;
+    struct moe_token_logprob *lp_reading;
     bool finished;     /* the terminal event is set */
     bool terminal_read;
     struct moe_event terminal;
@@ -55,6 +59,8 @@ static void job_unref(struct moe_job *j)
     pthread_cond_destroy(&j->cv);
     free(j->text);
     free(j->reading);
+    free(j->lp);
+    free(j->lp_reading);
     free(j->ids);
     moe_request_free(j->req);
     free(j);
@@ -82,6 +88,25 @@ static void job_post_text(struct moe_job *j, const char *s, size_t n)
     pthread_mutex_unlock(&j->mu);
 }
 
+static void job_post_logprob(struct moe_job *j, const struct moe_token_logprob *lp)
+{
+    pthread_mutex_lock(&j->mu);
+    if (j->n_lp == j->cap_lp) {
+        size_t cap = MOE_MAX(j->cap_lp * 2, 16);
+        struct moe_token_logprob *t = realloc(j->lp, cap * sizeof(*t));
+        if (!t) { /* as for text: a gap, not a dead daemon */
+            pthread_mutex_unlock(&j->mu);
+            moe_log(MOE_LOG_ERR, "engine: out of memory for logprobs");
+            return;
+        }
+        j->lp = t;
+        j->cap_lp = cap;
+    }
+    j->lp[j->n_lp++] = *lp;
+    pthread_cond_signal(&j->cv);
+    pthread_mutex_unlock(&j->mu);
+}
+
 static void job_post_end(struct moe_job *j, const struct moe_event *ev)
 {
     pthread_mutex_lock(&j->mu);
@@ -91,9 +116,9 @@ static void job_post_end(struct moe_job *j, const struct moe_event *ev)
     pthread_mutex_unlock(&j->mu);
 }
 
-static void job_post_error(struct moe_job *j, int status, const char *msg)
+static void job_post_error(struct moe_job *j, int status, const char *code, const char *msg)
 {
-    struct moe_event ev = {.kind = MOE_EV_ERROR, .status = status};
+    struct moe_event ev = {.kind = MOE_EV_ERROR, .status = status, .code = code};
     snprintf(ev.message, sizeof(ev.message), "%s", msg);
     job_post_end(j, &ev);
 }
@@ -111,7 +136,7 @@ int moe_job_next(struct moe_job *j, struct moe_event *ev, int timeout_ms)
         }
     }
     pthread_mutex_lock(&j->mu);
-    while (j->len == 0 && !j->finished) {
+    while (j->len == 0 && j->n_lp == 0 && !j->finished) {
         if (timeout_ms < 0) {
             pthread_cond_wait(&j->cv, &j->mu);
         } else if (pthread_cond_timedwait(&j->cv, &j->mu, &until) == ETIMEDOUT) {
@@ -119,15 +144,21 @@ int moe_job_next(struct moe_job *j, struct moe_event *ev, int timeout_ms)
             return -ETIMEDOUT;
         }
     }
-    if (j->len > 0) { /* text first, even when the end has come too */
+    if (j->len > 0 || j->n_lp > 0) { /* text first, even when the end has come too */
         free(j->reading);
+        free(j->lp_reading);
         j->reading = j->text;
+        j->lp_reading = j->lp;
         memset(ev, 0, sizeof(*ev));
         ev->kind = MOE_EV_TEXT;
-        ev->text = j->reading;
+        ev->text = j->reading ? j->reading : "";
         ev->len = j->len;
+        ev->lp = j->lp_reading;
+        ev->n_lp = j->n_lp;
         j->text = NULL;
         j->len = j->cap = 0;
+        j->lp = NULL;
+        j->n_lp = j->cap_lp = 0;
     } else {
         *ev = j->terminal;
         j->terminal_read = true;
@@ -160,6 +191,8 @@ void moe_request_free(struct moe_request *r)
     free(r->messages);
     for (size_t i = 0; i < r->n_stop; i++)
         free(r->stop[i]);
+    free(r->bias_id);
+    free(r->bias);
     free(r);
 }
 
@@ -213,6 +246,8 @@ struct moe_engine {
     struct moe_metric *m_tier[TIER_METRICS];
     struct moe_offload_stats tier_seen;
     float *logits;          /* [max_seqs][vocab] */
+    float *lp_row;          /* [vocab] a row as the model gave it, for logprobs */
+    struct moe_token_logprob lp_rec; /* the token being accepted's */
     char *piece;            /* one decoded token */
     size_t piece_cap;
     struct moe_engine_stats stats;
@@ -275,14 +310,20 @@ static void seq_finish(struct moe_engine *e, struct seq *s, const char *reason)
     seq_release(e, s);
 }
 
-static void seq_fail(struct moe_engine *e, struct seq *s, int status, const char *msg)
+static void seq_fail_code(struct moe_engine *e, struct seq *s, int status, const char *code,
+                          const char *msg)
 {
     pthread_mutex_lock(&e->mu);
     e->stats.requests_failed++;
     e->stats.running--;
     pthread_mutex_unlock(&e->mu);
-    job_post_error(s->job, status, msg);
+    job_post_error(s->job, status, code, msg);
     seq_release(e, s);
+}
+
+static void seq_fail(struct moe_engine *e, struct seq *s, int status, const char *msg)
+{
+    seq_fail_code(e, s, status, NULL, msg);
 }
 
 enum { SEQ_STARTED, SEQ_FAILED, SEQ_WAIT };
@@ -330,9 +371,18 @@ static int seq_start(struct moe_engine *e, struct seq *s, struct moe_job *j)
             snprintf(msg, sizeof(msg), "the prompt has %zu tokens; the context holds %d", n_ids,
                      ctx);
         free(ids);
-        seq_fail(e, s, 400, msg);
+        seq_fail_code(e, s, 400, n_ids ? "context_length_exceeded" : NULL, msg);
         return SEQ_FAILED;
     }
+    for (size_t i = 0; i < r->n_bias; i++)
+        if (r->bias_id[i] < 0 || r->bias_id[i] >= m->cfg.vocab) {
+            char msg[160];
+            snprintf(msg, sizeof(msg), "logit_bias: token %d is not in the vocabulary (0..%d)",
+                     r->bias_id[i], m->cfg.vocab - 1);
+            free(ids);
+            seq_fail(e, s, 400, msg);
+            return SEQ_FAILED;
+        }
     int32_t max_new = r->max_tokens > 0 ? r->max_tokens : e->lim.max_tokens_default;
     max_new = max_new > 0 ? max_new : ctx;
     /* the cache this sequence can reach: prompt + output, at most the context */
@@ -401,7 +451,59 @@ static int seq_start(struct moe_engine *e, struct seq *s, struct moe_job *j)
 }
 
 /* Takes the sampled token: emits its text, decides whether the sequence ends. */
-static void seq_accept(struct moe_engine *e, struct seq *s, int32_t tok)
+/* A token's text for logprobs: its bytes (cut at MOE_TOKEN_BYTES) */
+static void token_text(const struct moe_tokenizer *t, int32_t id, float logprob,
+                       struct moe_token_text *out)
+{
+    size_t n = moe_tokenizer_token_bytes(t, id, out->bytes, sizeof(out->bytes));
+    out->len = (uint8_t)MOE_MIN(n, sizeof(out->bytes));
+    out->logprob = logprob;
+}
+
+/* Samples row lg of vocab V for s: logprobs (lp, when asked) from the
+ * model's distribution as it came, then logit_bias, then the sampler. */
+static int32_t seq_sample(struct moe_engine *e, struct seq *s, float *lg,
+                          struct moe_token_logprob *lp)
+{
+    const struct moe_request *r = s->job->req;
+    int32_t V = e->model->cfg.vocab, n_top = r->logprobs ? r->top_logprobs : -1;
+    double lse = 0.0;
+    float raw = 0.0f;
+    int32_t top_id[MOE_LOGPROBS_MAX];
+    float top_v[MOE_LOGPROBS_MAX];
+    if (n_top >= 0) {
+        float mx = -INFINITY;
+        int32_t k = 0;
+        for (int32_t i = 0; i < V; i++) {
+            float x = lg[i];
+            mx = x > mx ? x : mx;
+            if (k < n_top || (n_top > 0 && x > top_v[k - 1])) { /* insertion, kept sorted */
+                int32_t j = k < n_top ? k++ : k - 1;
+                for (; j > 0 && top_v[j - 1] < x; j--)
+                    top_v[j] = top_v[j - 1], top_id[j] = top_id[j - 1];
+                top_v[j] = x, top_id[j] = i;
+            }
+        }
+        for (int32_t i = 0; i < V; i++)
+            lse += exp((double)(lg[i] - mx));
+        lse = mx + log(lse);
+        memcpy(e->lp_row, lg, (size_t)V * sizeof(float)); /* the sampler edits lg */
+        lp->n_top = k;
+        for (int32_t j = 0; j < k; j++)
+            token_text(e->model->tok, top_id[j], (float)(top_v[j] - lse), &lp->top[j]);
+    }
+    for (size_t i = 0; i < r->n_bias; i++)
+        lg[r->bias_id[i]] += r->bias[i];
+    int32_t tok = moe_sampler_sample(s->smp, lg, s->ids, (size_t)s->n_ids);
+    if (n_top >= 0 && tok >= 0) {
+        raw = e->lp_row[tok];
+        token_text(e->model->tok, tok, (float)(raw - lse), &lp->tok);
+    }
+    return tok;
+}
+
+static void seq_accept(struct moe_engine *e, struct seq *s, int32_t tok,
+                       const struct moe_token_logprob *lp)
 {
     const struct moe_tokenizer *t = e->model->tok;
     if (!s->job->req->ignore_eos && moe_tokenizer_is_eog(t, tok)) {
@@ -409,6 +511,8 @@ static void seq_accept(struct moe_engine *e, struct seq *s, int32_t tok)
         seq_finish(e, s, "stop");
         return;
     }
+    if (lp)
+        job_post_logprob(s->job, lp);
     s->ids[s->n_ids++] = tok;
     pthread_mutex_lock(&e->mu); /* ipc threads read the stats */
     e->stats.generated_tokens++;
@@ -659,11 +763,11 @@ static void step(struct moe_engine *e)
         if (s->logit_row < 0) /* a prompt chunk short of the prompt's end */
             continue;
         float *lg = e->logits + (size_t)s->logit_row * (size_t)m->cfg.vocab;
-        int32_t tok = moe_sampler_sample(s->smp, lg, s->ids, (size_t)s->n_ids);
+        int32_t tok = seq_sample(e, s, lg, &e->lp_rec);
         if (tok < 0)
             seq_fail(e, s, 500, moe_err_msg());
         else
-            seq_accept(e, s, tok);
+            seq_accept(e, s, tok, s->job->req->logprobs ? &e->lp_rec : NULL);
     }
 }
 
@@ -711,6 +815,7 @@ static void engine_release(struct moe_engine *e)
     free(e->faults);
     free(e->b_fault);
     free(e->logits);
+    free(e->lp_row);
     free(e->piece);
     pthread_mutex_destroy(&e->mu);
     pthread_cond_destroy(&e->cv);
@@ -823,11 +928,12 @@ int moe_engine_create(const struct moe_model *model, struct moe_pool *pool,
     e->faults = calloc(1, sizeof(*e->faults));
     e->b_fault = calloc(B, sizeof(int32_t));
     e->logits = malloc(S * (size_t)model->cfg.vocab * sizeof(float));
+    e->lp_row = malloc((size_t)model->cfg.vocab * sizeof(float));
     e->piece_cap = (model->tok ? moe_tokenizer_max_piece(model->tok) : 0) + 64;
     e->piece = malloc(e->piece_cap);
     if (!e->seqs || !e->free_kv || !e->b_tok || !e->b_pos || !e->b_idx || !e->b_kv ||
         !e->b_topk || !e->b_prune || !e->rstats || !e->faults || !e->b_fault || !e->logits ||
-        !e->piece ||
+        !e->lp_row || !e->piece ||
         moe_scratch_create(&e->scratch) < 0) {
         rc = moe_err(-ENOMEM, "out of memory for the engine");
         goto fail;

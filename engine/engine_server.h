@@ -22,6 +22,9 @@ struct moe_engine;
 struct moe_job;
 
 #define MOE_STOP_MAX 16       /* stop strings per request */
+#define MOE_LOGPROBS_MAX 20   /* top alternatives per token, as OpenAI */
+#define MOE_LOGIT_BIAS_MAX 300 /* logit_bias entries per request, as OpenAI */
+#define MOE_TOKEN_BYTES 128   /* bytes of one token's text kept for logprobs */
 #define MOE_STOP_MAX_LEN 256  /* bytes per stop string */
 
 struct moe_engine_limits {
@@ -75,8 +78,29 @@ struct moe_request {
                                          * layers, 0 = off */
     int32_t moe_top_k;                  /* experts per token, 0 = the model's; above the
                                          * model's top_k: refused with 400 */
+    bool logprobs;                      /* each generated token's log probability, from
+                                         * the model's distribution (before logit_bias,
+                                         * penalties and temperature) ... */
+    int32_t top_logprobs;               /* ... and this many alternatives (0..20) */
+    int32_t *bias_id;                   /* logit_bias: added to these tokens' logits */
+    float *bias;
+    size_t n_bias;
 };
 void moe_request_free(struct moe_request *r); /* frees the strings and r itself */
+
+/* One generated token's logprobs (struct moe_request.logprobs): its text's
+ * bytes (a control token's: none; longer ones cut at MOE_TOKEN_BYTES), its
+ * log probability, and the most likely tokens at its step. */
+struct moe_token_text {
+    float logprob;
+    uint8_t len;
+    char bytes[MOE_TOKEN_BYTES];
+};
+struct moe_token_logprob {
+    struct moe_token_text tok;
+    int32_t n_top;
+    struct moe_token_text top[MOE_LOGPROBS_MAX];
+};
 
 enum moe_event_kind {
     MOE_EV_TEXT,  /* generated text (whole UTF-8 characters, stop strings removed) */
@@ -88,9 +112,14 @@ struct moe_event {
     enum moe_event_kind kind;
     const char *text;          /* MOE_EV_TEXT: valid until the next moe_job_next */
     size_t len;
+    const struct moe_token_logprob *lp; /* MOE_EV_TEXT: the tokens generated since the last
+                                         * event (logprobs asked), valid as text is */
+    size_t n_lp;
     const char *finish_reason; /* "stop", "length", "cancelled", "timeout" */
     int32_t prompt_tokens, completion_tokens;
     int status;                /* MOE_EV_ERROR: 400, 413, 500, 503 ... */
+    const char *code;          /* MOE_EV_ERROR: OpenAI's error code, or NULL
+                                * ("context_length_exceeded") */
     char message[256];
 };
 

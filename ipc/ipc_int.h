@@ -90,6 +90,8 @@ struct moe_ipc_gen {
     char id[48];       /* "cmpl-..." / "chatcmpl-..." */
     bool chat;
     bool include_usage;
+    bool logprobs;     /* replies carry each token's logprobs (else "logprobs": null) */
+    int64_t text_offset; /* completions' logprobs: characters of text before the next token */
     int64_t created;   /* unix seconds */
     const char *model; /* the served model's name */
 };
@@ -97,13 +99,14 @@ void moe_ipc_gen_init(struct moe_ipc_gen *g, bool chat, bool include_usage, cons
 
 /* The non-streaming reply (malloc'ed, ends with "\n"). text need not be
  * valid UTF-8: invalid bytes become U+FFFD. */
-char *moe_ipc_completion_json(const struct moe_ipc_gen *g, const char *text, size_t len,
+char *moe_ipc_completion_json(struct moe_ipc_gen *g, const char *text, size_t len,
+                              const struct moe_token_logprob *lp, size_t n_lp,
                               const char *finish_reason, int32_t prompt_tokens,
                               int32_t completion_tokens, size_t *out_len);
 /* SSE pieces, appended to b as "data: {...}\n\n". Return 0 or -ENOMEM. */
 int moe_ipc_sse_role(struct moe_ipc_buf *b, const struct moe_ipc_gen *g); /* chat only */
-int moe_ipc_sse_text(struct moe_ipc_buf *b, const struct moe_ipc_gen *g, const char *text,
-                     size_t len);
+int moe_ipc_sse_text(struct moe_ipc_buf *b, struct moe_ipc_gen *g, const char *text,
+                     size_t len, const struct moe_token_logprob *lp, size_t n_lp);
 /* The closing chunk with finish_reason, the usage chunk when asked for, and
  * "data: [DONE]". */
 int moe_ipc_sse_finish(struct moe_ipc_buf *b, const struct moe_ipc_gen *g,

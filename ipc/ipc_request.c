@@ -457,6 +457,67 @@ static int parse_messages(json_t *root, const struct moe_ipc_limits *lim, struct
     return 0;
 }
 
+/* logprobs: chat's boolean with top_logprobs, or the completions API's
+ * number of alternatives (0: the chosen tokens' only) */
+static int parse_logprobs(json_t *root, bool chat, struct moe_request *r,
+                          struct moe_ipc_error *err)
+{
+    long long x;
+    bool present;
+    int rc;
+    if (!chat) {
+        if ((rc = get_integer(root, "logprobs", 0, MOE_LOGPROBS_MAX, &x, &present, err)))
+            return rc;
+        r->logprobs = present;
+        r->top_logprobs = present ? (int32_t)x : 0;
+        return 0;
+    }
+    if ((rc = get_bool(root, "logprobs", &r->logprobs, err)) ||
+        (rc = get_integer(root, "top_logprobs", 0, MOE_LOGPROBS_MAX, &x, &present, err)))
+        return rc;
+    if (present && x > 0 && !r->logprobs)
+        return moe_ipc_error_set(err, 400, T_INVALID, "invalid_value", "top_logprobs",
+                                 "'top_logprobs' needs 'logprobs': true");
+    r->top_logprobs = present ? (int32_t)x : 0;
+    return 0;
+}
+
+/* logit_bias: {"token id": bias in [-100, 100]}; the engine checks the ids
+ * against the vocabulary */
+static int parse_logit_bias(json_t *root, struct moe_request *r, struct moe_ipc_error *err)
+{
+    json_t *v = opt(root, "logit_bias"), *b;
+    const char *key;
+    if (!v)
+        return 0;
+    if (!json_is_object(v))
+        return type_error(err, "logit_bias", "an object of token ids to numbers", v);
+    size_t n = json_object_size(v);
+    if (n > MOE_LOGIT_BIAS_MAX)
+        return moe_ipc_error_set(err, 400, T_INVALID, "invalid_value", "logit_bias",
+                                 "'logit_bias' holds %zu tokens; at most %d", n,
+                                 MOE_LOGIT_BIAS_MAX);
+    r->bias_id = malloc(MOE_MAX(n, 1) * sizeof(*r->bias_id));
+    r->bias = malloc(MOE_MAX(n, 1) * sizeof(*r->bias));
+    if (!r->bias_id || !r->bias)
+        return oom(err);
+    json_object_foreach(v, key, b) {
+        char sub[96], *end;
+        snprintf(sub, sizeof(sub), "logit_bias.%.64s", key);
+        errno = 0;
+        long id = strtol(key, &end, 10);
+        if (!*key || *end || errno || id < 0 || id > INT32_MAX)
+            return moe_ipc_error_set(err, 400, T_INVALID, "invalid_value", sub,
+                                     "'%s': logit_bias keys must be token ids", sub);
+        if (!json_is_number(b) || !(json_number_value(b) >= -100 && json_number_value(b) <= 100))
+            return moe_ipc_error_set(err, 400, T_INVALID, "invalid_value", sub,
+                                     "'%s' must be a number in [-100, 100]", sub);
+        r->bias_id[r->n_bias] = (int32_t)id;
+        r->bias[r->n_bias++] = (float)json_number_value(b);
+    }
+    return 0;
+}
+
 /* Parameters we do not implement: accepted only when absent or neutral, so
  * that a client never silently gets something other than it asked for. */
 static int check_unsupported(json_t *root, bool chat, struct moe_ipc_error *err)
@@ -467,10 +528,9 @@ static int check_unsupported(json_t *root, bool chat, struct moe_ipc_error *err)
         bool one_ok; /* best_of: 1 is the neutral value */
         bool zero_ok;
     } keys[] = {
-        {"logprobs", false, false, false}, {"top_logprobs", false, false, true},
         {"echo", true, false, false},      {"best_of", true, true, false},
-        {"suffix", true, false, false},    {"logit_bias", false, false, false},
-        {"tools", false, false, false},    {"functions", false, false, false},
+        {"suffix", true, false, false},    {"tools", false, false, false},
+        {"functions", false, false, false},
     };
     for (size_t i = 0; i < MOE_ARRAY_SIZE(keys); i++) {
         json_t *v = opt(root, keys[i].key);
@@ -560,6 +620,8 @@ static int parse_fields(json_t *root, bool chat, const struct moe_ipc_limits *li
                                  "'n' must be 1 (one choice per request), got %lld", x);
 
     TRY(parse_stop(root, r, err));
+    TRY(parse_logprobs(root, chat, r, err));
+    TRY(parse_logit_bias(root, r, err));
     TRY(get_bool(root, "stream", &r->stream, err));
     TRY(get_bool(root, "ignore_eos", &r->ignore_eos, err));
     /* extensions: online dynamic pruning level and experts per token; the

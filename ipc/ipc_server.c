@@ -169,6 +169,7 @@ struct ipc_stream {
     struct moe_ipc_gen gen;
     struct moe_ipc_buf out;  /* formatted, not yet handed to MHD */
     struct moe_ipc_buf text; /* text gathered for the next chunk */
+    struct moe_ipc_buf lps;  /* its tokens' logprobs (struct moe_token_logprob) */
     double t0, t_first;
     double write_timeout;
     bool finished; /* DONE or ERROR seen: nothing to cancel */
@@ -361,8 +362,8 @@ static void event_error(const struct moe_event *ev, struct moe_ipc_error *e)
 {
     int status = ev->status >= 400 && ev->status <= 599 ? ev->status : 500;
     moe_ipc_error_set(e, status, type_for_status(status),
-                      status >= 500 ? "engine_error" : "invalid_request", NULL, "%s",
-                      ev->message[0] ? ev->message : "generation failed");
+                      ev->code ? ev->code : status >= 500 ? "engine_error" : "invalid_request",
+                      NULL, "%s", ev->message[0] ? ev->message : "generation failed");
 }
 
 /* ---- streaming ----------------------------------------------------------- */
@@ -375,12 +376,14 @@ static int stream_take(struct ipc_stream *s, struct moe_event *first)
     bool pending = true;
     int rc;
     moe_ipc_buf_reset(&s->text);
+    moe_ipc_buf_reset(&s->lps);
     for (int k = 0; pending && ev.kind == MOE_EV_TEXT; k++) {
         if (s->t_first == 0) {
             s->t_first = moe_now_s();
             moe_ipc_metrics_first_text(&ipc->metrics, s->t_first - s->t0);
         }
-        if (moe_ipc_buf_append(&s->text, ev.text, ev.len))
+        if (moe_ipc_buf_append(&s->text, ev.text, ev.len) ||
+            moe_ipc_buf_append(&s->lps, ev.lp, ev.n_lp * sizeof(*ev.lp)))
             return -ENOMEM;
         pending = false;
         if (s->text.len < IPC_COALESCE_BYTES && k + 1 < IPC_COALESCE_EVENTS) {
@@ -391,7 +394,10 @@ static int stream_take(struct ipc_stream *s, struct moe_event *first)
                 return rc;
         }
     }
-    if (s->text.len && moe_ipc_sse_text(&s->out, &s->gen, s->text.data, s->text.len))
+    size_t n_lp = s->lps.len / sizeof(struct moe_token_logprob);
+    if ((s->text.len || n_lp) &&
+        moe_ipc_sse_text(&s->out, &s->gen, s->text.data, s->text.len,
+                         (const struct moe_token_logprob *)(const void *)s->lps.data, n_lp))
         return -ENOMEM;
     if (pending && ev.kind == MOE_EV_DONE) {
         s->finished = true;
@@ -463,6 +469,7 @@ static void stream_free(void *cls)
     atomic_fetch_sub(&s->ipc->streams, 1);
     moe_ipc_buf_free(&s->out);
     moe_ipc_buf_free(&s->text);
+    moe_ipc_buf_free(&s->lps);
     free(s);
 }
 
@@ -534,9 +541,11 @@ static bool start_stream(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_Conn
 
 /* The whole completion in one reply: waits here, in the connection's thread. */
 static bool finish_blocking(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_Connection *c,
-                            struct moe_job *job, const struct moe_ipc_gen *gen)
+                            struct moe_job *job, struct moe_ipc_gen *gen)
 {
-    struct moe_ipc_buf text = {0};
+    struct moe_ipc_buf text = {0}, lps = {0};
+#define LPS (const struct moe_token_logprob *)(const void *)lps.data, \
+            lps.len / sizeof(struct moe_token_logprob)
     struct moe_event ev;
     struct moe_ipc_error e;
     struct waiter w = {.ipc = ipc, .job = job, .fd = r->fd};
@@ -550,7 +559,7 @@ static bool finish_blocking(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_C
              * what there is, as the job's own end would have */
             size_t n;
             count_finish(ipc, "cancelled");
-            char *body = moe_ipc_completion_json(gen, text.data ? text.data : "", text.len,
+            char *body = moe_ipc_completion_json(gen, text.data ? text.data : "", text.len, LPS,
                                                  "cancelled", 0, 0, &n);
             ok = body && reply(ipc, r, c, 200, CT_JSON, body, n, NULL);
             goto out;
@@ -570,7 +579,8 @@ static bool finish_blocking(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_C
                 t_first = moe_now_s();
                 moe_ipc_metrics_first_text(&ipc->metrics, t_first - r->t0);
             }
-            if (moe_ipc_buf_append(&text, ev.text, ev.len)) {
+            if (moe_ipc_buf_append(&text, ev.text, ev.len) ||
+                moe_ipc_buf_append(&lps, ev.lp, ev.n_lp * sizeof(*ev.lp))) {
                 ipc->ops.cancel(job);
                 moe_ipc_error_set(&e, 500, "server_error", "out_of_memory", NULL,
                                   "out of memory");
@@ -588,7 +598,7 @@ static bool finish_blocking(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_C
         /* MOE_EV_DONE */
         observe_done(ipc, r->t0, t_first, &ev);
         size_t n;
-        char *body = moe_ipc_completion_json(gen, text.data ? text.data : "", text.len,
+        char *body = moe_ipc_completion_json(gen, text.data ? text.data : "", text.len, LPS,
                                              ev.finish_reason, ev.prompt_tokens,
                                              ev.completion_tokens, &n);
         ok = body && reply(ipc, r, c, 200, CT_JSON, body, n, NULL);
@@ -597,7 +607,9 @@ static bool finish_blocking(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_C
 out:
     ipc->ops.release(job);
     moe_ipc_buf_free(&text);
+    moe_ipc_buf_free(&lps);
     return ok;
+#undef LPS
 }
 
 static bool handle_generate(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_Connection *c)
@@ -623,6 +635,7 @@ static bool handle_generate(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_C
         p.req->sampling.seed = seed;
     }
     moe_ipc_gen_init(&gen, chat, p.include_usage, ipc->model_name);
+    gen.logprobs = p.req->logprobs;
     bool stream = p.req->stream;
 
     moe_err_clear();

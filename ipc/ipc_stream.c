@@ -124,6 +124,69 @@ static int set_choice(json_t *o, json_t *choice)
     return json_object_set_new(o, "choices", arr) ? -ENOMEM : 0;
 }
 
+/* ---- logprobs ------------------------------------------------------------- */
+
+static size_t utf8_chars(const char *s, size_t n)
+{
+    size_t c = 0;
+    for (size_t i = 0; i < n; i++)
+        c += ((unsigned char)s[i] & 0xc0) != 0x80;
+    return c;
+}
+
+/* chat's {"token", "logprob", "bytes"} */
+static json_t *token_obj(const struct moe_token_text *t)
+{
+    json_t *bytes = json_array();
+    for (size_t i = 0; bytes && i < t->len; i++)
+        json_array_append_new(bytes, json_integer((unsigned char)t->bytes[i]));
+    return json_pack("{s:o, s:f, s:o}", "token", moe_ipc_json_text(t->bytes, t->len), "logprob",
+                     (double)t->logprob, "bytes", bytes ? bytes : json_null());
+}
+
+/* The "logprobs" of a choice: chat's {"content": [...], "refusal": null},
+ * or the completions API's {"tokens", "token_logprobs", "top_logprobs",
+ * "text_offset"} (offsets in characters of the generated text); null when
+ * the request did not ask. */
+static json_t *logprobs_obj(struct moe_ipc_gen *g, const struct moe_token_logprob *lp, size_t n)
+{
+    if (!g->logprobs)
+        return json_null();
+    if (g->chat) {
+        json_t *content = json_array();
+        for (size_t i = 0; content && i < n; i++) {
+            json_t *t = token_obj(&lp[i].tok), *top = json_array();
+            for (int32_t k = 0; top && k < lp[i].n_top; k++)
+                json_array_append_new(top, token_obj(&lp[i].top[k]));
+            if (t && top)
+                json_object_set_new(t, "top_logprobs", top);
+            else
+                json_decref(top);
+            json_array_append_new(content, t);
+        }
+        return json_pack("{s:o, s:n}", "content", content ? content : json_array(), "refusal");
+    }
+    json_t *tokens = json_array(), *lps = json_array(), *tops = json_array(), *offs = json_array();
+    for (size_t i = 0; tokens && lps && tops && offs && i < n; i++) {
+        const struct moe_token_text *t = &lp[i].tok;
+        json_array_append_new(tokens, moe_ipc_json_text(t->bytes, t->len));
+        json_array_append_new(lps, json_real(t->logprob));
+        json_t *top = json_object();
+        for (int32_t k = 0; top && k < lp[i].n_top; k++) {
+            json_t *key = moe_ipc_json_text(lp[i].top[k].bytes, lp[i].top[k].len);
+            if (key && !json_object_get(top, json_string_value(key))) /* first (likeliest) wins */
+                json_object_set_new(top, json_string_value(key), json_real(lp[i].top[k].logprob));
+            json_decref(key);
+        }
+        json_array_append_new(tops, top);
+        json_array_append_new(offs, json_integer(g->text_offset));
+        g->text_offset += (int64_t)utf8_chars(t->bytes, t->len);
+    }
+    return json_pack("{s:o, s:o, s:o, s:o}", "tokens", tokens ? tokens : json_array(),
+                     "token_logprobs", lps ? lps : json_array(), "top_logprobs",
+                     tops ? tops : json_array(), "text_offset", offs ? offs : json_array());
+}
+
 static char *dump(json_t *o, size_t *len)
 {
     char *s = json_dumps(o, JSON_COMPACT);
@@ -132,7 +195,8 @@ static char *dump(json_t *o, size_t *len)
     return s;
 }
 
-char *moe_ipc_completion_json(const struct moe_ipc_gen *g, const char *text, size_t len,
+char *moe_ipc_completion_json(struct moe_ipc_gen *g, const char *text, size_t len,
+                              const struct moe_token_logprob *lp, size_t n_lp,
                               const char *finish_reason, int32_t prompt_tokens,
                               int32_t completion_tokens, size_t *out_len)
 {
@@ -144,12 +208,12 @@ char *moe_ipc_completion_json(const struct moe_ipc_gen *g, const char *text, siz
     if (g->chat) {
         json_t *msg = json_pack("{s:s, s:o}", "role", "assistant", "content",
                                 moe_ipc_json_text(text, len));
-        choice = json_pack("{s:i, s:o, s:n, s:o}", "index", 0, "message", msg, "logprobs",
-                           "finish_reason", reason(finish_reason));
+        choice = json_pack("{s:i, s:o, s:o, s:o}", "index", 0, "message", msg, "logprobs",
+                           logprobs_obj(g, lp, n_lp), "finish_reason", reason(finish_reason));
     } else {
-        choice = json_pack("{s:i, s:o, s:n, s:o}", "index", 0, "text",
-                           moe_ipc_json_text(text, len), "logprobs", "finish_reason",
-                           reason(finish_reason));
+        choice = json_pack("{s:i, s:o, s:o, s:o}", "index", 0, "text",
+                           moe_ipc_json_text(text, len), "logprobs", logprobs_obj(g, lp, n_lp),
+                           "finish_reason", reason(finish_reason));
     }
     if (set_choice(o, choice) ||
         json_object_set_new(o, "usage", usage(prompt_tokens, completion_tokens)))
@@ -187,16 +251,20 @@ static int sse_append(struct moe_ipc_buf *b, json_t *o)
 /* One chunk: completions carry "text", chat a "delta". delta_or_text is
  * taken (its reference). With include_usage, OpenAI puts "usage": null on
  * every chunk but the last. */
-static json_t *chunk(const struct moe_ipc_gen *g, json_t *delta_or_text, const char *finish)
+static json_t *chunk(const struct moe_ipc_gen *g, json_t *delta_or_text, json_t *logprobs,
+                     const char *finish)
 {
     json_t *o = head(g, g->chat ? "chat.completion.chunk" : "text_completion");
     json_t *choice;
+    if (!logprobs)
+        logprobs = json_null();
     if (!o) {
         json_decref(delta_or_text);
+        json_decref(logprobs);
         return NULL;
     }
-    choice = json_pack("{s:i, s:o, s:n, s:o}", "index", 0, g->chat ? "delta" : "text",
-                       delta_or_text, "logprobs", "finish_reason", reason(finish));
+    choice = json_pack("{s:i, s:o, s:o, s:o}", "index", 0, g->chat ? "delta" : "text",
+                       delta_or_text, "logprobs", logprobs, "finish_reason", reason(finish));
     if (set_choice(o, choice) ||
         (g->include_usage && json_object_set_new(o, "usage", json_null()))) {
         json_decref(o);
@@ -208,23 +276,23 @@ static json_t *chunk(const struct moe_ipc_gen *g, json_t *delta_or_text, const c
 int moe_ipc_sse_role(struct moe_ipc_buf *b, const struct moe_ipc_gen *g)
 {
     return sse_append(b, chunk(g, json_pack("{s:s, s:s}", "role", "assistant", "content", ""),
-                               NULL));
+                               NULL, NULL));
 }
 
-int moe_ipc_sse_text(struct moe_ipc_buf *b, const struct moe_ipc_gen *g, const char *text,
-                     size_t len)
+int moe_ipc_sse_text(struct moe_ipc_buf *b, struct moe_ipc_gen *g, const char *text,
+                     size_t len, const struct moe_token_logprob *lp, size_t n_lp)
 {
     json_t *t = moe_ipc_json_text(text, len);
     if (g->chat)
         t = json_pack("{s:o}", "content", t);
-    return sse_append(b, chunk(g, t, NULL));
+    return sse_append(b, chunk(g, t, g->logprobs ? logprobs_obj(g, lp, n_lp) : NULL, NULL));
 }
 
 int moe_ipc_sse_finish(struct moe_ipc_buf *b, const struct moe_ipc_gen *g,
                        const char *finish_reason, int32_t prompt_tokens,
                        int32_t completion_tokens)
 {
-    int rc = sse_append(b, chunk(g, g->chat ? json_object() : json_string(""),
+    int rc = sse_append(b, chunk(g, g->chat ? json_object() : json_string(""), NULL,
                                  finish_reason ? finish_reason : "stop"));
     if (rc)
         return rc;

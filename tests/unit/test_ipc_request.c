@@ -245,6 +245,22 @@ static void test_chat_messages(void **state)
     assert_string_equal(r->messages[3].content, "dev");
     assert_string_equal(r->messages[4].content, "a\nb");
     assert_int_equal(r->max_tokens, 7);
+    assert_false(r->logprobs);
+    moe_ipc_parsed_free(&p);
+
+    /* logprobs in both shapes, and logit_bias */
+    r = parse_ok("{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}],"
+                 " \"logprobs\": true, \"top_logprobs\": 5, \"logit_bias\": {\"7\": -100,"
+                 " \"12\": 2.5}}", true, &p);
+    assert_true(r->logprobs);
+    assert_int_equal(r->top_logprobs, 5);
+    assert_int_equal(r->n_bias, 2);
+    assert_int_equal(r->bias_id[0] + r->bias_id[1], 19);
+    assert_true(r->bias[0] + r->bias[1] == -97.5f);
+    moe_ipc_parsed_free(&p);
+    r = parse_ok("{\"prompt\": \"x\", \"logprobs\": 0}", false, &p);
+    assert_true(r->logprobs);
+    assert_int_equal(r->top_logprobs, 0);
     moe_ipc_parsed_free(&p);
 
     /* reasoning_content is kept for the templates that render it; empty tool
@@ -344,14 +360,17 @@ static void test_field_errors(void **state)
         {"{\"prompt\": \"x\", \"stop\": [\"a\", \"\"]}", "invalid_value", "stop[1]", "empty"},
         {"{\"prompt\": \"x\", \"stop\": [\"a\", 7]}", "invalid_type", "stop[1]", NULL},
         {"{\"prompt\": \"x\", \"stop\": [null]}", "invalid_type", "stop[0]", NULL},
-        {"{\"prompt\": \"x\", \"logprobs\": true}", "unsupported_parameter", "logprobs", NULL},
-        {"{\"prompt\": \"x\", \"logprobs\": 0}", "unsupported_parameter", "logprobs", NULL},
-        {"{\"prompt\": \"x\", \"logprobs\": 5}", "unsupported_parameter", "logprobs", NULL},
+        {"{\"prompt\": \"x\", \"logprobs\": true}", "invalid_type", "logprobs", "an integer"},
+        {"{\"prompt\": \"x\", \"logprobs\": 21}", "invalid_value", "logprobs", "[0, 20]"},
+        {"{\"prompt\": \"x\", \"logprobs\": -1}", "invalid_value", "logprobs", NULL},
         {"{\"prompt\": \"x\", \"echo\": true}", "unsupported_parameter", "echo", NULL},
         {"{\"prompt\": \"x\", \"best_of\": 3}", "unsupported_parameter", "best_of", NULL},
         {"{\"prompt\": \"x\", \"suffix\": \"end\"}", "unsupported_parameter", "suffix", NULL},
-        {"{\"prompt\": \"x\", \"logit_bias\": {\"5\": 10}}", "unsupported_parameter",
-         "logit_bias", NULL},
+        {"{\"prompt\": \"x\", \"logit_bias\": {\"five\": 10}}", "invalid_value",
+         "logit_bias.five", "token ids"},
+        {"{\"prompt\": \"x\", \"logit_bias\": {\"5\": 101}}", "invalid_value", "logit_bias.5",
+         "[-100, 100]"},
+        {"{\"prompt\": \"x\", \"logit_bias\": [5]}", "invalid_type", "logit_bias", NULL},
         {"{\"prompt\": \"x\", \"response_format\": {\"type\": \"json_object\"}}",
          "unsupported_parameter", "response_format", NULL},
     };
@@ -427,10 +446,12 @@ static void test_chat_errors(void **state)
          "invalid_type", "messages[0].content[0].text", NULL},
         {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"n\": 3}",
          "unsupported_value", "n", NULL},
-        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"logprobs\": true}",
-         "unsupported_parameter", "logprobs", NULL},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"logprobs\": 3}",
+         "invalid_type", "logprobs", "a boolean"},
         {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"top_logprobs\": 2}",
-         "unsupported_parameter", "top_logprobs", NULL},
+         "invalid_value", "top_logprobs", "needs 'logprobs': true"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"logprobs\": true,"
+         " \"top_logprobs\": 21}", "invalid_value", "top_logprobs", NULL},
         {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"tools\": [{}]}",
          "unsupported_parameter", "tools", NULL},
         {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"max_completion_tokens\":"
@@ -577,7 +598,7 @@ static void test_completion_json(void **state)
     size_t n;
     moe_ipc_gen_init(&g, false, false, "tiny");
     assert_memory_equal(g.id, "cmpl-", 5);
-    char *s = moe_ipc_completion_json(&g, "Hello", 5, "length", 3, 5, &n);
+    char *s = moe_ipc_completion_json(&g, "Hello", 5, NULL, 0, "length", 3, 5, &n);
     json_t *j = load(s, n);
     assert_string_equal(json_string_value(json_object_get(j, "object")), "text_completion");
     assert_string_equal(json_string_value(json_object_get(j, "model")), "tiny");
@@ -599,7 +620,7 @@ static void test_completion_json(void **state)
     moe_ipc_gen_init(&g2, true, false, "tiny");
     assert_memory_equal(g2.id, "chatcmpl-", 9);
     assert_string_not_equal(g.id + 5, g2.id + 9);
-    s = moe_ipc_completion_json(&g2, "Hi \xf0\x9f\x98\x80", 7, "stop", 1, 2, &n);
+    s = moe_ipc_completion_json(&g2, "Hi \xf0\x9f\x98\x80", 7, NULL, 0, "stop", 1, 2, &n);
     j = load(s, n);
     assert_string_equal(json_string_value(json_object_get(j, "object")), "chat.completion");
     c = json_array_get(json_object_get(j, "choices"), 0);
@@ -639,8 +660,8 @@ static void test_sse_chunks(void **state)
     /* chat: role, content, finish, usage, [DONE] */
     moe_ipc_gen_init(&g, true, true, "tiny");
     assert_int_equal(moe_ipc_sse_role(&b, &g), 0);
-    assert_int_equal(moe_ipc_sse_text(&b, &g, "Hel", 3), 0);
-    assert_int_equal(moe_ipc_sse_text(&b, &g, "lo", 2), 0);
+    assert_int_equal(moe_ipc_sse_text(&b, &g, "Hel", 3, NULL, 0), 0);
+    assert_int_equal(moe_ipc_sse_text(&b, &g, "lo", 2, NULL, 0), 0);
     assert_int_equal(moe_ipc_sse_finish(&b, &g, "stop", 4, 2), 0);
     size_t n = sse_split(b.data, copy, sizeof(copy), ev, 16);
     assert_int_equal(n, 6);
@@ -673,7 +694,7 @@ static void test_sse_chunks(void **state)
     /* completions without usage: text chunks, finish, [DONE] */
     moe_ipc_buf_reset(&b);
     moe_ipc_gen_init(&g, false, false, "tiny");
-    assert_int_equal(moe_ipc_sse_text(&b, &g, "a\"\n", 3), 0);
+    assert_int_equal(moe_ipc_sse_text(&b, &g, "a\"\n", 3, NULL, 0), 0);
     assert_int_equal(moe_ipc_sse_finish(&b, &g, "length", 1, 1), 0);
     n = sse_split(b.data, copy, sizeof(copy), ev, 16);
     assert_int_equal(n, 3);
@@ -704,9 +725,70 @@ static void test_sse_chunks(void **state)
     moe_ipc_buf_free(&b);
 }
 
+/* logprobs in the two shapes: chat's content list with bytes and
+ * alternatives, the completions API's parallel lists with character offsets
+ * that run on from one reply (or chunk) to the next */
+static void test_logprobs_json(void **state)
+{
+    (void)state;
+    struct moe_token_logprob lp[2] = {0};
+    lp[0].tok = (struct moe_token_text){-0.5f, 2, "Hi"};
+    lp[0].n_top = 2;
+    lp[0].top[0] = (struct moe_token_text){-0.5f, 2, "Hi"};
+    lp[0].top[1] = (struct moe_token_text){-1.5f, 3, "Hey"};
+    lp[1].tok = (struct moe_token_text){-0.25f, 3, " \xc3\xa9"}; /* " é": 3 bytes, 2 chars */
+    struct moe_ipc_gen g;
+    size_t n;
+    moe_ipc_gen_init(&g, true, false, "tiny");
+    g.logprobs = true;
+    char *s = moe_ipc_completion_json(&g, "Hi \xc3\xa9", 5, lp, 2, "length", 1, 2, &n);
+    json_t *j = load(s, n);
+    json_t *ch = json_array_get(json_object_get(j, "choices"), 0);
+    json_t *c = json_object_get(json_object_get(ch, "logprobs"), "content");
+    assert_int_equal(json_array_size(c), 2);
+    json_t *t0 = json_array_get(c, 0), *t1 = json_array_get(c, 1);
+    assert_string_equal(json_string_value(json_object_get(t0, "token")), "Hi");
+    assert_true(json_real_value(json_object_get(t0, "logprob")) == -0.5);
+    assert_int_equal(json_array_size(json_object_get(t0, "top_logprobs")), 2);
+    assert_string_equal(json_string_value(json_object_get(
+                            json_array_get(json_object_get(t0, "top_logprobs"), 1), "token")),
+                        "Hey");
+    assert_int_equal(json_array_size(json_object_get(t1, "bytes")), 3);
+    assert_int_equal(json_integer_value(json_array_get(json_object_get(t1, "bytes"), 1)), 0xc3);
+    assert_int_equal(json_array_size(json_object_get(t1, "top_logprobs")), 0);
+    json_decref(j);
+    free(s);
+
+    moe_ipc_gen_init(&g, false, false, "tiny");
+    g.logprobs = true;
+    struct moe_ipc_buf b = {0};
+    assert_int_equal(moe_ipc_sse_text(&b, &g, "Hi", 2, lp, 1), 0);
+    assert_int_equal(g.text_offset, 2);
+    s = moe_ipc_completion_json(&g, "", 0, lp + 1, 1, "length", 1, 2, &n); /* offsets go on */
+    j = load(s, n);
+    json_t *l = json_object_get(json_array_get(json_object_get(j, "choices"), 0), "logprobs");
+    assert_string_equal(json_string_value(json_array_get(json_object_get(l, "tokens"), 0)),
+                        " \xc3\xa9");
+    assert_int_equal(json_integer_value(json_array_get(json_object_get(l, "text_offset"), 0)), 2);
+    assert_int_equal(g.text_offset, 4);
+    assert_int_equal(json_object_size(json_array_get(json_object_get(l, "top_logprobs"), 0)), 0);
+    json_decref(j);
+    free(s);
+    moe_ipc_buf_free(&b);
+
+    moe_ipc_gen_init(&g, false, false, "tiny"); /* not asked: null */
+    s = moe_ipc_completion_json(&g, "x", 1, NULL, 0, "stop", 1, 1, &n);
+    j = load(s, n);
+    assert_true(json_is_null(
+        json_object_get(json_array_get(json_object_get(j, "choices"), 0), "logprobs")));
+    json_decref(j);
+    free(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_logprobs_json),
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_all_fields),
         cmocka_unit_test(test_nulls_are_defaults),

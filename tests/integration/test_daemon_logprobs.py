@@ -1,0 +1,154 @@
+"""logprobs, top_logprobs and logit_bias through a real moed (issue 18), on the bundled model:
+
+  - the completions API's shape ({"tokens", "token_logprobs", "top_logprobs", "text_offset"})
+    and chat's ({"content": [{"token", "logprob", "bytes", "top_logprobs"}]}), the tokens
+    spelling the text, greedy picking the likeliest alternative;
+  - the values: the first token's logprob is log_softmax of the prompt's last logits as
+    moe-bench computes them (the model's distribution, before penalties and temperature);
+  - streamed chunks carry the same logprobs as the whole reply;
+  - logit_bias moves the choice but not the logprobs (OpenAI and vLLM report the model's);
+  - a prompt over the context is a 400 with code context_length_exceeded;
+  - the official openai client reads them (skipped where the package is not installed).
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import test_daemon as td  # noqa: E402
+
+PROMPT = "First Citizen:\nBefore we proceed any further, hear me speak."
+CHAT = [{"role": "user", "content": "Speak, speak."}]
+
+
+class Logprobs(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.moed = td.Moed()
+        cls.moed.wait_notify("READY=1")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.moed.stop()
+
+    def post(self, path, body, status=200):
+        st, out = self.moed.json("POST", path, dict(body, temperature=0))
+        self.assertEqual(st, status, out)
+        return out
+
+    def test_completion_logprobs_shape_and_values(self):
+        out = self.post("/v1/completions", {"prompt": PROMPT, "max_tokens": 8, "logprobs": 3})
+        ch = out["choices"][0]
+        lp = ch["logprobs"]
+        n = out["usage"]["completion_tokens"]
+        self.assertEqual(len(lp["tokens"]), n)
+        self.assertEqual(len(lp["token_logprobs"]), n)
+        self.assertEqual(len(lp["top_logprobs"]), n)
+        self.assertEqual("".join(lp["tokens"]), ch["text"])
+        off = 0
+        for tok, x, top, o in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"],
+                                  lp["text_offset"]):
+            self.assertEqual(o, off)
+            off += len(tok)
+            self.assertLessEqual(x, 0.0)
+            self.assertLessEqual(len(top), 3)
+            self.assertLessEqual(sum(math.exp(v) for v in top.values()), 1.0 + 1e-5)
+            self.assertAlmostEqual(x, max(top.values()), places=5)  # greedy: the likeliest
+            self.assertIn(tok, top)
+        # the first token's logprob against the model's own logits of the prompt
+        ids = subprocess.run([os.path.join(td.BIN, "moe-run"), "--model", td.TINY, "--tokenize",
+                              PROMPT], check=True, capture_output=True, text=True).stdout.split()
+        with open(os.path.join(td.TINY, "config.json")) as f:  # the daemon adds BOS
+            ids = [str(json.load(f)["bos_token_id"])] + ids
+        self.assertEqual(len(ids), out["usage"]["prompt_tokens"])
+        with tempfile.TemporaryDirectory() as tmp:
+            f = os.path.join(tmp, "l.bin")
+            subprocess.run([os.path.join(td.BIN, "moe-bench"), "logits", "--model", td.TINY,
+                            "--ids", " ".join(ids), "--out", f], check=True, capture_output=True)
+            last = np.fromfile(f, dtype="<f4").reshape(len(ids), -1)[-1].astype(np.float64)
+        ls = last - last.max() - math.log(np.exp(last - last.max()).sum())
+        self.assertAlmostEqual(lp["token_logprobs"][0], float(ls.max()), places=4)
+        second = float(np.sort(ls)[-2])
+        self.assertAlmostEqual(sorted(lp["top_logprobs"][0].values())[-2], second, places=4)
+
+    def test_chat_logprobs_and_streaming(self):
+        body = {"messages": CHAT, "max_tokens": 8, "logprobs": True, "top_logprobs": 2}
+        out = self.post("/v1/chat/completions", body)
+        msg = out["choices"][0]["message"]["content"]
+        content = out["choices"][0]["logprobs"]["content"]
+        self.assertEqual(len(content), out["usage"]["completion_tokens"])
+        self.assertEqual("".join(t["token"] for t in content), msg)
+        for t in content:
+            self.assertEqual(bytes(t["bytes"]).decode("utf-8", "replace"), t["token"])
+            self.assertEqual(len(t["top_logprobs"]), 2)
+            self.assertEqual(t["top_logprobs"][0]["token"], t["token"])
+            self.assertGreaterEqual(t["top_logprobs"][0]["logprob"], t["top_logprobs"][1]["logprob"])
+        # streamed: the chunks' logprobs, in order, are the reply's
+        _, events = td.stream(self.moed, "/v1/chat/completions", dict(body, temperature=0))
+        got = []
+        for ev in events:
+            if ev != "DONE" and ev["choices"] and ev["choices"][0].get("logprobs"):
+                got += ev["choices"][0]["logprobs"]["content"]
+        self.assertEqual([(t["token"], round(t["logprob"], 5)) for t in got],
+                         [(t["token"], round(t["logprob"], 5)) for t in content])
+        # not asked: null, as OpenAI
+        out = self.post("/v1/chat/completions", {"messages": CHAT, "max_tokens": 2})
+        self.assertIsNone(out["choices"][0]["logprobs"])
+
+    def test_logit_bias_moves_the_choice_not_the_logprobs(self):
+        base = self.post("/v1/completions", {"prompt": PROMPT, "max_tokens": 1, "logprobs": 2})
+        first = base["choices"][0]["logprobs"]
+        ids = subprocess.run([os.path.join(td.BIN, "moe-run"), "--model", td.TINY, "--tokenize",
+                              PROMPT + first["tokens"][0]], check=True, capture_output=True,
+                             text=True).stdout.split()
+        banned = ids[-1]  # the greedy token's id (it ends the prompt + its text)
+        out = self.post("/v1/completions", {"prompt": PROMPT, "max_tokens": 1, "logprobs": 2,
+                                            "logit_bias": {banned: -100}})
+        lp = out["choices"][0]["logprobs"]
+        self.assertNotEqual(lp["tokens"][0], first["tokens"][0])
+        self.assertEqual(lp["top_logprobs"][0], first["top_logprobs"][0])  # the model's, unbiased
+        self.assertAlmostEqual(lp["token_logprobs"][0], sorted(first["top_logprobs"][0].values())[0],
+                               places=5)  # the runner-up was taken
+        st, err = self.moed.json("POST", "/v1/completions", {"prompt": PROMPT, "max_tokens": 1,
+                                                            "logit_bias": {"99999999": 5}})
+        self.assertEqual(st, 400, err)
+        self.assertIn("not in the vocabulary", err["error"]["message"])
+
+    def test_prompt_over_the_context(self):
+        st, err = self.moed.json("POST", "/v1/completions", {"prompt": "word " * 2000,
+                                                            "max_tokens": 4})
+        self.assertEqual(st, 400, err)
+        self.assertEqual(err["error"]["code"], "context_length_exceeded")
+
+    def test_openai_client(self):
+        try:
+            import openai
+        except ImportError:
+            self.skipTest("the openai package is not installed")
+        try:  # openai 3.x is built on httpx2, earlier ones on httpx
+            import httpx2 as http
+        except ImportError:
+            import httpx as http
+        client = openai.OpenAI(base_url="http://moed/v1", api_key="none", http_client=http.Client(
+            transport=http.HTTPTransport(uds=self.moed.sock)))
+        r = client.chat.completions.create(model="tiny-moe", messages=CHAT, max_tokens=6,
+                                           temperature=0, logprobs=True, top_logprobs=3)
+        content = r.choices[0].logprobs.content
+        self.assertEqual("".join(t.token for t in content), r.choices[0].message.content)
+        self.assertEqual(len(content[0].top_logprobs), 3)
+        c = client.completions.create(model="tiny-moe", prompt=PROMPT, max_tokens=4,
+                                      temperature=0, logprobs=2)
+        self.assertEqual(len(c.choices[0].logprobs.tokens), c.usage.completion_tokens)
+        with self.assertRaises(openai.BadRequestError) as e:
+            client.completions.create(model="tiny-moe", prompt="word " * 2000, max_tokens=4)
+        self.assertEqual(e.exception.code, "context_length_exceeded")
+
+
+if __name__ == "__main__":
+    unittest.main()

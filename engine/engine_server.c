@@ -183,6 +183,7 @@ void moe_request_free(struct moe_request *r)
     if (!r)
         return;
     free(r->prompt);
+    free(r->prompt_ids);
     for (size_t i = 0; i < r->n_messages; i++) {
         free(r->messages[i].role);
         free(r->messages[i].content);
@@ -226,6 +227,7 @@ struct moe_engine {
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
+    pthread_mutex_t tok_mu; /* the tokenizer's BPE cache: the engine and /tokenize */
     struct moe_job *queue_head, *queue_tail;
     int32_t queue_len;
     bool draining, stopping;
@@ -349,6 +351,22 @@ static int seq_start(struct moe_engine *e, struct seq *s, struct moe_job *j)
         ids = j->ids;
         n_ids = j->n_ids;
         j->ids = NULL;
+    } else if (r->prompt_ids) { /* tokens as given */
+        for (size_t i = 0; i < r->n_prompt_ids; i++)
+            if (r->prompt_ids[i] < 0 || r->prompt_ids[i] >= m->cfg.vocab) {
+                char msg[160];
+                snprintf(msg, sizeof(msg), "prompt[%zu]: token %d is not in the vocabulary "
+                         "(0..%d)", i, r->prompt_ids[i], m->cfg.vocab - 1);
+                seq_fail(e, s, 400, msg);
+                return SEQ_FAILED;
+            }
+        ids = malloc(MOE_MAX(r->n_prompt_ids, 1) * sizeof(*ids));
+        if (!ids) {
+            seq_fail(e, s, 500, "out of memory");
+            return SEQ_FAILED;
+        }
+        memcpy(ids, r->prompt_ids, r->n_prompt_ids * sizeof(*ids));
+        n_ids = r->n_prompt_ids;
     } else {
         if (r->kind == MOE_REQ_CHAT)
             rc = moe_chat_render(e->lim.chat_template, r->messages, r->n_messages, NULL, &text);
@@ -357,7 +375,9 @@ static int seq_start(struct moe_engine *e, struct seq *s, struct moe_job *j)
             return SEQ_FAILED;
         }
         const char *prompt = text ? text : (r->prompt ? r->prompt : "");
+        pthread_mutex_lock(&e->tok_mu);
         rc = moe_tokenizer_encode(m->tok, prompt, strlen(prompt), true, &ids, &n_ids);
+        pthread_mutex_unlock(&e->tok_mu);
         free(text);
         if (rc < 0) {
             seq_fail(e, s, 400, moe_err_msg());
@@ -818,6 +838,7 @@ static void engine_release(struct moe_engine *e)
     free(e->lp_row);
     free(e->piece);
     pthread_mutex_destroy(&e->mu);
+    pthread_mutex_destroy(&e->tok_mu);
     pthread_cond_destroy(&e->cv);
     free(e);
 }
@@ -914,6 +935,7 @@ int moe_engine_create(const struct moe_model *model, struct moe_pool *pool,
     e->pool = pool;
     e->lim = *limits;
     pthread_mutex_init(&e->mu, NULL);
+    pthread_mutex_init(&e->tok_mu, NULL);
     pthread_cond_init(&e->cv, NULL);
     size_t B = (size_t)limits->max_batch_tokens, S = (size_t)limits->max_seqs;
     e->seqs = calloc(S, sizeof(*e->seqs));
@@ -980,10 +1002,49 @@ int moe_engine_set_limits(struct moe_engine *e, const struct moe_engine_limits *
     return rc;
 }
 
+int moe_engine_tokenize(struct moe_engine *e, const char *text, size_t len, bool add_special,
+                        int32_t **ids, size_t *n)
+{
+    if (!e->model->tok)
+        return moe_err(-ENOENT, "the model has no tokenizer");
+    pthread_mutex_lock(&e->tok_mu);
+    int rc = moe_tokenizer_encode(e->model->tok, text, len, add_special, ids, n);
+    pthread_mutex_unlock(&e->tok_mu);
+    return rc;
+}
+
+int moe_engine_detokenize(struct moe_engine *e, const int32_t *ids, size_t n, char **text,
+                          size_t *len)
+{
+    const struct moe_tokenizer *t = e->model->tok;
+    *text = NULL;
+    *len = 0;
+    if (!t)
+        return moe_err(-ENOENT, "the model has no tokenizer");
+    for (size_t i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= e->model->cfg.vocab)
+            return moe_err(-EINVAL, "tokens[%zu]: %d is not in the vocabulary (0..%d)", i,
+                           ids[i], e->model->cfg.vocab - 1);
+    size_t piece = moe_tokenizer_max_piece(t) + 8, cap = n * piece + piece + 1;
+    char *out = malloc(cap);
+    if (!out)
+        return moe_err(-ENOMEM, "out of memory");
+    struct moe_detok d;
+    moe_detok_init(&d, t);
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++)
+        o += moe_detok_push(&d, ids[i], out + o, cap - o);
+    o += moe_detok_flush(&d, out + o, cap - o);
+    out[o] = '\0';
+    *text = out;
+    *len = o;
+    return 0;
+}
+
 int moe_engine_submit(struct moe_engine *e, struct moe_request *req, struct moe_job **out)
 {
     *out = NULL;
-    if (req->kind == MOE_REQ_CHAT ? req->n_messages == 0 : !req->prompt)
+    if (req->kind == MOE_REQ_CHAT ? req->n_messages == 0 : !req->prompt && !req->prompt_ids)
         return moe_err(-EINVAL, req->kind == MOE_REQ_CHAT ? "no messages" : "no prompt");
     struct moe_job *j = calloc(1, sizeof(*j));
     if (!j)

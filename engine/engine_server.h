@@ -63,7 +63,9 @@ struct moe_chat_message {
 /* Built by ipc (all strings malloc'ed); owned by the engine once submitted. */
 struct moe_request {
     enum moe_req_kind kind;
-    char *prompt;                       /* MOE_REQ_COMPLETION */
+    char *prompt;                       /* MOE_REQ_COMPLETION: text, or */
+    int32_t *prompt_ids;                /* its tokens as given (no BOS added) */
+    size_t n_prompt_ids;
     struct moe_chat_message *messages;  /* MOE_REQ_CHAT */
     size_t n_messages;
     int32_t max_tokens;                 /* 0 = the engine's default */
@@ -142,6 +144,16 @@ void moe_engine_free(struct moe_engine *e); /* drains with timeout 0 first */
  * tokenizer (a prompt longer than the context, a chat the template refuses)
  * comes later as an MOE_EV_ERROR event with status 400. */
 int moe_engine_submit(struct moe_engine *e, struct moe_request *req, struct moe_job **job);
+
+/* The model's tokenizer for /tokenize and /detokenize, from any thread: text
+ * as a prompt is tokenized (add_special: BOS/EOS as the tokenizer's config
+ * says) into *ids (malloc'ed), and ids back into text (*text malloc'ed,
+ * NUL-terminated; an id outside the vocabulary is -EINVAL with a message).
+ * -ENOENT: the model has no tokenizer. */
+int moe_engine_tokenize(struct moe_engine *e, const char *text, size_t len, bool add_special,
+                        int32_t **ids, size_t *n);
+int moe_engine_detokenize(struct moe_engine *e, const int32_t *ids, size_t n, char **text,
+                          size_t *len);
 
 /* Waits for the job's next event, up to timeout_ms (-1 = forever).
  * 0 with *ev filled, or -ETIMEDOUT. After MOE_EV_DONE / MOE_EV_ERROR no more

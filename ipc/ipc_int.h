@@ -126,6 +126,10 @@ struct moe_ipc_engine_ops {
     void (*cancel)(struct moe_job *job);
     void (*release)(struct moe_job *job);
     void (*get_stats)(struct moe_engine *e, struct moe_engine_stats *st);
+    int (*tokenize)(struct moe_engine *e, const char *text, size_t len, bool add_special,
+                    int32_t **ids, size_t *n);
+    int (*detokenize)(struct moe_engine *e, const int32_t *ids, size_t n, char **text,
+                      size_t *len);
 };
 /* Before any request arrives (tests). NULL restores the real engine. */
 void moe_ipc_set_engine_ops(struct moe_ipc *ipc, const struct moe_ipc_engine_ops *ops);

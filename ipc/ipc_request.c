@@ -301,10 +301,34 @@ static int check_prompt_bytes(size_t n, const struct moe_ipc_limits *lim, const 
 static int parse_prompt(json_t *root, const struct moe_ipc_limits *lim, struct moe_request *r,
                         struct moe_ipc_error *err)
 {
-    const char *want = "a string or an array of one string (token arrays are not supported)";
+    const char *want = "a string, an array of token ids, or an array of one of those";
     json_t *p = opt(root, "prompt");
     if (!p)
         return missing(err, "prompt", want);
+    if (json_is_array(p) && json_array_size(p) == 1 && json_is_array(json_array_get(p, 0)))
+        p = json_array_get(p, 0); /* [[ids]]: one prompt of tokens */
+    if (json_is_array(p) && json_array_size(p) > 0 && json_is_integer(json_array_get(p, 0))) {
+        size_t n = json_array_size(p);
+        int rc = check_prompt_bytes(n * 4, lim, "prompt", err);
+        if (rc)
+            return rc;
+        r->prompt_ids = malloc(n * sizeof(*r->prompt_ids));
+        if (!r->prompt_ids)
+            return oom(err);
+        for (size_t i = 0; i < n; i++) {
+            json_t *v = json_array_get(p, i);
+            if (!json_is_integer(v) || json_integer_value(v) < 0 ||
+                json_integer_value(v) > INT32_MAX) {
+                char sub[32];
+                snprintf(sub, sizeof(sub), "prompt[%zu]", i);
+                return moe_ipc_error_set(err, 400, T_INVALID, "invalid_value", sub,
+                                         "'%s' must be a token id", sub);
+            }
+            r->prompt_ids[i] = (int32_t)json_integer_value(v);
+        }
+        r->n_prompt_ids = n;
+        return 0;
+    }
     if (json_is_array(p)) {
         size_t n = json_array_size(p);
         for (size_t i = 0; i < n; i++)

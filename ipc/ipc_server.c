@@ -63,6 +63,8 @@ enum route {
     R_METRICS,
     R_STATS,
     R_RELOAD,
+    R_TOKENIZE,
+    R_DETOKENIZE,
     R_OTHER, /* unknown paths: one metrics label, whatever the URL */
     R_N
 };
@@ -87,6 +89,8 @@ static const struct {
     [R_METRICS] = {"/metrics", false, "/metrics", ACCESS_OPEN},
     [R_STATS] = {"/admin/stats", false, "/admin/stats", ACCESS_ADMIN},
     [R_RELOAD] = {"/admin/reload", true, "/admin/reload", ACCESS_ADMIN},
+    [R_TOKENIZE] = {"/tokenize", true, "/tokenize", ACCESS_API},
+    [R_DETOKENIZE] = {"/detokenize", true, "/detokenize", ACCESS_API},
     [R_OTHER] = {NULL, false, "other", ACCESS_API},
 };
 
@@ -135,6 +139,8 @@ static const struct moe_ipc_engine_ops real_engine = {
     .cancel = moe_job_cancel,
     .release = moe_job_release,
     .get_stats = moe_engine_get_stats,
+    .tokenize = moe_engine_tokenize,
+    .detokenize = moe_engine_detokenize,
 };
 
 /* One HTTP request (MHD's req_cls): lives from its headers to NOTIFY_COMPLETED. */
@@ -768,6 +774,151 @@ static bool handle_stats(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_Conn
                       NULL);
 }
 
+/* ---- /tokenize and /detokenize, as llama-server has them ------------------- */
+
+/* the body as a JSON object, or a 400 reply sent (NULL) */
+static json_t *json_body(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_Connection *c,
+                         bool *ok)
+{
+    json_error_t jerr;
+    json_t *o = json_loadb(r->body.data ? r->body.data : "", r->body.len,
+                           JSON_REJECT_DUPLICATES, &jerr);
+    if (!json_is_object(o)) {
+        json_decref(o);
+        *ok = fail_with(ipc, r, c, 400, "invalid_request_error", "invalid_json", NULL, NULL,
+                        "the body must be a JSON object%s%s", o ? "" : ": ",
+                        o ? "" : jerr.text);
+        return NULL;
+    }
+    return o;
+}
+
+/* the engine, or a 503 reply sent (NULL) */
+static struct moe_engine *engine_or_503(struct moe_ipc *ipc, struct ipc_req *r,
+                                        struct MHD_Connection *c, bool *ok)
+{
+    struct moe_engine *engine = atomic_load(&ipc->engine);
+    if (!engine || !ipc->ops.tokenize)
+        *ok = fail_unavailable(ipc, r, c, true);
+    return engine && ipc->ops.tokenize ? engine : NULL;
+}
+
+static bool engine_refused(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_Connection *c,
+                           int rc, const char *param)
+{
+    if (rc == -EINVAL)
+        return fail_with(ipc, r, c, 400, "invalid_request_error", "invalid_value", param, NULL,
+                         "%s", moe_err_msg());
+    return fail_with(ipc, r, c, rc == -ENOENT ? 501 : 500, "server_error", "engine_error", NULL,
+                     NULL, "%s", moe_err_msg());
+}
+
+/* {"content": TEXT, "add_special": false, "with_pieces": false} ->
+ * {"tokens": [ID, ...]} or {"tokens": [{"id": ID, "piece": TEXT}, ...]} */
+static bool handle_tokenize(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_Connection *c)
+{
+    bool ok = false;
+    json_t *o = json_body(ipc, r, c, &ok), *content, *v;
+    if (!o)
+        return ok;
+    struct moe_engine *engine = engine_or_503(ipc, r, c, &ok);
+    bool special = false, pieces = false;
+    content = json_object_get(o, "content");
+    if (!engine)
+        goto out;
+    if (!json_is_string(content)) {
+        ok = fail_with(ipc, r, c, 400, "invalid_request_error",
+                       content ? "invalid_type" : "missing_required_parameter", "content", NULL,
+                       "'content' must be a string");
+        goto out;
+    }
+    static const char *const flags[] = {"add_special", "with_pieces"};
+    for (int i = 0; i < 2; i++) {
+        if ((v = json_object_get(o, flags[i])) && !json_is_boolean(v)) {
+            ok = fail_with(ipc, r, c, 400, "invalid_request_error", "invalid_type", flags[i],
+                           NULL, "'%s' must be a boolean", flags[i]);
+            goto out;
+        }
+        *(i ? &pieces : &special) = json_is_true(v);
+    }
+    int32_t *ids = NULL;
+    size_t n = 0;
+    moe_err_clear();
+    int rc = ipc->ops.tokenize(engine, json_string_value(content), json_string_length(content),
+                               special, &ids, &n);
+    if (rc < 0) {
+        ok = engine_refused(ipc, r, c, rc, "content");
+        goto out;
+    }
+    json_t *arr = json_array();
+    for (size_t i = 0; arr && i < n; i++) {
+        char *text = NULL;
+        size_t len = 0;
+        if (!pieces) {
+            json_array_append_new(arr, json_integer(ids[i]));
+        } else if (ipc->ops.detokenize(engine, &ids[i], 1, &text, &len) == 0) {
+            json_array_append_new(arr, json_pack("{s:i, s:o}", "id", ids[i], "piece",
+                                                 moe_ipc_json_text(text, len)));
+        }
+        free(text);
+    }
+    free(ids);
+    ok = reply_json(ipc, r, c, 200, json_pack("{s:o}", "tokens", arr ? arr : json_array()), NULL);
+out:
+    json_decref(o);
+    return ok;
+}
+
+/* {"tokens": [ID, ...]} -> {"content": TEXT} */
+static bool handle_detokenize(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_Connection *c)
+{
+    bool ok = false;
+    json_t *o = json_body(ipc, r, c, &ok), *t, *v;
+    if (!o)
+        return ok;
+    struct moe_engine *engine = engine_or_503(ipc, r, c, &ok);
+    int32_t *ids = NULL;
+    size_t i;
+    if (!engine)
+        goto out;
+    t = json_object_get(o, "tokens");
+    if (!json_is_array(t)) {
+        ok = fail_with(ipc, r, c, 400, "invalid_request_error",
+                       t ? "invalid_type" : "missing_required_parameter", "tokens", NULL,
+                       "'tokens' must be an array of token ids");
+        goto out;
+    }
+    ids = malloc((json_array_size(t) + 1) * sizeof(*ids));
+    if (!ids)
+        goto out;
+    json_array_foreach(t, i, v) {
+        if (!json_is_integer(v) || json_integer_value(v) < 0 ||
+            json_integer_value(v) > INT32_MAX) {
+            char param[32];
+            snprintf(param, sizeof(param), "tokens[%zu]", i);
+            ok = fail_with(ipc, r, c, 400, "invalid_request_error", "invalid_value", param, NULL,
+                           "'%s' must be a token id", param);
+            goto out;
+        }
+        ids[i] = (int32_t)json_integer_value(v);
+    }
+    char *text = NULL;
+    size_t len = 0;
+    moe_err_clear();
+    int rc = ipc->ops.detokenize(engine, ids, json_array_size(t), &text, &len);
+    if (rc < 0) {
+        ok = engine_refused(ipc, r, c, rc, "tokens");
+        goto out;
+    }
+    ok = reply_json(ipc, r, c, 200, json_pack("{s:o}", "content", moe_ipc_json_text(text, len)),
+                    NULL);
+    free(text);
+out:
+    free(ids);
+    json_decref(o);
+    return ok;
+}
+
 static bool handle_reload(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_Connection *c)
 {
     char msg[512] = "";
@@ -988,6 +1139,8 @@ static bool on_complete(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_Conne
     case R_METRICS: return handle_metrics(ipc, r, c);
     case R_STATS: return handle_stats(ipc, r, c);
     case R_RELOAD: return handle_reload(ipc, r, c);
+    case R_TOKENIZE: return handle_tokenize(ipc, r, c);
+    case R_DETOKENIZE: return handle_detokenize(ipc, r, c);
     default: break;
     }
     return false;

@@ -258,6 +258,11 @@ static void test_chat_messages(void **state)
     assert_int_equal(r->bias_id[0] + r->bias_id[1], 19);
     assert_true(r->bias[0] + r->bias[1] == -97.5f);
     moe_ipc_parsed_free(&p);
+    r = parse_ok("{\"prompt\": [[5, 6, 7]]}", false, &p); /* token arrays */
+    assert_null(r->prompt);
+    assert_int_equal(r->n_prompt_ids, 3);
+    assert_int_equal(r->prompt_ids[2], 7);
+    moe_ipc_parsed_free(&p);
     r = parse_ok("{\"prompt\": \"x\", \"logprobs\": 0}", false, &p);
     assert_true(r->logprobs);
     assert_int_equal(r->top_logprobs, 0);
@@ -302,8 +307,9 @@ static void test_field_errors(void **state)
         {"{\"prompt\": {\"a\": 1}}", "invalid_type", "prompt", "got an object"},
         {"{\"prompt\": []}", "invalid_value", "prompt", "0 prompts"},
         {"{\"prompt\": [\"a\", \"b\"]}", "invalid_value", "prompt", "2 prompts"},
-        {"{\"prompt\": [1, 2, 3]}", "invalid_type", "prompt", "token arrays"},
-        {"{\"prompt\": [[1]]}", "invalid_type", "prompt", "token arrays"},
+        {"{\"prompt\": [1, -2, 3]}", "invalid_value", "prompt[1]", "token id"},
+        {"{\"prompt\": [1, \"a\"]}", "invalid_value", "prompt[1]", "token id"},
+        {"{\"prompt\": [[1], [2]]}", "invalid_type", "prompt", "array of one"},
         {"{\"prompt\": [\"a\", 42]}", "invalid_type", "prompt", NULL},
         {"{\"prompt\": \"x\", \"model\": 3}", "invalid_type", "model", "a string"},
         {"{\"prompt\": \"x\", \"max_tokens\": 0}", "invalid_value", "max_tokens", NULL},

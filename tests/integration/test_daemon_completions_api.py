@@ -1,4 +1,6 @@
-"""logprobs, top_logprobs and logit_bias through a real moed (issue 18), on the bundled model:
+"""The completions features agents and evaluation use (issue 18), through a real moed on the
+bundled model: logprobs, top_logprobs, logit_bias, token-array prompts, /tokenize and
+/detokenize, context_length_exceeded:
 
   - the completions API's shape ({"tokens", "token_logprobs", "top_logprobs", "text_offset"})
     and chat's ({"content": [{"token", "logprob", "bytes", "top_logprobs"}]}), the tokens
@@ -8,6 +10,8 @@
   - streamed chunks carry the same logprobs as the whole reply;
   - logit_bias moves the choice but not the logprobs (OpenAI and vLLM report the model's);
   - a prompt over the context is a 400 with code context_length_exceeded;
+  - /tokenize and /detokenize as llama-server has them agree with moe-run's tokenizer, and a
+    prompt given as those tokens gives what its text gives (the text's BOS included);
   - the official openai client reads them (skipped where the package is not installed).
 """
 import json
@@ -27,7 +31,7 @@ PROMPT = "First Citizen:\nBefore we proceed any further, hear me speak."
 CHAT = [{"role": "user", "content": "Speak, speak."}]
 
 
-class Logprobs(unittest.TestCase):
+class CompletionsApi(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.moed = td.Moed()
@@ -125,6 +129,34 @@ class Logprobs(unittest.TestCase):
                                                             "max_tokens": 4})
         self.assertEqual(st, 400, err)
         self.assertEqual(err["error"]["code"], "context_length_exceeded")
+
+    def test_tokenize_detokenize_and_token_prompts(self):
+        want = subprocess.run([os.path.join(td.BIN, "moe-run"), "--model", td.TINY, "--tokenize",
+                               PROMPT], check=True, capture_output=True, text=True).stdout.split()
+        out = self.post("/tokenize", {"content": PROMPT})
+        self.assertEqual(out["tokens"], [int(i) for i in want])
+        special = self.post("/tokenize", {"content": PROMPT, "add_special": True})["tokens"]
+        self.assertEqual(special[1:], out["tokens"])  # tiny-moe adds BOS
+        pieces = self.post("/tokenize", {"content": PROMPT, "with_pieces": True})["tokens"]
+        self.assertEqual([p["id"] for p in pieces], out["tokens"])
+        self.assertEqual("".join(p["piece"] for p in pieces), PROMPT)
+        self.assertEqual(self.post("/detokenize", {"tokens": out["tokens"]})["content"], PROMPT)
+        # the same prompt as tokens (BOS included): the same completion
+        a = self.post("/v1/completions", {"prompt": PROMPT, "max_tokens": 6})
+        b = self.post("/v1/completions", {"prompt": special, "max_tokens": 6})
+        c = self.post("/v1/completions", {"prompt": [special], "max_tokens": 6})
+        self.assertEqual(a["choices"][0]["text"], b["choices"][0]["text"])
+        self.assertEqual(b["choices"][0]["text"], c["choices"][0]["text"])
+        self.assertEqual(b["usage"]["prompt_tokens"], len(special))
+        # bad input: named, 400
+        for path, body, param in (("/tokenize", {"content": 5}, "content"),
+                                  ("/tokenize", {"content": "x", "add_special": 1}, "add_special"),
+                                  ("/detokenize", {"tokens": [1, -1]}, "tokens[1]"),
+                                  ("/detokenize", {"tokens": [10 ** 6]}, "tokens"),
+                                  ("/v1/completions", {"prompt": [1, 10 ** 6]}, None)):
+            st, err = self.moed.json("POST", path, body)
+            self.assertEqual(st, 400, (path, body, err))
+            self.assertEqual(err["error"]["param"], param, (path, body, err))
 
     def test_openai_client(self):
         try:

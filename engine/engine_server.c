@@ -210,6 +210,8 @@ struct seq {
     int32_t max_new;    /* generated tokens allowed */
     int32_t logit_row;  /* row of this step's logits, -1 if none */
     int32_t row0, n_rows; /* its rows of this step's batch (n_rows 0: none) */
+    int32_t echo_row0, echo_pos0, echo_rows; /* echo with logprobs: this step's logit rows
+                                              * of its prompt chunk, from position pos0 */
     struct moe_prune prune; /* this request's ODP */
     bool prune_on;
     int32_t top_k;      /* experts per token, 0 = the model's */
@@ -247,7 +249,8 @@ struct moe_engine {
     /* host tier (tiered packs): counters as deltas of the last stats seen */
     struct moe_metric *m_tier[TIER_METRICS];
     struct moe_offload_stats tier_seen;
-    float *logits;          /* [max_seqs][vocab] */
+    float *logits;          /* [logit_rows][vocab] */
+    int32_t logit_rows;     /* max_seqs, or more once a request echoes with logprobs */
     float *lp_row;          /* [vocab] a row as the model gave it, for logprobs */
     struct moe_token_logprob lp_rec; /* the token being accepted's */
     char *piece;            /* one decoded token */
@@ -328,6 +331,8 @@ static void seq_fail(struct moe_engine *e, struct seq *s, int status, const char
     seq_fail_code(e, s, status, NULL, msg);
 }
 
+static void echo_logprob(struct moe_engine *e, struct seq *s, const float *lg, int32_t p);
+
 enum { SEQ_STARTED, SEQ_FAILED, SEQ_WAIT };
 
 /* Turns a queued job into a running sequence. SEQ_FAILED: the job got its
@@ -404,7 +409,7 @@ static int seq_start(struct moe_engine *e, struct seq *s, struct moe_job *j)
             return SEQ_FAILED;
         }
     int32_t max_new = r->max_tokens > 0 ? r->max_tokens : e->lim.max_tokens_default;
-    max_new = max_new > 0 ? max_new : ctx;
+    max_new = r->prompt_only ? 0 : max_new > 0 ? max_new : ctx;
     /* the cache this sequence can reach: prompt + output, at most the context */
     int32_t need = (int32_t)MOE_MIN((int64_t)n_ids + max_new, (int64_t)ctx);
     int64_t need_units = moe_kv_pool_units_for(e->kv_pool, need);
@@ -467,10 +472,20 @@ static int seq_start(struct moe_engine *e, struct seq *s, struct moe_job *j)
     pthread_mutex_lock(&e->mu);
     e->stats.prompt_tokens += (uint64_t)n_ids;
     pthread_mutex_unlock(&e->mu);
+    if (r->echo) { /* the prompt first: its text as given (tokens: theirs) */
+        char *t = NULL;
+        size_t n = 0;
+        if (r->prompt)
+            job_post_text(j, r->prompt, strlen(r->prompt));
+        else if (moe_engine_detokenize(e, s->ids, (size_t)s->n_prompt, &t, &n) == 0)
+            job_post_text(j, t, n);
+        free(t);
+        if (r->logprobs)
+            echo_logprob(e, s, NULL, -1);
+    }
     return SEQ_STARTED;
 }
 
-/* Takes the sampled token: emits its text, decides whether the sequence ends. */
 /* A token's text for logprobs: its bytes (cut at MOE_TOKEN_BYTES) */
 static void token_text(const struct moe_tokenizer *t, int32_t id, float logprob,
                        struct moe_token_text *out)
@@ -480,48 +495,70 @@ static void token_text(const struct moe_tokenizer *t, int32_t id, float logprob,
     out->logprob = logprob;
 }
 
+/* The log-softmax normaliser of row lg (vocab V) and its n_top likeliest
+ * tokens into lp->top (n_top < 0: nothing) */
+static double row_top(const struct moe_engine *e, const float *lg, int32_t n_top,
+                      struct moe_token_logprob *lp)
+{
+    int32_t V = e->model->cfg.vocab, top_id[MOE_LOGPROBS_MAX], k = 0;
+    float top_v[MOE_LOGPROBS_MAX], mx = -INFINITY;
+    for (int32_t i = 0; i < V; i++) {
+        float x = lg[i];
+        mx = x > mx ? x : mx;
+        if (k < n_top || (n_top > 0 && x > top_v[k - 1])) { /* insertion, kept sorted */
+            int32_t j = k < n_top ? k++ : k - 1;
+            for (; j > 0 && top_v[j - 1] < x; j--)
+                top_v[j] = top_v[j - 1], top_id[j] = top_id[j - 1];
+            top_v[j] = x, top_id[j] = i;
+        }
+    }
+    double lse = 0.0;
+    for (int32_t i = 0; i < V; i++)
+        lse += exp((double)(lg[i] - mx));
+    lse = mx + log(lse);
+    lp->n_top = k;
+    for (int32_t j = 0; j < k; j++)
+        token_text(e->model->tok, top_id[j], (float)(top_v[j] - lse), &lp->top[j]);
+    return lse;
+}
+
 /* Samples row lg of vocab V for s: logprobs (lp, when asked) from the
  * model's distribution as it came, then logit_bias, then the sampler. */
 static int32_t seq_sample(struct moe_engine *e, struct seq *s, float *lg,
                           struct moe_token_logprob *lp)
 {
     const struct moe_request *r = s->job->req;
-    int32_t V = e->model->cfg.vocab, n_top = r->logprobs ? r->top_logprobs : -1;
+    int32_t V = e->model->cfg.vocab;
     double lse = 0.0;
-    float raw = 0.0f;
-    int32_t top_id[MOE_LOGPROBS_MAX];
-    float top_v[MOE_LOGPROBS_MAX];
-    if (n_top >= 0) {
-        float mx = -INFINITY;
-        int32_t k = 0;
-        for (int32_t i = 0; i < V; i++) {
-            float x = lg[i];
-            mx = x > mx ? x : mx;
-            if (k < n_top || (n_top > 0 && x > top_v[k - 1])) { /* insertion, kept sorted */
-                int32_t j = k < n_top ? k++ : k - 1;
-                for (; j > 0 && top_v[j - 1] < x; j--)
-                    top_v[j] = top_v[j - 1], top_id[j] = top_id[j - 1];
-                top_v[j] = x, top_id[j] = i;
-            }
-        }
-        for (int32_t i = 0; i < V; i++)
-            lse += exp((double)(lg[i] - mx));
-        lse = mx + log(lse);
+    if (r->logprobs) {
+        lse = row_top(e, lg, r->top_logprobs, lp);
         memcpy(e->lp_row, lg, (size_t)V * sizeof(float)); /* the sampler edits lg */
-        lp->n_top = k;
-        for (int32_t j = 0; j < k; j++)
-            token_text(e->model->tok, top_id[j], (float)(top_v[j] - lse), &lp->top[j]);
     }
     for (size_t i = 0; i < r->n_bias; i++)
         lg[r->bias_id[i]] += r->bias[i];
     int32_t tok = moe_sampler_sample(s->smp, lg, s->ids, (size_t)s->n_ids);
-    if (n_top >= 0 && tok >= 0) {
-        raw = e->lp_row[tok];
-        token_text(e->model->tok, tok, (float)(raw - lse), &lp->tok);
-    }
+    if (r->logprobs && tok >= 0)
+        token_text(e->model->tok, tok, (float)(e->lp_row[tok] - lse), &lp->tok);
     return tok;
 }
 
+/* echo with logprobs: prompt token p + 1's logprob from the row of position
+ * p (the first prompt token has none: NaN, null in the reply) */
+static void echo_logprob(struct moe_engine *e, struct seq *s, const float *lg, int32_t p)
+{
+    const struct moe_request *r = s->job->req;
+    struct moe_token_logprob *lp = &e->lp_rec;
+    if (p < 0) {
+        lp->n_top = 0;
+        token_text(e->model->tok, s->ids[0], NAN, &lp->tok);
+    } else {
+        double lse = row_top(e, lg, r->top_logprobs, lp);
+        token_text(e->model->tok, s->ids[p + 1], (float)(lg[s->ids[p + 1]] - lse), &lp->tok);
+    }
+    job_post_logprob(s->job, lp);
+}
+
+/* Takes the sampled token: emits its text, decides whether the sequence ends. */
 static void seq_accept(struct moe_engine *e, struct seq *s, int32_t tok,
                        const struct moe_token_logprob *lp)
 {
@@ -551,6 +588,21 @@ static void seq_accept(struct moe_engine *e, struct seq *s, int32_t tok,
 }
 
 /* ---- the loop ---------------------------------------------------------------- */
+
+/* Room for rows logit rows (echo with logprobs wants one per prompt token):
+ * the buffer grows once to max_seqs + max_batch_tokens rows. */
+static bool logit_room(struct moe_engine *e, int32_t rows)
+{
+    if (rows <= e->logit_rows)
+        return true;
+    int32_t want = e->lim.max_seqs + e->lim.max_batch_tokens;
+    float *l = realloc(e->logits, (size_t)want * (size_t)e->model->cfg.vocab * sizeof(float));
+    if (!l)
+        return false;
+    e->logits = l;
+    e->logit_rows = want;
+    return rows <= want;
+}
 
 static bool any_running(const struct moe_engine *e)
 {
@@ -706,6 +758,7 @@ static void step(struct moe_engine *e)
         }
         s->logit_row = -1;
         s->n_rows = 0;
+        s->echo_rows = 0;
         if (s->n_fed < s->n_prompt || budget == 0)
             continue;
         e->b_tok[n] = s->ids[s->n_fed];
@@ -728,6 +781,18 @@ static void step(struct moe_engine *e)
         int32_t chunk = MOE_MIN(budget, s->n_prompt - s->n_fed);
         s->row0 = n;
         s->n_rows = chunk;
+        bool echo_lp = s->job->req->echo && s->job->req->logprobs;
+        if (echo_lp && !logit_room(e, n_logits + chunk)) {
+            seq_fail(e, s, 500, "out of memory for the prompt's logprobs");
+            continue;
+        }
+        if (echo_lp) { /* every position's row: the next prompt token's logprob */
+            s->echo_row0 = n_logits;
+            s->echo_pos0 = s->n_fed;
+            s->echo_rows = chunk;
+            for (int32_t k = 0; k < chunk; k++)
+                e->b_idx[n_logits++] = n + k;
+        }
         for (int32_t k = 0; k < chunk; k++, n++) {
             e->b_tok[n] = s->ids[s->n_fed + k];
             e->b_pos[n] = s->n_fed + k;
@@ -737,7 +802,9 @@ static void step(struct moe_engine *e)
         }
         s->n_fed += chunk;
         budget -= chunk;
-        if (s->n_fed == s->n_prompt) { /* the prompt is in: its last logits pick token 1 */
+        if (s->n_fed == s->n_prompt && echo_lp) { /* the prompt is in: its last logits */
+            s->logit_row = s->echo_row0 + chunk - 1; /* pick token 1 */
+        } else if (s->n_fed == s->n_prompt) {
             e->b_idx[n_logits] = n - 1;
             s->logit_row = n_logits++;
         }
@@ -780,8 +847,16 @@ static void step(struct moe_engine *e)
             seq_fail(e, s, 500, e->faults->fault[f - 1].msg);
             continue;
         }
+        for (int32_t k = 0; k < s->echo_rows; k++) /* echo: the prompt tokens' logprobs */
+            if (s->echo_pos0 + k + 1 < s->n_prompt)
+                echo_logprob(e, s, e->logits + (size_t)(s->echo_row0 + k) * m->cfg.vocab,
+                             s->echo_pos0 + k);
         if (s->logit_row < 0) /* a prompt chunk short of the prompt's end */
             continue;
+        if (s->max_new == 0) { /* echo with max_tokens 0: the prompt was all */
+            seq_finish(e, s, "length");
+            continue;
+        }
         float *lg = e->logits + (size_t)s->logit_row * (size_t)m->cfg.vocab;
         int32_t tok = seq_sample(e, s, lg, &e->lp_rec);
         if (tok < 0)
@@ -950,6 +1025,7 @@ int moe_engine_create(const struct moe_model *model, struct moe_pool *pool,
     e->faults = calloc(1, sizeof(*e->faults));
     e->b_fault = calloc(B, sizeof(int32_t));
     e->logits = malloc(S * (size_t)model->cfg.vocab * sizeof(float));
+    e->logit_rows = (int32_t)S;
     e->lp_row = malloc((size_t)model->cfg.vocab * sizeof(float));
     e->piece_cap = (model->tok ? moe_tokenizer_max_piece(model->tok) : 0) + 64;
     e->piece = malloc(e->piece_cap);

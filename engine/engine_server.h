@@ -80,6 +80,9 @@ struct moe_request {
                                          * layers, 0 = off */
     int32_t moe_top_k;                  /* experts per token, 0 = the model's; above the
                                          * model's top_k: refused with 400 */
+    bool echo;                          /* completions: the prompt's text first (and with
+                                         * logprobs, the prompt tokens' too) */
+    bool prompt_only;                   /* echo with max_tokens 0: score, generate nothing */
     bool logprobs;                      /* each generated token's log probability, from
                                          * the model's distribution (before logit_bias,
                                          * penalties and temperature) ... */

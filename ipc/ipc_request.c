@@ -552,7 +552,7 @@ static int check_unsupported(json_t *root, bool chat, struct moe_ipc_error *err)
         bool one_ok; /* best_of: 1 is the neutral value */
         bool zero_ok;
     } keys[] = {
-        {"echo", true, false, false},      {"best_of", true, true, false},
+        {"best_of", true, true, false},
         {"suffix", true, false, false},    {"tools", false, false, false},
         {"functions", false, false, false},
     };
@@ -606,13 +606,17 @@ static int parse_fields(json_t *root, bool chat, const struct moe_ipc_limits *li
     if (v && !json_is_string(v))
         return type_error(err, "model", "a string", v);
 
+    /* echo (completions): the prompt first; with max_tokens 0, only the prompt (scoring) */
+    if (!chat)
+        TRY(get_bool(root, "echo", &r->echo, err));
     /* max_tokens, or chat's newer max_completion_tokens (which wins) */
     long long max_hi = lim->max_tokens_limit > 0 ? lim->max_tokens_limit : INT32_MAX;
     static const char *const mt_keys[] = {"max_tokens", "max_completion_tokens"};
     for (size_t i = 0; i < (chat ? 2u : 1u); i++) {
-        TRY(get_integer(root, mt_keys[i], 1, INT32_MAX, &x, &present, err));
+        TRY(get_integer(root, mt_keys[i], r->echo ? 0 : 1, INT32_MAX, &x, &present, err));
         if (!present)
             continue;
+        r->prompt_only = x == 0;
         if (x > max_hi)
             return moe_ipc_error_set(err, 400, T_INVALID, "invalid_value", mt_keys[i],
                                      "'%s' must be at most %lld (this server's limit), got %lld",

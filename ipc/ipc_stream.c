@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -170,6 +171,13 @@ static json_t *logprobs_obj(struct moe_ipc_gen *g, const struct moe_token_logpro
     for (size_t i = 0; tokens && lps && tops && offs && i < n; i++) {
         const struct moe_token_text *t = &lp[i].tok;
         json_array_append_new(tokens, moe_ipc_json_text(t->bytes, t->len));
+        if (isnan(t->logprob)) { /* an echoed prompt's first token: nothing before it */
+            json_array_append_new(lps, json_null());
+            json_array_append_new(tops, json_null());
+            json_array_append_new(offs, json_integer(g->text_offset));
+            g->text_offset += (int64_t)utf8_chars(t->bytes, t->len);
+            continue;
+        }
         json_array_append_new(lps, json_real(t->logprob));
         json_t *top = json_object();
         for (int32_t k = 0; top && k < lp[i].n_top; k++) {

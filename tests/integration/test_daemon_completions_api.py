@@ -1,5 +1,5 @@
 """The completions features agents and evaluation use (issue 18), through a real moed on the
-bundled model: logprobs, top_logprobs, logit_bias, token-array prompts, /tokenize and
+bundled model: logprobs, top_logprobs, logit_bias, echo, token-array prompts, /tokenize and
 /detokenize, context_length_exceeded:
 
   - the completions API's shape ({"tokens", "token_logprobs", "top_logprobs", "text_offset"})
@@ -9,6 +9,8 @@ bundled model: logprobs, top_logprobs, logit_bias, token-array prompts, /tokeniz
     moe-bench computes them (the model's distribution, before penalties and temperature);
   - streamed chunks carry the same logprobs as the whole reply;
   - logit_bias moves the choice but not the logprobs (OpenAI and vLLM report the model's);
+  - echo with logprobs and max_tokens 0 scores the prompt (lm-eval's loglikelihood request):
+    each prompt token's logprob is log_softmax of the previous position's logits;
   - a prompt over the context is a 400 with code context_length_exceeded;
   - /tokenize and /detokenize as llama-server has them agree with moe-run's tokenizer, and a
     prompt given as those tokens gives what its text gives (the text's BOS included);
@@ -129,6 +131,50 @@ class CompletionsApi(unittest.TestCase):
                                                             "max_tokens": 4})
         self.assertEqual(st, 400, err)
         self.assertEqual(err["error"]["code"], "context_length_exceeded")
+
+    def test_echo_scores_the_prompt(self):
+        """lm-eval's loglikelihood request: echo, logprobs, max_tokens 0; a long prompt (three
+        64-token chunks) batched with a short one and a generating request"""
+        long_prompt = (PROMPT + "\n") * 8
+        (st0, out), (st1, short), (st2, gen) = td.at_once(self.moed, [
+            {"prompt": long_prompt, "max_tokens": 0, "echo": True, "logprobs": 1,
+             "temperature": 0},
+            {"prompt": PROMPT, "max_tokens": 0, "echo": True, "logprobs": 1, "temperature": 0},
+            {"prompt": PROMPT, "max_tokens": 40, "temperature": 0}])[0]
+        self.assertEqual((st0, st1, st2), (200, 200, 200))
+        self.assertGreater(out["usage"]["prompt_tokens"], 128)
+        self.check_echo(long_prompt, out)
+        self.check_echo(PROMPT, short)
+
+    def check_echo(self, prompt, out):
+        ch, n = out["choices"][0], out["usage"]["prompt_tokens"]
+        self.assertEqual(ch["text"], prompt)
+        self.assertEqual(out["usage"]["completion_tokens"], 0)
+        lp = ch["logprobs"]
+        self.assertEqual(len(lp["token_logprobs"]), n)
+        self.assertIsNone(lp["token_logprobs"][0])  # BOS: nothing before it
+        self.assertIsNone(lp["top_logprobs"][0])
+        self.assertEqual("".join(lp["tokens"]), prompt)  # BOS spells nothing
+        ids = [int(i) for i in self.post("/tokenize", {"content": prompt,
+                                                       "add_special": True})["tokens"]]
+        with tempfile.TemporaryDirectory() as tmp:
+            f = os.path.join(tmp, "l.bin")
+            subprocess.run([os.path.join(td.BIN, "moe-bench"), "logits", "--model", td.TINY,
+                            "--ids", " ".join(map(str, ids)), "--out", f], check=True,
+                           capture_output=True)
+            lg = np.fromfile(f, dtype="<f4").reshape(len(ids), -1).astype(np.float64)
+        ls = lg - lg.max(1, keepdims=True)
+        ls -= np.log(np.exp(ls).sum(1, keepdims=True))
+        want = [float(ls[i - 1][ids[i]]) for i in range(1, n)]
+        np.testing.assert_allclose(lp["token_logprobs"][1:], want, atol=1e-4)
+
+    def test_echo_with_generation(self):
+        """the prompt, then what the prompt alone gives"""
+        plain = self.post("/v1/completions", {"prompt": PROMPT, "max_tokens": 5})
+        both = self.post("/v1/completions", {"prompt": PROMPT, "max_tokens": 5, "echo": True})
+        self.assertEqual(both["choices"][0]["text"], PROMPT + plain["choices"][0]["text"])
+        st, err = self.moed.json("POST", "/v1/completions", {"prompt": PROMPT, "max_tokens": 0})
+        self.assertEqual((st, err["error"]["param"]), (400, "max_tokens"))
 
     def test_tokenize_detokenize_and_token_prompts(self):
         want = subprocess.run([os.path.join(td.BIN, "moe-run"), "--model", td.TINY, "--tokenize",

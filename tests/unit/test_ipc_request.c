@@ -258,6 +258,9 @@ static void test_chat_messages(void **state)
     assert_int_equal(r->bias_id[0] + r->bias_id[1], 19);
     assert_true(r->bias[0] + r->bias[1] == -97.5f);
     moe_ipc_parsed_free(&p);
+    r = parse_ok("{\"prompt\": \"x\", \"echo\": true, \"max_tokens\": 0}", false, &p);
+    assert_true(r->echo && r->prompt_only); /* scoring: the prompt only */
+    moe_ipc_parsed_free(&p);
     r = parse_ok("{\"prompt\": [[5, 6, 7]]}", false, &p); /* token arrays */
     assert_null(r->prompt);
     assert_int_equal(r->n_prompt_ids, 3);
@@ -369,7 +372,9 @@ static void test_field_errors(void **state)
         {"{\"prompt\": \"x\", \"logprobs\": true}", "invalid_type", "logprobs", "an integer"},
         {"{\"prompt\": \"x\", \"logprobs\": 21}", "invalid_value", "logprobs", "[0, 20]"},
         {"{\"prompt\": \"x\", \"logprobs\": -1}", "invalid_value", "logprobs", NULL},
-        {"{\"prompt\": \"x\", \"echo\": true}", "unsupported_parameter", "echo", NULL},
+        {"{\"prompt\": \"x\", \"echo\": 1}", "invalid_type", "echo", "a boolean"},
+        {"{\"prompt\": \"x\", \"echo\": true, \"max_tokens\": -1}", "invalid_value",
+         "max_tokens", "[0, "},
         {"{\"prompt\": \"x\", \"best_of\": 3}", "unsupported_parameter", "best_of", NULL},
         {"{\"prompt\": \"x\", \"suffix\": \"end\"}", "unsupported_parameter", "suffix", NULL},
         {"{\"prompt\": \"x\", \"logit_bias\": {\"five\": 10}}", "invalid_value",

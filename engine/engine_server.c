@@ -197,6 +197,52 @@ void moe_request_free(struct moe_request *r)
     free(r);
 }
 
+static void *dup_mem(const void *p, size_t n, bool *ok)
+{
+    if (!p)
+        return NULL;
+    void *q = malloc(n ? n : 1);
+    if (q)
+        memcpy(q, p, n);
+    else
+        *ok = false;
+    return q;
+}
+
+static char *dup_str(const char *s, bool *ok)
+{
+    return s ? dup_mem(s, strlen(s) + 1, ok) : NULL;
+}
+
+struct moe_request *moe_request_clone(const struct moe_request *r)
+{
+    struct moe_request *c = malloc(sizeof(*c));
+    bool ok = true;
+    if (!c)
+        return NULL;
+    *c = *r;
+    c->prompt = dup_str(r->prompt, &ok);
+    c->prompt_ids = dup_mem(r->prompt_ids, r->n_prompt_ids * sizeof(int32_t), &ok);
+    c->bias_id = dup_mem(r->bias_id, r->n_bias * sizeof(int32_t), &ok);
+    c->bias = dup_mem(r->bias, r->n_bias * sizeof(float), &ok);
+    c->messages = r->messages ? calloc(r->n_messages, sizeof(*c->messages)) : NULL;
+    ok = ok && (!r->messages || c->messages);
+    for (size_t i = 0; c->messages && i < r->n_messages; i++) {
+        c->messages[i].role = dup_str(r->messages[i].role, &ok);
+        c->messages[i].content = dup_str(r->messages[i].content, &ok);
+        c->messages[i].reasoning_content = dup_str(r->messages[i].reasoning_content, &ok);
+    }
+    if (!c->messages)
+        c->n_messages = 0;
+    for (size_t i = 0; i < r->n_stop; i++)
+        c->stop[i] = dup_str(r->stop[i], &ok);
+    if (!ok) {
+        moe_request_free(c);
+        return NULL;
+    }
+    return c;
+}
+
 /* ---- sequences: the engine thread's own state of a running job ----------- */
 
 struct seq {

@@ -92,6 +92,8 @@ struct moe_request {
     size_t n_bias;
 };
 void moe_request_free(struct moe_request *r); /* frees the strings and r itself */
+/* A deep copy (n > 1 choices: one request each), or NULL out of memory. */
+struct moe_request *moe_request_clone(const struct moe_request *r);
 
 /* One generated token's logprobs (struct moe_request.logprobs): its text's
  * bytes (a control token's: none; longer ones cut at MOE_TOKEN_BYTES), its

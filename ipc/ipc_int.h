@@ -64,7 +64,9 @@ struct moe_ipc_parsed {
     struct moe_request *req; /* owned; NULL once handed to the engine */
     bool include_usage;      /* stream_options.include_usage */
     bool seed_set;           /* the body gave a seed (even -1) */
+    int n;                   /* choices: as many requests (seeds seed, seed + 1, ...) */
 };
+#define MOE_IPC_CHOICES_MAX 16 /* "n" at most */
 
 /* 0 with *out filled, or -EINVAL with *err filled (status 400) and *out
  * empty. Out of memory: -ENOMEM with err status 500. */
@@ -91,7 +93,9 @@ struct moe_ipc_gen {
     bool chat;
     bool include_usage;
     bool logprobs;     /* replies carry each token's logprobs (else "logprobs": null) */
-    int64_t text_offset; /* completions' logprobs: characters of text before the next token */
+    int index;         /* the choice the next chunk is about (n > 1) */
+    int64_t text_offset; /* completions' logprobs: characters of text before the next token
+                          * (of choice index; the caller keeps one per choice) */
     int64_t created;   /* unix seconds */
     const char *model; /* the served model's name */
 };
@@ -99,16 +103,27 @@ void moe_ipc_gen_init(struct moe_ipc_gen *g, bool chat, bool include_usage, cons
 
 /* The non-streaming reply (malloc'ed, ends with "\n"). text need not be
  * valid UTF-8: invalid bytes become U+FFFD. */
-char *moe_ipc_completion_json(struct moe_ipc_gen *g, const char *text, size_t len,
-                              const struct moe_token_logprob *lp, size_t n_lp,
-                              const char *finish_reason, int32_t prompt_tokens,
+struct moe_ipc_choice {
+    const char *text;
+    size_t len;
+    const struct moe_token_logprob *lp;
+    size_t n_lp;
+    const char *finish_reason;
+};
+char *moe_ipc_completion_json(struct moe_ipc_gen *g, const struct moe_ipc_choice *choices,
+                              size_t n_choices, int32_t prompt_tokens,
                               int32_t completion_tokens, size_t *out_len);
 /* SSE pieces, appended to b as "data: {...}\n\n". Return 0 or -ENOMEM. */
 int moe_ipc_sse_role(struct moe_ipc_buf *b, const struct moe_ipc_gen *g); /* chat only */
 int moe_ipc_sse_text(struct moe_ipc_buf *b, struct moe_ipc_gen *g, const char *text,
                      size_t len, const struct moe_token_logprob *lp, size_t n_lp);
-/* The closing chunk with finish_reason, the usage chunk when asked for, and
- * "data: [DONE]". */
+/* The closing chunk of choice g->index with its finish_reason; then, once
+ * every choice closed, the usage chunk when asked for and "data: [DONE]"
+ * (moe_ipc_sse_end). moe_ipc_sse_finish: both, for one choice. */
+int moe_ipc_sse_close(struct moe_ipc_buf *b, const struct moe_ipc_gen *g,
+                      const char *finish_reason);
+int moe_ipc_sse_end(struct moe_ipc_buf *b, const struct moe_ipc_gen *g, int32_t prompt_tokens,
+                    int32_t completion_tokens);
 int moe_ipc_sse_finish(struct moe_ipc_buf *b, const struct moe_ipc_gen *g,
                        const char *finish_reason, int32_t prompt_tokens,
                        int32_t completion_tokens);

@@ -642,10 +642,8 @@ static int parse_fields(json_t *root, bool chat, const struct moe_ipc_limits *li
         out->seed_set = true;
     }
 
-    TRY(get_integer(root, "n", LLONG_MIN, LLONG_MAX, &x, &present, err));
-    if (present && x != 1)
-        return moe_ipc_error_set(err, 400, T_INVALID, "unsupported_value", "n",
-                                 "'n' must be 1 (one choice per request), got %lld", x);
+    TRY(get_integer(root, "n", 1, MOE_IPC_CHOICES_MAX, &x, &present, err));
+    out->n = present ? (int)x : 1;
 
     TRY(parse_stop(root, r, err));
     TRY(parse_logprobs(root, chat, r, err));

@@ -167,9 +167,17 @@ struct waiter {
 };
 
 /* A streaming reply: owned by the MHD response, freed by its free callback. */
+/* The jobs of one generation: n > 1 choices are as many requests. */
+struct ipc_jobs {
+    struct moe_job *job[MOE_IPC_CHOICES_MAX];
+    bool done[MOE_IPC_CHOICES_MAX];   /* its DONE or ERROR was read */
+    int64_t offset[MOE_IPC_CHOICES_MAX]; /* completions logprobs' text_offset, per choice */
+    int n;
+};
+
 struct ipc_stream {
     struct moe_ipc *ipc;
-    struct moe_job *job;
+    struct ipc_jobs jobs;
     struct ipc_conn *conn;
     struct waiter wait;
     struct moe_ipc_gen gen;
@@ -178,7 +186,9 @@ struct ipc_stream {
     struct moe_ipc_buf lps;  /* its tokens' logprobs (struct moe_token_logprob) */
     double t0, t_first;
     double write_timeout;
-    bool finished; /* DONE or ERROR seen: nothing to cancel */
+    int32_t prompt_tokens, completion_tokens; /* summed over the choices as they end */
+    int n_done;
+    bool finished; /* every DONE or an ERROR seen: nothing to cancel */
     bool ended;    /* [DONE] is in out */
 };
 
@@ -374,16 +384,18 @@ static void event_error(const struct moe_event *ev, struct moe_ipc_error *e)
 
 /* ---- streaming ----------------------------------------------------------- */
 
-/* Formats ev, and text events already waiting behind it, into s->out. */
-static int stream_take(struct ipc_stream *s, struct moe_event *first)
+/* Formats ev of choice k, and text events of that choice already waiting
+ * behind it, into s->out. */
+static int stream_take(struct ipc_stream *s, int k, struct moe_event *first)
 {
     struct moe_ipc *ipc = s->ipc;
+    struct moe_job *job = s->jobs.job[k];
     struct moe_event ev = *first;
     bool pending = true;
     int rc;
     moe_ipc_buf_reset(&s->text);
     moe_ipc_buf_reset(&s->lps);
-    for (int k = 0; pending && ev.kind == MOE_EV_TEXT; k++) {
+    for (int i = 0; pending && ev.kind == MOE_EV_TEXT; i++) {
         if (s->t_first == 0) {
             s->t_first = moe_now_s();
             moe_ipc_metrics_first_text(&ipc->metrics, s->t_first - s->t0);
@@ -392,29 +404,42 @@ static int stream_take(struct ipc_stream *s, struct moe_event *first)
             moe_ipc_buf_append(&s->lps, ev.lp, ev.n_lp * sizeof(*ev.lp)))
             return -ENOMEM;
         pending = false;
-        if (s->text.len < IPC_COALESCE_BYTES && k + 1 < IPC_COALESCE_EVENTS) {
-            rc = ipc->ops.next(s->job, &ev, 0);
+        if (s->text.len < IPC_COALESCE_BYTES && i + 1 < IPC_COALESCE_EVENTS) {
+            rc = ipc->ops.next(job, &ev, 0);
             if (rc == 0)
                 pending = true;
             else if (rc != -ETIMEDOUT)
                 return rc;
         }
     }
+    s->gen.index = k;
+    s->gen.text_offset = s->jobs.offset[k];
     size_t n_lp = s->lps.len / sizeof(struct moe_token_logprob);
     if ((s->text.len || n_lp) &&
         moe_ipc_sse_text(&s->out, &s->gen, s->text.data, s->text.len,
                          (const struct moe_token_logprob *)(const void *)s->lps.data, n_lp))
         return -ENOMEM;
+    s->jobs.offset[k] = s->gen.text_offset;
     if (pending && ev.kind == MOE_EV_DONE) {
-        s->finished = true;
-        observe_done(ipc, s->t0, s->t_first, &ev);
-        if (moe_ipc_sse_finish(&s->out, &s->gen, ev.finish_reason, ev.prompt_tokens,
-                               ev.completion_tokens))
+        s->jobs.done[k] = true;
+        s->prompt_tokens = ev.prompt_tokens; /* the same prompt for every choice */
+        s->completion_tokens += ev.completion_tokens;
+        if (moe_ipc_sse_close(&s->out, &s->gen, ev.finish_reason))
             return -ENOMEM;
-        s->ended = true;
+        if (++s->n_done == s->jobs.n) {
+            s->finished = true;
+            observe_done(ipc, s->t0, s->t_first, &ev);
+            if (moe_ipc_sse_end(&s->out, &s->gen, s->prompt_tokens, s->completion_tokens))
+                return -ENOMEM;
+            s->ended = true;
+        }
     } else if (pending && ev.kind == MOE_EV_ERROR) {
         struct moe_ipc_error e;
         s->finished = true;
+        s->jobs.done[k] = true;
+        for (int i = 0; i < s->jobs.n; i++) /* one choice failed: the reply has */
+            if (!s->jobs.done[i])
+                ipc->ops.cancel(s->jobs.job[i]);
         count_finish(ipc, "error");
         event_error(&ev, &e);
         moe_log(MOE_LOG_WARN, "ipc: stream %s failed: %s", s->gen.id, e.message);
@@ -425,11 +450,28 @@ static int stream_take(struct ipc_stream *s, struct moe_event *first)
     return 0;
 }
 
+/* The next events: of the first choice still running (waited for), then
+ * whatever the others have ready. */
 static int stream_fill(struct ipc_stream *s)
 {
     struct moe_event ev;
+    int k = 0;
+    while (s->jobs.done[k])
+        k++;
+    s->wait.job = s->jobs.job[k];
     int rc = wait_event(&s->wait, &ev);
-    return rc ? rc : stream_take(s, &ev);
+    if (rc || (rc = stream_take(s, k, &ev)))
+        return rc;
+    for (int i = 0; i < s->jobs.n && !s->ended; i++) {
+        if (i == k || s->jobs.done[i])
+            continue;
+        rc = s->ipc->ops.next(s->jobs.job[i], &ev, 0);
+        if (rc == -ETIMEDOUT)
+            continue;
+        if (rc || (rc = stream_take(s, i, &ev)))
+            return rc;
+    }
+    return 0;
 }
 
 static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
@@ -463,15 +505,23 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
     return (ssize_t)n;
 }
 
+static void jobs_end(struct moe_ipc *ipc, struct ipc_jobs *js, bool cancel)
+{
+    for (int i = 0; i < js->n; i++) {
+        if (cancel && !js->done[i])
+            ipc->ops.cancel(js->job[i]);
+        ipc->ops.release(js->job[i]);
+    }
+    js->n = 0;
+}
+
 /* The response is gone: the stream ended or the client did. */
 static void stream_free(void *cls)
 {
     struct ipc_stream *s = cls;
-    if (!s->finished) {
-        s->ipc->ops.cancel(s->job);
+    if (!s->finished)
         count_finish(s->ipc, "cancelled");
-    }
-    s->ipc->ops.release(s->job);
+    jobs_end(s->ipc, &s->jobs, !s->finished);
     atomic_fetch_sub(&s->ipc->streams, 1);
     moe_ipc_buf_free(&s->out);
     moe_ipc_buf_free(&s->text);
@@ -480,21 +530,20 @@ static void stream_free(void *cls)
 }
 
 static bool start_stream(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_Connection *c,
-                         struct moe_job *job, const struct moe_ipc_gen *gen)
+                         struct ipc_jobs *jobs, const struct moe_ipc_gen *gen)
 {
     static const char *const hdrs[] = {MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache",
                                        "X-Accel-Buffering", "no", NULL};
     struct ipc_stream *s = calloc(1, sizeof(*s));
     struct MHD_Response *resp = NULL;
     if (!s) {
-        ipc->ops.cancel(job);
-        ipc->ops.release(job);
+        jobs_end(ipc, jobs, true);
         return false;
     }
     s->ipc = ipc;
-    s->job = job;
+    s->jobs = *jobs;
     s->gen = *gen;
-    s->wait = (struct waiter){.ipc = ipc, .job = job, .fd = r->fd};
+    s->wait = (struct waiter){.ipc = ipc, .job = jobs->job[0], .fd = r->fd};
     s->t0 = r->t0;
     s->conn = r->conn;
     s->write_timeout = r->lim.write_timeout_s;
@@ -514,14 +563,24 @@ static bool start_stream(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_Conn
     }
     if (ev.kind == MOE_EV_ERROR) {
         struct moe_ipc_error e;
+        s->jobs.done[0] = true;
+        for (int i = 1; i < s->jobs.n; i++)
+            ipc->ops.cancel(s->jobs.job[i]);
         s->finished = true;
         count_finish(ipc, "error");
         event_error(&ev, &e);
         stream_free(s);
         return reply_error(ipc, r, c, &e, e.status == 503 ? hdr_retry_unavail : NULL);
     }
-    /* chat streams open with the assistant's role */
-    if ((gen->chat && moe_ipc_sse_role(&s->out, &s->gen)) || stream_take(s, &ev)) {
+    /* chat streams open with the assistant's role, one chunk per choice */
+    for (int i = 0; gen->chat && i < s->jobs.n; i++) {
+        s->gen.index = i;
+        if (moe_ipc_sse_role(&s->out, &s->gen)) {
+            stream_free(s);
+            return false;
+        }
+    }
+    if (stream_take(s, 0, &ev)) {
         stream_free(s);
         return false;
     }
@@ -545,77 +604,96 @@ static bool start_stream(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_Conn
 
 /* ---- generation ---------------------------------------------------------- */
 
-/* The whole completion in one reply: waits here, in the connection's thread. */
+/* The whole completion in one reply: waits here, in the connection's thread,
+ * for each choice in turn (the engine runs them together). */
 static bool finish_blocking(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_Connection *c,
-                            struct moe_job *job, struct moe_ipc_gen *gen)
+                            struct ipc_jobs *jobs, struct moe_ipc_gen *gen)
 {
-    struct moe_ipc_buf text = {0}, lps = {0};
-#define LPS (const struct moe_token_logprob *)(const void *)lps.data, \
-            lps.len / sizeof(struct moe_token_logprob)
+    struct moe_ipc_buf text[MOE_IPC_CHOICES_MAX] = {{0}}, lps[MOE_IPC_CHOICES_MAX] = {{0}};
+    struct moe_ipc_choice ch[MOE_IPC_CHOICES_MAX] = {{0}};
     struct moe_event ev;
     struct moe_ipc_error e;
-    struct waiter w = {.ipc = ipc, .job = job, .fd = r->fd};
+    struct waiter w = {.ipc = ipc, .fd = r->fd};
     double t_first = 0;
-    bool ok = false;
+    int32_t prompt_tokens = 0, completion_tokens = 0;
+    bool ok = false, cancelled = false;
+    int k = 0;
 
-    for (;;) {
-        int rc = wait_event(&w, &ev);
-        if (rc == -ESHUTDOWN) {
-            /* the server stops and the job's end did not come: answer with
-             * what there is, as the job's own end would have */
-            size_t n;
-            count_finish(ipc, "cancelled");
-            char *body = moe_ipc_completion_json(gen, text.data ? text.data : "", text.len, LPS,
-                                                 "cancelled", 0, 0, &n);
-            ok = body && reply(ipc, r, c, 200, CT_JSON, body, n, NULL);
-            goto out;
-        }
-        if (rc) {
-            ipc->ops.cancel(job);
-            count_finish(ipc, "cancelled");
-            if (rc == -EPIPE)
-                goto out; /* nobody to answer: MHD closes the connection */
-            moe_ipc_error_set(&e, 500, "server_error", "engine_error", NULL,
-                              "waiting for the engine failed: %s", strerror(-rc));
-            ok = reply_error(ipc, r, c, &e, NULL);
-            goto out;
-        }
-        if (ev.kind == MOE_EV_TEXT) {
-            if (t_first == 0) {
-                t_first = moe_now_s();
-                moe_ipc_metrics_first_text(&ipc->metrics, t_first - r->t0);
+    for (k = 0; k < jobs->n; k++) {
+        w.job = jobs->job[k];
+        for (;;) {
+            int rc = wait_event(&w, &ev);
+            if (rc == -ESHUTDOWN) {
+                /* the server stops and the job's end did not come: answer with
+                 * what there is, as the job's own end would have */
+                cancelled = true;
+                break;
             }
-            if (moe_ipc_buf_append(&text, ev.text, ev.len) ||
-                moe_ipc_buf_append(&lps, ev.lp, ev.n_lp * sizeof(*ev.lp))) {
-                ipc->ops.cancel(job);
-                moe_ipc_error_set(&e, 500, "server_error", "out_of_memory", NULL,
-                                  "out of memory");
+            if (rc) {
+                count_finish(ipc, "cancelled");
+                if (rc == -EPIPE)
+                    goto out; /* nobody to answer: MHD closes the connection */
+                moe_ipc_error_set(&e, 500, "server_error", "engine_error", NULL,
+                                  "waiting for the engine failed: %s", strerror(-rc));
                 ok = reply_error(ipc, r, c, &e, NULL);
                 goto out;
             }
-            continue;
+            if (ev.kind == MOE_EV_TEXT) {
+                if (t_first == 0) {
+                    t_first = moe_now_s();
+                    moe_ipc_metrics_first_text(&ipc->metrics, t_first - r->t0);
+                }
+                if (moe_ipc_buf_append(&text[k], ev.text, ev.len) ||
+                    moe_ipc_buf_append(&lps[k], ev.lp, ev.n_lp * sizeof(*ev.lp))) {
+                    moe_ipc_error_set(&e, 500, "server_error", "out_of_memory", NULL,
+                                      "out of memory");
+                    ok = reply_error(ipc, r, c, &e, NULL);
+                    goto out;
+                }
+                continue;
+            }
+            jobs->done[k] = true;
+            if (ev.kind == MOE_EV_ERROR) {
+                count_finish(ipc, "error");
+                event_error(&ev, &e);
+                ok = reply_error(ipc, r, c, &e, e.status == 503 ? hdr_retry_unavail : NULL);
+                goto out;
+            }
+            /* MOE_EV_DONE */
+            ch[k].finish_reason = ev.finish_reason;
+            prompt_tokens = ev.prompt_tokens;
+            completion_tokens += ev.completion_tokens;
+            break;
         }
-        if (ev.kind == MOE_EV_ERROR) {
-            count_finish(ipc, "error");
-            event_error(&ev, &e);
-            ok = reply_error(ipc, r, c, &e, e.status == 503 ? hdr_retry_unavail : NULL);
-            goto out;
-        }
-        /* MOE_EV_DONE */
-        observe_done(ipc, r->t0, t_first, &ev);
-        size_t n;
-        char *body = moe_ipc_completion_json(gen, text.data ? text.data : "", text.len, LPS,
-                                             ev.finish_reason, ev.prompt_tokens,
-                                             ev.completion_tokens, &n);
-        ok = body && reply(ipc, r, c, 200, CT_JSON, body, n, NULL);
-        goto out;
+        if (cancelled)
+            break;
     }
+    if (cancelled) {
+        count_finish(ipc, "cancelled");
+        for (int i = 0; i < jobs->n; i++)
+            ch[i].finish_reason = "cancelled";
+        prompt_tokens = completion_tokens = 0;
+    } else {
+        ev.finish_reason = ch[0].finish_reason;
+        observe_done(ipc, r->t0, t_first, &ev);
+    }
+    for (int i = 0; i < jobs->n; i++) {
+        ch[i].text = text[i].data ? text[i].data : "";
+        ch[i].len = text[i].len;
+        ch[i].lp = (const struct moe_token_logprob *)(const void *)lps[i].data;
+        ch[i].n_lp = lps[i].len / sizeof(struct moe_token_logprob);
+    }
+    size_t n;
+    char *body = moe_ipc_completion_json(gen, ch, (size_t)jobs->n, prompt_tokens,
+                                         completion_tokens, &n);
+    ok = body && reply(ipc, r, c, 200, CT_JSON, body, n, NULL);
 out:
-    ipc->ops.release(job);
-    moe_ipc_buf_free(&text);
-    moe_ipc_buf_free(&lps);
+    jobs_end(ipc, jobs, true);
+    for (int i = 0; i < MOE_IPC_CHOICES_MAX; i++) {
+        moe_ipc_buf_free(&text[i]);
+        moe_ipc_buf_free(&lps[i]);
+    }
     return ok;
-#undef LPS
 }
 
 static bool handle_generate(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_Connection *c)
@@ -623,7 +701,7 @@ static bool handle_generate(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_C
     struct moe_ipc_parsed p;
     struct moe_ipc_error e;
     struct moe_ipc_gen gen;
-    struct moe_job *job = NULL;
+    struct ipc_jobs jobs = {.n = 0};
     bool chat = r->route == R_CHAT;
 
     if (moe_ipc_parse_completion(r->body.data, r->body.len, chat, &r->lim, &p, &e))
@@ -644,10 +722,29 @@ static bool handle_generate(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_C
     gen.logprobs = p.req->logprobs;
     bool stream = p.req->stream;
 
+    /* n choices: n requests, seeds seed, seed + 1, ... (the last one is p.req) */
+    int rc = 0;
     moe_err_clear();
-    int rc = ipc->ops.submit(engine, p.req, &job);
+    for (int i = 0; i < p.n && rc == 0; i++) {
+        struct moe_request *q = i + 1 < p.n ? moe_request_clone(p.req) : p.req;
+        if (!q) {
+            rc = -ENOMEM;
+            break;
+        }
+        q->sampling.seed = p.req->sampling.seed + (uint64_t)i;
+        rc = ipc->ops.submit(engine, q, &jobs.job[jobs.n]);
+        if (rc == 0)
+            jobs.n++;
+        else if (q != p.req)
+            moe_request_free(q);
+        else
+            break;
+        if (q == p.req)
+            p.req = NULL; /* the engine's now */
+    }
     if (rc) {
         moe_ipc_parsed_free(&p);
+        jobs_end(ipc, &jobs, true);
         switch (rc) {
         case -EAGAIN:
             return fail_with(ipc, r, c, 429, "rate_limit_error", "queue_full", NULL,
@@ -664,15 +761,14 @@ static bool handle_generate(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_C
                              "could not queue the request: %s", strerror(-rc));
         }
     }
-    p.req = NULL; /* the engine's now */
 
     /* the idle timeout must not cut a long generation; hang-ups are seen by
      * wait_event, and the engine enforces the request's own time limit */
     MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, 0u);
     r->no_timeout = true;
     if (stream)
-        return start_stream(ipc, r, c, job, &gen);
-    return finish_blocking(ipc, r, c, job, &gen);
+        return start_stream(ipc, r, c, &jobs, &gen);
+    return finish_blocking(ipc, r, c, &jobs, &gen);
 }
 
 /* ---- the other endpoints ------------------------------------------------- */

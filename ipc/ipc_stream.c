@@ -203,27 +203,40 @@ static char *dump(json_t *o, size_t *len)
     return s;
 }
 
-char *moe_ipc_completion_json(struct moe_ipc_gen *g, const char *text, size_t len,
-                              const struct moe_token_logprob *lp, size_t n_lp,
-                              const char *finish_reason, int32_t prompt_tokens,
+char *moe_ipc_completion_json(struct moe_ipc_gen *g, const struct moe_ipc_choice *choices,
+                              size_t n_choices, int32_t prompt_tokens,
                               int32_t completion_tokens, size_t *out_len)
 {
     json_t *o = head(g, g->chat ? "chat.completion" : "text_completion");
-    json_t *choice = NULL;
+    json_t *arr = json_array();
     char *s = NULL;
-    if (!o)
+    if (!o || !arr) {
+        json_decref(arr);
+        json_decref(o);
         return NULL;
-    if (g->chat) {
-        json_t *msg = json_pack("{s:s, s:o}", "role", "assistant", "content",
-                                moe_ipc_json_text(text, len));
-        choice = json_pack("{s:i, s:o, s:o, s:o}", "index", 0, "message", msg, "logprobs",
-                           logprobs_obj(g, lp, n_lp), "finish_reason", reason(finish_reason));
-    } else {
-        choice = json_pack("{s:i, s:o, s:o, s:o}", "index", 0, "text",
-                           moe_ipc_json_text(text, len), "logprobs", logprobs_obj(g, lp, n_lp),
-                           "finish_reason", reason(finish_reason));
     }
-    if (set_choice(o, choice) ||
+    for (size_t i = 0; i < n_choices; i++) {
+        const struct moe_ipc_choice *c = &choices[i];
+        json_t *choice;
+        g->text_offset = 0;
+        if (g->chat) {
+            json_t *msg = json_pack("{s:s, s:o}", "role", "assistant", "content",
+                                    moe_ipc_json_text(c->text, c->len));
+            choice = json_pack("{s:i, s:o, s:o, s:o}", "index", (int)i, "message", msg,
+                               "logprobs", logprobs_obj(g, c->lp, c->n_lp), "finish_reason",
+                               reason(c->finish_reason));
+        } else {
+            choice = json_pack("{s:i, s:o, s:o, s:o}", "index", (int)i, "text",
+                               moe_ipc_json_text(c->text, c->len), "logprobs",
+                               logprobs_obj(g, c->lp, c->n_lp), "finish_reason",
+                               reason(c->finish_reason));
+        }
+        if (!choice || json_array_append_new(arr, choice)) {
+            json_decref(arr);
+            goto out;
+        }
+    }
+    if (json_object_set_new(o, "choices", arr) ||
         json_object_set_new(o, "usage", usage(prompt_tokens, completion_tokens)))
         goto out;
     s = dump(o, out_len);
@@ -271,7 +284,7 @@ static json_t *chunk(const struct moe_ipc_gen *g, json_t *delta_or_text, json_t 
         json_decref(logprobs);
         return NULL;
     }
-    choice = json_pack("{s:i, s:o, s:o, s:o}", "index", 0, g->chat ? "delta" : "text",
+    choice = json_pack("{s:i, s:o, s:o, s:o}", "index", g->index, g->chat ? "delta" : "text",
                        delta_or_text, "logprobs", logprobs, "finish_reason", reason(finish));
     if (set_choice(o, choice) ||
         (g->include_usage && json_object_set_new(o, "usage", json_null()))) {
@@ -296,14 +309,25 @@ int moe_ipc_sse_text(struct moe_ipc_buf *b, struct moe_ipc_gen *g, const char *t
     return sse_append(b, chunk(g, t, g->logprobs ? logprobs_obj(g, lp, n_lp) : NULL, NULL));
 }
 
+int moe_ipc_sse_close(struct moe_ipc_buf *b, const struct moe_ipc_gen *g,
+                      const char *finish_reason)
+{
+    return sse_append(b, chunk(g, g->chat ? json_object() : json_string(""), NULL,
+                               finish_reason ? finish_reason : "stop"));
+}
+
 int moe_ipc_sse_finish(struct moe_ipc_buf *b, const struct moe_ipc_gen *g,
                        const char *finish_reason, int32_t prompt_tokens,
                        int32_t completion_tokens)
 {
-    int rc = sse_append(b, chunk(g, g->chat ? json_object() : json_string(""), NULL,
-                                 finish_reason ? finish_reason : "stop"));
-    if (rc)
-        return rc;
+    int rc = moe_ipc_sse_close(b, g, finish_reason);
+    return rc ? rc : moe_ipc_sse_end(b, g, prompt_tokens, completion_tokens);
+}
+
+int moe_ipc_sse_end(struct moe_ipc_buf *b, const struct moe_ipc_gen *g, int32_t prompt_tokens,
+                    int32_t completion_tokens)
+{
+    int rc;
     if (g->include_usage) {
         /* as OpenAI: one more chunk, empty choices, the usage */
         json_t *o = head(g, g->chat ? "chat.completion.chunk" : "text_completion");

@@ -1,6 +1,6 @@
 """The completions features agents and evaluation use (issue 18), through a real moed on the
-bundled model: logprobs, top_logprobs, logit_bias, echo, token-array prompts, /tokenize and
-/detokenize, context_length_exceeded:
+bundled model: logprobs, top_logprobs, logit_bias, echo, n, token-array prompts, /tokenize
+and /detokenize, context_length_exceeded:
 
   - the completions API's shape ({"tokens", "token_logprobs", "top_logprobs", "text_offset"})
     and chat's ({"content": [{"token", "logprob", "bytes", "top_logprobs"}]}), the tokens
@@ -12,6 +12,7 @@ bundled model: logprobs, top_logprobs, logit_bias, echo, token-array prompts, /t
   - echo with logprobs and max_tokens 0 scores the prompt (lm-eval's loglikelihood request):
     each prompt token's logprob is log_softmax of the previous position's logits;
   - a prompt over the context is a 400 with code context_length_exceeded;
+  - n choices: each what its seed gives alone, streamed with their indexes;
   - /tokenize and /detokenize as llama-server has them agree with moe-run's tokenizer, and a
     prompt given as those tokens gives what its text gives (the text's BOS included);
   - the official openai client reads them (skipped where the package is not installed).
@@ -204,6 +205,41 @@ class CompletionsApi(unittest.TestCase):
             self.assertEqual(st, 400, (path, body, err))
             self.assertEqual(err["error"]["param"], param, (path, body, err))
 
+    def test_n_choices(self):
+        """n choices: choice i is what the same request with seed + i gives alone; streamed,
+        each chunk names its choice; usage counts the prompt once and every choice's tokens"""
+        body = {"prompt": PROMPT, "max_tokens": 12, "temperature": 1.0, "seed": 5, "n": 3,
+                "logprobs": 1}
+        st, out = self.moed.json("POST", "/v1/completions", body)
+        self.assertEqual(st, 200, out)
+        self.assertEqual([c["index"] for c in out["choices"]], [0, 1, 2])
+        texts = [c["text"] for c in out["choices"]]
+        for i in range(3):
+            st, one = self.moed.json("POST", "/v1/completions", dict(body, n=1, seed=5 + i))
+            self.assertEqual(one["choices"][0]["text"], texts[i])
+            self.assertEqual(one["choices"][0]["logprobs"]["tokens"],
+                             out["choices"][i]["logprobs"]["tokens"])
+        self.assertGreater(len(set(texts)), 1)  # sampled: they differ
+        self.assertEqual(out["usage"]["completion_tokens"],
+                         sum(len(c["logprobs"]["tokens"]) for c in out["choices"]))
+        self.assertEqual(out["usage"]["prompt_tokens"], one["usage"]["prompt_tokens"])
+        _, events = td.stream(self.moed, "/v1/completions",
+                              dict(body, stream_options={"include_usage": True}))
+        got, finished = ["", "", ""], set()
+        for ev in events:
+            if ev == "DONE" or not ev["choices"]:
+                continue
+            c = ev["choices"][0]
+            got[c["index"]] += c["text"]
+            if c["finish_reason"]:
+                finished.add(c["index"])
+        self.assertEqual(got, texts)
+        self.assertEqual(finished, {0, 1, 2})
+        self.assertEqual(events[-2]["usage"], out["usage"])  # the usage chunk, then [DONE]
+        out = self.post("/v1/chat/completions", {"messages": CHAT, "max_tokens": 4, "n": 2})
+        self.assertEqual(len(out["choices"]), 2)  # greedy: the same twice
+        self.assertEqual(out["choices"][0]["message"], out["choices"][1]["message"])
+
     def test_openai_client(self):
         try:
             import openai
@@ -223,6 +259,10 @@ class CompletionsApi(unittest.TestCase):
         c = client.completions.create(model="tiny-moe", prompt=PROMPT, max_tokens=4,
                                       temperature=0, logprobs=2)
         self.assertEqual(len(c.choices[0].logprobs.tokens), c.usage.completion_tokens)
+        c = client.completions.create(model="tiny-moe", prompt=PROMPT, max_tokens=4, n=3,
+                                      temperature=1.0, seed=1, echo=True)
+        self.assertEqual([x.index for x in c.choices], [0, 1, 2])
+        self.assertTrue(all(x.text.startswith(PROMPT) for x in c.choices))
         with self.assertRaises(openai.BadRequestError) as e:
             client.completions.create(model="tiny-moe", prompt="word " * 2000, max_tokens=4)
         self.assertEqual(e.exception.code, "context_length_exceeded")

@@ -71,6 +71,15 @@ static void expect_err(bool chat, const char *body, int status, const char *code
         fail_msg("%s: message '%s' does not name '%s'", body, err.message, param);
 }
 
+/* a reply of one choice */
+static char *one_choice(struct moe_ipc_gen *g, const char *text, size_t len,
+                        const struct moe_token_logprob *lp, size_t n_lp, const char *finish,
+                        int32_t prompt_tokens, int32_t completion_tokens, size_t *n)
+{
+    struct moe_ipc_choice c = {text, len, lp, n_lp, finish};
+    return moe_ipc_completion_json(g, &c, 1, prompt_tokens, completion_tokens, n);
+}
+
 /* ---- valid requests ------------------------------------------------------ */
 
 static void test_defaults(void **state)
@@ -349,8 +358,8 @@ static void test_field_errors(void **state)
          NULL},
         {"{\"prompt\": \"x\", \"repetition_penalty\": 11}", "invalid_value",
          "repetition_penalty", NULL},
-        {"{\"prompt\": \"x\", \"n\": 2}", "unsupported_value", "n", "must be 1"},
-        {"{\"prompt\": \"x\", \"n\": 0}", "unsupported_value", "n", NULL},
+        {"{\"prompt\": \"x\", \"n\": 17}", "invalid_value", "n", "[1, 16]"},
+        {"{\"prompt\": \"x\", \"n\": 0}", "invalid_value", "n", NULL},
         {"{\"prompt\": \"x\", \"n\": \"1\"}", "invalid_type", "n", NULL},
         {"{\"prompt\": \"x\", \"stream\": \"yes\"}", "invalid_type", "stream", "a boolean"},
         {"{\"prompt\": \"x\", \"stream\": 1}", "invalid_type", "stream", NULL},
@@ -455,8 +464,8 @@ static void test_chat_errors(void **state)
          "missing_required_parameter", "messages[0].content[0].text", NULL},
         {"{\"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"text\", \"text\": 1}]}]}",
          "invalid_type", "messages[0].content[0].text", NULL},
-        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"n\": 3}",
-         "unsupported_value", "n", NULL},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"n\": 30}",
+         "invalid_value", "n", NULL},
         {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"logprobs\": 3}",
          "invalid_type", "logprobs", "a boolean"},
         {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"top_logprobs\": 2}",
@@ -609,7 +618,7 @@ static void test_completion_json(void **state)
     size_t n;
     moe_ipc_gen_init(&g, false, false, "tiny");
     assert_memory_equal(g.id, "cmpl-", 5);
-    char *s = moe_ipc_completion_json(&g, "Hello", 5, NULL, 0, "length", 3, 5, &n);
+    char *s = one_choice(&g, "Hello", 5, NULL, 0, "length", 3, 5, &n);
     json_t *j = load(s, n);
     assert_string_equal(json_string_value(json_object_get(j, "object")), "text_completion");
     assert_string_equal(json_string_value(json_object_get(j, "model")), "tiny");
@@ -631,7 +640,7 @@ static void test_completion_json(void **state)
     moe_ipc_gen_init(&g2, true, false, "tiny");
     assert_memory_equal(g2.id, "chatcmpl-", 9);
     assert_string_not_equal(g.id + 5, g2.id + 9);
-    s = moe_ipc_completion_json(&g2, "Hi \xf0\x9f\x98\x80", 7, NULL, 0, "stop", 1, 2, &n);
+    s = one_choice(&g2, "Hi \xf0\x9f\x98\x80", 7, NULL, 0, "stop", 1, 2, &n);
     j = load(s, n);
     assert_string_equal(json_string_value(json_object_get(j, "object")), "chat.completion");
     c = json_array_get(json_object_get(j, "choices"), 0);
@@ -752,7 +761,7 @@ static void test_logprobs_json(void **state)
     size_t n;
     moe_ipc_gen_init(&g, true, false, "tiny");
     g.logprobs = true;
-    char *s = moe_ipc_completion_json(&g, "Hi \xc3\xa9", 5, lp, 2, "length", 1, 2, &n);
+    char *s = one_choice(&g, "Hi \xc3\xa9", 5, lp, 2, "length", 1, 2, &n);
     json_t *j = load(s, n);
     json_t *ch = json_array_get(json_object_get(j, "choices"), 0);
     json_t *c = json_object_get(json_object_get(ch, "logprobs"), "content");
@@ -774,21 +783,39 @@ static void test_logprobs_json(void **state)
     g.logprobs = true;
     struct moe_ipc_buf b = {0};
     assert_int_equal(moe_ipc_sse_text(&b, &g, "Hi", 2, lp, 1), 0);
-    assert_int_equal(g.text_offset, 2);
-    s = moe_ipc_completion_json(&g, "", 0, lp + 1, 1, "length", 1, 2, &n); /* offsets go on */
+    assert_int_equal(g.text_offset, 2); /* the next chunk's offsets go on from here */
+    assert_int_equal(moe_ipc_sse_text(&b, &g, " \xc3\xa9", 3, lp + 1, 1), 0);
+    assert_int_equal(g.text_offset, 4); /* characters, not bytes */
+    assert_non_null(strstr(b.data, "\"text_offset\":[2]"));
+    s = one_choice(&g, "Hi \xc3\xa9", 5, lp, 2, "length", 1, 2, &n); /* a reply: from 0 */
     j = load(s, n);
     json_t *l = json_object_get(json_array_get(json_object_get(j, "choices"), 0), "logprobs");
-    assert_string_equal(json_string_value(json_array_get(json_object_get(l, "tokens"), 0)),
+    assert_string_equal(json_string_value(json_array_get(json_object_get(l, "tokens"), 1)),
                         " \xc3\xa9");
-    assert_int_equal(json_integer_value(json_array_get(json_object_get(l, "text_offset"), 0)), 2);
-    assert_int_equal(g.text_offset, 4);
-    assert_int_equal(json_object_size(json_array_get(json_object_get(l, "top_logprobs"), 0)), 0);
+    assert_int_equal(json_integer_value(json_array_get(json_object_get(l, "text_offset"), 1)), 2);
+    assert_int_equal(json_object_size(json_array_get(json_object_get(l, "top_logprobs"), 1)), 0);
     json_decref(j);
     free(s);
     moe_ipc_buf_free(&b);
 
+    /* n choices: one entry each, indexed, each with its own offsets */
+    moe_ipc_gen_init(&g, false, false, "tiny");
+    g.logprobs = true;
+    struct moe_ipc_choice two[2] = {{"Hi", 2, lp, 1, "length"}, {"Hi", 2, lp, 1, "stop"}};
+    s = moe_ipc_completion_json(&g, two, 2, 1, 2, &n);
+    j = load(s, n);
+    json_t *chs = json_object_get(j, "choices");
+    assert_int_equal(json_array_size(chs), 2);
+    assert_int_equal(json_integer_value(json_object_get(json_array_get(chs, 1), "index")), 1);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(chs, 1),
+                                                          "finish_reason")), "stop");
+    l = json_object_get(json_array_get(chs, 1), "logprobs");
+    assert_int_equal(json_integer_value(json_array_get(json_object_get(l, "text_offset"), 0)), 0);
+    json_decref(j);
+    free(s);
+
     moe_ipc_gen_init(&g, false, false, "tiny"); /* not asked: null */
-    s = moe_ipc_completion_json(&g, "x", 1, NULL, 0, "stop", 1, 1, &n);
+    s = one_choice(&g, "x", 1, NULL, 0, "stop", 1, 1, &n);
     j = load(s, n);
     assert_true(json_is_null(
         json_object_get(json_array_get(json_object_get(j, "choices"), 0), "logprobs")));

@@ -65,8 +65,17 @@ struct moe_ipc_parsed {
     bool include_usage;      /* stream_options.include_usage */
     bool seed_set;           /* the body gave a seed (even -1) */
     int n;                   /* choices: as many requests (seeds seed, seed + 1, ...) */
+    bool responses;          /* came as the Responses API (moe_ipc_parse_response) */
 };
 #define MOE_IPC_CHOICES_MAX 16 /* "n" at most */
+
+/* POST /v1/responses (OpenAI's Responses API), read as the chat request it
+ * amounts to: instructions -> a system message, input (a string or message
+ * items with text) -> messages, max_output_tokens -> max_completion_tokens.
+ * Tools, structured output, stored conversations and reasoning settings are
+ * 400 unsupported_parameter. Errors as moe_ipc_parse_completion's. */
+int moe_ipc_parse_response(const char *body, size_t len, const struct moe_ipc_limits *lim,
+                           struct moe_ipc_parsed *out, struct moe_ipc_error *err);
 
 /* 0 with *out filled, or -EINVAL with *err filled (status 400) and *out
  * empty. Out of memory: -ENOMEM with err status 500. */
@@ -94,12 +103,18 @@ struct moe_ipc_gen {
     bool include_usage;
     bool logprobs;     /* replies carry each token's logprobs (else "logprobs": null) */
     int index;         /* the choice the next chunk is about (n > 1) */
+    bool responses;    /* the Responses API's objects and events (chat underneath) */
+    int64_t sequence;  /* its events' sequence_number */
+    bool incomplete;   /* its generation hit the token limit */
+    struct moe_ipc_buf *full; /* its stream: the text so far (the closing events repeat it) */
     int64_t text_offset; /* completions' logprobs: characters of text before the next token
                           * (of choice index; the caller keeps one per choice) */
     int64_t created;   /* unix seconds */
     const char *model; /* the served model's name */
 };
 void moe_ipc_gen_init(struct moe_ipc_gen *g, bool chat, bool include_usage, const char *model);
+/* The same for a Responses API reply ("resp_..." ids) */
+void moe_ipc_gen_init_response(struct moe_ipc_gen *g, const char *model);
 
 /* The non-streaming reply (malloc'ed, ends with "\n"). text need not be
  * valid UTF-8: invalid bytes become U+FFFD. */
@@ -114,22 +129,23 @@ char *moe_ipc_completion_json(struct moe_ipc_gen *g, const struct moe_ipc_choice
                               size_t n_choices, int32_t prompt_tokens,
                               int32_t completion_tokens, size_t *out_len);
 /* SSE pieces, appended to b as "data: {...}\n\n". Return 0 or -ENOMEM. */
-int moe_ipc_sse_role(struct moe_ipc_buf *b, const struct moe_ipc_gen *g); /* chat only */
+int moe_ipc_sse_role(struct moe_ipc_buf *b, struct moe_ipc_gen *g); /* chat only */
 int moe_ipc_sse_text(struct moe_ipc_buf *b, struct moe_ipc_gen *g, const char *text,
                      size_t len, const struct moe_token_logprob *lp, size_t n_lp);
 /* The closing chunk of choice g->index with its finish_reason; then, once
  * every choice closed, the usage chunk when asked for and "data: [DONE]"
  * (moe_ipc_sse_end). moe_ipc_sse_finish: both, for one choice. */
-int moe_ipc_sse_close(struct moe_ipc_buf *b, const struct moe_ipc_gen *g,
+int moe_ipc_sse_close(struct moe_ipc_buf *b, struct moe_ipc_gen *g,
                       const char *finish_reason);
-int moe_ipc_sse_end(struct moe_ipc_buf *b, const struct moe_ipc_gen *g, int32_t prompt_tokens,
+int moe_ipc_sse_end(struct moe_ipc_buf *b, struct moe_ipc_gen *g, int32_t prompt_tokens,
                     int32_t completion_tokens);
-int moe_ipc_sse_finish(struct moe_ipc_buf *b, const struct moe_ipc_gen *g,
+int moe_ipc_sse_finish(struct moe_ipc_buf *b, struct moe_ipc_gen *g,
                        const char *finish_reason, int32_t prompt_tokens,
                        int32_t completion_tokens);
 /* An error in the middle of a stream (the status line went out already):
  * the error object as a data chunk, then "data: [DONE]". */
-int moe_ipc_sse_error(struct moe_ipc_buf *b, const struct moe_ipc_error *e);
+int moe_ipc_sse_error(struct moe_ipc_buf *b, struct moe_ipc_gen *g,
+                      const struct moe_ipc_error *e); /* g: NULL or the stream's */
 
 /* ---- the engine seam ----------------------------------------------------------
  * The server calls the engine only through this table, so its tests can

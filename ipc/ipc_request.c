@@ -720,3 +720,148 @@ fail:
     memset(out, 0, sizeof(*out));
     return rc;
 }
+
+/* ---- the Responses API ---------------------------------------------------- */
+
+/* One input item's content: a string, or [{"type": "input_text" / "output_text" /
+ * "text", "text": ...}] parts, into chat's text parts */
+static int response_content(json_t *c, const char *param, json_t **out,
+                            struct moe_ipc_error *err)
+{
+    char sub[96];
+    if (json_is_string(c)) {
+        *out = json_incref(c);
+        return 0;
+    }
+    if (!json_is_array(c))
+        return type_error(err, param, "a string or an array of text parts", c);
+    json_t *parts = json_array();
+    size_t i;
+    json_t *part;
+    if (!parts)
+        return oom(err);
+    json_array_foreach(c, i, part) {
+        snprintf(sub, sizeof(sub), "%s[%zu]", param, i);
+        const char *t = json_string_value(json_object_get(part, "type"));
+        json_t *text = json_object_get(part, "text");
+        if (!t || (strcmp(t, "input_text") && strcmp(t, "output_text") && strcmp(t, "text"))) {
+            json_decref(parts);
+            return moe_ipc_error_set(err, 400, T_INVALID, "unsupported_value", sub,
+                                     "'%s.type' must be \"input_text\" (only text is "
+                                     "supported)", sub);
+        }
+        if (!json_is_string(text)) {
+            json_decref(parts);
+            snprintf(sub + strlen(sub), sizeof(sub) - strlen(sub), ".text");
+            return type_error(err, sub, "a string", text ? text : json_null());
+        }
+        json_array_append_new(parts, json_pack("{s:s, s:O}", "type", "text", "text", text));
+    }
+    *out = parts;
+    return 0;
+}
+
+/* The Responses API's keys that a chat request has no counterpart for and
+ * that would change the answer: refused unless neutral. */
+static const char *const response_refused[] = {
+    "tools", "tool_choice", "previous_response_id", "reasoning", "text", "include",
+    "conversation", "prompt", "background", "truncation", "max_tool_calls", "top_logprobs"};
+
+int moe_ipc_parse_response(const char *body, size_t len, const struct moe_ipc_limits *lim,
+                           struct moe_ipc_parsed *out, struct moe_ipc_error *err)
+{
+    json_error_t jerr;
+    int rc = 0;
+    memset(out, 0, sizeof(*out));
+    json_t *root = json_loadb(body ? body : "", body ? len : 0, JSON_REJECT_DUPLICATES, &jerr);
+    if (!json_is_object(root)) {
+        rc = moe_ipc_error_set(err, 400, T_INVALID, "invalid_json", NULL,
+                               root ? "the request body must be a JSON object"
+                                    : "malformed JSON at line %d, column %d: %s",
+                               jerr.line, jerr.column, jerr.text);
+        json_decref(root);
+        return rc;
+    }
+    json_t *chat = json_object(), *msgs = json_array(), *v;
+    if (!chat || !msgs) {
+        rc = oom(err);
+        goto out;
+    }
+    json_object_set(chat, "messages", msgs);
+    for (size_t i = 0; i < MOE_ARRAY_SIZE(response_refused); i++) {
+        v = opt(root, response_refused[i]);
+        bool neutral = !v || (json_is_array(v) && json_array_size(v) == 0) ||
+                       (json_is_string(v) && !strcmp(json_string_value(v), "auto")) ||
+                       (json_is_object(v) && !strcmp(response_refused[i], "text") &&
+                        json_is_object(json_object_get(v, "format")) &&
+                        !strcmp(json_string_value(json_object_get(
+                                    json_object_get(v, "format"), "type")) ?: "", "text"));
+        if (!neutral) {
+            rc = moe_ipc_error_set(err, 400, T_INVALID, "unsupported_parameter",
+                                   response_refused[i], "'%s' is not supported by this server",
+                                   response_refused[i]);
+            goto out;
+        }
+    }
+    v = opt(root, "instructions"); /* the system message */
+    if (v && !json_is_string(v)) {
+        rc = type_error(err, "instructions", "a string", v);
+        goto out;
+    }
+    if (v)
+        json_array_append_new(msgs, json_pack("{s:s, s:O}", "role", "system", "content", v));
+    json_t *input = opt(root, "input");
+    if (!input) {
+        rc = missing(err, "input", "a string or an array of messages");
+        goto out;
+    }
+    if (json_is_string(input)) {
+        json_array_append_new(msgs, json_pack("{s:s, s:O}", "role", "user", "content", input));
+    } else if (json_is_array(input)) {
+        size_t i;
+        json_t *item;
+        json_array_foreach(input, i, item) {
+            char param[64];
+            snprintf(param, sizeof(param), "input[%zu]", i);
+            const char *type = json_string_value(json_object_get(item, "type"));
+            json_t *role = json_object_get(item, "role"), *content = NULL;
+            if (!json_is_object(item) || (type && strcmp(type, "message")) ||
+                !json_is_string(role)) {
+                rc = moe_ipc_error_set(err, 400, T_INVALID, "unsupported_value", param,
+                                       "'%s' must be a message with a role (other items, "
+                                       "such as function calls, are not supported)", param);
+                goto out;
+            }
+            snprintf(param + strlen(param), sizeof(param) - strlen(param), ".content");
+            if ((rc = response_content(json_object_get(item, "content"), param, &content, err)))
+                goto out;
+            json_array_append_new(msgs, json_pack("{s:O, s:o}", "role", role, "content",
+                                                  content));
+        }
+    } else {
+        rc = type_error(err, "input", "a string or an array of messages", input);
+        goto out;
+    }
+    /* the rest as chat has them */
+    static const char *const same[] = {"model", "temperature", "top_p", "stream", "seed",
+                                       "top_k", "min_p", "stop", "presence_penalty",
+                                       "frequency_penalty", "repetition_penalty"};
+    for (size_t i = 0; i < MOE_ARRAY_SIZE(same); i++)
+        if ((v = json_object_get(root, same[i])))
+            json_object_set(chat, same[i], v);
+    if ((v = json_object_get(root, "max_output_tokens")))
+        json_object_set(chat, "max_completion_tokens", v);
+    char *text = json_dumps(chat, JSON_COMPACT);
+    if (!text) {
+        rc = oom(err);
+        goto out;
+    }
+    rc = moe_ipc_parse_completion(text, strlen(text), true, lim, out, err);
+    out->responses = rc == 0;
+    free(text);
+out:
+    json_decref(msgs);
+    json_decref(chat);
+    json_decref(root);
+    return rc;
+}

@@ -65,6 +65,7 @@ enum route {
     R_RELOAD,
     R_TOKENIZE,
     R_DETOKENIZE,
+    R_RESPONSES,
     R_OTHER, /* unknown paths: one metrics label, whatever the URL */
     R_N
 };
@@ -91,6 +92,7 @@ static const struct {
     [R_RELOAD] = {"/admin/reload", true, "/admin/reload", ACCESS_ADMIN},
     [R_TOKENIZE] = {"/tokenize", true, "/tokenize", ACCESS_API},
     [R_DETOKENIZE] = {"/detokenize", true, "/detokenize", ACCESS_API},
+    [R_RESPONSES] = {"/v1/responses", true, "/v1/responses", ACCESS_API},
     [R_OTHER] = {NULL, false, "other", ACCESS_API},
 };
 
@@ -184,6 +186,7 @@ struct ipc_stream {
     struct moe_ipc_buf out;  /* formatted, not yet handed to MHD */
     struct moe_ipc_buf text; /* text gathered for the next chunk */
     struct moe_ipc_buf lps;  /* its tokens' logprobs (struct moe_token_logprob) */
+    struct moe_ipc_buf full; /* the Responses API's: all the text (its closing events) */
     double t0, t_first;
     double write_timeout;
     int32_t prompt_tokens, completion_tokens; /* summed over the choices as they end */
@@ -443,7 +446,7 @@ static int stream_take(struct ipc_stream *s, int k, struct moe_event *first)
         count_finish(ipc, "error");
         event_error(&ev, &e);
         moe_log(MOE_LOG_WARN, "ipc: stream %s failed: %s", s->gen.id, e.message);
-        if (moe_ipc_sse_error(&s->out, &e))
+        if (moe_ipc_sse_error(&s->out, &s->gen, &e))
             return -ENOMEM;
         s->ended = true;
     }
@@ -526,6 +529,7 @@ static void stream_free(void *cls)
     moe_ipc_buf_free(&s->out);
     moe_ipc_buf_free(&s->text);
     moe_ipc_buf_free(&s->lps);
+    moe_ipc_buf_free(&s->full);
     free(s);
 }
 
@@ -543,6 +547,7 @@ static bool start_stream(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_Conn
     s->ipc = ipc;
     s->jobs = *jobs;
     s->gen = *gen;
+    s->gen.full = &s->full;
     s->wait = (struct waiter){.ipc = ipc, .job = jobs->job[0], .fd = r->fd};
     s->t0 = r->t0;
     s->conn = r->conn;
@@ -702,9 +707,11 @@ static bool handle_generate(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_C
     struct moe_ipc_error e;
     struct moe_ipc_gen gen;
     struct ipc_jobs jobs = {.n = 0};
-    bool chat = r->route == R_CHAT;
+    bool chat = r->route == R_CHAT || r->route == R_RESPONSES;
 
-    if (moe_ipc_parse_completion(r->body.data, r->body.len, chat, &r->lim, &p, &e))
+    if (r->route == R_RESPONSES
+            ? moe_ipc_parse_response(r->body.data, r->body.len, &r->lim, &p, &e)
+            : moe_ipc_parse_completion(r->body.data, r->body.len, chat, &r->lim, &p, &e))
         return reply_error(ipc, r, c, &e, NULL);
 
     struct moe_engine *engine = atomic_load(&ipc->engine);
@@ -718,7 +725,10 @@ static bool handle_generate(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_C
             seed = (uint64_t)(moe_now_s() * 1e9) ^ (uint64_t)(uintptr_t)r;
         p.req->sampling.seed = seed;
     }
-    moe_ipc_gen_init(&gen, chat, p.include_usage, ipc->model_name);
+    if (p.responses)
+        moe_ipc_gen_init_response(&gen, ipc->model_name);
+    else
+        moe_ipc_gen_init(&gen, chat, p.include_usage, ipc->model_name);
     gen.logprobs = p.req->logprobs;
     bool stream = p.req->stream;
 
@@ -1228,7 +1238,8 @@ static bool on_complete(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_Conne
         return fail_too_large(ipc, r, c, r->swallowed, false);
     switch (r->route) {
     case R_COMPLETIONS:
-    case R_CHAT: return handle_generate(ipc, r, c);
+    case R_CHAT:
+    case R_RESPONSES: return handle_generate(ipc, r, c);
     case R_MODELS:
     case R_MODEL: return handle_models(ipc, r, c, url);
     case R_HEALTH: return handle_health(ipc, r, c);

@@ -82,6 +82,15 @@ void moe_ipc_gen_init(struct moe_ipc_gen *g, bool chat, bool include_usage, cons
     g->model = model ? model : "default";
 }
 
+void moe_ipc_gen_init_response(struct moe_ipc_gen *g, const char *model)
+{
+    moe_ipc_gen_init(g, true, false, model);
+    char id[sizeof(g->id)];
+    snprintf(id, sizeof(id), "resp_%s", g->id + strlen("chatcmpl-"));
+    memcpy(g->id, id, sizeof(id));
+    g->responses = true;
+}
+
 /* ---- JSON pieces --------------------------------------------------------- */
 
 /* {"id", "object", "created", "model"} shared by every reply of a generation */
@@ -203,10 +212,148 @@ static char *dump(json_t *o, size_t *len)
     return s;
 }
 
+/* ---- the Responses API's objects ------------------------------------------ */
+
+/* "msg_" + the response's id: the reply's one message item */
+static void item_id(const struct moe_ipc_gen *g, char *id, size_t cap)
+{
+    snprintf(id, cap, "msg_%s", g->id + strlen("resp_"));
+}
+
+static json_t *response_item(const struct moe_ipc_gen *g, const char *status, const char *text,
+                             size_t len)
+{
+    char id[80];
+    item_id(g, id, sizeof(id));
+    json_t *content = json_array();
+    if (content && text)
+        json_array_append_new(content, json_pack("{s:s, s:o, s:[]}", "type", "output_text",
+                                                 "text", moe_ipc_json_text(text, len),
+                                                 "annotations"));
+    return json_pack("{s:s, s:s, s:s, s:s, s:o}", "type", "message", "id", id, "status", status,
+                     "role", "assistant", "content", content ? content : json_array());
+}
+
+/* the response object: "in_progress" (finish NULL: no output yet),
+ * "completed", or "incomplete" (the token limit: finish_reason "length") */
+static json_t *response_obj(const struct moe_ipc_gen *g, const char *finish, const char *text,
+                            size_t len, int32_t in_tokens, int32_t out_tokens)
+{
+    bool limit = finish && !strcmp(finish, "length");
+    const char *status = !finish ? "in_progress" : limit ? "incomplete" : "completed";
+    json_t *output = json_array();
+    if (output && finish)
+        json_array_append_new(output, response_item(g, "completed", text, len));
+    json_t *o = json_pack("{s:s, s:s, s:I, s:s, s:o, s:o, s:n, s:o, s:b, s:s, s:[]}", "id",
+                          g->id, "object", "response", "created_at", (json_int_t)g->created,
+                          "status", status, "model",
+                          moe_ipc_json_text(g->model, strlen(g->model)), "output",
+                          output ? output : json_array(), "error", "incomplete_details",
+                          limit ? json_pack("{s:s}", "reason", "max_output_tokens")
+                                : json_null(),
+                          "parallel_tool_calls", 0, "tool_choice", "none", "tools");
+    if (o && finish)
+        json_object_set_new(o, "usage", json_pack("{s:i, s:i, s:i}", "input_tokens",
+                                                  (int)in_tokens, "output_tokens",
+                                                  (int)out_tokens, "total_tokens",
+                                                  (int)(in_tokens + out_tokens)));
+    return o;
+}
+
+/* "event: TYPE\ndata: {...}\n\n" with the next sequence_number; takes o */
+static int response_event(struct moe_ipc_buf *b, struct moe_ipc_gen *g, const char *type,
+                          json_t *o)
+{
+    char *s = NULL;
+    if (o && !json_object_set_new(o, "type", json_string(type)) &&
+        !json_object_set_new(o, "sequence_number", json_integer(g->sequence++)))
+        s = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    int rc = -ENOMEM;
+    if (s && !moe_ipc_buf_append(b, "event: ", 7) &&
+        !moe_ipc_buf_append(b, type, strlen(type)) && !moe_ipc_buf_append(b, "\ndata: ", 7) &&
+        !moe_ipc_buf_append(b, s, strlen(s)) && !moe_ipc_buf_append(b, "\n\n", 2))
+        rc = 0;
+    free(s);
+    return rc;
+}
+
+/* where an event about the message's text points */
+static json_t *part_ref(const struct moe_ipc_gen *g)
+{
+    char id[80];
+    item_id(g, id, sizeof(id));
+    return json_pack("{s:s, s:i, s:i}", "item_id", id, "output_index", 0, "content_index", 0);
+}
+
+static json_t *text_part(const char *text, size_t len)
+{
+    return json_pack("{s:s, s:o, s:[]}", "type", "output_text", "text",
+                     moe_ipc_json_text(text, len), "annotations");
+}
+
+/* created, in_progress, the message item and its text part added */
+static int response_open(struct moe_ipc_buf *b, struct moe_ipc_gen *g)
+{
+    json_t *part = part_ref(g);
+    if (part)
+        json_object_set_new(part, "part", text_part("", 0));
+    if (response_event(b, g, "response.created",
+                       json_pack("{s:o}", "response", response_obj(g, NULL, NULL, 0, 0, 0))) ||
+        response_event(b, g, "response.in_progress",
+                       json_pack("{s:o}", "response", response_obj(g, NULL, NULL, 0, 0, 0))) ||
+        response_event(b, g, "response.output_item.added",
+                       json_pack("{s:i, s:o}", "output_index", 0, "item",
+                                 response_item(g, "in_progress", NULL, 0))) ||
+        response_event(b, g, "response.content_part.added", part))
+        return -ENOMEM;
+    return 0;
+}
+
+/* the text, part and item done (each repeating the whole text), then the
+ * response completed or incomplete, with the usage */
+static int response_close(struct moe_ipc_buf *b, struct moe_ipc_gen *g, const char *finish,
+                          int32_t in_tokens, int32_t out_tokens)
+{
+    const char *text = g->full && g->full->data ? g->full->data : "";
+    size_t len = g->full ? g->full->len : 0;
+    json_t *done = part_ref(g), *part = part_ref(g);
+    if (done)
+        json_object_set_new(done, "text", moe_ipc_json_text(text, len));
+    if (part)
+        json_object_set_new(part, "part", text_part(text, len));
+    bool limit = !strcmp(finish, "length");
+    if (response_event(b, g, "response.output_text.done", done) ||
+        response_event(b, g, "response.content_part.done", part) ||
+        response_event(b, g, "response.output_item.done",
+                       json_pack("{s:i, s:o}", "output_index", 0, "item",
+                                 response_item(g, "completed", text, len))) ||
+        response_event(b, g, limit ? "response.incomplete" : "response.completed",
+                       json_pack("{s:o}", "response",
+                                 response_obj(g, finish, text, len, in_tokens, out_tokens))))
+        return -ENOMEM;
+    return 0;
+}
+
 char *moe_ipc_completion_json(struct moe_ipc_gen *g, const struct moe_ipc_choice *choices,
                               size_t n_choices, int32_t prompt_tokens,
                               int32_t completion_tokens, size_t *out_len)
 {
+    if (g->responses) {
+        json_t *o = response_obj(g, choices[0].finish_reason ? choices[0].finish_reason : "stop",
+                                 choices[0].text, choices[0].len, prompt_tokens,
+                                 completion_tokens);
+        char *s = o ? dump(o, out_len) : NULL;
+        json_decref(o);
+        char *t = s ? realloc(s, *out_len + 2) : NULL;
+        if (!t) {
+            free(s);
+            return NULL;
+        }
+        t[(*out_len)++] = '\n';
+        t[*out_len] = '\0';
+        return t;
+    }
     json_t *o = head(g, g->chat ? "chat.completion" : "text_completion");
     json_t *arr = json_array();
     char *s = NULL;
@@ -294,8 +441,10 @@ static json_t *chunk(const struct moe_ipc_gen *g, json_t *delta_or_text, json_t 
     return o;
 }
 
-int moe_ipc_sse_role(struct moe_ipc_buf *b, const struct moe_ipc_gen *g)
+int moe_ipc_sse_role(struct moe_ipc_buf *b, struct moe_ipc_gen *g)
 {
+    if (g->responses)
+        return response_open(b, g);
     return sse_append(b, chunk(g, json_pack("{s:s, s:s}", "role", "assistant", "content", ""),
                                NULL, NULL));
 }
@@ -303,20 +452,36 @@ int moe_ipc_sse_role(struct moe_ipc_buf *b, const struct moe_ipc_gen *g)
 int moe_ipc_sse_text(struct moe_ipc_buf *b, struct moe_ipc_gen *g, const char *text,
                      size_t len, const struct moe_token_logprob *lp, size_t n_lp)
 {
+    if (g->responses) {
+        if (!len)
+            return 0;
+        json_t *o = part_ref(g);
+        if (o)
+            json_object_set_new(o, "delta", moe_ipc_json_text(text, len));
+        if (g->full && moe_ipc_buf_append(g->full, text, len)) {
+            json_decref(o);
+            return -ENOMEM;
+        }
+        return response_event(b, g, "response.output_text.delta", o);
+    }
     json_t *t = moe_ipc_json_text(text, len);
     if (g->chat)
         t = json_pack("{s:o}", "content", t);
     return sse_append(b, chunk(g, t, g->logprobs ? logprobs_obj(g, lp, n_lp) : NULL, NULL));
 }
 
-int moe_ipc_sse_close(struct moe_ipc_buf *b, const struct moe_ipc_gen *g,
+int moe_ipc_sse_close(struct moe_ipc_buf *b, struct moe_ipc_gen *g,
                       const char *finish_reason)
 {
+    if (g->responses) { /* the closing events carry the usage: sse_end writes them */
+        g->incomplete = finish_reason && !strcmp(finish_reason, "length");
+        return 0;
+    }
     return sse_append(b, chunk(g, g->chat ? json_object() : json_string(""), NULL,
                                finish_reason ? finish_reason : "stop"));
 }
 
-int moe_ipc_sse_finish(struct moe_ipc_buf *b, const struct moe_ipc_gen *g,
+int moe_ipc_sse_finish(struct moe_ipc_buf *b, struct moe_ipc_gen *g,
                        const char *finish_reason, int32_t prompt_tokens,
                        int32_t completion_tokens)
 {
@@ -324,10 +489,13 @@ int moe_ipc_sse_finish(struct moe_ipc_buf *b, const struct moe_ipc_gen *g,
     return rc ? rc : moe_ipc_sse_end(b, g, prompt_tokens, completion_tokens);
 }
 
-int moe_ipc_sse_end(struct moe_ipc_buf *b, const struct moe_ipc_gen *g, int32_t prompt_tokens,
+int moe_ipc_sse_end(struct moe_ipc_buf *b, struct moe_ipc_gen *g, int32_t prompt_tokens,
                     int32_t completion_tokens)
 {
     int rc;
+    if (g->responses) /* no [DONE]: the completed (or incomplete) event ends the stream */
+        return response_close(b, g, g->incomplete ? "length" : "stop", prompt_tokens,
+                              completion_tokens);
     if (g->include_usage) {
         /* as OpenAI: one more chunk, empty choices, the usage */
         json_t *o = head(g, g->chat ? "chat.completion.chunk" : "text_completion");
@@ -342,8 +510,14 @@ int moe_ipc_sse_end(struct moe_ipc_buf *b, const struct moe_ipc_gen *g, int32_t 
     return moe_ipc_buf_append(b, "data: [DONE]\n\n", 14);
 }
 
-int moe_ipc_sse_error(struct moe_ipc_buf *b, const struct moe_ipc_error *e)
+int moe_ipc_sse_error(struct moe_ipc_buf *b, struct moe_ipc_gen *g,
+                      const struct moe_ipc_error *e)
 {
+    if (g && g->responses)
+        return response_event(b, g, "error",
+                              json_pack("{s:s, s:s, s:o}", "code", e->code, "message",
+                                        e->message, "param",
+                                        e->param[0] ? json_string(e->param) : json_null()));
     int rc = sse_append(b, moe_ipc_error_obj(e));
     return rc ? rc : moe_ipc_buf_append(b, "data: [DONE]\n\n", 14);
 }

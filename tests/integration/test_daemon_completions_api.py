@@ -1,6 +1,6 @@
 """The completions features agents and evaluation use (issue 18), through a real moed on the
 bundled model: logprobs, top_logprobs, logit_bias, echo, n, token-array prompts, /tokenize
-and /detokenize, context_length_exceeded:
+and /detokenize, context_length_exceeded, the Responses API:
 
   - the completions API's shape ({"tokens", "token_logprobs", "top_logprobs", "text_offset"})
     and chat's ({"content": [{"token", "logprob", "bytes", "top_logprobs"}]}), the tokens
@@ -13,6 +13,8 @@ and /detokenize, context_length_exceeded:
     each prompt token's logprob is log_softmax of the previous position's logits;
   - a prompt over the context is a 400 with code context_length_exceeded;
   - n choices: each what its seed gives alone, streamed with their indexes;
+  - /v1/responses answers what the chat it amounts to answers, as a response object and as
+    OpenAI's event stream;
   - /tokenize and /detokenize as llama-server has them agree with moe-run's tokenizer, and a
     prompt given as those tokens gives what its text gives (the text's BOS included);
   - the official openai client reads them (skipped where the package is not installed).
@@ -240,6 +242,54 @@ class CompletionsApi(unittest.TestCase):
         self.assertEqual(len(out["choices"]), 2)  # greedy: the same twice
         self.assertEqual(out["choices"][0]["message"], out["choices"][1]["message"])
 
+    def test_responses_api(self):
+        """POST /v1/responses: the chat it amounts to (instructions: the system message), as a
+        response object and as its event stream; tools and function-call items refused"""
+        sysmsg = "Answer briefly."
+        chat = self.post("/v1/chat/completions", {
+            "messages": [{"role": "system", "content": sysmsg}] + CHAT, "max_tokens": 8})
+        want = chat["choices"][0]["message"]["content"]
+        body = {"model": "tiny-moe", "instructions": sysmsg, "max_output_tokens": 8,
+                "input": [{"role": "user", "content": [{"type": "input_text",
+                                                        "text": CHAT[0]["content"]}]}]}
+        out = self.post("/v1/responses", body)
+        self.assertEqual(out["object"], "response")
+        self.assertTrue(out["id"].startswith("resp_"))
+        self.assertEqual(out["status"], "incomplete"
+                         if chat["choices"][0]["finish_reason"] == "length" else "completed")
+        item = out["output"][0]
+        self.assertEqual((item["type"], item["role"]), ("message", "assistant"))
+        self.assertEqual(item["content"][0]["text"], want)
+        self.assertEqual(out["usage"]["input_tokens"], chat["usage"]["prompt_tokens"])
+        self.assertEqual(out["usage"]["output_tokens"], chat["usage"]["completion_tokens"])
+        # streamed: the events in OpenAI's order, the deltas spelling the text
+        c = self.moed.conn(60)
+        c.request("POST", "/v1/responses", body=json.dumps(dict(body, stream=True, temperature=0)),
+                  headers={"Content-Type": "application/json"})
+        r = c.getresponse()
+        self.assertEqual(r.status, 200)
+        text = r.read().decode()  # the body ends with the last event: no [DONE] here
+        c.close()
+        events = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ")]
+        names = [line[7:] for line in text.splitlines() if line.startswith("event: ")]
+        self.assertEqual(names, [e["type"] for e in events])
+        kinds = [e["type"] for e in events]
+        self.assertEqual(kinds[:4], ["response.created", "response.in_progress",
+                                     "response.output_item.added", "response.content_part.added"])
+        self.assertEqual(kinds[-4:-1], ["response.output_text.done", "response.content_part.done",
+                                        "response.output_item.done"])
+        self.assertEqual(kinds[-1], "response.incomplete" if out["status"] == "incomplete"
+                         else "response.completed")
+        self.assertEqual([e["sequence_number"] for e in events], list(range(len(events))))
+        self.assertEqual("".join(e["delta"] for e in events
+                                 if e["type"] == "response.output_text.delta"), want)
+        self.assertEqual(events[-1]["response"]["output"][0]["content"][0]["text"], want)
+        for bad, param in (({"tools": [{"type": "function", "name": "f"}]}, "tools"),
+                           ({"input": [{"type": "function_call", "name": "f"}]}, "input[0]"),
+                           ({"previous_response_id": "resp_x"}, "previous_response_id")):
+            st, err = self.moed.json("POST", "/v1/responses", dict(body, **bad))
+            self.assertEqual((st, err["error"]["param"]), (400, param), err)
+
     def test_openai_client(self):
         try:
             import openai
@@ -263,6 +313,17 @@ class CompletionsApi(unittest.TestCase):
                                       temperature=1.0, seed=1, echo=True)
         self.assertEqual([x.index for x in c.choices], [0, 1, 2])
         self.assertTrue(all(x.text.startswith(PROMPT) for x in c.choices))
+        resp = client.responses.create(model="tiny-moe", input=CHAT[0]["content"],
+                                       max_output_tokens=6, temperature=0)
+        chat = client.chat.completions.create(model="tiny-moe", messages=CHAT, max_tokens=6,
+                                              temperature=0)
+        self.assertEqual(resp.output_text, chat.choices[0].message.content)
+        events = list(client.responses.create(model="tiny-moe", input=CHAT[0]["content"],
+                                              max_output_tokens=6, temperature=0, stream=True))
+        self.assertEqual("".join(ev.delta for ev in events
+                                 if ev.type == "response.output_text.delta"), resp.output_text)
+        self.assertEqual(events[-1].type, "response." + resp.status)  # incomplete: the limit
+        self.assertEqual(events[-1].response.output_text, resp.output_text)
         with self.assertRaises(openai.BadRequestError) as e:
             client.completions.create(model="tiny-moe", prompt="word " * 2000, max_tokens=4)
         self.assertEqual(e.exception.code, "context_length_exceeded")

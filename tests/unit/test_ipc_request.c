@@ -735,7 +735,7 @@ static void test_sse_chunks(void **state)
     struct moe_ipc_error e;
     moe_ipc_buf_reset(&b);
     moe_ipc_error_set(&e, 500, "server_error", "engine_error", NULL, "boom");
-    assert_int_equal(moe_ipc_sse_error(&b, &e), 0);
+    assert_int_equal(moe_ipc_sse_error(&b, NULL, &e), 0);
     n = sse_split(b.data, copy, sizeof(copy), ev, 16);
     assert_int_equal(n, 2);
     j = load(ev[0], strlen(ev[0]));
@@ -823,10 +823,65 @@ static void test_logprobs_json(void **state)
     free(s);
 }
 
+/* the Responses API as the chat request it amounts to */
+static void test_responses_request(void **state)
+{
+    (void)state;
+    struct moe_ipc_parsed p;
+    struct moe_ipc_error err;
+    struct moe_ipc_limits lim = test_limits();
+    const char *ok = "{\"model\": \"m\", \"instructions\": \"be brief\", \"input\": ["
+                     "{\"role\": \"user\", \"content\": [{\"type\": \"input_text\", "
+                     "\"text\": \"a\"}, {\"type\": \"input_text\", \"text\": \"b\"}]},"
+                     "{\"type\": \"message\", \"role\": \"assistant\", \"content\": \"c\"},"
+                     "{\"role\": \"developer\", \"content\": \"d\"}],"
+                     " \"max_output_tokens\": 9, \"temperature\": 0.5, \"store\": false,"
+                     " \"tools\": [], \"text\": {\"format\": {\"type\": \"text\"}}}";
+    assert_int_equal(moe_ipc_parse_response(ok, strlen(ok), &lim, &p, &err), 0);
+    assert_true(p.responses);
+    struct moe_request *r = p.req;
+    assert_int_equal(r->kind, MOE_REQ_CHAT);
+    assert_int_equal(r->n_messages, 4);
+    assert_string_equal(r->messages[0].role, "system");
+    assert_string_equal(r->messages[0].content, "be brief");
+    assert_string_equal(r->messages[1].content, "a\nb");
+    assert_string_equal(r->messages[2].role, "assistant");
+    assert_string_equal(r->messages[3].role, "system"); /* developer */
+    assert_int_equal(r->max_tokens, 9);
+    assert_true(r->sampling.temperature == 0.5f);
+    moe_ipc_parsed_free(&p);
+    static const struct {
+        const char *body, *code, *param;
+    } bad[] = {
+        {"{\"input\": \"x\", \"tools\": [{\"type\": \"function\"}]}", "unsupported_parameter",
+         "tools"},
+        {"{\"input\": \"x\", \"text\": {\"format\": {\"type\": \"json_schema\"}}}",
+         "unsupported_parameter", "text"},
+        {"{\"input\": \"x\", \"previous_response_id\": \"resp_1\"}", "unsupported_parameter",
+         "previous_response_id"},
+        {"{\"input\": [{\"type\": \"function_call_output\", \"output\": \"1\"}]}",
+         "unsupported_value", "input[0]"},
+        {"{\"input\": [{\"role\": \"user\", \"content\": [{\"type\": \"input_image\"}]}]}",
+         "unsupported_value", "input[0].content[0]"},
+        {"{\"input\": 5}", "invalid_type", "input"},
+        {"{\"instructions\": \"x\"}", "missing_required_parameter", "input"},
+        {"{\"input\": \"x\", \"max_output_tokens\": 0}", "invalid_value",
+         "max_completion_tokens"},
+    };
+    for (size_t i = 0; i < MOE_ARRAY_SIZE(bad); i++) {
+        int rc = moe_ipc_parse_response(bad[i].body, strlen(bad[i].body), &lim, &p, &err);
+        if (rc == 0 || strcmp(err.code, bad[i].code) || strcmp(err.param, bad[i].param))
+            fail_msg("%s: got %d %s [%s], expected %s [%s]", bad[i].body, rc,
+                     rc ? err.code : "", rc ? err.param : "", bad[i].code, bad[i].param);
+        assert_null(p.req);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_logprobs_json),
+        cmocka_unit_test(test_responses_request),
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_all_fields),
         cmocka_unit_test(test_nulls_are_defaults),

@@ -66,6 +66,7 @@ struct moe_ipc_parsed {
     bool seed_set;           /* the body gave a seed (even -1) */
     int n;                   /* choices: as many requests (seeds seed, seed + 1, ...) */
     bool responses;          /* came as the Responses API (moe_ipc_parse_response) */
+    int best_of;             /* candidates (>= n): the n likeliest are returned */
 };
 #define MOE_IPC_CHOICES_MAX 16 /* "n" at most */
 

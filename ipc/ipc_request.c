@@ -552,7 +552,6 @@ static int check_unsupported(json_t *root, bool chat, struct moe_ipc_error *err)
         bool one_ok; /* best_of: 1 is the neutral value */
         bool zero_ok;
     } keys[] = {
-        {"best_of", true, true, false},
         {"suffix", true, false, false},    {"tools", false, false, false},
         {"functions", false, false, false},
     };
@@ -644,6 +643,15 @@ static int parse_fields(json_t *root, bool chat, const struct moe_ipc_limits *li
 
     TRY(get_integer(root, "n", 1, MOE_IPC_CHOICES_MAX, &x, &present, err));
     out->n = present ? (int)x : 1;
+    out->best_of = out->n;
+    if (!chat) { /* best_of: that many candidates, the n likeliest per token returned */
+        TRY(get_integer(root, "best_of", 1, MOE_IPC_CHOICES_MAX, &x, &present, err));
+        if (present && x < out->n)
+            return moe_ipc_error_set(err, 400, T_INVALID, "invalid_value", "best_of",
+                                     "'best_of' (%lld) must be at least 'n' (%d)", x, out->n);
+        if (present)
+            out->best_of = (int)x;
+    }
 
     TRY(parse_stop(root, r, err));
     TRY(parse_logprobs(root, chat, r, err));
@@ -669,6 +677,10 @@ static int parse_fields(json_t *root, bool chat, const struct moe_ipc_limits *li
             return type_error(err, "stream_options.include_usage", "a boolean", iu);
         out->include_usage = iu && json_is_true(iu);
     }
+    if (out->best_of > out->n && r->stream)
+        return moe_ipc_error_set(err, 400, T_INVALID, "invalid_value", "best_of",
+                                 "'best_of' above 'n' cannot be streamed: the best are known "
+                                 "only at the end");
     TRY(check_unsupported(root, chat, err));
     return 0;
 #undef TRY

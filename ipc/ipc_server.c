@@ -21,6 +21,7 @@
 #include "common/common_metrics.h"
 
 #include <errno.h>
+#include <math.h>
 #include <inttypes.h>
 #include <microhttpd.h>
 #include <poll.h>
@@ -611,8 +612,19 @@ static bool start_stream(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_Conn
 
 /* The whole completion in one reply: waits here, in the connection's thread,
  * for each choice in turn (the engine runs them together). */
+/* best_of: the mean logprob of a candidate's tokens (none: -inf) */
+static double mean_logprob(const struct moe_ipc_buf *lps)
+{
+    const struct moe_token_logprob *lp = (const void *)lps->data;
+    size_t n = lps->len / sizeof(*lp);
+    double sum = 0.0;
+    for (size_t i = 0; i < n; i++)
+        sum += lp[i].tok.logprob;
+    return n ? sum / (double)n : -INFINITY;
+}
+
 static bool finish_blocking(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_Connection *c,
-                            struct ipc_jobs *jobs, struct moe_ipc_gen *gen)
+                            struct ipc_jobs *jobs, struct moe_ipc_gen *gen, int n_out)
 {
     struct moe_ipc_buf text[MOE_IPC_CHOICES_MAX] = {{0}}, lps[MOE_IPC_CHOICES_MAX] = {{0}};
     struct moe_ipc_choice ch[MOE_IPC_CHOICES_MAX] = {{0}};
@@ -688,9 +700,23 @@ static bool finish_blocking(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_C
         ch[i].lp = (const struct moe_token_logprob *)(const void *)lps[i].data;
         ch[i].n_lp = lps[i].len / sizeof(struct moe_token_logprob);
     }
+    /* best_of: the n_out candidates likeliest per token, in their order (a stable
+     * selection by score); usage counts every candidate, as OpenAI bills them */
+    for (int k = 0; k < n_out && n_out < jobs->n; k++) {
+        int best = k;
+        for (int i = k + 1; i < jobs->n; i++)
+            if (mean_logprob(&lps[i]) > mean_logprob(&lps[best]))
+                best = i;
+        struct moe_ipc_choice t = ch[best];
+        struct moe_ipc_buf tl = lps[best];
+        memmove(&ch[k + 1], &ch[k], (size_t)(best - k) * sizeof(ch[0]));
+        memmove(&lps[k + 1], &lps[k], (size_t)(best - k) * sizeof(lps[0]));
+        ch[k] = t;
+        lps[k] = tl;
+    }
     size_t n;
-    char *body = moe_ipc_completion_json(gen, ch, (size_t)jobs->n, prompt_tokens,
-                                         completion_tokens, &n);
+    char *body = moe_ipc_completion_json(gen, ch, (size_t)MOE_MIN(n_out, jobs->n),
+                                         prompt_tokens, completion_tokens, &n);
     ok = body && reply(ipc, r, c, 200, CT_JSON, body, n, NULL);
 out:
     jobs_end(ipc, jobs, true);
@@ -732,11 +758,14 @@ static bool handle_generate(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_C
     gen.logprobs = p.req->logprobs;
     bool stream = p.req->stream;
 
-    /* n choices: n requests, seeds seed, seed + 1, ... (the last one is p.req) */
-    int rc = 0;
+    /* n choices (best_of candidates): that many requests, seeds seed, seed + 1, ...
+     * (the last one is p.req); best_of ranks them by their tokens' logprobs */
+    int rc = 0, n_out = p.n;
+    if (p.best_of > p.n)
+        p.req->logprobs = true; /* the reply shows them only where asked (gen.logprobs) */
     moe_err_clear();
-    for (int i = 0; i < p.n && rc == 0; i++) {
-        struct moe_request *q = i + 1 < p.n ? moe_request_clone(p.req) : p.req;
+    for (int i = 0; i < p.best_of && rc == 0; i++) {
+        struct moe_request *q = i + 1 < p.best_of ? moe_request_clone(p.req) : p.req;
         if (!q) {
             rc = -ENOMEM;
             break;
@@ -778,7 +807,7 @@ static bool handle_generate(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_C
     r->no_timeout = true;
     if (stream)
         return start_stream(ipc, r, c, &jobs, &gen);
-    return finish_blocking(ipc, r, c, &jobs, &gen);
+    return finish_blocking(ipc, r, c, &jobs, &gen, n_out);
 }
 
 /* ---- the other endpoints ------------------------------------------------- */

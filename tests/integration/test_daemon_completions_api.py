@@ -1,5 +1,5 @@
 """The completions features agents and evaluation use (issue 18), through a real moed on the
-bundled model: logprobs, top_logprobs, logit_bias, echo, n, token-array prompts, /tokenize
+bundled model: logprobs, top_logprobs, logit_bias, echo, n, best_of, token-array prompts, /tokenize
 and /detokenize, context_length_exceeded, the Responses API:
 
   - the completions API's shape ({"tokens", "token_logprobs", "top_logprobs", "text_offset"})
@@ -12,7 +12,8 @@ and /detokenize, context_length_exceeded, the Responses API:
   - echo with logprobs and max_tokens 0 scores the prompt (lm-eval's loglikelihood request):
     each prompt token's logprob is log_softmax of the previous position's logits;
   - a prompt over the context is a 400 with code context_length_exceeded;
-  - n choices: each what its seed gives alone, streamed with their indexes;
+  - n choices: each what its seed gives alone, streamed with their indexes; best_of: the
+    likeliest per token of that many;
   - /v1/responses answers what the chat it amounts to answers, as a response object and as
     OpenAI's event stream;
   - /tokenize and /detokenize as llama-server has them agree with moe-run's tokenizer, and a
@@ -97,7 +98,8 @@ class CompletionsApi(unittest.TestCase):
             self.assertEqual(bytes(t["bytes"]).decode("utf-8", "replace"), t["token"])
             self.assertEqual(len(t["top_logprobs"]), 2)
             self.assertEqual(t["top_logprobs"][0]["token"], t["token"])
-            self.assertGreaterEqual(t["top_logprobs"][0]["logprob"], t["top_logprobs"][1]["logprob"])
+            top = t["top_logprobs"]
+            self.assertGreaterEqual(top[0]["logprob"], top[1]["logprob"])
         # streamed: the chunks' logprobs, in order, are the reply's
         _, events = td.stream(self.moed, "/v1/chat/completions", dict(body, temperature=0))
         got = []
@@ -122,7 +124,8 @@ class CompletionsApi(unittest.TestCase):
         lp = out["choices"][0]["logprobs"]
         self.assertNotEqual(lp["tokens"][0], first["tokens"][0])
         self.assertEqual(lp["top_logprobs"][0], first["top_logprobs"][0])  # the model's, unbiased
-        self.assertAlmostEqual(lp["token_logprobs"][0], sorted(first["top_logprobs"][0].values())[0],
+        runner_up = sorted(first["top_logprobs"][0].values())[0]
+        self.assertAlmostEqual(lp["token_logprobs"][0], runner_up,
                                places=5)  # the runner-up was taken
         st, err = self.moed.json("POST", "/v1/completions", {"prompt": PROMPT, "max_tokens": 1,
                                                             "logit_bias": {"99999999": 5}})
@@ -241,6 +244,29 @@ class CompletionsApi(unittest.TestCase):
         out = self.post("/v1/chat/completions", {"messages": CHAT, "max_tokens": 4, "n": 2})
         self.assertEqual(len(out["choices"]), 2)  # greedy: the same twice
         self.assertEqual(out["choices"][0]["message"], out["choices"][1]["message"])
+
+    def test_best_of(self):
+        """best_of candidates (seeds seed, seed + 1, ...), the likeliest per token returned;
+        usage counts them all; not streamable"""
+        body = {"prompt": PROMPT, "max_tokens": 10, "temperature": 1.0, "seed": 7}
+        cands = []
+        for i in range(3):
+            st, one = self.moed.json("POST", "/v1/completions",
+                                     dict(body, seed=7 + i, logprobs=0))
+            lp = one["choices"][0]["logprobs"]["token_logprobs"]
+            cands.append((sum(lp) / len(lp), one["choices"][0]["text"], len(lp)))
+        st, out = self.moed.json("POST", "/v1/completions", dict(body, best_of=3))
+        self.assertEqual(st, 200, out)
+        self.assertEqual(len(out["choices"]), 1)
+        self.assertIsNone(out["choices"][0]["logprobs"])  # not asked: not shown
+        self.assertEqual(out["choices"][0]["text"], max(cands)[1])
+        self.assertEqual(out["usage"]["completion_tokens"], sum(c[2] for c in cands))
+        st, two = self.moed.json("POST", "/v1/completions", dict(body, best_of=3, n=2))
+        self.assertEqual([c["text"] for c in two["choices"]],
+                         [c[1] for c in sorted(cands)[::-1][:2]])
+        for bad in ({"best_of": 2, "n": 3}, {"best_of": 3, "stream": True}):
+            st, err = self.moed.json("POST", "/v1/completions", dict(body, **bad))
+            self.assertEqual((st, err["error"]["param"]), (400, "best_of"), err)
 
     def test_responses_api(self):
         """POST /v1/responses: the chat it amounts to (instructions: the system message), as a

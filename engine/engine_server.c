@@ -258,6 +258,9 @@ struct seq {
     int32_t row0, n_rows; /* its rows of this step's batch (n_rows 0: none) */
     int32_t echo_row0, echo_pos0, echo_rows; /* echo with logprobs: this step's logit rows
                                               * of its prompt chunk, from position pos0 */
+    int32_t wait_for;   /* 1 + the slot of a choice of the same request whose prompt KV
+                         * it will fork (0: prefills its own) */
+    int32_t need;       /* tokens of cache it reserved */
     struct moe_prune prune; /* this request's ODP */
     bool prune_on;
     int32_t top_k;      /* experts per token, 0 = the model's */
@@ -298,6 +301,7 @@ struct moe_engine {
     float *logits;          /* [logit_rows][vocab] */
     int32_t logit_rows;     /* max_seqs, or more once a request echoes with logprobs */
     float *lp_row;          /* [vocab] a row as the model gave it, for logprobs */
+    float *fork_row;        /* [vocab] the row a forked choice samples from */
     struct moe_token_logprob lp_rec; /* the token being accepted's */
     char *piece;            /* one decoded token */
     size_t piece_cap;
@@ -334,6 +338,9 @@ static void seq_emit_rest(struct moe_engine *e, struct seq *s)
  * the slot becomes free. */
 static void seq_release(struct moe_engine *e, struct seq *s)
 {
+    for (int32_t i = 0; i < e->lim.max_seqs; i++) /* its waiting siblings prefill instead */
+        if (e->seqs[i].wait_for == (int32_t)(s - e->seqs) + 1)
+            e->seqs[i].wait_for = 0;
     if (s->kv) { /* its blocks and promise go back to the pool now */
         moe_kv_reset(s->kv);
         e->free_kv[e->n_free_kv++] = s->kv;
@@ -492,6 +499,17 @@ static int seq_start(struct moe_engine *e, struct seq *s, struct moe_job *j)
     }
     s->n_prompt = s->n_ids = (int32_t)n_ids;
     s->max_new = max_new;
+    s->need = need;
+    /* a later choice of an n > 1 request: fork the first one's prompt once it is in */
+    for (int32_t i = 0; r->share_group && !r->echo && i < e->lim.max_seqs; i++) {
+        struct seq *o = &e->seqs[i];
+        if (o != s && o->job && o->job->req->share_group == r->share_group && !o->wait_for &&
+            o->n_fed < o->n_prompt && o->n_prompt == s->n_prompt &&
+            !memcmp(o->ids, s->ids, (size_t)s->n_prompt * sizeof(int32_t))) {
+            s->wait_for = i + 1;
+            break;
+        }
+    }
     if (r->moe_top_k > m->cfg.top_k) {
         char msg[160];
         snprintf(msg, sizeof(msg), "'moe_top_k' must be at most %d (the model's experts per "
@@ -634,6 +652,40 @@ static void seq_accept(struct moe_engine *e, struct seq *s, int32_t tok,
 }
 
 /* ---- the loop ---------------------------------------------------------------- */
+
+/* The choices waiting for leader's prompt take a fork of its KV and sample
+ * their first token from the same logits (lg, as the model gave them: the
+ * leader's own sampler edits it afterwards); a fork that cannot be made
+ * leaves its choice to prefill the prompt itself. */
+static void forks(struct moe_engine *e, struct seq *leader, const float *lg)
+{
+    size_t V = (size_t)e->model->cfg.vocab;
+    int32_t me = (int32_t)(leader - e->seqs) + 1;
+    for (int32_t i = 0; i < e->lim.max_seqs; i++) {
+        struct seq *s = &e->seqs[i];
+        if (!s->job || s->wait_for != me)
+            continue;
+        s->wait_for = 0;
+        if (moe_kv_fork(s->kv, leader->kv) < 0 || moe_kv_reserve(s->kv, s->need) < 0) {
+            moe_kv_reset(s->kv); /* prefill it then; its promise comes back */
+            if (moe_kv_reserve(s->kv, s->need) < 0) {
+                seq_fail(e, s, 503, moe_err_msg());
+                continue;
+            }
+            continue;
+        }
+        s->n_fed = s->n_prompt;
+        pthread_mutex_lock(&e->mu);
+        e->stats.prompt_tokens_shared += (uint64_t)s->n_prompt;
+        pthread_mutex_unlock(&e->mu);
+        memcpy(e->fork_row, lg, V * sizeof(float));
+        int32_t tok = seq_sample(e, s, e->fork_row, &e->lp_rec);
+        if (tok < 0)
+            seq_fail(e, s, 500, moe_err_msg());
+        else
+            seq_accept(e, s, tok, s->job->req->logprobs ? &e->lp_rec : NULL);
+    }
+}
 
 /* Room for rows logit rows (echo with logprobs wants one per prompt token):
  * the buffer grows once to max_seqs + max_batch_tokens rows. */
@@ -822,7 +874,7 @@ static void step(struct moe_engine *e)
     }
     for (int32_t i = 0; i < e->lim.max_seqs && budget > 0; i++) { /* then prompt chunks */
         struct seq *s = &e->seqs[i];
-        if (!s->job || s->n_fed >= s->n_prompt)
+        if (!s->job || s->n_fed >= s->n_prompt || s->wait_for)
             continue;
         int32_t chunk = MOE_MIN(budget, s->n_prompt - s->n_fed);
         s->row0 = n;
@@ -904,6 +956,8 @@ static void step(struct moe_engine *e)
             continue;
         }
         float *lg = e->logits + (size_t)s->logit_row * (size_t)m->cfg.vocab;
+        if (s->n_ids == s->n_prompt) /* its prompt is in: the choices waiting for it fork */
+            forks(e, s, lg);
         int32_t tok = seq_sample(e, s, lg, &e->lp_rec);
         if (tok < 0)
             seq_fail(e, s, 500, moe_err_msg());
@@ -957,6 +1011,7 @@ static void engine_release(struct moe_engine *e)
     free(e->b_fault);
     free(e->logits);
     free(e->lp_row);
+    free(e->fork_row);
     free(e->piece);
     pthread_mutex_destroy(&e->mu);
     pthread_mutex_destroy(&e->tok_mu);
@@ -1073,11 +1128,12 @@ int moe_engine_create(const struct moe_model *model, struct moe_pool *pool,
     e->logits = malloc(S * (size_t)model->cfg.vocab * sizeof(float));
     e->logit_rows = (int32_t)S;
     e->lp_row = malloc((size_t)model->cfg.vocab * sizeof(float));
+    e->fork_row = malloc((size_t)model->cfg.vocab * sizeof(float));
     e->piece_cap = (model->tok ? moe_tokenizer_max_piece(model->tok) : 0) + 64;
     e->piece = malloc(e->piece_cap);
     if (!e->seqs || !e->free_kv || !e->b_tok || !e->b_pos || !e->b_idx || !e->b_kv ||
         !e->b_topk || !e->b_prune || !e->rstats || !e->faults || !e->b_fault || !e->logits ||
-        !e->lp_row || !e->piece ||
+        !e->lp_row || !e->fork_row || !e->piece ||
         moe_scratch_create(&e->scratch) < 0) {
         rc = moe_err(-ENOMEM, "out of memory for the engine");
         goto fail;

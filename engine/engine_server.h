@@ -83,6 +83,9 @@ struct moe_request {
     bool echo;                          /* completions: the prompt's text first (and with
                                          * logprobs, the prompt tokens' too) */
     bool prompt_only;                   /* echo with max_tokens 0: score, generate nothing */
+    uint64_t share_group;               /* n > 1: the choices of one request share one
+                                         * number (0: none); the others fork the first's
+                                         * prompt KV rather than prefilling it again */
     bool logprobs;                      /* each generated token's log probability, from
                                          * the model's distribution (before logit_bias,
                                          * penalties and temperature) ... */
@@ -182,6 +185,7 @@ struct moe_engine_stats {
     int32_t kv_block_tokens;
     double kv_bytes_per_token;
     uint64_t kv_waits; /* admissions deferred because the pool was full */
+    uint64_t prompt_tokens_shared; /* prompt tokens of n > 1 choices not prefilled again */
 };
 void moe_engine_get_stats(struct moe_engine *e, struct moe_engine_stats *st);
 /* Seconds since the engine thread last showed life: it beats at every step

@@ -761,8 +761,11 @@ static bool handle_generate(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_C
     /* n choices (best_of candidates): that many requests, seeds seed, seed + 1, ...
      * (the last one is p.req); best_of ranks them by their tokens' logprobs */
     int rc = 0, n_out = p.n;
+    static atomic_uint_fast64_t groups;
     if (p.best_of > p.n)
         p.req->logprobs = true; /* the reply shows them only where asked (gen.logprobs) */
+    if (p.best_of > 1) /* the choices fork the first one's prompt KV */
+        p.req->share_group = atomic_fetch_add(&groups, 1) + 1;
     moe_err_clear();
     for (int i = 0; i < p.best_of && rc == 0; i++) {
         struct moe_request *q = i + 1 < p.best_of ? moe_request_clone(p.req) : p.req;
@@ -878,10 +881,12 @@ static bool handle_stats(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_Conn
                         : atomic_load(&ipc->draining) ? "draining"
                                                       : "ready";
     json_t *engine = have_engine
-                         ? json_pack("{s:i, s:i, s:I, s:I, s:I, s:I, s:I, s:I}", "queue_depth",
-                                     (int)st.queue_depth, "running", (int)st.running, "steps",
-                                     (json_int_t)st.steps, "prompt_tokens",
-                                     (json_int_t)st.prompt_tokens, "generated_tokens",
+                         ? json_pack("{s:i, s:i, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
+                                     "queue_depth", (int)st.queue_depth, "running",
+                                     (int)st.running, "steps", (json_int_t)st.steps,
+                                     "prompt_tokens", (json_int_t)st.prompt_tokens,
+                                     "prompt_tokens_shared",
+                                     (json_int_t)st.prompt_tokens_shared, "generated_tokens",
                                      (json_int_t)st.generated_tokens, "requests_done",
                                      (json_int_t)st.requests_done, "requests_cancelled",
                                      (json_int_t)st.requests_cancelled, "requests_failed",

@@ -135,6 +135,15 @@ void moe_kv_attention(struct moe_pool *pool, struct moe_kv *const *kvs, const in
                       int32_t n, int32_t layer, const struct moe_kv_attn *a, const float *q,
                       float *out, float *scores, size_t scores_stride);
 
+/* dst (empty, of the same pool) becomes a copy of src as it stands: the
+ * blocks src has filled (and quantised) are shared, not copied (a unit
+ * goes back to the pool when its last holder gives it up); the partial
+ * block, the fp16 window and recurrent states are copied. n choices of one
+ * prompt prefill it once. dst's reservation is dropped (reserve again).
+ * -ENOTSUP for pools with window layers, -ENOSPC when the copies do not
+ * fit; dst is then empty. */
+int moe_kv_fork(struct moe_kv *dst, const struct moe_kv *src);
+
 /* ---- recurrent layers' states ----
  * A forward of a chunk of a sequence on recurrent layer l starts with
  * moe_kv_state_begin(kv, l, pos) (pos 0: the state is taken if needed and

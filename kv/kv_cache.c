@@ -26,6 +26,7 @@ struct moe_kv_pool {
     size_t unit_bytes, tok_bytes; /* tok_bytes: one window token, all heads */
     int64_t n_units, n_free, reserved;
     int32_t *free_list;
+    int32_t *refs;            /* [n_units] sequences holding a unit (forks share blocks) */
     uint8_t *mem;
     /* recurrent layers: a state of srows rows of srow values, rpu rows per
      * unit, su units per layer of a sequence */
@@ -294,9 +295,10 @@ int moe_kv_pool_create(const struct moe_kv_shape *sh, const struct moe_kv_params
     P->window = calloc((size_t)sh->n_layers, sizeof(int32_t));
     P->rec = calloc((size_t)sh->n_layers, sizeof(bool));
     P->free_list = malloc((size_t)n_units * sizeof(int32_t));
+    P->refs = calloc((size_t)n_units, sizeof(int32_t));
     /* malloc, not calloc: pages are only touched as units are used */
     P->mem = malloc((size_t)n_units * P->unit_bytes);
-    if (!P->window || !P->rec || !P->free_list || !P->mem) {
+    if (!P->window || !P->rec || !P->free_list || !P->refs || !P->mem) {
         size_t mib = ((size_t)n_units * P->unit_bytes) >> 20;
         moe_kv_pool_free(P);
         return moe_err(-ENOMEM, "out of memory for a KV pool of %zu MiB", mib);
@@ -319,6 +321,7 @@ void moe_kv_pool_free(struct moe_kv_pool *P)
     free(P->window);
     free(P->rec);
     free(P->free_list);
+    free(P->refs);
     free(P->mem);
     free(P);
 }
@@ -366,7 +369,8 @@ static void unit_give(struct moe_kv *kv, int32_t *slot)
 {
     if (*slot < 0)
         return;
-    kv->pool->free_list[kv->pool->n_free++] = *slot;
+    if (--kv->pool->refs[*slot] == 0) /* a shared block stays while a fork holds it */
+        kv->pool->free_list[kv->pool->n_free++] = *slot;
     kv->held--;
     *slot = -1;
 }
@@ -397,7 +401,9 @@ static int32_t unit_take(struct moe_kv *kv) /* only after can_take() said yes */
         P->reserved--;
     }
     kv->held++;
-    return P->free_list[--P->n_free];
+    int32_t id = P->free_list[--P->n_free];
+    P->refs[id] = 1;
+    return id;
 }
 
 void moe_kv_reset(struct moe_kv *kv)
@@ -850,4 +856,66 @@ void *moe_kv_state_row(const struct moe_kv *kv, int32_t l, int32_t r)
 int moe_kv_state_bits(const struct moe_kv *kv)
 {
     return kv->pool->sbits;
+}
+
+/* ---- forks ---------------------------------------------------------------------- */
+
+int moe_kv_fork(struct moe_kv *dst, const struct moe_kv *src)
+{
+    struct moe_kv_pool *P = src->pool;
+    if (dst->pool != P || dst->nb < src->nb)
+        return moe_err(-EINVAL, "kv fork: another pool or a shorter context");
+    for (int32_t l = 0; l < P->L; l++)
+        if (P->window[l] > 0)
+            return moe_err(-ENOTSUP, "kv fork: window layers give blocks back as they go");
+    moe_kv_reset(dst);
+    /* what is copied: recurrent states, the partial block, the fp16 window */
+    int64_t copies = 0;
+    for (int32_t l = 0; l < P->L; l++) {
+        int32_t full = (P->direct ? src->n[l] : src->nq[l]) / P->G;
+        for (int32_t u = 0; P->rec[l] && u < P->su; u++)
+            copies += src->st[(size_t)l * P->su + u] >= 0;
+        for (int32_t b = full; !P->rec[l] && b < src->nb; b++)
+            copies += src->blk[(size_t)l * src->nb + b] >= 0;
+        for (int32_t w = 0; !P->direct && w < P->nw; w++)
+            copies += src->win[(size_t)l * P->nw + w] >= 0;
+    }
+    if (copies > can_take(dst))
+        return moe_err(-ENOSPC, "KV pool full: a fork needs %lld blocks", (long long)copies);
+#define COPY(slot, from)                                                            \
+    do {                                                                            \
+        int32_t id_ = unit_take(dst);                                               \
+        memcpy(unit_ptr(P, id_), unit_ptr(P, (from)), P->unit_bytes);               \
+        (slot) = id_;                                                               \
+    } while (0)
+    for (int32_t l = 0; l < P->L; l++) {
+        int32_t full = (P->direct ? src->n[l] : src->nq[l]) / P->G;
+        for (int32_t u = 0; P->rec[l] && u < P->su; u++) {
+            int32_t from = src->st[(size_t)l * P->su + u];
+            if (from >= 0)
+                COPY(dst->st[(size_t)l * P->su + u], from);
+        }
+        for (int32_t b = 0; !P->rec[l] && b < src->nb; b++) {
+            int32_t from = src->blk[(size_t)l * src->nb + b];
+            if (from < 0)
+                continue;
+            if (b < full) { /* filled for good: shared */
+                P->refs[from]++;
+                dst->held++;
+                dst->blk[(size_t)l * dst->nb + b] = from;
+            } else {
+                COPY(dst->blk[(size_t)l * dst->nb + b], from);
+            }
+        }
+        for (int32_t w = 0; !P->direct && w < P->nw; w++) {
+            int32_t from = src->win[(size_t)l * P->nw + w];
+            if (from >= 0)
+                COPY(dst->win[(size_t)l * P->nw + w], from);
+        }
+        dst->n[l] = src->n[l];
+        dst->nq[l] = src->nq[l];
+        dst->lo[l] = src->lo[l];
+    }
+#undef COPY
+    return 0;
 }

@@ -211,12 +211,18 @@ class CompletionsApi(unittest.TestCase):
             self.assertEqual(err["error"]["param"], param, (path, body, err))
 
     def test_n_choices(self):
-        """n choices: choice i is what the same request with seed + i gives alone; streamed,
-        each chunk names its choice; usage counts the prompt once and every choice's tokens"""
-        body = {"prompt": PROMPT, "max_tokens": 12, "temperature": 1.0, "seed": 5, "n": 3,
+        """n choices: choice i is what the same request with seed + i gives alone (the later
+        ones forking the first's prompt KV); streamed, each chunk names its choice; usage
+        counts the prompt once and every choice's tokens"""
+        body = {"prompt": PROMPT * 6, "max_tokens": 12, "temperature": 1.0, "seed": 5, "n": 3,
                 "logprobs": 1}
+        shared = self.moed.json("GET", "/admin/stats")[1]["engine"]["prompt_tokens_shared"]
         st, out = self.moed.json("POST", "/v1/completions", body)
         self.assertEqual(st, 200, out)
+        # choices 1 and 2 forked choice 0's prompt KV (the prompt is in after two 64-token
+        # steps, after they were admitted) rather than prefilling it again
+        now = self.moed.json("GET", "/admin/stats")[1]["engine"]["prompt_tokens_shared"]
+        self.assertEqual(now, shared + 2 * out["usage"]["prompt_tokens"])
         self.assertEqual([c["index"] for c in out["choices"]], [0, 1, 2])
         texts = [c["text"] for c in out["choices"]]
         for i in range(3):

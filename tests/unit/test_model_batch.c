@@ -7,6 +7,7 @@
 
 #include "backend/backend.h"
 #include "common/common.h"
+#include "kv/kv.h"
 #include "model/model.h"
 
 static const int32_t A[] = {1022, 812, 58, 10, 65, 104, 44};          /* "ROMEO:\nAh," */
@@ -161,6 +162,99 @@ static void test_hybrid_mixed_batch_equals_separate_sequences(void **state)
     moe_model_free(m);
 }
 
+/* n > 1 choices fork the first one's prompt KV: a fork, fed its own tokens,
+ * gives what a sequence that prefilled the prompt itself gives, and its
+ * writes do not reach the sequence it was forked from. For a hybrid (the
+ * recurrent states copied) and for a KIVI 4-bit cache (quantised blocks
+ * shared, the fp16 window copied). */
+static void fork_case(const char *model, struct moe_kv_params kp, int32_t n_prompt)
+{
+    struct moe_model *m;
+    struct moe_pool *pool;
+    assert_int_equal(moe_model_open(moe_test_path(model), &m), 0);
+    assert_int_equal(moe_pool_create(2, &pool), 0);
+    int V = m->cfg.vocab;
+    int32_t toks[200], more_a[4], more_b[4], pos[200], idx = 0;
+    for (int i = 0; i < n_prompt; i++)
+        toks[i] = 3 + (i * 37) % 1000 % V;
+    for (int i = 0; i < 4; i++)
+        more_a[i] = 5 + i * 11 % V, more_b[i] = 7 + i * 13 % V;
+    struct moe_kv_pool *kvp;
+    assert_int_equal(moe_model_kv_pool_create(m, &kp, 256, &kvp), 0);
+    struct moe_kv *a, *b, *c;
+    assert_int_equal(moe_kv_seq_create(kvp, 256, &a), 0);
+    assert_int_equal(moe_kv_seq_create(kvp, 256, &b), 0);
+    assert_int_equal(moe_kv_seq_create(kvp, 256, &c), 0);
+    struct moe_scratch *scr;
+    assert_int_equal(moe_scratch_create(&scr), 0);
+    float *la = malloc(sizeof(float) * V), *lb = malloc(sizeof(float) * V);
+    float *lc = malloc(sizeof(float) * V);
+    struct moe_kv *kvs[200];
+    for (int i = 0; i < n_prompt; i++)
+        pos[i] = i, kvs[i] = a;
+    assert_int_equal(moe_model_forward(m, pool, scr, n_prompt, toks, kvs, pos, NULL, 0, la), 0);
+    assert_int_equal(moe_kv_fork(b, a), 0);
+    /* b goes on with its tokens, a with others; c prefills the prompt and b's tokens */
+    for (int i = 0; i < n_prompt; i++)
+        kvs[i] = c;
+    assert_int_equal(moe_model_forward(m, pool, scr, n_prompt, toks, kvs, pos, NULL, 0, lc), 0);
+    for (int i = 0; i < 4; i++) {
+        int32_t p = n_prompt + i;
+        struct moe_kv *one[1];
+        one[0] = b;
+        assert_int_equal(moe_model_forward(m, pool, scr, 1, &more_b[i], one, &p, &idx, 1, lb), 0);
+        one[0] = a;
+        assert_int_equal(moe_model_forward(m, pool, scr, 1, &more_a[i], one, &p, &idx, 1, la), 0);
+        one[0] = c;
+        assert_int_equal(moe_model_forward(m, pool, scr, 1, &more_b[i], one, &p, &idx, 1, lc), 0);
+        assert_true(max_abs_diff(lb, lc, V) == 0.0f); /* the same data, the same sums */
+        assert_true(max_abs_diff(la, lc, V) > 0.0f);  /* a went its own way */
+    }
+    struct moe_kv_pool_stats st;
+    moe_model_kv_free(a); /* the blocks a shared with b stay for b */
+    moe_kv_pool_get_stats(kvp, &st);
+    assert_true(st.units_used > 0);
+    int32_t p = n_prompt + 4, t = 9;
+    struct moe_kv *one[1] = {b};
+    assert_int_equal(moe_model_forward(m, pool, scr, 1, &t, one, &p, &idx, 1, lb), 0);
+    one[0] = c;
+    assert_int_equal(moe_model_forward(m, pool, scr, 1, &t, one, &p, &idx, 1, lc), 0);
+    assert_true(max_abs_diff(lb, lc, V) == 0.0f);
+    moe_model_kv_free(b);
+    moe_model_kv_free(c);
+    moe_kv_pool_get_stats(kvp, &st);
+    assert_int_equal(st.units_used, 0); /* every shared block back exactly once */
+    free(la);
+    free(lb);
+    free(lc);
+    moe_scratch_free(scr);
+    moe_kv_pool_free(kvp);
+    moe_pool_free(pool);
+    moe_model_free(m);
+}
+
+static void test_fork_equals_own_prefill(void **state)
+{
+    (void)state;
+    fork_case("tests/data/arch/qwen3_next/v5", (struct moe_kv_params){32, 32, 32, 0, 32}, 70);
+    fork_case("tests/data/arch/qwen3_next/v5", (struct moe_kv_params){16, 16, 32, 0, 16}, 45);
+    fork_case("models/tiny-moe", (struct moe_kv_params){4, 4, 32, 32, 32}, 100);
+    /* window layers give blocks back as they slide: no fork (the choices prefill) */
+    struct moe_model *m;
+    struct moe_kv_pool *kvp;
+    struct moe_kv *a, *b;
+    assert_int_equal(moe_model_open(moe_test_path("tests/data/arch/mixtral_swa/v5"), &m), 0);
+    assert_int_equal(moe_model_kv_pool_create(m, &(struct moe_kv_params){16, 16, 32, 0, 32}, 64,
+                                              &kvp), 0);
+    assert_int_equal(moe_kv_seq_create(kvp, 64, &a), 0);
+    assert_int_equal(moe_kv_seq_create(kvp, 64, &b), 0);
+    assert_int_equal(moe_kv_fork(b, a), -ENOTSUP);
+    moe_model_kv_free(a);
+    moe_model_kv_free(b);
+    moe_kv_pool_free(kvp);
+    moe_model_free(m);
+}
+
 static void test_position_past_cache_is_refused(void **state)
 {
     (void)state;
@@ -256,6 +350,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_mixed_batch_equals_separate_sequences),
         cmocka_unit_test(test_hybrid_mixed_batch_equals_separate_sequences),
+        cmocka_unit_test(test_fork_equals_own_prefill),
         cmocka_unit_test(test_position_past_cache_is_refused),
         cmocka_unit_test(test_layer_by_layer_equals_full_forward),
     };

@@ -90,6 +90,7 @@ struct moe_daemon_config {
     int kv_group;
     int kv_residual;
     int kv_state_bits;      /* linear layers' states: 32 (fp32) or 16 (bf16) */
+    bool kv_prefix_cache;
     /* [router] */
     int odp;                /* MOE_DAEMON_ODP_* */
     double odp_beta;        /* 0 = the pack's betas, else MOE_DAEMON_ODP_BETA_DEFAULT */

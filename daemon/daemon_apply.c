@@ -162,6 +162,7 @@ void moe_daemon_engine_limits(const struct moe_daemon_config *c, int32_t model_c
                                    c->kv_state_bits};
     l->kv_bytes = c->kv_bytes;
     l->kv_tokens = c->kv_tokens;
+    l->prefix_cache = c->kv_prefix_cache;
 }
 
 int moe_daemon_prune(const struct moe_daemon_config *c, const struct moe_model *m,

@@ -200,6 +200,9 @@ static const struct moe_daemon_key table[] = {
           "Newest tokens kept fp16 when quantising; a multiple of group"),
     K_ENUM("kv", "state_bits", kv_state_bits, "32", state_bits, 0,
            "Linear-attention layers' recurrent states (Qwen3-Next, Qwen3.5): 32 = fp32, 16 = bf16"),
+    K_BOOL("kv", "prefix_cache", kv_prefix_cache, "no", 0,
+           "Keep finished sequences' caches for prompts that start with their tokens (16/32-bit "
+           "caches, no sliding windows)"),
 
     K_ENUM("router", "odp", odp, "auto", odp_modes, R,
            "Online dynamic pruning of weak experts for requests without moe_prune; auto = on when "

@@ -261,6 +261,7 @@ struct seq {
     int32_t wait_for;   /* 1 + the slot of a choice of the same request whose prompt KV
                          * it will fork (0: prefills its own) */
     int32_t need;       /* tokens of cache it reserved */
+    bool keep;          /* finished whole: its cache may serve later prompts */
     struct moe_prune prune; /* this request's ODP */
     bool prune_on;
     int32_t top_k;      /* experts per token, 0 = the model's */
@@ -288,6 +289,14 @@ struct moe_engine {
     struct moe_kv_pool *kv_pool; /* every sequence's blocks */
     struct moe_kv **free_kv; /* caches of finished sequences (empty), reused */
     int32_t n_free_kv;
+    struct prefix_entry {    /* the prefix cache: a finished sequence's cache and tokens */
+        struct moe_kv *kv;
+        int32_t *ids, n;
+        uint64_t used;       /* clock of its last use */
+    } *cache;
+    int32_t n_cache;
+    uint64_t clock;
+    bool prefix_ok;          /* lim.prefix_cache, and the cache can be forked and cut */
     /* per-step batch arguments */
     int32_t *b_tok, *b_pos, *b_idx, *b_topk, *b_fault;
     struct moe_kv **b_kv;
@@ -336,12 +345,83 @@ static void seq_emit_rest(struct moe_engine *e, struct seq *s)
 
 /* Returns a finished sequence's cache to the free list and frees the rest;
  * the slot becomes free. */
+/* ---- the prefix cache ------------------------------------------------------- */
+
+static void cache_drop(struct moe_engine *e, int32_t i)
+{
+    struct prefix_entry *c = &e->cache[i];
+    moe_kv_reset(c->kv);
+    e->free_kv[e->n_free_kv++] = c->kv;
+    free(c->ids);
+    e->cache[i] = e->cache[--e->n_cache];
+}
+
+/* drops the least recently used entry; false when there is none */
+static bool cache_evict(struct moe_engine *e)
+{
+    int32_t lru = -1;
+    for (int32_t i = 0; i < e->n_cache; i++)
+        if (lru < 0 || e->cache[i].used < e->cache[lru].used)
+            lru = i;
+    if (lru >= 0)
+        cache_drop(e, lru);
+    return lru >= 0;
+}
+
+/* keeps a finished sequence's cache: its tokens fed so far */
+static bool cache_put(struct moe_engine *e, struct seq *s)
+{
+    if (!e->prefix_ok || s->n_fed <= 0)
+        return false;
+    int32_t *ids = malloc((size_t)s->n_fed * sizeof(int32_t));
+    if (!ids)
+        return false;
+    memcpy(ids, s->ids, (size_t)s->n_fed * sizeof(int32_t));
+    moe_kv_reserve(s->kv, 0); /* it keeps its blocks, not its promise of more */
+    bool rec = false; /* a hybrid's entries are states at their ends: each one counts */
+    for (int32_t l = 0; l < e->model->cfg.n_layers; l++)
+        rec |= e->model->cfg.layer_linear[l];
+    for (int32_t i = e->n_cache; !rec && i-- > 0;) /* an entry this one extends: superseded */
+        if (e->cache[i].n <= s->n_fed &&
+            !memcmp(e->cache[i].ids, ids, (size_t)e->cache[i].n * sizeof(int32_t)))
+            cache_drop(e, i);
+    if (e->n_cache == e->lim.max_seqs)
+        cache_evict(e);
+    e->cache[e->n_cache++] = (struct prefix_entry){s->kv, ids, s->n_fed, ++e->clock};
+    s->kv = NULL;
+    return true;
+}
+
+/* The entry sharing the longest usable prefix with ids[0, n): attention
+ * caches are cut to the common prefix (at most n - 1 tokens: the last one's
+ * logits are needed); a recurrent state is usable only whole. */
+static int32_t cache_find(struct moe_engine *e, const int32_t *ids, int32_t n, int32_t *usable)
+{
+    bool rec = false;
+    for (int32_t l = 0; l < e->model->cfg.n_layers; l++)
+        rec |= e->model->cfg.layer_linear[l];
+    int32_t best = -1;
+    *usable = 0;
+    for (int32_t i = 0; i < e->n_cache; i++) {
+        const struct prefix_entry *c = &e->cache[i];
+        int32_t L = 0, lim = MOE_MIN(c->n, n - 1);
+        while (L < lim && c->ids[L] == ids[L])
+            L++;
+        int32_t u = rec ? (L == c->n ? L : 0) : L;
+        if (u > *usable) {
+            *usable = u;
+            best = i;
+        }
+    }
+    return best;
+}
+
 static void seq_release(struct moe_engine *e, struct seq *s)
 {
     for (int32_t i = 0; i < e->lim.max_seqs; i++) /* its waiting siblings prefill instead */
         if (e->seqs[i].wait_for == (int32_t)(s - e->seqs) + 1)
             e->seqs[i].wait_for = 0;
-    if (s->kv) { /* its blocks and promise go back to the pool now */
+    if (s->kv && !(s->keep && cache_put(e, s))) { /* its blocks and promise go back now */
         moe_kv_reset(s->kv);
         e->free_kv[e->n_free_kv++] = s->kv;
     }
@@ -357,6 +437,7 @@ static void seq_finish(struct moe_engine *e, struct seq *s, const char *reason)
     struct moe_event ev = {.kind = MOE_EV_DONE, .finish_reason = reason,
                            .prompt_tokens = s->n_prompt,
                            .completion_tokens = s->n_ids - s->n_prompt};
+    s->keep = strcmp(reason, "cancelled") != 0;
     pthread_mutex_lock(&e->mu); /* stats before the event: a reader sees them settled */
     if (!strcmp(reason, "cancelled"))
         e->stats.requests_cancelled++;
@@ -484,7 +565,22 @@ static int seq_start(struct moe_engine *e, struct seq *s, struct moe_job *j)
         seq_fail(e, s, 503, moe_err_msg());
         return SEQ_FAILED;
     }
-    if (moe_kv_reserve(s->kv, need) < 0) { /* full for now: wait for blocks to come back */
+    /* the prefix cache: fork the entry sharing the longest prefix, cut to it */
+    int32_t usable = 0, hit = e->prefix_ok ? cache_find(e, ids, (int32_t)n_ids, &usable) : -1;
+    if (hit >= 0 && (moe_kv_fork(s->kv, e->cache[hit].kv) < 0 ||
+                     moe_kv_truncate(s->kv, usable) < 0)) {
+        moe_kv_reset(s->kv);
+        hit = -1;
+    }
+    if (hit >= 0)
+        e->cache[hit].used = ++e->clock;
+    else
+        usable = 0;
+    int rs;
+    while ((rs = moe_kv_reserve(s->kv, need)) < 0 && cache_evict(e)) /* room: the LRU go */
+        ;
+    if (rs < 0) { /* full for now: wait for blocks to come back */
+        moe_kv_reset(s->kv);
         e->free_kv[e->n_free_kv++] = s->kv;
         j->ids = ids;
         j->n_ids = n_ids;
@@ -498,8 +594,14 @@ static int seq_start(struct moe_engine *e, struct seq *s, struct moe_job *j)
         return SEQ_FAILED;
     }
     s->n_prompt = s->n_ids = (int32_t)n_ids;
+    s->n_fed = usable; /* what the prefix cache held is in already */
     s->max_new = max_new;
     s->need = need;
+    if (usable > 0) {
+        pthread_mutex_lock(&e->mu);
+        e->stats.prompt_tokens_cached += (uint64_t)usable;
+        pthread_mutex_unlock(&e->mu);
+    }
     /* a later choice of an n > 1 request: fork the first one's prompt once it is in */
     for (int32_t i = 0; r->share_group && !r->echo && i < e->lim.max_seqs; i++) {
         struct seq *o = &e->seqs[i];
@@ -714,6 +816,7 @@ static bool any_running(const struct moe_engine *e)
  * stats, copied under e->mu (the caller holds it). */
 static void kv_stats_locked(struct moe_engine *e)
 {
+    e->stats.prefix_entries = e->n_cache;
     struct moe_kv_pool_stats ps;
     moe_kv_pool_get_stats(e->kv_pool, &ps);
     e->stats.kv_blocks_total = ps.units_total;
@@ -994,6 +1097,9 @@ double moe_engine_heartbeat_age(struct moe_engine *e)
 /* frees what moe_engine_create allocated; the thread must not be running */
 static void engine_release(struct moe_engine *e)
 {
+    while (e->cache && e->n_cache > 0)
+        cache_drop(e, e->n_cache - 1);
+    free(e->cache);
     for (int32_t i = 0; i < e->n_free_kv; i++)
         moe_kv_free(e->free_kv[i]);
     moe_kv_pool_free(e->kv_pool);
@@ -1115,7 +1221,8 @@ int moe_engine_create(const struct moe_model *model, struct moe_pool *pool,
     pthread_cond_init(&e->cv, NULL);
     size_t B = (size_t)limits->max_batch_tokens, S = (size_t)limits->max_seqs;
     e->seqs = calloc(S, sizeof(*e->seqs));
-    e->free_kv = calloc(S, sizeof(*e->free_kv));
+    e->free_kv = calloc(2 * S, sizeof(*e->free_kv)); /* the sequences' and the cache's */
+    e->cache = calloc(S, sizeof(*e->cache));
     e->b_tok = malloc(B * sizeof(int32_t));
     e->b_pos = malloc(B * sizeof(int32_t));
     e->b_idx = malloc(B * sizeof(int32_t));
@@ -1131,7 +1238,7 @@ int moe_engine_create(const struct moe_model *model, struct moe_pool *pool,
     e->fork_row = malloc((size_t)model->cfg.vocab * sizeof(float));
     e->piece_cap = (model->tok ? moe_tokenizer_max_piece(model->tok) : 0) + 64;
     e->piece = malloc(e->piece_cap);
-    if (!e->seqs || !e->free_kv || !e->b_tok || !e->b_pos || !e->b_idx || !e->b_kv ||
+    if (!e->seqs || !e->free_kv || !e->cache || !e->b_tok || !e->b_pos || !e->b_idx || !e->b_kv ||
         !e->b_topk || !e->b_prune || !e->rstats || !e->faults || !e->b_fault || !e->logits ||
         !e->lp_row || !e->fork_row || !e->piece ||
         moe_scratch_create(&e->scratch) < 0) {
@@ -1141,6 +1248,15 @@ int moe_engine_create(const struct moe_model *model, struct moe_pool *pool,
     e->faults->row = e->b_fault;
     if ((rc = kv_pool_create(e)) < 0)
         goto fail;
+    /* the prefix cache: 16/32-bit blocks (cut anywhere), no window layers (fork) */
+    e->prefix_ok = limits->prefix_cache &&
+                   (limits->kv.key_bits == 0 ||
+                    (limits->kv.key_bits >= 16 && limits->kv.value_bits >= 16));
+    for (int32_t l = 0; l < model->cfg.n_layers; l++)
+        e->prefix_ok &= model->kv_window[l] == 0;
+    if (limits->prefix_cache && !e->prefix_ok)
+        moe_log(MOE_LOG_WARN, "[kv] prefix_cache is off: it needs 16/32-bit keys and values "
+                "and no sliding-window layers");
     routing_metrics_register(e);
     tier_metrics_register(e);
     tier_metrics(e); /* the gauges from the start */

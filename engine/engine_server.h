@@ -41,6 +41,14 @@ struct moe_engine_limits {
     struct moe_kv_params kv;
     size_t kv_bytes;
     int64_t kv_tokens;
+    /* automatic prefix caching: a finished sequence's cache is kept (up to
+     * max_seqs of them, least recently used first out, and whenever an
+     * admission needs the blocks); a prompt that starts with its tokens forks
+     * it and prefills only the rest. For 16/32-bit caches (a KIVI cache's
+     * newest tokens would come back quantised) and no window layers; a
+     * hybrid's state is reused only where the new prompt extends all of it.
+     * Not reloadable. */
+    bool prefix_cache;
     /* online dynamic pruning (router/): the layers it may run on are those
      * with prune.beta > 0; requests that do not ask (moe_prune) use these
      * betas when prune_on, none otherwise. Reloadable: applies to
@@ -186,6 +194,8 @@ struct moe_engine_stats {
     double kv_bytes_per_token;
     uint64_t kv_waits; /* admissions deferred because the pool was full */
     uint64_t prompt_tokens_shared; /* prompt tokens of n > 1 choices not prefilled again */
+    uint64_t prompt_tokens_cached; /* prompt tokens found in the prefix cache */
+    int32_t prefix_entries;        /* finished sequences' caches kept */
 };
 void moe_engine_get_stats(struct moe_engine *e, struct moe_engine_stats *st);
 /* Seconds since the engine thread last showed life: it beats at every step

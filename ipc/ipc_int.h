@@ -247,6 +247,7 @@ struct moe_ipc_metrics {
     struct moe_metric *prompt, *gen, *ttft, *tpot, *e2e;
     struct moe_metric *queue, *running, *conns, *streams, *build;
     struct moe_metric *kv_total, *kv_used, *kv_reserved, *kv_block_bytes, *kv_bpt, *kv_waits;
+    struct moe_metric *prefix_hit_rate, *prefix_entries;
     /* vllm:* */
     struct moe_metric *v_success[MOE_IPC_METRICS_FINISH];
     struct moe_metric *v_running, *v_waiting, *v_kv_usage, *v_kv_usage_old;

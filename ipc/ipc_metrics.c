@@ -247,6 +247,11 @@ int moe_ipc_metrics_init(struct moe_ipc_metrics *m, const char *model_name,
     m->kv_bpt = gauge_m(
         m, "moed_kv_bytes_per_token",
         "KV cache bytes per token of one sequence at 4096 tokens, all layers, window included");
+    m->prefix_hit_rate = gauge_m(m, "moed_prefix_cache_hit_rate",
+                                 "Prompt tokens found in the prefix cache, of all prompt tokens "
+                                 "since start");
+    m->prefix_entries = gauge_m(m, "moed_prefix_cache_entries",
+                                "Finished sequences' caches kept for later prompts");
     m->kv_waits = counter_m(m, "moed_kv_admission_waits_total",
                             "Times a request waited because the KV pool was full", NULL);
     m->conns = moe_metric_gauge("moed_http_connections", "Open client connections", NULL);
@@ -288,6 +293,7 @@ int moe_ipc_metrics_init(struct moe_ipc_metrics *m, const char *model_name,
     if (!m->prompt || !m->gen || !m->ttft || !m->tpot || !m->e2e || !m->queue || !m->running ||
         !m->conns || !m->streams || !m->kv_total || !m->kv_used || !m->kv_reserved ||
         !m->kv_block_bytes || !m->kv_bpt || !m->kv_waits || !m->build || !m->v_running ||
+        !m->prefix_hit_rate || !m->prefix_entries ||
         !m->v_waiting || !m->v_kv_usage || !m->v_kv_usage_old || !m->v_prompt || !m->v_gen ||
         !m->v_ttft || !m->v_tpot || !m->v_e2e || proc_register(&m->proc)) {
         pthread_mutex_destroy(&m->tok_lock);
@@ -398,6 +404,10 @@ void moe_ipc_metrics_refresh(struct moe_ipc_metrics *m, struct moe_engine *e,
     moe_metric_set(m->kv_reserved, (double)st->kv_blocks_reserved);
     moe_metric_set(m->kv_block_bytes, (double)st->kv_block_bytes);
     moe_metric_set(m->kv_bpt, st->kv_bytes_per_token);
+    moe_metric_set(m->prefix_hit_rate, st->prompt_tokens ? (double)st->prompt_tokens_cached /
+                                                               (double)st->prompt_tokens
+                                                         : 0.0);
+    moe_metric_set(m->prefix_entries, st->prefix_entries);
     /* what a new request cannot have: blocks taken plus blocks promised */
     double usage = 0;
     if (st->kv_blocks_total > 0)

@@ -881,10 +881,13 @@ static bool handle_stats(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_Conn
                         : atomic_load(&ipc->draining) ? "draining"
                                                       : "ready";
     json_t *engine = have_engine
-                         ? json_pack("{s:i, s:i, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
+                         ? json_pack("{s:i, s:i, s:I, s:I, s:I, s:i, s:I, s:I, s:I, s:I, s:I}",
                                      "queue_depth", (int)st.queue_depth, "running",
                                      (int)st.running, "steps", (json_int_t)st.steps,
                                      "prompt_tokens", (json_int_t)st.prompt_tokens,
+                                     "prompt_tokens_cached",
+                                     (json_int_t)st.prompt_tokens_cached, "prefix_entries",
+                                     (int)st.prefix_entries,
                                      "prompt_tokens_shared",
                                      (json_int_t)st.prompt_tokens_shared, "generated_tokens",
                                      (json_int_t)st.generated_tokens, "requests_done",

@@ -143,6 +143,11 @@ void moe_kv_attention(struct moe_pool *pool, struct moe_kv *const *kvs, const in
  * -ENOTSUP for pools with window layers, -ENOSPC when the copies do not
  * fit; dst is then empty. */
 int moe_kv_fork(struct moe_kv *dst, const struct moe_kv *src);
+/* Keeps positions [0, n) of a direct (16/32-bit) cache's attention layers and
+ * gives the blocks past them back; a shared block n falls in is copied, as
+ * it will be written. Recurrent layers are untouched. -ENOTSUP for KIVI
+ * caches, -ENOSPC when the copy does not fit. */
+int moe_kv_truncate(struct moe_kv *kv, int32_t n);
 
 /* ---- recurrent layers' states ----
  * A forward of a chunk of a sequence on recurrent layer l starts with

@@ -608,6 +608,15 @@ int moe_kv_store(struct moe_kv *kv, int32_t l, int32_t pos, const float *k, cons
     kv->n[l] = pos;
     if (P->direct) {
         int32_t *slot = &kv->blk[(size_t)l * kv->nb + pos / G];
+        if (*slot >= 0 && P->refs[*slot] > 1) { /* a shared block: write into a copy */
+            if (can_take(kv) < 1)
+                return moe_err(-ENOSPC, "KV pool full: no free block for position %d", pos);
+            int32_t id = unit_take(kv);
+            memcpy(unit_ptr(P, id), unit_ptr(P, *slot), P->unit_bytes);
+            P->refs[*slot]--;
+            kv->held--;
+            *slot = id;
+        }
         if (*slot < 0) {
             if (can_take(kv) < 1)
                 return moe_err(-ENOSPC, "KV pool full: no free block for position %d", pos);
@@ -628,6 +637,11 @@ int moe_kv_store(struct moe_kv *kv, int32_t l, int32_t pos, const float *k, cons
     int32_t *wslot = &kv->win[(size_t)l * P->nw + (pos % P->W) / P->tpu];
     bool quant = pos + 1 - kv->nq[l] >= P->R + G;
     int32_t *bslot = quant ? &kv->blk[(size_t)l * kv->nb + kv->nq[l] / G] : NULL;
+    if (bslot && *bslot >= 0 && P->refs[*bslot] > 1) { /* shared: requantise into our own */
+        P->refs[*bslot]--;
+        kv->held--;
+        *bslot = -1;
+    }
     int need = (*wslot < 0) + (quant && *bslot < 0);
     if (can_take(kv) < need)
         return moe_err(-ENOSPC, "KV pool full: no free block for position %d", pos);
@@ -917,5 +931,32 @@ int moe_kv_fork(struct moe_kv *dst, const struct moe_kv *src)
         dst->lo[l] = src->lo[l];
     }
 #undef COPY
+    return 0;
+}
+
+int moe_kv_truncate(struct moe_kv *kv, int32_t n)
+{
+    struct moe_kv_pool *P = kv->pool;
+    if (!P->direct)
+        return moe_err(-ENOTSUP, "kv truncate: a quantised cache keeps its newest tokens in "
+                       "fp16 (they would come back quantised)");
+    for (int32_t l = 0; l < P->L; l++) {
+        if (P->rec[l] || kv->n[l] <= n)
+            continue;
+        int32_t keep = (n + P->G - 1) / P->G; /* blocks still holding positions < n */
+        for (int32_t b = keep; b < kv->nb; b++)
+            unit_give(kv, &kv->blk[(size_t)l * kv->nb + b]);
+        int32_t *last = keep ? &kv->blk[(size_t)l * kv->nb + keep - 1] : NULL;
+        if (n % P->G && last && *last >= 0 && P->refs[*last] > 1) { /* to be written: ours */
+            if (can_take(kv) < 1)
+                return moe_err(-ENOSPC, "KV pool full: no block to copy");
+            int32_t id = unit_take(kv);
+            memcpy(unit_ptr(P, id), unit_ptr(P, *last), P->unit_bytes);
+            P->refs[*last]--;
+            kv->held--;
+            *last = id;
+        }
+        kv->n[l] = n;
+    }
     return 0;
 }

@@ -208,6 +208,7 @@ static const struct key_case key_cases[] = {
     {"kv", "group", "32", "32"},
     {"kv", "residual", "128", "128"},
     {"kv", "state_bits", "16", "16"},
+    {"kv", "prefix_cache", "yes", "yes"},
     {"router", "odp", "on", "on"},
     {"router", "beta", "0.45", "0.45"},
     {"router", "layers", "2-5, 7", "2-5, 7"},

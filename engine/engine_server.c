@@ -297,6 +297,7 @@ struct moe_engine {
     int32_t n_cache;
     uint64_t clock;
     bool prefix_ok;          /* lim.prefix_cache, and the cache can be forked and cut */
+    bool hybrid;             /* linear-attention layers: their states are not cut */
     /* per-step batch arguments */
     int32_t *b_tok, *b_pos, *b_idx, *b_topk, *b_fault;
     struct moe_kv **b_kv;
@@ -378,10 +379,9 @@ static bool cache_put(struct moe_engine *e, struct seq *s)
         return false;
     memcpy(ids, s->ids, (size_t)s->n_fed * sizeof(int32_t));
     moe_kv_reserve(s->kv, 0); /* it keeps its blocks, not its promise of more */
-    bool rec = false; /* a hybrid's entries are states at their ends: each one counts */
-    for (int32_t l = 0; l < e->model->cfg.n_layers; l++)
-        rec |= e->model->cfg.layer_linear[l];
-    for (int32_t i = e->n_cache; !rec && i-- > 0;) /* an entry this one extends: superseded */
+    /* an entry this one extends is superseded (a hybrid's are states at their
+     * ends: each one counts) */
+    for (int32_t i = e->n_cache; !e->hybrid && i-- > 0;)
         if (e->cache[i].n <= s->n_fed &&
             !memcmp(e->cache[i].ids, ids, (size_t)e->cache[i].n * sizeof(int32_t)))
             cache_drop(e, i);
@@ -397,9 +397,6 @@ static bool cache_put(struct moe_engine *e, struct seq *s)
  * logits are needed); a recurrent state is usable only whole. */
 static int32_t cache_find(struct moe_engine *e, const int32_t *ids, int32_t n, int32_t *usable)
 {
-    bool rec = false;
-    for (int32_t l = 0; l < e->model->cfg.n_layers; l++)
-        rec |= e->model->cfg.layer_linear[l];
     int32_t best = -1;
     *usable = 0;
     for (int32_t i = 0; i < e->n_cache; i++) {
@@ -407,7 +404,7 @@ static int32_t cache_find(struct moe_engine *e, const int32_t *ids, int32_t n, i
         int32_t L = 0, lim = MOE_MIN(c->n, n - 1);
         while (L < lim && c->ids[L] == ids[L])
             L++;
-        int32_t u = rec ? (L == c->n ? L : 0) : L;
+        int32_t u = e->hybrid ? (L == c->n ? L : 0) : L;
         if (u > *usable) {
             *usable = u;
             best = i;
@@ -1252,8 +1249,10 @@ int moe_engine_create(const struct moe_model *model, struct moe_pool *pool,
     e->prefix_ok = limits->prefix_cache &&
                    (limits->kv.key_bits == 0 ||
                     (limits->kv.key_bits >= 16 && limits->kv.value_bits >= 16));
-    for (int32_t l = 0; l < model->cfg.n_layers; l++)
+    for (int32_t l = 0; l < model->cfg.n_layers; l++) {
         e->prefix_ok &= model->kv_window[l] == 0;
+        e->hybrid |= model->cfg.layer_linear[l];
+    }
     if (limits->prefix_cache && !e->prefix_ok)
         moe_log(MOE_LOG_WARN, "[kv] prefix_cache is off: it needs 16/32-bit keys and values "
                 "and no sliding-window layers");

@@ -406,6 +406,29 @@ static int32_t unit_take(struct moe_kv *kv) /* only after can_take() said yes */
     return id;
 }
 
+/* a new unit of kv's holding a copy of unit from (only after can_take()) */
+static int32_t unit_copy(struct moe_kv *kv, int32_t from)
+{
+    struct moe_kv_pool *P = kv->pool;
+    int32_t id = unit_take(kv);
+    memcpy(unit_ptr(P, id), unit_ptr(P, from), P->unit_bytes);
+    return id;
+}
+
+/* A unit kv is about to write into that a fork shares becomes kv's own
+ * copy; -ENOSPC (no message) when there is no unit for it. */
+static int unit_own(struct moe_kv *kv, int32_t *slot)
+{
+    if (*slot < 0 || kv->pool->refs[*slot] <= 1)
+        return 0;
+    if (can_take(kv) < 1)
+        return -ENOSPC;
+    int32_t shared = *slot;
+    *slot = unit_copy(kv, shared);
+    unit_give(kv, &shared); /* the others keep it */
+    return 0;
+}
+
 void moe_kv_reset(struct moe_kv *kv)
 {
     struct moe_kv_pool *P = kv->pool;
@@ -608,15 +631,8 @@ int moe_kv_store(struct moe_kv *kv, int32_t l, int32_t pos, const float *k, cons
     kv->n[l] = pos;
     if (P->direct) {
         int32_t *slot = &kv->blk[(size_t)l * kv->nb + pos / G];
-        if (*slot >= 0 && P->refs[*slot] > 1) { /* a shared block: write into a copy */
-            if (can_take(kv) < 1)
-                return moe_err(-ENOSPC, "KV pool full: no free block for position %d", pos);
-            int32_t id = unit_take(kv);
-            memcpy(unit_ptr(P, id), unit_ptr(P, *slot), P->unit_bytes);
-            P->refs[*slot]--;
-            kv->held--;
-            *slot = id;
-        }
+        if (unit_own(kv, slot) < 0) /* a shared block: write into a copy */
+            return moe_err(-ENOSPC, "KV pool full: no free block for position %d", pos);
         if (*slot < 0) {
             if (can_take(kv) < 1)
                 return moe_err(-ENOSPC, "KV pool full: no free block for position %d", pos);
@@ -637,11 +653,8 @@ int moe_kv_store(struct moe_kv *kv, int32_t l, int32_t pos, const float *k, cons
     int32_t *wslot = &kv->win[(size_t)l * P->nw + (pos % P->W) / P->tpu];
     bool quant = pos + 1 - kv->nq[l] >= P->R + G;
     int32_t *bslot = quant ? &kv->blk[(size_t)l * kv->nb + kv->nq[l] / G] : NULL;
-    if (bslot && *bslot >= 0 && P->refs[*bslot] > 1) { /* shared: requantise into our own */
-        P->refs[*bslot]--;
-        kv->held--;
-        *bslot = -1;
-    }
+    if (bslot && *bslot >= 0 && P->refs[*bslot] > 1) /* shared: requantise into our own */
+        unit_give(kv, bslot);
     int need = (*wslot < 0) + (quant && *bslot < 0);
     if (can_take(kv) < need)
         return moe_err(-ENOSPC, "KV pool full: no free block for position %d", pos);
@@ -896,18 +909,12 @@ int moe_kv_fork(struct moe_kv *dst, const struct moe_kv *src)
     }
     if (copies > can_take(dst))
         return moe_err(-ENOSPC, "KV pool full: a fork needs %lld blocks", (long long)copies);
-#define COPY(slot, from)                                                            \
-    do {                                                                            \
-        int32_t id_ = unit_take(dst);                                               \
-        memcpy(unit_ptr(P, id_), unit_ptr(P, (from)), P->unit_bytes);               \
-        (slot) = id_;                                                               \
-    } while (0)
     for (int32_t l = 0; l < P->L; l++) {
         int32_t full = (P->direct ? src->n[l] : src->nq[l]) / P->G;
         for (int32_t u = 0; P->rec[l] && u < P->su; u++) {
             int32_t from = src->st[(size_t)l * P->su + u];
             if (from >= 0)
-                COPY(dst->st[(size_t)l * P->su + u], from);
+                dst->st[(size_t)l * P->su + u] = unit_copy(dst, from);
         }
         for (int32_t b = 0; !P->rec[l] && b < src->nb; b++) {
             int32_t from = src->blk[(size_t)l * src->nb + b];
@@ -918,19 +925,18 @@ int moe_kv_fork(struct moe_kv *dst, const struct moe_kv *src)
                 dst->held++;
                 dst->blk[(size_t)l * dst->nb + b] = from;
             } else {
-                COPY(dst->blk[(size_t)l * dst->nb + b], from);
+                dst->blk[(size_t)l * dst->nb + b] = unit_copy(dst, from);
             }
         }
         for (int32_t w = 0; !P->direct && w < P->nw; w++) {
             int32_t from = src->win[(size_t)l * P->nw + w];
             if (from >= 0)
-                COPY(dst->win[(size_t)l * P->nw + w], from);
+                dst->win[(size_t)l * P->nw + w] = unit_copy(dst, from);
         }
         dst->n[l] = src->n[l];
         dst->nq[l] = src->nq[l];
         dst->lo[l] = src->lo[l];
     }
-#undef COPY
     return 0;
 }
 
@@ -947,15 +953,8 @@ int moe_kv_truncate(struct moe_kv *kv, int32_t n)
         for (int32_t b = keep; b < kv->nb; b++)
             unit_give(kv, &kv->blk[(size_t)l * kv->nb + b]);
         int32_t *last = keep ? &kv->blk[(size_t)l * kv->nb + keep - 1] : NULL;
-        if (n % P->G && last && *last >= 0 && P->refs[*last] > 1) { /* to be written: ours */
-            if (can_take(kv) < 1)
-                return moe_err(-ENOSPC, "KV pool full: no block to copy");
-            int32_t id = unit_take(kv);
-            memcpy(unit_ptr(P, id), unit_ptr(P, *last), P->unit_bytes);
-            P->refs[*last]--;
-            kv->held--;
-            *last = id;
-        }
+        if (n % P->G && last && unit_own(kv, last) < 0) /* to be written: ours */
+            return moe_err(-ENOSPC, "KV pool full: no block to copy");
         kv->n[l] = n;
     }
     return 0;

@@ -610,19 +610,17 @@ static bool start_stream(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_Conn
 
 /* ---- generation ---------------------------------------------------------- */
 
-/* The whole completion in one reply: waits here, in the connection's thread,
- * for each choice in turn (the engine runs them together). */
 /* best_of: the mean logprob of a candidate's tokens (none: -inf) */
-static double mean_logprob(const struct moe_ipc_buf *lps)
+static double mean_logprob(const struct moe_ipc_choice *ch)
 {
-    const struct moe_token_logprob *lp = (const void *)lps->data;
-    size_t n = lps->len / sizeof(*lp);
     double sum = 0.0;
-    for (size_t i = 0; i < n; i++)
-        sum += lp[i].tok.logprob;
-    return n ? sum / (double)n : -INFINITY;
+    for (size_t i = 0; i < ch->n_lp; i++)
+        sum += ch->lp[i].tok.logprob;
+    return ch->n_lp ? sum / (double)ch->n_lp : -INFINITY;
 }
 
+/* The whole completion in one reply: waits here, in the connection's thread,
+ * for each choice in turn (the engine runs them together). */
 static bool finish_blocking(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_Connection *c,
                             struct ipc_jobs *jobs, struct moe_ipc_gen *gen, int n_out)
 {
@@ -702,17 +700,20 @@ static bool finish_blocking(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_C
     }
     /* best_of: the n_out candidates likeliest per token, in their order (a stable
      * selection by score); usage counts every candidate, as OpenAI bills them */
+    double score[MOE_IPC_CHOICES_MAX];
+    for (int i = 0; i < jobs->n; i++)
+        score[i] = mean_logprob(&ch[i]);
     for (int k = 0; k < n_out && n_out < jobs->n; k++) {
         int best = k;
         for (int i = k + 1; i < jobs->n; i++)
-            if (mean_logprob(&lps[i]) > mean_logprob(&lps[best]))
+            if (score[i] > score[best])
                 best = i;
         struct moe_ipc_choice t = ch[best];
-        struct moe_ipc_buf tl = lps[best];
+        double ts = score[best];
         memmove(&ch[k + 1], &ch[k], (size_t)(best - k) * sizeof(ch[0]));
-        memmove(&lps[k + 1], &lps[k], (size_t)(best - k) * sizeof(lps[0]));
+        memmove(&score[k + 1], &score[k], (size_t)(best - k) * sizeof(score[0]));
         ch[k] = t;
-        lps[k] = tl;
+        score[k] = ts;
     }
     size_t n;
     char *body = moe_ipc_completion_json(gen, ch, (size_t)MOE_MIN(n_out, jobs->n),

@@ -154,6 +154,20 @@ static json_t *token_obj(const struct moe_token_text *t)
                      (double)t->logprob, "bytes", bytes ? bytes : json_null());
 }
 
+/* The completions API's top_logprobs entry: {text: logprob}, the first
+ * (likeliest) of two alternatives with the same text winning. */
+static json_t *top_map(const struct moe_token_logprob *lp)
+{
+    json_t *top = json_object();
+    for (int32_t k = 0; top && k < lp->n_top; k++) {
+        json_t *key = moe_ipc_json_text(lp->top[k].bytes, lp->top[k].len);
+        if (key && !json_object_get(top, json_string_value(key)))
+            json_object_set_new(top, json_string_value(key), json_real(lp->top[k].logprob));
+        json_decref(key);
+    }
+    return top;
+}
+
 /* The "logprobs" of a choice: chat's {"content": [...], "refusal": null},
  * or the completions API's {"tokens", "token_logprobs", "top_logprobs",
  * "text_offset"} (offsets in characters of the generated text); null when
@@ -180,22 +194,9 @@ static json_t *logprobs_obj(struct moe_ipc_gen *g, const struct moe_token_logpro
     for (size_t i = 0; tokens && lps && tops && offs && i < n; i++) {
         const struct moe_token_text *t = &lp[i].tok;
         json_array_append_new(tokens, moe_ipc_json_text(t->bytes, t->len));
-        if (isnan(t->logprob)) { /* an echoed prompt's first token: nothing before it */
-            json_array_append_new(lps, json_null());
-            json_array_append_new(tops, json_null());
-            json_array_append_new(offs, json_integer(g->text_offset));
-            g->text_offset += (int64_t)utf8_chars(t->bytes, t->len);
-            continue;
-        }
-        json_array_append_new(lps, json_real(t->logprob));
-        json_t *top = json_object();
-        for (int32_t k = 0; top && k < lp[i].n_top; k++) {
-            json_t *key = moe_ipc_json_text(lp[i].top[k].bytes, lp[i].top[k].len);
-            if (key && !json_object_get(top, json_string_value(key))) /* first (likeliest) wins */
-                json_object_set_new(top, json_string_value(key), json_real(lp[i].top[k].logprob));
-            json_decref(key);
-        }
-        json_array_append_new(tops, top);
+        bool none = isnan(t->logprob); /* an echoed prompt's first token: nothing before it */
+        json_array_append_new(lps, none ? json_null() : json_real(t->logprob));
+        json_array_append_new(tops, none ? json_null() : top_map(&lp[i]));
         json_array_append_new(offs, json_integer(g->text_offset));
         g->text_offset += (int64_t)utf8_chars(t->bytes, t->len);
     }

@@ -767,10 +767,8 @@ static void forks(struct moe_engine *e, struct seq *leader, const float *lg)
         s->wait_for = 0;
         if (moe_kv_fork(s->kv, leader->kv) < 0 || moe_kv_reserve(s->kv, s->need) < 0) {
             moe_kv_reset(s->kv); /* prefill it then; its promise comes back */
-            if (moe_kv_reserve(s->kv, s->need) < 0) {
+            if (moe_kv_reserve(s->kv, s->need) < 0)
                 seq_fail(e, s, 503, moe_err_msg());
-                continue;
-            }
             continue;
         }
         s->n_fed = s->n_prompt;

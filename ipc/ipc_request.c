@@ -686,12 +686,33 @@ static int parse_fields(json_t *root, bool chat, const struct moe_ipc_limits *li
 #undef TRY
 }
 
+/* A request already parsed as a JSON object into out (cleared on failure) */
+static int parse_object(json_t *root, bool chat, const struct moe_ipc_limits *lim,
+                        struct moe_ipc_parsed *out, struct moe_ipc_error *err)
+{
+    struct moe_request *r = calloc(1, sizeof(*r));
+    if (!r)
+        return oom(err);
+    r->kind = chat ? MOE_REQ_CHAT : MOE_REQ_COMPLETION;
+    r->sampling = lim->defaults;
+    r->max_tokens = lim->default_max_tokens;
+    r->timeout_s = lim->request_timeout_s;
+
+    int rc = parse_fields(root, chat, lim, r, out, err);
+    if (rc) {
+        moe_request_free(r);
+        memset(out, 0, sizeof(*out));
+        return rc;
+    }
+    out->req = r;
+    return 0;
+}
+
 int moe_ipc_parse_completion(const char *body, size_t len, bool chat,
                              const struct moe_ipc_limits *lim, struct moe_ipc_parsed *out,
                              struct moe_ipc_error *err)
 {
     json_error_t jerr;
-    struct moe_request *r = NULL;
     int rc;
 
     memset(out, 0, sizeof(*out));
@@ -702,34 +723,13 @@ int moe_ipc_parse_completion(const char *body, size_t len, bool chat,
         return moe_ipc_error_set(err, 400, T_INVALID, "invalid_json", NULL,
                                  "malformed JSON at line %d, column %d (byte %d): %s", jerr.line,
                                  jerr.column, jerr.position, jerr.text);
-    if (!json_is_object(root)) {
+    if (!json_is_object(root))
         rc = moe_ipc_error_set(err, 400, T_INVALID, "invalid_json", NULL,
                                "the request body must be a JSON object, got %s",
                                kind_name(root));
-        goto fail;
-    }
-
-    r = calloc(1, sizeof(*r));
-    if (!r) {
-        rc = oom(err);
-        goto fail;
-    }
-    r->kind = chat ? MOE_REQ_CHAT : MOE_REQ_COMPLETION;
-    r->sampling = lim->defaults;
-    r->max_tokens = lim->default_max_tokens;
-    r->timeout_s = lim->request_timeout_s;
-
-    rc = parse_fields(root, chat, lim, r, out, err);
-    if (rc)
-        goto fail;
+    else
+        rc = parse_object(root, chat, lim, out, err);
     json_decref(root);
-    out->req = r;
-    return 0;
-
-fail:
-    moe_request_free(r);
-    json_decref(root);
-    memset(out, 0, sizeof(*out));
     return rc;
 }
 
@@ -863,14 +863,8 @@ int moe_ipc_parse_response(const char *body, size_t len, const struct moe_ipc_li
             json_object_set(chat, same[i], v);
     if ((v = json_object_get(root, "max_output_tokens")))
         json_object_set(chat, "max_completion_tokens", v);
-    char *text = json_dumps(chat, JSON_COMPACT);
-    if (!text) {
-        rc = oom(err);
-        goto out;
-    }
-    rc = moe_ipc_parse_completion(text, strlen(text), true, lim, out, err);
+    rc = parse_object(chat, true, lim, out, err);
     out->responses = rc == 0;
-    free(text);
 out:
     json_decref(msgs);
     json_decref(chat);

@@ -13,6 +13,7 @@
  * with a row in the step, prompt chunks included: its KV is half written,
  * and a failed sequence gives all of its cache back. */
 #include "engine/engine_server.h"
+#include "engine/engine_grammar.h"
 
 #include <errno.h>
 #include <math.h>
@@ -194,6 +195,7 @@ void moe_request_free(struct moe_request *r)
         free(r->stop[i]);
     free(r->bias_id);
     free(r->bias);
+    moe_grammar_unref(r->grammar);
     free(r);
 }
 
@@ -221,6 +223,7 @@ struct moe_request *moe_request_clone(const struct moe_request *r)
     if (!c)
         return NULL;
     *c = *r;
+    moe_grammar_ref(c->grammar);
     c->prompt = dup_str(r->prompt, &ok);
     c->prompt_ids = dup_mem(r->prompt_ids, r->n_prompt_ids * sizeof(int32_t), &ok);
     c->bias_id = dup_mem(r->bias_id, r->n_bias * sizeof(int32_t), &ok);
@@ -265,6 +268,7 @@ struct seq {
     struct moe_prune prune; /* this request's ODP */
     bool prune_on;
     int32_t top_k;      /* experts per token, 0 = the model's */
+    struct moe_grammar_state *gram; /* structured output: where the text so far leaves it */
 };
 
 /* the host tier's metrics, by index into moe_engine.m_tier */
@@ -312,6 +316,14 @@ struct moe_engine {
     int32_t logit_rows;     /* max_seqs, or more once a request echoes with logprobs */
     float *lp_row;          /* [vocab] a row as the model gave it, for logprobs */
     float *fork_row;        /* [vocab] the row a forked choice samples from */
+    /* structured output: the vocabulary as a trie and its end-of-generation
+     * tokens (made at the first request with a grammar), a row kept for
+     * sampling again under the mask, and the mask */
+    struct moe_vocab_trie *trie;
+    int32_t *eog_ids, n_eog;
+    float *gram_row;
+    uint64_t *gram_mask;
+    int32_t mask_vocab;
     struct moe_token_logprob lp_rec; /* the token being accepted's */
     char *piece;            /* one decoded token */
     size_t piece_cap;
@@ -424,6 +436,7 @@ static void seq_release(struct moe_engine *e, struct seq *s)
     }
     moe_sampler_free(s->smp);
     moe_stop_free(s->stop);
+    moe_grammar_state_free(s->gram);
     free(s->ids);
     job_unref(s->job);
     memset(s, 0, sizeof(*s));
@@ -463,6 +476,7 @@ static void seq_fail(struct moe_engine *e, struct seq *s, int status, const char
 }
 
 static void echo_logprob(struct moe_engine *e, struct seq *s, const float *lg, int32_t p);
+static int grammar_tools(struct moe_engine *e);
 
 enum { SEQ_STARTED, SEQ_FAILED, SEQ_WAIT };
 
@@ -539,6 +553,11 @@ static int seq_start(struct moe_engine *e, struct seq *s, struct moe_job *j)
             seq_fail(e, s, 400, msg);
             return SEQ_FAILED;
         }
+    if (r->grammar && (grammar_tools(e) < 0 || moe_grammar_state_new(r->grammar, &s->gram) < 0)) {
+        free(ids);
+        seq_fail(e, s, 500, moe_err_msg());
+        return SEQ_FAILED;
+    }
     int32_t max_new = r->max_tokens > 0 ? r->max_tokens : e->lim.max_tokens_default;
     max_new = r->prompt_only ? 0 : max_new > 0 ? max_new : ctx;
     /* the cache this sequence can reach: prompt + output, at most the context */
@@ -685,8 +704,74 @@ static double row_top(const struct moe_engine *e, const float *lg, int32_t n_top
     return lse;
 }
 
+/* The engine's grammar tools, made once: 0 or -errno */
+static int grammar_tools(struct moe_engine *e)
+{
+    if (e->trie)
+        return 0;
+    const struct moe_tokenizer *t = e->model->tok;
+    int32_t V = e->model->cfg.vocab, TV = moe_tokenizer_vocab_size(t);
+    e->mask_vocab = MOE_MAX(V, TV);
+    e->gram_row = malloc((size_t)V * sizeof(float));
+    e->gram_mask = malloc(((size_t)e->mask_vocab + 63) / 64 * sizeof(uint64_t));
+    e->eog_ids = malloc((size_t)V * sizeof(int32_t));
+    if (!e->gram_row || !e->gram_mask || !e->eog_ids)
+        return moe_err(-ENOMEM, "out of memory for structured output");
+    e->n_eog = 0;
+    for (int32_t i = 0; i < V; i++)
+        if (moe_tokenizer_is_eog(t, i))
+            e->eog_ids[e->n_eog++] = i;
+    return moe_vocab_trie_build(t, &e->trie);
+}
+
+/* whether token tok may come next under s's grammar */
+static bool grammar_allows(struct moe_engine *e, struct seq *s, int32_t tok)
+{
+    const struct moe_tokenizer *t = e->model->tok;
+    if (moe_tokenizer_is_eog(t, tok))
+        return moe_grammar_can_end(s->gram);
+    size_t n = moe_tokenizer_token_bytes(t, tok, e->piece, e->piece_cap);
+    return n > 0 && n <= e->piece_cap && moe_grammar_accepts(s->gram, e->piece, n);
+}
+
+/* Samples under s's grammar. Where the sampler draws from the whole
+ * distribution (greedy, or temperature alone), a draw the grammar allows is
+ * taken as it is: that is exactly a draw from the masked distribution, and
+ * the mask is made only when a draw is refused. Truncating samplers (top-k,
+ * top-p, min-p) see the masked row first, as they must. */
+static int32_t grammar_sample(struct moe_engine *e, struct seq *s, float *lg)
+{
+    const struct moe_sampling *p = &s->job->req->sampling;
+    int32_t V = e->model->cfg.vocab;
+    memcpy(e->gram_row, lg, (size_t)V * sizeof(float));
+    if (p->temperature == 0.0f || (p->top_k == 0 && p->top_p >= 1.0f && p->min_p == 0.0f)) {
+        int32_t tok = moe_sampler_sample(s->smp, lg, s->ids, (size_t)s->n_ids);
+        if (tok >= 0 && grammar_allows(e, s, tok))
+            return tok;
+        memcpy(lg, e->gram_row, (size_t)V * sizeof(float));
+    }
+    double t0 = moe_now_s();
+    int32_t n = moe_grammar_mask(s->gram, e->trie, e->gram_mask, e->mask_vocab);
+    for (int32_t i = 0; i < V; i++)
+        if (!((e->gram_mask[i >> 6] >> (i & 63)) & 1))
+            lg[i] = -INFINITY;
+    if (moe_grammar_can_end(s->gram)) {
+        for (int32_t i = 0; i < e->n_eog; i++)
+            lg[e->eog_ids[i]] = e->gram_row[e->eog_ids[i]];
+        n += e->n_eog;
+    }
+    pthread_mutex_lock(&e->mu);
+    e->stats.grammar_masks++;
+    e->stats.grammar_mask_s += moe_now_s() - t0;
+    pthread_mutex_unlock(&e->mu);
+    if (n == 0)
+        return moe_err(-EINVAL, "structured output: no token can continue the text so far");
+    return moe_sampler_sample(s->smp, lg, s->ids, (size_t)s->n_ids);
+}
+
 /* Samples row lg of vocab V for s: logprobs (lp, when asked) from the
- * model's distribution as it came, then logit_bias, then the sampler. */
+ * model's distribution as it came, then logit_bias, then the sampler (under
+ * the request's grammar, when it has one). */
 static int32_t seq_sample(struct moe_engine *e, struct seq *s, float *lg,
                           struct moe_token_logprob *lp)
 {
@@ -699,7 +784,8 @@ static int32_t seq_sample(struct moe_engine *e, struct seq *s, float *lg,
     }
     for (size_t i = 0; i < r->n_bias; i++)
         lg[r->bias_id[i]] += r->bias[i];
-    int32_t tok = moe_sampler_sample(s->smp, lg, s->ids, (size_t)s->n_ids);
+    int32_t tok = s->gram ? grammar_sample(e, s, lg)
+                          : moe_sampler_sample(s->smp, lg, s->ids, (size_t)s->n_ids);
     if (r->logprobs && tok >= 0)
         token_text(e->model->tok, tok, (float)(e->lp_row[tok] - lse), &lp->tok);
     return tok;
@@ -731,6 +817,13 @@ static void seq_accept(struct moe_engine *e, struct seq *s, int32_t tok,
         seq_finish(e, s, "stop");
         return;
     }
+    if (s->gram && !moe_tokenizer_is_eog(t, tok)) {
+        size_t nb = moe_tokenizer_token_bytes(t, tok, e->piece, e->piece_cap);
+        if (moe_grammar_advance(s->gram, e->piece, MOE_MIN(nb, e->piece_cap)) < 0) {
+            seq_fail(e, s, 500, moe_err_msg()); /* sampled under the mask: cannot happen */
+            return;
+        }
+    }
     if (lp)
         job_post_logprob(s->job, lp);
     s->ids[s->n_ids++] = tok;
@@ -743,6 +836,9 @@ static void seq_accept(struct moe_engine *e, struct seq *s, int32_t tok,
     bool stopped = s->stop && moe_stop_push(s->stop, e->piece, n, &out, &n_out);
     job_post_text(s->job, out, n_out);
     if (stopped) {
+        seq_finish(e, s, "stop");
+    } else if (s->gram && moe_grammar_done(s->gram)) { /* nothing may follow */
+        seq_emit_rest(e, s);
         seq_finish(e, s, "stop");
     } else if (s->n_ids - s->n_prompt >= s->max_new || s->n_ids >= e->lim.max_ctx) {
         seq_emit_rest(e, s);
@@ -1112,6 +1208,10 @@ static void engine_release(struct moe_engine *e)
     free(e->b_fault);
     free(e->logits);
     free(e->lp_row);
+    free(e->gram_row);
+    free(e->gram_mask);
+    free(e->eog_ids);
+    moe_vocab_trie_free(e->trie);
     free(e->fork_row);
     free(e->piece);
     pthread_mutex_destroy(&e->mu);

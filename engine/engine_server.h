@@ -101,6 +101,8 @@ struct moe_request {
     int32_t *bias_id;                   /* logit_bias: added to these tokens' logits */
     float *bias;
     size_t n_bias;
+    struct moe_grammar *grammar;        /* structured output: the text generated must be a
+                                         * sentence of it (a reference; NULL: free text) */
 };
 void moe_request_free(struct moe_request *r); /* frees the strings and r itself */
 /* A deep copy (n > 1 choices: one request each), or NULL out of memory. */
@@ -196,6 +198,8 @@ struct moe_engine_stats {
     uint64_t prompt_tokens_shared; /* prompt tokens of n > 1 choices not prefilled again */
     uint64_t prompt_tokens_cached; /* prompt tokens found in the prefix cache */
     int32_t prefix_entries;        /* finished sequences' caches kept */
+    uint64_t grammar_masks;        /* structured output: token masks made ... */
+    double grammar_mask_s;         /* ... and the seconds they took */
 };
 void moe_engine_get_stats(struct moe_engine *e, struct moe_engine_stats *st);
 /* Seconds since the engine thread last showed life: it beats at every step

@@ -67,8 +67,25 @@ struct moe_ipc_parsed {
     int n;                   /* choices: as many requests (seeds seed, seed + 1, ...) */
     bool responses;          /* came as the Responses API (moe_ipc_parse_response) */
     int best_of;             /* candidates (>= n): the n likeliest are returned */
+    json_t *tools;           /* chat "tools" (a reference), NULL when none */
+    enum moe_tool_mode { MOE_TOOLS_NONE, MOE_TOOLS_AUTO, MOE_TOOLS_REQUIRED } tool_mode;
 };
 #define MOE_IPC_CHOICES_MAX 16 /* "n" at most */
+
+/* response_format, grammar, json_schema, tools and tool_choice
+ * (ipc_structured.c): r->grammar set where the output is constrained,
+ * out->tools / tool_mode for chat. */
+int moe_ipc_parse_structured(json_t *root, bool chat, struct moe_request *r,
+                             struct moe_ipc_parsed *out, struct moe_ipc_error *err);
+
+/* Tool calls (ipc_tools.c): the OpenAI tool_calls array read out of text
+ * (ids "call_<id_base>_<i>"), with the length of the content before them;
+ * NULL when the text holds none, or one that does not parse. */
+json_t *moe_ipc_tool_calls(const char *text, size_t len, const char *id_base,
+                           size_t *content_len);
+/* Streaming: how much of text may be sent now; the rest is a call, or may
+ * begin one. */
+size_t moe_ipc_tool_hold(const char *text, size_t len);
 
 /* POST /v1/responses (OpenAI's Responses API), read as the chat request it
  * amounts to: instructions -> a system message, input (a string or message
@@ -112,6 +129,9 @@ struct moe_ipc_gen {
                           * (of choice index; the caller keeps one per choice) */
     int64_t created;   /* unix seconds */
     const char *model; /* the served model's name */
+    bool tools;        /* chat with tools: tool calls are read out of the text */
+    struct moe_ipc_buf *held; /* streaming with tools: text not sent yet (a call, or what may
+                               * begin one) */
 };
 void moe_ipc_gen_init(struct moe_ipc_gen *g, bool chat, bool include_usage, const char *model);
 /* The same for a Responses API reply ("resp_..." ids) */

@@ -240,6 +240,7 @@ void moe_ipc_parsed_free(struct moe_ipc_parsed *p)
     if (!p)
         return;
     moe_request_free(p->req);
+    json_decref(p->tools);
     memset(p, 0, sizeof(*p));
 }
 
@@ -552,7 +553,7 @@ static int check_unsupported(json_t *root, bool chat, struct moe_ipc_error *err)
         bool one_ok; /* best_of: 1 is the neutral value */
         bool zero_ok;
     } keys[] = {
-        {"suffix", true, false, false},    {"tools", false, false, false},
+        {"suffix", true, false, false},
         {"functions", false, false, false},
     };
     for (size_t i = 0; i < MOE_ARRAY_SIZE(keys); i++) {
@@ -568,15 +569,6 @@ static int check_unsupported(json_t *root, bool chat, struct moe_ipc_error *err)
         if (!neutral)
             return moe_ipc_error_set(err, 400, T_INVALID, "unsupported_parameter", keys[i].key,
                                      "'%s' is not supported by this server", keys[i].key);
-    }
-    json_t *rf = opt(root, "response_format");
-    if (rf) {
-        json_t *t = json_is_object(rf) ? json_object_get(rf, "type") : NULL;
-        if (!json_is_string(t) || strcmp(json_string_value(t), "text") != 0)
-            return moe_ipc_error_set(err, 400, T_INVALID, "unsupported_parameter",
-                                     "response_format",
-                                     "'response_format' must be {\"type\": \"text\"}; other "
-                                     "formats are not supported");
     }
     return 0;
 }
@@ -682,6 +674,7 @@ static int parse_fields(json_t *root, bool chat, const struct moe_ipc_limits *li
                                  "'best_of' above 'n' cannot be streamed: the best are known "
                                  "only at the end");
     TRY(check_unsupported(root, chat, err));
+    TRY(moe_ipc_parse_structured(root, chat, r, out, err));
     return 0;
 #undef TRY
 }

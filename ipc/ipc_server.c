@@ -188,6 +188,7 @@ struct ipc_stream {
     struct moe_ipc_buf text; /* text gathered for the next chunk */
     struct moe_ipc_buf lps;  /* its tokens' logprobs (struct moe_token_logprob) */
     struct moe_ipc_buf full; /* the Responses API's: all the text (its closing events) */
+    struct moe_ipc_buf held; /* chat with tools: text held back (a tool call, or its start) */
     double t0, t_first;
     double write_timeout;
     int32_t prompt_tokens, completion_tokens; /* summed over the choices as they end */
@@ -531,6 +532,7 @@ static void stream_free(void *cls)
     moe_ipc_buf_free(&s->text);
     moe_ipc_buf_free(&s->lps);
     moe_ipc_buf_free(&s->full);
+    moe_ipc_buf_free(&s->held);
     free(s);
 }
 
@@ -549,6 +551,7 @@ static bool start_stream(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_Conn
     s->jobs = *jobs;
     s->gen = *gen;
     s->gen.full = &s->full;
+    s->gen.held = &s->held;
     s->wait = (struct waiter){.ipc = ipc, .job = jobs->job[0], .fd = r->fd};
     s->t0 = r->t0;
     s->conn = r->conn;
@@ -757,7 +760,16 @@ static bool handle_generate(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_C
     else
         moe_ipc_gen_init(&gen, chat, p.include_usage, ipc->model_name);
     gen.logprobs = p.req->logprobs;
+    gen.tools = p.tool_mode != MOE_TOOLS_NONE;
     bool stream = p.req->stream;
+    if (gen.tools && stream && p.n > 1) {
+        moe_ipc_parsed_free(&p);
+        e = (struct moe_ipc_error){0};
+        moe_ipc_error_set(&e, 400, "invalid_request_error", "unsupported_parameter", "n",
+                          "streaming several choices with tools is not supported; give n = 1 "
+                          "or stream = false");
+        return reply_error(ipc, r, c, &e, NULL);
+    }
 
     /* n choices (best_of candidates): that many requests, seeds seed, seed + 1, ...
      * (the last one is p.req); best_of ranks them by their tokens' logprobs */

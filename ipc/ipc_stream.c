@@ -336,6 +336,13 @@ static int response_close(struct moe_ipc_buf *b, struct moe_ipc_gen *g, const ch
     return 0;
 }
 
+/* tool call ids: call_<the reply's id, less its prefix>_<i> */
+static const char *call_base(const struct moe_ipc_gen *g)
+{
+    const char *d = strchr(g->id, '-');
+    return d ? d + 1 : g->id;
+}
+
 char *moe_ipc_completion_json(struct moe_ipc_gen *g, const struct moe_ipc_choice *choices,
                               size_t n_choices, int32_t prompt_tokens,
                               int32_t completion_tokens, size_t *out_len)
@@ -368,11 +375,21 @@ char *moe_ipc_completion_json(struct moe_ipc_gen *g, const struct moe_ipc_choice
         json_t *choice;
         g->text_offset = 0;
         if (g->chat) {
+            size_t n_content = c->len;
+            json_t *calls = g->tools ? moe_ipc_tool_calls(c->text, c->len, call_base(g),
+                                                          &n_content)
+                                     : NULL;
             json_t *msg = json_pack("{s:s, s:o}", "role", "assistant", "content",
-                                    moe_ipc_json_text(c->text, c->len));
+                                    calls && !n_content ? json_null()
+                                                        : moe_ipc_json_text(c->text, n_content));
+            const char *fr = c->finish_reason;
+            if (calls) {
+                json_object_set_new(msg, "tool_calls", calls);
+                fr = !fr || !strcmp(fr, "stop") ? "tool_calls" : fr;
+            }
             choice = json_pack("{s:i, s:o, s:o, s:o}", "index", (int)i, "message", msg,
                                "logprobs", logprobs_obj(g, c->lp, c->n_lp), "finish_reason",
-                               reason(c->finish_reason));
+                               reason(fr));
         } else {
             choice = json_pack("{s:i, s:o, s:o, s:o}", "index", (int)i, "text",
                                moe_ipc_json_text(c->text, c->len), "logprobs",
@@ -465,10 +482,49 @@ int moe_ipc_sse_text(struct moe_ipc_buf *b, struct moe_ipc_gen *g, const char *t
         }
         return response_event(b, g, "response.output_text.delta", o);
     }
+    if (g->chat && g->tools && g->held) { /* a call goes out whole, at the end */
+        struct moe_ipc_buf *h = g->held;
+        if (moe_ipc_buf_append(h, text, len))
+            return -ENOMEM;
+        size_t k = moe_ipc_tool_hold(h->data, h->len);
+        if (k == 0 && !lp)
+            return 0;
+        int rc = sse_append(b, chunk(g, json_pack("{s:o}", "content", moe_ipc_json_text(h->data, k)),
+                                     g->logprobs ? logprobs_obj(g, lp, n_lp) : NULL, NULL));
+        memmove(h->data, h->data + k, h->len - k);
+        h->len -= k;
+        return rc;
+    }
     json_t *t = moe_ipc_json_text(text, len);
     if (g->chat)
         t = json_pack("{s:o}", "content", t);
     return sse_append(b, chunk(g, t, g->logprobs ? logprobs_obj(g, lp, n_lp) : NULL, NULL));
+}
+
+/* streaming with tools, at the end: the held text as tool_calls when it is
+ * calls (finish_reason then "tool_calls"), else as content */
+static int release_held(struct moe_ipc_buf *b, struct moe_ipc_gen *g, const char **finish)
+{
+    struct moe_ipc_buf *h = g->held;
+    if (!g->chat || !g->tools || !h || !h->len)
+        return 0;
+    size_t n_content = 0;
+    json_t *calls = moe_ipc_tool_calls(h->data, h->len, call_base(g), &n_content);
+    int rc;
+    if (calls) {
+        size_t i;
+        json_t *c;
+        json_array_foreach(calls, i, c)
+            json_object_set_new(c, "index", json_integer((json_int_t)i));
+        rc = sse_append(b, chunk(g, json_pack("{s:o}", "tool_calls", calls), NULL, NULL));
+        if (!*finish || !strcmp(*finish, "stop"))
+            *finish = "tool_calls";
+    } else {
+        rc = sse_append(b, chunk(g, json_pack("{s:o}", "content", moe_ipc_json_text(h->data, h->len)),
+                                 NULL, NULL));
+    }
+    h->len = 0;
+    return rc;
 }
 
 int moe_ipc_sse_close(struct moe_ipc_buf *b, struct moe_ipc_gen *g,
@@ -478,6 +534,8 @@ int moe_ipc_sse_close(struct moe_ipc_buf *b, struct moe_ipc_gen *g,
         g->incomplete = finish_reason && !strcmp(finish_reason, "length");
         return 0;
     }
+    if (release_held(b, g, &finish_reason))
+        return -ENOMEM;
     return sse_append(b, chunk(g, g->chat ? json_object() : json_string(""), NULL,
                                finish_reason ? finish_reason : "stop"));
 }

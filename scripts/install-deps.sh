@@ -9,6 +9,7 @@ pkgs=(
     libcurl4-openssl-dev libxxhash-dev libglpk-dev libsystemd-dev
     libreadline-dev   # moectl chat: line editing and history
     python3 python3-numpy
+    python3-jsonschema   # structured output: outputs checked by the reference validator
     curl systemd   # the demo's curl --unix-socket; systemd-analyze verify in the tests
     haproxy        # tests/integration/test_replicas.py: two replicas behind etc/haproxy-moed.cfg
 )

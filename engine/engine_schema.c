@@ -39,7 +39,10 @@ static const char JSON_RULES[] =
     "null ::= \"null\"\n"
     "ws ::= ( \" \" | \"\\n\" [ \\t]{0,20} )?\n"
     "pchar ::= [^\"\\\\\\x00-\\x1f]\n"
-    "date ::= [0-9]{4} \"-\" ( \"0\" [1-9] | \"1\" [0-2] ) \"-\" ( \"0\" [1-9] | [12] [0-9] | \"3\" [01] )\n"
+    /* days per month; 29 February left out (leap years) */
+    "date ::= [0-9]{4} \"-\" ( ( \"0\" [13578] | \"1\" [02] ) \"-\" ( \"0\" [1-9] | [12] [0-9] | \"3\" [01] )"
+    " | ( \"0\" [469] | \"11\" ) \"-\" ( \"0\" [1-9] | [12] [0-9] | \"30\" )"
+    " | \"02-\" ( \"0\" [1-9] | \"1\" [0-9] | \"2\" [0-8] ) )\n"
     "time ::= ( [01] [0-9] | \"2\" [0-3] ) \":\" [0-5] [0-9] \":\" [0-5] [0-9] ( \".\" [0-9]{1,6} )? "
     "( \"Z\" | [+-] ( [01] [0-9] | \"2\" [0-3] ) \":\" [0-5] [0-9] )\n";
 
@@ -848,9 +851,15 @@ static int gen_expr(struct gen *g, struct moe_sbuf *e, const json_t *s, const ch
     if ((v = json_object_get(s, "$ref"))) {
         if (!json_is_string(v))
             return gfail(g, path, "$ref must be a string");
-        if (json_object_size(s) > (size_t)(1 + !!json_object_get(s, "description")) +
-                                      !!json_object_get(s, "title") + !!json_object_get(s, "default"))
-            return gfail(g, path, "$ref beside other constraining keywords is not supported");
+        const char *key;
+        json_t *x;
+        json_object_foreach((json_t *)s, key, x) {
+            bool note = !strcmp(key, "$ref");
+            for (size_t i = 0; i < MOE_ARRAY_SIZE(NOTES) && !note; i++)
+                note = !strcmp(key, NOTES[i]);
+            if (!note)
+                return gfail(g, path, "'%s' beside $ref is not supported", key);
+        }
         return gen_ref(g, e, json_string_value(v), path, depth);
     }
     if ((v = json_object_get(s, "const")))

@@ -268,6 +268,7 @@ struct moe_ipc_metrics {
     struct moe_metric *queue, *running, *conns, *streams, *build;
     struct moe_metric *kv_total, *kv_used, *kv_reserved, *kv_block_bytes, *kv_bpt, *kv_waits;
     struct moe_metric *prefix_hit_rate, *prefix_entries;
+    struct moe_metric *grammar_masks, *grammar_mask_s;
     /* vllm:* */
     struct moe_metric *v_success[MOE_IPC_METRICS_FINISH];
     struct moe_metric *v_running, *v_waiting, *v_kv_usage, *v_kv_usage_old;
@@ -276,7 +277,8 @@ struct moe_ipc_metrics {
     struct moe_ipc_proc_metrics proc;
     pthread_mutex_t tok_lock; /* engine counters -> ours at scrape time */
     struct moe_engine *tok_engine;
-    uint64_t tok_prompt, tok_gen, tok_waits;
+    uint64_t tok_prompt, tok_gen, tok_waits, tok_masks;
+    double tok_mask_s;
     bool ready; /* init succeeded: free has a mutex to destroy */
 };
 

@@ -254,6 +254,11 @@ int moe_ipc_metrics_init(struct moe_ipc_metrics *m, const char *model_name,
                                 "Finished sequences' caches kept for later prompts");
     m->kv_waits = counter_m(m, "moed_kv_admission_waits_total",
                             "Times a request waited because the KV pool was full", NULL);
+    m->grammar_masks = counter_m(m, "moed_grammar_masks_total",
+                                 "Structured output: token masks built (a draw the grammar "
+                                 "refused, or a truncating sampler)", NULL);
+    m->grammar_mask_s = counter_m(m, "moed_grammar_mask_seconds_total",
+                                  "Structured output: seconds spent building token masks", NULL);
     m->conns = moe_metric_gauge("moed_http_connections", "Open client connections", NULL);
     m->streams = moe_metric_gauge("moed_http_streams", "SSE streams in progress", NULL);
     snprintf(labels, sizeof(labels), "version=\"%s\"", MOED_VERSION);
@@ -292,7 +297,8 @@ int moe_ipc_metrics_init(struct moe_ipc_metrics *m, const char *model_name,
     }
     if (!m->prompt || !m->gen || !m->ttft || !m->tpot || !m->e2e || !m->queue || !m->running ||
         !m->conns || !m->streams || !m->kv_total || !m->kv_used || !m->kv_reserved ||
-        !m->kv_block_bytes || !m->kv_bpt || !m->kv_waits || !m->build || !m->v_running ||
+        !m->kv_block_bytes || !m->kv_bpt || !m->kv_waits || !m->build ||
+        !m->grammar_masks || !m->grammar_mask_s || !m->v_running ||
         !m->prefix_hit_rate || !m->prefix_entries ||
         !m->v_waiting || !m->v_kv_usage || !m->v_kv_usage_old || !m->v_prompt || !m->v_gen ||
         !m->v_ttft || !m->v_tpot || !m->v_e2e || proc_register(&m->proc)) {
@@ -424,9 +430,11 @@ void moe_ipc_metrics_refresh(struct moe_ipc_metrics *m, struct moe_engine *e,
          * include cancelled requests, which never report usage to us) */
         pthread_mutex_lock(&m->tok_lock);
         if (e != m->tok_engine || st->prompt_tokens < m->tok_prompt ||
-            st->generated_tokens < m->tok_gen || st->kv_waits < m->tok_waits) {
+            st->generated_tokens < m->tok_gen || st->kv_waits < m->tok_waits ||
+            st->grammar_masks < m->tok_masks) {
             m->tok_engine = e; /* a new engine counts from 0 */
-            m->tok_prompt = m->tok_gen = m->tok_waits = 0;
+            m->tok_prompt = m->tok_gen = m->tok_waits = m->tok_masks = 0;
+            m->tok_mask_s = 0;
         }
         double dp = (double)(st->prompt_tokens - m->tok_prompt);
         double dg = (double)(st->generated_tokens - m->tok_gen);
@@ -438,6 +446,10 @@ void moe_ipc_metrics_refresh(struct moe_ipc_metrics *m, struct moe_engine *e,
         m->tok_prompt = st->prompt_tokens;
         m->tok_gen = st->generated_tokens;
         m->tok_waits = st->kv_waits;
+        moe_metric_add(m->grammar_masks, (double)(st->grammar_masks - m->tok_masks));
+        moe_metric_add(m->grammar_mask_s, st->grammar_mask_s - m->tok_mask_s);
+        m->tok_masks = st->grammar_masks;
+        m->tok_mask_s = st->grammar_mask_s;
         pthread_mutex_unlock(&m->tok_lock);
     }
     proc_refresh(&m->proc);

@@ -47,6 +47,15 @@ bool moe_stop_push(struct moe_stop *st, const char *text, size_t len,
 /* At the end of generation without a stop match: the held-back text. */
 void moe_stop_flush(struct moe_stop *st, const char **emit, size_t *n_emit);
 
+/* ---- fill in the middle (engine_fim.c) ------------------------------------
+ * The model's three FIM tokens (prefix, suffix, middle), -ENOENT naming the
+ * spellings looked for when it has none; and a completion's prompt with its
+ * suffix as those models were trained: [BOS] PRE prefix SUF suffix MID. */
+struct moe_tokenizer;
+int moe_fim_tokens(const struct moe_tokenizer *tok, int32_t out[3]);
+int moe_fim_prompt(const struct moe_tokenizer *tok, const char *prefix, const char *suffix,
+                   int32_t **ids, size_t *n_ids);
+
 /* ---- chat templates -------------------------------------------------------------
  * Each format reproduces one model family's own chat template byte for byte
  * (transformers' apply_chat_template, add_generation_prompt=True, the

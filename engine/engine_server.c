@@ -184,6 +184,7 @@ void moe_request_free(struct moe_request *r)
     if (!r)
         return;
     free(r->prompt);
+    free(r->suffix);
     free(r->prompt_ids);
     for (size_t i = 0; i < r->n_messages; i++) {
         free(r->messages[i].role);
@@ -225,6 +226,7 @@ struct moe_request *moe_request_clone(const struct moe_request *r)
     *c = *r;
     moe_grammar_ref(c->grammar);
     c->prompt = dup_str(r->prompt, &ok);
+    c->suffix = dup_str(r->suffix, &ok);
     c->prompt_ids = dup_mem(r->prompt_ids, r->n_prompt_ids * sizeof(int32_t), &ok);
     c->bias_id = dup_mem(r->bias_id, r->n_bias * sizeof(int32_t), &ok);
     c->bias = dup_mem(r->bias, r->n_bias * sizeof(float), &ok);
@@ -526,7 +528,10 @@ static int seq_start(struct moe_engine *e, struct seq *s, struct moe_job *j)
         }
         const char *prompt = text ? text : (r->prompt ? r->prompt : "");
         pthread_mutex_lock(&e->tok_mu);
-        rc = moe_tokenizer_encode(m->tok, prompt, strlen(prompt), true, &ids, &n_ids);
+        if (r->suffix)
+            rc = moe_fim_prompt(m->tok, prompt, r->suffix, &ids, &n_ids);
+        else
+            rc = moe_tokenizer_encode(m->tok, prompt, strlen(prompt), true, &ids, &n_ids);
         pthread_mutex_unlock(&e->tok_mu);
         free(text);
         if (rc < 0) {

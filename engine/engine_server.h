@@ -101,6 +101,8 @@ struct moe_request {
     int32_t *bias_id;                   /* logit_bias: added to these tokens' logits */
     float *bias;
     size_t n_bias;
+    char *suffix;                       /* completions: the text after the completion (fill
+                                         * in the middle; the model's FIM tokens) or NULL */
     struct moe_grammar *grammar;        /* structured output: the text generated must be a
                                          * sentence of it (a reference; NULL: free text) */
 };

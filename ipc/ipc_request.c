@@ -553,7 +553,6 @@ static int check_unsupported(json_t *root, bool chat, struct moe_ipc_error *err)
         bool one_ok; /* best_of: 1 is the neutral value */
         bool zero_ok;
     } keys[] = {
-        {"suffix", true, false, false},
         {"functions", false, false, false},
     };
     for (size_t i = 0; i < MOE_ARRAY_SIZE(keys); i++) {
@@ -600,6 +599,21 @@ static int parse_fields(json_t *root, bool chat, const struct moe_ipc_limits *li
     /* echo (completions): the prompt first; with max_tokens 0, only the prompt (scoring) */
     if (!chat)
         TRY(get_bool(root, "echo", &r->echo, err));
+    /* suffix (completions): fill in the middle, where the model has FIM tokens */
+    v = chat ? NULL : opt(root, "suffix");
+    if (v && !json_is_string(v))
+        return type_error(err, "suffix", "a string", v);
+    if (v && json_string_length(v)) {
+        if (!r->prompt)
+            return moe_ipc_error_set(err, 400, T_INVALID, "invalid_value", "suffix",
+                                     "'suffix' needs the prompt as text, not tokens");
+        if (r->echo)
+            return moe_ipc_error_set(err, 400, T_INVALID, "invalid_value", "suffix",
+                                     "'suffix' cannot be combined with 'echo'");
+        TRY(check_prompt_bytes(strlen(r->prompt) + json_string_length(v), lim, "suffix", err));
+        if (!(r->suffix = strndup(json_string_value(v), json_string_length(v))))
+            return oom(err);
+    }
     /* max_tokens, or chat's newer max_completion_tokens (which wins) */
     long long max_hi = lim->max_tokens_limit > 0 ? lim->max_tokens_limit : INT32_MAX;
     static const char *const mt_keys[] = {"max_tokens", "max_completion_tokens"};

@@ -182,6 +182,20 @@ class CompletionsApi(unittest.TestCase):
         st, err = self.moed.json("POST", "/v1/completions", {"prompt": PROMPT, "max_tokens": 0})
         self.assertEqual((st, err["error"]["param"]), (400, "max_tokens"))
 
+    def test_suffix_needs_fim_tokens(self):
+        # the bundled model has no fill-in-the-middle tokens: refused by name, the daemon serves on
+        st, out = self.moed.json("POST", "/v1/completions",
+                                 {"prompt": PROMPT, "suffix": "end.", "max_tokens": 4})
+        self.assertEqual(st, 400, out)
+        self.assertIn("no fill-in-the-middle tokens", out["error"]["message"])
+        for body, msg in (({"prompt": [1, 2], "suffix": "x"}, "as text"),
+                          ({"prompt": "a", "suffix": "x", "echo": True}, "echo"),
+                          ({"prompt": "a", "suffix": 3}, "string")):
+            st, out = self.moed.json("POST", "/v1/completions", dict(body, max_tokens=2))
+            self.assertEqual((st, out["error"]["param"]), (400, "suffix"), out)
+            self.assertIn(msg, out["error"]["message"])
+        self.post("/v1/completions", {"prompt": PROMPT, "suffix": "", "max_tokens": 2})
+
     def test_tokenize_detokenize_and_token_prompts(self):
         want = subprocess.run([os.path.join(td.BIN, "moe-run"), "--model", td.TINY, "--tokenize",
                                PROMPT], check=True, capture_output=True, text=True).stdout.split()

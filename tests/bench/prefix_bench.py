@@ -7,13 +7,20 @@ prefix_cache off, then on, then off and on again, on the same model: the prefill
 engine computed (prompt tokens minus those found in the cache) and the mean time to first
 token, one JSON line per run and a summary.
 
-  prefix_bench.py [--model PATH] [--bin DIR] [--system-repeats N]   (default: tiny-moe)
+  prefix_bench.py [--model PATH] [--bin DIR] [--system-repeats N] [--max-position N]
+
+--max-position serves a copy of the model (its files linked, config.json rewritten) with that
+max_position_embeddings: tiny-moe's weights with room for the 1k-token system prompt
+(--system-repeats 24 --max-position 4096). Rotary attention has no table to outgrow, so the
+math is the model's own at every position.
 """
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import threading
 import time
 
@@ -88,13 +95,30 @@ def main():
     ap.add_argument("--model", default=td.TINY)
     ap.add_argument("--bin")
     ap.add_argument("--system-repeats", type=int, default=1)
+    ap.add_argument("--max-position", type=int)
     a = ap.parse_args()
+    tmp = None
+    if a.max_position:
+        tmp = tempfile.mkdtemp(prefix="prefix-bench-")
+        for f in os.listdir(a.model):
+            if f != "config.json":
+                os.symlink(os.path.abspath(os.path.join(a.model, f)), os.path.join(tmp, f))
+        with open(os.path.join(a.model, "config.json")) as f:
+            cfg = json.load(f)
+        cfg["max_position_embeddings"] = a.max_position
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(cfg, f)
+        a.model = tmp
     global SYSTEM
     SYSTEM = SYSTEM_LINE * a.system_repeats
     if a.bin:
         td.BIN = a.bin
     td.INI_BASE = td.INI
-    rows = [run(on, a.model) for on in (False, True, False, True)]
+    try:
+        rows = [run(on, a.model) for on in (False, True, False, True)]
+    finally:
+        if tmp:
+            shutil.rmtree(tmp)
     for r in rows:
         print(json.dumps(r))
     off = [r for r in rows if not r["prefix_cache"]]

@@ -55,8 +55,12 @@ PYTHON="$py" bash "$root/tests/bench/engines.sh" "$bin" "$dir"
 # issue 21: a Qwen3.6-shaped Gated DeltaNet hybrid, one GGUF, moed against llama.cpp
 # (the converter needs torch: CONVERT_PYTHON names a Python that has it)
 PYTHON="$py" bash "$root/tests/bench/hybrid_bench.sh" "$bin" "$dir"
-# issue 18: automatic prefix caching on 8 users x 6 turns of chat, off against on
+# issue 18: automatic prefix caching on 8 users x 6 turns of chat, off against on,
+# with a 75-token and a 1k-token shared system prompt
 "$py" "$root/tests/bench/prefix_bench.py" --bin "$bin"
+"$py" "$root/tests/bench/prefix_bench.py" --bin "$bin" --system-repeats 24 --max-position 4096
+# issue 18: what constrained decoding costs per token, on the bench model's 32k vocabulary
+"$py" "$root/tests/bench/structured_bench.py" --bin "$bin" --model "$dir/bench-q4.moe"
 bash "$root/tests/quality/qmoe_quality.sh" "$bin"
 # tiered expert memory: io_uring against sequential O_DIRECT, the tier at
 # 100/50/25% against mmap in a memory cgroup (root and cgroup v1 only), and

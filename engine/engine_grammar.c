@@ -1,6 +1,6 @@
-/* GBNF text -> the compiled grammar of engine_grammar_int.h. Groups and
- * repetitions become rules of their own (x* is S ::= x S | ""), so the
- * matcher only knows sets, rule references and ends. */
+/* GBNF text -> the compiled grammar of engine_grammar_int.h. Groups become
+ * rules of their own, and a repeated item a GE_REP of its rule, so the
+ * matcher only knows sets, rule references, counted repetitions and ends. */
 #include "engine/engine_grammar.h"
 
 #include "common/common.h"
@@ -96,7 +96,7 @@ static void add_alt(struct parser *p, int32_t r, elem_vec alt)
 static elem_vec one(uint8_t type, int32_t arg)
 {
     elem_vec v = {0};
-    VEC_PUSH(v, ((struct gelem){type, arg}));
+    VEC_PUSH(v, ((struct gelem){type, arg, 0, 0}));
     return v;
 }
 
@@ -199,7 +199,7 @@ static int parse_literal(struct parser *p, elem_vec *out)
         if (code_point(p, &c) < 0)
             return -EINVAL;
         uint32_t pair[2] = {c, c};
-        VEC_PUSH(*out, ((struct gelem){GE_SET, new_set(p, false, pair, 1)}));
+        VEC_PUSH(*out, ((struct gelem){GE_SET, new_set(p, false, pair, 1), 0, 0}));
     }
     p->s++;
     return 0;
@@ -229,7 +229,7 @@ static int parse_class(struct parser *p, elem_vec *out)
         VEC_PUSH(r, hi);
     }
     p->s++;
-    VEC_PUSH(*out, ((struct gelem){GE_SET, new_set(p, neg, r.p, r.n / 2)}));
+    VEC_PUSH(*out, ((struct gelem){GE_SET, new_set(p, neg, r.p, r.n / 2), 0, 0}));
     free(r.p);
     return 0;
 bad:
@@ -248,36 +248,17 @@ static int parse_count(struct parser *p, long *out)
     return 0;
 }
 
-/* x{m,n} (n < 0: no bound) appended to alt as elements and new rules */
+/* x{m,n} (n < 0: no bound) appended to alt: one GE_REP of x's rule (a set
+ * gets a rule of its own) */
 static int repeat(struct parser *p, elem_vec *alt, struct gelem x, long m, long n)
 {
-    for (long i = 0; i < m; i++)
-        VEC_PUSH(*alt, x);
-    if (n >= 0 && n == m)
-        return 0;
-    int32_t r = new_rule(p, NULL, 0);
-    if (r < 0)
-        return r;
-    if (n < 0) { /* S ::= x S | "" */
-        elem_vec a = one(x.type, x.arg);
-        VEC_PUSH(a, ((struct gelem){GE_REF, r}));
-        add_alt(p, r, a);
-        add_alt(p, r, (elem_vec){0});
-    } else { /* O1 ::= x | "";  Ok ::= x O(k-1) | "" */
-        add_alt(p, r, one(x.type, x.arg));
-        add_alt(p, r, (elem_vec){0});
-        for (long k = 2; k <= n - m; k++) {
-            int32_t q = new_rule(p, NULL, 0);
-            if (q < 0)
-                return q;
-            elem_vec a = one(x.type, x.arg);
-            VEC_PUSH(a, ((struct gelem){GE_REF, r}));
-            add_alt(p, q, a);
-            add_alt(p, q, (elem_vec){0});
-            r = q;
-        }
+    int32_t r = x.arg;
+    if (x.type == GE_SET) {
+        if ((r = new_rule(p, NULL, 0)) < 0)
+            return r;
+        add_alt(p, r, one(GE_SET, x.arg));
     }
-    VEC_PUSH(*alt, ((struct gelem){GE_REF, r}));
+    VEC_PUSH(*alt, ((struct gelem){GE_REP, r, (int32_t)m, (int32_t)n}));
     return 0;
 }
 
@@ -297,7 +278,7 @@ static int parse_seq(struct parser *p, elem_vec *alt)
             rc = parse_class(p, &item);
         } else if (c == '.') {
             p->s++;
-            VEC_PUSH(item, ((struct gelem){GE_SET, new_set(p, true, NULL, 0)}));
+            VEC_PUSH(item, ((struct gelem){GE_SET, new_set(p, true, NULL, 0), 0, 0}));
         } else if (c == '(') {
             p->s++;
             int32_t r = new_rule(p, NULL, 0);
@@ -308,7 +289,7 @@ static int parse_seq(struct parser *p, elem_vec *alt)
                 rc = fail(p, "missing )");
             p->s++;
             if (!rc)
-                VEC_PUSH(item, ((struct gelem){GE_REF, r}));
+                VEC_PUSH(item, ((struct gelem){GE_REF, r, 0, 0}));
         } else if (is_name_char(c)) {
             const char *s = p->s;
             while (is_name_char(*p->s))
@@ -319,7 +300,7 @@ static int parse_seq(struct parser *p, elem_vec *alt)
             if (r < 0)
                 rc = -EINVAL;
             else
-                VEC_PUSH(item, ((struct gelem){GE_REF, r}));
+                VEC_PUSH(item, ((struct gelem){GE_REF, r, 0, 0}));
         } else {
             rc = fail(p, "unexpected '%c'", c);
         }
@@ -361,7 +342,7 @@ static int parse_seq(struct parser *p, elem_vec *alt)
                     goto bad;
                 add_alt(p, r, item);
                 item = (elem_vec){0};
-                x = (struct gelem){GE_REF, r};
+                x = (struct gelem){GE_REF, r, 0, 0};
             }
             if (repeat(p, alt, x, m, n) < 0)
                 goto bad;
@@ -446,7 +427,8 @@ static bool *nullable_rules(struct parser *p)
             for (size_t a = 0; a < p->rules.p[r].alts.n && !nul[r]; a++) {
                 elem_vec *v = &p->rules.p[r].alts.p[a];
                 size_t i = 0;
-                while (i < v->n && v->p[i].type == GE_REF && nul[v->p[i].arg])
+                while (i < v->n && v->p[i].type != GE_SET &&
+                       (nul[v->p[i].arg] || (v->p[i].type == GE_REP && v->p[i].lo == 0)))
                     i++;
                 if (i == v->n)
                     nul[r] = changed = true;
@@ -464,7 +446,7 @@ static int left_walk(struct parser *p, const bool *nul, uint8_t *color, int32_t 
     struct brule *br = &p->rules.p[r];
     for (size_t a = 0; a < br->alts.n; a++) {
         elem_vec *v = &br->alts.p[a];
-        for (size_t i = 0; i < v->n && v->p[i].type == GE_REF; i++) {
+        for (size_t i = 0; i < v->n && v->p[i].type != GE_SET; i++) {
             int32_t q = v->p[i].arg;
             if (color[q] == 1) {
                 const char *name = p->rules.p[q].name ? p->rules.p[q].name : br->name;
@@ -475,7 +457,7 @@ static int left_walk(struct parser *p, const bool *nul, uint8_t *color, int32_t 
             }
             if (!color[q] && left_walk(p, nul, color, q) < 0)
                 return -EINVAL;
-            if (!nul[q])
+            if (!nul[q] && !(v->p[i].type == GE_REP && v->p[i].lo == 0))
                 break;
         }
     }
@@ -502,6 +484,19 @@ static int check(struct parser *p, int32_t *root)
     bool *nul = nullable_rules(p);
     uint8_t *color = calloc(p->rules.n, 1);
     int rc = nul && color ? 0 : -ENOMEM;
+    /* a repetition of what can match nothing would repeat without end */
+    for (size_t r = 0; r < p->rules.n && !rc; r++) {
+        for (size_t a = 0; a < p->rules.p[r].alts.n && !rc; a++) {
+            elem_vec *v = &p->rules.p[r].alts.p[a];
+            for (size_t i = 0; i < v->n && !rc; i++) {
+                if (v->p[i].type == GE_REP && nul[v->p[i].arg]) {
+                    p->line = p->rules.p[r].line;
+                    rc = fail(p, "a repetition of something that can match nothing (in rule "
+                              "'%s')", p->rules.p[r].name ? p->rules.p[r].name : "(a group)");
+                }
+            }
+        }
+    }
     for (size_t r = 0; r < p->rules.n && !rc; r++)
         if (!color[r])
             rc = left_walk(p, nul, color, (int32_t)r);
@@ -546,7 +541,7 @@ static int flatten(struct parser *p, int32_t root, struct moe_grammar *g)
             g->alt_pos[alt++] = (int32_t)e;
             for (size_t i = 0; i < v->n; i++)
                 g->elems[e++] = v->p[i];
-            g->elems[e++] = (struct gelem){GE_END, 0};
+            g->elems[e++] = (struct gelem){GE_END, 0, 0, 0};
         }
     }
     size_t k = 0;

@@ -3,9 +3,12 @@
  *
  * Every rule is a list of alternatives; an alternative is a run of elements
  * in elems[] ending with GE_END. An element matches one code point against a
- * set (GE_SET) or stands for a rule (GE_REF). A parse stack is a chain of
- * positions in elems[]: the top is the next set to match, each frame below
- * is where to go on when the rule above it ends. */
+ * set (GE_SET), stands for a rule (GE_REF), or for lo..hi repetitions of a
+ * rule (GE_REP, hi < 0: no bound), counted in the parse stack rather than
+ * written out, so that "char{0,10000}" is one element. A parse stack is a
+ * chain of (position, count) frames: the top is the next set to match, each
+ * frame below is where to go on when the rule above it ends (a GE_REP frame
+ * with the repetitions done so far). */
 #ifndef MOE_ENGINE_GRAMMAR_INT_H
 #define MOE_ENGINE_GRAMMAR_INT_H
 
@@ -13,11 +16,12 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-enum { GE_END, GE_SET, GE_REF };
+enum { GE_END, GE_SET, GE_REF, GE_REP };
 
 struct gelem {
     uint8_t type;
-    int32_t arg; /* GE_SET: set index; GE_REF: rule index */
+    int32_t arg;    /* GE_SET: set index; GE_REF, GE_REP: rule index */
+    int32_t lo, hi; /* GE_REP: bounds */
 };
 
 struct gset {

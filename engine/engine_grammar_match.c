@@ -2,15 +2,20 @@
  *
  * A state is the set of parse stacks the text so far leaves open (several
  * where the grammar is ambiguous so far: "1" may go on as 12 or 1.5). Stacks
- * are chains of nodes in an arena; a node is (position, parent). Taking a
- * code point moves every stack whose top set holds it past that set and
- * expands rule references until each top is a set again (a stack emptied is
- * ACCEPT). A reference that ends its alternative continues with the parent
- * directly, so x* repeated a thousand times does not deepen the stack.
+ * are chains of nodes in an arena; a node is (position, count, parent).
+ * Taking a code point moves every stack whose top set holds it past that set
+ * and expands rule references until each top is a set again (a stack emptied
+ * is ACCEPT). A reference that ends its alternative continues with the parent
+ * directly, and a repetition keeps its count in its frame, so x{0,1000}
+ * neither deepens the stack nor grows the grammar.
  *
  * The mask walks the vocabulary trie depth first from the state: a subtree
  * whose prefix the grammar refuses is skipped whole, which is most of the
- * vocabulary outside strings. */
+ * vocabulary outside strings; a subtree that a repetition of one set takes
+ * whole (a JSON string's plain characters) is allowed whole without a walk,
+ * which is most of it inside. Masks are remembered by parse state, with
+ * counts beyond what one token could use written as "many", so the steps
+ * inside a long string share one mask. */
 #define _GNU_SOURCE /* qsort_r */
 #include "engine/engine_grammar.h"
 
@@ -28,7 +33,7 @@
 #define MASK_CACHE 8
 
 struct gnode {
-    int32_t pos, parent;
+    int32_t pos, count, parent; /* count: a GE_REP frame's repetitions done */
 };
 
 /* a set of stacks: scratch[start .. start + n), and a code point's UTF-8
@@ -68,7 +73,7 @@ struct moe_grammar_state {
 
 /* ---- stacks ------------------------------------------------------------------- */
 
-static int32_t node_new(struct moe_grammar_state *st, int32_t pos, int32_t parent)
+static int32_t node_new(struct moe_grammar_state *st, int32_t pos, int32_t count, int32_t parent)
 {
     if (st->n_nodes == st->cap_nodes) {
         size_t cap = st->cap_nodes ? st->cap_nodes * 2 : 1024;
@@ -80,7 +85,7 @@ static int32_t node_new(struct moe_grammar_state *st, int32_t pos, int32_t paren
         }
         st->nodes = n, st->cap_nodes = cap;
     }
-    st->nodes[st->n_nodes] = (struct gnode){pos, parent};
+    st->nodes[st->n_nodes] = (struct gnode){pos, count, parent};
     return (int32_t)st->n_nodes++;
 }
 
@@ -102,7 +107,7 @@ static bool scratch_push(struct moe_grammar_state *st, int32_t v)
 static bool chain_eq(const struct moe_grammar_state *st, int32_t a, int32_t b)
 {
     while (a >= 0 && b >= 0 && a != b) {
-        if (st->nodes[a].pos != st->nodes[b].pos)
+        if (st->nodes[a].pos != st->nodes[b].pos || st->nodes[a].count != st->nodes[b].count)
             return false;
         a = st->nodes[a].parent, b = st->nodes[b].parent;
     }
@@ -122,14 +127,15 @@ static void add_stack(struct moe_grammar_state *st, size_t out0, int32_t pos, in
         st->overflow = true;
         return;
     }
-    int32_t n = pos == ACCEPT ? ACCEPT : node_new(st, pos, parent);
+    int32_t n = pos == ACCEPT ? ACCEPT : node_new(st, pos, 0, parent);
     if (n != -1)
         scratch_push(st, n);
 }
 
-/* continues at pos with parent below, until every branch tops on a set */
-static void expand(struct moe_grammar_state *st, int32_t pos, int32_t parent, size_t out0,
-                   int depth)
+/* continues at pos (a repetition's count so far) with parent below, until
+ * every branch tops on a set */
+static void expand(struct moe_grammar_state *st, int32_t pos, int32_t count, int32_t parent,
+                   size_t out0, int depth)
 {
     const struct moe_grammar *g = st->g;
     for (;;) {
@@ -139,7 +145,8 @@ static void expand(struct moe_grammar_state *st, int32_t pos, int32_t parent, si
                 add_stack(st, out0, ACCEPT, -1);
                 return;
             }
-            pos = st->nodes[parent].pos, parent = st->nodes[parent].parent;
+            struct gnode up = st->nodes[parent];
+            pos = up.pos, count = up.count, parent = up.parent;
             continue;
         }
         if (e.type == GE_SET) {
@@ -150,12 +157,21 @@ static void expand(struct moe_grammar_state *st, int32_t pos, int32_t parent, si
             st->overflow = true;
             return;
         }
-        int32_t cont = g->elems[pos + 1].type == GE_END ? parent : node_new(st, pos + 1, parent);
-        if (cont == -1 && st->overflow)
+        if (e.type == GE_REF || e.hi < 0 || count < e.hi) {
+            /* into the rule: a reference goes on after itself (or straight to the
+             * parent when it ends its alternative), a repetition comes back here
+             * one count higher */
+            int32_t cont = e.type == GE_REP ? node_new(st, pos, count + 1, parent)
+                         : g->elems[pos + 1].type == GE_END ? parent
+                                                           : node_new(st, pos + 1, 0, parent);
+            if (cont == -1 && st->overflow)
+                return;
+            for (int32_t a = 0; a < g->rule_nalt[e.arg]; a++)
+                expand(st, g->alt_pos[g->rule_alt0[e.arg] + a], 0, cont, out0, depth + 1);
+        }
+        if (e.type == GE_REF || count < e.lo)
             return;
-        for (int32_t a = 0; a < g->rule_nalt[e.arg]; a++)
-            expand(st, g->alt_pos[g->rule_alt0[e.arg] + a], cont, out0, depth + 1);
-        return;
+        pos++, count = 0; /* enough repetitions: also past them */
     }
 }
 
@@ -171,7 +187,7 @@ static void step_cp(struct moe_grammar_state *st, const struct walk *in, uint32_
             continue;
         struct gnode nd = st->nodes[s];
         if (gset_has(g, &g->sets[g->elems[nd.pos].arg], c))
-            expand(st, nd.pos + 1, nd.parent, out->start, 0);
+            expand(st, nd.pos + 1, 0, nd.parent, out->start, 0);
     }
     out->n = st->n_scratch - out->start;
     out->val = 0, out->need = 0, out->len = 0;
@@ -254,7 +270,7 @@ static int32_t copy_chain(struct moe_grammar_state *st, const struct gnode *old,
     if (s < 0)
         return s;
     int32_t parent = copy_chain(st, old, old[s].parent);
-    return node_new(st, old[s].pos, parent);
+    return node_new(st, old[s].pos, old[s].count, parent);
 }
 
 /* makes w the committed state, its nodes copied into a fresh arena so that
@@ -286,7 +302,7 @@ int moe_grammar_state_new(struct moe_grammar *g, struct moe_grammar_state **out)
     st->g = moe_grammar_ref(g);
     int32_t r = g->root;
     for (int32_t a = 0; a < g->rule_nalt[r]; a++)
-        expand(st, g->alt_pos[g->rule_alt0[r] + a], -1, 0, 0);
+        expand(st, g->alt_pos[g->rule_alt0[r] + a], 0, -1, 0, 0);
     struct walk w = {0, st->n_scratch, 0, 0, 0};
     if (st->overflow || commit(st, &w) < 0) {
         moe_grammar_state_free(st);
@@ -366,13 +382,18 @@ bool moe_grammar_done(const struct moe_grammar_state *st)
 struct tnode {
     int32_t child0, n_child; /* children are contiguous */
     int32_t tok0, n_tok;     /* tokens ending here: ids[tok0 .. tok0 + n_tok) */
+    int32_t tok_end;         /* the subtree's tokens: ids[tok0 .. tok_end) */
+    uint64_t ascii[2];       /* the bytes below 128 in the subtree, this node's own included */
+    uint16_t height;         /* the subtree's longest token: bytes after this node's */
     uint8_t byte;
+    bool high;               /* a byte of 128 or more in the subtree */
 };
 
 struct moe_vocab_trie {
     struct tnode *nodes;
     int32_t n_nodes;
     int32_t *ids;        /* tokens sorted by their bytes */
+    int32_t max_len;     /* the longest token's bytes */
     char **bytes;        /* per token id, NULL for control tokens */
     uint16_t *len;
     int32_t vocab;
@@ -393,7 +414,7 @@ static void trie_fill(struct moe_vocab_trie *t, int32_t k, int32_t i, int32_t j,
     int32_t e = i;
     while (e < j && t->len[t->ids[e]] == d)
         e++;
-    t->nodes[k].tok0 = i, t->nodes[k].n_tok = e - i;
+    t->nodes[k].tok0 = i, t->nodes[k].n_tok = e - i, t->nodes[k].tok_end = j;
     int32_t n_child = 0;
     for (int32_t a = e; a < j; a++)
         if (a == e || t->bytes[t->ids[a]][d] != t->bytes[t->ids[a - 1]][d])
@@ -406,8 +427,17 @@ static void trie_fill(struct moe_vocab_trie *t, int32_t k, int32_t i, int32_t j,
         int32_t z = a;
         while (z < j && (uint8_t)t->bytes[t->ids[z]][d] == b)
             z++;
-        t->nodes[c].byte = b;
+        struct tnode *ch = &t->nodes[c];
+        ch->byte = b;
         trie_fill(t, c, a, z, d + 1);
+        if (b < 128)
+            ch->ascii[b >> 6] |= 1ull << (b & 63);
+        else
+            ch->high = true;
+        struct tnode *nd = &t->nodes[k];
+        nd->ascii[0] |= ch->ascii[0], nd->ascii[1] |= ch->ascii[1];
+        nd->high |= ch->high;
+        nd->height = (uint16_t)MOE_MAX(nd->height, ch->height + 1);
         a = z;
     }
 }
@@ -451,6 +481,7 @@ int moe_vocab_trie_build(const struct moe_tokenizer *tok, struct moe_vocab_trie 
         t->len[id] = (uint16_t)len;
         t->ids[n++] = id;
         total += len;
+        t->max_len = MOE_MAX(t->max_len, (int32_t)len);
     }
     qsort_r(t->ids, (size_t)n, sizeof(int32_t), cmp_tok, t);
     t->nodes = calloc(total + 1, sizeof(*t->nodes)); /* at most a node per byte */
@@ -467,19 +498,68 @@ oom:
 
 /* ---- the mask ------------------------------------------------------------------------- */
 
+/* A stack that takes every string of one set's characters, up to room of
+ * them: its top is a set that is a whole alternative of a rule repeated by
+ * its parent frame (a JSON string's plain characters) */
+struct run {
+    const struct gset *set;
+    int64_t room; /* repetitions after the current one */
+};
+
+static int runs_of(struct moe_grammar_state *st, const struct walk *w, struct run *out, int cap)
+{
+    const struct moe_grammar *g = st->g;
+    int n = 0;
+    for (size_t i = 0; i < w->n && n < cap && w->need == 0; i++) {
+        int32_t s = st->scratch[w->start + i];
+        if (s == ACCEPT)
+            continue;
+        struct gnode nd = st->nodes[s];
+        if (g->elems[nd.pos + 1].type != GE_END || nd.parent < 0)
+            continue;
+        struct gnode up = st->nodes[nd.parent];
+        struct gelem rp = g->elems[up.pos];
+        if (rp.type != GE_REP)
+            continue;
+        bool alt_of = false;
+        for (int32_t a = 0; a < g->rule_nalt[rp.arg] && !alt_of; a++)
+            alt_of = g->alt_pos[g->rule_alt0[rp.arg] + a] == nd.pos;
+        if (alt_of)
+            out[n++] = (struct run){&g->sets[g->elems[nd.pos].arg],
+                                    rp.hi < 0 ? INT64_MAX : (int64_t)rp.hi - up.count};
+    }
+    return n;
+}
+
+static void allow_range(const struct moe_vocab_trie *t, int32_t a, int32_t b, uint64_t *allowed)
+{
+    for (int32_t k = a; k < b; k++) {
+        int32_t id = t->ids[k];
+        allowed[id >> 6] |= 1ull << (id & 63);
+    }
+}
+
 static void walk_trie(struct moe_grammar_state *st, const struct moe_vocab_trie *t,
                       const struct tnode *nd, const struct walk *w, uint64_t *allowed,
                       int32_t *count)
 {
+    struct run runs[4];
+    int n_runs = runs_of(st, w, runs, 4);
     for (int32_t c = 0; c < nd->n_child; c++) {
         const struct tnode *ch = &t->nodes[nd->child0 + c];
+        bool whole = false;
+        for (int r = 0; r < n_runs && !whole; r++)
+            whole = !ch->high && !(ch->ascii[0] & ~runs[r].set->ascii[0]) &&
+                    !(ch->ascii[1] & ~runs[r].set->ascii[1]) && runs[r].room >= ch->height;
+        if (whole) { /* every token below is plain characters the run takes */
+            allow_range(t, ch->tok0, ch->tok_end, allowed);
+            *count += ch->tok_end - ch->tok0;
+            continue;
+        }
         size_t mark = st->n_scratch;
         struct walk next;
         if (step_byte(st, w, ch->byte, &next) && !st->overflow) {
-            for (int32_t k = 0; k < ch->n_tok; k++) {
-                int32_t id = t->ids[ch->tok0 + k];
-                allowed[id >> 6] |= 1ull << (id & 63);
-            }
+            allow_range(t, ch->tok0, ch->tok0 + ch->n_tok, allowed);
             *count += ch->n_tok;
             walk_trie(st, t, ch, &next, allowed, count);
         }
@@ -489,15 +569,27 @@ static void walk_trie(struct moe_grammar_state *st, const struct moe_vocab_trie 
 
 /* the committed state written out (stack chains by position, then the
  * code point owed): equal keys, equal masks */
-static size_t state_key(struct moe_grammar_state *st)
+static size_t state_key(struct moe_grammar_state *st, int32_t max_len)
 {
+    const struct moe_grammar *g = st->g;
     size_t n = 0;
     for (int pass = 0; pass < 2; pass++) {
         n = 0;
         for (size_t i = 0; i < st->n_cur; i++) {
-            for (int32_t s = st->cur[i]; s >= 0; s = st->nodes[s].parent, n++)
+            for (int32_t s = st->cur[i]; s >= 0; s = st->nodes[s].parent, n++) {
+                struct gnode nd = st->nodes[s];
+                struct gelem e = g->elems[nd.pos];
+                if (e.type == GE_REP) { /* one token takes at most max_len more */
+                    int64_t need = MOE_MIN(MOE_MAX((int64_t)e.lo - nd.count, 0), max_len + 1);
+                    int64_t room = e.hi < 0 ? max_len + 1
+                                            : MOE_MIN((int64_t)e.hi - nd.count, max_len + 1);
+                    if (pass)
+                        st->key[n] = -3 - (int32_t)(need * (max_len + 2) + room);
+                    n++;
+                }
                 if (pass)
-                    st->key[n] = st->nodes[s].pos;
+                    st->key[n] = nd.pos;
+            }
             if (pass)
                 st->key[n] = st->cur[i] == ACCEPT ? -2 : -1;
             n++;
@@ -522,7 +614,7 @@ int32_t moe_grammar_mask(struct moe_grammar_state *st, const struct moe_vocab_tr
                          uint64_t *allowed, int32_t vocab)
 {
     size_t words = ((size_t)vocab + 63) / 64;
-    size_t klen = state_key(st);
+    size_t klen = state_key(st, t->max_len);
     for (int i = 0; klen && i < MASK_CACHE; i++) {
         struct mask_entry *c = &st->cache[i];
         if (c->key && c->key_len == klen && !memcmp(c->key, st->key, klen * sizeof(int32_t))) {

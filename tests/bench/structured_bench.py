@@ -2,7 +2,9 @@
 """make bench, issue 18: what constrained decoding costs. One moed, one sequence at a time,
 the same prompt and token count, interleaved rounds of:
 
-  plain    free text (ignore_eos), the baseline;
+  plain    free text (ignore_eos), the baseline of schema;
+  plain-top-p  the same with top_p 0.9, the baseline of the two masked modes (top-p's own
+           sorting is not the grammar's cost);
   schema   a JSON schema whose long string keeps the grammar open for every token, sampled at
            temperature 0.8: the draw is checked against the grammar and a mask is built only
            when the draw is refused;
@@ -33,6 +35,7 @@ SCHEMA = {"type": "object", "properties": {"text": {"type": "string", "minLength
           "required": ["text"]}
 MODES = {
     "plain": {"temperature": 0.8, "ignore_eos": True},
+    "plain-top-p": {"temperature": 0.8, "top_p": 0.9, "ignore_eos": True},
     "schema": {"temperature": 0.8, "response_format": {
         "type": "json_schema", "json_schema": {"name": "t", "schema": SCHEMA}}},
     "masked": {"temperature": 0.8, "top_p": 0.9, "response_format": {
@@ -53,7 +56,7 @@ def metric(m, name):
 
 def run(m, mode, tokens, seed):
     body = dict(MODES[mode], messages=[{"role": "user", "content": PROMPT}], max_tokens=tokens,
-                seed=seed, stream=True)
+                seed=seed, stream=True, stream_options={"include_usage": True})
     masks0, mask_s0 = metric(m, "moed_grammar_masks_total"), metric(m, "moed_grammar_mask_seconds_total")
     c = m.conn(600)
     c.request("POST", "/v1/chat/completions", body=json.dumps(body),
@@ -61,10 +64,14 @@ def run(m, mode, tokens, seed):
     r = c.getresponse()
     if r.status != 200:
         raise SystemExit("structured_bench: HTTP %d: %s" % (r.status, r.read()[:300]))
-    stamps, text = [], []
+    stamps, text, generated = [], [], 0
     for ev in td.sse_events(r):
         if ev == "DONE":
             break
+        if ev.get("usage"):
+            generated = ev["usage"]["completion_tokens"]
+        if not ev["choices"]:
+            continue
         d = ev["choices"][0]["delta"].get("content")
         if d:
             stamps.append(time.monotonic())
@@ -73,8 +80,10 @@ def run(m, mode, tokens, seed):
     masks = metric(m, "moed_grammar_masks_total") - masks0
     mask_s = metric(m, "moed_grammar_mask_seconds_total") - mask_s0
     n = len(stamps)
-    return {"mode": mode, "chunks": n, "chars": len("".join(text)),
-            "decode_ms_per_token": 1e3 * (stamps[-1] - stamps[0]) / max(n - 1, 1),
+    # from the first text to the last: the tokens after the first one's chunk (a chunk may
+    # carry several tokens' text, or wait for a character's last byte)
+    return {"mode": mode, "chunks": n, "tokens": generated, "chars": len("".join(text)),
+            "decode_ms_per_token": 1e3 * (stamps[-1] - stamps[0]) / max(generated - 1, 1),
             "masks": masks, "mask_ms_mean": 1e3 * mask_s / masks if masks else 0.0}
 
 
@@ -99,13 +108,16 @@ def main():
                 print(json.dumps(row), flush=True)
     finally:
         m.stop()
-    base = statistics.median(r["decode_ms_per_token"] for r in rows["plain"])
+    def med(mode):
+        return statistics.median(r["decode_ms_per_token"] for r in rows[mode])
     summary = {"model": os.path.basename(a.model.rstrip("/")), "tokens": a.tokens,
-               "rounds": a.rounds, "plain_ms_per_token": round(base, 3)}
+               "rounds": a.rounds, "plain_ms_per_token": round(med("plain"), 3),
+               "plain_top_p_ms_per_token": round(med("plain-top-p"), 3)}
     for mode in ("schema", "masked", "masked-free"):
-        med = statistics.median(r["decode_ms_per_token"] for r in rows[mode])
+        base = med("plain" if mode == "schema" else "plain-top-p")
+        m_ = med(mode)
         masks = sum(r["masks"] for r in rows[mode])
-        summary[mode] = {"ms_per_token": round(med, 3), "slowdown": round(med / base - 1, 4),
+        summary[mode] = {"ms_per_token": round(m_, 3), "slowdown": round(m_ / base - 1, 4),
                          "masks_per_token": round(masks / (a.rounds * a.tokens), 3),
                          "mask_ms_mean": round(statistics.mean(r["mask_ms_mean"] for r in rows[mode]), 3)}
     print(json.dumps({"summary": summary}))

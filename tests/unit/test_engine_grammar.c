@@ -105,7 +105,8 @@ static void test_gbnf_errors(void **state)
         {"root ::= x\n", "rule 'x' is used but never defined"},
         {"a ::= \"a\"\n", "no rule named 'root'"},
         {"root ::= root \"a\" | \"b\"\n", "left recursion"},
-        {"root ::= x* \"a\"\nx ::= \"\" | root\n", "left recursion"},
+        {"root ::= x \"a\"\nx ::= \"\" | root \"b\"\n", "left recursion"},
+        {"root ::= x* \"a\"\nx ::= \"\" | \"b\"\n", "can match nothing"},
         {"root ::= (\"a\"\n", "missing )"},
         {"root ::= \"a\n", "unterminated"},
         {"root ::= [z-a]\n", "out of order"},
@@ -267,44 +268,55 @@ static void test_mask_matches_the_matcher(void **state)
     assert_int_equal(moe_vocab_trie_build(tok, &trie), 0);
     int32_t V = moe_tokenizer_vocab_size(tok);
     uint64_t *mask = calloc(((size_t)V + 63) / 64, sizeof(uint64_t));
-    struct moe_grammar *g = schema(
-        "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\"},"
-        "\"n\":{\"type\":\"integer\",\"minimum\":0,\"maximum\":999}},\"required\":[\"name\",\"n\"]}");
-    static const char *const steps[] = {"", "{", "\"name\": \"", "Bob", "\u00e9", "\xe4", "\xb8\xad",
-                                        "\", \"n\": ", "12", "3"};
-    struct moe_grammar_state *st;
-    assert_int_equal(moe_grammar_state_new(g, &st), 0);
+    /* a free string (its state repeats: the cache), a bounded one (the run's room
+     * decides which long tokens fit), numbers, UTF-8 split over steps */
+    static const struct {
+        const char *schema;
+        const char *steps[12];
+    } cases[] = {
+        {"{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\"},"
+         "\"n\":{\"type\":\"integer\",\"minimum\":0,\"maximum\":999}},\"required\":[\"name\",\"n\"]}",
+         {"", "{", "\"name\": \"", "Bob", "\u00e9", "\xe4", "\xb8\xad", "\", \"n\": ", "12", "3"}},
+        {"{\"type\":\"object\",\"properties\":{\"c\":{\"type\":\"string\",\"minLength\":3,"
+         "\"maxLength\":9}},\"required\":[\"c\"]}",
+         {"{\"c\": \"", "a", "bc", "d", "ef", "g", "h"}},
+    };
     char buf[256];
     double spent = 0;
     int masks = 0;
-    for (size_t s = 0; s < MOE_ARRAY_SIZE(steps); s++) {
-        assert_int_equal(moe_grammar_advance(st, steps[s], strlen(steps[s])), 0);
-        for (int rep = 0; rep < 2; rep++) { /* the second: from the cache */
-            struct timespec t0, t1;
-            clock_gettime(CLOCK_MONOTONIC, &t0);
-            int32_t n = moe_grammar_mask(st, trie, mask, V);
-            clock_gettime(CLOCK_MONOTONIC, &t1);
-            if (rep == 0) {
-                spent += (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
-                masks++;
+    for (size_t cs = 0; cs < MOE_ARRAY_SIZE(cases); cs++) {
+        struct moe_grammar *g = schema(cases[cs].schema);
+        struct moe_grammar_state *st;
+        assert_int_equal(moe_grammar_state_new(g, &st), 0);
+        for (size_t s = 0; s < MOE_ARRAY_SIZE(cases[cs].steps) && cases[cs].steps[s]; s++) {
+            const char *step = cases[cs].steps[s];
+            assert_int_equal(moe_grammar_advance(st, step, strlen(step)), 0);
+            for (int rep = 0; rep < 2; rep++) { /* the second: from the cache */
+                struct timespec t0, t1;
+                clock_gettime(CLOCK_MONOTONIC, &t0);
+                int32_t n = moe_grammar_mask(st, trie, mask, V);
+                clock_gettime(CLOCK_MONOTONIC, &t1);
+                if (rep == 0) {
+                    spent += (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+                    masks++;
+                }
+                int32_t count = 0;
+                for (int32_t id = 0; id < V; id++) {
+                    size_t len = moe_tokenizer_token_bytes(tok, id, buf, sizeof(buf));
+                    bool want = len > 0 && len <= sizeof(buf) && moe_grammar_accepts(st, buf, len);
+                    bool got = (mask[id >> 6] >> (id & 63)) & 1;
+                    if (want != got)
+                        fail_msg("after \"%s\": token %d (%.*s) mask %d, matcher %d", step, id,
+                                 (int)len, buf, got, want);
+                    count += want;
+                }
+                assert_int_equal(n, count);
             }
-            int32_t count = 0;
-            for (int32_t id = 0; id < V; id++) {
-                size_t len = moe_tokenizer_token_bytes(tok, id, buf, sizeof(buf));
-                bool want = len > 0 && len <= sizeof(buf) && moe_grammar_accepts(st, buf, len);
-                bool got = (mask[id >> 6] >> (id & 63)) & 1;
-                if (want != got)
-                    fail_msg("after \"%s\": token %d (%.*s) mask %d, matcher %d", steps[s], id,
-                             (int)len, buf, got, want);
-                count += want;
-            }
-            assert_int_equal(n, count);
         }
+        moe_grammar_state_free(st);
+        moe_grammar_unref(g);
     }
-    /* inside the string nearly every token fits; after the number's third digit only , } and blanks */
     print_message("mask: %d states, %.3f ms per mask (50257 tokens)\n", masks, 1e3 * spent / masks);
-    moe_grammar_state_free(st);
-    moe_grammar_unref(g);
     free(mask);
     moe_vocab_trie_free(trie);
     moe_tokenizer_free(tok);

@@ -11,7 +11,10 @@ tool_choice, and the errors for what cannot be enforced.
     call arrives whole in one delta;
   - tool_choice auto leaves the text free; none ignores the tools;
   - an unsupported keyword, a bad grammar or an unknown function is a 400 naming it;
-  - /metrics counts the masks built.
+  - /metrics counts the masks built;
+  - the official openai client (pydantic models through chat.completions.parse, a streamed
+    tool call) and LangChain (bind_tools with a required call, with_structured_output) read
+    them (skipped where those packages are not installed).
 The random tiny model writes anything it may, which is what tests a grammar: a trained model
 keeps to the schema by itself most of the time.
 """
@@ -253,6 +256,75 @@ class Structured(unittest.TestCase):
         lines = [l for l in raw.decode().split("\n") if l.startswith("moed_grammar_masks_total")]
         self.assertEqual(len(lines), 1)
         self.assertGreater(float(lines[0].split()[-1]), 0)  # top_p: a mask every step
+
+    def http_client(self):
+        try:  # openai 3.x is built on httpx2, earlier ones on httpx
+            import httpx2 as http
+        except ImportError:
+            import httpx as http
+        return http.Client(transport=http.HTTPTransport(uds=self.moed.sock))
+
+    def test_openai_client(self):
+        try:
+            import openai
+            import pydantic
+        except ImportError:
+            self.skipTest("the openai package is not installed")
+
+        class Person(pydantic.BaseModel):
+            name: str = pydantic.Field(max_length=12)
+            age: int = pydantic.Field(ge=0, le=120)
+            city: str | None = pydantic.Field(max_length=12)
+
+        client = openai.OpenAI(base_url="http://moed/v1", api_key="none",
+                               http_client=self.http_client())
+        for seed in range(3):
+            r = client.chat.completions.parse(model="tiny-moe", messages=CHAT, max_tokens=450,
+                                              temperature=1.0, seed=seed, response_format=Person)
+            self.assertIsInstance(r.choices[0].message.parsed, Person)  # the client validated it
+        stream = client.chat.completions.create(model="tiny-moe", messages=CHAT, max_tokens=450,
+                                                temperature=0, tools=TOOLS, stream=True,
+                                                tool_choice="required")
+        calls, finish = {}, None
+        for ch in stream:
+            for tc in ch.choices[0].delta.tool_calls or []:
+                c = calls.setdefault(tc.index, {"name": "", "arguments": ""})
+                c["name"] += tc.function.name or ""
+                c["arguments"] += tc.function.arguments or ""
+            finish = ch.choices[0].finish_reason or finish
+        self.assertEqual(finish, "tool_calls")
+        self.assertEqual(len(calls), 1)
+        self.check_call({"type": "function", "id": "call_x", "function": calls[0]})
+
+    def test_langchain(self):
+        try:
+            import pydantic
+            from langchain_core.tools import tool
+            from langchain_openai import ChatOpenAI
+        except ImportError:
+            self.skipTest("langchain-openai is not installed")
+
+        @tool
+        def add(a: int, b: int) -> int:
+            """Adds a and b."""
+            return a + b
+
+        llm = ChatOpenAI(model="tiny-moe", base_url="http://moed/v1", api_key="none",
+                         temperature=0.7, max_tokens=450, seed=3, http_client=self.http_client())
+        msg = llm.bind_tools([add], tool_choice="add").invoke("What is 2 + 3?")
+        self.assertEqual(len(msg.tool_calls), 1)
+        call = msg.tool_calls[0]
+        self.assertEqual(call["name"], "add")
+        self.assertEqual(set(call["args"]), {"a", "b"})
+        self.assertEqual(add.invoke(call["args"]), call["args"]["a"] + call["args"]["b"])
+
+        class Answer(pydantic.BaseModel):
+            """An answer."""
+            word: str = pydantic.Field(max_length=10)
+            score: int = pydantic.Field(ge=1, le=5)
+
+        out = llm.with_structured_output(Answer, method="json_schema").invoke("Rate it.")
+        self.assertIsInstance(out, Answer)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@
  * silently; with "\r\n\0" that leaves 197 bytes of text. */
 #define MOE_DAEMON_INI_MAX_LINE 197
 #define MOE_DAEMON_MAX_IDS 32     /* = MOE_IPC_MAX_IDS, checked in daemon_apply.c */
-#define MOE_DAEMON_CHAT_AUTO (-1) /* [model] chat_template = auto */
+#define MOE_DAEMON_CHAT_AUTO (-1)  /* [model] chat_template = auto */
+#define MOE_DAEMON_CHAT_JINJA (-2) /* ... = jinja: the model's own template, required */
 enum { MOE_DAEMON_ODP_AUTO, MOE_DAEMON_ODP_ON, MOE_DAEMON_ODP_OFF }; /* [router] odp */
 enum { MOE_DAEMON_OFFLOAD_MMAP, MOE_DAEMON_OFFLOAD_TIERED };        /* [offload] mode */
 #define MOE_DAEMON_ODP_BETA_DEFAULT 0.5 /* [router] beta = 0 without calibrated betas */
@@ -75,7 +76,8 @@ struct moe_daemon_config {
     /* [model] */
     char *model_path;
     char *model_name;       /* "" = basename of model_path (moe_daemon_model_name) */
-    int chat_template;      /* enum moe_chat_template or MOE_DAEMON_CHAT_AUTO */
+    int chat_template;      /* enum moe_chat_template or MOE_DAEMON_CHAT_AUTO / _JINJA */
+    char *chat_template_file; /* a Jinja template to use instead of the model's; "" = none */
     bool prefault;          /* page every weight in at load */
     /* [batching] */
     int max_seqs;
@@ -216,10 +218,16 @@ int moe_daemon_check_model(const struct moe_daemon_config *c, char *why, size_t 
 /* Where moed listens when nothing says: /run/moed/moed.sock when this
  * process may create it, else the user's own (moe_user_socket_path). */
 void moe_daemon_default_socket(char *buf, size_t cap);
-/* [model] chat_template, with auto resolved: the template that the model
- * directory's tokenizer_config.json names, else ChatML. *how says which
- * (for the log). Returns an enum moe_chat_template value. */
-int moe_daemon_chat_template(const struct moe_daemon_config *c, const char **how);
+/* [model] chat_template, with auto resolved, into *format:
+ * MOE_DAEMON_CHAT_JINJA when the model has its own Jinja template (*text then
+ * holds it, malloc'ed) or chat_template_file names one; else a built-in
+ * format: the one named, or ChatML. *how says which (for the log). 0, or
+ * -errno with the message set when jinja or the file is asked for and cannot
+ * be had. */
+int moe_daemon_chat_template(const struct moe_daemon_config *c, int *format, char **text,
+                             const char **how);
+/* The built-in format a template that does not compile is recognised as, else ChatML */
+int moe_daemon_chat_fallback(const char *text);
 
 /* ---- command-line flags and MOED_* environment variables -------------------
  * Generated from the table, no second list: every key is the flag

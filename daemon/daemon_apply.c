@@ -4,6 +4,7 @@
 #include "daemon/daemon.h"
 
 #include <errno.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +16,7 @@
 #include "engine/engine.h"
 #include "engine/engine_server.h"
 #include "format/format.h"
+#include "format/format_pack.h"
 #include "ipc/ipc.h"
 #include "model/model.h"
 #include "router/router.h"
@@ -208,58 +210,115 @@ int moe_daemon_prune(const struct moe_daemon_config *c, const struct moe_model *
     return 0;
 }
 
-/* The format a GGUF file's tokenizer.chat_template names: 0, -ENOENT when
- * it has no template, another error (message set) when its template is not
- * one moed knows. */
-static int gguf_chat_template(const char *path, enum moe_chat_template *t)
+/* tokenizer_config.json's chat_template: a string, or a list of {"name",
+ * "template"} whose "default" transformers uses (tools are passed to it as
+ * variables, so "tool_use" is not needed) */
+static char *config_template(const char *json, size_t len)
 {
-    struct moe_gguf *g = NULL;
-    struct moe_gguf_str s;
-    int rc = moe_gguf_open(path, &g);
-    if (!rc)
-        rc = moe_gguf_get_str(g, "tokenizer.chat_template", &s);
-    if (!rc) {
-        char *text = strndup(s.ptr, s.len);
-        rc = text ? moe_chat_template_classify(text, t) : moe_err(-ENOMEM, "out of memory");
-        free(text);
-        if (rc == -ENOENT) /* a template, but none of ours: say so */
-            rc = moe_err(-EINVAL, "%s: tokenizer.chat_template: %s", path, moe_err_msg());
+    json_error_t je;
+    json_t *root = json_loadb(json, len, 0, &je);
+    json_t *t = json_object_get(root, "chat_template");
+    const char *text = json_string_value(t);
+    for (size_t i = 0; !text && i < json_array_size(t); i++) {
+        json_t *e = json_array_get(t, i);
+        const char *name = json_string_value(json_object_get(e, "name"));
+        if (name && !strcmp(name, "default"))
+            text = json_string_value(json_object_get(e, "template"));
     }
-    moe_gguf_close(g);
-    return rc;
+    char *out = text ? strdup(text) : NULL;
+    json_decref(root);
+    return out;
 }
 
-int moe_daemon_chat_template(const struct moe_daemon_config *c, const char **how)
+static char *gguf_template(const struct moe_gguf *g)
 {
-    if (c->chat_template != MOE_DAEMON_CHAT_AUTO) {
-        *how = "set by [model] chat_template";
-        return c->chat_template;
-    }
-    /* a Hugging Face directory's tokenizer_config.json, or a GGUF's metadata */
+    struct moe_gguf_str s;
+    return moe_gguf_get_str(g, "tokenizer.chat_template", &s) == 0 ? strndup(s.ptr, s.len) : NULL;
+}
+
+/* The model's own template text, or NULL: a directory's chat_template.jinja
+ * (transformers 5 writes it there) or tokenizer_config.json; a pack's blobs of
+ * the same names, or of its GGUF tokenizer; a GGUF's tokenizer.chat_template */
+static char *model_template(const char *path, const char **where)
+{
     enum moe_model_file kind = MOE_FILE_OTHER;
-    if (c->model_path && moe_model_file_kind(c->model_path, &kind) < 0)
-        kind = MOE_FILE_OTHER; /* the load says what is wrong with it */
+    char *text = NULL;
+    if (!path || moe_model_file_kind(path, &kind) < 0)
+        return NULL;
     if (kind == MOE_FILE_DIR) {
-        char *p = moe_path_join(c->model_path, "tokenizer_config.json");
-        enum moe_chat_template t;
-        int rc = p ? moe_chat_template_detect(p, &t) : -ENOMEM;
+        char *p = moe_path_join(path, "chat_template.jinja");
+        size_t len;
+        if (p && moe_read_text_file(p, &text, &len) == 0)
+            *where = "the model's chat_template.jinja";
         free(p);
-        if (!rc) {
-            *how = "named by the model's tokenizer_config.json";
-            return (int)t;
-        }
-        if (rc != -ENOENT)
-            moe_log(MOE_LOG_WARN, "chat template: %s", moe_err_msg());
+        char *cfg = NULL;
+        p = text ? NULL : moe_path_join(path, "tokenizer_config.json");
+        if (p && moe_read_text_file(p, &cfg, &len) == 0 && (text = config_template(cfg, len)))
+            *where = "the model's tokenizer_config.json";
+        free(cfg);
+        free(p);
     } else if (kind == MOE_FILE_GGUF) {
-        enum moe_chat_template t;
-        int rc = gguf_chat_template(c->model_path, &t);
-        if (!rc) {
-            *how = "named by the GGUF's tokenizer.chat_template";
-            return (int)t;
+        struct moe_gguf *g = NULL;
+        if (moe_gguf_open(path, &g) == 0 && (text = gguf_template(g)))
+            *where = "the GGUF's tokenizer.chat_template";
+        moe_gguf_close(g);
+    } else if (kind == MOE_FILE_PACK) {
+        struct moe_pack *pk = NULL;
+        if (moe_pack_open(path, &pk) == 0) {
+            const struct moe_pack_blob *b = moe_pack_find_blob(pk, "chat_template.jinja");
+            const struct moe_pack_blob *c = moe_pack_find_blob(pk, "tokenizer_config.json");
+            const struct moe_pack_blob *gg = moe_pack_find_blob(pk, "tokenizer.gguf");
+            struct moe_gguf *g = NULL;
+            if (b && (text = strndup((const char *)b->data, b->size)))
+                *where = "the pack's chat_template.jinja";
+            else if (c && (text = config_template((const char *)c->data, c->size)))
+                *where = "the pack's tokenizer_config.json";
+            else if (gg && moe_gguf_open_mem(gg->data, gg->size, "tokenizer.gguf", &g) == 0 && (text = gguf_template(g)))
+                *where = "the pack's GGUF tokenizer";
+            moe_gguf_close(g);
         }
-        if (rc != -ENOENT)
-            moe_log(MOE_LOG_WARN, "chat template: %s", moe_err_msg());
+        moe_pack_close(pk);
     }
-    *how = "the default: the model names no template moed knows";
-    return MOE_CHAT_CHATML;
+    return text;
+}
+
+int moe_daemon_chat_template(const struct moe_daemon_config *c, int *format, char **text,
+                             const char **how)
+{
+    *text = NULL;
+    *format = MOE_DAEMON_CHAT_JINJA;
+    if (c->chat_template_file && c->chat_template_file[0]) {
+        size_t len;
+        if (moe_read_text_file(c->chat_template_file, text, &len) < 0)
+            return moe_err(-EINVAL, "[model] chat_template_file: %s", moe_err_msg());
+        *how = "[model] chat_template_file";
+        return 0;
+    }
+    if (c->chat_template >= 0) {
+        *how = "set by [model] chat_template";
+        *format = c->chat_template;
+        return 0;
+    }
+    const char *where = NULL;
+    char *own = model_template(c->model_path, &where);
+    if (own) {
+        *text = own;
+        *how = where;
+        return 0;
+    }
+    if (c->chat_template == MOE_DAEMON_CHAT_JINJA)
+        return moe_err(-ENOENT, "[model] chat_template = jinja: %s has no chat template "
+                                "(chat_template.jinja, tokenizer_config.json's chat_template or "
+                                "a GGUF's tokenizer.chat_template)", c->model_path);
+    *how = "the default: the model has no chat template";
+    *format = MOE_CHAT_CHATML;
+    return 0;
+}
+
+/* When the model's own template cannot be used (it fails to compile): the
+ * built-in format it is recognised as, else ChatML */
+int moe_daemon_chat_fallback(const char *text)
+{
+    enum moe_chat_template t;
+    return moe_chat_template_classify(text, &t) == 0 ? (int)t : MOE_CHAT_CHATML;
 }

@@ -73,6 +73,7 @@ static const struct moe_daemon_enum log_levels[] = {
 /* the names are moe_chat_template_name()'s */
 static const struct moe_daemon_enum chat_templates[] = {
     {"auto", MOE_DAEMON_CHAT_AUTO},
+    {"jinja", MOE_DAEMON_CHAT_JINJA},
     {"chatml", MOE_CHAT_CHATML},
     {"mistral", MOE_CHAT_MISTRAL},
     {"qwen3", MOE_CHAT_QWEN3},
@@ -172,8 +173,12 @@ static const struct moe_daemon_key table[] = {
              "Model id listed by /v1/models; empty = the last component of path, without "
              ".gguf or .moe"),
     K_ENUM("model", "chat_template", chat_template, "auto", chat_templates, 0,
-           "Chat prompt format; auto = named by the model's template (tokenizer_config.json, "
-           "chat_template.jinja, a GGUF's tokenizer.chat_template), else chatml"),
+           "Chat prompt; auto = the model's own Jinja template (chat_template.jinja, "
+           "tokenizer_config.json, GGUF), else chatml; jinja = the model's own or fail; a name = "
+           "that built-in format"),
+    K_STRING("model", "chat_template_file", chat_template_file, "", 0,
+             "A Jinja chat template file to render chat with instead of the model's own "
+             "(as llama-server's --chat-template-file); empty = none"),
     K_BOOL("model", "prefault", prefault, "yes", 0,
            "Read every weight page while loading, so early requests never wait on the disk"),
 

@@ -32,6 +32,7 @@
 #include "common/common_metrics.h"
 #include "daemon/daemon.h"
 #include "engine/engine.h"
+#include "engine/engine_jinja.h"
 #include "engine/engine_server.h"
 #include "ipc/ipc.h"
 #include "model/model.h"
@@ -152,7 +153,9 @@ struct moed {
     size_t n_settings;
     struct moe_daemon_config cfg;
     char model_name[256];
-    int chat_template;
+    int chat_template;      /* the engine's built-in format (unused with chat_jinja) */
+    struct moe_jinja *chat_jinja; /* the model's own template, compiled; NULL: none */
+    char *chat_bos, *chat_eos;    /* the texts its bos_token and eos_token stand for */
     int32_t model_ctx;
 
     struct moe_ipc *ipc;
@@ -458,6 +461,39 @@ static void log_prune(const struct moed *d, const struct moe_engine_limits *el)
             el->prune_on ? "on" : "off", n ? buf : "none", (double)el->prune.protect_fraction);
 }
 
+static char *token_text(const struct moe_tokenizer *t, int32_t id)
+{
+    size_t n;
+    const char *s = t && id >= 0 ? moe_tokenizer_token_text(t, id, &n) : NULL;
+    return s ? strndup(s, n) : NULL;
+}
+
+/* The model's own chat template, compiled for ipc to render chat with; one
+ * that does not compile leaves chat to the built-in format it looks like
+ * (returned), with a warning. Returns the format to use otherwise. */
+static int use_jinja(struct moed *d, const char *text, const char *how)
+{
+    char err[300];
+    int rc = moe_jinja_compile(text, &d->chat_jinja, err, sizeof(err));
+    if (rc == -ENOMEM)
+        return moe_err(rc, "out of memory");
+    if (rc) {
+        int f = moe_daemon_chat_fallback(text);
+        if (d->cfg.chat_template == MOE_DAEMON_CHAT_JINJA ||
+            (d->cfg.chat_template_file && d->cfg.chat_template_file[0]))
+            return moe_err(-EINVAL, "chat template (%s): %s", how, err);
+        moe_log(MOE_LOG_WARN, "chat template (%s) cannot be used: %s; chat uses the built-in "
+                "format %s instead", how, err, moe_chat_template_name((enum moe_chat_template)f));
+        return f;
+    }
+    const struct moe_tokenizer *t = d->model->tok;
+    d->chat_bos = token_text(t, t ? moe_tokenizer_bos(t) : -1);
+    d->chat_eos = token_text(t, t ? moe_tokenizer_eos(t) : -1);
+    moe_ipc_set_chat_template(d->ipc, d->chat_jinja, d->chat_bos, d->chat_eos);
+    moe_log(MOE_LOG_INFO, "chat template: the model's own, Jinja (%s)", how);
+    return MOE_CHAT_CHATML; /* the engine's, never used: ipc renders chat */
+}
+
 /* the model is open: pool, engine, and the ipc gets it */
 static int finish_start(struct moed *d)
 {
@@ -468,14 +504,25 @@ static int finish_start(struct moed *d)
     rc = moe_pool_create(d->cfg.threads, &d->pool);
     if (rc)
         return rc;
-    d->chat_template = moe_daemon_chat_template(&d->cfg, &how);
+    char *tmpl = NULL;
+    int format;
+    rc = moe_daemon_chat_template(&d->cfg, &format, &tmpl, &how);
+    if (rc < 0)
+        return rc;
+    if (format == MOE_DAEMON_CHAT_JINJA && (format = use_jinja(d, tmpl, how)) < 0) {
+        free(tmpl);
+        return format;
+    }
+    free(tmpl);
+    d->chat_template = format;
     struct moe_engine_limits el;
     moe_daemon_engine_limits(&d->cfg, d->model_ctx, d->chat_template, &el);
     if (el.max_ctx != d->cfg.max_ctx)
         moe_log(MOE_LOG_INFO, "context per sequence: %d (the model's is %d, [batching] max_ctx %d)",
                 (int)el.max_ctx, (int)d->model_ctx, d->cfg.max_ctx);
-    moe_log(MOE_LOG_INFO, "chat template: %s (%s)",
-            moe_chat_template_name((enum moe_chat_template)d->chat_template), how);
+    if (!d->chat_jinja)
+        moe_log(MOE_LOG_INFO, "chat template: %s (%s)",
+                moe_chat_template_name((enum moe_chat_template)d->chat_template), how);
     char why[256];
     if (moe_daemon_prune(&d->cfg, d->model, &el.prune, &el.prune_on, why, sizeof(why)))
         return moe_err(-EINVAL, "%s: %s", d->config_path ? d->config_path : "config", why);
@@ -652,6 +699,10 @@ static void shutdown_all(struct moed *d)
     d->ipc = NULL;
     moe_engine_free(d->engine);
     d->engine = NULL;
+    moe_jinja_free(d->chat_jinja); /* the ipc that rendered with it has stopped */
+    free(d->chat_bos);
+    free(d->chat_eos);
+    d->chat_jinja = NULL, d->chat_bos = d->chat_eos = NULL;
     moe_pool_free(d->pool);
     d->pool = NULL;
     if (d->loading) {

@@ -47,6 +47,83 @@ bool moe_stop_push(struct moe_stop *st, const char *text, size_t len,
 /* At the end of generation without a stop match: the held-back text. */
 void moe_stop_flush(struct moe_stop *st, const char **emit, size_t *n_emit);
 
+/* ---- one generation loop (engine_gen.c) ---------------------------------------
+ * From a row of logits to the next token and the text to show, for the
+ * engine's sequences, moe-run and the benchmarks alike: logprobs (from the
+ * model's distribution as it came), logit_bias, the sampler under the
+ * grammar's mask, end of generation, detokenization, stop strings, and
+ * the reasons to end. */
+#define MOE_LOGPROBS_MAX 20   /* top alternatives per token, as OpenAI */
+#define MOE_TOKEN_BYTES 128   /* bytes of one token's text kept for logprobs */
+
+/* One token's logprobs: its text's bytes (a control token's: none; longer
+ * ones cut at MOE_TOKEN_BYTES), its log probability, and the most likely
+ * tokens at its step. */
+struct moe_token_text {
+    float logprob;
+    uint8_t len;
+    char bytes[MOE_TOKEN_BYTES];
+};
+struct moe_token_logprob {
+    struct moe_token_text tok;
+    int32_t n_top;
+    struct moe_token_text top[MOE_LOGPROBS_MAX];
+};
+
+struct moe_tokenizer;
+struct moe_grammar;
+/* What all sequences of one model share, used by one thread at a time:
+ * scratch rows, and the vocabulary trie a grammar needs (made at the first). */
+struct moe_gen_shared;
+int moe_gen_shared_create(const struct moe_tokenizer *tok, int32_t vocab,
+                          struct moe_gen_shared **out);
+void moe_gen_shared_free(struct moe_gen_shared *sh);
+
+struct moe_gen_params {
+    struct moe_sampling sampling;
+    const char *const *stop; /* stop strings (borrowed for the gen's life) */
+    size_t n_stop;
+    bool ignore_eos;
+    int32_t max_new;         /* tokens to generate at most; < 0: no limit */
+    bool logprobs;           /* each token's logprob ... */
+    int32_t top_logprobs;    /* ... and this many alternatives */
+    const int32_t *bias_id;  /* logit_bias (borrowed) */
+    const float *bias;
+    size_t n_bias;
+    struct moe_grammar *grammar; /* the text must be a sentence of it; NULL: free */
+};
+struct moe_gen; /* one sequence's */
+int moe_gen_create(struct moe_gen_shared *sh, const struct moe_gen_params *p,
+                   struct moe_gen **out);
+void moe_gen_free(struct moe_gen *g);
+
+struct moe_gen_token {
+    int32_t id;
+    bool eog;          /* end of generation: not part of the text */
+    const char *text;  /* the text to show now (whole characters, stop strings out) */
+    size_t len;
+    const char *finish; /* NULL: go on; "stop" or "length" */
+    bool flush;        /* finishing: moe_gen_rest's text is output too (not after a stop
+                        * string) */
+    const struct moe_token_logprob *lp; /* logprobs asked: this token's */
+    bool masked;       /* a grammar mask was built, taking mask_s seconds */
+    double mask_s;
+};
+/* Samples the next token from lg (edited in place; hist: the tokens so far,
+ * for the penalties) and takes it. 0, or -errno with the message set. The
+ * text and lp stay valid until the next call. */
+int moe_gen_step(struct moe_gen *g, float *lg, const int32_t *hist, size_t n_hist,
+                 struct moe_gen_token *out);
+/* At an end without a stop string: the bytes still held (a character's
+ * start, as U+FFFD) as text, then *more: what the stop filter held back. */
+size_t moe_gen_rest(struct moe_gen *g, const char **text, const char **more, size_t *n_more);
+/* The tokens generated so far */
+int32_t moe_gen_count(const struct moe_gen *g);
+/* The logprob of token tok at row (NULL: none, as for a prompt's first
+ * token) with n_top alternatives: echo's prompt logprobs */
+void moe_gen_score(struct moe_gen_shared *sh, const float *row, int32_t n_top, int32_t tok,
+                   struct moe_token_logprob *out);
+
 /* ---- fill in the middle (engine_fim.c) ------------------------------------
  * The model's three FIM tokens (prefix, suffix, middle), -ENOENT naming the
  * spellings looked for when it has none; and a completion's prompt with its

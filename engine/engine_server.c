@@ -253,9 +253,7 @@ struct moe_request *moe_request_clone(const struct moe_request *r)
 struct seq {
     struct moe_job *job;
     struct moe_kv *kv;
-    struct moe_sampler *smp;
-    struct moe_stop *stop;
-    struct moe_detok detok;
+    struct moe_gen *gen;  /* sampling, grammar, detokenization, stop strings */
     int32_t *ids;       /* prompt then generated tokens */
     int32_t n_prompt, n_ids, n_fed; /* n_fed: tokens already in the cache */
     int32_t max_new;    /* generated tokens allowed */
@@ -270,7 +268,6 @@ struct seq {
     struct moe_prune prune; /* this request's ODP */
     bool prune_on;
     int32_t top_k;      /* experts per token, 0 = the model's */
-    struct moe_grammar_state *gram; /* structured output: where the text so far leaves it */
 };
 
 /* the host tier's metrics, by index into moe_engine.m_tier */
@@ -316,19 +313,9 @@ struct moe_engine {
     struct moe_offload_stats tier_seen;
     float *logits;          /* [logit_rows][vocab] */
     int32_t logit_rows;     /* max_seqs, or more once a request echoes with logprobs */
-    float *lp_row;          /* [vocab] a row as the model gave it, for logprobs */
+    struct moe_gen_shared *gsh; /* what the sequences' generation loops share */
     float *fork_row;        /* [vocab] the row a forked choice samples from */
-    /* structured output: the vocabulary as a trie and its end-of-generation
-     * tokens (made at the first request with a grammar), a row kept for
-     * sampling again under the mask, and the mask */
-    struct moe_vocab_trie *trie;
-    int32_t *eog_ids, n_eog;
-    float *gram_row;
-    uint64_t *gram_mask;
-    int32_t mask_vocab;
-    struct moe_token_logprob lp_rec; /* the token being accepted's */
-    char *piece;            /* one decoded token */
-    size_t piece_cap;
+    struct moe_token_logprob lp_rec; /* echo: a prompt token's */
     struct moe_engine_stats stats;
     /* 1 while admit() starts a dequeued job outside the lock: it holds a slot
      * (stats.running counts it, for the queue limit) but is not running yet */
@@ -344,18 +331,13 @@ static double now_s(void)
  * and the stop filter still hold are real output. */
 static void seq_emit_rest(struct moe_engine *e, struct seq *s)
 {
-    size_t n = moe_detok_flush(&s->detok, e->piece, e->piece_cap);
-    const char *out = e->piece;
-    size_t n_out = n;
-    if (s->stop && moe_stop_push(s->stop, e->piece, n, &out, &n_out)) {
-        job_post_text(s->job, out, n_out); /* the flushed bytes completed a stop string */
+    (void)e;
+    if (!s->gen)
         return;
-    }
-    job_post_text(s->job, out, n_out);
-    if (s->stop) {
-        moe_stop_flush(s->stop, &out, &n_out);
-        job_post_text(s->job, out, n_out);
-    }
+    const char *text, *more;
+    size_t n_more, n = moe_gen_rest(s->gen, &text, &more, &n_more);
+    job_post_text(s->job, text, n);
+    job_post_text(s->job, more, n_more);
 }
 
 /* Returns a finished sequence's cache to the free list and frees the rest;
@@ -436,9 +418,7 @@ static void seq_release(struct moe_engine *e, struct seq *s)
         moe_kv_reset(s->kv);
         e->free_kv[e->n_free_kv++] = s->kv;
     }
-    moe_sampler_free(s->smp);
-    moe_stop_free(s->stop);
-    moe_grammar_state_free(s->gram);
+    moe_gen_free(s->gen);
     free(s->ids);
     job_unref(s->job);
     memset(s, 0, sizeof(*s));
@@ -478,7 +458,6 @@ static void seq_fail(struct moe_engine *e, struct seq *s, int status, const char
 }
 
 static void echo_logprob(struct moe_engine *e, struct seq *s, const float *lg, int32_t p);
-static int grammar_tools(struct moe_engine *e);
 
 enum { SEQ_STARTED, SEQ_FAILED, SEQ_WAIT };
 
@@ -520,7 +499,7 @@ static int seq_start(struct moe_engine *e, struct seq *s, struct moe_job *j)
         memcpy(ids, r->prompt_ids, r->n_prompt_ids * sizeof(*ids));
         n_ids = r->n_prompt_ids;
     } else {
-        if (r->kind == MOE_REQ_CHAT)
+        if (r->kind == MOE_REQ_CHAT && !r->prompt) /* else ipc rendered the model's own */
             rc = moe_chat_render(e->lim.chat_template, r->messages, r->n_messages, NULL, &text);
         if (rc < 0) {
             seq_fail(e, s, 400, moe_err_msg());
@@ -531,7 +510,7 @@ static int seq_start(struct moe_engine *e, struct seq *s, struct moe_job *j)
         if (r->suffix)
             rc = moe_fim_prompt(m->tok, prompt, r->suffix, &ids, &n_ids);
         else
-            rc = moe_tokenizer_encode(m->tok, prompt, strlen(prompt), true, &ids, &n_ids);
+            rc = moe_tokenizer_encode(m->tok, prompt, strlen(prompt), !r->prompt_raw, &ids, &n_ids);
         pthread_mutex_unlock(&e->tok_mu);
         free(text);
         if (rc < 0) {
@@ -558,11 +537,6 @@ static int seq_start(struct moe_engine *e, struct seq *s, struct moe_job *j)
             seq_fail(e, s, 400, msg);
             return SEQ_FAILED;
         }
-    if (r->grammar && (grammar_tools(e) < 0 || moe_grammar_state_new(r->grammar, &s->gram) < 0)) {
-        free(ids);
-        seq_fail(e, s, 500, moe_err_msg());
-        return SEQ_FAILED;
-    }
     int32_t max_new = r->max_tokens > 0 ? r->max_tokens : e->lim.max_tokens_default;
     max_new = r->prompt_only ? 0 : max_new > 0 ? max_new : ctx;
     /* the cache this sequence can reach: prompt + output, at most the context */
@@ -650,12 +624,15 @@ static int seq_start(struct moe_engine *e, struct seq *s, struct moe_job *j)
             s->prune.beta[l] = s->prune.beta[l] > 0 ? r->moe_prune : 0.0f;
         s->prune_on = r->moe_prune > 0;
     }
-    if (moe_sampler_create(&r->sampling, m->cfg.vocab, &s->smp) < 0 ||
-        (r->n_stop && moe_stop_create((const char *const *)r->stop, r->n_stop, &s->stop) < 0)) {
+    struct moe_gen_params gp = {
+        .sampling = r->sampling, .stop = (const char *const *)r->stop, .n_stop = r->n_stop,
+        .ignore_eos = r->ignore_eos, .max_new = s->max_new, .logprobs = r->logprobs,
+        .top_logprobs = r->top_logprobs, .bias_id = r->bias_id, .bias = r->bias,
+        .n_bias = r->n_bias, .grammar = r->grammar};
+    if (moe_gen_create(e->gsh, &gp, &s->gen) < 0) {
         seq_fail(e, s, 400, moe_err_msg());
         return SEQ_FAILED;
     }
-    moe_detok_init(&s->detok, m->tok);
     pthread_mutex_lock(&e->mu);
     e->stats.prompt_tokens += (uint64_t)n_ids;
     pthread_mutex_unlock(&e->mu);
@@ -673,181 +650,46 @@ static int seq_start(struct moe_engine *e, struct seq *s, struct moe_job *j)
     return SEQ_STARTED;
 }
 
-/* A token's text for logprobs: its bytes (cut at MOE_TOKEN_BYTES) */
-static void token_text(const struct moe_tokenizer *t, int32_t id, float logprob,
-                       struct moe_token_text *out)
-{
-    size_t n = moe_tokenizer_token_bytes(t, id, out->bytes, sizeof(out->bytes));
-    out->len = (uint8_t)MOE_MIN(n, sizeof(out->bytes));
-    out->logprob = logprob;
-}
-
-/* The log-softmax normaliser of row lg (vocab V) and its n_top likeliest
- * tokens into lp->top (n_top < 0: nothing) */
-static double row_top(const struct moe_engine *e, const float *lg, int32_t n_top,
-                      struct moe_token_logprob *lp)
-{
-    int32_t V = e->model->cfg.vocab, top_id[MOE_LOGPROBS_MAX], k = 0;
-    float top_v[MOE_LOGPROBS_MAX], mx = -INFINITY;
-    for (int32_t i = 0; i < V; i++) {
-        float x = lg[i];
-        mx = x > mx ? x : mx;
-        if (k < n_top || (n_top > 0 && x > top_v[k - 1])) { /* insertion, kept sorted */
-            int32_t j = k < n_top ? k++ : k - 1;
-            for (; j > 0 && top_v[j - 1] < x; j--)
-                top_v[j] = top_v[j - 1], top_id[j] = top_id[j - 1];
-            top_v[j] = x, top_id[j] = i;
-        }
-    }
-    double lse = 0.0;
-    for (int32_t i = 0; i < V; i++)
-        lse += exp((double)(lg[i] - mx));
-    lse = mx + log(lse);
-    lp->n_top = k;
-    for (int32_t j = 0; j < k; j++)
-        token_text(e->model->tok, top_id[j], (float)(top_v[j] - lse), &lp->top[j]);
-    return lse;
-}
-
-/* The engine's grammar tools, made once: 0 or -errno */
-static int grammar_tools(struct moe_engine *e)
-{
-    if (e->trie)
-        return 0;
-    const struct moe_tokenizer *t = e->model->tok;
-    int32_t V = e->model->cfg.vocab, TV = moe_tokenizer_vocab_size(t);
-    e->mask_vocab = MOE_MAX(V, TV);
-    e->gram_row = malloc((size_t)V * sizeof(float));
-    e->gram_mask = malloc(((size_t)e->mask_vocab + 63) / 64 * sizeof(uint64_t));
-    e->eog_ids = malloc((size_t)V * sizeof(int32_t));
-    if (!e->gram_row || !e->gram_mask || !e->eog_ids)
-        return moe_err(-ENOMEM, "out of memory for structured output");
-    e->n_eog = 0;
-    for (int32_t i = 0; i < V; i++)
-        if (moe_tokenizer_is_eog(t, i))
-            e->eog_ids[e->n_eog++] = i;
-    return moe_vocab_trie_build(t, &e->trie);
-}
-
-/* whether token tok may come next under s's grammar */
-static bool grammar_allows(struct moe_engine *e, struct seq *s, int32_t tok)
-{
-    const struct moe_tokenizer *t = e->model->tok;
-    if (moe_tokenizer_is_eog(t, tok))
-        return moe_grammar_can_end(s->gram);
-    size_t n = moe_tokenizer_token_bytes(t, tok, e->piece, e->piece_cap);
-    return n > 0 && n <= e->piece_cap && moe_grammar_accepts(s->gram, e->piece, n);
-}
-
-/* Samples under s's grammar. Where the sampler draws from the whole
- * distribution (greedy, or temperature alone), a draw the grammar allows is
- * taken as it is: that is exactly a draw from the masked distribution, and
- * the mask is made only when a draw is refused. Truncating samplers (top-k,
- * top-p, min-p) see the masked row first, as they must. */
-static int32_t grammar_sample(struct moe_engine *e, struct seq *s, float *lg)
-{
-    const struct moe_sampling *p = &s->job->req->sampling;
-    int32_t V = e->model->cfg.vocab;
-    memcpy(e->gram_row, lg, (size_t)V * sizeof(float));
-    if (p->temperature == 0.0f || (p->top_k == 0 && p->top_p >= 1.0f && p->min_p == 0.0f)) {
-        int32_t tok = moe_sampler_sample(s->smp, lg, s->ids, (size_t)s->n_ids);
-        if (tok >= 0 && grammar_allows(e, s, tok))
-            return tok;
-        memcpy(lg, e->gram_row, (size_t)V * sizeof(float));
-    }
-    double t0 = moe_now_s();
-    int32_t n = moe_grammar_mask(s->gram, e->trie, e->gram_mask, e->mask_vocab);
-    for (int32_t i = 0; i < V; i++)
-        if (!((e->gram_mask[i >> 6] >> (i & 63)) & 1))
-            lg[i] = -INFINITY;
-    if (moe_grammar_can_end(s->gram)) {
-        for (int32_t i = 0; i < e->n_eog; i++)
-            lg[e->eog_ids[i]] = e->gram_row[e->eog_ids[i]];
-        n += e->n_eog;
-    }
-    pthread_mutex_lock(&e->mu);
-    e->stats.grammar_masks++;
-    e->stats.grammar_mask_s += moe_now_s() - t0;
-    pthread_mutex_unlock(&e->mu);
-    if (n == 0)
-        return moe_err(-EINVAL, "structured output: no token can continue the text so far");
-    return moe_sampler_sample(s->smp, lg, s->ids, (size_t)s->n_ids);
-}
-
-/* Samples row lg of vocab V for s: logprobs (lp, when asked) from the
- * model's distribution as it came, then logit_bias, then the sampler (under
- * the request's grammar, when it has one). */
-static int32_t seq_sample(struct moe_engine *e, struct seq *s, float *lg,
-                          struct moe_token_logprob *lp)
-{
-    const struct moe_request *r = s->job->req;
-    int32_t V = e->model->cfg.vocab;
-    double lse = 0.0;
-    if (r->logprobs) {
-        lse = row_top(e, lg, r->top_logprobs, lp);
-        memcpy(e->lp_row, lg, (size_t)V * sizeof(float)); /* the sampler edits lg */
-    }
-    for (size_t i = 0; i < r->n_bias; i++)
-        lg[r->bias_id[i]] += r->bias[i];
-    int32_t tok = s->gram ? grammar_sample(e, s, lg)
-                          : moe_sampler_sample(s->smp, lg, s->ids, (size_t)s->n_ids);
-    if (r->logprobs && tok >= 0)
-        token_text(e->model->tok, tok, (float)(e->lp_row[tok] - lse), &lp->tok);
-    return tok;
-}
-
 /* echo with logprobs: prompt token p + 1's logprob from the row of position
  * p (the first prompt token has none: NaN, null in the reply) */
 static void echo_logprob(struct moe_engine *e, struct seq *s, const float *lg, int32_t p)
 {
-    const struct moe_request *r = s->job->req;
-    struct moe_token_logprob *lp = &e->lp_rec;
-    if (p < 0) {
-        lp->n_top = 0;
-        token_text(e->model->tok, s->ids[0], NAN, &lp->tok);
-    } else {
-        double lse = row_top(e, lg, r->top_logprobs, lp);
-        token_text(e->model->tok, s->ids[p + 1], (float)(lg[s->ids[p + 1]] - lse), &lp->tok);
-    }
-    job_post_logprob(s->job, lp);
+    moe_gen_score(e->gsh, lg, s->job->req->top_logprobs, s->ids[p + 1], &e->lp_rec);
+    job_post_logprob(s->job, &e->lp_rec);
 }
 
-/* Takes the sampled token: emits its text, decides whether the sequence ends. */
-static void seq_accept(struct moe_engine *e, struct seq *s, int32_t tok,
-                       const struct moe_token_logprob *lp)
+/* Samples s's next token from row lg and takes it: its text and logprobs go
+ * out, and the sequence ends where the generation loop or the context says. */
+static void seq_step(struct moe_engine *e, struct seq *s, float *lg)
 {
-    const struct moe_tokenizer *t = e->model->tok;
-    if (!s->job->req->ignore_eos && moe_tokenizer_is_eog(t, tok)) {
+    struct moe_gen_token t;
+    if (moe_gen_step(s->gen, lg, s->ids, (size_t)s->n_ids, &t) < 0) {
+        seq_fail(e, s, 500, moe_err_msg());
+        return;
+    }
+    pthread_mutex_lock(&e->mu); /* ipc threads read the stats */
+    if (t.masked) {
+        e->stats.grammar_masks++;
+        e->stats.grammar_mask_s += t.mask_s;
+    }
+    if (!t.eog)
+        e->stats.generated_tokens++;
+    pthread_mutex_unlock(&e->mu);
+    if (t.eog) {
         seq_emit_rest(e, s);
         seq_finish(e, s, "stop");
         return;
     }
-    if (s->gram && !moe_tokenizer_is_eog(t, tok)) {
-        size_t nb = moe_tokenizer_token_bytes(t, tok, e->piece, e->piece_cap);
-        if (moe_grammar_advance(s->gram, e->piece, MOE_MIN(nb, e->piece_cap)) < 0) {
-            seq_fail(e, s, 500, moe_err_msg()); /* sampled under the mask: cannot happen */
-            return;
-        }
-    }
-    if (lp)
-        job_post_logprob(s->job, lp);
-    s->ids[s->n_ids++] = tok;
-    pthread_mutex_lock(&e->mu); /* ipc threads read the stats */
-    e->stats.generated_tokens++;
-    pthread_mutex_unlock(&e->mu);
-    size_t n = moe_detok_push(&s->detok, tok, e->piece, e->piece_cap);
-    const char *out = e->piece;
-    size_t n_out = n;
-    bool stopped = s->stop && moe_stop_push(s->stop, e->piece, n, &out, &n_out);
-    job_post_text(s->job, out, n_out);
-    if (stopped) {
-        seq_finish(e, s, "stop");
-    } else if (s->gram && moe_grammar_done(s->gram)) { /* nothing may follow */
-        seq_emit_rest(e, s);
-        seq_finish(e, s, "stop");
-    } else if (s->n_ids - s->n_prompt >= s->max_new || s->n_ids >= e->lim.max_ctx) {
-        seq_emit_rest(e, s);
-        seq_finish(e, s, "length");
+    if (t.lp)
+        job_post_logprob(s->job, t.lp);
+    s->ids[s->n_ids++] = t.id;
+    job_post_text(s->job, t.text, t.len);
+    if (!t.finish && s->n_ids >= e->lim.max_ctx)
+        t.finish = "length", t.flush = true;
+    if (t.finish) {
+        if (t.flush)
+            seq_emit_rest(e, s);
+        seq_finish(e, s, t.finish);
     }
 }
 
@@ -877,11 +719,7 @@ static void forks(struct moe_engine *e, struct seq *leader, const float *lg)
         e->stats.prompt_tokens_shared += (uint64_t)s->n_prompt;
         pthread_mutex_unlock(&e->mu);
         memcpy(e->fork_row, lg, V * sizeof(float));
-        int32_t tok = seq_sample(e, s, e->fork_row, &e->lp_rec);
-        if (tok < 0)
-            seq_fail(e, s, 500, moe_err_msg());
-        else
-            seq_accept(e, s, tok, s->job->req->logprobs ? &e->lp_rec : NULL);
+        seq_step(e, s, e->fork_row);
     }
 }
 
@@ -1157,11 +995,7 @@ static void step(struct moe_engine *e)
         float *lg = e->logits + (size_t)s->logit_row * (size_t)m->cfg.vocab;
         if (s->n_ids == s->n_prompt) /* its prompt is in: the choices waiting for it fork */
             forks(e, s, lg);
-        int32_t tok = seq_sample(e, s, lg, &e->lp_rec);
-        if (tok < 0)
-            seq_fail(e, s, 500, moe_err_msg());
-        else
-            seq_accept(e, s, tok, s->job->req->logprobs ? &e->lp_rec : NULL);
+        seq_step(e, s, lg);
     }
 }
 
@@ -1212,13 +1046,8 @@ static void engine_release(struct moe_engine *e)
     free(e->faults);
     free(e->b_fault);
     free(e->logits);
-    free(e->lp_row);
-    free(e->gram_row);
-    free(e->gram_mask);
-    free(e->eog_ids);
-    moe_vocab_trie_free(e->trie);
+    moe_gen_shared_free(e->gsh);
     free(e->fork_row);
-    free(e->piece);
     pthread_mutex_destroy(&e->mu);
     pthread_mutex_destroy(&e->tok_mu);
     pthread_cond_destroy(&e->cv);
@@ -1334,13 +1163,11 @@ int moe_engine_create(const struct moe_model *model, struct moe_pool *pool,
     e->b_fault = calloc(B, sizeof(int32_t));
     e->logits = malloc(S * (size_t)model->cfg.vocab * sizeof(float));
     e->logit_rows = (int32_t)S;
-    e->lp_row = malloc((size_t)model->cfg.vocab * sizeof(float));
     e->fork_row = malloc((size_t)model->cfg.vocab * sizeof(float));
-    e->piece_cap = (model->tok ? moe_tokenizer_max_piece(model->tok) : 0) + 64;
-    e->piece = malloc(e->piece_cap);
     if (!e->seqs || !e->free_kv || !e->cache || !e->b_tok || !e->b_pos || !e->b_idx || !e->b_kv ||
         !e->b_topk || !e->b_prune || !e->rstats || !e->faults || !e->b_fault || !e->logits ||
-        !e->lp_row || !e->fork_row || !e->piece ||
+        !e->fork_row || (model->tok && moe_gen_shared_create(model->tok, model->cfg.vocab,
+                                                             &e->gsh) < 0) ||
         moe_scratch_create(&e->scratch) < 0) {
         rc = moe_err(-ENOMEM, "out of memory for the engine");
         goto fail;

@@ -22,9 +22,7 @@ struct moe_engine;
 struct moe_job;
 
 #define MOE_STOP_MAX 16       /* stop strings per request */
-#define MOE_LOGPROBS_MAX 20   /* top alternatives per token, as OpenAI */
 #define MOE_LOGIT_BIAS_MAX 300 /* logit_bias entries per request, as OpenAI */
-#define MOE_TOKEN_BYTES 128   /* bytes of one token's text kept for logprobs */
 #define MOE_STOP_MAX_LEN 256  /* bytes per stop string */
 
 struct moe_engine_limits {
@@ -101,6 +99,8 @@ struct moe_request {
     int32_t *bias_id;                   /* logit_bias: added to these tokens' logits */
     float *bias;
     size_t n_bias;
+    bool prompt_raw;                    /* prompt is a rendered chat template: tokenized as
+                                         * it is (its BOS is in the text), none added */
     char *suffix;                       /* completions: the text after the completion (fill
                                          * in the middle; the model's FIM tokens) or NULL */
     struct moe_grammar *grammar;        /* structured output: the text generated must be a
@@ -109,20 +109,6 @@ struct moe_request {
 void moe_request_free(struct moe_request *r); /* frees the strings and r itself */
 /* A deep copy (n > 1 choices: one request each), or NULL out of memory. */
 struct moe_request *moe_request_clone(const struct moe_request *r);
-
-/* One generated token's logprobs (struct moe_request.logprobs): its text's
- * bytes (a control token's: none; longer ones cut at MOE_TOKEN_BYTES), its
- * log probability, and the most likely tokens at its step. */
-struct moe_token_text {
-    float logprob;
-    uint8_t len;
-    char bytes[MOE_TOKEN_BYTES];
-};
-struct moe_token_logprob {
-    struct moe_token_text tok;
-    int32_t n_top;
-    struct moe_token_text top[MOE_LOGPROBS_MAX];
-};
 
 enum moe_event_kind {
     MOE_EV_TEXT,  /* generated text (whole UTF-8 characters, stop strings removed) */

@@ -15,6 +15,7 @@
 
 struct moe_engine;
 struct moe_ipc;
+struct moe_jinja;
 
 #define MOE_IPC_MAX_IDS 32
 
@@ -36,6 +37,11 @@ struct moe_ipc_limits {
     double body_timeout_s;       /* the whole body, once the headers are in */
     double write_timeout_s;      /* a reply the client does not read for this long is cut */
     char api_key[256];           /* TCP requests need "Authorization: Bearer KEY"; "" = none */
+    /* The model's own chat template (moe_ipc_set_chat_template; NULL: the
+     * engine's built-in format renders chat): with it, chat requests are
+     * rendered here and may hold tool calls and tool results. */
+    const struct moe_jinja *chat_jinja;
+    const char *chat_bos, *chat_eos; /* what its bos_token and eos_token stand for */
 };
 
 #define MOE_IPC_MAX_LISTEN 8
@@ -58,7 +64,13 @@ int moe_ipc_start(const struct moe_ipc_config *cfg, struct moe_ipc **out);
 int moe_ipc_listen_check(const char *spec, const char *socket_path, char *msg, size_t cap);
 /* NULL while the model loads: /health answers 503, generation 503. */
 void moe_ipc_set_engine(struct moe_ipc *ipc, struct moe_engine *engine);
+/* (its chat_* fields are ipc's own: moe_ipc_set_chat_template sets them) */
 void moe_ipc_set_limits(struct moe_ipc *ipc, const struct moe_ipc_limits *limits);
+/* The model's chat template, compiled, and the texts its bos_token and
+ * eos_token stand for (all borrowed: they outlive the ipc's use of them, the
+ * model's lifetime). NULL: chat is rendered by the engine's format. */
+void moe_ipc_set_chat_template(struct moe_ipc *ipc, const struct moe_jinja *t, const char *bos,
+                               const char *eos);
 /* POST /admin/reload calls fn(arg); it returns 0 or -errno with msg filled. */
 typedef int (*moe_ipc_reload_fn)(void *arg, char *msg, size_t cap);
 void moe_ipc_set_reload_hook(struct moe_ipc *ipc, moe_ipc_reload_fn fn, void *arg);

@@ -68,6 +68,8 @@ struct moe_ipc_parsed {
     bool responses;          /* came as the Responses API (moe_ipc_parse_response) */
     int best_of;             /* candidates (>= n): the n likeliest are returned */
     json_t *tools;           /* chat "tools" (a reference), NULL when none */
+    json_t *messages;        /* chat with the model's own template: the messages it is given */
+    json_t *template_kwargs; /* chat_template_kwargs (vLLM's): more variables for it */
     enum moe_tool_mode { MOE_TOOLS_NONE, MOE_TOOLS_AUTO, MOE_TOOLS_REQUIRED } tool_mode;
 };
 #define MOE_IPC_CHOICES_MAX 16 /* "n" at most */
@@ -78,13 +80,25 @@ struct moe_ipc_parsed {
 int moe_ipc_parse_structured(json_t *root, bool chat, struct moe_request *r,
                              struct moe_ipc_parsed *out, struct moe_ipc_error *err);
 
+/* A chat message as the model's template is given it (ipc_template.c),
+ * appended to arr: role, content (text; null for an assistant turn of tool
+ * calls alone), tool_calls with each call's arguments as an object (as
+ * transformers' templates read them; OpenAI sends a JSON string),
+ * tool_call_id, name, reasoning_content. 400 naming messages[i].* at fault. */
+int moe_ipc_template_message(json_t *m, size_t i, const char *role, const char *content,
+                             json_t *arr, struct moe_ipc_error *err);
+/* p's conversation rendered by lim->chat_jinja (tools, bos/eos tokens and
+ * chat_template_kwargs given to it) into p->req->prompt (prompt_raw set);
+ * a template that refuses is a 400 with its message. */
+int moe_ipc_render_chat(const struct moe_ipc_limits *lim, struct moe_ipc_parsed *p,
+                        struct moe_ipc_error *err);
 /* Tool calls (ipc_tools.c): the OpenAI tool_calls array read out of text
  * (ids "call_<id_base>_<i>"), with the length of the content before them;
  * NULL when the text holds none, or one that does not parse. */
 json_t *moe_ipc_tool_calls(const char *text, size_t len, const char *id_base,
                            size_t *content_len);
-/* Streaming: how much of text may be sent now; the rest is a call, or may
- * begin one. */
+/* Streaming: how much of text may be sent now; the rest is a call, may
+ * begin one, or is the blanks before one. */
 size_t moe_ipc_tool_hold(const char *text, size_t len);
 
 /* POST /v1/responses (OpenAI's Responses API), read as the chat request it

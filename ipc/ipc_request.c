@@ -241,6 +241,8 @@ void moe_ipc_parsed_free(struct moe_ipc_parsed *p)
         return;
     moe_request_free(p->req);
     json_decref(p->tools);
+    json_decref(p->messages);
+    json_decref(p->template_kwargs);
     memset(p, 0, sizeof(*p));
 }
 
@@ -402,10 +404,16 @@ static int parse_content(json_t *c, const char *param, char **out, size_t *out_l
     return 0;
 }
 
+/* messages -> r->messages; with the model's own template (lim->chat_jinja)
+ * also out->messages, the JSON the template is given, where tool calls and
+ * tool results may appear */
 static int parse_messages(json_t *root, const struct moe_ipc_limits *lim, struct moe_request *r,
-                          struct moe_ipc_error *err)
+                          struct moe_ipc_parsed *out, struct moe_ipc_error *err)
 {
-    static const char *const roles[] = {"system", "user", "assistant", "developer"};
+    static const char *const roles[] = {"system", "user", "assistant", "developer", "tool"};
+    const size_t n_roles = lim->chat_jinja ? 5 : 4;
+    const char *role_list = lim->chat_jinja ? "system, user, assistant, tool"
+                                            : "system, user, assistant";
     json_t *v = opt(root, "messages");
     char param[64];
     size_t total = 0;
@@ -418,7 +426,7 @@ static int parse_messages(json_t *root, const struct moe_ipc_limits *lim, struct
         return moe_ipc_error_set(err, 400, T_INVALID, "invalid_value", "messages",
                                  "'messages' must hold at least one message");
     r->messages = calloc(n, sizeof(*r->messages));
-    if (!r->messages)
+    if (!r->messages || (lim->chat_jinja && !(out->messages = json_array())))
         return oom(err);
     for (size_t i = 0; i < n; i++) {
         json_t *m = json_array_get(v, i), *role;
@@ -430,16 +438,18 @@ static int parse_messages(json_t *root, const struct moe_ipc_limits *lim, struct
         snprintf(param, sizeof(param), "messages[%zu].role", i);
         role = opt(m, "role");
         if (!role)
-            return missing(err, param, "one of system, user, assistant");
+            return missing(err, param, role_list);
         if (!json_is_string(role))
             return type_error(err, param, "a string", role);
-        for (k = 0; k < MOE_ARRAY_SIZE(roles); k++)
+        for (k = 0; k < n_roles; k++)
             if (strcmp(json_string_value(role), roles[k]) == 0)
                 break;
-        if (k == MOE_ARRAY_SIZE(roles) || json_string_length(role) != strlen(roles[k]))
+        if (k == n_roles || json_string_length(role) != strlen(roles[k]))
             return moe_ipc_error_set(err, 400, T_INVALID, "invalid_value", param,
-                                     "'%s' must be one of system, user, assistant; got \"%.40s\"",
-                                     param, json_string_value(role));
+                                     "'%s' must be one of %s; got \"%.40s\"%s", param,
+                                     role_list, json_string_value(role),
+                                     strcmp(json_string_value(role), "tool") ? ""
+                                     : " (tool results need the model's own chat template)");
         /* "developer" is OpenAI's newer name for the system role */
         struct moe_chat_message *cm = &r->messages[r->n_messages++];
         cm->role = strdup(k == 3 ? "system" : roles[k]);
@@ -447,22 +457,37 @@ static int parse_messages(json_t *root, const struct moe_ipc_limits *lim, struct
             return oom(err);
 
         snprintf(param, sizeof(param), "messages[%zu].content", i);
-        int rc = parse_content(opt(m, "content"), param, &cm->content, &len, err);
+        json_t *tc = opt(m, "tool_calls");
+        bool calls = lim->chat_jinja && tc && !(json_is_array(tc) && json_array_size(tc) == 0);
+        int rc = 0;
+        if (calls && !opt(m, "content")) /* an assistant turn of calls alone */
+            cm->content = strdup("");
+        else
+            rc = parse_content(opt(m, "content"), param, &cm->content, &len, err);
         if (rc)
             return rc;
+        if (!cm->content)
+            return oom(err);
         total += len;
+        if (out->messages) {
+            rc = moe_ipc_template_message(m, i, cm->role, cm->content, out->messages, err);
+            if (rc)
+                return rc;
+        }
 
-        /* tool calls cannot be rendered into any prompt moed writes: refused
+        /* tool calls cannot be rendered by moed's built-in formats: refused
          * rather than dropped, as dropping them would change the conversation */
         static const char *const tool_keys[] = {"tool_calls", "function_call"};
-        for (k = 0; k < MOE_ARRAY_SIZE(tool_keys); k++) {
+        for (k = calls; k < MOE_ARRAY_SIZE(tool_keys); k++) {
             json_t *tc = opt(m, tool_keys[k]);
             if (!tc || (json_is_array(tc) && json_array_size(tc) == 0))
                 continue;
             snprintf(param, sizeof(param), "messages[%zu].%s", i, tool_keys[k]);
             return moe_ipc_error_set(err, 400, T_INVALID, "unsupported_parameter", param,
-                                     "'%s' is not supported by this server: it renders no tool "
-                                     "calls into the prompt", param);
+                                     "'%s' is not supported %s", param,
+                                     k ? "(the legacy function_call: use tool_calls)"
+                                       : "with this server's built-in chat format: it needs the "
+                                         "model's own chat template");
         }
         json_t *rc_text = opt(m, "reasoning_content");
         if (rc_text) {
@@ -588,7 +613,7 @@ static int parse_fields(json_t *root, bool chat, const struct moe_ipc_limits *li
     } while (0)
 
     if (chat)
-        TRY(parse_messages(root, lim, r, err));
+        TRY(parse_messages(root, lim, r, out, err));
     else
         TRY(parse_prompt(root, lim, r, err));
 
@@ -783,8 +808,96 @@ static int response_content(json_t *c, const char *param, json_t **out,
 /* The Responses API's keys that a chat request has no counterpart for and
  * that would change the answer: refused unless neutral. */
 static const char *const response_refused[] = {
-    "tools", "tool_choice", "previous_response_id", "reasoning", "text", "include",
-    "conversation", "prompt", "background", "truncation", "max_tool_calls", "top_logprobs"};
+    "previous_response_id", "reasoning", "include", "conversation", "prompt", "background",
+    "truncation", "max_tool_calls", "top_logprobs"};
+
+/* tools, tool_choice and text.format in chat's shapes: a function tool's
+ * name, description and parameters move into "function"; text.format
+ * becomes response_format */
+static int response_tools(json_t *root, json_t *chat, struct moe_ipc_error *err)
+{
+    json_t *tools = opt(root, "tools"), *choice = opt(root, "tool_choice");
+    json_t *text = opt(root, "text"), *v;
+    if (tools && !json_is_array(tools))
+        return type_error(err, "tools", "an array", tools);
+    if (tools && json_array_size(tools)) {
+        json_t *list = json_array();
+        json_object_set_new(chat, "tools", list);
+        for (size_t i = 0; i < json_array_size(tools); i++) {
+            json_t *t = json_array_get(tools, i), *fn = json_object();
+            char param[32];
+            snprintf(param, sizeof(param), "tools[%zu]", i);
+            const char *type = json_string_value(json_object_get(t, "type"));
+            if (!type || strcmp(type, "function")) {
+                json_decref(fn);
+                return moe_ipc_error_set(err, 400, T_INVALID, "unsupported_value", param,
+                                         "'%s': only function tools are supported (no built-in "
+                                         "tools such as web search)", param);
+            }
+            static const char *const keys[] = {"name", "description", "parameters", "strict"};
+            for (size_t k = 0; k < MOE_ARRAY_SIZE(keys); k++)
+                if ((v = json_object_get(t, keys[k])))
+                    json_object_set(fn, keys[k], v);
+            json_array_append_new(list, json_pack("{s:s, s:o}", "type", "function", "function",
+                                                  fn));
+        }
+    }
+    if (json_is_object(choice)) { /* {"type": "function", "name"} */
+        json_t *name = json_object_get(choice, "name");
+        if (!json_is_string(name))
+            return type_error(err, "tool_choice", "auto, none, required or {\"type\": "
+                              "\"function\", \"name\": ...}", choice);
+        json_object_set_new(chat, "tool_choice", json_pack("{s:s, s:{s:O}}", "type", "function",
+                                                           "function", "name", name));
+    } else if (choice) {
+        json_object_set(chat, "tool_choice", choice);
+    }
+    json_t *fmt = json_is_object(text) ? json_object_get(text, "format") : NULL;
+    if (text && !json_is_object(text))
+        return type_error(err, "text", "an object", text);
+    if (fmt) { /* {"type": "json_schema", "name", "schema", "strict"} */
+        const char *type = json_string_value(json_object_get(fmt, "type"));
+        json_t *rf = json_pack("{s:s}", "type", type ? type : "");
+        if (type && !strcmp(type, "json_schema"))
+            json_object_set_new(rf, "json_schema", json_pack("{s:O*, s:O*}", "name",
+                                                            json_object_get(fmt, "name"),
+                                                            "schema",
+                                                            json_object_get(fmt, "schema")));
+        json_object_set_new(chat, "response_format", rf);
+    }
+    return 0;
+}
+
+/* input items of a tool loop as chat messages: function_call items (one
+ * after another: one assistant turn) and function_call_output items */
+static int response_tool_item(json_t *item, const char *type, const char *param, json_t *msgs,
+                              struct moe_ipc_error *err)
+{
+    json_t *call_id = json_object_get(item, "call_id");
+    if (!json_is_string(call_id))
+        return missing(err, param, "a call_id");
+    if (!strcmp(type, "function_call_output")) {
+        json_t *out = json_object_get(item, "output");
+        if (!json_is_string(out))
+            return type_error(err, param, "an item whose output is a string",
+                              out ? out : json_null());
+        json_array_append_new(msgs, json_pack("{s:s, s:O, s:O}", "role", "tool", "tool_call_id",
+                                               call_id, "content", out));
+        return 0;
+    }
+    json_t *name = json_object_get(item, "name"), *args = json_object_get(item, "arguments");
+    if (!json_is_string(name) || !json_is_string(args))
+        return missing(err, param, "a function_call with name and arguments");
+    json_t *call = json_pack("{s:O, s:s, s:{s:O, s:O}}", "id", call_id, "type", "function",
+                             "function", "name", name, "arguments", args);
+    json_t *last = json_array_get(msgs, json_array_size(msgs) - 1);
+    json_t *calls = json_object_get(last, "tool_calls");
+    if (json_is_array(calls) && !json_object_get(last, "content")) /* the same turn */
+        return json_array_append_new(calls, call) ? oom(err) : 0;
+    json_array_append_new(msgs, json_pack("{s:s, s:n, s:[o]}", "role", "assistant", "content",
+                                           "tool_calls", call));
+    return 0;
+}
 
 int moe_ipc_parse_response(const char *body, size_t len, const struct moe_ipc_limits *lim,
                            struct moe_ipc_parsed *out, struct moe_ipc_error *err)
@@ -844,11 +957,16 @@ int moe_ipc_parse_response(const char *body, size_t len, const struct moe_ipc_li
             snprintf(param, sizeof(param), "input[%zu]", i);
             const char *type = json_string_value(json_object_get(item, "type"));
             json_t *role = json_object_get(item, "role"), *content = NULL;
+            if (type && (!strcmp(type, "function_call") || !strcmp(type, "function_call_output"))) {
+                if ((rc = response_tool_item(item, type, param, msgs, err)))
+                    goto out;
+                continue;
+            }
             if (!json_is_object(item) || (type && strcmp(type, "message")) ||
                 !json_is_string(role)) {
                 rc = moe_ipc_error_set(err, 400, T_INVALID, "unsupported_value", param,
-                                       "'%s' must be a message with a role (other items, "
-                                       "such as function calls, are not supported)", param);
+                                       "'%s' must be a message with a role, a function_call "
+                                       "or a function_call_output", param);
                 goto out;
             }
             snprintf(param + strlen(param), sizeof(param) - strlen(param), ".content");
@@ -870,6 +988,8 @@ int moe_ipc_parse_response(const char *body, size_t len, const struct moe_ipc_li
             json_object_set(chat, same[i], v);
     if ((v = json_object_get(root, "max_output_tokens")))
         json_object_set(chat, "max_completion_tokens", v);
+    if ((rc = response_tools(root, chat, err)))
+        goto out;
     rc = parse_object(chat, true, lim, out, err);
     out->responses = rc == 0;
 out:

@@ -743,6 +743,10 @@ static bool handle_generate(struct moe_ipc *ipc, struct ipc_req *r, struct MHD_C
             ? moe_ipc_parse_response(r->body.data, r->body.len, &r->lim, &p, &e)
             : moe_ipc_parse_completion(r->body.data, r->body.len, chat, &r->lim, &p, &e))
         return reply_error(ipc, r, c, &e, NULL);
+    if (p.messages && r->lim.chat_jinja && moe_ipc_render_chat(&r->lim, &p, &e)) {
+        moe_ipc_parsed_free(&p);
+        return reply_error(ipc, r, c, &e, NULL);
+    }
 
     struct moe_engine *engine = atomic_load(&ipc->engine);
     if (!engine || atomic_load(&ipc->draining)) {
@@ -1535,9 +1539,20 @@ void moe_ipc_set_engine_ops(struct moe_ipc *ipc, const struct moe_ipc_engine_ops
 void moe_ipc_set_limits(struct moe_ipc *ipc, const struct moe_ipc_limits *limits)
 {
     pthread_mutex_lock(&ipc->lock);
+    const struct moe_jinja *t = ipc->limits.chat_jinja;
+    const char *bos = ipc->limits.chat_bos, *eos = ipc->limits.chat_eos;
     ipc->limits = *limits;
+    ipc->limits.chat_jinja = t, ipc->limits.chat_bos = bos, ipc->limits.chat_eos = eos;
     pthread_mutex_unlock(&ipc->lock);
     ipc_gate_set_limits(ipc->gate, limits);
+}
+
+void moe_ipc_set_chat_template(struct moe_ipc *ipc, const struct moe_jinja *t, const char *bos,
+                               const char *eos)
+{
+    pthread_mutex_lock(&ipc->lock);
+    ipc->limits.chat_jinja = t, ipc->limits.chat_bos = bos, ipc->limits.chat_eos = eos;
+    pthread_mutex_unlock(&ipc->lock);
 }
 
 void moe_ipc_set_reload_hook(struct moe_ipc *ipc, moe_ipc_reload_fn fn, void *arg)

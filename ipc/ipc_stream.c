@@ -215,6 +215,14 @@ static char *dump(json_t *o, size_t *len)
 
 /* ---- the Responses API's objects ------------------------------------------ */
 
+/* tool call ids: call_<the reply's id, less its prefix (cmpl-, chatcmpl-, resp_)>_<i> */
+static const char *call_base(const struct moe_ipc_gen *g)
+{
+    const char *d = strpbrk(g->id, "-_");
+    return d ? d + 1 : g->id;
+}
+
+
 /* "msg_" + the response's id: the reply's one message item */
 static void item_id(const struct moe_ipc_gen *g, char *id, size_t cap)
 {
@@ -235,16 +243,41 @@ static json_t *response_item(const struct moe_ipc_gen *g, const char *status, co
                      "role", "assistant", "content", content ? content : json_array());
 }
 
+/* A tool call (moe_ipc_tool_calls' shape) as the Responses API's
+ * function_call item; arguments NULL: the call's own */
+static json_t *function_item(const json_t *call, const char *status, const char *arguments)
+{
+    const json_t *fn = json_object_get(call, "function");
+    const char *call_id = json_string_value(json_object_get(call, "id"));
+    char id[120];
+    snprintf(id, sizeof(id), "fc_%s", call_id ? call_id + strlen("call_") : "");
+    return json_pack("{s:s, s:s, s:s, s:O, s:s, s:s}", "type", "function_call", "id", id,
+                     "call_id", call_id ? call_id : "", "name", json_object_get(fn, "name"),
+                     "arguments", arguments ? arguments
+                                            : json_string_value(json_object_get(fn, "arguments")),
+                     "status", status);
+}
+
 /* the response object: "in_progress" (finish NULL: no output yet),
- * "completed", or "incomplete" (the token limit: finish_reason "length") */
+ * "completed", or "incomplete" (the token limit: finish_reason "length").
+ * With tools, calls in the text become function_call items after the
+ * message (which a stream has announced, so it stays even when empty). */
 static json_t *response_obj(const struct moe_ipc_gen *g, const char *finish, const char *text,
                             size_t len, int32_t in_tokens, int32_t out_tokens)
 {
     bool limit = finish && !strcmp(finish, "length");
     const char *status = !finish ? "in_progress" : limit ? "incomplete" : "completed";
     json_t *output = json_array();
-    if (output && finish)
-        json_array_append_new(output, response_item(g, "completed", text, len));
+    size_t n_content = len;
+    json_t *calls = finish && g->tools ? moe_ipc_tool_calls(text, len, call_base(g), &n_content)
+                                       : NULL;
+    if (output && finish && (!calls || n_content || g->held))
+        json_array_append_new(output, response_item(g, "completed", text, n_content));
+    size_t i;
+    json_t *c;
+    json_array_foreach(calls, i, c)
+        json_array_append_new(output, function_item(c, "completed", NULL));
+    json_decref(calls);
     json_t *o = json_pack("{s:s, s:s, s:I, s:s, s:o, s:o, s:n, s:o, s:b, s:s, s:[]}", "id",
                           g->id, "object", "response", "created_at", (json_int_t)g->created,
                           "status", status, "model",
@@ -252,7 +285,8 @@ static json_t *response_obj(const struct moe_ipc_gen *g, const char *finish, con
                           output ? output : json_array(), "error", "incomplete_details",
                           limit ? json_pack("{s:s}", "reason", "max_output_tokens")
                                 : json_null(),
-                          "parallel_tool_calls", 0, "tool_choice", "none", "tools");
+                          "parallel_tool_calls", 0, "tool_choice", g->tools ? "auto" : "none",
+                          "tools");
     if (o && finish)
         json_object_set_new(o, "usage", json_pack("{s:i, s:i, s:i}", "input_tokens",
                                                   (int)in_tokens, "output_tokens",
@@ -317,30 +351,55 @@ static int response_close(struct moe_ipc_buf *b, struct moe_ipc_gen *g, const ch
                           int32_t in_tokens, int32_t out_tokens)
 {
     const char *text = g->full && g->full->data ? g->full->data : "";
-    size_t len = g->full ? g->full->len : 0;
+    size_t len = g->full ? g->full->len : 0, n_content = len;
+    json_t *calls = g->tools ? moe_ipc_tool_calls(text, len, call_base(g), &n_content) : NULL;
+    if (!calls && g->held && g->held->len) { /* held text that was no call after all */
+        json_t *o = part_ref(g);
+        if (o)
+            json_object_set_new(o, "delta", moe_ipc_json_text(g->held->data, g->held->len));
+        if (response_event(b, g, "response.output_text.delta", o))
+            return -ENOMEM;
+    }
+    if (g->held)
+        g->held->len = 0;
     json_t *done = part_ref(g), *part = part_ref(g);
     if (done)
-        json_object_set_new(done, "text", moe_ipc_json_text(text, len));
+        json_object_set_new(done, "text", moe_ipc_json_text(text, n_content));
     if (part)
-        json_object_set_new(part, "part", text_part(text, len));
+        json_object_set_new(part, "part", text_part(text, n_content));
     bool limit = !strcmp(finish, "length");
-    if (response_event(b, g, "response.output_text.done", done) ||
-        response_event(b, g, "response.content_part.done", part) ||
-        response_event(b, g, "response.output_item.done",
-                       json_pack("{s:i, s:o}", "output_index", 0, "item",
-                                 response_item(g, "completed", text, len))) ||
+    int rc = response_event(b, g, "response.output_text.done", done) ||
+             response_event(b, g, "response.content_part.done", part) ||
+             response_event(b, g, "response.output_item.done",
+                            json_pack("{s:i, s:o}", "output_index", 0, "item",
+                                      response_item(g, "completed", text, n_content)));
+    size_t i;
+    json_t *c;
+    json_array_foreach(calls, i, c) { /* each call: added, its arguments whole, done */
+        const char *args = json_string_value(json_object_get(json_object_get(c, "function"),
+                                                             "arguments"));
+        json_t *d = function_item(c, "in_progress", "");
+        json_t *ref = json_pack("{s:O, s:i}", "item_id", json_object_get(d, "id"),
+                                "output_index", (int)i + 1);
+        json_t *delta = json_deep_copy(ref), *argd = json_deep_copy(ref);
+        json_object_set_new(delta, "delta", json_string(args));
+        json_object_set_new(argd, "arguments", json_string(args));
+        rc = rc || response_event(b, g, "response.output_item.added",
+                                  json_pack("{s:i, s:o}", "output_index", (int)i + 1, "item", d)) ||
+             response_event(b, g, "response.function_call_arguments.delta", delta) ||
+             response_event(b, g, "response.function_call_arguments.done", argd) ||
+             response_event(b, g, "response.output_item.done",
+                            json_pack("{s:i, s:o}", "output_index", (int)i + 1, "item",
+                                      function_item(c, "completed", NULL)));
+        json_decref(ref);
+    }
+    json_decref(calls);
+    if (rc ||
         response_event(b, g, limit ? "response.incomplete" : "response.completed",
                        json_pack("{s:o}", "response",
                                  response_obj(g, finish, text, len, in_tokens, out_tokens))))
         return -ENOMEM;
     return 0;
-}
-
-/* tool call ids: call_<the reply's id, less its prefix>_<i> */
-static const char *call_base(const struct moe_ipc_gen *g)
-{
-    const char *d = strchr(g->id, '-');
-    return d ? d + 1 : g->id;
 }
 
 char *moe_ipc_completion_json(struct moe_ipc_gen *g, const struct moe_ipc_choice *choices,
@@ -473,13 +532,27 @@ int moe_ipc_sse_text(struct moe_ipc_buf *b, struct moe_ipc_gen *g, const char *t
     if (g->responses) {
         if (!len)
             return 0;
+        if (g->full && moe_ipc_buf_append(g->full, text, len))
+            return -ENOMEM;
+        if (g->tools && g->held) { /* as chat: a call goes out whole, at the end */
+            struct moe_ipc_buf *h = g->held;
+            if (moe_ipc_buf_append(h, text, len))
+                return -ENOMEM;
+            size_t k = moe_ipc_tool_hold(h->data, h->len);
+            int rc = 0;
+            if (k) {
+                json_t *o = part_ref(g);
+                if (o)
+                    json_object_set_new(o, "delta", moe_ipc_json_text(h->data, k));
+                rc = response_event(b, g, "response.output_text.delta", o);
+            }
+            memmove(h->data, h->data + k, h->len - k);
+            h->len -= k;
+            return rc;
+        }
         json_t *o = part_ref(g);
         if (o)
             json_object_set_new(o, "delta", moe_ipc_json_text(text, len));
-        if (g->full && moe_ipc_buf_append(g->full, text, len)) {
-            json_decref(o);
-            return -ENOMEM;
-        }
         return response_event(b, g, "response.output_text.delta", o);
     }
     if (g->chat && g->tools && g->held) { /* a call goes out whole, at the end */

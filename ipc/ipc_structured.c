@@ -217,6 +217,16 @@ int moe_ipc_parse_structured(json_t *root, bool chat, struct moe_request *r,
     if (set > 1)
         return bad(err, "response_format", "give one of response_format, json_schema and "
                                            "grammar");
+    if (chat && (v = json_object_get(root, "chat_template_kwargs")) && !json_is_null(v)) {
+        if (!json_is_object(v))
+            return bad(err, "chat_template_kwargs", "must be an object");
+        if (json_object_size(v) && !out->messages)
+            return moe_ipc_error_set(err, 400, T_INVALID, "unsupported_parameter",
+                                     "chat_template_kwargs", "'chat_template_kwargs' needs the "
+                                     "model's own chat template; this server renders chat with "
+                                     "a built-in format");
+        out->template_kwargs = json_incref(v);
+    }
     if (!chat) {
         if ((v = json_object_get(root, "tools")) && !json_is_null(v))
             return moe_ipc_error_set(err, 400, T_INVALID, "unsupported_parameter", "tools",

@@ -71,11 +71,19 @@ bad:
 size_t moe_ipc_tool_hold(const char *text, size_t len)
 {
     const char *p = memmem(text, len, OPEN, strlen(OPEN));
-    if (p)
-        return (size_t)(p - text);
-    /* the longest tail that could be the start of OPEN */
-    for (size_t k = MOE_MIN(len, strlen(OPEN) - 1); k > 0; k--)
-        if (!memcmp(text + len - k, OPEN, k))
-            return len - k;
-    return len;
+    size_t k = len;
+    if (p) {
+        k = (size_t)(p - text);
+    } else { /* the longest tail that could be the start of OPEN */
+        for (size_t t = MOE_MIN(len, strlen(OPEN) - 1); t > 0; t--) {
+            if (!memcmp(text + len - t, OPEN, t)) {
+                k = len - t;
+                break;
+            }
+        }
+    }
+    while (k > 0 && blank(text[k - 1])) /* blanks before a call are not content */
+        k--;
+    return k;
 }
+

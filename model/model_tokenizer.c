@@ -615,6 +615,16 @@ const char *moe_tokenizer_pretok_name(const struct moe_tokenizer *tok)
     return tok->pretok_name ? tok->pretok_name : "none";
 }
 
+const char *moe_tokenizer_token_text(const struct moe_tokenizer *tok, int32_t id, size_t *len)
+{
+    if (id < 0 || id >= tok->n_vocab) {
+        *len = 0;
+        return NULL;
+    }
+    *len = tok->text_n[id];
+    return tok->text + tok->text_off[id];
+}
+
 int32_t moe_tokenizer_find(const struct moe_tokenizer *tok, const char *text)
 {
     return moe_tok_lookup(tok, text, strlen(text));

@@ -39,6 +39,9 @@ int moe_tokenizer_add_eog(struct moe_tokenizer *tok, int32_t id);
  * was recognised as ("custom": run as described, no preset has those steps;
  * "none": no pre-tokenizer). */
 const char *moe_tokenizer_pretok_name(const struct moe_tokenizer *tok);
+/* A token as the vocabulary spells it ("<s>", "Ġthe"), not NUL-terminated;
+ * NULL for an id out of range. */
+const char *moe_tokenizer_token_text(const struct moe_tokenizer *tok, int32_t id, size_t *len);
 /* The id of a token spelled exactly so in the vocabulary ("<|im_end|>"), -1. */
 int32_t moe_tokenizer_find(const struct moe_tokenizer *tok, const char *text);
 

@@ -6,6 +6,7 @@
  * stdout carries only the generated text (or the token ids). */
 #include <errno.h>
 #include <getopt.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,7 @@
 #include "backend/backend.h"
 #include "common/common.h"
 #include "engine/engine.h"
+#include "engine/engine_grammar.h"
 #include "model/model.h"
 
 #define EXIT_USAGE 2 /* bad arguments or a bad model file */
@@ -39,6 +41,8 @@ static const char usage[] =
     "  -s, --seed S            random seed (default: from the clock)\n"
     "      --stop TEXT         stop when TEXT is generated (repeatable)\n"
     "      --ignore-eos        keep generating past end-of-sequence tokens\n"
+    "      --grammar-file F    constrain the output to the GBNF grammar in F (start: root)\n"
+    "      --json-schema F     constrain the output to JSON valid against the schema in F\n"
     "      --print-ids         print the generated token ids instead of text\n"
     "      --threads N         worker threads (default: all cores)\n"
     "      --ctx N             context length to allocate (default: prompt + max tokens)\n"
@@ -48,6 +52,7 @@ struct run_opts {
     const char *model, *prompt, *tokenize;
     int32_t max_tokens, threads, ctx;
     bool ignore_eos, print_ids;
+    const char *grammar_file, *schema_file;
     struct moe_sampling smp;
     const char *stops[16];
     size_t n_stops;
@@ -56,7 +61,7 @@ struct run_opts {
 static int parse_args(int argc, char **argv, struct run_opts *o)
 {
     enum { O_TOKENIZE = 256, O_TOPK, O_TOPP, O_MINP, O_REP, O_PRES, O_FREQ, O_STOP, O_IGNEOS,
-           O_THREADS, O_CTX, O_PRINTIDS };
+           O_THREADS, O_CTX, O_PRINTIDS, O_GRAMMAR, O_SCHEMA };
     static const struct option longopts[] = {
         {"model", required_argument, 0, 'm'},      {"prompt", required_argument, 0, 'p'},
         {"tokenize", required_argument, 0, O_TOKENIZE},
@@ -68,6 +73,8 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
         {"seed", required_argument, 0, 's'},       {"stop", required_argument, 0, O_STOP},
         {"ignore-eos", no_argument, 0, O_IGNEOS},  {"threads", required_argument, 0, O_THREADS},
         {"ctx", required_argument, 0, O_CTX},      {"print-ids", no_argument, 0, O_PRINTIDS},
+        {"grammar-file", required_argument, 0, O_GRAMMAR},
+        {"json-schema", required_argument, 0, O_SCHEMA},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     memset(o, 0, sizeof(*o));
@@ -139,6 +146,8 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
             break;
         case O_IGNEOS: o->ignore_eos = true; break;
         case O_PRINTIDS: o->print_ids = true; break;
+        case O_GRAMMAR: o->grammar_file = optarg; break;
+        case O_SCHEMA: o->schema_file = optarg; break;
         case O_THREADS:
             if (moe_cli_number("moe-run", name, optarg, 0, 1024, &v)) return -1;
             o->threads = (int32_t)v;
@@ -191,17 +200,32 @@ static int cmd_tokenize(const struct run_opts *o)
     return 0;
 }
 
-/* Writes text through the stop-string filter; returns true once a stop matched. */
-static bool emit(struct moe_stop *stop, const char *text, size_t len)
+/* --grammar-file / --json-schema: the grammar, or NULL; 0 or -errno (message set) */
+static int load_grammar(const struct run_opts *o, struct moe_grammar **out)
 {
-    const char *out = text;
-    size_t n = len;
-    bool stopped = false;
-    if (stop)
-        stopped = moe_stop_push(stop, text, len, &out, &n);
-    fwrite(out, 1, n, stdout);
-    fflush(stdout);
-    return stopped;
+    *out = NULL;
+    if (o->grammar_file && o->schema_file)
+        return moe_err(-EINVAL, "give --grammar-file or --json-schema, not both");
+    const char *path = o->grammar_file ? o->grammar_file : o->schema_file;
+    if (!path)
+        return 0;
+    char *text = NULL, *gbnf = NULL;
+    size_t len;
+    int rc = moe_read_text_file(path, &text, &len);
+    if (!rc && o->schema_file) {
+        json_error_t je;
+        json_t *schema = json_loadb(text, len, 0, &je);
+        rc = schema ? moe_schema_to_gbnf(schema, NULL, NULL, &gbnf)
+                    : moe_err(-EINVAL, "%s: line %d: %s", path, je.line, je.text);
+        json_decref(schema);
+    }
+    if (!rc)
+        rc = moe_grammar_compile(gbnf ? gbnf : text, out);
+    if (rc && !strstr(moe_err_msg(), path))
+        moe_err(rc, "%s: %s", path, moe_err_msg());
+    free(gbnf);
+    free(text);
+    return rc;
 }
 
 static int cmd_generate(const struct run_opts *o)
@@ -209,16 +233,20 @@ static int cmd_generate(const struct run_opts *o)
     struct moe_model *m = NULL;
     struct moe_pool *pool = NULL;
     struct moe_session *sess = NULL;
-    struct moe_sampler *smp = NULL;
-    struct moe_stop *stop = NULL;
+    struct moe_gen_shared *gsh = NULL;
+    struct moe_gen *gen = NULL;
+    struct moe_grammar *grammar = NULL;
     int32_t *ids = NULL, *hist = NULL;
     float *logits = NULL;
-    char *buf = NULL; /* one decoded token: moe_tokenizer_max_piece() bytes */
-    size_t buf_cap = 0;
     int ret = 1, rc;
 
+    if ((rc = load_grammar(o, &grammar)) < 0) {
+        fprintf(stderr, "moe-run: %s\n", moe_err_msg());
+        return EXIT_USAGE;
+    }
     if ((rc = moe_model_open(o->model, &m)) < 0) {
         fprintf(stderr, "moe-run: %s\n", moe_err_msg());
+        moe_grammar_unref(grammar);
         return EXIT_USAGE;
     }
     if (!m->tok) {
@@ -242,16 +270,17 @@ static int cmd_generate(const struct run_opts *o)
         ret = EXIT_USAGE;
         goto out;
     }
+    struct moe_gen_params gp = {.sampling = o->smp, .stop = o->stops, .n_stop = o->n_stops,
+                                .ignore_eos = o->ignore_eos, .max_new = o->max_tokens,
+                                .grammar = grammar};
     if ((rc = moe_pool_create(o->threads, &pool)) < 0 ||
         (rc = moe_session_create(m, pool, ctx, &sess)) < 0 ||
-        (rc = moe_sampler_create(&o->smp, m->cfg.vocab, &smp)) < 0 ||
-        (o->n_stops && (rc = moe_stop_create(o->stops, o->n_stops, &stop)) < 0))
+        (rc = moe_gen_shared_create(m->tok, m->cfg.vocab, &gsh)) < 0 ||
+        (rc = moe_gen_create(gsh, &gp, &gen)) < 0)
         goto fail;
     logits = malloc((size_t)m->cfg.vocab * sizeof(float));
     hist = malloc((size_t)ctx * sizeof(int32_t));
-    buf_cap = moe_tokenizer_max_piece(m->tok) + 32; /* + U+FFFD for held bytes at flush */
-    buf = malloc(buf_cap);
-    if (!logits || !hist || !buf) {
+    if (!logits || !hist) {
         rc = moe_err(-ENOMEM, "out of memory");
         goto fail;
     }
@@ -260,44 +289,40 @@ static int cmd_generate(const struct run_opts *o)
 
     if ((rc = moe_session_forward(sess, ids, (int32_t)n_ids, logits, false)) < 0)
         goto fail;
-    struct moe_detok dt;
-    moe_detok_init(&dt, m->tok);
-    bool stopped = false;
-    for (int32_t i = 0; i < o->max_tokens && !stopped; i++) {
-        int32_t next = moe_sampler_sample(smp, logits, hist, n_hist);
-        if (next < 0) {
-            rc = next;
+    bool flush = o->max_tokens == 0;
+    for (int32_t i = 0; i < o->max_tokens; i++) {
+        struct moe_gen_token t;
+        if ((rc = moe_gen_step(gen, logits, hist, n_hist, &t)) < 0)
             goto fail;
-        }
-        if (!o->ignore_eos && moe_tokenizer_is_eog(m->tok, next))
+        if (t.eog) {
+            flush = true;
             break;
-        hist[n_hist++] = next;
-        if (o->print_ids) {
-            printf("%s%d", i ? " " : "", next);
-        } else {
-            size_t len = moe_detok_push(&dt, next, buf, buf_cap);
-            stopped = emit(stop, buf, len);
         }
-        if (stopped || i + 1 == o->max_tokens)
+        hist[n_hist++] = t.id;
+        if (o->print_ids)
+            printf("%s%d", i ? " " : "", t.id);
+        else
+            fwrite(t.text, 1, t.len, stdout);
+        fflush(stdout);
+        if (t.finish) {
+            flush = t.flush;
             break;
+        }
         if (sess->n_past >= ctx) {
             fprintf(stderr, "\nmoe-run: context of %d tokens is full\n", ctx);
+            flush = true;
             break;
         }
-        if ((rc = moe_session_forward(sess, &next, 1, logits, false)) < 0)
+        if ((rc = moe_session_forward(sess, &t.id, 1, logits, false)) < 0)
             goto fail;
     }
     if (o->print_ids) {
         printf("\n");
-    } else if (!stopped) {
-        size_t len = moe_detok_flush(&dt, buf, buf_cap);
-        emit(stop, buf, len);
-        if (stop) {
-            const char *rest;
-            size_t n_rest;
-            moe_stop_flush(stop, &rest, &n_rest);
-            fwrite(rest, 1, n_rest, stdout);
-        }
+    } else if (flush) {
+        const char *text, *more;
+        size_t n_more, n = moe_gen_rest(gen, &text, &more, &n_more);
+        fwrite(text, 1, n, stdout);
+        fwrite(more, 1, n_more, stdout);
     }
     fflush(stdout);
     ret = 0;
@@ -309,10 +334,10 @@ fail:
 out:
     free(logits);
     free(hist);
-    free(buf);
     free(ids);
-    moe_stop_free(stop);
-    moe_sampler_free(smp);
+    moe_gen_free(gen);
+    moe_gen_shared_free(gsh);
+    moe_grammar_unref(grammar);
     moe_session_free(sess);
     moe_pool_free(pool);
     moe_model_free(m);

@@ -330,7 +330,7 @@ class CompletionsApi(unittest.TestCase):
         self.assertEqual("".join(e["delta"] for e in events
                                  if e["type"] == "response.output_text.delta"), want)
         self.assertEqual(events[-1]["response"]["output"][0]["content"][0]["text"], want)
-        for bad, param in (({"tools": [{"type": "function", "name": "f"}]}, "tools"),
+        for bad, param in (({"tools": [{"type": "web_search"}]}, "tools[0]"),
                            ({"input": [{"type": "function_call", "name": "f"}]}, "input[0]"),
                            ({"previous_response_id": "resp_x"}, "previous_response_id")):
             st, err = self.moed.json("POST", "/v1/responses", dict(body, **bad))

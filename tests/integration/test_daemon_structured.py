@@ -214,6 +214,41 @@ class Structured(unittest.TestCase):
         self.assertEqual(events[-1]["choices"][0]["finish_reason"], "tool_calls")
         self.assertFalse(any("<tool_call>" in (d.get("content") or "") for d in deltas))
 
+    def test_responses_api(self):
+        rtools = [dict(t["function"], type="function") for t in TOOLS]  # its flat shape
+        body = {"input": "What is 2 + 3?", "tools": rtools, "max_output_tokens": 450,
+                "temperature": 0, "tool_choice": {"type": "function", "name": "add"}}
+        st, whole = self.moed.json("POST", "/v1/responses", body)
+        self.assertEqual(st, 200, whole)
+        self.assertEqual(whole["status"], "completed")
+        calls = [o for o in whole["output"] if o["type"] == "function_call"]
+        self.assertEqual(len(calls), 1)
+        self.assertEqual(calls[0]["name"], "add")
+        self.assertTrue(calls[0]["call_id"].startswith("call_"))
+        jsonschema.validate(json.loads(calls[0]["arguments"]), TOOLS[1]["function"]["parameters"])
+        st, _, raw = self.moed.request("POST", "/v1/responses", dict(body, stream=True))
+        self.assertEqual(st, 200)
+        events = [json.loads(l[6:]) for l in raw.decode().split("\n") if l.startswith("data: ")]
+        types = [e["type"] for e in events]
+        self.assertNotIn("response.output_text.delta", types)  # nothing but the call
+        i = types.index("response.function_call_arguments.done")
+        self.assertEqual(events[i]["arguments"], calls[0]["arguments"])
+        self.assertEqual(types[i - 2:i + 2], ["response.output_item.added",
+                                              "response.function_call_arguments.delta",
+                                              "response.function_call_arguments.done",
+                                              "response.output_item.done"])
+        final = events[-1]["response"]
+        self.assertEqual([o for o in final["output"] if o["type"] == "function_call"][0]["arguments"],
+                         calls[0]["arguments"])
+        # structured output through text.format
+        st, out = self.moed.json("POST", "/v1/responses", {
+            "input": "A person.", "max_output_tokens": 450, "temperature": 0.9, "seed": 4,
+            "text": {"format": {"type": "json_schema", "name": "p", "schema": SCHEMAS[0],
+                                "strict": True}}})
+        self.assertEqual(st, 200, out)
+        text = out["output"][0]["content"][0]["text"]
+        jsonschema.validate(json.loads(text), SCHEMAS[0])
+
     def test_tool_choice_auto_and_none(self):
         for choice in ("auto", "none"):
             out = self.chat({"tools": TOOLS, "tool_choice": choice, "temperature": 0,

@@ -196,6 +196,7 @@ static const struct key_case key_cases[] = {
     {"model", "path", "/models/My Model", "/models/My Model"},
     {"model", "name", "tiny", "tiny"},
     {"model", "chat_template", "mistral", "mistral"},
+    {"model", "chat_template_file", "/etc/moed/chat.jinja", "/etc/moed/chat.jinja"},
     {"model", "prefault", "no", "no"},
     {"batching", "max_seqs", "4", "4"},
     {"batching", "max_batch_tokens", "2048", "2048"},
@@ -443,7 +444,7 @@ static void test_bad_values(void **state)
         {"[daemon]\nlog_level = loud\n",
          "t.ini:2: [daemon] log_level: 'loud' is not one of err, warning, info, debug"},
         {"[model]\nchat_template = llama3\n",
-         "t.ini:2: [model] chat_template: 'llama3' is not one of auto, chatml, mistral, qwen3, "
+         "t.ini:2: [model] chat_template: 'llama3' is not one of auto, jinja, chatml, mistral, qwen3, "
          "deepseek-v2, deepseek-v3, deepseek-r1, deepseek-r1-distill, deepseek-r1-distill-qwen, "
          "deepseek-r1-llamacpp, deepseek-v3.1, kimi-k2, glm-4.5, gpt-oss, minimax-m2, ernie-4.5, "
          "qwen3.5"},
@@ -979,20 +980,29 @@ static void test_chat_template(void **state)
     (void)state;
     struct moe_daemon_config c;
     const char *how = NULL;
-    char dir[400], ini[600];
+    char dir[400], ini[600], *text = NULL;
+    int fmt;
 
-    /* the bundled model names no template: ChatML */
+    /* the bundled model has no template: ChatML */
     snprintf(ini, sizeof(ini), "[model]\npath = %s\n", moe_test_path("models/tiny-moe"));
     parse_ok(ini, &c);
-    assert_int_equal(moe_daemon_chat_template(&c, &how), MOE_CHAT_CHATML);
+    assert_int_equal(moe_daemon_chat_template(&c, &fmt, &text, &how), 0);
+    assert_int_equal(fmt, MOE_CHAT_CHATML);
+    assert_null(text);
     assert_non_null(strstr(how, "default"));
-    /* the INI decides when it says */
+    /* the INI decides when it names a format */
     assert_int_equal(moe_daemon_config_set(&c, "model", "chat_template", "mistral"), 0);
-    assert_int_equal(moe_daemon_chat_template(&c, &how), MOE_CHAT_MISTRAL);
+    assert_int_equal(moe_daemon_chat_template(&c, &fmt, &text, &how), 0);
+    assert_int_equal(fmt, MOE_CHAT_MISTRAL);
     assert_non_null(strstr(how, "[model] chat_template"));
+    /* jinja asks for the model's own, which it does not have */
+    assert_int_equal(moe_daemon_config_set(&c, "model", "chat_template", "jinja"), 0);
+    assert_int_equal(moe_daemon_chat_template(&c, &fmt, &text, &how), -ENOENT);
+    assert_non_null(strstr(moe_err_msg(), "has no chat template"));
     moe_daemon_config_free(&c);
 
-    /* a directory whose tokenizer_config.json names [INST] */
+    /* a directory's tokenizer_config.json template is the model's own: Jinja;
+     * a chat_template.jinja beside it wins (transformers 5 writes it) */
     snprintf(dir, sizeof(dir), "%s/mistral-model", moe_test_tmpdir());
     mkdir(dir, 0755);
     snprintf(ini, sizeof(ini), "%s/tokenizer_config.json", dir);
@@ -1001,29 +1011,52 @@ static void test_chat_template(void **state)
     moe_test_write_file(ini, tc, strlen(tc));
     snprintf(ini, sizeof(ini), "[model]\npath = %s\n", dir);
     parse_ok(ini, &c);
-    assert_int_equal(moe_daemon_chat_template(&c, &how), MOE_CHAT_MISTRAL);
+    assert_int_equal(moe_daemon_chat_template(&c, &fmt, &text, &how), 0);
+    assert_int_equal(fmt, MOE_DAEMON_CHAT_JINJA);
+    assert_string_equal(text, "{{ bos_token }}{% for m in messages %}[INST] {{ m.content }} "
+                              "[/INST]{% endfor %}");
+    assert_int_equal(moe_daemon_chat_fallback(text), MOE_CHAT_MISTRAL); /* if it did not compile */
     assert_non_null(strstr(how, "tokenizer_config.json"));
+    free(text);
+    snprintf(ini, sizeof(ini), "%s/chat_template.jinja", dir);
+    moe_test_write_file(ini, "{{ messages[0].content }}", 25);
+    assert_int_equal(moe_daemon_chat_template(&c, &fmt, &text, &how), 0);
+    assert_int_equal(fmt, MOE_DAEMON_CHAT_JINJA);
+    assert_string_equal(text, "{{ messages[0].content }}");
+    assert_non_null(strstr(how, "chat_template.jinja"));
+    free(text);
+    /* chat_template_file wins over all; a missing one is an error naming the key */
+    assert_int_equal(moe_daemon_config_set(&c, "model", "chat_template_file", ini), 0);
+    assert_int_equal(moe_daemon_chat_template(&c, &fmt, &text, &how), 0);
+    assert_int_equal(fmt, MOE_DAEMON_CHAT_JINJA);
+    assert_non_null(strstr(how, "chat_template_file"));
+    free(text);
+    assert_int_equal(moe_daemon_config_set(&c, "model", "chat_template_file", "/nonexistent/t"), 0);
+    assert_true(moe_daemon_chat_template(&c, &fmt, &text, &how) < 0);
+    assert_non_null(strstr(moe_err_msg(), "chat_template_file"));
     moe_daemon_config_free(&c);
 
     /* a missing path: the default */
     parse_ok("[model]\npath = /nonexistent/m.gguf\n", &c);
-    assert_int_equal(moe_daemon_chat_template(&c, &how), MOE_CHAT_CHATML);
+    assert_int_equal(moe_daemon_chat_template(&c, &fmt, &text, &how), 0);
+    assert_int_equal(fmt, MOE_CHAT_CHATML);
     moe_daemon_config_free(&c);
 
-    /* a GGUF: its tokenizer.chat_template decides; one without, or with a
-     * template moed does not know, gets the default */
+    /* a GGUF: its tokenizer.chat_template is the model's own; one without gets the default */
     char *v3 = NULL;
     size_t len;
     assert_int_equal(moe_read_text_file(
                          moe_test_path("tests/data/chat/templates/deepseek-ai-DeepSeek-V3.jinja"),
                          &v3, &len), 0);
+    assert_int_equal(moe_daemon_chat_fallback(v3), MOE_CHAT_DEEPSEEK_V3);
+    assert_int_equal(moe_daemon_chat_fallback("{{ messages }}"), MOE_CHAT_CHATML);
     static const struct {
         const char *key, *value;
         int want;
     } ggufs[] = {
-        {"tokenizer.chat_template", NULL, MOE_CHAT_DEEPSEEK_V3},
+        {"tokenizer.chat_template", NULL, MOE_DAEMON_CHAT_JINJA},
         {"general.name", "no template", MOE_CHAT_CHATML},
-        {"tokenizer.chat_template", "{{ messages }}", MOE_CHAT_CHATML},
+        {"tokenizer.chat_template", "{{ messages }}", MOE_DAEMON_CHAT_JINJA},
     };
     for (size_t i = 0; i < MOE_ARRAY_SIZE(ggufs); i++) {
         const char *value = ggufs[i].value ? ggufs[i].value : v3;
@@ -1045,8 +1078,13 @@ static void test_chat_template(void **state)
         char gini[700];
         snprintf(gini, sizeof(gini), "[model]\npath = %s\n", ini);
         parse_ok(gini, &c);
-        assert_int_equal(moe_daemon_chat_template(&c, &how), ggufs[i].want);
+        assert_int_equal(moe_daemon_chat_template(&c, &fmt, &text, &how), 0);
+    assert_int_equal(fmt, ggufs[i].want);
         assert_non_null(strstr(how, ggufs[i].want == MOE_CHAT_CHATML ? "default" : "GGUF"));
+        if (text)
+            assert_string_equal(text, value);
+        free(text);
+        text = NULL;
         moe_daemon_config_free(&c);
     }
     free(v3);

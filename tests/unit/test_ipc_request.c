@@ -389,14 +389,22 @@ static void test_field_errors(void **state)
         {"{\"prompt\": \"x\", \"best_of\": 2, \"stream\": true}", "invalid_value", "best_of",
          "streamed"},
         {"{\"prompt\": \"x\", \"best_of\": 17}", "invalid_value", "best_of", NULL},
-        {"{\"prompt\": \"x\", \"suffix\": \"end\"}", "unsupported_parameter", "suffix", NULL},
+        {"{\"prompt\": \"x\", \"suffix\": 3}", "invalid_type", "suffix", NULL},
+        {"{\"prompt\": [1, 2], \"suffix\": \"end\"}", "invalid_value", "suffix", "as text"},
         {"{\"prompt\": \"x\", \"logit_bias\": {\"five\": 10}}", "invalid_value",
          "logit_bias.five", "token ids"},
         {"{\"prompt\": \"x\", \"logit_bias\": {\"5\": 101}}", "invalid_value", "logit_bias.5",
          "[-100, 100]"},
         {"{\"prompt\": \"x\", \"logit_bias\": [5]}", "invalid_type", "logit_bias", NULL},
-        {"{\"prompt\": \"x\", \"response_format\": {\"type\": \"json_object\"}}",
-         "unsupported_parameter", "response_format", NULL},
+        {"{\"prompt\": \"x\", \"response_format\": {\"type\": \"yaml\"}}",
+         "invalid_value", "response_format.type", "json_schema"},
+        {"{\"prompt\": \"x\", \"response_format\": {\"type\": \"json_schema\", \"json_schema\":"
+         " {\"schema\": {\"type\": \"string\", \"format\": \"email\"}}}}",
+         "invalid_value", "response_format.json_schema.schema", "format 'email'"},
+        {"{\"prompt\": \"x\", \"grammar\": \"root ::= (\"}", "invalid_value", "grammar",
+         "missing )"},
+        {"{\"prompt\": \"x\", \"tools\": [{\"type\": \"function\", \"function\":"
+         " {\"name\": \"f\"}}]}", "unsupported_parameter", "tools", "/v1/chat/completions"},
     };
     for (size_t i = 0; i < MOE_ARRAY_SIZE(cases); i++)
         expect_err(false, cases[i].body, 400, cases[i].code, cases[i].param, cases[i].msg);
@@ -477,17 +485,20 @@ static void test_chat_errors(void **state)
         {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"logprobs\": true,"
          " \"top_logprobs\": 21}", "invalid_value", "top_logprobs", NULL},
         {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"tools\": [{}]}",
-         "unsupported_parameter", "tools", NULL},
+         "invalid_value", "tools[0]", "type\": \"function"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"tool_choice\":"
+         " \"required\"}", "invalid_value", "tool_choice", "needs 'tools'"},
         {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"max_completion_tokens\":"
          " 5000}",
          "invalid_value", "max_completion_tokens", "at most 4096"},
         {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"temperature\": \"0\"}",
          "invalid_type", "temperature", NULL},
-        /* tool calls in the history: no prompt format here renders them */
+        /* tool calls in the history: the built-in formats do not render them (the
+         * model's own template does: test_daemon_chat_template.py) */
         {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}, {\"role\": \"assistant\","
          " \"content\": \"\", \"tool_calls\": [{\"type\": \"function\", \"function\": {\"name\":"
          " \"f\", \"arguments\": \"{}\"}}]}]}",
-         "unsupported_parameter", "messages[1].tool_calls", "renders no tool calls"},
+         "unsupported_parameter", "messages[1].tool_calls", "model's own chat template"},
         {"{\"messages\": [{\"role\": \"assistant\", \"content\": \"x\", \"function_call\":"
          " {\"name\": \"f\"}}]}",
          "unsupported_parameter", "messages[0].function_call", NULL},
@@ -857,14 +868,17 @@ static void test_responses_request(void **state)
     static const struct {
         const char *body, *code, *param;
     } bad[] = {
-        {"{\"input\": \"x\", \"tools\": [{\"type\": \"function\"}]}", "unsupported_parameter",
-         "tools"},
+        {"{\"input\": \"x\", \"tools\": [{\"type\": \"function\"}]}", "invalid_value",
+         "tools[0]"},
+        {"{\"input\": \"x\", \"tools\": [{\"type\": \"web_search\"}]}", "unsupported_value",
+         "tools[0]"},
         {"{\"input\": \"x\", \"text\": {\"format\": {\"type\": \"json_schema\"}}}",
-         "unsupported_parameter", "text"},
+         "invalid_value", "response_format.json_schema.schema"},
         {"{\"input\": \"x\", \"previous_response_id\": \"resp_1\"}", "unsupported_parameter",
          "previous_response_id"},
         {"{\"input\": [{\"type\": \"function_call_output\", \"output\": \"1\"}]}",
-         "unsupported_value", "input[0]"},
+         "missing_required_parameter", "input[0]"}, /* no call_id */
+        {"{\"input\": [{\"type\": \"reasoning\"}]}", "unsupported_value", "input[0]"},
         {"{\"input\": [{\"role\": \"user\", \"content\": [{\"type\": \"input_image\"}]}]}",
          "unsupported_value", "input[0].content[0]"},
         {"{\"input\": 5}", "invalid_type", "input"},

@@ -42,7 +42,7 @@ ISA_AVX2   := -mavx2 -mfma -mf16c
 ISA_AVX512 := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mavx2 -mfma -mf16c
 
 # Library modules, lowest layer first (see docs/DESIGN.md).
-MODULES  := common quant format backend router offload experts kv model engine ipc
+MODULES  := common quant format backend router offload experts kv tokenizer model engine ipc
 LIB_SRCS := $(foreach m,$(MODULES),$(wildcard $(m)/*.c))
 LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
 LIB      := $(BUILD)/lib/libmoe.a

@@ -7,7 +7,7 @@
 #include "engine/engine.h"
 
 #include "common/common.h"
-#include "model/model_tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 #include <errno.h>
 #include <stdlib.h>

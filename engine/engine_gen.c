@@ -10,7 +10,7 @@
 
 #include "common/common.h"
 #include "engine/engine_grammar.h"
-#include "model/model_tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 #include <errno.h>
 #include <math.h>

@@ -335,6 +335,10 @@ static int parse_seq(struct parser *p, elem_vec *alt)
             for (size_t i = 0; i < item.n; i++)
                 VEC_PUSH(*alt, item.p[i]);
         } else {
+            if (item.n == 0) {
+                fail(p, "a repetition of the empty literal \"\" (it can match nothing)");
+                goto bad;
+            }
             struct gelem x = item.p[0];
             if (item.n != 1) { /* a literal of several characters: a rule of its own */
                 int32_t r = new_rule(p, NULL, 0);

@@ -21,7 +21,7 @@
 
 #include "common/common.h"
 #include "engine/engine_grammar_int.h"
-#include "model/model_tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 #include <errno.h>
 #include <stdlib.h>

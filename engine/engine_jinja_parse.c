@@ -350,6 +350,9 @@ static struct jn *parse_postfix(P *p, struct jn *n)
             }
             if (!p->failed)
                 jp_expect_op(p, OP_RBRACKET, "]");
+            for (int i = 0; args.n > 1 && i < args.n && !p->failed; i++)
+                if (args.v[i]->kind == JN_SLICE) /* x[a, 1:2]: no such index */
+                    jp_fail(p, "a slice inside a tuple subscript is not supported");
             if (p->failed) {
                 free(args.v);
                 free(args.names);

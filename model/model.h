@@ -12,7 +12,7 @@
 #include <stdint.h>
 
 #include "experts/experts.h"
-#include "model/model_tokenizer.h"
+#include "tokenizer/tokenizer.h"
 #include "quant/quant.h"
 
 struct moe_pool;

@@ -12,8 +12,8 @@
 #include <string.h>
 
 #include "common/common.h"
-#include "model/model_tokenizer.h"
-#include "model/model_tokenizer_int.h"
+#include "tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer_int.h"
 
 static struct moe_tokenizer *real[3];
 static const char *const real_paths[3][2] = {

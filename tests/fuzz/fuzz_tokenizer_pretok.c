@@ -19,8 +19,8 @@
 #include <string.h>
 
 #include "common/common.h"
-#include "model/model_tokenizer.h"
-#include "model/model_tokenizer_int.h"
+#include "tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer_int.h"
 
 /* family, and whether decoding gives the input back (no normalizer) */
 static const struct {

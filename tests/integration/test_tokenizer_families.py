@@ -106,7 +106,7 @@ class TokenizerFamilies(unittest.TestCase):
                 continue
             tok = read(os.path.join(v5, "tokenizer.json"))
             if tok == read(os.path.join(ROOT, "models", "tiny-moe", "tokenizer.json")):
-                continue  # the demo model's tokenizer: test_model_tokenizer covers it
+                continue  # the demo model's tokenizer: test_tokenizer covers it
             self.assertIn(tok, by_bytes, "%s: tokenizer.json of no known family" % name)
             exp, _ = cases(by_bytes[tok])
             picked = [c for c in exp["cases"] if c["text"]]  # all: code, CJK, emoji, digits, spaces

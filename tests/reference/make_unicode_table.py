@@ -6,7 +6,7 @@
 Hugging Face tokenizers runs its pre-tokenizer regexes with Oniguruma
 (Unicode 16 in tokenizers 0.23); moed runs them with PCRE2 (Debian 12's
 10.42: Unicode 14). On the code points both assign, the properties agree
-(tests/unit/test_model_tokenizer_regex.c checks every code point); the code
+(tests/unit/test_tokenizer_regex.c checks every code point); the code
 points assigned since Unicode 14 are "unassigned" to PCRE2. So each property
 is PCRE2's own plus the ranges Oniguruma puts in it that Unicode 14 leaves
 unassigned (Python 3.11's unicodedata is Unicode 14.0, as PCRE2 10.42), less
@@ -14,14 +14,14 @@ the few code points whose general category changed since (U+1171E, Mn in 14,
 Mc in 16).
 
 Writes
-  model/model_tokenizer_unicode.h: per property name, PCRE2's spelling, the
+  tokenizer/tokenizer_unicode.h: per property name, PCRE2's spelling, the
       added ranges and the removed ones (PCRE2 class bodies);
   tests/data/tokenizers/regex_classes.json: for a list of Oniguruma classes,
       the code points Oniguruma matches (flat [first, last, first, last,
       ...] ranges; "complements" names the
       classes that match exactly what another one does not), for the unit
       test.
-  model/model_tokenizer_nfc.h: the tables of moed's NFC normalizer, as
+  tokenizer/tokenizer_nfc.h: the tables of moed's NFC normalizer, as
       Hugging Face's NFC (an older Unicode: U+11938 stays whole, 98 marks of
       Unicode 12-14 are starters) composes; a model of the algorithm here is
       checked against it on every code point and 200000 random sequences;
@@ -225,7 +225,7 @@ def nfc_tables():
 
 def write_nfc():
     dec, ccc, comp, maybe, cases = nfc_tables()
-    path = os.path.join(ROOT, "model", "model_tokenizer_nfc.h")
+    path = os.path.join(ROOT, "model", "tokenizer_nfc.h")
     ccc_ranges = []
     for c in sorted(ccc):
         if ccc_ranges and ccc_ranges[-1][1] == c - 1 and ccc_ranges[-1][2] == ccc[c]:
@@ -287,7 +287,7 @@ def main():
             removes = []
         rows.append((name, pcre, body(ranges(adds)), body(ranges(removes))))
 
-    path = os.path.join(ROOT, "model", "model_tokenizer_unicode.h")
+    path = os.path.join(ROOT, "model", "tokenizer_unicode.h")
     with open(path, "w") as f:
         f.write(HEADER % (tokenizers.__version__, unicodedata.unidata_version))
         f.write("static const struct moe_tok_uprop {\n"

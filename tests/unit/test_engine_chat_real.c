@@ -13,7 +13,7 @@
 #include "common/common.h"
 #include "engine/engine.h"
 #include "engine/engine_server.h"
-#include "model/model_tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 #include <errno.h>
 #include <jansson.h>

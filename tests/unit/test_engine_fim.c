@@ -4,7 +4,7 @@
 
 #include "common/common.h"
 #include "engine/engine.h"
-#include "model/model_tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 #include <errno.h>
 

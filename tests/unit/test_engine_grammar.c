@@ -5,7 +5,7 @@
 
 #include "common/common.h"
 #include "engine/engine_grammar.h"
-#include "model/model_tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 #include <jansson.h>
 #include <errno.h>
@@ -113,6 +113,7 @@ static void test_gbnf_errors(void **state)
         {"root ::= \"a\"{3,2}\n", "repetition"},
         {"root ::= \"a\"{99999}\n", "repetition bound"},
         {"root ::= \"\\q\"\n", "unknown escape"},
+        {"root ::= \"\"*\n", "empty literal"},
         {"root ::= \"a\"\nroot ::= \"b\"\n", "defined twice"},
     };
     for (size_t i = 0; i < MOE_ARRAY_SIZE(bad); i++) {

@@ -167,6 +167,8 @@ static void test_errors(void **state)
     expect_error("{{ 'unterminated }}", NULL, "line 1");
     expect_error("{# never closed", NULL, "Missing end of comment tag");
     expect_error("{{ (((1 }}", NULL, "line 1");
+    /* found by tests/fuzz/fuzz_jinja.c: a tuple subscript holding a slice */
+    expect_error("{% set h = s[_, :] %}", NULL, "slice inside a tuple subscript");
     char err[64], *out = NULL;
     assert_int_equal(moe_jinja_render("{{", NULL, &out, err, sizeof(err)), -EINVAL);
     assert_null(out);

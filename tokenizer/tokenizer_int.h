@@ -1,4 +1,4 @@
-/* The tokenizer's private parts, shared by model_tokenizer*.c.
+/* The tokenizer's private parts, shared by tokenizer*.c.
  *
  * One representation serves both sources (tokenizer.json and GGUF):
  *   text -> added tokens split out (literal, longest first)
@@ -7,8 +7,8 @@
  *           score) -> ids, unknown pieces through byte fallback / unk.
  * Loaders fill the vocabulary, the merge table and the pipeline steps, then
  * call moe_tok_finish(). */
-#ifndef MOE_MODEL_TOKENIZER_INT_H
-#define MOE_MODEL_TOKENIZER_INT_H
+#ifndef MOE_TOKENIZER_INT_H
+#define MOE_TOKENIZER_INT_H
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
@@ -17,7 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "model/model_tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 /* Far above any real vocabulary (Gemma's 256k); keeps a corrupt file from
  * asking for gigabytes. */
@@ -45,7 +45,7 @@ enum moe_tok_algo {
 enum moe_tok_norm_kind {
     MOE_TOK_NORM_PREPEND, /* a = prefix, when the segment is not empty */
     MOE_TOK_NORM_REPLACE, /* every a (literal) or every match of re -> b */
-    MOE_TOK_NORM_NFC,     /* Unicode NFC (model_tokenizer_nfc.c) */
+    MOE_TOK_NORM_NFC,     /* Unicode NFC (tokenizer_nfc.c) */
 };
 
 struct moe_tok_norm {
@@ -60,7 +60,7 @@ struct moe_tok_norm {
  * segment, with Hugging Face's semantics (a ByteLevel or Metaspace edit
  * applies to every piece it is given; a step after ByteLevel sees the
  * byte-mapped text). tokenizer.json is read into these; the presets of
- * model_tokenizer_preset.c are written as these. */
+ * tokenizer_preset.c are written as these. */
 enum moe_tok_step_kind {
     MOE_TOK_STEP_NONE,        /* ends a preset's list */
     MOE_TOK_STEP_SPLIT,       /* Split: a regex or a literal string */
@@ -98,7 +98,7 @@ struct moe_tok_step {
     bool split;           /* Metaspace */
 };
 
-/* A family's pre-tokenizer (model_tokenizer_preset.c). */
+/* A family's pre-tokenizer (tokenizer_preset.c). */
 struct moe_tok_preset {
     const char *name;     /* "qwen2" */
     const char *models;   /* who uses it */
@@ -284,7 +284,7 @@ size_t moe_utf8_len(const uint8_t *s, size_t n);
 bool moe_utf8_valid(const uint8_t *s, size_t n); /* the whole of s[0..n) */
 size_t moe_utf8_put(uint32_t cp, char *out); /* out needs 4 bytes */
 
-/* ---- encoding internals (model_tokenizer_bpe.c) ---------------------------- */
+/* ---- encoding internals (tokenizer_bpe.c) ---------------------------- */
 struct moe_tok_ids {
     int32_t *v;
     size_t n, cap;

@@ -7,7 +7,7 @@
 #include <jansson.h>
 
 #include "common/common.h"
-#include "model/model_tokenizer_int.h"
+#include "tokenizer/tokenizer_int.h"
 
 static void test_nfc_cases(void **state)
 {

@@ -2,8 +2,8 @@
  * Qwen, SentencePiece-style BPE with byte fallback as in Llama / Mistral) and
  * the vocabulary embedded in GGUF files (tokenizer.ggml.model "gpt2" or
  * "llama"). One implementation serves both sources. */
-#ifndef MOE_MODEL_TOKENIZER_H
-#define MOE_MODEL_TOKENIZER_H
+#ifndef MOE_TOKENIZER_H
+#define MOE_TOKENIZER_H
 
 #include <stdbool.h>
 #include <stddef.h>

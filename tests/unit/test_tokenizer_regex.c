@@ -9,7 +9,7 @@
 #include <jansson.h>
 
 #include "common/common.h"
-#include "model/model_tokenizer_int.h"
+#include "tokenizer/tokenizer_int.h"
 
 static pcre2_code *compile(const char *pattern)
 {

@@ -1,11 +1,11 @@
 /* Encoding up to the model step: added tokens split out of the raw text,
  * then per segment the normalizers (NFC, Prepend, Replace) and the
  * pre-tokenizer steps in order, with Hugging Face's semantics (its regexes
- * read as Oniguruma reads them: model_tokenizer_regex.c; its delimiter
+ * read as Oniguruma reads them: tokenizer_regex.c; its delimiter
  * behaviours; ByteLevel and Metaspace edits per piece; steps after ByteLevel
- * on the byte-mapped text), then each piece to model_tokenizer_bpe.c. */
+ * on the byte-mapped text), then each piece to tokenizer_bpe.c. */
 #define _GNU_SOURCE /* memmem */
-#include "model/model_tokenizer_int.h"
+#include "tokenizer/tokenizer_int.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -24,7 +24,7 @@ int moe_tok_compile(const char *src, const char *pattern, size_t len, bool liter
     char *pcre = NULL;
     *out = NULL;
     /* Hugging Face's patterns are Oniguruma's: rewritten where PCRE2 reads
-     * them differently (model_tokenizer_regex.c) */
+     * them differently (tokenizer_regex.c) */
     if (!literal && (rc = moe_tok_regex_translate(src, pattern, len, &pcre)))
         return rc;
     pcre2_compile_context *cc = pcre2_compile_context_create(NULL);

@@ -1,7 +1,7 @@
 /* The tokenizer's core: vocabulary, merge table, added-token trie, decoding.
- * The loaders (model_tokenizer_hf.c, model_tokenizer_gguf.c) fill it; the
- * encoder lives in model_tokenizer_pretok.c and model_tokenizer_bpe.c. */
-#include "model/model_tokenizer_int.h"
+ * The loaders (tokenizer_hf.c, tokenizer_gguf.c) fill it; the
+ * encoder lives in tokenizer_pretok.c and tokenizer_bpe.c. */
+#include "tokenizer/tokenizer_int.h"
 
 #include <errno.h>
 #include <stdio.h>

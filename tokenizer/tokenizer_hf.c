@@ -8,7 +8,7 @@
  * ByteFallback, Fuse, Strip, Metaspace; post-processors TemplateProcessing,
  * ByteLevel, RobertaProcessing, BertProcessing, Sequence (for BOS / EOS).
  * Anything else is refused with a message naming the file. */
-#include "model/model_tokenizer_int.h"
+#include "tokenizer/tokenizer_int.h"
 
 #include <errno.h>
 #include <jansson.h>

@@ -9,7 +9,7 @@
 
 #include "common/common.h"
 #include "format/format.h"
-#include "model/model_tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 #define DIR "tests/data/tokenizers/"
 

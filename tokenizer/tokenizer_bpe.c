@@ -7,7 +7,7 @@
  * was queued; as symbols only grow, "still neighbours and the same total
  * length" detects that. O(n log n) per piece, so a megabyte piece (a
  * SentencePiece text without pre-tokenizer) is fine too. */
-#include "model/model_tokenizer_int.h"
+#include "tokenizer/tokenizer_int.h"
 
 #include <errno.h>
 #include <stdlib.h>

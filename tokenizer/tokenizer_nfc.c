@@ -1,11 +1,11 @@
 /* Unicode NFC, as Hugging Face's NFC normalizer composes (Qwen2 / Qwen3 /
  * Qwen3.5, Command-R, GPT-NeoX): canonical decomposition, canonical order,
- * canonical composition, with the tables of model_tokenizer_nfc.h (generated
+ * canonical composition, with the tables of tokenizer_nfc.h (generated
  * from Hugging Face's own behaviour). Text that cannot change (the quick
  * check: no character that may, combining classes in order) is left alone,
  * which is nearly all text. Bytes that are not UTF-8 pass through and block
  * composition. */
-#include "model/model_tokenizer_int.h"
+#include "tokenizer/tokenizer_int.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -13,7 +13,7 @@
 #include <string.h>
 
 #include "common/common.h"
-#include "model/model_tokenizer_nfc.h"
+#include "tokenizer/tokenizer_nfc.h"
 
 /* Hangul syllables compose and decompose arithmetically */
 #define SBASE 0xAC00u

@@ -4,7 +4,7 @@
  * differently, the pattern is rewritten so that PCRE2 matches what Oniguruma
  * matches:
  *   \p{X} \P{X}  PCRE2's property plus the code points Unicode 15-16 added
- *                (model_tokenizer_unicode.h); scripts as Script, not
+ *                (tokenizer_unicode.h); scripts as Script, not
  *                Script_Extensions (PCRE2's \p{Han} takes "、" too)
  *   \s \S        White_Space (U+0085 in, U+180E out: PCRE2's \s differs)
  *   \w \W \b \B  Oniguruma's Word set (which outside a class also takes
@@ -20,9 +20,9 @@
  * Constructs without a known equivalent (POSIX brackets, the absent
  * operator, subexpression calls, {n,m}+, properties outside the table,
  * non-ASCII, \w or \p or multi-character case folds under (?i)) are refused by name: a
- * pattern runs exactly or not at all. tests/unit/test_model_tokenizer_regex.c
+ * pattern runs exactly or not at all. tests/unit/test_tokenizer_regex.c
  * compares the classes with Oniguruma's code point by code point. */
-#include "model/model_tokenizer_int.h"
+#include "tokenizer/tokenizer_int.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -30,7 +30,7 @@
 
 #include "common/common.h"
 
-#include "model/model_tokenizer_unicode.h" /* moe_tok_uprops[] */
+#include "tokenizer/tokenizer_unicode.h" /* moe_tok_uprops[] */
 
 /* Oniguruma's \s: the White_Space property (no code point added since 14) */
 static const struct moe_tok_uprop space_set = {
@@ -248,7 +248,7 @@ static int property(struct rx *r, struct operand *o)
     const struct moe_tok_uprop *u = find_set(name, n);
     if (!u)
         return fail(r, bs, "a Unicode property moed has no table for "
-                    "(model/model_tokenizer_unicode.h)");
+                    "(tokenizer/tokenizer_unicode.h)");
     add_set(o, u, neg);
     return 0;
 }

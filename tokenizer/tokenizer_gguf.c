@@ -1,9 +1,9 @@
 /* The vocabulary embedded in a GGUF file (tokenizer.ggml.*) -> struct
  * moe_tokenizer. "gpt2": byte-level BPE with tokenizer.ggml.merges and the
- * pre-tokenizer preset named by tokenizer.ggml.pre (model_tokenizer_preset.c;
+ * pre-tokenizer preset named by tokenizer.ggml.pre (tokenizer_preset.c;
  * an unknown name fails the load); "llama": SentencePiece
  * BPE merged by score with <0xNN> byte fallback, as llama.cpp does. */
-#include "model/model_tokenizer_int.h"
+#include "tokenizer/tokenizer_int.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -153,7 +153,7 @@ int moe_tokenizer_from_gguf(const struct moe_gguf *g, struct moe_tokenizer **out
         const struct moe_tok_preset *preset = moe_tok_preset_by_gguf(pre.ptr, pre.len);
         if (!preset) {
             rc = moe_err(-EINVAL, "%s: tokenizer.ggml.pre \"%.*s\" is not a pre-tokenizer moed "
-                         "knows (model/model_tokenizer_preset.c)", path,
+                         "knows (tokenizer/tokenizer_preset.c)", path,
                          (int)MOE_MIN(pre.len, 64), pre.ptr);
             goto fail;
         }

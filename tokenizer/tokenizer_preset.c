@@ -11,7 +11,7 @@
  * converters write them: Qwen2Converter, TikTokenConverter), the original
  * patterns quoted in llama.cpp's src/llama-vocab.cpp, and, where marked
  * "llama.cpp", llama.cpp's own regex list (no Hugging Face original known). */
-#include "model/model_tokenizer_int.h"
+#include "tokenizer/tokenizer_int.h"
 
 #include <string.h>
 

@@ -56,9 +56,10 @@ json_t *moe_ipc_json_text(const char *s, size_t n);
  *   - seed: absent -> lim->defaults.seed. A seed of UINT64_MAX (-1 in the
  *     JSON, or the daemon's "seed = -1" default) means "draw a fresh one":
  *     the server does, per request (OpenAI's and llama.cpp's semantics).
- *   - n must be 1, logprobs/top_logprobs/echo/best_of/suffix/logit_bias/
- *     tools/functions/response_format must be absent or neutral: 400
+ *   - the legacy functions / function_call must be absent or neutral: 400
  *     "unsupported_parameter" otherwise. Unknown fields are ignored.
+ *   - structured output and tools: ipc_structured.c; the model's own chat
+ *     template: ipc_template.c (ipc/README.md has the details).
  */
 struct moe_ipc_parsed {
     struct moe_request *req; /* owned; NULL once handed to the engine */

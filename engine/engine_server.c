@@ -300,6 +300,7 @@ struct moe_engine {
     int32_t n_cache;
     uint64_t clock;
     bool prefix_ok;          /* lim.prefix_cache, and the cache can be forked and cut */
+    bool cut_ok;             /* a sequence's cache can be forked and cut anywhere */
     bool hybrid;             /* linear-attention layers: their states are not cut */
     /* per-step batch arguments */
     int32_t *b_tok, *b_pos, *b_idx, *b_topk, *b_fault;
@@ -571,6 +572,23 @@ static int seq_start(struct moe_engine *e, struct seq *s, struct moe_job *j)
         e->cache[hit].used = ++e->clock;
     else
         usable = 0;
+    /* a later choice of an n > 1 request admitted after the first one's prompt
+     * is in: fork that cache, cut before the prompt's last token (whose logits
+     * this choice computes again) */
+    bool shared = false;
+    for (int32_t i = 0; !usable && e->cut_ok && r->share_group && !r->echo && n_ids > 1 &&
+                        i < e->lim.max_seqs; i++) {
+        struct seq *o = &e->seqs[i];
+        if (o != s && o->job && o->job->req->share_group == r->share_group &&
+            o->n_fed >= o->n_prompt && o->n_prompt == (int32_t)n_ids &&
+            !memcmp(o->ids, ids, n_ids * sizeof(int32_t))) {
+            if (moe_kv_fork(s->kv, o->kv) == 0 && moe_kv_truncate(s->kv, (int32_t)n_ids - 1) == 0)
+                usable = (int32_t)n_ids - 1, shared = true;
+            else
+                moe_kv_reset(s->kv);
+            break;
+        }
+    }
     int rs;
     while ((rs = moe_kv_reserve(s->kv, need)) < 0 && cache_evict(e)) /* room: the LRU go */
         ;
@@ -594,11 +612,14 @@ static int seq_start(struct moe_engine *e, struct seq *s, struct moe_job *j)
     s->need = need;
     if (usable > 0) {
         pthread_mutex_lock(&e->mu);
-        e->stats.prompt_tokens_cached += (uint64_t)usable;
+        if (shared)
+            e->stats.prompt_tokens_shared += (uint64_t)usable;
+        else
+            e->stats.prompt_tokens_cached += (uint64_t)usable;
         pthread_mutex_unlock(&e->mu);
     }
     /* a later choice of an n > 1 request: fork the first one's prompt once it is in */
-    for (int32_t i = 0; r->share_group && !r->echo && i < e->lim.max_seqs; i++) {
+    for (int32_t i = 0; r->share_group && !r->echo && !shared && i < e->lim.max_seqs; i++) {
         struct seq *o = &e->seqs[i];
         if (o != s && o->job && o->job->req->share_group == r->share_group && !o->wait_for &&
             o->n_fed < o->n_prompt && o->n_prompt == s->n_prompt &&
@@ -1179,8 +1200,11 @@ int moe_engine_create(const struct moe_model *model, struct moe_pool *pool,
     e->prefix_ok = limits->prefix_cache &&
                    (limits->kv.key_bits == 0 ||
                     (limits->kv.key_bits >= 16 && limits->kv.value_bits >= 16));
+    e->cut_ok = limits->kv.key_bits == 0 ||
+                (limits->kv.key_bits >= 16 && limits->kv.value_bits >= 16);
     for (int32_t l = 0; l < model->cfg.n_layers; l++) {
         e->prefix_ok &= model->kv_window[l] == 0;
+        e->cut_ok &= model->kv_window[l] == 0 && !model->cfg.layer_linear[l];
         e->hybrid |= model->cfg.layer_linear[l];
     }
     if (limits->prefix_cache && !e->prefix_ok)

@@ -233,10 +233,12 @@ class CompletionsApi(unittest.TestCase):
         shared = self.moed.json("GET", "/admin/stats")[1]["engine"]["prompt_tokens_shared"]
         st, out = self.moed.json("POST", "/v1/completions", body)
         self.assertEqual(st, 200, out)
-        # choices 1 and 2 forked choice 0's prompt KV (the prompt is in after two 64-token
-        # steps, after they were admitted) rather than prefilling it again
+        # choices 1 and 2 forked choice 0's prompt KV rather than prefilling it again: all of
+        # it when admitted while it was prefilled, all but the last token (computed again for
+        # its logits) when admitted after, as under load
         now = self.moed.json("GET", "/admin/stats")[1]["engine"]["prompt_tokens_shared"]
-        self.assertEqual(now, shared + 2 * out["usage"]["prompt_tokens"])
+        self.assertGreaterEqual(now - shared, 2 * (out["usage"]["prompt_tokens"] - 1))
+        self.assertLessEqual(now - shared, 2 * out["usage"]["prompt_tokens"])
         self.assertEqual([c["index"] for c in out["choices"]], [0, 1, 2])
         texts = [c["text"] for c in out["choices"]]
         for i in range(3):

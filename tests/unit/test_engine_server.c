@@ -228,6 +228,47 @@ static void test_drain_finishes_work_then_refuses(void **state)
     moe_request_free(r);
 }
 
+/* A later choice of an n > 1 request admitted after the first one's prompt
+ * is in forks that cache, cut before the last prompt token, and gives what
+ * it gives alone (as under load, when the choices' submissions straggle) */
+static void test_late_choice_forks_the_prompt(void **state)
+{
+    struct fixture *f = *state;
+    const char *prompt = "First Citizen:\nBefore we proceed any further, hear me speak. "
+                         "All: Speak, speak. First Citizen: You are all resolved rather to die "
+                         "than to famish?";
+    struct moe_request *lead = completion(prompt, 48), *late = completion(prompt, 12);
+    lead->sampling.temperature = late->sampling.temperature = 1.0f;
+    lead->sampling.seed = 5, late->sampling.seed = 6;
+    lead->share_group = late->share_group = 7;
+    struct moe_request *alone = moe_request_clone(late);
+    alone->share_group = 0;
+    struct moe_job *jl, *jf, *ja;
+    assert_int_equal(moe_engine_submit(f->e, lead, &jl), 0);
+    struct moe_event ev;
+    do /* the first text: its prompt is in */
+        assert_int_equal(moe_job_next(jl, &ev, 30000), 0);
+    while (ev.kind == MOE_EV_TEXT && ev.len == 0);
+    assert_int_equal(ev.kind, MOE_EV_TEXT);
+    struct moe_engine_stats before, after;
+    moe_engine_get_stats(f->e, &before);
+    assert_int_equal(moe_engine_submit(f->e, late, &jf), 0);
+    struct moe_event end;
+    char *forked = collect(jf, &end);
+    moe_engine_get_stats(f->e, &after);
+    assert_int_equal(after.prompt_tokens_shared - before.prompt_tokens_shared,
+                     (uint64_t)end.prompt_tokens - 1);
+    assert_int_equal(moe_engine_submit(f->e, alone, &ja), 0);
+    char *solo = collect(ja, &end);
+    assert_string_equal(forked, solo);
+    free(forked);
+    free(solo);
+    free(collect(jl, &end));
+    moe_job_release(jl);
+    moe_job_release(jf);
+    moe_job_release(ja);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -240,6 +281,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_full_queue_refuses, setup, teardown),
         cmocka_unit_test_setup_teardown(test_request_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_drain_finishes_work_then_refuses, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_late_choice_forks_the_prompt, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

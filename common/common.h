@@ -85,6 +85,12 @@ int moe_read_text_file(const char *path, char **out, size_t *len); /* NUL-termin
 #define MOE_SYSTEM_SOCKET "/run/moed/moed.sock"
 void moe_user_socket_path(char *buf, size_t cap);
 
+/* ---- UTF-8 (common_utf8.c) ----------------------------------------------------
+ * The code point at p[0..n) and its length *len; a byte that begins no
+ * valid sequence (or one cut short) is U+FFFD of length 1. */
+uint32_t moe_utf8_next(const char *p, size_t n, size_t *len);
+bool moe_py_space(uint32_t c); /* Python's str.isspace() */
+
 /* ---- command-line tools ------------------------------------------------------ */
 struct option;
 /* the long name of the option whose getopt value is val ("?" if none) */

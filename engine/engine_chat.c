@@ -162,49 +162,22 @@ static struct sv sv_strip_nl(struct sv s)
 }
 
 /* Python's str.isspace() for one code point */
-static bool py_space(uint32_t c)
-{
-    return (c >= 0x09 && c <= 0x0d) || (c >= 0x1c && c <= 0x20) || c == 0x85 || c == 0xa0 ||
-           c == 0x1680 || (c >= 0x2000 && c <= 0x200a) || c == 0x2028 || c == 0x2029 ||
-           c == 0x202f || c == 0x205f || c == 0x3000;
-}
 
-/* decodes the UTF-8 character at p[0..n); *len its length (1 for a stray
- * byte, which is then no space) */
-static uint32_t utf8_at(const char *p, size_t n, size_t *len)
-{
-    const unsigned char *u = (const unsigned char *)p;
-    size_t k = u[0] < 0x80 ? 1 : u[0] >= 0xf0 ? 4 : u[0] >= 0xe0 ? 3 : u[0] >= 0xc0 ? 2 : 0;
-    if (k == 0 || k > n) {
-        *len = 1;
-        return 0xfffd;
-    }
-    uint32_t c = k == 1 ? u[0] : u[0] & (0x7f >> k);
-    for (size_t i = 1; i < k; i++) {
-        if ((u[i] & 0xc0) != 0x80) {
-            *len = 1;
-            return 0xfffd;
-        }
-        c = c << 6 | (u[i] & 0x3f);
-    }
-    *len = k;
-    return c;
-}
 
 /* s.strip(): Python's whitespace, Unicode included */
 static struct sv sv_strip_py(struct sv s)
 {
     size_t len;
-    while (s.n && py_space(utf8_at(s.p, s.n, &len)))
+    while (s.n && moe_py_space(moe_utf8_next(s.p, s.n, &len)))
         s.p += len, s.n -= len;
     while (s.n) {
         size_t start = s.n - 1;
         while (start > 0 && ((unsigned char)s.p[start] & 0xc0) == 0x80 && s.n - start < 4)
             start--;
-        uint32_t c = utf8_at(s.p + start, s.n - start, &len);
+        uint32_t c = moe_utf8_next(s.p + start, s.n - start, &len);
         if (start + len != s.n) /* not one whole character: the last byte alone */
             start = s.n - 1, c = 0xfffd;
-        if (!py_space(c))
+        if (!moe_py_space(c))
             break;
         s.n = start;
     }

@@ -553,7 +553,8 @@ static int flatten(struct parser *p, int32_t root, struct moe_grammar *g)
         struct bset *b = &p->sets.p[s];
         struct gset *gs = &g->sets[s];
         size_t n = b->r.n / 2;
-        qsort(b->r.p, n, 2 * sizeof(uint32_t), cmp_pair);
+        if (n) /* qsort wants a pointer even for nothing */
+            qsort(b->r.p, n, 2 * sizeof(uint32_t), cmp_pair);
         gs->first = (int32_t)k;
         gs->neg = b->neg;
         for (size_t i = 0; i < n; i++) { /* merged: neighbours and overlaps joined */

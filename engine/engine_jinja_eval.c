@@ -570,7 +570,7 @@ static int slice(struct jstate *st, const struct jn *e, struct jscope *sc, struc
             return jnomem(st);
         size_t k = 0;
         for (size_t i = 0, l1; i < s->len; i += l1) {
-            jutf8_next(s->s + i, s->len - i, &l1);
+            moe_utf8_next(s->s + i, s->len - i, &l1);
             off[k++] = i;
         }
         off[k] = s->len;

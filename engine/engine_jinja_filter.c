@@ -139,9 +139,9 @@ static bool parse_float(const struct jstr *s, double *out)
 {
     char buf[128];
     size_t n = 0, i = 0, len = s->len;
-    while (i < len && jpy_space((unsigned char)s->s[i]))
+    while (i < len && moe_py_space((unsigned char)s->s[i]))
         i++;
-    while (len > i && jpy_space((unsigned char)s->s[len - 1]))
+    while (len > i && moe_py_space((unsigned char)s->s[len - 1]))
         len--;
     for (; i < len; i++) {
         char c = s->s[i];
@@ -180,9 +180,9 @@ static int f_float(struct jstate *st, const struct jn *at, struct jv in, struct 
 static bool parse_int(const struct jstr *s, int base, int64_t *out)
 {
     size_t i = 0, len = s->len;
-    while (i < len && jpy_space((unsigned char)s->s[i]))
+    while (i < len && moe_py_space((unsigned char)s->s[i]))
         i++;
-    while (len > i && jpy_space((unsigned char)s->s[len - 1]))
+    while (len > i && moe_py_space((unsigned char)s->s[len - 1]))
         len--;
     bool neg = false;
     if (i < len && (s->s[i] == '+' || s->s[i] == '-'))
@@ -409,8 +409,8 @@ static int f_title(struct jstate *st, const struct jn *at, struct jv in, struct 
     struct jbuf b = {0};
     bool start = true;
     for (size_t i = 0, len; !rc && i < s.u.s->len; i += len) {
-        uint32_t c = jutf8_next(s.u.s->s + i, s.u.s->len - i, &len);
-        bool delim = c == '-' || c == '(' || c == '{' || c == '[' || c == '<' || jpy_space(c);
+        uint32_t c = moe_utf8_next(s.u.s->s + i, s.u.s->len - i, &len);
+        bool delim = c == '-' || c == '(' || c == '{' || c == '[' || c == '<' || moe_py_space(c);
         uint32_t r = delim ? c : start ? jcp_upper(c) : jcp_lower(c);
         rc = r == c ? jbuf_put(st, &b, s.u.s->s + i, len) : jbuf_put_cp(st, &b, r);
         start = delim;

@@ -11,6 +11,7 @@
 #ifndef MOE_ENGINE_JINJA_INT_H
 #define MOE_ENGINE_JINJA_INT_H
 
+#include "common/common.h"
 #include "engine/engine_jinja.h"
 
 #include <errno.h>
@@ -488,11 +489,9 @@ int jbuf_printf(struct jstate *st, struct jbuf *b, const char *fmt, ...) JPRINTF
 int jbuf_put_cp(struct jstate *st, struct jbuf *b, uint32_t cp);
 void jbuf_free(struct jbuf *b);
 
-uint32_t jutf8_next(const char *p, size_t n, size_t *len); /* 0xfffd for a bad byte */
 size_t jutf8_count(const char *p, size_t n);
 size_t jutf8_offset(const char *p, size_t n, size_t cps); /* byte offset of code point */
 size_t jutf8_put(uint32_t cp, char out[4]);
-bool jpy_space(uint32_t c);
 bool jpy_linebreak(uint32_t c);
 uint32_t jcp_upper(uint32_t c);
 uint32_t jcp_lower(uint32_t c);

@@ -47,7 +47,7 @@ static int put_string(struct jstate *st, const char *p, size_t n, bool ensure_as
                 snprintf(u, sizeof(u), "\\u%04x", c);
                 esc = u;
             } else if (c >= 0x80 && ensure_ascii) {
-                uint32_t cp = jutf8_next(p + i, n - i, &len);
+                uint32_t cp = moe_utf8_next(p + i, n - i, &len);
                 if (cp >= 0x10000) {
                     cp -= 0x10000;
                     snprintf(u, sizeof(u), "\\u%04x\\u%04x", 0xd800 + (cp >> 10),

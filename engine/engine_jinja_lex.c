@@ -151,9 +151,9 @@ static size_t space_at(const char *s, size_t n, size_t i)
         return 0;
     unsigned char c = (unsigned char)s[i];
     if (c < 0x80)
-        return jpy_space(c) ? 1 : 0;
+        return moe_py_space(c) ? 1 : 0;
     size_t len;
-    return jpy_space(jutf8_next(s + i, n - i, &len)) ? len : 0;
+    return moe_py_space(moe_utf8_next(s + i, n - i, &len)) ? len : 0;
 }
 
 static size_t skip_space(const char *s, size_t n, size_t i)
@@ -422,7 +422,7 @@ static bool name_start(struct lexer *lx, size_t i, size_t *len)
     *len = 1;
     if (c < 0x80)
         return c == '_' || ((c | 32) >= 'a' && (c | 32) <= 'z');
-    return jcp_alpha(jutf8_next(lx->s + i, lx->n - i, len));
+    return jcp_alpha(moe_utf8_next(lx->s + i, lx->n - i, len));
 }
 
 static bool name_char(struct lexer *lx, size_t i, size_t *len)

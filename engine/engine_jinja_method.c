@@ -195,7 +195,7 @@ int jgetitem(struct jstate *st, const struct jn *at, struct jv obj, struct jv ke
                 return 0;
             const struct jstr *s = obj.u.s;
             size_t off = s->ascii ? (size_t)i : jutf8_offset(s->s, s->len, (size_t)i), len = 1;
-            jutf8_next(s->s + off, s->len - off, &len);
+            moe_utf8_next(s->s + off, s->len - off, &len);
             return jv_str(st, s->s + off, len, out);
         }
         break;

@@ -20,7 +20,7 @@ static int str_of(struct jstate *st, const struct jn *at, struct jv *v, const ch
 static bool cp_in(uint32_t c, const struct jstr *chars)
 {
     for (size_t i = 0, len; i < chars->len; i += len)
-        if (jutf8_next(chars->s + i, chars->len - i, &len) == c)
+        if (moe_utf8_next(chars->s + i, chars->len - i, &len) == c)
             return true;
     return false;
 }
@@ -33,8 +33,8 @@ int jstr_strip(struct jstate *st, struct jv s, struct jv *chars, int which, stru
     size_t lo = 0, hi = s.u.s->len, len;
     if (which & 1)
         while (lo < hi) {
-            uint32_t c = jutf8_next(p + lo, hi - lo, &len);
-            if (set ? !cp_in(c, set) : !jpy_space(c))
+            uint32_t c = moe_utf8_next(p + lo, hi - lo, &len);
+            if (set ? !cp_in(c, set) : !moe_py_space(c))
                 break;
             lo += len;
         }
@@ -43,8 +43,8 @@ int jstr_strip(struct jstate *st, struct jv s, struct jv *chars, int which, stru
             size_t b = hi - 1;
             while (b > lo && ((unsigned char)p[b] & 0xc0) == 0x80 && hi - b < 4)
                 b--;
-            uint32_t c = jutf8_next(p + b, hi - b, &len);
-            if (len != hi - b || (set ? !cp_in(c, set) : !jpy_space(c)))
+            uint32_t c = moe_utf8_next(p + b, hi - b, &len);
+            if (len != hi - b || (set ? !cp_in(c, set) : !moe_py_space(c)))
                 break;
             hi = b;
         }
@@ -62,7 +62,7 @@ int jstr_case(struct jstate *st, struct jv s, int how, struct jv *out)
     int rc = 0;
     bool prev_cased = false, first = true;
     for (size_t i = 0, len; !rc && i < s.u.s->len; i += len) {
-        uint32_t c = jutf8_next(s.u.s->s + i, s.u.s->len - i, &len), r;
+        uint32_t c = moe_utf8_next(s.u.s->s + i, s.u.s->len - i, &len), r;
         switch (how) {
         case 0:
             r = jcp_lower(c);
@@ -116,7 +116,7 @@ int jstr_replace(struct jstate *st, const struct jn *at, struct jv s, struct jv 
             }
             if (i == n)
                 break;
-            jutf8_next(p + i, n - i, &len);
+            moe_utf8_next(p + i, n - i, &len);
             if (!rc)
                 rc = jbuf_put(st, &b, p + i, len);
         }
@@ -155,7 +155,7 @@ int jstr_splitlines(struct jstate *st, struct jv s, bool keepends, struct jlist 
     size_t n = s.u.s->len, start = 0, i = 0, len;
     int rc = 0;
     while (!rc && i < n) {
-        uint32_t c = jutf8_next(p + i, n - i, &len);
+        uint32_t c = moe_utf8_next(p + i, n - i, &len);
         if (!jpy_linebreak(c)) {
             i += len;
             continue;
@@ -308,7 +308,7 @@ static int str_split(struct jstate *st, const struct jn *at, struct jv s, bool r
         size_t ps, pe;
         if (ws) {
             if (!rev) {
-                while (lo < hi && jpy_space(jutf8_next(p + lo, hi - lo, &len)))
+                while (lo < hi && moe_py_space(moe_utf8_next(p + lo, hi - lo, &len)))
                     lo += len;
                 if (lo >= hi)
                     break;
@@ -318,7 +318,7 @@ static int str_split(struct jstate *st, const struct jn *at, struct jv s, bool r
                     lo = hi;
                 } else {
                     ps = lo;
-                    while (lo < hi && !jpy_space(jutf8_next(p + lo, hi - lo, &len)))
+                    while (lo < hi && !moe_py_space(moe_utf8_next(p + lo, hi - lo, &len)))
                         lo += len;
                     pe = lo;
                 }
@@ -327,7 +327,7 @@ static int str_split(struct jstate *st, const struct jn *at, struct jv s, bool r
                     size_t b = hi - 1;
                     while (b > lo && ((unsigned char)p[b] & 0xc0) == 0x80)
                         b--;
-                    if (!jpy_space(jutf8_next(p + b, hi - b, &len)))
+                    if (!moe_py_space(moe_utf8_next(p + b, hi - b, &len)))
                         break;
                     hi = b;
                 }
@@ -342,7 +342,7 @@ static int str_split(struct jstate *st, const struct jn *at, struct jv s, bool r
                         size_t b = hi - 1;
                         while (b > lo && ((unsigned char)p[b] & 0xc0) == 0x80)
                             b--;
-                        if (jpy_space(jutf8_next(p + b, hi - b, &len)))
+                        if (moe_py_space(moe_utf8_next(p + b, hi - b, &len)))
                             break;
                         hi = b;
                     }
@@ -554,7 +554,7 @@ static int str_is(struct jstate *st, struct jv s, const char *m, struct jv *out)
 {
     bool r = s.u.s->len > 0, any_cased = false, prev_cased = false, title_ok = true;
     for (size_t i = 0, len; i < s.u.s->len; i += len) {
-        uint32_t c = jutf8_next(s.u.s->s + i, s.u.s->len - i, &len);
+        uint32_t c = moe_utf8_next(s.u.s->s + i, s.u.s->len - i, &len);
         bool up = jcp_lower(c) != c, lo = jcp_upper(c) != c;
         if (!strcmp(m, "isalnum"))
             r &= jcp_alpha(c) || jcp_digit(c);
@@ -563,7 +563,7 @@ static int str_is(struct jstate *st, struct jv s, const char *m, struct jv *out)
         else if (!strcmp(m, "isdigit") || !strcmp(m, "isnumeric") || !strcmp(m, "isdecimal"))
             r &= jcp_digit(c);
         else if (!strcmp(m, "isspace"))
-            r &= jpy_space(c);
+            r &= moe_py_space(c);
         else if (!strcmp(m, "islower"))
             r &= !up, any_cased |= lo;
         else if (!strcmp(m, "isupper"))

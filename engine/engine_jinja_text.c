@@ -76,26 +76,6 @@ void jbuf_free(struct jbuf *b)
 
 /* ---- UTF-8 and Python's character classes ------------------------------------------- */
 
-uint32_t jutf8_next(const char *p, size_t n, size_t *len)
-{
-    const unsigned char *u = (const unsigned char *)p;
-    size_t k = u[0] < 0x80 ? 1 : u[0] >= 0xf8 ? 0 : u[0] >= 0xf0 ? 4 : u[0] >= 0xe0 ? 3
-             : u[0] >= 0xc2 ? 2 : 0;
-    if (k == 0 || k > n) {
-        *len = 1;
-        return 0xfffd;
-    }
-    uint32_t c = k == 1 ? u[0] : u[0] & (0x7f >> k);
-    for (size_t i = 1; i < k; i++) {
-        if ((u[i] & 0xc0) != 0x80) {
-            *len = 1;
-            return 0xfffd;
-        }
-        c = c << 6 | (u[i] & 0x3f);
-    }
-    *len = k;
-    return c;
-}
 
 size_t jutf8_count(const char *p, size_t n)
 {
@@ -141,13 +121,6 @@ size_t jutf8_put(uint32_t cp, char out[4])
     return 4;
 }
 
-/* str.isspace() */
-bool jpy_space(uint32_t c)
-{
-    return (c >= 0x09 && c <= 0x0d) || (c >= 0x1c && c <= 0x20) || c == 0x85 || c == 0xa0 ||
-           c == 0x1680 || (c >= 0x2000 && c <= 0x200a) || c == 0x2028 || c == 0x2029 ||
-           c == 0x202f || c == 0x205f || c == 0x3000;
-}
 
 /* where str.splitlines() breaks */
 bool jpy_linebreak(uint32_t c)
@@ -301,7 +274,7 @@ static int repr_str(struct jstate *st, const struct jstr *s, struct jbuf *b)
     char quote = sq && !dq ? '"' : '\'';
     int rc = jbuf_putc(st, b, quote);
     for (size_t i = 0, len; !rc && i < s->len; i += len) {
-        uint32_t c = jutf8_next(s->s + i, s->len - i, &len);
+        uint32_t c = moe_utf8_next(s->s + i, s->len - i, &len);
         if (c == (uint32_t)quote || c == '\\') {
             char e[2] = {'\\', (char)c};
             rc = jbuf_put(st, b, e, 2);

@@ -692,7 +692,7 @@ int jv_iterate(struct jstate *st, const struct jn *at, struct jv v, struct jlist
         if (!l)
             return -EINVAL;
         for (size_t i = 0, len; i < v.u.s->len; i += len) {
-            jutf8_next(v.u.s->s + i, v.u.s->len - i, &len);
+            moe_utf8_next(v.u.s->s + i, v.u.s->len - i, &len);
             struct jv c;
             int rc = jv_str(st, v.u.s->s + i, len, &c);
             if (!rc)

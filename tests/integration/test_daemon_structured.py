@@ -319,15 +319,21 @@ class Structured(unittest.TestCase):
             self.assertIsInstance(r.choices[0].message.parsed, Person)  # the client validated it
         stream = client.chat.completions.create(model="tiny-moe", messages=CHAT, max_tokens=450,
                                                 temperature=0, tools=TOOLS, stream=True,
-                                                tool_choice="required")
-        calls, finish = {}, None
+                                                tool_choice="required",
+                                                stream_options={"include_usage": True})
+        calls, finish, usage = {}, None, None
         for ch in stream:
+            if not ch.choices:  # include_usage: the last chunk, choices empty
+                usage = ch.usage
+                continue
             for tc in ch.choices[0].delta.tool_calls or []:
                 c = calls.setdefault(tc.index, {"name": "", "arguments": ""})
                 c["name"] += tc.function.name or ""
                 c["arguments"] += tc.function.arguments or ""
             finish = ch.choices[0].finish_reason or finish
         self.assertEqual(finish, "tool_calls")
+        self.assertGreater(usage.completion_tokens, 10)
+        self.assertEqual(usage.total_tokens, usage.prompt_tokens + usage.completion_tokens)
         self.assertEqual(len(calls), 1)
         self.check_call({"type": "function", "id": "call_x", "function": calls[0]})
 

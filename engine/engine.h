@@ -91,6 +91,10 @@ struct moe_gen_params {
     const float *bias;
     size_t n_bias;
     struct moe_grammar *grammar; /* the text must be a sentence of it; NULL: free */
+    /* trigger: the grammar holds only from where the text first contains this
+     * (its root starts with it: a tool call's opening tag under tool_choice
+     * auto); NULL: from the start */
+    const char *trigger;
 };
 struct moe_gen; /* one sequence's */
 int moe_gen_create(struct moe_gen_shared *sh, const struct moe_gen_params *p,

@@ -6,6 +6,7 @@
  *   the grammar taking the token, detokenization into whole characters,
  *   stop strings, and the reasons to end (a stop string, nothing more the
  *   grammar allows, the token limit). */
+#define _GNU_SOURCE /* memmem */
 #include "engine/engine.h"
 
 #include "common/common.h"
@@ -36,7 +37,9 @@ struct moe_gen {
     struct moe_sampler *smp;
     struct moe_stop *stop;
     struct moe_detok detok;
-    struct moe_grammar_state *gram;
+    struct moe_grammar_state *gram; /* NULL until the trigger (if any) has come */
+    char *tail;        /* with a trigger: the text's last bytes, where it may begin */
+    size_t n_tail;
     int32_t generated;
     char *piece; /* one token's text, and what the end flushes */
     size_t piece_cap;
@@ -108,8 +111,10 @@ int moe_gen_create(struct moe_gen_shared *sh, const struct moe_gen_params *p,
         rc = moe_sampler_create(&p->sampling, sh->vocab, &g->smp);
     if (!rc && p->n_stop)
         rc = moe_stop_create(p->stop, p->n_stop, &g->stop);
-    if (!rc && p->grammar && (rc = grammar_tools(sh)) == 0)
+    if (!rc && p->grammar && (rc = grammar_tools(sh)) == 0 && !p->trigger)
         rc = moe_grammar_state_new(p->grammar, &g->gram);
+    if (!rc && p->grammar && p->trigger && !(g->tail = malloc(strlen(p->trigger) + g->piece_cap)))
+        rc = moe_err(-ENOMEM, "out of memory");
     if (rc) {
         moe_gen_free(g);
         return rc;
@@ -126,6 +131,7 @@ void moe_gen_free(struct moe_gen *g)
     moe_sampler_free(g->smp);
     moe_stop_free(g->stop);
     moe_grammar_state_free(g->gram);
+    free(g->tail);
     free(g->piece);
     free(g);
 }
@@ -229,6 +235,35 @@ static int32_t grammar_sample(struct moe_gen *g, float *lg, const int32_t *hist,
 
 /* ---- one step ------------------------------------------------------------------ */
 
+/* With a trigger: the token's bytes join the tail; once the trigger is in
+ * it, the grammar starts there and takes the rest. Text that does not fit
+ * (the token went on past the trigger in a way the grammar refuses) leaves
+ * generation free, as it was. */
+static int watch_trigger(struct moe_gen *g, const char *b, size_t n)
+{
+    const char *t = g->p.trigger;
+    size_t tl = strlen(t);
+    memcpy(g->tail + g->n_tail, b, n);
+    g->n_tail += n;
+    const char *at = memmem(g->tail, g->n_tail, t, tl);
+    if (!at) { /* keep what may still begin it */
+        size_t keep = MOE_MIN(g->n_tail, tl - 1);
+        memmove(g->tail, g->tail + g->n_tail - keep, keep);
+        g->n_tail = keep;
+        return 0;
+    }
+    int rc = moe_grammar_state_new(g->p.grammar, &g->gram);
+    if (rc < 0)
+        return rc;
+    if (moe_grammar_advance(g->gram, at, (size_t)(g->tail + g->n_tail - at)) < 0) {
+        moe_grammar_state_free(g->gram);
+        g->gram = NULL;
+        g->p.trigger = NULL, g->p.grammar = NULL; /* free text from here on */
+    }
+    g->n_tail = 0;
+    return 0;
+}
+
 int moe_gen_step(struct moe_gen *g, float *lg, const int32_t *hist, size_t n_hist,
                  struct moe_gen_token *out)
 {
@@ -262,6 +297,11 @@ int moe_gen_step(struct moe_gen *g, float *lg, const int32_t *hist, size_t n_his
         size_t nb = moe_tokenizer_token_bytes(t, tok, g->piece, g->piece_cap);
         if (moe_grammar_advance(g->gram, g->piece, MOE_MIN(nb, g->piece_cap)) < 0)
             return -EINVAL; /* sampled under the mask: cannot happen */
+    } else if (g->p.trigger && g->p.grammar) {
+        size_t nb = moe_tokenizer_token_bytes(t, tok, g->piece, g->piece_cap);
+        int rc = watch_trigger(g, g->piece, MOE_MIN(nb, g->piece_cap));
+        if (rc < 0)
+            return rc;
     }
     g->generated++;
     size_t n = moe_detok_push(&g->detok, tok, g->piece, g->piece_cap);

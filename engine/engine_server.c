@@ -197,6 +197,7 @@ void moe_request_free(struct moe_request *r)
     free(r->bias_id);
     free(r->bias);
     moe_grammar_unref(r->grammar);
+    free(r->grammar_trigger);
     free(r);
 }
 
@@ -227,6 +228,7 @@ struct moe_request *moe_request_clone(const struct moe_request *r)
     moe_grammar_ref(c->grammar);
     c->prompt = dup_str(r->prompt, &ok);
     c->suffix = dup_str(r->suffix, &ok);
+    c->grammar_trigger = dup_str(r->grammar_trigger, &ok);
     c->prompt_ids = dup_mem(r->prompt_ids, r->n_prompt_ids * sizeof(int32_t), &ok);
     c->bias_id = dup_mem(r->bias_id, r->n_bias * sizeof(int32_t), &ok);
     c->bias = dup_mem(r->bias, r->n_bias * sizeof(float), &ok);
@@ -649,7 +651,7 @@ static int seq_start(struct moe_engine *e, struct seq *s, struct moe_job *j)
         .sampling = r->sampling, .stop = (const char *const *)r->stop, .n_stop = r->n_stop,
         .ignore_eos = r->ignore_eos, .max_new = s->max_new, .logprobs = r->logprobs,
         .top_logprobs = r->top_logprobs, .bias_id = r->bias_id, .bias = r->bias,
-        .n_bias = r->n_bias, .grammar = r->grammar};
+        .n_bias = r->n_bias, .grammar = r->grammar, .trigger = r->grammar_trigger};
     if (moe_gen_create(e->gsh, &gp, &s->gen) < 0) {
         seq_fail(e, s, 400, moe_err_msg());
         return SEQ_FAILED;

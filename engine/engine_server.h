@@ -105,6 +105,8 @@ struct moe_request {
                                          * in the middle; the model's FIM tokens) or NULL */
     struct moe_grammar *grammar;        /* structured output: the text generated must be a
                                          * sentence of it (a reference; NULL: free text) */
+    char *grammar_trigger;              /* ... from where the text first holds this (a tool
+                                         * call's opening tag); NULL: from the start */
 };
 void moe_request_free(struct moe_request *r); /* frees the strings and r itself */
 /* A deep copy (n > 1 choices: one request each), or NULL out of memory. */

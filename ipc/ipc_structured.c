@@ -7,8 +7,9 @@
  * A tool call is written as Hermes / Qwen write it, one per call:
  *     <tool_call>\n{"name": "get_weather", "arguments": {...}}\n</tool_call>
  * tool_choice "required" or a named function constrains the output to
- * exactly that; "auto" leaves the model free and reads calls out of its
- * text at the end. */
+ * exactly that; "auto" leaves the model free until it opens a call, which
+ * is then held to the same grammar (a lazy grammar, triggered by the tag),
+ * and calls are read out of the text at the end. */
 #include "ipc/ipc_int.h"
 
 #include "engine/engine_grammar.h"
@@ -100,11 +101,15 @@ static int tool_function(json_t *tool, size_t i, json_t **fn, const char **name,
 }
 
 /* GBNF for one call of any of the chosen tools (only = that one name) */
-static int tools_grammar(json_t *tools, const char *only, struct moe_request *r,
+#define CALL_OPEN "<tool_call>"
+
+/* lazy: the grammar starts at the call's opening tag (tool_choice auto) */
+static int tools_grammar(json_t *tools, const char *only, bool lazy, struct moe_request *r,
                          struct moe_ipc_error *err)
 {
     struct moe_sbuf b = {0};
-    moe_sbuf_puts(&b, "root ::= ws \"<tool_call>\\n{\\\"name\\\": \" call \"}\\n</tool_call>\"\n"
+    moe_sbuf_puts(&b, lazy ? "root ::= " : "root ::= ws ");
+    moe_sbuf_puts(&b, "\"" CALL_OPEN "\\n{\\\"name\\\": \" call \"}\\n</tool_call>\"\n"
                       "call ::= ");
     struct moe_sbuf rules = {0};
     int rc = 0, n = 0;
@@ -187,9 +192,12 @@ static int parse_tools(json_t *root, struct moe_request *r, struct moe_ipc_parse
     out->tools = json_incref(tools);
     out->tool_mode = !strcmp(mode, "none") ? MOE_TOOLS_NONE
                      : !strcmp(mode, "auto") ? MOE_TOOLS_AUTO : MOE_TOOLS_REQUIRED;
-    if (out->tool_mode == MOE_TOOLS_REQUIRED)
-        return tools_grammar(tools, only, r, err);
-    return 0;
+    if (out->tool_mode == MOE_TOOLS_NONE)
+        return 0;
+    bool lazy = out->tool_mode == MOE_TOOLS_AUTO;
+    if (lazy && !(r->grammar_trigger = strdup(CALL_OPEN)))
+        return moe_ipc_error_set(err, 500, "server_error", "out_of_memory", "", "out of memory");
+    return tools_grammar(tools, only, lazy, r, err);
 }
 
 int moe_ipc_parse_structured(json_t *root, bool chat, struct moe_request *r,

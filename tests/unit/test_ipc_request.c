@@ -4,6 +4,7 @@
  * (error objects, completion JSON, SSE chunks). */
 #include "tests/unit/test.h"
 
+#include "engine/engine_grammar.h"
 #include "ipc/ipc_int.h"
 
 #include <errno.h>
@@ -895,11 +896,46 @@ static void test_responses_request(void **state)
     }
 }
 
+/* tools: required and a named function constrain from the start; auto holds
+ * the same grammar only from the call's opening tag on */
+static void test_tool_grammars(void **state)
+{
+    (void)state;
+    static const char *const modes[] = {"\"required\"", "\"auto\"",
+                                        "{\"type\": \"function\", \"function\": {\"name\": \"f\"}}"};
+    const char *call = "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"n\": 3}}\n</tool_call>";
+    for (size_t i = 0; i < MOE_ARRAY_SIZE(modes); i++) {
+        char body[512];
+        snprintf(body, sizeof(body),
+                 "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"tools\": "
+                 "[{\"type\": \"function\", \"function\": {\"name\": \"f\", \"parameters\": "
+                 "{\"type\": \"object\", \"properties\": {\"n\": {\"type\": \"integer\"}}, "
+                 "\"required\": [\"n\"]}}}], \"tool_choice\": %s}", modes[i]);
+        struct moe_ipc_parsed p;
+        struct moe_request *r = parse_ok(body, true, &p);
+        assert_non_null(r->grammar);
+        if (i == 1)
+            assert_string_equal(r->grammar_trigger, "<tool_call>");
+        else
+            assert_null(r->grammar_trigger);
+        struct moe_grammar_state *st;
+        assert_int_equal(moe_grammar_state_new(r->grammar, &st), 0);
+        assert_int_equal(moe_grammar_advance(st, call, strlen(call)), 0);
+        assert_true(moe_grammar_done(st));
+        moe_grammar_state_free(st);
+        assert_int_equal(moe_grammar_state_new(r->grammar, &st), 0);
+        assert_false(moe_grammar_accepts(st, "<tool_call>\n{\"name\": \"g\"", 27));
+        moe_grammar_state_free(st);
+        moe_ipc_parsed_free(&p);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_logprobs_json),
         cmocka_unit_test(test_responses_request),
+        cmocka_unit_test(test_tool_grammars),
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_all_fields),
         cmocka_unit_test(test_nulls_are_defaults),

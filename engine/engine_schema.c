@@ -7,7 +7,8 @@
  * values and is not implemented is refused naming it and where it is, never
  * ignored: an output that fails its schema would be silently wrong.
  * oneOf is generated as anyOf: its branches are assumed disjoint, as real
- * schemas write them (pydantic's tagged unions). */
+ * schemas write them (pydantic's tagged unions). Number bounds must be
+ * whole numbers; "-0" is not generated. */
 #include "engine/engine_grammar.h"
 
 #include "common/common.h"
@@ -248,8 +249,37 @@ static int gen_integer(struct gen *g, struct moe_sbuf *e, const json_t *s, const
     return 0;
 }
 
-/* numbers with bounds: integer bounds at or above 0 (a price, a score in
- * [0, 1], a percentage); others are refused */
+/* Decimals m (no sign, no exponent) with a <= m (a < m when a_ex) and
+ * m <= b (m < b when b_ex; has_b false: no bound), a and b whole and >= 0,
+ * appended as alternatives; *any says whether one was written before */
+static void magnitude(struct moe_sbuf *o, int64_t a, bool a_ex, bool has_b, int64_t b, bool b_ex,
+                      bool *any)
+{
+    char c[96];
+    /* integer part i with a <= i (a < i) and i < b: any fraction */
+    int64_t i0 = a + a_ex, i1 = has_b ? b - 1 : -1;
+    if (!has_b || i0 <= i1) {
+        moe_sbuf_puts(o, *any ? " | " : "");
+        uint_range(o, i0, has_b ? i1 : -1);
+        moe_sbuf_puts(o, " frac?");
+        *any = true;
+    }
+    if (a_ex && (!has_b || a < b)) { /* a itself with a fraction that is not zero */
+        snprintf(c, sizeof(c), "%s\"%" PRId64 "\" \".\" [0-9]{0,15} [1-9]", *any ? " | " : "", a);
+        moe_sbuf_puts(o, c);
+        *any = true;
+    }
+    if (has_b && !b_ex && (b > a || (b == a && !a_ex))) { /* b itself, fraction all zero */
+        snprintf(c, sizeof(c), "%s\"%" PRId64 "\" ( \".\" \"0\"{1,16} )?", *any ? " | " : "", b);
+        moe_sbuf_puts(o, c);
+        *any = true;
+    }
+}
+
+/* numbers with whole bounds of any sign (latitudes, scores, percentages):
+ * the values at or above 0 and the negative ones (a minus sign before
+ * their magnitude, which is above 0) each as magnitudes; fractional bounds
+ * are refused */
 static int gen_number(struct gen *g, struct moe_sbuf *e, const json_t *s, const char *path)
 {
     bool has_lo, has_hi, lo_ex, hi_ex;
@@ -260,36 +290,39 @@ static int gen_number(struct gen *g, struct moe_sbuf *e, const json_t *s, const 
         moe_sbuf_puts(e, "number");
         return 0;
     }
-    if (!has_lo || lo < 0 || lo != floor(lo) || (has_hi && hi != floor(hi)))
-        return gfail(g, path, "bounds on a 'number' are supported when they are whole numbers "
-                              "with a minimum of 0 or more (use 'integer' otherwise)");
-    int64_t a = (int64_t)lo, b = has_hi ? (int64_t)hi : -1;
-    if (has_hi && (b < a || (b == a && (lo_ex || hi_ex))))
-        return gfail(g, path, "no number lies between minimum and maximum");
-    struct moe_sbuf *o = e;
+    if ((has_lo && lo != floor(lo)) || (has_hi && hi != floor(hi)))
+        return gfail(g, path, "bounds on a 'number' must be whole numbers (fractional ones are "
+                              "not supported)");
+    int64_t a = has_lo ? (int64_t)lo : 0, b = has_hi ? (int64_t)hi : 0;
+    struct moe_sbuf alts = {0};
     bool any = false;
-    moe_sbuf_puts(o, "( ");
-    /* integer part i with lo < i (or <=) and i < hi: any fraction */
-    int64_t i0 = a + lo_ex, i1 = has_hi ? b - 1 : -1;
-    if (!has_hi || i0 <= i1) {
-        uint_range(o, i0, has_hi ? i1 : -1);
-        moe_sbuf_puts(o, " frac?");
-        any = true;
+    /* 0 and above: from max(a, 0) */
+    if (!has_hi || b > 0 || (b == 0 && !hi_ex)) {
+        bool from_a = has_lo && a >= 0;
+        magnitude(&alts, from_a ? a : 0, from_a && lo_ex, has_hi, b, hi_ex, &any);
     }
-    if (lo_ex) { /* lo itself with a fraction that is not zero, when below hi */
-        if (!has_hi || a < b) {
-            char c[64];
-            snprintf(c, sizeof(c), "%s\"%" PRId64 "\" \".\" [0-9]{0,15} [1-9]", any ? " | " : "", a);
-            moe_sbuf_puts(o, c);
+    /* below 0: magnitudes above |b| (or 0) and up to |a| */
+    if (!has_lo || a < 0) {
+        bool neg_any = false;
+        struct moe_sbuf neg = {0};
+        bool from_b = has_hi && b < 0;
+        magnitude(&neg, from_b ? -b : 0, from_b ? hi_ex : true, has_lo, -a, lo_ex, &neg_any);
+        if (neg_any) {
+            moe_sbuf_puts(&alts, any ? " | \"-\" ( " : "\"-\" ( ");
+            moe_sbuf_puts(&alts, neg.p);
+            moe_sbuf_puts(&alts, " )");
             any = true;
         }
+        free(neg.p);
     }
-    if (has_hi && !hi_ex && !(lo_ex && a == b)) { /* hi itself, fraction all zero */
-        char c[64];
-        snprintf(c, sizeof(c), "%s\"%" PRId64 "\" ( \".\" \"0\"{1,16} )?", any ? " | " : "", b);
-        moe_sbuf_puts(o, c);
+    if (!any) {
+        free(alts.p);
+        return gfail(g, path, "no number lies between minimum and maximum");
     }
-    moe_sbuf_puts(o, " )");
+    moe_sbuf_puts(e, "( ");
+    moe_sbuf_puts(e, alts.p);
+    moe_sbuf_puts(e, " )");
+    free(alts.p);
     return 0;
 }
 

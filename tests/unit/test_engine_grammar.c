@@ -199,6 +199,11 @@ static void test_schema_ranges(void **state)
         {"{\"type\":\"number\",\"minimum\":0,\"maximum\":1}", 0, 1, false, false, false},
         {"{\"type\":\"number\",\"exclusiveMinimum\":0,\"exclusiveMaximum\":100}", 0, 100, true, true, false},
         {"{\"type\":\"number\",\"minimum\":18}", 18, 1e9, false, false, false},
+        {"{\"type\":\"number\",\"minimum\":-90,\"maximum\":90}", -90, 90, false, false, false},
+        {"{\"type\":\"number\",\"exclusiveMinimum\":-180,\"exclusiveMaximum\":-7}", -180, -7, true,
+         true, false},
+        {"{\"type\":\"number\",\"maximum\":-3}", -1e9, -3, false, false, false},
+        {"{\"type\":\"number\",\"exclusiveMaximum\":0}", -1e9, 0, false, true, false},
     };
     for (size_t c = 0; c < MOE_ARRAY_SIZE(cases); c++) {
         struct moe_grammar *g = schema(cases[c].schema);
@@ -235,7 +240,8 @@ static void test_schema_refusals(void **state)
         {"{\"type\":\"string\",\"minimum\":3}", "does not apply to type 'string'"},
         {"{\"allOf\":[{\"type\":\"string\"},{\"maxLength\":3}]}", "allOf"},
         {"{\"type\":\"array\",\"uniqueItems\":true}", "uniqueItems"},
-        {"{\"type\":\"number\",\"minimum\":-1.5}", "bounds on a 'number'"},
+        {"{\"type\":\"number\",\"minimum\":-1.5}", "must be whole numbers"},
+        {"{\"type\":\"number\",\"minimum\":3,\"exclusiveMaximum\":3}", "no number lies"},
         {"{\"type\":\"integer\",\"minimum\":5,\"maximum\":4}", "no integer"},
         {"{\"type\":\"object\",\"required\":[\"x\"]}", "required property 'x'"},
         {"{\"type\":\"string\",\"pattern\":\"(?=a)\"}", "lookaround"},

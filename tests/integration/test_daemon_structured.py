@@ -149,6 +149,17 @@ class Structured(unittest.TestCase):
             value = json.loads(ch["message"]["content"])
             jsonschema.validate(value, schema, format_checker=jsonschema.FormatChecker())
 
+    def test_n_choices_each_held_to_the_schema(self):
+        # the later choices fork the first one's prompt; each has its own parse state
+        for schema in SCHEMAS[:4]:
+            out = self.chat({"n": 3, "temperature": 1.0, "seed": 9, "response_format": {
+                "type": "json_schema", "json_schema": {"name": "s", "schema": schema}}})
+            self.assertEqual(len(out["choices"]), 3)
+            for c in out["choices"]:
+                self.assertEqual(c["finish_reason"], "stop", c)
+                jsonschema.validate(json.loads(c["message"]["content"]), schema)
+            self.assertGreater(len({c["message"]["content"] for c in out["choices"]}), 1)
+
     def test_json_object_and_llama_server_fields(self):
         out = self.chat({"temperature": 0, "response_format": {"type": "json_object"}})
         self.assertIsInstance(json.loads(out["choices"][0]["message"]["content"]), dict)

@@ -20,7 +20,6 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 
@@ -99,16 +98,7 @@ def main():
     a = ap.parse_args()
     tmp = None
     if a.max_position:
-        tmp = tempfile.mkdtemp(prefix="prefix-bench-")
-        for f in os.listdir(a.model):
-            if f != "config.json":
-                os.symlink(os.path.abspath(os.path.join(a.model, f)), os.path.join(tmp, f))
-        with open(os.path.join(a.model, "config.json")) as f:
-            cfg = json.load(f)
-        cfg["max_position_embeddings"] = a.max_position
-        with open(os.path.join(tmp, "config.json"), "w") as f:
-            json.dump(cfg, f)
-        a.model = tmp
+        tmp = a.model = td.long_context_copy(a.model, a.max_position)
     global SYSTEM
     SYSTEM = SYSTEM_LINE * a.system_repeats
     if a.bin:

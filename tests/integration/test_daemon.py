@@ -61,6 +61,23 @@ def ini_edit(text, values, extra=""):
     return "\n".join(out) + "\n" + extra
 
 
+def long_context_copy(model, positions):
+    """The model's files linked into a temporary directory (the caller removes it), its
+    config given a longer max_position_embeddings: tiny-moe's weights with room for long
+    prompts (tool declarations, a 1k-token system prompt). Rotary attention has no table to
+    outgrow, so the math is the model's own at every position."""
+    tmp = tempfile.mkdtemp(prefix="moed-long-")
+    for f in os.listdir(model):
+        if f != "config.json":
+            os.symlink(os.path.abspath(os.path.join(model, f)), os.path.join(tmp, f))
+    with open(os.path.join(model, "config.json")) as f:
+        cfg = json.load(f)
+    cfg["max_position_embeddings"] = positions
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+        json.dump(cfg, f)
+    return tmp
+
+
 def at_once(moed, bodies, path="/v1/completions"):
     """POSTs every body at once, each from its own thread: ([(status, body)] in order, the most
     sequences /metrics reported running at one time meanwhile)."""

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -25,26 +24,10 @@ TEMPLATE = os.path.join(ROOT, "tests/data/chat/templates/Qwen-Qwen2.5-7B-Instruc
 CASES = os.path.join(ROOT, "tests/data/chat/jinja/Qwen-Qwen2.5-7B-Instruct.json")
 
 
-def long_context_copy(model, positions):
-    """The model's files linked into a temporary directory, its config given a longer
-    max_position_embeddings (tool declarations take more than tiny-moe's 512 tokens of its
-    small vocabulary); rotary attention has no table to outgrow."""
-    tmp = tempfile.mkdtemp(prefix="moed-long-")
-    for f in os.listdir(model):
-        if f != "config.json":
-            os.symlink(os.path.abspath(os.path.join(model, f)), os.path.join(tmp, f))
-    with open(os.path.join(model, "config.json")) as f:
-        cfg = json.load(f)
-    cfg["max_position_embeddings"] = positions
-    with open(os.path.join(tmp, "config.json"), "w") as f:
-        json.dump(cfg, f)
-    return tmp
-
-
 class OwnTemplate(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.model = long_context_copy(td.TINY, 4096)
+        cls.model = td.long_context_copy(td.TINY, 4096)
         cls.moed = td.Moed(model=cls.model, max_ctx=4096,
                            chat_template="auto\nchat_template_file = %s" % TEMPLATE)
         cls.moed.wait_notify("READY=1")

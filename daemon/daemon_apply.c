@@ -210,26 +210,6 @@ int moe_daemon_prune(const struct moe_daemon_config *c, const struct moe_model *
     return 0;
 }
 
-/* tokenizer_config.json's chat_template: a string, or a list of {"name",
- * "template"} whose "default" transformers uses (tools are passed to it as
- * variables, so "tool_use" is not needed) */
-static char *config_template(const char *json, size_t len)
-{
-    json_error_t je;
-    json_t *root = json_loadb(json, len, 0, &je);
-    json_t *t = json_object_get(root, "chat_template");
-    const char *text = json_string_value(t);
-    for (size_t i = 0; !text && i < json_array_size(t); i++) {
-        json_t *e = json_array_get(t, i);
-        const char *name = json_string_value(json_object_get(e, "name"));
-        if (name && !strcmp(name, "default"))
-            text = json_string_value(json_object_get(e, "template"));
-    }
-    char *out = text ? strdup(text) : NULL;
-    json_decref(root);
-    return out;
-}
-
 static char *gguf_template(const struct moe_gguf *g)
 {
     struct moe_gguf_str s;
@@ -246,16 +226,14 @@ static char *model_template(const char *path, const char **where)
     if (!path || moe_model_file_kind(path, &kind) < 0)
         return NULL;
     if (kind == MOE_FILE_DIR) {
-        char *p = moe_path_join(path, "chat_template.jinja");
-        size_t len;
-        if (p && moe_read_text_file(p, &text, &len) == 0)
-            *where = "the model's chat_template.jinja";
-        free(p);
-        char *cfg = NULL;
-        p = text ? NULL : moe_path_join(path, "tokenizer_config.json");
-        if (p && moe_read_text_file(p, &cfg, &len) == 0 && (text = config_template(cfg, len)))
-            *where = "the model's tokenizer_config.json";
-        free(cfg);
+        char *p = moe_path_join(path, "tokenizer_config.json");
+        const char *file = NULL;
+        int rc = p ? moe_chat_template_read(p, &text, &file) : -ENOMEM;
+        if (rc == 0)
+            *where = strcmp(file, "chat_template.jinja") ? "the model's tokenizer_config.json"
+                                                         : "the model's chat_template.jinja";
+        else if (rc != -ENOENT) /* a config that is not JSON: said, then the default */
+            moe_log(MOE_LOG_WARN, "chat template: %s", moe_err_msg());
         free(p);
     } else if (kind == MOE_FILE_GGUF) {
         struct moe_gguf *g = NULL;
@@ -271,7 +249,7 @@ static char *model_template(const char *path, const char **where)
             struct moe_gguf *g = NULL;
             if (b && (text = strndup((const char *)b->data, b->size)))
                 *where = "the pack's chat_template.jinja";
-            else if (c && (text = config_template((const char *)c->data, c->size)))
+            else if (c && (text = moe_chat_template_of_config((const char *)c->data, c->size)))
                 *where = "the pack's tokenizer_config.json";
             else if (gg && moe_gguf_open_mem(gg->data, gg->size, "tokenizer.gguf", &g) == 0 && (text = gguf_template(g)))
                 *where = "the pack's GGUF tokenizer";

@@ -172,8 +172,16 @@ const char *moe_chat_template_name(enum moe_chat_template t);
 /* From a template's Jinja text: the format it renders, when it is
  * recognisably one of ours; -ENOENT otherwise. */
 int moe_chat_template_classify(const char *text, enum moe_chat_template *out);
-/* From a tokenizer_config.json's chat_template string (or the
- * chat_template.jinja beside it), when it is recognisably one of ours;
+/* A tokenizer_config.json's chat_template: a string, or a list of {"name",
+ * "template"} (the one named "default", else the first); malloc'ed, NULL
+ * when it has none (or is not JSON). */
+char *moe_chat_template_of_config(const char *json, size_t len);
+/* The template of the model whose tokenizer_config.json this is: the
+ * chat_template.jinja beside it (transformers 5 writes it there), else the
+ * config's own; *where names which file. -ENOENT when there is none, -EINVAL
+ * naming the file when the config is not JSON. */
+int moe_chat_template_read(const char *tokenizer_config_path, char **text, const char **where);
+/* That template's built-in format, when it is recognisably one of ours;
  * -ENOENT otherwise (then the INI decides). */
 int moe_chat_template_detect(const char *tokenizer_config_path, enum moe_chat_template *out);
 

@@ -873,57 +873,68 @@ static const char *template_text(json_t *ct)
     return first;
 }
 
-int moe_chat_template_detect(const char *tokenizer_config_path, enum moe_chat_template *out)
+char *moe_chat_template_of_config(const char *json, size_t len)
 {
-    char *text = NULL, *jinja_path = NULL, *dir = NULL, names[512];
-    size_t len;
-    json_t *root = NULL;
-    int rc = moe_read_text_file(tokenizer_config_path, &text, &len);
-    if (rc < 0) {
-        if (rc != -ENOENT)
-            return rc;
-        return moe_err(-ENOENT, "%s: no such file", tokenizer_config_path);
-    }
     json_error_t jerr;
-    root = json_loadb(text, len, 0, &jerr);
-    if (!root) {
-        rc = moe_err(-EINVAL, "%s:%d: %s", tokenizer_config_path, jerr.line, jerr.text);
-        goto out;
-    }
+    json_t *root = json_loadb(json, len, 0, &jerr);
     const char *t = template_text(json_object_get(root, "chat_template"));
-    if (t) {
-        rc = moe_chat_template_classify(t, out);
-        if (rc < 0)
-            moe_err(rc, "%s: chat_template is neither ChatML nor Mistral [INST] nor another "
-                    "chat format moed knows (%s)", tokenizer_config_path,
-                    known_names(names, sizeof(names)));
-        goto out;
-    }
-    /* transformers >= 4.43 keeps the template beside the config instead */
-    dir = strdup(tokenizer_config_path);
-    if (!dir) {
-        rc = moe_err(-ENOMEM, "out of memory");
-        goto out;
-    }
+    char *out = t ? strdup(t) : NULL;
+    json_decref(root);
+    return out;
+}
+
+int moe_chat_template_read(const char *tokenizer_config_path, char **text, const char **where)
+{
+    *text = NULL;
+    /* transformers >= 4.43 may keep it beside the config, and 5 writes it there */
+    char *dir = strdup(tokenizer_config_path), *jinja_path = NULL, *cfg = NULL;
+    if (!dir)
+        return moe_err(-ENOMEM, "out of memory");
     char *slash = strrchr(dir, '/');
     if (slash)
         slash[1] = '\0';
     jinja_path = moe_path_join(slash ? dir : ".", "chat_template.jinja");
-    free(text);
-    text = NULL;
-    if (!jinja_path || moe_read_text_file(jinja_path, &text, &len) < 0) {
-        rc = moe_err(-ENOENT, "%s: no chat_template", tokenizer_config_path);
+    size_t len;
+    int rc = 0;
+    if (jinja_path && moe_read_text_file(jinja_path, text, &len) == 0) {
+        *where = "chat_template.jinja";
         goto out;
     }
-    rc = moe_chat_template_classify(text, out);
-    if (rc < 0)
-        moe_err(rc, "%s: neither ChatML nor Mistral [INST] nor another chat format moed knows "
-                "(%s)", jinja_path, known_names(names, sizeof(names)));
-out:
+    rc = moe_read_text_file(tokenizer_config_path, &cfg, &len);
+    if (rc < 0) {
+        rc = rc == -ENOENT ? moe_err(-ENOENT, "%s: no such file", tokenizer_config_path) : rc;
+        goto out;
+    }
+    json_error_t jerr;
+    json_t *root = json_loadb(cfg, len, 0, &jerr);
+    if (!root) {
+        rc = moe_err(-EINVAL, "%s:%d: %s", tokenizer_config_path, jerr.line, jerr.text);
+        goto out;
+    }
     json_decref(root);
-    free(text);
+    *text = moe_chat_template_of_config(cfg, len);
+    *where = "tokenizer_config.json";
+    if (!*text)
+        rc = moe_err(-ENOENT, "%s: no chat_template", tokenizer_config_path);
+out:
+    free(cfg);
     free(dir);
     free(jinja_path);
+    return rc;
+}
+
+int moe_chat_template_detect(const char *tokenizer_config_path, enum moe_chat_template *out)
+{
+    char *text, names[512];
+    const char *where = NULL;
+    int rc = moe_chat_template_read(tokenizer_config_path, &text, &where);
+    if (rc < 0)
+        return rc;
+    rc = moe_chat_template_classify(text, out);
+    if (rc < 0)
+        moe_err(rc, "%s (%s): neither ChatML nor Mistral [INST] nor another chat format moed "
+                "knows (%s)", tokenizer_config_path, where, known_names(names, sizeof(names)));
+    free(text);
     return rc;
 }
 

@@ -47,8 +47,11 @@ static int blob_from_file(struct moe_pack_writer *w, const char *dir, const char
     return rc;
 }
 
+/* chat_template.jinja: where transformers 5 keeps the chat template (the
+ * daemon reads it from the pack as from the directory) */
 static const char *const hf_tokenizer_blobs[] = {"tokenizer.json", "tokenizer_config.json",
-                                                 "config.json", "generation_config.json"};
+                                                 "chat_template.jinja", "config.json",
+                                                 "generation_config.json"};
 
 /* a GGUF's metadata as a vocabulary-only GGUF: header with 0 tensors, the
  * key/value section byte for byte */

@@ -20,6 +20,7 @@
 #include "ipc/ipc.h"
 #include "model/model.h"
 #include "router/router.h"
+#include "tests/unit/test_model_to_pack.h"
 
 /* ---- helpers ---------------------------------------------------------------- */
 
@@ -1088,6 +1089,37 @@ static void test_chat_template(void **state)
         moe_daemon_config_free(&c);
     }
     free(v3);
+
+    /* a pack keeps the chat_template.jinja of the directory it was made from */
+    snprintf(dir, sizeof(dir), "%s/tiny-with-template", moe_test_tmpdir());
+    mkdir(dir, 0755);
+    static const char *const files[] = {"config.json", "model.safetensors", "tokenizer.json",
+                                        "tokenizer_config.json", "generation_config.json"};
+    char *tiny = realpath(moe_test_path("models/tiny-moe"), NULL); /* links from elsewhere */
+    assert_non_null(tiny);
+    for (size_t i = 0; i < MOE_ARRAY_SIZE(files); i++) {
+        char from[600];
+        snprintf(from, sizeof(from), "%s/%s", tiny, files[i]);
+        snprintf(ini, sizeof(ini), "%s/%s", dir, files[i]);
+        assert_int_equal(symlink(from, ini), 0);
+    }
+    free(tiny);
+    snprintf(ini, sizeof(ini), "%s/chat_template.jinja", dir);
+    moe_test_write_file(ini, "{{ messages[0].content }}", 25);
+    struct moe_model *m;
+    assert_int_equal(moe_model_open(dir, &m), 0);
+    char pack[500], pini[700];
+    snprintf(pack, sizeof(pack), "%s/tiny-with-template.moe", moe_test_tmpdir());
+    assert_int_equal(moe_test_write_pack(m, pack), 0);
+    moe_model_free(m);
+    snprintf(pini, sizeof(pini), "[model]\npath = %s\n", pack);
+    parse_ok(pini, &c);
+    assert_int_equal(moe_daemon_chat_template(&c, &fmt, &text, &how), 0);
+    assert_int_equal(fmt, MOE_DAEMON_CHAT_JINJA);
+    assert_string_equal(text, "{{ messages[0].content }}");
+    assert_non_null(strstr(how, "pack's chat_template.jinja"));
+    free(text);
+    moe_daemon_config_free(&c);
 }
 
 /* ---- systemd helpers ---------------------------------------------------------------- */

@@ -293,13 +293,12 @@ int moe_gen_step(struct moe_gen *g, float *lg, const int32_t *hist, size_t n_his
         token_text(t, tok, (float)(sh->lp_row[tok] - lse), &g->lp.tok);
         out->lp = &g->lp;
     }
-    if (g->gram && !moe_tokenizer_is_eog(t, tok)) {
-        size_t nb = moe_tokenizer_token_bytes(t, tok, g->piece, g->piece_cap);
-        if (moe_grammar_advance(g->gram, g->piece, MOE_MIN(nb, g->piece_cap)) < 0)
+    if (g->p.grammar && !moe_tokenizer_is_eog(t, tok)) { /* the grammar, or its trigger */
+        size_t nb = MOE_MIN(moe_tokenizer_token_bytes(t, tok, g->piece, g->piece_cap),
+                            g->piece_cap);
+        if (g->gram && moe_grammar_advance(g->gram, g->piece, nb) < 0)
             return -EINVAL; /* sampled under the mask: cannot happen */
-    } else if (g->p.trigger && g->p.grammar) {
-        size_t nb = moe_tokenizer_token_bytes(t, tok, g->piece, g->piece_cap);
-        int rc = watch_trigger(g, g->piece, MOE_MIN(nb, g->piece_cap));
+        int rc = g->gram ? 0 : watch_trigger(g, g->piece, nb);
         if (rc < 0)
             return rc;
     }

@@ -332,9 +332,8 @@ static double now_s(void)
 
 /* Ends a sequence that did not hit a stop string: the bytes the detokenizer
  * and the stop filter still hold are real output. */
-static void seq_emit_rest(struct moe_engine *e, struct seq *s)
+static void seq_emit_rest(struct seq *s)
 {
-    (void)e;
     if (!s->gen)
         return;
     const char *text, *more;
@@ -699,7 +698,7 @@ static void seq_step(struct moe_engine *e, struct seq *s, float *lg)
         e->stats.generated_tokens++;
     pthread_mutex_unlock(&e->mu);
     if (t.eog) {
-        seq_emit_rest(e, s);
+        seq_emit_rest(s);
         seq_finish(e, s, "stop");
         return;
     }
@@ -711,7 +710,7 @@ static void seq_step(struct moe_engine *e, struct seq *s, float *lg)
         t.finish = "length", t.flush = true;
     if (t.finish) {
         if (t.flush)
-            seq_emit_rest(e, s);
+            seq_emit_rest(s);
         seq_finish(e, s, t.finish);
     }
 }
@@ -910,7 +909,7 @@ static void step(struct moe_engine *e)
             continue;
         }
         if (s->job->deadline > 0 && t > s->job->deadline) {
-            seq_emit_rest(e, s);
+            seq_emit_rest(s);
             seq_finish(e, s, "timeout");
             continue;
         }
@@ -1198,17 +1197,17 @@ int moe_engine_create(const struct moe_model *model, struct moe_pool *pool,
     e->faults->row = e->b_fault;
     if ((rc = kv_pool_create(e)) < 0)
         goto fail;
-    /* the prefix cache: 16/32-bit blocks (cut anywhere), no window layers (fork) */
-    e->prefix_ok = limits->prefix_cache &&
-                   (limits->kv.key_bits == 0 ||
-                    (limits->kv.key_bits >= 16 && limits->kv.value_bits >= 16));
-    e->cut_ok = limits->kv.key_bits == 0 ||
-                (limits->kv.key_bits >= 16 && limits->kv.value_bits >= 16);
+    /* a cache can be forked and cut anywhere: 16/32-bit blocks, no window
+     * layers; the prefix cache also takes hybrids, at an entry's end only */
+    bool windows = false;
     for (int32_t l = 0; l < model->cfg.n_layers; l++) {
-        e->prefix_ok &= model->kv_window[l] == 0;
-        e->cut_ok &= model->kv_window[l] == 0 && !model->cfg.layer_linear[l];
+        windows |= model->kv_window[l] != 0;
         e->hybrid |= model->cfg.layer_linear[l];
     }
+    bool cut = !windows && (limits->kv.key_bits == 0 ||
+                            (limits->kv.key_bits >= 16 && limits->kv.value_bits >= 16));
+    e->prefix_ok = limits->prefix_cache && cut;
+    e->cut_ok = cut && !e->hybrid;
     if (limits->prefix_cache && !e->prefix_ok)
         moe_log(MOE_LOG_WARN, "[kv] prefix_cache is off: it needs 16/32-bit keys and values "
                 "and no sliding-window layers");

@@ -526,52 +526,56 @@ int moe_ipc_sse_role(struct moe_ipc_buf *b, struct moe_ipc_gen *g)
                                NULL, NULL));
 }
 
+/* With tools (streaming), text joins what is held, and *out / *n_out is
+ * what may go out now (drop_held after sending it): a call, its start, or the
+ * blanks before one stay held. Without, the text itself. */
+static int releasable(struct moe_ipc_gen *g, const char *text, size_t len, const char **out,
+                      size_t *n_out)
+{
+    if (!g->tools || !g->held) {
+        *out = text, *n_out = len;
+        return 0;
+    }
+    if (moe_ipc_buf_append(g->held, text, len))
+        return -ENOMEM;
+    *out = g->held->data;
+    *n_out = moe_ipc_tool_hold(g->held->data, g->held->len);
+    return 0;
+}
+
+static void drop_held(struct moe_ipc_gen *g, size_t n)
+{
+    if (g->tools && g->held) {
+        memmove(g->held->data, g->held->data + n, g->held->len - n);
+        g->held->len -= n;
+    }
+}
+
 int moe_ipc_sse_text(struct moe_ipc_buf *b, struct moe_ipc_gen *g, const char *text,
                      size_t len, const struct moe_token_logprob *lp, size_t n_lp)
 {
+    if (g->responses && g->full && moe_ipc_buf_append(g->full, text, len))
+        return -ENOMEM;
+    const char *out;
+    size_t n;
+    if (releasable(g, text, len, &out, &n))
+        return -ENOMEM;
+    int rc = 0;
     if (g->responses) {
-        if (!len)
-            return 0;
-        if (g->full && moe_ipc_buf_append(g->full, text, len))
-            return -ENOMEM;
-        if (g->tools && g->held) { /* as chat: a call goes out whole, at the end */
-            struct moe_ipc_buf *h = g->held;
-            if (moe_ipc_buf_append(h, text, len))
-                return -ENOMEM;
-            size_t k = moe_ipc_tool_hold(h->data, h->len);
-            int rc = 0;
-            if (k) {
-                json_t *o = part_ref(g);
-                if (o)
-                    json_object_set_new(o, "delta", moe_ipc_json_text(h->data, k));
-                rc = response_event(b, g, "response.output_text.delta", o);
-            }
-            memmove(h->data, h->data + k, h->len - k);
-            h->len -= k;
-            return rc;
+        if (n) {
+            json_t *o = part_ref(g);
+            if (o)
+                json_object_set_new(o, "delta", moe_ipc_json_text(out, n));
+            rc = response_event(b, g, "response.output_text.delta", o);
         }
-        json_t *o = part_ref(g);
-        if (o)
-            json_object_set_new(o, "delta", moe_ipc_json_text(text, len));
-        return response_event(b, g, "response.output_text.delta", o);
+    } else if (n || lp || !g->tools || !g->held) { /* held back: nothing to say yet */
+        json_t *t = moe_ipc_json_text(out, n);
+        if (g->chat)
+            t = json_pack("{s:o}", "content", t);
+        rc = sse_append(b, chunk(g, t, g->logprobs ? logprobs_obj(g, lp, n_lp) : NULL, NULL));
     }
-    if (g->chat && g->tools && g->held) { /* a call goes out whole, at the end */
-        struct moe_ipc_buf *h = g->held;
-        if (moe_ipc_buf_append(h, text, len))
-            return -ENOMEM;
-        size_t k = moe_ipc_tool_hold(h->data, h->len);
-        if (k == 0 && !lp)
-            return 0;
-        int rc = sse_append(b, chunk(g, json_pack("{s:o}", "content", moe_ipc_json_text(h->data, k)),
-                                     g->logprobs ? logprobs_obj(g, lp, n_lp) : NULL, NULL));
-        memmove(h->data, h->data + k, h->len - k);
-        h->len -= k;
-        return rc;
-    }
-    json_t *t = moe_ipc_json_text(text, len);
-    if (g->chat)
-        t = json_pack("{s:o}", "content", t);
-    return sse_append(b, chunk(g, t, g->logprobs ? logprobs_obj(g, lp, n_lp) : NULL, NULL));
+    drop_held(g, n);
+    return rc;
 }
 
 /* streaming with tools, at the end: the held text as tool_calls when it is

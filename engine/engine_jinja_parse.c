@@ -790,12 +790,14 @@ static struct jn *parse_not(P *p)
     return parse_compare(p);
 }
 
-static struct jn *parse_and(P *p)
+/* a left-associative chain of the keyword op over operands of the next
+ * tighter level: a and b and c, a or b or c */
+static struct jn *parse_chain(P *p, const char *op, uint8_t kind, struct jn *(*operand)(P *))
 {
-    struct jn *l = parse_not(p);
-    while (l && jp_is_name(jp_cur(p), "and")) {
+    struct jn *l = operand(p);
+    while (l && jp_is_name(jp_cur(p), op)) {
         const struct jtoken *at = jp_advance(p);
-        struct jn *r = parse_not(p), *n = r ? jp_node(p, JN_AND, at) : NULL;
+        struct jn *r = operand(p), *n = r ? jp_node(p, kind, at) : NULL;
         if (!n)
             return NULL;
         n->a = l;
@@ -805,19 +807,14 @@ static struct jn *parse_and(P *p)
     return l;
 }
 
+static struct jn *parse_and(P *p)
+{
+    return parse_chain(p, "and", JN_AND, parse_not);
+}
+
 static struct jn *parse_or(P *p)
 {
-    struct jn *l = parse_and(p);
-    while (l && jp_is_name(jp_cur(p), "or")) {
-        const struct jtoken *at = jp_advance(p);
-        struct jn *r = parse_and(p), *n = r ? jp_node(p, JN_OR, at) : NULL;
-        if (!n)
-            return NULL;
-        n->a = l;
-        n->b = r;
-        l = n;
-    }
-    return l;
+    return parse_chain(p, "or", JN_OR, parse_and);
 }
 
 static struct jn *parse_condexpr(P *p)

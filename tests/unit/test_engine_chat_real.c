@@ -9,6 +9,7 @@
  * gives the ids the Hugging Face tokenizers library gave (GPT-2 plus every
  * such token as an added token, tests/data/chat/special_tokens.json). */
 #include "tests/unit/test.h"
+#include "tests/unit/test_data.h"
 
 #include "common/common.h"
 #include "engine/engine.h"
@@ -30,30 +31,6 @@ static const char *const families[] = {
     "qwen3",               "qwen3.5",
 };
 
-static json_t *load_json(const char *rel)
-{
-    json_error_t jerr;
-    json_t *j = json_load_file(moe_test_path(rel), 0, &jerr);
-    if (!j)
-        fail_msg("%s:%d: %s", rel, jerr.line, jerr.text);
-    return j;
-}
-
-static char *load_text(const char *rel)
-{
-    char *text = NULL;
-    size_t len;
-    if (moe_read_text_file(moe_test_path(rel), &text, &len))
-        fail_msg("%s: %s", rel, moe_err_msg());
-    return text;
-}
-
-static const char *str(json_t *o, const char *key)
-{
-    json_t *v = json_object_get(o, key);
-    return json_is_string(v) ? json_string_value(v) : NULL;
-}
-
 /* the first byte where a and b differ, for the failure message */
 static size_t first_diff(const char *a, const char *b)
 {
@@ -67,8 +44,8 @@ static void check_family(const char *family)
 {
     char rel[256];
     snprintf(rel, sizeof(rel), "tests/data/chat/%s.json", family);
-    json_t *root = load_json(rel);
-    const char *name = str(root, "format"), *file = str(root, "template");
+    json_t *root = moe_test_load_json(rel);
+    const char *name = moe_test_str(root, "format"), *file = moe_test_str(root, "template");
     assert_non_null(name);
     assert_non_null(file);
     assert_string_equal(name, family);
@@ -79,7 +56,7 @@ static void check_family(const char *family)
 
     /* recognised from the template's own text */
     snprintf(rel, sizeof(rel), "tests/data/chat/templates/%s", file);
-    char *text = load_text(rel);
+    char *text = moe_test_load_text(rel);
     if (moe_chat_template_classify(text, &t))
         fail_msg("%s: not recognised: %s", file, moe_err_msg());
     if (t != by_name)
@@ -107,7 +84,7 @@ static void check_family(const char *family)
     free(cfg_text);
     json_decref(cfg);
 
-    struct moe_chat_opts opts = {str(root, "bos"), str(root, "date")};
+    struct moe_chat_opts opts = {moe_test_str(root, "bos"), moe_test_str(root, "date")};
     json_t *cases = json_object_get(root, "cases"), *c;
     size_t i;
     assert_true(json_array_size(cases) > 10);
@@ -117,11 +94,11 @@ static void check_family(const char *family)
         struct moe_chat_message *cm = calloc(n ? n : 1, sizeof(*cm));
         assert_non_null(cm);
         json_array_foreach(msgs, k, m) {
-            cm[k].role = (char *)str(m, "role");
-            cm[k].content = (char *)str(m, "content");
-            cm[k].reasoning_content = (char *)str(m, "reasoning_content");
+            cm[k].role = (char *)moe_test_str(m, "role");
+            cm[k].content = (char *)moe_test_str(m, "content");
+            cm[k].reasoning_content = (char *)moe_test_str(m, "reasoning_content");
         }
-        const char *want = str(c, "expected"), *error = str(c, "error");
+        const char *want = moe_test_str(c, "expected"), *error = moe_test_str(c, "error");
         char *out = (char *)0x1;
         moe_err_clear();
         int rc = moe_chat_render(by_name, cm, n, &opts, &out);
@@ -235,7 +212,7 @@ static void test_glm_strip(void **state)
 /* texts close to a known template but not it are not taken for it */
 static void test_near_misses(void **state)
 {
-    char *v31 = load_text("tests/data/chat/templates/deepseek-ai-DeepSeek-V3.1.jinja");
+    char *v31 = moe_test_load_text("tests/data/chat/templates/deepseek-ai-DeepSeek-V3.1.jinja");
     enum moe_chat_template t;
     /* the thinking prompt spelled another way: not a template we reproduce */
     char *p = strstr(v31, "{%- if not thinking -%}{{'<think></think>'}}");
@@ -244,7 +221,7 @@ static void test_near_misses(void **state)
     assert_int_equal(moe_chat_template_classify(v31, &t), -ENOENT);
     free(v31);
 
-    char *kimi = load_text("tests/data/chat/templates/moonshotai-Kimi-K2.jinja");
+    char *kimi = moe_test_load_text("tests/data/chat/templates/moonshotai-Kimi-K2.jinja");
     p = strstr(kimi, "You are a helpful assistant<|im_end|>");
     assert_non_null(p);
     p[0] = 'Y', p[8] = 'A'; /* another default system text */
@@ -257,8 +234,8 @@ static void test_near_misses(void **state)
 /* the GPT-2 tokenizer.json with the templates' special tokens added */
 static struct moe_tokenizer *special_tokenizer(json_t **added)
 {
-    json_t *spec = load_json("tests/data/chat/special_tokens.json");
-    json_t *base = load_json(str(spec, "base"));
+    json_t *spec = moe_test_load_json("tests/data/chat/special_tokens.json");
+    json_t *base = moe_test_load_json(moe_test_str(spec, "base"));
     json_t *list = json_object_get(base, "added_tokens"), *a;
     size_t i;
     *added = json_incref(json_object_get(spec, "added"));
@@ -299,9 +276,9 @@ static void test_special_tokens(void **state)
     for (size_t k = 0; k < MOE_ARRAY_SIZE(families); k++) {
         char rel[256];
         snprintf(rel, sizeof(rel), "tests/data/chat/%s.json", families[k]);
-        json_t *root = load_json(rel), *cases = json_object_get(root, "cases"), *c;
+        json_t *root = moe_test_load_json(rel), *cases = json_object_get(root, "cases"), *c;
         json_array_foreach(cases, i, c) {
-            const char *text = str(c, "expected"), *want = str(c, "ids");
+            const char *text = moe_test_str(c, "expected"), *want = moe_test_str(c, "ids");
             if (!text)
                 continue;
             assert_non_null(want);
@@ -318,7 +295,7 @@ static void test_special_tokens(void **state)
             /* and each special token written is its one id, no more, no less */
             size_t j;
             json_array_foreach(added, j, a) {
-                const char *s = str(a, "content");
+                const char *s = moe_test_str(a, "content");
                 int32_t id = (int32_t)json_integer_value(json_object_get(a, "id"));
                 size_t seen = 0;
                 for (size_t t = 0; t < n; t++)

@@ -9,6 +9,7 @@
  * mismatch instead of stopping at the first. */
 #define _GNU_SOURCE /* strptime, timegm */
 #include "tests/unit/test.h"
+#include "tests/unit/test_data.h"
 
 #include "common/common.h"
 #include "engine/engine_jinja.h"
@@ -19,30 +20,6 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <time.h>
-
-static const char *str(json_t *o, const char *key)
-{
-    json_t *v = json_object_get(o, key);
-    return json_is_string(v) ? json_string_value(v) : NULL;
-}
-
-static json_t *load_json(const char *rel)
-{
-    json_error_t jerr;
-    json_t *j = json_load_file(moe_test_path(rel), 0, &jerr);
-    if (!j)
-        fail_msg("%s:%d: %s", rel, jerr.line, jerr.text);
-    return j;
-}
-
-static char *load_text(const char *rel)
-{
-    char *text = NULL;
-    size_t len;
-    if (moe_read_text_file(moe_test_path(rel), &text, &len))
-        fail_msg("%s: %s", rel, moe_err_msg());
-    return text;
-}
 
 /* "2026-03-14T12:00:00" as a struct tm, weekday included */
 static struct tm parse_date(const char *iso)
@@ -222,7 +199,7 @@ MOE_TEST_XORSHIFT(0x6a696e6a61ull)
 static void test_robust(void **state)
 {
     (void)state;
-    char *base = load_text("tests/data/chat/templates/openai-gpt-oss-120b.jinja");
+    char *base = moe_test_load_text("tests/data/chat/templates/openai-gpt-oss-120b.jinja");
     json_t *ctx = json_loads("{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], "
                              "\"tools\": null, \"add_generation_prompt\": true}",
                              0, NULL);
@@ -275,7 +252,7 @@ static void *render_thread(void *p)
 static void test_threads(void **state)
 {
     (void)state;
-    char *text = load_text("tests/data/chat/templates/Qwen-Qwen3.5.jinja");
+    char *text = moe_test_load_text("tests/data/chat/templates/Qwen-Qwen3.5.jinja");
     struct moe_jinja *t;
     char err[256], *want = NULL;
     assert_int_equal(moe_jinja_compile(text, &t, err, sizeof(err)), 0);
@@ -324,7 +301,7 @@ static int check_case(const char *label, const struct moe_jinja *t, json_t *ctx,
     char err[1024], *out = NULL;
     struct moe_jinja_opts o = {.now = &fixed_now};
     int rc = moe_jinja_render_compiled(t, ctx, &o, &out, err, sizeof(err));
-    const char *want = str(c, "expected"), *werr = str(c, "error"), *wtype = str(c, "error_type");
+    const char *want = moe_test_str(c, "expected"), *werr = moe_test_str(c, "error"), *wtype = moe_test_str(c, "error_type");
     int bad = 0;
     if (want) {
         if (rc) {
@@ -356,18 +333,18 @@ static int check_case(const char *label, const struct moe_jinja *t, json_t *ctx,
 static void test_features(void **state)
 {
     (void)state;
-    json_t *root = load_json("tests/data/chat/jinja/features.json");
-    fixed_now = parse_date(str(root, "date"));
+    json_t *root = moe_test_load_json("tests/data/chat/jinja/features.json");
+    fixed_now = parse_date(moe_test_str(root, "date"));
     json_t *cases = json_object_get(root, "cases"), *c;
     size_t i, bad = 0;
     assert_true(json_array_size(cases) > 50);
     json_array_foreach(cases, i, c) {
         char label[128], err[512];
-        snprintf(label, sizeof(label), "features/%s", str(c, "name"));
+        snprintf(label, sizeof(label), "features/%s", moe_test_str(c, "name"));
         struct moe_jinja *t;
-        int rc = moe_jinja_compile(str(c, "template"), &t, err, sizeof(err));
+        int rc = moe_jinja_compile(moe_test_str(c, "template"), &t, err, sizeof(err));
         if (rc) {
-            if (!str(c, "error")) {
+            if (!moe_test_str(c, "error")) {
                 fprintf(stderr, "%s: compile failed: %s\n", label, err);
                 bad++;
             }
@@ -388,10 +365,10 @@ static int check_template(const char *file, size_t *ncases)
 {
     char rel[512];
     snprintf(rel, sizeof(rel), "tests/data/chat/jinja/%s", file);
-    json_t *root = load_json(rel);
-    snprintf(rel, sizeof(rel), "tests/data/chat/templates/%s", str(root, "template"));
-    char *text = load_text(rel), err[512];
-    fixed_now = parse_date(str(root, "date"));
+    json_t *root = moe_test_load_json(rel);
+    snprintf(rel, sizeof(rel), "tests/data/chat/templates/%s", moe_test_str(root, "template"));
+    char *text = moe_test_load_text(rel), err[512];
+    fixed_now = parse_date(moe_test_str(root, "date"));
     struct moe_jinja *t;
     if (moe_jinja_compile(text, &t, err, sizeof(err)))
         fail_msg("%s: %s", rel, err);
@@ -410,7 +387,7 @@ static int check_template(const char *file, size_t *ncases)
             json_is_true(json_object_get(c, "add_generation_prompt")), extra);
         assert_non_null(ctx);
         char label[256];
-        snprintf(label, sizeof(label), "%s/%s", file, str(c, "name"));
+        snprintf(label, sizeof(label), "%s/%s", file, moe_test_str(c, "name"));
         bad += check_case(label, t, ctx, c);
         json_decref(ctx);
         json_decref(extra);
